@@ -1,0 +1,21 @@
+//! `stockade-policy`: Stockade's policy language.
+//!
+//! A policy file (TOML, `docs/policy.md`) is parsed and validated into a [`Policy`], reporting every
+//! error of the file at once with line, column and a hint. [`Policy::compile`] then resolves it for
+//! one launch into a [`LaunchSpec`]: concrete mounts, Landlock rules, a compiled seccomp program,
+//! rlimits and cgroup limits, which the supervisor and the shim apply without further decisions.
+
+pub mod compile;
+pub mod diagnostics;
+pub mod model;
+pub mod parse;
+pub mod schema;
+pub mod seccomp;
+pub mod spec;
+pub mod syscalls;
+
+pub use compile::{CompileError, LaunchContext};
+pub use diagnostics::{Diagnostic, Diagnostics, LoadError};
+pub use model::*;
+pub use parse::{load_policy, parse_policy};
+pub use spec::*;

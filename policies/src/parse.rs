@@ -1,0 +1,1721 @@
+//! Policy files (TOML) into a validated [`Policy`].
+//!
+//! Why a hand-written walk over `toml_edit` rather than serde: every error must point at the key or
+//! value that caused it, and every error of the file must be reported in one run. serde stops at the
+//! first error and forgets positions; `toml_edit::ImDocument` keeps the byte span of every key and
+//! value, so each check below can say exactly where it failed and go on.
+//!
+//! The order: syntax (toml_edit; nothing can be checked past a syntax error), then each table on its
+//! own (types, ranges, names), then the checks across tables (`tmp_size` needs `$TMP`, network rules
+//! need `mode = "allow"`), so a contradiction is reported even when both halves are valid alone.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use toml_edit::{ImDocument, Item, TableLike, Value};
+
+use crate::diagnostics::{all_of, nearest, one_of, Diagnostic, Diagnostics, LoadError};
+use crate::model::*;
+use crate::syscalls;
+
+// The vocabulary of the language, shared with `schema.rs` so the schema editors validate against
+// cannot drift from what the parser accepts (a unit test there checks both directions).
+
+/// The only version of the language this parser understands.
+pub(crate) const LANGUAGE_VERSION: i64 = 1;
+pub(crate) const TOP_KEYS: &[&str] = &[
+    "version",
+    "description",
+    "filesystem",
+    "network",
+    "syscalls",
+    "resources",
+    "enforcement",
+];
+pub(crate) const FILESYSTEM_KEYS: &[&str] = &["read", "write", "exec"];
+pub(crate) const NETWORK_KEYS: &[&str] = &["mode", "connect", "bind"];
+pub(crate) const RULE_KEYS: &[&str] = &["protocol", "address", "port", "ports"];
+pub(crate) const SYSCALLS_KEYS: &[&str] = &["profile", "allow", "deny", "deny_action"];
+pub(crate) const RESOURCES_KEYS: &[&str] = &[
+    "memory", "pids", "cpu", "nofile", "fsize", "tmp_size", "timeout",
+];
+pub(crate) const ENFORCEMENT_KEYS: &[&str] = &["mode", "threshold", "window", "action"];
+
+pub(crate) const NETWORK_MODES: &[(&str, NetworkMode)] =
+    &[("none", NetworkMode::None), ("allow", NetworkMode::Allow)];
+pub(crate) const PROTOCOLS: &[(&str, Protocol)] = &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp)];
+pub(crate) const SYSCALL_PROFILES: &[(&str, SyscallProfile)] = &[
+    ("default", SyscallProfile::Default),
+    ("strict", SyscallProfile::Strict),
+];
+pub(crate) const DENY_ACTIONS: &[(&str, DenyAction)] =
+    &[("eperm", DenyAction::Eperm), ("kill", DenyAction::Kill)];
+pub(crate) const ENFORCEMENT_MODES: &[(&str, EnforcementMode)] = &[
+    ("monitor", EnforcementMode::Monitor),
+    ("enforce", EnforcementMode::Enforce),
+];
+pub(crate) const THRESHOLD_ACTIONS: &[(&str, ThresholdAction)] = &[
+    ("kill", ThresholdAction::Kill),
+    ("report", ThresholdAction::Report),
+];
+
+/// RLIMIT_NOFILE below this leaves no room for stdin/out/err, the dynamic loader's and libc's own
+/// descriptors and the plugin's channel: ordinary programs fail before `main`.
+pub(crate) const MIN_NOFILE: i64 = 16;
+/// The kernel's default `fs.nr_open`: setrlimit(RLIMIT_NOFILE) above it fails with EPERM.
+pub(crate) const MAX_NOFILE: i64 = 1 << 20;
+/// cgroup v2 rejects a cpu.max quota below 1 ms; with the 100 ms period that is 1 % of a core.
+pub(crate) const MIN_CPU: f64 = 0.01;
+pub(crate) const MAX_CPU: f64 = 1024.0;
+/// The mount points the shim builds itself; a bind below them would be hidden or would hide them.
+pub(crate) const RESERVED_DIRS: &[&str] = &["/proc", "/dev"];
+/// Where `$TMP` appears inside the sandbox.
+pub(crate) const TMP_DIR: &str = "/tmp";
+
+/// Reads and validates the policy file at `path`.
+pub fn load_policy(path: &Path) -> Result<Policy, LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file_name = path.display().to_string();
+    match String::from_utf8(bytes) {
+        Ok(source) => parse_policy(&source, &file_name).map_err(LoadError::Invalid),
+        // TOML is UTF-8 by definition; say where the bad byte is rather than "invalid data".
+        Err(err) => {
+            let valid = err.utf8_error().valid_up_to();
+            let bytes = err.as_bytes();
+            let prefix = String::from_utf8_lossy(&bytes[..valid]);
+            let source = Source::new(&prefix, &file_name);
+            let mut diagnostic = source.diagnostic(
+                Some(valid..valid),
+                "the file is not valid UTF-8".into(),
+                Some("TOML files are UTF-8; re-save the policy as UTF-8".into()),
+            );
+            // Past the last valid byte the column is one more than the text before it.
+            if valid == prefix.len() {
+                diagnostic.column = prefix[prefix.rfind('\n').map_or(0, |nl| nl + 1)..]
+                    .chars()
+                    .count()
+                    + 1;
+            }
+            Err(LoadError::Invalid(Diagnostics(vec![diagnostic])))
+        }
+    }
+}
+
+/// Parses and validates a policy. `file_name` only labels the diagnostics.
+pub fn parse_policy(source: &str, file_name: &str) -> Result<Policy, Diagnostics> {
+    let mut checker = Checker {
+        source: Source::new(source, file_name),
+        diagnostics: Vec::new(),
+    };
+    let policy = match ImDocument::parse(source) {
+        Ok(document) => Some(checker.policy(document.as_table())),
+        Err(err) => {
+            checker.syntax_error(&err);
+            None
+        }
+    };
+    match policy {
+        Some(policy) if checker.diagnostics.is_empty() => Ok(policy),
+        _ => {
+            let mut diagnostics = checker.diagnostics;
+            // Stable: errors at one position keep the order in which they were found.
+            diagnostics.sort_by_key(|d| (d.line, d.column));
+            Err(Diagnostics(diagnostics))
+        }
+    }
+}
+
+/// Byte offsets into line:column.
+struct Source<'s> {
+    text: &'s str,
+    file: &'s str,
+    /// Byte offset where each line starts.
+    line_starts: Vec<usize>,
+}
+
+impl<'s> Source<'s> {
+    fn new(text: &'s str, file: &'s str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Source {
+            text,
+            file,
+            line_starts,
+        }
+    }
+
+    /// 1-based line and character column of a byte offset.
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let start = self.line_starts[line - 1];
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count());
+        (line, column + 1)
+    }
+
+    fn diagnostic(&self, span: Span, message: String, hint: Option<String>) -> Diagnostic {
+        let (line, column) = span.map_or((1, 1), |s| self.position(s.start));
+        Diagnostic {
+            file: self.file.to_string(),
+            line,
+            column,
+            message,
+            hint,
+        }
+    }
+}
+
+type Span = Option<Range<usize>>;
+
+/// What went wrong with one value, before it is given a place in the file.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Problem {
+    pub(crate) message: String,
+    pub(crate) hint: Option<String>,
+}
+
+impl Problem {
+    fn new(message: String) -> Self {
+        Problem {
+            message,
+            hint: None,
+        }
+    }
+
+    fn hint(mut self, hint: String) -> Self {
+        self.hint = Some(hint);
+        self
+    }
+}
+
+/// One `key = value` of a table, with the key's position.
+struct Entry<'d> {
+    key: &'d str,
+    key_span: Span,
+    item: &'d Item,
+}
+
+impl Entry<'_> {
+    fn key_span(&self) -> Span {
+        self.key_span.clone()
+    }
+
+    /// Where the value starts; a table built from dotted keys has no span of its own, so fall back
+    /// to its key.
+    fn value_span(&self) -> Span {
+        self.item.span().or_else(|| self.key_span())
+    }
+}
+
+/// Where a table's keys live, for "unknown key" messages.
+#[derive(Clone, Copy)]
+enum Place {
+    Top,
+    Table(&'static str),
+    NetworkRule,
+}
+
+impl Place {
+    fn suffix(self) -> String {
+        match self {
+            Place::Top => String::new(),
+            Place::Table(name) => format!(" in [{name}]"),
+            Place::NetworkRule => " in a network rule".into(),
+        }
+    }
+
+    fn keys_are(self) -> String {
+        match self {
+            Place::Top => "the top-level keys are".into(),
+            Place::Table(name) => format!("the keys of [{name}] are"),
+            Place::NetworkRule => "the keys of a network rule are".into(),
+        }
+    }
+}
+
+/// Where each table's keys belong, to say "`memory` belongs in [resources]".
+const TABLE_KEYS: &[(&str, &[&str])] = &[
+    ("filesystem", FILESYSTEM_KEYS),
+    ("network", NETWORK_KEYS),
+    ("syscalls", SYSCALLS_KEYS),
+    ("resources", RESOURCES_KEYS),
+    ("enforcement", ENFORCEMENT_KEYS),
+];
+
+struct Checker<'s> {
+    source: Source<'s>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+/// What the per-table checks leave for the checks across tables.
+#[derive(Default)]
+struct Seen {
+    tmp_granted: bool,
+    tmp_size_key: Span,
+    network_mode: Option<NetworkMode>,
+    /// `connect`/`bind` keys with at least one rule.
+    network_rule_keys: Vec<(&'static str, Span)>,
+    enforcement_mode: Option<EnforcementMode>,
+    kill_action_key: Span,
+}
+
+impl<'s> Checker<'s> {
+    fn error(&mut self, span: Span, message: String, hint: Option<String>) {
+        let diagnostic = self.source.diagnostic(span, message, hint);
+        self.diagnostics.push(diagnostic);
+    }
+
+    fn problem(&mut self, span: Span, problem: Problem) {
+        self.error(span, problem.message, problem.hint);
+    }
+
+    fn syntax_error(&mut self, err: &toml_edit::TomlError) {
+        // toml_edit's messages are several lines ("invalid array\nexpected `]`"); one line reads
+        // better in a list of diagnostics.
+        let message = err
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(": ");
+        self.error(
+            err.span(),
+            format!("invalid TOML: {message}"),
+            Some("fix the syntax first; nothing else in the file was checked".into()),
+        );
+    }
+
+    /// The whole document, with defaults wherever a value was missing or wrong; the policy is only
+    /// returned if no diagnostic was recorded.
+    fn policy(&mut self, root: &dyn TableLike) -> Policy {
+        let mut seen = Seen::default();
+        let mut policy = Policy {
+            description: None,
+            filesystem: Filesystem::default(),
+            network: Network::default(),
+            syscalls: Syscalls::default(),
+            resources: Resources::default(),
+            enforcement: Enforcement::default(),
+        };
+        for entry in self.entries(root, TOP_KEYS, Place::Top) {
+            match entry.key {
+                "version" => {
+                    if let Some(version) = self.integer(&entry) {
+                        if version != LANGUAGE_VERSION {
+                            self.error(
+                                entry.value_span(),
+                                format!("unsupported policy version {version}"),
+                                Some(format!(
+                                    "this stockade understands version {LANGUAGE_VERSION}"
+                                )),
+                            );
+                        }
+                    }
+                }
+                "description" => policy.description = self.string(&entry).map(str::to_string),
+                "filesystem" => {
+                    if let Some(table) = self.table(&entry) {
+                        policy.filesystem = self.filesystem(table, &mut seen);
+                    }
+                }
+                "network" => {
+                    if let Some(table) = self.table(&entry) {
+                        policy.network = self.network(table, &mut seen);
+                    }
+                }
+                "syscalls" => {
+                    if let Some(table) = self.table(&entry) {
+                        policy.syscalls = self.syscalls(table);
+                    }
+                }
+                "resources" => {
+                    if let Some(table) = self.table(&entry) {
+                        policy.resources = self.resources(table, &mut seen);
+                    }
+                }
+                "enforcement" => {
+                    if let Some(table) = self.table(&entry) {
+                        policy.enforcement = self.enforcement(table, &mut seen);
+                    }
+                }
+                // `entries` only yields the keys of TOP_KEYS.
+                _ => {}
+            }
+        }
+        self.across_tables(&seen);
+        policy
+    }
+
+    fn across_tables(&mut self, seen: &Seen) {
+        if seen.tmp_size_key.is_some() && !seen.tmp_granted {
+            self.error(
+                seen.tmp_size_key.clone(),
+                "`tmp_size` is set but the policy grants no private /tmp".into(),
+                Some("add \"$TMP\" to `write` in [filesystem], or remove `tmp_size`".into()),
+            );
+        }
+        if seen.network_mode == Some(NetworkMode::None) {
+            for (key, span) in &seen.network_rule_keys {
+                self.error(
+                    span.clone(),
+                    format!(
+                        "`{key}` rules contradict `mode = \"none\"`: the sandbox has no network"
+                    ),
+                    Some("set mode = \"allow\" in [network]".into()),
+                );
+            }
+        }
+        if seen.enforcement_mode == Some(EnforcementMode::Monitor) && seen.kill_action_key.is_some()
+        {
+            self.error(
+                seen.kill_action_key.clone(),
+                "`action = \"kill\"` contradicts `mode = \"monitor\"`: monitor mode never kills"
+                    .into(),
+                Some("set mode = \"enforce\", or action = \"report\"".into()),
+            );
+        }
+    }
+
+    // ---- [filesystem] ----
+
+    fn filesystem(&mut self, table: &dyn TableLike, seen: &mut Seen) -> Filesystem {
+        let mut fs = Filesystem::default();
+        // Every accepted path with its list and position, for the checks across lists.
+        let mut all: Vec<(&'static str, PolicyPath, Span)> = Vec::new();
+        for entry in self.entries(table, FILESYSTEM_KEYS, Place::Table("filesystem")) {
+            let (list, paths): (&'static str, &mut Vec<PolicyPath>) = match entry.key {
+                "read" => ("read", &mut fs.read),
+                "write" => ("write", &mut fs.write),
+                "exec" => ("exec", &mut fs.exec),
+                _ => continue,
+            };
+            let mut first_seen: HashMap<PolicyPath, Span> = HashMap::new();
+            for (raw, span) in self.string_array(&entry) {
+                let path = match parse_path(raw) {
+                    Ok(path) => path,
+                    Err(problem) => {
+                        self.problem(span, problem);
+                        continue;
+                    }
+                };
+                if let Some(first) = first_seen.get(&path) {
+                    let hint = self.first_listed(first);
+                    self.error(
+                        span,
+                        format!("`{path}` is listed twice in `{list}`"),
+                        Some(hint),
+                    );
+                    continue;
+                }
+                if matches!(path, PolicyPath::Var(PathVar::Tmp, _)) && list != "write" {
+                    self.error(
+                        span,
+                        format!("`$TMP` is only allowed in `write`, not in `{list}`"),
+                        Some(
+                            "$TMP is the sandbox's private tmpfs at /tmp: always writable, never \
+                             executable"
+                                .into(),
+                        ),
+                    );
+                    continue;
+                }
+                if let PolicyPath::Absolute(p) = &path {
+                    if let Some(reserved) = RESERVED_DIRS.iter().find(|r| p.starts_with(r)) {
+                        self.error(
+                            span,
+                            format!(
+                                "`{path}` is inside {reserved}, which the sandbox builds itself"
+                            ),
+                            Some(format!(
+                                "{reserved} is always present with a fixed content; see \
+                                 docs/policy.md"
+                            )),
+                        );
+                        continue;
+                    }
+                }
+                first_seen.insert(path.clone(), span.clone());
+                all.push((list, path.clone(), span));
+                paths.push(path);
+            }
+        }
+        seen.tmp_granted = fs
+            .write
+            .iter()
+            .any(|p| matches!(p, PolicyPath::Var(PathVar::Tmp, _)));
+        if seen.tmp_granted {
+            all.retain(|(list, path, span)| {
+                let hidden = matches!(path, PolicyPath::Absolute(p) if p.starts_with(TMP_DIR));
+                if hidden {
+                    self.error(
+                        span.clone(),
+                        format!("`{path}` in `{list}` would be hidden by the private tmpfs that `$TMP` mounts at /tmp"),
+                        Some("remove it, or remove \"$TMP\" from `write` to bind host paths below /tmp".into()),
+                    );
+                }
+                !hidden
+            });
+        }
+        self.write_xor_exec(&all);
+        fs
+    }
+
+    /// W^X across lists: nothing writable may be executable. Landlock grants a rule's rights to
+    /// everything below its path, so a writable path inside an executable one (or the reverse)
+    /// would let the plugin write a file and execute it; only the mount flags would stand in the
+    /// way.
+    fn write_xor_exec(&mut self, all: &[(&'static str, PolicyPath, Span)]) {
+        let writes = all.iter().filter(|(list, _, _)| *list == "write");
+        let execs = || all.iter().filter(|(list, _, _)| *list == "exec");
+        for (_, w, w_span) in writes {
+            for (_, x, x_span) in execs() {
+                let (later, earlier) = if start(w_span) > start(x_span) {
+                    (w_span, x_span)
+                } else {
+                    (x_span, w_span)
+                };
+                if w == x {
+                    let hint = format!(
+                        "W^X: a path may be writable or executable, not both; {}",
+                        self.first_listed(earlier)
+                    );
+                    self.error(
+                        later.clone(),
+                        format!("`{w}` is in both `write` and `exec`"),
+                        Some(hint),
+                    );
+                    continue;
+                }
+                let (w_place, x_place) = (inside_key(w), inside_key(x));
+                let hint =
+                    "W^X: Landlock rights reach everything below a path, so the plugin could \
+                            write a file there and execute it; separate the two trees";
+                if w_place.0 == x_place.0 && w_place.1 != x_place.1 {
+                    if w_place.1.starts_with(&x_place.1) {
+                        self.error(
+                            w_span.clone(),
+                            format!("writable path `{w}` is inside executable path `{x}`"),
+                            Some(hint.into()),
+                        );
+                    } else if x_place.1.starts_with(&w_place.1) {
+                        self.error(
+                            x_span.clone(),
+                            format!("executable path `{x}` is inside writable path `{w}`"),
+                            Some(hint.into()),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn first_listed(&self, span: &Span) -> String {
+        let (line, column) = span
+            .as_ref()
+            .map_or((1, 1), |s| self.source.position(s.start));
+        format!("first listed at line {line}, column {column}")
+    }
+
+    // ---- [network] ----
+
+    fn network(&mut self, table: &dyn TableLike, seen: &mut Seen) -> Network {
+        let mut network = Network::default();
+        let mut mode_set = false;
+        for entry in self.entries(table, NETWORK_KEYS, Place::Table("network")) {
+            match entry.key {
+                "mode" => {
+                    mode_set = true;
+                    if let Some(mode) = self.choice(&entry, NETWORK_MODES) {
+                        network.mode = mode;
+                        seen.network_mode = Some(mode);
+                    }
+                }
+                "connect" | "bind" => {
+                    let key: &'static str = if entry.key == "connect" {
+                        "connect"
+                    } else {
+                        "bind"
+                    };
+                    let (rules, written) = self.rules(&entry);
+                    if written > 0 {
+                        seen.network_rule_keys.push((key, entry.key_span()));
+                    }
+                    if key == "connect" {
+                        network.connect = rules;
+                    } else {
+                        network.bind = rules;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !mode_set {
+            seen.network_mode = Some(NetworkMode::None);
+        }
+        network
+    }
+
+    /// The valid rules of `connect` or `bind`, and how many rules were written (valid or not).
+    fn rules(&mut self, entry: &Entry<'_>) -> (Vec<NetworkRule>, usize) {
+        let mut tables: Vec<(&dyn TableLike, Span)> = Vec::new();
+        match entry.item {
+            Item::ArrayOfTables(array) => {
+                tables.extend(array.iter().map(|t| (t as &dyn TableLike, t.span())));
+            }
+            Item::Value(Value::Array(array)) => {
+                for value in array.iter() {
+                    match value.as_inline_table() {
+                        Some(t) => tables.push((t, value.span())),
+                        None => self.error(
+                            value.span(),
+                            format!(
+                                "entries of `{}` must be tables, found {}",
+                                entry.key,
+                                value_type(value)
+                            ),
+                            Some(RULE_EXAMPLE.into()),
+                        ),
+                    }
+                }
+            }
+            other => {
+                self.error(
+                    entry.value_span(),
+                    format!(
+                        "`{}` must be an array of tables, found {}",
+                        entry.key,
+                        item_type(other)
+                    ),
+                    Some(RULE_EXAMPLE.into()),
+                );
+                return (Vec::new(), 0);
+            }
+        }
+        let written = tables.len();
+        let rules = tables
+            .into_iter()
+            .filter_map(|(table, span)| self.rule(table, span))
+            .collect();
+        (rules, written)
+    }
+
+    fn rule(&mut self, table: &dyn TableLike, span: Span) -> Option<NetworkRule> {
+        let mut protocol = Some(Protocol::Tcp);
+        let mut address = None;
+        let mut address_seen = false;
+        let mut ports = None;
+        let mut port_key: Option<(&str, Span)> = None;
+        let mut valid = true;
+        for entry in self.entries(table, RULE_KEYS, Place::NetworkRule) {
+            match entry.key {
+                "protocol" => protocol = self.choice(&entry, PROTOCOLS),
+                "address" => {
+                    address_seen = true;
+                    if let Some(raw) = self.string(&entry) {
+                        match parse_net(raw) {
+                            Ok(net) => address = Some(net),
+                            Err(problem) => self.problem(entry.value_span(), problem),
+                        }
+                    }
+                }
+                "port" | "ports" => {
+                    if let Some((first_key, first_span)) = &port_key {
+                        let (later_key, later_span) = if start(first_span) > start(&entry.key_span)
+                        {
+                            (*first_key, first_span.clone())
+                        } else {
+                            (entry.key, entry.key_span())
+                        };
+                        self.error(
+                            later_span,
+                            format!(
+                                "a rule takes `port` or `ports`, not both (remove `{later_key}`)"
+                            ),
+                            Some(
+                                "`port = 443` for one port, `ports = \"8000-8080\"` for a range"
+                                    .into(),
+                            ),
+                        );
+                        valid = false;
+                        continue;
+                    }
+                    port_key = Some((entry.key, entry.key_span()));
+                    ports = if entry.key == "port" {
+                        self.port(&entry)
+                    } else {
+                        self.port_range(&entry)
+                    };
+                }
+                _ => {}
+            }
+        }
+        if !address_seen {
+            self.error(
+                span.clone(),
+                "network rule has no `address`".into(),
+                Some("add address = \"0.0.0.0/0\" (or \"::/0\") to match any address".into()),
+            );
+        }
+        if port_key.is_none() {
+            self.error(
+                span,
+                "network rule has neither `port` nor `ports`".into(),
+                Some("add port = 443 for one port, or ports = \"8000-8080\" for a range".into()),
+            );
+        }
+        match (protocol, address, ports, valid) {
+            (Some(protocol), Some(address), Some(ports), true) => Some(NetworkRule {
+                protocol,
+                address,
+                ports,
+            }),
+            _ => None,
+        }
+    }
+
+    fn port(&mut self, entry: &Entry<'_>) -> Option<PortRange> {
+        let Some(value) = entry.item.as_integer() else {
+            let hint = entry.item.is_str().then(|| {
+                "write a range as ports = \"8000-8080\", a single port as a number".into()
+            });
+            self.error(
+                entry.value_span(),
+                format!("`port` must be an integer, found {}", item_type(entry.item)),
+                hint,
+            );
+            return None;
+        };
+        match port_number(value, "`port`") {
+            Ok(port) => Some(PortRange {
+                first: port,
+                last: port,
+            }),
+            Err(problem) => {
+                self.problem(entry.value_span(), problem);
+                None
+            }
+        }
+    }
+
+    fn port_range(&mut self, entry: &Entry<'_>) -> Option<PortRange> {
+        let Some(raw) = entry.item.as_str() else {
+            let hint = entry
+                .item
+                .is_integer()
+                .then(|| "use `port = N` for a single port".into());
+            self.error(
+                entry.value_span(),
+                format!(
+                    "`ports` must be a string like \"8000-8080\", found {}",
+                    item_type(entry.item)
+                ),
+                hint,
+            );
+            return None;
+        };
+        match parse_port_range(raw) {
+            Ok(range) => Some(range),
+            Err(problem) => {
+                self.problem(entry.value_span(), problem);
+                None
+            }
+        }
+    }
+
+    // ---- [syscalls] ----
+
+    fn syscalls(&mut self, table: &dyn TableLike) -> Syscalls {
+        let mut syscalls = Syscalls::default();
+        let mut listed: HashMap<String, (&'static str, Span)> = HashMap::new();
+        for entry in self.entries(table, SYSCALLS_KEYS, Place::Table("syscalls")) {
+            match entry.key {
+                "profile" => {
+                    if let Some(p) = self.choice(&entry, SYSCALL_PROFILES) {
+                        syscalls.profile = p;
+                    }
+                }
+                "deny_action" => {
+                    if let Some(a) = self.choice(&entry, DENY_ACTIONS) {
+                        syscalls.deny_action = a;
+                    }
+                }
+                "allow" | "deny" => {
+                    let list: &'static str = if entry.key == "allow" {
+                        "allow"
+                    } else {
+                        "deny"
+                    };
+                    let mut names = Vec::new();
+                    for (name, span) in self.string_array(&entry) {
+                        if syscalls::lookup(name).is_none() {
+                            let hint = match nearest(name, syscalls::ALL.iter().map(|(n, _)| *n)) {
+                                Some(near) => format!("did you mean `{near}`?"),
+                                None => "names are those of x86_64 (`man 2 syscalls`), as listed \
+                                         in policies/src/syscalls.rs"
+                                    .into(),
+                            };
+                            self.error(span, format!("unknown system call `{name}`"), Some(hint));
+                            continue;
+                        }
+                        if let Some((other, first)) = listed.get(name).cloned() {
+                            let hint = self.first_listed(&first);
+                            if other == list {
+                                self.error(
+                                    span,
+                                    format!("`{name}` is listed twice in `{list}`"),
+                                    Some(hint),
+                                );
+                            } else {
+                                self.error(
+                                    span,
+                                    format!("`{name}` is in both `allow` and `deny`"),
+                                    Some(format!("remove it from one of them; {hint}")),
+                                );
+                            }
+                            continue;
+                        }
+                        listed.insert(name.to_string(), (list, span));
+                        names.push(name.to_string());
+                    }
+                    if list == "allow" {
+                        syscalls.allow = names;
+                    } else {
+                        syscalls.deny = names;
+                    }
+                }
+                _ => {}
+            }
+        }
+        syscalls
+    }
+
+    // ---- [resources] ----
+
+    fn resources(&mut self, table: &dyn TableLike, seen: &mut Seen) -> Resources {
+        let mut r = Resources::default();
+        for entry in self.entries(table, RESOURCES_KEYS, Place::Table("resources")) {
+            match entry.key {
+                "memory" => r.memory = self.size(&entry),
+                "fsize" => r.fsize = self.size(&entry),
+                "tmp_size" => {
+                    seen.tmp_size_key = entry.key_span();
+                    r.tmp_size = self.size(&entry);
+                }
+                "pids" => r.pids = self.integer_in(&entry, 1, i64::MAX, None).map(|n| n as u64),
+                "nofile" => {
+                    r.nofile = self
+                        .integer_in(
+                            &entry,
+                            MIN_NOFILE,
+                            MAX_NOFILE,
+                            Some(
+                                "with fewer open files ordinary programs fail before `main` \
+                                 (stdio, the dynamic loader and libc need several)",
+                            ),
+                        )
+                        .map(|n| n as u64)
+                }
+                "cpu" => r.cpu = self.cpu(&entry),
+                "timeout" => r.timeout = self.duration(&entry),
+                _ => {}
+            }
+        }
+        r
+    }
+
+    fn cpu(&mut self, entry: &Entry<'_>) -> Option<f64> {
+        let value = match entry.item.as_value() {
+            Some(Value::Float(f)) => *f.value(),
+            Some(Value::Integer(i)) => *i.value() as f64,
+            _ => {
+                self.error(
+                    entry.value_span(),
+                    format!(
+                        "`cpu` must be a number (share of one core), found {}",
+                        item_type(entry.item)
+                    ),
+                    Some("cpu = 0.5 is half a core, cpu = 2 is two cores".into()),
+                );
+                return None;
+            }
+        };
+        if !(MIN_CPU..=MAX_CPU).contains(&value) {
+            self.error(
+                entry.value_span(),
+                format!("`cpu` must be between {MIN_CPU} and {MAX_CPU}, found {value}"),
+                Some(
+                    "cpu is a share of one core; the kernel's smallest quota is 1% of a core"
+                        .into(),
+                ),
+            );
+            return None;
+        }
+        Some(value)
+    }
+
+    // ---- [enforcement] ----
+
+    fn enforcement(&mut self, table: &dyn TableLike, seen: &mut Seen) -> Enforcement {
+        let mut e = Enforcement::default();
+        seen.enforcement_mode = Some(e.mode);
+        for entry in self.entries(table, ENFORCEMENT_KEYS, Place::Table("enforcement")) {
+            match entry.key {
+                "mode" => {
+                    let mode = self.choice(&entry, ENFORCEMENT_MODES);
+                    seen.enforcement_mode = mode;
+                    if let Some(mode) = mode {
+                        e.mode = mode;
+                    }
+                }
+                "threshold" => {
+                    if let Some(n) = self.integer_in(&entry, 1, i64::from(u32::MAX), None) {
+                        e.threshold = n as u32;
+                    }
+                }
+                "window" => {
+                    if let Some(d) = self.duration(&entry) {
+                        e.window = d;
+                    }
+                }
+                "action" => {
+                    if let Some(action) = self.choice(&entry, THRESHOLD_ACTIONS) {
+                        e.action = action;
+                        if action == ThresholdAction::Kill {
+                            seen.kill_action_key = entry.key_span();
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        e
+    }
+
+    // ---- typed values ----
+
+    /// The entries of `table` whose keys are in `allowed`; every other key is reported here.
+    fn entries<'d>(
+        &mut self,
+        table: &'d dyn TableLike,
+        allowed: &[&str],
+        place: Place,
+    ) -> Vec<Entry<'d>> {
+        let mut known = Vec::new();
+        for (key, item) in table.iter() {
+            let key_span = table.get_key_value(key).and_then(|(k, _)| k.span());
+            if allowed.contains(&key) {
+                known.push(Entry {
+                    key,
+                    key_span,
+                    item,
+                });
+                continue;
+            }
+            let hint = match nearest(key, allowed.iter().copied()) {
+                Some(near) => format!("did you mean `{near}`?"),
+                None => match TABLE_KEYS.iter().find(|(table, keys)| {
+                    keys.contains(&key) && !matches!(place, Place::Table(t) if t == *table)
+                }) {
+                    Some((table, _)) => format!("`{key}` belongs in [{table}]"),
+                    None => format!(
+                        "{} {}",
+                        place.keys_are(),
+                        all_of(&allowed.iter().map(|k| k.to_string()).collect::<Vec<_>>())
+                    ),
+                },
+            };
+            self.error(
+                key_span,
+                format!("unknown key `{key}`{}", place.suffix()),
+                Some(hint),
+            );
+        }
+        known
+    }
+
+    fn type_error(&mut self, entry: &Entry<'_>, expected: &str) {
+        self.error(
+            entry.value_span(),
+            format!(
+                "`{}` must be {expected}, found {}",
+                entry.key,
+                item_type(entry.item)
+            ),
+            None,
+        );
+    }
+
+    fn table<'d>(&mut self, entry: &Entry<'d>) -> Option<&'d dyn TableLike> {
+        let table = entry.item.as_table_like();
+        if table.is_none() {
+            self.type_error(entry, "a table");
+        }
+        table
+    }
+
+    fn string<'d>(&mut self, entry: &Entry<'d>) -> Option<&'d str> {
+        let s = entry.item.as_str();
+        if s.is_none() {
+            self.type_error(entry, "a string");
+        }
+        s
+    }
+
+    fn integer(&mut self, entry: &Entry<'_>) -> Option<i64> {
+        let n = entry.item.as_integer();
+        if n.is_none() {
+            self.type_error(entry, "an integer");
+        }
+        n
+    }
+
+    fn integer_in(
+        &mut self,
+        entry: &Entry<'_>,
+        min: i64,
+        max: i64,
+        why: Option<&str>,
+    ) -> Option<i64> {
+        let n = self.integer(entry)?;
+        let message = if n < min {
+            format!("`{}` must be at least {min}, found {n}", entry.key)
+        } else if n > max {
+            format!("`{}` must be at most {max}, found {n}", entry.key)
+        } else {
+            return Some(n);
+        };
+        self.error(entry.value_span(), message, why.map(str::to_string));
+        None
+    }
+
+    /// A string that must be one of `choices`.
+    fn choice<T: Copy>(&mut self, entry: &Entry<'_>, choices: &[(&str, T)]) -> Option<T> {
+        let names: Vec<String> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+        let Some(raw) = entry.item.as_str() else {
+            self.type_error(entry, &format!("a string ({})", one_of(&names)));
+            return None;
+        };
+        if let Some((_, value)) = choices.iter().find(|(name, _)| *name == raw) {
+            return Some(*value);
+        }
+        let hint =
+            nearest(raw, choices.iter().map(|(n, _)| *n)).map(|n| format!("did you mean \"{n}\"?"));
+        self.error(
+            entry.value_span(),
+            format!(
+                "`{}` must be {}, found \"{raw}\"",
+                entry.key,
+                one_of(&names)
+            ),
+            hint,
+        );
+        None
+    }
+
+    /// An array of strings, each with its position; entries of other types are reported.
+    fn string_array<'d>(&mut self, entry: &Entry<'d>) -> Vec<(&'d str, Span)> {
+        let Some(array) = entry.item.as_array() else {
+            self.type_error(entry, "an array of strings");
+            return Vec::new();
+        };
+        let mut strings = Vec::new();
+        for value in array.iter() {
+            match value.as_str() {
+                Some(s) => strings.push((s, value.span())),
+                None => self.error(
+                    value.span(),
+                    format!(
+                        "entries of `{}` must be strings, found {}",
+                        entry.key,
+                        value_type(value)
+                    ),
+                    None,
+                ),
+            }
+        }
+        strings
+    }
+
+    fn size(&mut self, entry: &Entry<'_>) -> Option<u64> {
+        let parsed = match entry.item.as_value() {
+            Some(Value::Integer(n)) => positive(*n.value(), entry.key),
+            Some(Value::String(s)) => parse_size(s.value()),
+            _ => {
+                self.error(
+                    entry.value_span(),
+                    format!(
+                        "`{}` must be a size (bytes, or a string like \"256M\"), found {}",
+                        entry.key,
+                        item_type(entry.item)
+                    ),
+                    None,
+                );
+                return None;
+            }
+        };
+        match parsed.and_then(|n| positive_u64(n, entry.key)) {
+            Ok(n) => Some(n),
+            Err(problem) => {
+                self.problem(entry.value_span(), problem);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, entry: &Entry<'_>) -> Option<Duration> {
+        let parsed = match entry.item.as_value() {
+            Some(Value::Integer(n)) => positive(*n.value(), entry.key).map(Duration::from_secs),
+            Some(Value::String(s)) => parse_duration(s.value()),
+            _ => {
+                self.error(
+                    entry.value_span(),
+                    format!(
+                        "`{}` must be a duration (seconds, or a string like \"30s\"), found {}",
+                        entry.key,
+                        item_type(entry.item)
+                    ),
+                    None,
+                );
+                return None;
+            }
+        };
+        match parsed {
+            Ok(d) if d.is_zero() => {
+                self.error(
+                    entry.value_span(),
+                    format!("`{}` must be longer than 0", entry.key),
+                    None,
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(problem) => {
+                self.problem(entry.value_span(), problem);
+                None
+            }
+        }
+    }
+}
+
+fn start(span: &Span) -> usize {
+    span.as_ref().map_or(0, |s| s.start)
+}
+
+const RULE_EXAMPLE: &str =
+    "write rules like { protocol = \"tcp\", address = \"0.0.0.0/0\", port = 443 }";
+
+fn item_type(item: &Item) -> &'static str {
+    match item {
+        Item::None => "nothing",
+        Item::Value(v) => value_type(v),
+        Item::Table(_) => "a table",
+        Item::ArrayOfTables(_) => "an array of tables",
+    }
+}
+
+fn value_type(value: &Value) -> &'static str {
+    match value {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a date-time",
+        Value::Array(_) => "an array",
+        Value::InlineTable(_) => "a table",
+    }
+}
+
+/// `$TMP` and `/tmp` are the same place inside the sandbox; other variables are their own trees
+/// until `compile` resolves them. Returns (tree, path within it) for "is one inside the other".
+fn inside_key(path: &PolicyPath) -> (Option<PathVar>, PathBuf) {
+    match path {
+        PolicyPath::Absolute(p) => (None, p.clone()),
+        PolicyPath::Var(PathVar::Tmp, _) => (None, PathBuf::from(TMP_DIR)),
+        PolicyPath::Var(var, rest) => (Some(*var), rest.clone()),
+    }
+}
+
+// ---- value grammars: pure functions, unit-tested below ----
+
+/// A `[filesystem]` path: `/abs/path`, `$VAR` or `$VAR/rest`. Normalised (no `.`, no empty or
+/// trailing components) so duplicates compare equal; `..` is refused rather than resolved, because
+/// with symlinks on the host its meaning depends on the host.
+pub(crate) fn parse_path(raw: &str) -> Result<PolicyPath, Problem> {
+    if raw.is_empty() {
+        return Err(Problem::new("empty path".into()).hint(
+            "write an absolute path like \"/usr/lib\" or a variable like \"$PLUGIN_DIR\"".into(),
+        ));
+    }
+    if raw.contains('\0') {
+        return Err(Problem::new(format!(
+            "path `{}` contains a NUL byte",
+            raw.escape_default()
+        )));
+    }
+    let (var, rest) = if let Some(after) = raw.strip_prefix('$') {
+        let (name, rest) = after.split_once('/').unwrap_or((after, ""));
+        let var = PathVar::ALL.into_iter().find(|v| &v.name()[1..] == name);
+        let Some(var) = var else {
+            // `$PLUGIN_DIRbin`: a known variable glued to the rest of the path.
+            if let Some(v) = PathVar::ALL
+                .into_iter()
+                .find(|v| name.starts_with(&v.name()[1..]))
+            {
+                let junk = &name[v.name().len() - 1..];
+                return Err(Problem::new(format!(
+                    "unexpected `{junk}` after `{}` in `{raw}`",
+                    v.name()
+                ))
+                .hint(format!(
+                    "separate the rest of the path with `/`: `{}/{junk}`",
+                    v.name()
+                )));
+            }
+            let names = PathVar::ALL.map(|v| &v.name()[1..]);
+            let hint = match nearest(name.trim_matches(['{', '}']), names) {
+                Some(near) => format!("did you mean `${near}`?"),
+                None => "the variables are $PLUGIN_DIR, $STATE_DIR and $TMP".into(),
+            };
+            let message = if rest.is_empty() && !after.contains('/') {
+                format!("unknown variable `${name}`")
+            } else {
+                format!("unknown variable `${name}` in `{raw}`")
+            };
+            return Err(Problem::new(message).hint(hint));
+        };
+        (Some(var), rest)
+    } else if raw.starts_with('/') {
+        (None, raw)
+    } else {
+        let hint = if raw.starts_with('~') {
+            "`~` is not expanded; write the full path".to_string()
+        } else {
+            format!("write `/{raw}` for a host path, or `$PLUGIN_DIR/{raw}` for one in the plugin's directory")
+        };
+        return Err(Problem::new(format!(
+            "path `{raw}` is relative: paths must be absolute or start with $PLUGIN_DIR, $STATE_DIR or $TMP"
+        ))
+        .hint(hint));
+    };
+    if rest.contains('$') {
+        return Err(Problem::new(format!(
+            "`$` inside `{raw}`: a variable may only start a path"
+        ))
+        .hint(
+            "the variables are $PLUGIN_DIR, $STATE_DIR and $TMP, at the start of a path".into(),
+        ));
+    }
+    let mut normal = PathBuf::new();
+    if var.is_none() {
+        normal.push("/");
+    }
+    for component in Path::new(rest).components() {
+        match component {
+            Component::Normal(c) => normal.push(c),
+            Component::ParentDir => {
+                return Err(Problem::new(format!("path `{raw}` contains `..`")).hint(
+                    "`..` is not resolved (a symlink on the host would change its meaning); write \
+                     the path it leads to"
+                        .into(),
+                ))
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    Ok(match var {
+        Some(var) => PolicyPath::Var(var, normal),
+        None => PolicyPath::Absolute(normal),
+    })
+}
+
+fn positive(n: i64, key: &str) -> Result<u64, Problem> {
+    u64::try_from(n)
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| Problem::new(format!("`{key}` must be greater than 0, found {n}")))
+}
+
+fn positive_u64(n: u64, key: &str) -> Result<u64, Problem> {
+    if n == 0 {
+        // tmpfs reads size=0 as "unlimited": refusing 0 everywhere keeps that from slipping in.
+        Err(Problem::new(format!("`{key}` must be greater than 0")))
+    } else {
+        Ok(n)
+    }
+}
+
+const SIZE_HINT: &str =
+    "write bytes as an integer, or a whole number with a unit: \"512K\", \"256M\", \"1G\" (powers of 1024)";
+
+/// `"256M"`, `"1G"`, `"512K"`, `"64MiB"`, `"64MB"`, `"4096"`, `"4096B"`: K, M, G, T are powers of
+/// 1024 whether or not an `i` is written, because memory limits are.
+pub(crate) fn parse_size(raw: &str) -> Result<u64, Problem> {
+    let invalid = || Problem::new(format!("invalid size \"{raw}\"")).hint(SIZE_HINT.into());
+    let s = raw.trim();
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(digits_end);
+    if digits.is_empty() {
+        return Err(invalid());
+    }
+    let unit = unit.trim_start();
+    if unit.starts_with('.') {
+        return Err(Problem::new(format!(
+            "invalid size \"{raw}\": fractions are not supported"
+        ))
+        .hint("use a smaller unit: \"1536M\" rather than \"1.5G\"".into()));
+    }
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(invalid()),
+    };
+    let too_large = || Problem::new(format!("size \"{raw}\" is too large"));
+    let n: u64 = digits.parse().map_err(|_| too_large())?;
+    n.checked_mul(1u64 << shift).ok_or_else(too_large)
+}
+
+const DURATION_HINT: &str =
+    "write a whole number with a unit: \"250ms\", \"30s\", \"5m\", \"1h\", or an integer of seconds";
+
+/// `"250ms"`, `"30s"`, `"5m"`, `"1h"`.
+pub(crate) fn parse_duration(raw: &str) -> Result<Duration, Problem> {
+    let invalid = || Problem::new(format!("invalid duration \"{raw}\"")).hint(DURATION_HINT.into());
+    let s = raw.trim();
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(digits_end);
+    if digits.is_empty() {
+        return Err(invalid());
+    }
+    let unit = unit.trim_start();
+    if unit.starts_with('.') {
+        return Err(Problem::new(format!(
+            "invalid duration \"{raw}\": fractions are not supported"
+        ))
+        .hint("use a smaller unit: \"1500ms\" rather than \"1.5s\"".into()));
+    }
+    let too_long = || Problem::new(format!("duration \"{raw}\" is too long"));
+    let n: u64 = digits.parse().map_err(|_| too_long())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(too_long),
+        "h" => n
+            .checked_mul(3600)
+            .map(Duration::from_secs)
+            .ok_or_else(too_long),
+        "" => Err(
+            Problem::new(format!("duration \"{raw}\" has no unit")).hint(format!(
+                "write \"{digits}s\" for seconds, or an integer without quotes"
+            )),
+        ),
+        _ => Err(invalid()),
+    }
+}
+
+/// `what` names the value in the message: "`port`", or "port" inside a range.
+fn port_number(n: i64, what: &str) -> Result<u16, Problem> {
+    u16::try_from(n)
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| Problem::new(format!("{what} must be between 1 and 65535, found {n}")))
+}
+
+/// `"8000-8080"`, or a single `"443"`.
+pub(crate) fn parse_port_range(raw: &str) -> Result<PortRange, Problem> {
+    let invalid = || {
+        Problem::new(format!("invalid port range \"{raw}\""))
+            .hint("write two ports separated by `-`, like \"8000-8080\"".into())
+    };
+    let (first, last) = raw.split_once('-').unwrap_or((raw, raw));
+    let number = |s: &str| -> Result<u16, Problem> {
+        let n: i64 = s.trim().parse().map_err(|_| invalid())?;
+        port_number(n, "a port")
+    };
+    let (first, last) = (number(first)?, number(last)?);
+    if first > last {
+        return Err(Problem::new(format!("port range \"{raw}\" is reversed"))
+            .hint(format!("write \"{last}-{first}\"")));
+    }
+    Ok(PortRange { first, last })
+}
+
+/// `"10.0.0.0/8"`, `"::/0"`, or a bare address (a full-length prefix).
+pub(crate) fn parse_net(raw: &str) -> Result<IpNet, Problem> {
+    let (addr_text, prefix_text) = match raw.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (raw, None),
+    };
+    let addr: IpAddr = addr_text.parse().map_err(|_| {
+        let hint = if addr_text.chars().any(|c| c.is_ascii_alphabetic() && !c.is_ascii_hexdigit())
+        {
+            "host names are not resolved; write an IP address or a CIDR network like \"10.0.0.0/8\""
+        } else {
+            "write an IPv4 or IPv6 address, optionally with a prefix length: \"10.0.0.0/8\", \"::/0\""
+        };
+        Problem::new(format!("invalid address \"{raw}\"")).hint(hint.into())
+    })?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix_text {
+        None => max,
+        Some(p) => p.parse::<u8>().map_err(|_| {
+            Problem::new(format!("invalid prefix length \"{p}\" in \"{raw}\""))
+                .hint(format!("a prefix length is a number from 0 to {max}"))
+        })?,
+    };
+    if prefix > max {
+        let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
+        return Err(Problem::new(format!(
+            "prefix length {prefix} is too long for an {family} address (at most {max})"
+        )));
+    }
+    let network = mask(addr, prefix);
+    if network != addr {
+        return Err(Problem::new(format!("\"{raw}\" has host bits set"))
+            .hint(format!("did you mean \"{network}/{prefix}\"?")));
+    }
+    Ok(IpNet { addr, prefix })
+}
+
+fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let m = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(a) & m))
+        }
+        IpAddr::V6(a) => {
+            let m = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(a) & m))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok<T: std::fmt::Debug>(r: Result<T, Problem>) -> T {
+        match r {
+            Ok(v) => v,
+            Err(p) => panic!("unexpected problem: {p:?}"),
+        }
+    }
+
+    fn message<T: std::fmt::Debug>(r: Result<T, Problem>) -> String {
+        match r {
+            Ok(v) => panic!("expected a problem, got {v:?}"),
+            Err(p) => p.message,
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(ok(parse_size("4096")), 4096);
+        assert_eq!(ok(parse_size("4096B")), 4096);
+        assert_eq!(ok(parse_size("512K")), 512 << 10);
+        assert_eq!(ok(parse_size("256M")), 256 << 20);
+        assert_eq!(ok(parse_size("256 MB")), 256 << 20);
+        assert_eq!(ok(parse_size("64MiB")), 64 << 20);
+        assert_eq!(ok(parse_size("1G")), 1 << 30);
+        assert_eq!(ok(parse_size("1gib")), 1 << 30);
+        assert_eq!(ok(parse_size("2T")), 2 << 40);
+        assert_eq!(
+            message(parse_size("1.5G")),
+            "invalid size \"1.5G\": fractions are not supported"
+        );
+        assert_eq!(message(parse_size("12X")), "invalid size \"12X\"");
+        assert_eq!(message(parse_size("M")), "invalid size \"M\"");
+        assert_eq!(message(parse_size("-1M")), "invalid size \"-1M\"");
+        assert_eq!(message(parse_size("")), "invalid size \"\"");
+        assert_eq!(
+            message(parse_size("99999999999T")),
+            "size \"99999999999T\" is too large"
+        );
+        assert_eq!(
+            message(parse_size("99999999999999999999")),
+            "size \"99999999999999999999\" is too large"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(ok(parse_duration("250ms")), Duration::from_millis(250));
+        assert_eq!(ok(parse_duration("30s")), Duration::from_secs(30));
+        assert_eq!(ok(parse_duration("5m")), Duration::from_secs(300));
+        assert_eq!(ok(parse_duration("1h")), Duration::from_secs(3600));
+        assert_eq!(ok(parse_duration(" 2 h ")), Duration::from_secs(7200));
+        assert_eq!(
+            ok(parse_duration("0s")),
+            Duration::ZERO,
+            "zero is refused by the caller"
+        );
+        assert_eq!(message(parse_duration("30")), "duration \"30\" has no unit");
+        assert_eq!(
+            message(parse_duration("1.5s")),
+            "invalid duration \"1.5s\": fractions are not supported"
+        );
+        assert_eq!(message(parse_duration("5d")), "invalid duration \"5d\"");
+        assert_eq!(message(parse_duration("s")), "invalid duration \"s\"");
+        assert_eq!(
+            message(parse_duration("99999999999999999h")),
+            "duration \"99999999999999999h\" is too long"
+        );
+    }
+
+    #[test]
+    fn paths() {
+        let abs = |p: &str| PolicyPath::Absolute(PathBuf::from(p));
+        let var = |v, p: &str| PolicyPath::Var(v, PathBuf::from(p));
+        assert_eq!(ok(parse_path("/usr/lib")), abs("/usr/lib"));
+        assert_eq!(
+            ok(parse_path("/usr//lib/./x86_64/")),
+            abs("/usr/lib/x86_64")
+        );
+        assert_eq!(ok(parse_path("/")), abs("/"));
+        assert_eq!(ok(parse_path("$PLUGIN_DIR")), var(PathVar::PluginDir, ""));
+        assert_eq!(ok(parse_path("$PLUGIN_DIR/")), var(PathVar::PluginDir, ""));
+        assert_eq!(
+            ok(parse_path("$STATE_DIR/db/")),
+            var(PathVar::StateDir, "db")
+        );
+        assert_eq!(ok(parse_path("$TMP/sub")), var(PathVar::Tmp, "sub"));
+    }
+
+    #[test]
+    fn path_errors() {
+        assert_eq!(message(parse_path("")), "empty path");
+        assert_eq!(
+            message(parse_path("lib")),
+            "path `lib` is relative: paths must be absolute or start with $PLUGIN_DIR, $STATE_DIR or $TMP"
+        );
+        assert_eq!(
+            message(parse_path("$HOME/x")),
+            "unknown variable `$HOME` in `$HOME/x`"
+        );
+        assert_eq!(message(parse_path("$STATE")), "unknown variable `$STATE`");
+        assert_eq!(
+            message(parse_path("$TMPfoo")),
+            "unexpected `foo` after `$TMP` in `$TMPfoo`"
+        );
+        assert_eq!(
+            message(parse_path("/a/../b")),
+            "path `/a/../b` contains `..`"
+        );
+        assert_eq!(
+            message(parse_path("$PLUGIN_DIR/..")),
+            "path `$PLUGIN_DIR/..` contains `..`"
+        );
+        assert_eq!(
+            message(parse_path("/srv/$STATE_DIR")),
+            "`$` inside `/srv/$STATE_DIR`: a variable may only start a path"
+        );
+        assert_eq!(
+            message(parse_path("/a\0")),
+            "path `/a\\u{0}` contains a NUL byte"
+        );
+    }
+
+    #[test]
+    fn networks() {
+        let net = |s: &str| ok(parse_net(s)).to_string();
+        assert_eq!(net("0.0.0.0/0"), "0.0.0.0/0");
+        assert_eq!(net("::/0"), "::/0");
+        assert_eq!(net("10.0.0.0/8"), "10.0.0.0/8");
+        assert_eq!(net("192.0.2.7"), "192.0.2.7/32");
+        assert_eq!(net("2001:db8::/32"), "2001:db8::/32");
+        assert_eq!(net("::1"), "::1/128");
+        assert!(ok(parse_net("::/0")).is_any());
+        assert_eq!(
+            message(parse_net("10.1.0.0/8")),
+            "\"10.1.0.0/8\" has host bits set"
+        );
+        assert_eq!(
+            message(parse_net("10.0.0.0/33")),
+            "prefix length 33 is too long for an IPv4 address (at most 32)"
+        );
+        assert_eq!(
+            message(parse_net("10.0.0.0/x")),
+            "invalid prefix length \"x\" in \"10.0.0.0/x\""
+        );
+        assert_eq!(message(parse_net("10.0.0")), "invalid address \"10.0.0\"");
+        match parse_net("2001:db8::1/32") {
+            Err(p) => assert_eq!(p.hint.as_deref(), Some("did you mean \"2001:db8::/32\"?")),
+            Ok(n) => panic!("accepted {n}"),
+        }
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(
+            ok(parse_port_range("8000-8080")),
+            PortRange {
+                first: 8000,
+                last: 8080
+            }
+        );
+        assert_eq!(
+            ok(parse_port_range(" 1 - 65535 ")),
+            PortRange {
+                first: 1,
+                last: 65535
+            }
+        );
+        assert_eq!(
+            ok(parse_port_range("443")),
+            PortRange {
+                first: 443,
+                last: 443
+            }
+        );
+        assert_eq!(
+            message(parse_port_range("8080-8000")),
+            "port range \"8080-8000\" is reversed"
+        );
+        assert_eq!(
+            message(parse_port_range("0-10")),
+            "a port must be between 1 and 65535, found 0"
+        );
+        assert_eq!(
+            message(parse_port_range("1-70000")),
+            "a port must be between 1 and 65535, found 70000"
+        );
+        assert_eq!(
+            message(parse_port_range("a-b")),
+            "invalid port range \"a-b\""
+        );
+    }
+
+    #[test]
+    fn positions_count_characters_from_one() {
+        let src = Source::new("a = 1\né = \"ü\" x\n", "f");
+        assert_eq!(src.position(0), (1, 1));
+        assert_eq!(src.position(4), (1, 5));
+        assert_eq!(src.position(6), (2, 1));
+        // "é" is two bytes, one column.
+        let x = "a = 1\né = \"ü\" x\n".find('x').unwrap_or(0);
+        assert_eq!(src.position(x), (2, 9));
+    }
+
+    /// Every key of the vocabulary reaches its own check: `key = true` is a type error naming the
+    /// key, never "unknown key" and never silently accepted. The schema test checks the same lists
+    /// against the schema, so parser, schema and lists agree.
+    #[test]
+    fn every_listed_key_is_handled() {
+        let tables: &[(&str, &[&str])] = &[
+            ("", TOP_KEYS),
+            ("[filesystem]\n", FILESYSTEM_KEYS),
+            ("[network]\n", NETWORK_KEYS),
+            ("[syscalls]\n", SYSCALLS_KEYS),
+            ("[resources]\n", RESOURCES_KEYS),
+            ("[enforcement]\n", ENFORCEMENT_KEYS),
+            (
+                "[network]\nmode = \"allow\"\n[[network.connect]]\n",
+                RULE_KEYS,
+            ),
+        ];
+        for (header, keys) in tables {
+            for key in *keys {
+                let src = format!("{header}{key} = true\n");
+                let errors = match parse_policy(&src, "t") {
+                    Ok(_) => panic!("`{key} = true` accepted in:\n{src}"),
+                    Err(d) => d.0,
+                };
+                assert!(
+                    errors
+                        .iter()
+                        .any(|e| e.message.starts_with(&format!("`{key}` must be"))),
+                    "{src}\n{errors:?}"
+                );
+                assert!(
+                    errors.iter().all(|e| !e.message.starts_with("unknown key")),
+                    "{errors:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn empty_file_is_the_default_policy() {
+        let p = match parse_policy("# nothing\n", "t") {
+            Ok(p) => p,
+            Err(d) => panic!("{d}"),
+        };
+        assert_eq!(p.filesystem, Filesystem::default());
+        assert_eq!(p.network, Network::default());
+        assert_eq!(p.syscalls, Syscalls::default());
+        assert_eq!(p.resources, Resources::default());
+        assert_eq!(p.enforcement, Enforcement::default());
+        assert_eq!(p.description, None);
+    }
+
+    #[test]
+    fn tables_may_be_written_inline_or_dotted() {
+        let src = r#"
+            version = 1
+            filesystem = { exec = ["/usr/bin"] }
+            resources.memory = "1G"
+            [network]
+            mode = "allow"
+            [[network.connect]]
+            address = "192.0.2.0/24"
+            ports = "8000-8080"
+            protocol = "udp"
+        "#;
+        let p = match parse_policy(src, "t") {
+            Ok(p) => p,
+            Err(d) => panic!("{d}"),
+        };
+        assert_eq!(
+            p.filesystem.exec,
+            vec![PolicyPath::Absolute("/usr/bin".into())]
+        );
+        assert_eq!(p.resources.memory, Some(1 << 30));
+        assert_eq!(p.network.connect.len(), 1);
+        assert_eq!(p.network.connect[0].protocol, Protocol::Udp);
+        assert_eq!(
+            p.network.connect[0].ports,
+            PortRange {
+                first: 8000,
+                last: 8080
+            }
+        );
+    }
+
+    #[test]
+    fn load_policy_reports_io_and_encoding() {
+        let missing = Path::new("/nonexistent/stockade/policy.toml");
+        match load_policy(missing) {
+            Err(LoadError::Io { path, .. }) => assert_eq!(path, missing),
+            other => panic!("{other:?}"),
+        }
+        let dir = std::env::temp_dir().join(format!("stockade-policy-test-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let file = dir.join("latin1.toml");
+        if std::fs::write(&file, b"description = \"caf\xe9\"\n").is_ok() {
+            match load_policy(&file) {
+                Err(LoadError::Invalid(d)) => {
+                    assert_eq!((d.0[0].line, d.0[0].column), (1, 19));
+                    assert_eq!(d.0[0].message, "the file is not valid UTF-8");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

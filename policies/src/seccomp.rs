@@ -1,0 +1,302 @@
+//! Compiles `[syscalls]` into a classic-BPF seccomp program for x86_64.
+//!
+//! Why our own generator rather than seccompiler's `SeccompFilter`: a sandbox needs different
+//! answers for different calls in one filter (EPERM for denied calls, ENOSYS for `clone3` so that
+//! libc falls back to `clone`, whose flags we can inspect) and seccompiler gives one match action
+//! per filter. Its rules are also a linear chain; this generator emits a binary search over syscall
+//! number ranges, so a call costs about log2(ranges) comparisons. seccompiler still installs the
+//! program in the shim.
+//!
+//! The program:
+//! 1. checks the architecture: anything but AUDIT_ARCH_X86_64 (an `int 0x80` i386 call) kills the
+//!    process, because the numbers below mean other calls in other ABIs;
+//! 2. denies the x32 ABI (numbers with bit 30 set);
+//! 3. searches the allowed ranges; calls with argument checks get a few more instructions.
+
+use crate::model::{DenyAction, Syscalls};
+use crate::spec::SeccompSpec;
+use crate::syscalls;
+
+const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_JMP_JA: u16 = 0x05;
+const BPF_JMP_JEQ_K: u16 = 0x15;
+const BPF_JMP_JGE_K: u16 = 0x35;
+const BPF_JMP_JSET_K: u16 = 0x45;
+const BPF_RET_K: u16 = 0x06;
+
+pub const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
+pub const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+pub const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+const OFFSET_NR: u32 = 0;
+const OFFSET_ARCH: u32 = 4;
+/// Low 32 bits of argument `i` (seccomp_data.args is u64[6] at offset 16; x86_64 is little-endian).
+const fn offset_arg_low(i: u32) -> u32 {
+    16 + 8 * i
+}
+
+const CLONE_NAMESPACE_FLAGS: u32 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET
+    | 0x80/* CLONE_NEWTIME */) as u32;
+const TIOCSTI: u32 = 0x5412;
+const TIOCLINUX: u32 = 0x541c;
+/// personality() values that do not weaken the process: PER_LINUX, PER_LINUX32, UNAME26 and their
+/// combination, and 0xffffffff (query). ADDR_NO_RANDOMIZE, READ_IMPLIES_EXEC and friends are denied.
+const SAFE_PERSONALITIES: [u32; 5] = [0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
+
+type Insn = (u16, u8, u8, u32);
+
+/// What the program does with one syscall number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Allow,
+    Deny,
+    Enosys,
+    CloneWithoutNamespaces,
+    IoctlWithoutTerminalInjection,
+    SafePersonality,
+}
+
+/// Builds the program for a validated `[syscalls]` table. Unknown names were rejected by the parser
+/// and are ignored here.
+pub fn build_program(s: &Syscalls) -> SeccompSpec {
+    let deny_ret = match s.deny_action {
+        DenyAction::Eperm => SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        DenyAction::Kill => SECCOMP_RET_KILL_PROCESS,
+    };
+    let mut verdicts = verdicts(s);
+    verdicts.sort_by_key(|&(nr, _)| nr);
+    let segments = segments(&verdicts);
+
+    let mut program = vec![
+        (BPF_LD_W_ABS, 0, 0, OFFSET_ARCH),
+        (BPF_JMP_JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+        (BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
+        (BPF_LD_W_ABS, 0, 0, OFFSET_NR),
+    ];
+    // Numbers at or above the x32 bit form the last segment, which is always Deny.
+    emit_search(&segments, deny_ret, &mut program);
+    SeccompSpec { program }
+}
+
+fn verdicts(s: &Syscalls) -> Vec<(u32, Verdict)> {
+    let mut allowed: Vec<&str> = syscalls::profile_allows(s.profile);
+    allowed.retain(|name| !s.deny.iter().any(|d| d == name));
+    for name in &s.allow {
+        if !allowed.contains(&name.as_str()) {
+            if let Some((n, _)) = syscalls::ALL.iter().find(|(n, _)| n == name) {
+                allowed.push(n);
+            }
+        }
+    }
+    let explicitly_allowed = |name: &str| s.allow.iter().any(|a| a == name);
+    allowed
+        .into_iter()
+        .filter_map(|name| {
+            let nr = syscalls::lookup(name)?;
+            let verdict = match name {
+                "clone" => Verdict::CloneWithoutNamespaces,
+                // glibc and musl fall back to clone() on ENOSYS, never on EPERM.
+                "clone3" if !explicitly_allowed("clone3") => Verdict::Enosys,
+                "ioctl" => Verdict::IoctlWithoutTerminalInjection,
+                "personality" => Verdict::SafePersonality,
+                _ => Verdict::Allow,
+            };
+            Some((nr, verdict))
+        })
+        .collect()
+}
+
+/// Covers the whole u32 number space with (first, verdict) segments, merging neighbours with the
+/// same verdict; each segment runs up to the next one's first number.
+fn segments(verdicts: &[(u32, Verdict)]) -> Vec<(u32, Verdict)> {
+    let mut out: Vec<(u32, Verdict)> = vec![(0, Verdict::Deny)];
+    let push = |first: u32, v: Verdict, out: &mut Vec<(u32, Verdict)>| {
+        if out.last().map(|&(_, last)| last) != Some(v) {
+            if out.last().map(|&(f, _)| f) == Some(first) {
+                out.pop();
+                if out.last().map(|&(_, last)| last) == Some(v) {
+                    return;
+                }
+            }
+            out.push((first, v));
+        }
+    };
+    for &(nr, v) in verdicts {
+        debug_assert!(nr < X32_SYSCALL_BIT);
+        push(nr, v, &mut out);
+        push(nr + 1, Verdict::Deny, &mut out);
+    }
+    push(X32_SYSCALL_BIT, Verdict::Deny, &mut out);
+    out
+}
+
+/// Emits a binary search over `segments` (sorted, first one starting at 0). The accumulator holds
+/// the syscall number on entry to every node.
+fn emit_search(segments: &[(u32, Verdict)], deny_ret: u32, out: &mut Vec<Insn>) {
+    if segments.len() == 1 {
+        emit_verdict(segments[0].1, deny_ret, out);
+        return;
+    }
+    let mid = segments.len() / 2;
+    let mut low = Vec::new();
+    emit_search(&segments[..mid], deny_ret, &mut low);
+    let split = segments[mid].0;
+    match u8::try_from(low.len()) {
+        Ok(skip) => out.push((BPF_JMP_JGE_K, skip, 0, split)),
+        Err(_) => {
+            // Too far for an 8-bit conditional offset: hop over an unconditional jump.
+            out.push((BPF_JMP_JGE_K, 0, 1, split));
+            out.push((BPF_JMP_JA, 0, 0, low.len() as u32));
+        }
+    }
+    out.extend(low);
+    emit_search(&segments[mid..], deny_ret, out);
+}
+
+fn emit_verdict(v: Verdict, deny_ret: u32, out: &mut Vec<Insn>) {
+    let allow = (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW);
+    let deny = (BPF_RET_K, 0, 0, deny_ret);
+    match v {
+        Verdict::Allow => out.push(allow),
+        Verdict::Deny => out.push(deny),
+        Verdict::Enosys => out.push((BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | libc::ENOSYS as u32)),
+        Verdict::CloneWithoutNamespaces => out.extend([
+            (BPF_LD_W_ABS, 0, 0, offset_arg_low(0)),
+            (BPF_JMP_JSET_K, 1, 0, CLONE_NAMESPACE_FLAGS),
+            allow,
+            deny,
+        ]),
+        Verdict::IoctlWithoutTerminalInjection => out.extend([
+            (BPF_LD_W_ABS, 0, 0, offset_arg_low(1)),
+            (BPF_JMP_JEQ_K, 2, 0, TIOCSTI),
+            (BPF_JMP_JEQ_K, 1, 0, TIOCLINUX),
+            allow,
+            deny,
+        ]),
+        Verdict::SafePersonality => {
+            out.push((BPF_LD_W_ABS, 0, 0, offset_arg_low(0)));
+            let n = SAFE_PERSONALITIES.len() as u8;
+            for (i, value) in SAFE_PERSONALITIES.iter().enumerate() {
+                // On a match, skip the remaining comparisons and the `deny` to land on `allow`.
+                out.push((BPF_JMP_JEQ_K, n - i as u8, 0, *value));
+            }
+            out.push(deny);
+            out.push(allow);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SyscallProfile;
+
+    /// A classic-BPF interpreter for the instructions the generator emits, so that the program's
+    /// answer for every syscall number can be checked without installing it.
+    fn run(program: &[Insn], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
+        let mut data = Vec::new();
+        data.extend(nr.to_le_bytes());
+        data.extend(arch.to_le_bytes());
+        data.extend(0u64.to_le_bytes());
+        for a in args {
+            data.extend(a.to_le_bytes());
+        }
+        let mut acc = 0u32;
+        let mut pc = 0usize;
+        loop {
+            let (code, jt, jf, k) = program[pc];
+            pc += 1;
+            match code {
+                BPF_LD_W_ABS => {
+                    let o = k as usize;
+                    acc = u32::from_le_bytes(data[o..o + 4].try_into().unwrap());
+                }
+                BPF_JMP_JA => pc += k as usize,
+                BPF_JMP_JEQ_K => pc += if acc == k { jt } else { jf } as usize,
+                BPF_JMP_JGE_K => pc += if acc >= k { jt } else { jf } as usize,
+                BPF_JMP_JSET_K => pc += if acc & k != 0 { jt } else { jf } as usize,
+                BPF_RET_K => return k,
+                other => panic!("unexpected opcode {other:#x}"),
+            }
+        }
+    }
+
+    fn eperm() -> u32 {
+        SECCOMP_RET_ERRNO | libc::EPERM as u32
+    }
+
+    fn answer(p: &[Insn], name: &str, args: [u64; 6]) -> u32 {
+        run(p, AUDIT_ARCH_X86_64, syscalls::lookup(name).unwrap(), args)
+    }
+
+    #[test]
+    fn every_number_gets_the_profile_answer() {
+        let spec = build_program(&Syscalls::default());
+        let allowed = syscalls::profile_allows(SyscallProfile::Default);
+        for nr in 0..600u32 {
+            let got = run(&spec.program, AUDIT_ARCH_X86_64, nr, [0; 6]);
+            let name = syscalls::name_of(nr);
+            let want = match name {
+                Some("clone3") => SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+                Some(n) if allowed.contains(&n) => SECCOMP_RET_ALLOW,
+                _ => eperm(),
+            };
+            assert_eq!(got, want, "syscall {nr} ({name:?})");
+        }
+    }
+
+    #[test]
+    fn foreign_architectures_and_x32_are_refused() {
+        let p = build_program(&Syscalls::default()).program;
+        const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+        assert_eq!(run(&p, AUDIT_ARCH_I386, 20, [0; 6]), SECCOMP_RET_KILL_PROCESS);
+        assert_eq!(run(&p, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 39, [0; 6]), eperm());
+        assert_eq!(run(&p, AUDIT_ARCH_X86_64, u32::MAX, [0; 6]), eperm());
+    }
+
+    #[test]
+    fn argument_filters() {
+        let p = build_program(&Syscalls::default()).program;
+        let thread_flags = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as u64;
+        assert_eq!(answer(&p, "clone", [thread_flags, 0, 0, 0, 0, 0]), SECCOMP_RET_ALLOW);
+        let userns = libc::CLONE_NEWUSER as u64 | libc::SIGCHLD as u64;
+        assert_eq!(answer(&p, "clone", [userns, 0, 0, 0, 0, 0]), eperm());
+        assert_eq!(answer(&p, "ioctl", [0, 0x5401, 0, 0, 0, 0]), SECCOMP_RET_ALLOW);
+        assert_eq!(answer(&p, "ioctl", [0, TIOCSTI as u64, 0, 0, 0, 0]), eperm());
+        assert_eq!(answer(&p, "ioctl", [0, TIOCLINUX as u64, 0, 0, 0, 0]), eperm());
+        for ok in SAFE_PERSONALITIES {
+            assert_eq!(answer(&p, "personality", [ok as u64, 0, 0, 0, 0, 0]), SECCOMP_RET_ALLOW);
+        }
+        assert_eq!(answer(&p, "personality", [0x0040000, 0, 0, 0, 0, 0]), eperm());
+    }
+
+    #[test]
+    fn additions_removals_and_kill() {
+        let s = Syscalls {
+            allow: vec!["ptrace".into(), "clone3".into()],
+            deny: vec!["getppid".into()],
+            deny_action: DenyAction::Kill,
+            ..Syscalls::default()
+        };
+        let p = build_program(&s).program;
+        assert_eq!(answer(&p, "ptrace", [0; 6]), SECCOMP_RET_ALLOW);
+        assert_eq!(answer(&p, "clone3", [0; 6]), SECCOMP_RET_ALLOW);
+        assert_eq!(answer(&p, "getppid", [0; 6]), SECCOMP_RET_KILL_PROCESS);
+        assert_eq!(answer(&p, "mount", [0; 6]), SECCOMP_RET_KILL_PROCESS);
+        assert_eq!(answer(&p, "getpid", [0; 6]), SECCOMP_RET_ALLOW);
+    }
+
+    #[test]
+    fn program_is_short() {
+        let p = build_program(&Syscalls::default()).program;
+        assert!(p.len() < 256, "{} instructions", p.len());
+    }
+}

@@ -1,0 +1,435 @@
+//! One cgroup per sandbox, below the supervisor's own cgroup, in every hierarchy that enforces one
+//! of its limits.
+//!
+//! Why our own code rather than cgroups-rs: on hybrid hosts (v1 controllers plus a v2 hierarchy
+//! without controllers, like these machines) a sandbox needs both at once: the v1 memory, pids and
+//! cpu controllers for its limits, and a v2 directory for its cgroup id (what BPF programs key on),
+//! `cgroup.kill` and `CLONE_INTO_CGROUP`. cgroups-rs picks one hierarchy kind per host. What we need
+//! is a few file writes per hierarchy, done here (see docs/architecture.md).
+//!
+//! Rules this module keeps: it never writes into, moves processes out of, or removes a cgroup at or
+//! above its own; everything it creates it removes, also on error paths.
+
+use std::fs;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use stockade_policy::ResourceSpec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cannot read the cgroup layout: {0}")]
+    Layout(String),
+    #[error("no cgroup v2 hierarchy is mounted")]
+    NoUnified,
+    #[error("the {0} controller is not available in any hierarchy")]
+    MissingController(&'static str),
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl CgroupError {
+    fn io(action: &'static str, path: &Path, source: io::Error) -> CgroupError {
+        CgroupError::Io { action, path: path.to_path_buf(), source }
+    }
+}
+
+/// How the host mounts cgroups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// cgroup v2 only (the systemd default): every controller in one hierarchy.
+    Unified { mount: PathBuf, own: PathBuf },
+    /// v1 controllers beside a v2 hierarchy whose controllers are not the ones we need.
+    Hybrid { unified: PathBuf, own_unified: PathBuf, v1: Vec<V1Hierarchy> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V1Hierarchy {
+    pub controller: &'static str,
+    /// The supervisor's own cgroup in this hierarchy (absolute path under the mount).
+    pub own: PathBuf,
+}
+
+/// The v1 controllers a sandbox uses on hybrid hosts.
+const V1_CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "cpuacct"];
+/// The v2 controllers a sandbox needs on unified hosts.
+const V2_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
+
+impl Layout {
+    pub fn detect() -> Result<Layout, CgroupError> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| CgroupError::Layout(format!("/proc/self/mountinfo: {e}")))?;
+        let own = fs::read_to_string("/proc/self/cgroup")
+            .map_err(|e| CgroupError::Layout(format!("/proc/self/cgroup: {e}")))?;
+        Layout::from_tables(&mountinfo, &own)
+    }
+
+    /// Parses /proc/self/mountinfo and /proc/self/cgroup.
+    pub fn from_tables(mountinfo: &str, own: &str) -> Result<Layout, CgroupError> {
+        let mut v2_mount: Option<PathBuf> = None;
+        let mut v1_mounts: Vec<(String, PathBuf)> = Vec::new();
+        for line in mountinfo.lines() {
+            // "36 25 0:31 / /sys/fs/cgroup/memory rw,relatime shared:14 - cgroup cgroup rw,memory"
+            let Some((left, right)) = line.split_once(" - ") else { continue };
+            let mount_point = left.split(' ').nth(4).unwrap_or_default();
+            let mut right = right.split(' ');
+            let fstype = right.next().unwrap_or_default();
+            let super_opts = right.nth(1).unwrap_or_default();
+            match fstype {
+                "cgroup2" if v2_mount.is_none() => v2_mount = Some(PathBuf::from(mount_point)),
+                "cgroup" => v1_mounts.push((super_opts.to_string(), PathBuf::from(mount_point))),
+                _ => {}
+            }
+        }
+        let mut own_v2 = None;
+        let mut own_v1: Vec<(Vec<String>, String)> = Vec::new();
+        for line in own.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (Some(_id), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if ctrls.is_empty() {
+                own_v2 = Some(path.to_string());
+            } else {
+                own_v1.push((ctrls.split(',').map(String::from).collect(), path.to_string()));
+            }
+        }
+        let unified = v2_mount.ok_or(CgroupError::NoUnified)?;
+        let own_unified = join(&unified, own_v2.as_deref().unwrap_or("/"));
+        if v1_mounts.is_empty() {
+            return Ok(Layout::Unified { mount: unified, own: own_unified });
+        }
+        let mut v1 = Vec::new();
+        for controller in V1_CONTROLLERS {
+            let mount = v1_mounts
+                .iter()
+                .find(|(opts, _)| opts.split(',').any(|o| o == controller))
+                .map(|(_, m)| m.clone());
+            let own_path = own_v1
+                .iter()
+                .find(|(ctrls, _)| ctrls.iter().any(|c| c == controller))
+                .map(|(_, p)| p.clone());
+            match (mount, own_path) {
+                (Some(mount), Some(own)) => {
+                    v1.push(V1Hierarchy { controller, own: join(&mount, &own) })
+                }
+                _ if controller == "cpuacct" => {}
+                _ => return Err(CgroupError::MissingController(controller)),
+            }
+        }
+        Ok(Layout::Hybrid { unified, own_unified, v1 })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Layout::Unified { .. } => "unified (cgroup v2)",
+            Layout::Hybrid { .. } => "hybrid (cgroup v1 controllers + cgroup v2 for identity)",
+        }
+    }
+}
+
+fn join(mount: &Path, cgroup_path: &str) -> PathBuf {
+    let rel = cgroup_path.trim_start_matches('/');
+    if rel.is_empty() {
+        mount.to_path_buf()
+    } else {
+        mount.join(rel)
+    }
+}
+
+/// Resource use read from the sandbox's cgroups when it ends.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CgroupStats {
+    pub memory_peak_bytes: Option<u64>,
+    pub oom_kills: u64,
+    pub pids_peak: Option<u64>,
+    pub pids_limit_hits: u64,
+    pub cpu_usage_us: Option<u64>,
+}
+
+/// The cgroups of one sandbox. Dropping it removes them (after killing what is left inside).
+#[derive(Debug)]
+pub struct SandboxCgroup {
+    /// The v2 directory: cgroup id, cgroup.kill, CLONE_INTO_CGROUP, and the limits on unified hosts.
+    v2: PathBuf,
+    /// v1 directories on hybrid hosts, by controller.
+    v1: Vec<(&'static str, PathBuf)>,
+    removed: bool,
+}
+
+impl SandboxCgroup {
+    /// Creates the sandbox's cgroups named `name` and writes its limits. On any error, what was
+    /// already created is removed.
+    pub fn create(layout: &Layout, name: &str, limits: &ResourceSpec) -> Result<SandboxCgroup, CgroupError> {
+        let (own_v2, v1) = match layout {
+            Layout::Unified { own, .. } => (own.clone(), Vec::new()),
+            Layout::Hybrid { own_unified, v1, .. } => (own_unified.clone(), v1.clone()),
+        };
+        let mut cg = SandboxCgroup { v2: own_v2.join(name), v1: Vec::new(), removed: false };
+        if matches!(layout, Layout::Unified { .. }) {
+            enable_controllers(&own_v2)?;
+        }
+        mkdir(&cg.v2)?;
+        for h in &v1 {
+            let dir = h.own.join(name);
+            mkdir(&dir)?;
+            cg.v1.push((h.controller, dir));
+        }
+        cg.write_limits(limits)?;
+        Ok(cg)
+    }
+
+    fn write_limits(&self, limits: &ResourceSpec) -> Result<(), CgroupError> {
+        if self.v1.is_empty() {
+            write(&self.v2.join("memory.max"), &limits.memory_bytes.to_string())?;
+            write_if_exists(&self.v2.join("memory.swap.max"), "0")?;
+            // Kill the whole sandbox on OOM, not one process chosen inside it.
+            write_if_exists(&self.v2.join("memory.oom.group"), "1")?;
+            write(&self.v2.join("pids.max"), &limits.pids.to_string())?;
+            if let Some(quota) = limits.cpu_quota_us {
+                write(&self.v2.join("cpu.max"), &format!("{quota} 100000"))?;
+            }
+            return Ok(());
+        }
+        for (controller, dir) in &self.v1 {
+            match *controller {
+                "memory" => {
+                    write(&dir.join("memory.limit_in_bytes"), &limits.memory_bytes.to_string())?;
+                    // Swap counts against the same limit where swap accounting exists.
+                    write_if_exists(&dir.join("memory.memsw.limit_in_bytes"), &limits.memory_bytes.to_string())?;
+                    write_if_exists(&dir.join("memory.swappiness"), "0")?;
+                }
+                "pids" => write(&dir.join("pids.max"), &limits.pids.to_string())?,
+                "cpu" => {
+                    if let Some(quota) = limits.cpu_quota_us {
+                        write(&dir.join("cpu.cfs_period_us"), "100000")?;
+                        write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// An O_DIRECTORY descriptor of the v2 directory, for clone3's CLONE_INTO_CGROUP.
+    pub fn v2_dir_fd(&self) -> Result<OwnedFd, CgroupError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(&self.v2)
+            .map_err(|e| CgroupError::io("open", &self.v2, e))?;
+        Ok(dir.into())
+    }
+
+    /// The cgroup id: the inode number of the v2 directory, what `bpf_get_current_cgroup_id()`
+    /// returns for the sandbox's processes.
+    pub fn id(&self) -> Result<u64, CgroupError> {
+        fs::metadata(&self.v2).map(|m| m.ino()).map_err(|e| CgroupError::io("stat", &self.v2, e))
+    }
+
+    pub fn v2_path(&self) -> &Path {
+        &self.v2
+    }
+
+    /// Puts `pid` into the v1 cgroups (hybrid hosts). Called before the child runs any code of
+    /// its own: it is blocked on the launcher's sync pipe.
+    pub fn attach_v1(&self, pid: i32) -> Result<(), CgroupError> {
+        for (_, dir) in &self.v1 {
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Kills every process in the sandbox at once (cgroup.kill, Linux 5.14+).
+    pub fn kill(&self) -> Result<(), CgroupError> {
+        write(&self.v2.join("cgroup.kill"), "1")
+    }
+
+    pub fn is_populated(&self) -> bool {
+        match fs::read_to_string(self.v2.join("cgroup.events")) {
+            Ok(events) => events.lines().any(|l| l == "populated 1"),
+            Err(_) => false,
+        }
+    }
+
+    pub fn stats(&self) -> CgroupStats {
+        let mut s = CgroupStats {
+            cpu_usage_us: read_keyed(&self.v2.join("cpu.stat"), "usage_usec"),
+            ..CgroupStats::default()
+        };
+        if self.v1.is_empty() {
+            s.memory_peak_bytes = read_u64(&self.v2.join("memory.peak"));
+            s.oom_kills = read_keyed(&self.v2.join("memory.events"), "oom_kill").unwrap_or(0);
+            s.pids_peak = read_u64(&self.v2.join("pids.peak"));
+            s.pids_limit_hits = read_keyed(&self.v2.join("pids.events"), "max").unwrap_or(0);
+            return s;
+        }
+        for (controller, dir) in &self.v1 {
+            match *controller {
+                "memory" => {
+                    s.memory_peak_bytes = read_u64(&dir.join("memory.max_usage_in_bytes"));
+                    s.oom_kills = read_keyed(&dir.join("memory.oom_control"), "oom_kill").unwrap_or(0);
+                }
+                "pids" => {
+                    s.pids_peak = read_u64(&dir.join("pids.peak"));
+                    s.pids_limit_hits = read_keyed(&dir.join("pids.events"), "max").unwrap_or(0);
+                }
+                _ => {}
+            }
+        }
+        s
+    }
+
+    /// Kills what is left, waits until the cgroups are empty, and removes them.
+    pub fn destroy(mut self) -> Result<(), CgroupError> {
+        self.remove()
+    }
+
+    fn remove(&mut self) -> Result<(), CgroupError> {
+        if self.removed {
+            return Ok(());
+        }
+        self.removed = true;
+        if self.v2.exists() && self.is_populated() {
+            let _ = self.kill();
+        }
+        let mut first_error = None;
+        for dir in self.v1.iter().map(|(_, d)| d.clone()).chain(std::iter::once(self.v2.clone())) {
+            if let Err(e) = rmdir_when_empty(&dir) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for SandboxCgroup {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove() {
+            tracing::warn!("cgroup cleanup: {e}");
+        }
+    }
+}
+
+/// Enables the controllers we need for children of `own` (unified hosts). Fails with EBUSY when
+/// `own` holds processes and is not the root (cgroup v2's no-internal-process rule).
+fn enable_controllers(own: &Path) -> Result<(), CgroupError> {
+    let path = own.join("cgroup.subtree_control");
+    let current = fs::read_to_string(&path).map_err(|e| CgroupError::io("read", &path, e))?;
+    let missing: Vec<String> = V2_CONTROLLERS
+        .iter()
+        .filter(|c| !current.split_whitespace().any(|have| have == **c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    write(&path, &missing.join(" "))
+}
+
+/// rmdir, retrying while the kernel finishes tearing down exited tasks (rmdir of a cgroup whose
+/// last task is exiting returns EBUSY for a short while).
+fn rmdir_when_empty(dir: &Path) -> Result<(), CgroupError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => return Err(CgroupError::io("remove", dir, e)),
+        }
+    }
+}
+
+fn mkdir(dir: &Path) -> Result<(), CgroupError> {
+    fs::create_dir(dir).map_err(|e| CgroupError::io("create", dir, e))
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(|e| CgroupError::io("write", path, e))
+}
+
+fn write_if_exists(path: &Path, value: &str) -> Result<(), CgroupError> {
+    match fs::write(path, value) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other.map_err(|e| CgroupError::io("write", path, e)),
+    }
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Reads `key value` lines (cpu.stat, memory.events, memory.oom_control, pids.events).
+fn read_keyed(path: &Path, key: &str) -> Option<u64> {
+    let text = fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID_MOUNTS: &str = "\
+35 24 0:30 / /sys/fs/cgroup/unified rw,relatime shared:10 - cgroup2 cgroup2 rw
+37 24 0:32 / /sys/fs/cgroup/cpu rw,relatime shared:12 - cgroup cgroup rw,cpu
+38 24 0:33 / /sys/fs/cgroup/cpuacct rw,relatime shared:13 - cgroup cgroup rw,cpuacct
+40 24 0:35 / /sys/fs/cgroup/memory rw,relatime shared:15 - cgroup cgroup rw,memory
+43 24 0:38 / /sys/fs/cgroup/pids rw,relatime shared:18 - cgroup cgroup rw,pids
+";
+    const HYBRID_OWN: &str = "\
+8:pids:/
+4:memory:/process_api/abc
+2:cpuacct:/
+1:cpu:/
+0::/
+";
+
+    #[test]
+    fn hybrid_layout_nests_below_own_cgroups() {
+        let layout = Layout::from_tables(HYBRID_MOUNTS, HYBRID_OWN).unwrap();
+        let Layout::Hybrid { unified, own_unified, v1 } = layout else { panic!("not hybrid") };
+        assert_eq!(unified, PathBuf::from("/sys/fs/cgroup/unified"));
+        assert_eq!(own_unified, PathBuf::from("/sys/fs/cgroup/unified"));
+        let memory = v1.iter().find(|h| h.controller == "memory").unwrap();
+        assert_eq!(memory.own, PathBuf::from("/sys/fs/cgroup/memory/process_api/abc"));
+        assert_eq!(v1.len(), 4);
+    }
+
+    #[test]
+    fn unified_layout() {
+        let mounts = "30 24 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
+        let layout = Layout::from_tables(mounts, "0::/system.slice/stockade.service\n").unwrap();
+        assert_eq!(
+            layout,
+            Layout::Unified {
+                mount: PathBuf::from("/sys/fs/cgroup"),
+                own: PathBuf::from("/sys/fs/cgroup/system.slice/stockade.service"),
+            }
+        );
+    }
+
+    #[test]
+    fn missing_v1_controller_is_named() {
+        let mounts = "35 24 0:30 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
+                      40 24 0:35 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        let err = Layout::from_tables(mounts, "4:memory:/\n0::/\n").unwrap_err();
+        assert!(matches!(err, CgroupError::MissingController("pids")), "{err}");
+    }
+}

@@ -1,0 +1,11 @@
+//! Stockade's supervisor library: cgroups, the launcher, sandbox supervision and kernel probes.
+//! The `stockade` binary (CLI, and later the daemon) is a thin layer over it.
+
+pub mod bpf_probe;
+pub mod cgroup;
+pub mod explain;
+pub mod launcher;
+pub mod probe;
+pub mod sandbox;
+pub mod signals;
+pub mod summary;

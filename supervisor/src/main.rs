@@ -1,0 +1,303 @@
+//! The `stockade` command line: `run`, `policy check|explain|schema`, `doctor`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use stockade::cgroup::Layout;
+use stockade::launcher::{Shim, HOST_ID_BASE};
+use stockade::probe::Probe;
+use stockade::sandbox;
+use stockade::signals::StopSignals;
+use stockade_policy::{load_policy, LaunchContext, LoadError, Policy, SANDBOX_UID};
+
+#[derive(Parser)]
+#[command(name = "stockade", version, about = "A sandbox supervisor for untrusted plugins")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a command in a sandbox under a policy, once, and report how it ended.
+    Run(RunArgs),
+    /// Check, explain or describe policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Probe what each isolation layer can do on this kernel.
+    Doctor {
+        /// Print the probe as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The policy file (TOML; see docs/policy.md).
+    #[arg(long, short = 'p', value_name = "FILE")]
+    policy: PathBuf,
+    /// The directory that `$PLUGIN_DIR` stands for.
+    #[arg(long, value_name = "DIR")]
+    plugin_dir: Option<PathBuf>,
+    /// The writable directory that `$STATE_DIR` stands for (its owner becomes the plugin's uid).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// An environment variable for the plugin (repeatable); nothing else is inherited but TERM.
+    #[arg(long = "env", short = 'e', value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Write the end-of-run summary as one JSON line on stderr instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Print no summary.
+    #[arg(long, short = 'q', conflicts_with = "json")]
+    quiet: bool,
+    /// The command and its arguments, as seen inside the sandbox.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate policy files; report every error with its line and column.
+    Check {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Say in plain words what each layer will enforce for a policy on this kernel.
+    Explain {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Print the JSON Schema of policy files (for editors).
+    Schema,
+}
+
+/// A user-facing failure: one line of cause, one of hint, and the exit code.
+struct Failure {
+    cause: String,
+    hint: Option<String>,
+    code: u8,
+}
+
+impl Failure {
+    fn usage(cause: impl Into<String>, hint: impl Into<String>) -> Failure {
+        Failure { cause: cause.into(), hint: Some(hint.into()), code: 2 }
+    }
+
+    fn internal(cause: impl Into<String>, hint: Option<String>) -> Failure {
+        Failure { cause: cause.into(), hint, code: 1 }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("STOCKADE_LOG"))
+        .without_time()
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Policy(PolicyCommand::Check { files }) => policy_check(&files),
+        Command::Policy(PolicyCommand::Explain { file }) => policy_explain(&file),
+        Command::Policy(PolicyCommand::Schema) => {
+            println!("{}", serde_json::to_string_pretty(&stockade_policy::schema::json_schema()).unwrap_or_default());
+            Ok(0)
+        }
+        Command::Doctor { json } => doctor(json),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("stockade: error: {}", f.cause);
+            if let Some(hint) = f.hint {
+                eprintln!("  hint: {hint}");
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<Policy, Failure> {
+    load_policy(path).map_err(|e| match e {
+        LoadError::Invalid(diags) => Failure {
+            cause: format!("{} is not a valid policy:\n{diags}", path.display()),
+            hint: Some(format!("`stockade policy check {}` lists every error", path.display())),
+            code: 2,
+        },
+        other => Failure::usage(other.to_string(), "check the path and that it is readable"),
+    })
+}
+
+fn policy_check(files: &[PathBuf]) -> Result<u8, Failure> {
+    let mut failed = false;
+    for file in files {
+        match load_policy(file) {
+            Ok(_) => println!("{}: ok", file.display()),
+            Err(LoadError::Invalid(diags)) => {
+                failed = true;
+                eprint!("{diags}");
+                if !diags.to_string().ends_with('\n') {
+                    eprintln!();
+                }
+            }
+            Err(other) => {
+                failed = true;
+                eprintln!("{}: error: {other}", file.display());
+            }
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+fn policy_explain(file: &Path) -> Result<u8, Failure> {
+    let policy = load(file)?;
+    print!("{}", stockade::explain::explain(&policy, &Probe::run()));
+    Ok(0)
+}
+
+fn doctor(json: bool) -> Result<u8, Failure> {
+    let probe = Probe::run();
+    let missing = probe.missing_required();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&probe).unwrap_or_default());
+    } else {
+        let ok = |b: bool| if b { "yes" } else { "NO" };
+        println!("kernel                {}", probe.kernel);
+        println!("user namespaces       {}", probe.user_namespaces.as_ref().map_or_else(|e| format!("NO: {e}"), |_| "yes (user, mount, pid, ipc, uts, net, cgroup)".into()));
+        println!("landlock              {}", if probe.landlock_abi > 0 { format!("ABI {}", probe.landlock_abi) } else { "NO".into() });
+        println!("seccomp filters       {}", ok(probe.seccomp_filter && probe.seccomp_kill_process));
+        println!("cgroups               {}", probe.cgroups.as_ref().map_or_else(|e| format!("NO: {e}"), |l| l.clone()));
+        println!("mount_setattr         {}", ok(probe.mount_setattr));
+        println!("memfd_noexec sysctl   {}", ok(probe.memfd_noexec));
+        if let Some(v) = probe.io_uring_disabled {
+            println!("io_uring_disabled     {v} (io_uring is denied by the seccomp profiles regardless)");
+        }
+        if let Some(v) = probe.legacy_tiocsti {
+            println!("legacy_tiocsti        {v} (sandboxes get their own session and TIOCSTI is filtered)");
+        }
+        for (ty, result) in &probe.bpf {
+            println!("bpf {:<17} {}", ty, result.as_ref().map_or_else(|e| format!("NO: {e}"), |_| "loads".into()));
+        }
+        println!("bpf lsm               not probed yet (arrives with the eBPF monitors)");
+        if missing.is_empty() {
+            println!("\nevery layer the default profile requires is available");
+        } else {
+            for (layer, why) in &missing {
+                println!("\nMISSING {layer}: {why}");
+            }
+        }
+    }
+    Ok(if missing.is_empty() { 0 } else { 1 })
+}
+
+fn run(args: RunArgs) -> Result<u8, Failure> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(Failure::usage(
+            "stockade run needs root: it maps user ids and creates cgroups for each sandbox",
+            "run it with sudo, or as the stockade systemd service",
+        ));
+    }
+    let policy = load(&args.policy)?;
+    let plugin_dir = args.plugin_dir.as_deref().map(|d| existing_dir(d, "--plugin-dir")).transpose()?;
+    let state_dir = args.state_dir.as_deref().map(|d| existing_dir(d, "--state-dir")).transpose()?;
+    let env = plugin_env(&args.env, policy_grants_tmp(&policy))?;
+    let ctx = LaunchContext {
+        argv: args.command.clone(),
+        env,
+        plugin_dir,
+        state_dir: state_dir.clone(),
+        hostname: "stockade".into(),
+        cwd: None,
+    };
+    let spec = policy.compile(&ctx).map_err(|e| Failure::usage(e.to_string(), "see docs/policy.md"))?;
+    if let Some(dir) = &state_dir {
+        let plugin_uid = HOST_ID_BASE + SANDBOX_UID;
+        std::os::unix::fs::chown(dir, Some(plugin_uid), Some(plugin_uid)).map_err(|e| {
+            Failure::internal(format!("cannot hand {} to the plugin's uid: {e}", dir.display()), None)
+        })?;
+    }
+    let shim = Shim::locate().map_err(|e| {
+        Failure::internal(e.to_string(), Some("build the workspace (`cargo build`) or set STOCKADE_SHIM".into()))
+    })?;
+    let layout = Layout::detect().map_err(|e| {
+        Failure::internal(format!("cgroups: {e}"), Some("`stockade doctor` shows what this host offers".into()))
+    })?;
+    let mut stop = StopSignals::block()
+        .map_err(|e| Failure::internal(format!("cannot set up signal handling: {e}"), None))?;
+    let name = format!("stockade-{}", std::process::id());
+    let summary = sandbox::run(&shim, &layout, &name, &spec, &mut stop).map_err(|e| {
+        Failure::internal(format!("cannot start the sandbox: {e}"), Some("`stockade doctor` checks each layer on this kernel".into()))
+    })?;
+    if summary.ended_by == sandbox::EndReason::ExecFailed {
+        let errno = summary.errno.unwrap_or(0);
+        let command = &args.command[0];
+        return Err(if errno == libc::ENOENT {
+            Failure::usage(
+                format!("command not found inside the sandbox: {command}"),
+                "the command must lie below one of the policy's exec paths (give its absolute path)",
+            )
+        } else {
+            Failure::usage(
+                format!("cannot execute {command} inside the sandbox: {}", std::io::Error::from_raw_os_error(errno)),
+                "the command must lie below one of the policy's exec paths, on an exec-granted mount",
+            )
+        });
+    }
+    if summary.ended_by == sandbox::EndReason::SetupFailed {
+        let errno = summary.errno.unwrap_or(0);
+        return Err(Failure::internal(
+            format!(
+                "sandbox set-up failed: {}: {}",
+                summary.error.as_deref().unwrap_or("?"),
+                std::io::Error::from_raw_os_error(errno)
+            ),
+            Some("`stockade doctor` checks each layer on this kernel; paths must be readable by unprivileged users".into()),
+        ));
+    }
+    if args.json {
+        eprintln!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    } else if !args.quiet {
+        eprint!("{}", stockade::summary::render(&summary));
+    }
+    Ok(summary.exit_code.clamp(0, 255) as u8)
+}
+
+fn existing_dir(dir: &Path, flag: &str) -> Result<PathBuf, Failure> {
+    let canonical = dir
+        .canonicalize()
+        .map_err(|e| Failure::usage(format!("{flag} {}: {e}", dir.display()), "give an existing directory"))?;
+    if !canonical.is_dir() {
+        return Err(Failure::usage(format!("{flag} {} is not a directory", dir.display()), "give an existing directory"));
+    }
+    Ok(canonical)
+}
+
+fn policy_grants_tmp(policy: &Policy) -> bool {
+    policy.filesystem.write.iter().any(|p| matches!(p, stockade_policy::PolicyPath::Var(stockade_policy::PathVar::Tmp, _)))
+}
+
+/// The plugin's environment: a fixed base, TERM from the caller, and `--env` additions. Nothing
+/// else of the caller's environment (tokens, proxies, sockets) leaks in.
+fn plugin_env(extra: &[String], has_tmp: bool) -> Result<Vec<(String, String)>, Failure> {
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+        ("HOME".into(), if has_tmp { "/tmp".into() } else { "/".into() }),
+        ("LANG".into(), "C.UTF-8".into()),
+    ];
+    if let Ok(term) = std::env::var("TERM") {
+        env.push(("TERM".into(), term));
+    }
+    for item in extra {
+        let (k, v) = item
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| Failure::usage(format!("--env {item}: expected NAME=VALUE"), "for example --env RUST_LOG=debug"))?;
+        env.retain(|(name, _)| name != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    Ok(env)
+}

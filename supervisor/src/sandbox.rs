@@ -1,0 +1,264 @@
+//! One sandbox from start to end: cgroup, launch, supervision until the last process is gone,
+//! the summary, and cleanup on every path. `stockade run` and (later) the daemon share it.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use stockade_policy::{LaunchSpec, ShimReport};
+
+use crate::cgroup::{CgroupStats, Layout, SandboxCgroup};
+use crate::launcher::{self, LaunchError, Shim, Started};
+
+/// Why a sandbox ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The plugin exited on its own.
+    Exited,
+    /// The plugin was killed by a signal it did not get from us.
+    Signaled,
+    /// The kernel's OOM killer ended it at the memory limit.
+    OomKill,
+    /// seccomp killed it for a denied call (policy `deny_action = "kill"` or a foreign architecture).
+    SeccompKill,
+    /// The policy's wall-clock timeout ran out; every process was killed.
+    Timeout,
+    /// The supervisor was asked to stop (SIGINT, SIGTERM); every process was killed.
+    Interrupted,
+    /// A set-up step of the shim failed; nothing of the plugin ran.
+    SetupFailed,
+    /// The command could not be executed inside the sandbox.
+    ExecFailed,
+}
+
+/// What `stockade run` prints at the end (and writes as JSON with `--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub command: Vec<String>,
+    pub ended_by: EndReason,
+    /// The plugin's exit status when it exited.
+    pub exit_status: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// What stockade itself exits with.
+    pub exit_code: i32,
+    pub duration_ms: f64,
+    #[serde(flatten)]
+    pub resources: CgroupStats,
+    pub cgroup_id: u64,
+    pub landlock_abi: Option<i32>,
+    pub landlock_status: Option<String>,
+    pub memfd_noexec: Option<bool>,
+    /// The shim's error for `setup_failed` and `exec_failed`.
+    pub error: Option<String>,
+    /// errno of that error.
+    pub errno: Option<i32>,
+}
+
+/// A request to stop the sandbox from outside (a signal to the supervisor).
+pub trait StopSource {
+    /// A descriptor that becomes readable when a stop is requested.
+    fn fd(&self) -> BorrowedFd<'_>;
+    /// Consumes the request; returns the signal number that asked for it.
+    fn take(&mut self) -> i32;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error("waiting for the sandbox: {0}")]
+    Wait(std::io::Error),
+}
+
+/// Runs `spec` to completion.
+pub fn run(
+    shim: &Shim,
+    layout: &Layout,
+    name: &str,
+    spec: &LaunchSpec,
+    stop: &mut dyn StopSource,
+) -> Result<Summary, SandboxError> {
+    let begin = Instant::now();
+    let cgroup = SandboxCgroup::create(layout, name, &spec.resources)?;
+    let cgroup_id = cgroup.id()?;
+    let started = launcher::start(shim, spec, &cgroup)?;
+    let deadline = spec.resources.timeout_ms.map(|ms| begin + Duration::from_millis(ms));
+    let outcome = supervise(&started, &cgroup, deadline, stop);
+    // Whatever happened above, no process of the sandbox survives this point.
+    if cgroup.is_populated() {
+        let _ = cgroup.kill();
+    }
+    let outcome = outcome?;
+    let duration = begin.elapsed();
+    let resources = cgroup.stats();
+    cgroup.destroy()?;
+    Ok(outcome.into_summary(spec, cgroup_id, duration, resources))
+}
+
+struct Outcome {
+    status: ExitStatus,
+    stopped_by: Option<Stop>,
+    reports: Vec<ShimReport>,
+}
+
+#[derive(Clone, Copy)]
+enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+#[derive(Clone, Copy)]
+enum Stop {
+    Timeout,
+    Signal(i32),
+}
+
+fn supervise(
+    started: &Started,
+    cgroup: &SandboxCgroup,
+    deadline: Option<Instant>,
+    stop: &mut dyn StopSource,
+) -> Result<Outcome, SandboxError> {
+    let mut reports = Vec::new();
+    let mut report_reader = Some(BufReader::new(&started.reports));
+    let mut stopped_by = None;
+    loop {
+        let timeout_ms = match (deadline, stopped_by) {
+            (Some(d), None) => d.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32,
+            _ => -1,
+        };
+        let report_fd = report_reader.as_ref().map_or(-1, |r| r.get_ref().as_raw_fd());
+        let mut fds = [
+            libc::pollfd { fd: started.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: stop.fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: report_fd, events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(SandboxError::Wait(e));
+        }
+        if n == 0 && stopped_by.is_none() {
+            stopped_by = Some(Stop::Timeout);
+            let _ = cgroup.kill();
+            continue;
+        }
+        if fds[2].revents != 0 {
+            if let Some(reader) = report_reader.as_mut() {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => report_reader = None,
+                    Ok(_) => {
+                        if let Ok(r) = serde_json::from_str::<ShimReport>(&line) {
+                            reports.push(r);
+                        }
+                    }
+                }
+            }
+        }
+        if fds[1].revents != 0 {
+            let signal = stop.take();
+            if stopped_by.is_none() {
+                stopped_by = Some(Stop::Signal(signal));
+                let _ = cgroup.kill();
+            }
+        }
+        if fds[0].revents != 0 {
+            // Drain reports the shim wrote before exiting.
+            if let Some(mut reader) = report_reader.take() {
+                let mut rest = String::new();
+                let _ = reader.read_to_string(&mut rest);
+                reports.extend(rest.lines().filter_map(|l| serde_json::from_str(l).ok()));
+            }
+            let status = reap(started)?;
+            return Ok(Outcome { status, stopped_by, reports });
+        }
+    }
+}
+
+fn reap(started: &Started) -> Result<ExitStatus, SandboxError> {
+    // SAFETY: a zeroed siginfo_t is valid for waitid to fill; the pidfd is our child's.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::waitid(libc::P_PIDFD, started.pidfd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED)
+    };
+    if rc != 0 {
+        return Err(SandboxError::Wait(std::io::Error::last_os_error()));
+    }
+    // SAFETY: waitid filled a CLD_* record, for which si_status is the valid field.
+    let (code, status) = unsafe { (info.si_code, info.si_status()) };
+    Ok(match code {
+        libc::CLD_EXITED => ExitStatus::Code(status),
+        _ => ExitStatus::Signal(status),
+    })
+}
+
+impl Outcome {
+    fn into_summary(
+        self,
+        spec: &LaunchSpec,
+        cgroup_id: u64,
+        duration: Duration,
+        resources: CgroupStats,
+    ) -> Summary {
+        let mut landlock = None;
+        let mut memfd_noexec = None;
+        let mut failure = None;
+        for r in self.reports {
+            match r {
+                ShimReport::Landlock { abi, status } => landlock = Some((abi, status)),
+                ShimReport::MemfdNoexec { enforced } => memfd_noexec = Some(enforced),
+                ShimReport::Failed { step, message, errno } => {
+                    failure = Some((EndReason::SetupFailed, format!("{step}: {message}"), errno))
+                }
+                ShimReport::ExecFailed { path, errno } => {
+                    failure = Some((EndReason::ExecFailed, format!("cannot execute {path}"), errno))
+                }
+            }
+        }
+        let (exit_status, signal) = match self.status {
+            ExitStatus::Code(c) => (Some(c), None),
+            ExitStatus::Signal(s) => (None, Some(s)),
+        };
+        let ended_by = match (&failure, self.stopped_by, self.status) {
+            (Some((reason, _, _)), _, _) => *reason,
+            (None, Some(Stop::Timeout), _) => EndReason::Timeout,
+            (None, Some(Stop::Signal(_)), _) => EndReason::Interrupted,
+            (None, None, ExitStatus::Signal(libc::SIGKILL)) if resources.oom_kills > 0 => EndReason::OomKill,
+            (None, None, ExitStatus::Signal(libc::SIGSYS)) => EndReason::SeccompKill,
+            (None, None, ExitStatus::Signal(_)) => EndReason::Signaled,
+            (None, None, ExitStatus::Code(_)) => EndReason::Exited,
+        };
+        let exit_code = match (ended_by, self.stopped_by, self.status) {
+            (EndReason::SetupFailed, _, _) => 1,
+            (EndReason::ExecFailed, _, _) => 2,
+            (_, Some(Stop::Signal(sig)), _) => 128 + sig,
+            (_, _, ExitStatus::Code(c)) => c,
+            (_, _, ExitStatus::Signal(s)) => 128 + s,
+        };
+        Summary {
+            command: spec.argv.clone(),
+            ended_by,
+            exit_status,
+            signal,
+            exit_code,
+            duration_ms: duration.as_secs_f64() * 1000.0,
+            resources,
+            cgroup_id,
+            landlock_abi: landlock.as_ref().map(|(abi, _)| *abi),
+            landlock_status: landlock.map(|(_, s)| s),
+            memfd_noexec,
+            error: failure.as_ref().map(|(_, m, _)| m.clone()),
+            errno: failure.map(|(_, _, e)| e),
+        }
+    }
+}

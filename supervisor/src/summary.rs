@@ -1,0 +1,91 @@
+//! The one-screen report `stockade run` prints on stderr when the sandbox has ended.
+
+use std::fmt::Write;
+
+use crate::sandbox::{EndReason, Summary};
+
+pub fn render(s: &Summary) -> String {
+    let mut out = String::new();
+    let cmd = s.command.first().map(String::as_str).unwrap_or("?");
+    let signal_name = |sig: i32| signal_name(sig).unwrap_or("?");
+    let why = match s.ended_by {
+        EndReason::Exited => format!("exited with status {}", s.exit_status.unwrap_or(-1)),
+        EndReason::Signaled => format!("killed by {}", signal_name(s.signal.unwrap_or(0))),
+        EndReason::OomKill => "killed by the OOM killer at the memory limit".to_string(),
+        EndReason::SeccompKill => "killed by seccomp (SIGSYS) for a denied system call".to_string(),
+        EndReason::Timeout => "killed at the policy's timeout (every process)".to_string(),
+        EndReason::Interrupted => "stopped: stockade was interrupted (every process killed)".to_string(),
+        EndReason::SetupFailed => format!("never started: sandbox set-up failed: {}", s.error.as_deref().unwrap_or("?")),
+        EndReason::ExecFailed => format!("never started: {}", s.error.as_deref().unwrap_or("?")),
+    };
+    let _ = writeln!(out, "stockade: {cmd} {why} after {}", duration(s.duration_ms));
+    let r = &s.resources;
+    let mut usage = Vec::new();
+    if let Some(m) = r.memory_peak_bytes {
+        usage.push(format!("memory peak {}", bytes(m)));
+    }
+    if let Some(p) = r.pids_peak {
+        usage.push(format!("processes peak {p}"));
+    }
+    if let Some(cpu) = r.cpu_usage_us {
+        usage.push(format!("cpu {}", duration(cpu as f64 / 1000.0)));
+    }
+    if !usage.is_empty() {
+        let _ = writeln!(out, "  {}", usage.join(" · "));
+    }
+    let mut limits = Vec::new();
+    if r.oom_kills > 0 {
+        limits.push(format!("memory limit: {} OOM kill(s)", r.oom_kills));
+    }
+    if r.pids_limit_hits > 0 {
+        limits.push(format!("pids limit: {} refused fork(s)", r.pids_limit_hits));
+    }
+    if !limits.is_empty() {
+        let _ = writeln!(out, "  limits hit: {}", limits.join(" · "));
+    }
+    let landlock = match (s.landlock_abi, &s.landlock_status) {
+        (Some(abi), Some(status)) if abi > 0 => format!("landlock ABI {abi} ({status})"),
+        (Some(_), _) => "landlock unavailable".to_string(),
+        _ => "landlock not reached".to_string(),
+    };
+    let _ = writeln!(out, "  layers: namespaces · {landlock} · seccomp · cgroup {}", s.cgroup_id);
+    out
+}
+
+pub fn signal_name(sig: i32) -> Option<&'static str> {
+    Some(match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSYS => "SIGSYS",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGXCPU => "SIGXCPU",
+        _ => return None,
+    })
+}
+
+fn duration(ms: f64) -> String {
+    if ms < 1000.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{:.2} s", ms / 1000.0)
+    }
+}
+
+fn bytes(b: u64) -> String {
+    let mib = b as f64 / (1024.0 * 1024.0);
+    if mib >= 1.0 {
+        format!("{mib:.1} MiB")
+    } else {
+        format!("{:.0} KiB", b as f64 / 1024.0)
+    }
+}

@@ -1,0 +1,190 @@
+//! What every privileged integration test shares: finding the binaries, a plugin directory with
+//! the hostile fixture in it, policies, and running `stockade run --json`.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// True when the test may run; otherwise prints why it is skipped (never a silent pass).
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: {test}: needs root (CI runs the suite as root)");
+        return false;
+    }
+    true
+}
+
+/// target/debug (or the profile directory the tests were built in).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf()
+}
+
+pub fn stockade() -> PathBuf {
+    let path = bin_dir().join("stockade");
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace` first", path.display());
+    path
+}
+
+/// A directory readable by the sandbox's unprivileged uid, outside /tmp, holding a copy of the
+/// hostile fixture: the tests' `$PLUGIN_DIR`.
+pub fn plugin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stockade-tests");
+        let dir = base.join(format!("plugin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create plugin dir");
+        set_mode(&base, 0o755);
+        set_mode(&dir, 0o755);
+        let fixture = PathBuf::from(env!("CARGO_BIN_EXE_stockade-hostile"));
+        std::fs::copy(&fixture, dir.join("stockade-hostile")).expect("copy the hostile fixture");
+        dir
+    })
+}
+
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// The fixture's path, inside the sandbox and out (the plugin dir is bound at the same path).
+pub fn hostile() -> String {
+    plugin_dir().join("stockade-hostile").to_string_lossy().into_owned()
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+pub fn default_profile() -> PathBuf {
+    repo_root().join("policies/profiles/untrusted-default.toml")
+}
+
+/// The untrusted-default profile's filesystem and syscalls with the given extra TOML sections
+/// (`[resources]`, `[network]`, ... ; each at most once).
+pub fn policy(extra: &str) -> String {
+    let mut p = String::from(
+        r#"
+[filesystem]
+exec = ["/usr/bin", "/usr/lib", "/usr/lib64", "/lib", "/lib64", "/bin", "$PLUGIN_DIR"]
+read = ["/etc/ld.so.cache"]
+write = ["$TMP"]
+"#,
+    );
+    p.push_str(extra);
+    p
+}
+
+/// Writes `text` to a fresh policy file (one per call: tests run in parallel) and returns its path.
+pub fn policy_file(name: &str, text: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stockade-tests").join("policies");
+    std::fs::create_dir_all(&dir).expect("policy dir");
+    let path = dir.join(format!("{name}-{}-{n}.toml", std::process::id()));
+    std::fs::write(&path, text).expect("write policy");
+    path
+}
+
+pub struct RunResult {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub summary: serde_json::Value,
+}
+
+impl RunResult {
+    /// The fixture's one-line verdict.
+    pub fn line(&self) -> &str {
+        self.stdout.lines().last().unwrap_or("")
+    }
+}
+
+/// `stockade run --json --policy POLICY --plugin-dir DIR -- ARGS...`
+pub fn run(policy: &Path, args: &[&str]) -> RunResult {
+    run_with(policy, args, |_| {})
+}
+
+pub fn run_with(policy: &Path, args: &[&str], adjust: impl FnOnce(&mut Command)) -> RunResult {
+    let mut cmd = Command::new(stockade());
+    cmd.arg("run").arg("--json").arg("--policy").arg(policy).arg("--plugin-dir").arg(plugin_dir());
+    cmd.arg("--").args(args);
+    cmd.stdin(Stdio::null());
+    adjust(&mut cmd);
+    finish(cmd.output().expect("spawn stockade"))
+}
+
+pub fn finish(out: Output) -> RunResult {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let summary = stderr
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or(serde_json::Value::Null);
+    RunResult { code: out.status.code().unwrap_or(-1), stdout, stderr, summary }
+}
+
+/// Runs the hostile fixture with `args` under `policy` text.
+pub fn hostile_run(policy_name: &str, policy_text: &str, args: &[&str]) -> RunResult {
+    let file = policy_file(policy_name, policy_text);
+    let fixture = hostile();
+    let mut full = vec![fixture.as_str()];
+    full.extend_from_slice(args);
+    run(&file, &full)
+}
+
+/// Asserts the fixture's verdict and shows everything on failure.
+#[track_caller]
+pub fn assert_line(r: &RunResult, expected: &str) {
+    assert_eq!(r.line(), expected, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+}
+
+/// Every cgroup directory named stockade-* below this process's own cgroups.
+pub fn leftover_cgroups() -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mounts.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        if !right.starts_with("cgroup") {
+            continue;
+        }
+        let mount_point = left.split(' ').nth(4).unwrap_or_default();
+        for own_line in own.lines() {
+            let path = own_line.splitn(3, ':').nth(2).unwrap_or("/");
+            let dir = Path::new(mount_point).join(path.trim_start_matches('/'));
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    if e.file_name().to_string_lossy().starts_with("stockade-") {
+                        found.push(e.path());
+                    }
+                }
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// Processes running as one of the sandboxes' host uids.
+pub fn sandbox_processes() -> Vec<u32> {
+    const BASE: u32 = 0x6000_0000;
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        let uid = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|u| u.parse::<u32>().ok());
+        if matches!(uid, Some(u) if (BASE..BASE + 65536).contains(&u)) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
