@@ -31,7 +31,11 @@ pub fn drop_all(uid: u32, gid: u32) -> Result<(), SetupError> {
         caps::clear(None, set).map_err(|e| caps_err("clear capability set", e))?;
     }
     if caps::has_cap(None, CapSet::Permitted, Capability::CAP_SYS_ADMIN).unwrap_or(true) {
-        return Err(SetupError::new(STEP, "capabilities survived the uid change", Errno::EPERM));
+        return Err(SetupError::new(
+            STEP,
+            "capabilities survived the uid change",
+            Errno::EPERM,
+        ));
     }
     set_no_new_privs()
 }

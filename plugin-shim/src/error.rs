@@ -14,7 +14,11 @@ pub struct SetupError {
 
 impl SetupError {
     pub fn new(step: &'static str, what: impl Into<String>, errno: Errno) -> SetupError {
-        SetupError { step, what: what.into(), errno }
+        SetupError {
+            step,
+            what: what.into(),
+            errno,
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! Inherited file descriptors: everything but stdio, the report channel (close-on-exec) and the
-//! descriptors passed on purpose is closed, so the plugin cannot reach objects the supervisor or
+//! Inherited file descriptors: everything but stdio, the control and report channels (both
+//! close-on-exec) and the descriptors passed on purpose is closed, so the plugin cannot reach objects the supervisor or
 //! the caller happened to have open.
 //!
 //! When: after the spec was read (its pipe is among the inherited fds) and before Landlock, so no
@@ -11,7 +11,11 @@ use crate::error::SetupError;
 use stockade_policy::SHIM_REPORT_FD;
 
 pub fn close_all_except(keep: &[i32]) -> Result<(), SetupError> {
-    let mut keep: Vec<u32> = keep.iter().chain(&[SHIM_REPORT_FD]).map(|&fd| fd as u32).collect();
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .chain(&[SHIM_REPORT_FD])
+        .map(|&fd| fd as u32)
+        .collect();
     keep.retain(|&fd| fd > 2);
     keep.sort_unstable();
     keep.dedup();
@@ -30,7 +34,11 @@ fn close_range(first: u32, last: u32) -> Result<(), SetupError> {
     // (the spec pipe was dropped after reading, the report channel is kept).
     let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
     if rc != 0 {
-        return Err(SetupError::new("fds", format!("close fds {first}..={last}"), Errno::last()));
+        return Err(SetupError::new(
+            "fds",
+            format!("close fds {first}..={last}"),
+            Errno::last(),
+        ));
     }
     Ok(())
 }

@@ -25,7 +25,12 @@ pub fn kernel_abi() -> i32 {
     // SAFETY: LANDLOCK_CREATE_RULESET_VERSION with a null attribute and size 0 only queries the
     // ABI version; it touches no memory.
     let v = unsafe {
-        libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32)
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
     };
     if v < 0 {
         0
@@ -43,9 +48,16 @@ pub fn apply(spec: &LandlockSpec, required: bool) -> Result<Applied, SetupError>
     let kernel = kernel_abi();
     if kernel < 1 {
         if required {
-            return Err(SetupError::new(STEP, "Landlock is not available on this kernel", Errno::ENOSYS));
+            return Err(SetupError::new(
+                STEP,
+                "Landlock is not available on this kernel",
+                Errno::ENOSYS,
+            ));
         }
-        return Ok(Applied { abi: 0, status: "unavailable" });
+        return Ok(Applied {
+            abi: 0,
+            status: "unavailable",
+        });
     }
     let abi = ABI::from(kernel);
     let err = |what: &str, e: &dyn std::fmt::Display| {
@@ -103,14 +115,23 @@ pub fn apply(spec: &LandlockSpec, required: bool) -> Result<Applied, SetupError>
                 .map_err(|e| err(&format!("allow TCP connect {port}"), &e))?;
         }
     }
-    let status = created.restrict_self().map_err(|e| err("restrict self", &e))?;
+    let status = created
+        .restrict_self()
+        .map_err(|e| err("restrict self", &e))?;
     let status = match status.ruleset {
         RulesetStatus::FullyEnforced => "fully enforced",
         RulesetStatus::PartiallyEnforced => "partially enforced",
         RulesetStatus::NotEnforced => "not enforced",
     };
     if required && status == "not enforced" {
-        return Err(SetupError::new(STEP, "the ruleset was not enforced", Errno::ENOSYS));
+        return Err(SetupError::new(
+            STEP,
+            "the ruleset was not enforced",
+            Errno::ENOSYS,
+        ));
     }
-    Ok(Applied { abi: kernel, status })
+    Ok(Applied {
+        abi: kernel,
+        status,
+    })
 }

@@ -12,7 +12,8 @@
 //! 3. close inherited descriptors (before Landlock, so nothing opened earlier slips through);
 //! 4. Landlock (on the paths of the new root);
 //! 5. drop every capability and set no_new_privs;
-//! 6. seccomp, last, because every step above makes calls it denies;
+//! 6. wait for the supervisor's go (the cgroups are complete), then seccomp, last, because every
+//!    step above makes calls it denies;
 //! 7. execve.
 
 mod capabilities;
@@ -35,17 +36,22 @@ use nix::unistd::{chdir, execve, sethostname, setsid};
 
 use error::{Context, SetupError};
 use report::Reporter;
-use stockade_policy::{LaunchSpec, ShimReport, SHIM_EXEC_FAILED, SHIM_SETUP_FAILED, SHIM_SPEC_FD};
+use stockade_policy::{
+    LaunchSpec, ShimReport, SHIM_EXEC_FAILED, SHIM_GO, SHIM_SETUP_FAILED, SHIM_SPEC_FD,
+};
 
 fn main() {
     // SAFETY: F_GETFD only queries whether the descriptor is open.
     if unsafe { libc::fcntl(SHIM_SPEC_FD, libc::F_GETFD) } < 0 {
         eprintln!("stockade-shim: no launch spec on fd {SHIM_SPEC_FD}");
-        eprintln!("hint: the shim is started by the supervisor; use `stockade run --policy FILE -- CMD`");
+        eprintln!(
+            "hint: the shim is started by the supervisor; use `stockade run --policy FILE -- CMD`"
+        );
         std::process::exit(2);
     }
     let mut reporter = Reporter::from_inherited();
-    let spec = match read_spec() {
+    let mut control = control_pipe();
+    let spec = match read_spec(&mut control) {
         Ok(spec) => spec,
         Err(e) => fail(&mut reporter, e),
     };
@@ -53,11 +59,14 @@ fn main() {
         Ok(exec) => exec,
         Err(e) => fail(&mut reporter, e),
     };
-    if let Err(e) = apply_layers(&spec, &mut reporter) {
+    if let Err(e) = apply_layers(&spec, &mut control, &mut reporter) {
         fail(&mut reporter, e);
     }
     let errno = exec.run();
-    reporter.send(&ShimReport::ExecFailed { path: spec.argv[0].clone(), errno: errno as i32 });
+    reporter.send(&ShimReport::ExecFailed {
+        path: spec.argv[0].clone(),
+        errno: errno as i32,
+    });
     std::process::exit(SHIM_EXEC_FAILED);
 }
 
@@ -70,31 +79,86 @@ fn fail(reporter: &mut Reporter, e: SetupError) -> ! {
     std::process::exit(SHIM_SETUP_FAILED);
 }
 
-fn read_spec() -> Result<LaunchSpec, SetupError> {
-    // SAFETY: the supervisor passes the read end of the spec pipe on this descriptor; it is taken
-    // once and closed when `file` drops.
+fn control_pipe() -> std::fs::File {
+    // SAFETY: the supervisor passes the read end of the control pipe on this descriptor; it is
+    // taken once, here.
     let fd = unsafe { OwnedFd::from_raw_fd(SHIM_SPEC_FD) };
-    let mut file = std::fs::File::from(fd);
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).during("spec", || "read the launch spec".into())?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| SetupError::new("spec", format!("decode the launch spec: {e}"), Errno::EINVAL))
+    // Close-on-exec: the plugin never sees it.
+    // SAFETY: setting a descriptor flag on a descriptor we own.
+    unsafe { libc::fcntl(SHIM_SPEC_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    std::fs::File::from(fd)
 }
 
-fn apply_layers(spec: &LaunchSpec, reporter: &mut Reporter) -> Result<(), SetupError> {
+fn read_spec(control: &mut std::fs::File) -> Result<LaunchSpec, SetupError> {
+    let mut len = [0u8; 8];
+    control
+        .read_exact(&mut len)
+        .during("spec", || "read the launch spec's length".into())?;
+    let len = u64::from_le_bytes(len);
+    if len > 16 << 20 {
+        return Err(SetupError::new(
+            "spec",
+            format!("launch spec of {len} bytes"),
+            Errno::E2BIG,
+        ));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    control
+        .read_exact(&mut bytes)
+        .during("spec", || "read the launch spec".into())?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        SetupError::new(
+            "spec",
+            format!("decode the launch spec: {e}"),
+            Errno::EINVAL,
+        )
+    })
+}
+
+/// Blocks until the supervisor confirms that the sandbox's cgroups are complete.
+fn wait_for_go(control: &mut std::fs::File) -> Result<(), SetupError> {
+    let mut byte = [0u8; 1];
+    match control.read_exact(&mut byte) {
+        Ok(()) if byte[0] == SHIM_GO => Ok(()),
+        Ok(()) => Err(SetupError::new(
+            "cgroups",
+            "unexpected byte from the supervisor",
+            Errno::EPROTO,
+        )),
+        Err(_) => Err(SetupError::new(
+            "cgroups",
+            "the supervisor did not confirm the cgroups",
+            Errno::EPIPE,
+        )),
+    }
+}
+
+fn apply_layers(
+    spec: &LaunchSpec,
+    control: &mut std::fs::File,
+    reporter: &mut Reporter,
+) -> Result<(), SetupError> {
     let root = mounts::build_root(spec)?;
-    reporter.send(&ShimReport::MemfdNoexec { enforced: root.memfd_noexec });
+    reporter.send(&ShimReport::MemfdNoexec {
+        enforced: root.memfd_noexec,
+    });
 
     sethostname(&spec.hostname).during("uts", || format!("set hostname {}", spec.hostname))?;
     resource_limits::apply(&spec.rlimits)?;
     setsid().during("session", || "start a new session".into())?;
-    inherited_fds::close_all_except(&spec.keep_fds)?;
+    let mut keep = spec.keep_fds.clone();
+    keep.push(SHIM_SPEC_FD);
+    inherited_fds::close_all_except(&keep)?;
 
     let applied = landlock::apply(&spec.landlock, spec.enforce)?;
-    reporter.send(&ShimReport::Landlock { abi: applied.abi, status: applied.status.into() });
+    reporter.send(&ShimReport::Landlock {
+        abi: applied.abi,
+        status: applied.status.into(),
+    });
 
     capabilities::drop_all(spec.uid, spec.gid)?;
     chdir(&spec.cwd).during("cwd", || format!("chdir {}", spec.cwd.display()))?;
+    wait_for_go(control)?;
     seccomp::install(&spec.seccomp)
 }
 
@@ -148,7 +212,11 @@ fn prepare_exec(spec: &LaunchSpec) -> Result<Exec, SetupError> {
     };
     Ok(Exec {
         candidates,
-        argv: spec.argv.iter().map(|a| cstr(a.as_bytes())).collect::<Result<_, _>>()?,
+        argv: spec
+            .argv
+            .iter()
+            .map(|a| cstr(a.as_bytes()))
+            .collect::<Result<_, _>>()?,
         env: spec
             .env
             .iter()

@@ -46,8 +46,14 @@ pub struct RootReport {
 }
 
 pub fn build_root(spec: &LaunchSpec) -> Result<RootReport, SetupError> {
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .during(STEP, || "make / private".into())?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .during(STEP, || "make / private".into())?;
 
     // The scratch tmpfs goes over /tmp only within this namespace; the host's /tmp stays reachable
     // at /oldroot/tmp after the pivot.
@@ -63,7 +69,10 @@ pub fn build_root(spec: &LaunchSpec) -> Result<RootReport, SetupError> {
         let target = format!("{NEWROOT}/tmp");
         mkdir_all(Path::new(&target))?;
         tmpfs(&target, &format!("mode=1777,size={}", tmp.size_bytes))?;
-        set_attrs(&target, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC)?;
+        set_attrs(
+            &target,
+            MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+        )?;
     }
     for m in &spec.mounts {
         bind_declared(m)?;
@@ -77,8 +86,14 @@ pub fn build_root(spec: &LaunchSpec) -> Result<RootReport, SetupError> {
     pivot_root(".", ".").during(STEP, || "pivot into the sandbox root".into())?;
     umount2(".", MntFlags::MNT_DETACH).during(STEP, || "detach the host tree".into())?;
     chdir("/").during(STEP, || "chdir /".into())?;
-    set_attrs_one("/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)?;
-    set_attrs_one("/dev", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC)?;
+    set_attrs_one(
+        "/",
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+    )?;
+    set_attrs_one(
+        "/dev",
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC,
+    )?;
     Ok(RootReport { memfd_noexec })
 }
 
@@ -97,7 +112,8 @@ fn bind_declared(m: &MountSpec) -> Result<(), SetupError> {
     if meta.file_type().is_symlink() {
         // Recreate the link instead of following it: /lib -> usr/lib stays a link, and its target
         // exists inside only if the policy grants it too.
-        let link = fs::read_link(&source).during(STEP, || format!("readlink {}", m.source.display()))?;
+        let link =
+            fs::read_link(&source).during(STEP, || format!("readlink {}", m.source.display()))?;
         return match symlink(&link, &target) {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
             other => other.during(STEP, || format!("symlink {}", m.target.display())),
@@ -144,9 +160,18 @@ fn build_proc() -> Result<bool, SetupError> {
         .map(|v| v.trim() == "2")
         .unwrap_or(false);
     let sys = format!("{target}/sys");
-    mount(Some(sys.as_str()), sys.as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .during(STEP, || "bind /proc/sys".into())?;
-    set_attrs(&sys, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC)?;
+    mount(
+        Some(sys.as_str()),
+        sys.as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .during(STEP, || "bind /proc/sys".into())?;
+    set_attrs(
+        &sys,
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+    )?;
     Ok(memfd_noexec)
 }
 
@@ -162,8 +187,14 @@ fn build_dev() -> Result<(), SetupError> {
             continue;
         }
         fs::File::create(&target).during(STEP, || format!("create /dev/{name}"))?;
-        mount(Some(source.as_str()), target.as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .during(STEP, || format!("bind /dev/{name}"))?;
+        mount(
+            Some(source.as_str()),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .during(STEP, || format!("bind /dev/{name}"))?;
         set_attrs_one(&target, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC)?;
     }
     for (link, to) in [
@@ -210,7 +241,12 @@ fn mount_setattr(path: impl AsRef<Path>, attrs: u64, flags: u32) -> Result<(), S
     let path = path.as_ref();
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| SetupError::new(STEP, format!("path {}", path.display()), Errno::EINVAL))?;
-    let attr = MountAttr { attr_set: attrs, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let attr = MountAttr {
+        attr_set: attrs,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
     // SAFETY: `c_path` is a valid NUL-terminated string and `attr` a properly laid-out struct that
     // outlives the call; the kernel only reads them.
     let rc = unsafe {
@@ -224,7 +260,11 @@ fn mount_setattr(path: impl AsRef<Path>, attrs: u64, flags: u32) -> Result<(), S
         )
     };
     if rc != 0 {
-        return Err(SetupError::new(STEP, format!("set mount attributes of {}", path.display()), Errno::last()));
+        return Err(SetupError::new(
+            STEP,
+            format!("set mount attributes of {}", path.display()),
+            Errno::last(),
+        ));
     }
     Ok(())
 }
@@ -241,7 +281,10 @@ fn under(root: &str, path: &Path) -> PathBuf {
 }
 
 fn mkdir(path: &str, mode: u32) -> Result<(), SetupError> {
-    fs::DirBuilder::new().mode(mode).create(path).during(STEP, || format!("mkdir {path}"))
+    fs::DirBuilder::new()
+        .mode(mode)
+        .create(path)
+        .during(STEP, || format!("mkdir {path}"))
 }
 
 fn mkdir_all(path: &Path) -> Result<(), SetupError> {

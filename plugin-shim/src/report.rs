@@ -21,7 +21,9 @@ impl Reporter {
         // supervisor's signal that set-up succeeded.
         // SAFETY: setting a descriptor flag on a descriptor we own.
         unsafe { libc::fcntl(SHIM_REPORT_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
-        Reporter { file: std::fs::File::from(fd) }
+        Reporter {
+            file: std::fs::File::from(fd),
+        }
     }
 
     pub fn send(&mut self, report: &ShimReport) {

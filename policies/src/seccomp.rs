@@ -257,8 +257,14 @@ mod tests {
     fn foreign_architectures_and_x32_are_refused() {
         let p = build_program(&Syscalls::default()).program;
         const AUDIT_ARCH_I386: u32 = 0x4000_0003;
-        assert_eq!(run(&p, AUDIT_ARCH_I386, 20, [0; 6]), SECCOMP_RET_KILL_PROCESS);
-        assert_eq!(run(&p, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 39, [0; 6]), eperm());
+        assert_eq!(
+            run(&p, AUDIT_ARCH_I386, 20, [0; 6]),
+            SECCOMP_RET_KILL_PROCESS
+        );
+        assert_eq!(
+            run(&p, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 39, [0; 6]),
+            eperm()
+        );
         assert_eq!(run(&p, AUDIT_ARCH_X86_64, u32::MAX, [0; 6]), eperm());
     }
 
@@ -266,16 +272,34 @@ mod tests {
     fn argument_filters() {
         let p = build_program(&Syscalls::default()).program;
         let thread_flags = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as u64;
-        assert_eq!(answer(&p, "clone", [thread_flags, 0, 0, 0, 0, 0]), SECCOMP_RET_ALLOW);
+        assert_eq!(
+            answer(&p, "clone", [thread_flags, 0, 0, 0, 0, 0]),
+            SECCOMP_RET_ALLOW
+        );
         let userns = libc::CLONE_NEWUSER as u64 | libc::SIGCHLD as u64;
         assert_eq!(answer(&p, "clone", [userns, 0, 0, 0, 0, 0]), eperm());
-        assert_eq!(answer(&p, "ioctl", [0, 0x5401, 0, 0, 0, 0]), SECCOMP_RET_ALLOW);
-        assert_eq!(answer(&p, "ioctl", [0, TIOCSTI as u64, 0, 0, 0, 0]), eperm());
-        assert_eq!(answer(&p, "ioctl", [0, TIOCLINUX as u64, 0, 0, 0, 0]), eperm());
+        assert_eq!(
+            answer(&p, "ioctl", [0, 0x5401, 0, 0, 0, 0]),
+            SECCOMP_RET_ALLOW
+        );
+        assert_eq!(
+            answer(&p, "ioctl", [0, TIOCSTI as u64, 0, 0, 0, 0]),
+            eperm()
+        );
+        assert_eq!(
+            answer(&p, "ioctl", [0, TIOCLINUX as u64, 0, 0, 0, 0]),
+            eperm()
+        );
         for ok in SAFE_PERSONALITIES {
-            assert_eq!(answer(&p, "personality", [ok as u64, 0, 0, 0, 0, 0]), SECCOMP_RET_ALLOW);
+            assert_eq!(
+                answer(&p, "personality", [ok as u64, 0, 0, 0, 0, 0]),
+                SECCOMP_RET_ALLOW
+            );
         }
-        assert_eq!(answer(&p, "personality", [0x0040000, 0, 0, 0, 0, 0]), eperm());
+        assert_eq!(
+            answer(&p, "personality", [0x0040000, 0, 0, 0, 0, 0]),
+            eperm()
+        );
     }
 
     #[test]

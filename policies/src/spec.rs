@@ -103,8 +103,14 @@ pub struct ResourceSpec {
     pub timeout_ms: Option<u64>,
 }
 
-/// The shim reads the JSON-encoded [`LaunchSpec`] from this descriptor until end of file.
+/// The control pipe from the supervisor to the shim. It carries, in order:
+/// 1. the [`LaunchSpec`] as JSON, preceded by its length as a little-endian u64;
+/// 2. later, one byte [`SHIM_GO`] once the sandbox's cgroups are complete (on hybrid hosts the
+///    v1 attach costs an RCU grace period, several milliseconds, which the shim spends building
+///    the sandbox instead of waiting). The shim executes nothing of the plugin before it.
 pub const SHIM_SPEC_FD: i32 = 3;
+/// "The cgroups are in place: go ahead."
+pub const SHIM_GO: u8 = 0x47;
 /// The shim writes [`ShimReport`] lines here. The descriptor is close-on-exec, so end of file
 /// without a `Failed` line means the plugin was executed.
 pub const SHIM_REPORT_FD: i32 = 4;
@@ -122,7 +128,11 @@ pub enum ShimReport {
     /// `memfd_noexec` could (or could not) be set for the sandbox's pid namespace.
     MemfdNoexec { enforced: bool },
     /// A set-up step failed; nothing of the plugin ran.
-    Failed { step: String, message: String, errno: i32 },
+    Failed {
+        step: String,
+        message: String,
+        errno: i32,
+    },
     /// The command could not be executed.
     ExecFailed { path: String, errno: i32 },
 }

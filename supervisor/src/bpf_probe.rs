@@ -36,7 +36,11 @@ pub fn program_types() -> Vec<(&'static str, Result<(), String>)> {
         ("tracepoint", BPF_PROG_TYPE_TRACEPOINT, 0),
         ("raw_tracepoint", BPF_PROG_TYPE_RAW_TRACEPOINT, 0),
         ("cgroup_skb", BPF_PROG_TYPE_CGROUP_SKB, 0),
-        ("cgroup_sock_addr (connect4)", BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_CGROUP_INET4_CONNECT),
+        (
+            "cgroup_sock_addr (connect4)",
+            BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+            BPF_CGROUP_INET4_CONNECT,
+        ),
     ]
     .into_iter()
     .map(|(name, ty, attach)| (name, load(ty, attach)))
@@ -57,7 +61,12 @@ fn load(prog_type: u32, expected_attach_type: u32) -> Result<(), String> {
     };
     // SAFETY: `attr` and the buffers it points to live across the call; the kernel copies them.
     let fd = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &attr as *const ProgLoadAttr, std::mem::size_of::<ProgLoadAttr>())
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const ProgLoadAttr,
+            std::mem::size_of::<ProgLoadAttr>(),
+        )
     };
     if fd < 0 {
         return Err(std::io::Error::last_os_error().to_string());

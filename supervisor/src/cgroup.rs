@@ -38,7 +38,11 @@ pub enum CgroupError {
 
 impl CgroupError {
     fn io(action: &'static str, path: &Path, source: io::Error) -> CgroupError {
-        CgroupError::Io { action, path: path.to_path_buf(), source }
+        CgroupError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -48,7 +52,11 @@ pub enum Layout {
     /// cgroup v2 only (the systemd default): every controller in one hierarchy.
     Unified { mount: PathBuf, own: PathBuf },
     /// v1 controllers beside a v2 hierarchy whose controllers are not the ones we need.
-    Hybrid { unified: PathBuf, own_unified: PathBuf, v1: Vec<V1Hierarchy> },
+    Hybrid {
+        unified: PathBuf,
+        own_unified: PathBuf,
+        v1: Vec<V1Hierarchy>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +86,9 @@ impl Layout {
         let mut v1_mounts: Vec<(String, PathBuf)> = Vec::new();
         for line in mountinfo.lines() {
             // "36 25 0:31 / /sys/fs/cgroup/memory rw,relatime shared:14 - cgroup cgroup rw,memory"
-            let Some((left, right)) = line.split_once(" - ") else { continue };
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
             let mount_point = left.split(' ').nth(4).unwrap_or_default();
             let mut right = right.split(' ');
             let fstype = right.next().unwrap_or_default();
@@ -100,13 +110,19 @@ impl Layout {
             if ctrls.is_empty() {
                 own_v2 = Some(path.to_string());
             } else {
-                own_v1.push((ctrls.split(',').map(String::from).collect(), path.to_string()));
+                own_v1.push((
+                    ctrls.split(',').map(String::from).collect(),
+                    path.to_string(),
+                ));
             }
         }
         let unified = v2_mount.ok_or(CgroupError::NoUnified)?;
         let own_unified = join(&unified, own_v2.as_deref().unwrap_or("/"));
         if v1_mounts.is_empty() {
-            return Ok(Layout::Unified { mount: unified, own: own_unified });
+            return Ok(Layout::Unified {
+                mount: unified,
+                own: own_unified,
+            });
         }
         let mut v1 = Vec::new();
         for controller in V1_CONTROLLERS {
@@ -119,14 +135,19 @@ impl Layout {
                 .find(|(ctrls, _)| ctrls.iter().any(|c| c == controller))
                 .map(|(_, p)| p.clone());
             match (mount, own_path) {
-                (Some(mount), Some(own)) => {
-                    v1.push(V1Hierarchy { controller, own: join(&mount, &own) })
-                }
+                (Some(mount), Some(own)) => v1.push(V1Hierarchy {
+                    controller,
+                    own: join(&mount, &own),
+                }),
                 _ if controller == "cpuacct" => {}
                 _ => return Err(CgroupError::MissingController(controller)),
             }
         }
-        Ok(Layout::Hybrid { unified, own_unified, v1 })
+        Ok(Layout::Hybrid {
+            unified,
+            own_unified,
+            v1,
+        })
     }
 
     pub fn name(&self) -> &'static str {
@@ -169,12 +190,22 @@ pub struct SandboxCgroup {
 impl SandboxCgroup {
     /// Creates the sandbox's cgroups named `name` and writes its limits. On any error, what was
     /// already created is removed.
-    pub fn create(layout: &Layout, name: &str, limits: &ResourceSpec) -> Result<SandboxCgroup, CgroupError> {
+    pub fn create(
+        layout: &Layout,
+        name: &str,
+        limits: &ResourceSpec,
+    ) -> Result<SandboxCgroup, CgroupError> {
         let (own_v2, v1) = match layout {
             Layout::Unified { own, .. } => (own.clone(), Vec::new()),
-            Layout::Hybrid { own_unified, v1, .. } => (own_unified.clone(), v1.clone()),
+            Layout::Hybrid {
+                own_unified, v1, ..
+            } => (own_unified.clone(), v1.clone()),
         };
-        let mut cg = SandboxCgroup { v2: own_v2.join(name), v1: Vec::new(), removed: false };
+        let mut cg = SandboxCgroup {
+            v2: own_v2.join(name),
+            v1: Vec::new(),
+            removed: false,
+        };
         if matches!(layout, Layout::Unified { .. }) {
             enable_controllers(&own_v2)?;
         }
@@ -190,7 +221,10 @@ impl SandboxCgroup {
 
     fn write_limits(&self, limits: &ResourceSpec) -> Result<(), CgroupError> {
         if self.v1.is_empty() {
-            write(&self.v2.join("memory.max"), &limits.memory_bytes.to_string())?;
+            write(
+                &self.v2.join("memory.max"),
+                &limits.memory_bytes.to_string(),
+            )?;
             write_if_exists(&self.v2.join("memory.swap.max"), "0")?;
             // Kill the whole sandbox on OOM, not one process chosen inside it.
             write_if_exists(&self.v2.join("memory.oom.group"), "1")?;
@@ -203,9 +237,15 @@ impl SandboxCgroup {
         for (controller, dir) in &self.v1 {
             match *controller {
                 "memory" => {
-                    write(&dir.join("memory.limit_in_bytes"), &limits.memory_bytes.to_string())?;
+                    write(
+                        &dir.join("memory.limit_in_bytes"),
+                        &limits.memory_bytes.to_string(),
+                    )?;
                     // Swap counts against the same limit where swap accounting exists.
-                    write_if_exists(&dir.join("memory.memsw.limit_in_bytes"), &limits.memory_bytes.to_string())?;
+                    write_if_exists(
+                        &dir.join("memory.memsw.limit_in_bytes"),
+                        &limits.memory_bytes.to_string(),
+                    )?;
                     write_if_exists(&dir.join("memory.swappiness"), "0")?;
                 }
                 "pids" => write(&dir.join("pids.max"), &limits.pids.to_string())?,
@@ -235,7 +275,9 @@ impl SandboxCgroup {
     /// The cgroup id: the inode number of the v2 directory, what `bpf_get_current_cgroup_id()`
     /// returns for the sandbox's processes.
     pub fn id(&self) -> Result<u64, CgroupError> {
-        fs::metadata(&self.v2).map(|m| m.ino()).map_err(|e| CgroupError::io("stat", &self.v2, e))
+        fs::metadata(&self.v2)
+            .map(|m| m.ino())
+            .map_err(|e| CgroupError::io("stat", &self.v2, e))
     }
 
     pub fn v2_path(&self) -> &Path {
@@ -279,7 +321,8 @@ impl SandboxCgroup {
             match *controller {
                 "memory" => {
                     s.memory_peak_bytes = read_u64(&dir.join("memory.max_usage_in_bytes"));
-                    s.oom_kills = read_keyed(&dir.join("memory.oom_control"), "oom_kill").unwrap_or(0);
+                    s.oom_kills =
+                        read_keyed(&dir.join("memory.oom_control"), "oom_kill").unwrap_or(0);
                 }
                 "pids" => {
                     s.pids_peak = read_u64(&dir.join("pids.peak"));
@@ -305,7 +348,12 @@ impl SandboxCgroup {
             let _ = self.kill();
         }
         let mut first_error = None;
-        for dir in self.v1.iter().map(|(_, d)| d.clone()).chain(std::iter::once(self.v2.clone())) {
+        for dir in self
+            .v1
+            .iter()
+            .map(|(_, d)| d.clone())
+            .chain(std::iter::once(self.v2.clone()))
+        {
             if let Err(e) = rmdir_when_empty(&dir) {
                 first_error.get_or_insert(e);
             }
@@ -404,11 +452,21 @@ mod tests {
     #[test]
     fn hybrid_layout_nests_below_own_cgroups() {
         let layout = Layout::from_tables(HYBRID_MOUNTS, HYBRID_OWN).unwrap();
-        let Layout::Hybrid { unified, own_unified, v1 } = layout else { panic!("not hybrid") };
+        let Layout::Hybrid {
+            unified,
+            own_unified,
+            v1,
+        } = layout
+        else {
+            panic!("not hybrid")
+        };
         assert_eq!(unified, PathBuf::from("/sys/fs/cgroup/unified"));
         assert_eq!(own_unified, PathBuf::from("/sys/fs/cgroup/unified"));
         let memory = v1.iter().find(|h| h.controller == "memory").unwrap();
-        assert_eq!(memory.own, PathBuf::from("/sys/fs/cgroup/memory/process_api/abc"));
+        assert_eq!(
+            memory.own,
+            PathBuf::from("/sys/fs/cgroup/memory/process_api/abc")
+        );
         assert_eq!(v1.len(), 4);
     }
 
@@ -430,6 +488,9 @@ mod tests {
         let mounts = "35 24 0:30 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
                       40 24 0:35 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
         let err = Layout::from_tables(mounts, "4:memory:/\n0::/\n").unwrap_err();
-        assert!(matches!(err, CgroupError::MissingController("pids")), "{err}");
+        assert!(
+            matches!(err, CgroupError::MissingController("pids")),
+            "{err}"
+        );
     }
 }

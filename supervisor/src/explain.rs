@@ -28,46 +28,86 @@ pub fn explain(policy: &Policy, probe: &Probe) -> String {
     if let Some(d) = &policy.description {
         let _ = writeln!(out, "{d}\n");
     }
-    let _ = writeln!(out, "kernel {} ({})", probe.kernel, if enforce { "enforce mode" } else { "monitor mode" });
+    let _ = writeln!(
+        out,
+        "kernel {} ({})",
+        probe.kernel,
+        if enforce {
+            "enforce mode"
+        } else {
+            "monitor mode"
+        }
+    );
 
     let fs = &policy.filesystem;
     let list = |paths: &[PolicyPath]| {
         if paths.is_empty() {
             "(none)".to_string()
         } else {
-            paths.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+            paths
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         }
     };
-    let _ = writeln!(out, "\nfilesystem — mount namespace (enforced): a fresh root in which only these paths exist;");
-    let _ = writeln!(out, "  anything else, /etc/shadow included, is absent (ENOENT).");
+    let _ = writeln!(
+        out,
+        "\nfilesystem — mount namespace (enforced): a fresh root in which only these paths exist;"
+    );
+    let _ = writeln!(
+        out,
+        "  anything else, /etc/shadow included, is absent (ENOENT)."
+    );
     let _ = writeln!(out, "  read-only, not executable: {}", list(&fs.read));
     let _ = writeln!(out, "  read-only, executable:     {}", list(&fs.exec));
     let _ = writeln!(out, "  read-write, never executable: {}", list(&fs.write));
     if let Some(tmp) = spec.as_ref().and_then(|s| s.tmp.as_ref()) {
         let _ = writeln!(out, "  /tmp: private tmpfs of {} MiB", tmp.size_bytes >> 20);
     }
-    let _ = writeln!(out, "  plus a private /proc (this sandbox's processes only, /proc/sys read-only) and a /dev");
-    let _ = writeln!(out, "  with null, zero, full, random, urandom and tty; no host IPC endpoint is reachable.");
+    let _ = writeln!(
+        out,
+        "  plus a private /proc (this sandbox's processes only, /proc/sys read-only) and a /dev"
+    );
+    let _ = writeln!(
+        out,
+        "  with null, zero, full, random, urandom and tty; no host IPC endpoint is reachable."
+    );
 
     let abi = probe.landlock_abi;
     if abi >= 1 {
         let _ = writeln!(out, "\nlandlock — ABI {abi} on this kernel (enforced): the same paths with the same rights, a");
-        let _ = writeln!(out, "  second wall that the plugin cannot undo; exec only below the exec paths.");
+        let _ = writeln!(
+            out,
+            "  second wall that the plugin cannot undo; exec only below the exec paths."
+        );
         if abi >= 6 {
-            let _ = writeln!(out, "  signals and abstract unix sockets are scoped to the sandbox.");
+            let _ = writeln!(
+                out,
+                "  signals and abstract unix sockets are scoped to the sandbox."
+            );
         } else {
-            let _ = writeln!(out, "  signal and abstract-socket scoping need ABI 6: not enforced here.");
+            let _ = writeln!(
+                out,
+                "  signal and abstract-socket scoping need ABI 6: not enforced here."
+            );
         }
     } else if enforce {
         let _ = writeln!(out, "\nlandlock — UNAVAILABLE on this kernel: this enforce-mode policy will refuse to start.");
     } else {
-        let _ = writeln!(out, "\nlandlock — UNAVAILABLE on this kernel: monitor mode will run without it (degraded).");
+        let _ = writeln!(
+            out,
+            "\nlandlock — UNAVAILABLE on this kernel: monitor mode will run without it (degraded)."
+        );
     }
 
     let net = &policy.network;
     match net.mode {
         NetworkMode::None => {
-            let _ = writeln!(out, "\nnetwork — none (enforced): an empty network namespace; only a down `lo` exists.");
+            let _ = writeln!(
+                out,
+                "\nnetwork — none (enforced): an empty network namespace; only a down `lo` exists."
+            );
         }
         NetworkMode::Allow => {
             let _ = writeln!(out, "\nnetwork — allow: the host's network namespace.");
@@ -78,13 +118,36 @@ pub fn explain(policy: &Policy, probe: &Probe) -> String {
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            let _ = writeln!(out, "  connect rules: {}", if net.connect.is_empty() { "(none)".into() } else { rules(&net.connect) });
-            let _ = writeln!(out, "  bind rules:    {}", if net.bind.is_empty() { "(none)".into() } else { rules(&net.bind) });
+            let _ = writeln!(
+                out,
+                "  connect rules: {}",
+                if net.connect.is_empty() {
+                    "(none)".into()
+                } else {
+                    rules(&net.connect)
+                }
+            );
+            let _ = writeln!(
+                out,
+                "  bind rules:    {}",
+                if net.bind.is_empty() {
+                    "(none)".into()
+                } else {
+                    rules(&net.bind)
+                }
+            );
             if abi >= 4 {
                 let _ = writeln!(out, "  ENFORCED by Landlock: TCP connect and bind only to the listed ports (any address).");
             } else {
-                let _ = writeln!(out, "  Landlock ABI {abi} cannot restrict TCP ports: {}.",
-                    if enforce { "this enforce-mode policy will refuse to start" } else { "ports are NOT enforced" });
+                let _ = writeln!(
+                    out,
+                    "  Landlock ABI {abi} cannot restrict TCP ports: {}.",
+                    if enforce {
+                        "this enforce-mode policy will refuse to start"
+                    } else {
+                        "ports are NOT enforced"
+                    }
+                );
             }
             let _ = writeln!(out, "  NOT YET ENFORCED: destination and bind addresses, and every UDP rule; UDP traffic is");
             let _ = writeln!(out, "  not restricted at all. These arrive with the eBPF cgroup programs (connect/sendmsg/bind).");
@@ -93,13 +156,19 @@ pub fn explain(policy: &Policy, probe: &Probe) -> String {
 
     let sc = &policy.syscalls;
     let allowed = syscalls::profile_allows(sc.profile).len();
-    let _ = writeln!(out, "\nsyscalls — seccomp (enforced): the {:?} allow list ({allowed} calls) for x86_64 only;",
-        sc.profile);
-    let _ = writeln!(out, "  any other architecture (int 0x80, x32) is killed. Denied calls {}.",
+    let _ = writeln!(
+        out,
+        "\nsyscalls — seccomp (enforced): the {:?} allow list ({allowed} calls) for x86_64 only;",
+        sc.profile
+    );
+    let _ = writeln!(
+        out,
+        "  any other architecture (int 0x80, x32) is killed. Denied calls {}.",
         match sc.deny_action {
             stockade_policy::DenyAction::Eperm => "fail with EPERM",
             stockade_policy::DenyAction::Kill => "kill the process (SIGSYS)",
-        });
+        }
+    );
     if !sc.allow.is_empty() {
         let _ = writeln!(out, "  added: {}", sc.allow.join(", "));
     }
@@ -107,15 +176,31 @@ pub fn explain(policy: &Policy, probe: &Probe) -> String {
         let _ = writeln!(out, "  removed: {}", sc.deny.join(", "));
     }
     let _ = writeln!(out, "  always filtered: clone with namespace flags, ioctl TIOCSTI/TIOCLINUX, unsafe personality flags;");
-    let _ = writeln!(out, "  clone3 answers ENOSYS so that libc falls back to clone.");
+    let _ = writeln!(
+        out,
+        "  clone3 answers ENOSYS so that libc falls back to clone."
+    );
 
     if let Some(s) = &spec {
         let r = &s.resources;
-        let _ = writeln!(out, "\nresources — cgroup {} (enforced):", probe.cgroups.as_deref().unwrap_or("unavailable"));
-        let _ = writeln!(out, "  memory {} MiB (OOM kill inside the sandbox), {} processes/threads,", r.memory_bytes >> 20, r.pids);
+        let _ = writeln!(
+            out,
+            "\nresources — cgroup {} (enforced):",
+            probe.cgroups.as_deref().unwrap_or("unavailable")
+        );
+        let _ = writeln!(
+            out,
+            "  memory {} MiB (OOM kill inside the sandbox), {} processes/threads,",
+            r.memory_bytes >> 20,
+            r.pids
+        );
         match r.cpu_quota_us {
-            Some(q) => { let _ = writeln!(out, "  cpu {:.2} of one core,", q as f64 / 100_000.0); }
-            None => { let _ = writeln!(out, "  cpu unlimited,"); }
+            Some(q) => {
+                let _ = writeln!(out, "  cpu {:.2} of one core,", q as f64 / 100_000.0);
+            }
+            None => {
+                let _ = writeln!(out, "  cpu unlimited,");
+            }
         }
         for l in &s.rlimits {
             let what = match l.resource {
@@ -127,19 +212,48 @@ pub fn explain(policy: &Policy, probe: &Probe) -> String {
             let _ = writeln!(out, "  {what} (rlimit),");
         }
         match r.timeout_ms {
-            Some(ms) => { let _ = writeln!(out, "  wall-clock timeout {:.1} s, then every process is killed.", ms as f64 / 1000.0); }
-            None => { let _ = writeln!(out, "  no wall-clock timeout."); }
+            Some(ms) => {
+                let _ = writeln!(
+                    out,
+                    "  wall-clock timeout {:.1} s, then every process is killed.",
+                    ms as f64 / 1000.0
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  no wall-clock timeout.");
+            }
         }
     }
 
-    let _ = writeln!(out, "\nprivileges (enforced): a user namespace; the plugin is uid 1000 inside, an unprivileged");
-    let _ = writeln!(out, "  host uid outside; every capability set empty; no_new_privs; a new session (no TIOCSTI).");
+    let _ = writeln!(
+        out,
+        "\nprivileges (enforced): a user namespace; the plugin is uid 1000 inside, an unprivileged"
+    );
+    let _ = writeln!(
+        out,
+        "  host uid outside; every capability set empty; no_new_privs; a new session (no TIOCSTI)."
+    );
 
     let e = &policy.enforcement;
-    let _ = writeln!(out, "\nenforcement — {:?} mode, threshold {} violation(s) per {:.0} s, then {}.", e.mode, e.threshold,
-        e.window.as_secs_f64(), match e.action { ThresholdAction::Kill => "kill", ThresholdAction::Report => "report" });
-    let _ = writeln!(out, "  NOT YET ENFORCED: violation counting and auto-kill arrive with the eBPF monitors; today");
-    let _ = writeln!(out, "  every layer above denies on its own, and a denied call simply fails.");
+    let _ = writeln!(
+        out,
+        "\nenforcement — {:?} mode, threshold {} violation(s) per {:.0} s, then {}.",
+        e.mode,
+        e.threshold,
+        e.window.as_secs_f64(),
+        match e.action {
+            ThresholdAction::Kill => "kill",
+            ThresholdAction::Report => "report",
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  NOT YET ENFORCED: violation counting and auto-kill arrive with the eBPF monitors; today"
+    );
+    let _ = writeln!(
+        out,
+        "  every layer above denies on its own, and a denied call simply fails."
+    );
     out
 }
 

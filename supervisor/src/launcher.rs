@@ -5,13 +5,14 @@
 //!    `CLONE_INTO_CGROUP` (the child's first instruction already runs in the sandbox's v2 cgroup)
 //!    and `CLONE_PIDFD`;
 //! 2. child: waits for [`ChildChannel::wait_for_mapping`], doing nothing else;
-//! 3. parent: writes the uid/gid maps, adds the child to the v1 cgroups on hybrid hosts, then
-//!    [`ParentChannel::mapping_written`];
+//! 3. parent: writes the uid/gid maps, then [`ParentChannel::mapping_written`];
 //! 4. child: becomes uid 0 of its user namespace (so that exec keeps its namespace capabilities)
 //!    and executes the shim from a descriptor opened at start-up (no path lookup that could be
 //!    raced);
-//! 5. parent: sends the launch spec over a pipe and closes it; the shim reports back on another
-//!    pipe, which closes on the plugin's exec.
+//! 5. parent: sends the launch spec over the control pipe; then, on hybrid hosts, adds the child to
+//!    the v1 cgroups (an RCU grace period, several ms, overlapped with the shim's set-up) and sends
+//!    the go byte; the shim waits for it before seccomp and exec, so no instruction of the plugin
+//!    runs outside its cgroups. The shim reports back on another pipe, which closes on exec.
 //!
 //! The child side between clone3 and exec runs in a copy of a possibly multi-threaded process, so
 //! it only makes async-signal-safe system calls on memory prepared before the clone.
@@ -22,7 +23,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-use stockade_policy::{LaunchSpec, NetworkSpec, SHIM_REPORT_FD, SHIM_SPEC_FD};
+use stockade_policy::{LaunchSpec, NetworkSpec, SHIM_GO, SHIM_REPORT_FD, SHIM_SPEC_FD};
 
 use crate::cgroup::{CgroupError, SandboxCgroup};
 
@@ -38,7 +39,10 @@ pub enum LaunchError {
     #[error("cannot find the shim {path}: {source}")]
     ShimMissing { path: PathBuf, source: io::Error },
     #[error("{action}: {source}")]
-    Sys { action: &'static str, source: io::Error },
+    Sys {
+        action: &'static str,
+        source: io::Error,
+    },
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
     #[error("cannot encode the launch spec: {0}")]
@@ -61,8 +65,10 @@ impl Shim {
         let path = match std::env::var_os("STOCKADE_SHIM") {
             Some(p) => PathBuf::from(p),
             None => {
-                let exe = std::env::current_exe()
-                    .map_err(|source| LaunchError::ShimMissing { path: "stockade-shim".into(), source })?;
+                let exe = std::env::current_exe().map_err(|source| LaunchError::ShimMissing {
+                    path: "stockade-shim".into(),
+                    source,
+                })?;
                 exe.with_file_name("stockade-shim")
             }
         };
@@ -75,9 +81,15 @@ impl Shim {
             .read(true)
             .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
             .open(path)
-            .map_err(|source| LaunchError::ShimMissing { path: path.to_path_buf(), source })?;
+            .map_err(|source| LaunchError::ShimMissing {
+                path: path.to_path_buf(),
+                source,
+            })?;
         // Kept above 4: the child places the spec and report pipes on 3 and 4 before exec.
-        Ok(Shim { fd: above_stdio_and_shim_fds(file.into())?, path: path.to_path_buf() })
+        Ok(Shim {
+            fd: above_stdio_and_shim_fds(file.into())?,
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -112,7 +124,9 @@ fn above_stdio_and_shim_fds(fd: OwnedFd) -> Result<OwnedFd, LaunchError> {
     // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor (or -1); `fd` stays valid until dropped.
     let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
     if new < 0 {
-        return Err(sys("duplicate a pipe descriptor")(io::Error::last_os_error()));
+        return Err(sys("duplicate a pipe descriptor")(
+            io::Error::last_os_error(),
+        ));
     }
     // SAFETY: `new` is a fresh descriptor owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
@@ -137,7 +151,11 @@ struct CloneArgs {
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// Starts the shim for `spec` in `cgroup`. On error nothing is left running.
-pub fn start(shim: &Shim, spec: &LaunchSpec, cgroup: &SandboxCgroup) -> Result<Started, LaunchError> {
+pub fn start(
+    shim: &Shim,
+    spec: &LaunchSpec,
+    cgroup: &SandboxCgroup,
+) -> Result<Started, LaunchError> {
     let spec_bytes = serde_json::to_vec(spec)?;
     let (spec_r, spec_w) = pipe()?;
     let (report_r, report_w) = pipe()?;
@@ -181,10 +199,16 @@ pub fn start(shim: &Shim, spec: &LaunchSpec, cgroup: &SandboxCgroup) -> Result<S
     // calls `ChildChannel::exec_shim`, which makes async-signal-safe system calls on memory prepared
     // above and never returns.
     let pid = unsafe {
-        libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>())
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
     };
     if pid < 0 {
-        return Err(sys("clone3 the sandbox's first process")(io::Error::last_os_error()));
+        return Err(sys("clone3 the sandbox's first process")(
+            io::Error::last_os_error(),
+        ));
     }
     if pid == 0 {
         // SAFETY: see above; this is the child and it only execs or exits.
@@ -195,21 +219,34 @@ pub fn start(shim: &Shim, spec: &LaunchSpec, cgroup: &SandboxCgroup) -> Result<S
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     drop((spec_r, report_w, sync_r));
 
-    let parent = ParentChannel { sync: File::from(sync_w), pid, pidfd: &pidfd };
+    let parent = ParentChannel {
+        sync: File::from(sync_w),
+        pid,
+        pidfd: &pidfd,
+    };
+    let mut control = File::from(spec_w);
     let result = (|| {
         parent.write_id_maps()?;
-        cgroup.attach_v1(pid)?;
         parent.mapping_written()?;
-        let mut spec_pipe = File::from(spec_w);
-        // A shim that died early closes its end: EPIPE here, and the report says why.
-        let _ = spec_pipe.write_all(&spec_bytes);
+        // A shim that died early closes its end: EPIPE here, and its report says why.
+        let _ = control.write_all(&(spec_bytes.len() as u64).to_le_bytes());
+        let _ = control.write_all(&spec_bytes);
+        // On hybrid hosts this waits for an RCU grace period; the shim builds the sandbox
+        // meanwhile, and executes nothing of the plugin before the go below.
+        cgroup.attach_v1(pid)?;
+        let _ = control.write_all(&[SHIM_GO]);
         Ok(())
     })();
+    drop(control);
     if let Err(e) = result {
         parent.kill_and_reap();
         return Err(e);
     }
-    Ok(Started { pid, pidfd, reports: File::from(report_r) })
+    Ok(Started {
+        pid,
+        pidfd,
+        reports: File::from(report_r),
+    })
 }
 
 /// `vm.memfd_noexec` applies to the writer's pid namespace (Linux 6.3+).
@@ -247,10 +284,19 @@ impl ChildChannel {
             if libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
                 libc::_exit(121);
             }
-            if libc::dup2(self.spec, SHIM_SPEC_FD) < 0 || libc::dup2(self.report, SHIM_REPORT_FD) < 0 {
+            if libc::dup2(self.spec, SHIM_SPEC_FD) < 0
+                || libc::dup2(self.report, SHIM_REPORT_FD) < 0
+            {
                 libc::_exit(122);
             }
-            libc::syscall(libc::SYS_execveat, self.shim, empty, argv, envp, libc::AT_EMPTY_PATH);
+            libc::syscall(
+                libc::SYS_execveat,
+                self.shim,
+                empty,
+                argv,
+                envp,
+                libc::AT_EMPTY_PATH,
+            );
             libc::_exit(123)
         }
     }
@@ -295,21 +341,36 @@ struct ParentChannel<'a> {
 impl ParentChannel<'_> {
     fn write_id_maps(&self) -> Result<(), LaunchError> {
         let map = format!("0 {HOST_ID_BASE} {HOST_ID_COUNT}\n");
-        std::fs::write(format!("/proc/{}/uid_map", self.pid), &map).map_err(sys("write the uid map"))?;
-        std::fs::write(format!("/proc/{}/gid_map", self.pid), &map).map_err(sys("write the gid map"))?;
+        std::fs::write(format!("/proc/{}/uid_map", self.pid), &map)
+            .map_err(sys("write the uid map"))?;
+        std::fs::write(format!("/proc/{}/gid_map", self.pid), &map)
+            .map_err(sys("write the gid map"))?;
         Ok(())
     }
 
     fn mapping_written(&self) -> Result<(), LaunchError> {
-        (&self.sync).write_all(&[1]).map_err(sys("release the sandbox's first process"))
+        (&self.sync)
+            .write_all(&[1])
+            .map_err(sys("release the sandbox's first process"))
     }
 
     fn kill_and_reap(&self) {
         // SAFETY: signalling and reaping our own child through its pidfd.
         unsafe {
-            libc::syscall(libc::SYS_pidfd_send_signal, self.pidfd.as_raw_fd(), libc::SIGKILL, 0, 0);
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                0,
+                0,
+            );
             let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::waitid(libc::P_PIDFD, self.pidfd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED);
+            libc::waitid(
+                libc::P_PIDFD,
+                self.pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED,
+            );
         }
     }
 }

@@ -12,7 +12,11 @@ use stockade::signals::StopSignals;
 use stockade_policy::{load_policy, LaunchContext, LoadError, Policy, SANDBOX_UID};
 
 #[derive(Parser)]
-#[command(name = "stockade", version, about = "A sandbox supervisor for untrusted plugins")]
+#[command(
+    name = "stockade",
+    version,
+    about = "A sandbox supervisor for untrusted plugins"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,7 +42,8 @@ struct RunArgs {
     /// The policy file (TOML; see docs/policy.md).
     #[arg(long, short = 'p', value_name = "FILE")]
     policy: PathBuf,
-    /// The directory that `$PLUGIN_DIR` stands for.
+    /// The directory that `$PLUGIN_DIR` stands for [default: the command's directory, when the
+    /// command is given as a path].
     #[arg(long, value_name = "DIR")]
     plugin_dir: Option<PathBuf>,
     /// The writable directory that `$STATE_DIR` stands for (its owner becomes the plugin's uid).
@@ -83,11 +88,19 @@ struct Failure {
 
 impl Failure {
     fn usage(cause: impl Into<String>, hint: impl Into<String>) -> Failure {
-        Failure { cause: cause.into(), hint: Some(hint.into()), code: 2 }
+        Failure {
+            cause: cause.into(),
+            hint: Some(hint.into()),
+            code: 2,
+        }
     }
 
     fn internal(cause: impl Into<String>, hint: Option<String>) -> Failure {
-        Failure { cause: cause.into(), hint, code: 1 }
+        Failure {
+            cause: cause.into(),
+            hint,
+            code: 1,
+        }
     }
 }
 
@@ -103,7 +116,11 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Check { files }) => policy_check(&files),
         Command::Policy(PolicyCommand::Explain { file }) => policy_explain(&file),
         Command::Policy(PolicyCommand::Schema) => {
-            println!("{}", serde_json::to_string_pretty(&stockade_policy::schema::json_schema()).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&stockade_policy::schema::json_schema())
+                    .unwrap_or_default()
+            );
             Ok(0)
         }
         Command::Doctor { json } => doctor(json),
@@ -124,7 +141,10 @@ fn load(path: &Path) -> Result<Policy, Failure> {
     load_policy(path).map_err(|e| match e {
         LoadError::Invalid(diags) => Failure {
             cause: format!("{} is not a valid policy:\n{diags}", path.display()),
-            hint: Some(format!("`stockade policy check {}` lists every error", path.display())),
+            hint: Some(format!(
+                "`stockade policy check {}` lists every error",
+                path.display()
+            )),
             code: 2,
         },
         other => Failure::usage(other.to_string(), "check the path and that it is readable"),
@@ -162,24 +182,57 @@ fn doctor(json: bool) -> Result<u8, Failure> {
     let probe = Probe::run();
     let missing = probe.missing_required();
     if json {
-        println!("{}", serde_json::to_string_pretty(&probe).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&probe).unwrap_or_default()
+        );
     } else {
         let ok = |b: bool| if b { "yes" } else { "NO" };
         println!("kernel                {}", probe.kernel);
-        println!("user namespaces       {}", probe.user_namespaces.as_ref().map_or_else(|e| format!("NO: {e}"), |_| "yes (user, mount, pid, ipc, uts, net, cgroup)".into()));
-        println!("landlock              {}", if probe.landlock_abi > 0 { format!("ABI {}", probe.landlock_abi) } else { "NO".into() });
-        println!("seccomp filters       {}", ok(probe.seccomp_filter && probe.seccomp_kill_process));
-        println!("cgroups               {}", probe.cgroups.as_ref().map_or_else(|e| format!("NO: {e}"), |l| l.clone()));
+        println!(
+            "user namespaces       {}",
+            probe.user_namespaces.as_ref().map_or_else(
+                |e| format!("NO: {e}"),
+                |_| "yes (user, mount, pid, ipc, uts, net, cgroup)".into()
+            )
+        );
+        println!(
+            "landlock              {}",
+            if probe.landlock_abi > 0 {
+                format!("ABI {}", probe.landlock_abi)
+            } else {
+                "NO".into()
+            }
+        );
+        println!(
+            "seccomp filters       {}",
+            ok(probe.seccomp_filter && probe.seccomp_kill_process)
+        );
+        println!(
+            "cgroups               {}",
+            probe
+                .cgroups
+                .as_ref()
+                .map_or_else(|e| format!("NO: {e}"), |l| l.clone())
+        );
         println!("mount_setattr         {}", ok(probe.mount_setattr));
         println!("memfd_noexec sysctl   {}", ok(probe.memfd_noexec));
         if let Some(v) = probe.io_uring_disabled {
-            println!("io_uring_disabled     {v} (io_uring is denied by the seccomp profiles regardless)");
+            println!(
+                "io_uring_disabled     {v} (io_uring is denied by the seccomp profiles regardless)"
+            );
         }
         if let Some(v) = probe.legacy_tiocsti {
             println!("legacy_tiocsti        {v} (sandboxes get their own session and TIOCSTI is filtered)");
         }
         for (ty, result) in &probe.bpf {
-            println!("bpf {:<17} {}", ty, result.as_ref().map_or_else(|e| format!("NO: {e}"), |_| "loads".into()));
+            println!(
+                "bpf {:<17} {}",
+                ty,
+                result
+                    .as_ref()
+                    .map_or_else(|e| format!("NO: {e}"), |_| "loads".into())
+            );
         }
         println!("bpf lsm               not probed yet (arrives with the eBPF monitors)");
         if missing.is_empty() {
@@ -202,35 +255,63 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         ));
     }
     let policy = load(&args.policy)?;
-    let plugin_dir = args.plugin_dir.as_deref().map(|d| existing_dir(d, "--plugin-dir")).transpose()?;
-    let state_dir = args.state_dir.as_deref().map(|d| existing_dir(d, "--state-dir")).transpose()?;
+    let plugin_dir = match &args.plugin_dir {
+        Some(dir) => Some(existing_dir(dir, "--plugin-dir")?),
+        None => command_dir(&args.command[0]),
+    };
+    let state_dir = args
+        .state_dir
+        .as_deref()
+        .map(|d| existing_dir(d, "--state-dir"))
+        .transpose()?;
     let env = plugin_env(&args.env, policy_grants_tmp(&policy))?;
+    let mut argv = args.command.clone();
+    // A command given as a relative path means the file on the host; inside, the cwd differs.
+    if argv[0].contains('/') {
+        if let Ok(abs) = Path::new(&argv[0]).canonicalize() {
+            argv[0] = abs.to_string_lossy().into_owned();
+        }
+    }
     let ctx = LaunchContext {
-        argv: args.command.clone(),
+        argv,
         env,
         plugin_dir,
         state_dir: state_dir.clone(),
         hostname: "stockade".into(),
         cwd: None,
     };
-    let spec = policy.compile(&ctx).map_err(|e| Failure::usage(e.to_string(), "see docs/policy.md"))?;
+    let spec = policy
+        .compile(&ctx)
+        .map_err(|e| Failure::usage(e.to_string(), "see docs/policy.md"))?;
     if let Some(dir) = &state_dir {
         let plugin_uid = HOST_ID_BASE + SANDBOX_UID;
         std::os::unix::fs::chown(dir, Some(plugin_uid), Some(plugin_uid)).map_err(|e| {
-            Failure::internal(format!("cannot hand {} to the plugin's uid: {e}", dir.display()), None)
+            Failure::internal(
+                format!("cannot hand {} to the plugin's uid: {e}", dir.display()),
+                None,
+            )
         })?;
     }
     let shim = Shim::locate().map_err(|e| {
-        Failure::internal(e.to_string(), Some("build the workspace (`cargo build`) or set STOCKADE_SHIM".into()))
+        Failure::internal(
+            e.to_string(),
+            Some("build the workspace (`cargo build`) or set STOCKADE_SHIM".into()),
+        )
     })?;
     let layout = Layout::detect().map_err(|e| {
-        Failure::internal(format!("cgroups: {e}"), Some("`stockade doctor` shows what this host offers".into()))
+        Failure::internal(
+            format!("cgroups: {e}"),
+            Some("`stockade doctor` shows what this host offers".into()),
+        )
     })?;
     let mut stop = StopSignals::block()
         .map_err(|e| Failure::internal(format!("cannot set up signal handling: {e}"), None))?;
     let name = format!("stockade-{}", std::process::id());
     let summary = sandbox::run(&shim, &layout, &name, &spec, &mut stop).map_err(|e| {
-        Failure::internal(format!("cannot start the sandbox: {e}"), Some("`stockade doctor` checks each layer on this kernel".into()))
+        Failure::internal(
+            format!("cannot start the sandbox: {e}"),
+            Some("`stockade doctor` checks each layer on this kernel".into()),
+        )
     })?;
     if summary.ended_by == sandbox::EndReason::ExecFailed {
         let errno = summary.errno.unwrap_or(0);
@@ -266,18 +347,41 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     Ok(summary.exit_code.clamp(0, 255) as u8)
 }
 
-fn existing_dir(dir: &Path, flag: &str) -> Result<PathBuf, Failure> {
-    let canonical = dir
+/// The directory of a command given as a path (`./plugin`, `/opt/x/bin/plugin`), resolved.
+fn command_dir(command: &str) -> Option<PathBuf> {
+    if !command.contains('/') {
+        return None;
+    }
+    Path::new(command)
         .canonicalize()
-        .map_err(|e| Failure::usage(format!("{flag} {}: {e}", dir.display()), "give an existing directory"))?;
+        .ok()?
+        .parent()
+        .map(Path::to_path_buf)
+}
+
+fn existing_dir(dir: &Path, flag: &str) -> Result<PathBuf, Failure> {
+    let canonical = dir.canonicalize().map_err(|e| {
+        Failure::usage(
+            format!("{flag} {}: {e}", dir.display()),
+            "give an existing directory",
+        )
+    })?;
     if !canonical.is_dir() {
-        return Err(Failure::usage(format!("{flag} {} is not a directory", dir.display()), "give an existing directory"));
+        return Err(Failure::usage(
+            format!("{flag} {} is not a directory", dir.display()),
+            "give an existing directory",
+        ));
     }
     Ok(canonical)
 }
 
 fn policy_grants_tmp(policy: &Policy) -> bool {
-    policy.filesystem.write.iter().any(|p| matches!(p, stockade_policy::PolicyPath::Var(stockade_policy::PathVar::Tmp, _)))
+    policy.filesystem.write.iter().any(|p| {
+        matches!(
+            p,
+            stockade_policy::PolicyPath::Var(stockade_policy::PathVar::Tmp, _)
+        )
+    })
 }
 
 /// The plugin's environment: a fixed base, TERM from the caller, and `--env` additions. Nothing
@@ -285,7 +389,10 @@ fn policy_grants_tmp(policy: &Policy) -> bool {
 fn plugin_env(extra: &[String], has_tmp: bool) -> Result<Vec<(String, String)>, Failure> {
     let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
-        ("HOME".into(), if has_tmp { "/tmp".into() } else { "/".into() }),
+        (
+            "HOME".into(),
+            if has_tmp { "/tmp".into() } else { "/".into() },
+        ),
         ("LANG".into(), "C.UTF-8".into()),
     ];
     if let Ok(term) = std::env::var("TERM") {
@@ -295,7 +402,12 @@ fn plugin_env(extra: &[String], has_tmp: bool) -> Result<Vec<(String, String)>, 
         let (k, v) = item
             .split_once('=')
             .filter(|(k, _)| !k.is_empty())
-            .ok_or_else(|| Failure::usage(format!("--env {item}: expected NAME=VALUE"), "for example --env RUST_LOG=debug"))?;
+            .ok_or_else(|| {
+                Failure::usage(
+                    format!("--env {item}: expected NAME=VALUE"),
+                    "for example --env RUST_LOG=debug",
+                )
+            })?;
         env.retain(|(name, _)| name != k);
         env.push((k.to_string(), v.to_string()));
     }

@@ -26,7 +26,10 @@ pub struct Probe {
 impl Probe {
     pub fn run() -> Probe {
         Probe {
-            kernel: fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+            kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
             user_namespaces: probe_namespaces(),
             landlock_abi: landlock_abi(),
             seccomp_filter: fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
@@ -35,7 +38,9 @@ impl Probe {
             seccomp_kill_process: fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
                 .map(|a| a.split_whitespace().any(|x| x == "kill_process"))
                 .unwrap_or(false),
-            cgroups: Layout::detect().map(|l| l.name().to_string()).map_err(|e| e.to_string()),
+            cgroups: Layout::detect()
+                .map(|l| l.name().to_string())
+                .map_err(|e| e.to_string()),
             mount_setattr: mount_setattr_exists(),
             memfd_noexec: fs::metadata("/proc/sys/vm/memfd_noexec").is_ok(),
             io_uring_disabled: read_u32("/proc/sys/kernel/io_uring_disabled"),
@@ -51,16 +56,25 @@ impl Probe {
             missing.push(("namespaces", e.clone()));
         }
         if self.landlock_abi < 1 {
-            missing.push(("landlock", "Landlock is not enabled (add `landlock` to the lsm= boot parameter)".into()));
+            missing.push((
+                "landlock",
+                "Landlock is not enabled (add `landlock` to the lsm= boot parameter)".into(),
+            ));
         }
         if !self.seccomp_filter || !self.seccomp_kill_process {
-            missing.push(("seccomp", "seccomp filters with kill_process and errno are unavailable".into()));
+            missing.push((
+                "seccomp",
+                "seccomp filters with kill_process and errno are unavailable".into(),
+            ));
         }
         if let Err(e) = &self.cgroups {
             missing.push(("cgroups", e.clone()));
         }
         if !self.mount_setattr {
-            missing.push(("mounts", "mount_setattr(2) is missing (Linux 5.12 or newer is needed)".into()));
+            missing.push((
+                "mounts",
+                "mount_setattr(2) is missing (Linux 5.12 or newer is needed)".into(),
+            ));
         }
         missing
     }
@@ -72,13 +86,29 @@ fn read_u32(path: &str) -> Option<u32> {
 
 pub fn landlock_abi() -> i32 {
     // SAFETY: LANDLOCK_CREATE_RULESET_VERSION with a null attribute only queries the ABI version.
-    let v = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32) };
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
+    };
     v.max(0) as i32
 }
 
 fn mount_setattr_exists() -> bool {
     // SAFETY: invalid arguments on purpose: ENOSYS means missing, anything else means present.
-    let rc = unsafe { libc::syscall(libc::SYS_mount_setattr, -1, std::ptr::null::<u8>(), 0, std::ptr::null::<u8>(), 0) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            std::ptr::null::<u8>(),
+            0,
+            std::ptr::null::<u8>(),
+            0,
+        )
+    };
     !(rc < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
 }
 
@@ -100,7 +130,11 @@ fn probe_namespaces() -> Result<(), String> {
         // SAFETY: see above.
         unsafe {
             let rc = libc::unshare(flags);
-            libc::_exit(if rc == 0 { 0 } else { *libc::__errno_location() & 0x7f });
+            libc::_exit(if rc == 0 {
+                0
+            } else {
+                *libc::__errno_location() & 0x7f
+            });
         }
     }
     let mut status = 0;

@@ -84,10 +84,17 @@ pub fn run(
     stop: &mut dyn StopSource,
 ) -> Result<Summary, SandboxError> {
     let begin = Instant::now();
+    let phase =
+        |what: &str| tracing::debug!(elapsed_us = begin.elapsed().as_micros() as u64, "{what}");
     let cgroup = SandboxCgroup::create(layout, name, &spec.resources)?;
     let cgroup_id = cgroup.id()?;
+    phase("cgroups created");
     let started = launcher::start(shim, spec, &cgroup)?;
-    let deadline = spec.resources.timeout_ms.map(|ms| begin + Duration::from_millis(ms));
+    phase("shim started, cgroups complete");
+    let deadline = spec
+        .resources
+        .timeout_ms
+        .map(|ms| begin + Duration::from_millis(ms));
     let outcome = supervise(&started, &cgroup, deadline, stop);
     // Whatever happened above, no process of the sandbox survives this point.
     if cgroup.is_populated() {
@@ -95,8 +102,10 @@ pub fn run(
     }
     let outcome = outcome?;
     let duration = begin.elapsed();
+    phase("sandbox ended");
     let resources = cgroup.stats();
     cgroup.destroy()?;
+    phase("cgroups removed");
     Ok(outcome.into_summary(spec, cgroup_id, duration, resources))
 }
 
@@ -129,14 +138,31 @@ fn supervise(
     let mut stopped_by = None;
     loop {
         let timeout_ms = match (deadline, stopped_by) {
-            (Some(d), None) => d.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32,
+            (Some(d), None) => d
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(i32::MAX as u128) as i32,
             _ => -1,
         };
-        let report_fd = report_reader.as_ref().map_or(-1, |r| r.get_ref().as_raw_fd());
+        let report_fd = report_reader
+            .as_ref()
+            .map_or(-1, |r| r.get_ref().as_raw_fd());
         let mut fds = [
-            libc::pollfd { fd: started.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: stop.fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: report_fd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: started.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: report_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
@@ -156,7 +182,10 @@ fn supervise(
             if let Some(reader) = report_reader.as_mut() {
                 let mut line = String::new();
                 match reader.read_line(&mut line) {
-                    Ok(0) | Err(_) => report_reader = None,
+                    Ok(0) | Err(_) => {
+                        tracing::debug!("report channel closed: the plugin was executed");
+                        report_reader = None
+                    }
                     Ok(_) => {
                         if let Ok(r) = serde_json::from_str::<ShimReport>(&line) {
                             reports.push(r);
@@ -180,7 +209,11 @@ fn supervise(
                 reports.extend(rest.lines().filter_map(|l| serde_json::from_str(l).ok()));
             }
             let status = reap(started)?;
-            return Ok(Outcome { status, stopped_by, reports });
+            return Ok(Outcome {
+                status,
+                stopped_by,
+                reports,
+            });
         }
     }
 }
@@ -189,7 +222,12 @@ fn reap(started: &Started) -> Result<ExitStatus, SandboxError> {
     // SAFETY: a zeroed siginfo_t is valid for waitid to fill; the pidfd is our child's.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     let rc = unsafe {
-        libc::waitid(libc::P_PIDFD, started.pidfd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED)
+        libc::waitid(
+            libc::P_PIDFD,
+            started.pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED,
+        )
     };
     if rc != 0 {
         return Err(SandboxError::Wait(std::io::Error::last_os_error()));
@@ -217,11 +255,17 @@ impl Outcome {
             match r {
                 ShimReport::Landlock { abi, status } => landlock = Some((abi, status)),
                 ShimReport::MemfdNoexec { enforced } => memfd_noexec = Some(enforced),
-                ShimReport::Failed { step, message, errno } => {
-                    failure = Some((EndReason::SetupFailed, format!("{step}: {message}"), errno))
-                }
+                ShimReport::Failed {
+                    step,
+                    message,
+                    errno,
+                } => failure = Some((EndReason::SetupFailed, format!("{step}: {message}"), errno)),
                 ShimReport::ExecFailed { path, errno } => {
-                    failure = Some((EndReason::ExecFailed, format!("cannot execute {path}"), errno))
+                    failure = Some((
+                        EndReason::ExecFailed,
+                        format!("cannot execute {path}"),
+                        errno,
+                    ))
                 }
             }
         }
@@ -233,7 +277,9 @@ impl Outcome {
             (Some((reason, _, _)), _, _) => *reason,
             (None, Some(Stop::Timeout), _) => EndReason::Timeout,
             (None, Some(Stop::Signal(_)), _) => EndReason::Interrupted,
-            (None, None, ExitStatus::Signal(libc::SIGKILL)) if resources.oom_kills > 0 => EndReason::OomKill,
+            (None, None, ExitStatus::Signal(libc::SIGKILL)) if resources.oom_kills > 0 => {
+                EndReason::OomKill
+            }
             (None, None, ExitStatus::Signal(libc::SIGSYS)) => EndReason::SeccompKill,
             (None, None, ExitStatus::Signal(_)) => EndReason::Signaled,
             (None, None, ExitStatus::Code(_)) => EndReason::Exited,

@@ -29,7 +29,9 @@ impl StopSignals {
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            Ok(StopSignals { fd: OwnedFd::from_raw_fd(fd) })
+            Ok(StopSignals {
+                fd: OwnedFd::from_raw_fd(fd),
+            })
         }
     }
 }

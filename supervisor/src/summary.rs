@@ -14,11 +14,20 @@ pub fn render(s: &Summary) -> String {
         EndReason::OomKill => "killed by the OOM killer at the memory limit".to_string(),
         EndReason::SeccompKill => "killed by seccomp (SIGSYS) for a denied system call".to_string(),
         EndReason::Timeout => "killed at the policy's timeout (every process)".to_string(),
-        EndReason::Interrupted => "stopped: stockade was interrupted (every process killed)".to_string(),
-        EndReason::SetupFailed => format!("never started: sandbox set-up failed: {}", s.error.as_deref().unwrap_or("?")),
+        EndReason::Interrupted => {
+            "stopped: stockade was interrupted (every process killed)".to_string()
+        }
+        EndReason::SetupFailed => format!(
+            "never started: sandbox set-up failed: {}",
+            s.error.as_deref().unwrap_or("?")
+        ),
         EndReason::ExecFailed => format!("never started: {}", s.error.as_deref().unwrap_or("?")),
     };
-    let _ = writeln!(out, "stockade: {cmd} {why} after {}", duration(s.duration_ms));
+    let _ = writeln!(
+        out,
+        "stockade: {cmd} {why} after {}",
+        duration(s.duration_ms)
+    );
     let r = &s.resources;
     let mut usage = Vec::new();
     if let Some(m) = r.memory_peak_bytes {
@@ -48,7 +57,11 @@ pub fn render(s: &Summary) -> String {
         (Some(_), _) => "landlock unavailable".to_string(),
         _ => "landlock not reached".to_string(),
     };
-    let _ = writeln!(out, "  layers: namespaces · {landlock} · seccomp · cgroup {}", s.cgroup_id);
+    let _ = writeln!(
+        out,
+        "  layers: namespaces · {landlock} · seccomp · cgroup {}",
+        s.cgroup_id
+    );
     out
 }
 

@@ -25,16 +25,32 @@ fn symlink_and_hardlink_to_a_denied_file_reach_nothing() {
     if !privileged("symlink_and_hardlink_to_a_denied_file_reach_nothing") {
         return;
     }
-    let r = hostile_run("fs", &default_policy(), &["symlink-read", "/etc/shadow", "/tmp/link"]);
+    let r = hostile_run(
+        "fs",
+        &default_policy(),
+        &["symlink-read", "/etc/shadow", "/tmp/link"],
+    );
     assert_line(&r, "err ENOENT");
-    let r = hostile_run("fs", &default_policy(), &["hardlink-read", "/etc/shadow", "/tmp/link"]);
+    let r = hostile_run(
+        "fs",
+        &default_policy(),
+        &["hardlink-read", "/etc/shadow", "/tmp/link"],
+    );
     assert_line(&r, "link err ENOENT");
     // A hard link from a read-only grant into writable /tmp would let the plugin rename or keep a
     // file it must not write: different mounts, so EXDEV.
-    let r = hostile_run("fs", &default_policy(), &["hardlink-read", "/etc/ld.so.cache", "/tmp/link"]);
+    let r = hostile_run(
+        "fs",
+        &default_policy(),
+        &["hardlink-read", "/etc/ld.so.cache", "/tmp/link"],
+    );
     assert_line(&r, "link err EXDEV");
     // Control: a link to a file the plugin may read works.
-    let r = hostile_run("fs", &default_policy(), &["symlink-read", "/etc/ld.so.cache", "/tmp/link"]);
+    let r = hostile_run(
+        "fs",
+        &default_policy(),
+        &["symlink-read", "/etc/ld.so.cache", "/tmp/link"],
+    );
     assert!(r.line().starts_with("ok "), "{}", r.stderr);
 }
 
@@ -64,7 +80,8 @@ fn state_dir_is_writable_and_persists() {
     if !privileged("state_dir_is_writable_and_persists") {
         return;
     }
-    let state = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("state-{}", std::process::id()));
+    let state = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("state-{}", std::process::id()));
     std::fs::create_dir_all(&state).unwrap();
     let text = r#"
 [filesystem]
@@ -77,11 +94,20 @@ write = ["$STATE_DIR"]
     let fixture = hostile();
     // --state-dir goes before `--`, so build the command here rather than with `run`.
     let mut cmd = std::process::Command::new(stockade());
-    cmd.args(["run", "--json", "--policy"]).arg(&file).arg("--plugin-dir").arg(plugin_dir());
-    cmd.arg("--state-dir").arg(&state).arg("--").args([fixture.as_str(), "write", &target]);
+    cmd.args(["run", "--json", "--policy"])
+        .arg(&file)
+        .arg("--plugin-dir")
+        .arg(plugin_dir());
+    cmd.arg("--state-dir")
+        .arg(&state)
+        .arg("--")
+        .args([fixture.as_str(), "write", &target]);
     let r = finish(cmd.output().unwrap());
     assert_line(&r, "ok");
-    assert_eq!(std::fs::read_to_string(&target).unwrap(), "written by stockade-hostile\n");
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "written by stockade-hostile\n"
+    );
     std::fs::remove_dir_all(&state).unwrap();
 }
 
@@ -108,7 +134,11 @@ read = ["/etc/ld.so.cache", "/usr/bin"]
     let r = hostile_run("noexec", text, &["exec", "/usr/bin/true"]);
     assert_line(&r, "err EACCES");
     // Control: a binary under an exec path runs.
-    let r = hostile_run("fs", &default_policy(), &["exec", "/usr/bin/echo", "allowed"]);
+    let r = hostile_run(
+        "fs",
+        &default_policy(),
+        &["exec", "/usr/bin/echo", "allowed"],
+    );
     assert_line(&r, "allowed");
 }
 
@@ -118,7 +148,8 @@ fn host_ipc_endpoints_are_unreachable() {
         return;
     }
     // A pathname unix socket the test itself listens on, in a directory the policy does not grant.
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ipc-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ipc-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     set_mode(&dir, 0o755);
     let sock_path = dir.join("engine.sock");
@@ -128,7 +159,11 @@ fn host_ipc_endpoints_are_unreachable() {
     let sock = sock_path.to_string_lossy().into_owned();
     let r = hostile_run("fs", &default_policy(), &["connect-unix", &sock]);
     assert_line(&r, "err ENOENT");
-    for well_known in ["/run/dbus/system_bus_socket", "/var/run/docker.sock", "/run/systemd/private"] {
+    for well_known in [
+        "/run/dbus/system_bus_socket",
+        "/var/run/docker.sock",
+        "/run/systemd/private",
+    ] {
         let r = hostile_run("fs", &default_policy(), &["connect-unix", well_known]);
         assert_line(&r, "err ENOENT");
     }
@@ -142,11 +177,16 @@ fn host_ipc_endpoints_are_unreachable() {
         }
     }
     // Control: the same socket is reachable when its directory is granted.
-    let text = policy("").replace(
-        r#"read = ["/etc/ld.so.cache"]"#,
-        &format!(r#"read = ["/etc/ld.so.cache"]
-write = ["$TMP", "{}"]"#, dir.display()),
-    ).replace("write = [\"$TMP\"]\n", "");
+    let text = policy("")
+        .replace(
+            r#"read = ["/etc/ld.so.cache"]"#,
+            &format!(
+                r#"read = ["/etc/ld.so.cache"]
+write = ["$TMP", "{}"]"#,
+                dir.display()
+            ),
+        )
+        .replace("write = [\"$TMP\"]\n", "");
     let accept = std::thread::spawn(move || listener.accept().map(|_| ()));
     let r = hostile_run("ipc", &text, &["connect-unix", &sock]);
     assert_line(&r, "ok");
@@ -159,7 +199,8 @@ fn disk_use_and_open_files_are_bounded() {
     if !privileged("disk_use_and_open_files_are_bounded") {
         return;
     }
-    let text = policy("[resources]\nmemory = \"128M\"\ntmp_size = \"8M\"\nfsize = \"4M\"\nnofile = 64\n");
+    let text =
+        policy("[resources]\nmemory = \"128M\"\ntmp_size = \"8M\"\nfsize = \"4M\"\nnofile = 64\n");
     // /tmp is a tmpfs of 8 MiB.
     let r = hostile_run("bounded", &text, &["fill-tmp", "/tmp/fill"]);
     assert_line(&r, "ok wrote 4 MiB then err EFBIG");

@@ -64,13 +64,22 @@ fn tiocsti_on_the_terminal_fails() {
     let mut slave = -1;
     // SAFETY: openpty fills two descriptors; the name and settings pointers may be null.
     let rc = unsafe {
-        libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
     };
     assert_eq!(rc, 0, "openpty");
     // SAFETY: fresh descriptors from openpty, owned here.
     let (master, slave) = unsafe {
         use std::os::fd::FromRawFd;
-        (std::fs::File::from_raw_fd(master), std::fs::File::from_raw_fd(slave))
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
     };
     let file = policy_file("tty", &policy(""));
     let fixture = hostile();

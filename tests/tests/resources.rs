@@ -12,7 +12,11 @@ fn a_fork_bomb_stops_at_the_pids_limit() {
     let r = hostile_run("pids", &policy("[resources]\npids = 16\n"), &["fork-bomb"]);
     // 16 tasks in all: the fixture plus 15 children.
     assert_line(&r, "ok forked 15 then err EAGAIN");
-    assert!(r.summary["pids_limit_hits"].as_u64().unwrap() >= 1, "{}", r.stderr);
+    assert!(
+        r.summary["pids_limit_hits"].as_u64().unwrap() >= 1,
+        "{}",
+        r.stderr
+    );
     assert_eq!(r.summary["pids_peak"], 16, "{}", r.stderr);
 }
 
@@ -21,7 +25,11 @@ fn a_memory_bomb_is_oom_killed_inside_its_cgroup() {
     if !privileged("a_memory_bomb_is_oom_killed_inside_its_cgroup") {
         return;
     }
-    let r = hostile_run("oom", &policy("[resources]\nmemory = \"64M\"\n"), &["mem-bomb", "512"]);
+    let r = hostile_run(
+        "oom",
+        &policy("[resources]\nmemory = \"64M\"\n"),
+        &["mem-bomb", "512"],
+    );
     assert_eq!(r.stdout, "", "{}", r.stderr);
     assert_eq!(r.summary["ended_by"], "oom_kill", "{}", r.stderr);
     assert_eq!(r.summary["signal"], libc::SIGKILL);
@@ -29,7 +37,11 @@ fn a_memory_bomb_is_oom_killed_inside_its_cgroup() {
     assert!(r.summary["memory_peak_bytes"].as_u64().unwrap() <= 64 << 20);
     assert_eq!(r.code, 128 + libc::SIGKILL);
     // Control: the same limit lets a modest allocation through.
-    let r = hostile_run("oom", &policy("[resources]\nmemory = \"64M\"\n"), &["mem-bomb", "16"]);
+    let r = hostile_run(
+        "oom",
+        &policy("[resources]\nmemory = \"64M\"\n"),
+        &["mem-bomb", "16"],
+    );
     assert_line(&r, "ok allocated 16 MiB");
 }
 
@@ -41,9 +53,19 @@ fn a_cpu_spinner_gets_no_more_than_its_share() {
     // Two spinning threads for 2 s of wall time under a quarter of one core: at most 0.5 s of CPU
     // (plus one period of slack), where unrestricted they would take up to 4 s.
     let r = hostile_run("cpu", &policy("[resources]\ncpu = 0.25\n"), &["spin", "2"]);
-    let used_ms: u64 = r.line().trim_start_matches("ok cpu_ms ").parse().expect(&r.stdout);
-    assert!(used_ms <= 600, "used {used_ms} ms of CPU under a 0.25 share over 2 s");
-    assert!(used_ms >= 100, "the spinner ran only {used_ms} ms: the test proves nothing");
+    let used_ms: u64 = r
+        .line()
+        .trim_start_matches("ok cpu_ms ")
+        .parse()
+        .expect(&r.stdout);
+    assert!(
+        used_ms <= 600,
+        "used {used_ms} ms of CPU under a 0.25 share over 2 s"
+    );
+    assert!(
+        used_ms >= 100,
+        "the spinner ran only {used_ms} ms: the test proves nothing"
+    );
     let cgroup_ms = r.summary["cpu_usage_us"].as_u64().unwrap() / 1000;
     assert!(cgroup_ms <= 650, "cgroup accounted {cgroup_ms} ms");
 }
@@ -53,7 +75,11 @@ fn the_timeout_kills_the_whole_process_tree() {
     if !privileged("the_timeout_kills_the_whole_process_tree") {
         return;
     }
-    let r = hostile_run("timeout", &policy("[resources]\ntimeout = \"500ms\"\n"), &["sleep-tree", "30"]);
+    let r = hostile_run(
+        "timeout",
+        &policy("[resources]\ntimeout = \"500ms\"\n"),
+        &["sleep-tree", "30"],
+    );
     assert_eq!(r.stdout.trim(), "started", "{}", r.stderr);
     assert_eq!(r.summary["ended_by"], "timeout", "{}", r.stderr);
     let ms = r.summary["duration_ms"].as_f64().unwrap();
@@ -64,6 +90,11 @@ fn the_timeout_kills_the_whole_process_tree() {
     assert!(id > 0);
     for dir in leftover_cgroups() {
         let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&dir).unwrap());
-        assert_ne!(ino, id, "the sandbox's cgroup {} is still there", dir.display());
+        assert_ne!(
+            ino,
+            id,
+            "the sandbox's cgroup {} is still there",
+            dir.display()
+        );
     }
 }

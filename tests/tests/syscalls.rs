@@ -34,7 +34,13 @@ fn dangerous_calls_fail_with_eperm() {
         "clock_settime",
     ] {
         let r = attempt(call);
-        assert_eq!(r.line(), "err EPERM", "{call}: stdout {:?} stderr {}", r.stdout, r.stderr);
+        assert_eq!(
+            r.line(),
+            "err EPERM",
+            "{call}: stdout {:?} stderr {}",
+            r.stdout,
+            r.stderr
+        );
         assert_eq!(r.code, 0, "{call}: the plugin goes on after a denied call");
     }
     // Controls: harmless calls and the harmless form of a filtered one still work.

@@ -1,1 +1,169 @@
-fn main() {}
+//! `cargo xtask`: the project's own tasks.
+//!
+//! - `cargo xtask test`: build everything, run the whole suite, and say which privileged or
+//!   feature-gated tests ran and which were skipped (and why).
+//! - `cargo xtask bench launch [--runs N]`: cold-start time of `stockade run` beside bubblewrap
+//!   and unshare, interleaved in one run, recorded in docs/benchmarks.md.
+//! - `cargo xtask setup bench`: installs what the benchmarks compare against (Debian packages).
+
+mod bench;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    match args.first().map(String::as_str) {
+        Some("test") => test(&rest),
+        Some("bench") => bench::run(&rest),
+        Some("setup") => setup(&rest),
+        _ => {
+            eprintln!("usage: cargo xtask test [-- CARGO-TEST-ARGS...]");
+            eprintln!("       cargo xtask bench launch [--runs N]");
+            eprintln!("       cargo xtask setup bench");
+            std::process::exit(2);
+        }
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Builds the workspace and runs every test, echoing the output and collecting `skipped:` lines.
+fn test(extra: &[&str]) -> Result<()> {
+    let status = cargo()
+        .args(["build", "--workspace", "--all-targets"])
+        .status()
+        .context("cargo build")?;
+    if !status.success() {
+        bail!("the build failed");
+    }
+    let mut child = cargo()
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(extra)
+        .env("RUST_BACKTRACE", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cargo test")?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut skipped = Vec::new();
+    let mut passed = 0u64;
+    let mut failed = 0u64;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(why) = line.trim().strip_prefix("skipped: ") {
+            skipped.push(why.to_string());
+        }
+        if let Some(counts) = line.strip_prefix("test result: ") {
+            passed += count(counts, " passed");
+            failed += count(counts, " failed");
+        }
+    }
+    let status = child.wait()?;
+    let (uid, kernel) = (
+        unsafe_geteuid(),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default(),
+    );
+    println!("\n== where the tests ran ==");
+    println!(
+        "host: kernel {}, {}",
+        kernel.trim(),
+        if uid == 0 {
+            "as root (privileged tests ran)"
+        } else {
+            "not root"
+        }
+    );
+    if skipped.is_empty() {
+        println!("every privileged and feature-gated test ran here");
+    } else {
+        println!("skipped here ({}):", skipped.len());
+        for s in &skipped {
+            println!("  {s}");
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("some tests failed");
+    }
+    Ok(())
+}
+
+fn count(result: &str, label: &str) -> u64 {
+    result
+        .split(';')
+        .find(|part| part.trim_end().ends_with(label.trim()))
+        .and_then(|part| part.split_whitespace().next())
+        .and_then(|n| n.trim_start_matches("ok.").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn unsafe_geteuid() -> u32 {
+    // Read from /proc rather than adding a libc dependency to xtask.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
+        })
+        .unwrap_or(u32::MAX)
+}
+
+/// Installs Debian packages, once: a package already installed is not fetched again.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("installing {}", missing.join(" "));
+    let update = Command::new("apt-get")
+        .args(["update", "-qq"])
+        .status()
+        .context("apt-get update")?;
+    if !update.success() {
+        bail!("apt-get update failed");
+    }
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("apt-get install")?;
+    if !status.success() {
+        bail!("apt-get install {} failed", missing.join(" "));
+    }
+    Ok(())
+}
+
+fn setup(what: &[&str]) -> Result<()> {
+    match what.first().copied() {
+        Some("bench") => apt_install(&["bubblewrap", "util-linux"]),
+        _ => bail!("usage: cargo xtask setup bench"),
+    }
+}

@@ -106,13 +106,18 @@ fn read(path: &str) -> String {
 }
 
 fn write(path: &str) -> String {
-    io_line(std::fs::write(path, b"written by stockade-hostile\n"), |_| "ok".into())
+    io_line(
+        std::fs::write(path, b"written by stockade-hostile\n"),
+        |_| "ok".into(),
+    )
 }
 
 fn list(path: &str) -> String {
     io_line(std::fs::read_dir(path), |entries| {
-        let mut names: Vec<String> =
-            entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         format!("ok {}", names.join(","))
     })
@@ -174,12 +179,24 @@ fn memfd_exec(with_mfd_exec: bool) -> String {
         return format!("write {}", err_line(e.raw_os_error().unwrap_or(0)));
     }
     let argv = [cstr("payload"), cstr("echo"), cstr("escaped")];
-    let ptrs = [argv[0].as_ptr(), argv[1].as_ptr(), argv[2].as_ptr(), std::ptr::null()];
+    let ptrs = [
+        argv[0].as_ptr(),
+        argv[1].as_ptr(),
+        argv[2].as_ptr(),
+        std::ptr::null(),
+    ];
     let envp = [std::ptr::null::<libc::c_char>()];
     let empty = cstr("");
     // SAFETY: valid fd, empty path with AT_EMPTY_PATH, NULL-terminated arrays.
     unsafe {
-        libc::syscall(libc::SYS_execveat, fd, empty.as_ptr(), ptrs.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH)
+        libc::syscall(
+            libc::SYS_execveat,
+            fd,
+            empty.as_ptr(),
+            ptrs.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
     };
     format!("execveat {}", err_line(errno()))
 }
@@ -217,7 +234,14 @@ fn syscall(name: &str) -> String {
             "fsopen" => ret(libc::syscall(libc::SYS_fsopen, cstr("tmpfs").as_ptr(), 0)),
             "unshare-user" => ret(libc::unshare(libc::CLONE_NEWUSER) as _),
             "clone-newuser" => {
-                let rc = libc::syscall(libc::SYS_clone, (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong, 0, 0, 0, 0);
+                let rc = libc::syscall(
+                    libc::SYS_clone,
+                    (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                    0,
+                );
                 if rc == 0 {
                     libc::_exit(0);
                 }
@@ -230,17 +254,41 @@ fn syscall(name: &str) -> String {
             "chroot" => ret(libc::chroot(cstr("/tmp").as_ptr()) as _),
             "bpf" => {
                 let attr = [0u8; 128];
-                ret(libc::syscall(libc::SYS_bpf, 0 /* BPF_MAP_CREATE */, attr.as_ptr(), attr.len()))
+                ret(libc::syscall(
+                    libc::SYS_bpf,
+                    0, /* BPF_MAP_CREATE */
+                    attr.as_ptr(),
+                    attr.len(),
+                ))
             }
             "io_uring_setup" => {
                 let params = [0u8; 120];
                 ret(libc::syscall(libc::SYS_io_uring_setup, 8, params.as_ptr()))
             }
-            "keyctl" => ret(libc::syscall(libc::SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3, 0)),
-            "add_key" => ret(libc::syscall(libc::SYS_add_key, cstr("user").as_ptr(), cstr("k").as_ptr(), std::ptr::null::<u8>(), 0, -3)),
+            "keyctl" => ret(libc::syscall(
+                libc::SYS_keyctl,
+                0, /* KEYCTL_GET_KEYRING_ID */
+                -3,
+                0,
+            )),
+            "add_key" => ret(libc::syscall(
+                libc::SYS_add_key,
+                cstr("user").as_ptr(),
+                cstr("k").as_ptr(),
+                std::ptr::null::<u8>(),
+                0,
+                -3,
+            )),
             "perf_event_open" => {
                 let attr = [0u8; 128];
-                ret(libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), 0, -1, -1, 0))
+                ret(libc::syscall(
+                    libc::SYS_perf_event_open,
+                    attr.as_ptr(),
+                    0,
+                    -1,
+                    -1,
+                    0,
+                ))
             }
             "userfaultfd" => ret(libc::syscall(libc::SYS_userfaultfd, 0)),
             "process_vm_readv" => ret(libc::syscall(libc::SYS_process_vm_readv, 1, 0, 0, 0, 0, 0)),
@@ -250,7 +298,10 @@ fn syscall(name: &str) -> String {
             "init_module" => ret(libc::syscall(libc::SYS_init_module, 0, 0, 0)),
             "reboot" => ret(libc::syscall(libc::SYS_reboot, 0, 0, 0, 0)),
             "clock_settime" => {
-                let ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                let ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
                 ret(libc::clock_settime(libc::CLOCK_REALTIME, &ts) as _)
             }
             "getppid" => ret(libc::getppid() as _),
@@ -264,7 +315,7 @@ fn syscall(name: &str) -> String {
 fn int80() -> String {
     let _ = std::io::stdout().flush();
     let mut eax: u32 = 20; // __NR_getpid on i386
-    // SAFETY: a system call through the legacy gate with no memory arguments.
+                           // SAFETY: a system call through the legacy gate with no memory arguments.
     unsafe { std::arch::asm!("int 0x80", inout("eax") eax) };
     format!("ok returned {}", eax as i32)
 }
@@ -298,7 +349,10 @@ fn mem_bomb(mib: usize) -> String {
 }
 
 fn cpu_time() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
@@ -341,7 +395,13 @@ fn fill(path: &str) -> String {
         match f.write(&block) {
             Ok(0) => return format!("ok wrote {} MiB then zero", written >> 20),
             Ok(n) => written += n as u64,
-            Err(e) => return format!("ok wrote {} MiB then {}", written >> 20, err_line(e.raw_os_error().unwrap_or(0))),
+            Err(e) => {
+                return format!(
+                    "ok wrote {} MiB then {}",
+                    written >> 20,
+                    err_line(e.raw_os_error().unwrap_or(0))
+                )
+            }
         }
         if written > 8 << 30 {
             return "ok never stopped".into();
@@ -364,7 +424,13 @@ fn nofile() -> String {
     loop {
         match std::fs::File::open("/dev/null") {
             Ok(f) => files.push(f),
-            Err(e) => return format!("ok opened {} then {}", files.len(), err_line(e.raw_os_error().unwrap_or(0))),
+            Err(e) => {
+                return format!(
+                    "ok opened {} then {}",
+                    files.len(),
+                    err_line(e.raw_os_error().unwrap_or(0))
+                )
+            }
         }
         if files.len() > 1 << 20 {
             return "ok never stopped".into();
@@ -374,14 +440,24 @@ fn nofile() -> String {
 
 fn ids() -> String {
     // SAFETY: plain getters.
-    unsafe { format!("ok uid={} euid={} gid={} egid={}", libc::getuid(), libc::geteuid(), libc::getgid(), libc::getegid()) }
+    unsafe {
+        format!(
+            "ok uid={} euid={} gid={} egid={}",
+            libc::getuid(),
+            libc::geteuid(),
+            libc::getgid(),
+            libc::getegid()
+        )
+    }
 }
 
 fn caps() -> String {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let fields: Vec<String> = status
         .lines()
-        .filter(|l| l.starts_with("Cap") || l.starts_with("NoNewPrivs") || l.starts_with("Seccomp:"))
+        .filter(|l| {
+            l.starts_with("Cap") || l.starts_with("NoNewPrivs") || l.starts_with("Seccomp:")
+        })
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join("="))
         .collect();
     format!("ok {}", fields.join(" "))
@@ -389,10 +465,19 @@ fn caps() -> String {
 
 fn pids() -> String {
     let mut pids: Vec<u32> = std::fs::read_dir("/proc")
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
         .unwrap_or_default();
     pids.sort();
-    format!("ok {}", pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","))
+    format!(
+        "ok {}",
+        pids.iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    )
 }
 
 fn tiocsti() -> String {
@@ -409,21 +494,31 @@ fn fd_open(fd: i32) -> String {
 
 fn net_ifaces() -> String {
     let text = std::fs::read_to_string("/proc/net/dev").unwrap_or_default();
-    let names: Vec<&str> = text.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).collect();
+    let names: Vec<&str> = text
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
     format!("ok {}", names.join(","))
 }
 
 fn connect_unix(path: &str) -> String {
-    io_line(std::os::unix::net::UnixStream::connect(path), |_| "ok".into())
+    io_line(std::os::unix::net::UnixStream::connect(path), |_| {
+        "ok".into()
+    })
 }
 
 fn connect_tcp(addr: &str) -> String {
     match addr.parse::<std::net::SocketAddr>() {
-        Ok(a) => io_line(std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)), |mut s| {
-            let mut buf = [0u8; 64];
-            let n = s.read(&mut buf).unwrap_or(0);
-            format!("ok {}", String::from_utf8_lossy(&buf[..n]).trim())
-        }),
+        Ok(a) => io_line(
+            std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)),
+            |mut s| {
+                let mut buf = [0u8; 64];
+                let n = s.read(&mut buf).unwrap_or(0);
+                format!("ok {}", String::from_utf8_lossy(&buf[..n]).trim())
+            },
+        ),
         Err(_) => "bad address".into(),
     }
 }

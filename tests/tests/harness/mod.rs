@@ -19,12 +19,19 @@ pub fn privileged(test: &str) -> bool {
 /// target/debug (or the profile directory the tests were built in).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .to_path_buf()
 }
 
 pub fn stockade() -> PathBuf {
     let path = bin_dir().join("stockade");
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        path.display()
+    );
     path
 }
 
@@ -51,11 +58,17 @@ pub fn set_mode(path: &Path, mode: u32) {
 
 /// The fixture's path, inside the sandbox and out (the plugin dir is bound at the same path).
 pub fn hostile() -> String {
-    plugin_dir().join("stockade-hostile").to_string_lossy().into_owned()
+    plugin_dir()
+        .join("stockade-hostile")
+        .to_string_lossy()
+        .into_owned()
 }
 
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 pub fn default_profile() -> PathBuf {
@@ -81,7 +94,9 @@ write = ["$TMP"]
 pub fn policy_file(name: &str, text: &str) -> PathBuf {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stockade-tests").join("policies");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("stockade-tests")
+        .join("policies");
     std::fs::create_dir_all(&dir).expect("policy dir");
     let path = dir.join(format!("{name}-{}-{n}.toml", std::process::id()));
     std::fs::write(&path, text).expect("write policy");
@@ -109,7 +124,12 @@ pub fn run(policy: &Path, args: &[&str]) -> RunResult {
 
 pub fn run_with(policy: &Path, args: &[&str], adjust: impl FnOnce(&mut Command)) -> RunResult {
     let mut cmd = Command::new(stockade());
-    cmd.arg("run").arg("--json").arg("--policy").arg(policy).arg("--plugin-dir").arg(plugin_dir());
+    cmd.arg("run")
+        .arg("--json")
+        .arg("--policy")
+        .arg(policy)
+        .arg("--plugin-dir")
+        .arg(plugin_dir());
     cmd.arg("--").args(args);
     cmd.stdin(Stdio::null());
     adjust(&mut cmd);
@@ -124,7 +144,12 @@ pub fn finish(out: Output) -> RunResult {
         .last()
         .and_then(|l| serde_json::from_str(l).ok())
         .unwrap_or(serde_json::Value::Null);
-    RunResult { code: out.status.code().unwrap_or(-1), stdout, stderr, summary }
+    RunResult {
+        code: out.status.code().unwrap_or(-1),
+        stdout,
+        stderr,
+        summary,
+    }
 }
 
 /// Runs the hostile fixture with `args` under `policy` text.
@@ -139,7 +164,13 @@ pub fn hostile_run(policy_name: &str, policy_text: &str, args: &[&str]) -> RunRe
 /// Asserts the fixture's verdict and shows everything on failure.
 #[track_caller]
 pub fn assert_line(r: &RunResult, expected: &str) {
-    assert_eq!(r.line(), expected, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.line(),
+        expected,
+        "stdout:\n{}\nstderr:\n{}",
+        r.stdout,
+        r.stderr
+    );
 }
 
 /// Every cgroup directory named stockade-* below this process's own cgroups.
@@ -148,7 +179,9 @@ pub fn leftover_cgroups() -> Vec<PathBuf> {
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for line in mounts.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
         if !right.starts_with("cgroup") {
             continue;
         }
@@ -175,7 +208,9 @@ pub fn sandbox_processes() -> Vec<u32> {
     const BASE: u32 = 0x6000_0000;
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
         let uid = status
             .lines()

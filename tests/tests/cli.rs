@@ -1,0 +1,239 @@
+//! The command line as a user meets it: exit codes, the summary, bad input (a one-line cause, a
+//! hint, exit 2, nothing left behind) and stopping `stockade run` with a signal.
+
+mod harness;
+use harness::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+fn stockade_cmd(args: &[&str]) -> RunResult {
+    finish(
+        Command::new(stockade())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap(),
+    )
+}
+
+/// The error a user sees: "stockade: error: ..." then "  hint: ...".
+#[track_caller]
+fn assert_usage_error(r: &RunResult, cause: &str) {
+    assert_eq!(r.code, 2, "stderr: {}", r.stderr);
+    let first = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("stockade: error: "))
+        .unwrap_or_else(|| panic!("no error line in {}", r.stderr));
+    assert!(first.contains(cause), "{first:?} does not say {cause:?}");
+    assert!(r.stderr.contains("  hint: "), "no hint in {}", r.stderr);
+}
+
+#[test]
+fn exit_status_and_summary() {
+    if !privileged("exit_status_and_summary") {
+        return;
+    }
+    let file = policy_file("cli", &policy(""));
+    let fixture = hostile();
+    let r = run(&file, &[&fixture, "exit", "7"]);
+    assert_eq!(r.code, 7);
+    assert_eq!(r.summary["ended_by"], "exited");
+    assert_eq!(r.summary["exit_status"], 7);
+    assert!(r.summary["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(r.summary["memory_peak_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(r.summary["pids_peak"], 1);
+    assert_eq!(r.summary["landlock_abi"], probe_landlock_abi());
+    // The text summary, for people.
+    let out = Command::new(stockade())
+        .args(["run", "--policy"])
+        .arg(&file)
+        .arg("--plugin-dir")
+        .arg(plugin_dir())
+        .args(["--", &fixture, "exit", "3"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr.contains(&format!("stockade: {fixture} exited with status 3 after ")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("memory peak"), "{stderr}");
+    assert!(stderr.contains("layers: namespaces"), "{stderr}");
+}
+
+fn probe_landlock_abi() -> i64 {
+    // SAFETY: LANDLOCK_CREATE_RULESET_VERSION only queries.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
+    };
+    v.max(0)
+}
+
+#[test]
+fn missing_and_invalid_policies() {
+    if !privileged("missing_and_invalid_policies") {
+        return;
+    }
+    let before = leftover_cgroups();
+    let r = stockade_cmd(&[
+        "run",
+        "--policy",
+        "/nonexistent/policy.toml",
+        "--",
+        "/bin/true",
+    ]);
+    assert_usage_error(&r, "/nonexistent/policy.toml");
+    let bad = policy_file("bad", "[filesystem]\nreed = [\"/usr\"]\n");
+    let r = stockade_cmd(&["run", "--policy", bad.to_str().unwrap(), "--", "/bin/true"]);
+    assert_usage_error(&r, "is not a valid policy");
+    assert!(
+        r.stderr.contains(&format!("{}:2:1:", bad.display())),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("read"),
+        "the hint names the nearest key: {}",
+        r.stderr
+    );
+    assert_eq!(leftover_cgroups(), before);
+}
+
+#[test]
+fn command_not_found_inside_the_sandbox() {
+    if !privileged("command_not_found_inside_the_sandbox") {
+        return;
+    }
+    let file = policy_file("cli", &policy(""));
+    // Exists on the host, but /sbin/init's directory is not under an exec path... and /etc is absent.
+    let r = run(&file, &["/etc/hostname"]);
+    assert_usage_error(&r, "command not found inside the sandbox: /etc/hostname");
+    let r = run(&file, &["no-such-command"]);
+    assert_usage_error(&r, "command not found inside the sandbox: no-such-command");
+}
+
+#[test]
+fn run_needs_root() {
+    if !privileged("run_needs_root") {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let out = Command::new(stockade())
+        .args(["run", "--policy"])
+        .arg(default_profile())
+        .args(["--", "/bin/true"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let r = finish(out);
+    assert_usage_error(&r, "needs root");
+}
+
+#[test]
+fn policy_commands() {
+    let r = stockade_cmd(&["policy", "check", default_profile().to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let profiles: Vec<String> = std::fs::read_dir(repo_root().join("policies/profiles"))
+        .unwrap()
+        .map(|e| e.unwrap().path().to_string_lossy().into_owned())
+        .collect();
+    let mut args = vec!["policy", "check"];
+    args.extend(profiles.iter().map(String::as_str));
+    let r = stockade_cmd(&args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let bad = policy_file("bad", "[resources]\npids = \"many\"\n");
+    let r = stockade_cmd(&["policy", "check", bad.to_str().unwrap()]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains(":2:8:"), "{}", r.stderr);
+    let r = stockade_cmd(&["policy", "explain", default_profile().to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for section in [
+        "filesystem",
+        "landlock",
+        "network",
+        "syscalls",
+        "resources",
+        "privileges",
+        "NOT YET ENFORCED",
+    ] {
+        assert!(
+            r.stdout.contains(section),
+            "explain lacks {section}:\n{}",
+            r.stdout
+        );
+    }
+    let r = stockade_cmd(&["policy", "schema"]);
+    let schema: serde_json::Value = serde_json::from_str(&r.stdout).expect("schema is JSON");
+    assert!(schema["properties"]["filesystem"].is_object());
+}
+
+#[test]
+fn doctor_reports_every_layer() {
+    let r = stockade_cmd(&["doctor"]);
+    for layer in [
+        "user namespaces",
+        "landlock",
+        "seccomp",
+        "cgroups",
+        "bpf cgroup_sock_addr",
+    ] {
+        assert!(
+            r.stdout.contains(layer),
+            "doctor lacks {layer}:\n{}",
+            r.stdout
+        );
+    }
+    if privileged("doctor_reports_every_layer (exit status)") {
+        assert_eq!(
+            r.code, 0,
+            "this machine has every required layer:\n{}",
+            r.stdout
+        );
+    }
+}
+
+#[test]
+fn sigterm_stops_the_sandbox_and_cleans_up() {
+    if !privileged("sigterm_stops_the_sandbox_and_cleans_up") {
+        return;
+    }
+    let file = policy_file("cli", &policy(""));
+    let mut child = Command::new(stockade())
+        .args(["run", "--json", "--policy"])
+        .arg(&file)
+        .arg("--plugin-dir")
+        .arg(plugin_dir())
+        .args(["--", &hostile(), "sleep-tree", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "started");
+    // SAFETY: signalling the child we spawned, by pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let r = finish(out);
+    assert_eq!(r.code, 128 + libc::SIGTERM, "{}", r.stderr);
+    assert_eq!(r.summary["ended_by"], "interrupted");
+    let id = r.summary["cgroup_id"].as_u64().unwrap();
+    for dir in leftover_cgroups() {
+        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&dir).unwrap());
+        assert_ne!(
+            ino,
+            id,
+            "the sandbox's cgroup {} is still there",
+            dir.display()
+        );
+    }
+}

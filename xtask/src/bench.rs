@@ -1,0 +1,216 @@
+//! `cargo xtask bench launch`: the cold start of a sandboxed /bin/true, stockade beside its peers.
+//!
+//! The commands run interleaved (A B C A B C ...) rather than one after another, so that the
+//! machine's noise falls on all of them alike; the result is quoted as medians and ratios, never
+//! as an absolute target. Results go to docs/benchmarks.md with the machine and the date.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{apt_install, cargo, workspace_root};
+
+struct Contender {
+    name: &'static str,
+    argv: Vec<String>,
+    samples: Vec<f64>,
+}
+
+pub fn run(args: &[&str]) -> Result<()> {
+    match args.first().copied() {
+        Some("launch") => {}
+        _ => bail!("usage: cargo xtask bench launch [--runs N] [--no-record]"),
+    }
+    let runs: usize = flag_value(args, "--runs")
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or(300);
+    let record = !args.contains(&"--no-record");
+    apt_install(&["bubblewrap", "util-linux"])?;
+    let status = cargo()
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "stockade",
+            "-p",
+            "stockade-shim",
+        ])
+        .status()?;
+    if !status.success() {
+        bail!("the release build failed");
+    }
+    let root = workspace_root();
+    let stockade = root.join("target/release/stockade");
+    let profile = root.join("policies/profiles/untrusted-default.toml");
+    let s = |x: &str| x.to_string();
+    let mut contenders = vec![
+        Contender {
+            name: "plain fork+exec",
+            argv: vec![s("/bin/true")],
+            samples: vec![],
+        },
+        Contender {
+            name: "stockade run (untrusted-default)",
+            argv: vec![
+                stockade.to_string_lossy().into_owned(),
+                s("run"),
+                s("--quiet"),
+                s("--policy"),
+                profile.to_string_lossy().into_owned(),
+                s("--"),
+                s("/bin/true"),
+            ],
+            samples: vec![],
+        },
+        Contender {
+            name: "bwrap --unshare-all",
+            argv: [
+                "bwrap",
+                "--unshare-all",
+                "--ro-bind",
+                "/",
+                "/",
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "/bin/true",
+            ]
+            .map(s)
+            .to_vec(),
+            samples: vec![],
+        },
+        Contender {
+            name: "unshare -Urpfnmiu",
+            argv: ["unshare", "-Urpfnmiu", "--mount-proc", "/bin/true"]
+                .map(s)
+                .to_vec(),
+            samples: vec![],
+        },
+    ];
+    // Warm-up, and a check that every contender works here.
+    for c in &mut contenders {
+        for _ in 0..5 {
+            time_once(&c.argv).with_context(|| format!("{} does not run here", c.name))?;
+        }
+    }
+    for _ in 0..runs {
+        for c in &mut contenders {
+            let ms = time_once(&c.argv)?;
+            c.samples.push(ms);
+        }
+    }
+    let stockade_median = median(&contenders[1].samples);
+    let bwrap_median = median(&contenders[2].samples);
+    let mut table =
+        String::from("| command | median | p90 | stockade ÷ this |\n|---|---|---|---|\n");
+    for c in &contenders {
+        let m = median(&c.samples);
+        table.push_str(&format!(
+            "| `{}` | {:.2} ms | {:.2} ms | {:.2} |\n",
+            c.name,
+            m,
+            percentile(&c.samples, 0.9),
+            stockade_median / m
+        ));
+    }
+    println!("{table}");
+    println!(
+        "stockade's median is {:.2}× bwrap's ({}).",
+        stockade_median / bwrap_median,
+        if stockade_median <= bwrap_median {
+            "target met: at or below bwrap"
+        } else {
+            "target NOT met"
+        }
+    );
+    if record {
+        record_result(
+            &root.join("docs/benchmarks.md"),
+            runs,
+            &table,
+            stockade_median / bwrap_median,
+        )?;
+    }
+    Ok(())
+}
+
+fn flag_value<'a>(args: &[&'a str], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| *a == flag)
+        .and_then(|i| args.get(i + 1))
+        .copied()
+}
+
+fn time_once(argv: &[String]) -> Result<f64> {
+    let start = Instant::now();
+    let status = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .with_context(|| format!("spawn {}", argv[0]))?;
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    if !status.success() {
+        bail!("{} exited with {status}", argv.join(" "));
+    }
+    Ok(ms)
+}
+
+fn median(samples: &[f64]) -> f64 {
+    percentile(samples, 0.5)
+}
+
+fn percentile(samples: &[f64], p: f64) -> f64 {
+    let mut v = samples.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores, {cpu}, kernel {}", kernel.trim())
+}
+
+fn today() -> String {
+    Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Replaces the launch section of docs/benchmarks.md (between its markers) with this run.
+fn record_result(path: &Path, runs: usize, table: &str, ratio: f64) -> Result<()> {
+    const BEGIN: &str = "<!-- bench:launch:begin -->";
+    const END: &str = "<!-- bench:launch:end -->";
+    let section = format!(
+        "{BEGIN}\nMeasured {} on {}; {runs} interleaved runs of each command, wall time from spawn to exit.\n\n{table}\nstockade ÷ bwrap: **{ratio:.2}**\n{END}",
+        today(),
+        machine()
+    );
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let new = match (text.find(BEGIN), text.find(END)) {
+        (Some(b), Some(e)) if b < e => format!("{}{section}{}", &text[..b], &text[e + END.len()..]),
+        _ => format!("{text}\n{section}\n"),
+    };
+    std::fs::write(path, new).with_context(|| format!("write {}", path.display()))?;
+    println!("recorded in {}", path.display());
+    Ok(())
+}
