@@ -14,7 +14,14 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-fn main() -> Result<()> {
+fn main() {
+    if let Err(e) = dispatch() {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     match args.first().map(String::as_str) {
@@ -108,8 +115,8 @@ fn count(result: &str, label: &str) -> u64 {
     result
         .split(';')
         .find(|part| part.trim_end().ends_with(label.trim()))
-        .and_then(|part| part.split_whitespace().next())
-        .and_then(|n| n.trim_start_matches("ok.").trim().parse().ok())
+        .and_then(|part| part.split_whitespace().rev().nth(1))
+        .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
 

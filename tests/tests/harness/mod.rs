@@ -133,7 +133,29 @@ pub fn run_with(policy: &Path, args: &[&str], adjust: impl FnOnce(&mut Command))
     cmd.arg("--").args(args);
     cmd.stdin(Stdio::null());
     adjust(&mut cmd);
-    finish(cmd.output().expect("spawn stockade"))
+    tracked(&mut cmd)
+}
+
+/// Runs `cmd` to completion and checks that this invocation left no cgroup behind (its cgroups
+/// are named after its pid, so tests running in parallel do not disturb the check).
+pub fn tracked(cmd: &mut Command) -> RunResult {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn stockade");
+    let name = format!("stockade-{}", child.id());
+    let result = finish(child.wait_with_output().expect("wait for stockade"));
+    let left: Vec<PathBuf> = leftover_cgroups()
+        .into_iter()
+        .filter(|p| p.ends_with(&name))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "cgroups left behind: {left:?}\nstderr: {}",
+        result.stderr
+    );
+    result
 }
 
 pub fn finish(out: Output) -> RunResult {
