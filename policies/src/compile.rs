@@ -128,7 +128,7 @@ impl Policy {
             };
             targets.insert(target, merged);
         }
-        check_overlaps(&targets, uses_tmp)?;
+        check_overlaps(&targets)?;
 
         let mut mounts: Vec<MountSpec> = targets
             .into_iter()
@@ -297,14 +297,16 @@ fn merge(a: Access, b: Access, target: &Path) -> Result<Access, CompileError> {
     }
 }
 
-/// After resolution: no bind below the mounts the shim makes after the binds (/proc, /dev, the /tmp
-/// tmpfs), which would hide it; and W^X between nested paths (Landlock rights reach below a path).
-fn check_overlaps(targets: &BTreeMap<PathBuf, Access>, uses_tmp: bool) -> Result<(), CompileError> {
-    let reserved = RESERVED_DIRS
-        .iter()
-        .copied()
-        .chain(uses_tmp.then_some(TMP_DIR));
-    for r in reserved {
+/// After resolution: no bind below the mounts the shim makes after the binds (/proc, /dev), which
+/// would hide it; and W^X between nested paths (Landlock rights reach below a path, so a writable
+/// path inside an executable one would be both as far as Landlock is concerned).
+///
+/// The private /tmp takes part in neither: the shim mounts it before the binds, so a bind below
+/// /tmp (a plugin directory under the host's /tmp) lands on top of it as its own mount; and the
+/// tmpfs is always noexec, so whatever Landlock grants below an exec path, nothing written to /tmp
+/// runs.
+fn check_overlaps(targets: &BTreeMap<PathBuf, Access>) -> Result<(), CompileError> {
+    for r in RESERVED_DIRS {
         if let Some(path) = targets.keys().find(|p| p.starts_with(r)) {
             return Err(CompileError::ReservedTarget {
                 path: path.clone(),
@@ -312,8 +314,7 @@ fn check_overlaps(targets: &BTreeMap<PathBuf, Access>, uses_tmp: bool) -> Result
             });
         }
     }
-    let tmp = uses_tmp.then(|| (Path::new(TMP_DIR), Access::Write));
-    let all = || targets.iter().map(|(p, a)| (p.as_path(), *a)).chain(tmp);
+    let all = || targets.iter().map(|(p, a)| (p.as_path(), *a));
     for (w, _) in all().filter(|(_, a)| *a == Access::Write) {
         for (x, _) in all().filter(|(_, a)| *a == Access::Exec) {
             if w.starts_with(x) || x.starts_with(w) {
@@ -514,20 +515,14 @@ mod tests {
     }
 
     #[test]
-    fn binds_below_the_private_tmp_are_refused() {
+    fn binds_below_the_private_tmp_are_allowed() {
+        // The shim mounts /tmp first, so the plugin directory is bound on top of it.
         let p = policy("[filesystem]\nexec = [\"$PLUGIN_DIR\"]\nwrite = [\"$TMP\"]\n");
         let mut c = ctx();
         c.plugin_dir = Some("/tmp/plugin".into());
-        assert!(matches!(
-            p.compile(&c),
-            Err(CompileError::ReservedTarget {
-                reserved: "/tmp",
-                ..
-            })
-        ));
-        // Without $TMP, /tmp is an ordinary directory of the new root.
-        let p = policy("[filesystem]\nexec = [\"$PLUGIN_DIR\"]\n");
-        assert!(p.compile(&c).is_ok());
+        let spec = p.compile(&c).expect("a plugin dir below /tmp compiles");
+        assert_eq!(mounts(&spec), vec![("/tmp/plugin", Access::Exec)]);
+        assert!(spec.tmp.is_some());
     }
 
     #[test]

@@ -460,8 +460,8 @@ impl<'s> Checker<'s> {
                 if hidden {
                     self.error(
                         span.clone(),
-                        format!("`{path}` in `{list}` would be hidden by the private tmpfs that `$TMP` mounts at /tmp"),
-                        Some("remove it, or remove \"$TMP\" from `write` to bind host paths below /tmp".into()),
+                        format!("`{path}` in `{list}` is ambiguous: with `$TMP`, /tmp in the sandbox is its own private tmpfs"),
+                        Some("name host directories outside /tmp, or pass them as $PLUGIN_DIR or $STATE_DIR".into()),
                     );
                 }
                 !hidden

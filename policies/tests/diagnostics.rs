@@ -300,8 +300,8 @@ fn reserved_directories() {
         "[filesystem]\nwrite = [\"$TMP\"]\nread = [\"/tmp/cache\"]\n",
         3,
         9,
-        "`/tmp/cache` in `read` would be hidden by the private tmpfs that `$TMP` mounts at /tmp",
-        Some("remove it, or remove \"$TMP\" from `write` to bind host paths below /tmp"),
+        "`/tmp/cache` in `read` is ambiguous: with `$TMP`, /tmp in the sandbox is its own private tmpfs",
+        Some("name host directories outside /tmp, or pass them as $PLUGIN_DIR or $STATE_DIR"),
     );
 }
 

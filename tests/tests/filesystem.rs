@@ -80,9 +80,7 @@ fn state_dir_is_writable_and_persists() {
     if !privileged("state_dir_is_writable_and_persists") {
         return;
     }
-    let state = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("state-{}", std::process::id()));
-    std::fs::create_dir_all(&state).unwrap();
+    let state = scratch_dir("state");
     let text = r#"
 [filesystem]
 exec = ["/usr/bin", "/usr/lib", "/usr/lib64", "/lib", "/lib64", "/bin", "$PLUGIN_DIR"]
@@ -148,10 +146,7 @@ fn host_ipc_endpoints_are_unreachable() {
         return;
     }
     // A pathname unix socket the test itself listens on, in a directory the policy does not grant.
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("ipc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    set_mode(&dir, 0o755);
+    let dir = scratch_dir("ipc");
     let sock_path = dir.join("engine.sock");
     let _ = std::fs::remove_file(&sock_path);
     let listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();

@@ -82,6 +82,8 @@ fn test(extra: &[&str]) -> Result<()> {
         }
     }
     let status = child.wait()?;
+    // The integration tests' scratch directory (tests/tests/harness: SCRATCH).
+    let _ = std::fs::remove_dir_all("/tmp/stockade-tests");
     let (uid, kernel) = (
         unsafe_geteuid(),
         std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default(),

@@ -35,16 +35,27 @@ pub fn stockade() -> PathBuf {
     path
 }
 
-/// A directory readable by the sandbox's unprivileged uid, outside /tmp, holding a copy of the
-/// hostile fixture: the tests' `$PLUGIN_DIR`.
+/// Where the tests put what a sandbox must reach (plugin and state directories, sockets). The
+/// sandbox's unprivileged uid must be able to traverse every directory above a bound path, and the
+/// checkout may live below a private directory (/root), so this is below the world-traversable
+/// /tmp rather than in target/. `cargo xtask test` removes it at the end.
+pub const SCRATCH: &str = "/tmp/stockade-tests";
+
+/// A fresh directory `SCRATCH/<name>-<pid>`, mode 0755.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let base = PathBuf::from(SCRATCH);
+    let dir = base.join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    set_mode(&base, 0o755);
+    set_mode(&dir, 0o755);
+    dir
+}
+
+/// The tests' `$PLUGIN_DIR`: a copy of the hostile fixture in a directory the sandbox can reach.
 pub fn plugin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stockade-tests");
-        let dir = base.join(format!("plugin-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create plugin dir");
-        set_mode(&base, 0o755);
-        set_mode(&dir, 0o755);
+        let dir = scratch_dir("plugin");
         let fixture = PathBuf::from(env!("CARGO_BIN_EXE_stockade-hostile"));
         std::fs::copy(&fixture, dir.join("stockade-hostile")).expect("copy the hostile fixture");
         dir
