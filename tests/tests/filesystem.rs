@@ -171,17 +171,13 @@ fn host_ipc_endpoints_are_unreachable() {
             std::fs::remove_file(&canary).unwrap();
         }
     }
-    // Control: the same socket is reachable when its directory is granted.
-    let text = policy("")
-        .replace(
-            r#"read = ["/etc/ld.so.cache"]"#,
-            &format!(
-                r#"read = ["/etc/ld.so.cache"]
-write = ["$TMP", "{}"]"#,
-                dir.display()
-            ),
-        )
-        .replace("write = [\"$TMP\"]\n", "");
+    // Control: the same socket is reachable when its directory is granted (without $TMP: the
+    // directory lies below the host's /tmp).
+    let text = format!(
+        "[filesystem]\nexec = [\"/usr/lib\", \"/usr/lib64\", \"/lib\", \"/lib64\", \"$PLUGIN_DIR\"]\n\
+         read = [\"/etc/ld.so.cache\"]\nwrite = [\"{}\"]\n",
+        dir.display()
+    );
     let accept = std::thread::spawn(move || listener.accept().map(|_| ()));
     let r = hostile_run("ipc", &text, &["connect-unix", &sock]);
     assert_line(&r, "ok");

@@ -35,6 +35,7 @@ fn main() {
         "net-ifaces" => net_ifaces(),
         "connect-unix" => connect_unix(&arg(1)),
         "connect-tcp" => connect_tcp(&arg(1)),
+        "bind-tcp" => bind_tcp(&arg(1)),
         "kill" => kill(arg(1).parse().unwrap_or(1)),
         "echo" => format!("ok {}", args[1..].join(" ")),
         "exit" => std::process::exit(arg(1).parse().unwrap_or(0)),
@@ -519,6 +520,13 @@ fn connect_tcp(addr: &str) -> String {
                 format!("ok {}", String::from_utf8_lossy(&buf[..n]).trim())
             },
         ),
+        Err(_) => "bad address".into(),
+    }
+}
+
+fn bind_tcp(addr: &str) -> String {
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(a) => io_line(std::net::TcpListener::bind(a), |_| "ok".into()),
         Err(_) => "bad address".into(),
     }
 }
