@@ -17,5 +17,5 @@ pub mod syscalls;
 pub use compile::{CompileError, LaunchContext};
 pub use diagnostics::{Diagnostic, Diagnostics, LoadError};
 pub use model::*;
-pub use parse::{load_policy, parse_policy};
+pub use parse::{load_policy, parse_duration_arg, parse_policy};
 pub use spec::*;

@@ -1291,6 +1291,16 @@ pub(crate) fn parse_size(raw: &str) -> Result<u64, Problem> {
 const DURATION_HINT: &str =
     "write a whole number with a unit: \"250ms\", \"30s\", \"5m\", \"1h\", or an integer of seconds";
 
+/// A duration given on a command line (`stockade run --timeout 30s`), in the policy's syntax.
+/// The error is (message, hint).
+pub fn parse_duration_arg(raw: &str) -> Result<Duration, (String, Option<String>)> {
+    match parse_duration(raw) {
+        Ok(d) if d.is_zero() => Err((format!("duration \"{raw}\" must be greater than 0"), None)),
+        Ok(d) => Ok(d),
+        Err(p) => Err((p.message, p.hint)),
+    }
+}
+
 /// `"250ms"`, `"30s"`, `"5m"`, `"1h"`.
 pub(crate) fn parse_duration(raw: &str) -> Result<Duration, Problem> {
     let invalid = || Problem::new(format!("invalid duration \"{raw}\"")).hint(DURATION_HINT.into());

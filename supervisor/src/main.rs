@@ -52,6 +52,9 @@ struct RunArgs {
     /// An environment variable for the plugin (repeatable); nothing else is inherited but TERM.
     #[arg(long = "env", short = 'e', value_name = "NAME=VALUE")]
     env: Vec<String>,
+    /// A wall-clock limit for this run ("30s", "5m", "250ms"), replacing the policy's.
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<String>,
     /// Write the end-of-run summary as one JSON line on stderr instead of text.
     #[arg(long)]
     json: bool,
@@ -254,7 +257,17 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
             "run it with sudo, or as the stockade systemd service",
         ));
     }
-    let policy = load(&args.policy)?;
+    let mut policy = load(&args.policy)?;
+    if let Some(raw) = &args.timeout {
+        let timeout = stockade_policy::parse_duration_arg(raw).map_err(|(message, hint)| {
+            Failure::usage(
+                format!("--timeout: {message}"),
+                hint.unwrap_or_else(|| "for example --timeout 30s".into()),
+            )
+        })?;
+        policy.resources.timeout = Some(timeout);
+    }
+    let memfd_fallback = forbid_memfd_without_sysctl(&mut policy)?;
     let plugin_dir = match &args.plugin_dir {
         Some(dir) => Some(existing_dir(dir, "--plugin-dir")?),
         None => command_dir(&args.command[0]),
@@ -339,12 +352,42 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
             Some("`stockade doctor` checks each layer on this kernel; paths must be readable by unprivileged users".into()),
         ));
     }
+    if memfd_fallback {
+        tracing::warn!(
+            "vm.memfd_noexec is missing on this kernel: memfd_create was denied instead"
+        );
+    }
+    if summary.landlock_abi == Some(0) {
+        // Only reachable in monitor mode: enforce mode refuses to start without Landlock.
+        eprintln!("stockade: warning: Landlock is unavailable on this kernel; the sandbox ran without it (monitor mode)");
+    }
     if args.json {
         eprintln!("{}", serde_json::to_string(&summary).unwrap_or_default());
     } else if !args.quiet {
         eprint!("{}", stockade::summary::render(&summary));
     }
     Ok(summary.exit_code.clamp(0, 255) as u8)
+}
+
+/// Without `vm.memfd_noexec` (Linux < 6.3) a memfd stays executable and Landlock does not cover
+/// it, so in enforce mode memfd_create is denied instead; a policy that allows it explicitly cannot
+/// be enforced here. Returns whether the fallback was applied.
+fn forbid_memfd_without_sysctl(policy: &mut Policy) -> Result<bool, Failure> {
+    if std::path::Path::new("/proc/sys/vm/memfd_noexec").exists()
+        || policy.enforcement.mode != stockade_policy::EnforcementMode::Enforce
+    {
+        return Ok(false);
+    }
+    if policy.syscalls.allow.iter().any(|s| s == "memfd_create") {
+        return Err(Failure::usage(
+            "the policy allows memfd_create, but this kernel cannot make memfds non-executable (vm.memfd_noexec, Linux 6.3+)",
+            "remove memfd_create from [syscalls] allow, or use monitor mode",
+        ));
+    }
+    if !policy.syscalls.deny.iter().any(|s| s == "memfd_create") {
+        policy.syscalls.deny.push("memfd_create".into());
+    }
+    Ok(true)
 }
 
 /// The directory of a command given as a path (`./plugin`, `/opt/x/bin/plugin`), resolved.

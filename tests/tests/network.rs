@@ -32,10 +32,21 @@ fn tcp_connect_only_to_allowed_ports() {
     }
     let allowed = greeter("127.0.0.1:0");
     let other = greeter("127.0.0.1:0");
-    let text = allow_policy(&format!("{{ address = \"127.0.0.1\", port = {allowed} }}"), "");
-    let r = hostile_run("net", &text, &["connect-tcp", &format!("127.0.0.1:{allowed}")]);
+    let text = allow_policy(
+        &format!("{{ address = \"127.0.0.1\", port = {allowed} }}"),
+        "",
+    );
+    let r = hostile_run(
+        "net",
+        &text,
+        &["connect-tcp", &format!("127.0.0.1:{allowed}")],
+    );
     assert_line(&r, "ok hello");
-    let r = hostile_run("net", &text, &["connect-tcp", &format!("127.0.0.1:{other}")]);
+    let r = hostile_run(
+        "net",
+        &text,
+        &["connect-tcp", &format!("127.0.0.1:{other}")],
+    );
     assert_line(&r, "err EACCES");
 }
 
@@ -63,10 +74,23 @@ fn tcp_bind_only_to_allowed_ports() {
         return;
     }
     // Two free ports, found by binding and releasing.
-    let free = || TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let free = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
     let (allowed, other) = (free(), free());
-    let text = allow_policy("", &format!("{{ address = \"127.0.0.1\", port = {allowed} }}"));
-    let r = hostile_run("bind", &text, &["bind-tcp", &format!("127.0.0.1:{allowed}")]);
+    let text = allow_policy(
+        "",
+        &format!("{{ address = \"127.0.0.1\", port = {allowed} }}"),
+    );
+    let r = hostile_run(
+        "bind",
+        &text,
+        &["bind-tcp", &format!("127.0.0.1:{allowed}")],
+    );
     assert_line(&r, "ok");
     let r = hostile_run("bind", &text, &["bind-tcp", &format!("127.0.0.1:{other}")]);
     assert_line(&r, "err EACCES");
@@ -88,6 +112,9 @@ fn explain_says_what_is_not_enforced_yet() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("NOT YET ENFORCED: destination and bind addresses, and every UDP rule"), "{text}");
+    assert!(
+        text.contains("NOT YET ENFORCED: destination and bind addresses, and every UDP rule"),
+        "{text}"
+    );
     assert!(text.contains("udp 0.0.0.0/0 port 53"), "{text}");
 }
