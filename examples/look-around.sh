@@ -1,6 +1,6 @@
 #!/bin/sh
 # A plugin that looks around its sandbox and tries a few forbidden things. Run it with:
-#   target/release/stockade run --policy policies/profiles/untrusted-default.toml -- examples/look-around.sh
+#   target/x86_64-unknown-linux-gnu/release/stockade run --policy policies/profiles/untrusted-default.toml -- examples/look-around.sh
 echo "I am: $(id)"
 echo "processes I can see: $(ls /proc | grep -c '^[0-9]')"
 echo "network interfaces: $(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\n' ' ')"

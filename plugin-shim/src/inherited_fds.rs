@@ -1,5 +1,5 @@
-//! Inherited file descriptors: everything but stdio, the control and report channels (both
-//! close-on-exec) and the descriptors passed on purpose is closed, so the plugin cannot reach objects the supervisor or
+//! Inherited file descriptors: everything but stdio, the report channel (close-on-exec) and the
+//! descriptors passed on purpose is closed, so the plugin cannot reach objects the supervisor or
 //! the caller happened to have open.
 //!
 //! When: after the spec was read (its pipe is among the inherited fds) and before Landlock, so no

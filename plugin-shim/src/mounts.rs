@@ -195,8 +195,10 @@ fn build_dev() -> Result<(), SetupError> {
             None::<&str>,
         )
         .during(STEP, || format!("bind /dev/{name}"))?;
-        set_attrs_one(&target, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC)?;
     }
+    // One recursive call for the tmpfs and every device bound on it (never nodev: these are the
+    // devices the plugin may use).
+    set_attrs(&dev, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC)?;
     for (link, to) in [
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),

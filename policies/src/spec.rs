@@ -103,14 +103,9 @@ pub struct ResourceSpec {
     pub timeout_ms: Option<u64>,
 }
 
-/// The control pipe from the supervisor to the shim. It carries, in order:
-/// 1. the [`LaunchSpec`] as JSON, preceded by its length as a little-endian u64;
-/// 2. later, one byte [`SHIM_GO`] once the sandbox's cgroups are complete (on hybrid hosts the
-///    v1 attach costs an RCU grace period, several milliseconds, which the shim spends building
-///    the sandbox instead of waiting). The shim executes nothing of the plugin before it.
+/// The shim reads the [`LaunchSpec`] from this descriptor: its length as a little-endian u64, then
+/// the spec as JSON.
 pub const SHIM_SPEC_FD: i32 = 3;
-/// "The cgroups are in place: go ahead."
-pub const SHIM_GO: u8 = 0x47;
 /// The shim writes [`ShimReport`] lines here. The descriptor is close-on-exec, so end of file
 /// without a `Failed` line means the plugin was executed.
 pub const SHIM_REPORT_FD: i32 = 4;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use stockade::cgroup::Layout;
-use stockade::launcher::{Shim, HOST_ID_BASE};
+use stockade::launcher::{Shim, ShimMode, HOST_ID_BASE};
 use stockade::probe::Probe;
 use stockade::sandbox;
 use stockade::signals::StopSignals;
@@ -107,13 +107,28 @@ impl Failure {
     }
 }
 
+/// When the process started, for the debug log's phase timings (STOCKADE_LOG=debug).
+static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+fn phase(what: &str) {
+    if let Some(start) = START.get() {
+        tracing::debug!(
+            since_start_us = start.elapsed().as_micros() as u64,
+            "{what}"
+        );
+    }
+}
+
 fn main() -> ExitCode {
+    START.get_or_init(std::time::Instant::now);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("STOCKADE_LOG"))
         .without_time()
         .init();
+    phase("logging ready");
     let cli = Cli::parse();
+    phase("arguments parsed");
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Policy(PolicyCommand::Check { files }) => policy_check(&files),
@@ -258,6 +273,7 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         ));
     }
     let mut policy = load(&args.policy)?;
+    phase("policy loaded");
     if let Some(raw) = &args.timeout {
         let timeout = stockade_policy::parse_duration_arg(raw).map_err(|(message, hint)| {
             Failure::usage(
@@ -305,18 +321,25 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
             )
         })?;
     }
-    let shim = Shim::locate().map_err(|e| {
-        Failure::internal(
-            e.to_string(),
-            Some("build the workspace (`cargo build`) or set STOCKADE_SHIM".into()),
-        )
-    })?;
+    phase("policy compiled");
+    // `stockade run` is single-threaded, so the cloned child runs the shim's code in place; set
+    // STOCKADE_SHIM to a shim binary to execute it instead, as the daemon does.
+    let shim = match std::env::var_os("STOCKADE_SHIM") {
+        Some(_) => ShimMode::Exec(Shim::locate().map_err(|e| {
+            Failure::internal(
+                e.to_string(),
+                Some("STOCKADE_SHIM must name the stockade-shim binary".into()),
+            )
+        })?),
+        None => ShimMode::InProcess,
+    };
     let layout = Layout::detect().map_err(|e| {
         Failure::internal(
             format!("cgroups: {e}"),
             Some("`stockade doctor` shows what this host offers".into()),
         )
     })?;
+    phase("shim and cgroup layout found");
     let mut stop = StopSignals::block()
         .map_err(|e| Failure::internal(format!("cannot set up signal handling: {e}"), None))?;
     let name = format!("stockade-{}", std::process::id());

@@ -9,7 +9,7 @@ use serde::Serialize;
 use stockade_policy::{LaunchSpec, ShimReport};
 
 use crate::cgroup::{CgroupStats, Layout, SandboxCgroup};
-use crate::launcher::{self, LaunchError, Shim, Started};
+use crate::launcher::{self, LaunchError, ShimMode, Started};
 
 /// Why a sandbox ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -77,7 +77,7 @@ pub enum SandboxError {
 
 /// Runs `spec` to completion.
 pub fn run(
-    shim: &Shim,
+    shim: &ShimMode,
     layout: &Layout,
     name: &str,
     spec: &LaunchSpec,
@@ -95,12 +95,10 @@ pub fn run(
         .resources
         .timeout_ms
         .map(|ms| begin + Duration::from_millis(ms));
-    let outcome = supervise(&started, &cgroup, deadline, stop);
-    // Whatever happened above, no process of the sandbox survives this point.
-    if cgroup.is_populated() {
-        let _ = cgroup.kill();
-    }
-    let outcome = outcome?;
+    // When the plugin (PID 1 of the sandbox's pid namespace) is gone, the kernel has killed every
+    // other process of the sandbox; `destroy` kills anything left anyway before removing the
+    // cgroups, also when supervision failed.
+    let outcome = supervise(&started, &cgroup, deadline, stop)?;
     let duration = begin.elapsed();
     phase("sandbox ended");
     let resources = cgroup.stats();

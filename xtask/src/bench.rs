@@ -43,7 +43,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         bail!("the release build failed");
     }
     let root = workspace_root();
-    let stockade = root.join("target/release/stockade");
+    let stockade = root.join("target/x86_64-unknown-linux-gnu/release/stockade");
     let profile = root.join("policies/profiles/untrusted-default.toml");
     let s = |x: &str| x.to_string();
     let mut contenders = vec![

@@ -16,7 +16,7 @@ pub fn privileged(test: &str) -> bool {
     true
 }
 
-/// target/debug (or the profile directory the tests were built in).
+/// target/<triple>/debug (the profile directory the tests were built in).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     exe.parent()

@@ -1,0 +1,162 @@
+//! `stockade-shim`: what becomes the plugin.
+//!
+//! It runs in the sandbox's first process, which the supervisor started with clone3 in new user,
+//! mount, pid, ipc, uts, cgroup (and usually network) namespaces, inside the sandbox's cgroups,
+//! after writing its uid/gid maps. [`become_plugin`] applies every isolation layer in the order
+//! below and executes the plugin; it makes no policy decision of its own: the spec says everything.
+//! Two ways in: the `stockade-shim` binary, executed by a supervisor that may not fork-and-continue
+//! (a multi-threaded daemon), reads the spec from an inherited pipe; a single-threaded supervisor
+//! (`stockade run`) calls [`become_plugin`] directly in the cloned child and saves an exec.
+//!
+//! The order is the point of this file:
+//! 1. the root filesystem (needs every capability and the host tree to bind from);
+//! 2. hostname, rlimits (raising a limit needs a capability) and a new session (no TIOCSTI into the
+//!    caller's terminal, no signals from its job control);
+//! 3. close inherited descriptors (before Landlock, so nothing opened earlier slips through);
+//! 4. Landlock (on the paths of the new root);
+//! 5. drop every capability and set no_new_privs;
+//! 6. seccomp, last, because every step above makes calls it denies;
+//! 7. execve.
+
+mod capabilities;
+pub mod error;
+mod inherited_fds;
+mod landlock;
+mod mounts;
+pub mod report;
+mod resource_limits;
+mod seccomp;
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::unistd::{chdir, execve, sethostname, setsid};
+
+use error::{Context, SetupError};
+pub use report::Reporter;
+use stockade_policy::{LaunchSpec, ShimReport, SHIM_EXEC_FAILED, SHIM_SETUP_FAILED};
+
+/// Applies every layer of `spec` to this process and executes the plugin. Reports a failure on
+/// the report channel (descriptor `SHIM_REPORT_FD`) and exits; never returns.
+///
+/// The process must be single-threaded, in the sandbox's namespaces and cgroups, with uid 0 of
+/// its user namespace and that namespace's full capabilities.
+pub fn become_plugin(spec: &LaunchSpec) -> ! {
+    let mut reporter = Reporter::from_inherited();
+    let exec = match prepare_exec(spec) {
+        Ok(exec) => exec,
+        Err(e) => fail(&mut reporter, e),
+    };
+    if let Err(e) = apply_layers(spec, &mut reporter) {
+        fail(&mut reporter, e);
+    }
+    let errno = exec.run();
+    reporter.send(&ShimReport::ExecFailed {
+        path: spec.argv[0].clone(),
+        errno: errno as i32,
+    });
+    exit(SHIM_EXEC_FAILED)
+}
+
+/// `_exit`: in the in-process path this is a copy of the supervisor, whose buffers and exit
+/// handlers must not run twice.
+fn exit(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+pub fn fail(reporter: &mut Reporter, e: SetupError) -> ! {
+    reporter.send(&ShimReport::Failed {
+        step: e.step.to_string(),
+        message: e.what.clone(),
+        errno: e.errno as i32,
+    });
+    exit(SHIM_SETUP_FAILED)
+}
+
+fn apply_layers(spec: &LaunchSpec, reporter: &mut Reporter) -> Result<(), SetupError> {
+    let root = mounts::build_root(spec)?;
+    reporter.send(&ShimReport::MemfdNoexec {
+        enforced: root.memfd_noexec,
+    });
+
+    sethostname(&spec.hostname).during("uts", || format!("set hostname {}", spec.hostname))?;
+    resource_limits::apply(&spec.rlimits)?;
+    setsid().during("session", || "start a new session".into())?;
+    inherited_fds::close_all_except(&spec.keep_fds)?;
+
+    let applied = landlock::apply(&spec.landlock, spec.enforce)?;
+    reporter.send(&ShimReport::Landlock {
+        abi: applied.abi,
+        status: applied.status.into(),
+    });
+
+    capabilities::drop_all(spec.uid, spec.gid)?;
+    chdir(&spec.cwd).during("cwd", || format!("chdir {}", spec.cwd.display()))?;
+    seccomp::install(&spec.seccomp)
+}
+
+/// Everything execve needs, built before the layers go up so that no allocation or lookup
+/// happens between seccomp and exec.
+struct Exec {
+    candidates: Vec<CString>,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+}
+
+impl Exec {
+    /// Tries each candidate path in turn (PATH search); returns the most telling errno.
+    fn run(&self) -> Errno {
+        let mut last = Errno::ENOENT;
+        for path in &self.candidates {
+            let Err(e) = execve(path, &self.argv, &self.env);
+            // Like execvp: keep looking past missing files, remember a permission problem.
+            if e != Errno::ENOENT && e != Errno::ENOTDIR {
+                last = e;
+            }
+            if e != Errno::ENOENT && e != Errno::ENOTDIR && e != Errno::EACCES {
+                return e;
+            }
+        }
+        last
+    }
+}
+
+fn prepare_exec(spec: &LaunchSpec) -> Result<Exec, SetupError> {
+    let cstr = |s: &[u8]| {
+        CString::new(s).map_err(|_| SetupError::new("exec", "argument contains NUL", Errno::EINVAL))
+    };
+    let program = spec
+        .argv
+        .first()
+        .ok_or_else(|| SetupError::new("exec", "empty command", Errno::EINVAL))?;
+    let candidates = if program.contains('/') {
+        vec![cstr(program.as_bytes())?]
+    } else {
+        let path = spec
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("/usr/bin:/bin");
+        path.split(':')
+            .filter(|dir| !dir.is_empty())
+            .map(|dir| cstr(Path::new(dir).join(program).as_os_str().as_bytes()))
+            .collect::<Result<_, _>>()?
+    };
+    Ok(Exec {
+        candidates,
+        argv: spec
+            .argv
+            .iter()
+            .map(|a| cstr(a.as_bytes()))
+            .collect::<Result<_, _>>()?,
+        env: spec
+            .env
+            .iter()
+            .map(|(k, v)| cstr(format!("{k}={v}").as_bytes()))
+            .collect::<Result<_, _>>()?,
+    })
+}
