@@ -14,7 +14,8 @@
 //!    caller's terminal, no signals from its job control);
 //! 3. close inherited descriptors (before Landlock, so nothing opened earlier slips through);
 //! 4. Landlock (on the paths of the new root);
-//! 5. drop every capability and set no_new_privs;
+//! 5. drop every capability and set no_new_privs; arm the parent-death signal (every uid change
+//!    clears it) and check the supervisor is still there; default signal dispositions;
 //! 6. seccomp, last, because every step above makes calls it denies;
 //! 7. execve.
 
@@ -94,8 +95,67 @@ fn apply_layers(spec: &LaunchSpec, reporter: &mut Reporter) -> Result<(), SetupE
     });
 
     capabilities::drop_all(spec.uid, spec.gid)?;
+    die_with_supervisor(reporter)?;
     chdir(&spec.cwd).during("cwd", || format!("chdir {}", spec.cwd.display()))?;
+    default_signal_dispositions();
     seccomp::install(&spec.seccomp)
+}
+
+/// Arms SIGKILL on the supervisor's death, after the last uid change (each one clears it; a plain
+/// exec keeps it), then checks that the supervisor did not die before it was armed.
+fn die_with_supervisor(reporter: &Reporter) -> Result<(), SetupError> {
+    // SAFETY: PR_SET_PDEATHSIG takes integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+        return Err(SetupError::new(
+            "lifetime",
+            "arm the parent-death signal",
+            Errno::last(),
+        ));
+    }
+    if !reporter.supervisor_alive() {
+        return Err(SetupError::new(
+            "lifetime",
+            "the supervisor is gone",
+            Errno::ESRCH,
+        ));
+    }
+    Ok(())
+}
+
+/// Every signal back to its default action. Ignored signals survive exec, and this process is a
+/// Rust program (or a copy of one) that ignores SIGPIPE, started by callers that may ignore others:
+/// a plugin must not inherit that. The raw system call, because libc's wrappers refuse the two
+/// real-time signals that glibc reserves for itself (32 and 33), which a caller may still have
+/// left ignored.
+fn default_signal_dispositions() {
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let default = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for signal in 1..=64 {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: rt_sigaction reads a properly laid-out kernel sigaction; SIG_DFL installs no code.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            )
+        };
+    }
 }
 
 /// Everything execve needs, built before the layers go up so that no allocation or lookup

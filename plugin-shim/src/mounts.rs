@@ -37,6 +37,12 @@ const MOUNT_ATTR_NODEV: u64 = 0x4;
 const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 const AT_RECURSIVE: u32 = 0x8000;
 
+/// Limits of the sandbox's own user namespace (/proc/sys/user).
+const USER_NAMESPACE_LIMITS: [(&str, &str); 2] = [
+    ("max_inotify_instances", "32"),
+    ("max_inotify_watches", "8192"),
+];
+
 /// Device nodes the plugin gets, bound from the host's /dev.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
@@ -155,6 +161,13 @@ fn build_proc() -> Result<bool, SetupError> {
         None::<&str>,
     )
     .during(STEP, || "mount /proc".into())?;
+    // Per-user-namespace limits, written while /proc/sys is still writable. inotify instances and
+    // watches are counted per user up the namespace tree and charged to the supervisor's uid as
+    // well, so without a limit of its own one sandbox could exhaust them for the whole host.
+    for (sysctl, value) in USER_NAMESPACE_LIMITS {
+        fs::write(format!("{target}/sys/user/{sysctl}"), value)
+            .during(STEP, || format!("set user.{sysctl}"))?;
+    }
     // The launcher set vm.memfd_noexec = 2 for this pid namespace; read it back for the report.
     let memfd_noexec = fs::read_to_string(format!("{target}/sys/vm/memfd_noexec"))
         .map(|v| v.trim() == "2")

@@ -26,6 +26,20 @@ impl Reporter {
         }
     }
 
+    /// Whether the supervisor still holds the read end: a pipe's write end reports POLLERR once
+    /// every reader is gone.
+    pub fn supervisor_alive(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd {
+            fd: self.file.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: polling one valid descriptor without waiting.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n >= 0 && pfd.revents & libc::POLLERR == 0
+    }
+
     pub fn send(&mut self, report: &ShimReport) {
         if let Ok(mut line) = serde_json::to_vec(report) {
             line.push(b'\n');

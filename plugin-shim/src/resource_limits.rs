@@ -15,6 +15,8 @@ pub fn apply(limits: &[RlimitSpec]) -> Result<(), SetupError> {
             RlimitResource::Fsize => Resource::RLIMIT_FSIZE,
             RlimitResource::Core => Resource::RLIMIT_CORE,
             RlimitResource::Nproc => Resource::RLIMIT_NPROC,
+            RlimitResource::Sigpending => Resource::RLIMIT_SIGPENDING,
+            RlimitResource::Msgqueue => Resource::RLIMIT_MSGQUEUE,
         };
         setrlimit(resource, l.limit, l.limit)
             .during("rlimits", || format!("set {:?} to {}", l.resource, l.limit))?;

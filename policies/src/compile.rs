@@ -20,6 +20,10 @@ use crate::parse::{RESERVED_DIRS, TMP_DIR};
 use crate::spec::*;
 
 /// cgroup memory.max when `[resources] memory` is unset.
+/// RLIMIT_SIGPENDING of every sandbox: queued signals.
+pub const SIGPENDING_LIMIT: u64 = 256;
+/// RLIMIT_MSGQUEUE of every sandbox: bytes in POSIX message queues.
+pub const MSGQUEUE_LIMIT_BYTES: u64 = 64 << 10;
 pub const DEFAULT_MEMORY_BYTES: u64 = 256 << 20;
 /// cgroup pids.max when `[resources] pids` is unset.
 pub const DEFAULT_PIDS: u64 = 64;
@@ -86,6 +90,14 @@ pub enum CompileError {
         path: PathBuf,
         reserved: &'static str,
     },
+    #[error(
+        "`{}` lies inside the writable `{}`: the plugin could replace a directory on its path with \
+         a symlink and have the next launch bind whatever it points to\n  hint: grant the writable \
+         directory alone, or move the other path out of it",
+        path.display(),
+        writable.display()
+    )]
+    BelowWritable { path: PathBuf, writable: PathBuf },
 }
 
 impl Policy {
@@ -202,6 +214,17 @@ impl Policy {
                     resource: RlimitResource::Core,
                     limit: 0,
                 },
+                // Queued signals and POSIX message-queue bytes are counted per user up the user
+                // namespace tree, so a sandbox's use is also charged to the supervisor's uid: its
+                // own rlimit is what bounds its share.
+                RlimitSpec {
+                    resource: RlimitResource::Sigpending,
+                    limit: SIGPENDING_LIMIT,
+                },
+                RlimitSpec {
+                    resource: RlimitResource::Msgqueue,
+                    limit: MSGQUEUE_LIMIT_BYTES,
+                },
             ],
             landlock,
             seccomp: crate::seccomp::build_program(&self.syscalls),
@@ -311,6 +334,16 @@ fn check_overlaps(targets: &BTreeMap<PathBuf, Access>) -> Result<(), CompileErro
             return Err(CompileError::ReservedTarget {
                 path: path.clone(),
                 reserved: r,
+            });
+        }
+    }
+    // Bind sources are host paths resolved at each launch; a path below a plugin-writable one is
+    // resolved through directories the plugin controls.
+    for (w, _) in targets.iter().filter(|(_, a)| **a == Access::Write) {
+        if let Some(inner) = targets.keys().find(|p| *p != w && p.starts_with(w)) {
+            return Err(CompileError::BelowWritable {
+                path: inner.clone(),
+                writable: w.clone(),
             });
         }
     }
@@ -515,6 +548,15 @@ mod tests {
     }
 
     #[test]
+    fn paths_below_a_writable_path_are_refused() {
+        let p = policy(
+            "[filesystem]\nwrite = [\"$STATE_DIR\"]\nread = [\"$STATE_DIR/cache/passwd\"]\n",
+        );
+        let err = p.compile(&ctx()).unwrap_err();
+        assert!(matches!(err, CompileError::BelowWritable { .. }), "{err}");
+    }
+
+    #[test]
     fn binds_below_the_private_tmp_are_allowed() {
         // The shim mounts /tmp first, so the plugin directory is bound on top of it.
         let p = policy("[filesystem]\nexec = [\"$PLUGIN_DIR\"]\nwrite = [\"$TMP\"]\n");
@@ -582,6 +624,14 @@ mod tests {
                 RlimitSpec {
                     resource: RlimitResource::Core,
                     limit: 0
+                },
+                RlimitSpec {
+                    resource: RlimitResource::Sigpending,
+                    limit: SIGPENDING_LIMIT
+                },
+                RlimitSpec {
+                    resource: RlimitResource::Msgqueue,
+                    limit: MSGQUEUE_LIMIT_BYTES
                 },
             ]
         );

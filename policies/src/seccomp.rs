@@ -59,10 +59,38 @@ enum Verdict {
     Allow,
     Deny,
     Enosys,
-    CloneWithoutNamespaces,
-    IoctlWithoutTerminalInjection,
-    SafePersonality,
+    /// Allowed unless the low 32 bits of argument `arg` have one of the bits of `mask`.
+    AllowUnlessBits {
+        arg: u32,
+        mask: u32,
+    },
+    /// Allowed only when the low 32 bits of argument `arg` equal one of `values`.
+    AllowIfOneOf {
+        arg: u32,
+        values: &'static [u32],
+    },
+    /// Allowed unless the low 32 bits of argument `arg` equal one of `values`.
+    AllowUnlessOneOf {
+        arg: u32,
+        values: &'static [u32],
+    },
 }
+
+const TIOCSETD: u32 = 0x5423;
+/// Terminal ioctls a plugin must not issue even on a terminal it was handed: injecting input
+/// (TIOCSTI, TIOCLINUX's paste) and changing the line discipline, which outlives the sandbox.
+const TERMINAL_IOCTLS_DENIED: [u32; 3] = [TIOCSTI, TIOCLINUX, TIOCSETD];
+/// Address families a plugin may open. AF_VSOCK in particular is not namespaced: it would reach
+/// the hypervisor and the host's vsock ports from an otherwise empty network namespace.
+const SOCKET_FAMILIES: [u32; 4] = [
+    libc::AF_UNIX as u32,
+    libc::AF_INET as u32,
+    libc::AF_INET6 as u32,
+    libc::AF_NETLINK as u32,
+];
+/// S_ISUID | S_ISGID: a plugin must not leave a set-id file behind (in `$STATE_DIR` it would run
+/// with the plugin's host uid for any local user).
+const SET_ID_BITS: u32 = 0o6000;
 
 /// Builds the program for a validated `[syscalls]` table. Unknown names were rejected by the parser
 /// and are ignored here.
@@ -101,12 +129,34 @@ fn verdicts(s: &Syscalls) -> Vec<(u32, Verdict)> {
         .into_iter()
         .filter_map(|name| {
             let nr = syscalls::lookup(name)?;
+            let unless_set_id = |arg| Verdict::AllowUnlessBits {
+                arg,
+                mask: SET_ID_BITS,
+            };
             let verdict = match name {
-                "clone" => Verdict::CloneWithoutNamespaces,
-                // glibc and musl fall back to clone() on ENOSYS, never on EPERM.
+                "clone" => Verdict::AllowUnlessBits {
+                    arg: 0,
+                    mask: CLONE_NAMESPACE_FLAGS,
+                },
+                // glibc and musl fall back to clone() on ENOSYS, never on EPERM; likewise openat2
+                // (whose mode hides in a struct) falls back to openat, whose mode we can check.
                 "clone3" if !explicitly_allowed("clone3") => Verdict::Enosys,
-                "ioctl" => Verdict::IoctlWithoutTerminalInjection,
-                "personality" => Verdict::SafePersonality,
+                "openat2" if !explicitly_allowed("openat2") => Verdict::Enosys,
+                "ioctl" => Verdict::AllowUnlessOneOf {
+                    arg: 1,
+                    values: &TERMINAL_IOCTLS_DENIED,
+                },
+                "personality" => Verdict::AllowIfOneOf {
+                    arg: 0,
+                    values: &SAFE_PERSONALITIES,
+                },
+                "socket" | "socketpair" => Verdict::AllowIfOneOf {
+                    arg: 0,
+                    values: &SOCKET_FAMILIES,
+                },
+                "chmod" | "fchmod" | "creat" | "mknod" => unless_set_id(1),
+                "open" | "fchmodat" | "fchmodat2" | "mknodat" => unless_set_id(2),
+                "openat" => unless_set_id(3),
                 _ => Verdict::Allow,
             };
             Some((nr, verdict))
@@ -168,28 +218,31 @@ fn emit_verdict(v: Verdict, deny_ret: u32, out: &mut Vec<Insn>) {
         Verdict::Allow => out.push(allow),
         Verdict::Deny => out.push(deny),
         Verdict::Enosys => out.push((BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | libc::ENOSYS as u32)),
-        Verdict::CloneWithoutNamespaces => out.extend([
-            (BPF_LD_W_ABS, 0, 0, offset_arg_low(0)),
-            (BPF_JMP_JSET_K, 1, 0, CLONE_NAMESPACE_FLAGS),
+        Verdict::AllowUnlessBits { arg, mask } => out.extend([
+            (BPF_LD_W_ABS, 0, 0, offset_arg_low(arg)),
+            (BPF_JMP_JSET_K, 1, 0, mask),
             allow,
             deny,
         ]),
-        Verdict::IoctlWithoutTerminalInjection => out.extend([
-            (BPF_LD_W_ABS, 0, 0, offset_arg_low(1)),
-            (BPF_JMP_JEQ_K, 2, 0, TIOCSTI),
-            (BPF_JMP_JEQ_K, 1, 0, TIOCLINUX),
-            allow,
-            deny,
-        ]),
-        Verdict::SafePersonality => {
-            out.push((BPF_LD_W_ABS, 0, 0, offset_arg_low(0)));
-            let n = SAFE_PERSONALITIES.len() as u8;
-            for (i, value) in SAFE_PERSONALITIES.iter().enumerate() {
+        Verdict::AllowIfOneOf { arg, values } => {
+            out.push((BPF_LD_W_ABS, 0, 0, offset_arg_low(arg)));
+            let n = values.len() as u8;
+            for (i, value) in values.iter().enumerate() {
                 // On a match, skip the remaining comparisons and the `deny` to land on `allow`.
                 out.push((BPF_JMP_JEQ_K, n - i as u8, 0, *value));
             }
             out.push(deny);
             out.push(allow);
+        }
+        Verdict::AllowUnlessOneOf { arg, values } => {
+            out.push((BPF_LD_W_ABS, 0, 0, offset_arg_low(arg)));
+            let n = values.len() as u8;
+            for (i, value) in values.iter().enumerate() {
+                // On a match, skip the remaining comparisons and the `allow` to land on `deny`.
+                out.push((BPF_JMP_JEQ_K, n - i as u8, 0, *value));
+            }
+            out.push(allow);
+            out.push(deny);
         }
     }
 }
@@ -245,7 +298,9 @@ mod tests {
             let got = run(&spec.program, AUDIT_ARCH_X86_64, nr, [0; 6]);
             let name = syscalls::name_of(nr);
             let want = match name {
-                Some("clone3") => SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+                Some("clone3") | Some("openat2") => SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+                // Family 0 (AF_UNSPEC) is not an allowed family.
+                Some("socket") | Some("socketpair") => eperm(),
                 Some(n) if allowed.contains(&n) => SECCOMP_RET_ALLOW,
                 _ => eperm(),
             };
@@ -319,8 +374,88 @@ mod tests {
     }
 
     #[test]
-    fn program_is_short() {
+    fn program_is_short_and_every_path_shorter() {
         let p = build_program(&Syscalls::default()).program;
-        assert!(p.len() < 256, "{} instructions", p.len());
+        assert!(p.len() < 512, "{} instructions", p.len());
+        // The longest path a call takes: the binary search keeps it near log2(ranges).
+        let longest = (0..600u32).map(|nr| steps(&p, nr)).max().unwrap();
+        assert!(longest <= 24, "a call runs {longest} instructions");
+    }
+
+    /// How many instructions the program executes for `nr` with zero arguments.
+    fn steps(program: &[Insn], nr: u32) -> usize {
+        let (mut pc, mut acc, mut n) = (0usize, 0u32, 0usize);
+        loop {
+            let (code, jt, jf, k) = program[pc];
+            pc += 1;
+            n += 1;
+            match code {
+                BPF_LD_W_ABS => {
+                    acc = if k == OFFSET_ARCH {
+                        AUDIT_ARCH_X86_64
+                    } else if k == OFFSET_NR {
+                        nr
+                    } else {
+                        0
+                    }
+                }
+                BPF_JMP_JA => pc += k as usize,
+                BPF_JMP_JEQ_K => pc += if acc == k { jt } else { jf } as usize,
+                BPF_JMP_JGE_K => pc += if acc >= k { jt } else { jf } as usize,
+                BPF_JMP_JSET_K => pc += if acc & k != 0 { jt } else { jf } as usize,
+                _ => return n,
+            }
+        }
+    }
+
+    #[test]
+    fn socket_families_and_set_id_modes() {
+        let p = build_program(&Syscalls::default()).program;
+        for family in [
+            libc::AF_UNIX,
+            libc::AF_INET,
+            libc::AF_INET6,
+            libc::AF_NETLINK,
+        ] {
+            assert_eq!(
+                answer(&p, "socket", [family as u64, 1, 0, 0, 0, 0]),
+                SECCOMP_RET_ALLOW
+            );
+        }
+        for family in [
+            libc::AF_VSOCK,
+            libc::AF_PACKET,
+            libc::AF_ALG,
+            libc::AF_BLUETOOTH,
+        ] {
+            assert_eq!(
+                answer(&p, "socket", [family as u64, 1, 0, 0, 0, 0]),
+                eperm()
+            );
+        }
+        assert_eq!(
+            answer(&p, "socketpair", [libc::AF_UNIX as u64, 1, 0, 0, 0, 0]),
+            SECCOMP_RET_ALLOW
+        );
+        assert_eq!(
+            answer(&p, "chmod", [0, 0o755, 0, 0, 0, 0]),
+            SECCOMP_RET_ALLOW
+        );
+        assert_eq!(answer(&p, "chmod", [0, 0o4755, 0, 0, 0, 0]), eperm());
+        assert_eq!(answer(&p, "fchmodat", [0, 0, 0o2755, 0, 0, 0]), eperm());
+        assert_eq!(
+            answer(&p, "openat", [0, 0, 0o100, 0o644, 0, 0]),
+            SECCOMP_RET_ALLOW
+        );
+        assert_eq!(answer(&p, "openat", [0, 0, 0o100, 0o6755, 0, 0]), eperm());
+        assert_eq!(
+            answer(&p, "openat2", [0; 6]),
+            SECCOMP_RET_ERRNO | libc::ENOSYS as u32
+        );
+        assert_eq!(
+            answer(&p, "ioctl", [0, TIOCSETD as u64, 0, 0, 0, 0]),
+            eperm()
+        );
+        assert_eq!(answer(&p, "io_setup", [0; 6]), eperm());
     }
 }

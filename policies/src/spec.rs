@@ -61,6 +61,8 @@ pub enum RlimitResource {
     Fsize,
     Core,
     Nproc,
+    Sigpending,
+    Msgqueue,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -450,6 +450,14 @@ pub const DEFAULT_DENY: &[&str] = &[
     "migrate_pages",
     "move_pages",
     "lsm_set_self_attr",
+    // Asynchronous I/O: its contexts draw on a machine-wide pool (fs.aio-max-nr), so one sandbox
+    // could starve every other user of it.
+    "io_setup",
+    "io_destroy",
+    "io_submit",
+    "io_cancel",
+    "io_getevents",
+    "io_pgetevents",
     // Whole-machine state.
     "kexec_load",
     "kexec_file_load",
@@ -514,7 +522,24 @@ pub const STRICT_EXTRA_DENY: &[&str] = &[
 ];
 
 /// Calls whose arguments are checked instead of allowing them outright (see `seccomp.rs`).
-pub const ARGUMENT_FILTERED: &[&str] = &["clone", "clone3", "ioctl", "personality"];
+pub const ARGUMENT_FILTERED: &[&str] = &[
+    "clone",
+    "clone3",
+    "ioctl",
+    "personality",
+    "socket",
+    "socketpair",
+    "chmod",
+    "fchmod",
+    "fchmodat",
+    "fchmodat2",
+    "creat",
+    "mknod",
+    "mknodat",
+    "open",
+    "openat",
+    "openat2",
+];
 
 /// The number of `name` on x86_64.
 pub fn lookup(name: &str) -> Option<u32> {

@@ -246,6 +246,12 @@ impl SandboxCgroup {
                         &dir.join("memory.limit_in_bytes"),
                         &limits.memory_bytes.to_string(),
                     )?;
+                    // Socket buffers are charged to a v1 memory cgroup only once its TCP limit is
+                    // set; without it a plugin's UDP and TCP buffers escape the memory limit.
+                    write_if_exists(
+                        &dir.join("memory.kmem.tcp.limit_in_bytes"),
+                        &limits.memory_bytes.to_string(),
+                    )?;
                     // Swap counts against the same limit where swap accounting exists.
                     write_if_exists(
                         &dir.join("memory.memsw.limit_in_bytes"),
@@ -375,6 +381,57 @@ impl Drop for SandboxCgroup {
             tracing::warn!("cgroup cleanup: {e}");
         }
     }
+}
+
+/// Removes the cgroups of sandboxes whose supervisor died without cleaning up (SIGKILL, a crash):
+/// `stockade-<pid>` directories below our own cgroups whose process is gone or is not a stockade
+/// supervisor. Their processes died with the supervisor (parent-death signal); anything left is
+/// killed first. Returns how many sandboxes were swept.
+pub fn sweep_orphans(layout: &Layout) -> usize {
+    let own: Vec<PathBuf> = match layout {
+        Layout::Unified { own, .. } => vec![own.clone()],
+        Layout::Hybrid {
+            own_unified, v1, ..
+        } => std::iter::once(own_unified.clone())
+            .chain(v1.iter().map(|h| h.own.clone()))
+            .collect(),
+    };
+    let v2_own = own[0].clone();
+    let mut swept = std::collections::BTreeSet::new();
+    for dir in &own {
+        let Ok(entries) = fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("stockade-")
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim_end() == "stockade" {
+                continue;
+            }
+            if swept.insert(name.clone()) {
+                let _ = fs::write(v2_own.join(&name).join("cgroup.kill"), "1");
+            }
+            if let Err(e) = rmdir_when_empty(&entry.path()) {
+                tracing::warn!(
+                    "cannot remove the orphaned cgroup {}: {e}",
+                    entry.path().display()
+                );
+            }
+        }
+    }
+    if !swept.is_empty() {
+        tracing::warn!(
+            "removed the cgroups of {} sandbox(es) whose supervisor died",
+            swept.len()
+        );
+    }
+    swept.len()
 }
 
 /// Enables the controllers we need for children of `own` (unified hosts). Fails with EBUSY when

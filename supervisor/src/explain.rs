@@ -208,6 +208,8 @@ pub fn explain(policy: &Policy, probe: &Probe) -> String {
                 RlimitResource::Fsize => format!("largest file written {} MiB", l.limit >> 20),
                 RlimitResource::Core => "no core dumps".to_string(),
                 RlimitResource::Nproc => format!("processes per uid {}", l.limit),
+                RlimitResource::Sigpending => format!("queued signals {}", l.limit),
+                RlimitResource::Msgqueue => format!("message-queue bytes {}", l.limit),
             };
             let _ = writeln!(out, "  {what} (rlimit),");
         }

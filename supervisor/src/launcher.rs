@@ -324,8 +324,6 @@ impl ChildChannel<'_> {
     ) -> ! {
         // SAFETY (whole block): async-signal-safe calls only, on valid descriptors and pointers.
         unsafe {
-            // Die with the supervisor: a sandbox must not outlive whoever is accounting for it.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             self.enter_v1_cgroups();
             self.wait_for_mapping();
             self.forbid_executable_memfds();
@@ -336,6 +334,10 @@ impl ChildChannel<'_> {
             if libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
                 libc::_exit(121);
             }
+            // Die with the supervisor: a sandbox must not outlive whoever accounts for it. Armed
+            // only now because the kernel clears it on every change of effective uid; the shim
+            // arms it again after its last uid change and then checks the supervisor is alive.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             if libc::dup2(self.spec, SHIM_SPEC_FD) < 0
                 || libc::dup2(self.report, SHIM_REPORT_FD) < 0
             {

@@ -8,4 +8,5 @@ pub mod launcher;
 pub mod probe;
 pub mod sandbox;
 pub mod signals;
+pub mod stdio;
 pub mod summary;

@@ -309,9 +309,14 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         hostname: "stockade".into(),
         cwd: None,
     };
-    let spec = policy
-        .compile(&ctx)
-        .map_err(|e| Failure::usage(e.to_string(), "see docs/policy.md"))?;
+    let spec = policy.compile(&ctx).map_err(|e| {
+        // Most compile errors carry their own hint line.
+        let message = e.to_string();
+        match message.split_once("\n  hint: ") {
+            Some((cause, hint)) => Failure::usage(cause, hint),
+            None => Failure::usage(message, "see docs/policy.md"),
+        }
+    })?;
     if let Some(dir) = &state_dir {
         let plugin_uid = HOST_ID_BASE + SANDBOX_UID;
         std::os::unix::fs::chown(dir, Some(plugin_uid), Some(plugin_uid)).map_err(|e| {
@@ -340,10 +345,14 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         )
     })?;
     phase("shim and cgroup layout found");
+    stockade::cgroup::sweep_orphans(&layout);
     let mut stop = StopSignals::block()
         .map_err(|e| Failure::internal(format!("cannot set up signal handling: {e}"), None))?;
     let name = format!("stockade-{}", std::process::id());
-    let summary = sandbox::run(&shim, &layout, &name, &spec, &mut stop).map_err(|e| {
+    let stdio = stockade::stdio::StdioGuard::save();
+    let summary = sandbox::run(&shim, &layout, &name, &spec, &mut stop);
+    drop(stdio);
+    let summary = summary.map_err(|e| {
         Failure::internal(
             format!("cannot start the sandbox: {e}"),
             Some("`stockade doctor` checks each layer on this kernel".into()),

@@ -1,9 +1,15 @@
 //! Nothing is left behind: after 200 sequential runs, no cgroup, mount, process or descriptor
-//! remains. Its own test binary, so that no other sandbox runs meanwhile.
+//! remains; a supervisor killed outright takes its sandbox along and the next run sweeps its
+//! cgroups. Its own test binary, so that no other test's sandbox runs meanwhile; the tests here
+//! take `SERIAL` so they do not overlap either.
 
 mod harness;
 use harness::*;
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::new(());
 
 fn mount_count() -> usize {
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -21,6 +27,7 @@ fn two_hundred_runs_leave_nothing_behind() {
     if !privileged("two_hundred_runs_leave_nothing_behind") {
         return;
     }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (cgroups, mounts, procs, fds) = (
         leftover_cgroups(),
         mount_count(),
@@ -49,4 +56,80 @@ fn two_hundred_runs_leave_nothing_behind() {
         "sandbox processes left behind"
     );
     assert_eq!(fd_count(), fds, "descriptors left open");
+}
+
+/// The processes whose cgroup is named after supervisor `pid`.
+fn processes_of_supervisor(pid: u32) -> Vec<u32> {
+    let name = format!("stockade-{pid}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cgroup"))
+                .map(|c| c.lines().any(|l| l.ends_with(&name)))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_supervisor_takes_its_sandbox_along() {
+    if !privileged("a_killed_supervisor_takes_its_sandbox_along") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let file = policy_file("cli", &policy(""));
+    let mut child = Command::new(stockade())
+        .args(["run", "--quiet", "--policy"])
+        .arg(&file)
+        .arg("--plugin-dir")
+        .arg(plugin_dir())
+        .args(["--", &hostile(), "sleep-tree", "30"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let supervisor = child.id();
+    // Whatever happens below, the supervisor does not outlive the test.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout_pipe = child.stdout.take().unwrap();
+    let mut child = KillOnDrop(child);
+    let mut stdout = BufReader::new(stdout_pipe);
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "started");
+    // The fixture and its 6 descendants (the grandchildren fork on their own schedule).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while processes_of_supervisor(supervisor).len() < 7 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(processes_of_supervisor(supervisor).len(), 7);
+    // SIGKILL: no handler, no cleanup; the parent-death signal must end the sandbox.
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !processes_of_supervisor(supervisor).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        processes_of_supervisor(supervisor),
+        Vec::<u32>::new(),
+        "sandbox processes outlived their supervisor"
+    );
+    // Its cgroups are left behind; the next run sweeps them.
+    let name = format!("stockade-{supervisor}");
+    assert!(leftover_cgroups().iter().any(|p| p.ends_with(&name)));
+    let r = run(&file, &[&hostile(), "echo", "next"]);
+    assert_line(&r, "ok next");
+    let left: Vec<_> = leftover_cgroups()
+        .into_iter()
+        .filter(|p| p.ends_with(&name))
+        .collect();
+    assert!(left.is_empty(), "orphaned cgroups not swept: {left:?}");
 }

@@ -7,7 +7,13 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 fn stockade_cmd(args: &[&str]) -> RunResult {
-    tracked(Command::new(stockade()).args(args).stdin(Stdio::null()))
+    tracked(
+        Command::new(stockade())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
 }
 
 /// The error a user sees: "stockade: error: ..." then "  hint: ...".
@@ -123,7 +129,9 @@ fn run_needs_root() {
             .arg(default_profile())
             .args(["--", "/bin/true"])
             .uid(65534)
-            .gid(65534),
+            .gid(65534)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
     );
     assert_usage_error(&r, "needs root");
 }

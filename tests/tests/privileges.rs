@@ -136,3 +136,47 @@ fn network_mode_none_has_only_loopback() {
     let r = hostile_run("net", &policy(""), &["connect-tcp", "127.0.0.1:22"]);
     assert_line(&r, "err EACCES");
 }
+
+#[test]
+fn the_plugin_starts_with_default_signal_dispositions() {
+    if !privileged("the_plugin_starts_with_default_signal_dispositions") {
+        return;
+    }
+    // The supervisor and the shim are Rust programs, which ignore SIGPIPE; ignored signals survive
+    // exec, so without a reset `yes | head` pipelines in a plugin would misbehave. cat changes
+    // nothing, so its SigIgn is what it inherited.
+    let file = policy_file("signals", &policy(""));
+    let r = run(&file, &["/usr/bin/cat", "/proc/self/status"]);
+    let ignored = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("SigIgn:"))
+        .unwrap_or_default();
+    assert_eq!(ignored, "SigIgn:\t0000000000000000", "{}", r.stderr);
+}
+
+#[test]
+fn stdio_flags_the_plugin_changes_are_restored() {
+    if !privileged("stdio_flags_the_plugin_changes_are_restored") {
+        return;
+    }
+    // The plugin's stdout is this file's open file description: what it changes, we see.
+    let path = scratch_dir("stdio").join("out");
+    let out = std::fs::File::create(&path).unwrap();
+    let fd = out.as_raw_fd();
+    let file = policy_file("stdio", &policy(""));
+    let fixture = hostile();
+    let out2 = out.try_clone().unwrap();
+    let r = run_with(&file, &[&fixture, "nonblock-stdout"], move |cmd| {
+        cmd.stdout(out2);
+    });
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "ok\n");
+    // SAFETY: F_GETFL on our own descriptor.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    assert_eq!(
+        flags & libc::O_NONBLOCK,
+        0,
+        "O_NONBLOCK survived the sandbox"
+    );
+}

@@ -74,3 +74,25 @@ fn deny_action_kill_and_policy_additions() {
     let r = hostile_run("kill", &text, &["echo", "alive"]);
     assert_line(&r, "ok alive");
 }
+
+#[test]
+fn kernel_wide_resources_and_set_id_files_are_out_of_reach() {
+    if !privileged("kernel_wide_resources_and_set_id_files_are_out_of_reach") {
+        return;
+    }
+    // vsock is not namespaced: it would reach the hypervisor from "no network".
+    assert_line(&attempt("socket-vsock"), "err EPERM");
+    assert_line(&attempt("socket-packet"), "err EPERM");
+    // AIO contexts come from a machine-wide pool.
+    assert_line(&attempt("io_setup"), "err EPERM");
+    // Set-id bits, by chmod and at creation.
+    assert_line(&attempt("chmod-setuid"), "err EPERM");
+    assert_line(&attempt("create-setgid"), "err EPERM");
+    // inotify instances are charged to the supervisor's uid too: the sandbox has its own cap.
+    let r = hostile_run("syscalls", &policy(""), &["inotify"]);
+    assert_line(&r, "ok created 32 then err EMFILE");
+    // Controls.
+    assert_line(&attempt("socket-unix"), "ok");
+    assert_line(&attempt("socket-inet"), "ok");
+    assert_line(&attempt("chmod-plain"), "ok");
+}

@@ -27,6 +27,12 @@ fn main() {
         "fill-tmp" => fill(&arg(1)),
         "fsize" => fsize(&arg(1), arg(2).parse().unwrap_or(1 << 20)),
         "nofile" => nofile(),
+        "inotify" => inotify_instances(),
+        "nonblock-stdout" => {
+            // SAFETY: changing the status flags of our own stdout.
+            let rc = unsafe { libc::fcntl(1, libc::F_SETFL, libc::O_NONBLOCK) };
+            ret(rc as _)
+        }
         "ids" => ids(),
         "caps" => caps(),
         "pids" => pids(),
@@ -306,6 +312,38 @@ fn syscall(name: &str) -> String {
                 ret(libc::clock_settime(libc::CLOCK_REALTIME, &ts) as _)
             }
             "getppid" => ret(libc::getppid() as _),
+            "io_setup" => {
+                let mut ctx: libc::c_ulong = 0;
+                ret(libc::syscall(
+                    libc::SYS_io_setup,
+                    128,
+                    &mut ctx as *mut libc::c_ulong,
+                ))
+            }
+            "socket-vsock" => ret(libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) as _),
+            "socket-packet" => ret(libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) as _),
+            "socket-unix" => ret(libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) as _),
+            "socket-inet" => ret(libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) as _),
+            "chmod-setuid" => {
+                let path = cstr("/tmp/setuid-me");
+                let fd = libc::open(path.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o755);
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+                ret(libc::chmod(path.as_ptr(), 0o4755) as _)
+            }
+            "create-setgid" => {
+                let path = cstr("/tmp/setgid-me");
+                ret(libc::open(path.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o2755) as _)
+            }
+            "chmod-plain" => {
+                let path = cstr("/tmp/plain");
+                let fd = libc::open(path.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+                ret(libc::chmod(path.as_ptr(), 0o755) as _)
+            }
             other => format!("unknown syscall test {other}"),
         }
     }
@@ -434,6 +472,20 @@ fn nofile() -> String {
             }
         }
         if files.len() > 1 << 20 {
+            return "ok never stopped".into();
+        }
+    }
+}
+
+fn inotify_instances() -> String {
+    let mut n = 0;
+    loop {
+        // SAFETY: inotify_init1 takes flags only; the descriptors stay open until exit.
+        if unsafe { libc::inotify_init1(libc::IN_CLOEXEC) } < 0 {
+            return format!("ok created {n} then {}", err_line(errno()));
+        }
+        n += 1;
+        if n > 100_000 {
             return "ok never stopped".into();
         }
     }

@@ -142,19 +142,17 @@ pub fn run_with(policy: &Path, args: &[&str], adjust: impl FnOnce(&mut Command))
         .arg("--plugin-dir")
         .arg(plugin_dir());
     cmd.arg("--").args(args);
-    cmd.stdin(Stdio::null());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     adjust(&mut cmd);
     tracked(&mut cmd)
 }
 
-/// Runs `cmd` to completion and checks that this invocation left no cgroup behind (its cgroups
+/// Runs `cmd` (stdout and stderr piped unless the caller set them) to completion and checks that this invocation left no cgroup behind (its cgroups
 /// are named after its pid, so tests running in parallel do not disturb the check).
 pub fn tracked(cmd: &mut Command) -> RunResult {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn stockade");
+    let child = cmd.spawn().expect("spawn stockade");
     let name = format!("stockade-{}", child.id());
     let result = finish(child.wait_with_output().expect("wait for stockade"));
     let left: Vec<PathBuf> = leftover_cgroups()
