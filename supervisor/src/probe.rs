@@ -84,17 +84,9 @@ fn read_u32(path: &str) -> Option<u32> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// The Landlock ABI this kernel offers (0: none); the shim applies the same number.
 pub fn landlock_abi() -> i32 {
-    // SAFETY: LANDLOCK_CREATE_RULESET_VERSION with a null attribute only queries the ABI version.
-    let v = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<u8>(),
-            0usize,
-            1u32,
-        )
-    };
-    v.max(0) as i32
+    stockade_shim::landlock_abi()
 }
 
 fn mount_setattr_exists() -> bool {

@@ -225,14 +225,5 @@ fn sigterm_stops_the_sandbox_and_cleans_up() {
     let r = finish(out);
     assert_eq!(r.code, 128 + libc::SIGTERM, "{}", r.stderr);
     assert_eq!(r.summary["ended_by"], "interrupted");
-    let id = r.summary["cgroup_id"].as_u64().unwrap();
-    for dir in leftover_cgroups() {
-        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&dir).unwrap());
-        assert_ne!(
-            ino,
-            id,
-            "the sandbox's cgroup {} is still there",
-            dir.display()
-        );
-    }
+    assert_cgroup_removed(r.summary["cgroup_id"].as_u64().unwrap());
 }

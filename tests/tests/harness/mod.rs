@@ -254,3 +254,18 @@ pub fn sandbox_processes() -> Vec<u32> {
     }
     pids
 }
+
+/// Asserts that the cgroup with id (inode) `id` no longer exists below our own cgroups.
+#[track_caller]
+pub fn assert_cgroup_removed(id: u64) {
+    assert!(id > 0, "no cgroup id in the summary");
+    for dir in leftover_cgroups() {
+        let ino = std::fs::metadata(&dir).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        assert_ne!(
+            ino.ok(),
+            Some(id),
+            "the sandbox's cgroup {} is still there",
+            dir.display()
+        );
+    }
+}
