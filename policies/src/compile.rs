@@ -549,10 +549,12 @@ mod tests {
 
     #[test]
     fn paths_below_a_writable_path_are_refused() {
-        let p = policy(
-            "[filesystem]\nwrite = [\"$STATE_DIR\"]\nread = [\"$STATE_DIR/cache/passwd\"]\n",
-        );
-        let err = p.compile(&ctx()).unwrap_err();
+        // The parser refuses `$STATE_DIR/x` next to `$STATE_DIR`; only resolution shows this one.
+        let p = policy("[filesystem]\nwrite = [\"$STATE_DIR\"]\nread = [\"$PLUGIN_DIR\"]\n");
+        let mut c = ctx();
+        c.state_dir = Some("/srv/p".into());
+        c.plugin_dir = Some("/srv/p/code".into());
+        let err = p.compile(&c).unwrap_err();
         assert!(matches!(err, CompileError::BelowWritable { .. }), "{err}");
     }
 

@@ -468,6 +468,7 @@ impl<'s> Checker<'s> {
             });
         }
         self.write_xor_exec(&all);
+        self.nothing_below_writable(&all);
         fs
     }
 
@@ -515,6 +516,31 @@ impl<'s> Checker<'s> {
                             Some(hint.into()),
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// A read path inside a write path is resolved on the host through directories the plugin
+    /// controls (it could plant a symlink there between launches). Exec paths inside write paths
+    /// are already W^X errors.
+    fn nothing_below_writable(&mut self, all: &[(&'static str, PolicyPath, Span)]) {
+        for (_, w, _) in all.iter().filter(|(list, _, _)| *list == "write") {
+            for (list, inner, span) in all.iter().filter(|(list, _, _)| *list == "read") {
+                let (w_place, inner_place) = (inside_key(w), inside_key(inner));
+                if w_place.0 == inner_place.0
+                    && w_place.1 != inner_place.1
+                    && inner_place.1.starts_with(&w_place.1)
+                {
+                    self.error(
+                        span.clone(),
+                        format!("`{inner}` in `{list}` lies inside the writable path `{w}`"),
+                        Some(
+                            "the plugin could replace a directory on its path with a symlink \
+                             before the next launch; grant the writable directory alone"
+                                .into(),
+                        ),
+                    );
                 }
             }
         }

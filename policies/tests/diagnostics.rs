@@ -785,3 +785,14 @@ fn columns_count_characters() {
     let all = diagnostics("description = \"é\"; pids = 1\n");
     assert_eq!((all[0].line, all[0].column), (1, 18));
 }
+
+#[test]
+fn read_path_inside_a_writable_path() {
+    error(
+        "[filesystem]\nwrite = [\"$STATE_DIR\"]\nread = [\"$STATE_DIR/cache/passwd\"]\n",
+        3,
+        9,
+        "`$STATE_DIR/cache/passwd` in `read` lies inside the writable path `$STATE_DIR`",
+        Some("the plugin could replace a directory on its path with a symlink before the next launch; grant the writable directory alone"),
+    );
+}
