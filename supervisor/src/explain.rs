@@ -175,10 +175,12 @@ pub fn explain(policy: &Policy, probe: &Probe) -> String {
     if !sc.deny.is_empty() {
         let _ = writeln!(out, "  removed: {}", sc.deny.join(", "));
     }
-    let _ = writeln!(out, "  always filtered: clone with namespace flags, ioctl TIOCSTI/TIOCLINUX, unsafe personality flags;");
     let _ = writeln!(
         out,
-        "  clone3 answers ENOSYS so that libc falls back to clone."
+        "  always filtered: clone with namespace flags; ioctl TIOCSTI, TIOCLINUX, TIOCSETD; unsafe\n  \
+         personality flags; sockets other than unix, inet, inet6 and netlink (vsock is not\n  \
+         namespaced); set-user-ID and set-group-ID modes in chmod, open and mknod; clone3 and\n  \
+         openat2 answer ENOSYS so that libc falls back to clone and openat, which can be checked."
     );
 
     if let Some(s) = &spec {
