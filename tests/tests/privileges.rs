@@ -72,7 +72,12 @@ fn tiocsti_on_the_terminal_fails() {
             std::ptr::null(),
         )
     };
-    assert_eq!(rc, 0, "openpty");
+    if rc != 0 {
+        println!(
+            "skipped: tiocsti_on_the_terminal_fails: no pseudo-terminal here (is devpts mounted?)"
+        );
+        return;
+    }
     // SAFETY: fresh descriptors from openpty, owned here.
     let (master, slave) = unsafe {
         use std::os::fd::FromRawFd;
