@@ -1,5 +1,5 @@
-//! Which BPF program types load on this kernel: a two-instruction program ("return 1") per type,
-//! loaded with BPF_PROG_LOAD and closed at once. The eBPF monitors of a later issue build on this
+//! Which BPF program types load on this kernel: a two-instruction program ("return 1", or 0 for an
+//! LSM hook) per type, loaded with BPF_PROG_LOAD and closed at once. The eBPF monitors of a later issue build on this
 //! answer; `stockade doctor` shows it now so operators know what their kernel offers.
 
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -11,8 +11,10 @@ const BPF_PROG_TYPE_CGROUP_SKB: u32 = 8;
 const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
 const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
 const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+const BPF_PROG_TYPE_LSM: u32 = 29;
+const BPF_LSM_MAC: u32 = 27;
 
-/// The fields of `union bpf_attr` that BPF_PROG_LOAD reads, up to `expected_attach_type`.
+/// The fields of `union bpf_attr` that BPF_PROG_LOAD reads, up to `attach_btf_id`.
 #[repr(C)]
 #[derive(Default)]
 struct ProgLoadAttr {
@@ -28,6 +30,16 @@ struct ProgLoadAttr {
     prog_name: [u8; 16],
     prog_ifindex: u32,
     expected_attach_type: u32,
+    prog_btf_fd: u32,
+    func_info_rec_size: u32,
+    func_info: u64,
+    func_info_cnt: u32,
+    line_info_rec_size: u32,
+    line_info: u64,
+    line_info_cnt: u32,
+    attach_btf_id: u32,
+    attach_prog_fd: u32,
+    _pad: u32,
 }
 
 pub fn program_types() -> Vec<(&'static str, Result<(), String>)> {
@@ -43,13 +55,75 @@ pub fn program_types() -> Vec<(&'static str, Result<(), String>)> {
         ),
     ]
     .into_iter()
-    .map(|(name, ty, attach)| (name, load(ty, attach)))
+    .map(|(name, ty, attach)| (name, load(ty, attach, 0)))
+    .chain(std::iter::once(("lsm (file_open)", lsm_file_open())))
     .collect()
 }
 
-fn load(prog_type: u32, expected_attach_type: u32) -> Result<(), String> {
-    // r0 = 1; exit
-    let insns: [u64; 2] = [0x0000_0001_0000_00b7, 0x0000_0000_0000_0095];
+/// A BPF LSM program on the `file_open` hook. It needs the hook's BTF id from the kernel's own
+/// BTF, and the kernel must list `bpf` among its LSMs; even then a lockdown or a policy of the
+/// host may refuse it (these hosts answer EPERM).
+fn lsm_file_open() -> Result<(), String> {
+    let active = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+    if !active.is_empty() && !active.split(',').any(|l| l.trim() == "bpf") {
+        return Err("`bpf` is not among the active LSMs (lsm= boot parameter)".into());
+    }
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux")
+        .map_err(|e| format!("no kernel BTF (/sys/kernel/btf/vmlinux): {e}"))?;
+    let id =
+        btf_func_id(&btf, "bpf_lsm_file_open").ok_or("no bpf_lsm_file_open in the kernel's BTF")?;
+    load(BPF_PROG_TYPE_LSM, BPF_LSM_MAC, id)
+}
+
+/// The type id of function `name` in a raw BTF blob (the kernel's /sys/kernel/btf/vmlinux).
+pub fn btf_func_id(btf: &[u8], name: &str) -> Option<u32> {
+    let u32_at = |off: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(btf.get(off..off + 4)?.try_into().ok()?))
+    };
+    if btf.get(0..2)? != [0x9f, 0xeb] {
+        return None;
+    }
+    let hdr_len = u32_at(4)? as usize;
+    let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
+    let str_off = u32_at(16)? as usize;
+    let strings = hdr_len + str_off;
+    let name_at = |off: u32| -> Option<&[u8]> {
+        let start = strings + off as usize;
+        let rest = btf.get(start..)?;
+        Some(&rest[..rest.iter().position(|&b| b == 0)?])
+    };
+    const KIND_FUNC: u32 = 12;
+    let (mut at, end) = (hdr_len + type_off, hdr_len + type_off + type_len);
+    let mut id = 1u32;
+    while at + 12 <= end {
+        let (name_off, info) = (u32_at(at)?, u32_at(at + 4)?);
+        let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+        if kind == KIND_FUNC && name_at(name_off)? == name.as_bytes() {
+            return Some(id);
+        }
+        // Each kind is followed by data of its own size (include/uapi/linux/btf.h).
+        let extra = match kind {
+            1 | 14 | 17 => 4,     // int, var, decl_tag
+            3 => 12,              // array
+            4 | 5 => 12 * vlen,   // struct, union: members
+            6 | 13 => 8 * vlen,   // enum values, func_proto params
+            15 | 19 => 12 * vlen, // datasec entries, enum64 values
+            _ => 0,               // ptr, fwd, typedef, qualifiers, func, float, type_tag
+        };
+        at += 12 + extra;
+        id += 1;
+    }
+    None
+}
+
+fn load(prog_type: u32, expected_attach_type: u32, attach_btf_id: u32) -> Result<(), String> {
+    // r0 = 1; exit (LSM hooks: r0 = 0, "allow")
+    let r0 = if prog_type == BPF_PROG_TYPE_LSM {
+        0
+    } else {
+        1u64
+    };
+    let insns: [u64; 2] = [0x0000_0000_0000_00b7 | (r0 << 32), 0x0000_0000_0000_0095];
     let license = b"GPL\0";
     let attr = ProgLoadAttr {
         prog_type,
@@ -57,6 +131,7 @@ fn load(prog_type: u32, expected_attach_type: u32) -> Result<(), String> {
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
         expected_attach_type,
+        attach_btf_id,
         ..ProgLoadAttr::default()
     };
     // SAFETY: `attr` and the buffers it points to live across the call; the kernel copies them.
@@ -74,4 +149,23 @@ fn load(prog_type: u32, expected_attach_type: u32) -> Result<(), String> {
     // SAFETY: a fresh program descriptor owned by nobody else; dropping it unloads the program.
     drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_functions_in_the_kernel_btf() {
+        let Ok(btf) = std::fs::read("/sys/kernel/btf/vmlinux") else {
+            println!("skipped: finds_functions_in_the_kernel_btf: this kernel exposes no BTF");
+            return;
+        };
+        // Every kernel with BTF has these; the LSM hook exists where CONFIG_BPF_LSM is set.
+        let read = btf_func_id(&btf, "vfs_read").expect("vfs_read in BTF");
+        let exit = btf_func_id(&btf, "do_exit").expect("do_exit in BTF");
+        assert_ne!(read, exit);
+        assert_eq!(btf_func_id(&btf, "stockade_no_such_function"), None);
+        assert_eq!(btf_func_id(b"not btf at all", "do_exit"), None);
+    }
 }

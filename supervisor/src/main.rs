@@ -252,7 +252,6 @@ fn doctor(json: bool) -> Result<u8, Failure> {
                     .map_or_else(|e| format!("NO: {e}"), |_| "loads".into())
             );
         }
-        println!("bpf lsm               not probed yet (arrives with the eBPF monitors)");
         if missing.is_empty() {
             println!("\nevery layer the default profile requires is available");
         } else {
