@@ -44,8 +44,23 @@ pub struct Applied {
     pub status: &'static str,
 }
 
-pub fn apply(spec: &LandlockSpec, required: bool) -> Result<Applied, SetupError> {
+/// `required`: enforce mode, where a missing part is a set-up failure. `host_network`: the sandbox
+/// shares the host's network namespace, so Landlock's TCP rules are the only port restriction.
+pub fn apply(
+    spec: &LandlockSpec,
+    required: bool,
+    host_network: bool,
+) -> Result<Applied, SetupError> {
     let kernel = kernel_abi();
+    if required && host_network && spec.restrict_tcp && kernel < 4 {
+        return Err(SetupError::new(
+            STEP,
+            format!(
+                "TCP port rules need Landlock ABI 4 (Linux 6.7); this kernel offers ABI {kernel}"
+            ),
+            Errno::ENOSYS,
+        ));
+    }
     if kernel < 1 {
         if required {
             return Err(SetupError::new(

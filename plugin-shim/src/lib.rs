@@ -89,7 +89,8 @@ fn apply_layers(spec: &LaunchSpec, reporter: &mut Reporter) -> Result<(), SetupE
     setsid().during("session", || "start a new session".into())?;
     inherited_fds::close_all_except(&spec.keep_fds)?;
 
-    let applied = landlock::apply(&spec.landlock, spec.enforce)?;
+    let host_network = spec.network == stockade_policy::NetworkSpec::Host;
+    let applied = landlock::apply(&spec.landlock, spec.enforce, host_network)?;
     reporter.send(&ShimReport::Landlock {
         abi: applied.abi,
         status: applied.status.into(),

@@ -27,6 +27,12 @@ pub enum CgroupError {
     NoUnified,
     #[error("the {0} controller is not available in any hierarchy")]
     MissingController(&'static str),
+    #[error(
+        "cannot enable the memory, pids and cpu controllers below {}: that cgroup holds processes, \
+         and cgroup v2 gives controllers only to cgroups without them",
+        .0.display()
+    )]
+    NotDelegated(PathBuf),
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -447,7 +453,12 @@ fn enable_controllers(own: &Path) -> Result<(), CgroupError> {
     if missing.is_empty() {
         return Ok(());
     }
-    write(&path, &missing.join(" "))
+    match fs::write(&path, missing.join(" ")) {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            Err(CgroupError::NotDelegated(own.to_path_buf()))
+        }
+        other => other.map_err(|e| CgroupError::io("write", &path, e)),
+    }
 }
 
 /// rmdir, retrying while the kernel finishes tearing down exited tasks (rmdir of a cgroup whose

@@ -352,10 +352,14 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     let summary = sandbox::run(&shim, &layout, &name, &spec, &mut stop);
     drop(stdio);
     let summary = summary.map_err(|e| {
-        Failure::internal(
-            format!("cannot start the sandbox: {e}"),
-            Some("`stockade doctor` checks each layer on this kernel".into()),
-        )
+        let hint = match &e {
+            sandbox::SandboxError::Cgroup(stockade::cgroup::CgroupError::NotDelegated(_)) => {
+                "run it in a delegated cgroup: `systemd-run --scope -p Delegate=yes stockade run ...`, \
+                 or as the stockade service"
+            }
+            _ => "`stockade doctor` checks each layer on this kernel",
+        };
+        Failure::internal(format!("cannot start the sandbox: {e}"), Some(hint.into()))
     })?;
     if summary.ended_by == sandbox::EndReason::ExecFailed {
         let errno = summary.errno.unwrap_or(0);

@@ -1,12 +1,19 @@
 //! `cargo xtask`: the project's own tasks.
 //!
 //! - `cargo xtask test`: build everything, run the whole suite, and say which privileged or
-//!   feature-gated tests ran and which were skipped (and why).
+//!   feature-gated tests ran and which were skipped (and why); records the skips in
+//!   target/coverage/host.txt.
+//! - `cargo xtask vm-test`: the suite again, inside a qemu guest running Debian's 6.12 kernel
+//!   (pure cgroup v2, BPF LSM): see vm.rs and docs/testing.md.
+//! - `cargo xtask coverage`: which feature-gated tests ran on the host and in the VM; fails when
+//!   one was skipped in both.
 //! - `cargo xtask bench launch [--runs N]`: cold-start time of `stockade run` beside bubblewrap
 //!   and unshare, interleaved in one run, recorded in docs/benchmarks.md.
 //! - `cargo xtask setup bench`: installs what the benchmarks compare against (Debian packages).
 
 mod bench;
+mod coverage;
+mod vm;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -28,8 +35,12 @@ fn dispatch() -> Result<()> {
         Some("test") => test(&rest),
         Some("bench") => bench::run(&rest),
         Some("setup") => setup(&rest),
+        Some("vm-test") => vm::run(&rest),
+        Some("coverage") => coverage::run(&rest),
         _ => {
             eprintln!("usage: cargo xtask test [-- CARGO-TEST-ARGS...]");
+            eprintln!("       {}", vm::USAGE);
+            eprintln!("       cargo xtask coverage [ENVIRONMENT...]");
             eprintln!("       cargo xtask bench launch [--runs N]");
             eprintln!("       cargo xtask setup bench");
             std::process::exit(2);
@@ -44,6 +55,24 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The target directory (`cargo metadata`: honours CARGO_TARGET_DIR and build.target-dir).
+pub fn target_dir() -> Result<PathBuf> {
+    let out = cargo()
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cargo metadata")?;
+    if !out.status.success() {
+        bail!("cargo metadata failed");
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    let dir = meta["target_directory"]
+        .as_str()
+        .context("cargo metadata has no target_directory")?;
+    Ok(PathBuf::from(dir))
+}
+
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root());
@@ -52,6 +81,13 @@ pub fn cargo() -> Command {
 
 /// Builds the workspace and runs every test, echoing the output and collecting `skipped:` lines.
 fn test(extra: &[&str]) -> Result<()> {
+    // libtest keeps a passing test's stdout to itself unless asked: --show-output prints it (in
+    // the "successes:" section), and with it the `skipped:` lines.
+    let mut args: Vec<&str> = extra.to_vec();
+    match args.iter().position(|a| *a == "--") {
+        Some(i) => args.insert(i + 1, "--show-output"),
+        None => args.extend(["--", "--show-output"]),
+    }
     let status = cargo()
         .args(["build", "--workspace", "--all-targets"])
         .status()
@@ -61,7 +97,7 @@ fn test(extra: &[&str]) -> Result<()> {
     }
     let mut child = cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
-        .args(extra)
+        .args(&args)
         .env("RUST_BACKTRACE", "1")
         .stdout(Stdio::piped())
         .spawn()
@@ -107,13 +143,28 @@ fn test(extra: &[&str]) -> Result<()> {
         }
     }
     println!("{passed} passed, {failed} failed");
+    // Recorded whether or not something failed: the skips are what `cargo xtask coverage` needs.
+    let cgroups = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "pure cgroup v2"
+    } else if Path::new("/sys/fs/cgroup/unified").exists() {
+        "hybrid cgroups (v1 controllers + v2)"
+    } else {
+        "cgroup v1"
+    };
+    coverage::record(
+        &target_dir()?,
+        "host",
+        &format!("kernel {}, {cgroups}", kernel.trim()),
+        extra.is_empty(),
+        &skipped,
+    )?;
     if !status.success() {
         bail!("some tests failed");
     }
     Ok(())
 }
 
-fn count(result: &str, label: &str) -> u64 {
+pub fn count(result: &str, label: &str) -> u64 {
     result
         .split(';')
         .find(|part| part.trim_end().ends_with(label.trim()))
@@ -158,14 +209,21 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
     if !update.success() {
         bail!("apt-get update failed");
     }
-    let status = Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context("apt-get install")?;
-    if !status.success() {
-        bail!("apt-get install {} failed", missing.join(" "));
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("apt-get install")
+    };
+    // A first install on these machines sometimes fails in dpkg and succeeds when run again
+    // (../shared/PLATFORM.md, about qemu-system-x86).
+    if !install()?.success() {
+        eprintln!("apt-get install failed; trying once more");
+        if !install()?.success() {
+            bail!("apt-get install {} failed twice", missing.join(" "));
+        }
     }
     Ok(())
 }
