@@ -21,15 +21,7 @@ fn greeter(addr: &str) -> u16 {
 
 /// Port rules need Landlock ABI 4 (Linux 6.7); below it an enforce-mode sandbox refuses to start.
 fn tcp_rules_enforceable(test: &str) -> bool {
-    // SAFETY: LANDLOCK_CREATE_RULESET_VERSION only queries.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<u8>(),
-            0usize,
-            1u32,
-        )
-    };
+    let abi = landlock_abi();
     if abi < 4 {
         println!("skipped: {test}: Landlock ABI {abi} cannot restrict TCP ports (needs 4)");
         return false;

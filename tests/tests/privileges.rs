@@ -140,15 +140,7 @@ fn network_mode_none_has_only_loopback() {
     // Even loopback: from Landlock ABI 4 the TCP connect is refused before the (down) interface is
     // reached; below it, the empty namespace has no route.
     let r = hostile_run("net", &policy(""), &["connect-tcp", "127.0.0.1:22"]);
-    // SAFETY: LANDLOCK_CREATE_RULESET_VERSION only queries.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<u8>(),
-            0usize,
-            1u32,
-        )
-    };
+    let abi = landlock_abi();
     assert_line(
         &r,
         if abi >= 4 {

@@ -269,3 +269,17 @@ pub fn assert_cgroup_removed(id: u64) {
         );
     }
 }
+
+/// The Landlock ABI of this kernel (0: none), asked directly rather than through stockade.
+pub fn landlock_abi() -> i64 {
+    // SAFETY: LANDLOCK_CREATE_RULESET_VERSION with a null attribute only queries the version.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
+    };
+    v.max(0)
+}
