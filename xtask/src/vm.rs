@@ -180,7 +180,14 @@ pub fn run(args: &[&str]) -> Result<()> {
 
     let initrd = vm_dir.join(format!("initrd-{}.cpio", opts.series.name()));
     let runner = runner_script(&binaries, &target);
-    initramfs::build(&busybox()?, &kernel.modules, &target, &runner, &initrd)?;
+    initramfs::build(
+        &busybox()?,
+        &kernel.modules,
+        &crate::workspace_root(),
+        &target,
+        &runner,
+        &initrd,
+    )?;
 
     let accel = choose_accel(opts.accel, &kernel, &initrd, &target, &vm_dir)?;
     let prepared = started.elapsed();
@@ -577,6 +584,11 @@ fn qemu_command(
             "-virtfs",
             "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         ])
+        .arg("-virtfs")
+        .arg(format!(
+            "local,path={},mount_tag=workspace,security_model=none,readonly=on,multidevs=remap",
+            crate::workspace_root().display()
+        ))
         .arg("-virtfs")
         .arg(format!(
             "local,path={},mount_tag=target,security_model=none,multidevs=remap",

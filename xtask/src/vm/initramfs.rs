@@ -13,7 +13,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-/// PID 1 of the initramfs. `/vm-test/config` sets TARGET_DIR and MODULES; `/vm-test/run` is the
+/// PID 1 of the initramfs. `/vm-test/config` sets WORKSPACE_DIR, TARGET_DIR and MODULES; `/vm-test/run` is the
 /// runner that becomes PID 1 after switch_root (written by vm.rs).
 const INIT: &str = r#"#!/bin/busybox sh
 # PID 1 of the initramfs that `cargo xtask vm-test` builds (xtask/src/vm/initramfs.rs).
@@ -42,13 +42,10 @@ for m in $MODULES; do
 done
 
 # The host's root, read-only. cache=loose: nothing changes below / while the suite runs that the
-# guest must see, and executables are read many times. The target directory, read-write, at the
-# same path: the tests write there (CARGO_TARGET_TMPDIR). cache=mmap there: the host reads what the
-# guest wrote, so no write-back caching.
+# guest must see, and executables are read many times.
 R=/newroot
 O=trans=virtio,version=9p2000.L,msize=$MSIZE
 $B mount -t 9p -o "$O,ro,cache=loose" hostroot $R || fail "mount the host root over 9p"
-$B mount -t 9p -o "$O,cache=loose" target "$R$TARGET_DIR" || fail "mount $TARGET_DIR over 9p"
 
 $B mount --move /dev $R/dev || fail "move /dev"
 $B mount --move /proc $R/proc || fail "move /proc"
@@ -69,6 +66,13 @@ $B mount -t bpf -o mode=700 bpf $R/sys/fs/bpf || fail "mount bpffs"
 $B mount -t tracefs tracefs $R/sys/kernel/tracing || fail "mount tracefs"
 $B mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs $R/tmp || fail "mount /tmp"
 $B mount -t tmpfs -o mode=755,nosuid,nodev tmpfs $R/run || fail "mount /run"
+# The checkout (read-only) and its target directory (read-write: the tests write there, e.g.
+# CARGO_TARGET_TMPDIR) at their own paths, after /tmp and /run: a checkout below the host's /tmp
+# would otherwise be hidden by the guest's own /tmp.
+$B mkdir -p "$R$WORKSPACE_DIR" 2>/dev/null
+$B mount -t 9p -o "$O,ro,cache=loose" workspace "$R$WORKSPACE_DIR" || fail "mount $WORKSPACE_DIR over 9p"
+$B mkdir -p "$R$TARGET_DIR" 2>/dev/null
+$B mount -t 9p -o "$O,cache=loose" target "$R$TARGET_DIR" || fail "mount $TARGET_DIR over 9p"
 # The network tests listen on the loopback.
 $B ip link set lo up || fail "bring lo up"
 $B hostname vm-test
@@ -90,6 +94,7 @@ const WANTED: [&str; 3] = ["virtio_pci", "9pnet_virtio", "9p"];
 pub fn build(
     busybox: &Path,
     modules_dir: &Path,
+    workspace_dir: &Path,
     target_dir: &Path,
     runner: &str,
     out: &Path,
@@ -105,9 +110,18 @@ pub fn build(
              guest's init or qemu's -virtfs option cannot carry"
         );
     }
+    let workspace = workspace_dir
+        .to_str()
+        .context("the workspace directory is not UTF-8")?;
+    if workspace.contains(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | ',')) {
+        bail!(
+            "the workspace directory {workspace} contains whitespace, quotes or a comma, which the \
+             guest's init or qemu's -virtfs option cannot carry"
+        );
+    }
     let modules = modules_for_9p(modules_dir)?;
     let config = format!(
-        "TARGET_DIR='{target}'\nMODULES='{}'\nMSIZE={MSIZE}\n",
+        "WORKSPACE_DIR='{workspace}'\nTARGET_DIR='{target}'\nMODULES='{}'\nMSIZE={MSIZE}\n",
         modules
             .iter()
             .map(|(n, _)| n.as_str())
