@@ -90,6 +90,21 @@ const MSIZE: u32 = 512 * 1024;
 /// are skipped, their dependencies are added.
 const WANTED: [&str; 3] = ["virtio_pci", "9pnet_virtio", "9p"];
 
+/// `dir` as a string that can go into a shell variable of the init script and into qemu's
+/// comma-separated -virtfs option.
+fn shareable<'a>(dir: &'a Path, what: &str) -> Result<&'a str> {
+    let s = dir
+        .to_str()
+        .with_context(|| format!("the {what} is not UTF-8"))?;
+    if s.contains(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | ',')) {
+        bail!(
+            "the {what} {s} contains whitespace, quotes or a comma, which the guest's init or \
+             qemu's -virtfs option cannot carry"
+        );
+    }
+    Ok(s)
+}
+
 /// Writes the initramfs to `out`.
 pub fn build(
     busybox: &Path,
@@ -99,26 +114,8 @@ pub fn build(
     runner: &str,
     out: &Path,
 ) -> Result<()> {
-    let target = target_dir
-        .to_str()
-        .context("the target directory is not UTF-8")?;
-    // The path goes into a shell variable of the init script and into qemu's comma-separated
-    // -virtfs option.
-    if target.contains(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | ',')) {
-        bail!(
-            "the target directory {target} contains whitespace, quotes or a comma, which the \
-             guest's init or qemu's -virtfs option cannot carry"
-        );
-    }
-    let workspace = workspace_dir
-        .to_str()
-        .context("the workspace directory is not UTF-8")?;
-    if workspace.contains(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | ',')) {
-        bail!(
-            "the workspace directory {workspace} contains whitespace, quotes or a comma, which the \
-             guest's init or qemu's -virtfs option cannot carry"
-        );
-    }
+    let target = shareable(target_dir, "target directory")?;
+    let workspace = shareable(workspace_dir, "workspace directory")?;
     let modules = modules_for_9p(modules_dir)?;
     let config = format!(
         "WORKSPACE_DIR='{workspace}'\nTARGET_DIR='{target}'\nMODULES='{}'\nMSIZE={MSIZE}\n",
