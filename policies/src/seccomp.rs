@@ -224,27 +224,21 @@ fn emit_verdict(v: Verdict, deny_ret: u32, out: &mut Vec<Insn>) {
             allow,
             deny,
         ]),
-        Verdict::AllowIfOneOf { arg, values } => {
-            out.push((BPF_LD_W_ABS, 0, 0, offset_arg_low(arg)));
-            let n = values.len() as u8;
-            for (i, value) in values.iter().enumerate() {
-                // On a match, skip the remaining comparisons and the `deny` to land on `allow`.
-                out.push((BPF_JMP_JEQ_K, n - i as u8, 0, *value));
-            }
-            out.push(deny);
-            out.push(allow);
-        }
-        Verdict::AllowUnlessOneOf { arg, values } => {
-            out.push((BPF_LD_W_ABS, 0, 0, offset_arg_low(arg)));
-            let n = values.len() as u8;
-            for (i, value) in values.iter().enumerate() {
-                // On a match, skip the remaining comparisons and the `allow` to land on `deny`.
-                out.push((BPF_JMP_JEQ_K, n - i as u8, 0, *value));
-            }
-            out.push(allow);
-            out.push(deny);
-        }
+        Verdict::AllowIfOneOf { arg, values } => emit_one_of(arg, values, [deny, allow], out),
+        Verdict::AllowUnlessOneOf { arg, values } => emit_one_of(arg, values, [allow, deny], out),
     }
+}
+
+/// Compares the low 32 bits of argument `arg` with each of `values`: a match jumps over the
+/// remaining comparisons and `otherwise` to `on_match`. Emits `[otherwise, on_match]` last.
+fn emit_one_of(arg: u32, values: &[u32], [otherwise, on_match]: [Insn; 2], out: &mut Vec<Insn>) {
+    out.push((BPF_LD_W_ABS, 0, 0, offset_arg_low(arg)));
+    let n = values.len() as u8;
+    for (i, value) in values.iter().enumerate() {
+        out.push((BPF_JMP_JEQ_K, n - i as u8, 0, *value));
+    }
+    out.push(otherwise);
+    out.push(on_match);
 }
 
 #[cfg(test)]
