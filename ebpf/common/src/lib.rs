@@ -1,0 +1,228 @@
+//! The types Stockade's eBPF programs share with the supervisor: map keys and values and the
+//! records of the event ring buffer. Everything is `#[repr(C)]` with explicit padding, so both
+//! sides agree byte for byte, and ring buffer records are multiples of 8 bytes.
+//!
+//! Every map is keyed by the sandbox's cgroup v2 id (the inode number of its cgroup directory,
+//! what `bpf_get_current_cgroup_id()` returns). A cgroup without an entry in [`SandboxConfig`]'s
+//! map is not Stockade's: the programs return at once for it.
+#![no_std]
+
+/// Sandboxes one supervisor monitors at once (map sizes).
+pub const MAX_SANDBOXES: u32 = 256;
+/// Slots of the per-syscall counter array: sandbox slot `s` owns `s * SYSCALL_NR_MAX ..`.
+pub const MAX_SLOTS: u32 = 64;
+/// Syscall numbers counted per sandbox (x86_64 numbers end below 512).
+pub const SYSCALL_NR_MAX: u32 = 512;
+/// Network rules per direction (connect, bind) and sandbox. The programs loop over this constant
+/// and stop at `RuleSet::count` (the verifier rejects a loop bounded by a map value).
+pub const MAX_RULES: usize = 16;
+/// Bytes of a path or socket address copied into a [`SyscallEvent`].
+pub const OBJECT_LEN: usize = 256;
+/// Bytes of a file name copied into a [`ProcEvent`] (exec).
+pub const FILENAME_LEN: usize = 128;
+
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// `SandboxConfig::flags`: kill the offending process from the program itself (bpf_send_signal)
+/// once the in-kernel window count reaches the threshold. Set in enforce mode with action kill.
+pub const FLAG_KILL: u32 = 1;
+/// `SandboxConfig::flags`: the sandbox uses the host network and has `NetRules`.
+pub const FLAG_NET_RULES: u32 = 2;
+
+/// Per-sandbox counters, per CPU (userspace sums): index `slot * COUNTERS + COUNTER_*`.
+pub const COUNTERS: u32 = 8;
+/// Denials by the cgroup network programs.
+pub const COUNTER_NET_DENIED: u32 = 0;
+/// Events that did not fit in the ring buffer (lost, and counted here).
+pub const COUNTER_DROPPED: u32 = 1;
+/// Syscalls that returned (every syscall of the sandbox).
+pub const COUNTER_SYSCALLS: u32 = 2;
+/// Processes and threads started (sched_process_fork).
+pub const COUNTER_FORKS: u32 = 3;
+/// Successful execs (sched_process_exec).
+pub const COUNTER_EXECS: u32 = 4;
+/// Syscalls that failed with one of the errnos the monitor reports (before any filtering).
+pub const COUNTER_FAILED: u32 = 5;
+/// Times the in-kernel threshold sent SIGKILL.
+pub const COUNTER_KILLS: u32 = 6;
+/// Denials by the BPF LSM programs.
+pub const COUNTER_LSM_DENIED: u32 = 7;
+
+/// `EventHeader::kind`.
+pub const EVENT_NET_DENY: u16 = 1;
+pub const EVENT_SYSCALL: u16 = 2;
+pub const EVENT_FORK: u16 = 3;
+pub const EVENT_EXEC: u16 = 4;
+pub const EVENT_EXIT: u16 = 5;
+pub const EVENT_LSM_DENY: u16 = 6;
+
+/// `NetDenyEvent::hook`.
+pub const HOOK_CONNECT4: u8 = 1;
+pub const HOOK_CONNECT6: u8 = 2;
+pub const HOOK_SENDMSG4: u8 = 3;
+pub const HOOK_SENDMSG6: u8 = 4;
+pub const HOOK_BIND4: u8 = 5;
+pub const HOOK_BIND6: u8 = 6;
+
+/// `LsmDenyEvent::hook`.
+pub const LSM_FILE_OPEN: u8 = 1;
+pub const LSM_BPRM_CHECK: u8 = 2;
+
+/// `PATH_ARGS` values: which argument of a syscall is worth copying into its event.
+/// 0: none; `ARG_PATH | i`: argument `i` is a path; `ARG_SOCKADDR | i`: argument `i` points to a
+/// socket address.
+pub const ARG_PATH: u8 = 0x10;
+pub const ARG_SOCKADDR: u8 = 0x20;
+
+/// What the supervisor tells the programs about one sandbox (value of `SANDBOXES`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SandboxConfig {
+    /// Index into the counter arrays, `< MAX_SLOTS`.
+    pub slot: u32,
+    /// `FLAG_*`.
+    pub flags: u32,
+    /// Violations within `window_ns` that end the plugin (enforce mode, action kill).
+    pub threshold: u32,
+    /// In-kernel window state (approximate: a fixed window opened by its first violation and
+    /// updated without atomics; the supervisor keeps the exact sliding window). The approximation
+    /// can only count fewer violations, so the program never kills before the policy says so.
+    pub window_count: u32,
+    pub window_ns: u64,
+    pub window_start_ns: u64,
+}
+
+/// One allowed destination (connect, sendmsg) or local address (bind).
+///
+/// Addresses and masks are 32-bit words holding network-order bytes, exactly as the kernel hands
+/// them to a `cgroup_sock_addr` program (an IPv4 rule uses word 0). A socket address matches when
+/// `addr[i] & mask[i] == rule.addr[i]` for every word, `port_lo <= port <= port_hi` (host order)
+/// and the protocol is equal.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    pub addr: [u32; 4],
+    pub mask: [u32; 4],
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub family: u8,
+    pub protocol: u8,
+    pub _pad: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RuleSet {
+    pub count: u32,
+    pub _pad: u32,
+    pub rules: [Rule; MAX_RULES],
+}
+
+/// Value of `NET_RULES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetRules {
+    pub connect: RuleSet,
+    pub bind: RuleSet,
+}
+
+/// The start of every ring buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    /// `EVENT_*`.
+    pub kind: u16,
+    pub _pad: u16,
+    /// Thread group id (the process id on the host).
+    pub pid: u32,
+    /// Thread id on the host.
+    pub tid: u32,
+    pub _pad2: u32,
+    pub cgroup_id: u64,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub timestamp_ns: u64,
+}
+
+/// A cgroup network program refused a connect, sendmsg or bind (errno EPERM for the caller).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetDenyEvent {
+    pub header: EventHeader,
+    /// Destination (or local address for bind), network-order words as in `Rule::addr`.
+    pub addr: [u32; 4],
+    /// Host order.
+    pub port: u16,
+    pub family: u8,
+    pub protocol: u8,
+    /// `HOOK_*`.
+    pub hook: u8,
+    /// 1 when this denial made the program send SIGKILL.
+    pub killed: u8,
+    pub _pad: [u8; 2],
+}
+
+/// A syscall of a sandboxed process returned EPERM, EACCES, EROFS, or ENOENT for a path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallEvent {
+    pub header: EventHeader,
+    pub nr: u32,
+    /// The negative errno the syscall returned.
+    pub ret: i32,
+    /// The six argument registers (di, si, dx, r10, r8, r9), as seccomp saw them.
+    pub args: [u64; 6],
+    /// `ARG_*` of the copied object; 0 when `object` is empty.
+    pub object_kind: u8,
+    pub _pad: [u8; 3],
+    /// Bytes copied into `object` (a path includes its NUL).
+    pub object_len: u32,
+    pub object: [u8; OBJECT_LEN],
+}
+
+/// fork, exec or exit of a sandboxed process or thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcEvent {
+    pub header: EventHeader,
+    /// fork: the new task's tid; exec: the old tid; exit: 0.
+    pub other: u32,
+    pub _pad: u32,
+    /// exec: the file name as passed to exec, NUL-terminated.
+    pub filename: [u8; FILENAME_LEN],
+}
+
+/// A BPF LSM program refused an open or an exec (errno EACCES for the caller).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LsmDenyEvent {
+    pub header: EventHeader,
+    /// `LSM_*`.
+    pub hook: u8,
+    pub _pad: [u8; 3],
+    /// The file's `f_mode` (FMODE_READ 1, FMODE_WRITE 2, FMODE_EXEC 0x20).
+    pub mode: u32,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY (all): plain old data without implicit padding; every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::SandboxConfig {}
+    unsafe impl aya::Pod for super::Rule {}
+    unsafe impl aya::Pod for super::RuleSet {}
+    unsafe impl aya::Pod for super::NetRules {}
+}
+
+const _: () = assert!(core::mem::size_of::<SandboxConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<Rule>() == 40);
+const _: () = assert!(core::mem::size_of::<RuleSet>() == 8 + 40 * MAX_RULES);
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 32);
+const _: () = assert!(core::mem::size_of::<NetDenyEvent>() == 32 + 24);
+const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 32 + 8 + 48 + 8 + OBJECT_LEN);
+const _: () = assert!(core::mem::size_of::<ProcEvent>() == 32 + 8 + FILENAME_LEN);
+const _: () = assert!(core::mem::size_of::<LsmDenyEvent>() == 32 + 24);
+const _: () = assert!(MAX_SLOTS * SYSCALL_NR_MAX <= 65536);

@@ -1,0 +1,39 @@
+//! Stockade's eBPF programs, built for `bpfel-unknown-none` by the supervisor's build script
+//! (aya-build) and embedded in the `stockade` binary. On the host (`cargo build --workspace`,
+//! clippy) this crate compiles to an empty binary so that workspace-wide commands still work.
+//!
+//! - `net`: cgroup `sock_addr` programs, attached to each sandbox's own cgroup: the policy's
+//!   `[network]` allow lists, EPERM and an event for everything else.
+//! - `syscalls`: one `tp_btf/sys_exit` program: per-sandbox, per-syscall counts, and an event for
+//!   every EPERM, EACCES, EROFS, or ENOENT on a path, which the supervisor attributes to a layer.
+//! - `process`: sched fork/exec/exit tracepoints: the process tree of every sandbox.
+//!
+//! Every program looks the current cgroup up in `SANDBOXES` first and returns at once for a cgroup
+//! that is not a sandbox's.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod net;
+#[cfg(target_arch = "bpf")]
+mod process;
+#[cfg(target_arch = "bpf")]
+mod syscalls;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // A panic path that survives optimisation becomes a back-edge the verifier rejects, so a
+    // program that could panic never loads: no silent panics in the kernel.
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 4] = *b"GPL\0";

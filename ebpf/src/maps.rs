@@ -1,0 +1,75 @@
+//! The maps every program shares, and small helpers over them.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_current_cgroup_id},
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+};
+use stockade_ebpf_common::{
+    EventHeader, NetRules, SandboxConfig, COUNTERS, MAX_SANDBOXES, MAX_SLOTS, SYSCALL_NR_MAX,
+};
+
+/// cgroup id -> the sandbox's configuration. No entry: not a sandbox.
+#[map]
+pub static SANDBOXES: HashMap<u64, SandboxConfig> = HashMap::with_max_entries(MAX_SANDBOXES, 0);
+
+/// cgroup id -> allowed destinations and local addresses.
+#[map]
+pub static NET_RULES: HashMap<u64, NetRules> = HashMap::with_max_entries(MAX_SANDBOXES, 0);
+
+/// `slot * COUNTERS + COUNTER_*`, per CPU.
+#[map]
+pub static COUNTER: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SLOTS * COUNTERS, 0);
+
+/// `slot * SYSCALL_NR_MAX + nr`, per CPU.
+#[map]
+pub static SYSCALLS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(MAX_SLOTS * SYSCALL_NR_MAX, 0);
+
+/// Syscall number -> `ARG_*` (which argument to copy into a syscall event). Written at load.
+#[map]
+pub static PATH_ARGS: Array<u8> = Array::with_max_entries(SYSCALL_NR_MAX, 0);
+
+/// Tracepoint field offsets read from tracefs at load (their layout differs between kernels):
+/// 0: sched_process_fork.child_pid, 1: sched_process_exec.filename (__data_loc).
+#[map]
+pub static TP_OFFSETS: Array<u32> = Array::with_max_entries(4, 0);
+
+/// The thread whose connect/sendmsg/bind a network program just refused, per CPU, so that
+/// sys_exit does not report the same EPERM a second time.
+#[map]
+pub static NET_DENIED_TID: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Every event, to the supervisor. 8 MiB: about 130 000 network denials or 23 000 syscall
+/// denials between two reads; what does not fit is counted in `COUNTER_DROPPED`.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+#[inline(always)]
+pub fn current_cgroup() -> u64 {
+    // SAFETY: a helper without arguments; every program type used here may call it.
+    unsafe { bpf_get_current_cgroup_id() }
+}
+
+#[inline(always)]
+pub fn bump(slot: u32, counter: u32) {
+    if let Some(c) = COUNTER.get_ptr_mut(slot * COUNTERS + counter) {
+        // SAFETY: a per-CPU slot: no other program touches it while this one runs on this CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn header(kind: u16, cgroup_id: u64) -> EventHeader {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    EventHeader {
+        kind,
+        _pad: 0,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        _pad2: 0,
+        cgroup_id,
+        // SAFETY: a helper without arguments.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}

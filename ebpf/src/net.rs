@@ -1,0 +1,222 @@
+//! cgroup `sock_addr` programs: connect4/6 (TCP, and UDP `connect`), sendmsg4/6 (UDP `sendto`
+//! without a connected peer) and bind4/6. Attached to each sandbox's own cgroup only, so nothing
+//! else on the host runs them. Return 1 to let the call go on, 0 to make it fail with EPERM.
+//!
+//! Each hook exists twice: `*_kill` may also send SIGKILL to the caller (bpf_send_signal) when the
+//! sandbox's threshold is crossed. Kernels that refuse that helper for this program type still
+//! load the plain ones; the supervisor's cgroup.kill is the backstop either way.
+
+use core::ptr::{addr_of, read_volatile};
+
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    helpers::{bpf_ktime_get_ns, generated::bpf_send_signal},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use stockade_ebpf_common::{
+    NetDenyEvent, RuleSet, SandboxConfig, AF_INET, AF_INET6, COUNTER_DROPPED, COUNTER_KILLS,
+    COUNTER_NET_DENIED, EVENT_NET_DENY, FLAG_KILL, FLAG_NET_RULES, HOOK_BIND4, HOOK_BIND6,
+    HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, MAX_RULES,
+};
+
+use crate::maps::{
+    bump, current_cgroup, header, EVENTS, NET_DENIED_TID, NET_RULES, SANDBOXES,
+};
+
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+const SIGKILL: u32 = 9;
+
+#[inline(always)]
+fn ctx_u32(p: *const u32) -> u32 {
+    // SAFETY: `p` points into the program's context; the verifier checks the size and offset of
+    // every context access. One volatile 4-byte load per field keeps LLVM from merging or
+    // narrowing them into accesses the verifier rejects.
+    unsafe { read_volatile(p) }
+}
+
+#[inline(always)]
+fn matches(set: &RuleSet, family: u8, addr: &[u32; 4], port: u16, proto: u8) -> bool {
+    let n = set.count;
+    // A loop over the constant MAX_RULES with an exit at `count`: the verifier accepts it
+    // (bounded loops); one bounded by the map value itself it does not.
+    for i in 0..MAX_RULES {
+        if i as u32 >= n {
+            break;
+        }
+        let r = &set.rules[i];
+        if r.family == family
+            && r.protocol == proto
+            && port >= r.port_lo
+            && port <= r.port_hi
+            && addr[0] & r.mask[0] == r.addr[0]
+            && addr[1] & r.mask[1] == r.addr[1]
+            && addr[2] & r.mask[2] == r.addr[2]
+            && addr[3] & r.mask[3] == r.addr[3]
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// The in-kernel threshold: a fixed window opened by its first violation. Not atomic: racing
+/// CPUs can lose an increment, which only delays the kill (the supervisor counts exactly).
+#[inline(always)]
+fn threshold_crossed(cfg: *mut SandboxConfig) -> bool {
+    // SAFETY: `cfg` is a live map value returned by the lookup of this program run.
+    unsafe {
+        if (*cfg).flags & FLAG_KILL == 0 {
+            return false;
+        }
+        let now = bpf_ktime_get_ns();
+        if (*cfg).window_count == 0 || now.wrapping_sub((*cfg).window_start_ns) > (*cfg).window_ns
+        {
+            (*cfg).window_start_ns = now;
+            (*cfg).window_count = 0;
+        }
+        (*cfg).window_count += 1;
+        (*cfg).window_count >= (*cfg).threshold
+    }
+}
+
+#[inline(always)]
+fn check<const KILL: bool>(ctx: &SockAddrContext, hook: u8) -> i32 {
+    let cg = current_cgroup();
+    let Some(cfg) = SANDBOXES.get_ptr_mut(&cg) else {
+        return ALLOW;
+    };
+    // SAFETY: a live map value (see above).
+    let (slot, flags) = unsafe { ((*cfg).slot, (*cfg).flags) };
+    if flags & FLAG_NET_RULES == 0 {
+        // An isolated network namespace: nothing to reach, nothing to decide here.
+        return ALLOW;
+    }
+    let sa: *const bpf_sock_addr = ctx.sock_addr;
+    let v4 = matches!(hook, HOOK_CONNECT4 | HOOK_SENDMSG4 | HOOK_BIND4);
+    // SAFETY (the addr_of! below): field addresses inside the context, never dereferenced
+    // except through `ctx_u32`.
+    let (mut family, mut addr) = if v4 {
+        (AF_INET, [ctx_u32(unsafe { addr_of!((*sa).user_ip4) }), 0, 0, 0])
+    } else {
+        let ip6 = unsafe { addr_of!((*sa).user_ip6) } as *const u32;
+        (
+            AF_INET6,
+            [
+                ctx_u32(ip6),
+                ctx_u32(unsafe { ip6.add(1) }),
+                ctx_u32(unsafe { ip6.add(2) }),
+                ctx_u32(unsafe { ip6.add(3) }),
+            ],
+        )
+    };
+    // ::ffff:a.b.c.d on a dual-stack IPv6 socket reaches the *6 hook but talks IPv4: the IPv4
+    // rules judge it, or an IPv4 deny could be bypassed through an IPv6 socket.
+    if family == AF_INET6
+        && addr[0] == 0
+        && addr[1] == 0
+        && addr[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])
+    {
+        family = AF_INET;
+        addr = [addr[3], 0, 0, 0];
+    }
+    // user_port holds the __be16 port in the low 16 bits of a u32.
+    let port = u16::from_be(ctx_u32(unsafe { addr_of!((*sa).user_port) }) as u16);
+    let proto = ctx_u32(unsafe { addr_of!((*sa).protocol) }) as u8;
+
+    let Some(rules) = NET_RULES.get_ptr(&cg) else {
+        return DENY; // rules are written before the sandbox starts; none is a closed door
+    };
+    let bind = hook == HOOK_BIND4 || hook == HOOK_BIND6;
+    // SAFETY: a live map value.
+    let set = unsafe {
+        if bind {
+            &(*rules).bind
+        } else {
+            &(*rules).connect
+        }
+    };
+    if matches(set, family, &addr, port, proto) {
+        return ALLOW;
+    }
+
+    bump(slot, COUNTER_NET_DENIED);
+    let kill = KILL && threshold_crossed(cfg);
+    if kill {
+        // SAFETY: a helper taking a signal number; it signals the current thread group.
+        unsafe { bpf_send_signal(SIGKILL) };
+        bump(slot, COUNTER_KILLS);
+    }
+    if let Some(tid) = NET_DENIED_TID.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { *tid = header(0, 0).tid };
+    }
+    match EVENTS.reserve::<NetDenyEvent>(0) {
+        Some(mut e) => {
+            e.write(NetDenyEvent {
+                header: header(EVENT_NET_DENY, cg),
+                addr,
+                port,
+                family,
+                protocol: proto,
+                hook,
+                killed: kill as u8,
+                _pad: [0; 2],
+            });
+            e.submit(0);
+        }
+        None => bump(slot, COUNTER_DROPPED),
+    }
+    DENY
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    check::<false>(&ctx, HOOK_CONNECT4)
+}
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    check::<false>(&ctx, HOOK_CONNECT6)
+}
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    check::<false>(&ctx, HOOK_SENDMSG4)
+}
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    check::<false>(&ctx, HOOK_SENDMSG6)
+}
+#[cgroup_sock_addr(bind4)]
+pub fn bind4(ctx: SockAddrContext) -> i32 {
+    check::<false>(&ctx, HOOK_BIND4)
+}
+#[cgroup_sock_addr(bind6)]
+pub fn bind6(ctx: SockAddrContext) -> i32 {
+    check::<false>(&ctx, HOOK_BIND6)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4_kill(ctx: SockAddrContext) -> i32 {
+    check::<true>(&ctx, HOOK_CONNECT4)
+}
+#[cgroup_sock_addr(connect6)]
+pub fn connect6_kill(ctx: SockAddrContext) -> i32 {
+    check::<true>(&ctx, HOOK_CONNECT6)
+}
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4_kill(ctx: SockAddrContext) -> i32 {
+    check::<true>(&ctx, HOOK_SENDMSG4)
+}
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6_kill(ctx: SockAddrContext) -> i32 {
+    check::<true>(&ctx, HOOK_SENDMSG6)
+}
+#[cgroup_sock_addr(bind4)]
+pub fn bind4_kill(ctx: SockAddrContext) -> i32 {
+    check::<true>(&ctx, HOOK_BIND4)
+}
+#[cgroup_sock_addr(bind6)]
+pub fn bind6_kill(ctx: SockAddrContext) -> i32 {
+    check::<true>(&ctx, HOOK_BIND6)
+}

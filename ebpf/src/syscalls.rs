@@ -1,0 +1,131 @@
+//! `tp_btf/sys_exit`: every syscall of a sandboxed process is counted by number, and every one
+//! that fails with EPERM, EACCES, EROFS (or ENOENT, when it names a path) becomes an event with
+//! its argument registers and, where it has one, its path or socket address. The supervisor
+//! decides which layer refused it (it re-runs the sandbox's own seccomp filter on the registers,
+//! and knows the policy's paths).
+//!
+//! Why sys_exit: it runs also for a syscall that seccomp refused (sys_enter does not), after
+//! Landlock, the mount table and the LSMs have answered, so one program sees the answer of every
+//! layer. Its price: while any syscall tracepoint is attached every thread of the host takes the
+//! slow syscall path (measured in docs/benchmarks.md). The supervisor attaches it only while a
+//! sandbox runs.
+
+use core::ptr::addr_of_mut;
+
+use aya_ebpf::{
+    helpers::{bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use stockade_ebpf_common::{
+    SyscallEvent, ARG_PATH, ARG_SOCKADDR, COUNTER_DROPPED, COUNTER_FAILED, COUNTER_SYSCALLS,
+    EVENT_SYSCALL, SYSCALL_NR_MAX,
+};
+
+use crate::maps::{
+    bump, current_cgroup, header, EVENTS, NET_DENIED_TID, PATH_ARGS, SANDBOXES, SYSCALLS,
+};
+
+const EPERM: i64 = 1;
+const ENOENT: i64 = 2;
+const EACCES: i64 = 13;
+const EROFS: i64 = 30;
+
+/// Offsets (in u64 words) of `struct pt_regs` on x86_64: the argument registers di, si, dx, r10,
+/// r8, r9 and orig_ax (the syscall number). This layout is the ptrace ABI and does not change.
+const REG_ARGS: [usize; 6] = [14, 13, 12, 7, 9, 8];
+const REG_ORIG_AX: usize = 15;
+
+/// Bytes of a socket address worth copying (sockaddr_in6).
+const SOCKADDR_LEN: usize = 28;
+
+#[inline(always)]
+fn reg(regs: *const u64, word: usize) -> u64 {
+    // SAFETY: `regs` is the tracepoint's `struct pt_regs *` (a BTF-typed pointer for tp_btf
+    // programs); the verifier checks every load against the struct's BTF.
+    unsafe { core::ptr::read_volatile(regs.add(word)) }
+}
+
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
+    let cg = current_cgroup();
+    // SAFETY: the value is only read.
+    let Some(cfg) = (unsafe { SANDBOXES.get(&cg) }) else {
+        return 0;
+    };
+    let slot = cfg.slot;
+    let regs: *const u64 = ctx.arg(0);
+    let ret: i64 = ctx.arg(1);
+    let nr = reg(regs, REG_ORIG_AX) as u32;
+    if nr < SYSCALL_NR_MAX {
+        if let Some(c) = SYSCALLS.get_ptr_mut(slot * SYSCALL_NR_MAX + nr) {
+            // SAFETY: per-CPU slot.
+            unsafe { *c += 1 };
+        }
+    } else {
+        bump(slot, COUNTER_SYSCALLS);
+        return 0;
+    }
+    if ret != -EPERM && ret != -EACCES && ret != -EROFS && ret != -ENOENT {
+        return 0;
+    }
+    let what = PATH_ARGS.get(nr).copied().unwrap_or(0);
+    if ret == -ENOENT && what & ARG_PATH == 0 {
+        return 0;
+    }
+    bump(slot, COUNTER_FAILED);
+    if ret == -EPERM {
+        // Reported already by the network program that refused it?
+        if let Some(t) = NET_DENIED_TID.get_ptr_mut(0) {
+            let h = header(0, 0);
+            // SAFETY: per-CPU slot.
+            unsafe {
+                if *t == h.tid {
+                    *t = 0;
+                    return 0;
+                }
+            }
+        }
+    }
+    let Some(mut entry) = EVENTS.reserve::<SyscallEvent>(0) else {
+        bump(slot, COUNTER_DROPPED);
+        return 0;
+    };
+    let e = entry.as_mut_ptr();
+    let mut args = [0u64; 6];
+    for (i, word) in REG_ARGS.iter().enumerate() {
+        args[i] = reg(regs, *word);
+    }
+    // SAFETY: `e` points to the reserved record, valid for writes until submit; every field is
+    // written before submit.
+    unsafe {
+        addr_of_mut!((*e).header).write(header(EVENT_SYSCALL, cg));
+        addr_of_mut!((*e).nr).write(nr);
+        addr_of_mut!((*e).ret).write(ret as i32);
+        addr_of_mut!((*e).args).write(args);
+        addr_of_mut!((*e)._pad).write([0; 3]);
+        let object = &mut *addr_of_mut!((*e).object);
+        let mut kind = 0u8;
+        let mut len = 0u32;
+        let index = (what & 0x7) as usize;
+        if index < 6 {
+            let ptr = args[index];
+            if what & ARG_PATH != 0 {
+                if let Ok(s) = bpf_probe_read_user_str_bytes(ptr as *const u8, object) {
+                    kind = ARG_PATH;
+                    len = s.len() as u32;
+                }
+            } else if what & ARG_SOCKADDR != 0 {
+                let dst = &mut object[..SOCKADDR_LEN];
+                if bpf_probe_read_user_buf(ptr as *const u8, dst).is_ok() {
+                    kind = ARG_SOCKADDR;
+                    len = SOCKADDR_LEN as u32;
+                }
+            }
+        }
+        addr_of_mut!((*e).object_kind).write(kind);
+        addr_of_mut!((*e).object_len).write(len);
+    }
+    entry.submit(0);
+    0
+}
