@@ -9,10 +9,14 @@
 //!   one was skipped in both.
 //! - `cargo xtask bench launch [--runs N]`: cold-start time of `stockade run` beside bubblewrap
 //!   and unshare, interleaved in one run, recorded in docs/benchmarks.md.
-//! - `cargo xtask setup bench`: installs what the benchmarks compare against (Debian packages).
+//! - `cargo xtask setup [ebpf]`: installs what building the eBPF programs needs (the nightly
+//!   rust-src and bpf-linker 0.10.3), skipping what is already there; `test` and `vm-test` run it
+//!   first. `cargo xtask setup bench`: what the benchmarks compare against (Debian packages). See
+//!   setup.rs.
 
 mod bench;
 mod coverage;
+mod setup;
 mod vm;
 
 use std::io::{BufRead, BufReader};
@@ -32,17 +36,24 @@ fn dispatch() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     match args.first().map(String::as_str) {
-        Some("test") => test(&rest),
+        Some("test") => {
+            setup::ebpf()?;
+            test(&rest)
+        }
         Some("bench") => bench::run(&rest),
-        Some("setup") => setup(&rest),
-        Some("vm-test") => vm::run(&rest),
+        Some("setup") => setup::run(&rest),
+        // Before vm-test's own steps: it builds the workspace on the host (vm.rs, test_binaries).
+        Some("vm-test") => {
+            setup::ebpf()?;
+            vm::run(&rest)
+        }
         Some("coverage") => coverage::run(&rest),
         _ => {
             eprintln!("usage: cargo xtask test [-- CARGO-TEST-ARGS...]");
             eprintln!("       {}", vm::USAGE);
             eprintln!("       cargo xtask coverage [ENVIRONMENT...]");
             eprintln!("       cargo xtask bench launch [--runs N]");
-            eprintln!("       cargo xtask setup bench");
+            eprintln!("       {}", setup::USAGE);
             std::process::exit(2);
         }
     }
@@ -226,11 +237,4 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn setup(what: &[&str]) -> Result<()> {
-    match what.first().copied() {
-        Some("bench") => apt_install(&["bubblewrap", "util-linux"]),
-        _ => bail!("usage: cargo xtask setup bench"),
-    }
 }
