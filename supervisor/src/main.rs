@@ -6,10 +6,16 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use stockade::cgroup::Layout;
 use stockade::launcher::{Shim, ShimMode, HOST_ID_BASE};
+use stockade::monitor::report::Threshold;
+use stockade::monitor::rules::NetPolicy;
+use stockade::monitor::{ArmSpec, Monitor};
 use stockade::probe::Probe;
 use stockade::sandbox;
 use stockade::signals::StopSignals;
-use stockade_policy::{load_policy, LaunchContext, LoadError, Policy, SANDBOX_UID};
+use stockade_policy::model::{NetworkMode, ThresholdAction};
+use stockade_policy::{
+    load_policy, EnforcementMode, LaunchContext, LoadError, Policy, SANDBOX_UID,
+};
 
 #[derive(Parser)]
 #[command(
@@ -61,6 +67,9 @@ struct RunArgs {
     /// Print no summary.
     #[arg(long, short = 'q', conflicts_with = "json")]
     quiet: bool,
+    /// Write every monitor event (violations, refusals, fork, exec, exit) to FILE as JSON lines.
+    #[arg(long, value_name = "FILE")]
+    events: Option<PathBuf>,
     /// The command and its arguments, as seen inside the sandbox.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -348,8 +357,19 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     let mut stop = StopSignals::block()
         .map_err(|e| Failure::internal(format!("cannot set up signal handling: {e}"), None))?;
     let name = format!("stockade-{}", std::process::id());
+    let mut monitor = load_monitor(&policy)?;
+    phase("monitors loaded");
+    let monitoring = match monitor.as_mut() {
+        Some((m, degraded)) => Some(monitoring(
+            &policy,
+            m,
+            degraded.clone(),
+            args.events.as_deref(),
+        )?),
+        None => None,
+    };
     let stdio = stockade::stdio::StdioGuard::save();
-    let summary = sandbox::run(&shim, &layout, &name, &spec, &mut stop);
+    let summary = sandbox::run(&shim, &layout, &name, &spec, &mut stop, monitoring);
     drop(stdio);
     let summary = summary.map_err(|e| {
         let hint = match &e {
@@ -402,6 +422,95 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         eprint!("{}", stockade::summary::render(&summary));
     }
     Ok(summary.exit_code.clamp(0, 255) as u8)
+}
+
+/// Loads the eBPF monitors. An enforce-mode policy needs the ones it relies on (fail closed); a
+/// monitor-mode one runs with what loads, and the report says what was missing.
+fn load_monitor(policy: &Policy) -> Result<Option<(Monitor, Vec<String>)>, Failure> {
+    let enforce = policy.enforcement.mode == EnforcementMode::Enforce;
+    let host_network = policy.network.mode == NetworkMode::Allow;
+    let hint = "`stockade doctor` lists which eBPF program types load on this kernel; \
+                a policy with [enforcement] mode = \"monitor\" runs without the missing monitors";
+    let monitor = match Monitor::load() {
+        Ok(m) => m,
+        Err(e) if enforce => {
+            return Err(Failure::internal(
+                format!("the eBPF monitors cannot load: {e}"),
+                Some(hint.into()),
+            ))
+        }
+        Err(e) => {
+            eprintln!("stockade: warning: the eBPF monitors cannot load ({e}); running without them (monitor mode)");
+            return Ok(None);
+        }
+    };
+    let caps = monitor.capabilities();
+    let mut required = vec![&caps.syscalls];
+    if host_network {
+        required.push(&caps.network);
+    }
+    let mut degraded = Vec::new();
+    for status in required {
+        if !status.active {
+            if enforce {
+                return Err(Failure::internal(
+                    format!(
+                        "the {} monitor that this enforce-mode policy requires is not available: {}",
+                        status.name, status.detail
+                    ),
+                    Some(hint.into()),
+                ));
+            }
+            eprintln!(
+                "stockade: warning: the {} monitor is not available ({}); running without it (monitor mode)",
+                status.name, status.detail
+            );
+            degraded.push(format!("{}: {}", status.name, status.detail));
+        }
+    }
+    if !caps.processes.active {
+        degraded.push(format!("processes: {}", caps.processes.detail));
+    }
+    Ok(Some((monitor, degraded)))
+}
+
+fn monitoring<'a>(
+    policy: &Policy,
+    monitor: &'a mut Monitor,
+    degraded: Vec<String>,
+    events: Option<&Path>,
+) -> Result<sandbox::Monitoring<'a>, Failure> {
+    let e = &policy.enforcement;
+    let kill = e.mode == EnforcementMode::Enforce && e.action == ThresholdAction::Kill;
+    let network = (policy.network.mode == NetworkMode::Allow)
+        .then(|| NetPolicy::from_policy(&policy.network));
+    let in_kernel_kill = kill && monitor.capabilities().kill_in_kernel.active;
+    let events_out = match events {
+        None => None,
+        Some(path) => {
+            let file = std::fs::File::create(path).map_err(|err| {
+                Failure::usage(
+                    format!("--events {}: {err}", path.display()),
+                    "give a writable file path",
+                )
+            })?;
+            Some(Box::new(std::io::BufWriter::new(file)) as Box<dyn std::io::Write>)
+        }
+    };
+    Ok(sandbox::Monitoring {
+        monitor,
+        arm: ArmSpec {
+            network,
+            kill: in_kernel_kill.then_some((e.threshold, e.window)),
+        },
+        threshold: Threshold {
+            violations: e.threshold,
+            window: e.window,
+            kill,
+        },
+        events_out,
+        degraded,
+    })
 }
 
 /// Without `vm.memfd_noexec` (Linux < 6.3) a memfd stays executable and Landlock does not cover

@@ -10,6 +10,9 @@ use stockade_policy::{LaunchSpec, ShimReport};
 
 use crate::cgroup::{CgroupStats, Layout, SandboxCgroup};
 use crate::launcher::{self, LaunchError, ShimMode, Started};
+use crate::monitor::attribute::Attributor;
+use crate::monitor::report::{Report, Threshold, Tracker};
+use crate::monitor::{ArmSpec, Armed, Monitor, MonitorError};
 
 /// Why a sandbox ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -31,6 +34,8 @@ pub enum EndReason {
     SetupFailed,
     /// The command could not be executed inside the sandbox.
     ExecFailed,
+    /// Its violations crossed the policy's threshold; every process was killed.
+    AutoUnloaded,
 }
 
 /// What `stockade run` prints at the end (and writes as JSON with `--json`).
@@ -55,6 +60,57 @@ pub struct Summary {
     pub error: Option<String>,
     /// errno of that error.
     pub errno: Option<i32>,
+    /// The eBPF monitors' report: violations, process tree, syscall counts.
+    pub monitor: Option<Report>,
+}
+
+/// The eBPF monitors a sandbox runs under (see [`crate::monitor`]).
+pub struct Monitoring<'a> {
+    pub monitor: &'a mut Monitor,
+    pub arm: ArmSpec,
+    pub threshold: Threshold,
+    /// Every event as a JSON line (`--events FILE`).
+    pub events_out: Option<Box<dyn std::io::Write>>,
+    /// Monitors the policy would have used that are not active on this kernel (monitor mode).
+    pub degraded: Vec<String>,
+}
+
+/// The monitors while one sandbox runs.
+struct Watch<'a> {
+    monitor: &'a mut Monitor,
+    armed: Option<Armed>,
+    attributor: Attributor,
+    tracker: Tracker,
+}
+
+impl Watch<'_> {
+    /// Reads every waiting event; returns true when the threshold was crossed.
+    fn drain(&mut self) -> bool {
+        let mut crossed = false;
+        let (attributor, tracker) = (&mut self.attributor, &mut self.tracker);
+        self.monitor.drain(|raw| {
+            if let Some(ev) = attributor.attribute(&raw) {
+                crossed |= tracker.record(ev);
+            }
+        });
+        crossed
+    }
+
+    fn finish(mut self) -> Report {
+        self.drain();
+        let armed = self.armed.take().expect("armed until finish");
+        let counters = self.monitor.counters(&armed);
+        let counts = self.monitor.syscall_counts(&armed);
+        self.monitor.disarm(armed);
+        self.tracker.finish(counters, counts)
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime fills the timespec it is given.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// A request to stop the sandbox from outside (a signal to the supervisor).
@@ -73,6 +129,8 @@ pub enum SandboxError {
     Cgroup(#[from] crate::cgroup::CgroupError),
     #[error("waiting for the sandbox: {0}")]
     Wait(std::io::Error),
+    #[error("arming the eBPF monitors: {0}")]
+    Monitor(#[from] MonitorError),
 }
 
 /// Runs `spec` to completion.
@@ -82,6 +140,7 @@ pub fn run(
     name: &str,
     spec: &LaunchSpec,
     stop: &mut dyn StopSource,
+    monitoring: Option<Monitoring<'_>>,
 ) -> Result<Summary, SandboxError> {
     let begin = Instant::now();
     let phase =
@@ -89,7 +148,39 @@ pub fn run(
     let cgroup = SandboxCgroup::create(layout, name, &spec.resources)?;
     let cgroup_id = cgroup.id()?;
     phase("cgroups created");
-    let started = launcher::start(shim, spec, &cgroup)?;
+    // The monitors are armed before anything runs in the cgroup.
+    let mut watch = match monitoring {
+        None => None,
+        Some(m) => {
+            let armed = match m.monitor.arm(cgroup.v2_path(), cgroup_id, &m.arm) {
+                Ok(a) => a,
+                Err(e) => {
+                    let _ = cgroup.destroy();
+                    return Err(e.into());
+                }
+            };
+            let mut tracker = Tracker::new(m.threshold, m.events_out);
+            for d in m.degraded {
+                tracker.note_degraded(d);
+            }
+            Some(Watch {
+                monitor: m.monitor,
+                armed: Some(armed),
+                attributor: Attributor::new(spec, monotonic_ns()),
+                tracker,
+            })
+        }
+    };
+    phase("monitors armed");
+    let started = match launcher::start(shim, spec, &cgroup) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(w) = watch {
+                w.finish();
+            }
+            return Err(e.into());
+        }
+    };
     phase("shim started, cgroups complete");
     let deadline = spec
         .resources
@@ -98,13 +189,23 @@ pub fn run(
     // When the plugin (PID 1 of the sandbox's pid namespace) is gone, the kernel has killed every
     // other process of the sandbox; `destroy` kills anything left anyway before removing the
     // cgroups, also when supervision failed.
-    let outcome = supervise(&started, &cgroup, deadline, stop)?;
+    let outcome = supervise(&started, &cgroup, deadline, stop, watch.as_mut());
     let duration = begin.elapsed();
     phase("sandbox ended");
+    let report = watch.map(Watch::finish);
+    phase("monitors disarmed");
+    let outcome = outcome?;
     let resources = cgroup.stats();
     cgroup.destroy()?;
     phase("cgroups removed");
-    Ok(outcome.into_summary(spec, cgroup_id, duration, resources))
+    let mut summary = outcome.into_summary(spec, cgroup_id, duration, resources);
+    if let Some(r) = &report {
+        if r.auto_unload.is_some() && summary.ended_by != EndReason::Interrupted {
+            summary.ended_by = EndReason::AutoUnloaded;
+        }
+    }
+    summary.monitor = report;
+    Ok(summary)
 }
 
 struct Outcome {
@@ -123,6 +224,7 @@ enum ExitStatus {
 enum Stop {
     Timeout,
     Signal(i32),
+    AutoUnload,
 }
 
 fn supervise(
@@ -130,6 +232,7 @@ fn supervise(
     cgroup: &SandboxCgroup,
     deadline: Option<Instant>,
     stop: &mut dyn StopSource,
+    mut watch: Option<&mut Watch<'_>>,
 ) -> Result<Outcome, SandboxError> {
     let mut reports = Vec::new();
     let mut report_reader = Some(BufReader::new(&started.reports));
@@ -161,6 +264,11 @@ fn supervise(
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: watch.as_ref().map_or(-1, |w| w.monitor.raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
@@ -189,6 +297,14 @@ fn supervise(
                             reports.push(r);
                         }
                     }
+                }
+            }
+        }
+        if fds[3].revents != 0 {
+            if let Some(w) = watch.as_mut() {
+                if w.drain() && stopped_by.is_none() {
+                    stopped_by = Some(Stop::AutoUnload);
+                    let _ = cgroup.kill();
                 }
             }
         }
@@ -275,6 +391,7 @@ impl Outcome {
             (Some((reason, _, _)), _, _) => *reason,
             (None, Some(Stop::Timeout), _) => EndReason::Timeout,
             (None, Some(Stop::Signal(_)), _) => EndReason::Interrupted,
+            (None, Some(Stop::AutoUnload), _) => EndReason::AutoUnloaded,
             (None, None, ExitStatus::Signal(libc::SIGKILL)) if resources.oom_kills > 0 => {
                 EndReason::OomKill
             }
@@ -303,6 +420,7 @@ impl Outcome {
             memfd_noexec,
             error: failure.as_ref().map(|(_, m, _)| m.clone()),
             errno: failure.map(|(_, _, e)| e),
+            monitor: None,
         }
     }
 }

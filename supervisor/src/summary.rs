@@ -2,6 +2,8 @@
 
 use std::fmt::Write;
 
+use crate::monitor::attribute::{Event, Layer};
+use crate::monitor::report::Report;
 use crate::sandbox::{EndReason, Summary};
 
 pub fn render(s: &Summary) -> String {
@@ -22,6 +24,10 @@ pub fn render(s: &Summary) -> String {
             s.error.as_deref().unwrap_or("?")
         ),
         EndReason::ExecFailed => format!("never started: {}", s.error.as_deref().unwrap_or("?")),
+        EndReason::AutoUnloaded => {
+            "auto-unloaded: its violations crossed the policy's threshold (every process killed)"
+                .to_string()
+        }
     };
     let _ = writeln!(
         out,
@@ -62,7 +68,94 @@ pub fn render(s: &Summary) -> String {
         "  layers: namespaces · {landlock} · seccomp · cgroup {}",
         s.cgroup_id
     );
+    if let Some(report) = &s.monitor {
+        render_report(&mut out, report);
+    }
     out
+}
+
+fn render_report(out: &mut String, r: &Report) {
+    let mut line = format!(
+        "  monitors: {} violation{}",
+        r.violations,
+        if r.violations == 1 { "" } else { "s" }
+    );
+    if !r.by_layer.is_empty() {
+        let layers: Vec<String> = r.by_layer.iter().map(|(l, n)| format!("{l} {n}")).collect();
+        let _ = write!(line, " ({})", layers.join(", "));
+    }
+    if r.refused > 0 {
+        let _ = write!(
+            line,
+            " · {} refused by file permissions or capabilities",
+            r.refused
+        );
+    }
+    let _ = write!(
+        line,
+        " · {} process{} started · {} syscalls",
+        r.processes_started,
+        if r.processes_started == 1 { "" } else { "es" },
+        r.syscalls
+    );
+    if r.dropped_events > 0 {
+        let _ = write!(
+            line,
+            " · {} EVENTS DROPPED (ring buffer full)",
+            r.dropped_events
+        );
+    }
+    let _ = writeln!(out, "{line}");
+    if let Some(a) = &r.auto_unload {
+        let _ = writeln!(
+            out,
+            "  auto-unloaded: {} violation{} within {} reached the threshold{}; the last: {}",
+            a.threshold,
+            if a.threshold == 1 { "" } else { "s" },
+            duration(a.window_ms as f64),
+            if a.killed_in_kernel {
+                " (the offender was killed in the kernel)"
+            } else {
+                ""
+            },
+            describe(&a.violation)
+        );
+    }
+    for ev in &r.first {
+        let _ = writeln!(out, "    {:>9}  {}", duration(ev.t_ms), describe(ev));
+    }
+    if r.violations as usize > r.first.len() {
+        let _ = writeln!(
+            out,
+            "    ... {} more (--events FILE writes them all)",
+            r.violations as usize - r.first.len()
+        );
+    }
+    for d in &r.degraded {
+        let _ = writeln!(out, "  monitor degraded: {d}");
+    }
+}
+
+/// One event in a line: `landlock refused write /usr/bin/evil (openat, EACCES) by pid 12`.
+pub fn describe(ev: &Event) -> String {
+    let layer = ev.layer.map_or("?", |l| l.name());
+    let verb = match ev.layer {
+        Some(Layer::Namespace) => "hid",
+        _ => "refused",
+    };
+    let mut s = format!("{layer} {verb} {}", ev.action.unwrap_or("?"));
+    if let Some(o) = &ev.object {
+        let _ = write!(s, " {o}");
+    }
+    let detail: Vec<&str> = [ev.syscall.as_deref(), ev.errno]
+        .into_iter()
+        .flatten()
+        .collect();
+    if !detail.is_empty() {
+        let _ = write!(s, " ({})", detail.join(", "));
+    }
+    let _ = write!(s, " by pid {}", ev.pid);
+    s
 }
 
 pub fn signal_name(sig: i32) -> Option<&'static str> {

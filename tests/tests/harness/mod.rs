@@ -87,7 +87,9 @@ pub fn default_profile() -> PathBuf {
 }
 
 /// The untrusted-default profile's filesystem and syscalls with the given extra TOML sections
-/// (`[resources]`, `[network]`, ... ; each at most once).
+/// (`[resources]`, `[network]`, ... ; each at most once). Without an `[enforcement]` section the
+/// policy enforces every layer but kills only after 1000 violations, so a test can try one
+/// forbidden thing and read the fixture's answer; tests of the auto-kill give their own section.
 pub fn policy(extra: &str) -> String {
     let mut p = String::from(
         r#"
@@ -98,6 +100,17 @@ write = ["$TMP"]
 "#,
     );
     p.push_str(extra);
+    if !extra.contains("[enforcement]") {
+        p.push_str(
+            r#"
+[enforcement]
+mode = "enforce"
+threshold = 1000
+window = "60s"
+action = "kill"
+"#,
+        );
+    }
     p
 }
 

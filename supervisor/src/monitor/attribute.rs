@@ -1,0 +1,412 @@
+//! Which layer refused what: turns the raw records of one sandbox into [`Event`]s.
+//!
+//! The sys_exit program reports every EPERM, EACCES, EROFS (and ENOENT on a path) with the
+//! syscall's registers. The layer is decided here:
+//! - **seccomp**: the sandbox's own filter, replayed on the same registers (`seccomp::evaluate`),
+//!   refuses the call. Exact: the filter only looks at the registers the event carries.
+//! - **network**: the cgroup programs report their own denials (with the address); the EPERM the
+//!   caller then sees is not reported twice. An EACCES from connect or bind is Landlock's TCP rule.
+//! - **landlock**: an EACCES on a path whose requested right (read, write, execute) the policy
+//!   does not grant. Landlock enforces exactly the policy's grants, so this is the same decision.
+//! - **mount**: EROFS, a write to a path granted read-only (or /proc/sys).
+//! - **namespace**: ENOENT for an absolute path outside every grant that exists on the host: the
+//!   mount namespace hid it. A missing file inside a granted tree (the loader probing library
+//!   directories), or one that exists nowhere, is not a violation.
+//! - **permissions**: everything else (file modes, capability checks of the user namespace). These
+//!   are recorded as refusals, not violations: no Stockade layer made them.
+
+use std::path::{Component, Path, PathBuf};
+
+use serde::Serialize;
+use stockade_ebpf_common as k;
+use stockade_policy::seccomp::{self, AUDIT_ARCH_X86_64, SECCOMP_RET_ALLOW};
+use stockade_policy::{syscalls, Access, LaunchSpec};
+
+use super::event::{c_string, net_address, sockaddr, RawEvent};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layer {
+    Seccomp,
+    Landlock,
+    Network,
+    Mount,
+    Namespace,
+    Lsm,
+    Permissions,
+}
+
+impl Layer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Layer::Seccomp => "seccomp",
+            Layer::Landlock => "landlock",
+            Layer::Network => "network",
+            Layer::Mount => "mount",
+            Layer::Namespace => "namespace",
+            Layer::Lsm => "lsm",
+            Layer::Permissions => "permissions",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    /// A Stockade layer refused it, or the plugin reached for a hidden path: counted.
+    Violation,
+    /// Refused by something that is not a Stockade layer (file modes, capabilities): recorded only.
+    Refused,
+    Fork,
+    Exec,
+    Exit,
+}
+
+/// One event of a sandbox, as `--events` writes it and the report shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// Milliseconds since the sandbox started.
+    pub t_ms: f64,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub pid: u32,
+    pub tid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<Layer>,
+    /// What was attempted: read, write, exec, connect, sendto, bind, syscall, fork, exit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syscall: Option<String>,
+    /// A path, an address (`127.0.0.2:8080/tcp`), or a new pid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<&'static str>,
+    /// The network program killed the process at once (in-kernel threshold).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub killed_in_kernel: bool,
+}
+
+/// What the attribution needs to know about one sandbox.
+pub struct Attributor {
+    seccomp: Vec<(u16, u8, u8, u32)>,
+    /// Paths inside the sandbox and the right granted there (what Landlock enforces).
+    grants: Vec<(PathBuf, Access)>,
+    start_ns: u64,
+    /// The last network denial's thread and time, to fold in a repeated EPERM report.
+    last_net_deny: Option<(u32, u64)>,
+}
+
+impl Attributor {
+    /// `start_ns`: CLOCK_MONOTONIC at the sandbox's start (the clock of the event timestamps).
+    pub fn new(spec: &LaunchSpec, start_ns: u64) -> Attributor {
+        Attributor {
+            seccomp: spec.seccomp.program.clone(),
+            grants: spec.landlock.paths.clone(),
+            start_ns,
+            last_net_deny: None,
+        }
+    }
+
+    fn base(&self, h: &k::EventHeader, kind: EventType) -> Event {
+        Event {
+            t_ms: h.timestamp_ns.saturating_sub(self.start_ns) as f64 / 1e6,
+            kind,
+            pid: h.pid,
+            tid: h.tid,
+            layer: None,
+            action: None,
+            syscall: None,
+            object: None,
+            errno: None,
+            killed_in_kernel: false,
+        }
+    }
+
+    /// The event for one record, or `None` when it is not worth one (a file missing inside a
+    /// granted tree, a repeated report).
+    pub fn attribute(&mut self, raw: &RawEvent) -> Option<Event> {
+        match raw {
+            RawEvent::NetDeny(e) => {
+                self.last_net_deny = Some((e.header.tid, e.header.timestamp_ns));
+                let mut ev = self.base(&e.header, EventType::Violation);
+                ev.layer = Some(Layer::Network);
+                ev.action = Some(match e.hook {
+                    k::HOOK_CONNECT4 | k::HOOK_CONNECT6 => "connect",
+                    k::HOOK_SENDMSG4 | k::HOOK_SENDMSG6 => "sendto",
+                    _ => "bind",
+                });
+                ev.object = Some(format!("{}/{}", net_address(e), protocol_name(e.protocol)));
+                ev.errno = Some("EPERM");
+                ev.killed_in_kernel = e.killed != 0;
+                Some(ev)
+            }
+            RawEvent::Syscall(e) => self.syscall(e),
+            RawEvent::Fork(h, child) => {
+                let mut ev = self.base(h, EventType::Fork);
+                ev.action = Some("fork");
+                ev.object = Some(child.to_string());
+                Some(ev)
+            }
+            RawEvent::Exec(h, file) => {
+                let mut ev = self.base(h, EventType::Exec);
+                ev.action = Some("exec");
+                ev.object = Some(file.clone());
+                Some(ev)
+            }
+            RawEvent::Exit(h) => {
+                let mut ev = self.base(h, EventType::Exit);
+                ev.action = Some("exit");
+                Some(ev)
+            }
+            RawEvent::LsmDeny(e) => {
+                let mut ev = self.base(&e.header, EventType::Violation);
+                ev.layer = Some(Layer::Lsm);
+                ev.action = Some(if e.hook == k::LSM_BPRM_CHECK {
+                    "exec"
+                } else if e.mode & 2 != 0 {
+                    "write"
+                } else {
+                    "read"
+                });
+                ev.object = Some(format!("inode {} on device {:#x}", e.ino, e.dev));
+                ev.errno = Some("EACCES");
+                Some(ev)
+            }
+        }
+    }
+
+    fn syscall(&mut self, e: &k::SyscallEvent) -> Option<Event> {
+        let errno = -e.ret;
+        let name = syscalls::name_of(e.nr);
+        let object = &e.object[..(e.object_len as usize).min(k::OBJECT_LEN)];
+        let path = (e.object_kind == k::ARG_PATH).then(|| c_string(object));
+        let addr = (e.object_kind == k::ARG_SOCKADDR)
+            .then(|| sockaddr(object))
+            .flatten();
+        let mut ev = self.base(&e.header, EventType::Violation);
+        ev.syscall = Some(name.map_or_else(|| format!("syscall {}", e.nr), str::to_string));
+        ev.errno = Some(errno_name(errno));
+        ev.object = path.clone().or_else(|| addr.map(|a| a.to_string()));
+
+        // seccomp first: it answers before any other layer sees the call.
+        if errno == libc::EPERM {
+            let verdict = seccomp::evaluate(&self.seccomp, AUDIT_ARCH_X86_64, e.nr, e.args);
+            if verdict.is_some_and(|v| v != SECCOMP_RET_ALLOW) {
+                ev.layer = Some(Layer::Seccomp);
+                ev.action = Some("syscall");
+                return Some(ev);
+            }
+        }
+        if let Some(action) = name.and_then(net_action) {
+            ev.action = Some(action);
+            if let Some(a) = addr {
+                ev.object = Some(format!("{a}/tcp"));
+            }
+            return match errno {
+                // Landlock's TCP bind/connect rules answer EACCES.
+                libc::EACCES => {
+                    ev.layer = Some(Layer::Landlock);
+                    Some(ev)
+                }
+                libc::EPERM => {
+                    // The network program reported it already (same thread, just before).
+                    if let Some((tid, t)) = self.last_net_deny {
+                        if tid == e.header.tid
+                            && e.header.timestamp_ns.saturating_sub(t) < 50_000_000
+                        {
+                            self.last_net_deny = None;
+                            return None;
+                        }
+                    }
+                    // Landlock's scoping (abstract unix sockets) answers EPERM too.
+                    ev.layer = Some(if addr.is_none() {
+                        Layer::Landlock
+                    } else {
+                        Layer::Network
+                    });
+                    Some(ev)
+                }
+                _ => {
+                    ev.kind = EventType::Refused;
+                    ev.layer = Some(Layer::Permissions);
+                    Some(ev)
+                }
+            };
+        }
+        let Some(path) = path else {
+            if errno == libc::ENOENT {
+                return None;
+            }
+            ev.kind = EventType::Refused;
+            ev.layer = Some(Layer::Permissions);
+            ev.action = Some("syscall");
+            return Some(ev);
+        };
+        let want = requested_access(name.unwrap_or(""), &e.args);
+        ev.action = Some(match want {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::Exec => "exec",
+        });
+        if !path.starts_with('/') {
+            // Relative to a directory the event does not name: no judgement on what it reached.
+            if errno == libc::ENOENT {
+                return None;
+            }
+            ev.layer = Some(Layer::Landlock);
+            if errno == libc::EROFS {
+                ev.layer = Some(Layer::Mount);
+            }
+            return Some(ev);
+        }
+        let clean = normalize(Path::new(&path));
+        let granted = self.granted(&clean);
+        match errno {
+            libc::ENOENT => {
+                if granted.is_some() {
+                    return None; // missing inside a granted tree
+                }
+                if std::fs::symlink_metadata(&clean).is_err() {
+                    return None; // exists nowhere: nothing was hidden
+                }
+                ev.layer = Some(Layer::Namespace);
+                Some(ev)
+            }
+            libc::EROFS => {
+                ev.layer = Some(Layer::Mount);
+                Some(ev)
+            }
+            _ => {
+                let covers = granted.is_some_and(|g| covers(g, want));
+                if covers {
+                    ev.kind = EventType::Refused;
+                    ev.layer = Some(Layer::Permissions);
+                } else {
+                    ev.layer = Some(Layer::Landlock);
+                }
+                Some(ev)
+            }
+        }
+    }
+
+    /// The right granted at `path` (by its nearest granted ancestor), if any.
+    fn granted(&self, path: &Path) -> Option<Access> {
+        self.grants
+            .iter()
+            .filter(|(p, _)| path.starts_with(p))
+            .max_by_key(|(p, _)| p.components().count())
+            .map(|(_, a)| *a)
+    }
+}
+
+fn covers(granted: Access, want: Access) -> bool {
+    matches!(
+        (granted, want),
+        (_, Access::Read) | (Access::Write, Access::Write) | (Access::Exec, Access::Exec)
+    )
+}
+
+fn net_action(syscall: &str) -> Option<&'static str> {
+    match syscall {
+        "connect" => Some("connect"),
+        "bind" => Some("bind"),
+        "sendto" | "sendmsg" | "sendmmsg" => Some("sendto"),
+        _ => None,
+    }
+}
+
+/// The right a path syscall asks for.
+fn requested_access(syscall: &str, args: &[u64; 6]) -> Access {
+    let open_flags = |flags: u64| {
+        let flags = flags as i32;
+        if flags & libc::O_ACCMODE != libc::O_RDONLY
+            || flags & (libc::O_CREAT | libc::O_TRUNC | libc::O_TMPFILE) != 0
+        {
+            Access::Write
+        } else {
+            Access::Read
+        }
+    };
+    match syscall {
+        "execve" | "execveat" | "uselib" => Access::Exec,
+        "open" => open_flags(args[1]),
+        "openat" => open_flags(args[2]),
+        "stat" | "lstat" | "access" | "chdir" | "readlink" | "statfs" | "getxattr"
+        | "lgetxattr" | "listxattr" | "llistxattr" | "newfstatat" | "statx" | "faccessat"
+        | "faccessat2" | "readlinkat" | "name_to_handle_at" | "inotify_add_watch" | "openat2" => {
+            Access::Read
+        }
+        _ => Access::Write,
+    }
+}
+
+/// `path` without `.` and `..` components (lexically; the sandbox has no symlinks of its own
+/// outside the granted trees).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn protocol_name(p: u8) -> &'static str {
+    match p {
+        k::PROTO_TCP => "tcp",
+        k::PROTO_UDP => "udp",
+        _ => "ip",
+    }
+}
+
+pub fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EACCES => "EACCES",
+        libc::EROFS => "EROFS",
+        _ => "E?",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_is_lexical() {
+        assert_eq!(
+            normalize(Path::new("/tmp/../etc/./shadow")),
+            Path::new("/etc/shadow")
+        );
+        assert_eq!(normalize(Path::new("/../..")), Path::new("/"));
+    }
+
+    #[test]
+    fn open_flags_decide_the_right() {
+        let ro = [0, 0, libc::O_RDONLY as u64, 0, 0, 0];
+        let creat = [0, 0, (libc::O_WRONLY | libc::O_CREAT) as u64, 0, 0, 0];
+        assert_eq!(requested_access("openat", &ro), Access::Read);
+        assert_eq!(requested_access("openat", &creat), Access::Write);
+        assert_eq!(requested_access("execve", &ro), Access::Exec);
+        assert_eq!(requested_access("unlink", &ro), Access::Write);
+    }
+
+    #[test]
+    fn grants_cover_like_landlock() {
+        assert!(covers(Access::Read, Access::Read));
+        assert!(!covers(Access::Read, Access::Write));
+        assert!(!covers(Access::Read, Access::Exec));
+        assert!(covers(Access::Write, Access::Write));
+        assert!(!covers(Access::Write, Access::Exec));
+        assert!(covers(Access::Exec, Access::Exec));
+        assert!(!covers(Access::Exec, Access::Write));
+    }
+}

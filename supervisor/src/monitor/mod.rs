@@ -1,0 +1,677 @@
+//! The eBPF monitors: loading Stockade's programs (ebpf/), arming them for a sandbox before its
+//! first instruction, reading the event ring buffer, and disarming them when it ends.
+//!
+//! One [`Monitor`] serves every sandbox of a supervisor process: the programs and maps are shared
+//! and everything in them is keyed by the sandbox's cgroup id. The cgroup network programs are
+//! attached to each sandbox's own cgroup; the tracepoints are attached once, at load, and return at
+//! once for tasks of any other cgroup.
+//!
+//! Which layer refused a syscall is decided here in userspace ([`attribute`]): the kernel side
+//! only reports what failed and with which arguments.
+
+pub mod attribute;
+pub mod event;
+pub mod report;
+pub mod rules;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::Path;
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::{
+    cgroup_sock_addr::CgroupSockAddrLinkId, BtfTracePoint, CgroupAttachMode, CgroupSockAddr,
+    ProgramError, TracePoint,
+};
+use aya::{Btf, Ebpf};
+use serde::Serialize;
+use stockade_ebpf_common as k;
+
+pub use event::RawEvent;
+
+/// The object aya-build produced from ebpf/ (see supervisor/build.rs).
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stockade-ebpf"));
+
+const NET_HOOKS: [&str; 6] = [
+    "connect4", "connect6", "sendmsg4", "sendmsg6", "bind4", "bind6",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("loading the eBPF object: {0}")]
+    Object(#[source] aya::EbpfError),
+    #[error("eBPF program `{program}` did not {step}: {source}")]
+    Program {
+        program: &'static str,
+        step: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("eBPF map `{0}` is missing from the object")]
+    MissingMap(&'static str),
+    #[error("eBPF map `{map}`: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("reading the kernel's BTF (/sys/kernel/btf/vmlinux): {0}")]
+    Btf(#[source] aya::BtfError),
+    #[error("mounting {fs} at {path}: {source}")]
+    Mount {
+        fs: &'static str,
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tracefs format of {event}: {message}")]
+    TraceFormat {
+        event: &'static str,
+        message: String,
+    },
+    #[error("{0} sandboxes are monitored already (the most one supervisor takes)")]
+    Full(u32),
+    #[error("more than {max} {direction} rules ({count}); the eBPF programs take at most {max}")]
+    TooManyRules {
+        direction: &'static str,
+        count: usize,
+        max: usize,
+    },
+    #[error("attaching the network programs to the sandbox's cgroup: {0}")]
+    Attach(#[source] ProgramError),
+}
+
+/// Whether one monitor is active on this kernel, and why not.
+#[derive(Debug, Clone, Serialize)]
+pub struct MonitorStatus {
+    pub name: &'static str,
+    pub active: bool,
+    pub detail: String,
+}
+
+/// What the monitors offer on this kernel, found while loading.
+#[derive(Debug, Clone, Serialize)]
+pub struct Capabilities {
+    /// cgroup sock_addr allow lists (connect, sendmsg, bind).
+    pub network: MonitorStatus,
+    /// The network programs may kill the offender themselves (bpf_send_signal).
+    pub kill_in_kernel: MonitorStatus,
+    /// sys_exit: syscall counts and the denials of every layer.
+    pub syscalls: MonitorStatus,
+    /// sched fork/exec/exit: the process tree.
+    pub processes: MonitorStatus,
+    /// BPF LSM file_open and bprm_check_security.
+    pub lsm: MonitorStatus,
+}
+
+impl Capabilities {
+    pub fn all(&self) -> [&MonitorStatus; 5] {
+        [
+            &self.network,
+            &self.kill_in_kernel,
+            &self.syscalls,
+            &self.processes,
+            &self.lsm,
+        ]
+    }
+}
+
+/// What one sandbox asks of the monitors.
+#[derive(Debug, Clone)]
+pub struct ArmSpec {
+    /// `None` for an isolated network namespace (nothing to filter).
+    pub network: Option<rules::NetPolicy>,
+    /// Let the network programs kill the offender once `threshold` violations fell within
+    /// `window` (enforce mode with action kill).
+    pub kill: Option<(u32, std::time::Duration)>,
+}
+
+/// A sandbox the monitors watch; give it back to [`Monitor::disarm`].
+#[derive(Debug)]
+pub struct Armed {
+    pub cgroup_id: u64,
+    pub slot: u32,
+    links: Vec<(usize, CgroupSockAddrLinkId)>,
+}
+
+pub struct Monitor {
+    ebpf: Ebpf,
+    caps: Capabilities,
+    /// Indices (into NET_HOOKS) of the loaded network programs' names: `*_kill` or plain.
+    net_programs: Vec<String>,
+    sandboxes: HashMap<MapData, u64, k::SandboxConfig>,
+    net_rules: HashMap<MapData, u64, k::NetRules>,
+    counters: PerCpuArray<MapData, u64>,
+    syscalls: PerCpuArray<MapData, u64>,
+    events: RingBuf<MapData>,
+    slots: Vec<Slot>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Free,
+    Used,
+    /// Its sandbox ended; its counters still hold that sandbox's numbers.
+    Dirty,
+}
+
+impl Monitor {
+    /// Loads every program this kernel accepts and attaches the tracepoints. Mounts tracefs when
+    /// it is missing. The network programs are attached per sandbox by [`Monitor::arm`].
+    pub fn load() -> Result<Monitor, MonitorError> {
+        ensure_mounted("tracefs", "/sys/kernel/tracing")?;
+        ensure_mounted("bpf", "/sys/fs/bpf")?;
+        let mut ebpf = Ebpf::load(PROGRAMS).map_err(MonitorError::Object)?;
+        let btf = Btf::from_sys_fs().map_err(MonitorError::Btf)?;
+
+        // Network: the `*_kill` variants when the kernel lets them call bpf_send_signal.
+        let mut net_programs = Vec::new();
+        let (network, kill_in_kernel) = match load_net(&mut ebpf, "_kill") {
+            Ok(names) => {
+                net_programs = names;
+                (
+                    active("network", "cgroup connect4/6, sendmsg4/6, bind4/6"),
+                    active(
+                        "kill in kernel",
+                        "bpf_send_signal from the network programs",
+                    ),
+                )
+            }
+            Err(kill_error) => match load_net(&mut ebpf, "") {
+                Ok(names) => {
+                    net_programs = names;
+                    (
+                        active("network", "cgroup connect4/6, sendmsg4/6, bind4/6"),
+                        inactive(
+                            "kill in kernel",
+                            format!("{kill_error}; cgroup.kill from the supervisor only"),
+                        ),
+                    )
+                }
+                Err(e) => (
+                    inactive("network", e.to_string()),
+                    inactive("kill in kernel", "no network programs".into()),
+                ),
+            },
+        };
+
+        let syscalls = match load_btf_tp(&mut ebpf, "sys_exit", &btf) {
+            Ok(()) => active("syscalls", "tp_btf/sys_exit: counts and denials"),
+            Err(e) => inactive("syscalls", e.to_string()),
+        };
+        let processes = match load_sched(&mut ebpf) {
+            Ok(()) => active("processes", "sched fork/exec/exit tracepoints"),
+            Err(e) => inactive("processes", e.to_string()),
+        };
+        let lsm = inactive(
+            "lsm",
+            "BPF LSM enforcement (file_open, bprm_check_security) is not built yet".into(),
+        );
+
+        let mut path_args: Array<MapData, u8> = take(&mut ebpf, "PATH_ARGS")?;
+        for (nr, what) in rules::path_args() {
+            path_args
+                .set(nr, what, 0)
+                .map_err(|source| MonitorError::Map {
+                    map: "PATH_ARGS",
+                    source,
+                })?;
+        }
+        let mut offsets: Array<MapData, u32> = take(&mut ebpf, "TP_OFFSETS")?;
+        if processes.active {
+            let fork = trace_field_offset("sched_process_fork", "child_pid")?;
+            let exec = trace_field_offset("sched_process_exec", "filename")?;
+            for (i, off) in [fork, exec].into_iter().enumerate() {
+                offsets
+                    .set(i as u32, off, 0)
+                    .map_err(|source| MonitorError::Map {
+                        map: "TP_OFFSETS",
+                        source,
+                    })?;
+            }
+        }
+
+        let mut monitor = Monitor {
+            sandboxes: take(&mut ebpf, "SANDBOXES")?,
+            net_rules: take(&mut ebpf, "NET_RULES")?,
+            counters: take(&mut ebpf, "COUNTER")?,
+            syscalls: take(&mut ebpf, "SYSCALLS")?,
+            events: take(&mut ebpf, "EVENTS")?,
+            ebpf,
+            caps: Capabilities {
+                network,
+                kill_in_kernel,
+                syscalls,
+                processes,
+                lsm,
+            },
+            net_programs,
+            slots: vec![Slot::Free; k::MAX_SLOTS as usize],
+        };
+        monitor.attach_tracepoints()?;
+        Ok(monitor)
+    }
+
+    fn attach_tracepoints(&mut self) -> Result<(), MonitorError> {
+        if self.caps.syscalls.active {
+            let p: &mut BtfTracePoint = program(&mut self.ebpf, "sys_exit")?;
+            p.attach().map_err(|source| MonitorError::Program {
+                program: "sys_exit",
+                step: "attach",
+                source,
+            })?;
+        }
+        if self.caps.processes.active {
+            for (name, event) in SCHED {
+                let p: &mut TracePoint = program(&mut self.ebpf, name)?;
+                p.attach("sched", event)
+                    .map_err(|source| MonitorError::Program {
+                        program: name,
+                        step: "attach",
+                        source,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// Writes the sandbox's entries and attaches the network programs to its cgroup. Call it
+    /// after the cgroup exists and before anything runs in it.
+    pub fn arm(
+        &mut self,
+        cgroup: &Path,
+        cgroup_id: u64,
+        spec: &ArmSpec,
+    ) -> Result<Armed, MonitorError> {
+        let slot = match self.slots.iter().position(|s| *s == Slot::Free) {
+            Some(free) => free as u32,
+            None => {
+                let dirty = self
+                    .slots
+                    .iter()
+                    .position(|s| *s == Slot::Dirty)
+                    .ok_or(MonitorError::Full(k::MAX_SLOTS))? as u32;
+                self.zero_slot(dirty)?;
+                dirty
+            }
+        };
+        let mut flags = 0;
+        if spec.network.is_some() {
+            flags |= k::FLAG_NET_RULES;
+        }
+        let (threshold, window) = match spec.kill {
+            Some((t, w)) => {
+                flags |= k::FLAG_KILL;
+                (t.max(1), w)
+            }
+            None => (u32::MAX, std::time::Duration::ZERO),
+        };
+        let mut armed = Armed {
+            cgroup_id,
+            slot,
+            links: Vec::new(),
+        };
+        let result = (|| {
+            if let Some(net) = &spec.network {
+                let value = net.to_kernel()?;
+                self.net_rules
+                    .insert(cgroup_id, value, 0)
+                    .map_err(|source| MonitorError::Map {
+                        map: "NET_RULES",
+                        source,
+                    })?;
+            }
+            let config = k::SandboxConfig {
+                slot,
+                flags,
+                threshold,
+                window_count: 0,
+                window_ns: window.as_nanos().min(u64::MAX as u128) as u64,
+                window_start_ns: 0,
+            };
+            self.sandboxes
+                .insert(cgroup_id, config, 0)
+                .map_err(|source| MonitorError::Map {
+                    map: "SANDBOXES",
+                    source,
+                })?;
+            if self.caps.network.active {
+                let dir = File::open(cgroup)
+                    .map_err(|e| MonitorError::Attach(ProgramError::IOError(e)))?;
+                for (i, name) in self.net_programs.clone().iter().enumerate() {
+                    let p: &mut CgroupSockAddr = program_named(&mut self.ebpf, name)?;
+                    let link = p
+                        .attach(dir.as_fd(), CgroupAttachMode::Single)
+                        .map_err(MonitorError::Attach)?;
+                    armed.links.push((i, link));
+                }
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.slots[slot as usize] = Slot::Used;
+                Ok(armed)
+            }
+            Err(e) => {
+                self.disarm(armed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the sandbox's entries, detaches its network programs and zeroes its counters so
+    /// the slot can serve the next sandbox.
+    pub fn disarm(&mut self, armed: Armed) {
+        for (i, link) in armed.links {
+            let name = self.net_programs[i].clone();
+            if let Ok(p) = program_named::<CgroupSockAddr>(&mut self.ebpf, &name) {
+                let _ = p.detach(link);
+            }
+        }
+        let _ = self.sandboxes.remove(&armed.cgroup_id);
+        let _ = self.net_rules.remove(&armed.cgroup_id);
+        if let Some(state) = self.slots.get_mut(armed.slot as usize) {
+            if *state == Slot::Used {
+                // Zeroed when the slot is taken again, off the path of this sandbox's end.
+                *state = Slot::Dirty;
+            }
+        }
+    }
+
+    /// Zeroes a used slot's counters for its next sandbox.
+    fn zero_slot(&mut self, slot: u32) -> Result<(), MonitorError> {
+        let zero = vec![0u64; self.ncpus()];
+        let values = || {
+            aya::maps::PerCpuValues::try_from(zero.clone()).map_err(|e| MonitorError::Map {
+                map: "COUNTER",
+                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "zero",
+                    io_error: e,
+                }),
+            })
+        };
+        for c in 0..k::COUNTERS {
+            self.counters
+                .set(slot * k::COUNTERS + c, values()?, 0)
+                .map_err(|source| MonitorError::Map {
+                    map: "COUNTER",
+                    source,
+                })?;
+        }
+        for nr in 0..k::SYSCALL_NR_MAX {
+            self.syscalls
+                .set(slot * k::SYSCALL_NR_MAX + nr, values()?, 0)
+                .map_err(|source| MonitorError::Map {
+                    map: "SYSCALLS",
+                    source,
+                })?;
+        }
+        self.slots[slot as usize] = Slot::Free;
+        Ok(())
+    }
+
+    fn ncpus(&self) -> usize {
+        aya::util::nr_cpus().unwrap_or(1)
+    }
+
+    /// Becomes readable when events wait in the ring buffer.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.events.as_fd()
+    }
+
+    pub fn raw_fd(&self) -> i32 {
+        self.events.as_raw_fd()
+    }
+
+    /// Hands every waiting event to `f`; returns how many there were.
+    pub fn drain(&mut self, mut f: impl FnMut(RawEvent)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.events.next() {
+            if let Some(e) = RawEvent::decode(&item) {
+                f(e);
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// A sandbox's counters, summed over CPUs.
+    pub fn counters(&self, armed: &Armed) -> Counters {
+        let get = |c: u32| -> u64 {
+            self.counters
+                .get(&(armed.slot * k::COUNTERS + c), 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
+        };
+        Counters {
+            net_denied: get(k::COUNTER_NET_DENIED),
+            dropped_events: get(k::COUNTER_DROPPED),
+            forks: get(k::COUNTER_FORKS),
+            execs: get(k::COUNTER_EXECS),
+            failed_syscalls: get(k::COUNTER_FAILED),
+            kills_in_kernel: get(k::COUNTER_KILLS),
+            lsm_denied: get(k::COUNTER_LSM_DENIED),
+        }
+    }
+
+    /// Per-syscall counts of a sandbox (numbers with a count only), readable while it runs.
+    pub fn syscall_counts(&self, armed: &Armed) -> BTreeMap<u32, u64> {
+        let mut out = BTreeMap::new();
+        for nr in 0..k::SYSCALL_NR_MAX {
+            if let Ok(v) = self.syscalls.get(&(armed.slot * k::SYSCALL_NR_MAX + nr), 0) {
+                let n: u64 = v.iter().sum();
+                if n > 0 {
+                    out.insert(nr, n);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The kernel-side counters of one sandbox.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Counters {
+    pub net_denied: u64,
+    pub dropped_events: u64,
+    pub forks: u64,
+    pub execs: u64,
+    pub failed_syscalls: u64,
+    pub kills_in_kernel: u64,
+    pub lsm_denied: u64,
+}
+
+const SCHED: [(&str, &str); 3] = [
+    ("sched_process_fork", "sched_process_fork"),
+    ("sched_process_exec", "sched_process_exec"),
+    ("sched_process_exit", "sched_process_exit"),
+];
+
+fn active(name: &'static str, detail: &str) -> MonitorStatus {
+    MonitorStatus {
+        name,
+        active: true,
+        detail: detail.into(),
+    }
+}
+
+fn inactive(name: &'static str, detail: String) -> MonitorStatus {
+    MonitorStatus {
+        name,
+        active: false,
+        detail,
+    }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MonitorError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(MonitorError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| MonitorError::Map { map: name, source })
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, MonitorError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let p = ebpf.program_mut(name).ok_or(MonitorError::Program {
+        program: name,
+        step: "exist in the object",
+        source: ProgramError::NotLoaded,
+    })?;
+    p.try_into().map_err(|source| MonitorError::Program {
+        program: name,
+        step: "have the expected type",
+        source,
+    })
+}
+
+fn program_named<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, MonitorError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let p = ebpf
+        .program_mut(name)
+        .ok_or(MonitorError::Attach(ProgramError::NotLoaded))?;
+    p.try_into().map_err(MonitorError::Attach)
+}
+
+fn load_net(ebpf: &mut Ebpf, suffix: &str) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    for hook in NET_HOOKS {
+        let name = format!("{hook}{suffix}");
+        let p: &mut CgroupSockAddr = ebpf
+            .program_mut(&name)
+            .ok_or_else(|| format!("no program {name}"))?
+            .try_into()
+            .map_err(|e: ProgramError| format!("{name}: {e}"))?;
+        p.load()
+            .map_err(|e| format!("{name} does not load: {}", verifier_hint(&e)))?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+fn load_btf_tp(ebpf: &mut Ebpf, name: &'static str, btf: &Btf) -> Result<(), String> {
+    let p: &mut BtfTracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("no program {name}"))?
+        .try_into()
+        .map_err(|e: ProgramError| format!("{name}: {e}"))?;
+    p.load(name, btf)
+        .map_err(|e| format!("tp_btf/{name} does not load: {}", verifier_hint(&e)))
+}
+
+fn load_sched(ebpf: &mut Ebpf) -> Result<(), String> {
+    for (name, _) in SCHED {
+        let p: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("no program {name}"))?
+            .try_into()
+            .map_err(|e: ProgramError| format!("{name}: {e}"))?;
+        p.load()
+            .map_err(|e| format!("{name} does not load: {}", verifier_hint(&e)))?;
+    }
+    Ok(())
+}
+
+/// The error with the verifier's last lines, which say why (the full log is at debug level).
+fn verifier_hint(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            tracing::debug!("verifier log:\n{log}");
+            let tail: Vec<&str> = log.lines().rev().take(2).collect();
+            if tail.is_empty() {
+                io_error.to_string()
+            } else {
+                format!(
+                    "{io_error} ({})",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+                )
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Mounts `fs` at `path` unless something is mounted there already.
+fn ensure_mounted(fs: &'static str, path: &'static str) -> Result<(), MonitorError> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if mounts.lines().any(|l| l.split(' ').nth(4) == Some(path)) {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some(fs),
+        path,
+        Some(fs),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| MonitorError::Mount {
+        fs,
+        path,
+        source: e.into(),
+    })
+}
+
+/// The byte offset of `field` in a tracepoint's record, from its tracefs format.
+fn trace_field_offset(event: &'static str, field: &str) -> Result<u32, MonitorError> {
+    let path = format!("/sys/kernel/tracing/events/sched/{event}/format");
+    let text = std::fs::read_to_string(&path).map_err(|e| MonitorError::TraceFormat {
+        event,
+        message: format!("{path}: {e}"),
+    })?;
+    parse_field_offset(&text, field).ok_or_else(|| MonitorError::TraceFormat {
+        event,
+        message: format!("no field `{field}` in {path}"),
+    })
+}
+
+fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let mut parts = line.trim().split(';').map(str::trim);
+        let decl = parts.next()?.strip_prefix("field:")?;
+        let name = decl.rsplit(' ').next()?;
+        let name = name.split('[').next()?;
+        if name != field {
+            return None;
+        }
+        parts
+            .find_map(|p| p.strip_prefix("offset:"))
+            .and_then(|o| o.parse().ok())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracefs_offsets_of_both_layouts() {
+        let new = "\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\
+                   \tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;\n\
+                   \tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;\n\
+                   \tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n";
+        assert_eq!(parse_field_offset(new, "child_pid"), Some(20));
+        let old = "\tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\
+                   \tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n\
+                   \tfield:char child_comm[16];\toffset:28;\tsize:16;\tsigned:0;\n\
+                   \tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";
+        assert_eq!(parse_field_offset(old, "child_pid"), Some(44));
+        assert_eq!(parse_field_offset(old, "child_comm"), Some(28));
+        assert_eq!(parse_field_offset(old, "nope"), None);
+    }
+}

@@ -1,0 +1,221 @@
+//! Per-sandbox violation accounting: the policy's threshold over a sliding window, the report
+//! `stockade run` prints at exit, and the `--events` JSON lines.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write;
+use std::time::Duration;
+
+use serde::Serialize;
+use stockade_policy::syscalls;
+
+use super::attribute::{Event, EventType};
+use super::Counters;
+
+/// Events kept for the report (the rest are counted, and written by `--events`).
+pub const FIRST_EVENTS: usize = 10;
+
+/// What the policy's `[enforcement]` asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Threshold {
+    pub violations: u32,
+    pub window: Duration,
+    /// Kill the sandbox when crossed (enforce mode, action kill); otherwise report only.
+    pub kill: bool,
+}
+
+/// Why a sandbox was auto-unloaded.
+#[derive(Debug, Clone, Serialize)]
+pub struct AutoUnload {
+    /// The violation that crossed the threshold.
+    pub violation: Event,
+    pub threshold: u32,
+    pub window_ms: u64,
+    /// Whether the network program had already killed the offender in the kernel.
+    pub killed_in_kernel: bool,
+}
+
+/// The violation report of one sandbox.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub violations: u64,
+    pub by_layer: BTreeMap<String, u64>,
+    pub by_action: BTreeMap<String, u64>,
+    /// Refusals by something that is not a Stockade layer (file modes, capabilities).
+    pub refused: u64,
+    pub first: Vec<Event>,
+    /// Events the ring buffer had no room for: lost, but counted.
+    pub dropped_events: u64,
+    pub processes_started: u64,
+    pub execs: u64,
+    pub syscalls: u64,
+    /// Per-syscall counts by name.
+    pub syscall_counts: BTreeMap<String, u64>,
+    pub auto_unload: Option<AutoUnload>,
+    /// Monitors that were not active for this sandbox, and why.
+    pub degraded: Vec<String>,
+}
+
+/// Counts a sandbox's events as they arrive and decides when its threshold is crossed.
+pub struct Tracker {
+    threshold: Threshold,
+    recent: VecDeque<f64>,
+    report: Report,
+    events_out: Option<Box<dyn Write>>,
+    write_error: Option<std::io::Error>,
+}
+
+impl Tracker {
+    pub fn new(threshold: Threshold, events_out: Option<Box<dyn Write>>) -> Tracker {
+        Tracker {
+            threshold,
+            recent: VecDeque::new(),
+            report: Report::default(),
+            events_out,
+            write_error: None,
+        }
+    }
+
+    pub fn note_degraded(&mut self, what: String) {
+        self.report.degraded.push(what);
+    }
+
+    /// Records one event; returns true when it crossed the threshold and the sandbox must be
+    /// killed now.
+    pub fn record(&mut self, ev: Event) -> bool {
+        if let Some(out) = self.events_out.as_mut() {
+            if self.write_error.is_none() {
+                let line = serde_json::to_string(&ev).unwrap_or_default();
+                if let Err(e) = writeln!(out, "{line}") {
+                    self.write_error = Some(e);
+                }
+            }
+        }
+        match ev.kind {
+            EventType::Violation => {}
+            EventType::Refused => {
+                self.report.refused += 1;
+                return false;
+            }
+            _ => return false,
+        }
+        let r = &mut self.report;
+        r.violations += 1;
+        if let Some(layer) = ev.layer {
+            *r.by_layer.entry(layer.name().to_string()).or_default() += 1;
+        }
+        if let Some(action) = ev.action {
+            *r.by_action.entry(action.to_string()).or_default() += 1;
+        }
+        if r.first.len() < FIRST_EVENTS {
+            r.first.push(ev.clone());
+        }
+        if r.auto_unload.is_some() {
+            return false;
+        }
+        let window_ms = self.threshold.window.as_secs_f64() * 1000.0;
+        self.recent.push_back(ev.t_ms);
+        while let Some(&t) = self.recent.front() {
+            if ev.t_ms - t > window_ms {
+                self.recent.pop_front();
+            } else {
+                break;
+            }
+        }
+        let crossed = self.recent.len() as u64 >= u64::from(self.threshold.violations.max(1));
+        if crossed && self.threshold.kill {
+            r.auto_unload = Some(AutoUnload {
+                killed_in_kernel: ev.killed_in_kernel,
+                violation: ev,
+                threshold: self.threshold.violations,
+                window_ms: self.threshold.window.as_millis() as u64,
+            });
+            return true;
+        }
+        false
+    }
+
+    /// Adds what only the kernel counted, and returns the report.
+    pub fn finish(mut self, counters: Counters, counts: BTreeMap<u32, u64>) -> Report {
+        if let Some(out) = self.events_out.as_mut() {
+            if let Err(e) = out.flush() {
+                self.write_error.get_or_insert(e);
+            }
+        }
+        if let Some(e) = self.write_error {
+            self.report
+                .degraded
+                .push(format!("writing the events file failed: {e}"));
+        }
+        let r = &mut self.report;
+        r.dropped_events = counters.dropped_events;
+        r.processes_started = counters.forks;
+        r.execs = counters.execs;
+        r.syscalls = counts.values().sum();
+        r.syscall_counts = counts
+            .into_iter()
+            .map(|(nr, n)| {
+                (
+                    syscalls::name_of(nr).map_or_else(|| format!("syscall {nr}"), str::to_string),
+                    n,
+                )
+            })
+            .collect();
+        self.report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::monitor::attribute::Layer;
+
+    fn violation(t_ms: f64) -> Event {
+        Event {
+            t_ms,
+            kind: EventType::Violation,
+            pid: 1,
+            tid: 1,
+            layer: Some(Layer::Network),
+            action: Some("connect"),
+            syscall: None,
+            object: None,
+            errno: Some("EPERM"),
+            killed_in_kernel: false,
+        }
+    }
+
+    #[test]
+    fn threshold_is_a_sliding_window() {
+        let mut t = Tracker::new(
+            Threshold {
+                violations: 3,
+                window: Duration::from_millis(100),
+                kill: true,
+            },
+            None,
+        );
+        assert!(!t.record(violation(0.0)));
+        assert!(!t.record(violation(60.0)));
+        // 0.0 has left the window: two within 100 ms.
+        assert!(!t.record(violation(150.0)));
+        assert!(t.record(violation(155.0)));
+        let r = t.finish(Counters::default(), BTreeMap::new());
+        assert_eq!(r.violations, 4);
+        assert_eq!(r.auto_unload.unwrap().violation.t_ms, 155.0);
+    }
+
+    #[test]
+    fn report_mode_never_kills() {
+        let mut t = Tracker::new(
+            Threshold {
+                violations: 1,
+                window: Duration::from_secs(60),
+                kill: false,
+            },
+            None,
+        );
+        assert!(!t.record(violation(0.0)));
+        assert!(!t.record(violation(1.0)));
+        assert_eq!(t.finish(Counters::default(), BTreeMap::new()).violations, 2);
+    }
+}

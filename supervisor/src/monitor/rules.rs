@@ -1,0 +1,249 @@
+//! The policy's `[network]` rules in the form the cgroup programs match, and the syscall table
+//! telling the sys_exit program which argument to copy into an event.
+
+use std::net::IpAddr;
+
+use stockade_ebpf_common as k;
+use stockade_policy::model::{Network, NetworkRule, Protocol};
+
+use super::MonitorError;
+
+/// Allowed destinations and local addresses of one sandbox on the host network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetPolicy {
+    pub connect: Vec<k::Rule>,
+    pub bind: Vec<k::Rule>,
+}
+
+impl NetPolicy {
+    pub fn from_policy(net: &Network) -> NetPolicy {
+        let mut bind: Vec<k::Rule> = net.bind.iter().map(rule).collect();
+        // A UDP socket that sends first is bound to an ephemeral port implicitly (no bind4 hook
+        // runs); some clients bind port 0 explicitly to the same end. Allow exactly that: UDP,
+        // port 0, any address. TCP port 0 stays refused (it would open a listening port).
+        for family in [k::AF_INET, k::AF_INET6] {
+            bind.push(k::Rule {
+                family,
+                protocol: k::PROTO_UDP,
+                port_lo: 0,
+                port_hi: 0,
+                ..Default::default()
+            });
+        }
+        NetPolicy {
+            connect: net.connect.iter().map(rule).collect(),
+            bind,
+        }
+    }
+
+    pub fn to_kernel(&self) -> Result<k::NetRules, MonitorError> {
+        Ok(k::NetRules {
+            connect: rule_set("connect", &self.connect)?,
+            bind: rule_set("bind", &self.bind)?,
+        })
+    }
+}
+
+fn rule_set(direction: &'static str, rules: &[k::Rule]) -> Result<k::RuleSet, MonitorError> {
+    if rules.len() > k::MAX_RULES {
+        return Err(MonitorError::TooManyRules {
+            direction,
+            count: rules.len(),
+            max: k::MAX_RULES,
+        });
+    }
+    let mut set = k::RuleSet {
+        count: rules.len() as u32,
+        ..Default::default()
+    };
+    set.rules[..rules.len()].copy_from_slice(rules);
+    Ok(set)
+}
+
+/// One policy rule: addresses and masks as 32-bit words of network-order bytes, exactly what the
+/// kernel puts in `bpf_sock_addr.user_ip4` / `user_ip6`.
+pub fn rule(r: &NetworkRule) -> k::Rule {
+    let protocol = match r.protocol {
+        Protocol::Tcp => k::PROTO_TCP,
+        Protocol::Udp => k::PROTO_UDP,
+    };
+    let mut out = k::Rule {
+        protocol,
+        port_lo: r.ports.first,
+        port_hi: r.ports.last,
+        ..Default::default()
+    };
+    let prefix = u32::from(r.address.prefix);
+    match r.address.addr {
+        IpAddr::V4(a) => {
+            out.family = k::AF_INET;
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - prefix.min(32))
+            };
+            out.mask[0] = u32::from_ne_bytes(mask.to_be_bytes());
+            out.addr[0] = u32::from_ne_bytes(a.octets()) & out.mask[0];
+        }
+        IpAddr::V6(a) => {
+            out.family = k::AF_INET6;
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - prefix.min(128))
+            };
+            let (m, o) = (mask.to_be_bytes(), a.octets());
+            for i in 0..4 {
+                let word = |b: &[u8; 16]| {
+                    u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+                };
+                out.mask[i] = word(&m);
+                out.addr[i] = word(&o) & out.mask[i];
+            }
+        }
+    }
+    out
+}
+
+/// Syscalls whose events carry a path or a socket address: (number, `ARG_*` | argument index).
+pub fn path_args() -> Vec<(u32, u8)> {
+    PATH_ARG_TABLE
+        .iter()
+        .filter_map(|(name, what)| stockade_policy::syscalls::lookup(name).map(|nr| (nr, *what)))
+        .collect()
+}
+
+const PATH_ARG_TABLE: &[(&str, u8)] = &[
+    // The path is the first argument.
+    ("open", k::ARG_PATH),
+    ("creat", k::ARG_PATH),
+    ("stat", k::ARG_PATH),
+    ("lstat", k::ARG_PATH),
+    ("access", k::ARG_PATH),
+    ("truncate", k::ARG_PATH),
+    ("chdir", k::ARG_PATH),
+    ("chroot", k::ARG_PATH),
+    ("mkdir", k::ARG_PATH),
+    ("rmdir", k::ARG_PATH),
+    ("unlink", k::ARG_PATH),
+    ("link", k::ARG_PATH),
+    ("rename", k::ARG_PATH),
+    ("readlink", k::ARG_PATH),
+    ("chmod", k::ARG_PATH),
+    ("chown", k::ARG_PATH),
+    ("lchown", k::ARG_PATH),
+    ("mknod", k::ARG_PATH),
+    ("execve", k::ARG_PATH),
+    ("statfs", k::ARG_PATH),
+    ("utime", k::ARG_PATH),
+    ("utimes", k::ARG_PATH),
+    ("getxattr", k::ARG_PATH),
+    ("lgetxattr", k::ARG_PATH),
+    ("setxattr", k::ARG_PATH),
+    ("lsetxattr", k::ARG_PATH),
+    ("listxattr", k::ARG_PATH),
+    ("llistxattr", k::ARG_PATH),
+    ("removexattr", k::ARG_PATH),
+    ("lremovexattr", k::ARG_PATH),
+    ("uselib", k::ARG_PATH),
+    ("acct", k::ARG_PATH),
+    ("swapon", k::ARG_PATH),
+    ("swapoff", k::ARG_PATH),
+    ("umount2", k::ARG_PATH),
+    ("pivot_root", k::ARG_PATH),
+    // The path is the second argument (after a directory descriptor, or the link target).
+    ("symlink", k::ARG_PATH | 1),
+    ("openat", k::ARG_PATH | 1),
+    ("openat2", k::ARG_PATH | 1),
+    ("newfstatat", k::ARG_PATH | 1),
+    ("statx", k::ARG_PATH | 1),
+    ("faccessat", k::ARG_PATH | 1),
+    ("faccessat2", k::ARG_PATH | 1),
+    ("mkdirat", k::ARG_PATH | 1),
+    ("mknodat", k::ARG_PATH | 1),
+    ("fchownat", k::ARG_PATH | 1),
+    ("fchmodat", k::ARG_PATH | 1),
+    ("fchmodat2", k::ARG_PATH | 1),
+    ("unlinkat", k::ARG_PATH | 1),
+    ("renameat", k::ARG_PATH | 1),
+    ("renameat2", k::ARG_PATH | 1),
+    ("linkat", k::ARG_PATH | 1),
+    ("readlinkat", k::ARG_PATH | 1),
+    ("utimensat", k::ARG_PATH | 1),
+    ("futimesat", k::ARG_PATH | 1),
+    ("execveat", k::ARG_PATH | 1),
+    ("name_to_handle_at", k::ARG_PATH | 1),
+    ("inotify_add_watch", k::ARG_PATH | 1),
+    ("mount", k::ARG_PATH | 1),
+    ("open_tree", k::ARG_PATH | 1),
+    ("fspick", k::ARG_PATH | 1),
+    ("mount_setattr", k::ARG_PATH | 1),
+    ("symlinkat", k::ARG_PATH | 2),
+    ("fanotify_mark", k::ARG_PATH | 4),
+    // Socket addresses.
+    ("connect", k::ARG_SOCKADDR | 1),
+    ("bind", k::ARG_SOCKADDR | 1),
+    ("sendto", k::ARG_SOCKADDR | 4),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stockade_policy::model::{IpNet, PortRange};
+
+    fn net(addr: &str, prefix: u8, port: u16, protocol: Protocol) -> NetworkRule {
+        NetworkRule {
+            protocol,
+            address: IpNet {
+                addr: addr.parse().unwrap(),
+                prefix,
+            },
+            ports: PortRange {
+                first: port,
+                last: port,
+            },
+        }
+    }
+
+    #[test]
+    fn v4_rules_hold_network_order_words() {
+        let r = rule(&net("10.1.2.3", 16, 443, Protocol::Tcp));
+        assert_eq!(r.family, k::AF_INET);
+        assert_eq!(r.protocol, k::PROTO_TCP);
+        assert_eq!(r.mask[0].to_ne_bytes(), [255, 255, 0, 0]);
+        assert_eq!(r.addr[0].to_ne_bytes(), [10, 1, 0, 0]);
+        assert_eq!((r.port_lo, r.port_hi), (443, 443));
+        let any = rule(&net("0.0.0.0", 0, 53, Protocol::Udp));
+        assert_eq!((any.addr[0], any.mask[0]), (0, 0));
+    }
+
+    #[test]
+    fn v6_rules_mask_every_word() {
+        let r = rule(&net("2001:db8::1", 33, 80, Protocol::Tcp));
+        assert_eq!(r.mask[0], u32::MAX);
+        assert_eq!(r.mask[1].to_ne_bytes(), [0x80, 0, 0, 0]);
+        assert_eq!((r.mask[2], r.mask[3]), (0, 0));
+        assert_eq!(r.addr[0].to_ne_bytes(), [0x20, 0x01, 0x0d, 0xb8]);
+        assert_eq!((r.addr[1], r.addr[2], r.addr[3]), (0, 0, 0));
+        let host = rule(&net("::1", 128, 80, Protocol::Tcp));
+        assert_eq!(host.addr[3].to_ne_bytes(), [0, 0, 0, 1]);
+        assert_eq!(host.mask, [u32::MAX; 4]);
+    }
+
+    #[test]
+    fn too_many_rules_are_refused() {
+        let many = NetPolicy {
+            connect: vec![k::Rule::default(); k::MAX_RULES + 1],
+            bind: vec![],
+        };
+        assert!(matches!(
+            many.to_kernel(),
+            Err(MonitorError::TooManyRules { count, .. }) if count == k::MAX_RULES + 1
+        ));
+    }
+
+    #[test]
+    fn every_table_entry_names_a_syscall() {
+        assert_eq!(path_args().len(), PATH_ARG_TABLE.len());
+    }
+}
