@@ -560,8 +560,14 @@ fn qemu_command(
     // loglevel=3 after quiet: only critical kernel messages (oopses, panics) reach the console,
     // where they would interleave with the tests' output (an OOM kill is an error-level message,
     // and the tests cause several); the full kernel log is saved as dmesg.log at the end.
-    let mut cmdline = String::from(
-        "console=ttyS0 quiet loglevel=3 panic=-1 lsm=lockdown,capability,landlock,yama,bpf",
+    // `stockade.vm=tcg|kvm` tells tests that scale their load (a million-connect flood) where
+    // they run; the kernel ignores parameters it does not know.
+    let mut cmdline = format!(
+        "console=ttyS0 quiet loglevel=3 panic=-1 lsm=lockdown,capability,landlock,yama,bpf stockade.vm={}",
+        match accel {
+            Accel::Kvm => "kvm",
+            _ => "tcg",
+        }
     );
     for a in append {
         cmdline.push(' ');

@@ -53,6 +53,9 @@ pub struct Report {
     pub auto_unload: Option<AutoUnload>,
     /// Monitors that were not active for this sandbox, and why.
     pub degraded: Vec<String>,
+    /// What the programs counted in the kernel, independent of the ring buffer: network
+    /// denials here equal the network violations received plus those dropped.
+    pub kernel: Counters,
 }
 
 /// Counts a sandbox's events as they arrive and decides when its threshold is crossed.
@@ -148,6 +151,7 @@ impl Tracker {
         }
         let r = &mut self.report;
         r.dropped_events = counters.dropped_events;
+        r.kernel = counters;
         r.processes_started = counters.forks;
         r.execs = counters.execs;
         r.syscalls = counts.values().sum();

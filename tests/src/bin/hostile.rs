@@ -8,8 +8,14 @@ use std::time::{Duration, Instant};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let line = run(&args);
+    println!("{line}");
+    let _ = std::io::stdout().flush();
+}
+
+fn run(args: &[String]) -> String {
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
-    let line = match arg(0).as_str() {
+    match arg(0).as_str() {
         "read" => read(&arg(1)),
         "write" => write(&arg(1)),
         "list" => list(&arg(1)),
@@ -45,13 +51,139 @@ fn main() {
         "kill" => kill(arg(1).parse().unwrap_or(1)),
         "echo" => format!("ok {}", args[1..].join(" ")),
         "exit" => std::process::exit(arg(1).parse().unwrap_or(0)),
+        "udp-send" => udp_send(&arg(1)),
+        "connect-flood" => connect_flood(&arg(1), arg(2).parse().unwrap_or(1)),
+        "getppid" => getppid_loop(arg(1).parse().unwrap_or(0)),
+        "grandchild" => grandchild(&args[1..]),
+        "children-then" => children_then(arg(1).parse().unwrap_or(1), &args[2..]),
+        "after" => {
+            std::thread::sleep(Duration::from_millis(arg(1).parse().unwrap_or(0)));
+            run(&args[2..])
+        }
         other => {
             eprintln!("stockade-hostile: unknown test {other:?}");
             std::process::exit(64);
         }
+    }
+}
+
+/// One UDP datagram to `addr` from an unconnected socket (sendto: the sendmsg hooks).
+fn udp_send(addr: &str) -> String {
+    let Ok(a) = addr.parse::<std::net::SocketAddr>() else {
+        return "bad address".into();
     };
-    println!("{line}");
+    let local = if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    match std::net::UdpSocket::bind(local) {
+        Ok(s) => io_line(s.send_to(b"x", a), |n| format!("ok sent {n}")),
+        Err(e) => format!("bind {}", err_line(e.raw_os_error().unwrap_or(0))),
+    }
+}
+
+/// `count` connect() calls to `addr` on one TCP socket (a refused connect leaves it unconnected);
+/// prints how each ended.
+fn connect_flood(addr: &str, count: u64) -> String {
+    let Ok(a) = addr.parse::<std::net::SocketAddrV4>() else {
+        return "bad address (IPv4 only)".into();
+    };
+    // SAFETY: a socket of our own, a sockaddr_in on the stack, closed at the end.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        if fd < 0 {
+            return format!("socket {}", err_line(errno()));
+        }
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(a.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let (mut eperm, mut other) = (0u64, 0u64);
+        for _ in 0..count {
+            let rc = libc::connect(
+                fd,
+                (&sa as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            );
+            if rc < 0 && errno() == libc::EPERM {
+                eperm += 1;
+            } else {
+                other += 1;
+            }
+        }
+        libc::close(fd);
+        format!("ok eperm={eperm} other={other}")
+    }
+}
+
+fn getppid_loop(count: u64) -> String {
+    let mut sum = 0u64;
+    for _ in 0..count {
+        // SAFETY: no preconditions.
+        sum = sum.wrapping_add(unsafe { libc::getppid() } as u64);
+    }
+    format!("ok {count} calls ({})", sum % 2)
+}
+
+/// Runs another subcommand in a grandchild (fork, fork) and reports its line.
+fn grandchild(rest: &[String]) -> String {
+    let (mut r, w) = pipe_pair();
+    // SAFETY: the children only run this program's code and _exit.
+    unsafe {
+        let child = libc::fork();
+        if child == 0 {
+            drop(r);
+            let grandchild = libc::fork();
+            if grandchild == 0 {
+                let line = run(rest);
+                let mut w = w;
+                let _ = w.write_all(line.as_bytes());
+                libc::_exit(0);
+            }
+            drop(w);
+            let mut st = 0;
+            libc::waitpid(grandchild, &mut st, 0);
+            libc::_exit(0);
+        }
+        drop(w);
+        let mut line = String::new();
+        let _ = r.read_to_string(&mut line);
+        let mut st = 0;
+        libc::waitpid(child, &mut st, 0);
+        format!("grandchild: {line}")
+    }
+}
+
+/// Starts `n` children that sleep for a minute, runs a subcommand, prints its line, and waits for
+/// the children: unless something kills the whole plugin, this takes a minute.
+fn children_then(n: u32, rest: &[String]) -> String {
+    for _ in 0..n {
+        // SAFETY: the child only sleeps and exits.
+        if unsafe { libc::fork() } == 0 {
+            std::thread::sleep(Duration::from_secs(60));
+            unsafe { libc::_exit(0) };
+        }
+    }
+    println!("started {n}");
+    println!("{}", run(rest));
     let _ = std::io::stdout().flush();
+    // SAFETY: waiting for our own children.
+    while unsafe { libc::wait(std::ptr::null_mut()) } > 0 {}
+    "ok children done".into()
+}
+
+fn pipe_pair() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors that we then own.
+    unsafe {
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    }
 }
 
 fn errno() -> i32 {
