@@ -208,11 +208,17 @@ fn policy_explain(file: &Path) -> Result<u8, Failure> {
 fn doctor(json: bool) -> Result<u8, Failure> {
     let probe = Probe::run();
     let missing = probe.missing_required();
+    // Loading Stockade's own programs is the real test of the monitors (verifier included).
+    let monitors: Result<Vec<stockade::monitor::MonitorStatus>, String> = Monitor::load()
+        .map(|m| m.capabilities().all().into_iter().cloned().collect())
+        .map_err(|e| e.to_string());
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&probe).unwrap_or_default()
-        );
+        let mut value = serde_json::to_value(&probe).unwrap_or_default();
+        value["monitors"] = match &monitors {
+            Ok(list) => serde_json::to_value(list).unwrap_or_default(),
+            Err(e) => serde_json::json!({ "error": e }),
+        };
+        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
     } else {
         let ok = |b: bool| if b { "yes" } else { "NO" };
         println!("kernel                {}", probe.kernel);
@@ -260,6 +266,19 @@ fn doctor(json: bool) -> Result<u8, Failure> {
                     .as_ref()
                     .map_or_else(|e| format!("NO: {e}"), |_| "loads".into())
             );
+        }
+        match &monitors {
+            Ok(list) => {
+                for m in list {
+                    println!(
+                        "monitor {:<14} {}: {}",
+                        m.name,
+                        if m.active { "active" } else { "NOT ACTIVE" },
+                        m.detail
+                    );
+                }
+            }
+            Err(e) => println!("monitors              NO: {e}"),
         }
         if missing.is_empty() {
             println!("\nevery layer the default profile requires is available");
@@ -431,6 +450,17 @@ fn load_monitor(policy: &Policy) -> Result<Option<(Monitor, Vec<String>)>, Failu
     let host_network = policy.network.mode == NetworkMode::Allow;
     let hint = "`stockade doctor` lists which eBPF program types load on this kernel; \
                 a policy with [enforcement] mode = \"monitor\" runs without the missing monitors";
+    // For measurements (docs/benchmarks.md): the same sandbox without its monitors.
+    if std::env::var_os("STOCKADE_MONITORS").is_some_and(|v| v == "off") {
+        if enforce {
+            return Err(Failure::usage(
+                "STOCKADE_MONITORS=off: an enforce-mode policy never runs without its monitors",
+                "use a policy with [enforcement] mode = \"monitor\" to measure without them",
+            ));
+        }
+        eprintln!("stockade: warning: STOCKADE_MONITORS=off: running without the eBPF monitors");
+        return Ok(None);
+    }
     let monitor = match Monitor::load() {
         Ok(m) => m,
         Err(e) if enforce => {

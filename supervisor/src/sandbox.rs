@@ -81,6 +81,8 @@ struct Watch<'a> {
     armed: Option<Armed>,
     attributor: Attributor,
     tracker: Tracker,
+    /// CLOCK_MONOTONIC at the start: the events' time line.
+    start_ns: u64,
 }
 
 impl Watch<'_> {
@@ -149,6 +151,7 @@ pub fn run(
     let cgroup_id = cgroup.id()?;
     phase("cgroups created");
     // The monitors are armed before anything runs in the cgroup.
+    let start_ns = monotonic_ns();
     let mut watch = match monitoring {
         None => None,
         Some(m) => {
@@ -166,8 +169,9 @@ pub fn run(
             Some(Watch {
                 monitor: m.monitor,
                 armed: Some(armed),
-                attributor: Attributor::new(spec, monotonic_ns()),
+                attributor: Attributor::new(spec, start_ns),
                 tracker,
+                start_ns,
             })
         }
     };
@@ -190,6 +194,17 @@ pub fn run(
     // other process of the sandbox; `destroy` kills anything left anyway before removing the
     // cgroups, also when supervision failed.
     let outcome = supervise(&started, &cgroup, deadline, stop, watch.as_mut());
+    if let Some(w) = watch.as_mut() {
+        if w.tracker.auto_unloaded() {
+            // The enforcement latency ends when the last process is gone, not only the first.
+            let gone = Instant::now() + Duration::from_secs(1);
+            while cgroup.is_populated() && Instant::now() < gone {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            let t_ms = monotonic_ns().saturating_sub(w.start_ns) as f64 / 1e6;
+            w.tracker.all_dead_at(t_ms);
+        }
+    }
     let duration = begin.elapsed();
     phase("sandbox ended");
     let report = watch.map(Watch::finish);

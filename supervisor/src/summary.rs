@@ -109,10 +109,13 @@ fn render_report(out: &mut String, r: &Report) {
     if let Some(a) = &r.auto_unload {
         let _ = writeln!(
             out,
-            "  auto-unloaded: {} violation{} within {} reached the threshold{}; the last: {}",
+            "  auto-unloaded: {} violation{} within {} reached the threshold{}{}; the last: {}",
             a.threshold,
             if a.threshold == 1 { "" } else { "s" },
             duration(a.window_ms as f64),
+            a.kill_latency_ms
+                .map(|ms| format!(", every process dead {} after it", duration(ms)))
+                .unwrap_or_default(),
             if a.killed_in_kernel {
                 " (the offender was killed in the kernel)"
             } else {

@@ -32,6 +32,9 @@ pub struct AutoUnload {
     pub window_ms: u64,
     /// Whether the network program had already killed the offender in the kernel.
     pub killed_in_kernel: bool,
+    /// From the violation (its kernel timestamp) to the moment the supervisor saw every process
+    /// of the sandbox gone: an upper bound of the enforcement latency.
+    pub kill_latency_ms: Option<f64>,
 }
 
 /// The violation report of one sandbox.
@@ -131,10 +134,22 @@ impl Tracker {
                 violation: ev,
                 threshold: self.threshold.violations,
                 window_ms: self.threshold.window.as_millis() as u64,
+                kill_latency_ms: None,
             });
             return true;
         }
         false
+    }
+
+    pub fn auto_unloaded(&self) -> bool {
+        self.report.auto_unload.is_some()
+    }
+
+    /// `t_ms` (on the events' time line) at which every process was seen gone.
+    pub fn all_dead_at(&mut self, t_ms: f64) {
+        if let Some(a) = self.report.auto_unload.as_mut() {
+            a.kill_latency_ms = Some((t_ms - a.violation.t_ms).max(0.0));
+        }
     }
 
     /// Adds what only the kernel counted, and returns the report.
