@@ -20,9 +20,7 @@ use stockade_ebpf_common::{
     HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, MAX_RULES,
 };
 
-use crate::maps::{
-    bump, current_cgroup, header, EVENTS, NET_DENIED_TID, NET_RULES, SANDBOXES,
-};
+use crate::maps::{bump, current_cgroup, header, EVENTS, NET_DENIED_TID, NET_RULES, SANDBOXES};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -71,8 +69,7 @@ fn threshold_crossed(cfg: *mut SandboxConfig) -> bool {
             return false;
         }
         let now = bpf_ktime_get_ns();
-        if (*cfg).window_count == 0 || now.wrapping_sub((*cfg).window_start_ns) > (*cfg).window_ns
-        {
+        if (*cfg).window_count == 0 || now.wrapping_sub((*cfg).window_start_ns) > (*cfg).window_ns {
             (*cfg).window_start_ns = now;
             (*cfg).window_count = 0;
         }
@@ -98,7 +95,10 @@ fn check<const KILL: bool>(ctx: &SockAddrContext, hook: u8) -> i32 {
     // SAFETY (the addr_of! below): field addresses inside the context, never dereferenced
     // except through `ctx_u32`.
     let (mut family, mut addr) = if v4 {
-        (AF_INET, [ctx_u32(unsafe { addr_of!((*sa).user_ip4) }), 0, 0, 0])
+        (
+            AF_INET,
+            [ctx_u32(unsafe { addr_of!((*sa).user_ip4) }), 0, 0, 0],
+        )
     } else {
         let ip6 = unsafe { addr_of!((*sa).user_ip6) } as *const u32;
         (

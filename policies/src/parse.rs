@@ -37,6 +37,9 @@ pub(crate) const TOP_KEYS: &[&str] = &[
 ];
 pub(crate) const FILESYSTEM_KEYS: &[&str] = &["read", "write", "exec"];
 pub(crate) const NETWORK_KEYS: &[&str] = &["mode", "connect", "bind"];
+/// Rules per `connect` or `bind` list: the eBPF programs match against a fixed-size array (32
+/// entries; `bind` also holds the two implicit UDP port-0 rules).
+pub const MAX_NETWORK_RULES: usize = 30;
 pub(crate) const RULE_KEYS: &[&str] = &["protocol", "address", "port", "ports"];
 pub(crate) const SYSCALLS_KEYS: &[&str] = &["profile", "allow", "deny", "deny_action"];
 pub(crate) const RESOURCES_KEYS: &[&str] = &[
@@ -629,6 +632,16 @@ impl<'s> Checker<'s> {
             }
         }
         let written = tables.len();
+        if written > MAX_NETWORK_RULES {
+            self.error(
+                entry.value_span(),
+                format!(
+                    "{written} `{}` rules: at most {MAX_NETWORK_RULES} fit the kernel's allow list",
+                    entry.key
+                ),
+                Some("merge rules with CIDR networks (\"10.0.0.0/8\") and port ranges (ports = \"8000-8080\")".into()),
+            );
+        }
         let rules = tables
             .into_iter()
             .filter_map(|(table, span)| self.rule(table, span))
@@ -1564,6 +1577,22 @@ mod tests {
         assert_eq!(
             message(parse_path("/a\0")),
             "path `/a\\u{0}` contains a NUL byte"
+        );
+    }
+
+    #[test]
+    fn too_many_network_rules() {
+        let rules: Vec<String> = (1..=31)
+            .map(|p| format!("{{ address = \"10.0.0.1\", port = {p} }}"))
+            .collect();
+        let text = format!(
+            "version = 1\n[network]\nmode = \"allow\"\nconnect = [{}]\n",
+            rules.join(", ")
+        );
+        let diags = parse_policy(&text, "p.toml").unwrap_err();
+        assert!(
+            diags.to_string().contains("31 `connect` rules: at most 30"),
+            "{diags}"
         );
     }
 

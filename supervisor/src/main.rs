@@ -218,7 +218,10 @@ fn doctor(json: bool) -> Result<u8, Failure> {
             Ok(list) => serde_json::to_value(list).unwrap_or_default(),
             Err(e) => serde_json::json!({ "error": e }),
         };
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
     } else {
         let ok = |b: bool| if b { "yes" } else { "NO" };
         println!("kernel                {}", probe.kernel);

@@ -15,7 +15,7 @@ pub const MAX_SLOTS: u32 = 64;
 pub const SYSCALL_NR_MAX: u32 = 512;
 /// Network rules per direction (connect, bind) and sandbox. The programs loop over this constant
 /// and stop at `RuleSet::count` (the verifier rejects a loop bounded by a map value).
-pub const MAX_RULES: usize = 16;
+pub const MAX_RULES: usize = 32;
 /// Bytes of a path or socket address copied into a [`SyscallEvent`].
 pub const OBJECT_LEN: usize = 256;
 /// Bytes of a file name copied into a [`ProcEvent`] (exec).

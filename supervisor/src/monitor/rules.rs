@@ -8,6 +8,9 @@ use stockade_policy::model::{Network, NetworkRule, Protocol};
 
 use super::MonitorError;
 
+// The parser's limit, plus the two implicit UDP port-0 bind rules, fits the programs' array.
+const _: () = assert!(stockade_policy::parse::MAX_NETWORK_RULES + 2 <= k::MAX_RULES);
+
 /// Allowed destinations and local addresses of one sandbox on the host network.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NetPolicy {
