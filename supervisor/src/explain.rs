@@ -149,8 +149,21 @@ pub fn explain(policy: &Policy, probe: &Probe) -> String {
                     }
                 );
             }
-            let _ = writeln!(out, "  NOT YET ENFORCED: destination and bind addresses, and every UDP rule; UDP traffic is");
-            let _ = writeln!(out, "  not restricted at all. These arrive with the eBPF cgroup programs (connect/sendmsg/bind).");
+            let sock_addr = probe
+                .bpf
+                .iter()
+                .any(|(ty, r)| ty.starts_with("cgroup_sock_addr") && r.is_ok());
+            if sock_addr {
+                let _ = writeln!(out, "  ENFORCED by the eBPF cgroup programs (connect4/6, sendmsg4/6, bind4/6): exactly the");
+                let _ = writeln!(out, "  listed addresses, ports and protocols, TCP and UDP; anything else fails with EPERM and");
+                let _ = writeln!(out, "  is a violation. UDP may bind port 0 (an ephemeral port) on any address.");
+            } else {
+                let _ = writeln!(
+                    out,
+                    "  cgroup sock_addr programs do not load on this kernel: addresses and UDP are NOT enforced{}.",
+                    if enforce { "; this enforce-mode policy will refuse to start" } else { "" }
+                );
+            }
         }
     }
 
@@ -252,11 +265,20 @@ pub fn explain(policy: &Policy, probe: &Probe) -> String {
     );
     let _ = writeln!(
         out,
-        "  NOT YET ENFORCED: violation counting and auto-kill arrive with the eBPF monitors; today"
+        "  Every denial above (seccomp, Landlock, the mount table, the network programs) and every"
     );
     let _ = writeln!(
         out,
-        "  every layer above denies on its own, and a denied call simply fails."
+        "  reach for a path the mount namespace hides is one violation event (`stockade run --events`)."
+    );
+    let _ = writeln!(
+        out,
+        "  {}",
+        match (e.mode, e.action) {
+            (EnforcementMode::Enforce, ThresholdAction::Kill) =>
+                "Crossing the threshold kills every process of the sandbox (auto-unload).",
+            _ => "Violations are reported; the plugin keeps running.",
+        }
     );
     out
 }

@@ -148,7 +148,7 @@ fn policy_commands() {
         "syscalls",
         "resources",
         "privileges",
-        "NOT YET ENFORCED",
+        "violation event",
     ] {
         assert!(
             r.stdout.contains(section),
@@ -183,6 +183,15 @@ fn doctor_reports_every_layer() {
             "this machine has every required layer:\n{}",
             r.stdout
         );
+        // Loading Stockade's own programs (verifier included) is what doctor reports here.
+        for monitor in ["network", "syscalls", "processes"] {
+            let line = r
+                .stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("monitor {monitor} ")))
+                .unwrap_or_else(|| panic!("doctor lacks monitor {monitor}:\n{}", r.stdout));
+            assert!(line.contains(" active:"), "{line}");
+        }
     }
 }
 

@@ -54,6 +54,8 @@ fn run(args: &[String]) -> String {
         "udp-send" => udp_send(&arg(1)),
         "connect-flood" => connect_flood(&arg(1), arg(2).parse().unwrap_or(1)),
         "getppid" => getppid_loop(arg(1).parse().unwrap_or(0)),
+        "bench-open" => bench_open(arg(1).parse().unwrap_or(1), &arg(2)),
+        "bench-connect" => bench_connect(arg(1).parse().unwrap_or(1), &arg(2)),
         "grandchild" => grandchild(&args[1..]),
         "children-then" => children_then(arg(1).parse().unwrap_or(1), &args[2..]),
         "after" => {
@@ -124,6 +126,85 @@ fn getppid_loop(count: u64) -> String {
         sum = sum.wrapping_add(unsafe { libc::getppid() } as u64);
     }
     format!("ok {count} calls ({})", sum % 2)
+}
+
+/// `count` rounds of open, read one byte, close on `path`; prints the mean time of one round in
+/// nanoseconds (`cargo xtask bench monitors`).
+fn bench_open(count: u64, path: &str) -> String {
+    let path = cstr(path);
+    let mut byte = 0u8;
+    let start = Instant::now();
+    for i in 0..count {
+        // SAFETY: a valid C string; the descriptor is ours and closed at once; a one-byte buffer.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return format!("open after {i}: {}", err_line(errno()));
+            }
+            let n = libc::read(fd, (&mut byte as *mut u8).cast(), 1);
+            let read_errno = errno();
+            libc::close(fd);
+            if n < 0 {
+                return format!("read after {i}: {}", err_line(read_errno));
+            }
+        }
+    }
+    per_iteration(start, count)
+}
+
+/// `count` TCP connects to `addr` (IPv4), each on a fresh socket closed at once with a reset
+/// (SO_LINGER 0: no TIME_WAIT piles up on the client's ports); prints the mean time of one connect
+/// and close in nanoseconds (`cargo xtask bench monitors`).
+fn bench_connect(count: u64, addr: &str) -> String {
+    let Ok(a) = addr.parse::<std::net::SocketAddrV4>() else {
+        return "bad address (IPv4 only)".into();
+    };
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let start = Instant::now();
+    for i in 0..count {
+        // SAFETY: a socket of our own, closed in the same round; valid option and address
+        // pointers with their sizes.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return format!("socket after {i}: {}", err_line(errno()));
+            }
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as u32,
+            );
+            let rc = libc::connect(
+                fd,
+                (&sa as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            );
+            let connect_errno = errno();
+            libc::close(fd);
+            if rc < 0 {
+                return format!("connect after {i}: {}", err_line(connect_errno));
+            }
+        }
+    }
+    per_iteration(start, count)
+}
+
+fn per_iteration(start: Instant, count: u64) -> String {
+    let ns = start.elapsed().as_nanos() as f64 / count.max(1) as f64;
+    format!("ok {ns:.1}")
 }
 
 /// Runs another subcommand in a grandchild (fork, fork) and reports its line.
