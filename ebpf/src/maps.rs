@@ -17,14 +17,17 @@ pub static SANDBOXES: HashMap<u64, SandboxConfig> = HashMap::with_max_entries(MA
 #[map]
 pub static NET_RULES: HashMap<u64, NetRules> = HashMap::with_max_entries(MAX_SANDBOXES, 0);
 
-/// `slot * COUNTERS + COUNTER_*`, per CPU.
+/// Per sandbox slot: `COUNTER_*`, per CPU. One element per slot, not per counter: the kernel
+/// allocates per-CPU memory element by element, and tens of thousands of small elements cost
+/// tens of milliseconds at every load.
 #[map]
-pub static COUNTER: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SLOTS * COUNTERS, 0);
+pub static COUNTER: PerCpuArray<[u64; COUNTERS as usize]> =
+    PerCpuArray::with_max_entries(MAX_SLOTS, 0);
 
-/// `slot * SYSCALL_NR_MAX + nr`, per CPU.
+/// Per sandbox slot: a count per syscall number, per CPU (4 KiB per slot and CPU).
 #[map]
-pub static SYSCALLS: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries(MAX_SLOTS * SYSCALL_NR_MAX, 0);
+pub static SYSCALLS: PerCpuArray<[u64; SYSCALL_NR_MAX as usize]> =
+    PerCpuArray::with_max_entries(MAX_SLOTS, 0);
 
 /// Syscall number -> `ARG_*` (which argument to copy into a syscall event). Written at load.
 #[map]
@@ -53,9 +56,11 @@ pub fn current_cgroup() -> u64 {
 
 #[inline(always)]
 pub fn bump(slot: u32, counter: u32) {
-    if let Some(c) = COUNTER.get_ptr_mut(slot * COUNTERS + counter) {
-        // SAFETY: a per-CPU slot: no other program touches it while this one runs on this CPU.
-        unsafe { *c += 1 };
+    if let Some(c) = COUNTER.get_ptr_mut(slot) {
+        // SAFETY: this CPU's copy: no other program touches it while this one runs here.
+        if let Some(n) = unsafe { (*c).get_mut(counter as usize) } {
+            *n += 1;
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! `tp_btf/sys_exit`: every syscall of a sandboxed process is counted by number, and every one
+//! `raw_tracepoint/sys_exit`: every syscall of a sandboxed process is counted by number, and every one
 //! that fails with EPERM, EACCES, EROFS (or ENOENT, when it names a path) becomes an event with
 //! its argument registers and, where it has one, its path or socket address. The supervisor
 //! decides which layer refused it (it re-runs the sandbox's own seccomp filter on the registers,
@@ -13,9 +13,9 @@
 use core::ptr::addr_of_mut;
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes},
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use stockade_ebpf_common::{
     SyscallEvent, ARG_PATH, ARG_SOCKADDR, COUNTER_DROPPED, COUNTER_FAILED, COUNTER_SYSCALLS,
@@ -41,13 +41,15 @@ const SOCKADDR_LEN: usize = 28;
 
 #[inline(always)]
 fn reg(regs: *const u64, word: usize) -> u64 {
-    // SAFETY: `regs` is the tracepoint's `struct pt_regs *` (a BTF-typed pointer for tp_btf
-    // programs); the verifier checks every load against the struct's BTF.
-    unsafe { core::ptr::read_volatile(regs.add(word)) }
+    // SAFETY: `regs` is the tracepoint's `struct pt_regs *`; bpf_probe_read_kernel checks the
+    // access and answers an error instead of faulting.
+    unsafe { bpf_probe_read_kernel(regs.add(word)) }.unwrap_or(u64::MAX)
 }
 
-#[btf_tracepoint(function = "sys_exit")]
-pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
+/// A raw tracepoint rather than tp_btf: the same dispatch in the kernel, but loading it needs
+/// no kernel BTF in userspace (parsing it costs about 10 ms per load).
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let cg = current_cgroup();
     // SAFETY: the value is only read.
     let Some(cfg) = (unsafe { SANDBOXES.get(&cg) }) else {
@@ -58,9 +60,12 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     let ret: i64 = ctx.arg(1);
     let nr = reg(regs, REG_ORIG_AX) as u32;
     if nr < SYSCALL_NR_MAX {
-        if let Some(c) = SYSCALLS.get_ptr_mut(slot * SYSCALL_NR_MAX + nr) {
-            // SAFETY: per-CPU slot.
-            unsafe { *c += 1 };
+        if let Some(c) = SYSCALLS.get_ptr_mut(slot) {
+            // SAFETY: this CPU's copy. `get_mut`, not indexing: a bounds-check panic path would
+            // make the verifier reject the program.
+            if let Some(n) = unsafe { (*c).get_mut(nr as usize) } {
+                *n += 1;
+            }
         }
     } else {
         bump(slot, COUNTER_SYSCALLS);

@@ -156,7 +156,10 @@ pub fn explain(policy: &Policy, probe: &Probe) -> String {
             if sock_addr {
                 let _ = writeln!(out, "  ENFORCED by the eBPF cgroup programs (connect4/6, sendmsg4/6, bind4/6): exactly the");
                 let _ = writeln!(out, "  listed addresses, ports and protocols, TCP and UDP; anything else fails with EPERM and");
-                let _ = writeln!(out, "  is a violation. UDP may bind port 0 (an ephemeral port) on any address.");
+                let _ = writeln!(
+                    out,
+                    "  is a violation. UDP may bind port 0 (an ephemeral port) on any address."
+                );
             } else {
                 let _ = writeln!(
                     out,

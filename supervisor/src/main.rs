@@ -464,7 +464,7 @@ fn load_monitor(policy: &Policy) -> Result<Option<(Monitor, Vec<String>)>, Failu
         eprintln!("stockade: warning: STOCKADE_MONITORS=off: running without the eBPF monitors");
         return Ok(None);
     }
-    let monitor = match Monitor::load() {
+    let monitor = match Monitor::load_for(host_network) {
         Ok(m) => m,
         Err(e) if enforce => {
             return Err(Failure::internal(

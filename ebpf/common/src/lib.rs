@@ -9,7 +9,7 @@
 
 /// Sandboxes one supervisor monitors at once (map sizes).
 pub const MAX_SANDBOXES: u32 = 256;
-/// Slots of the per-syscall counter array: sandbox slot `s` owns `s * SYSCALL_NR_MAX ..`.
+/// Slots of the counter arrays (one element per monitored sandbox).
 pub const MAX_SLOTS: u32 = 64;
 /// Syscall numbers counted per sandbox (x86_64 numbers end below 512).
 pub const SYSCALL_NR_MAX: u32 = 512;
@@ -32,7 +32,7 @@ pub const FLAG_KILL: u32 = 1;
 /// `SandboxConfig::flags`: the sandbox uses the host network and has `NetRules`.
 pub const FLAG_NET_RULES: u32 = 2;
 
-/// Per-sandbox counters, per CPU (userspace sums): index `slot * COUNTERS + COUNTER_*`.
+/// Per-sandbox counters, per CPU (userspace sums): element `slot`, index `COUNTER_*`.
 pub const COUNTERS: u32 = 8;
 /// Denials by the cgroup network programs.
 pub const COUNTER_NET_DENIED: u32 = 0;
@@ -225,4 +225,3 @@ const _: () = assert!(core::mem::size_of::<NetDenyEvent>() == 32 + 24);
 const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 32 + 8 + 48 + 8 + OBJECT_LEN);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 32 + 8 + FILENAME_LEN);
 const _: () = assert!(core::mem::size_of::<LsmDenyEvent>() == 32 + 24);
-const _: () = assert!(MAX_SLOTS * SYSCALL_NR_MAX <= 65536);

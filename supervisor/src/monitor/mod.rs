@@ -21,10 +21,10 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{
-    cgroup_sock_addr::CgroupSockAddrLinkId, BtfTracePoint, CgroupAttachMode, CgroupSockAddr,
-    ProgramError, TracePoint,
+    cgroup_sock_addr::CgroupSockAddrLinkId, CgroupAttachMode, CgroupSockAddr, ProgramError,
+    RawTracePoint, TracePoint,
 };
-use aya::{Btf, Ebpf};
+use aya::Ebpf;
 use serde::Serialize;
 use stockade_ebpf_common as k;
 
@@ -56,8 +56,6 @@ pub enum MonitorError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("reading the kernel's BTF (/sys/kernel/btf/vmlinux): {0}")]
-    Btf(#[source] aya::BtfError),
     #[error("mounting {fs} at {path}: {source}")]
     Mount {
         fs: &'static str,
@@ -142,8 +140,8 @@ pub struct Monitor {
     net_programs: Vec<String>,
     sandboxes: HashMap<MapData, u64, k::SandboxConfig>,
     net_rules: HashMap<MapData, u64, k::NetRules>,
-    counters: PerCpuArray<MapData, u64>,
-    syscalls: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, [u64; k::COUNTERS as usize]>,
+    syscalls: PerCpuArray<MapData, [u64; k::SYSCALL_NR_MAX as usize]>,
     events: RingBuf<MapData>,
     slots: Vec<Slot>,
 }
@@ -160,15 +158,32 @@ impl Monitor {
     /// Loads every program this kernel accepts and attaches the tracepoints. Mounts tracefs when
     /// it is missing. The network programs are attached per sandbox by [`Monitor::arm`].
     pub fn load() -> Result<Monitor, MonitorError> {
+        Monitor::load_for(true)
+    }
+
+    /// [`Monitor::load`], leaving out the network programs unless `network` (a sandbox on the
+    /// host network needs them; in an empty network namespace there is nothing to filter). Each
+    /// program costs verifier time at every load.
+    pub fn load_for(network: bool) -> Result<Monitor, MonitorError> {
+        let t0 = std::time::Instant::now();
+        let step = |what: &str| {
+            tracing::debug!(us = t0.elapsed().as_micros() as u64, "monitor load: {what}")
+        };
         ensure_mounted("tracefs", "/sys/kernel/tracing")?;
         ensure_mounted("bpf", "/sys/fs/bpf")?;
+        step("mounts");
         let mut ebpf = Ebpf::load(PROGRAMS).map_err(MonitorError::Object)?;
-        let btf = Btf::from_sys_fs().map_err(MonitorError::Btf)?;
+        step("object");
 
         // Network: the `*_kill` variants when the kernel lets them call bpf_send_signal.
         let mut net_programs = Vec::new();
-        let (network, kill_in_kernel) = match load_net(&mut ebpf, "_kill") {
-            Ok(names) => {
+        let skipped = "not loaded: no sandbox of this supervisor uses the host network";
+        let (network, kill_in_kernel) = match network.then(|| load_net(&mut ebpf, "_kill")) {
+            None => (
+                inactive("network", skipped.into()),
+                inactive("kill in kernel", skipped.into()),
+            ),
+            Some(Ok(names)) => {
                 net_programs = names;
                 (
                     active("network", "cgroup connect4/6, sendmsg4/6, bind4/6"),
@@ -178,7 +193,7 @@ impl Monitor {
                     ),
                 )
             }
-            Err(kill_error) => match load_net(&mut ebpf, "") {
+            Some(Err(kill_error)) => match load_net(&mut ebpf, "") {
                 Ok(names) => {
                     net_programs = names;
                     (
@@ -196,10 +211,12 @@ impl Monitor {
             },
         };
 
-        let syscalls = match load_btf_tp(&mut ebpf, "sys_exit", &btf) {
-            Ok(()) => active("syscalls", "tp_btf/sys_exit: counts and denials"),
+        step("network programs");
+        let syscalls = match load_raw_tp(&mut ebpf, "sys_exit") {
+            Ok(()) => active("syscalls", "raw_tracepoint/sys_exit: counts and denials"),
             Err(e) => inactive("syscalls", e.to_string()),
         };
+        step("sys_exit");
         let processes = match load_sched(&mut ebpf) {
             Ok(()) => active("processes", "sched fork/exec/exit tracepoints"),
             Err(e) => inactive("processes", e.to_string()),
@@ -209,6 +226,7 @@ impl Monitor {
             "BPF LSM enforcement (file_open, bprm_check_security) is not built yet".into(),
         );
 
+        step("sched");
         let mut path_args: Array<MapData, u8> = take(&mut ebpf, "PATH_ARGS")?;
         for (nr, what) in rules::path_args() {
             path_args
@@ -249,18 +267,21 @@ impl Monitor {
             net_programs,
             slots: vec![Slot::Free; k::MAX_SLOTS as usize],
         };
+        step("maps");
         monitor.attach_tracepoints()?;
+        step("attached");
         Ok(monitor)
     }
 
     fn attach_tracepoints(&mut self) -> Result<(), MonitorError> {
         if self.caps.syscalls.active {
-            let p: &mut BtfTracePoint = program(&mut self.ebpf, "sys_exit")?;
-            p.attach().map_err(|source| MonitorError::Program {
-                program: "sys_exit",
-                step: "attach",
-                source,
-            })?;
+            let p: &mut RawTracePoint = program(&mut self.ebpf, "sys_exit")?;
+            p.attach("sys_exit")
+                .map_err(|source| MonitorError::Program {
+                    program: "sys_exit",
+                    step: "attach",
+                    source,
+                })?;
         }
         if self.caps.processes.active {
             for (name, event) in SCHED {
@@ -311,6 +332,9 @@ impl Monitor {
             }
             None => (u32::MAX, std::time::Duration::ZERO),
         };
+        if spec.network.is_some() && !self.caps.network.active {
+            return Err(MonitorError::Attach(ProgramError::NotLoaded));
+        }
         let mut armed = Armed {
             cgroup_id,
             slot,
@@ -386,32 +410,31 @@ impl Monitor {
 
     /// Zeroes a used slot's counters for its next sandbox.
     fn zero_slot(&mut self, slot: u32) -> Result<(), MonitorError> {
-        let zero = vec![0u64; self.ncpus()];
-        let values = || {
-            aya::maps::PerCpuValues::try_from(zero.clone()).map_err(|e| MonitorError::Map {
-                map: "COUNTER",
-                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                    call: "zero",
-                    io_error: e,
-                }),
-            })
+        let n = self.ncpus();
+        let io = |e: std::io::Error| MonitorError::Map {
+            map: "COUNTER",
+            source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "zero",
+                io_error: e,
+            }),
         };
-        for c in 0..k::COUNTERS {
-            self.counters
-                .set(slot * k::COUNTERS + c, values()?, 0)
-                .map_err(|source| MonitorError::Map {
-                    map: "COUNTER",
-                    source,
-                })?;
-        }
-        for nr in 0..k::SYSCALL_NR_MAX {
-            self.syscalls
-                .set(slot * k::SYSCALL_NR_MAX + nr, values()?, 0)
-                .map_err(|source| MonitorError::Map {
-                    map: "SYSCALLS",
-                    source,
-                })?;
-        }
+        let counters =
+            aya::maps::PerCpuValues::try_from(vec![[0u64; k::COUNTERS as usize]; n]).map_err(io)?;
+        self.counters
+            .set(slot, counters, 0)
+            .map_err(|source| MonitorError::Map {
+                map: "COUNTER",
+                source,
+            })?;
+        let syscalls =
+            aya::maps::PerCpuValues::try_from(vec![[0u64; k::SYSCALL_NR_MAX as usize]; n])
+                .map_err(io)?;
+        self.syscalls
+            .set(slot, syscalls, 0)
+            .map_err(|source| MonitorError::Map {
+                map: "SYSCALLS",
+                source,
+            })?;
         self.slots[slot as usize] = Slot::Free;
         Ok(())
     }
@@ -443,10 +466,11 @@ impl Monitor {
 
     /// A sandbox's counters, summed over CPUs.
     pub fn counters(&self, armed: &Armed) -> Counters {
+        let per_cpu = self.counters.get(&armed.slot, 0).ok();
         let get = |c: u32| -> u64 {
-            self.counters
-                .get(&(armed.slot * k::COUNTERS + c), 0)
-                .map(|v| v.iter().sum())
+            per_cpu
+                .as_ref()
+                .map(|v| v.iter().map(|cpu| cpu[c as usize]).sum())
                 .unwrap_or(0)
         };
         Counters {
@@ -463,11 +487,11 @@ impl Monitor {
     /// Per-syscall counts of a sandbox (numbers with a count only), readable while it runs.
     pub fn syscall_counts(&self, armed: &Armed) -> BTreeMap<u32, u64> {
         let mut out = BTreeMap::new();
-        for nr in 0..k::SYSCALL_NR_MAX {
-            if let Ok(v) = self.syscalls.get(&(armed.slot * k::SYSCALL_NR_MAX + nr), 0) {
-                let n: u64 = v.iter().sum();
+        if let Ok(per_cpu) = self.syscalls.get(&armed.slot, 0) {
+            for nr in 0..k::SYSCALL_NR_MAX as usize {
+                let n: u64 = per_cpu.iter().map(|cpu| cpu[nr]).sum();
                 if n > 0 {
-                    out.insert(nr, n);
+                    out.insert(nr as u32, n);
                 }
             }
         }
@@ -559,14 +583,14 @@ fn load_net(ebpf: &mut Ebpf, suffix: &str) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
-fn load_btf_tp(ebpf: &mut Ebpf, name: &'static str, btf: &Btf) -> Result<(), String> {
-    let p: &mut BtfTracePoint = ebpf
+fn load_raw_tp(ebpf: &mut Ebpf, name: &'static str) -> Result<(), String> {
+    let p: &mut RawTracePoint = ebpf
         .program_mut(name)
         .ok_or_else(|| format!("no program {name}"))?
         .try_into()
         .map_err(|e: ProgramError| format!("{name}: {e}"))?;
-    p.load(name, btf)
-        .map_err(|e| format!("tp_btf/{name} does not load: {}", verifier_hint(&e)))
+    p.load()
+        .map_err(|e| format!("raw_tracepoint/{name} does not load: {}", verifier_hint(&e)))
 }
 
 fn load_sched(ebpf: &mut Ebpf) -> Result<(), String> {
