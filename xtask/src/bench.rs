@@ -1,4 +1,6 @@
 //! `cargo xtask bench launch`: the cold start of a sandboxed /bin/true, stockade beside its peers.
+//! `cargo xtask bench monitors`: what the eBPF monitors cost and how fast they act
+//! (bench_monitors.rs).
 //!
 //! The commands run interleaved (A B C A B C ...) rather than one after another, so that the
 //! machine's noise falls on all of them alike; the result is quoted as medians and ratios, never
@@ -12,6 +14,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::{apt_install, cargo, workspace_root};
 
+#[path = "bench_monitors.rs"]
+mod monitors;
+
 struct Contender {
     name: &'static str,
     argv: Vec<String>,
@@ -21,7 +26,11 @@ struct Contender {
 pub fn run(args: &[&str]) -> Result<()> {
     match args.first().copied() {
         Some("launch") => {}
-        _ => bail!("usage: cargo xtask bench launch [--runs N] [--no-record]"),
+        Some("monitors") => return monitors::run(&args[1..]),
+        _ => bail!(
+            "usage: cargo xtask bench launch [--runs N] [--no-record]\n       {}",
+            monitors::USAGE
+        ),
     }
     let runs: usize = flag_value(args, "--runs")
         .map(|v| v.parse())
@@ -201,16 +210,48 @@ fn record_result(path: &Path, runs: usize, table: &str, ratio: f64) -> Result<()
     const BEGIN: &str = "<!-- bench:launch:begin -->";
     const END: &str = "<!-- bench:launch:end -->";
     let section = format!(
-        "{BEGIN}\nMeasured {} on {}; {runs} interleaved runs of each command, wall time from spawn to exit.\n\n{table}\nstockade ÷ bwrap: **{ratio:.2}**\n{END}",
+        "Measured {} on {}; {runs} interleaved runs of each command, wall time from spawn to exit.\n\n{table}\nstockade ÷ bwrap: **{ratio:.2}**",
         today(),
         machine()
     );
+    replace_section(path, BEGIN, END, &section)
+}
+
+/// Replaces what lies between the markers `begin` and `end` in the file at `path` with `body`;
+/// without both markers, appends them with `body` between at the end of the file.
+fn replace_section(path: &Path, begin: &str, end: &str, body: &str) -> Result<()> {
+    let section = format!("{begin}\n{body}\n{end}");
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let new = match (text.find(BEGIN), text.find(END)) {
-        (Some(b), Some(e)) if b < e => format!("{}{section}{}", &text[..b], &text[e + END.len()..]),
+    let new = match (text.find(begin), text.find(end)) {
+        (Some(b), Some(e)) if b < e => format!("{}{section}{}", &text[..b], &text[e + end.len()..]),
         _ => format!("{text}\n{section}\n"),
     };
     std::fs::write(path, new).with_context(|| format!("write {}", path.display()))?;
     println!("recorded in {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_section;
+
+    #[test]
+    fn sections_are_replaced_or_appended() {
+        let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("benchmarks.md");
+        std::fs::write(
+            &path,
+            "# B\n\n<!-- a:begin -->\nold\n<!-- a:end -->\ntail\n",
+        )
+        .unwrap();
+        replace_section(&path, "<!-- b:begin -->", "<!-- b:end -->", "first").unwrap();
+        replace_section(&path, "<!-- a:begin -->", "<!-- a:end -->", "new").unwrap();
+        replace_section(&path, "<!-- b:begin -->", "<!-- b:end -->", "second").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "# B\n\n<!-- a:begin -->\nnew\n<!-- a:end -->\ntail\n\n<!-- b:begin -->\nsecond\n<!-- b:end -->\n"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
