@@ -9,6 +9,8 @@
 //!   one was skipped in both.
 //! - `cargo xtask bench launch [--runs N]`: cold-start time of `stockade run` beside bubblewrap
 //!   and unshare, interleaved in one run, recorded in docs/benchmarks.md.
+//! - `cargo xtask bench monitors [--rounds N]`: what the eBPF monitors cost the host and a sandbox,
+//!   their enforcement latency and event throughput, recorded in docs/benchmarks.md.
 //! - `cargo xtask setup [ebpf]`: installs what building the eBPF programs needs (the nightly
 //!   rust-src and bpf-linker 0.10.3), skipping what is already there; `test` and `vm-test` run it
 //!   first. `cargo xtask setup bench`: what the benchmarks compare against (Debian packages). See
@@ -53,6 +55,7 @@ fn dispatch() -> Result<()> {
             eprintln!("       {}", vm::USAGE);
             eprintln!("       cargo xtask coverage [ENVIRONMENT...]");
             eprintln!("       cargo xtask bench launch [--runs N]");
+            eprintln!("       cargo xtask bench monitors [--rounds N]");
             eprintln!("       {}", setup::USAGE);
             std::process::exit(2);
         }
