@@ -17,6 +17,8 @@
 fn main() {}
 
 #[cfg(target_arch = "bpf")]
+mod lsm;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod net;

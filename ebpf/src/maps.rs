@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use stockade_ebpf_common::{
-    EventHeader, NetRules, SandboxConfig, COUNTERS, MAX_SANDBOXES, MAX_SLOTS, SYSCALL_NR_MAX,
+    EventHeader, LsmGrantKey, NetRules, SandboxConfig, COUNTERS, LSM_OFFSETS_LEN, MAX_SANDBOXES,
+    MAX_SLOTS, SYSCALL_NR_MAX,
 };
 
 /// cgroup id -> the sandbox's configuration. No entry: not a sandbox.
@@ -38,10 +39,18 @@ pub static PATH_ARGS: Array<u8> = Array::with_max_entries(SYSCALL_NR_MAX, 0);
 #[map]
 pub static TP_OFFSETS: Array<u32> = Array::with_max_entries(4, 0);
 
-/// The thread whose connect/sendmsg/bind a network program just refused, per CPU, so that
-/// sys_exit does not report the same EPERM a second time.
+/// The thread whose call a network or LSM program just refused, per CPU, so that sys_exit does
+/// not report the same EPERM or EACCES a second time.
 #[map]
-pub static NET_DENIED_TID: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+pub static DENIED_TID: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Inodes each sandbox may reach (the LSM programs' second wall): access bits `GRANT_*`.
+#[map]
+pub static LSM_GRANTS: HashMap<LsmGrantKey, u32> = HashMap::with_max_entries(MAX_SANDBOXES * 64, 0);
+
+/// Kernel struct offsets (`OFF_*`), from the kernel's BTF.
+#[map]
+pub static LSM_OFFSETS: Array<u32> = Array::with_max_entries(LSM_OFFSETS_LEN, 0);
 
 /// Every event, to the supervisor. 8 MiB: about 130 000 network denials or 23 000 syscall
 /// denials between two reads; what does not fit is counted in `COUNTER_DROPPED`.
@@ -61,6 +70,15 @@ pub fn bump(slot: u32, counter: u32) {
         if let Some(n) = unsafe { (*c).get_mut(counter as usize) } {
             *n += 1;
         }
+    }
+}
+
+/// Marks the current thread as just refused (see `DENIED_TID`).
+#[inline(always)]
+pub fn mark_denied() {
+    if let Some(t) = DENIED_TID.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe { *t = bpf_get_current_pid_tgid() as u32 };
     }
 }
 

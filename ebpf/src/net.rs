@@ -20,7 +20,7 @@ use stockade_ebpf_common::{
     HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, MAX_RULES,
 };
 
-use crate::maps::{bump, current_cgroup, header, EVENTS, NET_DENIED_TID, NET_RULES, SANDBOXES};
+use crate::maps::{bump, current_cgroup, header, mark_denied, EVENTS, NET_RULES, SANDBOXES};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -148,10 +148,7 @@ fn check<const KILL: bool>(ctx: &SockAddrContext, hook: u8) -> i32 {
         unsafe { bpf_send_signal(SIGKILL) };
         bump(slot, COUNTER_KILLS);
     }
-    if let Some(tid) = NET_DENIED_TID.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot.
-        unsafe { *tid = header(0, 0).tid };
-    }
+    mark_denied();
     match EVENTS.reserve::<NetDenyEvent>(0) {
         Some(mut e) => {
             e.write(NetDenyEvent {

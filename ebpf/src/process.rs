@@ -67,12 +67,17 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let cg = current_cgroup();
-    // SAFETY: read only.
-    let Some(cfg) = (unsafe { SANDBOXES.get(&cg) }) else {
+    let Some(cfg) = SANDBOXES.get_ptr_mut(&cg) else {
         return 0;
     };
-    bump(cfg.slot, COUNTER_EXECS);
-    emit(&ctx, EVENT_EXEC, cg, cfg.slot, 0, true);
+    // SAFETY: a live map value. The first execs of a sandbox (shim, plugin) run before it can
+    // start a second process, so the plain increment does not race where it matters.
+    let slot = unsafe {
+        (*cfg).execs = (*cfg).execs.saturating_add(1);
+        (*cfg).slot
+    };
+    bump(slot, COUNTER_EXECS);
+    emit(&ctx, EVENT_EXEC, cg, slot, 0, true);
     0
 }
 

@@ -23,7 +23,7 @@ use stockade_ebpf_common::{
 };
 
 use crate::maps::{
-    bump, current_cgroup, header, EVENTS, NET_DENIED_TID, PATH_ARGS, SANDBOXES, SYSCALLS,
+    bump, current_cgroup, header, DENIED_TID, EVENTS, PATH_ARGS, SANDBOXES, SYSCALLS,
 };
 
 const EPERM: i64 = 1;
@@ -79,9 +79,9 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     bump(slot, COUNTER_FAILED);
-    if ret == -EPERM {
-        // Reported already by the network program that refused it?
-        if let Some(t) = NET_DENIED_TID.get_ptr_mut(0) {
+    if ret == -EPERM || ret == -EACCES {
+        // Reported already by the network or LSM program that refused it?
+        if let Some(t) = DENIED_TID.get_ptr_mut(0) {
             let h = header(0, 0);
             // SAFETY: per-CPU slot.
             unsafe {

@@ -37,6 +37,7 @@ use nix::unistd::{chdir, execve, sethostname, setsid};
 
 use error::{Context, SetupError};
 pub use landlock::kernel_abi as landlock_abi;
+pub use mounts::DEVICES;
 pub use report::Reporter;
 use stockade_policy::{LaunchSpec, ShimReport, SHIM_EXEC_FAILED, SHIM_SETUP_FAILED};
 

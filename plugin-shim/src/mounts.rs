@@ -44,7 +44,7 @@ const USER_NAMESPACE_LIMITS: [(&str, &str); 2] = [
 ];
 
 /// Device nodes the plugin gets, bound from the host's /dev.
-const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 /// What the root build could and could not do, for the supervisor's report.
 pub struct RootReport {

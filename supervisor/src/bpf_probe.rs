@@ -63,7 +63,7 @@ pub fn program_types() -> Vec<(&'static str, Result<(), String>)> {
 /// A BPF LSM program on the `file_open` hook. It needs the hook's BTF id from the kernel's own
 /// BTF, and the kernel must list `bpf` among its LSMs; even then a lockdown or a policy of the
 /// host may refuse it (these hosts answer EPERM).
-fn lsm_file_open() -> Result<(), String> {
+pub fn lsm_file_open() -> Result<(), String> {
     let active = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
     if !active.is_empty() && !active.split(',').any(|l| l.trim() == "bpf") {
         return Err("`bpf` is not among the active LSMs (lsm= boot parameter)".into());
@@ -114,6 +114,98 @@ pub fn btf_func_id(btf: &[u8], name: &str) -> Option<u32> {
         id += 1;
     }
     None
+}
+
+/// A raw BTF blob (the kernel's /sys/kernel/btf/vmlinux), indexed by type id. Rust eBPF
+/// programs have no CO-RE relocations, so the LSM programs get kernel struct offsets from here.
+pub struct BtfIndex<'a> {
+    data: &'a [u8],
+    strings: usize,
+    /// Where each type id's record starts (id 0 is void).
+    starts: Vec<usize>,
+}
+
+const BTF_KIND_STRUCT: u32 = 4;
+const BTF_KIND_UNION: u32 = 5;
+
+impl<'a> BtfIndex<'a> {
+    pub fn new(data: &'a [u8]) -> Option<BtfIndex<'a>> {
+        let mut index = BtfIndex {
+            data,
+            strings: 0,
+            starts: vec![0],
+        };
+        if data.get(0..2)? != [0x9f, 0xeb] {
+            return None;
+        }
+        let hdr_len = index.u32_at(4)? as usize;
+        let (type_off, type_len) = (index.u32_at(8)? as usize, index.u32_at(12)? as usize);
+        index.strings = hdr_len + index.u32_at(16)? as usize;
+        let (mut at, end) = (hdr_len + type_off, hdr_len + type_off + type_len);
+        while at + 12 <= end {
+            index.starts.push(at);
+            let info = index.u32_at(at + 4)?;
+            let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+            // Each kind is followed by data of its own size (include/uapi/linux/btf.h).
+            let extra = match kind {
+                1 | 14 | 17 => 4,
+                3 => 12,
+                4 | 5 => 12 * vlen,
+                6 | 13 => 8 * vlen,
+                15 | 19 => 12 * vlen,
+                _ => 0,
+            };
+            at += 12 + extra;
+        }
+        Some(index)
+    }
+
+    fn u32_at(&self, off: usize) -> Option<u32> {
+        Some(u32::from_le_bytes(
+            self.data.get(off..off + 4)?.try_into().ok()?,
+        ))
+    }
+
+    fn name_at(&self, off: u32) -> Option<&'a [u8]> {
+        let rest = self.data.get(self.strings + off as usize..)?;
+        Some(&rest[..rest.iter().position(|&b| b == 0)?])
+    }
+
+    /// The byte offset of `member` in `struct name`, looking into anonymous struct and union
+    /// members.
+    pub fn member_offset(&self, name: &str, member: &str) -> Option<u32> {
+        (1..self.starts.len() as u32)
+            .filter(|&id| {
+                let at = self.starts[id as usize];
+                let kind = (self.u32_at(at + 4).unwrap_or(0) >> 24) & 0x1f;
+                kind == BTF_KIND_STRUCT
+                    && self.u32_at(at).and_then(|n| self.name_at(n)) == Some(name.as_bytes())
+            })
+            .find_map(|id| self.find(id, member.as_bytes(), 0))
+    }
+
+    fn find(&self, id: u32, member: &[u8], depth: u32) -> Option<u32> {
+        let at = *self.starts.get(id as usize)?;
+        let info = self.u32_at(at + 4)?;
+        let (kind, vlen, kflag) = ((info >> 24) & 0x1f, info & 0xffff, info >> 31);
+        if (kind != BTF_KIND_STRUCT && kind != BTF_KIND_UNION) || depth > 8 {
+            return None;
+        }
+        for i in 0..vlen as usize {
+            let m = at + 12 + 12 * i;
+            let (name_off, ty, raw) = (self.u32_at(m)?, self.u32_at(m + 4)?, self.u32_at(m + 8)?);
+            // With kind_flag set, the low 24 bits are the bit offset (the rest a bitfield size).
+            let bits = if kflag == 1 { raw & 0xff_ffff } else { raw };
+            if name_off == 0 {
+                if let Some(inner) = self.find(ty, member, depth + 1) {
+                    return Some(bits / 8 + inner);
+                }
+            } else if self.name_at(name_off)? == member {
+                return Some(bits / 8);
+            }
+        }
+        None
+    }
 }
 
 fn load(prog_type: u32, expected_attach_type: u32, attach_btf_id: u32) -> Result<(), String> {
@@ -167,5 +259,24 @@ mod tests {
         assert_ne!(read, exit);
         assert_eq!(btf_func_id(&btf, "stockade_no_such_function"), None);
         assert_eq!(btf_func_id(b"not btf at all", "do_exit"), None);
+    }
+
+    #[test]
+    fn finds_struct_members_in_the_kernel_btf() {
+        let Ok(btf) = std::fs::read("/sys/kernel/btf/vmlinux") else {
+            println!("skipped: finds_struct_members_in_the_kernel_btf: this kernel exposes no BTF");
+            return;
+        };
+        let index = BtfIndex::new(&btf).expect("kernel BTF parses");
+        // struct path { struct vfsmount *mnt; struct dentry *dentry; }: a stable layout.
+        assert_eq!(index.member_offset("path", "mnt"), Some(0));
+        assert_eq!(index.member_offset("path", "dentry"), Some(8));
+        // pt_regs is the ptrace ABI: orig_ax is word 15.
+        assert_eq!(index.member_offset("pt_regs", "orig_ax"), Some(120));
+        // Members inside anonymous unions (dentry's d_name, in a union with d_u in some kernels).
+        assert!(index.member_offset("dentry", "d_name").is_some());
+        assert!(index.member_offset("file", "f_mode").is_some());
+        assert_eq!(index.member_offset("file", "stockade_no_such_member"), None);
+        assert_eq!(index.member_offset("stockade_no_such_struct", "x"), None);
     }
 }

@@ -8,13 +8,13 @@ use stockade::cgroup::Layout;
 use stockade::launcher::{Shim, ShimMode, HOST_ID_BASE};
 use stockade::monitor::report::Threshold;
 use stockade::monitor::rules::NetPolicy;
-use stockade::monitor::{ArmSpec, Monitor};
+use stockade::monitor::{ArmSpec, LsmSpec, Monitor};
 use stockade::probe::Probe;
 use stockade::sandbox;
 use stockade::signals::StopSignals;
 use stockade_policy::model::{NetworkMode, ThresholdAction};
 use stockade_policy::{
-    load_policy, EnforcementMode, LaunchContext, LoadError, Policy, SANDBOX_UID,
+    load_policy, Access, EnforcementMode, LaunchContext, LaunchSpec, LoadError, Policy, SANDBOX_UID,
 };
 
 #[derive(Parser)]
@@ -384,6 +384,8 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     let monitoring = match monitor.as_mut() {
         Some((m, degraded)) => Some(monitoring(
             &policy,
+            &spec,
+            matches!(shim, ShimMode::Exec(_)),
             m,
             degraded.clone(),
             args.events.as_deref(),
@@ -509,6 +511,8 @@ fn load_monitor(policy: &Policy) -> Result<Option<(Monitor, Vec<String>)>, Failu
 
 fn monitoring<'a>(
     policy: &Policy,
+    spec: &LaunchSpec,
+    shim_exec: bool,
     monitor: &'a mut Monitor,
     degraded: Vec<String>,
     events: Option<&Path>,
@@ -533,6 +537,7 @@ fn monitoring<'a>(
     Ok(sandbox::Monitoring {
         monitor,
         arm: ArmSpec {
+            lsm: Some(lsm_spec(spec, shim_exec)),
             network,
             kill: in_kernel_kill.then_some((e.threshold, e.window)),
         },
@@ -544,6 +549,34 @@ fn monitoring<'a>(
         events_out,
         degraded,
     })
+}
+
+/// What the LSM wall grants: the host sources of the policy's binds with their rights, and the
+/// device nodes the shim binds into /dev.
+fn lsm_spec(spec: &LaunchSpec, shim_exec: bool) -> LsmSpec {
+    use stockade_ebpf_common::{GRANT_EXEC, GRANT_READ, GRANT_WRITE};
+    let mut grants: Vec<(PathBuf, u32)> = spec
+        .mounts
+        .iter()
+        .map(|m| {
+            let bits = match m.access {
+                Access::Read => GRANT_READ,
+                Access::Write => GRANT_READ | GRANT_WRITE,
+                Access::Exec => GRANT_READ | GRANT_EXEC,
+            };
+            (m.source.clone(), bits)
+        })
+        .collect();
+    for dev in stockade_shim::DEVICES {
+        let path = PathBuf::from("/dev").join(dev);
+        if path.exists() {
+            grants.push((path, GRANT_READ | GRANT_WRITE));
+        }
+    }
+    LsmSpec {
+        grants,
+        after_execs: if shim_exec { 2 } else { 1 },
+    }
 }
 
 /// Without `vm.memfd_noexec` (Linux < 6.3) a memfd stays executable and Landlock does not cover

@@ -113,7 +113,7 @@ fn tcp_bind_only_to_allowed_ports() {
 }
 
 #[test]
-fn explain_says_what_is_not_enforced_yet() {
+fn explain_says_who_enforces_addresses_and_udp() {
     let file = policy_file(
         "explain",
         &allow_policy(
@@ -129,7 +129,7 @@ fn explain_says_what_is_not_enforced_yet() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(
-        text.contains("NOT YET ENFORCED: destination and bind addresses, and every UDP rule"),
+        text.contains("ENFORCED by the eBPF cgroup programs (connect4/6, sendmsg4/6, bind4/6)"),
         "{text}"
     );
     assert!(text.contains("udp 0.0.0.0/0 port 53"), "{text}");

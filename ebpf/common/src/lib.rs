@@ -31,6 +31,32 @@ pub const PROTO_UDP: u8 = 17;
 pub const FLAG_KILL: u32 = 1;
 /// `SandboxConfig::flags`: the sandbox uses the host network and has `NetRules`.
 pub const FLAG_NET_RULES: u32 = 2;
+/// `SandboxConfig::flags`: the BPF LSM programs enforce `LSM_GRANTS` for this sandbox once
+/// `execs` reaches `lsm_after_execs` (from the plugin's first instruction: the set-up before it
+/// opens host files that the plugin may not).
+pub const FLAG_LSM: u32 = 4;
+
+/// `LsmGrantKey` access bits.
+pub const GRANT_READ: u32 = 1;
+pub const GRANT_WRITE: u32 = 2;
+pub const GRANT_EXEC: u32 = 4;
+
+/// Kernel struct offsets the LSM programs need (Rust eBPF has no CO-RE): read from the kernel's
+/// BTF by the supervisor into `LSM_OFFSETS` at these indices.
+pub const OFF_FILE_DENTRY: u32 = 0;
+pub const OFF_FILE_MODE: u32 = 1;
+pub const OFF_DENTRY_PARENT: u32 = 2;
+pub const OFF_DENTRY_INODE: u32 = 3;
+pub const OFF_DENTRY_NAME: u32 = 4;
+pub const OFF_INODE_INO: u32 = 5;
+pub const OFF_INODE_SB: u32 = 6;
+pub const OFF_SB_DEV: u32 = 7;
+pub const OFF_SB_USER_NS: u32 = 8;
+pub const OFF_USERNS_LEVEL: u32 = 9;
+pub const OFF_BPRM_FILE: u32 = 10;
+pub const LSM_OFFSETS_LEN: u32 = 11;
+/// Directory levels the LSM programs walk up from a file looking for a grant.
+pub const LSM_MAX_DEPTH: u32 = 32;
 
 /// Per-sandbox counters, per CPU (userspace sums): element `slot`, index `COUNTER_*`.
 pub const COUNTERS: u32 = 8;
@@ -93,6 +119,22 @@ pub struct SandboxConfig {
     pub window_count: u32,
     pub window_ns: u64,
     pub window_start_ns: u64,
+    /// Execs seen in the sandbox (sched_process_exec).
+    pub execs: u32,
+    /// `FLAG_LSM` enforcement starts when `execs` reaches this (1: the plugin is the first exec;
+    /// 2: a shim binary is executed first).
+    pub lsm_after_execs: u32,
+}
+
+/// Key of `LSM_GRANTS`: an inode the policy grants (a bind-mount source or a file), by the
+/// kernel's device number (`MAJOR << 20 | MINOR`) and inode number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LsmGrantKey {
+    pub cgroup_id: u64,
+    pub ino: u64,
+    pub dev: u32,
+    pub _pad: u32,
 }
 
 /// One allowed destination (connect, sendmsg) or local address (bind).
@@ -206,6 +248,8 @@ pub struct LsmDenyEvent {
     pub mode: u32,
     pub dev: u64,
     pub ino: u64,
+    /// The file's own name (its last path component), NUL-terminated.
+    pub name: [u8; FILENAME_LEN],
 }
 
 #[cfg(feature = "user")]
@@ -215,13 +259,15 @@ mod user {
     unsafe impl aya::Pod for super::Rule {}
     unsafe impl aya::Pod for super::RuleSet {}
     unsafe impl aya::Pod for super::NetRules {}
+    unsafe impl aya::Pod for super::LsmGrantKey {}
 }
 
-const _: () = assert!(core::mem::size_of::<SandboxConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<SandboxConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<LsmGrantKey>() == 24);
 const _: () = assert!(core::mem::size_of::<Rule>() == 40);
 const _: () = assert!(core::mem::size_of::<RuleSet>() == 8 + 40 * MAX_RULES);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 32);
 const _: () = assert!(core::mem::size_of::<NetDenyEvent>() == 32 + 24);
 const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 32 + 8 + 48 + 8 + OBJECT_LEN);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 32 + 8 + FILENAME_LEN);
-const _: () = assert!(core::mem::size_of::<LsmDenyEvent>() == 32 + 24);
+const _: () = assert!(core::mem::size_of::<LsmDenyEvent>() == 32 + 24 + FILENAME_LEN);

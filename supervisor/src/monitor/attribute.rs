@@ -170,7 +170,13 @@ impl Attributor {
                 } else {
                     "read"
                 });
-                ev.object = Some(format!("inode {} on device {:#x}", e.ino, e.dev));
+                let name = c_string(&e.name);
+                ev.object = Some(format!(
+                    "{name} (inode {} on device {}:{})",
+                    e.ino,
+                    e.dev >> 20,
+                    e.dev & 0xf_ffff
+                ));
                 ev.errno = Some("EACCES");
                 Some(ev)
             }

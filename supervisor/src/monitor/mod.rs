@@ -17,11 +17,12 @@ pub mod rules;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{
-    cgroup_sock_addr::CgroupSockAddrLinkId, CgroupAttachMode, CgroupSockAddr, ProgramError,
+    cgroup_sock_addr::CgroupSockAddrLinkId, CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError,
     RawTracePoint, TracePoint,
 };
 use aya::Ebpf;
@@ -78,6 +79,12 @@ pub enum MonitorError {
     },
     #[error("attaching the network programs to the sandbox's cgroup: {0}")]
     Attach(#[source] ProgramError),
+    #[error("granting {} to the LSM programs: {source}", path.display())]
+    Grant {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Whether one monitor is active on this kernel, and why not.
@@ -115,9 +122,22 @@ impl Capabilities {
     }
 }
 
+/// What the LSM programs allow one sandbox (host files only; what the sandbox mounts itself is
+/// Landlock's alone).
+#[derive(Debug, Clone)]
+pub struct LsmSpec {
+    /// Host paths and `GRANT_*` bits: everything below each path (on its filesystem) gets them.
+    pub grants: Vec<(std::path::PathBuf, u32)>,
+    /// Enforcement starts when the sandbox has executed this many programs (1: the plugin is the
+    /// first; 2: a shim binary is executed before it).
+    pub after_execs: u32,
+}
+
 /// What one sandbox asks of the monitors.
 #[derive(Debug, Clone)]
 pub struct ArmSpec {
+    /// The LSM wall, where the kernel loads LSM programs.
+    pub lsm: Option<LsmSpec>,
     /// `None` for an isolated network namespace (nothing to filter).
     pub network: Option<rules::NetPolicy>,
     /// Let the network programs kill the offender once `threshold` violations fell within
@@ -131,6 +151,7 @@ pub struct Armed {
     pub cgroup_id: u64,
     pub slot: u32,
     links: Vec<(usize, CgroupSockAddrLinkId)>,
+    lsm_keys: Vec<k::LsmGrantKey>,
 }
 
 pub struct Monitor {
@@ -140,6 +161,7 @@ pub struct Monitor {
     net_programs: Vec<String>,
     sandboxes: HashMap<MapData, u64, k::SandboxConfig>,
     net_rules: HashMap<MapData, u64, k::NetRules>,
+    lsm_grants: HashMap<MapData, k::LsmGrantKey, u32>,
     counters: PerCpuArray<MapData, [u64; k::COUNTERS as usize]>,
     syscalls: PerCpuArray<MapData, [u64; k::SYSCALL_NR_MAX as usize]>,
     events: RingBuf<MapData>,
@@ -221,10 +243,14 @@ impl Monitor {
             Ok(()) => active("processes", "sched fork/exec/exit tracepoints"),
             Err(e) => inactive("processes", e.to_string()),
         };
-        let lsm = inactive(
-            "lsm",
-            "BPF LSM enforcement (file_open, bprm_check_security) is not built yet".into(),
-        );
+        let lsm = match load_lsm(&mut ebpf) {
+            Ok(()) => active(
+                "lsm",
+                "BPF LSM file_open and bprm_check_security: a second filesystem wall",
+            ),
+            Err(e) => inactive("lsm", e),
+        };
+        step("lsm");
 
         step("sched");
         let mut path_args: Array<MapData, u8> = take(&mut ebpf, "PATH_ARGS")?;
@@ -250,7 +276,26 @@ impl Monitor {
             }
         }
 
+        if lsm.active {
+            let mut offsets: Array<MapData, u32> = take(&mut ebpf, "LSM_OFFSETS")?;
+            for (i, off) in lsm_offsets()
+                .map_err(|e| MonitorError::TraceFormat {
+                    event: "lsm",
+                    message: e,
+                })?
+                .into_iter()
+                .enumerate()
+            {
+                offsets
+                    .set(i as u32, off, 0)
+                    .map_err(|source| MonitorError::Map {
+                        map: "LSM_OFFSETS",
+                        source,
+                    })?;
+            }
+        }
         let mut monitor = Monitor {
+            lsm_grants: take(&mut ebpf, "LSM_GRANTS")?,
             sandboxes: take(&mut ebpf, "SANDBOXES")?,
             net_rules: take(&mut ebpf, "NET_RULES")?,
             counters: take(&mut ebpf, "COUNTER")?,
@@ -282,6 +327,16 @@ impl Monitor {
                     step: "attach",
                     source,
                 })?;
+        }
+        if self.caps.lsm.active {
+            for name in LSM_HOOKS {
+                let p: &mut Lsm = program(&mut self.ebpf, name)?;
+                p.attach().map_err(|source| MonitorError::Program {
+                    program: name,
+                    step: "attach",
+                    source,
+                })?;
+            }
         }
         if self.caps.processes.active {
             for (name, event) in SCHED {
@@ -335,10 +390,15 @@ impl Monitor {
         if spec.network.is_some() && !self.caps.network.active {
             return Err(MonitorError::Attach(ProgramError::NotLoaded));
         }
+        let lsm = spec.lsm.as_ref().filter(|_| self.caps.lsm.active);
+        if lsm.is_some() {
+            flags |= k::FLAG_LSM;
+        }
         let mut armed = Armed {
             cgroup_id,
             slot,
             links: Vec::new(),
+            lsm_keys: Vec::new(),
         };
         let result = (|| {
             if let Some(net) = &spec.network {
@@ -357,7 +417,34 @@ impl Monitor {
                 window_count: 0,
                 window_ns: window.as_nanos().min(u64::MAX as u128) as u64,
                 window_start_ns: 0,
+                execs: 0,
+                lsm_after_execs: lsm.map_or(u32::MAX, |l| l.after_execs),
             };
+            if let Some(l) = lsm {
+                let mut bits: std::collections::HashMap<k::LsmGrantKey, u32> = Default::default();
+                for (path, b) in &l.grants {
+                    let meta = std::fs::metadata(path).map_err(|e| MonitorError::Grant {
+                        path: path.clone(),
+                        source: e,
+                    })?;
+                    let key = k::LsmGrantKey {
+                        cgroup_id,
+                        ino: meta.ino(),
+                        dev: kernel_dev(meta.dev()),
+                        _pad: 0,
+                    };
+                    *bits.entry(key).or_default() |= b;
+                }
+                for (key, b) in bits {
+                    armed.lsm_keys.push(key);
+                    self.lsm_grants
+                        .insert(key, b, 0)
+                        .map_err(|source| MonitorError::Map {
+                            map: "LSM_GRANTS",
+                            source,
+                        })?;
+                }
+            }
             self.sandboxes
                 .insert(cgroup_id, config, 0)
                 .map_err(|source| MonitorError::Map {
@@ -400,6 +487,9 @@ impl Monitor {
         }
         let _ = self.sandboxes.remove(&armed.cgroup_id);
         let _ = self.net_rules.remove(&armed.cgroup_id);
+        for key in &armed.lsm_keys {
+            let _ = self.lsm_grants.remove(key);
+        }
         if let Some(state) = self.slots.get_mut(armed.slot as usize) {
             if *state == Slot::Used {
                 // Zeroed when the slot is taken again, off the path of this sandbox's end.
@@ -509,6 +599,60 @@ pub struct Counters {
     pub failed_syscalls: u64,
     pub kills_in_kernel: u64,
     pub lsm_denied: u64,
+}
+
+const LSM_HOOKS: [&str; 2] = ["file_open", "bprm_check_security"];
+
+/// The kernel's dev_t (`MAJOR << 20 | MINOR`, what `super_block.s_dev` holds) of a userspace
+/// `st_dev`.
+fn kernel_dev(st_dev: u64) -> u32 {
+    let (major, minor) = (libc::major(st_dev), libc::minor(st_dev));
+    (major << 20) | (minor & 0xf_ffff)
+}
+
+/// Loads the LSM programs where the kernel accepts BPF LSM programs at all (probed first with a
+/// two-instruction program: parsing the kernel's BTF for aya costs about 10 ms, which hosts that
+/// refuse LSM programs need not pay).
+fn load_lsm(ebpf: &mut Ebpf) -> Result<(), String> {
+    crate::bpf_probe::lsm_file_open()
+        .map_err(|e| format!("BPF LSM programs do not load on this kernel: {e}"))?;
+    lsm_offsets()?;
+    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+    for name in LSM_HOOKS {
+        let p: &mut Lsm = ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("no program {name}"))?
+            .try_into()
+            .map_err(|e: ProgramError| format!("{name}: {e}"))?;
+        p.load(name, &btf)
+            .map_err(|e| format!("lsm/{name} does not load: {}", verifier_hint(&e)))?;
+    }
+    Ok(())
+}
+
+/// The kernel struct offsets of `LSM_OFFSETS`, in `OFF_*` order.
+fn lsm_offsets() -> Result<Vec<u32>, String> {
+    let raw = std::fs::read("/sys/kernel/btf/vmlinux").map_err(|e| format!("kernel BTF: {e}"))?;
+    let btf = crate::bpf_probe::BtfIndex::new(&raw).ok_or("the kernel's BTF does not parse")?;
+    let get = |s: &str, m: &str| {
+        btf.member_offset(s, m)
+            .ok_or_else(|| format!("no member {m} in struct {s} of the kernel's BTF"))
+    };
+    let table = [
+        get("file", "f_path")? + get("path", "dentry")?,
+        get("file", "f_mode")?,
+        get("dentry", "d_parent")?,
+        get("dentry", "d_inode")?,
+        get("dentry", "d_name")?,
+        get("inode", "i_ino")?,
+        get("inode", "i_sb")?,
+        get("super_block", "s_dev")?,
+        get("super_block", "s_user_ns")?,
+        get("user_namespace", "level")?,
+        get("linux_binprm", "file")?,
+    ];
+    debug_assert_eq!(table.len(), k::LSM_OFFSETS_LEN as usize);
+    Ok(table.to_vec())
 }
 
 const SCHED: [(&str, &str); 3] = [

@@ -1,0 +1,171 @@
+//! BPF LSM programs: a second filesystem wall behind the mount namespace and Landlock, where the
+//! kernel loads LSM programs (not on every host: `stockade doctor` says).
+//!
+//! `file_open` and `bprm_check_security` allow a file of a host filesystem only when it lies
+//! below an inode the policy grants (the source of a bind mount, or the file itself) with the
+//! right asked for: read, write (open for writing) or execute. They walk up the file's dentries to
+//! the root of its filesystem, so a filesystem mounted below a granted directory on the host is
+//! not granted by it. Filesystems the sandbox mounted itself — its root, /tmp, /proc — belong to
+//! its user namespace and are left to Landlock. A refusal is EACCES and an event.
+//!
+//! Kernel struct offsets come from the kernel's BTF, read by the supervisor (`LSM_OFFSETS`).
+
+use core::ptr::addr_of_mut;
+
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
+    macros::lsm,
+    programs::LsmContext,
+};
+use stockade_ebpf_common::{
+    LsmDenyEvent, LsmGrantKey, COUNTER_DROPPED, COUNTER_LSM_DENIED, EVENT_LSM_DENY, FLAG_LSM,
+    GRANT_EXEC, GRANT_READ, GRANT_WRITE, LSM_BPRM_CHECK, LSM_FILE_OPEN, LSM_MAX_DEPTH,
+    OFF_BPRM_FILE, OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_FILE_DENTRY,
+    OFF_FILE_MODE, OFF_INODE_INO, OFF_INODE_SB, OFF_SB_DEV, OFF_SB_USER_NS, OFF_USERNS_LEVEL,
+};
+
+use crate::maps::{
+    bump, current_cgroup, header, mark_denied, EVENTS, LSM_GRANTS, LSM_OFFSETS, SANDBOXES,
+};
+
+const EACCES: i32 = 13;
+const FMODE_WRITE: u32 = 2;
+const FMODE_EXEC: u32 = 0x20;
+
+#[inline(always)]
+fn off(i: u32) -> Option<usize> {
+    LSM_OFFSETS.get(i).map(|o| *o as usize)
+}
+
+/// Reads a `T` at `base + offset` in kernel memory.
+#[inline(always)]
+fn field<T>(base: u64, offset: u32) -> Option<T> {
+    let o = off(offset)?;
+    // SAFETY: bpf_probe_read_kernel checks the access and answers an error instead of faulting.
+    unsafe { bpf_probe_read_kernel((base as usize + o) as *const T) }.ok()
+}
+
+#[lsm(hook = "file_open")]
+pub fn file_open(ctx: LsmContext) -> i32 {
+    // The hook's first argument is `struct file *`.
+    let file: u64 = ctx.arg(0);
+    let mode: u32 = match field(file, OFF_FILE_MODE) {
+        Some(m) => m,
+        None => return 0,
+    };
+    let want = if mode & FMODE_EXEC != 0 {
+        GRANT_EXEC
+    } else if mode & FMODE_WRITE != 0 {
+        GRANT_WRITE
+    } else {
+        GRANT_READ
+    };
+    decide(file, want, mode, LSM_FILE_OPEN)
+}
+
+#[lsm(hook = "bprm_check_security")]
+pub fn bprm_check_security(ctx: LsmContext) -> i32 {
+    // The hook's first argument is `struct linux_binprm *`.
+    let bprm: u64 = ctx.arg(0);
+    let Some(file) = field::<u64>(bprm, OFF_BPRM_FILE) else {
+        return 0;
+    };
+    decide(file, GRANT_EXEC, FMODE_EXEC, LSM_BPRM_CHECK)
+}
+
+#[inline(always)]
+fn decide(file: u64, want: u32, mode: u32, hook: u8) -> i32 {
+    let cg = current_cgroup();
+    let Some(cfg) = SANDBOXES.get_ptr(&cg) else {
+        return 0;
+    };
+    // SAFETY: a live map value, read only.
+    let (slot, active) = unsafe {
+        (
+            (*cfg).slot,
+            (*cfg).flags & FLAG_LSM != 0 && (*cfg).execs >= (*cfg).lsm_after_execs,
+        )
+    };
+    if !active {
+        return 0;
+    }
+    let Some(dentry) = field::<u64>(file, OFF_FILE_DENTRY) else {
+        return 0;
+    };
+    let Some(inode) = field::<u64>(dentry, OFF_DENTRY_INODE) else {
+        return 0;
+    };
+    let Some(sb) = field::<u64>(inode, OFF_INODE_SB) else {
+        return 0;
+    };
+    // A filesystem mounted inside the sandbox (owned by a user namespace below the initial one)
+    // holds nothing of the host's.
+    if let Some(ns) = field::<u64>(sb, OFF_SB_USER_NS) {
+        if field::<u32>(ns, OFF_USERNS_LEVEL).unwrap_or(0) > 0 {
+            return 0;
+        }
+    }
+    let dev: u32 = field(sb, OFF_SB_DEV).unwrap_or(0);
+    let mut key = LsmGrantKey {
+        cgroup_id: cg,
+        ino: 0,
+        dev,
+        _pad: 0,
+    };
+    let mut granted = 0u32;
+    let mut d = dentry;
+    let mut ino_of_file = 0u64;
+    for level in 0..LSM_MAX_DEPTH {
+        let Some(i) = field::<u64>(d, OFF_DENTRY_INODE) else {
+            break;
+        };
+        key.ino = field::<u64>(i, OFF_INODE_INO).unwrap_or(0);
+        if level == 0 {
+            ino_of_file = key.ino;
+        }
+        // SAFETY: the value is only read.
+        if let Some(bits) = unsafe { LSM_GRANTS.get(&key) } {
+            // Rights add up along the path, as Landlock's do.
+            granted |= *bits;
+            if granted & want != 0 {
+                return 0;
+            }
+        }
+        let Some(parent) = field::<u64>(d, OFF_DENTRY_PARENT) else {
+            break;
+        };
+        if parent == d {
+            break; // the root of this filesystem
+        }
+        d = parent;
+    }
+
+    bump(slot, COUNTER_LSM_DENIED);
+    mark_denied();
+    let Some(mut entry) = EVENTS.reserve::<LsmDenyEvent>(0) else {
+        bump(slot, COUNTER_DROPPED);
+        return -EACCES;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` is the reserved record; every field is written before submit.
+    unsafe {
+        addr_of_mut!((*e).header).write(header(EVENT_LSM_DENY, cg));
+        addr_of_mut!((*e).hook).write(hook);
+        addr_of_mut!((*e)._pad).write([0; 3]);
+        addr_of_mut!((*e).mode).write(mode);
+        addr_of_mut!((*e).dev).write(dev as u64);
+        addr_of_mut!((*e).ino).write(ino_of_file);
+        let name = &mut *addr_of_mut!((*e).name);
+        name[0] = 0;
+        // struct qstr: the name pointer follows the 8-byte hash_len.
+        let name_ptr = off(OFF_DENTRY_NAME)
+            .and_then(|o| bpf_probe_read_kernel((dentry as usize + o + 8) as *const u64).ok());
+        if let Some(ptr) = name_ptr {
+            if bpf_probe_read_kernel_str_bytes(ptr as *const u8, name).is_err() {
+                name[0] = 0;
+            }
+        }
+    }
+    entry.submit(0);
+    -EACCES
+}
