@@ -591,31 +591,49 @@ fn the_lsm_wall_refuses_a_filesystem_mounted_below_a_grant() {
     // A granted directory with a tmpfs mounted below it on the host: the recursive bind shows it
     // in the sandbox and Landlock's rule for the directory covers it, but the filesystem was never
     // granted. The LSM programs walk the file's own filesystem and find no grant.
-    let dir = scratch_dir("lsm").join(format!("grant-{}", std::process::id()));
+    // Outside /tmp (the sandbox's own tmpfs there makes host paths below /tmp ambiguous): a
+    // tmpfs of the test's own, with a second one mounted below it.
+    let dir = PathBuf::from(format!("/run/stockade-test-lsm-{}", std::process::id()));
     let sub = dir.join("sub");
-    std::fs::create_dir_all(&sub).unwrap();
-    std::fs::write(dir.join("ok.txt"), "granted").unwrap();
-    let fixture = std::fs::read(hostile()).unwrap();
-    std::fs::write(dir.join("tool"), &fixture).unwrap();
-    set_mode(&dir.join("tool"), 0o755);
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "stockade-lsm-test"])
-        .arg(&sub)
-        .status()
-        .unwrap();
-    assert!(mounted.success(), "mount a tmpfs below the grant");
-    struct Unmount(PathBuf);
+    struct Unmount(Vec<PathBuf>);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            for p in self.0.iter().rev() {
+                let _ = std::process::Command::new("umount").arg(p).status();
+            }
+            if let Some(first) = self.0.first() {
+                let _ = std::fs::remove_dir(first);
+            }
         }
     }
-    let _unmount = Unmount(sub.clone());
+    let mut mounts = Unmount(Vec::new());
+    let tmpfs = |at: &PathBuf| {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                "size=16m,mode=0755",
+                "stockade-lsm-test",
+            ])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount a tmpfs at {}", at.display());
+    };
+    tmpfs(&dir);
+    mounts.0.push(dir.clone());
+    let fixture = std::fs::read(hostile()).unwrap();
+    std::fs::write(dir.join("ok.txt"), "granted").unwrap();
+    std::fs::write(dir.join("tool"), &fixture).unwrap();
+    set_mode(&dir.join("tool"), 0o755);
+    tmpfs(&sub);
+    mounts.0.push(sub.clone());
     std::fs::write(sub.join("secret.txt"), "not granted").unwrap();
     std::fs::write(sub.join("tool"), &fixture).unwrap();
     set_mode(&sub.join("tool"), 0o755);
-    set_mode(&dir, 0o755);
-    set_mode(&sub, 0o755);
 
     let d = dir.to_str().unwrap();
     let text = policy("").replace(

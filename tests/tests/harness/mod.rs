@@ -101,21 +101,28 @@ write = ["$TMP"]
     );
     p.push_str(extra);
     if !extra.contains("[enforcement]") {
-        p.push_str(
-            r#"
+        p.push_str(LENIENT_ENFORCEMENT);
+    }
+    p
+}
+
+/// Enforce mode (every layer denies, nothing degrades), but the auto-kill only after 1000
+/// violations: a test tries one forbidden thing and reads the fixture's answer.
+const LENIENT_ENFORCEMENT: &str = r#"
 [enforcement]
 mode = "enforce"
 threshold = 1000
 window = "60s"
 action = "kill"
-"#,
-        );
-    }
-    p
-}
+"#;
 
 /// Writes `text` to a fresh policy file (one per call: tests run in parallel) and returns its path.
+/// Like [`policy`], a text without `[enforcement]` gets one that kills only after 1000 violations.
 pub fn policy_file(name: &str, text: &str) -> PathBuf {
+    let mut text = text.to_string();
+    if !text.contains("[enforcement]") {
+        text.push_str(LENIENT_ENFORCEMENT);
+    }
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
