@@ -21,7 +21,8 @@ use stockade_ebpf_common::{
     LsmDenyEvent, LsmGrantKey, COUNTER_DROPPED, COUNTER_LSM_DENIED, EVENT_LSM_DENY, FLAG_LSM,
     GRANT_EXEC, GRANT_READ, GRANT_WRITE, LSM_BPRM_CHECK, LSM_FILE_OPEN, LSM_MAX_DEPTH,
     OFF_BPRM_FILE, OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_FILE_DENTRY,
-    OFF_FILE_MODE, OFF_INODE_INO, OFF_INODE_SB, OFF_SB_DEV, OFF_SB_USER_NS, OFF_USERNS_LEVEL,
+    OFF_FILE_FLAGS, OFF_FILE_MODE, OFF_INODE_INO, OFF_INODE_SB, OFF_SB_DEV, OFF_SB_USER_NS,
+    OFF_USERNS_LEVEL,
 };
 
 use crate::maps::{
@@ -31,6 +32,9 @@ use crate::maps::{
 const EACCES: i32 = 13;
 const FMODE_WRITE: u32 = 2;
 const FMODE_EXEC: u32 = 0x20;
+/// In `f_flags`: the open of an exec (`__FMODE_EXEC`); `f_mode` gets FMODE_EXEC only later on
+/// some kernels.
+const O_FMODE_EXEC: u32 = 0x20;
 
 #[inline(always)]
 fn off(i: u32) -> Option<usize> {
@@ -49,10 +53,13 @@ fn field<T>(base: u64, offset: u32) -> Option<T> {
 pub fn file_open(ctx: LsmContext) -> i32 {
     // The hook's first argument is `struct file *`.
     let file: u64 = ctx.arg(0);
-    let mode: u32 = match field(file, OFF_FILE_MODE) {
+    let mut mode: u32 = match field(file, OFF_FILE_MODE) {
         Some(m) => m,
         None => return 0,
     };
+    if field::<u32>(file, OFF_FILE_FLAGS).unwrap_or(0) & O_FMODE_EXEC != 0 {
+        mode |= FMODE_EXEC;
+    }
     let want = if mode & FMODE_EXEC != 0 {
         GRANT_EXEC
     } else if mode & FMODE_WRITE != 0 {

@@ -54,7 +54,8 @@ pub const OFF_SB_DEV: u32 = 7;
 pub const OFF_SB_USER_NS: u32 = 8;
 pub const OFF_USERNS_LEVEL: u32 = 9;
 pub const OFF_BPRM_FILE: u32 = 10;
-pub const LSM_OFFSETS_LEN: u32 = 11;
+pub const OFF_FILE_FLAGS: u32 = 11;
+pub const LSM_OFFSETS_LEN: u32 = 12;
 /// Directory levels the LSM programs walk up from a file looking for a grant.
 pub const LSM_MAX_DEPTH: u32 = 32;
 

@@ -163,7 +163,7 @@ impl Attributor {
             RawEvent::LsmDeny(e) => {
                 let mut ev = self.base(&e.header, EventType::Violation);
                 ev.layer = Some(Layer::Lsm);
-                ev.action = Some(if e.hook == k::LSM_BPRM_CHECK {
+                ev.action = Some(if e.hook == k::LSM_BPRM_CHECK || e.mode & 0x20 != 0 {
                     "exec"
                 } else if e.mode & 2 != 0 {
                     "write"

@@ -650,6 +650,7 @@ fn lsm_offsets() -> Result<Vec<u32>, String> {
         get("super_block", "s_user_ns")?,
         get("user_namespace", "level")?,
         get("linux_binprm", "file")?,
+        get("file", "f_flags")?,
     ];
     debug_assert_eq!(table.len(), k::LSM_OFFSETS_LEN as usize);
     Ok(table.to_vec())
