@@ -6,13 +6,17 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use stockade_ebpf_common::{
-    EventHeader, LsmGrantKey, NetRules, SandboxConfig, COUNTERS, LSM_OFFSETS_LEN, MAX_SANDBOXES,
-    MAX_SLOTS, SYSCALL_NR_MAX,
+    EventHeader, IndexEntry, LsmGrantKey, NetRules, SandboxConfig, COUNTERS, INDEX_BUCKETS,
+    INDEX_SHARED, LSM_OFFSETS_LEN, MAX_SANDBOXES, MAX_SLOTS, SYSCALL_NR_MAX,
 };
 
 /// cgroup id -> the sandbox's configuration. No entry: not a sandbox.
 #[map]
 pub static SANDBOXES: HashMap<u64, SandboxConfig> = HashMap::with_max_entries(MAX_SANDBOXES, 0);
+
+/// `cgroup_id % INDEX_BUCKETS` -> the sandbox there (see `IndexEntry`).
+#[map]
+pub static SANDBOX_INDEX: Array<IndexEntry> = Array::with_max_entries(INDEX_BUCKETS, 0);
 
 /// cgroup id -> allowed destinations and local addresses.
 #[map]
@@ -71,6 +75,21 @@ pub fn bump(slot: u32, counter: u32) {
             *n += 1;
         }
     }
+}
+
+/// The slot of the sandbox `cg`, if it is one: first the direct-mapped index (an inlined array
+/// lookup), the hash map only for a bucket two sandboxes share.
+#[inline(always)]
+pub fn sandbox_slot(cg: u64) -> Option<u32> {
+    let e = SANDBOX_INDEX.get((cg % INDEX_BUCKETS as u64) as u32)?;
+    if e.cgroup_id == cg {
+        return Some(e.slot);
+    }
+    if e.cgroup_id != INDEX_SHARED {
+        return None;
+    }
+    // SAFETY: the value is only read.
+    unsafe { SANDBOXES.get(&cg) }.map(|c| c.slot)
 }
 
 /// Marks the current thread as just refused (see `DENIED_TID`).

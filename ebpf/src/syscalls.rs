@@ -23,7 +23,7 @@ use stockade_ebpf_common::{
 };
 
 use crate::maps::{
-    bump, current_cgroup, header, DENIED_TID, EVENTS, PATH_ARGS, SANDBOXES, SYSCALLS,
+    bump, current_cgroup, header, sandbox_slot, DENIED_TID, EVENTS, PATH_ARGS, SYSCALLS,
 };
 
 const EPERM: i64 = 1;
@@ -51,11 +51,9 @@ fn reg(regs: *const u64, word: usize) -> u64 {
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let cg = current_cgroup();
-    // SAFETY: the value is only read.
-    let Some(cfg) = (unsafe { SANDBOXES.get(&cg) }) else {
+    let Some(slot) = sandbox_slot(cg) else {
         return 0;
     };
-    let slot = cfg.slot;
     let regs: *const u64 = ctx.arg(0);
     let ret: i64 = ctx.arg(1);
     let nr = reg(regs, REG_ORIG_AX) as u32;

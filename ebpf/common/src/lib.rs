@@ -7,6 +7,13 @@
 //! map is not Stockade's: the programs return at once for it.
 #![no_std]
 
+/// Buckets of `SANDBOX_INDEX`, the direct-mapped table the sys_exit program looks the current
+/// cgroup up in (an array lookup the verifier inlines, where a hash lookup is a helper call: this
+/// is the one program every syscall of the host passes).
+pub const INDEX_BUCKETS: u32 = 1 << 16;
+/// `IndexEntry::cgroup_id` of a bucket two sandboxes share: look in `SANDBOXES` instead.
+pub const INDEX_SHARED: u64 = u64::MAX;
+
 /// Sandboxes one supervisor monitors at once (map sizes).
 pub const MAX_SANDBOXES: u32 = 256;
 /// Slots of the counter arrays (one element per monitored sandbox).
@@ -125,6 +132,16 @@ pub struct SandboxConfig {
     /// `FLAG_LSM` enforcement starts when `execs` reaches this (1: the plugin is the first exec;
     /// 2: a shim binary is executed first).
     pub lsm_after_execs: u32,
+}
+
+/// Value of `SANDBOX_INDEX`, at bucket `cgroup_id % INDEX_BUCKETS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// The sandbox's cgroup id, 0 for an empty bucket, `INDEX_SHARED` for a shared one.
+    pub cgroup_id: u64,
+    pub slot: u32,
+    pub _pad: u32,
 }
 
 /// Key of `LSM_GRANTS`: an inode the policy grants (a bind-mount source or a file), by the
@@ -261,6 +278,7 @@ mod user {
     unsafe impl aya::Pod for super::RuleSet {}
     unsafe impl aya::Pod for super::NetRules {}
     unsafe impl aya::Pod for super::LsmGrantKey {}
+    unsafe impl aya::Pod for super::IndexEntry {}
 }
 
 const _: () = assert!(core::mem::size_of::<SandboxConfig>() == 40);

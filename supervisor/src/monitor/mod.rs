@@ -162,6 +162,9 @@ pub struct Monitor {
     sandboxes: HashMap<MapData, u64, k::SandboxConfig>,
     net_rules: HashMap<MapData, u64, k::NetRules>,
     lsm_grants: HashMap<MapData, k::LsmGrantKey, u32>,
+    index: Array<MapData, k::IndexEntry>,
+    /// cgroup ids per bucket of `index`, to mark a bucket shared and to restore it.
+    buckets: std::collections::HashMap<u32, Vec<(u64, u32)>>,
     counters: PerCpuArray<MapData, [u64; k::COUNTERS as usize]>,
     syscalls: PerCpuArray<MapData, [u64; k::SYSCALL_NR_MAX as usize]>,
     events: RingBuf<MapData>,
@@ -295,6 +298,8 @@ impl Monitor {
             }
         }
         let mut monitor = Monitor {
+            index: take(&mut ebpf, "SANDBOX_INDEX")?,
+            buckets: Default::default(),
             lsm_grants: take(&mut ebpf, "LSM_GRANTS")?,
             sandboxes: take(&mut ebpf, "SANDBOXES")?,
             net_rules: take(&mut ebpf, "NET_RULES")?,
@@ -451,6 +456,7 @@ impl Monitor {
                     map: "SANDBOXES",
                     source,
                 })?;
+            self.index_add(cgroup_id, slot)?;
             if self.caps.network.active {
                 let dir = File::open(cgroup)
                     .map_err(|e| MonitorError::Attach(ProgramError::IOError(e)))?;
@@ -485,6 +491,7 @@ impl Monitor {
                 let _ = p.detach(link);
             }
         }
+        let _ = self.index_remove(armed.cgroup_id);
         let _ = self.sandboxes.remove(&armed.cgroup_id);
         let _ = self.net_rules.remove(&armed.cgroup_id);
         for key in &armed.lsm_keys {
@@ -496,6 +503,42 @@ impl Monitor {
                 *state = Slot::Dirty;
             }
         }
+    }
+
+    fn bucket(cgroup_id: u64) -> u32 {
+        (cgroup_id % u64::from(k::INDEX_BUCKETS)) as u32
+    }
+
+    /// Writes the bucket of `SANDBOX_INDEX` for its current members.
+    fn index_write(&mut self, bucket: u32) -> Result<(), MonitorError> {
+        let members = self.buckets.get(&bucket).map(Vec::as_slice).unwrap_or(&[]);
+        let entry = index_entry(members);
+        self.index
+            .set(bucket, entry, 0)
+            .map_err(|source| MonitorError::Map {
+                map: "SANDBOX_INDEX",
+                source,
+            })
+    }
+
+    fn index_add(&mut self, cgroup_id: u64, slot: u32) -> Result<(), MonitorError> {
+        let bucket = Self::bucket(cgroup_id);
+        self.buckets
+            .entry(bucket)
+            .or_default()
+            .push((cgroup_id, slot));
+        self.index_write(bucket)
+    }
+
+    fn index_remove(&mut self, cgroup_id: u64) -> Result<(), MonitorError> {
+        let bucket = Self::bucket(cgroup_id);
+        if let Some(members) = self.buckets.get_mut(&bucket) {
+            members.retain(|(id, _)| *id != cgroup_id);
+            if members.is_empty() {
+                self.buckets.remove(&bucket);
+            }
+        }
+        self.index_write(bucket)
     }
 
     /// Zeroes a used slot's counters for its next sandbox.
@@ -599,6 +642,24 @@ pub struct Counters {
     pub failed_syscalls: u64,
     pub kills_in_kernel: u64,
     pub lsm_denied: u64,
+}
+
+/// A `SANDBOX_INDEX` bucket holding `members` (cgroup id, slot): empty, one sandbox, or shared
+/// (the programs then look in `SANDBOXES`).
+fn index_entry(members: &[(u64, u32)]) -> k::IndexEntry {
+    match members {
+        [] => k::IndexEntry::default(),
+        [(cgroup_id, slot)] => k::IndexEntry {
+            cgroup_id: *cgroup_id,
+            slot: *slot,
+            _pad: 0,
+        },
+        _ => k::IndexEntry {
+            cgroup_id: k::INDEX_SHARED,
+            slot: 0,
+            _pad: 0,
+        },
+    }
 }
 
 const LSM_HOOKS: [&str; 2] = ["file_open", "bprm_check_security"];
@@ -827,6 +888,19 @@ fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn index_buckets_hold_one_sandbox_or_defer_to_the_hash() {
+        assert_eq!(index_entry(&[]).cgroup_id, 0);
+        let one = index_entry(&[(70000, 3)]);
+        assert_eq!((one.cgroup_id, one.slot), (70000, 3));
+        let two = index_entry(&[(70000, 3), (70000 + u64::from(k::INDEX_BUCKETS), 4)]);
+        assert_eq!(two.cgroup_id, k::INDEX_SHARED);
+        assert_eq!(
+            Monitor::bucket(70000),
+            Monitor::bucket(70000 + u64::from(k::INDEX_BUCKETS))
+        );
+    }
 
     #[test]
     fn tracefs_offsets_of_both_layouts() {
