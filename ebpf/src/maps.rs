@@ -38,8 +38,8 @@ pub static SYSCALLS: PerCpuArray<[u64; SYSCALL_NR_MAX as usize]> =
 #[map]
 pub static PATH_ARGS: Array<u8> = Array::with_max_entries(SYSCALL_NR_MAX, 0);
 
-/// Tracepoint field offsets read from tracefs at load (their layout differs between kernels):
-/// 0: sched_process_fork.child_pid, 1: sched_process_exec.filename (__data_loc).
+/// Kernel struct offsets the sched programs need, from the kernel's BTF:
+/// 0: task_struct.pid, 1: linux_binprm.filename.
 #[map]
 pub static TP_OFFSETS: Array<u32> = Array::with_max_entries(4, 0);
 

@@ -1,13 +1,18 @@
-//! sched tracepoints: fork (every new process or thread), exec and exit of sandboxed tasks, so
+//! sched raw tracepoints: fork (every new process or thread), exec and exit of sandboxed tasks, so
 //! the supervisor can attribute every descendant to its plugin and count what it started. These
 //! fire only on fork, exec and exit, never on ordinary syscalls, so the host pays next to nothing.
-//! Field offsets differ between kernels; the supervisor reads them from tracefs into TP_OFFSETS.
+//!
+//! Raw tracepoints, not perf-event tracepoints: detaching a perf-event tracepoint waits for RCU
+//! grace periods (about 70 ms each here, at every `stockade run`'s exit); a raw tracepoint link
+//! goes at once. Their arguments are kernel pointers: `task_struct.pid` and
+//! `linux_binprm.filename` offsets come from the kernel's BTF through `TP_OFFSETS`.
 
 use core::ptr::addr_of_mut;
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel_str_bytes, macros::tracepoint, programs::TracePointContext,
-    EbpfContext,
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use stockade_ebpf_common::{
     ProcEvent, COUNTER_DROPPED, COUNTER_EXECS, COUNTER_FORKS, EVENT_EXEC, EVENT_EXIT, EVENT_FORK,
@@ -15,11 +20,20 @@ use stockade_ebpf_common::{
 
 use crate::maps::{bump, current_cgroup, header, EVENTS, SANDBOXES, TP_OFFSETS};
 
-const OFF_FORK_CHILD_PID: u32 = 0;
-const OFF_EXEC_FILENAME: u32 = 1;
+/// `TP_OFFSETS` indices.
+const OFF_TASK_PID: u32 = 0;
+const OFF_BPRM_FILENAME: u32 = 1;
+
+/// Reads a `T` at `base + TP_OFFSETS[index]` in kernel memory.
+#[inline(always)]
+fn field<T>(base: u64, index: u32) -> Option<T> {
+    let off = *TP_OFFSETS.get(index)? as u64;
+    // SAFETY: bpf_probe_read_kernel checks the access and answers an error instead of faulting.
+    unsafe { bpf_probe_read_kernel((base + off) as *const T) }.ok()
+}
 
 #[inline(always)]
-fn emit(ctx: &TracePointContext, kind: u16, cg: u64, slot: u32, other: u32, with_name: bool) {
+fn emit(kind: u16, cg: u64, slot: u32, other: u32, filename: u64) {
     let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) else {
         bump(slot, COUNTER_DROPPED);
         return;
@@ -32,40 +46,31 @@ fn emit(ctx: &TracePointContext, kind: u16, cg: u64, slot: u32, other: u32, with
         addr_of_mut!((*e)._pad).write(0);
         let name = &mut *addr_of_mut!((*e).filename);
         name[0] = 0;
-        if with_name {
-            if let Some(off) = TP_OFFSETS.get(OFF_EXEC_FILENAME) {
-                // __data_loc: the low 16 bits give the offset of the string in the record.
-                if let Ok(loc) = ctx.read_at::<u32>(*off as usize) {
-                    let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
-                    if bpf_probe_read_kernel_str_bytes(src, name).is_err() {
-                        name[0] = 0;
-                    }
-                }
-            }
+        if filename != 0 && bpf_probe_read_kernel_str_bytes(filename as *const u8, name).is_err() {
+            name[0] = 0;
         }
     }
     entry.submit(0);
 }
 
-#[tracepoint(category = "sched", name = "sched_process_fork")]
-pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+/// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     let cg = current_cgroup();
     // SAFETY: read only.
     let Some(cfg) = (unsafe { SANDBOXES.get(&cg) }) else {
         return 0;
     };
     bump(cfg.slot, COUNTER_FORKS);
-    let child = match TP_OFFSETS.get(OFF_FORK_CHILD_PID) {
-        // SAFETY: an offset inside the tracepoint record, read from its tracefs format.
-        Some(off) => unsafe { ctx.read_at::<u32>(*off as usize) }.unwrap_or(0),
-        None => 0,
-    };
-    emit(&ctx, EVENT_FORK, cg, cfg.slot, child, false);
+    let child: u64 = ctx.arg(1);
+    let pid: u32 = field(child, OFF_TASK_PID).unwrap_or(0);
+    emit(EVENT_FORK, cg, cfg.slot, pid, 0);
     0
 }
 
-#[tracepoint(category = "sched", name = "sched_process_exec")]
-pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+/// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let cg = current_cgroup();
     let Some(cfg) = SANDBOXES.get_ptr_mut(&cg) else {
         return 0;
@@ -77,12 +82,15 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         (*cfg).slot
     };
     bump(slot, COUNTER_EXECS);
-    emit(&ctx, EVENT_EXEC, cg, slot, 0, true);
+    let bprm: u64 = ctx.arg(2);
+    let filename: u64 = field(bprm, OFF_BPRM_FILENAME).unwrap_or(0);
+    emit(EVENT_EXEC, cg, slot, 0, filename);
     0
 }
 
-#[tracepoint(category = "sched", name = "sched_process_exit")]
-pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+/// `sched_process_exit(struct task_struct *p, ...)`: the exiting task is the current one.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     let cg = current_cgroup();
     // SAFETY: read only.
     let Some(cfg) = (unsafe { SANDBOXES.get(&cg) }) else {
@@ -92,6 +100,6 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if h.pid != h.tid {
         return 0; // a thread of a process that goes on
     }
-    emit(&ctx, EVENT_EXIT, cg, cfg.slot, 0, false);
+    emit(EVENT_EXIT, cg, cfg.slot, 0, 0);
     0
 }

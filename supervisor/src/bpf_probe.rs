@@ -64,14 +64,22 @@ pub fn program_types() -> Vec<(&'static str, Result<(), String>)> {
 /// BTF, and the kernel must list `bpf` among its LSMs; even then a lockdown or a policy of the
 /// host may refuse it (these hosts answer EPERM).
 pub fn lsm_file_open() -> Result<(), String> {
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux")
+        .map_err(|e| format!("no kernel BTF (/sys/kernel/btf/vmlinux): {e}"))?;
+    lsm_file_open_with(&btf)
+}
+
+/// [`lsm_file_open`] with the kernel's BTF read already.
+pub fn lsm_file_open_with(btf: &[u8]) -> Result<(), String> {
     let active = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
     if !active.is_empty() && !active.split(',').any(|l| l.trim() == "bpf") {
         return Err("`bpf` is not among the active LSMs (lsm= boot parameter)".into());
     }
-    let btf = std::fs::read("/sys/kernel/btf/vmlinux")
-        .map_err(|e| format!("no kernel BTF (/sys/kernel/btf/vmlinux): {e}"))?;
+    if btf.is_empty() {
+        return Err("no kernel BTF (/sys/kernel/btf/vmlinux)".into());
+    }
     let id =
-        btf_func_id(&btf, "bpf_lsm_file_open").ok_or("no bpf_lsm_file_open in the kernel's BTF")?;
+        btf_func_id(btf, "bpf_lsm_file_open").ok_or("no bpf_lsm_file_open in the kernel's BTF")?;
     load(BPF_PROG_TYPE_LSM, BPF_LSM_MAC, id)
 }
 

@@ -23,7 +23,7 @@ use std::path::Path;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{
     cgroup_sock_addr::CgroupSockAddrLinkId, CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError,
-    RawTracePoint, TracePoint,
+    RawTracePoint,
 };
 use aya::Ebpf;
 use serde::Serialize;
@@ -63,11 +63,6 @@ pub enum MonitorError {
         path: &'static str,
         #[source]
         source: std::io::Error,
-    },
-    #[error("tracefs format of {event}: {message}")]
-    TraceFormat {
-        event: &'static str,
-        message: String,
     },
     #[error("{0} sandboxes are monitored already (the most one supervisor takes)")]
     Full(u32),
@@ -242,11 +237,26 @@ impl Monitor {
             Err(e) => inactive("syscalls", e.to_string()),
         };
         step("sys_exit");
-        let processes = match load_sched(&mut ebpf) {
-            Ok(()) => active("processes", "sched fork/exec/exit tracepoints"),
+        // The kernel's BTF, read once: struct offsets for the sched and LSM programs (Rust eBPF
+        // has no CO-RE relocations).
+        let raw_btf = std::fs::read("/sys/kernel/btf/vmlinux").unwrap_or_default();
+        let btf_index = crate::bpf_probe::BtfIndex::new(&raw_btf);
+        let sched_offsets = btf_index
+            .as_ref()
+            .ok_or_else(|| "no kernel BTF (/sys/kernel/btf/vmlinux)".to_string())
+            .and_then(sched_offsets);
+        let processes = match sched_offsets.clone().and_then(|_| load_sched(&mut ebpf)) {
+            Ok(()) => active("processes", "sched fork/exec/exit raw tracepoints"),
             Err(e) => inactive("processes", e.to_string()),
         };
-        let lsm = match load_lsm(&mut ebpf) {
+        let lsm_table = btf_index
+            .as_ref()
+            .ok_or_else(|| "no kernel BTF (/sys/kernel/btf/vmlinux)".to_string())
+            .and_then(lsm_offsets);
+        let lsm = match lsm_table
+            .clone()
+            .and_then(|_| load_lsm(&mut ebpf, &raw_btf))
+        {
             Ok(()) => active(
                 "lsm",
                 "BPF LSM file_open and bprm_check_security: a second filesystem wall",
@@ -266,10 +276,8 @@ impl Monitor {
                 })?;
         }
         let mut offsets: Array<MapData, u32> = take(&mut ebpf, "TP_OFFSETS")?;
-        if processes.active {
-            let fork = trace_field_offset("sched_process_fork", "child_pid")?;
-            let exec = trace_field_offset("sched_process_exec", "filename")?;
-            for (i, off) in [fork, exec].into_iter().enumerate() {
+        if let (true, Ok(table)) = (processes.active, sched_offsets) {
+            for (i, off) in table.into_iter().enumerate() {
                 offsets
                     .set(i as u32, off, 0)
                     .map_err(|source| MonitorError::Map {
@@ -279,16 +287,9 @@ impl Monitor {
             }
         }
 
-        if lsm.active {
+        if let (true, Ok(table)) = (lsm.active, lsm_table) {
             let mut offsets: Array<MapData, u32> = take(&mut ebpf, "LSM_OFFSETS")?;
-            for (i, off) in lsm_offsets()
-                .map_err(|e| MonitorError::TraceFormat {
-                    event: "lsm",
-                    message: e,
-                })?
-                .into_iter()
-                .enumerate()
-            {
+            for (i, off) in table.into_iter().enumerate() {
                 offsets
                     .set(i as u32, off, 0)
                     .map_err(|source| MonitorError::Map {
@@ -344,14 +345,13 @@ impl Monitor {
             }
         }
         if self.caps.processes.active {
-            for (name, event) in SCHED {
-                let p: &mut TracePoint = program(&mut self.ebpf, name)?;
-                p.attach("sched", event)
-                    .map_err(|source| MonitorError::Program {
-                        program: name,
-                        step: "attach",
-                        source,
-                    })?;
+            for name in SCHED {
+                let p: &mut RawTracePoint = program(&mut self.ebpf, name)?;
+                p.attach(name).map_err(|source| MonitorError::Program {
+                    program: name,
+                    step: "attach",
+                    source,
+                })?;
             }
         }
         Ok(())
@@ -674,10 +674,9 @@ fn kernel_dev(st_dev: u64) -> u32 {
 /// Loads the LSM programs where the kernel accepts BPF LSM programs at all (probed first with a
 /// two-instruction program: parsing the kernel's BTF for aya costs about 10 ms, which hosts that
 /// refuse LSM programs need not pay).
-fn load_lsm(ebpf: &mut Ebpf) -> Result<(), String> {
-    crate::bpf_probe::lsm_file_open()
+fn load_lsm(ebpf: &mut Ebpf, raw_btf: &[u8]) -> Result<(), String> {
+    crate::bpf_probe::lsm_file_open_with(raw_btf)
         .map_err(|e| format!("BPF LSM programs do not load on this kernel: {e}"))?;
-    lsm_offsets()?;
     let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
     for name in LSM_HOOKS {
         let p: &mut Lsm = ebpf
@@ -691,10 +690,20 @@ fn load_lsm(ebpf: &mut Ebpf) -> Result<(), String> {
     Ok(())
 }
 
+/// The kernel struct offsets of `TP_OFFSETS`: task_struct.pid, linux_binprm.filename.
+fn sched_offsets(btf: &crate::bpf_probe::BtfIndex<'_>) -> Result<Vec<u32>, String> {
+    let get = |s: &str, m: &str| {
+        btf.member_offset(s, m)
+            .ok_or_else(|| format!("no member {m} in struct {s} of the kernel's BTF"))
+    };
+    Ok(vec![
+        get("task_struct", "pid")?,
+        get("linux_binprm", "filename")?,
+    ])
+}
+
 /// The kernel struct offsets of `LSM_OFFSETS`, in `OFF_*` order.
-fn lsm_offsets() -> Result<Vec<u32>, String> {
-    let raw = std::fs::read("/sys/kernel/btf/vmlinux").map_err(|e| format!("kernel BTF: {e}"))?;
-    let btf = crate::bpf_probe::BtfIndex::new(&raw).ok_or("the kernel's BTF does not parse")?;
+fn lsm_offsets(btf: &crate::bpf_probe::BtfIndex<'_>) -> Result<Vec<u32>, String> {
     let get = |s: &str, m: &str| {
         btf.member_offset(s, m)
             .ok_or_else(|| format!("no member {m} in struct {s} of the kernel's BTF"))
@@ -717,10 +726,10 @@ fn lsm_offsets() -> Result<Vec<u32>, String> {
     Ok(table.to_vec())
 }
 
-const SCHED: [(&str, &str); 3] = [
-    ("sched_process_fork", "sched_process_fork"),
-    ("sched_process_exec", "sched_process_exec"),
-    ("sched_process_exit", "sched_process_exit"),
+const SCHED: [&str; 3] = [
+    "sched_process_fork",
+    "sched_process_exec",
+    "sched_process_exit",
 ];
 
 fn active(name: &'static str, detail: &str) -> MonitorStatus {
@@ -800,8 +809,8 @@ fn load_raw_tp(ebpf: &mut Ebpf, name: &'static str) -> Result<(), String> {
 }
 
 fn load_sched(ebpf: &mut Ebpf) -> Result<(), String> {
-    for (name, _) in SCHED {
-        let p: &mut TracePoint = ebpf
+    for name in SCHED {
+        let p: &mut RawTracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| format!("no program {name}"))?
             .try_into()
@@ -857,34 +866,6 @@ fn ensure_mounted(fs: &'static str, path: &'static str) -> Result<(), MonitorErr
     })
 }
 
-/// The byte offset of `field` in a tracepoint's record, from its tracefs format.
-fn trace_field_offset(event: &'static str, field: &str) -> Result<u32, MonitorError> {
-    let path = format!("/sys/kernel/tracing/events/sched/{event}/format");
-    let text = std::fs::read_to_string(&path).map_err(|e| MonitorError::TraceFormat {
-        event,
-        message: format!("{path}: {e}"),
-    })?;
-    parse_field_offset(&text, field).ok_or_else(|| MonitorError::TraceFormat {
-        event,
-        message: format!("no field `{field}` in {path}"),
-    })
-}
-
-fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
-    format.lines().find_map(|line| {
-        let mut parts = line.trim().split(';').map(str::trim);
-        let decl = parts.next()?.strip_prefix("field:")?;
-        let name = decl.rsplit(' ').next()?;
-        let name = name.split('[').next()?;
-        if name != field {
-            return None;
-        }
-        parts
-            .find_map(|p| p.strip_prefix("offset:"))
-            .and_then(|o| o.parse().ok())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -900,21 +881,5 @@ mod tests {
             Monitor::bucket(70000),
             Monitor::bucket(70000 + u64::from(k::INDEX_BUCKETS))
         );
-    }
-
-    #[test]
-    fn tracefs_offsets_of_both_layouts() {
-        let new = "\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\
-                   \tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;\n\
-                   \tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;\n\
-                   \tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n";
-        assert_eq!(parse_field_offset(new, "child_pid"), Some(20));
-        let old = "\tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\
-                   \tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n\
-                   \tfield:char child_comm[16];\toffset:28;\tsize:16;\tsigned:0;\n\
-                   \tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";
-        assert_eq!(parse_field_offset(old, "child_pid"), Some(44));
-        assert_eq!(parse_field_offset(old, "child_comm"), Some(28));
-        assert_eq!(parse_field_offset(old, "nope"), None);
     }
 }
