@@ -20,6 +20,8 @@ mod monitors;
 struct Contender {
     name: &'static str,
     argv: Vec<String>,
+    /// One environment variable for this contender only.
+    env: Option<(&'static str, &'static str)>,
     samples: Vec<f64>,
 }
 
@@ -54,11 +56,23 @@ pub fn run(args: &[&str]) -> Result<()> {
     let root = workspace_root();
     let stockade = root.join("target/x86_64-unknown-linux-gnu/release/stockade");
     let profile = root.join("policies/profiles/untrusted-default.toml");
+    // The same profile in monitor mode, so that it may run without the eBPF monitors
+    // (STOCKADE_MONITORS=off is refused in enforce mode): the sandbox's own launch cost apart.
+    let scratch = root.join("target/bench-launch");
+    std::fs::create_dir_all(&scratch)?;
+    let monitor_mode = scratch.join("untrusted-default-monitor-mode.toml");
+    std::fs::write(
+        &monitor_mode,
+        std::fs::read_to_string(&profile)?
+            .replace("mode = \"enforce\"", "mode = \"monitor\"")
+            .replace("action = \"kill\"", "action = \"report\""),
+    )?;
     let s = |x: &str| x.to_string();
     let mut contenders = vec![
         Contender {
             name: "plain fork+exec",
             argv: vec![s("/bin/true")],
+            env: None,
             samples: vec![],
         },
         Contender {
@@ -72,6 +86,21 @@ pub fn run(args: &[&str]) -> Result<()> {
                 s("--"),
                 s("/bin/true"),
             ],
+            env: None,
+            samples: vec![],
+        },
+        Contender {
+            name: "stockade run, eBPF monitors off (same profile, monitor mode)",
+            argv: vec![
+                stockade.to_string_lossy().into_owned(),
+                s("run"),
+                s("--quiet"),
+                s("--policy"),
+                monitor_mode.to_string_lossy().into_owned(),
+                s("--"),
+                s("/bin/true"),
+            ],
+            env: Some(("STOCKADE_MONITORS", "off")),
             samples: vec![],
         },
         Contender {
@@ -90,6 +119,7 @@ pub fn run(args: &[&str]) -> Result<()> {
             ]
             .map(s)
             .to_vec(),
+            env: None,
             samples: vec![],
         },
         Contender {
@@ -97,23 +127,25 @@ pub fn run(args: &[&str]) -> Result<()> {
             argv: ["unshare", "-Urpfnmiu", "--mount-proc", "/bin/true"]
                 .map(s)
                 .to_vec(),
+            env: None,
             samples: vec![],
         },
     ];
     // Warm-up, and a check that every contender works here.
     for c in &mut contenders {
         for _ in 0..5 {
-            time_once(&c.argv).with_context(|| format!("{} does not run here", c.name))?;
+            time_once(&c.argv, c.env).with_context(|| format!("{} does not run here", c.name))?;
         }
     }
     for _ in 0..runs {
         for c in &mut contenders {
-            let ms = time_once(&c.argv)?;
+            let ms = time_once(&c.argv, c.env)?;
             c.samples.push(ms);
         }
     }
     let stockade_median = median(&contenders[1].samples);
-    let bwrap_median = median(&contenders[2].samples);
+    let sandbox_only_median = median(&contenders[2].samples);
+    let bwrap_median = median(&contenders[3].samples);
     let mut table =
         String::from("| command | median | p90 | stockade ÷ this |\n|---|---|---|---|\n");
     for c in &contenders {
@@ -128,20 +160,24 @@ pub fn run(args: &[&str]) -> Result<()> {
     }
     println!("{table}");
     println!(
-        "stockade's median is {:.2}× bwrap's ({}).",
+        "stockade's median is {:.2}× bwrap's ({}); without the eBPF monitors' load {:.2}×.",
         stockade_median / bwrap_median,
         if stockade_median <= bwrap_median {
             "target met: at or below bwrap"
         } else {
             "target NOT met"
-        }
+        },
+        sandbox_only_median / bwrap_median
     );
     if record {
         record_result(
             &root.join("docs/benchmarks.md"),
             runs,
             &table,
-            stockade_median / bwrap_median,
+            (
+                stockade_median / bwrap_median,
+                sandbox_only_median / bwrap_median,
+            ),
         )?;
     }
     Ok(())
@@ -154,10 +190,14 @@ fn flag_value<'a>(args: &[&'a str], flag: &str) -> Option<&'a str> {
         .copied()
 }
 
-fn time_once(argv: &[String]) -> Result<f64> {
+fn time_once(argv: &[String], env: Option<(&str, &str)>) -> Result<f64> {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    if let Some((k, v)) = env {
+        cmd.env(k, v);
+    }
     let start = Instant::now();
-    let status = Command::new(&argv[0])
-        .args(&argv[1..])
+    let status = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -206,11 +246,16 @@ fn today() -> String {
 }
 
 /// Replaces the launch section of docs/benchmarks.md (between its markers) with this run.
-fn record_result(path: &Path, runs: usize, table: &str, ratio: f64) -> Result<()> {
+fn record_result(
+    path: &Path,
+    runs: usize,
+    table: &str,
+    (ratio, sandbox_only): (f64, f64),
+) -> Result<()> {
     const BEGIN: &str = "<!-- bench:launch:begin -->";
     const END: &str = "<!-- bench:launch:end -->";
     let section = format!(
-        "Measured {} on {}; {runs} interleaved runs of each command, wall time from spawn to exit.\n\n{table}\nstockade ÷ bwrap: **{ratio:.2}**",
+        "Measured {} on {}; {runs} interleaved runs of each command, wall time from spawn to exit.\n\n{table}\nstockade ÷ bwrap: **{ratio:.2}**; without loading the eBPF monitors (the sandbox alone): **{sandbox_only:.2}**",
         today(),
         machine()
     );
