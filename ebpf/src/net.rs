@@ -16,8 +16,8 @@ use aya_ebpf::{
 };
 use stockade_ebpf_common::{
     NetDenyEvent, RuleSet, SandboxConfig, AF_INET, AF_INET6, COUNTER_DROPPED, COUNTER_KILLS,
-    COUNTER_NET_DENIED, EVENT_NET_DENY, FLAG_KILL, FLAG_NET_RULES, HOOK_BIND4, HOOK_BIND6,
-    HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, MAX_RULES,
+    COUNTER_NET_DENIED, COUNTER_NET_DROPPED, EVENT_NET_DENY, FLAG_KILL, FLAG_NET_RULES, HOOK_BIND4,
+    HOOK_BIND6, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, MAX_RULES,
 };
 
 use crate::maps::{bump, current_cgroup, header, mark_denied, EVENTS, NET_RULES, SANDBOXES};
@@ -92,22 +92,26 @@ fn check<const KILL: bool>(ctx: &SockAddrContext, hook: u8) -> i32 {
     }
     let sa: *const bpf_sock_addr = ctx.sock_addr;
     let v4 = matches!(hook, HOOK_CONNECT4 | HOOK_SENDMSG4 | HOOK_BIND4);
-    // SAFETY (the addr_of! below): field addresses inside the context, never dereferenced
-    // except through `ctx_u32`.
-    let (mut family, mut addr) = if v4 {
+    // SAFETY: addr_of! only computes the addresses of fields inside the program's context; they
+    // are loaded through `ctx_u32` alone.
+    let (ip4, ip6, user_port, protocol) = unsafe {
         (
-            AF_INET,
-            [ctx_u32(unsafe { addr_of!((*sa).user_ip4) }), 0, 0, 0],
+            addr_of!((*sa).user_ip4),
+            addr_of!((*sa).user_ip6) as *const u32,
+            addr_of!((*sa).user_port),
+            addr_of!((*sa).protocol),
         )
+    };
+    let (mut family, mut addr) = if v4 {
+        (AF_INET, [ctx_u32(ip4), 0, 0, 0])
     } else {
-        let ip6 = unsafe { addr_of!((*sa).user_ip6) } as *const u32;
         (
             AF_INET6,
             [
                 ctx_u32(ip6),
-                ctx_u32(unsafe { ip6.add(1) }),
-                ctx_u32(unsafe { ip6.add(2) }),
-                ctx_u32(unsafe { ip6.add(3) }),
+                ctx_u32(ip6.wrapping_add(1)),
+                ctx_u32(ip6.wrapping_add(2)),
+                ctx_u32(ip6.wrapping_add(3)),
             ],
         )
     };
@@ -122,8 +126,8 @@ fn check<const KILL: bool>(ctx: &SockAddrContext, hook: u8) -> i32 {
         addr = [addr[3], 0, 0, 0];
     }
     // user_port holds the __be16 port in the low 16 bits of a u32.
-    let port = u16::from_be(ctx_u32(unsafe { addr_of!((*sa).user_port) }) as u16);
-    let proto = ctx_u32(unsafe { addr_of!((*sa).protocol) }) as u8;
+    let port = u16::from_be(ctx_u32(user_port) as u16);
+    let proto = ctx_u32(protocol) as u8;
 
     let Some(rules) = NET_RULES.get_ptr(&cg) else {
         return DENY; // rules are written before the sandbox starts; none is a closed door
@@ -163,7 +167,10 @@ fn check<const KILL: bool>(ctx: &SockAddrContext, hook: u8) -> i32 {
             });
             e.submit(0);
         }
-        None => bump(slot, COUNTER_DROPPED),
+        None => {
+            bump(slot, COUNTER_DROPPED);
+            bump(slot, COUNTER_NET_DROPPED);
+        }
     }
     DENY
 }

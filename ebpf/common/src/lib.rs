@@ -67,7 +67,7 @@ pub const LSM_OFFSETS_LEN: u32 = 12;
 pub const LSM_MAX_DEPTH: u32 = 32;
 
 /// Per-sandbox counters, per CPU (userspace sums): element `slot`, index `COUNTER_*`.
-pub const COUNTERS: u32 = 8;
+pub const COUNTERS: u32 = 9;
 /// Denials by the cgroup network programs.
 pub const COUNTER_NET_DENIED: u32 = 0;
 /// Events that did not fit in the ring buffer (lost, and counted here).
@@ -84,6 +84,9 @@ pub const COUNTER_FAILED: u32 = 5;
 pub const COUNTER_KILLS: u32 = 6;
 /// Denials by the BPF LSM programs.
 pub const COUNTER_LSM_DENIED: u32 = 7;
+/// Network denials whose event was dropped (part of `COUNTER_DROPPED`): with
+/// `COUNTER_NET_DENIED` it proves that every network denial was received or counted.
+pub const COUNTER_NET_DROPPED: u32 = 8;
 
 /// `EventHeader::kind`.
 pub const EVENT_NET_DENY: u16 = 1;

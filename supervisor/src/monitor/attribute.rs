@@ -4,8 +4,9 @@
 //! syscall's registers. The layer is decided here:
 //! - **seccomp**: the sandbox's own filter, replayed on the same registers (`seccomp::evaluate`),
 //!   refuses the call. Exact: the filter only looks at the registers the event carries.
-//! - **network**: the cgroup programs report their own denials (with the address); the EPERM the
-//!   caller then sees is not reported twice. An EACCES from connect or bind is Landlock's TCP rule.
+//! - **network**: the cgroup programs report their own denials (with the address, and counted in
+//!   the kernel even when the ring buffer drops the event); an EPERM from connect, bind or sendto
+//!   that seccomp did not cause is that same denial and is not reported twice. An EACCES from connect or bind is Landlock's TCP rule.
 //! - **landlock**: an EACCES on a path whose requested right (read, write, execute) the policy
 //!   does not grant. Landlock enforces exactly the policy's grants, so this is the same decision.
 //! - **mount**: EROFS, a write to a path granted read-only (or /proc/sys).
@@ -94,8 +95,6 @@ pub struct Attributor {
     /// Paths inside the sandbox and the right granted there (what Landlock enforces).
     grants: Vec<(PathBuf, Access)>,
     start_ns: u64,
-    /// The last network denial's thread and time, to fold in a repeated EPERM report.
-    last_net_deny: Option<(u32, u64)>,
 }
 
 impl Attributor {
@@ -105,7 +104,6 @@ impl Attributor {
             seccomp: spec.seccomp.program.clone(),
             grants: spec.landlock.paths.clone(),
             start_ns,
-            last_net_deny: None,
         }
     }
 
@@ -129,7 +127,6 @@ impl Attributor {
     pub fn attribute(&mut self, raw: &RawEvent) -> Option<Event> {
         match raw {
             RawEvent::NetDeny(e) => {
-                self.last_net_deny = Some((e.header.tid, e.header.timestamp_ns));
                 let mut ev = self.base(&e.header, EventType::Violation);
                 ev.layer = Some(Layer::Network);
                 ev.action = Some(match e.hook {
@@ -217,21 +214,16 @@ impl Attributor {
                     Some(ev)
                 }
                 libc::EPERM => {
-                    // The network program reported it already (same thread, just before).
-                    if let Some((tid, t)) = self.last_net_deny {
-                        if tid == e.header.tid
-                            && e.header.timestamp_ns.saturating_sub(t) < 50_000_000
-                        {
-                            self.last_net_deny = None;
-                            return None;
-                        }
+                    // Not seccomp's (replayed above): on an IP address it is the network
+                    // program's refusal, which that program reports itself (and counts when the
+                    // ring buffer drops its event), so this report of it is not another
+                    // violation. The kernel side usually suppresses it; a thread that moved to
+                    // another CPU in between gets here.
+                    if addr.is_some() || action == "sendto" {
+                        return None;
                     }
                     // Landlock's scoping (abstract unix sockets) answers EPERM too.
-                    ev.layer = Some(if addr.is_none() {
-                        Layer::Landlock
-                    } else {
-                        Layer::Network
-                    });
+                    ev.layer = Some(Layer::Landlock);
                     Some(ev)
                 }
                 _ => {

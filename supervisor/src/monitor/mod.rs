@@ -614,6 +614,7 @@ impl Monitor {
             failed_syscalls: get(k::COUNTER_FAILED),
             kills_in_kernel: get(k::COUNTER_KILLS),
             lsm_denied: get(k::COUNTER_LSM_DENIED),
+            net_dropped: get(k::COUNTER_NET_DROPPED),
         }
     }
 
@@ -642,6 +643,8 @@ pub struct Counters {
     pub failed_syscalls: u64,
     pub kills_in_kernel: u64,
     pub lsm_denied: u64,
+    /// Network denials whose event was dropped (included in `dropped_events`).
+    pub net_dropped: u64,
 }
 
 /// A `SANDBOX_INDEX` bucket holding `members` (cgroup id, slot): empty, one sandbox, or shared
