@@ -77,19 +77,19 @@ pub fn bump(slot: u32, counter: u32) {
     }
 }
 
-/// The slot of the sandbox `cg`, if it is one: first the direct-mapped index (an inlined array
+/// The slot and flags of the sandbox `cg`, if it is one: first the direct-mapped index (an inlined array
 /// lookup), the hash map only for a bucket two sandboxes share.
 #[inline(always)]
-pub fn sandbox_slot(cg: u64) -> Option<u32> {
+pub fn sandbox_slot(cg: u64) -> Option<(u32, u32)> {
     let e = SANDBOX_INDEX.get((cg % INDEX_BUCKETS as u64) as u32)?;
     if e.cgroup_id == cg {
-        return Some(e.slot);
+        return Some((e.slot, e.flags));
     }
     if e.cgroup_id != INDEX_SHARED {
         return None;
     }
     // SAFETY: the value is only read.
-    unsafe { SANDBOXES.get(&cg) }.map(|c| c.slot)
+    unsafe { SANDBOXES.get(&cg) }.map(|c| (c.slot, c.flags))
 }
 
 /// Marks the current thread as just refused (see `DENIED_TID`).

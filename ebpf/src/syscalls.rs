@@ -18,8 +18,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use stockade_ebpf_common::{
-    SyscallEvent, ARG_PATH, ARG_SOCKADDR, COUNTER_DROPPED, COUNTER_FAILED, COUNTER_SYSCALLS,
-    EVENT_SYSCALL, SYSCALL_NR_MAX,
+    SyscallEvent, ARG_OPENS, ARG_PATH, ARG_SOCKADDR, COUNTER_DROPPED, COUNTER_FAILED,
+    COUNTER_SYSCALLS, EVENT_SYSCALL, FLAG_TRACE_FILES, SYSCALL_NR_MAX,
 };
 
 use crate::maps::{
@@ -51,7 +51,7 @@ fn reg(regs: *const u64, word: usize) -> u64 {
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let cg = current_cgroup();
-    let Some(slot) = sandbox_slot(cg) else {
+    let Some((slot, flags)) = sandbox_slot(cg) else {
         return 0;
     };
     let regs: *const u64 = ctx.arg(0);
@@ -69,14 +69,26 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         bump(slot, COUNTER_SYSCALLS);
         return 0;
     }
-    if ret != -EPERM && ret != -EACCES && ret != -EROFS && ret != -ENOENT {
-        return 0;
+    let what;
+    if ret >= 0 {
+        // A success: an event only for an open, and only when every open is traced.
+        if flags & FLAG_TRACE_FILES == 0 {
+            return 0;
+        }
+        what = PATH_ARGS.get(nr).copied().unwrap_or(0);
+        if what & ARG_OPENS == 0 {
+            return 0;
+        }
+    } else {
+        if ret != -EPERM && ret != -EACCES && ret != -EROFS && ret != -ENOENT {
+            return 0;
+        }
+        what = PATH_ARGS.get(nr).copied().unwrap_or(0);
+        if ret == -ENOENT && what & ARG_PATH == 0 {
+            return 0;
+        }
+        bump(slot, COUNTER_FAILED);
     }
-    let what = PATH_ARGS.get(nr).copied().unwrap_or(0);
-    if ret == -ENOENT && what & ARG_PATH == 0 {
-        return 0;
-    }
-    bump(slot, COUNTER_FAILED);
     if ret == -EPERM || ret == -EACCES {
         // Reported already by the network or LSM program that refused it?
         if let Some(t) = DENIED_TID.get_ptr_mut(0) {
@@ -111,6 +123,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         let mut kind = 0u8;
         let mut len = 0u32;
         let index = (what & 0x7) as usize;
+        // (ARG_OPENS is only a marker: the copy below needs the kind and the index.)
         if index < 6 {
             let ptr = args[index];
             if what & ARG_PATH != 0 {

@@ -67,7 +67,8 @@ struct RunArgs {
     /// Print no summary.
     #[arg(long, short = 'q', conflicts_with = "json")]
     quiet: bool,
-    /// Write every monitor event (violations, refusals, fork, exec, exit) to FILE as JSON lines.
+    /// Write every monitor event to FILE as JSON lines: violations, refusals, every file opened,
+    /// fork, exec and exit.
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
     /// The command and its arguments, as seen inside the sandbox.
@@ -540,6 +541,7 @@ fn monitoring<'a>(
             lsm: Some(lsm_spec(spec, shim_exec)),
             network,
             kill: in_kernel_kill.then_some((e.threshold, e.window)),
+            trace_files: events.is_some(),
         },
         threshold: Threshold {
             violations: e.threshold,

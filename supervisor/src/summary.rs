@@ -91,6 +91,9 @@ fn render_report(out: &mut String, r: &Report) {
             r.refused
         );
     }
+    if r.opens > 0 {
+        let _ = write!(line, " · {} files opened", r.opens);
+    }
     let _ = write!(
         line,
         " · {} process{} started · {} syscalls",

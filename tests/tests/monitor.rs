@@ -692,3 +692,55 @@ fn the_lsm_wall_refuses_a_filesystem_mounted_below_a_grant() {
         v[0]
     );
 }
+
+#[test]
+fn every_open_and_exec_is_in_the_events_file() {
+    if !privileged("every_open_and_exec_is_in_the_events_file") {
+        return;
+    }
+    let path = events_file("opens");
+    // cat reads locale.alias: granted here, or it is a (hidden-path) violation.
+    let text = policy("").replace(
+        "read = [\"/etc/ld.so.cache\"]",
+        "read = [\"/etc/ld.so.cache\", \"/usr/share/locale\"]",
+    );
+    let r = hostile_with(
+        "mon-opens",
+        &text,
+        &["--events", path.to_str().unwrap()],
+        &["exec", "/usr/bin/cat", "/etc/ld.so.cache"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let events = read_events(&path);
+    // The exec of cat (a dynamic binary: the loader opens its libraries, each one an event).
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "exec" && e["object"] == "/usr/bin/cat"),
+        "{events:#?}"
+    );
+    let opened: Vec<&Value> = events.iter().filter(|e| e["type"] == "open").collect();
+    let cache = opened
+        .iter()
+        .find(|e| e["object"] == "/etc/ld.so.cache" && e["action"] == "read")
+        .unwrap_or_else(|| panic!("no open of /etc/ld.so.cache: {opened:#?}"));
+    assert!(cache["fd"].as_i64().unwrap() >= 0, "{cache}");
+    assert!(
+        opened
+            .iter()
+            .any(|e| e["object"].as_str().is_some_and(|o| o.contains("libc.so"))),
+        "the loader's open of libc: {opened:#?}"
+    );
+    assert_eq!(
+        r.summary["monitor"]["opens"].as_u64().unwrap(),
+        opened.len() as u64
+    );
+    assert_no_violation(&r);
+    // Without --events only failures are traced: no open is counted.
+    let r = hostile_run(
+        "mon-opens",
+        &policy(""),
+        &["exec", "/usr/bin/cat", "/etc/ld.so.cache"],
+    );
+    assert_eq!(r.summary["monitor"]["opens"], 0);
+}

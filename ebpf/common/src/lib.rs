@@ -38,6 +38,9 @@ pub const PROTO_UDP: u8 = 17;
 pub const FLAG_KILL: u32 = 1;
 /// `SandboxConfig::flags`: the sandbox uses the host network and has `NetRules`.
 pub const FLAG_NET_RULES: u32 = 2;
+/// `SandboxConfig::flags` and `IndexEntry::flags`: report every successful open as well, not
+/// only failures (`stockade run --events`).
+pub const FLAG_TRACE_FILES: u32 = 8;
 /// `SandboxConfig::flags`: the BPF LSM programs enforce `LSM_GRANTS` for this sandbox once
 /// `execs` reaches `lsm_after_execs` (from the plugin's first instruction: the set-up before it
 /// opens host files that the plugin may not).
@@ -113,6 +116,9 @@ pub const LSM_BPRM_CHECK: u8 = 2;
 /// socket address.
 pub const ARG_PATH: u8 = 0x10;
 pub const ARG_SOCKADDR: u8 = 0x20;
+/// With `ARG_PATH`: the syscall opens a file (open, openat, openat2, creat); with
+/// `FLAG_TRACE_FILES` its successes are events too.
+pub const ARG_OPENS: u8 = 0x40;
 
 /// What the supervisor tells the programs about one sandbox (value of `SANDBOXES`).
 #[repr(C)]
@@ -144,7 +150,8 @@ pub struct IndexEntry {
     /// The sandbox's cgroup id, 0 for an empty bucket, `INDEX_SHARED` for a shared one.
     pub cgroup_id: u64,
     pub slot: u32,
-    pub _pad: u32,
+    /// The sandbox's `FLAG_*`.
+    pub flags: u32,
 }
 
 /// Key of `LSM_GRANTS`: an inode the policy grants (a bind-mount source or a file), by the
@@ -227,13 +234,14 @@ pub struct NetDenyEvent {
     pub _pad: [u8; 2],
 }
 
-/// A syscall of a sandboxed process returned EPERM, EACCES, EROFS, or ENOENT for a path.
+/// A syscall of a sandboxed process returned EPERM, EACCES, EROFS, or ENOENT for a path; or,
+/// with `FLAG_TRACE_FILES`, a file was opened (`ret` is then the descriptor).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SyscallEvent {
     pub header: EventHeader,
     pub nr: u32,
-    /// The negative errno the syscall returned.
+    /// The negative errno the syscall returned (or the new descriptor of an open).
     pub ret: i32,
     /// The six argument registers (di, si, dx, r10, r8, r9), as seccomp saw them.
     pub args: [u64; 6],

@@ -58,6 +58,8 @@ pub enum EventType {
     Violation,
     /// Refused by something that is not a Stockade layer (file modes, capabilities): recorded only.
     Refused,
+    /// A file was opened (every open is traced with `--events`).
+    Open,
     Fork,
     Exec,
     Exit,
@@ -84,6 +86,9 @@ pub struct Event {
     pub object: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errno: Option<&'static str>,
+    /// The descriptor an open returned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fd: Option<i32>,
     /// The network program killed the process at once (in-kernel threshold).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub killed_in_kernel: bool,
@@ -118,6 +123,7 @@ impl Attributor {
             syscall: None,
             object: None,
             errno: None,
+            fd: None,
             killed_in_kernel: false,
         }
     }
@@ -181,6 +187,9 @@ impl Attributor {
     }
 
     fn syscall(&mut self, e: &k::SyscallEvent) -> Option<Event> {
+        if e.ret >= 0 {
+            return self.open(e);
+        }
         let errno = -e.ret;
         let name = syscalls::name_of(e.nr);
         let object = &e.object[..(e.object_len as usize).min(k::OBJECT_LEN)];
@@ -287,6 +296,21 @@ impl Attributor {
                 Some(ev)
             }
         }
+    }
+
+    /// A successful open (`FLAG_TRACE_FILES`).
+    fn open(&self, e: &k::SyscallEvent) -> Option<Event> {
+        let name = syscalls::name_of(e.nr)?;
+        let mut ev = self.base(&e.header, EventType::Open);
+        let object = &e.object[..(e.object_len as usize).min(k::OBJECT_LEN)];
+        ev.object = (e.object_kind == k::ARG_PATH).then(|| c_string(object));
+        ev.action = Some(match requested_access(name, &e.args) {
+            Access::Write => "write",
+            _ => "read",
+        });
+        ev.syscall = Some(name.to_string());
+        ev.fd = Some(e.ret);
+        Some(ev)
     }
 
     /// The right granted at `path` (by its nearest granted ancestor), if any.

@@ -138,6 +138,8 @@ pub struct ArmSpec {
     /// Let the network programs kill the offender once `threshold` violations fell within
     /// `window` (enforce mode with action kill).
     pub kill: Option<(u32, std::time::Duration)>,
+    /// Report every successful open too, not only the failures (`--events`).
+    pub trace_files: bool,
 }
 
 /// A sandbox the monitors watch; give it back to [`Monitor::disarm`].
@@ -159,7 +161,7 @@ pub struct Monitor {
     lsm_grants: HashMap<MapData, k::LsmGrantKey, u32>,
     index: Array<MapData, k::IndexEntry>,
     /// cgroup ids per bucket of `index`, to mark a bucket shared and to restore it.
-    buckets: std::collections::HashMap<u32, Vec<(u64, u32)>>,
+    buckets: std::collections::HashMap<u32, Vec<(u64, u32, u32)>>,
     counters: PerCpuArray<MapData, [u64; k::COUNTERS as usize]>,
     syscalls: PerCpuArray<MapData, [u64; k::SYSCALL_NR_MAX as usize]>,
     events: RingBuf<MapData>,
@@ -399,6 +401,9 @@ impl Monitor {
         if lsm.is_some() {
             flags |= k::FLAG_LSM;
         }
+        if spec.trace_files {
+            flags |= k::FLAG_TRACE_FILES;
+        }
         let mut armed = Armed {
             cgroup_id,
             slot,
@@ -456,7 +461,7 @@ impl Monitor {
                     map: "SANDBOXES",
                     source,
                 })?;
-            self.index_add(cgroup_id, slot)?;
+            self.index_add(cgroup_id, slot, flags)?;
             if self.caps.network.active {
                 let dir = File::open(cgroup)
                     .map_err(|e| MonitorError::Attach(ProgramError::IOError(e)))?;
@@ -521,19 +526,19 @@ impl Monitor {
             })
     }
 
-    fn index_add(&mut self, cgroup_id: u64, slot: u32) -> Result<(), MonitorError> {
+    fn index_add(&mut self, cgroup_id: u64, slot: u32, flags: u32) -> Result<(), MonitorError> {
         let bucket = Self::bucket(cgroup_id);
         self.buckets
             .entry(bucket)
             .or_default()
-            .push((cgroup_id, slot));
+            .push((cgroup_id, slot, flags));
         self.index_write(bucket)
     }
 
     fn index_remove(&mut self, cgroup_id: u64) -> Result<(), MonitorError> {
         let bucket = Self::bucket(cgroup_id);
         if let Some(members) = self.buckets.get_mut(&bucket) {
-            members.retain(|(id, _)| *id != cgroup_id);
+            members.retain(|(id, _, _)| *id != cgroup_id);
             if members.is_empty() {
                 self.buckets.remove(&bucket);
             }
@@ -647,20 +652,20 @@ pub struct Counters {
     pub net_dropped: u64,
 }
 
-/// A `SANDBOX_INDEX` bucket holding `members` (cgroup id, slot): empty, one sandbox, or shared
-/// (the programs then look in `SANDBOXES`).
-fn index_entry(members: &[(u64, u32)]) -> k::IndexEntry {
+/// A `SANDBOX_INDEX` bucket holding `members` (cgroup id, slot, flags): empty, one sandbox, or
+/// shared (the programs then look in `SANDBOXES`).
+fn index_entry(members: &[(u64, u32, u32)]) -> k::IndexEntry {
     match members {
         [] => k::IndexEntry::default(),
-        [(cgroup_id, slot)] => k::IndexEntry {
+        [(cgroup_id, slot, flags)] => k::IndexEntry {
             cgroup_id: *cgroup_id,
             slot: *slot,
-            _pad: 0,
+            flags: *flags,
         },
         _ => k::IndexEntry {
             cgroup_id: k::INDEX_SHARED,
             slot: 0,
-            _pad: 0,
+            flags: 0,
         },
     }
 }
@@ -876,9 +881,12 @@ mod tests {
     #[test]
     fn index_buckets_hold_one_sandbox_or_defer_to_the_hash() {
         assert_eq!(index_entry(&[]).cgroup_id, 0);
-        let one = index_entry(&[(70000, 3)]);
-        assert_eq!((one.cgroup_id, one.slot), (70000, 3));
-        let two = index_entry(&[(70000, 3), (70000 + u64::from(k::INDEX_BUCKETS), 4)]);
+        let one = index_entry(&[(70000, 3, k::FLAG_TRACE_FILES)]);
+        assert_eq!(
+            (one.cgroup_id, one.slot, one.flags),
+            (70000, 3, k::FLAG_TRACE_FILES)
+        );
+        let two = index_entry(&[(70000, 3, 0), (70000 + u64::from(k::INDEX_BUCKETS), 4, 0)]);
         assert_eq!(two.cgroup_id, k::INDEX_SHARED);
         assert_eq!(
             Monitor::bucket(70000),

@@ -45,6 +45,8 @@ pub struct Report {
     pub by_action: BTreeMap<String, u64>,
     /// Refusals by something that is not a Stockade layer (file modes, capabilities).
     pub refused: u64,
+    /// Files opened (counted when every open is traced, with `--events`).
+    pub opens: u64,
     pub first: Vec<Event>,
     /// Events the ring buffer had no room for: lost, but counted.
     pub dropped_events: u64,
@@ -100,6 +102,10 @@ impl Tracker {
             EventType::Violation => {}
             EventType::Refused => {
                 self.report.refused += 1;
+                return false;
+            }
+            EventType::Open => {
+                self.report.opens += 1;
                 return false;
             }
             _ => return false,
@@ -199,6 +205,7 @@ mod tests {
             syscall: None,
             object: None,
             errno: Some("EPERM"),
+            fd: None,
             killed_in_kernel: false,
         }
     }

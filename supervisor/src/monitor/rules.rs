@@ -118,8 +118,8 @@ pub fn path_args() -> Vec<(u32, u8)> {
 
 const PATH_ARG_TABLE: &[(&str, u8)] = &[
     // The path is the first argument.
-    ("open", k::ARG_PATH),
-    ("creat", k::ARG_PATH),
+    ("open", k::ARG_PATH | k::ARG_OPENS),
+    ("creat", k::ARG_PATH | k::ARG_OPENS),
     ("stat", k::ARG_PATH),
     ("lstat", k::ARG_PATH),
     ("access", k::ARG_PATH),
@@ -156,8 +156,8 @@ const PATH_ARG_TABLE: &[(&str, u8)] = &[
     ("pivot_root", k::ARG_PATH),
     // The path is the second argument (after a directory descriptor, or the link target).
     ("symlink", k::ARG_PATH | 1),
-    ("openat", k::ARG_PATH | 1),
-    ("openat2", k::ARG_PATH | 1),
+    ("openat", k::ARG_PATH | k::ARG_OPENS | 1),
+    ("openat2", k::ARG_PATH | k::ARG_OPENS | 1),
     ("newfstatat", k::ARG_PATH | 1),
     ("statx", k::ARG_PATH | 1),
     ("faccessat", k::ARG_PATH | 1),
