@@ -75,7 +75,7 @@ pub const COUNTERS: u32 = 9;
 pub const COUNTER_NET_DENIED: u32 = 0;
 /// Events that did not fit in the ring buffer (lost, and counted here).
 pub const COUNTER_DROPPED: u32 = 1;
-/// Syscalls that returned (every syscall of the sandbox).
+/// Syscalls whose number is out of the per-syscall array's range (none on x86_64 today).
 pub const COUNTER_SYSCALLS: u32 = 2;
 /// Processes and threads started (sched_process_fork).
 pub const COUNTER_FORKS: u32 = 3;
