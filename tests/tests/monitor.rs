@@ -6,22 +6,9 @@
 mod harness;
 use harness::*;
 use serde_json::Value;
-use std::io::Write;
 use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-/// A loopback listener that greets every connection, for the life of the test.
-fn greeter(addr: &str) -> u16 {
-    let listener = TcpListener::bind(addr).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten().take(16) {
-            let _ = stream.write_all(b"hello");
-        }
-    });
-    port
-}
 
 /// A port nobody listens on (bound and released at once).
 fn free_port(addr: &str) -> u16 {
@@ -107,17 +94,6 @@ fn read_events(path: &PathBuf) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
         .collect()
-}
-
-/// Port rules need Landlock ABI 4 on the host network (an enforce-mode sandbox refuses to start
-/// without); the cgroup programs alone are tested by the UDP tests everywhere.
-fn tcp_rules_enforceable(test: &str) -> bool {
-    let abi = landlock_abi();
-    if abi < 4 {
-        println!("skipped: {test}: Landlock ABI {abi} cannot restrict TCP ports (needs 4)");
-        return false;
-    }
-    true
 }
 
 fn net_policy(connect: &str) -> String {

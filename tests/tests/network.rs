@@ -3,31 +3,7 @@
 
 mod harness;
 use harness::*;
-use std::io::Write;
 use std::net::TcpListener;
-
-/// A loopback listener that greets every connection, for the life of the test.
-fn greeter(addr: &str) -> u16 {
-    let listener = TcpListener::bind(addr).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten().take(8) {
-            let mut stream = stream;
-            let _ = stream.write_all(b"hello");
-        }
-    });
-    port
-}
-
-/// Port rules need Landlock ABI 4 (Linux 6.7); below it an enforce-mode sandbox refuses to start.
-fn tcp_rules_enforceable(test: &str) -> bool {
-    let abi = landlock_abi();
-    if abi < 4 {
-        println!("skipped: {test}: Landlock ABI {abi} cannot restrict TCP ports (needs 4)");
-        return false;
-    }
-    true
-}
 
 fn allow_policy(connect: &str, bind: &str) -> String {
     policy(&format!(

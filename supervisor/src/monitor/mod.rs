@@ -265,40 +265,13 @@ impl Monitor {
             ),
             Err(e) => inactive("lsm", e),
         };
-        step("lsm");
-
-        step("sched");
-        let mut path_args: Array<MapData, u8> = take(&mut ebpf, "PATH_ARGS")?;
-        for (nr, what) in rules::path_args() {
-            path_args
-                .set(nr, what, 0)
-                .map_err(|source| MonitorError::Map {
-                    map: "PATH_ARGS",
-                    source,
-                })?;
-        }
-        let mut offsets: Array<MapData, u32> = take(&mut ebpf, "TP_OFFSETS")?;
+        step("programs loaded");
+        fill_array(&mut ebpf, "PATH_ARGS", rules::path_args())?;
         if let (true, Ok(table)) = (processes.active, sched_offsets) {
-            for (i, off) in table.into_iter().enumerate() {
-                offsets
-                    .set(i as u32, off, 0)
-                    .map_err(|source| MonitorError::Map {
-                        map: "TP_OFFSETS",
-                        source,
-                    })?;
-            }
+            fill_array(&mut ebpf, "TP_OFFSETS", (0..).zip(table))?;
         }
-
         if let (true, Ok(table)) = (lsm.active, lsm_table) {
-            let mut offsets: Array<MapData, u32> = take(&mut ebpf, "LSM_OFFSETS")?;
-            for (i, off) in table.into_iter().enumerate() {
-                offsets
-                    .set(i as u32, off, 0)
-                    .map_err(|source| MonitorError::Map {
-                        map: "LSM_OFFSETS",
-                        source,
-                    })?;
-            }
+            fill_array(&mut ebpf, "LSM_OFFSETS", (0..).zip(table))?;
         }
         let mut monitor = Monitor {
             index: take(&mut ebpf, "SANDBOX_INDEX")?,
@@ -754,6 +727,21 @@ fn inactive(name: &'static str, detail: String) -> MonitorStatus {
         active: false,
         detail,
     }
+}
+
+/// Writes `values` (index, value) into the array map `name`, which the programs only read.
+fn fill_array<V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    values: impl IntoIterator<Item = (u32, V)>,
+) -> Result<(), MonitorError> {
+    let mut array: Array<MapData, V> = take(ebpf, name)?;
+    for (i, v) in values {
+        array
+            .set(i, v, 0)
+            .map_err(|source| MonitorError::Map { map: name, source })?;
+    }
+    Ok(())
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MonitorError>

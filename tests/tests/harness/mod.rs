@@ -303,3 +303,27 @@ pub fn landlock_abi() -> i64 {
     };
     v.max(0)
 }
+
+/// A loopback listener that greets every connection ("hello"), for the life of the test.
+pub fn greeter(addr: &str) -> u16 {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten().take(16) {
+            let _ = stream.write_all(b"hello");
+        }
+    });
+    port
+}
+
+/// Port rules need Landlock ABI 4 (Linux 6.7) on the host network; below it an enforce-mode
+/// sandbox refuses to start. Prints `skipped:` when they cannot be enforced.
+pub fn tcp_rules_enforceable(test: &str) -> bool {
+    let abi = landlock_abi();
+    if abi < 4 {
+        println!("skipped: {test}: Landlock ABI {abi} cannot restrict TCP ports (needs 4)");
+        return false;
+    }
+    true
+}
