@@ -554,8 +554,12 @@ fn qemu_command(
     let mut cmd = Command::new("qemu-system-x86_64");
     match accel {
         Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
-        // thread=multi: one host thread per vCPU, so both cores of the host work.
-        _ => cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max"]),
+        // thread=single: one host thread runs both vCPUs in turn. With thread=multi (a host
+        // thread per vCPU) the guest kernel died with "Oops: int3" in syscall exit code: the
+        // sandboxes' monitors attach and detach a syscall tracepoint, the kernel live-patches
+        // its static branches with int3 (text_poke_bp), and a vCPU still ran a translation of the
+        // patched code. Single-threaded TCG invalidates translations in step with the writes.
+        _ => cmd.args(["-accel", "tcg,thread=single", "-cpu", "max"]),
     };
     // loglevel=3 after quiet: only critical kernel messages (oopses, panics) reach the console,
     // where they would interleave with the tests' output (an OOM kill is an error-level message,
