@@ -69,6 +69,20 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         bump(slot, COUNTER_SYSCALLS);
         return 0;
     }
+    // Reported already by the network or LSM program that refused this thread's call? The mark
+    // is cleared at this thread's next syscall exit whatever it returned, before any early
+    // return, so that a call a program refused but that still returned success (sendmmsg with
+    // one message sent) cannot leave a mark that would hide a later, unrelated denial.
+    let mut suppressed = false;
+    if let Some(t) = DENIED_TID.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe {
+            if *t != 0 && *t == header(0, 0).tid {
+                *t = 0;
+                suppressed = ret == -EPERM || ret == -EACCES;
+            }
+        }
+    }
     let what;
     if ret >= 0 {
         // A success: an event only for an open, and only when every open is traced.
@@ -89,18 +103,8 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         }
         bump(slot, COUNTER_FAILED);
     }
-    if ret == -EPERM || ret == -EACCES {
-        // Reported already by the network or LSM program that refused it?
-        if let Some(t) = DENIED_TID.get_ptr_mut(0) {
-            let h = header(0, 0);
-            // SAFETY: per-CPU slot.
-            unsafe {
-                if *t == h.tid {
-                    *t = 0;
-                    return 0;
-                }
-            }
-        }
+    if suppressed {
+        return 0;
     }
     let Some(mut entry) = EVENTS.reserve::<SyscallEvent>(0) else {
         bump(slot, COUNTER_DROPPED);

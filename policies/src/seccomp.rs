@@ -74,6 +74,10 @@ enum Verdict {
         arg: u32,
         values: &'static [u32],
     },
+    /// `socket`: unix and netlink sockets; inet and inet6 only for TCP and UDP (protocol 0, 6 or
+    /// 17). Anything else there — ICMP echo ("ping") sockets, SCTP, UDP-Lite, MPTCP — would carry
+    /// traffic past the network programs, which hook connect, UDP sendmsg and bind only.
+    Socket,
 }
 
 const TIOCSETD: u32 = 0x5423;
@@ -150,7 +154,8 @@ fn verdicts(s: &Syscalls) -> Vec<(u32, Verdict)> {
                     arg: 0,
                     values: &SAFE_PERSONALITIES,
                 },
-                "socket" | "socketpair" => Verdict::AllowIfOneOf {
+                "socket" => Verdict::Socket,
+                "socketpair" => Verdict::AllowIfOneOf {
                     arg: 0,
                     values: &SOCKET_FAMILIES,
                 },
@@ -226,6 +231,23 @@ fn emit_verdict(v: Verdict, deny_ret: u32, out: &mut Vec<Insn>) {
         ]),
         Verdict::AllowIfOneOf { arg, values } => emit_one_of(arg, values, [deny, allow], out),
         Verdict::AllowUnlessOneOf { arg, values } => emit_one_of(arg, values, [allow, deny], out),
+        Verdict::Socket => {
+            // Each jump counts the instructions it skips; the last one is `allow`.
+            out.extend([
+                (BPF_LD_W_ABS, 0, 0, offset_arg_low(0)),
+                (BPF_JMP_JEQ_K, 9, 0, libc::AF_UNIX as u32),
+                (BPF_JMP_JEQ_K, 8, 0, libc::AF_NETLINK as u32),
+                (BPF_JMP_JEQ_K, 2, 0, libc::AF_INET as u32),
+                (BPF_JMP_JEQ_K, 1, 0, libc::AF_INET6 as u32),
+                deny,
+                (BPF_LD_W_ABS, 0, 0, offset_arg_low(2)),
+                (BPF_JMP_JEQ_K, 3, 0, 0),
+                (BPF_JMP_JEQ_K, 2, 0, libc::IPPROTO_TCP as u32),
+                (BPF_JMP_JEQ_K, 1, 0, libc::IPPROTO_UDP as u32),
+                deny,
+                allow,
+            ])
+        }
     }
 }
 
@@ -408,6 +430,48 @@ mod tests {
                 _ => return n,
             }
         }
+    }
+
+    #[test]
+    fn inet_sockets_are_tcp_or_udp_only() {
+        let p = build_program(&Syscalls::default()).program;
+        let sock = |family: i32, ty: i32, proto: i32| {
+            answer(
+                &p,
+                "socket",
+                [family as u64, ty as u64, proto as u64, 0, 0, 0],
+            )
+        };
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            assert_eq!(sock(family, libc::SOCK_STREAM, 0), SECCOMP_RET_ALLOW);
+            assert_eq!(
+                sock(family, libc::SOCK_STREAM, libc::IPPROTO_TCP),
+                SECCOMP_RET_ALLOW
+            );
+            assert_eq!(sock(family, libc::SOCK_DGRAM, 0), SECCOMP_RET_ALLOW);
+            assert_eq!(
+                sock(family, libc::SOCK_DGRAM, libc::IPPROTO_UDP),
+                SECCOMP_RET_ALLOW
+            );
+            // Ping sockets, SCTP, UDP-Lite, MPTCP: past the network programs' hooks.
+            for proto in [
+                libc::IPPROTO_ICMP,
+                libc::IPPROTO_ICMPV6,
+                libc::IPPROTO_SCTP,
+                136,
+                262,
+            ] {
+                assert_eq!(
+                    sock(family, libc::SOCK_DGRAM, proto),
+                    eperm(),
+                    "{family} {proto}"
+                );
+            }
+        }
+        // Other families are judged by family alone, as before.
+        assert_eq!(sock(libc::AF_UNIX, libc::SOCK_STREAM, 0), SECCOMP_RET_ALLOW);
+        assert_eq!(sock(libc::AF_NETLINK, libc::SOCK_RAW, 0), SECCOMP_RET_ALLOW);
+        assert_eq!(sock(libc::AF_PACKET, libc::SOCK_RAW, 0), eperm());
     }
 
     #[test]

@@ -195,7 +195,8 @@ pub fn explain(policy: &Policy, probe: &Probe) -> String {
         out,
         "  always filtered: clone with namespace flags; ioctl TIOCSTI, TIOCLINUX, TIOCSETD; unsafe\n  \
          personality flags; sockets other than unix, inet, inet6 and netlink (vsock is not\n  \
-         namespaced); set-user-ID and set-group-ID modes in chmod, open and mknod; clone3 and\n  \
+         namespaced), and inet sockets other than TCP and UDP (ICMP echo, SCTP: no network\n  \
+         program sees their traffic); set-user-ID and set-group-ID modes in chmod, open and mknod; clone3 and\n  \
          openat2 answer ENOSYS so that libc falls back to clone and openat, which can be checked."
     );
 

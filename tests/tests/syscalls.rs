@@ -83,6 +83,11 @@ fn kernel_wide_resources_and_set_id_files_are_out_of_reach() {
     // vsock is not namespaced: it would reach the hypervisor from "no network".
     assert_line(&attempt("socket-vsock"), "err EPERM");
     assert_line(&attempt("socket-packet"), "err EPERM");
+    // ICMP echo ("ping") sockets: with a permissive net.ipv4.ping_group_range their sendto would
+    // reach any address past the network programs (which hook connect, UDP sendmsg and bind).
+    assert_line(&attempt("socket-ping"), "err EPERM");
+    assert_line(&attempt("socket-ping6"), "err EPERM");
+    assert_line(&attempt("socket-udp"), "ok");
     // AIO contexts come from a machine-wide pool.
     assert_line(&attempt("io_setup"), "err EPERM");
     // Set-id bits, by chmod and at creation.

@@ -223,12 +223,13 @@ impl Attributor {
                     Some(ev)
                 }
                 libc::EPERM => {
-                    // Not seccomp's (replayed above): on an IP address it is the network
+                    // Not seccomp's (replayed above): on an IP address (the copied sockaddr is
+                    // AF_INET or AF_INET6; sendmsg's is not copied) it is the network
                     // program's refusal, which that program reports itself (and counts when the
                     // ring buffer drops its event), so this report of it is not another
                     // violation. The kernel side usually suppresses it; a thread that moved to
                     // another CPU in between gets here.
-                    if addr.is_some() || action == "sendto" {
+                    if addr.is_some() {
                         return None;
                     }
                     // Landlock's scoping (abstract unix sockets) answers EPERM too.

@@ -126,6 +126,10 @@ impl Tracker {
         }
         let window_ms = self.threshold.window.as_secs_f64() * 1000.0;
         self.recent.push_back(ev.t_ms);
+        // Only the last `threshold` times matter: memory stays bounded in report mode too.
+        while self.recent.len() > self.threshold.violations.max(1) as usize {
+            self.recent.pop_front();
+        }
         while let Some(&t) = self.recent.front() {
             if ev.t_ms - t > window_ms {
                 self.recent.pop_front();

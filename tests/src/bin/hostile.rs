@@ -535,6 +535,13 @@ fn syscall(name: &str) -> String {
                 ))
             }
             "socket-vsock" => ret(libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) as _),
+            "socket-ping" => {
+                ret(libc::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP) as _)
+            }
+            "socket-ping6" => {
+                ret(libc::socket(libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_ICMPV6) as _)
+            }
+            "socket-udp" => ret(libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) as _),
             "socket-packet" => ret(libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) as _),
             "socket-unix" => ret(libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) as _),
             "socket-inet" => ret(libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) as _),
