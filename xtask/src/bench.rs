@@ -40,19 +40,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         .unwrap_or(300);
     let record = !args.contains(&"--no-record");
     apt_install(&["bubblewrap", "util-linux"])?;
-    let status = cargo()
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "stockade",
-            "-p",
-            "stockade-shim",
-        ])
-        .status()?;
-    if !status.success() {
-        bail!("the release build failed");
-    }
+    build_release(&["stockade", "stockade-shim"])?;
     let root = workspace_root();
     let stockade = root.join("target/x86_64-unknown-linux-gnu/release/stockade");
     let profile = root.join("policies/profiles/untrusted-default.toml");
@@ -179,6 +167,19 @@ pub fn run(args: &[&str]) -> Result<()> {
                 sandbox_only_median / bwrap_median,
             ),
         )?;
+    }
+    Ok(())
+}
+
+/// `cargo build --release` of these packages (what a benchmark measures).
+pub(crate) fn build_release(packages: &[&str]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--release"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    if !cmd.status()?.success() {
+        bail!("the release build failed");
     }
     Ok(())
 }

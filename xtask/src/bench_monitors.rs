@@ -26,7 +26,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use super::{flag_value, machine, median, percentile, replace_section, today};
-use crate::{apt_install, cargo, target_dir, workspace_root};
+use crate::{apt_install, target_dir, workspace_root};
 
 pub const USAGE: &str = "cargo xtask bench monitors [--rounds N] [--no-record]";
 
@@ -85,19 +85,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         }
     }
     crate::setup::ebpf()?;
-    let status = cargo()
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "stockade",
-            "-p",
-            "stockade-tests",
-        ])
-        .status()?;
-    if !status.success() {
-        bail!("the release build failed");
-    }
+    super::build_release(&["stockade", "stockade-tests"])?;
     let setup = prepare()?;
     let started = Instant::now();
 

@@ -300,33 +300,27 @@ impl Monitor {
     }
 
     fn attach_tracepoints(&mut self) -> Result<(), MonitorError> {
+        let failed = |program: &'static str| {
+            move |source| MonitorError::Program {
+                program,
+                step: "attach",
+                source,
+            }
+        };
         if self.caps.syscalls.active {
             let p: &mut RawTracePoint = program(&mut self.ebpf, "sys_exit")?;
-            p.attach("sys_exit")
-                .map_err(|source| MonitorError::Program {
-                    program: "sys_exit",
-                    step: "attach",
-                    source,
-                })?;
+            p.attach("sys_exit").map_err(failed("sys_exit"))?;
         }
         if self.caps.lsm.active {
             for name in LSM_HOOKS {
                 let p: &mut Lsm = program(&mut self.ebpf, name)?;
-                p.attach().map_err(|source| MonitorError::Program {
-                    program: name,
-                    step: "attach",
-                    source,
-                })?;
+                p.attach().map_err(failed(name))?;
             }
         }
         if self.caps.processes.active {
             for name in SCHED {
                 let p: &mut RawTracePoint = program(&mut self.ebpf, name)?;
-                p.attach(name).map_err(|source| MonitorError::Program {
-                    program: name,
-                    step: "attach",
-                    source,
-                })?;
+                p.attach(name).map_err(failed(name))?;
             }
         }
         Ok(())

@@ -93,14 +93,7 @@ fn connect_flood(addr: &str, count: u64) -> String {
         if fd < 0 {
             return format!("socket {}", err_line(errno()));
         }
-        let sa = libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: a.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(a.ip().octets()),
-            },
-            sin_zero: [0; 8],
-        };
+        let sa = sockaddr_in(a);
         let (mut eperm, mut other) = (0u64, 0u64);
         for _ in 0..count {
             let rc = libc::connect(
@@ -116,6 +109,17 @@ fn connect_flood(addr: &str, count: u64) -> String {
         }
         libc::close(fd);
         format!("ok eperm={eperm} other={other}")
+    }
+}
+
+fn sockaddr_in(a: std::net::SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.ip().octets()),
+        },
+        sin_zero: [0; 8],
     }
 }
 
@@ -159,14 +163,7 @@ fn bench_connect(count: u64, addr: &str) -> String {
     let Ok(a) = addr.parse::<std::net::SocketAddrV4>() else {
         return "bad address (IPv4 only)".into();
     };
-    let sa = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(a.ip().octets()),
-        },
-        sin_zero: [0; 8],
-    };
+    let sa = sockaddr_in(a);
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
