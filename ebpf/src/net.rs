@@ -9,15 +9,19 @@
 use core::ptr::{addr_of, read_volatile};
 
 use aya_ebpf::{
-    bindings::bpf_sock_addr,
-    helpers::{bpf_ktime_get_ns, generated::bpf_send_signal},
-    macros::cgroup_sock_addr,
-    programs::SockAddrContext,
+    bindings::{bpf_sock, bpf_sock_addr, BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_LISTEN},
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_send_signal, bpf_skb_cgroup_id},
+    },
+    macros::{cgroup_skb, cgroup_sock_addr, sock_ops},
+    programs::{SkBuffContext, SockAddrContext, SockOpsContext},
 };
 use stockade_ebpf_common::{
-    NetDenyEvent, RuleSet, SandboxConfig, AF_INET, AF_INET6, COUNTER_DROPPED, COUNTER_KILLS,
-    COUNTER_NET_DENIED, COUNTER_NET_DROPPED, EVENT_NET_DENY, FLAG_KILL, FLAG_NET_RULES, HOOK_BIND4,
-    HOOK_BIND6, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, MAX_RULES,
+    NetDenyEvent, RuleSet, SandboxConfig, AF_INET, AF_INET6, COUNTER_DROPPED,
+    COUNTER_INBOUND_DROPPED, COUNTER_KILLS, COUNTER_NET_DENIED, COUNTER_NET_DROPPED,
+    EVENT_NET_DENY, FLAG_KILL, FLAG_NET_RULES, HOOK_BIND4, HOOK_BIND6, HOOK_CONNECT4,
+    HOOK_CONNECT6, HOOK_LISTEN4, HOOK_LISTEN6, HOOK_SENDMSG4, HOOK_SENDMSG6, MAX_RULES,
 };
 
 use crate::maps::{bump, current_cgroup, header, mark_denied, EVENTS, NET_RULES, SANDBOXES};
@@ -25,6 +29,7 @@ use crate::maps::{bump, current_cgroup, header, mark_denied, EVENTS, NET_RULES, 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 const SIGKILL: u32 = 9;
+const IPPROTO_TCP: u8 = 6;
 
 #[inline(always)]
 fn ctx_u32(p: *const u32) -> u32 {
@@ -32,6 +37,21 @@ fn ctx_u32(p: *const u32) -> u32 {
     // every context access. One volatile 4-byte load per field keeps LLVM from merging or
     // narrowing them into accesses the verifier rejects.
     unsafe { read_volatile(p) }
+}
+
+/// ::ffff:a.b.c.d on a dual-stack IPv6 socket reaches the *6 hooks but talks IPv4: the IPv4
+/// rules judge it, or an IPv4 deny could be bypassed through an IPv6 socket.
+#[inline(always)]
+fn unmap(family: u8, addr: [u32; 4]) -> (u8, [u32; 4]) {
+    if family == AF_INET6
+        && addr[0] == 0
+        && addr[1] == 0
+        && addr[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])
+    {
+        (AF_INET, [addr[3], 0, 0, 0])
+    } else {
+        (family, addr)
+    }
 }
 
 #[inline(always)]
@@ -78,6 +98,36 @@ fn threshold_crossed(cfg: *mut SandboxConfig) -> bool {
     }
 }
 
+/// Does a bind rule cover a TCP socket listening on (`family`, `addr`, `port`) in sandbox `cg`?
+/// `true` for a cgroup that is not a sandbox, or one in its own network namespace.
+#[inline(always)]
+fn listen_allowed(cg: u64, family: u32, addr: [u32; 4], port: u32) -> bool {
+    // SAFETY: the value is only read.
+    let Some(cfg) = (unsafe { SANDBOXES.get(&cg) }) else {
+        return true;
+    };
+    if cfg.flags & FLAG_NET_RULES == 0 {
+        return true;
+    }
+    let Some(rules) = NET_RULES.get_ptr(&cg) else {
+        return false;
+    };
+    let family = if family == AF_INET as u32 {
+        AF_INET
+    } else {
+        AF_INET6
+    };
+    let (family, addr) = unmap(family, addr);
+    // SAFETY: a live map value.
+    matches(
+        unsafe { &(*rules).bind },
+        family,
+        &addr,
+        port as u16,
+        IPPROTO_TCP,
+    )
+}
+
 #[inline(always)]
 fn check<const KILL: bool>(ctx: &SockAddrContext, hook: u8) -> i32 {
     let cg = current_cgroup();
@@ -102,7 +152,7 @@ fn check<const KILL: bool>(ctx: &SockAddrContext, hook: u8) -> i32 {
             addr_of!((*sa).protocol),
         )
     };
-    let (mut family, mut addr) = if v4 {
+    let (family, addr) = if v4 {
         (AF_INET, [ctx_u32(ip4), 0, 0, 0])
     } else {
         (
@@ -115,16 +165,7 @@ fn check<const KILL: bool>(ctx: &SockAddrContext, hook: u8) -> i32 {
             ],
         )
     };
-    // ::ffff:a.b.c.d on a dual-stack IPv6 socket reaches the *6 hook but talks IPv4: the IPv4
-    // rules judge it, or an IPv4 deny could be bypassed through an IPv6 socket.
-    if family == AF_INET6
-        && addr[0] == 0
-        && addr[1] == 0
-        && addr[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])
-    {
-        family = AF_INET;
-        addr = [addr[3], 0, 0, 0];
-    }
+    let (family, addr) = unmap(family, addr);
     // user_port holds the __be16 port in the low 16 bits of a u32.
     let port = u16::from_be(ctx_u32(user_port) as u16);
     let proto = ctx_u32(protocol) as u8;
@@ -223,4 +264,107 @@ pub fn bind4_kill(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(bind6)]
 pub fn bind6_kill(ctx: SockAddrContext) -> i32 {
     check::<true>(&ctx, HOOK_BIND6)
+}
+
+/// Inbound packets of the sandbox's sockets. A TCP socket can listen without ever passing a bind
+/// hook: `listen()` on an unbound socket takes an ephemeral port on every address (autobind), and
+/// Landlock has no right for listening. Every packet addressed to a listening socket (the SYN, and
+/// the handshake's last ACK, are delivered to the listener) is dropped unless a bind rule covers
+/// the socket's own address and port, so no connection to it can complete. The socket's state is
+/// read rather than the packet parsed: a sender cannot hide the SYN behind IPv6 extension headers.
+#[cgroup_skb(ingress)]
+pub fn inbound(ctx: SkBuffContext) -> i32 {
+    let skb = ctx.skb.skb;
+    // SAFETY: `skb` is the program's context; `sk` is a context field the verifier knows to be a
+    // socket pointer or null, checked before use; `bpf_sock` fields are loaded one by one.
+    unsafe {
+        let sk: *mut bpf_sock = read_volatile(addr_of!((*skb).__bindgen_anon_2.sk));
+        if sk.is_null() || read_volatile(addr_of!((*sk).state)) != BPF_TCP_LISTEN {
+            return ALLOW;
+        }
+        let family = read_volatile(addr_of!((*sk).family));
+        let ip6 = addr_of!((*sk).src_ip6) as *const u32;
+        let addr = if family == AF_INET as u32 {
+            [read_volatile(addr_of!((*sk).src_ip4)), 0, 0, 0]
+        } else {
+            [
+                read_volatile(ip6),
+                read_volatile(ip6.wrapping_add(1)),
+                read_volatile(ip6.wrapping_add(2)),
+                read_volatile(ip6.wrapping_add(3)),
+            ]
+        };
+        let port = read_volatile(addr_of!((*sk).src_port));
+        // The listener's cgroup (this runs in softirq, not in the plugin's context).
+        let cg = bpf_skb_cgroup_id(skb);
+        if listen_allowed(cg, family, addr, port) {
+            return ALLOW;
+        }
+        if let Some(cfg) = SANDBOXES.get(&cg) {
+            bump(cfg.slot, COUNTER_INBOUND_DROPPED);
+        }
+        DENY
+    }
+}
+
+/// The plugin's side of the same hole: a socket started listening where no bind rule allows it.
+/// The call itself cannot be refused from here (the kernel ignores the reply), so this only
+/// reports it; `inbound` keeps every connection out.
+#[sock_ops]
+pub fn listen(ctx: SockOpsContext) -> u32 {
+    if ctx.op() != BPF_SOCK_OPS_TCP_LISTEN_CB {
+        return 1;
+    }
+    let cg = current_cgroup();
+    let ops = ctx.ops;
+    // SAFETY: addresses of fields inside the program's context, each loaded once, unconditionally
+    // (a load through a pointer chosen by a branch is a modified context pointer to the verifier).
+    let (family, ip4, ip6, port) = unsafe {
+        let ip6 = addr_of!((*ops).local_ip6) as *const u32;
+        (
+            ctx_u32(addr_of!((*ops).family)),
+            ctx_u32(addr_of!((*ops).local_ip4)),
+            [
+                ctx_u32(ip6),
+                ctx_u32(ip6.wrapping_add(1)),
+                ctx_u32(ip6.wrapping_add(2)),
+                ctx_u32(ip6.wrapping_add(3)),
+            ],
+            ctx_u32(addr_of!((*ops).local_port)),
+        )
+    };
+    let addr = if family == AF_INET as u32 {
+        [ip4, 0, 0, 0]
+    } else {
+        ip6
+    };
+    if listen_allowed(cg, family, addr, port) {
+        return 1;
+    }
+    // SAFETY: the value is only read.
+    let Some(cfg) = (unsafe { SANDBOXES.get(&cg) }) else {
+        return 1;
+    };
+    bump(cfg.slot, COUNTER_NET_DENIED);
+    let v4 = family == AF_INET as u32;
+    match EVENTS.reserve::<NetDenyEvent>(0) {
+        Some(mut e) => {
+            e.write(NetDenyEvent {
+                header: header(EVENT_NET_DENY, cg),
+                addr,
+                port: port as u16,
+                family: if v4 { AF_INET } else { AF_INET6 },
+                protocol: IPPROTO_TCP,
+                hook: if v4 { HOOK_LISTEN4 } else { HOOK_LISTEN6 },
+                killed: 0,
+                _pad: [0; 2],
+            });
+            e.submit(0);
+        }
+        None => {
+            bump(cfg.slot, COUNTER_DROPPED);
+            bump(cfg.slot, COUNTER_NET_DROPPED);
+        }
+    }
+    1
 }

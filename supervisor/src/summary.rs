@@ -101,6 +101,13 @@ fn render_report(out: &mut String, r: &Report) {
         if r.processes_started == 1 { "" } else { "es" },
         r.syscalls
     );
+    if r.kernel.inbound_dropped > 0 {
+        let _ = write!(
+            line,
+            " · {} inbound packets dropped (a listener without a bind rule)",
+            r.kernel.inbound_dropped
+        );
+    }
     if r.dropped_events > 0 {
         let _ = write!(
             line,
@@ -145,8 +152,10 @@ fn render_report(out: &mut String, r: &Report) {
 /// One event in a line: `landlock refused write /usr/bin/evil (openat, EACCES) by pid 12`.
 pub fn describe(ev: &Event) -> String {
     let layer = ev.layer.map_or("?", |l| l.name());
-    let verb = match ev.layer {
-        Some(Layer::Namespace) => "hid",
+    let verb = match (ev.layer, ev.action) {
+        (Some(Layer::Namespace), _) => "hid",
+        // The listen itself succeeded; its inbound connections are dropped.
+        (Some(Layer::Network), Some("listen")) => "cut off",
         _ => "refused",
     };
     let mut s = format!("{layer} {verb} {}", ev.action.unwrap_or("?"));

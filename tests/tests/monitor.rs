@@ -152,6 +152,131 @@ fn tcp_denials_are_enforced_and_reported_by_layer() {
     assert_eq!(v["syscall"], "connect");
 }
 
+/// Runs the `listen` fixture under `text`. Once it prints its port, this process (outside the
+/// sandbox, like any peer on the network) connects to each of `knock(port)` with a one-second
+/// timeout. Returns the run and what each connect returned.
+fn listen_and_knock(
+    name: &str,
+    text: &str,
+    listen_args: &[&str],
+    knock: impl Fn(u16) -> Vec<std::net::SocketAddr>,
+) -> (RunResult, Vec<std::io::Result<()>>) {
+    use std::io::{BufRead, Read};
+    let file = policy_file(name, text);
+    let mut cmd = std::process::Command::new(stockade());
+    cmd.arg("run")
+        .arg("--json")
+        .arg("--policy")
+        .arg(&file)
+        .arg("--plugin-dir")
+        .arg(plugin_dir())
+        .arg("--")
+        .arg(hostile())
+        .arg("listen")
+        .args(listen_args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn stockade");
+    let cgroup_name = format!("stockade-{}", child.id());
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut stdout = String::new();
+    out.read_line(&mut stdout).expect("read the fixture's port");
+    let port = stdout
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|p| p.parse::<u16>().ok());
+    let knocked = match port {
+        Some(port) => knock(port)
+            .into_iter()
+            .map(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).map(|_| ()))
+            .collect(),
+        None => Vec::new(),
+    };
+    out.read_to_string(&mut stdout).expect("read stdout");
+    let mut output = child.wait_with_output().expect("wait for stockade");
+    output.stdout = stdout.into_bytes();
+    let r = finish(output);
+    assert!(
+        port.is_some(),
+        "no port from the fixture:\n{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    let left: Vec<PathBuf> = leftover_cgroups()
+        .into_iter()
+        .filter(|p| p.ends_with(&cgroup_name))
+        .collect();
+    assert!(left.is_empty(), "cgroups left behind: {left:?}");
+    (r, knocked)
+}
+
+/// The port the `listen` fixture printed.
+fn listened_port(r: &RunResult) -> u16 {
+    r.stdout
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("listening "))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port: {}", r.stdout))
+}
+
+#[test]
+fn a_listener_without_a_bind_rule_takes_no_connection() {
+    let test = "a_listener_without_a_bind_rule_takes_no_connection";
+    if !privileged(test) || !tcp_rules_enforceable(test) {
+        return;
+    }
+    let greeter_port = greeter("127.0.0.1:0");
+    let allowed = free_port("127.0.0.1:0");
+    // A client policy that may also listen on one port: connect rules, one bind rule.
+    let text = policy(&format!(
+        "[network]\nmode = \"allow\"\n\
+         connect = [{{ protocol = \"tcp\", address = \"127.0.0.1\", port = {greeter_port} }}]\n\
+         bind = [{{ protocol = \"tcp\", address = \"127.0.0.1\", port = {allowed} }}]\n"
+    ));
+
+    // Control: listening where the bind rule allows takes a connection, and reports nothing.
+    let (r, knocked) = listen_and_knock(
+        "mon-listen",
+        &text,
+        &[&format!("127.0.0.1:{allowed}"), "5"],
+        |p| vec![([127, 0, 0, 1], p).into()],
+    );
+    assert!(knocked[0].is_ok(), "{knocked:?}\n{}", r.stderr);
+    assert_line(&r, "accepted");
+    assert_no_violation(&r);
+    assert_eq!(r.summary["monitor"]["kernel"]["inbound_dropped"], 0);
+
+    // listen() without bind(): the kernel picks a port on every address and no bind hook runs.
+    // The listen is reported; every connection attempt from outside times out (SYNs dropped).
+    for (family, any) in [("-", "0.0.0.0"), ("-6", "[::]")] {
+        let (r, knocked) = listen_and_knock("mon-listen", &text, &[family, "3"], |p| {
+            let mut v: Vec<std::net::SocketAddr> = vec![([127, 0, 0, 1], p).into()];
+            if family == "-6" {
+                v.push((std::net::Ipv6Addr::LOCALHOST, p).into());
+            }
+            v
+        });
+        let port = listened_port(&r);
+        for k in &knocked {
+            let e = k.as_ref().expect_err("a connection reached the listener");
+            assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        }
+        assert_line(&r, "no connection");
+        let v = violations(&r);
+        assert_eq!(v.len(), 1, "{v:#?}\n{}", r.stderr);
+        assert_eq!(v[0]["layer"], "network", "{}", v[0]);
+        assert_eq!(v[0]["action"], "listen", "{}", v[0]);
+        assert_eq!(v[0]["object"], format!("{any}:{port}/tcp"), "{}", v[0]);
+        assert!(v[0]["errno"].is_null(), "{}", v[0]);
+        let dropped = r.summary["monitor"]["kernel"]["inbound_dropped"]
+            .as_u64()
+            .unwrap();
+        assert!(dropped >= knocked.len() as u64, "{}", r.summary["monitor"]);
+    }
+}
+
 #[test]
 fn udp_sendto_reaches_only_allowed_destinations() {
     if !privileged("udp_sendto_reaches_only_allowed_destinations") {

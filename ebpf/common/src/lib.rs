@@ -70,7 +70,7 @@ pub const LSM_OFFSETS_LEN: u32 = 12;
 pub const LSM_MAX_DEPTH: u32 = 32;
 
 /// Per-sandbox counters, per CPU (userspace sums): element `slot`, index `COUNTER_*`.
-pub const COUNTERS: u32 = 9;
+pub const COUNTERS: u32 = 10;
 /// Denials by the cgroup network programs.
 pub const COUNTER_NET_DENIED: u32 = 0;
 /// Events that did not fit in the ring buffer (lost, and counted here).
@@ -90,6 +90,9 @@ pub const COUNTER_LSM_DENIED: u32 = 7;
 /// Network denials whose event was dropped (part of `COUNTER_DROPPED`): with
 /// `COUNTER_NET_DENIED` it proves that every network denial was received or counted.
 pub const COUNTER_NET_DROPPED: u32 = 8;
+/// Inbound packets dropped because they were addressed to a listening socket that no bind rule
+/// covers. Not violations: the sender is outside the sandbox.
+pub const COUNTER_INBOUND_DROPPED: u32 = 9;
 
 /// `EventHeader::kind`.
 pub const EVENT_NET_DENY: u16 = 1;
@@ -106,6 +109,11 @@ pub const HOOK_SENDMSG4: u8 = 3;
 pub const HOOK_SENDMSG6: u8 = 4;
 pub const HOOK_BIND4: u8 = 5;
 pub const HOOK_BIND6: u8 = 6;
+/// A TCP socket started listening on a local address no bind rule covers (an implicit bind:
+/// `listen()` without `bind()` takes an ephemeral port and runs no bind hook). Its inbound
+/// connections are dropped by the ingress program; the event is the plugin's attempt.
+pub const HOOK_LISTEN4: u8 = 7;
+pub const HOOK_LISTEN6: u8 = 8;
 
 /// `LsmDenyEvent::hook`.
 pub const LSM_FILE_OPEN: u8 = 1;

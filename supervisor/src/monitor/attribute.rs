@@ -138,10 +138,14 @@ impl Attributor {
                 ev.action = Some(match e.hook {
                     k::HOOK_CONNECT4 | k::HOOK_CONNECT6 => "connect",
                     k::HOOK_SENDMSG4 | k::HOOK_SENDMSG6 => "sendto",
+                    k::HOOK_LISTEN4 | k::HOOK_LISTEN6 => "listen",
                     _ => "bind",
                 });
                 ev.object = Some(format!("{}/{}", net_address(e), protocol_name(e.protocol)));
-                ev.errno = Some("EPERM");
+                // listen() itself succeeds (no hook can refuse it); its inbound packets are
+                // dropped instead.
+                let listen = matches!(e.hook, k::HOOK_LISTEN4 | k::HOOK_LISTEN6);
+                ev.errno = (!listen).then_some("EPERM");
                 ev.killed_in_kernel = e.killed != 0;
                 Some(ev)
             }

@@ -22,8 +22,9 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{
-    cgroup_sock_addr::CgroupSockAddrLinkId, CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError,
-    RawTracePoint,
+    cgroup_skb::CgroupSkbLinkId, cgroup_sock_addr::CgroupSockAddrLinkId, sock_ops::SockOpsLinkId,
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Lsm, ProgramError,
+    RawTracePoint, SockOps,
 };
 use aya::Ebpf;
 use serde::Serialize;
@@ -33,6 +34,10 @@ pub use event::RawEvent;
 
 /// The object aya-build produced from ebpf/ (see supervisor/build.rs).
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stockade-ebpf"));
+
+/// What the network monitor attaches to each sandbox's cgroup (doctor prints it).
+const NETWORK_PROGRAMS: &str =
+    "cgroup connect4/6, sendmsg4/6, bind4/6; inbound guard for listeners (cgroup_skb, sock_ops)";
 
 const NET_HOOKS: [&str; 6] = [
     "connect4", "connect6", "sendmsg4", "sendmsg6", "bind4", "bind6",
@@ -148,6 +153,8 @@ pub struct Armed {
     pub cgroup_id: u64,
     pub slot: u32,
     links: Vec<(usize, CgroupSockAddrLinkId)>,
+    inbound: Option<CgroupSkbLinkId>,
+    listen: Option<SockOpsLinkId>,
     lsm_keys: Vec<k::LsmGrantKey>,
 }
 
@@ -200,37 +207,46 @@ impl Monitor {
         // Network: the `*_kill` variants when the kernel lets them call bpf_send_signal.
         let mut net_programs = Vec::new();
         let skipped = "not loaded: no sandbox of this supervisor uses the host network";
-        let (network, kill_in_kernel) = match network.then(|| load_net(&mut ebpf, "_kill")) {
-            None => (
+        let (network, kill_in_kernel) = if !network {
+            (
                 inactive("network", skipped.into()),
                 inactive("kill in kernel", skipped.into()),
-            ),
-            Some(Ok(names)) => {
-                net_programs = names;
-                (
-                    active("network", "cgroup connect4/6, sendmsg4/6, bind4/6"),
-                    active(
-                        "kill in kernel",
-                        "bpf_send_signal from the network programs",
-                    ),
-                )
-            }
-            Some(Err(kill_error)) => match load_net(&mut ebpf, "") {
+            )
+        } else if let Err(e) = load_inbound(&mut ebpf) {
+            // Without it a listening socket would be open to anyone: no network monitor at all.
+            (
+                inactive("network", e),
+                inactive("kill in kernel", "no network programs".into()),
+            )
+        } else {
+            match load_net(&mut ebpf, "_kill") {
                 Ok(names) => {
                     net_programs = names;
                     (
-                        active("network", "cgroup connect4/6, sendmsg4/6, bind4/6"),
-                        inactive(
+                        active("network", NETWORK_PROGRAMS),
+                        active(
                             "kill in kernel",
-                            format!("{kill_error}; cgroup.kill from the supervisor only"),
+                            "bpf_send_signal from the network programs",
                         ),
                     )
                 }
-                Err(e) => (
-                    inactive("network", e.to_string()),
-                    inactive("kill in kernel", "no network programs".into()),
-                ),
-            },
+                Err(kill_error) => match load_net(&mut ebpf, "") {
+                    Ok(names) => {
+                        net_programs = names;
+                        (
+                            active("network", NETWORK_PROGRAMS),
+                            inactive(
+                                "kill in kernel",
+                                format!("{kill_error}; cgroup.kill from the supervisor only"),
+                            ),
+                        )
+                    }
+                    Err(e) => (
+                        inactive("network", e),
+                        inactive("kill in kernel", "no network programs".into()),
+                    ),
+                },
+            }
         };
 
         step("network programs");
@@ -375,6 +391,8 @@ impl Monitor {
             cgroup_id,
             slot,
             links: Vec::new(),
+            inbound: None,
+            listen: None,
             lsm_keys: Vec::new(),
         };
         let result = (|| {
@@ -439,6 +457,20 @@ impl Monitor {
                         .map_err(MonitorError::Attach)?;
                     armed.links.push((i, link));
                 }
+                let p: &mut CgroupSkb = program_named(&mut self.ebpf, "inbound")?;
+                armed.inbound = Some(
+                    p.attach(
+                        dir.as_fd(),
+                        CgroupSkbAttachType::Ingress,
+                        CgroupAttachMode::Single,
+                    )
+                    .map_err(MonitorError::Attach)?,
+                );
+                let p: &mut SockOps = program_named(&mut self.ebpf, "listen")?;
+                armed.listen = Some(
+                    p.attach(dir.as_fd(), CgroupAttachMode::Single)
+                        .map_err(MonitorError::Attach)?,
+                );
             }
             Ok(())
         })();
@@ -460,6 +492,16 @@ impl Monitor {
         for (i, link) in armed.links {
             let name = self.net_programs[i].clone();
             if let Ok(p) = program_named::<CgroupSockAddr>(&mut self.ebpf, &name) {
+                let _ = p.detach(link);
+            }
+        }
+        if let Some(link) = armed.inbound {
+            if let Ok(p) = program_named::<CgroupSkb>(&mut self.ebpf, "inbound") {
+                let _ = p.detach(link);
+            }
+        }
+        if let Some(link) = armed.listen {
+            if let Ok(p) = program_named::<SockOps>(&mut self.ebpf, "listen") {
                 let _ = p.detach(link);
             }
         }
@@ -587,6 +629,7 @@ impl Monitor {
             kills_in_kernel: get(k::COUNTER_KILLS),
             lsm_denied: get(k::COUNTER_LSM_DENIED),
             net_dropped: get(k::COUNTER_NET_DROPPED),
+            inbound_dropped: get(k::COUNTER_INBOUND_DROPPED),
         }
     }
 
@@ -617,6 +660,8 @@ pub struct Counters {
     pub lsm_denied: u64,
     /// Network denials whose event was dropped (included in `dropped_events`).
     pub net_dropped: u64,
+    /// Inbound packets dropped on their way to a listener no bind rule covers.
+    pub inbound_dropped: u64,
 }
 
 /// A `SANDBOX_INDEX` bucket holding `members` (cgroup id, slot, flags): empty, one sandbox, or
@@ -786,6 +831,25 @@ fn load_net(ebpf: &mut Ebpf, suffix: &str) -> Result<Vec<String>, String> {
         names.push(name);
     }
     Ok(names)
+}
+
+/// Listening without bind(): no sock_addr hook sees it (see `inbound` in the eBPF crate).
+fn load_inbound(ebpf: &mut Ebpf) -> Result<(), String> {
+    let p: &mut CgroupSkb = ebpf
+        .program_mut("inbound")
+        .ok_or("no program inbound")?
+        .try_into()
+        .map_err(|e: ProgramError| format!("inbound: {e}"))?;
+    p.load()
+        .map_err(|e| format!("cgroup_skb/ingress does not load: {}", verifier_hint(&e)))?;
+    let p: &mut SockOps = ebpf
+        .program_mut("listen")
+        .ok_or("no program listen")?
+        .try_into()
+        .map_err(|e: ProgramError| format!("listen: {e}"))?;
+    p.load()
+        .map_err(|e| format!("sock_ops does not load: {}", verifier_hint(&e)))?;
+    Ok(())
 }
 
 fn load_raw_tp(ebpf: &mut Ebpf, name: &'static str) -> Result<(), String> {

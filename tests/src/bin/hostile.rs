@@ -48,6 +48,7 @@ fn run(args: &[String]) -> String {
         "connect-unix" => connect_unix(&arg(1)),
         "connect-tcp" => connect_tcp(&arg(1)),
         "bind-tcp" => bind_tcp(&arg(1)),
+        "listen" => listen(&arg(1), arg(2).parse().unwrap_or(2.0)),
         "kill" => kill(arg(1).parse().unwrap_or(1)),
         "echo" => format!("ok {}", args[1..].join(" ")),
         "exit" => std::process::exit(arg(1).parse().unwrap_or(0)),
@@ -802,6 +803,55 @@ fn bind_tcp(addr: &str) -> String {
         Ok(a) => io_line(std::net::TcpListener::bind(a), |_| "ok".into()),
         Err(_) => "bad address".into(),
     }
+}
+
+/// `listen ADDR SECONDS`: a TCP listener on ADDR, or with `-` (IPv4) or `-6` (IPv6, dual-stack)
+/// `listen()` on an unbound socket, which the kernel binds to an ephemeral port on every address
+/// without running any bind hook. Prints `listening PORT` at once, then waits up to SECONDS for a
+/// connection: `accepted` or `no connection`.
+fn listen(addr: &str, seconds: f64) -> String {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    let listener = match addr {
+        "-" | "-6" => {
+            let family = if addr == "-" {
+                libc::AF_INET
+            } else {
+                libc::AF_INET6
+            };
+            // SAFETY: plain socket calls on a descriptor this function owns.
+            let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                return format!("socket {}", err_line(errno()));
+            }
+            // SAFETY: `fd` is a fresh socket, owned from here on by the listener.
+            let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+            // SAFETY: as above.
+            if unsafe { libc::listen(fd, 8) } != 0 {
+                return format!("listen {}", err_line(errno()));
+            }
+            listener
+        }
+        a => match a.parse::<std::net::SocketAddr>() {
+            Ok(a) => match std::net::TcpListener::bind(a) {
+                Ok(l) => l,
+                Err(e) => return format!("bind {}", err_line(e.raw_os_error().unwrap_or(0))),
+            },
+            Err(_) => return "bad address".into(),
+        },
+    };
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    println!("listening {port}");
+    let _ = std::io::stdout().flush();
+    let _ = listener.set_nonblocking(true);
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(seconds);
+    while std::time::Instant::now() < deadline {
+        if listener.accept().is_ok() {
+            return "accepted".into();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    "no connection".into()
 }
 
 fn kill(pid: i32) -> String {
