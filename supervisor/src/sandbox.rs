@@ -75,6 +75,10 @@ pub struct Monitoring<'a> {
     pub degraded: Vec<String>,
 }
 
+/// Events read between two looks at the sandbox's exit, the stop signal and the deadline: a
+/// plugin flooding the ring buffer delays those by one batch at most (a few milliseconds).
+const DRAIN_BATCH: usize = 4096;
+
 /// The monitors while one sandbox runs.
 struct Watch<'a> {
     monitor: &'a mut Monitor,
@@ -86,20 +90,36 @@ struct Watch<'a> {
 }
 
 impl Watch<'_> {
-    /// Reads every waiting event; returns true when the threshold was crossed.
+    /// Reads waiting events, at most `DRAIN_BATCH`; returns true at once when one crossed the
+    /// threshold (the rest wait until after the kill).
     fn drain(&mut self) -> bool {
         let mut crossed = false;
         let (attributor, tracker) = (&mut self.attributor, &mut self.tracker);
-        self.monitor.drain(|raw| {
+        self.monitor.drain_some(DRAIN_BATCH, |raw| {
             if let Some(ev) = attributor.attribute(&raw) {
                 crossed |= tracker.record(ev);
+            }
+            if crossed {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
             }
         });
         crossed
     }
 
+    /// Reads everything left (the sandbox is gone: the ring buffer no longer fills).
+    fn drain_all(&mut self) {
+        let (attributor, tracker) = (&mut self.attributor, &mut self.tracker);
+        self.monitor.drain(|raw| {
+            if let Some(ev) = attributor.attribute(&raw) {
+                tracker.record(ev);
+            }
+        });
+    }
+
     fn finish(mut self) -> Report {
-        self.drain();
+        self.drain_all();
         let armed = self.armed.take().expect("armed until finish");
         let counters = self.monitor.counters(&armed);
         let counts = self.monitor.syscall_counts(&armed);
@@ -294,7 +314,9 @@ fn supervise(
             }
             return Err(SandboxError::Wait(e));
         }
-        if n == 0 && stopped_by.is_none() {
+        // Checked by the clock, not only by poll's timeout: with events always waiting, poll
+        // never times out.
+        if stopped_by.is_none() && deadline.is_some_and(|d| Instant::now() >= d) {
             stopped_by = Some(Stop::Timeout);
             let _ = cgroup.kill();
             continue;

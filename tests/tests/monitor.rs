@@ -431,6 +431,142 @@ fn hidden_paths_are_violations_but_loader_probes_are_not() {
     assert_no_violation(&r);
 }
 
+/// An autofs mount whose daemon never answers: the test holds the pipe's read end, so every
+/// lookup that would trigger a mount blocks until the pipe closes, and leaves a request in it.
+struct SilentAutofs {
+    dir: PathBuf,
+    pipe: std::fs::File,
+}
+
+impl SilentAutofs {
+    fn mount(dir: PathBuf) -> Option<SilentAutofs> {
+        use std::os::fd::FromRawFd;
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two descriptors, each owned by a File below.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh descriptors from pipe2.
+        let (read, write) = unsafe {
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        };
+        // pgrp 1 (init) is the "daemon", so every other process triggers mounts.
+        let opts = format!("fd={},pgrp=1,minproto=5,maxproto=5,indirect", fds[1]);
+        let c = |s: &str| std::ffi::CString::new(s).unwrap();
+        let target = c(dir.to_str().unwrap());
+        let (src, fstype, data) = (c("stockade-test"), c("autofs"), c(&opts));
+        // SAFETY: NUL-terminated strings that live for the call.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                data.as_ptr().cast(),
+            )
+        };
+        drop(write); // the kernel holds its own reference
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            let _ = std::fs::remove_dir(&dir);
+            println!("autofs mount failed: {e}");
+            return None;
+        }
+        // SAFETY: the read end is ours; non-blocking so that `requests` never waits.
+        unsafe { libc::fcntl(fds[0], libc::F_SETFL, libc::O_NONBLOCK) };
+        // A regression must not hang the suite: after 60 s the mount turns catatonic, and a
+        // lookup blocked on it fails.
+        let root = std::fs::File::open(&dir).expect("open the automount root");
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(60));
+            catatonic(&root);
+        });
+        Some(SilentAutofs { dir, pipe: read })
+    }
+
+    /// Bytes of mount requests autofs wrote (a request is a few hundred bytes).
+    fn requests(&self) -> usize {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        (&self.pipe).read(&mut buf).unwrap_or(0)
+    }
+}
+
+/// AUTOFS_IOC_CATATONIC: the daemon is gone; every waiting and future lookup fails.
+fn catatonic(root: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an ioctl without argument on a descriptor of the automount's root.
+    unsafe { libc::ioctl(root.as_raw_fd(), 0x9362) };
+}
+
+impl Drop for SilentAutofs {
+    fn drop(&mut self) {
+        if let Ok(root) = std::fs::File::open(&self.dir) {
+            catatonic(&root);
+        }
+        let c = std::ffi::CString::new(self.dir.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn hidden_paths_are_judged_without_triggering_mounts() {
+    let test = "hidden_paths_are_judged_without_triggering_mounts";
+    if !privileged(test) {
+        return;
+    }
+    let text = policy("");
+    // Another local filesystem (a tmpfs of the test's own): looked up, and judged like the root.
+    let dir = PathBuf::from(format!(
+        "/run/stockade-test-hostpath-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "stockade-test"])
+        .arg(&dir)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mount a tmpfs at {}", dir.display());
+    std::fs::write(dir.join("secret"), "x").unwrap();
+    let secret = dir.join("secret").to_string_lossy().into_owned();
+    let r = hostile_run("mon-hostpath", &text, &["read", &secret]);
+    let nowhere = hostile_run(
+        "mon-hostpath",
+        &text,
+        &["read", &format!("{}/nothing", dir.display())],
+    );
+    let _ = std::process::Command::new("umount").arg(&dir).status();
+    let _ = std::fs::remove_dir(&dir);
+    assert_line(&r, "err ENOENT");
+    assert_one_violation(&r, "namespace", "read", &secret, "ENOENT");
+    assert_line(&nowhere, "err ENOENT");
+    assert_no_violation(&nowhere);
+
+    // An automount point whose daemon never answers. The plugin reaches below it: a violation,
+    // decided without a lookup. Looking it up would have made autofs ask its daemon for a mount
+    // (a request in the pipe) and blocked the supervisor until an answer that never comes.
+    let autofs = PathBuf::from(format!("/run/stockade-test-autofs-{}", std::process::id()));
+    let Some(autofs) = SilentAutofs::mount(autofs) else {
+        println!("skipped: {test}: autofs: no automount point could be made on this kernel");
+        return;
+    };
+    let target = format!("{}/server/share/file", autofs.dir.display());
+    let r = hostile_run("mon-hostpath", &text, &["read", &target]);
+    assert_eq!(
+        autofs.requests(),
+        0,
+        "the supervisor triggered an automount"
+    );
+    assert_line(&r, "err ENOENT");
+    assert_one_violation(&r, "namespace", "read", &target, "ENOENT");
+}
+
 #[test]
 fn syscall_counts_match_within_one_percent() {
     if !privileged("syscall_counts_match_within_one_percent") {
@@ -676,6 +812,36 @@ fn a_million_denied_connects_are_counted_not_lost() {
         n,
         "every network denial was received or counted as dropped"
     );
+}
+
+#[test]
+fn a_flood_of_events_does_not_hold_off_the_timeout() {
+    let test = "a_flood_of_events_does_not_hold_off_the_timeout";
+    if !privileged(test) || !tcp_rules_enforceable(test) {
+        return;
+    }
+    // Monitor mode: the violations never kill; only the timeout can end this plugin, which
+    // keeps the ring buffer readable for as long as it runs (a billion connects: minutes).
+    let port = greeter("127.0.0.1:0");
+    let text = policy(&format!(
+        "[network]\nmode = \"allow\"\nconnect = [{{ protocol = \"tcp\", address = \"127.0.0.1\", port = {port} }}]\n\n\
+         [resources]\ntimeout = \"1s\"\n\n\
+         [enforcement]\nmode = \"monitor\"\nthreshold = 1\nwindow = \"60s\"\naction = \"report\"\n"
+    ));
+    let r = hostile_run(
+        "mon-flood-timeout",
+        &text,
+        &["connect-flood", &format!("127.0.0.2:{port}"), "1000000000"],
+    );
+    assert_eq!(r.summary["ended_by"], "timeout", "{}", r.stderr);
+    assert_eq!(r.code, 128 + libc::SIGKILL, "{}", r.stderr);
+    assert_eq!(r.stdout, "", "the flood ran to its end");
+    // It was a flood: the supervisor received events the whole time.
+    let received = r.summary["monitor"]["by_layer"]["network"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(received > 10_000, "{}", r.summary["monitor"]);
+    assert_cgroup_removed(r.summary["cgroup_id"].as_u64().unwrap());
 }
 
 /// Whether this kernel runs the BPF LSM wall (`stockade doctor`); prints `skipped:` when not.

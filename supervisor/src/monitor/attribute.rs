@@ -12,7 +12,9 @@
 //! - **mount**: EROFS, a write to a path granted read-only (or /proc/sys).
 //! - **namespace**: ENOENT for an absolute path outside every grant that exists on the host: the
 //!   mount namespace hid it. A missing file inside a granted tree (the loader probing library
-//!   directories), or one that exists nowhere, is not a violation.
+//!   directories), or one that exists nowhere, is not a violation. Whether it exists is looked up
+//!   without leaving local filesystems and without triggering automounts (`hostpath`); a path on
+//!   a network, FUSE or autofs mount is not looked up and counts as a violation.
 //! - **permissions**: everything else (file modes, capability checks of the user namespace). These
 //!   are recorded as refusals, not violations: no Stockade layer made them.
 
@@ -24,6 +26,7 @@ use stockade_policy::seccomp::{self, AUDIT_ARCH_X86_64, SECCOMP_RET_ALLOW};
 use stockade_policy::{syscalls, Access, LaunchSpec};
 
 use super::event::{c_string, net_address, sockaddr, RawEvent};
+use super::hostpath::{HostPaths, Presence};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -100,6 +103,8 @@ pub struct Attributor {
     /// Paths inside the sandbox and the right granted there (what Landlock enforces).
     grants: Vec<(PathBuf, Access)>,
     start_ns: u64,
+    /// Whether a hidden path exists on the host (see `hostpath`).
+    host: HostPaths,
 }
 
 impl Attributor {
@@ -109,6 +114,7 @@ impl Attributor {
             seccomp: spec.seccomp.program.clone(),
             grants: spec.landlock.paths.clone(),
             start_ns,
+            host: HostPaths::new(),
         }
     }
 
@@ -280,8 +286,13 @@ impl Attributor {
                 if granted.is_some() {
                     return None; // missing inside a granted tree
                 }
-                if std::fs::symlink_metadata(&clean).is_err() {
-                    return None; // exists nowhere: nothing was hidden
+                match self.host.presence(&clean) {
+                    Presence::Absent => return None, // exists nowhere: nothing was hidden
+                    Presence::Present => {}
+                    Presence::Unknown(why) => {
+                        // No benefit of the doubt outside the grants.
+                        tracing::debug!(path = %clean.display(), "hidden path not looked up: {why}");
+                    }
                 }
                 ev.layer = Some(Layer::Namespace);
                 Some(ev)

@@ -11,6 +11,7 @@
 
 pub mod attribute;
 pub mod event;
+pub mod hostpath;
 pub mod report;
 pub mod rules;
 
@@ -601,12 +602,31 @@ impl Monitor {
 
     /// Hands every waiting event to `f`; returns how many there were.
     pub fn drain(&mut self, mut f: impl FnMut(RawEvent)) -> usize {
+        self.drain_some(usize::MAX, |e| {
+            f(e);
+            std::ops::ControlFlow::Continue(())
+        })
+    }
+
+    /// Reads at most `limit` events, and stops early when `f` says so. A supervise loop reads in
+    /// bounded batches so that a flooding plugin cannot keep it from its timeout, its stop
+    /// signal or a kill.
+    pub fn drain_some(
+        &mut self,
+        limit: usize,
+        mut f: impl FnMut(RawEvent) -> std::ops::ControlFlow<()>,
+    ) -> usize {
         let mut n = 0;
-        while let Some(item) = self.events.next() {
-            if let Some(e) = RawEvent::decode(&item) {
-                f(e);
-            }
+        while n < limit {
+            let Some(item) = self.events.next() else {
+                break;
+            };
             n += 1;
+            let flow = RawEvent::decode(&item).map(&mut f);
+            drop(item);
+            if flow.is_some_and(|c| c.is_break()) {
+                break;
+            }
         }
         n
     }
