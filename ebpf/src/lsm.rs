@@ -18,11 +18,11 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use stockade_ebpf_common::{
-    LsmDenyEvent, LsmGrantKey, COUNTER_DROPPED, COUNTER_LSM_DENIED, EVENT_LSM_DENY, FLAG_LSM,
-    GRANT_EXEC, GRANT_READ, GRANT_WRITE, LSM_BPRM_CHECK, LSM_FILE_OPEN, LSM_MAX_DEPTH,
-    OFF_BPRM_FILE, OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_FILE_DENTRY,
-    OFF_FILE_FLAGS, OFF_FILE_MODE, OFF_INODE_INO, OFF_INODE_SB, OFF_SB_DEV, OFF_SB_USER_NS,
-    OFF_USERNS_LEVEL,
+    LsmDenyEvent, LsmGrantKey, COUNTER_DENIALS_DROPPED, COUNTER_DROPPED, COUNTER_LSM_DENIED,
+    EVENT_LSM_DENY, FLAG_LSM, GRANT_EXEC, GRANT_READ, GRANT_WRITE, LSM_BPRM_CHECK, LSM_FILE_OPEN,
+    LSM_MAX_DEPTH, OFF_BPRM_FILE, OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT,
+    OFF_FILE_DENTRY, OFF_FILE_FLAGS, OFF_FILE_MODE, OFF_INODE_INO, OFF_INODE_SB, OFF_SB_DEV,
+    OFF_SB_USER_NS, OFF_USERNS_LEVEL,
 };
 
 use crate::maps::{
@@ -151,6 +151,7 @@ fn decide(file: u64, want: u32, mode: u32, hook: u8) -> i32 {
     mark_denied();
     let Some(mut entry) = EVENTS.reserve::<LsmDenyEvent>(0) else {
         bump(slot, COUNTER_DROPPED);
+        bump(slot, COUNTER_DENIALS_DROPPED);
         return -EACCES;
     };
     let e = entry.as_mut_ptr();

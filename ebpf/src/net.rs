@@ -18,10 +18,11 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext, SockOpsContext},
 };
 use stockade_ebpf_common::{
-    NetDenyEvent, RuleSet, SandboxConfig, AF_INET, AF_INET6, COUNTER_DROPPED,
-    COUNTER_INBOUND_DROPPED, COUNTER_KILLS, COUNTER_NET_DENIED, COUNTER_NET_DROPPED,
-    EVENT_NET_DENY, FLAG_KILL, FLAG_NET_RULES, HOOK_BIND4, HOOK_BIND6, HOOK_CONNECT4,
-    HOOK_CONNECT6, HOOK_LISTEN4, HOOK_LISTEN6, HOOK_SENDMSG4, HOOK_SENDMSG6, MAX_RULES,
+    NetDenyEvent, RuleSet, SandboxConfig, AF_INET, AF_INET6, COUNTER_DENIALS_DROPPED,
+    COUNTER_DROPPED, COUNTER_INBOUND_DROPPED, COUNTER_KILLS, COUNTER_NET_DENIED,
+    COUNTER_NET_DROPPED, EVENT_NET_DENY, FLAG_KILL, FLAG_NET_RULES, HOOK_BIND4, HOOK_BIND6,
+    HOOK_CONNECT4, HOOK_CONNECT6, HOOK_LISTEN4, HOOK_LISTEN6, HOOK_SENDMSG4, HOOK_SENDMSG6,
+    MAX_RULES,
 };
 
 use crate::maps::{bump, current_cgroup, header, mark_denied, EVENTS, NET_RULES, SANDBOXES};
@@ -211,6 +212,7 @@ fn check<const KILL: bool>(ctx: &SockAddrContext, hook: u8) -> i32 {
         None => {
             bump(slot, COUNTER_DROPPED);
             bump(slot, COUNTER_NET_DROPPED);
+            bump(slot, COUNTER_DENIALS_DROPPED);
         }
     }
     DENY
@@ -364,6 +366,7 @@ pub fn listen(ctx: SockOpsContext) -> u32 {
         None => {
             bump(cfg.slot, COUNTER_DROPPED);
             bump(cfg.slot, COUNTER_NET_DROPPED);
+            bump(cfg.slot, COUNTER_DENIALS_DROPPED);
         }
     }
     1

@@ -18,8 +18,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use stockade_ebpf_common::{
-    SyscallEvent, ARG_OPENS, ARG_PATH, ARG_SOCKADDR, COUNTER_DROPPED, COUNTER_FAILED,
-    COUNTER_SYSCALLS, EVENT_SYSCALL, FLAG_TRACE_FILES, SYSCALL_NR_MAX,
+    SyscallEvent, ARG_OPENS, ARG_PATH, ARG_SOCKADDR, COUNTER_DENIALS_DROPPED, COUNTER_DROPPED,
+    COUNTER_FAILED, COUNTER_SYSCALLS, EVENT_SYSCALL, FLAG_TRACE_FILES, SYSCALL_NR_MAX,
 };
 
 use crate::maps::{
@@ -108,6 +108,9 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     }
     let Some(mut entry) = EVENTS.reserve::<SyscallEvent>(0) else {
         bump(slot, COUNTER_DROPPED);
+        if ret < 0 && ret != -ENOENT {
+            bump(slot, COUNTER_DENIALS_DROPPED);
+        }
         return 0;
     };
     let e = entry.as_mut_ptr();

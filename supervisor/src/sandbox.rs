@@ -87,6 +87,8 @@ struct Watch<'a> {
     tracker: Tracker,
     /// CLOCK_MONOTONIC at the start: the events' time line.
     start_ns: u64,
+    /// Lost denials (`Counters::denials_dropped`) already counted.
+    lost_seen: u64,
 }
 
 impl Watch<'_> {
@@ -105,7 +107,20 @@ impl Watch<'_> {
                 std::ops::ControlFlow::Continue(())
             }
         });
-        crossed
+        crossed || self.count_lost()
+    }
+
+    /// Denials whose events were dropped count as violations (see `Tracker::record_lost`).
+    /// Drops happen only while events wait, so this runs after each read of the ring buffer.
+    fn count_lost(&mut self) -> bool {
+        let Some(armed) = self.armed.as_ref() else {
+            return false;
+        };
+        let lost = self.monitor.counters(armed).denials_dropped;
+        let new = lost.saturating_sub(self.lost_seen);
+        self.lost_seen = lost;
+        let t_ms = monotonic_ns().saturating_sub(self.start_ns) as f64 / 1e6;
+        self.tracker.record_lost(new, t_ms)
     }
 
     /// Reads everything left (the sandbox is gone: the ring buffer no longer fills).
@@ -120,6 +135,7 @@ impl Watch<'_> {
 
     fn finish(mut self) -> Report {
         self.drain_all();
+        self.count_lost();
         let armed = self.armed.take().expect("armed until finish");
         let counters = self.monitor.counters(&armed);
         let counts = self.monitor.syscall_counts(&armed);
@@ -192,6 +208,7 @@ pub fn run(
                 attributor: Attributor::new(spec, start_ns),
                 tracker,
                 start_ns,
+                lost_seen: 0,
             })
         }
     };

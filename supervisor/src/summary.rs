@@ -111,8 +111,16 @@ fn render_report(out: &mut String, r: &Report) {
     if r.dropped_events > 0 {
         let _ = write!(
             line,
-            " · {} EVENTS DROPPED (ring buffer full)",
-            r.dropped_events
+            " · {} EVENTS DROPPED (ring buffer full{})",
+            r.dropped_events,
+            if r.lost_denials > 0 {
+                format!(
+                    "; {} of them denials, counted as violations",
+                    r.lost_denials
+                )
+            } else {
+                String::new()
+            }
         );
     }
     let _ = writeln!(out, "{line}");

@@ -812,6 +812,9 @@ fn a_million_denied_connects_are_counted_not_lost() {
         n,
         "every network denial was received or counted as dropped"
     );
+    // A dropped denial is still a violation (here, in monitor mode, only counted).
+    assert_eq!(m["lost_denials"].as_u64().unwrap(), net_dropped, "{m}");
+    assert_eq!(m["violations"].as_u64().unwrap(), n, "{m}");
 }
 
 #[test]

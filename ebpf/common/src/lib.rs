@@ -70,7 +70,7 @@ pub const LSM_OFFSETS_LEN: u32 = 12;
 pub const LSM_MAX_DEPTH: u32 = 32;
 
 /// Per-sandbox counters, per CPU (userspace sums): element `slot`, index `COUNTER_*`.
-pub const COUNTERS: u32 = 10;
+pub const COUNTERS: u32 = 11;
 /// Denials by the cgroup network programs.
 pub const COUNTER_NET_DENIED: u32 = 0;
 /// Events that did not fit in the ring buffer (lost, and counted here).
@@ -93,6 +93,10 @@ pub const COUNTER_NET_DROPPED: u32 = 8;
 /// Inbound packets dropped because they were addressed to a listening socket that no bind rule
 /// covers. Not violations: the sender is outside the sandbox.
 pub const COUNTER_INBOUND_DROPPED: u32 = 9;
+/// Dropped events that were denials by a layer (network, LSM, or an EPERM, EACCES or EROFS at
+/// sys_exit): part of `COUNTER_DROPPED`. In enforce mode each counts as a violation, so that a
+/// plugin cannot hide a denial by filling the ring buffer first.
+pub const COUNTER_DENIALS_DROPPED: u32 = 10;
 
 /// `EventHeader::kind`.
 pub const EVENT_NET_DENY: u16 = 1;

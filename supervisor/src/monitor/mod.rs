@@ -650,6 +650,7 @@ impl Monitor {
             lsm_denied: get(k::COUNTER_LSM_DENIED),
             net_dropped: get(k::COUNTER_NET_DROPPED),
             inbound_dropped: get(k::COUNTER_INBOUND_DROPPED),
+            denials_dropped: get(k::COUNTER_DENIALS_DROPPED),
         }
     }
 
@@ -682,6 +683,9 @@ pub struct Counters {
     pub net_dropped: u64,
     /// Inbound packets dropped on their way to a listener no bind rule covers.
     pub inbound_dropped: u64,
+    /// Dropped events that were denials by a layer (part of `dropped_events`); in enforce mode
+    /// each counts as a violation.
+    pub denials_dropped: u64,
 }
 
 /// A `SANDBOX_INDEX` bucket holding `members` (cgroup id, slot, flags): empty, one sandbox, or

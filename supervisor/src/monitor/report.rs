@@ -50,6 +50,8 @@ pub struct Report {
     pub first: Vec<Event>,
     /// Events the ring buffer had no room for: lost, but counted.
     pub dropped_events: u64,
+    /// Of those, denials by a layer: counted as violations (`by_layer`: "unknown (event lost)").
+    pub lost_denials: u64,
     pub processes_started: u64,
     pub execs: u64,
     pub syscalls: u64,
@@ -124,22 +126,8 @@ impl Tracker {
         if r.auto_unload.is_some() {
             return false;
         }
-        let window_ms = self.threshold.window.as_secs_f64() * 1000.0;
-        self.recent.push_back(ev.t_ms);
-        // Only the last `threshold` times matter: memory stays bounded in report mode too.
-        while self.recent.len() > self.threshold.violations.max(1) as usize {
-            self.recent.pop_front();
-        }
-        while let Some(&t) = self.recent.front() {
-            if ev.t_ms - t > window_ms {
-                self.recent.pop_front();
-            } else {
-                break;
-            }
-        }
-        let crossed = self.recent.len() as u64 >= u64::from(self.threshold.violations.max(1));
-        if crossed && self.threshold.kill {
-            r.auto_unload = Some(AutoUnload {
+        if self.window_crossed(ev.t_ms) {
+            self.report.auto_unload = Some(AutoUnload {
                 killed_in_kernel: ev.killed_in_kernel,
                 violation: ev,
                 threshold: self.threshold.violations,
@@ -149,6 +137,72 @@ impl Tracker {
             return true;
         }
         false
+    }
+
+    /// `n` more denials whose events the full ring buffer dropped (the kernel counted them), seen
+    /// at `t_ms`. They are violations: otherwise a plugin could fill the buffer first and then
+    /// try the forbidden thing unseen. Returns true when they crossed the threshold.
+    pub fn record_lost(&mut self, n: u64, t_ms: f64) -> bool {
+        if n == 0 {
+            return false;
+        }
+        let r = &mut self.report;
+        r.violations += n;
+        r.lost_denials += n;
+        *r.by_layer.entry("unknown (event lost)".into()).or_default() += n;
+        if r.auto_unload.is_some() {
+            return false;
+        }
+        let mut crossed = false;
+        for _ in 0..n.min(u64::from(self.threshold.violations.max(1))) {
+            crossed |= self.window_crossed(t_ms);
+        }
+        if !crossed {
+            return false;
+        }
+        self.report.auto_unload = Some(AutoUnload {
+            killed_in_kernel: false,
+            violation: Event {
+                t_ms,
+                kind: EventType::Violation,
+                pid: 0,
+                tid: 0,
+                layer: None,
+                action: Some("lost"),
+                syscall: None,
+                object: Some(format!(
+                    "{n} denial{} whose events the full ring buffer dropped",
+                    if n == 1 { "" } else { "s" }
+                )),
+                errno: None,
+                fd: None,
+                killed_in_kernel: false,
+            },
+            threshold: self.threshold.violations,
+            window_ms: self.threshold.window.as_millis() as u64,
+            kill_latency_ms: None,
+        });
+        true
+    }
+
+    /// Adds one violation at `t_ms` to the sliding window; true when the threshold is crossed
+    /// and the policy kills.
+    fn window_crossed(&mut self, t_ms: f64) -> bool {
+        let window_ms = self.threshold.window.as_secs_f64() * 1000.0;
+        self.recent.push_back(t_ms);
+        // Only the last `threshold` times matter: memory stays bounded in report mode too.
+        while self.recent.len() > self.threshold.violations.max(1) as usize {
+            self.recent.pop_front();
+        }
+        while let Some(&t) = self.recent.front() {
+            if t_ms - t > window_ms {
+                self.recent.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.threshold.kill
+            && self.recent.len() as u64 >= u64::from(self.threshold.violations.max(1))
     }
 
     pub fn auto_unloaded(&self) -> bool {
@@ -247,5 +301,42 @@ mod tests {
         assert!(!t.record(violation(0.0)));
         assert!(!t.record(violation(1.0)));
         assert_eq!(t.finish(Counters::default(), BTreeMap::new()).violations, 2);
+    }
+
+    #[test]
+    fn lost_denials_count_toward_the_threshold() {
+        let threshold = |kill| Threshold {
+            violations: 3,
+            window: Duration::from_secs(1),
+            kill,
+        };
+        let mut t = Tracker::new(threshold(true), None);
+        assert!(!t.record_lost(0, 1.0));
+        assert!(!t.record_lost(2, 1.0));
+        // The third violation is a received one: together they cross.
+        assert!(t.record(violation(2.0)));
+        let r = t.finish(Counters::default(), BTreeMap::new());
+        assert_eq!((r.violations, r.lost_denials), (3, 2));
+        assert_eq!(r.by_layer["unknown (event lost)"], 2);
+        assert_eq!(r.auto_unload.unwrap().violation.action, Some("connect"));
+
+        // A burst of lost denials alone crosses it, and says so.
+        let mut t = Tracker::new(threshold(true), None);
+        assert!(t.record_lost(1000, 5.0));
+        let r = t.finish(Counters::default(), BTreeMap::new());
+        let a = r.auto_unload.unwrap();
+        assert_eq!(a.violation.action, Some("lost"));
+        assert_eq!(
+            a.violation.object.as_deref(),
+            Some("1000 denials whose events the full ring buffer dropped")
+        );
+
+        // Monitor mode: counted, never a kill.
+        let mut t = Tracker::new(threshold(false), None);
+        assert!(!t.record_lost(1000, 5.0));
+        assert_eq!(
+            t.finish(Counters::default(), BTreeMap::new()).violations,
+            1000
+        );
     }
 }
