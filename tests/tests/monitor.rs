@@ -514,6 +514,44 @@ impl Drop for SilentAutofs {
 }
 
 #[test]
+fn a_path_too_long_to_copy_is_not_judged_on_its_beginning() {
+    if !privileged("a_path_too_long_to_copy_is_not_judged_on_its_beginning") {
+        return;
+    }
+    // The event carries the first 255 bytes of a path: here, a walk down a deep tree in the
+    // sandbox's own /tmp (a granted tree) and back up past its root to /etc/shadow.
+    let deep = format!("/tmp/{}", "a/".repeat(100));
+    let up = "../".repeat(101);
+    let script = format!("mkdir -p {deep} && cat {deep}{up}etc/shadow");
+    let text = policy("");
+    let r = run(&policy_file("mon-long", &text), &["/bin/sh", "-c", &script]);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    let v = violations(&r);
+    // (sh and cat also look for /usr/share/locale, which this policy does not grant.)
+    let in_tmp = |v: &[Value]| -> Vec<Value> {
+        v.iter()
+            .filter(|e| e["object"].as_str().is_some_and(|o| o.starts_with("/tmp/")))
+            .cloned()
+            .collect()
+    };
+    let hit = in_tmp(&v);
+    assert_eq!(hit.len(), 1, "{v:#?}");
+    assert_eq!(hit[0]["errno"], "ENOENT", "{}", hit[0]);
+    assert_eq!(hit[0]["layer"], "namespace", "{}", hit[0]);
+    let object = hit[0]["object"].as_str().unwrap();
+    assert!(
+        object.starts_with("/tmp/a/a/") && object.ends_with('…'),
+        "{object}"
+    );
+    // Control: the same deep tree, an existing file in it, nothing reported.
+    let script = format!("mkdir -p {deep} && echo x > {deep}f && cat {deep}f");
+    let r = run(&policy_file("mon-long", &text), &["/bin/sh", "-c", &script]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.trim(), "x");
+    assert_eq!(in_tmp(&violations(&r)), Vec::<Value>::new());
+}
+
+#[test]
 fn hidden_paths_are_judged_without_triggering_mounts() {
     let test = "hidden_paths_are_judged_without_triggering_mounts";
     if !privileged(test) {

@@ -204,13 +204,19 @@ impl Attributor {
         let name = syscalls::name_of(e.nr);
         let object = &e.object[..(e.object_len as usize).min(k::OBJECT_LEN)];
         let path = (e.object_kind == k::ARG_PATH).then(|| c_string(object));
+        // The program copies at most OBJECT_LEN - 1 bytes of a path: a copy that long may be
+        // the beginning of a longer one, whose end (a `..`, say) could lead anywhere.
+        let truncated = path.is_some() && e.object_len as usize >= k::OBJECT_LEN - 1;
         let addr = (e.object_kind == k::ARG_SOCKADDR)
             .then(|| sockaddr(object))
             .flatten();
         let mut ev = self.base(&e.header, EventType::Violation);
         ev.syscall = Some(name.map_or_else(|| format!("syscall {}", e.nr), str::to_string));
         ev.errno = Some(errno_name(errno));
-        ev.object = path.clone().or_else(|| addr.map(|a| a.to_string()));
+        ev.object = path
+            .clone()
+            .map(|p| if truncated { p + "…" } else { p })
+            .or_else(|| addr.map(|a| a.to_string()));
 
         // seccomp first: it answers before any other layer sees the call.
         if errno == libc::EPERM {
@@ -282,6 +288,11 @@ impl Attributor {
         let clean = normalize(Path::new(&path));
         let granted = self.granted(&clean);
         match errno {
+            libc::ENOENT if truncated => {
+                // Not judged on a part of the path: no benefit of the doubt.
+                ev.layer = Some(Layer::Namespace);
+                Some(ev)
+            }
             libc::ENOENT => {
                 if granted.is_some() {
                     return None; // missing inside a granted tree
