@@ -8,6 +8,10 @@
 //! not granted by it. Filesystems the sandbox mounted itself — its root, /tmp, /proc — belong to
 //! its user namespace and are left to Landlock. A refusal is EACCES and an event.
 //!
+//! `socket_listen` refuses `listen()` on an inet socket that was never bound: the kernel would
+//! bind it to an ephemeral port on every address without running any bind hook. (The cgroup
+//! ingress program keeps such a listener unreachable everywhere; here the call itself fails.)
+//!
 //! Kernel struct offsets come from the kernel's BTF, read by the supervisor (`LSM_OFFSETS`).
 
 use core::ptr::addr_of_mut;
@@ -18,18 +22,21 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use stockade_ebpf_common::{
-    LsmDenyEvent, LsmGrantKey, COUNTER_DENIALS_DROPPED, COUNTER_DROPPED, COUNTER_LSM_DENIED,
-    EVENT_LSM_DENY, FLAG_LSM, GRANT_EXEC, GRANT_READ, GRANT_WRITE, LSM_BPRM_CHECK, LSM_FILE_OPEN,
-    LSM_MAX_DEPTH, OFF_BPRM_FILE, OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT,
-    OFF_FILE_DENTRY, OFF_FILE_FLAGS, OFF_FILE_MODE, OFF_INODE_INO, OFF_INODE_SB, OFF_SB_DEV,
-    OFF_SB_USER_NS, OFF_USERNS_LEVEL,
+    LsmDenyEvent, LsmGrantKey, NetDenyEvent, AF_INET, AF_INET6, COUNTER_DENIALS_DROPPED,
+    COUNTER_DROPPED, COUNTER_LSM_DENIED, COUNTER_NET_DENIED, EVENT_LSM_DENY, EVENT_NET_DENY,
+    FLAG_LSM, FLAG_NET_RULES, GRANT_EXEC, GRANT_READ, GRANT_WRITE, HOOK_LISTEN4, HOOK_LISTEN6,
+    LSM_BPRM_CHECK, LSM_FILE_OPEN, LSM_MAX_DEPTH, OFF_BPRM_FILE, OFF_DENTRY_INODE, OFF_DENTRY_NAME,
+    OFF_DENTRY_PARENT, OFF_FILE_DENTRY, OFF_FILE_FLAGS, OFF_FILE_MODE, OFF_INODE_INO, OFF_INODE_SB,
+    OFF_SB_DEV, OFF_SB_USER_NS, OFF_SK_FAMILY, OFF_SK_NUM, OFF_SOCKET_SK, OFF_USERNS_LEVEL,
 };
 
 use crate::maps::{
     bump, current_cgroup, header, mark_denied, EVENTS, LSM_GRANTS, LSM_OFFSETS, SANDBOXES,
 };
 
+const EPERM: i32 = 1;
 const EACCES: i32 = 13;
+const IPPROTO_TCP: u8 = 6;
 const FMODE_WRITE: u32 = 2;
 const FMODE_EXEC: u32 = 0x20;
 /// In `f_flags`: the open of an exec (`__FMODE_EXEC`); `f_mode` gets FMODE_EXEC only later on
@@ -78,6 +85,63 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         return 0;
     };
     decide(file, GRANT_EXEC, FMODE_EXEC, LSM_BPRM_CHECK)
+}
+
+#[lsm(hook = "socket_listen")]
+pub fn socket_listen(ctx: LsmContext) -> i32 {
+    // The hook's first argument is `struct socket *`.
+    let sock: u64 = ctx.arg(0);
+    let cg = current_cgroup();
+    let Some(cfg) = SANDBOXES.get_ptr(&cg) else {
+        return 0;
+    };
+    // SAFETY: a live map value, read only.
+    let (slot, active) = unsafe {
+        let flags = (*cfg).flags;
+        (
+            (*cfg).slot,
+            flags & FLAG_LSM != 0
+                && flags & FLAG_NET_RULES != 0
+                && (*cfg).execs >= (*cfg).lsm_after_execs,
+        )
+    };
+    if !active {
+        return 0;
+    }
+    let Some(sk) = field::<u64>(sock, OFF_SOCKET_SK) else {
+        return 0;
+    };
+    let family = field::<u16>(sk, OFF_SK_FAMILY).unwrap_or(0);
+    let v4 = family == AF_INET as u16;
+    if !v4 && family != AF_INET6 as u16 {
+        return 0; // unix sockets and the like: not the network's business
+    }
+    if field::<u16>(sk, OFF_SK_NUM).unwrap_or(0) != 0 {
+        return 0; // bound: the bind hooks judged its address and port
+    }
+    bump(slot, COUNTER_NET_DENIED);
+    mark_denied();
+    match EVENTS.reserve::<NetDenyEvent>(0) {
+        Some(mut e) => {
+            e.write(NetDenyEvent {
+                header: header(EVENT_NET_DENY, cg),
+                addr: [0; 4],
+                port: 0,
+                family: family as u8,
+                protocol: IPPROTO_TCP,
+                hook: if v4 { HOOK_LISTEN4 } else { HOOK_LISTEN6 },
+                killed: 0,
+                lsm: 1,
+                _pad: 0,
+            });
+            e.submit(0);
+        }
+        None => {
+            bump(slot, COUNTER_DROPPED);
+            bump(slot, COUNTER_DENIALS_DROPPED);
+        }
+    }
+    -EPERM
 }
 
 #[inline(always)]

@@ -12,7 +12,7 @@ use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr, BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_LISTEN},
     helpers::{
         bpf_ktime_get_ns,
-        generated::{bpf_send_signal, bpf_skb_cgroup_id},
+        generated::{bpf_send_signal, bpf_sk_fullsock, bpf_skb_cgroup_id},
     },
     macros::{cgroup_skb, cgroup_sock_addr, sock_ops},
     programs::{SkBuffContext, SockAddrContext, SockOpsContext},
@@ -31,6 +31,7 @@ const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 const SIGKILL: u32 = 9;
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
 
 #[inline(always)]
 fn ctx_u32(p: *const u32) -> u32 {
@@ -99,10 +100,10 @@ fn threshold_crossed(cfg: *mut SandboxConfig) -> bool {
     }
 }
 
-/// Does a bind rule cover a TCP socket listening on (`family`, `addr`, `port`) in sandbox `cg`?
-/// `true` for a cgroup that is not a sandbox, or one in its own network namespace.
+/// Does a bind rule of sandbox `cg` cover a socket of protocol `proto` on (`family`, `addr`,
+/// `port`)? `true` for a cgroup that is not a sandbox, or one in its own network namespace.
 #[inline(always)]
-fn listen_allowed(cg: u64, family: u32, addr: [u32; 4], port: u32) -> bool {
+fn local_allowed(cg: u64, family: u32, addr: [u32; 4], port: u32, proto: u8) -> bool {
     // SAFETY: the value is only read.
     let Some(cfg) = (unsafe { SANDBOXES.get(&cg) }) else {
         return true;
@@ -120,13 +121,7 @@ fn listen_allowed(cg: u64, family: u32, addr: [u32; 4], port: u32) -> bool {
     };
     let (family, addr) = unmap(family, addr);
     // SAFETY: a live map value.
-    matches(
-        unsafe { &(*rules).bind },
-        family,
-        &addr,
-        port as u16,
-        IPPROTO_TCP,
-    )
+    matches(unsafe { &(*rules).bind }, family, &addr, port as u16, proto)
 }
 
 #[inline(always)]
@@ -205,7 +200,8 @@ fn check<const KILL: bool>(ctx: &SockAddrContext, hook: u8) -> i32 {
                 protocol: proto,
                 hook,
                 killed: kill as u8,
-                _pad: [0; 2],
+                lsm: 0,
+                _pad: 0,
             });
             e.submit(0);
         }
@@ -268,22 +264,32 @@ pub fn bind6_kill(ctx: SockAddrContext) -> i32 {
     check::<true>(&ctx, HOOK_BIND6)
 }
 
-/// Inbound packets of the sandbox's sockets. A TCP socket can listen without ever passing a bind
-/// hook: `listen()` on an unbound socket takes an ephemeral port on every address (autobind), and
-/// Landlock has no right for listening. Every packet addressed to a listening socket (the SYN, and
-/// the handshake's last ACK, are delivered to the listener) is dropped unless a bind rule covers
-/// the socket's own address and port, so no connection to it can complete. The socket's state is
-/// read rather than the packet parsed: a sender cannot hide the SYN behind IPv6 extension headers.
+/// Inbound packets of the sandbox's sockets: only what an allow list admits gets in.
+///
+/// - TCP: a socket can listen without ever passing a bind hook: `listen()` on an unbound socket
+///   takes an ephemeral port on every address (autobind), and Landlock has no right for
+///   listening. Every packet addressed to a listening socket (the SYN, and the handshake's last
+///   ACK, are delivered to the listener) is dropped unless a bind rule covers the socket's own
+///   address and port, so no connection to it can complete. The socket's state is read rather
+///   than the packet parsed: a sender cannot hide the SYN behind IPv6 extension headers.
+/// - UDP: a socket that sent first was bound to an ephemeral port on every address, and anyone
+///   could then send to it. An unconnected UDP socket whose own address no bind rule covers
+///   takes a datagram only from a source its connect rules allow (a DNS server's answer); a
+///   connected one only hears its peer, which the connect hook judged.
+/// - Everything else (established TCP) only hears the peer the connect hook judged.
 #[cgroup_skb(ingress)]
 pub fn inbound(ctx: SkBuffContext) -> i32 {
     let skb = ctx.skb.skb;
     // SAFETY: `skb` is the program's context; `sk` is a context field the verifier knows to be a
     // socket pointer or null, checked before use; `bpf_sock` fields are loaded one by one.
+    // bpf_skb_cgroup_id and bpf_sk_fullsock take the context and that pointer; the SANDBOXES
+    // value is only read.
     unsafe {
         let sk: *mut bpf_sock = read_volatile(addr_of!((*skb).__bindgen_anon_2.sk));
-        if sk.is_null() || read_volatile(addr_of!((*sk).state)) != BPF_TCP_LISTEN {
+        if sk.is_null() {
             return ALLOW;
         }
+        let listening = read_volatile(addr_of!((*sk).state)) == BPF_TCP_LISTEN;
         let family = read_volatile(addr_of!((*sk).family));
         let ip6 = addr_of!((*sk).src_ip6) as *const u32;
         let addr = if family == AF_INET as u32 {
@@ -297,9 +303,22 @@ pub fn inbound(ctx: SkBuffContext) -> i32 {
             ]
         };
         let port = read_volatile(addr_of!((*sk).src_port));
-        // The listener's cgroup (this runs in softirq, not in the plugin's context).
+        let udp_unconnected = !listening && {
+            let full = bpf_sk_fullsock(sk);
+            !full.is_null()
+                && read_volatile(addr_of!((*full).protocol)) == IPPROTO_UDP as u32
+                && read_volatile(addr_of!((*sk).dst_port)) == 0
+        };
+        if !listening && !udp_unconnected {
+            return ALLOW;
+        }
+        // The socket's cgroup (this runs in softirq, not in the plugin's context).
         let cg = bpf_skb_cgroup_id(skb);
-        if listen_allowed(cg, family, addr, port) {
+        let proto = if listening { IPPROTO_TCP } else { IPPROTO_UDP };
+        if local_allowed(cg, family, addr, port, proto) {
+            return ALLOW;
+        }
+        if udp_unconnected && source_allowed(&ctx, cg) {
             return ALLOW;
         }
         if let Some(cfg) = SANDBOXES.get(&cg) {
@@ -307,6 +326,54 @@ pub fn inbound(ctx: SkBuffContext) -> i32 {
         }
         DENY
     }
+}
+
+/// Is the datagram's source (read from its IP and UDP headers) a destination the connect rules
+/// of sandbox `cg` allow for UDP? Anything not parsed (IPv6 extension headers) is no.
+#[inline(always)]
+fn source_allowed(ctx: &SkBuffContext, cg: u64) -> bool {
+    let Some(rules) = NET_RULES.get_ptr(&cg) else {
+        return false;
+    };
+    // The data starts at the network header.
+    let Ok(first) = ctx.load::<u8>(0) else {
+        return false;
+    };
+    let (family, addr, l4) = match first >> 4 {
+        4 => {
+            let Ok(src) = ctx.load::<u32>(12) else {
+                return false;
+            };
+            (AF_INET, [src, 0, 0, 0], ((first & 0x0f) as usize) * 4)
+        }
+        6 => {
+            if ctx.load::<u8>(6) != Ok(IPPROTO_UDP) {
+                return false;
+            }
+            let (Ok(a), Ok(b), Ok(c), Ok(d)) = (
+                ctx.load::<u32>(8),
+                ctx.load::<u32>(12),
+                ctx.load::<u32>(16),
+                ctx.load::<u32>(20),
+            ) else {
+                return false;
+            };
+            (AF_INET6, [a, b, c, d], 40)
+        }
+        _ => return false,
+    };
+    let (family, addr) = unmap(family, addr);
+    let Ok(sport) = ctx.load::<u16>(l4) else {
+        return false;
+    };
+    // SAFETY: a live map value.
+    matches(
+        unsafe { &(*rules).connect },
+        family,
+        &addr,
+        u16::from_be(sport),
+        IPPROTO_UDP,
+    )
 }
 
 /// The plugin's side of the same hole: a socket started listening where no bind rule allows it.
@@ -340,7 +407,7 @@ pub fn listen(ctx: SockOpsContext) -> u32 {
     } else {
         ip6
     };
-    if listen_allowed(cg, family, addr, port) {
+    if local_allowed(cg, family, addr, port, IPPROTO_TCP) {
         return 1;
     }
     // SAFETY: the value is only read.
@@ -359,7 +426,8 @@ pub fn listen(ctx: SockOpsContext) -> u32 {
                 protocol: IPPROTO_TCP,
                 hook: if v4 { HOOK_LISTEN4 } else { HOOK_LISTEN6 },
                 killed: 0,
-                _pad: [0; 2],
+                lsm: 0,
+                _pad: 0,
             });
             e.submit(0);
         }

@@ -145,8 +145,9 @@ impl Watch<'_> {
 }
 
 fn monotonic_ns() -> u64 {
-    // SAFETY: clock_gettime fills the timespec it is given.
+    // SAFETY: a zeroed timespec is a valid value of the plain C struct.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: clock_gettime fills the timespec it is given, which lives for the call.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
@@ -244,6 +245,15 @@ pub fn run(
     }
     let duration = begin.elapsed();
     phase("sandbox ended");
+    if watch.is_some() && cgroup.is_populated() {
+        // Nothing of the sandbox may outlive its monitors (the network programs detach with
+        // them): kill what is left (when supervision failed, say) and wait until it is gone.
+        let _ = cgroup.kill();
+        let gone = Instant::now() + Duration::from_secs(5);
+        while cgroup.is_populated() && Instant::now() < gone {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
     let report = watch.map(Watch::finish);
     phase("monitors disarmed");
     let outcome = outcome?;
@@ -387,8 +397,9 @@ fn supervise(
 }
 
 fn reap(started: &Started) -> Result<ExitStatus, SandboxError> {
-    // SAFETY: a zeroed siginfo_t is valid for waitid to fill; the pidfd is our child's.
+    // SAFETY: a zeroed siginfo_t is a valid value of the plain C struct.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid fills `info`, which lives for the call; the pidfd is our child's.
     let rc = unsafe {
         libc::waitid(
             libc::P_PIDFD,

@@ -115,7 +115,7 @@ fn render_report(out: &mut String, r: &Report) {
             r.dropped_events,
             if r.lost_denials > 0 {
                 format!(
-                    "; {} of them denials, counted as violations",
+                    "; {} of them possible violations, counted as such",
                     r.lost_denials
                 )
             } else {

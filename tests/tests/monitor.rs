@@ -161,6 +161,26 @@ fn listen_and_knock(
     listen_args: &[&str],
     knock: impl Fn(u16) -> Vec<std::net::SocketAddr>,
 ) -> (RunResult, Vec<std::io::Result<()>>) {
+    let mut args = vec!["listen"];
+    args.extend_from_slice(listen_args);
+    let (r, knocked) = run_with_port(name, text, &args, "listening ", |port| {
+        knock(port)
+            .into_iter()
+            .map(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).map(|_| ()))
+            .collect()
+    });
+    (r, knocked.unwrap_or_default())
+}
+
+/// Runs the hostile fixture with `args` under `text`; when it prints `PREFIX PORT`, calls `act`
+/// with the port (from this process, outside the sandbox), then waits for the run.
+fn run_with_port<T>(
+    name: &str,
+    text: &str,
+    args: &[&str],
+    prefix: &str,
+    act: impl FnOnce(u16) -> T,
+) -> (RunResult, Option<T>) {
     use std::io::{BufRead, Read};
     let file = policy_file(name, text);
     let mut cmd = std::process::Command::new(stockade());
@@ -172,8 +192,7 @@ fn listen_and_knock(
         .arg(plugin_dir())
         .arg("--")
         .arg(hostile())
-        .arg("listen")
-        .args(listen_args)
+        .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -184,15 +203,9 @@ fn listen_and_knock(
     out.read_line(&mut stdout).expect("read the fixture's port");
     let port = stdout
         .trim()
-        .strip_prefix("listening ")
+        .strip_prefix(prefix)
         .and_then(|p| p.parse::<u16>().ok());
-    let knocked = match port {
-        Some(port) => knock(port)
-            .into_iter()
-            .map(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).map(|_| ()))
-            .collect(),
-        None => Vec::new(),
-    };
+    let acted = port.map(act);
     out.read_to_string(&mut stdout).expect("read stdout");
     let mut output = child.wait_with_output().expect("wait for stockade");
     output.stdout = stdout.into_bytes();
@@ -208,7 +221,7 @@ fn listen_and_knock(
         .filter(|p| p.ends_with(&cgroup_name))
         .collect();
     assert!(left.is_empty(), "cgroups left behind: {left:?}");
-    (r, knocked)
+    (r, acted)
 }
 
 /// The port the `listen` fixture printed.
@@ -249,7 +262,25 @@ fn a_listener_without_a_bind_rule_takes_no_connection() {
     assert_eq!(r.summary["monitor"]["kernel"]["inbound_dropped"], 0);
 
     // listen() without bind(): the kernel picks a port on every address and no bind hook runs.
-    // The listen is reported; every connection attempt from outside times out (SYNs dropped).
+    // Where the BPF LSM loads (the VM), socket_listen refuses the call itself.
+    if lsm_loads().0 {
+        println!("listen without bind: refused by the BPF LSM (socket_listen)");
+        for (family, name) in [("-", "IPv4"), ("-6", "IPv6")] {
+            let r = hostile_run("mon-listen", &text, &["listen", family, "1"]);
+            assert_line(&r, "listen err EPERM");
+            assert_one_violation(
+                &r,
+                "lsm",
+                "listen",
+                &format!("unbound {name} tcp socket"),
+                "EPERM",
+            );
+        }
+        return;
+    }
+    // Elsewhere the listen succeeds and is reported; every connection attempt from outside
+    // times out (the ingress program drops the SYNs).
+    println!("listen without bind: cut off by the cgroup ingress program");
     for (family, any) in [("-", "0.0.0.0"), ("-6", "[::]")] {
         let (r, knocked) = listen_and_knock("mon-listen", &text, &[family, "3"], |p| {
             let mut v: Vec<std::net::SocketAddr> = vec![([127, 0, 0, 1], p).into()];
@@ -275,6 +306,44 @@ fn a_listener_without_a_bind_rule_takes_no_connection() {
             .unwrap();
         assert!(dropped >= knocked.len() as u64, "{}", r.summary["monitor"]);
     }
+}
+
+#[test]
+fn an_unbound_udp_socket_hears_only_allowed_peers() {
+    let test = "an_unbound_udp_socket_hears_only_allowed_peers";
+    if !privileged(test) || !tcp_rules_enforceable(test) {
+        return;
+    }
+    // The plugin may talk to one UDP server (say, its DNS resolver); a stranger knows the port
+    // its socket got by sending first.
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let server_port = server.local_addr().unwrap().port();
+    let text = policy(&format!(
+        "[network]\nmode = \"allow\"\n\
+         connect = [{{ protocol = \"udp\", address = \"127.0.0.1\", port = {server_port} }}]\n"
+    ));
+    let (r, sent) = run_with_port(
+        "mon-udp-in",
+        &text,
+        &["udp-listen", &format!("127.0.0.1:{server_port}"), "2"],
+        "bound ",
+        |port| {
+            let to = ("127.0.0.1", port);
+            let a = stranger.send_to(b"stranger", to).is_ok();
+            std::thread::sleep(Duration::from_millis(100));
+            let b = server.send_to(b"reply", to).is_ok();
+            a && b
+        },
+    );
+    assert_eq!(sent, Some(true));
+    // The answer from the allowed peer arrives; the stranger's datagram never does.
+    assert_line(&r, "got reply");
+    assert_no_violation(&r);
+    let dropped = r.summary["monitor"]["kernel"]["inbound_dropped"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(dropped, 1, "{}", r.summary["monitor"]);
 }
 
 #[test]
@@ -439,7 +508,9 @@ struct SilentAutofs {
 }
 
 impl SilentAutofs {
-    fn mount(dir: PathBuf) -> Option<SilentAutofs> {
+    /// `map`: "indirect" (the names below the mount point trigger) or "direct" (the mount point
+    /// itself does).
+    fn mount(dir: PathBuf, map: &str) -> Option<SilentAutofs> {
         use std::os::fd::FromRawFd;
         std::fs::create_dir_all(&dir).unwrap();
         let mut fds = [0; 2];
@@ -453,7 +524,7 @@ impl SilentAutofs {
             )
         };
         // pgrp 1 (init) is the "daemon", so every other process triggers mounts.
-        let opts = format!("fd={},pgrp=1,minproto=5,maxproto=5,indirect", fds[1]);
+        let opts = format!("fd={},pgrp=1,minproto=5,maxproto=5,{map}", fds[1]);
         let c = |s: &str| std::ffi::CString::new(s).unwrap();
         let target = c(dir.to_str().unwrap());
         let (src, fstype, data) = (c("stockade-test"), c("autofs"), c(&opts));
@@ -476,12 +547,11 @@ impl SilentAutofs {
         }
         // SAFETY: the read end is ours; non-blocking so that `requests` never waits.
         unsafe { libc::fcntl(fds[0], libc::F_SETFL, libc::O_NONBLOCK) };
-        // A regression must not hang the suite: after 60 s the mount turns catatonic, and a
-        // lookup blocked on it fails.
-        let root = std::fs::File::open(&dir).expect("open the automount root");
-        std::thread::spawn(move || {
+        // A regression must not hang the suite: after 60 s, a child of this test blocked in an
+        // automount wait (killable) is killed.
+        std::thread::spawn(|| {
             std::thread::sleep(Duration::from_secs(60));
-            catatonic(&root);
+            kill_children_waiting_on_autofs();
         });
         Some(SilentAutofs { dir, pipe: read })
     }
@@ -494,18 +564,28 @@ impl SilentAutofs {
     }
 }
 
-/// AUTOFS_IOC_CATATONIC: the daemon is gone; every waiting and future lookup fails.
-fn catatonic(root: &std::fs::File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: an ioctl without argument on a descriptor of the automount's root.
-    unsafe { libc::ioctl(root.as_raw_fd(), 0x9362) };
+/// SIGKILL to every child of this process that waits on an automount.
+fn kill_children_waiting_on_autofs() {
+    let me = std::process::id().to_string();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The fields after the command's closing parenthesis: state, ppid, ...
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+        if ppid == Some(me.as_str()) && wchan == "autofs_wait" {
+            if let Ok(pid) = pid.parse::<i32>() {
+                // SAFETY: a signal to a child of this process.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
 }
 
 impl Drop for SilentAutofs {
     fn drop(&mut self) {
-        if let Ok(root) = std::fs::File::open(&self.dir) {
-            catatonic(&root);
-        }
         let c = std::ffi::CString::new(self.dir.to_str().unwrap()).unwrap();
         // SAFETY: a NUL-terminated path.
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
@@ -589,20 +669,27 @@ fn hidden_paths_are_judged_without_triggering_mounts() {
     // An automount point whose daemon never answers. The plugin reaches below it: a violation,
     // decided without a lookup. Looking it up would have made autofs ask its daemon for a mount
     // (a request in the pipe) and blocked the supervisor until an answer that never comes.
-    let autofs = PathBuf::from(format!("/run/stockade-test-autofs-{}", std::process::id()));
-    let Some(autofs) = SilentAutofs::mount(autofs) else {
-        println!("skipped: {test}: autofs: no automount point could be made on this kernel");
-        return;
-    };
-    let target = format!("{}/server/share/file", autofs.dir.display());
-    let r = hostile_run("mon-hostpath", &text, &["read", &target]);
-    assert_eq!(
-        autofs.requests(),
-        0,
-        "the supervisor triggered an automount"
-    );
-    assert_line(&r, "err ENOENT");
-    assert_one_violation(&r, "namespace", "read", &target, "ENOENT");
+    // Both kinds of map: below an indirect one each name triggers; a direct one triggers on
+    // the way through its mount point.
+    for map in ["indirect", "direct"] {
+        let dir = PathBuf::from(format!(
+            "/run/stockade-test-autofs-{map}-{}",
+            std::process::id()
+        ));
+        let Some(autofs) = SilentAutofs::mount(dir, map) else {
+            println!("skipped: {test}: autofs: no automount point could be made on this kernel");
+            return;
+        };
+        let target = format!("{}/server/share/file", autofs.dir.display());
+        let r = hostile_run("mon-hostpath", &text, &["read", &target]);
+        assert_eq!(
+            autofs.requests(),
+            0,
+            "{map}: the supervisor triggered an automount"
+        );
+        assert_line(&r, "err ENOENT");
+        assert_one_violation(&r, "namespace", "read", &target, "ENOENT");
+    }
 }
 
 #[test]
@@ -887,6 +974,15 @@ fn a_flood_of_events_does_not_hold_off_the_timeout() {
 
 /// Whether this kernel runs the BPF LSM wall (`stockade doctor`); prints `skipped:` when not.
 fn lsm_active(test: &str) -> bool {
+    let (active, line) = lsm_loads();
+    if !active {
+        println!("skipped: {test}: the BPF LSM wall is not active here ({line})");
+    }
+    active
+}
+
+/// Whether `stockade doctor` lists the LSM monitor as active, and its line.
+fn lsm_loads() -> (bool, String) {
     let out = std::process::Command::new(stockade())
         .arg("doctor")
         .output()
@@ -895,12 +991,9 @@ fn lsm_active(test: &str) -> bool {
     let line = text
         .lines()
         .find(|l| l.starts_with("monitor lsm "))
-        .unwrap_or("monitor lsm: missing from doctor");
-    if line.contains(" active:") {
-        return true;
-    }
-    println!("skipped: {test}: the BPF LSM wall is not active here ({line})");
-    false
+        .unwrap_or("monitor lsm: missing from doctor")
+        .to_string();
+    (line.contains(" active:"), line)
 }
 
 #[test]

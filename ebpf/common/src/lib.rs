@@ -65,7 +65,12 @@ pub const OFF_SB_USER_NS: u32 = 8;
 pub const OFF_USERNS_LEVEL: u32 = 9;
 pub const OFF_BPRM_FILE: u32 = 10;
 pub const OFF_FILE_FLAGS: u32 = 11;
-pub const LSM_OFFSETS_LEN: u32 = 12;
+pub const OFF_SOCKET_SK: u32 = 12;
+/// `sock.__sk_common.skc_family` (u16).
+pub const OFF_SK_FAMILY: u32 = 13;
+/// `sock.__sk_common.skc_num`: the local port in host order, 0 while unbound (u16).
+pub const OFF_SK_NUM: u32 = 14;
+pub const LSM_OFFSETS_LEN: u32 = 15;
 /// Directory levels the LSM programs walk up from a file looking for a grant.
 pub const LSM_MAX_DEPTH: u32 = 32;
 
@@ -93,9 +98,9 @@ pub const COUNTER_NET_DROPPED: u32 = 8;
 /// Inbound packets dropped because they were addressed to a listening socket that no bind rule
 /// covers. Not violations: the sender is outside the sandbox.
 pub const COUNTER_INBOUND_DROPPED: u32 = 9;
-/// Dropped events that were denials by a layer (network, LSM, or an EPERM, EACCES or EROFS at
-/// sys_exit): part of `COUNTER_DROPPED`. In enforce mode each counts as a violation, so that a
-/// plugin cannot hide a denial by filling the ring buffer first.
+/// Dropped events that may have been violations (network and LSM denials, and every failure
+/// sys_exit reports: EPERM, EACCES, EROFS, ENOENT on a path): part of `COUNTER_DROPPED`. Each
+/// counts as a violation, so that a plugin cannot hide one by filling the ring buffer first.
 pub const COUNTER_DENIALS_DROPPED: u32 = 10;
 
 /// `EventHeader::kind`.
@@ -243,7 +248,9 @@ pub struct NetDenyEvent {
     pub hook: u8,
     /// 1 when this denial made the program send SIGKILL.
     pub killed: u8,
-    pub _pad: [u8; 2],
+    /// 1 when the BPF LSM refused the call itself (`socket_listen`), rather than a cgroup program.
+    pub lsm: u8,
+    pub _pad: u8,
 }
 
 /// A syscall of a sandboxed process returned EPERM, EACCES, EROFS, or ENOENT for a path; or,

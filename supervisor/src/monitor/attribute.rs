@@ -151,7 +151,17 @@ impl Attributor {
                 // listen() itself succeeds (no hook can refuse it); its inbound packets are
                 // dropped instead.
                 let listen = matches!(e.hook, k::HOOK_LISTEN4 | k::HOOK_LISTEN6);
-                ev.errno = (!listen).then_some("EPERM");
+                ev.errno = (!listen || e.lsm != 0).then_some("EPERM");
+                if e.lsm != 0 {
+                    // The LSM refused listen() on a socket never bound.
+                    ev.layer = Some(Layer::Lsm);
+                    let v = if e.hook == k::HOOK_LISTEN4 {
+                        "IPv4"
+                    } else {
+                        "IPv6"
+                    };
+                    ev.object = Some(format!("unbound {v} tcp socket"));
+                }
                 ev.killed_in_kernel = e.killed != 0;
                 Some(ev)
             }

@@ -1,26 +1,25 @@
 //! Does a path that a plugin reached for exist on the host? The answer decides whether an ENOENT
 //! outside every grant is a violation (the mount namespace hid something) or nothing (the path
 //! exists nowhere). The path is the plugin's choice, so the lookup must not let it steer the
-//! supervisor (root, in the host's mount namespace) into a hung NFS or FUSE mount, or make autofs
-//! mount something.
+//! supervisor (root, in the host's mount namespace) into a hung NFS or FUSE mount, make autofs
+//! mount something, or follow a link somewhere else.
 //!
-//! 1. `openat2(O_PATH | O_NOFOLLOW, RESOLVE_NO_XDEV | RESOLVE_NO_MAGICLINKS)`: a walk that never
-//!    leaves the root filesystem and triggers no automount. Most answers end here.
-//! 2. A path on another mount: the filesystem type of the mount that holds it (the longest mount
-//!    point prefix in /proc/self/mountinfo). On a local filesystem, `fstatat` with
-//!    `AT_NO_AUTOMOUNT`, in a worker thread the supervisor waits on for a bounded time; on
-//!    anything else (network, FUSE, autofs, unknown) no lookup at all.
+//! The path is walked one component at a time, each with `openat(dir, name, O_PATH |
+//! O_NOFOLLOW)`: a single component is always the last of its lookup, and the last component of
+//! an `O_PATH | O_NOFOLLOW` open is neither followed (symlinks, magic links) nor automounted.
+//! After each step, the mount the new descriptor lies on is found by its id (`/proc/self/fdinfo`,
+//! which asks no filesystem) in the mount table; unless that filesystem is a local one (or the
+//! root filesystem itself), the walk stops before asking it anything. A symlink or an automount point before the last component
+//! stops it too. No step waits on anything but local filesystems, so it runs inline.
 //!
 //! Anything not answered is [`Presence::Unknown`], which the attributor counts as a violation: a
 //! plugin that reaches outside its grants into such a place gets no benefit of the doubt.
 
 use std::collections::HashMap;
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Presence {
@@ -31,78 +30,32 @@ pub enum Presence {
 }
 
 /// Filesystems whose lookups are local and have no side effects. Everything else (nfs, cifs,
-/// fuse.*, autofs, 9p, ceph, …) is never looked up.
+/// fuse.*, autofs, 9p, ceph, …) is never asked anything.
 const LOCAL: &[&str] = &[
-    "ext2",
-    "ext3",
-    "ext4",
-    "xfs",
-    "btrfs",
-    "f2fs",
-    "jfs",
-    "nilfs2",
-    "reiserfs",
-    "bcachefs",
-    "zfs",
-    "vfat",
-    "exfat",
-    "ntfs3",
-    "hfsplus",
-    "iso9660",
-    "squashfs",
-    "erofs",
-    "overlay",
-    "tmpfs",
-    "ramfs",
-    "devtmpfs",
-    "proc",
-    "sysfs",
-    "cgroup",
-    "cgroup2",
-    "devpts",
-    "mqueue",
-    "bpf",
-    "tracefs",
-    "debugfs",
-    "securityfs",
-    "pstore",
-    "efivarfs",
-    "configfs",
-    "hugetlbfs",
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "nilfs2", "reiserfs", "bcachefs", "zfs",
+    "vfat", "exfat", "ntfs3", "hfsplus", "iso9660", "squashfs", "erofs", "overlay", "tmpfs",
+    "ramfs", "rootfs", "devtmpfs", "proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue",
 ];
 
-/// How long the supervise loop waits for a lookup on a local filesystem.
-const LOOKUP_WAIT: Duration = Duration::from_millis(50);
 /// Definite answers kept; the cache is emptied when full.
 const CACHE_MAX: usize = 4096;
-/// How long a read of the mount table serves.
-const MOUNTS_TTL: Duration = Duration::from_secs(1);
+/// STATX_ATTR_AUTOMOUNT: the dentry is an automount trigger.
+const ATTR_AUTOMOUNT: u64 = 0x1000;
 
+#[derive(Default)]
 pub struct HostPaths {
     cache: HashMap<PathBuf, bool>,
-    mounts: Vec<(PathBuf, String)>,
-    mounts_read: Option<Instant>,
-    /// A worker's lookup has not returned yet (a stuck one stays stuck: no second is started).
-    busy: Arc<AtomicBool>,
-}
-
-impl Default for HostPaths {
-    fn default() -> Self {
-        HostPaths::new()
-    }
+    /// mount id -> filesystem type, as last read (re-read whenever a walk enters another mount:
+    /// ids are reused).
+    mounts: HashMap<u64, String>,
 }
 
 impl HostPaths {
     pub fn new() -> HostPaths {
-        HostPaths {
-            cache: HashMap::new(),
-            mounts: Vec::new(),
-            mounts_read: None,
-            busy: Arc::new(AtomicBool::new(false)),
-        }
+        HostPaths::default()
     }
 
-    /// `path` must be absolute and normalized.
+    /// `path` must be absolute and normalized (no `.` or `..`).
     pub fn presence(&mut self, path: &Path) -> Presence {
         if let Some(&present) = self.cache.get(path) {
             return if present {
@@ -111,7 +64,7 @@ impl HostPaths {
                 Presence::Absent
             };
         }
-        let answer = self.look(path);
+        let answer = self.walk(path);
         let definite = match answer {
             Presence::Present => Some(true),
             Presence::Absent => Some(false),
@@ -126,165 +79,134 @@ impl HostPaths {
         answer
     }
 
-    fn look(&mut self, path: &Path) -> Presence {
-        let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
-            return Presence::Absent; // a NUL byte: no such path anywhere
+    fn walk(&mut self, path: &Path) -> Presence {
+        let names: Vec<&std::ffi::OsStr> = path
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        let mut dir = match open_path(None, std::ffi::OsStr::new("/")) {
+            Ok(fd) => fd,
+            Err(e) => return Presence::Unknown(format!("/: errno {e}")),
         };
-        match open_on_root_fs(&c) {
-            Ok(()) => return Presence::Present,
-            Err(libc::ENOENT) | Err(libc::ENOTDIR) | Err(libc::ENAMETOOLONG) => {
-                return Presence::Absent
+        // The supervisor's own root filesystem is trusted whatever its type (the VM runner's is
+        // 9p): if it hung, the supervisor would be stuck loading its own files anyway.
+        let Some(mut mount) = mount_id(&dir) else {
+            return Presence::Unknown("no mount id in fdinfo".into());
+        };
+        for (i, name) in names.iter().enumerate() {
+            let last = i + 1 == names.len();
+            let fd = match open_path(Some(&dir), name) {
+                Ok(fd) => fd,
+                Err(libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG) => return Presence::Absent,
+                Err(e) => return Presence::Unknown(format!("errno {e} on the way")),
+            };
+            mount = match self.local_mount(&fd, mount) {
+                Ok(id) => id,
+                Err(why) => return Presence::Unknown(why),
+            };
+            if last {
+                return Presence::Present;
             }
-            // EXDEV: another mount on the way; ENOSYS: a kernel without openat2 (before 5.6);
-            // ELOOP: a magic link.
-            Err(_) => {}
+            // Local now; statx may ask it. A link or an automount trigger is not walked through.
+            match kind(&fd) {
+                Ok((mode, attributes)) => {
+                    if mode & libc::S_IFMT == libc::S_IFLNK {
+                        return Presence::Unknown("a symlink on the way: not followed".into());
+                    }
+                    if attributes & ATTR_AUTOMOUNT != 0 {
+                        return Presence::Unknown("an automount point on the way".into());
+                    }
+                    if mode & libc::S_IFMT != libc::S_IFDIR {
+                        return Presence::Absent; // a file used as a directory
+                    }
+                }
+                Err(e) => return Presence::Unknown(format!("errno {e} on the way")),
+            }
+            dir = fd;
         }
-        self.refresh_mounts();
-        let fstype = mount_of(&self.mounts, path).unwrap_or("?");
-        if !LOCAL.contains(&fstype) {
-            return Presence::Unknown(format!("on a {fstype} filesystem: not looked up"));
-        }
-        self.stat_in_worker(c)
+        Presence::Present // the root itself
     }
 
-    fn refresh_mounts(&mut self) {
-        if self.mounts_read.is_some_and(|t| t.elapsed() < MOUNTS_TTL) {
-            return;
+    /// The id of the mount `fd` lies on, if its filesystem is a local one. `previous`: the mount
+    /// of the step before (the same mount needs no second look).
+    fn local_mount(&mut self, fd: &OwnedFd, previous: u64) -> Result<u64, String> {
+        let id = mount_id(fd).ok_or("no mount id in fdinfo")?;
+        if previous == id {
+            return Ok(id);
         }
+        // Another mount: read the table again (ids are reused after an unmount).
         let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        self.mounts = parse_mountinfo(&text);
-        self.mounts_read = Some(Instant::now());
-    }
-
-    fn stat_in_worker(&self, path: CString) -> Presence {
-        if self.busy.swap(true, Ordering::AcqRel) {
-            return Presence::Unknown("an earlier lookup has not returned".into());
-        }
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let busy = self.busy.clone();
-        let spawned = std::thread::Builder::new()
-            .name("stockade-lookup".into())
-            .spawn(move || {
-                let r = stat_no_automount(&path);
-                busy.store(false, Ordering::Release);
-                let _ = tx.send(r);
-            });
-        if spawned.is_err() {
-            self.busy.store(false, Ordering::Release);
-            return Presence::Unknown("no thread for the lookup".into());
-        }
-        match rx.recv_timeout(LOOKUP_WAIT) {
-            Ok(Ok(())) => Presence::Present,
-            Ok(Err(libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG)) => Presence::Absent,
-            Ok(Err(e)) => Presence::Unknown(format!("lookup failed: errno {e}")),
-            Err(_) => Presence::Unknown(format!(
-                "the lookup took longer than {} ms",
-                LOOKUP_WAIT.as_millis()
-            )),
+        self.mounts = parse_mount_types(&text);
+        let fstype = self.mounts.get(&id).map_or("?", String::as_str);
+        if LOCAL.contains(&fstype) {
+            Ok(id)
+        } else {
+            Err(format!("on a {fstype} filesystem: not looked up"))
         }
     }
 }
 
-const RESOLVE_NO_XDEV: u64 = 0x01;
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
-/// Opens `path` as O_PATH without following a final symlink and without leaving the root
-/// filesystem; Ok if something is there.
-fn open_on_root_fs(path: &CString) -> Result<(), i32> {
-    let how = OpenHow {
-        flags: (libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64,
-        mode: 0,
-        resolve: RESOLVE_NO_XDEV | RESOLVE_NO_MAGICLINKS,
-    };
-    // SAFETY: openat2 reads a NUL-terminated path and an open_how of the size given.
+/// `openat(dir or AT_FDCWD, name, O_PATH | O_NOFOLLOW | O_CLOEXEC)`.
+fn open_path(dir: Option<&OwnedFd>, name: &std::ffi::OsStr) -> Result<OwnedFd, i32> {
+    let c = CString::new(name.as_bytes()).map_err(|_| libc::ENOENT)?;
+    let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: a NUL-terminated name; the descriptor returned is owned below.
     let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
+        libc::openat(
+            dirfd,
+            c.as_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
         )
     };
     if fd < 0 {
         return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
     }
-    // SAFETY: a descriptor this function just opened.
-    unsafe { libc::close(fd as i32) };
-    Ok(())
+    // SAFETY: a descriptor this function just opened and nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn stat_no_automount(path: &CString) -> Result<(), i32> {
-    // SAFETY: a zeroed stat is a valid buffer for fstatat to fill.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and a stat buffer that live for the call.
+/// The mount id of an open descriptor, from `/proc/self/fdinfo` (the VFS answers; the file's
+/// filesystem is not asked).
+fn mount_id(fd: &OwnedFd) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// (mode, attributes) of the object `fd` refers to, without following it.
+fn kind(fd: &OwnedFd) -> Result<(u32, u64), i32> {
+    // SAFETY: a zeroed statx is a valid buffer for the kernel to fill.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: an empty NUL-terminated path with AT_EMPTY_PATH on our descriptor; `st` lives for
+    // the call.
     let rc = unsafe {
-        libc::fstatat(
-            libc::AT_FDCWD,
-            path.as_ptr(),
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT,
+            libc::STATX_TYPE,
             &mut st,
-            libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT,
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
     }
+    Ok((u32::from(st.stx_mode), st.stx_attributes))
 }
 
-/// (mount point, filesystem type) of every line of a mountinfo text, in its order.
-fn parse_mountinfo(text: &str) -> Vec<(PathBuf, String)> {
+/// mount id -> filesystem type, from a mountinfo text.
+fn parse_mount_types(text: &str) -> HashMap<u64, String> {
     text.lines()
         .filter_map(|line| {
-            let mut fields = line.split(' ');
-            let point = fields.nth(4)?;
-            let fstype = fields.skip_while(|f| *f != "-").nth(1)?;
-            Some((PathBuf::from(unescape(point)), fstype.to_string()))
+            let id = line.split(' ').next()?.parse().ok()?;
+            let fstype = line.split(' ').skip_while(|f| *f != "-").nth(1)?;
+            Some((id, fstype.to_string()))
         })
         .collect()
-}
-
-/// mountinfo writes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The filesystem type of the mount holding `path`: the longest mount point that is a prefix of
-/// it; among equal ones the last (mounted on top).
-fn mount_of<'a>(mounts: &'a [(PathBuf, String)], path: &Path) -> Option<&'a str> {
-    let mut best: Option<(usize, &str)> = None;
-    for (point, fstype) in mounts {
-        if path.starts_with(point) {
-            let len = point.components().count();
-            if best.is_none_or(|(l, _)| len >= l) {
-                best = Some((len, fstype));
-            }
-        }
-    }
-    best.map(|(_, t)| t)
 }
 
 #[cfg(test)]
@@ -292,49 +214,56 @@ mod tests {
     use super::*;
 
     #[test]
-    fn root_filesystem_answers_directly() {
+    fn a_walk_answers_for_the_root_filesystem() {
         let mut h = HostPaths::new();
         assert_eq!(h.presence(Path::new("/")), Presence::Present);
         assert_eq!(
             h.presence(Path::new("/no-such-dir-stockade/x")),
             Presence::Absent
         );
-        // A file used as a directory: nothing there either.
         let exe = std::env::current_exe().unwrap();
-        assert_eq!(h.presence(&exe.join("x")), Presence::Absent);
         assert_eq!(h.presence(&exe), Presence::Present);
+        // A file used as a directory: nothing there either.
+        assert_eq!(h.presence(&exe.join("x")), Presence::Absent);
     }
 
     #[test]
-    fn the_mount_table_decides_who_is_looked_up() {
+    fn links_are_not_followed() {
+        let dir = std::env::temp_dir().join(format!("stockade-hostpath-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/", &link).unwrap();
+        let mut h = HostPaths::new();
+        // The link itself exists; what it points to is not looked at through it.
+        assert_eq!(h.presence(&link), Presence::Present);
+        assert!(
+            matches!(h.presence(&link.join("etc")), Presence::Unknown(_)),
+            "followed a symlink"
+        );
+        // /proc/self is a symlink, /proc/self/root a magic link.
+        assert!(matches!(
+            h.presence(Path::new("/proc/self/root/etc")),
+            Presence::Unknown(_)
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_mount_table_names_each_mounts_type() {
         let text = "\
 22 1 259:1 / / rw,relatime shared:1 - ext4 /dev/root rw
 30 22 0:40 / /net rw,relatime shared:2 - autofs systemd-1 rw
 31 22 0:41 / /mnt/my\\040share rw - nfs4 srv:/x rw
-32 31 0:42 / /mnt/my\\040share/local rw - tmpfs tmpfs rw
 33 22 0:43 / /home/u/fs rw - fuse.sshfs u@h: rw
 ";
-        let m = parse_mountinfo(text);
-        assert_eq!(m[2].0, Path::new("/mnt/my share"));
-        assert_eq!(mount_of(&m, Path::new("/etc/shadow")), Some("ext4"));
-        assert_eq!(mount_of(&m, Path::new("/net/host/x")), Some("autofs"));
-        assert_eq!(mount_of(&m, Path::new("/mnt/my share/a")), Some("nfs4"));
-        assert_eq!(
-            mount_of(&m, Path::new("/mnt/my share/local/a")),
-            Some("tmpfs")
-        );
-        assert_eq!(mount_of(&m, Path::new("/home/u/fs/x")), Some("fuse.sshfs"));
-        // A prefix by components, not by bytes.
-        assert_eq!(mount_of(&m, Path::new("/network")), Some("ext4"));
-        for remote in ["autofs", "nfs4", "fuse.sshfs"] {
+        let m = parse_mount_types(text);
+        assert_eq!(m[&22], "ext4");
+        assert_eq!(m[&30], "autofs");
+        assert_eq!(m[&31], "nfs4");
+        assert_eq!(m[&33], "fuse.sshfs");
+        for remote in ["autofs", "nfs4", "fuse.sshfs", "?"] {
             assert!(!LOCAL.contains(&remote));
         }
-    }
-
-    #[test]
-    fn unescape_reads_octal_escapes_only() {
-        assert_eq!(unescape("/a\\040b\\134c"), "/a b\\c");
-        assert_eq!(unescape("/a\\09"), "/a\\09");
-        assert_eq!(unescape("/a\\"), "/a\\");
     }
 }

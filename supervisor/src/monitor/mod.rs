@@ -38,7 +38,7 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 
 /// What the network monitor attaches to each sandbox's cgroup (doctor prints it).
 const NETWORK_PROGRAMS: &str =
-    "cgroup connect4/6, sendmsg4/6, bind4/6; inbound guard for listeners (cgroup_skb, sock_ops)";
+    "cgroup connect4/6, sendmsg4/6, bind4/6; inbound guard for listeners and UDP (cgroup_skb, sock_ops)";
 
 const NET_HOOKS: [&str; 6] = [
     "connect4", "connect6", "sendmsg4", "sendmsg6", "bind4", "bind6",
@@ -278,7 +278,7 @@ impl Monitor {
         {
             Ok(()) => active(
                 "lsm",
-                "BPF LSM file_open and bprm_check_security: a second filesystem wall",
+                "BPF LSM file_open and bprm_check_security: a second filesystem wall; socket_listen: no listening on an unbound socket",
             ),
             Err(e) => inactive("lsm", e),
         };
@@ -706,7 +706,7 @@ fn index_entry(members: &[(u64, u32, u32)]) -> k::IndexEntry {
     }
 }
 
-const LSM_HOOKS: [&str; 2] = ["file_open", "bprm_check_security"];
+const LSM_HOOKS: [&str; 3] = ["file_open", "bprm_check_security", "socket_listen"];
 
 /// The kernel's dev_t (`MAJOR << 20 | MINOR`, what `super_block.s_dev` holds) of a userspace
 /// `st_dev`.
@@ -765,6 +765,9 @@ fn lsm_offsets(btf: &crate::bpf_probe::BtfIndex<'_>) -> Result<Vec<u32>, String>
         get("user_namespace", "level")?,
         get("linux_binprm", "file")?,
         get("file", "f_flags")?,
+        get("socket", "sk")?,
+        get("sock", "__sk_common")? + get("sock_common", "skc_family")?,
+        get("sock", "__sk_common")? + get("sock_common", "skc_num")?,
     ];
     debug_assert_eq!(table.len(), k::LSM_OFFSETS_LEN as usize);
     Ok(table.to_vec())

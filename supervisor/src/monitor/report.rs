@@ -50,7 +50,8 @@ pub struct Report {
     pub first: Vec<Event>,
     /// Events the ring buffer had no room for: lost, but counted.
     pub dropped_events: u64,
-    /// Of those, denials by a layer: counted as violations (`by_layer`: "unknown (event lost)").
+    /// Of those, the ones that may have been violations: counted as violations (`by_layer`:
+    /// "unknown (event lost)").
     pub lost_denials: u64,
     pub processes_started: u64,
     pub execs: u64,
@@ -139,7 +140,7 @@ impl Tracker {
         false
     }
 
-    /// `n` more denials whose events the full ring buffer dropped (the kernel counted them), seen
+    /// `n` more possible violations whose events the full ring buffer dropped (the kernel counted them), seen
     /// at `t_ms`. They are violations: otherwise a plugin could fill the buffer first and then
     /// try the forbidden thing unseen. Returns true when they crossed the threshold.
     pub fn record_lost(&mut self, n: u64, t_ms: f64) -> bool {
@@ -171,7 +172,7 @@ impl Tracker {
                 action: Some("lost"),
                 syscall: None,
                 object: Some(format!(
-                    "{n} denial{} whose events the full ring buffer dropped",
+                    "{n} possible violation{} whose events the full ring buffer dropped",
                     if n == 1 { "" } else { "s" }
                 )),
                 errno: None,
@@ -328,7 +329,7 @@ mod tests {
         assert_eq!(a.violation.action, Some("lost"));
         assert_eq!(
             a.violation.object.as_deref(),
-            Some("1000 denials whose events the full ring buffer dropped")
+            Some("1000 possible violations whose events the full ring buffer dropped")
         );
 
         // Monitor mode: counted, never a kill.

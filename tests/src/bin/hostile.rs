@@ -49,6 +49,7 @@ fn run(args: &[String]) -> String {
         "connect-tcp" => connect_tcp(&arg(1)),
         "bind-tcp" => bind_tcp(&arg(1)),
         "listen" => listen(&arg(1), arg(2).parse().unwrap_or(2.0)),
+        "udp-listen" => udp_listen(&arg(1), arg(2).parse().unwrap_or(2.0)),
         "kill" => kill(arg(1).parse().unwrap_or(1)),
         "echo" => format!("ok {}", args[1..].join(" ")),
         "exit" => std::process::exit(arg(1).parse().unwrap_or(0)),
@@ -852,6 +853,46 @@ fn listen(addr: &str, seconds: f64) -> String {
         std::thread::sleep(Duration::from_millis(10));
     }
     "no connection".into()
+}
+
+/// `udp-listen PEER SECONDS`: an unbound UDP socket sends one datagram to PEER (which binds it to
+/// an ephemeral port on every address), prints `bound PORT`, then collects what arrives for
+/// SECONDS: `got A,B` (payloads in order of arrival) or `got nothing`.
+fn udp_listen(peer: &str, seconds: f64) -> String {
+    use std::io::Write;
+    let Ok(peer) = peer.parse::<std::net::SocketAddr>() else {
+        return "bad address".into();
+    };
+    let any: std::net::SocketAddr = if peer.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    // bind(port 0) is what sendto on an unbound socket does implicitly.
+    let sock = match std::net::UdpSocket::bind(any) {
+        Ok(s) => s,
+        Err(e) => return format!("bind {}", err_line(e.raw_os_error().unwrap_or(0))),
+    };
+    if let Err(e) = sock.send_to(b"hi", peer) {
+        return format!("send {}", err_line(e.raw_os_error().unwrap_or(0)));
+    }
+    let port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
+    println!("bound {port}");
+    let _ = std::io::stdout().flush();
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(seconds);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        let _ = sock.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    if got.is_empty() {
+        "got nothing".into()
+    } else {
+        format!("got {}", got.join(","))
+    }
 }
 
 fn kill(pid: i32) -> String {
