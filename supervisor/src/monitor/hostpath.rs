@@ -39,12 +39,14 @@ const LOCAL: &[&str] = &[
 
 /// Definite answers kept; the cache is emptied when full.
 const CACHE_MAX: usize = 4096;
+/// How long an answer serves: a file created on the host later must not stay "absent".
+const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 /// STATX_ATTR_AUTOMOUNT: the dentry is an automount trigger.
 const ATTR_AUTOMOUNT: u64 = 0x1000;
 
 #[derive(Default)]
 pub struct HostPaths {
-    cache: HashMap<PathBuf, bool>,
+    cache: HashMap<PathBuf, (bool, std::time::Instant)>,
     /// mount id -> filesystem type, as last read (re-read whenever a walk enters another mount:
     /// ids are reused).
     mounts: HashMap<u64, String>,
@@ -57,12 +59,14 @@ impl HostPaths {
 
     /// `path` must be absolute and normalized (no `.` or `..`).
     pub fn presence(&mut self, path: &Path) -> Presence {
-        if let Some(&present) = self.cache.get(path) {
-            return if present {
-                Presence::Present
-            } else {
-                Presence::Absent
-            };
+        if let Some(&(present, at)) = self.cache.get(path) {
+            if at.elapsed() < CACHE_TTL {
+                return if present {
+                    Presence::Present
+                } else {
+                    Presence::Absent
+                };
+            }
         }
         let answer = self.walk(path);
         let definite = match answer {
@@ -74,7 +78,8 @@ impl HostPaths {
             if self.cache.len() >= CACHE_MAX {
                 self.cache.clear();
             }
-            self.cache.insert(path.to_path_buf(), present);
+            self.cache
+                .insert(path.to_path_buf(), (present, std::time::Instant::now()));
         }
         answer
     }
