@@ -144,6 +144,14 @@ impl Watch<'_> {
     }
 }
 
+/// Waits, looking every `step`, until no process is left in the cgroup or `limit` has passed.
+fn wait_empty(cgroup: &SandboxCgroup, limit: Duration, step: Duration) {
+    let until = Instant::now() + limit;
+    while cgroup.is_populated() && Instant::now() < until {
+        std::thread::sleep(step);
+    }
+}
+
 fn monotonic_ns() -> u64 {
     // SAFETY: a zeroed timespec is a valid value of the plain C struct.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
@@ -235,10 +243,7 @@ pub fn run(
     if let Some(w) = watch.as_mut() {
         if w.tracker.auto_unloaded() {
             // The enforcement latency ends when the last process is gone, not only the first.
-            let gone = Instant::now() + Duration::from_secs(1);
-            while cgroup.is_populated() && Instant::now() < gone {
-                std::thread::sleep(Duration::from_micros(50));
-            }
+            wait_empty(&cgroup, Duration::from_secs(1), Duration::from_micros(50));
             let t_ms = monotonic_ns().saturating_sub(w.start_ns) as f64 / 1e6;
             w.tracker.all_dead_at(t_ms);
         }
@@ -249,10 +254,7 @@ pub fn run(
         // Nothing of the sandbox may outlive its monitors (the network programs detach with
         // them): kill what is left (when supervision failed, say) and wait until it is gone.
         let _ = cgroup.kill();
-        let gone = Instant::now() + Duration::from_secs(5);
-        while cgroup.is_populated() && Instant::now() < gone {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_empty(&cgroup, Duration::from_secs(5), Duration::from_millis(1));
     }
     let report = watch.map(Watch::finish);
     phase("monitors disarmed");
