@@ -64,9 +64,10 @@ fn assert_no_violation(r: &RunResult) {
     );
 }
 
-fn hostile_with(name: &str, text: &str, opts: &[&str], args: &[&str]) -> RunResult {
+/// `stockade run --json --policy (text) --plugin-dir DIR OPTS -- hostile ARGS`, stdout and stderr
+/// piped.
+fn hostile_command(name: &str, text: &str, opts: &[&str], args: &[&str]) -> std::process::Command {
     let file = policy_file(name, text);
-    let fixture = hostile();
     let mut cmd = std::process::Command::new(stockade());
     cmd.arg("run")
         .arg("--json")
@@ -76,12 +77,16 @@ fn hostile_with(name: &str, text: &str, opts: &[&str], args: &[&str]) -> RunResu
         .arg(plugin_dir())
         .args(opts)
         .arg("--")
-        .arg(&fixture)
+        .arg(hostile())
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    tracked(&mut cmd)
+    cmd
+}
+
+fn hostile_with(name: &str, text: &str, opts: &[&str], args: &[&str]) -> RunResult {
+    tracked(&mut hostile_command(name, text, opts, args))
 }
 
 fn events_file(name: &str) -> PathBuf {
@@ -182,21 +187,9 @@ fn run_with_port<T>(
     act: impl FnOnce(u16) -> T,
 ) -> (RunResult, Option<T>) {
     use std::io::{BufRead, Read};
-    let file = policy_file(name, text);
-    let mut cmd = std::process::Command::new(stockade());
-    cmd.arg("run")
-        .arg("--json")
-        .arg("--policy")
-        .arg(&file)
-        .arg("--plugin-dir")
-        .arg(plugin_dir())
-        .arg("--")
-        .arg(hostile())
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn stockade");
+    let mut child = hostile_command(name, text, &[], args)
+        .spawn()
+        .expect("spawn stockade");
     let cgroup_name = format!("stockade-{}", child.id());
     let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
     let mut stdout = String::new();

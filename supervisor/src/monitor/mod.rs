@@ -723,11 +723,7 @@ fn load_lsm(ebpf: &mut Ebpf, raw_btf: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("BPF LSM programs do not load on this kernel: {e}"))?;
     let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
     for name in LSM_HOOKS {
-        let p: &mut Lsm = ebpf
-            .program_mut(name)
-            .ok_or_else(|| format!("no program {name}"))?
-            .try_into()
-            .map_err(|e: ProgramError| format!("{name}: {e}"))?;
+        let p: &mut Lsm = program_to_load(ebpf, name)?;
         p.load(name, &btf)
             .map_err(|e| format!("lsm/{name} does not load: {}", verifier_hint(&e)))?;
     }
@@ -844,15 +840,22 @@ where
     p.try_into().map_err(MonitorError::Attach)
 }
 
+/// The program `name` of the object as a `T`, for loading: errors as the one line doctor prints.
+fn program_to_load<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("no program {name}"))?
+        .try_into()
+        .map_err(|e: ProgramError| format!("{name}: {e}"))
+}
+
 fn load_net(ebpf: &mut Ebpf, suffix: &str) -> Result<Vec<String>, String> {
     let mut names = Vec::new();
     for hook in NET_HOOKS {
         let name = format!("{hook}{suffix}");
-        let p: &mut CgroupSockAddr = ebpf
-            .program_mut(&name)
-            .ok_or_else(|| format!("no program {name}"))?
-            .try_into()
-            .map_err(|e: ProgramError| format!("{name}: {e}"))?;
+        let p: &mut CgroupSockAddr = program_to_load(ebpf, &name)?;
         p.load()
             .map_err(|e| format!("{name} does not load: {}", verifier_hint(&e)))?;
         names.push(name);
@@ -862,40 +865,24 @@ fn load_net(ebpf: &mut Ebpf, suffix: &str) -> Result<Vec<String>, String> {
 
 /// Listening without bind(): no sock_addr hook sees it (see `inbound` in the eBPF crate).
 fn load_inbound(ebpf: &mut Ebpf) -> Result<(), String> {
-    let p: &mut CgroupSkb = ebpf
-        .program_mut("inbound")
-        .ok_or("no program inbound")?
-        .try_into()
-        .map_err(|e: ProgramError| format!("inbound: {e}"))?;
+    let p: &mut CgroupSkb = program_to_load(ebpf, "inbound")?;
     p.load()
         .map_err(|e| format!("cgroup_skb/ingress does not load: {}", verifier_hint(&e)))?;
-    let p: &mut SockOps = ebpf
-        .program_mut("listen")
-        .ok_or("no program listen")?
-        .try_into()
-        .map_err(|e: ProgramError| format!("listen: {e}"))?;
+    let p: &mut SockOps = program_to_load(ebpf, "listen")?;
     p.load()
         .map_err(|e| format!("sock_ops does not load: {}", verifier_hint(&e)))?;
     Ok(())
 }
 
 fn load_raw_tp(ebpf: &mut Ebpf, name: &'static str) -> Result<(), String> {
-    let p: &mut RawTracePoint = ebpf
-        .program_mut(name)
-        .ok_or_else(|| format!("no program {name}"))?
-        .try_into()
-        .map_err(|e: ProgramError| format!("{name}: {e}"))?;
+    let p: &mut RawTracePoint = program_to_load(ebpf, name)?;
     p.load()
         .map_err(|e| format!("raw_tracepoint/{name} does not load: {}", verifier_hint(&e)))
 }
 
 fn load_sched(ebpf: &mut Ebpf) -> Result<(), String> {
     for name in SCHED {
-        let p: &mut RawTracePoint = ebpf
-            .program_mut(name)
-            .ok_or_else(|| format!("no program {name}"))?
-            .try_into()
-            .map_err(|e: ProgramError| format!("{name}: {e}"))?;
+        let p: &mut RawTracePoint = program_to_load(ebpf, name)?;
         p.load()
             .map_err(|e| format!("{name} does not load: {}", verifier_hint(&e)))?;
     }
