@@ -28,6 +28,7 @@ use stockade_ebpf_common::{
     LSM_BPRM_CHECK, LSM_FILE_OPEN, LSM_MAX_DEPTH, OFF_BPRM_FILE, OFF_DENTRY_INODE, OFF_DENTRY_NAME,
     OFF_DENTRY_PARENT, OFF_FILE_DENTRY, OFF_FILE_FLAGS, OFF_FILE_MODE, OFF_INODE_INO, OFF_INODE_SB,
     OFF_SB_DEV, OFF_SB_USER_NS, OFF_SK_FAMILY, OFF_SK_NUM, OFF_SOCKET_SK, OFF_USERNS_LEVEL,
+    PROTO_TCP,
 };
 
 use crate::maps::{
@@ -36,7 +37,6 @@ use crate::maps::{
 
 const EPERM: i32 = 1;
 const EACCES: i32 = 13;
-const IPPROTO_TCP: u8 = 6;
 const FMODE_WRITE: u32 = 2;
 const FMODE_EXEC: u32 = 0x20;
 /// In `f_flags`: the open of an exec (`__FMODE_EXEC`); `f_mode` gets FMODE_EXEC only later on
@@ -128,7 +128,7 @@ pub fn socket_listen(ctx: LsmContext) -> i32 {
                 addr: [0; 4],
                 port: 0,
                 family: family as u8,
-                protocol: IPPROTO_TCP,
+                protocol: PROTO_TCP,
                 hook: if v4 { HOOK_LISTEN4 } else { HOOK_LISTEN6 },
                 killed: 0,
                 lsm: 1,

@@ -22,7 +22,7 @@ use stockade_ebpf_common::{
     COUNTER_DROPPED, COUNTER_INBOUND_DROPPED, COUNTER_KILLS, COUNTER_NET_DENIED,
     COUNTER_NET_DROPPED, EVENT_NET_DENY, FLAG_KILL, FLAG_NET_RULES, HOOK_BIND4, HOOK_BIND6,
     HOOK_CONNECT4, HOOK_CONNECT6, HOOK_LISTEN4, HOOK_LISTEN6, HOOK_SENDMSG4, HOOK_SENDMSG6,
-    MAX_RULES,
+    MAX_RULES, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::maps::{bump, current_cgroup, header, mark_denied, EVENTS, NET_RULES, SANDBOXES};
@@ -30,8 +30,6 @@ use crate::maps::{bump, current_cgroup, header, mark_denied, EVENTS, NET_RULES, 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 const SIGKILL: u32 = 9;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
 
 #[inline(always)]
 fn ctx_u32(p: *const u32) -> u32 {
@@ -306,7 +304,7 @@ pub fn inbound(ctx: SkBuffContext) -> i32 {
         let udp_unconnected = !listening && {
             let full = bpf_sk_fullsock(sk);
             !full.is_null()
-                && read_volatile(addr_of!((*full).protocol)) == IPPROTO_UDP as u32
+                && read_volatile(addr_of!((*full).protocol)) == PROTO_UDP as u32
                 && read_volatile(addr_of!((*sk).dst_port)) == 0
         };
         if !listening && !udp_unconnected {
@@ -314,7 +312,7 @@ pub fn inbound(ctx: SkBuffContext) -> i32 {
         }
         // The socket's cgroup (this runs in softirq, not in the plugin's context).
         let cg = bpf_skb_cgroup_id(skb);
-        let proto = if listening { IPPROTO_TCP } else { IPPROTO_UDP };
+        let proto = if listening { PROTO_TCP } else { PROTO_UDP };
         if local_allowed(cg, family, addr, port, proto) {
             return ALLOW;
         }
@@ -347,7 +345,7 @@ fn source_allowed(ctx: &SkBuffContext, cg: u64) -> bool {
             (AF_INET, [src, 0, 0, 0], ((first & 0x0f) as usize) * 4)
         }
         6 => {
-            if ctx.load::<u8>(6) != Ok(IPPROTO_UDP) {
+            if ctx.load::<u8>(6) != Ok(PROTO_UDP) {
                 return false;
             }
             let (Ok(a), Ok(b), Ok(c), Ok(d)) = (
@@ -372,7 +370,7 @@ fn source_allowed(ctx: &SkBuffContext, cg: u64) -> bool {
         family,
         &addr,
         u16::from_be(sport),
-        IPPROTO_UDP,
+        PROTO_UDP,
     )
 }
 
@@ -407,7 +405,7 @@ pub fn listen(ctx: SockOpsContext) -> u32 {
     } else {
         ip6
     };
-    if local_allowed(cg, family, addr, port, IPPROTO_TCP) {
+    if local_allowed(cg, family, addr, port, PROTO_TCP) {
         return 1;
     }
     // SAFETY: the value is only read.
@@ -423,7 +421,7 @@ pub fn listen(ctx: SockOpsContext) -> u32 {
                 addr,
                 port: port as u16,
                 family: if v4 { AF_INET } else { AF_INET6 },
-                protocol: IPPROTO_TCP,
+                protocol: PROTO_TCP,
                 hook: if v4 { HOOK_LISTEN4 } else { HOOK_LISTEN6 },
                 killed: 0,
                 lsm: 0,
