@@ -74,16 +74,63 @@ enum Verdict {
         arg: u32,
         values: &'static [u32],
     },
-    /// `socket`: unix and netlink sockets; inet and inet6 only for TCP and UDP (protocol 0, 6 or
-    /// 17). Anything else there — ICMP echo ("ping") sockets, SCTP, UDP-Lite, MPTCP — would carry
-    /// traffic past the network programs, which hook connect, UDP sendmsg and bind only.
+    /// `socket`: unix sockets; netlink sockets of protocol NETLINK_ROUTE only; inet and inet6
+    /// only for TCP and UDP (protocol 0, 6 or 17). Anything else there — ICMP echo ("ping")
+    /// sockets, SCTP, UDP-Lite, MPTCP — would carry traffic past the network programs, which hook
+    /// connect, UDP sendmsg and bind only.
     Socket,
 }
 
 const TIOCSETD: u32 = 0x5423;
-/// Terminal ioctls a plugin must not issue even on a terminal it was handed: injecting input
-/// (TIOCSTI, TIOCLINUX's paste) and changing the line discipline, which outlives the sandbox.
-const TERMINAL_IOCTLS_DENIED: [u32; 3] = [TIOCSTI, TIOCLINUX, TIOCSETD];
+/// `_IOWR('T', 0x43, struct serial_iso7816)`, which libc does not define.
+const TIOCSISO7816: u32 = 0xc028_5443;
+/// Terminal ioctls a plugin must not issue even on a terminal it was handed (the caller's stdio):
+/// - injecting input: TIOCSTI, TIOCLINUX (its paste);
+/// - state of the caller's terminal that outlives the sandbox and that the supervisor cannot read
+///   back to restore: the line discipline (TIOCSETD), exclusive mode (TIOCEXCL, and TIOCNXCL,
+///   which would undo the caller's own), output or input stopped (TCXONC, every argument: its
+///   "on" halves only undo an "off" a plugin cannot issue), a break condition (TIOCSBRK,
+///   TIOCCBRK), the modem lines (TIOCMSET, TIOCMBIS, TIOCMBIC: dropping DTR hangs a line up),
+///   serial port settings (TIOCSSERIAL, TIOCSRS485, TIOCSISO7816);
+/// - the window size (TIOCSWINSZ): it also sends SIGWINCH to the caller's foreground process
+///   group, and the supervisor does not restore it, because the operator may resize the window
+///   while the plugin runs;
+/// - taking the terminal over: TIOCSCTTY (the plugin runs in a session of its own without a
+///   controlling terminal, and must not acquire the caller's), TIOCVHANGUP, TIOCCONS and
+///   TIOCSLCKTRMIOS (these three also need capabilities the plugin lacks; refused here so an
+///   attempt is reported as seccomp's).
+///
+/// Termios settings (TCSETS*: raw mode for a password prompt or an editor) are ordinary and stay
+/// allowed: the supervisor saves them before the launch and restores them at the end. TIOCSPGRP
+/// is allowed: without a controlling terminal the kernel answers ENOTTY, which an interactive
+/// shell's job control meets and survives.
+const TERMINAL_IOCTLS_DENIED: [u32; 19] = [
+    TIOCSTI,
+    TIOCLINUX,
+    TIOCSETD,
+    libc::TIOCEXCL as u32,
+    libc::TIOCNXCL as u32,
+    libc::TCXONC as u32,
+    libc::TIOCSBRK as u32,
+    libc::TIOCCBRK as u32,
+    libc::TIOCMSET as u32,
+    libc::TIOCMBIS as u32,
+    libc::TIOCMBIC as u32,
+    libc::TIOCSSERIAL as u32,
+    libc::TIOCSRS485 as u32,
+    TIOCSISO7816,
+    libc::TIOCSWINSZ as u32,
+    libc::TIOCSCTTY as u32,
+    libc::TIOCVHANGUP as u32,
+    libc::TIOCCONS as u32,
+    libc::TIOCSLCKTRMIOS as u32,
+];
+/// The one netlink protocol a plugin may open: NETLINK_ROUTE, what glibc's getaddrinfo
+/// (AI_ADDRCONFIG), getifaddrs and if_nameindex use. The others tell a plugin on the host's
+/// network what it has no business with: NETLINK_SOCK_DIAG lists the host's connections and the
+/// names of its unix sockets, NETLINK_KOBJECT_UEVENT receives its device events, and the rest
+/// (audit, netfilter, xfrm, generic families) are administration interfaces.
+const NETLINK_ROUTE: u32 = libc::NETLINK_ROUTE as u32;
 /// Address families a plugin may open. AF_VSOCK in particular is not namespaced: it would reach
 /// the hypervisor and the host's vsock ports from an otherwise empty network namespace.
 const SOCKET_FAMILIES: [u32; 4] = [
@@ -235,15 +282,20 @@ fn emit_verdict(v: Verdict, deny_ret: u32, out: &mut Vec<Insn>) {
             // Each jump counts the instructions it skips; the last one is `allow`.
             out.extend([
                 (BPF_LD_W_ABS, 0, 0, offset_arg_low(0)),
-                (BPF_JMP_JEQ_K, 9, 0, libc::AF_UNIX as u32),
+                (BPF_JMP_JEQ_K, 12, 0, libc::AF_UNIX as u32),
                 (BPF_JMP_JEQ_K, 8, 0, libc::AF_NETLINK as u32),
                 (BPF_JMP_JEQ_K, 2, 0, libc::AF_INET as u32),
                 (BPF_JMP_JEQ_K, 1, 0, libc::AF_INET6 as u32),
                 deny,
+                // inet, inet6: the protocol is TCP or UDP (0 picks one by the type).
                 (BPF_LD_W_ABS, 0, 0, offset_arg_low(2)),
-                (BPF_JMP_JEQ_K, 3, 0, 0),
-                (BPF_JMP_JEQ_K, 2, 0, libc::IPPROTO_TCP as u32),
-                (BPF_JMP_JEQ_K, 1, 0, libc::IPPROTO_UDP as u32),
+                (BPF_JMP_JEQ_K, 6, 0, 0),
+                (BPF_JMP_JEQ_K, 5, 0, libc::IPPROTO_TCP as u32),
+                (BPF_JMP_JEQ_K, 4, 0, libc::IPPROTO_UDP as u32),
+                deny,
+                // netlink: NETLINK_ROUTE only.
+                (BPF_LD_W_ABS, 0, 0, offset_arg_low(2)),
+                (BPF_JMP_JEQ_K, 1, 0, NETLINK_ROUTE),
                 deny,
                 allow,
             ])
@@ -251,16 +303,68 @@ fn emit_verdict(v: Verdict, deny_ret: u32, out: &mut Vec<Insn>) {
     }
 }
 
-/// Compares the low 32 bits of argument `arg` with each of `values`: a match jumps over the
-/// remaining comparisons and `otherwise` to `on_match`. Emits `[otherwise, on_match]` last.
+/// Compares the low 32 bits of argument `arg` with `values`: a match ends at `on_match`, anything
+/// else at `otherwise`. Emits `[otherwise, on_match]` last. Long lists (the terminal ioctls) are
+/// searched in halves, so a call takes a few comparisons however many values there are.
 fn emit_one_of(arg: u32, values: &[u32], [otherwise, on_match]: [Insn; 2], out: &mut Vec<Insn>) {
     out.push((BPF_LD_W_ABS, 0, 0, offset_arg_low(arg)));
-    let n = values.len() as u8;
-    for (i, value) in values.iter().enumerate() {
-        out.push((BPF_JMP_JEQ_K, n - i as u8, 0, *value));
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut search = Vec::new();
+    emit_member(&sorted, &mut search);
+    // The two verdicts follow the search: `otherwise` at len, `on_match` at len + 1.
+    let len = search.len();
+    for (i, (code, jt, jf, k)) in search.into_iter().enumerate() {
+        let resolve = |j: Jump| -> u8 {
+            let target = match j {
+                Jump::Next(n) => i + 1 + n,
+                Jump::Otherwise => len,
+                Jump::Match => len + 1,
+            };
+            u8::try_from(target - (i + 1)).expect("a short search")
+        };
+        out.push((code, resolve(jt), resolve(jf), k));
     }
     out.push(otherwise);
     out.push(on_match);
+}
+
+/// A jump of [`emit_member`], resolved once the search's length is known.
+#[derive(Clone, Copy)]
+enum Jump {
+    /// Skip this many instructions of the search.
+    Next(usize),
+    Otherwise,
+    Match,
+}
+
+/// A binary search over `sorted` for the accumulator: up to three values compared in a row,
+/// longer lists split at their middle value.
+fn emit_member(sorted: &[u32], out: &mut Vec<(u16, Jump, Jump, u32)>) {
+    if sorted.len() <= 3 {
+        for (i, v) in sorted.iter().enumerate() {
+            let miss = if i + 1 == sorted.len() {
+                Jump::Otherwise
+            } else {
+                Jump::Next(0)
+            };
+            out.push((BPF_JMP_JEQ_K, Jump::Match, miss, *v));
+        }
+        // An empty list emits nothing: the search falls through to `otherwise`.
+        return;
+    }
+    let mid = sorted.len() / 2;
+    let mut low = Vec::new();
+    emit_member(&sorted[..mid], &mut low);
+    out.push((
+        BPF_JMP_JGE_K,
+        Jump::Next(low.len()),
+        Jump::Next(0),
+        sorted[mid],
+    ));
+    out.extend(low);
+    emit_member(&sorted[mid..], out);
 }
 
 /// Runs a compiled program (one the generator above emitted) on one syscall, as the kernel would:
@@ -472,6 +576,104 @@ mod tests {
         assert_eq!(sock(libc::AF_UNIX, libc::SOCK_STREAM, 0), SECCOMP_RET_ALLOW);
         assert_eq!(sock(libc::AF_NETLINK, libc::SOCK_RAW, 0), SECCOMP_RET_ALLOW);
         assert_eq!(sock(libc::AF_PACKET, libc::SOCK_RAW, 0), eperm());
+    }
+
+    #[test]
+    fn netlink_is_route_only() {
+        let p = build_program(&Syscalls::default()).program;
+        let netlink = |ty: i32, proto: i32| {
+            answer(
+                &p,
+                "socket",
+                [libc::AF_NETLINK as u64, ty as u64, proto as u64, 0, 0, 0],
+            )
+        };
+        // What getaddrinfo, getifaddrs and if_nameindex open.
+        assert_eq!(
+            netlink(libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE),
+            SECCOMP_RET_ALLOW
+        );
+        assert_eq!(
+            netlink(libc::SOCK_DGRAM, libc::NETLINK_ROUTE),
+            SECCOMP_RET_ALLOW
+        );
+        for proto in [
+            libc::NETLINK_SOCK_DIAG,
+            libc::NETLINK_KOBJECT_UEVENT,
+            libc::NETLINK_AUDIT,
+            libc::NETLINK_NETFILTER,
+            libc::NETLINK_XFRM,
+            libc::NETLINK_GENERIC,
+            libc::NETLINK_SELINUX,
+            libc::NETLINK_CONNECTOR,
+            31,
+        ] {
+            assert_eq!(netlink(libc::SOCK_RAW, proto), eperm(), "protocol {proto}");
+        }
+        // Only the low 32 bits reach the kernel: NETLINK_ROUTE with garbage above is still 0.
+        assert_eq!(
+            answer(&p, "socket", [libc::AF_NETLINK as u64, 3, 1 << 32, 0, 0, 0]),
+            SECCOMP_RET_ALLOW
+        );
+        // The inet checks are unchanged by the netlink branch.
+        assert_eq!(
+            answer(&p, "socket", [libc::AF_INET as u64, 1, 6, 0, 0, 0]),
+            SECCOMP_RET_ALLOW
+        );
+        assert_eq!(
+            answer(&p, "socket", [libc::AF_INET6 as u64, 2, 1, 0, 0, 0]),
+            eperm()
+        );
+    }
+
+    #[test]
+    fn terminal_ioctls_that_outlive_the_sandbox_are_refused() {
+        let p = build_program(&Syscalls::default()).program;
+        let ioctl = |request: u64| answer(&p, "ioctl", [1, request, 0, 0, 0, 0]);
+        for request in TERMINAL_IOCTLS_DENIED {
+            assert_eq!(ioctl(request as u64), eperm(), "ioctl {request:#x}");
+        }
+        for request in [
+            libc::TIOCEXCL,
+            libc::TCXONC,
+            libc::TIOCSWINSZ,
+            libc::TIOCSCTTY,
+            libc::TIOCVHANGUP,
+            libc::TIOCCONS,
+        ] {
+            assert_eq!(ioctl(request as u64), eperm(), "ioctl {request:#x}");
+        }
+        // Reading the terminal, and termios settings (restored by the supervisor), are ordinary.
+        for request in [
+            libc::TCGETS,
+            libc::TCSETS,
+            libc::TCSETSW,
+            libc::TCSETSF,
+            libc::TIOCGWINSZ,
+            libc::TIOCGPGRP,
+            libc::TIOCSPGRP,
+            libc::TIOCGEXCL,
+            libc::TCFLSH,
+            libc::TCSBRK,
+            libc::FIONREAD,
+            libc::FIONBIO,
+            libc::FIOCLEX,
+        ] {
+            assert_eq!(
+                ioctl(request as u64),
+                SECCOMP_RET_ALLOW,
+                "ioctl {request:#x}"
+            );
+        }
+        // The search in halves answers exactly the list, for every request of the terminal range.
+        for request in (0x5400..0x5480u32).chain([TIOCSISO7816, TIOCSISO7816 + 1, u32::MAX]) {
+            let want = if TERMINAL_IOCTLS_DENIED.contains(&request) {
+                eperm()
+            } else {
+                SECCOMP_RET_ALLOW
+            };
+            assert_eq!(ioctl(request as u64), want, "ioctl {request:#x}");
+        }
     }
 
     #[test]

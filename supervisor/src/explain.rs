@@ -193,10 +193,14 @@ pub fn explain(policy: &Policy, probe: &Probe) -> String {
     }
     let _ = writeln!(
         out,
-        "  always filtered: clone with namespace flags; ioctl TIOCSTI, TIOCLINUX, TIOCSETD; unsafe\n  \
-         personality flags; sockets other than unix, inet, inet6 and netlink (vsock is not\n  \
-         namespaced), and inet sockets other than TCP and UDP (ICMP echo, SCTP: no network\n  \
-         program sees their traffic); set-user-ID and set-group-ID modes in chmod, open and mknod; clone3 and\n  \
+        "  always filtered: clone with namespace flags; terminal ioctls that inject input or leave\n  \
+         the caller's terminal changed (TIOCSTI, TIOCLINUX, TIOCSETD, TIOCEXCL, TCXONC, TIOCSWINSZ,\n  \
+         TIOCSCTTY, breaks, modem lines, serial settings; termios changes are allowed and restored);\n  \
+         unsafe personality flags; sockets other than unix, inet, inet6 and netlink (vsock is not\n  \
+         namespaced), inet sockets other than TCP and UDP (ICMP echo, SCTP: no network\n  \
+         program sees their traffic), and netlink sockets other than NETLINK_ROUTE (sock_diag would\n  \
+         list the host's connections and unix sockets, kobject_uevent its device events);\n  \
+         set-user-ID and set-group-ID modes in chmod, open and mknod; clone3 and\n  \
          openat2 answer ENOSYS so that libc falls back to clone and openat, which can be checked."
     );
 
