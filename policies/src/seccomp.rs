@@ -641,7 +641,7 @@ mod tests {
             libc::TIOCVHANGUP,
             libc::TIOCCONS,
         ] {
-            assert_eq!(ioctl(request as u64), eperm(), "ioctl {request:#x}");
+            assert_eq!(ioctl(request), eperm(), "ioctl {request:#x}");
         }
         // Reading the terminal, and termios settings (restored by the supervisor), are ordinary.
         for request in [
@@ -659,11 +659,7 @@ mod tests {
             libc::FIONBIO,
             libc::FIOCLEX,
         ] {
-            assert_eq!(
-                ioctl(request as u64),
-                SECCOMP_RET_ALLOW,
-                "ioctl {request:#x}"
-            );
+            assert_eq!(ioctl(request), SECCOMP_RET_ALLOW, "ioctl {request:#x}");
         }
         // The search in halves answers exactly the list, for every request of the terminal range.
         for request in (0x5400..0x5480u32).chain([TIOCSISO7816, TIOCSISO7816 + 1, u32::MAX]) {

@@ -18,6 +18,7 @@
 //! - **permissions**: everything else (file modes, capability checks of the user namespace). These
 //!   are recorded as refusals, not violations: no Stockade layer made them.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use serde::Serialize;
@@ -25,7 +26,7 @@ use stockade_ebpf_common as k;
 use stockade_policy::seccomp::{self, AUDIT_ARCH_X86_64, SECCOMP_RET_ALLOW};
 use stockade_policy::{syscalls, Access, LaunchSpec};
 
-use super::event::{c_string, net_address, sockaddr, RawEvent};
+use super::event::{c_bytes, c_path, net_address, sockaddr, Object, RawEvent};
 use super::hostpath::{HostPaths, Presence};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -84,9 +85,10 @@ pub struct Event {
     pub action: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub syscall: Option<String>,
-    /// A path, an address (`127.0.0.2:8080/tcp`), or a new pid.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub object: Option<String>,
+    /// A path, an address (`127.0.0.2:8080/tcp`), or a new pid: the fields `object` and, when
+    /// its bytes are not UTF-8, `object_hex` (see [`Object`]).
+    #[serde(flatten)]
+    pub object: Option<Object>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errno: Option<&'static str>,
     /// The descriptor an open returned.
@@ -147,7 +149,11 @@ impl Attributor {
                     k::HOOK_LISTEN4 | k::HOOK_LISTEN6 => "listen",
                     _ => "bind",
                 });
-                ev.object = Some(format!("{}/{}", net_address(e), protocol_name(e.protocol)));
+                ev.object = Some(Object::from(format!(
+                    "{}/{}",
+                    net_address(e),
+                    protocol_name(e.protocol)
+                )));
                 // listen() itself succeeds (no hook can refuse it); its inbound packets are
                 // dropped instead.
                 let listen = matches!(e.hook, k::HOOK_LISTEN4 | k::HOOK_LISTEN6);
@@ -160,7 +166,7 @@ impl Attributor {
                     } else {
                         "IPv6"
                     };
-                    ev.object = Some(format!("unbound {v} tcp socket"));
+                    ev.object = Some(Object::from(format!("unbound {v} tcp socket")));
                 }
                 ev.killed_in_kernel = e.killed != 0;
                 Some(ev)
@@ -169,13 +175,13 @@ impl Attributor {
             RawEvent::Fork(h, child) => {
                 let mut ev = self.base(h, EventType::Fork);
                 ev.action = Some("fork");
-                ev.object = Some(child.to_string());
+                ev.object = Some(Object::from(child.to_string()));
                 Some(ev)
             }
             RawEvent::Exec(h, file) => {
                 let mut ev = self.base(h, EventType::Exec);
                 ev.action = Some("exec");
-                ev.object = Some(file.clone());
+                ev.object = Some(Object::bytes(file.clone()));
                 Some(ev)
             }
             RawEvent::Exit(h) => {
@@ -193,13 +199,17 @@ impl Attributor {
                 } else {
                     "read"
                 });
-                let name = c_string(&e.name);
-                ev.object = Some(format!(
-                    "{name} (inode {} on device {}:{})",
-                    e.ino,
-                    e.dev >> 20,
-                    e.dev & 0xf_ffff
-                ));
+                let mut object = c_bytes(&e.name).to_vec();
+                object.extend_from_slice(
+                    format!(
+                        " (inode {} on device {}:{})",
+                        e.ino,
+                        e.dev >> 20,
+                        e.dev & 0xf_ffff
+                    )
+                    .as_bytes(),
+                );
+                ev.object = Some(Object::bytes(object));
                 ev.errno = Some("EACCES");
                 Some(ev)
             }
@@ -213,7 +223,7 @@ impl Attributor {
         let errno = -e.ret;
         let name = syscalls::name_of(e.nr);
         let object = &e.object[..(e.object_len as usize).min(k::OBJECT_LEN)];
-        let path = (e.object_kind == k::ARG_PATH).then(|| c_string(object));
+        let path = (e.object_kind == k::ARG_PATH).then(|| c_path(object));
         // The program copies at most OBJECT_LEN - 1 bytes of a path: a copy that long may be
         // the beginning of a longer one, whose end (a `..`, say) could lead anywhere.
         let truncated = path.is_some() && e.object_len as usize >= k::OBJECT_LEN - 1;
@@ -224,9 +234,9 @@ impl Attributor {
         ev.syscall = Some(name.map_or_else(|| format!("syscall {}", e.nr), str::to_string));
         ev.errno = Some(errno_name(errno));
         ev.object = path
-            .clone()
-            .map(|p| if truncated { p + "…" } else { p })
-            .or_else(|| addr.map(|a| a.to_string()));
+            .as_ref()
+            .map(|p| Object::path(p.as_os_str().as_bytes(), truncated))
+            .or_else(|| addr.map(|a| Object::from(a.to_string())));
 
         // seccomp first: it answers before any other layer sees the call.
         if errno == libc::EPERM {
@@ -240,7 +250,7 @@ impl Attributor {
         if let Some(action) = name.and_then(net_action) {
             ev.action = Some(action);
             if let Some(a) = addr {
-                ev.object = Some(format!("{a}/tcp"));
+                ev.object = Some(Object::from(format!("{a}/tcp")));
             }
             return match errno {
                 // Landlock's TCP bind/connect rules answer EACCES.
@@ -284,7 +294,7 @@ impl Attributor {
             Access::Write => "write",
             Access::Exec => "exec",
         });
-        if !path.starts_with('/') {
+        if !path.is_absolute() {
             // Relative to a directory the event does not name: no judgement on what it reached.
             if errno == libc::ENOENT {
                 return None;
@@ -295,7 +305,7 @@ impl Attributor {
             }
             return Some(ev);
         }
-        let clean = normalize(Path::new(&path));
+        let clean = normalize(&path);
         let granted = self.granted(&clean);
         match errno {
             libc::ENOENT if truncated => {
@@ -340,7 +350,7 @@ impl Attributor {
         let name = syscalls::name_of(e.nr)?;
         let mut ev = self.base(&e.header, EventType::Open);
         let object = &e.object[..(e.object_len as usize).min(k::OBJECT_LEN)];
-        ev.object = (e.object_kind == k::ARG_PATH).then(|| c_string(object));
+        ev.object = (e.object_kind == k::ARG_PATH).then(|| Object::path(c_bytes(object), false));
         ev.action = Some(match requested_access(name, &e.args) {
             Access::Write => "write",
             _ => "read",

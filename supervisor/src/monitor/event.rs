@@ -1,6 +1,14 @@
-//! Ring buffer records, decoded from the `#[repr(C)]` layouts of ebpf/common.
+//! Ring buffer records, decoded from the `#[repr(C)]` layouts of ebpf/common, and the [`Object`]
+//! an event names.
 
+use std::borrow::Cow;
+use std::ffi::OsStr;
+use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use stockade_ebpf_common as k;
 
@@ -10,7 +18,8 @@ pub enum RawEvent {
     NetDeny(k::NetDenyEvent),
     Syscall(Box<k::SyscallEvent>),
     Fork(k::EventHeader, u32),
-    Exec(k::EventHeader, String),
+    /// The file name exactly as the kernel copied it (not necessarily UTF-8).
+    Exec(k::EventHeader, Vec<u8>),
     Exit(k::EventHeader),
     LsmDeny(k::LsmDenyEvent),
 }
@@ -34,7 +43,7 @@ impl RawEvent {
                 let p: k::ProcEvent = read(bytes)?;
                 match header.kind {
                     k::EVENT_FORK => RawEvent::Fork(p.header, p.other),
-                    k::EVENT_EXEC => RawEvent::Exec(p.header, c_string(&p.filename)),
+                    k::EVENT_EXEC => RawEvent::Exec(p.header, c_bytes(&p.filename).to_vec()),
                     _ => RawEvent::Exit(p.header),
                 }
             }
@@ -53,10 +62,115 @@ impl RawEvent {
     }
 }
 
-/// The bytes up to the first NUL, lossily as UTF-8.
-pub fn c_string(bytes: &[u8]) -> String {
+/// The bytes up to the first NUL.
+pub fn c_bytes(bytes: &[u8]) -> &[u8] {
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    &bytes[..end]
+}
+
+/// The bytes up to the first NUL as a path, exactly (a Linux path is bytes, not UTF-8).
+pub fn c_path(bytes: &[u8]) -> PathBuf {
+    PathBuf::from(OsStr::from_bytes(c_bytes(bytes)))
+}
+
+/// What an event names: a path or file name as the plugin gave it, an address, a pid.
+///
+/// Paths are the plugin's choice, so they are kept as bytes: any byte but NUL, not necessarily
+/// UTF-8, control characters included. In JSON (`--events`, `--json`) the event carries
+/// - `object`: the text. Exactly the bytes when they are valid UTF-8 (JSON escapes what it must);
+///   otherwise each byte that is not part of valid UTF-8 is written `\xNN`. A path longer than
+///   the kernel's copy ends in `…`.
+/// - `object_hex`: only when the bytes are not valid UTF-8: the exact bytes, two lowercase hex
+///   digits each (without the `…`). A consumer that needs the exact path decodes this field when
+///   it is present, and takes `object` otherwise.
+///
+/// The text summary escapes it for the terminal (`summary::escape_for_terminal`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    bytes: Vec<u8>,
+    /// The kernel copied only the beginning of a longer path.
+    truncated: bool,
+}
+
+impl Object {
+    pub fn bytes(bytes: impl Into<Vec<u8>>) -> Object {
+        Object {
+            bytes: bytes.into(),
+            truncated: false,
+        }
+    }
+
+    /// A path of which the kernel may have copied only the beginning (`truncated`).
+    pub fn path(bytes: impl Into<Vec<u8>>, truncated: bool) -> Object {
+        Object {
+            bytes: bytes.into(),
+            truncated,
+        }
+    }
+
+    /// The exact bytes (without the `…` of a truncated path).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn truncated(&self) -> bool {
+        self.truncated
+    }
+
+    /// The `object` field of the JSON: the bytes when they are UTF-8, else with `\xNN` for each
+    /// byte that is not.
+    pub fn text(&self) -> Cow<'_, str> {
+        let mut text = match std::str::from_utf8(&self.bytes) {
+            Ok(s) if !self.truncated => return Cow::Borrowed(s),
+            Ok(s) => s.to_string(),
+            Err(_) => {
+                let mut out = String::with_capacity(self.bytes.len() + 8);
+                for chunk in self.bytes.utf8_chunks() {
+                    out.push_str(chunk.valid());
+                    for b in chunk.invalid() {
+                        let _ = write!(out, "\\x{b:02x}");
+                    }
+                }
+                out
+            }
+        };
+        if self.truncated {
+            text.push('…');
+        }
+        Cow::Owned(text)
+    }
+
+    /// The `object_hex` field: the exact bytes, when they are not UTF-8.
+    pub fn hex(&self) -> Option<String> {
+        if std::str::from_utf8(&self.bytes).is_ok() {
+            return None;
+        }
+        let mut out = String::with_capacity(self.bytes.len() * 2);
+        for b in &self.bytes {
+            let _ = write!(out, "{b:02x}");
+        }
+        Some(out)
+    }
+}
+
+impl From<String> for Object {
+    fn from(text: String) -> Object {
+        Object::bytes(text.into_bytes())
+    }
+}
+
+/// Serialized as the fields `object` and, for bytes that are not UTF-8, `object_hex`; an event
+/// flattens it into its own fields.
+impl Serialize for Object {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let hex = self.hex();
+        let mut map = serializer.serialize_map(Some(1 + usize::from(hex.is_some())))?;
+        map.serialize_entry("object", &self.text())?;
+        if let Some(hex) = hex {
+            map.serialize_entry("object_hex", &hex)?;
+        }
+        map.end()
+    }
 }
 
 /// The address of a network denial.
@@ -107,6 +221,30 @@ mod tests {
         v6[23] = 1;
         assert_eq!(sockaddr(&v6), Some("[::1]:443".parse().unwrap()));
         assert_eq!(sockaddr(&[1, 0]), None);
+    }
+
+    #[test]
+    fn objects_keep_their_exact_bytes_in_json() {
+        let json = |o: Object| serde_json::to_value(&o).unwrap();
+        let plain = Object::bytes(b"/tmp/x".to_vec());
+        assert_eq!(json(plain), serde_json::json!({"object": "/tmp/x"}));
+        // Control characters are valid UTF-8: JSON escapes them, nothing is lost.
+        let forged = Object::bytes(b"/tmp/a\nstockade: forged\x1b[31m".to_vec());
+        let v = json(forged);
+        assert_eq!(v["object"], "/tmp/a\nstockade: forged\u{1b}[31m");
+        assert!(v.get("object_hex").is_none());
+        // Invalid UTF-8 is never replaced: `\xNN` in the text, the exact bytes in hex.
+        let invalid = Object::bytes(b"/tmp/\xff\xfe-\xc3\xa9".to_vec());
+        let v = json(invalid);
+        assert_eq!(v["object"], "/tmp/\\xff\\xfe-é");
+        assert_eq!(v["object_hex"], "2f746d702ffffe2dc3a9");
+        assert!(!serde_json::to_string(&v).unwrap().contains('\u{fffd}'));
+        // A path the kernel copied only the beginning of.
+        let long = Object::path(b"/a/b".to_vec(), true);
+        assert_eq!(json(long.clone()), serde_json::json!({"object": "/a/b…"}));
+        assert_eq!(long.as_bytes(), b"/a/b");
+        assert_eq!(c_bytes(b"/x\0junk"), b"/x");
+        assert_eq!(c_path(b"/\xff\0junk").as_os_str().as_bytes(), b"/\xff");
     }
 
     #[test]

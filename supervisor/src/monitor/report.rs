@@ -9,6 +9,7 @@ use serde::Serialize;
 use stockade_policy::syscalls;
 
 use super::attribute::{Event, EventType};
+use super::event::Object;
 use super::Counters;
 
 /// Events kept for the report (the rest are counted, and written by `--events`).
@@ -171,10 +172,10 @@ impl Tracker {
                 layer: None,
                 action: Some("lost"),
                 syscall: None,
-                object: Some(format!(
+                object: Some(Object::from(format!(
                     "{n} possible violation{} whose events the full ring buffer dropped",
                     if n == 1 { "" } else { "s" }
-                )),
+                ))),
                 errno: None,
                 fd: None,
                 killed_in_kernel: false,
@@ -328,7 +329,7 @@ mod tests {
         let a = r.auto_unload.unwrap();
         assert_eq!(a.violation.action, Some("lost"));
         assert_eq!(
-            a.violation.object.as_deref(),
+            a.violation.object.as_ref().map(|o| o.text()).as_deref(),
             Some("1000 possible violations whose events the full ring buffer dropped")
         );
 
