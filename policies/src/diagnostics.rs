@@ -35,7 +35,8 @@ impl fmt::Display for Diagnostic {
 }
 
 /// Every error found in one policy file, in the order they appear in the file. Never empty when
-/// returned as an error.
+/// returned as an error. At most [`MAX_DIAGNOSTICS`] errors, then, when the file had more, one last
+/// entry at the first error left out, whose message says how many were.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", render(.0))]
 pub struct Diagnostics(pub Vec<Diagnostic>);
@@ -80,19 +81,56 @@ fn render(diagnostics: &[Diagnostic]) -> String {
         .join("\n")
 }
 
-/// Why [`crate::load_policy`] failed.
+/// At most this many errors of one file are reported, the first ones by position; when there are
+/// more, one last diagnostic says how many were left out. A policy written to produce errors
+/// (every entry a typo) would otherwise print hundreds of megabytes.
+pub const MAX_DIAGNOSTICS: usize = 100;
+
+/// The largest policy file, in bytes. Real policies are a few kilobytes; a generated one granting
+/// 10,000 paths is about 220 KB. Policies come from plugin authors, so what the supervisor reads
+/// and checks must stay bounded: [`crate::load_policy`] reads at most this much and
+/// [`crate::parse_policy`] refuses longer text.
+pub const MAX_POLICY_BYTES: usize = 1 << 20;
+
+/// Why [`crate::load_policy`] failed. `Display` is the cause alone; [`LoadError::hint`] says what
+/// to do about it, so a caller can print the two as it prints every other error.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error(
-        "cannot read policy {}: {source}\n  hint: check the path and permissions",
-        path.display()
-    )]
+    #[error("cannot read policy {}: {source}", path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A directory, FIFO, device or socket: reading one could block forever (a FIFO) or never end
+    /// (`/dev/zero`).
+    #[error("policy {} is {kind}, not a regular file", path.display())]
+    NotRegularFile {
+        path: PathBuf,
+        /// What it is instead, in words: "a FIFO", "a character device".
+        kind: &'static str,
+    },
+    #[error("policy {} is larger than {limit} bytes", path.display())]
+    TooLarge { path: PathBuf, limit: usize },
+    /// Each diagnostic carries its own hint.
     #[error(transparent)]
     Invalid(#[from] Diagnostics),
+}
+
+impl LoadError {
+    /// What to do about it; `None` for [`LoadError::Invalid`], whose diagnostics carry their own.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            LoadError::Io { .. } => Some("check the path and permissions"),
+            LoadError::NotRegularFile { .. } => Some(
+                "a policy is read from a regular file; save it to one and pass that file's path",
+            ),
+            LoadError::TooLarge { .. } => Some(
+                "a policy may be at most 1 MiB; grant common parent directories rather than \
+                 every path below them",
+            ),
+            LoadError::Invalid(_) => None,
+        }
+    }
 }
 
 /// The candidate closest to `word`, if it is close enough to be the likely intent of a typo.
@@ -103,13 +141,22 @@ pub enum LoadError {
 /// the ~460 syscall names those let noise through (`frobnicate` → `ftruncate` scores 0.60 / 0.84,
 /// while real typos score at least 0.75 / 0.92). Below both a suggestion would mislead, and the
 /// caller lists the valid choices instead.
+///
+/// Both measures cost the product of the two lengths, and `word` comes from the policy: a
+/// 100 KB syscall name took 3 s against every name. A word more than twice as long as a
+/// candidate cannot reach either threshold (Damerau-Levenshtein needs at most 1.43 times;
+/// Jaro-Winkler needs a Jaro score of 5/6, and the matching characters are at most the
+/// candidate's, so at most half the word), so such candidates are skipped before either is
+/// computed: the same suggestions, at a cost bounded by the candidates' lengths.
 pub(crate) fn nearest<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
     let word = word.to_ascii_lowercase();
+    let word_chars = word.chars().count();
     candidates
         .into_iter()
+        .filter(|candidate| word_chars <= 2 * candidate.chars().count())
         .map(|candidate| {
             let lower = candidate.to_ascii_lowercase();
             let dl = strsim::normalized_damerau_levenshtein(&word, &lower);
@@ -172,14 +219,34 @@ mod tests {
     }
 
     #[test]
-    fn io_error_names_the_file_and_hints() {
+    fn load_errors_name_the_file_and_carry_the_hint_apart() {
         let err = LoadError::Io {
             path: "/etc/stockade/x.toml".into(),
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         };
         let text = err.to_string();
         assert!(text.starts_with("cannot read policy /etc/stockade/x.toml: "));
-        assert!(text.ends_with("\n  hint: check the path and permissions"));
+        assert!(!text.contains("hint"), "{text}");
+        assert_eq!(err.hint(), Some("check the path and permissions"));
+        let err = LoadError::NotRegularFile {
+            path: "/dev/zero".into(),
+            kind: "a character device",
+        };
+        assert_eq!(
+            err.to_string(),
+            "policy /dev/zero is a character device, not a regular file"
+        );
+        assert!(err.hint().is_some());
+        let err = LoadError::TooLarge {
+            path: "big.toml".into(),
+            limit: MAX_POLICY_BYTES,
+        };
+        assert_eq!(
+            err.to_string(),
+            "policy big.toml is larger than 1048576 bytes"
+        );
+        assert!(err.hint().is_some_and(|h| h.contains("1 MiB")));
+        assert_eq!(LoadError::Invalid(Diagnostics(Vec::new())).hint(), None);
     }
 
     #[test]
@@ -196,6 +263,36 @@ mod tests {
             nearest("plugin", ["PLUGIN_DIR", "STATE_DIR", "TMP"]),
             Some("PLUGIN_DIR")
         );
+    }
+
+    /// The length bound skips only candidates that could not have been suggested: over every
+    /// syscall name and words up to three times as long, the bounded search and the full one
+    /// agree, including at the boundary of twice the length.
+    #[test]
+    fn nearest_skips_only_hopeless_candidates() {
+        let full = |word: &str, candidates: &[&'static str]| {
+            let word = word.to_ascii_lowercase();
+            candidates
+                .iter()
+                .map(|c| {
+                    let lower = c.to_ascii_lowercase();
+                    let dl = strsim::normalized_damerau_levenshtein(&word, &lower);
+                    let jw = strsim::jaro_winkler(&word, &lower);
+                    (*c, dl, jw)
+                })
+                .filter(|&(_, dl, jw)| dl >= 0.7 || jw >= 0.9)
+                .max_by(|a, b| (a.1 + a.2).total_cmp(&(b.1 + b.2)))
+                .map(|(c, _, _)| c)
+        };
+        let names: Vec<&'static str> = crate::syscalls::ALL.iter().map(|(n, _)| *n).collect();
+        for name in names.iter().step_by(41) {
+            let n = name.len();
+            for extra in [0, 1, 2, n - 1, n, n + 1, n + 2] {
+                // The name with a tail: a shared prefix is what Jaro-Winkler rewards most.
+                let word = format!("{name}{}", "x".repeat(extra));
+                assert_eq!(nearest(&word, names.iter().copied()), full(&word, &names));
+            }
+        }
     }
 
     #[test]

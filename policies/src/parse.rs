@@ -10,14 +10,19 @@
 //! need `mode = "allow"`), so a contradiction is reported even when both halves are valid alone.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use toml_edit::{ImDocument, Item, TableLike, Value};
 
-use crate::diagnostics::{all_of, nearest, one_of, Diagnostic, Diagnostics, LoadError};
+use crate::diagnostics::{
+    all_of, nearest, one_of, Diagnostic, Diagnostics, LoadError, MAX_DIAGNOSTICS, MAX_POLICY_BYTES,
+};
 use crate::model::*;
 use crate::syscalls;
 
@@ -46,6 +51,20 @@ pub(crate) const RESOURCES_KEYS: &[&str] = &[
     "memory", "pids", "cpu", "nofile", "fsize", "tmp_size", "timeout",
 ];
 pub(crate) const ENFORCEMENT_KEYS: &[&str] = &["mode", "threshold", "window", "action"];
+
+// Bounds on the work a policy can ask for: policies come from plugin authors, and checking one
+// must not cost the supervisor more than a few milliseconds however it is written. With the file
+// at most MAX_POLICY_BYTES, these keep every list, and so every check, small.
+
+/// Paths per `[filesystem]` list: each becomes a bind mount and a Landlock rule. A policy that
+/// needs more grants a directory above them.
+pub const MAX_PATHS_PER_LIST: usize = 10_000;
+/// Names per `[syscalls]` `allow` or `deny` list: x86_64 has fewer than 500 system calls, and
+/// each may be listed once.
+pub const MAX_SYSCALLS_PER_LIST: usize = 1_024;
+/// The longest path, in bytes: the kernel's PATH_MAX (4096) counts the final NUL, and refuses
+/// anything longer with ENAMETOOLONG.
+pub const MAX_PATH_BYTES: usize = 4_095;
 
 pub(crate) const NETWORK_MODES: &[(&str, NetworkMode)] =
     &[("none", NetworkMode::None), ("allow", NetworkMode::Allow)];
@@ -78,12 +97,10 @@ pub(crate) const RESERVED_DIRS: &[&str] = &["/proc", "/dev"];
 /// Where `$TMP` appears inside the sandbox.
 pub(crate) const TMP_DIR: &str = "/tmp";
 
-/// Reads and validates the policy file at `path`.
+/// Reads and validates the policy file at `path`, which must be a regular file of at most
+/// [`MAX_POLICY_BYTES`].
 pub fn load_policy(path: &Path) -> Result<Policy, LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = read_policy_file(path)?;
     let file_name = path.display().to_string();
     match String::from_utf8(bytes) {
         Ok(source) => parse_policy(&source, &file_name).map_err(LoadError::Invalid),
@@ -110,11 +127,83 @@ pub fn load_policy(path: &Path) -> Result<Policy, LoadError> {
     }
 }
 
-/// Parses and validates a policy. `file_name` only labels the diagnostics.
+/// The bytes of the regular file at `path`, at most [`MAX_POLICY_BYTES`] of them.
+///
+/// One descriptor from open to the last read, so what was checked is what is read: `open` with
+/// O_NONBLOCK, so that a FIFO without a writer does not block it (the flag changes nothing for a
+/// regular file), then `fstat` of that descriptor, which refuses anything but a regular file
+/// before a byte is read (`/dev/zero` never ends, a FIFO may never answer), then a read of at most
+/// one byte past the limit, which bounds the memory even when the size `fstat` gave was wrong (a
+/// file that grows, or reports 0 like those of /proc). O_NOCTTY: opening a terminal must not make
+/// it ours before it is refused.
+fn read_policy_file(path: &Path) -> Result<Vec<u8>, LoadError> {
+    let io = |source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)
+        .map_err(io)?;
+    let metadata = file.metadata().map_err(io)?;
+    let file_type = metadata.file_type();
+    if !file_type.is_file() {
+        let kind = if file_type.is_dir() {
+            "a directory"
+        } else if file_type.is_fifo() {
+            "a FIFO"
+        } else if file_type.is_char_device() {
+            "a character device"
+        } else if file_type.is_block_device() {
+            "a block device"
+        } else if file_type.is_socket() {
+            "a socket"
+        } else {
+            "something else"
+        };
+        return Err(LoadError::NotRegularFile {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    let too_large = || LoadError::TooLarge {
+        path: path.to_path_buf(),
+        limit: MAX_POLICY_BYTES,
+    };
+    if metadata.len() > MAX_POLICY_BYTES as u64 {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(metadata.len() as usize + 1);
+    file.take(MAX_POLICY_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() > MAX_POLICY_BYTES {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+/// Parses and validates a policy. `file_name` only labels the diagnostics. Text longer than
+/// [`MAX_POLICY_BYTES`] is refused unread, as [`load_policy`] refuses such a file.
 pub fn parse_policy(source: &str, file_name: &str) -> Result<Policy, Diagnostics> {
+    if source.len() > MAX_POLICY_BYTES {
+        return Err(Diagnostics(vec![Diagnostic {
+            file: file_name.to_string(),
+            line: 1,
+            column: 1,
+            message: format!(
+                "the policy is {} bytes: at most {MAX_POLICY_BYTES} (1 MiB)",
+                source.len()
+            ),
+            hint: Some("grant common parent directories rather than every path below them".into()),
+        }]));
+    }
     let mut checker = Checker {
         source: Source::new(source, file_name),
         diagnostics: Vec::new(),
+        left_out: 0,
+        cutoff: None,
     };
     let policy = match ImDocument::parse(source) {
         Ok(document) => Some(checker.policy(document.as_table())),
@@ -125,12 +214,7 @@ pub fn parse_policy(source: &str, file_name: &str) -> Result<Policy, Diagnostics
     };
     match policy {
         Some(policy) if checker.diagnostics.is_empty() => Ok(policy),
-        _ => {
-            let mut diagnostics = checker.diagnostics;
-            // Stable: errors at one position keep the order in which they were found.
-            diagnostics.sort_by_key(|d| (d.line, d.column));
-            Err(Diagnostics(diagnostics))
-        }
+        _ => Err(checker.into_diagnostics()),
     }
 }
 
@@ -140,6 +224,18 @@ struct Source<'s> {
     file: &'s str,
     /// Byte offset where each line starts.
     line_starts: Vec<usize>,
+    /// UTF-8 continuation bytes before each multiple of [`CHECKPOINT`]: a column is the bytes
+    /// since the line's start less the continuation bytes among them, found from the nearest
+    /// checkpoint. Counting characters from the line's start instead made each position cost the
+    /// length of its line, and a policy written on one long line quadratic in its errors.
+    continuations: Vec<usize>,
+}
+
+/// Bytes between two entries of `Source::continuations`.
+const CHECKPOINT: usize = 256;
+
+fn is_continuation(byte: &u8) -> bool {
+    byte & 0xc0 == 0x80
 }
 
 impl<'s> Source<'s> {
@@ -147,11 +243,24 @@ impl<'s> Source<'s> {
         let line_starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
+        let mut continuations = vec![0];
+        for chunk in text.as_bytes().chunks(CHECKPOINT) {
+            let before = continuations.last().copied().unwrap_or(0);
+            continuations.push(before + chunk.iter().filter(|b| is_continuation(b)).count());
+        }
         Source {
             text,
             file,
             line_starts,
+            continuations,
         }
+    }
+
+    /// UTF-8 continuation bytes in `text[..offset]`.
+    fn continuations_before(&self, offset: usize) -> usize {
+        let checkpoint = offset / CHECKPOINT;
+        let rest = &self.text.as_bytes()[checkpoint * CHECKPOINT..offset];
+        self.continuations[checkpoint] + rest.iter().filter(|b| is_continuation(b)).count()
     }
 
     /// 1-based line and character column of a byte offset.
@@ -159,10 +268,12 @@ impl<'s> Source<'s> {
         let offset = offset.min(self.text.len());
         let line = self.line_starts.partition_point(|&start| start <= offset);
         let start = self.line_starts[line - 1];
-        let column = self
-            .text
-            .get(start..offset)
-            .map_or(offset - start, |s| s.chars().count());
+        // Inside a character (never for a span toml_edit gives) the column counts bytes.
+        let column = if self.text.is_char_boundary(offset) {
+            offset - start - (self.continuations_before(offset) - self.continuations_before(start))
+        } else {
+            offset - start
+        };
         (line, column + 1)
     }
 
@@ -257,7 +368,13 @@ const TABLE_KEYS: &[(&str, &[&str])] = &[
 
 struct Checker<'s> {
     source: Source<'s>,
+    /// The first errors by position, at most twice [`MAX_DIAGNOSTICS`] at any time.
     diagnostics: Vec<Diagnostic>,
+    /// Errors found but dropped from `diagnostics` because at least MAX_DIAGNOSTICS + 1 come
+    /// before them.
+    left_out: usize,
+    /// Once MAX_DIAGNOSTICS + 1 errors are kept, the position of the last of them.
+    cutoff: Option<(usize, usize)>,
 }
 
 /// What the per-table checks leave for the checks across tables.
@@ -274,8 +391,63 @@ struct Seen {
 
 impl<'s> Checker<'s> {
     fn error(&mut self, span: Span, message: String, hint: Option<String>) {
-        let diagnostic = self.source.diagnostic(span, message, hint);
+        self.error_with(span, |_| (message, hint));
+    }
+
+    /// An error whose message and hint are written only if it may be reported: the checks across
+    /// lists can find many errors (each writable path inside each of a chain of executable ones)
+    /// whose messages quote two long paths.
+    fn error_with(&mut self, span: Span, write: impl FnOnce(&Self) -> (String, Option<String>)) {
+        let (line, column) = span
+            .as_ref()
+            .map_or((1, 1), |s| self.source.position(s.start));
+        // At or after the last of MAX_DIAGNOSTICS + 1 errors kept so far, it would be sorted after
+        // all of them: it can only be counted.
+        if self.cutoff.is_some_and(|cutoff| (line, column) >= cutoff) {
+            self.left_out += 1;
+            return;
+        }
+        let (message, hint) = write(self);
+        let diagnostic = Diagnostic {
+            file: self.source.file.to_string(),
+            line,
+            column,
+            message,
+            hint,
+        };
         self.diagnostics.push(diagnostic);
+        // Keep one more than is shown: it is where the summary of the rest points.
+        if self.diagnostics.len() > 2 * (MAX_DIAGNOSTICS + 1) {
+            self.keep_first(MAX_DIAGNOSTICS + 1);
+        }
+    }
+
+    /// Keeps the first `n` errors by position. Stable: errors at one position keep the order in
+    /// which they were found, so keeping a prefix each time gives the prefix of the whole list.
+    fn keep_first(&mut self, n: usize) {
+        self.diagnostics.sort_by_key(|d| (d.line, d.column));
+        if self.diagnostics.len() >= n {
+            self.left_out += self.diagnostics.len() - n;
+            self.diagnostics.truncate(n);
+            self.cutoff = self.diagnostics.last().map(|d| (d.line, d.column));
+        }
+    }
+
+    /// The errors in file order, the first MAX_DIAGNOSTICS of them and then, if there were more,
+    /// one that counts the rest, placed at the first of them.
+    fn into_diagnostics(mut self) -> Diagnostics {
+        self.keep_first(MAX_DIAGNOSTICS + 1);
+        if let Some(first_left_out) = self.diagnostics.get_mut(MAX_DIAGNOSTICS) {
+            let more = self.left_out + 1;
+            first_left_out.message = format!(
+                "{more} more error{} from here on not shown: at most {MAX_DIAGNOSTICS} are \
+                 reported",
+                if more == 1 { "" } else { "s" }
+            );
+            first_left_out.hint =
+                Some("fix the errors above and check the policy again to see the rest".into());
+        }
+        Diagnostics(self.diagnostics)
     }
 
     fn problem(&mut self, span: Span, problem: Problem) {
@@ -404,7 +576,13 @@ impl<'s> Checker<'s> {
                 _ => continue,
             };
             let mut first_seen: HashMap<PolicyPath, Span> = HashMap::new();
-            for (raw, span) in self.string_array(&entry) {
+            let raws = self.bounded_string_array(
+                &entry,
+                MAX_PATHS_PER_LIST,
+                "paths",
+                "grant a directory above the paths rather than each of them",
+            );
+            for (raw, span) in raws {
                 let path = match parse_path(raw) {
                     Ok(path) => path,
                     Err(problem) => {
@@ -470,8 +648,9 @@ impl<'s> Checker<'s> {
                 !hidden
             });
         }
-        self.write_xor_exec(&all);
-        self.nothing_below_writable(&all);
+        let places = Places::new(&all);
+        self.write_xor_exec(&all, &places);
+        self.nothing_below_writable(&all, &places);
         fs
     }
 
@@ -479,47 +658,60 @@ impl<'s> Checker<'s> {
     /// everything below its path, so a writable path inside an executable one (or the reverse)
     /// would let the plugin write a file and execute it; only the mount flags would stand in the
     /// way.
-    fn write_xor_exec(&mut self, all: &[(&'static str, PolicyPath, Span)]) {
-        let writes = all.iter().filter(|(list, _, _)| *list == "write");
-        let execs = || all.iter().filter(|(list, _, _)| *list == "exec");
-        for (_, w, w_span) in writes {
-            for (_, x, x_span) in execs() {
+    ///
+    /// Each pair of a write and an exec path of which one is inside (or is) the other is judged,
+    /// in the order of the lists. The pairs are found from the deeper path's ancestors, not by
+    /// comparing every write path with every exec path (10,000 paths took seconds).
+    fn write_xor_exec(&mut self, all: &[(&'static str, PolicyPath, Span)], places: &Places) {
+        // (write, exec, whether the write path is the inner one): from each write path, the exec
+        // paths at or above it; from each exec path, the write paths strictly above it.
+        let mut pairs: Vec<(usize, usize, bool)> = places
+            .nested_pairs(all, "write", "exec")
+            .into_iter()
+            .map(|(w, x)| (w, x, true))
+            .collect();
+        pairs.extend(
+            places
+                .nested_pairs(all, "exec", "write")
+                .into_iter()
+                .filter(|&(x, w)| places.keys[x] != places.keys[w])
+                .map(|(x, w)| (w, x, false)),
+        );
+        // The order of the lists: by write path, then by exec path.
+        pairs.sort_unstable();
+        for (wi, xi, write_inside) in pairs {
+            let ((_, w, w_span), (_, x, x_span)) = (&all[wi], &all[xi]);
+            let hint = "W^X: Landlock rights reach everything below a path, so the plugin could \
+                        write a file there and execute it; separate the two trees";
+            if !write_inside {
+                self.error_with(x_span.clone(), |_| {
+                    (
+                        format!("executable path `{x}` is inside writable path `{w}`"),
+                        Some(hint.into()),
+                    )
+                });
+            } else if places.keys[wi] != places.keys[xi] {
+                self.error_with(w_span.clone(), |_| {
+                    (
+                        format!("writable path `{w}` is inside executable path `{x}`"),
+                        Some(hint.into()),
+                    )
+                });
+            } else if w == x {
+                // One place but not one path: `$TMP/x` and /tmp, which the policy cannot hold both
+                // of (/tmp is refused next to $TMP), is no error here.
                 let (later, earlier) = if start(w_span) > start(x_span) {
                     (w_span, x_span)
                 } else {
                     (x_span, w_span)
                 };
-                if w == x {
+                self.error_with(later.clone(), |checker| {
                     let hint = format!(
                         "W^X: a path may be writable or executable, not both; {}",
-                        self.first_listed(earlier)
+                        checker.first_listed(earlier)
                     );
-                    self.error(
-                        later.clone(),
-                        format!("`{w}` is in both `write` and `exec`"),
-                        Some(hint),
-                    );
-                    continue;
-                }
-                let (w_place, x_place) = (inside_key(w), inside_key(x));
-                let hint =
-                    "W^X: Landlock rights reach everything below a path, so the plugin could \
-                            write a file there and execute it; separate the two trees";
-                if w_place.0 == x_place.0 && w_place.1 != x_place.1 {
-                    if w_place.1.starts_with(&x_place.1) {
-                        self.error(
-                            w_span.clone(),
-                            format!("writable path `{w}` is inside executable path `{x}`"),
-                            Some(hint.into()),
-                        );
-                    } else if x_place.1.starts_with(&w_place.1) {
-                        self.error(
-                            x_span.clone(),
-                            format!("executable path `{x}` is inside writable path `{w}`"),
-                            Some(hint.into()),
-                        );
-                    }
-                }
+                    (format!("`{w}` is in both `write` and `exec`"), Some(hint))
+                });
             }
         }
     }
@@ -527,25 +719,31 @@ impl<'s> Checker<'s> {
     /// A read path inside a write path is resolved on the host through directories the plugin
     /// controls (it could plant a symlink there between launches). Exec paths inside write paths
     /// are already W^X errors.
-    fn nothing_below_writable(&mut self, all: &[(&'static str, PolicyPath, Span)]) {
-        for (_, w, _) in all.iter().filter(|(list, _, _)| *list == "write") {
-            for (list, inner, span) in all.iter().filter(|(list, _, _)| *list == "read") {
-                let (w_place, inner_place) = (inside_key(w), inside_key(inner));
-                if w_place.0 == inner_place.0
-                    && w_place.1 != inner_place.1
-                    && inner_place.1.starts_with(&w_place.1)
-                {
-                    self.error(
-                        span.clone(),
-                        format!("`{inner}` in `{list}` lies inside the writable path `{w}`"),
-                        Some(
-                            "the plugin could replace a directory on its path with a symlink \
-                             before the next launch; grant the writable directory alone"
-                                .into(),
-                        ),
-                    );
-                }
-            }
+    fn nothing_below_writable(
+        &mut self,
+        all: &[(&'static str, PolicyPath, Span)],
+        places: &Places,
+    ) {
+        let mut pairs: Vec<(usize, usize)> = places
+            .nested_pairs(all, "read", "write")
+            .into_iter()
+            .filter(|&(r, w)| places.keys[r] != places.keys[w])
+            .map(|(r, w)| (w, r))
+            .collect();
+        // The order of the lists: by write path, then by read path.
+        pairs.sort_unstable();
+        for (wi, ri) in pairs {
+            let ((_, w, _), (list, inner, span)) = (&all[wi], &all[ri]);
+            self.error_with(span.clone(), |_| {
+                (
+                    format!("`{inner}` in `{list}` lies inside the writable path `{w}`"),
+                    Some(
+                        "the plugin could replace a directory on its path with a symlink \
+                         before the next launch; grant the writable directory alone"
+                            .into(),
+                    ),
+                )
+            });
         }
     }
 
@@ -796,15 +994,26 @@ impl<'s> Checker<'s> {
                         "deny"
                     };
                     let mut names = Vec::new();
-                    for (name, span) in self.string_array(&entry) {
+                    let names_written = self.bounded_string_array(
+                        &entry,
+                        MAX_SYSCALLS_PER_LIST,
+                        "system calls",
+                        "list each system call once",
+                    );
+                    for (name, span) in names_written {
                         if syscalls::lookup(name).is_none() {
-                            let hint = match nearest(name, syscalls::ALL.iter().map(|(n, _)| *n)) {
-                                Some(near) => format!("did you mean `{near}`?"),
-                                None => "names are those of x86_64 (`man 2 syscalls`), as listed \
-                                         in policies/src/syscalls.rs"
-                                    .into(),
-                            };
-                            self.error(span, format!("unknown system call `{name}`"), Some(hint));
+                            // A suggestion compares the name with every system call's: only for
+                            // an error that will be reported.
+                            self.error_with(span, |_| {
+                                let names = syscalls::ALL.iter().map(|(n, _)| *n);
+                                let hint = match nearest(name, names) {
+                                    Some(near) => format!("did you mean `{near}`?"),
+                                    None => "names are those of x86_64 (`man 2 syscalls`), as \
+                                             listed in policies/src/syscalls.rs"
+                                        .into(),
+                                };
+                                (format!("unknown system call `{name}`"), Some(hint))
+                            });
                             continue;
                         }
                         if let Some((other, first)) = listed.get(name).cloned() {
@@ -1062,6 +1271,33 @@ impl<'s> Checker<'s> {
         None
     }
 
+    /// [`Checker::string_array`] of at most `max` entries. A longer list is one error, and its
+    /// entries are not checked: the policy is refused anyway, and checking them is what the limit
+    /// bounds.
+    fn bounded_string_array<'d>(
+        &mut self,
+        entry: &Entry<'d>,
+        max: usize,
+        noun: &str,
+        hint: &str,
+    ) -> Vec<(&'d str, Span)> {
+        if let Some(array) = entry.item.as_array() {
+            if array.len() > max {
+                self.error(
+                    entry.value_span(),
+                    format!(
+                        "{} {noun} in `{}`: at most {max} per list",
+                        array.len(),
+                        entry.key
+                    ),
+                    Some(hint.into()),
+                );
+                return Vec::new();
+            }
+        }
+        self.string_array(entry)
+    }
+
     /// An array of strings, each with its position; entries of other types are reported.
     fn string_array<'d>(&mut self, entry: &Entry<'d>) -> Vec<(&'d str, Span)> {
         let Some(array) = entry.item.as_array() else {
@@ -1175,6 +1411,60 @@ fn value_type(value: &Value) -> &'static str {
     }
 }
 
+/// Where each accepted `[filesystem]` path lies ([`inside_key`]), in the order of places.
+///
+/// Places sort by tree, then component by component, so the places below a place come right
+/// after it. One walk in that order with a stack of the enclosing places finds every pair of
+/// nested paths, at a cost of the sort and of the pairs found; comparing each path with every
+/// other made the checks quadratic (10,000 paths took seconds), and looking up each ancestor of
+/// each path would cost the square of a path's length.
+struct Places {
+    /// `inside_key` of each entry of the list the checks share, by index.
+    keys: Vec<(Option<PathVar>, PathBuf)>,
+    /// The indices of the entries, sorted by place; stable, so entries at one place keep their
+    /// order.
+    sorted: Vec<usize>,
+}
+
+impl Places {
+    fn new(all: &[(&'static str, PolicyPath, Span)]) -> Places {
+        let keys: Vec<_> = all.iter().map(|(_, path, _)| inside_key(path)).collect();
+        let mut sorted: Vec<usize> = (0..keys.len()).collect();
+        sorted.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
+        Places { keys, sorted }
+    }
+
+    /// Every (entry of `inner`, entry of `outer`) whose outer place is the inner one's or one of
+    /// its ancestors, in the same tree.
+    fn nested_pairs(
+        &self,
+        all: &[(&'static str, PolicyPath, Span)],
+        inner: &str,
+        outer: &str,
+    ) -> Vec<(usize, usize)> {
+        let mut pairs = Vec::new();
+        // The `outer` entries at the current place and above it: a chain, shallowest first.
+        let mut enclosing: Vec<usize> = Vec::new();
+        for group in self.sorted.chunk_by(|&a, &b| self.keys[a] == self.keys[b]) {
+            let (tree, place) = &self.keys[group[0]];
+            // A place that does not enclose this one encloses nothing after it either: the
+            // places below it came right after it.
+            while let Some(&top) = enclosing.last() {
+                let (top_tree, top_place) = &self.keys[top];
+                if top_tree == tree && place.starts_with(top_place) {
+                    break;
+                }
+                enclosing.pop();
+            }
+            enclosing.extend(group.iter().filter(|&&i| all[i].0 == outer));
+            for &i in group.iter().filter(|&&i| all[i].0 == inner) {
+                pairs.extend(enclosing.iter().map(|&j| (i, j)));
+            }
+        }
+        pairs
+    }
+}
+
 /// `$TMP` and `/tmp` are the same place inside the sandbox; other variables are their own trees
 /// until `compile` resolves them. Returns (tree, path within it) for "is one inside the other".
 fn inside_key(path: &PolicyPath) -> (Option<PathVar>, PathBuf) {
@@ -1194,6 +1484,16 @@ pub(crate) fn parse_path(raw: &str) -> Result<PolicyPath, Problem> {
     if raw.is_empty() {
         return Err(Problem::new("empty path".into()).hint(
             "write an absolute path like \"/usr/lib\" or a variable like \"$PLUGIN_DIR\"".into(),
+        ));
+    }
+    if raw.len() > MAX_PATH_BYTES {
+        let beginning: String = raw.chars().take(32).collect();
+        return Err(Problem::new(format!(
+            "path `{beginning}…` is {} bytes long: at most {MAX_PATH_BYTES}",
+            raw.len()
+        ))
+        .hint(
+            "the kernel refuses longer paths (PATH_MAX is 4096 bytes with the final NUL)".into(),
         ));
     }
     if raw.contains('\0') {
@@ -1760,6 +2060,273 @@ mod tests {
                 last: 8080
             }
         );
+    }
+
+    #[test]
+    fn positions_count_characters_across_checkpoints() {
+        // Multi-byte characters before and after several checkpoints of continuation counts.
+        let text = format!("a = 1\n{}x{}y\n", "é".repeat(300), "ü".repeat(200));
+        let src = Source::new(&text, "f");
+        let x = text.find('x').unwrap_or(0);
+        let y = text.find('y').unwrap_or(0);
+        assert_eq!(src.position(x), (2, 301));
+        assert_eq!(src.position(y), (2, 502));
+        assert_eq!(src.position(text.len()), (3, 1));
+        // Every character boundary agrees with counting from the line's start.
+        for (offset, _) in text.char_indices() {
+            let start = text[..offset].rfind('\n').map_or(0, |nl| nl + 1);
+            let line = text[..offset].matches('\n').count() + 1;
+            assert_eq!(
+                src.position(offset),
+                (line, text[start..offset].chars().count() + 1)
+            );
+        }
+    }
+
+    /// The cross-list checks as they were written first, comparing every path with every other:
+    /// the reference the look-ups by ancestor must reproduce, diagnostic for diagnostic, in order.
+    fn quadratic_cross_checks(checker: &mut Checker<'_>, all: &[(&'static str, PolicyPath, Span)]) {
+        let writes = all.iter().filter(|(list, _, _)| *list == "write");
+        let execs = || all.iter().filter(|(list, _, _)| *list == "exec");
+        for (_, w, w_span) in writes {
+            for (_, x, x_span) in execs() {
+                let (later, earlier) = if start(w_span) > start(x_span) {
+                    (w_span, x_span)
+                } else {
+                    (x_span, w_span)
+                };
+                if w == x {
+                    let hint = format!(
+                        "W^X: a path may be writable or executable, not both; {}",
+                        checker.first_listed(earlier)
+                    );
+                    checker.error(
+                        later.clone(),
+                        format!("`{w}` is in both `write` and `exec`"),
+                        Some(hint),
+                    );
+                    continue;
+                }
+                let (w_place, x_place) = (inside_key(w), inside_key(x));
+                let hint = "W^X: Landlock rights reach everything below a path, so the plugin \
+                            could write a file there and execute it; separate the two trees";
+                if w_place.0 == x_place.0 && w_place.1 != x_place.1 {
+                    if w_place.1.starts_with(&x_place.1) {
+                        checker.error(
+                            w_span.clone(),
+                            format!("writable path `{w}` is inside executable path `{x}`"),
+                            Some(hint.into()),
+                        );
+                    } else if x_place.1.starts_with(&w_place.1) {
+                        checker.error(
+                            x_span.clone(),
+                            format!("executable path `{x}` is inside writable path `{w}`"),
+                            Some(hint.into()),
+                        );
+                    }
+                }
+            }
+        }
+        for (_, w, _) in all.iter().filter(|(list, _, _)| *list == "write") {
+            for (list, inner, span) in all.iter().filter(|(list, _, _)| *list == "read") {
+                let (w_place, inner_place) = (inside_key(w), inside_key(inner));
+                if w_place.0 == inner_place.0
+                    && w_place.1 != inner_place.1
+                    && inner_place.1.starts_with(&w_place.1)
+                {
+                    checker.error(
+                        span.clone(),
+                        format!("`{inner}` in `{list}` lies inside the writable path `{w}`"),
+                        Some(
+                            "the plugin could replace a directory on its path with a symlink \
+                             before the next launch; grant the writable directory alone"
+                                .into(),
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cross_list_checks_match_the_quadratic_reference() {
+        const POOL: &[&str] = &[
+            "/",
+            "/a",
+            "/a/b",
+            "/a/b/c",
+            "/ab",
+            "/a/c",
+            "/tmp",
+            "/tmp/x",
+            "$TMP",
+            "$TMP/x",
+            "$TMP/x/y",
+            "$PLUGIN_DIR",
+            "$PLUGIN_DIR/a",
+            "$PLUGIN_DIR/a/b",
+            "$STATE_DIR",
+            "$STATE_DIR/a",
+        ];
+        const LISTS: [&str; 3] = ["read", "write", "exec"];
+        let text = "x".repeat(4096);
+        // xorshift64: a fixed, dependency-free sequence.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let mut compared = 0;
+        for _ in 0..3000 {
+            let len = next(12);
+            let all: Vec<(&'static str, PolicyPath, Span)> = (0..len)
+                .map(|i| {
+                    let path = ok(parse_path(POOL[next(POOL.len())]));
+                    // Spans in a shuffled order, so "later" is not always the write side.
+                    let at = (i * 7 + next(5)) * 13 % 4000;
+                    (LISTS[next(3)], path, Some(at..at + 1))
+                })
+                .collect();
+            let mut fast = Checker {
+                source: Source::new(&text, "f"),
+                diagnostics: Vec::new(),
+                left_out: 0,
+                cutoff: None,
+            };
+            let places = Places::new(&all);
+            fast.write_xor_exec(&all, &places);
+            fast.nothing_below_writable(&all, &places);
+            let mut reference = Checker {
+                source: Source::new(&text, "f"),
+                diagnostics: Vec::new(),
+                left_out: 0,
+                cutoff: None,
+            };
+            quadratic_cross_checks(&mut reference, &all);
+            assert_eq!(fast.diagnostics, reference.diagnostics, "{all:?}");
+            compared += fast.diagnostics.len();
+        }
+        assert!(
+            compared > 1000,
+            "the cases found too few errors: {compared}"
+        );
+    }
+
+    /// Errors found in any order: the first MAX_DIAGNOSTICS by position (ties in the order found)
+    /// are kept, the rest counted, exactly as sorting all of them would.
+    #[test]
+    fn the_first_errors_by_position_are_kept() {
+        let text = "x\n".repeat(50);
+        let mut checker = Checker {
+            source: Source::new(&text, "f"),
+            diagnostics: Vec::new(),
+            left_out: 0,
+            cutoff: None,
+        };
+        let mut state = 0x1234_5678_9abc_def1_u64;
+        let mut all = Vec::new();
+        for i in 0..2000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let at = (state % 100) as usize;
+            checker.error(Some(at..at + 1), format!("error {i}"), None);
+            all.push((checker.source.position(at), format!("error {i}")));
+        }
+        all.sort_by_key(|(position, _)| *position);
+        let kept = checker.into_diagnostics().0;
+        assert_eq!(kept.len(), MAX_DIAGNOSTICS + 1);
+        for (d, (position, message)) in kept.iter().zip(&all[..MAX_DIAGNOSTICS]) {
+            assert_eq!(((d.line, d.column), &d.message), (*position, message));
+        }
+        let last = &kept[MAX_DIAGNOSTICS];
+        assert_eq!((last.line, last.column), all[MAX_DIAGNOSTICS].0);
+        assert_eq!(
+            last.message,
+            "1900 more errors from here on not shown: at most 100 are reported"
+        );
+    }
+
+    /// A directory of its own for one test (tests run in parallel in one process).
+    fn test_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("stockade-policy-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            panic!("cannot create {}: {e}", dir.display());
+        }
+        dir
+    }
+
+    #[test]
+    fn load_policy_refuses_devices_and_directories() {
+        match load_policy(Path::new("/dev/zero")) {
+            Err(LoadError::NotRegularFile { kind, .. }) => assert_eq!(kind, "a character device"),
+            other => panic!("/dev/zero: {other:?}"),
+        }
+        let dir = test_dir("directory");
+        match load_policy(&dir) {
+            Err(LoadError::NotRegularFile { path, kind }) => {
+                assert_eq!((path.as_path(), kind), (dir.as_path(), "a directory"))
+            }
+            other => panic!("a directory: {other:?}"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn load_policy_refuses_a_fifo_without_waiting_for_a_writer() {
+        let dir = test_dir("fifo");
+        let fifo = dir.join("policy.toml");
+        let c_path = match std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        // SAFETY: `c_path` is a valid NUL-terminated string that outlives the call; mkfifo only
+        // reads it.
+        let made = unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
+        assert_eq!(made, 0, "mkfifo: {}", std::io::Error::last_os_error());
+        // No writer ever opens it: a blocking open or read would never return, so wait on a
+        // thread and fail the test (rather than hang it) after a generous delay.
+        let (done, result) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = done.send(load_policy(&path).map(|_| ()));
+        });
+        match result.recv_timeout(Duration::from_secs(10)) {
+            Ok(Err(LoadError::NotRegularFile { kind, .. })) => assert_eq!(kind, "a FIFO"),
+            Ok(other) => panic!("a FIFO: {other:?}"),
+            Err(_) => panic!("load_policy blocked on a FIFO with no writer"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn load_policy_reads_at_most_the_limit() {
+        let dir = test_dir("size");
+        // Exactly the limit: a valid policy padded with comment lines.
+        let mut text = String::from("version = 1\n");
+        let line = format!("#{}\n", "-".repeat(1022));
+        while text.len() + line.len() <= MAX_POLICY_BYTES {
+            text.push_str(&line);
+        }
+        text.push_str(&"#".repeat(MAX_POLICY_BYTES - text.len()));
+        assert_eq!(text.len(), MAX_POLICY_BYTES);
+        let at_limit = dir.join("at-limit.toml");
+        let over = dir.join("over.toml");
+        let written = std::fs::write(&at_limit, &text)
+            .and_then(|()| std::fs::write(&over, format!("{text}#")));
+        assert!(written.is_ok(), "{written:?}");
+        if let Err(e) = load_policy(&at_limit) {
+            panic!("a policy of exactly the limit: {e}");
+        }
+        match load_policy(&over) {
+            Err(LoadError::TooLarge { limit, .. }) => assert_eq!(limit, MAX_POLICY_BYTES),
+            other => panic!("one byte over the limit: {other:?}"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
