@@ -11,3 +11,4 @@ pub mod sandbox;
 pub mod signals;
 pub mod stdio;
 pub mod summary;
+pub mod terminal;

@@ -394,7 +394,10 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         None => None,
     };
     let stdio = stockade::stdio::StdioGuard::save();
+    // Put back after every process of the sandbox is gone, whatever ended it.
+    let terminal = stockade::terminal::TerminalGuard::save();
     let summary = sandbox::run(&shim, &layout, &name, &spec, &mut stop, monitoring);
+    drop(terminal);
     drop(stdio);
     let summary = summary.map_err(|e| {
         let hint = match &e {

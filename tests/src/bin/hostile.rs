@@ -64,6 +64,9 @@ fn run(args: &[String]) -> String {
             std::thread::sleep(Duration::from_millis(arg(1).parse().unwrap_or(0)));
             run(&args[2..])
         }
+        "terminal" => terminal(arg(1).parse().unwrap_or(0)),
+        "netlink" => netlink(&arg(1)),
+        "hostile-names" => hostile_names(&arg(1)),
         other => {
             eprintln!("stockade-hostile: unknown test {other:?}");
             std::process::exit(64);
@@ -898,4 +901,179 @@ fn udp_listen(peer: &str, seconds: f64) -> String {
 fn kill(pid: i32) -> String {
     // SAFETY: signal 0 only checks whether the process can be signalled.
     ret(unsafe { libc::kill(pid, 0) } as _)
+}
+
+/// What a plugin may and may not do to the terminal it was handed as stdin: the ioctls that
+/// would outlive the sandbox (each answer by name), then raw mode (allowed: the supervisor
+/// restores it) and a read of the settings (the control). Prints one line, then holds raw mode
+/// for `hold_ms` so the test can see it on the caller's side.
+fn terminal(hold_ms: u64) -> String {
+    let fd = 0;
+    let answer = |rc: libc::c_int| {
+        if rc < 0 {
+            errno_name(errno())
+        } else {
+            "ok".to_string()
+        }
+    };
+    // SAFETY: ioctls on our own stdin: TIOCEXCL and TIOCSCTTY take an int argument by value,
+    // TCXONC an int by value, TIOCSWINSZ reads a winsize from a valid pointer.
+    let (excl, sctty, winsz, xonc) = unsafe {
+        let ws = libc::winsize {
+            ws_row: 7,
+            ws_col: 13,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        (
+            answer(libc::ioctl(fd, libc::TIOCEXCL)),
+            answer(libc::ioctl(fd, libc::TIOCSCTTY, 0)),
+            answer(libc::ioctl(fd, libc::TIOCSWINSZ, &ws)),
+            // Last: were it allowed, nothing more would be printed.
+            answer(libc::ioctl(fd, libc::TCXONC, libc::TCOOFF)),
+        )
+    };
+    // SAFETY: tcgetattr/tcsetattr on our own stdin with a local termios.
+    let (raw, now_raw) = unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(fd, &mut t) != 0 {
+            return format!("tcgetattr {}", err_line(errno()));
+        }
+        libc::cfmakeraw(&mut t);
+        let raw = answer(libc::tcsetattr(fd, libc::TCSANOW, &t));
+        let mut after: libc::termios = std::mem::zeroed();
+        let now_raw = libc::tcgetattr(fd, &mut after) == 0 && after.c_lflag & libc::ICANON == 0;
+        (raw, now_raw)
+    };
+    let line = format!(
+        "ok excl={excl} sctty={sctty} winsz={winsz} xonc={xonc} raw={raw} tcgets={}",
+        if now_raw { "raw" } else { "cooked" }
+    );
+    // Raw mode: no ONLCR, so end the line with CR LF ourselves.
+    print!("{line}\r\n");
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(Duration::from_millis(hold_ms));
+    "done".into()
+}
+
+/// A netlink socket of protocol `route`, `sock_diag` or `kobject_uevent`. For route, an
+/// RTM_GETLINK dump (what if_nameindex does): prints the number of links. For the others, the
+/// socket is bound as a listener would bind it.
+fn netlink(protocol: &str) -> String {
+    let proto = match protocol {
+        "route" => libc::NETLINK_ROUTE,
+        "sock_diag" => libc::NETLINK_SOCK_DIAG,
+        "kobject_uevent" => libc::NETLINK_KOBJECT_UEVENT,
+        other => return format!("unknown protocol {other}"),
+    };
+    // SAFETY: a socket of our own; the request and the reply buffer are local and sized.
+    unsafe {
+        let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto);
+        if fd < 0 {
+            return err_line(errno());
+        }
+        let mut sa: libc::sockaddr_nl = std::mem::zeroed();
+        sa.nl_family = libc::AF_NETLINK as u16;
+        if proto == libc::NETLINK_KOBJECT_UEVENT {
+            sa.nl_groups = 1;
+        }
+        if libc::bind(
+            fd,
+            (&sa as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        ) != 0
+        {
+            let e = errno();
+            libc::close(fd);
+            return format!("bind {}", err_line(e));
+        }
+        if proto != libc::NETLINK_ROUTE {
+            libc::close(fd);
+            return "ok bound".into();
+        }
+        #[repr(C)]
+        struct Request {
+            header: libc::nlmsghdr,
+            info: [u8; 16], // struct ifinfomsg, zeroed: every family
+        }
+        let request = Request {
+            header: libc::nlmsghdr {
+                nlmsg_len: std::mem::size_of::<Request>() as u32,
+                nlmsg_type: libc::RTM_GETLINK,
+                nlmsg_flags: (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+                nlmsg_seq: 1,
+                nlmsg_pid: 0,
+            },
+            info: [0; 16],
+        };
+        if libc::send(
+            fd,
+            (&request as *const Request).cast(),
+            std::mem::size_of::<Request>(),
+            0,
+        ) < 0
+        {
+            let e = errno();
+            libc::close(fd);
+            return format!("send {}", err_line(e));
+        }
+        let mut links = 0;
+        let mut buf = vec![0u8; 64 << 10];
+        'dump: loop {
+            let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+            if n <= 0 {
+                let e = errno();
+                libc::close(fd);
+                return format!("recv {}", err_line(e));
+            }
+            let mut off = 0usize;
+            while off + std::mem::size_of::<libc::nlmsghdr>() <= n as usize {
+                let h = std::ptr::read_unaligned(buf[off..].as_ptr().cast::<libc::nlmsghdr>());
+                match i32::from(h.nlmsg_type) {
+                    libc::NLMSG_DONE => break 'dump,
+                    libc::NLMSG_ERROR => {
+                        libc::close(fd);
+                        return "netlink error".into();
+                    }
+                    t if t == i32::from(libc::RTM_NEWLINK) => links += 1,
+                    _ => {}
+                }
+                if h.nlmsg_len == 0 {
+                    break;
+                }
+                off += (h.nlmsg_len as usize + 3) & !3;
+            }
+        }
+        libc::close(fd);
+        format!("ok {links} links")
+    }
+}
+
+/// Opens for writing, below `dir` (a read-only grant, so each open is refused with a violation
+/// event naming the path), names a plugin may choose to attack whoever reads the report: a
+/// newline followed by a forged report line, terminal escape sequences, a bidi override, and
+/// bytes that are not UTF-8. Prints how many were refused with EROFS or EACCES.
+fn hostile_names(dir: &str) -> String {
+    let names: [&[u8]; 4] = [
+        b"x\n    1.0 ms  landlock refused write /etc/forged (openat, EACCES) by pid 1",
+        b"\x1b[2J\x1b]0;owned\x07esc",
+        b"evil\xe2\x80\xaetxt.sh",
+        b"\xff\xfe-invalid",
+    ];
+    let mut refused = 0;
+    for name in names {
+        let mut path = dir.as_bytes().to_vec();
+        path.push(b'/');
+        path.extend_from_slice(name);
+        let path = CString::new(path).expect("no NUL in the names");
+        // SAFETY: a valid C string; a descriptor we close at once if it was opened.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CREAT, 0o644) };
+        if fd >= 0 {
+            // SAFETY: closing the descriptor just opened.
+            unsafe { libc::close(fd) };
+        } else if matches!(errno(), libc::EROFS | libc::EACCES) {
+            refused += 1;
+        }
+    }
+    format!("ok {refused} refused")
 }
