@@ -49,7 +49,8 @@ struct RunArgs {
     #[arg(long, short = 'p', value_name = "FILE")]
     policy: PathBuf,
     /// The directory that `$PLUGIN_DIR` stands for [default: the command's directory, when the
-    /// command is given as a path].
+    /// command is given as a path; stockade says which]. Never `/`, `/tmp`, a top-level system
+    /// directory, anything in /proc, /sys or /dev, or a directory every user may write to.
     #[arg(long, value_name = "DIR")]
     plugin_dir: Option<PathBuf>,
     /// The writable directory that `$STATE_DIR` stands for (its owner becomes the plugin's uid).
@@ -315,10 +316,7 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         policy.resources.timeout = Some(timeout);
     }
     let memfd_fallback = forbid_memfd_without_sysctl(&mut policy)?;
-    let plugin_dir = match &args.plugin_dir {
-        Some(dir) => Some(existing_dir(dir, "--plugin-dir")?),
-        None => command_dir(&args.command[0]),
-    };
+    let plugin_dir = plugin_dir(&args, &policy)?;
     let state_dir = args
         .state_dir
         .as_deref()
@@ -605,6 +603,104 @@ fn forbid_memfd_without_sysctl(policy: &mut Policy) -> Result<bool, Failure> {
     Ok(true)
 }
 
+/// `$PLUGIN_DIR`: `--plugin-dir`, or else, when the policy uses it, the directory of a command
+/// given as a path — said on stderr, never picked silently. Either is refused when it would grant
+/// the plugin more than a directory of its own (`plugin_dir_refusal`), before anything is created.
+fn plugin_dir(args: &RunArgs, policy: &Policy) -> Result<Option<PathBuf>, Failure> {
+    if let Some(given) = &args.plugin_dir {
+        let dir = existing_dir(given, "--plugin-dir")?;
+        if let Some(why) = plugin_dir_refusal(&dir) {
+            let shown = if dir == *given {
+                dir.display().to_string()
+            } else {
+                format!("{} (resolves to {})", given.display(), dir.display())
+            };
+            return Err(Failure::usage(
+                format!("--plugin-dir {shown}: {why}"),
+                "give the directory that holds the plugin and nothing else, such as /opt/plugins/NAME",
+            ));
+        }
+        return Ok(Some(dir));
+    }
+    if !policy.uses_var(stockade_policy::PathVar::PluginDir) {
+        return Ok(None);
+    }
+    // A bare command name: the compiler asks for --plugin-dir.
+    let Some(dir) = command_dir(&args.command[0]) else {
+        return Ok(None);
+    };
+    if let Some(why) = plugin_dir_refusal(&dir) {
+        return Err(Failure::usage(
+            format!(
+                "$PLUGIN_DIR would be {}, the directory of {}: {why}",
+                dir.display(),
+                args.command[0]
+            ),
+            "put the plugin in a directory of its own, or pass --plugin-dir DIR",
+        ));
+    }
+    if !args.quiet {
+        eprintln!(
+            "stockade: $PLUGIN_DIR is {}, the directory of {} (--plugin-dir chooses another)",
+            dir.display(),
+            args.command[0]
+        );
+    }
+    Ok(Some(dir))
+}
+
+/// Top-level directories of the host that are never one plugin's own directory.
+const SYSTEM_TREES: [&str; 17] = [
+    "/bin", "/boot", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media", "/mnt",
+    "/opt", "/root", "/run", "/sbin", "/srv", "/usr", "/var",
+];
+
+/// Why `dir` (canonical: no symlink, no `..`) must not be `$PLUGIN_DIR`, if it must not. The
+/// policy grants `$PLUGIN_DIR` whole (read or exec, sometimes write), so it must be the plugin's
+/// own directory:
+/// - not `/`: the whole host tree;
+/// - not `/tmp`, the sandbox's private `/tmp` (`$TMP`), which the host's would replace. A
+///   directory below `/tmp` is fine: it is bound on top of the private `/tmp`;
+/// - nothing in `/proc`, `/sys` or `/dev`: kernel interfaces, which the sandbox builds for
+///   itself (or hides), never a plugin's code;
+/// - not a top-level system directory (`SYSTEM_TREES`: `/etc`, `/usr`, `/home`, ...); one of its
+///   subdirectories may be (`/usr/bin` for `stockade run -- /bin/true`);
+/// - not a directory every user may write to (`/var/tmp`, `/dev/shm`, any mode o+w): anyone on
+///   the host could put code there that the plugin would run, or read what it leaves.
+fn plugin_dir_refusal(dir: &Path) -> Option<String> {
+    if dir == Path::new("/") {
+        return Some("that is the host's root: the plugin would get the whole host tree".into());
+    }
+    if dir == Path::new("/tmp") {
+        return Some("the sandbox has a private /tmp, which the host's /tmp would replace".into());
+    }
+    if let Some(kernel) = ["/proc", "/sys", "/dev"]
+        .into_iter()
+        .find(|k| dir.starts_with(k))
+    {
+        return Some(format!(
+            "{kernel} is a kernel interface that the sandbox builds for itself, not a plugin's code"
+        ));
+    }
+    if SYSTEM_TREES.iter().any(|s| dir == Path::new(s)) {
+        return Some(format!(
+            "{} is a system tree of the host, not a plugin's own directory",
+            dir.display()
+        ));
+    }
+    let mode = std::fs::metadata(dir).map_or(0, |m| {
+        std::os::unix::fs::PermissionsExt::mode(&m.permissions())
+    });
+    if mode & 0o002 != 0 {
+        return Some(format!(
+            "every user of the host may write to it (mode {:o}): anyone could put code there \
+             that the plugin would run",
+            mode & 0o7777
+        ));
+    }
+    None
+}
+
 /// The directory of a command given as a path (`./plugin`, `/opt/x/bin/plugin`), resolved.
 fn command_dir(command: &str) -> Option<PathBuf> {
     if !command.contains('/') {
@@ -670,4 +766,59 @@ fn plugin_env(extra: &[String], has_tmp: bool) -> Result<Vec<(String, String)>, 
         env.push((k.to_string(), v.to_string()));
     }
     Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_dirs_that_grant_more_than_the_plugin_are_refused() {
+        for dir in [
+            "/",
+            "/tmp",
+            "/proc",
+            "/proc/1",
+            "/sys/kernel",
+            "/dev",
+            "/dev/shm",
+            "/etc",
+            "/usr",
+            "/home",
+            "/root",
+            "/var",
+            "/run",
+            "/boot",
+        ] {
+            assert!(
+                plugin_dir_refusal(Path::new(dir)).is_some(),
+                "{dir} was accepted"
+            );
+        }
+        // Subdirectories of system trees, and of /tmp (bound over the private /tmp), are fine.
+        for dir in [
+            "/usr/bin",
+            "/tmp/plugins/p",
+            "/opt/plugins/p",
+            "/etc/stockade",
+        ] {
+            assert_eq!(plugin_dir_refusal(Path::new(dir)), None, "{dir}");
+        }
+        assert!(plugin_dir_refusal(Path::new("/"))
+            .unwrap()
+            .contains("whole host tree"));
+    }
+
+    #[test]
+    fn a_world_writable_plugin_dir_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("stockade-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(plugin_dir_refusal(&dir), None);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let why = plugin_dir_refusal(&dir);
+        std::fs::remove_dir(&dir).unwrap();
+        assert!(why.unwrap().contains("mode 1777"));
+    }
 }

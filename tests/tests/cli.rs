@@ -223,3 +223,102 @@ fn sigterm_stops_the_sandbox_and_cleans_up() {
     assert_eq!(r.summary["ended_by"], "interrupted");
     assert_cgroup_removed(r.summary["cgroup_id"].as_u64().unwrap());
 }
+
+/// `stockade run --policy (the tests' policy, which grants $PLUGIN_DIR) [--plugin-dir DIR]
+/// --events FILE -- CMD...`; asserts that a refused run left no events file behind.
+fn run_plugin_dir(dir: Option<&std::path::Path>, command: &[&str]) -> RunResult {
+    let file = policy_file("plugin-dir", &policy(""));
+    // One file per call: the tests run in parallel.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let events = scratch_dir("plugin-dir-events").join(format!("{n}.jsonl"));
+    let _ = std::fs::remove_file(&events);
+    let mut cmd = Command::new(stockade());
+    cmd.args(["run", "--policy"]).arg(&file);
+    if let Some(dir) = dir {
+        cmd.arg("--plugin-dir").arg(dir);
+    }
+    cmd.arg("--events")
+        .arg(&events)
+        .arg("--")
+        .args(command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let r = tracked(&mut cmd);
+    if r.code == 2 {
+        assert!(
+            !events.exists(),
+            "a refused run created {}",
+            events.display()
+        );
+        assert_eq!(r.stdout, "", "the plugin ran");
+    }
+    let _ = std::fs::remove_file(&events);
+    r
+}
+
+#[test]
+fn plugin_dirs_that_grant_more_than_the_plugin_are_refused() {
+    if !privileged("plugin_dirs_that_grant_more_than_the_plugin_are_refused") {
+        return;
+    }
+    let fixture = hostile();
+    let scratch = scratch_dir("plugin-dirs");
+    // Resolved before judged: a symlink to / and a path through `..` are what they lead to.
+    let root_link = scratch.join("root-link");
+    let _ = std::fs::remove_file(&root_link);
+    std::os::unix::fs::symlink("/", &root_link).unwrap();
+    let everyone = scratch.join("world-writable");
+    std::fs::create_dir_all(&everyone).unwrap();
+    set_mode(&everyone, 0o1777);
+    let cases: [(&std::path::Path, &str); 8] = [
+        ("/".as_ref(), "--plugin-dir /: that is the host's root: the plugin would get the whole host tree"),
+        (&root_link, "(resolves to /): that is the host's root"),
+        ("/tmp".as_ref(), "--plugin-dir /tmp: the sandbox has a private /tmp, which the host's /tmp would replace"),
+        ("/usr/../tmp/".as_ref(), "(resolves to /tmp): the sandbox has a private /tmp"),
+        ("/proc/self".as_ref(), "/proc is a kernel interface"),
+        ("/etc".as_ref(), "--plugin-dir /etc: /etc is a system tree of the host"),
+        ("/home".as_ref(), "/home is a system tree of the host"),
+        (&everyone, "every user of the host may write to it (mode 1777)"),
+    ];
+    for (dir, cause) in cases {
+        let r = run_plugin_dir(Some(dir), &[&fixture, "echo", "ran"]);
+        assert_usage_error(&r, cause);
+    }
+    // The control: the tests' own plugin directory (below /tmp, bound over the private /tmp).
+    let r = run_plugin_dir(Some(plugin_dir()), &[&fixture, "echo", "ran"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_line(&r, "ok ran");
+    let _ = std::fs::remove_file(&root_link);
+    let _ = std::fs::remove_dir(&everyone);
+}
+
+#[test]
+fn the_default_plugin_dir_is_said_and_checked() {
+    if !privileged("the_default_plugin_dir_is_said_and_checked") {
+        return;
+    }
+    // Without --plugin-dir, the command's directory is $PLUGIN_DIR, and stockade says so.
+    let fixture = hostile();
+    let r = run_plugin_dir(None, &[&fixture, "echo", "ran"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_line(&r, "ok ran");
+    let said = format!(
+        "stockade: $PLUGIN_DIR is {}, the directory of {fixture} (--plugin-dir chooses another)",
+        plugin_dir().display()
+    );
+    assert!(r.stderr.contains(&said), "{said:?} not in:\n{}", r.stderr);
+
+    // A command directly in /tmp would make the host's /tmp the plugin directory.
+    let in_tmp = format!("/tmp/stockade-hostile-cli-{}", std::process::id());
+    std::fs::copy(&fixture, &in_tmp).unwrap();
+    let r = run_plugin_dir(None, &[&in_tmp, "echo", "ran"]);
+    let _ = std::fs::remove_file(&in_tmp);
+    assert_usage_error(
+        &r,
+        &format!(
+            "$PLUGIN_DIR would be /tmp, the directory of {in_tmp}: the sandbox has a private /tmp"
+        ),
+    );
+}
