@@ -1051,11 +1051,12 @@ fn netlink(protocol: &str) -> String {
 
 /// Opens for writing, below `dir` (a read-only grant, so each open is refused with a violation
 /// event naming the path), names a plugin may choose to attack whoever reads the report: a
-/// newline followed by a forged report line, terminal escape sequences, a bidi override, and
-/// bytes that are not UTF-8. Prints how many were refused with EROFS or EACCES.
+/// newline followed by a forged report line (no slash: a name is one component), terminal
+/// escape sequences, a bidi override, and bytes that are not UTF-8. Prints how many were refused
+/// with EROFS or EACCES.
 fn hostile_names(dir: &str) -> String {
     let names: [&[u8]; 4] = [
-        b"x\n    1.0 ms  landlock refused write /etc/forged (openat, EACCES) by pid 1",
+        b"x\nstockade: forged exited with status 0 after 1.0 ms",
         b"\x1b[2J\x1b]0;owned\x07esc",
         b"evil\xe2\x80\xaetxt.sh",
         b"\xff\xfe-invalid",
