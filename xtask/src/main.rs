@@ -11,6 +11,8 @@
 //!   and unshare, interleaved in one run, recorded in docs/benchmarks.md.
 //! - `cargo xtask bench monitors [--rounds N]`: what the eBPF monitors cost the host and a sandbox,
 //!   their enforcement latency and event throughput, recorded in docs/benchmarks.md.
+//! - `cargo xtask fuzz TARGET|all [--time S]`: the cargo-fuzz targets of fuzz/ on nightly for S
+//!   seconds each (installs cargo-fuzz when missing); fails on a crash or a hang. See fuzz.rs.
 //! - `cargo xtask setup [ebpf]`: installs what building the eBPF programs needs (the nightly
 //!   rust-src and bpf-linker 0.10.3), skipping what is already there; `test` and `vm-test` run it
 //!   first. `cargo xtask setup bench`: what the benchmarks compare against (Debian packages). See
@@ -18,6 +20,7 @@
 
 mod bench;
 mod coverage;
+mod fuzz;
 mod setup;
 mod vm;
 
@@ -50,12 +53,14 @@ fn dispatch() -> Result<()> {
             vm::run(&rest)
         }
         Some("coverage") => coverage::run(&rest),
+        Some("fuzz") => fuzz::run(&rest),
         _ => {
             eprintln!("usage: cargo xtask test [-- CARGO-TEST-ARGS...]");
             eprintln!("       {}", vm::USAGE);
             eprintln!("       cargo xtask coverage [ENVIRONMENT...]");
             eprintln!("       cargo xtask bench launch [--runs N]");
             eprintln!("       cargo xtask bench monitors [--rounds N]");
+            eprintln!("       {}", fuzz::USAGE);
             eprintln!("       {}", setup::USAGE);
             std::process::exit(2);
         }
