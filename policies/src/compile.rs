@@ -227,6 +227,15 @@ impl Policy {
                     limit: MSGQUEUE_LIMIT_BYTES,
                 },
             ],
+            absent: self
+                .filesystem
+                .absent
+                .iter()
+                .filter_map(|p| match p {
+                    PolicyPath::Absolute(p) => Some(p.clone()),
+                    PolicyPath::Var(..) => None, // refused by the parser
+                })
+                .collect(),
             landlock,
             seccomp: crate::seccomp::build_program(&self.syscalls),
             network: if allow_network {

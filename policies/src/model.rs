@@ -27,6 +27,10 @@ pub struct Filesystem {
     pub write: Vec<PolicyPath>,
     /// Read-only and executable (binaries and the shared libraries they map).
     pub exec: Vec<PolicyPath>,
+    /// Host paths the sandbox does not have and that ordinary programs look for (optional
+    /// configuration, local installs, kernel tunables): finding them missing is not a violation.
+    /// Grants nothing; always absolute.
+    pub absent: Vec<PolicyPath>,
 }
 
 /// A path as written in a policy: absolute, or below one of the launch variables.

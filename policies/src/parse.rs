@@ -40,7 +40,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "resources",
     "enforcement",
 ];
-pub(crate) const FILESYSTEM_KEYS: &[&str] = &["read", "write", "exec"];
+pub(crate) const FILESYSTEM_KEYS: &[&str] = &["read", "write", "exec", "absent"];
 pub(crate) const NETWORK_KEYS: &[&str] = &["mode", "connect", "bind"];
 /// Rules per `connect` or `bind` list: the eBPF programs match against a fixed-size array (32
 /// entries; `bind` also holds the two implicit UDP port-0 rules).
@@ -573,6 +573,7 @@ impl<'s> Checker<'s> {
                 "read" => ("read", &mut fs.read),
                 "write" => ("write", &mut fs.write),
                 "exec" => ("exec", &mut fs.exec),
+                "absent" => ("absent", &mut fs.absent),
                 _ => continue,
             };
             let mut first_seen: HashMap<PolicyPath, Span> = HashMap::new();
@@ -597,6 +598,24 @@ impl<'s> Checker<'s> {
                         format!("`{path}` is listed twice in `{list}`"),
                         Some(hint),
                     );
+                    continue;
+                }
+                if list == "absent" {
+                    // Grants nothing, so none of the checks across lists apply.
+                    if matches!(path, PolicyPath::Var(..)) {
+                        self.error(
+                            span,
+                            format!("`{path}` in `absent` is not a host path"),
+                            Some(
+                                "`absent` names host paths the sandbox hides (e.g. \"/usr/local\"); \
+                                 the launch variables are the sandbox's own"
+                                    .into(),
+                            ),
+                        );
+                        continue;
+                    }
+                    first_seen.insert(path.clone(), span.clone());
+                    paths.push(path);
                     continue;
                 }
                 if matches!(path, PolicyPath::Var(PathVar::Tmp, _)) && list != "write" {

@@ -173,6 +173,13 @@ fn filesystem() -> Vec<(&'static str, Value)> {
                 PATH_PATTERN,
             ),
         ),
+        (
+            "absent",
+            paths(
+                "Host paths the sandbox does not have and that ordinary programs look for: finding them missing is not a violation. Grants nothing. Absolute paths only.",
+                "^/",
+            ),
+        ),
     ]
 }
 

@@ -32,6 +32,10 @@ pub struct LaunchSpec {
     pub enforce: bool,
     /// File descriptors (in the shim) that survive into the plugin besides 0, 1 and 2.
     pub keep_fds: Vec<i32>,
+    /// Host paths the policy declares `absent`: hidden like every path it does not grant, but
+    /// looking for one is not a violation. Only the monitors read this.
+    #[serde(default)]
+    pub absent: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]

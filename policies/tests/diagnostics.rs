@@ -796,3 +796,34 @@ fn read_path_inside_a_writable_path() {
         Some("the plugin could replace a directory on its path with a symlink before the next launch; grant the writable directory alone"),
     );
 }
+
+// ---- [filesystem] absent ----
+
+#[test]
+fn absent_takes_host_paths_only() {
+    error(
+        "[filesystem]\nabsent = [\"$PLUGIN_DIR/x\"]\n",
+        2,
+        11,
+        "`$PLUGIN_DIR/x` in `absent` is not a host path",
+        Some(
+            "`absent` names host paths the sandbox hides (e.g. \"/usr/local\"); the launch \
+             variables are the sandbox's own",
+        ),
+    );
+    error(
+        "[filesystem]\nabsent = [\"/usr/local\", \"/usr/local\"]\n",
+        2,
+        25,
+        "`/usr/local` is listed twice in `absent`",
+        Some("first listed at line 2, column 11"),
+    );
+    let policy = parse_policy(
+        "[filesystem]\nread = [\"/etc/ld.so.cache\"]\nabsent = [\"/usr/local\", \"/etc/gitconfig\"]\n",
+        "policy.toml",
+    )
+    .expect("valid");
+    assert_eq!(policy.filesystem.absent.len(), 2);
+    // Grants nothing: no bind, no Landlock rule.
+    assert!(policy.filesystem.read.len() == 1 && policy.filesystem.exec.is_empty());
+}
