@@ -3,11 +3,12 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_current_cgroup_id},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use stockade_ebpf_common::{
-    EventHeader, IndexEntry, LsmGrantKey, NetRules, SandboxConfig, COUNTERS, INDEX_BUCKETS,
-    INDEX_SHARED, LSM_OFFSETS_LEN, MAX_SANDBOXES, MAX_SLOTS, SYSCALL_NR_MAX,
+    EventHeader, IndexEntry, LsmGrantKey, MissKey, NetRules, SandboxConfig, COUNTERS,
+    INDEX_BUCKETS, INDEX_SHARED, LSM_OFFSETS_LEN, MAX_SANDBOXES, MAX_SLOTS, MISS_KEY_DATA,
+    SYSCALL_NR_MAX,
 };
 
 /// cgroup id -> the sandbox's configuration. No entry: not a sandbox.
@@ -51,6 +52,19 @@ pub static DENIED_TID: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 /// Inodes each sandbox may reach (the LSM programs' second wall): access bits `GRANT_*`.
 #[map]
 pub static LSM_GRANTS: HashMap<LsmGrantKey, u32> = HashMap::with_max_entries(MAX_SANDBOXES * 64, 0);
+
+/// (cgroup id, directory path ending in `/`) -> 1: the directories a sandbox may read or execute
+/// but not write. An ENOENT on an absolute path below one of them is a miss inside a granted,
+/// read-only tree — never a violation — and is counted (`COUNTER_QUIET_MISSES`) instead of
+/// sent, so that ordinary probing cannot fill the ring buffer.
+#[map]
+pub static MISS_TREES: LpmTrie<[u8; MISS_KEY_DATA], u8> =
+    LpmTrie::with_max_entries(MAX_SANDBOXES * 32, 0);
+
+/// Per CPU: the path of the syscall being reported, read once from the plugin's memory, judged
+/// against `MISS_TREES` (it is laid out as that trie's key) and copied into the event from here.
+#[map]
+pub static PATH_SCRATCH: PerCpuArray<MissKey> = PerCpuArray::with_max_entries(1, 0);
 
 /// Kernel struct offsets (`OFF_*`), from the kernel's BTF.
 #[map]

@@ -4,6 +4,11 @@
 //! decides which layer refused it (it re-runs the sandbox's own seccomp filter on the registers,
 //! and knows the policy's paths).
 //!
+//! One decision is made here instead: an ENOENT on an absolute path below a directory the
+//! sandbox may read but not write (`MISS_TREES`) is counted and dropped. Loaders, compilers and
+//! interpreters probe such paths by the thousand; sent as events they filled the ring buffer,
+//! and the fail-closed count of dropped denials then killed honest plugins.
+//!
 //! Why sys_exit: it runs also for a syscall that seccomp refused (sys_enter does not), after
 //! Landlock, the mount table and the LSMs have answered, so one program sees the answer of every
 //! layer. Its price: while any syscall tracepoint is attached every thread of the host takes the
@@ -13,17 +18,23 @@
 use core::ptr::addr_of_mut;
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes},
+    helpers::{
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user_buf,
+        bpf_probe_read_user_str_bytes,
+    },
     macros::raw_tracepoint,
+    maps::lpm_trie::Key,
     programs::RawTracePointContext,
 };
 use stockade_ebpf_common::{
-    SyscallEvent, ARG_OPENS, ARG_PATH, ARG_SOCKADDR, COUNTER_DENIALS_DROPPED, COUNTER_DROPPED,
-    COUNTER_FAILED, COUNTER_SYSCALLS, EVENT_SYSCALL, FLAG_TRACE_FILES, SYSCALL_NR_MAX,
+    MissKey, SyscallEvent, ARG_OPENS, ARG_PATH, ARG_SOCKADDR, COUNTER_DENIALS_DROPPED,
+    COUNTER_DROPPED, COUNTER_FAILED, COUNTER_QUIET_MISSES, COUNTER_SYSCALLS, EVENT_SYSCALL,
+    FLAG_TRACE_FILES, MISS_KEY_DATA, MISS_PATH_LEN, SYSCALL_NR_MAX,
 };
 
 use crate::maps::{
-    bump, current_cgroup, header, sandbox_slot, DENIED_TID, EVENTS, PATH_ARGS, SYSCALLS,
+    bump, current_cgroup, header, sandbox_slot, DENIED_TID, EVENTS, MISS_TREES, PATH_ARGS,
+    PATH_SCRATCH, SYSCALLS,
 };
 
 const EPERM: i64 = 1;
@@ -106,6 +117,36 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     if suppressed {
         return 0;
     }
+    let mut args = [0u64; 6];
+    for (i, word) in REG_ARGS.iter().enumerate() {
+        args[i] = reg(regs, *word);
+    }
+    let index = (what & 0x7) as usize;
+    // The path, read once from the plugin's memory into this CPU's scratch key: judged there,
+    // and copied into the event from there (a second read could see other bytes).
+    let mut path_len: Option<usize> = None;
+    let Some(scratch) = PATH_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    if what & ARG_PATH != 0 && index < 6 {
+        // SAFETY: this CPU's scratch element, used by one program at a time on this CPU
+        // (tracepoint programs do not nest on a CPU).
+        let data = unsafe { &mut (*scratch).data };
+        data[..8].copy_from_slice(&cg.to_le_bytes());
+        // SAFETY: the helper checks the user pointer and answers an error instead of faulting.
+        if let Ok(p) =
+            unsafe { bpf_probe_read_user_str_bytes(args[index] as *const u8, &mut data[8..]) }
+        {
+            path_len = Some(p.len());
+        }
+    }
+    if let (true, Some(len)) = (ret == -ENOENT, path_len) {
+        // SAFETY: as above.
+        if quiet_miss(unsafe { &mut *scratch }, len) {
+            bump(slot, COUNTER_QUIET_MISSES);
+            return 0;
+        }
+    }
     let Some(mut entry) = EVENTS.reserve::<SyscallEvent>(0) else {
         bump(slot, COUNTER_DROPPED);
         // Every failure reported here may be a violation, an ENOENT too (a hidden path):
@@ -116,10 +157,6 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     let e = entry.as_mut_ptr();
-    let mut args = [0u64; 6];
-    for (i, word) in REG_ARGS.iter().enumerate() {
-        args[i] = reg(regs, *word);
-    }
     // SAFETY: `e` points to the reserved record, valid for writes until submit; every field is
     // written before submit.
     unsafe {
@@ -131,21 +168,18 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         let object = &mut *addr_of_mut!((*e).object);
         let mut kind = 0u8;
         let mut len = 0u32;
-        let index = (what & 0x7) as usize;
         // (ARG_OPENS is only a marker: the copy below needs the kind and the index.)
-        if index < 6 {
-            let ptr = args[index];
-            if what & ARG_PATH != 0 {
-                if let Ok(s) = bpf_probe_read_user_str_bytes(ptr as *const u8, object) {
-                    kind = ARG_PATH;
-                    len = s.len() as u32;
-                }
-            } else if what & ARG_SOCKADDR != 0 {
-                let dst = &mut object[..SOCKADDR_LEN];
-                if bpf_probe_read_user_buf(ptr as *const u8, dst).is_ok() {
-                    kind = ARG_SOCKADDR;
-                    len = SOCKADDR_LEN as u32;
-                }
+        if let Some(n) = path_len {
+            let src = (*scratch).data.as_ptr().add(8);
+            if bpf_probe_read_kernel_buf(src, &mut object[..MISS_PATH_LEN]).is_ok() {
+                kind = ARG_PATH;
+                len = n as u32;
+            }
+        } else if what & ARG_SOCKADDR != 0 && index < 6 {
+            let dst = &mut object[..SOCKADDR_LEN];
+            if bpf_probe_read_user_buf(args[index] as *const u8, dst).is_ok() {
+                kind = ARG_SOCKADDR;
+                len = SOCKADDR_LEN as u32;
             }
         }
         addr_of_mut!((*e).object_kind).write(kind);
@@ -153,4 +187,38 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     }
     entry.submit(0);
     0
+}
+
+/// Whether the path in `key` (`len` bytes after the cgroup id) is absolute, whole (not cut at
+/// the copy's end), never walks up (`/..`), and lies below a directory the sandbox may read but
+/// not write (`MISS_TREES`). Such a miss is the same one the supervisor would dismiss as
+/// "missing inside a granted tree"; anything else goes to the supervisor as before.
+#[inline(always)]
+fn quiet_miss(key: &mut MissKey, len: usize) -> bool {
+    if len == 0 || len >= MISS_PATH_LEN - 1 || key.data[8] != b'/' {
+        return false;
+    }
+    let end = 8 + len;
+    let mut i = 8;
+    // Bounded by the constant (the verifier's loop bound), stopped at the path's end; `get`,
+    // not indexing: a bounds-check panic path would make the verifier reject the program.
+    while i < MISS_KEY_DATA - 2 {
+        if i >= end {
+            break;
+        }
+        let (Some(a), Some(b), Some(c)) =
+            (key.data.get(i), key.data.get(i + 1), key.data.get(i + 2))
+        else {
+            return false;
+        };
+        if *a == b'/' && *b == b'.' && *c == b'.' {
+            return false;
+        }
+        i += 1;
+    }
+    key.prefix_len = (end * 8) as u32;
+    // SAFETY: `MissKey` has the layout of `Key<[u8; MISS_KEY_DATA]>` (a u32 bit count, then
+    // the data; asserted in the common crate) and is only read by the lookup.
+    let k = unsafe { &*(key as *const MissKey as *const Key<[u8; MISS_KEY_DATA]>) };
+    MISS_TREES.get(k).is_some()
 }

@@ -75,7 +75,7 @@ pub const LSM_OFFSETS_LEN: u32 = 15;
 pub const LSM_MAX_DEPTH: u32 = 32;
 
 /// Per-sandbox counters, per CPU (userspace sums): element `slot`, index `COUNTER_*`.
-pub const COUNTERS: u32 = 11;
+pub const COUNTERS: u32 = 12;
 /// Denials by the cgroup network programs.
 pub const COUNTER_NET_DENIED: u32 = 0;
 /// Events that did not fit in the ring buffer (lost, and counted here).
@@ -102,6 +102,10 @@ pub const COUNTER_INBOUND_DROPPED: u32 = 9;
 /// sys_exit reports: EPERM, EACCES, EROFS, ENOENT on a path): part of `COUNTER_DROPPED`. Each
 /// counts as a violation, so that a plugin cannot hide one by filling the ring buffer first.
 pub const COUNTER_DENIALS_DROPPED: u32 = 10;
+/// ENOENTs on an absolute path inside a directory the sandbox may read but not write, decided
+/// in the kernel (`MISS_TREES`) and never sent: what a loader, a compiler or an interpreter's
+/// imports probe all day. Counted, so the report still shows how many there were.
+pub const COUNTER_QUIET_MISSES: u32 = 11;
 
 /// `EventHeader::kind`.
 pub const EVENT_NET_DENY: u16 = 1;
@@ -169,6 +173,23 @@ pub struct IndexEntry {
     pub slot: u32,
     /// The sandbox's `FLAG_*`.
     pub flags: u32,
+}
+
+/// Bytes of `MissKey::data`: the sandbox's cgroup id (8 bytes, little-endian) then the path.
+/// An LPM trie's key data is at most 256 bytes.
+pub const MISS_KEY_DATA: usize = 256;
+/// Bytes of a path `MissKey` can hold.
+pub const MISS_PATH_LEN: usize = MISS_KEY_DATA - 8;
+
+/// Key of `MISS_TREES`, an LPM trie: the sandbox's cgroup id, then a directory path ending in
+/// `/`. The trie answers the longest stored prefix of a looked-up path, so a path below a
+/// stored directory finds it. Laid out as aya's `lpm_trie::Key<[u8; MISS_KEY_DATA]>`
+/// (`prefix_len` in bits, then the data).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MissKey {
+    pub prefix_len: u32,
+    pub data: [u8; MISS_KEY_DATA],
 }
 
 /// Key of `LSM_GRANTS`: an inode the policy grants (a bind-mount source or a file), by the
@@ -312,6 +333,7 @@ mod user {
 }
 
 const _: () = assert!(core::mem::size_of::<SandboxConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<MissKey>() == 4 + MISS_KEY_DATA);
 const _: () = assert!(core::mem::size_of::<LsmGrantKey>() == 24);
 const _: () = assert!(core::mem::size_of::<Rule>() == 40);
 const _: () = assert!(core::mem::size_of::<RuleSet>() == 8 + 40 * MAX_RULES);

@@ -104,6 +104,8 @@ pub struct Attributor {
     seccomp: Vec<(u16, u8, u8, u32)>,
     /// Paths inside the sandbox and the right granted there (what Landlock enforces).
     grants: Vec<(PathBuf, Access)>,
+    /// The policy's `absent` paths: hidden, but looking for them is not a violation.
+    absent: Vec<PathBuf>,
     start_ns: u64,
     /// Whether a hidden path exists on the host (see `hostpath`).
     host: HostPaths,
@@ -115,6 +117,7 @@ impl Attributor {
         Attributor {
             seccomp: spec.seccomp.program.clone(),
             grants: spec.landlock.paths.clone(),
+            absent: spec.absent.clone(),
             start_ns,
             host: HostPaths::new(),
         }
@@ -224,9 +227,9 @@ impl Attributor {
         let name = syscalls::name_of(e.nr);
         let object = &e.object[..(e.object_len as usize).min(k::OBJECT_LEN)];
         let path = (e.object_kind == k::ARG_PATH).then(|| c_path(object));
-        // The program copies at most OBJECT_LEN - 1 bytes of a path: a copy that long may be
-        // the beginning of a longer one, whose end (a `..`, say) could lead anywhere.
-        let truncated = path.is_some() && e.object_len as usize >= k::OBJECT_LEN - 1;
+        // The program copies at most MISS_PATH_LEN - 1 bytes of a path: a copy that long may
+        // be the beginning of a longer one, whose end (a `..`, say) could lead anywhere.
+        let truncated = path.is_some() && e.object_len as usize >= k::MISS_PATH_LEN - 1;
         let addr = (e.object_kind == k::ARG_SOCKADDR)
             .then(|| sockaddr(object))
             .flatten();
@@ -317,6 +320,9 @@ impl Attributor {
                 if granted.is_some() {
                     return None; // missing inside a granted tree
                 }
+                if self.absent.iter().any(|a| clean.starts_with(a)) {
+                    return None; // declared absent: probing for it is expected
+                }
                 match self.host.presence(&clean) {
                     Presence::Absent => return None, // exists nowhere: nothing was hidden
                     Presence::Present => {}
@@ -390,8 +396,10 @@ fn net_action(syscall: &str) -> Option<&'static str> {
 fn requested_access(syscall: &str, args: &[u64; 6]) -> Access {
     let open_flags = |flags: u64| {
         let flags = flags as i32;
+        // O_TMPFILE includes O_DIRECTORY: test all of its bits, or every opendir is a write.
         if flags & libc::O_ACCMODE != libc::O_RDONLY
-            || flags & (libc::O_CREAT | libc::O_TRUNC | libc::O_TMPFILE) != 0
+            || flags & (libc::O_CREAT | libc::O_TRUNC) != 0
+            || flags & libc::O_TMPFILE == libc::O_TMPFILE
         {
             Access::Write
         } else {
@@ -464,6 +472,11 @@ mod tests {
         let creat = [0, 0, (libc::O_WRONLY | libc::O_CREAT) as u64, 0, 0, 0];
         assert_eq!(requested_access("openat", &ro), Access::Read);
         assert_eq!(requested_access("openat", &creat), Access::Write);
+        // opendir: O_DIRECTORY is part of O_TMPFILE's bits, and a read.
+        let dir = [0, 0, (libc::O_RDONLY | libc::O_DIRECTORY) as u64, 0, 0, 0];
+        assert_eq!(requested_access("openat", &dir), Access::Read);
+        let tmpfile = [0, 0, (libc::O_RDWR | libc::O_TMPFILE) as u64, 0, 0, 0];
+        assert_eq!(requested_access("openat", &tmpfile), Access::Write);
         assert_eq!(requested_access("execve", &ro), Access::Exec);
         assert_eq!(requested_access("unlink", &ro), Access::Write);
     }

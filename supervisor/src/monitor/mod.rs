@@ -21,6 +21,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{
     cgroup_skb::CgroupSkbLinkId, cgroup_sock_addr::CgroupSockAddrLinkId, sock_ops::SockOpsLinkId,
@@ -146,6 +147,10 @@ pub struct ArmSpec {
     pub kill: Option<(u32, std::time::Duration)>,
     /// Report every successful open too, not only the failures (`--events`).
     pub trace_files: bool,
+    /// The granted directories inside the sandbox, and whether the sandbox may write there
+    /// ([`rules::miss_trees`]): the kernel counts an ENOENT below a read-only one and sends
+    /// nothing.
+    pub miss_trees: Vec<(String, bool)>,
 }
 
 /// A sandbox the monitors watch; give it back to [`Monitor::disarm`].
@@ -157,6 +162,7 @@ pub struct Armed {
     inbound: Option<CgroupSkbLinkId>,
     listen: Option<SockOpsLinkId>,
     lsm_keys: Vec<k::LsmGrantKey>,
+    miss_keys: Vec<k::MissKey>,
 }
 
 pub struct Monitor {
@@ -167,6 +173,7 @@ pub struct Monitor {
     sandboxes: HashMap<MapData, u64, k::SandboxConfig>,
     net_rules: HashMap<MapData, u64, k::NetRules>,
     lsm_grants: HashMap<MapData, k::LsmGrantKey, u32>,
+    miss_trees: LpmTrie<MapData, [u8; k::MISS_KEY_DATA], u8>,
     index: Array<MapData, k::IndexEntry>,
     /// cgroup ids per bucket of `index`, to mark a bucket shared and to restore it.
     buckets: std::collections::HashMap<u32, Vec<(u64, u32, u32)>>,
@@ -294,6 +301,7 @@ impl Monitor {
             index: take(&mut ebpf, "SANDBOX_INDEX")?,
             buckets: Default::default(),
             lsm_grants: take(&mut ebpf, "LSM_GRANTS")?,
+            miss_trees: take(&mut ebpf, "MISS_TREES")?,
             sandboxes: take(&mut ebpf, "SANDBOXES")?,
             net_rules: take(&mut ebpf, "NET_RULES")?,
             counters: take(&mut ebpf, "COUNTER")?,
@@ -395,6 +403,7 @@ impl Monitor {
             inbound: None,
             listen: None,
             lsm_keys: Vec::new(),
+            miss_keys: Vec::new(),
         };
         let result = (|| {
             if let Some(net) = &spec.network {
@@ -440,6 +449,22 @@ impl Monitor {
                             source,
                         })?;
                 }
+            }
+            for (dir, writable) in &spec.miss_trees {
+                let Some(key) = rules::miss_key(cgroup_id, dir) else {
+                    continue; // too long for the trie: its misses go to the supervisor
+                };
+                armed.miss_keys.push(key);
+                self.miss_trees
+                    .insert(
+                        &LpmKey::new(key.prefix_len, key.data),
+                        u8::from(!writable),
+                        0,
+                    )
+                    .map_err(|source| MonitorError::Map {
+                        map: "MISS_TREES",
+                        source,
+                    })?;
             }
             self.sandboxes
                 .insert(cgroup_id, config, 0)
@@ -511,6 +536,11 @@ impl Monitor {
         let _ = self.net_rules.remove(&armed.cgroup_id);
         for key in &armed.lsm_keys {
             let _ = self.lsm_grants.remove(key);
+        }
+        for key in &armed.miss_keys {
+            let _ = self
+                .miss_trees
+                .remove(&LpmKey::new(key.prefix_len, key.data));
         }
         if let Some(state) = self.slots.get_mut(armed.slot as usize) {
             if *state == Slot::Used {
@@ -651,6 +681,7 @@ impl Monitor {
             net_dropped: get(k::COUNTER_NET_DROPPED),
             inbound_dropped: get(k::COUNTER_INBOUND_DROPPED),
             denials_dropped: get(k::COUNTER_DENIALS_DROPPED),
+            quiet_misses: get(k::COUNTER_QUIET_MISSES),
         }
     }
 
@@ -686,6 +717,8 @@ pub struct Counters {
     /// Dropped events that were denials by a layer (part of `dropped_events`); in enforce mode
     /// each counts as a violation.
     pub denials_dropped: u64,
+    /// ENOENTs below a read-only granted directory, judged harmless in the kernel and not sent.
+    pub quiet_misses: u64,
 }
 
 /// A `SANDBOX_INDEX` bucket holding `members` (cgroup id, slot, flags): empty, one sandbox, or

@@ -109,6 +109,44 @@ pub fn rule(r: &NetworkRule) -> k::Rule {
 }
 
 /// Syscalls whose events carry a path or a socket address: (number, `ARG_*` | argument index).
+/// The directories a sandbox's misses are judged against in the kernel: every Landlock grant
+/// (paths inside the sandbox), each with whether it may be written. A grant of a file is
+/// harmless here (nothing lies below a file).
+/// The policy's `absent` paths join them as read-only: a miss below one is not a violation
+/// either.
+pub fn miss_trees(spec: &stockade_policy::LaunchSpec) -> Vec<(String, bool)> {
+    let grants = spec.landlock.paths.iter().filter_map(|(path, access)| {
+        let p = path.to_str()?;
+        Some((p.to_string(), *access == stockade_policy::Access::Write))
+    });
+    let absent = spec
+        .absent
+        .iter()
+        .filter_map(|p| Some((p.to_str()?.to_string(), false)));
+    grants.chain(absent).collect()
+}
+
+/// The `MISS_TREES` key of a directory of sandbox `cgroup_id`: the id, then the path with one
+/// trailing `/` (so `/usr/lib` does not cover `/usr/lib64`). `None` when it does not fit, or is
+/// not an absolute path.
+pub fn miss_key(cgroup_id: u64, dir: &str) -> Option<k::MissKey> {
+    if !dir.starts_with('/') {
+        return None;
+    }
+    let mut path = dir.trim_end_matches('/').to_string();
+    path.push('/');
+    if path.len() >= k::MISS_PATH_LEN - 1 {
+        return None;
+    }
+    let mut data = [0u8; k::MISS_KEY_DATA];
+    data[..8].copy_from_slice(&cgroup_id.to_le_bytes());
+    data[8..8 + path.len()].copy_from_slice(path.as_bytes());
+    Some(k::MissKey {
+        prefix_len: ((8 + path.len()) * 8) as u32,
+        data,
+    })
+}
+
 pub fn path_args() -> Vec<(u32, u8)> {
     PATH_ARG_TABLE
         .iter()
@@ -243,6 +281,17 @@ mod tests {
             many.to_kernel(),
             Err(MonitorError::TooManyRules { count, .. }) if count == k::MAX_RULES + 1
         ));
+    }
+
+    #[test]
+    fn miss_keys_end_in_one_slash() {
+        let key = miss_key(7, "/usr/lib/").unwrap();
+        assert_eq!(&key.data[..8], &7u64.to_le_bytes());
+        assert_eq!(&key.data[8..18], b"/usr/lib/\0");
+        assert_eq!(key.prefix_len, (8 + 9) * 8);
+        assert_eq!(miss_key(7, "/").unwrap().prefix_len, (8 + 1) * 8);
+        assert!(miss_key(7, "relative").is_none());
+        assert!(miss_key(7, &format!("/{}", "a".repeat(300))).is_none());
     }
 
     #[test]
