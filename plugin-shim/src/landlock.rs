@@ -118,6 +118,13 @@ pub fn apply(
             .add_rule(PathBeneath::new(fd, rights))
             .map_err(|e| err(&format!("allow {}", path.display()), &e))?;
     }
+    // Listing directories is allowed everywhere: the root holds only what the policy declares
+    // (the mount namespace is the wall), and `ls /` or a walk up from a granted directory is
+    // what honest programs do. Reading files stays limited to the grants.
+    let root = PathFd::new("/").map_err(|e| err("open /", &e))?;
+    created = created
+        .add_rule(PathBeneath::new(root, AccessFs::ReadDir))
+        .map_err(|e| err("allow listing directories", &e))?;
     if spec.restrict_tcp && kernel >= 4 {
         for &port in &spec.tcp_bind_ports {
             created = created

@@ -322,7 +322,7 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         .as_deref()
         .map(|d| existing_dir(d, "--state-dir"))
         .transpose()?;
-    let env = plugin_env(&args.env, policy_grants_tmp(&policy))?;
+    let env = plugin_env(&policy, &args.env, policy_grants_tmp(&policy))?;
     let mut argv = args.command.clone();
     // A command given as a relative path means the file on the host; inside, the cwd differs.
     if argv[0].contains('/') {
@@ -543,6 +543,7 @@ fn monitoring<'a>(
             network,
             kill: in_kernel_kill.then_some((e.threshold, e.window)),
             trace_files: events.is_some(),
+            miss_trees: stockade::monitor::rules::miss_trees(spec),
         },
         threshold: Threshold {
             violations: e.threshold,
@@ -729,6 +730,26 @@ fn existing_dir(dir: &Path, flag: &str) -> Result<PathBuf, Failure> {
     Ok(canonical)
 }
 
+/// PATH: the usual directories the policy lets the plugin execute from, and no others. A
+/// directory the sandbox hides would make every command search a reach for a hidden path (the
+/// shell stats `/usr/local/bin/git` before `/usr/bin/git`).
+fn plugin_path(policy: &Policy) -> String {
+    let granted = |dir: &str| {
+        policy.filesystem.exec.iter().any(|p| {
+            matches!(p, stockade_policy::PolicyPath::Absolute(g) if Path::new(dir).starts_with(g))
+        })
+    };
+    let dirs: Vec<&str> = ["/usr/local/bin", "/usr/bin", "/bin"]
+        .into_iter()
+        .filter(|d| granted(d))
+        .collect();
+    if dirs.is_empty() {
+        "/usr/bin:/bin".into()
+    } else {
+        dirs.join(":")
+    }
+}
+
 fn policy_grants_tmp(policy: &Policy) -> bool {
     policy.filesystem.write.iter().any(|p| {
         matches!(
@@ -740,9 +761,13 @@ fn policy_grants_tmp(policy: &Policy) -> bool {
 
 /// The plugin's environment: a fixed base, TERM from the caller, and `--env` additions. Nothing
 /// else of the caller's environment (tokens, proxies, sockets) leaks in.
-fn plugin_env(extra: &[String], has_tmp: bool) -> Result<Vec<(String, String)>, Failure> {
+fn plugin_env(
+    policy: &Policy,
+    extra: &[String],
+    has_tmp: bool,
+) -> Result<Vec<(String, String)>, Failure> {
     let mut env: Vec<(String, String)> = vec![
-        ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+        ("PATH".into(), plugin_path(policy)),
         (
             "HOME".into(),
             if has_tmp { "/tmp".into() } else { "/".into() },
