@@ -67,6 +67,24 @@ fn run(args: &[String]) -> String {
         "terminal" => terminal(arg(1).parse().unwrap_or(0)),
         "netlink" => netlink(&arg(1)),
         "hostile-names" => hostile_names(&arg(1)),
+        // miss-flood PROCS SECS DIR [then TEST ARGS...]
+        "miss-flood" => {
+            let out = miss_flood(
+                arg(1).parse().unwrap_or(2),
+                arg(2).parse().unwrap_or(1.0),
+                &arg(3),
+            );
+            if args.len() > 5 && args[4] == "then" {
+                println!("{out}");
+                run(&args[5..])
+            } else {
+                out
+            }
+        }
+        "parallelism" => match std::thread::available_parallelism() {
+            Ok(n) => format!("ok {n}"),
+            Err(e) => err_line(e.raw_os_error().unwrap_or(0)),
+        },
         other => {
             eprintln!("stockade-hostile: unknown test {other:?}");
             std::process::exit(64);
@@ -1077,4 +1095,44 @@ fn hostile_names(dir: &str) -> String {
         }
     }
     format!("ok {refused} refused")
+}
+
+/// `procs` processes stat missing files below `dir` for `secs` seconds, as a loader, a compiler or
+/// an interpreter's imports do all day; prints how many lookups they made.
+fn miss_flood(procs: u32, secs: f64, dir: &str) -> String {
+    let mut pipes = Vec::new();
+    for p in 0..procs {
+        let (r, mut w) = pipe_pair();
+        // SAFETY: the child only makes system calls on memory prepared here, then _exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            drop(r);
+            let end = Instant::now() + Duration::from_secs_f64(secs);
+            let mut n: u64 = 0;
+            while Instant::now() < end {
+                for i in 0..256u32 {
+                    let path = cstr(&format!("{dir}/stockade-missing-{p}-{i}.so"));
+                    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+                    // SAFETY: a NUL-terminated path and a buffer for one stat.
+                    unsafe { libc::stat(path.as_ptr(), st.as_mut_ptr()) };
+                    n += 1;
+                }
+            }
+            let _ = w.write_all(&n.to_ne_bytes());
+            // SAFETY: ends the child without running the parent's exit handlers.
+            unsafe { libc::_exit(0) };
+        }
+        drop(w);
+        pipes.push(r);
+    }
+    let mut total = 0u64;
+    for mut r in pipes {
+        let mut b = [0u8; 8];
+        if r.read_exact(&mut b).is_ok() {
+            total += u64::from_ne_bytes(b);
+        }
+    }
+    // SAFETY: waiting for our own children.
+    while unsafe { libc::wait(std::ptr::null_mut()) } > 0 {}
+    format!("ok {total} lookups")
 }
