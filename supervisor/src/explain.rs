@@ -62,6 +62,13 @@ pub fn explain(policy: &Policy, probe: &Probe) -> String {
     let _ = writeln!(out, "  read-only, not executable: {}", list(&fs.read));
     let _ = writeln!(out, "  read-only, executable:     {}", list(&fs.exec));
     let _ = writeln!(out, "  read-write, never executable: {}", list(&fs.write));
+    if !fs.absent.is_empty() {
+        let _ = writeln!(
+            out,
+            "  hidden too, but looking for them is not a violation: {}",
+            list(&fs.absent)
+        );
+    }
     if let Some(tmp) = spec.as_ref().and_then(|s| s.tmp.as_ref()) {
         let _ = writeln!(out, "  /tmp: private tmpfs of {} MiB", tmp.size_bytes >> 20);
     }
