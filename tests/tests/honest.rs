@@ -230,37 +230,29 @@ fn a_directory_whose_mode_refuses_is_a_refused_read_not_a_write() {
     );
     let file = policy_file("mode-refuses", &text);
     let fixture = dir.join("stockade-hostile");
-    let private_s = private.to_str().unwrap();
-    let mut cmd = Command::new(stockade());
-    cmd.args(["run", "--json", "--policy"])
-        .arg(&file)
-        .arg("--plugin-dir")
-        .arg(&dir)
-        .arg("--")
-        .arg(&fixture)
-        .args(["list", private_s])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let r = tracked(&mut cmd);
+    let list = |path: &std::path::Path| {
+        let mut cmd = Command::new(stockade());
+        cmd.args(["run", "--json", "--policy"])
+            .arg(&file)
+            .arg("--plugin-dir")
+            .arg(&dir)
+            .arg("--")
+            .arg(&fixture)
+            .arg("list")
+            .arg(path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        tracked(&mut cmd)
+    };
+    let r = list(&private);
     assert_line(&r, "err EACCES");
     assert_eq!(r.code, 0, "{}", r.stderr);
     let m = &r.summary["monitor"];
     assert_eq!(m["violations"], 0, "{}", r.stderr);
     assert_eq!(m["refused"], 1, "{}", r.stderr);
     // Control: listing the readable plugin directory works.
-    let mut cmd = Command::new(stockade());
-    cmd.args(["run", "--json", "--policy"])
-        .arg(&file)
-        .arg("--plugin-dir")
-        .arg(&dir)
-        .arg("--")
-        .arg(&fixture)
-        .args(["list", dir.to_str().unwrap()])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let r = tracked(&mut cmd);
+    let r = list(&dir);
     assert_line(&r, "ok private,stockade-hostile");
     assert_eq!(r.summary["monitor"]["violations"], 0, "{}", r.stderr);
 }
