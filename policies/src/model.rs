@@ -1,7 +1,7 @@
 //! The policy as a security engineer wrote it, after parsing and validation but before any path is
 //! resolved. `compile` turns it into a [`crate::LaunchSpec`] for one launch.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -96,6 +96,135 @@ pub struct NetworkRule {
     pub protocol: Protocol,
     pub address: IpNet,
     pub ports: PortRange,
+    /// Addresses inside `address` that this rule does not cover, as written: whatever their
+    /// prefix lengths, the exclusion wins over the rule's own address. Another rule that covers
+    /// such an address still allows it (a grant by name).
+    pub except: Vec<Exclusion>,
+}
+
+impl NetworkRule {
+    /// The networks the kernel must refuse for this rule: every exclusion of the rule's address
+    /// family that lies inside the rule's address, named sets expanded, each once. IPv4 destinations
+    /// written as v4-mapped IPv6 addresses are judged by the IPv4 rules, so an IPv4 rule's
+    /// exclusions cover them too.
+    pub fn excluded_networks(&self) -> Vec<IpNet> {
+        let mut out: Vec<IpNet> = Vec::new();
+        for exclusion in &self.except {
+            for net in exclusion.networks() {
+                if self.address.contains(net) && !out.contains(net) {
+                    out.push(*net);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One entry of a rule's `except` list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exclusion {
+    /// An address or CIDR network.
+    Net(IpNet),
+    /// A named set of networks.
+    Set(AddressSet),
+}
+
+impl Exclusion {
+    pub fn networks(&self) -> &[IpNet] {
+        match self {
+            Exclusion::Net(net) => std::slice::from_ref(net),
+            Exclusion::Set(set) => set.networks(),
+        }
+    }
+}
+
+impl std::fmt::Display for Exclusion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exclusion::Net(net) => write!(f, "{net}"),
+            Exclusion::Set(set) => f.write_str(set.name()),
+        }
+    }
+}
+
+/// The named sets an `except` list may use: the destinations that are not "the internet".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AddressSet {
+    /// The host itself: 127.0.0.0/8, ::1.
+    Loopback,
+    /// This link only, where cloud metadata services live (169.254.169.254): 169.254.0.0/16,
+    /// fe80::/10.
+    LinkLocal,
+    /// Private networks (RFC 1918), shared address space (RFC 6598, carrier-grade NAT) and IPv6
+    /// unique local addresses: 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10,
+    /// fc00::/7.
+    Private,
+    /// "This host" (a connect to 0.0.0.0 reaches the local host): 0.0.0.0/8, ::/128.
+    Unspecified,
+    /// Multicast groups: 224.0.0.0/4, ff00::/8.
+    Multicast,
+    /// The IPv4 limited broadcast address 255.255.255.255 (IPv6 has no broadcast).
+    Broadcast,
+}
+
+const fn v4(a: u8, b: u8, c: u8, d: u8, prefix: u8) -> IpNet {
+    IpNet {
+        addr: IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
+        prefix,
+    }
+}
+
+const fn v6(first: u16, last: u16, prefix: u8) -> IpNet {
+    IpNet {
+        addr: IpAddr::V6(Ipv6Addr::new(first, 0, 0, 0, 0, 0, 0, last)),
+        prefix,
+    }
+}
+
+const LOOPBACK: &[IpNet] = &[v4(127, 0, 0, 0, 8), v6(0, 1, 128)];
+const LINK_LOCAL: &[IpNet] = &[v4(169, 254, 0, 0, 16), v6(0xfe80, 0, 10)];
+const PRIVATE: &[IpNet] = &[
+    v4(10, 0, 0, 0, 8),
+    v4(172, 16, 0, 0, 12),
+    v4(192, 168, 0, 0, 16),
+    v4(100, 64, 0, 0, 10),
+    v6(0xfc00, 0, 7),
+];
+const UNSPECIFIED: &[IpNet] = &[v4(0, 0, 0, 0, 8), v6(0, 0, 128)];
+const MULTICAST: &[IpNet] = &[v4(224, 0, 0, 0, 4), v6(0xff00, 0, 8)];
+const BROADCAST: &[IpNet] = &[v4(255, 255, 255, 255, 32)];
+
+impl AddressSet {
+    pub const ALL: [AddressSet; 6] = [
+        AddressSet::Loopback,
+        AddressSet::LinkLocal,
+        AddressSet::Private,
+        AddressSet::Unspecified,
+        AddressSet::Multicast,
+        AddressSet::Broadcast,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AddressSet::Loopback => "loopback",
+            AddressSet::LinkLocal => "link-local",
+            AddressSet::Private => "private",
+            AddressSet::Unspecified => "unspecified",
+            AddressSet::Multicast => "multicast",
+            AddressSet::Broadcast => "broadcast",
+        }
+    }
+
+    pub fn networks(self) -> &'static [IpNet] {
+        match self {
+            AddressSet::Loopback => LOOPBACK,
+            AddressSet::LinkLocal => LINK_LOCAL,
+            AddressSet::Private => PRIVATE,
+            AddressSet::Unspecified => UNSPECIFIED,
+            AddressSet::Multicast => MULTICAST,
+            AddressSet::Broadcast => BROADCAST,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +234,7 @@ pub enum Protocol {
 }
 
 /// An address with a prefix length: `10.0.0.0/8`, `::1/128`, or a bare address (a full-length prefix).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct IpNet {
     pub addr: IpAddr,
     pub prefix: u8,
@@ -115,6 +244,26 @@ impl IpNet {
     /// Whether the rule matches any address of its family.
     pub fn is_any(&self) -> bool {
         self.prefix == 0
+    }
+
+    /// Whether every address of `other` is in `self` (never across families).
+    pub fn contains(&self, other: &IpNet) -> bool {
+        if other.prefix < self.prefix {
+            return false;
+        }
+        match (self.addr, other.addr) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(a) & mask == u32::from(b) & mask
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(a) & mask == u128::from(b) & mask
+            }
+            _ => false,
+        }
     }
 }
 

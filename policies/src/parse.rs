@@ -45,7 +45,12 @@ pub(crate) const NETWORK_KEYS: &[&str] = &["mode", "connect", "bind"];
 /// Rules per `connect` or `bind` list: the eBPF programs match against a fixed-size array (32
 /// entries; `bind` also holds the two implicit UDP port-0 rules).
 pub const MAX_NETWORK_RULES: usize = 30;
-pub(crate) const RULE_KEYS: &[&str] = &["protocol", "address", "port", "ports"];
+pub(crate) const RULE_KEYS: &[&str] = &["protocol", "address", "port", "ports", "except"];
+/// Networks excluded from the rules of one `connect` or `bind` list, after the named sets are
+/// expanded, counting a network that several rules exclude once (the eBPF programs keep one
+/// fixed-size array per list, each entry marking the rules it applies to); also the most entries
+/// one rule's `except` may list.
+pub const MAX_EXCLUSIONS: usize = 32;
 pub(crate) const SYSCALLS_KEYS: &[&str] = &["profile", "allow", "deny", "deny_action"];
 pub(crate) const RESOURCES_KEYS: &[&str] = &[
     "memory", "pids", "cpu", "nofile", "fsize", "tmp_size", "timeout",
@@ -859,10 +864,29 @@ impl<'s> Checker<'s> {
                 Some("merge rules with CIDR networks (\"10.0.0.0/8\") and port ranges (ports = \"8000-8080\")".into()),
             );
         }
-        let rules = tables
+        let rules: Vec<NetworkRule> = tables
             .into_iter()
             .filter_map(|(table, span)| self.rule(table, span))
             .collect();
+        let mut excluded = std::collections::HashSet::new();
+        for rule in &rules {
+            excluded.extend(rule.excluded_networks());
+        }
+        if excluded.len() > MAX_EXCLUSIONS {
+            self.error(
+                entry.value_span(),
+                format!(
+                    "the `{}` rules exclude {} different networks: at most {MAX_EXCLUSIONS} fit \
+                     the kernel's exclusion list",
+                    entry.key,
+                    excluded.len()
+                ),
+                Some(
+                    "a network that several rules exclude counts once; exclude wider networks"
+                        .into(),
+                ),
+            );
+        }
         (rules, written)
     }
 
@@ -872,10 +896,15 @@ impl<'s> Checker<'s> {
         let mut address_seen = false;
         let mut ports = None;
         let mut port_key: Option<(&str, Span)> = None;
+        let mut except: Vec<(Exclusion, Span)> = Vec::new();
         let mut valid = true;
         for entry in self.entries(table, RULE_KEYS, Place::NetworkRule) {
             match entry.key {
                 "protocol" => protocol = self.choice(&entry, PROTOCOLS),
+                "except" => {
+                    except = self.exclusions(&entry);
+                    valid &= except.len() == entry.item.as_array().map_or(0, |a| a.len());
+                }
                 "address" => {
                     address_seen = true;
                     if let Some(raw) = self.string(&entry) {
@@ -930,14 +959,53 @@ impl<'s> Checker<'s> {
                 Some("add port = 443 for one port, or ports = \"8000-8080\" for a range".into()),
             );
         }
+        if let Some(address) = &address {
+            for (exclusion, span) in &except {
+                if let Err(problem) = exclusion_fits(exclusion, address) {
+                    self.problem(span.clone(), problem);
+                    valid = false;
+                }
+            }
+        }
         match (protocol, address, ports, valid) {
             (Some(protocol), Some(address), Some(ports), true) => Some(NetworkRule {
                 protocol,
                 address,
                 ports,
+                except: except.into_iter().map(|(x, _)| x).collect(),
             }),
             _ => None,
         }
+    }
+
+    /// A rule's `except` list: at most [`MAX_EXCLUSIONS`] entries, each a named set or an address
+    /// or network, none twice. Only the valid entries are returned.
+    fn exclusions(&mut self, entry: &Entry<'_>) -> Vec<(Exclusion, Span)> {
+        let items = self.bounded_string_array(
+            entry,
+            MAX_EXCLUSIONS,
+            "entries",
+            "exclude wider networks, or name a set (\"private\" is five networks)",
+        );
+        let mut out: Vec<(Exclusion, Span)> = Vec::new();
+        for (raw, span) in items {
+            match parse_exclusion(raw) {
+                Ok(exclusion) => {
+                    if let Some((_, first)) = out.iter().find(|(x, _)| *x == exclusion) {
+                        let first = self.first_listed(first);
+                        self.error(
+                            span,
+                            format!("`{raw}` is listed twice in `except`"),
+                            Some(first),
+                        );
+                        continue;
+                    }
+                    out.push((exclusion, span));
+                }
+                Err(problem) => self.problem(span, problem),
+            }
+        }
+        out
     }
 
     fn port(&mut self, entry: &Entry<'_>) -> Option<PortRange> {
@@ -1761,6 +1829,81 @@ pub(crate) fn parse_net(raw: &str) -> Result<IpNet, Problem> {
     Ok(IpNet { addr, prefix })
 }
 
+/// One entry of `except`: a named set, or an address or CIDR network.
+pub(crate) fn parse_exclusion(raw: &str) -> Result<Exclusion, Problem> {
+    if let Some(set) = AddressSet::ALL.into_iter().find(|s| s.name() == raw) {
+        return Ok(Exclusion::Set(set));
+    }
+    let looks_like_address = raw.starts_with(|c: char| c.is_ascii_digit())
+        || raw.contains([':', '.', '/']);
+    if looks_like_address {
+        let net = parse_net(raw)?;
+        if let IpAddr::V6(a) = net.addr {
+            if net.prefix >= 96 && a.to_ipv4_mapped().is_some() {
+                let v4 = IpNet {
+                    addr: IpAddr::V4(a.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED)),
+                    prefix: net.prefix - 96,
+                };
+                return Err(Problem::new(format!(
+                    "\"{raw}\" is a v4-mapped IPv6 address: such destinations are judged by the IPv4 rules"
+                ))
+                .hint(format!("exclude \"{v4}\" on the IPv4 rule")));
+            }
+        }
+        return Ok(Exclusion::Net(net));
+    }
+    let names = AddressSet::ALL.map(|s| s.name());
+    let hint = match nearest(raw, names) {
+        Some(near) => format!("did you mean \"{near}\"?"),
+        None => format!(
+            "the sets are {}; or write an address or CIDR network like \"10.0.0.0/8\"",
+            all_of(&names.map(|n| format!("\"{n}\"")))
+        ),
+    };
+    Err(Problem::new(format!("unknown address set \"{raw}\"")).hint(hint))
+}
+
+/// Whether `exclusion` means something for a rule on `address`: an address or network must lie
+/// inside it (of the same family), and nothing may exclude the whole rule. A named set may have
+/// no network inside the rule (the same list serves IPv4 and IPv6 rules).
+fn exclusion_fits(exclusion: &Exclusion, address: &IpNet) -> Result<(), Problem> {
+    for net in exclusion.networks() {
+        if net.contains(address) {
+            let what = match exclusion {
+                Exclusion::Net(_) => format!("\"{net}\""),
+                Exclusion::Set(set) => format!("the set \"{}\" ({net})", set.name()),
+            };
+            return Err(Problem::new(format!(
+                "{what} covers the rule's whole address \"{address}\": the rule would allow nothing"
+            ))
+            .hint("remove the rule, or exclude a smaller network".into()));
+        }
+    }
+    match exclusion {
+        Exclusion::Net(net) if net.addr.is_ipv4() != address.addr.is_ipv4() => {
+            Err(Problem::new(format!(
+                "\"{net}\" is {} but the rule's address \"{address}\" is {}: it excludes nothing",
+                family(net),
+                family(address)
+            ))
+            .hint("put it on a rule of its own family".into()))
+        }
+        Exclusion::Net(net) if !address.contains(net) => Err(Problem::new(format!(
+            "\"{net}\" lies outside the rule's address \"{address}\": it excludes nothing"
+        ))
+        .hint("remove it, or correct the rule's address".into())),
+        _ => Ok(()),
+    }
+}
+
+fn family(net: &IpNet) -> &'static str {
+    if net.addr.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
 fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
@@ -1913,6 +2056,92 @@ mod tests {
             diags.to_string().contains("31 `connect` rules: at most 30"),
             "{diags}"
         );
+    }
+
+    #[test]
+    fn exclusions_parse_and_expand() {
+        let text = "[network]\nmode = \"allow\"\nconnect = [\n\
+            { address = \"0.0.0.0/0\", port = 443, except = [\"loopback\", \"private\", \"169.254.169.254\", \"broadcast\"] },\n\
+            { address = \"::/0\", port = 443, except = [\"loopback\", \"private\", \"broadcast\"] },\n\
+            { address = \"10.0.0.0/8\", port = 443, except = [\"loopback\", \"10.1.0.0/16\"] },\n]\n";
+        let p = parse_policy(text, "p.toml").unwrap_or_else(|d| panic!("{d}"));
+        let [v4, v6, ten] = &p.network.connect[..] else {
+            panic!("three rules: {:?}", p.network.connect)
+        };
+        assert_eq!(
+            v4.except,
+            vec![
+                Exclusion::Set(AddressSet::Loopback),
+                Exclusion::Set(AddressSet::Private),
+                Exclusion::Net(ok(parse_net("169.254.169.254"))),
+                Exclusion::Set(AddressSet::Broadcast),
+            ]
+        );
+        let nets = |r: &NetworkRule| -> Vec<String> {
+            r.excluded_networks().iter().map(|n| n.to_string()).collect()
+        };
+        // Each rule gets the networks of its own family that lie inside its address.
+        assert_eq!(
+            nets(v4),
+            [
+                "127.0.0.0/8",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "100.64.0.0/10",
+                "169.254.169.254/32",
+                "255.255.255.255/32"
+            ]
+        );
+        assert_eq!(nets(v6), ["::1/128", "fc00::/7"]);
+        assert_eq!(nets(ten), ["10.1.0.0/16"]);
+    }
+
+    #[test]
+    fn named_sets_are_exactly_documented() {
+        let all: Vec<(&str, Vec<String>)> = AddressSet::ALL
+            .iter()
+            .map(|s| (s.name(), s.networks().iter().map(|n| n.to_string()).collect()))
+            .collect();
+        let expect = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            all,
+            vec![
+                ("loopback", expect(&["127.0.0.0/8", "::1/128"])),
+                ("link-local", expect(&["169.254.0.0/16", "fe80::/10"])),
+                (
+                    "private",
+                    expect(&[
+                        "10.0.0.0/8",
+                        "172.16.0.0/12",
+                        "192.168.0.0/16",
+                        "100.64.0.0/10",
+                        "fc00::/7"
+                    ])
+                ),
+                ("unspecified", expect(&["0.0.0.0/8", "::/128"])),
+                ("multicast", expect(&["224.0.0.0/4", "ff00::/8"])),
+                ("broadcast", expect(&["255.255.255.255/32"])),
+            ]
+        );
+        // Every member is a valid network as the parser would write it (no host bits).
+        for set in AddressSet::ALL {
+            for net in set.networks() {
+                assert_eq!(ok(parse_net(&net.to_string())), *net);
+            }
+        }
+    }
+
+    #[test]
+    fn containment_is_by_prefix_and_family() {
+        let net = |s: &str| ok(parse_net(s));
+        assert!(net("0.0.0.0/0").contains(&net("127.0.0.1")));
+        assert!(net("127.0.0.0/8").contains(&net("127.0.0.0/8")));
+        assert!(!net("127.0.0.0/8").contains(&net("0.0.0.0/0")));
+        assert!(!net("10.0.0.0/8").contains(&net("11.0.0.1")));
+        assert!(!net("::/0").contains(&net("127.0.0.1")));
+        assert!(net("fc00::/7").contains(&net("fd12::1")));
+        assert!(!net("fc00::/7").contains(&net("fe80::1")));
     }
 
     #[test]

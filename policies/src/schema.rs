@@ -13,8 +13,9 @@ use crate::compile::{
 };
 use crate::parse::{
     DENY_ACTIONS, ENFORCEMENT_MODES, LANGUAGE_VERSION, MAX_CPU, MAX_NOFILE, MIN_CPU, MIN_NOFILE,
-    NETWORK_MODES, PROTOCOLS, SYSCALL_PROFILES, THRESHOLD_ACTIONS,
+    MAX_EXCLUSIONS, NETWORK_MODES, PROTOCOLS, SYSCALL_PROFILES, THRESHOLD_ACTIONS,
 };
+use crate::model::AddressSet;
 
 /// Sizes: bytes, or a whole number with K, M, G or T (powers of 1024), optionally followed by
 /// `B` or `iB`, in either case.
@@ -215,7 +216,7 @@ fn rule() -> Vec<(&'static str, Value)> {
         (
             "protocol",
             enumeration(
-                "Transport protocol. Only TCP ports are enforced today (Landlock).",
+                "Transport protocol: TCP or UDP.",
                 names(PROTOCOLS),
                 "tcp",
             ),
@@ -223,7 +224,7 @@ fn rule() -> Vec<(&'static str, Value)> {
         (
             "address",
             json!({
-                "description": "An IP address or CIDR network; \"0.0.0.0/0\" or \"::/0\" for any. Recorded, not yet enforced.",
+                "description": "An IP address or CIDR network; \"0.0.0.0/0\" or \"::/0\" for any.",
                 "type": "string",
                 "pattern": ADDRESS_PATTERN
             }),
@@ -243,6 +244,20 @@ fn rule() -> Vec<(&'static str, Value)> {
                 "description": "An inclusive range, \"8000-8080\". Exactly one of port and ports is required.",
                 "type": "string",
                 "pattern": PORTS_PATTERN
+            }),
+        ),
+        (
+            "except",
+            json!({
+                "description": "Addresses inside `address` this rule does not cover, whatever their prefix (the exclusion wins): addresses, CIDR networks, or the named sets.",
+                "type": "array",
+                "maxItems": MAX_EXCLUSIONS,
+                "items": {
+                    "anyOf": [
+                        { "type": "string", "enum": AddressSet::ALL.map(|s| s.name()) },
+                        { "type": "string", "pattern": ADDRESS_PATTERN }
+                    ]
+                }
             }),
         ),
     ]

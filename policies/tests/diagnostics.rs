@@ -483,6 +483,126 @@ fn addresses() {
     );
 }
 
+/// The column of `needle` in the `connect` line that [`rule`] writes around `body`.
+fn column_in_rule(body: &str, needle: &str) -> usize {
+    "connect = [".len() + body.find(needle).expect("needle in body") + 1
+}
+
+#[test]
+fn exclusions() {
+    let check = |body: &str, needle: &str, message: &str, hint: Option<&str>| {
+        error(&rule(body), 3, column_in_rule(body, needle), message, hint);
+    };
+    let body = "{ address = \"0.0.0.0/0\", port = 443, except = [\"loopbak\"] }";
+    check(
+        body,
+        "\"loopbak\"",
+        "unknown address set \"loopbak\"",
+        Some("did you mean \"loopback\"?"),
+    );
+    let body = "{ address = \"0.0.0.0/0\", port = 443, except = [\"internet\"] }";
+    check(
+        body,
+        "\"internet\"",
+        "unknown address set \"internet\"",
+        Some(
+            "the sets are \"loopback\", \"link-local\", \"private\", \"unspecified\", \
+             \"multicast\" and \"broadcast\"; or write an address or CIDR network like \"10.0.0.0/8\"",
+        ),
+    );
+    let body = "{ address = \"0.0.0.0/0\", port = 443, except = [\"10.1.2.3/8\"] }";
+    check(
+        body,
+        "\"10.1.2.3/8\"",
+        "\"10.1.2.3/8\" has host bits set",
+        Some("did you mean \"10.0.0.0/8\"?"),
+    );
+    let body = "{ address = \"0.0.0.0/0\", port = 443, except = [\"private\", \"private\"] }";
+    check(
+        body,
+        "\"private\"]",
+        "`private` is listed twice in `except`",
+        Some("first listed at line 3, column 59"),
+    );
+    let body = "{ address = \"0.0.0.0/0\", port = 443, except = [\"::1\"] }";
+    check(
+        body,
+        "\"::1\"",
+        "\"::1/128\" is IPv6 but the rule's address \"0.0.0.0/0\" is IPv4: it excludes nothing",
+        Some("put it on a rule of its own family"),
+    );
+    let body = "{ address = \"10.0.0.0/8\", port = 443, except = [\"192.168.0.0/16\"] }";
+    check(
+        body,
+        "\"192.168.0.0/16\"",
+        "\"192.168.0.0/16\" lies outside the rule's address \"10.0.0.0/8\": it excludes nothing",
+        Some("remove it, or correct the rule's address"),
+    );
+    let body = "{ address = \"10.1.0.0/16\", port = 443, except = [\"private\"] }";
+    check(
+        body,
+        "\"private\"",
+        "the set \"private\" (10.0.0.0/8) covers the rule's whole address \"10.1.0.0/16\": the rule \
+         would allow nothing",
+        Some("remove the rule, or exclude a smaller network"),
+    );
+    let body = "{ address = \"::/0\", port = 443, except = [\"::ffff:127.0.0.0/104\"] }";
+    check(
+        body,
+        "\"::ffff:",
+        "\"::ffff:127.0.0.0/104\" is a v4-mapped IPv6 address: such destinations are judged by the \
+         IPv4 rules",
+        Some("exclude \"127.0.0.0/8\" on the IPv4 rule"),
+    );
+    let body = "{ address = \"0.0.0.0/0\", port = 443, except = \"loopback\" }";
+    check(
+        body,
+        "\"loopback\"",
+        "`except` must be an array of strings, found a string",
+        None,
+    );
+}
+
+#[test]
+fn exclusion_lists_are_bounded() {
+    // 33 entries in one rule: one error at the list, the entries unchecked.
+    let many: Vec<String> = (0..33).map(|i| format!("\"10.{i}.0.0/16\"")).collect();
+    let body = format!(
+        "{{ address = \"0.0.0.0/0\", port = 443, except = [{}] }}",
+        many.join(", ")
+    );
+    error(
+        &rule(&body),
+        3,
+        column_in_rule(&body, "["),
+        "33 entries in `except`: at most 32 per list",
+        Some("exclude wider networks, or name a set (\"private\" is five networks)"),
+    );
+    // 33 different networks over two rules of one list: one error at the list.
+    let first: Vec<String> = (0..17).map(|i| format!("\"10.{i}.0.0/16\"")).collect();
+    let second: Vec<String> = (17..33).map(|i| format!("\"10.{i}.0.0/16\"")).collect();
+    let body = format!(
+        "{{ address = \"0.0.0.0/0\", port = 443, except = [{}] }}, \
+         {{ address = \"0.0.0.0/0\", port = 80, except = [{}] }}",
+        first.join(", "),
+        second.join(", ")
+    );
+    error(
+        &rule(&body),
+        3,
+        11,
+        "the `connect` rules exclude 33 different networks: at most 32 fit the kernel's exclusion \
+         list",
+        Some("a network that several rules exclude counts once; exclude wider networks"),
+    );
+    // The same networks on every rule count once.
+    let sets = "[\"loopback\", \"link-local\", \"private\", \"unspecified\", \"multicast\", \"broadcast\"]";
+    let rules: Vec<String> = (1..=30)
+        .map(|p| format!("{{ address = \"0.0.0.0/0\", port = {p}, except = {sets} }}"))
+        .collect();
+    assert!(parse_policy(&rule(&rules.join(", ")), "policy.toml").is_ok());
+}
+
 #[test]
 fn ports() {
     error(
