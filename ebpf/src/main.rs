@@ -7,6 +7,8 @@
 //! - `syscalls`: one `tp_btf/sys_exit` program: per-sandbox, per-syscall counts, and an event for
 //!   every EPERM, EACCES, EROFS, or ENOENT on a path, which the supervisor attributes to a layer.
 //! - `process`: sched fork/exec/exit tracepoints: the process tree of every sandbox.
+//! - `signal`: the `signal_generate` raw tracepoint: seccomp's SIGSYS, for the calls it kills
+//!   before any syscall tracepoint runs.
 //!
 //! Every program looks the current cgroup up in `SANDBOXES` first and returns at once for a cgroup
 //! that is not a sandbox's.
@@ -24,6 +26,8 @@ mod maps;
 mod net;
 #[cfg(target_arch = "bpf")]
 mod process;
+#[cfg(target_arch = "bpf")]
+mod signal;
 #[cfg(target_arch = "bpf")]
 mod syscalls;
 

@@ -19,28 +19,41 @@ use core::ptr::addr_of_mut;
 
 use aya_ebpf::{
     helpers::{
-        bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user_buf,
-        bpf_probe_read_user_str_bytes,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user,
+        bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
     },
     macros::raw_tracepoint,
     maps::lpm_trie::Key,
     programs::RawTracePointContext,
 };
 use stockade_ebpf_common::{
-    MissKey, SyscallEvent, ARG_OPENS, ARG_PATH, ARG_SOCKADDR, COUNTER_DENIALS_DROPPED,
-    COUNTER_DROPPED, COUNTER_FAILED, COUNTER_QUIET_MISSES, COUNTER_SYSCALLS, EVENT_SYSCALL,
+    MissKey, SyscallEvent, ARG_MSGHDR, ARG_OPENS, ARG_PATH, ARG_SOCKADDR, COUNTER_DENIALS_DROPPED,
+    COUNTER_DROPPED, COUNTER_FAILED, COUNTER_LIMITS, COUNTER_QUIET_MISSES, COUNTER_SYSCALLS,
+    EVENT_SYSCALL,
     FLAG_TRACE_FILES, MISS_KEY_DATA, MISS_PATH_LEN, SYSCALL_NR_MAX,
 };
 
 use crate::maps::{
-    bump, current_cgroup, header, sandbox_slot, DENIED_TID, EVENTS, MISS_TREES, PATH_ARGS,
-    PATH_SCRATCH, SYSCALLS,
+    bump, current_cgroup, header, sandbox_slot, COUNTER, DENIED_TID, EVENTS, MISS_TREES,
+    PATH_ARGS, PATH_SCRATCH, SYSCALLS,
 };
 
 const EPERM: i64 = 1;
 const ENOENT: i64 = 2;
+const EAGAIN: i64 = 11;
 const EACCES: i64 = 13;
+const ENFILE: i64 = 23;
+const EMFILE: i64 = 24;
+const EFBIG: i64 = 27;
+const ENOSPC: i64 = 28;
 const EROFS: i64 = 30;
+const ENETUNREACH: i64 = 101;
+const EDQUOT: i64 = 122;
+
+const NR_CLONE: u32 = 56;
+const NR_FORK: u32 = 57;
+const NR_VFORK: u32 = 58;
+const NR_CLONE3: u32 = 435;
 
 /// Offsets (in u64 words) of `struct pt_regs` on x86_64: the argument registers di, si, dx, r10,
 /// r8, r9 and orig_ax (the syscall number). This layout is the ptrace ABI and does not change.
@@ -77,8 +90,9 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
             }
         }
     } else {
+        // Not a call of the table (x32 calls, `syscall(-1)`): counted, and reported below like
+        // any other when it failed — seccomp refused it.
         bump(slot, COUNTER_SYSCALLS);
-        return 0;
     }
     // Reported already by the network or LSM program that refused this thread's call? The mark
     // is cleared at this thread's next syscall exit whatever it returned, before any early
@@ -104,12 +118,28 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         if what & ARG_OPENS == 0 {
             return 0;
         }
+    } else if limit_reached(nr, ret) {
+        // Not a refusal: an event at the 1st, 2nd, 4th... time on this CPU, so that a plugin
+        // looping on a full descriptor table cannot flood the buffer; all are counted.
+        what = PATH_ARGS.get(nr).copied().unwrap_or(0);
+        if !count_limit(slot) {
+            return 0;
+        }
     } else {
-        if ret != -EPERM && ret != -EACCES && ret != -EROFS && ret != -ENOENT {
+        if ret != -EPERM
+            && ret != -EACCES
+            && ret != -EROFS
+            && ret != -ENOENT
+            && ret != -ENETUNREACH
+        {
             return 0;
         }
         what = PATH_ARGS.get(nr).copied().unwrap_or(0);
         if ret == -ENOENT && what & ARG_PATH == 0 {
+            return 0;
+        }
+        // No route: in an empty network namespace, a datagram's or a connection's attempt.
+        if ret == -ENETUNREACH && what & ARG_SOCKADDR == 0 {
             return 0;
         }
         bump(slot, COUNTER_FAILED);
@@ -117,6 +147,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     if suppressed {
         return 0;
     }
+    let refusal = ret < 0 && !limit_reached(nr, ret);
     let mut args = [0u64; 6];
     for (i, word) in REG_ARGS.iter().enumerate() {
         args[i] = reg(regs, *word);
@@ -150,8 +181,8 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let Some(mut entry) = EVENTS.reserve::<SyscallEvent>(0) else {
         bump(slot, COUNTER_DROPPED);
         // Every failure reported here may be a violation, an ENOENT too (a hidden path):
-        // all count, or a flood of harmless misses could hide one.
-        if ret < 0 {
+        // all count, or a flood of harmless misses could hide one. A limit reached is not one.
+        if refusal {
             bump(slot, COUNTER_DENIALS_DROPPED);
         }
         return 0;
@@ -176,8 +207,13 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
                 len = n as u32;
             }
         } else if what & ARG_SOCKADDR != 0 && index < 6 {
+            let mut ptr = args[index];
+            if what & ARG_MSGHDR != 0 {
+                // `msg_name`, the first field of `struct msghdr` (and of `mmsghdr`'s first).
+                ptr = bpf_probe_read_user(ptr as *const u64).unwrap_or(0);
+            }
             let dst = &mut object[..SOCKADDR_LEN];
-            if bpf_probe_read_user_buf(args[index] as *const u8, dst).is_ok() {
+            if ptr != 0 && bpf_probe_read_user_buf(ptr as *const u8, dst).is_ok() {
                 kind = ARG_SOCKADDR;
                 len = SOCKADDR_LEN as u32;
             }
@@ -187,6 +223,31 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     }
     entry.submit(0);
     0
+}
+
+/// A resource limit answered the call: the pids limit (EAGAIN from a fork), the descriptor
+/// limits, the file size limit, a full filesystem or quota.
+#[inline(always)]
+fn limit_reached(nr: u32, ret: i64) -> bool {
+    match -ret {
+        EAGAIN => matches!(nr, NR_CLONE | NR_FORK | NR_VFORK | NR_CLONE3),
+        EMFILE | ENFILE | EFBIG | ENOSPC | EDQUOT => true,
+        _ => false,
+    }
+}
+
+/// Counts a limit reached; true when this CPU's count is a power of two (report it).
+#[inline(always)]
+fn count_limit(slot: u32) -> bool {
+    let Some(c) = COUNTER.get_ptr_mut(slot) else {
+        return false;
+    };
+    // SAFETY: this CPU's copy.
+    let Some(n) = (unsafe { (*c).get_mut(COUNTER_LIMITS as usize) }) else {
+        return false;
+    };
+    *n += 1;
+    *n & (*n - 1) == 0
 }
 
 /// Whether the path in `key` (`len` bytes after the cgroup id) is absolute, whole (not cut at

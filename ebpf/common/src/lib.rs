@@ -75,7 +75,7 @@ pub const LSM_OFFSETS_LEN: u32 = 15;
 pub const LSM_MAX_DEPTH: u32 = 32;
 
 /// Per-sandbox counters, per CPU (userspace sums): element `slot`, index `COUNTER_*`.
-pub const COUNTERS: u32 = 12;
+pub const COUNTERS: u32 = 14;
 /// Denials by the cgroup network programs.
 pub const COUNTER_NET_DENIED: u32 = 0;
 /// Events that did not fit in the ring buffer (lost, and counted here).
@@ -106,6 +106,12 @@ pub const COUNTER_DENIALS_DROPPED: u32 = 10;
 /// in the kernel (`MISS_TREES`) and never sent: what a loader, a compiler or an interpreter's
 /// imports probe all day. Counted, so the report still shows how many there were.
 pub const COUNTER_QUIET_MISSES: u32 = 11;
+/// Calls seccomp ended with SIGSYS (kill, or an architecture other than x86_64): counted in the
+/// kernel from `signal_generate`, since no syscall tracepoint sees a call seccomp killed.
+pub const COUNTER_SECCOMP_KILLS: u32 = 12;
+/// Resource limits reached (`LIMIT_*`): reported as events at the 1st, 2nd, 4th, 8th... time
+/// on each CPU, counted every time.
+pub const COUNTER_LIMITS: u32 = 13;
 
 /// `EventHeader::kind`.
 pub const EVENT_NET_DENY: u16 = 1;
@@ -114,6 +120,8 @@ pub const EVENT_FORK: u16 = 3;
 pub const EVENT_EXEC: u16 = 4;
 pub const EVENT_EXIT: u16 = 5;
 pub const EVENT_LSM_DENY: u16 = 6;
+/// seccomp sent SIGSYS for a call ([`SigsysEvent`]).
+pub const EVENT_SIGSYS: u16 = 7;
 
 /// `NetDenyEvent::hook`.
 pub const HOOK_CONNECT4: u8 = 1;
@@ -140,6 +148,9 @@ pub const ARG_SOCKADDR: u8 = 0x20;
 /// With `ARG_PATH`: the syscall opens a file (open, openat, openat2, creat); with
 /// `FLAG_TRACE_FILES` its successes are events too.
 pub const ARG_OPENS: u8 = 0x40;
+/// With `ARG_SOCKADDR`: argument `i` points to a `struct msghdr` (or `mmsghdr`), whose first
+/// field points to the socket address (sendmsg, sendmmsg).
+pub const ARG_MSGHDR: u8 = 0x80;
 
 /// What the supervisor tells the programs about one sandbox (value of `SANDBOXES`).
 #[repr(C)]
@@ -293,6 +304,18 @@ pub struct SyscallEvent {
     pub object: [u8; OBJECT_LEN],
 }
 
+/// seccomp ended a call with SIGSYS (`SECCOMP_RET_KILL_*`, and every call of another
+/// architecture, which the filter kills): the process dies before any syscall tracepoint runs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SigsysEvent {
+    pub header: EventHeader,
+    /// `si_syscall`: the call's number in its architecture's table.
+    pub nr: i32,
+    /// `si_arch`: `AUDIT_ARCH_*` (x86_64 0xc000003e, i386 0x40000003).
+    pub arch: u32,
+}
+
 /// fork, exec or exit of a sandboxed process or thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -341,4 +364,5 @@ const _: () = assert!(core::mem::size_of::<EventHeader>() == 32);
 const _: () = assert!(core::mem::size_of::<NetDenyEvent>() == 32 + 24);
 const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 32 + 8 + 48 + 8 + OBJECT_LEN);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 32 + 8 + FILENAME_LEN);
+const _: () = assert!(core::mem::size_of::<SigsysEvent>() == 32 + 8);
 const _: () = assert!(core::mem::size_of::<LsmDenyEvent>() == 32 + 24 + FILENAME_LEN);

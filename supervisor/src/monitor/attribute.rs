@@ -39,6 +39,8 @@ pub enum Layer {
     Namespace,
     Lsm,
     Permissions,
+    /// A resource limit: the cgroup's pids, the rlimits, a full filesystem.
+    Resources,
 }
 
 impl Layer {
@@ -51,6 +53,7 @@ impl Layer {
             Layer::Namespace => "namespace",
             Layer::Lsm => "lsm",
             Layer::Permissions => "permissions",
+            Layer::Resources => "resources",
         }
     }
 }
@@ -64,6 +67,9 @@ pub enum EventType {
     Refused,
     /// A file was opened (every open is traced with `--events`).
     Open,
+    /// A resource limit answered a call (fork at the pids limit, no descriptor left, a file past
+    /// the size limit, a full /tmp): not a violation, but a timed event of its own.
+    Limit,
     Fork,
     Exec,
     Exit,
@@ -106,6 +112,8 @@ pub struct Attributor {
     grants: Vec<(PathBuf, Access)>,
     /// The policy's `absent` paths: hidden, but looking for them is not a violation.
     absent: Vec<PathBuf>,
+    /// `network.mode = "none"`: an empty network namespace.
+    isolated: bool,
     start_ns: u64,
     /// Whether a hidden path exists on the host (see `hostpath`).
     host: HostPaths,
@@ -118,6 +126,7 @@ impl Attributor {
             seccomp: spec.seccomp.program.clone(),
             grants: spec.landlock.paths.clone(),
             absent: spec.absent.clone(),
+            isolated: spec.network == stockade_policy::NetworkSpec::Isolated,
             start_ns,
             host: HostPaths::new(),
         }
@@ -175,6 +184,14 @@ impl Attributor {
                 Some(ev)
             }
             RawEvent::Syscall(e) => self.syscall(e),
+            RawEvent::Sigsys(e) => {
+                let mut ev = self.base(&e.header, EventType::Violation);
+                ev.layer = Some(Layer::Seccomp);
+                ev.action = Some("syscall");
+                ev.syscall = Some(sigsys_call(e.nr, e.arch));
+                ev.errno = Some("SIGSYS");
+                Some(ev)
+            }
             RawEvent::Fork(h, child) => {
                 let mut ev = self.base(h, EventType::Fork);
                 ev.action = Some("fork");
@@ -234,13 +251,20 @@ impl Attributor {
             .then(|| sockaddr(object))
             .flatten();
         let mut ev = self.base(&e.header, EventType::Violation);
-        ev.syscall = Some(name.map_or_else(|| format!("syscall {}", e.nr), str::to_string));
+        // A number outside the table (x32, `syscall(-1)`) is shown as the kernel saw it.
+        ev.syscall = Some(sigsys_call(e.nr as i32, AUDIT_ARCH_X86_64));
         ev.errno = Some(errno_name(errno));
         ev.object = path
             .as_ref()
             .map(|p| Object::path(p.as_os_str().as_bytes(), truncated))
             .or_else(|| addr.map(|a| Object::from(a.to_string())));
 
+        if let Some(limit) = limit_name(name.unwrap_or(""), errno) {
+            ev.kind = EventType::Limit;
+            ev.layer = Some(Layer::Resources);
+            ev.action = Some(limit);
+            return Some(ev);
+        }
         // seccomp first: it answers before any other layer sees the call.
         if errno == libc::EPERM {
             let verdict = seccomp::evaluate(&self.seccomp, AUDIT_ARCH_X86_64, e.nr, e.args);
@@ -256,6 +280,18 @@ impl Attributor {
                 ev.object = Some(Object::from(format!("{a}/tcp")));
             }
             return match errno {
+                // No route: the empty network namespace of `network.mode = "none"` (a TCP
+                // connect meets Landlock's port rule first; a datagram meets nothing else).
+                // On the host's network a missing route is the network's answer, not ours.
+                libc::ENETUNREACH if self.isolated => {
+                    ev.layer = Some(Layer::Namespace);
+                    if let Some(a) = addr {
+                        let proto = if action == "connect" { "" } else { "/udp" };
+                        ev.object = Some(Object::from(format!("{a}{proto}")));
+                    }
+                    Some(ev)
+                }
+                libc::ENETUNREACH => None,
                 // Landlock's TCP bind/connect rules answer EACCES.
                 libc::EACCES => {
                     ev.layer = Some(Layer::Landlock);
@@ -447,9 +483,44 @@ pub fn errno_name(errno: i32) -> &'static str {
     match errno {
         libc::EPERM => "EPERM",
         libc::ENOENT => "ENOENT",
+        libc::EAGAIN => "EAGAIN",
         libc::EACCES => "EACCES",
+        libc::ENFILE => "ENFILE",
+        libc::EMFILE => "EMFILE",
+        libc::EFBIG => "EFBIG",
+        libc::ENOSPC => "ENOSPC",
         libc::EROFS => "EROFS",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::EDQUOT => "EDQUOT",
         _ => "E?",
+    }
+}
+
+/// Which limit an errno of a call means (the kernel reports exactly these).
+fn limit_name(syscall: &str, errno: i32) -> Option<&'static str> {
+    match errno {
+        libc::EAGAIN if matches!(syscall, "clone" | "clone3" | "fork" | "vfork") => Some("pids"),
+        libc::EMFILE | libc::ENFILE => Some("nofile"),
+        libc::EFBIG => Some("fsize"),
+        libc::ENOSPC | libc::EDQUOT => Some("disk"),
+        _ => None,
+    }
+}
+
+/// The call a seccomp SIGSYS names: an x86_64 name, or the number in its own architecture.
+fn sigsys_call(nr: i32, arch: u32) -> String {
+    const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+    const X32_SYSCALL_BIT: i32 = 0x4000_0000;
+    match arch {
+        AUDIT_ARCH_X86_64 if nr >= 0 && nr & X32_SYSCALL_BIT != 0 => {
+            format!("x32 syscall {}", nr & !X32_SYSCALL_BIT)
+        }
+        AUDIT_ARCH_X86_64 => u32::try_from(nr)
+            .ok()
+            .and_then(syscalls::name_of)
+            .map_or_else(|| format!("syscall {nr}"), str::to_string),
+        AUDIT_ARCH_I386 => format!("i386 syscall {nr} (int 0x80)"),
+        other => format!("syscall {nr} of architecture {other:#x}"),
     }
 }
 

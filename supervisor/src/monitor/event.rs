@@ -22,6 +22,7 @@ pub enum RawEvent {
     Exec(k::EventHeader, Vec<u8>),
     Exit(k::EventHeader),
     LsmDeny(k::LsmDenyEvent),
+    Sigsys(k::SigsysEvent),
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
@@ -48,6 +49,7 @@ impl RawEvent {
                 }
             }
             k::EVENT_LSM_DENY => RawEvent::LsmDeny(read(bytes)?),
+            k::EVENT_SIGSYS => RawEvent::Sigsys(read(bytes)?),
             _ => return None,
         })
     }
@@ -58,6 +60,7 @@ impl RawEvent {
             RawEvent::Syscall(e) => &e.header,
             RawEvent::Fork(h, _) | RawEvent::Exec(h, _) | RawEvent::Exit(h) => h,
             RawEvent::LsmDeny(e) => &e.header,
+            RawEvent::Sigsys(e) => &e.header,
         }
     }
 }

@@ -258,8 +258,14 @@ impl Monitor {
         };
 
         step("network programs");
-        let syscalls = match load_raw_tp(&mut ebpf, "sys_exit") {
-            Ok(()) => active("syscalls", "raw_tracepoint/sys_exit: counts and denials"),
+        // seccomp's SIGSYS belongs to the same monitor: the calls it kills never reach sys_exit.
+        let syscalls = match load_raw_tp(&mut ebpf, "sys_exit")
+            .and_then(|()| load_raw_tp(&mut ebpf, "signal_generate"))
+        {
+            Ok(()) => active(
+                "syscalls",
+                "raw_tracepoint/sys_exit: counts and denials; signal_generate: seccomp's kills",
+            ),
             Err(e) => inactive("syscalls", e.to_string()),
         };
         step("sys_exit");
@@ -333,8 +339,10 @@ impl Monitor {
             }
         };
         if self.caps.syscalls.active {
-            let p: &mut RawTracePoint = program(&mut self.ebpf, "sys_exit")?;
-            p.attach("sys_exit").map_err(failed("sys_exit"))?;
+            for name in ["sys_exit", "signal_generate"] {
+                let p: &mut RawTracePoint = program(&mut self.ebpf, name)?;
+                p.attach(name).map_err(failed(name))?;
+            }
         }
         if self.caps.lsm.active {
             for name in LSM_HOOKS {
@@ -682,6 +690,8 @@ impl Monitor {
             inbound_dropped: get(k::COUNTER_INBOUND_DROPPED),
             denials_dropped: get(k::COUNTER_DENIALS_DROPPED),
             quiet_misses: get(k::COUNTER_QUIET_MISSES),
+            seccomp_kills: get(k::COUNTER_SECCOMP_KILLS),
+            limits: get(k::COUNTER_LIMITS),
         }
     }
 
@@ -719,6 +729,10 @@ pub struct Counters {
     pub denials_dropped: u64,
     /// ENOENTs below a read-only granted directory, judged harmless in the kernel and not sent.
     pub quiet_misses: u64,
+    /// Calls seccomp ended with SIGSYS.
+    pub seccomp_kills: u64,
+    /// Resource limits reached (each also an event at the 1st, 2nd, 4th... time per CPU).
+    pub limits: u64,
 }
 
 /// A `SANDBOX_INDEX` bucket holding `members` (cgroup id, slot, flags): empty, one sandbox, or

@@ -48,6 +48,10 @@ pub struct Report {
     pub refused: u64,
     /// Files opened (counted when every open is traced, with `--events`).
     pub opens: u64,
+    /// Resource-limit events received (`kernel.limits` counts every time a limit answered).
+    pub limits: u64,
+    /// The first of them.
+    pub first_limits: Vec<Event>,
     pub first: Vec<Event>,
     /// Events the ring buffer had no room for: lost, but counted.
     pub dropped_events: u64,
@@ -110,6 +114,13 @@ impl Tracker {
             }
             EventType::Open => {
                 self.report.opens += 1;
+                return false;
+            }
+            EventType::Limit => {
+                self.report.limits += 1;
+                if self.report.first_limits.len() < FIRST_EVENTS {
+                    self.report.first_limits.push(ev);
+                }
                 return false;
             }
             _ => return false,

@@ -221,10 +221,21 @@ const PATH_ARG_TABLE: &[(&str, u8)] = &[
     ("mount_setattr", k::ARG_PATH | 1),
     ("symlinkat", k::ARG_PATH | 2),
     ("fanotify_mark", k::ARG_PATH | 4),
+    // Newer calls with a directory descriptor and a path (6.13+, 6.15+, 6.17+).
+    ("setxattrat", k::ARG_PATH | 1),
+    ("getxattrat", k::ARG_PATH | 1),
+    ("listxattrat", k::ARG_PATH | 1),
+    ("removexattrat", k::ARG_PATH | 1),
+    ("open_tree_attr", k::ARG_PATH | 1),
+    ("file_getattr", k::ARG_PATH | 1),
+    ("file_setattr", k::ARG_PATH | 1),
     // Socket addresses.
     ("connect", k::ARG_SOCKADDR | 1),
     ("bind", k::ARG_SOCKADDR | 1),
     ("sendto", k::ARG_SOCKADDR | 4),
+    // The address is behind the message header's first field.
+    ("sendmsg", k::ARG_SOCKADDR | k::ARG_MSGHDR | 1),
+    ("sendmmsg", k::ARG_SOCKADDR | k::ARG_MSGHDR | 1),
 ];
 
 #[cfg(test)]

@@ -81,6 +81,14 @@ fn run(args: &[String]) -> String {
                 out
             }
         }
+        // raw-syscall NR: a call by number with no arguments (-1, an x32 number, anything).
+        "raw-syscall" => {
+            let nr: i64 = arg(1).parse().unwrap_or(-1);
+            let _ = std::io::stdout().flush();
+            // SAFETY: no arguments; every number the tests pass is refused or harmless.
+            ret(unsafe { libc::syscall(nr) })
+        }
+        "getxattrat" => getxattrat(&arg(1)),
         "parallelism" => match std::thread::available_parallelism() {
             Ok(n) => format!("ok {n}"),
             Err(e) => err_line(e.raw_os_error().unwrap_or(0)),
@@ -313,6 +321,7 @@ fn errno_name(e: i32) -> String {
         libc::E2BIG => "E2BIG",
         libc::EBADF => "EBADF",
         libc::EAGAIN => "EAGAIN",
+        libc::ENODATA => "ENODATA",
         libc::ENOMEM => "ENOMEM",
         libc::EACCES => "EACCES",
         libc::EFAULT => "EFAULT",
@@ -1135,4 +1144,33 @@ fn miss_flood(procs: u32, secs: f64, dir: &str) -> String {
     // SAFETY: waiting for our own children.
     while unsafe { libc::wait(std::ptr::null_mut()) } > 0 {}
     format!("ok {total} lookups")
+}
+
+/// getxattrat(AT_FDCWD, PATH, 0, "user.x", &args, sizeof args) (Linux 6.13+).
+fn getxattrat(path: &str) -> String {
+    #[repr(C)]
+    struct XattrArgs {
+        value: u64,
+        size: u32,
+        flags: u32,
+    }
+    let mut buf = [0u8; 64];
+    let args = XattrArgs {
+        value: buf.as_mut_ptr() as u64,
+        size: buf.len() as u32,
+        flags: 0,
+    };
+    let (p, name) = (cstr(path), cstr("user.x"));
+    // SAFETY: valid pointers for the path, the name and a struct of the size passed.
+    ret(unsafe {
+        libc::syscall(
+            464,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            0,
+            name.as_ptr(),
+            &args as *const XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    })
 }

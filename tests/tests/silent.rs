@@ -1,0 +1,201 @@
+//! No silent attempt: what a layer refused or hid is an event even where no syscall tracepoint
+//! sees it the usual way — a call seccomp kills, a call outside the syscall table, a datagram in
+//! an empty network namespace, a newer path call — and a resource limit reached is a timed event
+//! of its own kind (not a violation). Each beside a control that the allowed thing still works.
+
+mod harness;
+use harness::*;
+use serde_json::Value;
+
+fn violations(r: &RunResult) -> Vec<Value> {
+    r.summary["monitor"]["first"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("no monitor report:\n{}", r.stderr))
+}
+
+/// The run's only violation.
+#[track_caller]
+fn only_violation(r: &RunResult) -> Value {
+    let v = violations(r);
+    assert_eq!(v.len(), 1, "{v:#?}\n{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.summary["monitor"]["violations"], 1, "{}", r.stderr);
+    v[0].clone()
+}
+
+#[track_caller]
+fn assert_violation(e: &Value, layer: &str, syscall: &str, errno: &str) {
+    assert_eq!(e["type"], "violation", "{e}");
+    assert_eq!(e["layer"], layer, "{e}");
+    assert_eq!(e["syscall"], syscall, "{e}");
+    assert_eq!(e["errno"], errno, "{e}");
+}
+
+#[test]
+fn calls_seccomp_kills_are_violations_naming_the_call() {
+    let test = "calls_seccomp_kills_are_violations_naming_the_call";
+    if !privileged(test) {
+        return;
+    }
+    let kill = policy("[syscalls]\nprofile = \"default\"\ndeny_action = \"kill\"\n");
+    let r = hostile_run("sigsys-kill", &kill, &["syscall", "keyctl"]);
+    assert_eq!(r.summary["ended_by"], "seccomp_kill", "{}", r.stderr);
+    let e = only_violation(&r);
+    assert_violation(&e, "seccomp", "keyctl", "SIGSYS");
+    assert_eq!(r.summary["monitor"]["kernel"]["seccomp_kills"], 1);
+    // Another architecture's call gate: the filter kills whatever the deny action.
+    let r = hostile_run("sigsys-int80", &policy(""), &["int80"]);
+    assert_eq!(r.summary["ended_by"], "seccomp_kill", "{}", r.stderr);
+    let e = only_violation(&r);
+    assert_violation(&e, "seccomp", "i386 syscall 20 (int 0x80)", "SIGSYS");
+    // Control: an allowed call under the same killing filter.
+    let r = hostile_run("sigsys-control", &kill, &["syscall", "getppid"]);
+    assert_line(&r, "ok");
+    assert_eq!(r.summary["monitor"]["violations"], 0, "{}", r.stderr);
+}
+
+#[test]
+fn calls_outside_the_syscall_table_are_reported() {
+    let test = "calls_outside_the_syscall_table_are_reported";
+    if !privileged(test) {
+        return;
+    }
+    let text = policy("");
+    for (nr, shown) in [
+        ("-1", "syscall -1"),
+        ("1000", "syscall 1000"),
+        // getpid through the x32 ABI (bit 30).
+        ("1073741863", "x32 syscall 39"),
+    ] {
+        let r = hostile_run("outside-table", &text, &["raw-syscall", nr]);
+        assert_line(&r, "err EPERM");
+        let e = only_violation(&r);
+        assert_violation(&e, "seccomp", shown, "EPERM");
+    }
+    // Control: a call of the table by number (getppid, 110) is allowed and silent.
+    let r = hostile_run("outside-table-control", &text, &["raw-syscall", "110"]);
+    assert_line(&r, "ok");
+    assert_eq!(r.summary["monitor"]["violations"], 0, "{}", r.stderr);
+}
+
+#[test]
+fn datagrams_in_an_empty_network_namespace_are_violations() {
+    let test = "datagrams_in_an_empty_network_namespace_are_violations";
+    if !privileged(test) {
+        return;
+    }
+    // network.mode = "none" (the harness's default): no route anywhere.
+    let r = hostile_run("udp-none", &policy(""), &["udp-send", "192.0.2.1:53"]);
+    assert_line(&r, "err ENETUNREACH");
+    let e = only_violation(&r);
+    assert_eq!(e["layer"], "namespace", "{e}");
+    assert_eq!(e["action"], "sendto", "{e}");
+    assert_eq!(e["object"], "192.0.2.1:53/udp", "{e}");
+    assert_eq!(e["errno"], "ENETUNREACH", "{e}");
+    // Control: on the host network, a datagram the rules allow leaves without a violation.
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = receiver.local_addr().unwrap().port();
+    let allow = policy(&format!(
+        "[network]\nmode = \"allow\"\nconnect = [{{ protocol = \"udp\", address = \"127.0.0.1\", port = {port} }}]\n"
+    ));
+    let r = hostile_run(
+        "udp-allowed",
+        &allow,
+        &["udp-send", &format!("127.0.0.1:{port}")],
+    );
+    assert_line(&r, "ok sent 1");
+    assert_eq!(r.summary["monitor"]["violations"], 0, "{}", r.stderr);
+}
+
+#[test]
+fn resource_limits_reached_are_events_of_their_own() {
+    let test = "resource_limits_reached_are_events_of_their_own";
+    if !privileged(test) {
+        return;
+    }
+    for (resources, args, line_start, limit, errno) in [
+        ("nofile = 64", vec!["nofile"], "ok opened", "nofile", "EMFILE"),
+        (
+            "fsize = \"1M\"",
+            vec!["fsize", "/tmp/big", "2097152"],
+            "err EFBIG",
+            "fsize",
+            "EFBIG",
+        ),
+        (
+            "tmp_size = \"4M\"",
+            vec!["fill-tmp", "/tmp/fill"],
+            "ok wrote",
+            "disk",
+            "ENOSPC",
+        ),
+        ("pids = 16", vec!["fork-bomb"], "ok forked", "pids", "EAGAIN"),
+    ] {
+        let file = policy_file("limits", &policy(&format!("[resources]\n{resources}\n")));
+        let events = scratch_dir("limit-events").join(format!("{limit}.jsonl"));
+        let fixture = hostile();
+        let mut full = vec![fixture.as_str()];
+        full.extend_from_slice(&args);
+        let mut cmd = std::process::Command::new(stockade());
+        cmd.args(["run", "--json", "--policy"])
+            .arg(&file)
+            .arg("--plugin-dir")
+            .arg(plugin_dir())
+            .arg("--events")
+            .arg(&events)
+            .arg("--")
+            .args(&full)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let r = tracked(&mut cmd);
+        assert!(
+            r.stdout.contains(line_start),
+            "{limit}: {}\n{}",
+            r.stdout,
+            r.stderr
+        );
+        // Not a violation: the limit did its job.
+        assert_eq!(r.summary["monitor"]["violations"], 0, "{limit}: {}", r.stderr);
+        assert!(
+            r.summary["monitor"]["kernel"]["limits"].as_u64().unwrap() >= 1,
+            "{limit}: {}",
+            r.stderr
+        );
+        let all: Vec<Value> = std::fs::read_to_string(&events)
+            .expect("events file")
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let first = all
+            .iter()
+            .find(|e| e["type"] == "limit")
+            .unwrap_or_else(|| panic!("{limit}: no limit event in {all:#?}"));
+        assert_eq!(first["layer"], "resources", "{first}");
+        assert_eq!(first["action"], limit, "{first}");
+        assert_eq!(first["errno"], errno, "{first}");
+        assert!(first["t_ms"].as_f64().unwrap() > 0.0, "{first}");
+    }
+}
+
+#[test]
+fn newer_path_calls_are_judged_like_the_others() {
+    let test = "newer_path_calls_are_judged_like_the_others";
+    if !privileged(test) {
+        return;
+    }
+    let text = policy("");
+    let r = hostile_run("getxattrat", &text, &["getxattrat", "/etc/shadow"]);
+    if r.line() == "err ENOSYS" {
+        println!("skipped: {test}: getxattrat needs Linux 6.13");
+        return;
+    }
+    assert_line(&r, "err ENOENT");
+    let e = only_violation(&r);
+    assert_violation(&e, "namespace", "getxattrat", "ENOENT");
+    assert_eq!(e["object"], "/etc/shadow", "{e}");
+    // Control: the same call on a granted path is answered by the filesystem, silently.
+    let r = hostile_run("getxattrat-control", &text, &["getxattrat", "/usr/lib"]);
+    assert_line(&r, "err ENODATA");
+    assert_eq!(r.summary["monitor"]["violations"], 0, "{}", r.stderr);
+}
