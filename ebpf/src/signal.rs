@@ -10,7 +10,9 @@
 
 use core::ptr::addr_of_mut;
 
-use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel, macros::raw_tracepoint, programs::RawTracePointContext,
+};
 use stockade_ebpf_common::{
     SigsysEvent, COUNTER_DENIALS_DROPPED, COUNTER_DROPPED, COUNTER_SECCOMP_KILLS, EVENT_SIGSYS,
 };
