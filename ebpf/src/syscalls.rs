@@ -29,13 +29,12 @@ use aya_ebpf::{
 use stockade_ebpf_common::{
     MissKey, SyscallEvent, ARG_MSGHDR, ARG_OPENS, ARG_PATH, ARG_SOCKADDR, COUNTER_DENIALS_DROPPED,
     COUNTER_DROPPED, COUNTER_FAILED, COUNTER_LIMITS, COUNTER_QUIET_MISSES, COUNTER_SYSCALLS,
-    EVENT_SYSCALL,
-    FLAG_TRACE_FILES, MISS_KEY_DATA, MISS_PATH_LEN, SYSCALL_NR_MAX,
+    EVENT_SYSCALL, FLAG_TRACE_FILES, MISS_KEY_DATA, MISS_PATH_LEN, SYSCALL_NR_MAX,
 };
 
 use crate::maps::{
-    bump, current_cgroup, header, sandbox_slot, COUNTER, DENIED_TID, EVENTS, MISS_TREES,
-    PATH_ARGS, PATH_SCRATCH, SYSCALLS,
+    bump, current_cgroup, header, sandbox_slot, COUNTER, DENIED_TID, EVENTS, MISS_TREES, PATH_ARGS,
+    PATH_SCRATCH, SYSCALLS,
 };
 
 const EPERM: i64 = 1;
@@ -126,11 +125,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
             return 0;
         }
     } else {
-        if ret != -EPERM
-            && ret != -EACCES
-            && ret != -EROFS
-            && ret != -ENOENT
-            && ret != -ENETUNREACH
+        if ret != -EPERM && ret != -EACCES && ret != -EROFS && ret != -ENOENT && ret != -ENETUNREACH
         {
             return 0;
         }
