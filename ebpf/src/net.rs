@@ -22,7 +22,7 @@ use stockade_ebpf_common::{
     COUNTER_DROPPED, COUNTER_INBOUND_DROPPED, COUNTER_KILLS, COUNTER_NET_DENIED,
     COUNTER_NET_DROPPED, EVENT_NET_DENY, FLAG_KILL, FLAG_NET_RULES, HOOK_BIND4, HOOK_BIND6,
     HOOK_CONNECT4, HOOK_CONNECT6, HOOK_LISTEN4, HOOK_LISTEN6, HOOK_SENDMSG4, HOOK_SENDMSG6,
-    MAX_RULES, PROTO_TCP, PROTO_UDP,
+    MAX_EXCLUSIONS, MAX_RULES, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::maps::{bump, current_cgroup, header, mark_denied, EVENTS, NET_RULES, SANDBOXES};
@@ -54,8 +54,32 @@ fn unmap(family: u8, addr: [u32; 4]) -> (u8, [u32; 4]) {
     }
 }
 
+/// The rules of `set` that exclude (`family`, `addr`), one bit per rule. Checked before any rule:
+/// an exclusion wins over its rule's address whatever the two prefixes.
+#[inline(always)]
+fn excluded_rules(set: &RuleSet, family: u8, addr: &[u32; 4]) -> u32 {
+    let n = set.exclusion_count;
+    let mut bits = 0;
+    for i in 0..MAX_EXCLUSIONS {
+        if i as u32 >= n {
+            break;
+        }
+        let x = &set.exclusions[i];
+        if x.family == family
+            && addr[0] & x.mask[0] == x.addr[0]
+            && addr[1] & x.mask[1] == x.addr[1]
+            && addr[2] & x.mask[2] == x.addr[2]
+            && addr[3] & x.mask[3] == x.addr[3]
+        {
+            bits |= x.rules;
+        }
+    }
+    bits
+}
+
 #[inline(always)]
 fn matches(set: &RuleSet, family: u8, addr: &[u32; 4], port: u16, proto: u8) -> bool {
+    let excluded = excluded_rules(set, family, addr);
     let n = set.count;
     // A loop over the constant MAX_RULES with an exit at `count`: the verifier accepts it
     // (bounded loops); one bounded by the map value itself it does not.
@@ -64,7 +88,8 @@ fn matches(set: &RuleSet, family: u8, addr: &[u32; 4], port: u16, proto: u8) -> 
             break;
         }
         let r = &set.rules[i];
-        if r.family == family
+        if excluded & (1 << i) == 0
+            && r.family == family
             && r.protocol == proto
             && port >= r.port_lo
             && port <= r.port_hi

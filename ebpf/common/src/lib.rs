@@ -23,6 +23,9 @@ pub const SYSCALL_NR_MAX: u32 = 512;
 /// Network rules per direction (connect, bind) and sandbox. The programs loop over this constant
 /// and stop at `RuleSet::count` (the verifier rejects a loop bounded by a map value).
 pub const MAX_RULES: usize = 32;
+/// Networks excluded from one direction's rules (`RuleSet::exclusions`), each marking the rules
+/// it applies to: a loop bound like `MAX_RULES`.
+pub const MAX_EXCLUSIONS: usize = 32;
 /// Bytes of a path or socket address copied into a [`SyscallEvent`].
 pub const OBJECT_LEN: usize = 256;
 /// Bytes of a file name copied into a [`ProcEvent`] (exec).
@@ -232,12 +235,28 @@ pub struct Rule {
     pub _pad: [u8; 2],
 }
 
+/// A network some rules of a [`RuleSet`] do not cover (their `except`): a socket address inside
+/// it matches none of the rules whose bit is set in `rules` (bit `i`: `RuleSet::rules[i]`),
+/// whatever those rules' own prefixes. Same word layout as [`Rule`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exclusion {
+    pub addr: [u32; 4],
+    pub mask: [u32; 4],
+    pub rules: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// One direction's allow list: an address is allowed when a rule matches it and no exclusion
+/// that matches it marks that rule.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RuleSet {
     pub count: u32,
-    pub _pad: u32,
+    pub exclusion_count: u32,
     pub rules: [Rule; MAX_RULES],
+    pub exclusions: [Exclusion; MAX_EXCLUSIONS],
 }
 
 /// Value of `NET_RULES`.
@@ -349,6 +368,7 @@ mod user {
     // SAFETY (all): plain old data without implicit padding; every bit pattern is a valid value.
     unsafe impl aya::Pod for super::SandboxConfig {}
     unsafe impl aya::Pod for super::Rule {}
+    unsafe impl aya::Pod for super::Exclusion {}
     unsafe impl aya::Pod for super::RuleSet {}
     unsafe impl aya::Pod for super::NetRules {}
     unsafe impl aya::Pod for super::LsmGrantKey {}
@@ -359,7 +379,10 @@ const _: () = assert!(core::mem::size_of::<SandboxConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<MissKey>() == 4 + MISS_KEY_DATA);
 const _: () = assert!(core::mem::size_of::<LsmGrantKey>() == 24);
 const _: () = assert!(core::mem::size_of::<Rule>() == 40);
-const _: () = assert!(core::mem::size_of::<RuleSet>() == 8 + 40 * MAX_RULES);
+const _: () = assert!(core::mem::size_of::<Exclusion>() == 40);
+const _: () = assert!(core::mem::size_of::<RuleSet>() == 8 + 40 * MAX_RULES + 40 * MAX_EXCLUSIONS);
+// `Exclusion::rules` has one bit per rule.
+const _: () = assert!(MAX_RULES <= 32);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 32);
 const _: () = assert!(core::mem::size_of::<NetDenyEvent>() == 32 + 24);
 const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 32 + 8 + 48 + 8 + OBJECT_LEN);

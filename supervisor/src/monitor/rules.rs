@@ -10,16 +10,23 @@ use super::MonitorError;
 
 // The parser's limit, plus the two implicit UDP port-0 bind rules, fits the programs' array.
 const _: () = assert!(stockade_policy::parse::MAX_NETWORK_RULES + 2 <= k::MAX_RULES);
+// The parser's limit on the distinct networks a list excludes is the programs' array.
+const _: () = assert!(stockade_policy::parse::MAX_EXCLUSIONS == k::MAX_EXCLUSIONS);
 
 /// Allowed destinations and local addresses of one sandbox on the host network.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NetPolicy {
     pub connect: Vec<k::Rule>,
     pub bind: Vec<k::Rule>,
+    /// The networks the `connect` rules exclude, each once, marking the rules it applies to.
+    pub connect_except: Vec<k::Exclusion>,
+    pub bind_except: Vec<k::Exclusion>,
 }
 
 impl NetPolicy {
     pub fn from_policy(net: &Network) -> NetPolicy {
+        // Built before the implicit rules are appended: those exclude nothing.
+        let bind_except = exclusions(&net.bind);
         let mut bind: Vec<k::Rule> = net.bind.iter().map(rule).collect();
         // A UDP socket that sends first is bound to an ephemeral port implicitly (no bind4 hook
         // runs); some clients bind port 0 explicitly to the same end. Allow exactly that: UDP,
@@ -36,18 +43,24 @@ impl NetPolicy {
         NetPolicy {
             connect: net.connect.iter().map(rule).collect(),
             bind,
+            connect_except: exclusions(&net.connect),
+            bind_except,
         }
     }
 
     pub fn to_kernel(&self) -> Result<k::NetRules, MonitorError> {
         Ok(k::NetRules {
-            connect: rule_set("connect", &self.connect)?,
-            bind: rule_set("bind", &self.bind)?,
+            connect: rule_set("connect", &self.connect, &self.connect_except)?,
+            bind: rule_set("bind", &self.bind, &self.bind_except)?,
         })
     }
 }
 
-fn rule_set(direction: &'static str, rules: &[k::Rule]) -> Result<k::RuleSet, MonitorError> {
+fn rule_set(
+    direction: &'static str,
+    rules: &[k::Rule],
+    except: &[k::Exclusion],
+) -> Result<k::RuleSet, MonitorError> {
     if rules.len() > k::MAX_RULES {
         return Err(MonitorError::TooManyRules {
             direction,
@@ -55,12 +68,50 @@ fn rule_set(direction: &'static str, rules: &[k::Rule]) -> Result<k::RuleSet, Mo
             max: k::MAX_RULES,
         });
     }
+    if except.len() > k::MAX_EXCLUSIONS {
+        return Err(MonitorError::TooManyRules {
+            direction: if direction == "connect" {
+                "connect exclusion"
+            } else {
+                "bind exclusion"
+            },
+            count: except.len(),
+            max: k::MAX_EXCLUSIONS,
+        });
+    }
     let mut set = k::RuleSet {
         count: rules.len() as u32,
+        exclusion_count: except.len() as u32,
         ..Default::default()
     };
     set.rules[..rules.len()].copy_from_slice(rules);
+    set.exclusions[..except.len()].copy_from_slice(except);
     Ok(set)
+}
+
+/// The networks `rules` exclude, each once, with a bit for every rule (by index) that excludes
+/// it. Each rule's own exclusions are already of its family and inside its address.
+fn exclusions(rules: &[NetworkRule]) -> Vec<k::Exclusion> {
+    let mut out: Vec<k::Exclusion> = Vec::new();
+    for (i, r) in rules.iter().enumerate().take(k::MAX_RULES) {
+        for net in r.excluded_networks() {
+            let (family, addr, mask) = words(net.addr, net.prefix);
+            match out
+                .iter_mut()
+                .find(|x| x.family == family && x.addr == addr && x.mask == mask)
+            {
+                Some(x) => x.rules |= 1 << i,
+                None => out.push(k::Exclusion {
+                    addr,
+                    mask,
+                    rules: 1 << i,
+                    family,
+                    _pad: [0; 3],
+                }),
+            }
+        }
+    }
+    out
 }
 
 /// One policy rule: addresses and masks as 32-bit words of network-order bytes, exactly what the
@@ -70,26 +121,34 @@ pub fn rule(r: &NetworkRule) -> k::Rule {
         Protocol::Tcp => k::PROTO_TCP,
         Protocol::Udp => k::PROTO_UDP,
     };
-    let mut out = k::Rule {
+    let (family, addr, mask) = words(r.address.addr, r.address.prefix);
+    k::Rule {
+        addr,
+        mask,
         protocol,
+        family,
         port_lo: r.ports.first,
         port_hi: r.ports.last,
         ..Default::default()
-    };
-    let prefix = u32::from(r.address.prefix);
-    match r.address.addr {
+    }
+}
+
+/// (family, address words, mask words) of a network, the address masked.
+fn words(addr: IpAddr, prefix: u8) -> (u8, [u32; 4], [u32; 4]) {
+    let prefix = u32::from(prefix);
+    let (mut out, mut masks) = ([0u32; 4], [0u32; 4]);
+    match addr {
         IpAddr::V4(a) => {
-            out.family = k::AF_INET;
             let mask = if prefix == 0 {
                 0
             } else {
                 u32::MAX << (32 - prefix.min(32))
             };
-            out.mask[0] = u32::from_ne_bytes(mask.to_be_bytes());
-            out.addr[0] = u32::from_ne_bytes(a.octets()) & out.mask[0];
+            masks[0] = u32::from_ne_bytes(mask.to_be_bytes());
+            out[0] = u32::from_ne_bytes(a.octets()) & masks[0];
+            (k::AF_INET, out, masks)
         }
         IpAddr::V6(a) => {
-            out.family = k::AF_INET6;
             let mask = if prefix == 0 {
                 0
             } else {
@@ -100,12 +159,12 @@ pub fn rule(r: &NetworkRule) -> k::Rule {
                 let word = |b: &[u8; 16]| {
                     u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
                 };
-                out.mask[i] = word(&m);
-                out.addr[i] = word(&o) & out.mask[i];
+                masks[i] = word(&m);
+                out[i] = word(&o) & masks[i];
             }
+            (k::AF_INET6, out, masks)
         }
     }
-    out
 }
 
 /// Syscalls whose events carry a path or a socket address: (number, `ARG_*` | argument index).
@@ -254,7 +313,101 @@ mod tests {
                 first: port,
                 last: port,
             },
+            except: Vec::new(),
         }
+    }
+
+    /// The kernel's decision (ebpf/src/net.rs `matches`), replayed on a compiled set.
+    fn allows(set: &k::RuleSet, addr: &str, port: u16, proto: u8) -> bool {
+        let ip: IpAddr = addr.parse().unwrap();
+        // v4-mapped destinations are unmapped first, as the programs do.
+        let ip = match ip {
+            IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let (family, a, _) = words(ip, if ip.is_ipv4() { 32 } else { 128 });
+        let hit = |addr: &[u32; 4], mask: &[u32; 4]| (0..4).all(|i| a[i] & mask[i] == addr[i]);
+        let excluded = set.exclusions[..set.exclusion_count as usize]
+            .iter()
+            .filter(|x| x.family == family && hit(&x.addr, &x.mask))
+            .fold(0u32, |bits, x| bits | x.rules);
+        set.rules[..set.count as usize]
+            .iter()
+            .enumerate()
+            .any(|(i, r)| {
+                excluded & (1 << i) == 0
+                    && r.family == family
+                    && r.protocol == proto
+                    && (r.port_lo..=r.port_hi).contains(&port)
+                    && hit(&r.addr, &r.mask)
+            })
+    }
+
+    fn parsed(text: &str) -> Network {
+        stockade_policy::parse_policy(text, "p.toml")
+            .unwrap_or_else(|d| panic!("{d}"))
+            .network
+    }
+
+    #[test]
+    fn exclusions_win_over_their_rule_and_yield_to_a_rule_that_names_the_address() {
+        let net = parsed(
+            "[network]\nmode = \"allow\"\nconnect = [\n\
+             { address = \"0.0.0.0/0\", port = 443, except = [\"loopback\", \"link-local\", \"private\"] },\n\
+             { address = \"::/0\", port = 443, except = [\"loopback\", \"link-local\", \"private\"] },\n\
+             { address = \"127.0.0.2\", port = 443 },\n\
+             { protocol = \"udp\", address = \"0.0.0.0/0\", port = 53, except = [\"link-local\"] },\n]\n",
+        );
+        let policy = NetPolicy::from_policy(&net);
+        // 127/8, 169.254/16, 10/8, 172.16/12, 192.168/16, 100.64/10; ::1, fe80::/10, fc00::/7:
+        // 169.254/16 shared by rules 0 and 3.
+        assert_eq!(policy.connect_except.len(), 9);
+        let link_local = policy
+            .connect_except
+            .iter()
+            .find(|x| x.family == k::AF_INET && x.addr[0].to_ne_bytes() == [169, 254, 0, 0])
+            .unwrap();
+        assert_eq!(link_local.rules, 0b1001);
+        let set = policy.to_kernel().unwrap().connect;
+        let tcp = k::PROTO_TCP;
+        assert!(allows(&set, "93.184.216.34", 443, tcp));
+        assert!(allows(&set, "2606:2800:220:1::1", 443, tcp));
+        for refused in [
+            "127.0.0.1",
+            "::1",
+            "::ffff:127.0.0.1",
+            "169.254.169.254",
+            "::ffff:169.254.169.254",
+            "fe80::1",
+            "10.1.2.3",
+            "172.31.255.255",
+            "192.168.1.1",
+            "100.64.0.1",
+            "fd00::1",
+        ] {
+            assert!(!allows(&set, refused, 443, tcp), "{refused}");
+        }
+        // Granted by name: another rule covers it, and no exclusion of that rule.
+        assert!(allows(&set, "127.0.0.2", 443, tcp));
+        assert!(allows(&set, "::ffff:127.0.0.2", 443, tcp));
+        // Exclusions are per rule: the DNS rule excludes only link-local.
+        assert!(allows(&set, "127.0.0.53", 53, k::PROTO_UDP));
+        assert!(allows(&set, "10.0.0.2", 53, k::PROTO_UDP));
+        assert!(!allows(&set, "169.254.169.254", 53, k::PROTO_UDP));
+        // The implicit UDP port-0 bind rules exclude nothing.
+        assert!(policy.bind_except.is_empty());
+    }
+
+    #[test]
+    fn too_many_exclusions_are_refused() {
+        let many = NetPolicy {
+            connect_except: vec![k::Exclusion::default(); k::MAX_EXCLUSIONS + 1],
+            ..Default::default()
+        };
+        assert!(matches!(
+            many.to_kernel(),
+            Err(MonitorError::TooManyRules { count, .. }) if count == k::MAX_EXCLUSIONS + 1
+        ));
     }
 
     #[test]
@@ -286,7 +439,7 @@ mod tests {
     fn too_many_rules_are_refused() {
         let many = NetPolicy {
             connect: vec![k::Rule::default(); k::MAX_RULES + 1],
-            bind: vec![],
+            ..Default::default()
         };
         assert!(matches!(
             many.to_kernel(),
