@@ -1834,8 +1834,8 @@ pub(crate) fn parse_exclusion(raw: &str) -> Result<Exclusion, Problem> {
     if let Some(set) = AddressSet::ALL.into_iter().find(|s| s.name() == raw) {
         return Ok(Exclusion::Set(set));
     }
-    let looks_like_address = raw.starts_with(|c: char| c.is_ascii_digit())
-        || raw.contains([':', '.', '/']);
+    let looks_like_address =
+        raw.starts_with(|c: char| c.is_ascii_digit()) || raw.contains([':', '.', '/']);
     if looks_like_address {
         let net = parse_net(raw)?;
         if let IpAddr::V6(a) = net.addr {
@@ -2078,7 +2078,10 @@ mod tests {
             ]
         );
         let nets = |r: &NetworkRule| -> Vec<String> {
-            r.excluded_networks().iter().map(|n| n.to_string()).collect()
+            r.excluded_networks()
+                .iter()
+                .map(|n| n.to_string())
+                .collect()
         };
         // Each rule gets the networks of its own family that lie inside its address.
         assert_eq!(
@@ -2101,7 +2104,12 @@ mod tests {
     fn named_sets_are_exactly_documented() {
         let all: Vec<(&str, Vec<String>)> = AddressSet::ALL
             .iter()
-            .map(|s| (s.name(), s.networks().iter().map(|n| n.to_string()).collect()))
+            .map(|s| {
+                (
+                    s.name(),
+                    s.networks().iter().map(|n| n.to_string()).collect(),
+                )
+            })
             .collect();
         let expect = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(

@@ -11,11 +11,11 @@ use serde_json::{json, Map, Value};
 use crate::compile::{
     DEFAULT_FSIZE_BYTES, DEFAULT_MEMORY_BYTES, DEFAULT_NOFILE, DEFAULT_PIDS, DEFAULT_TMP_SIZE_BYTES,
 };
-use crate::parse::{
-    DENY_ACTIONS, ENFORCEMENT_MODES, LANGUAGE_VERSION, MAX_CPU, MAX_NOFILE, MIN_CPU, MIN_NOFILE,
-    MAX_EXCLUSIONS, NETWORK_MODES, PROTOCOLS, SYSCALL_PROFILES, THRESHOLD_ACTIONS,
-};
 use crate::model::AddressSet;
+use crate::parse::{
+    DENY_ACTIONS, ENFORCEMENT_MODES, LANGUAGE_VERSION, MAX_CPU, MAX_EXCLUSIONS, MAX_NOFILE,
+    MIN_CPU, MIN_NOFILE, NETWORK_MODES, PROTOCOLS, SYSCALL_PROFILES, THRESHOLD_ACTIONS,
+};
 
 /// Sizes: bytes, or a whole number with K, M, G or T (powers of 1024), optionally followed by
 /// `B` or `iB`, in either case.
@@ -215,11 +215,7 @@ fn rule() -> Vec<(&'static str, Value)> {
     vec![
         (
             "protocol",
-            enumeration(
-                "Transport protocol: TCP or UDP.",
-                names(PROTOCOLS),
-                "tcp",
-            ),
+            enumeration("Transport protocol: TCP or UDP.", names(PROTOCOLS), "tcp"),
         ),
         (
             "address",
