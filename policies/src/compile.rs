@@ -99,6 +99,13 @@ pub enum CompileError {
         writable.display()
     )]
     BelowWritable { path: PathBuf, writable: PathBuf },
+    #[error(
+        "the [ipc] socket `{written}` is `{}` for this launch: {} bytes, and a unix socket \
+         address holds at most 107\n  hint: choose a shorter directory for the variable",
+        path.display(),
+        path.as_os_str().len()
+    )]
+    SocketPathTooLong { path: PathBuf, written: String },
 }
 
 impl Policy {
@@ -182,6 +189,8 @@ impl Policy {
             tcp_connect_ports: tcp_ports(&self.network.connect, allow_network),
         };
 
+        let ipc = self.compile_ipc(&mounts, uses_tmp, &plugin_dir, &state_dir)?;
+
         let r = &self.resources;
         let cwd = match &ctx.cwd {
             Some(cwd) if cwd.is_absolute() => cwd.clone(),
@@ -256,6 +265,49 @@ impl Policy {
             },
             enforce: self.enforcement.mode == EnforcementMode::Enforce,
             keep_fds: Vec::new(),
+            ipc,
+        })
+    }
+
+    /// `[ipc]` for this launch: each socket path resolved and checked against `sun_path`'s size;
+    /// the writable trees from the mounts (`/tmp` first).
+    fn compile_ipc(
+        &self,
+        mounts: &[MountSpec],
+        uses_tmp: bool,
+        plugin_dir: &Option<PathBuf>,
+        state_dir: &Option<PathBuf>,
+    ) -> Result<IpcSpec, CompileError> {
+        let mut connect = Vec::with_capacity(self.ipc.connect.len());
+        for path in &self.ipc.connect {
+            let resolved = match path {
+                PolicyPath::Absolute(p) => p.clone(),
+                PolicyPath::Var(PathVar::Tmp, rest) => Path::new(TMP_DIR).join(rest),
+                PolicyPath::Var(PathVar::PluginDir, rest) => join(plugin_dir, rest),
+                PolicyPath::Var(PathVar::StateDir, rest) => join(state_dir, rest),
+            };
+            if resolved.as_os_str().len() > crate::parse::MAX_SOCKET_PATH_BYTES {
+                return Err(CompileError::SocketPathTooLong {
+                    path: resolved,
+                    written: path.to_string(),
+                });
+            }
+            connect.push(resolved);
+        }
+        let mut writable: Vec<PathBuf> = Vec::new();
+        if uses_tmp {
+            writable.push(PathBuf::from(TMP_DIR));
+        }
+        writable.extend(
+            mounts
+                .iter()
+                .filter(|m| m.access == Access::Write)
+                .map(|m| m.target.clone()),
+        );
+        Ok(IpcSpec {
+            connect,
+            writable,
+            bind_abstract: self.ipc.bind_abstract,
         })
     }
 

@@ -12,6 +12,7 @@ pub struct Policy {
     pub description: Option<String>,
     pub filesystem: Filesystem,
     pub network: Network,
+    pub ipc: Ipc,
     pub syscalls: Syscalls,
     pub resources: Resources,
     pub enforcement: Enforcement,
@@ -290,6 +291,18 @@ impl std::fmt::Display for PortRange {
             write!(f, "{}-{}", self.first, self.last)
         }
     }
+}
+
+/// `[ipc]`: the unix sockets outside its own that the plugin may reach. Sockets below the
+/// sandbox's writable trees are always allowed: only the sandbox can bind there (or, in a host
+/// directory it may write, the plugin could unlink any socket and bind its own in its place).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ipc {
+    /// Pathname sockets the plugin may `connect` and `sendto`, by the path it must use.
+    pub connect: Vec<PolicyPath>,
+    /// Whether it may bind abstract socket names. Only the host network namespace shares them
+    /// with the host's services; in a sandbox's own namespace they are private anyway.
+    pub bind_abstract: bool,
 }
 
 /// `[syscalls]`: a base allow list plus additions and removals by name.

@@ -36,6 +36,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "description",
     "filesystem",
     "network",
+    "ipc",
     "syscalls",
     "resources",
     "enforcement",
@@ -56,6 +57,11 @@ pub(crate) const RESOURCES_KEYS: &[&str] = &[
     "memory", "pids", "cpu", "nofile", "fsize", "tmp_size", "timeout",
 ];
 pub(crate) const ENFORCEMENT_KEYS: &[&str] = &["mode", "threshold", "window", "action"];
+pub(crate) const IPC_KEYS: &[&str] = &["connect", "bind_abstract"];
+/// Paths in `[ipc] connect`: each is one entry of a kernel map per sandbox.
+pub const MAX_IPC_PATHS: usize = 64;
+/// The longest path a pathname unix socket can have: `sun_path` holds 108 bytes with the NUL.
+pub const MAX_SOCKET_PATH_BYTES: usize = 107;
 
 // Bounds on the work a policy can ask for: policies come from plugin authors, and checking one
 // must not cost the supervisor more than a few milliseconds however it is written. With the file
@@ -366,6 +372,7 @@ impl Place {
 const TABLE_KEYS: &[(&str, &[&str])] = &[
     ("filesystem", FILESYSTEM_KEYS),
     ("network", NETWORK_KEYS),
+    ("ipc", IPC_KEYS),
     ("syscalls", SYSCALLS_KEYS),
     ("resources", RESOURCES_KEYS),
     ("enforcement", ENFORCEMENT_KEYS),
@@ -392,6 +399,8 @@ struct Seen {
     network_rule_keys: Vec<(&'static str, Span)>,
     enforcement_mode: Option<EnforcementMode>,
     kill_action_key: Span,
+    /// `[ipc] connect` paths, to check that a `[filesystem]` grant makes each visible.
+    ipc_connect: Vec<(PolicyPath, Span)>,
 }
 
 impl<'s> Checker<'s> {
@@ -484,6 +493,7 @@ impl<'s> Checker<'s> {
             description: None,
             filesystem: Filesystem::default(),
             network: Network::default(),
+            ipc: Ipc::default(),
             syscalls: Syscalls::default(),
             resources: Resources::default(),
             enforcement: Enforcement::default(),
@@ -514,6 +524,11 @@ impl<'s> Checker<'s> {
                         policy.network = self.network(table, &mut seen);
                     }
                 }
+                "ipc" => {
+                    if let Some(table) = self.table(&entry) {
+                        policy.ipc = self.ipc(table, &mut seen);
+                    }
+                }
                 "syscalls" => {
                     if let Some(table) = self.table(&entry) {
                         policy.syscalls = self.syscalls(table);
@@ -534,6 +549,7 @@ impl<'s> Checker<'s> {
             }
         }
         self.across_tables(&seen);
+        self.ipc_visible(&policy.filesystem, &seen);
         policy
     }
 
@@ -1057,6 +1073,72 @@ impl<'s> Checker<'s> {
         }
     }
 
+    // ---- [ipc] ----
+
+    fn ipc(&mut self, table: &dyn TableLike, seen: &mut Seen) -> Ipc {
+        let mut ipc = Ipc::default();
+        for entry in self.entries(table, IPC_KEYS, Place::Table("ipc")) {
+            match entry.key {
+                "connect" => {
+                    let raws = self.bounded_string_array(
+                        &entry,
+                        MAX_IPC_PATHS,
+                        "paths",
+                        "put the sockets the plugin needs in one directory below a writable \
+                         tree, or list only the daemons' sockets",
+                    );
+                    let mut first_seen: HashMap<PolicyPath, Span> = HashMap::new();
+                    for (raw, span) in raws {
+                        let path = match parse_socket_path(raw) {
+                            Ok(path) => path,
+                            Err(problem) => {
+                                self.problem(span, problem);
+                                continue;
+                            }
+                        };
+                        if let Some(first) = first_seen.get(&path) {
+                            let hint = self.first_listed(first);
+                            self.error(
+                                span,
+                                format!("`{path}` is listed twice in `connect`"),
+                                Some(hint),
+                            );
+                            continue;
+                        }
+                        first_seen.insert(path.clone(), span.clone());
+                        seen.ipc_connect.push((path.clone(), span));
+                        ipc.connect.push(path);
+                    }
+                }
+                "bind_abstract" => match entry.item.as_bool() {
+                    Some(b) => ipc.bind_abstract = b,
+                    None => self.type_error(&entry, "a boolean (true or false)"),
+                },
+                _ => {}
+            }
+        }
+        ipc
+    }
+
+    /// A socket the plugin may connect to must exist in its root: some `[filesystem]` grant
+    /// must hold it. Linear in the paths: each socket's ancestors are looked up.
+    fn ipc_visible(&mut self, fs: &Filesystem, seen: &Seen) {
+        let granted: std::collections::HashSet<&PolicyPath> =
+            fs.read.iter().chain(&fs.write).chain(&fs.exec).collect();
+        for (path, span) in &seen.ipc_connect {
+            if socket_path_ancestors(path).any(|a| granted.contains(&a)) {
+                continue;
+            }
+            self.error(
+                span.clone(),
+                format!("`{path}` in [ipc] `connect` is not visible in the sandbox"),
+                Some(format!(
+                    "grant the socket or its directory in [filesystem], e.g. read = [\"{path}\"]"
+                )),
+            );
+        }
+    }
+
     // ---- [syscalls] ----
 
     fn syscalls(&mut self, table: &dyn TableLike) -> Syscalls {
@@ -1563,6 +1645,44 @@ fn inside_key(path: &PolicyPath) -> (Option<PathVar>, PathBuf) {
 }
 
 // ---- value grammars: pure functions, unit-tested below ----
+
+/// An `[ipc] connect` path: a path (see [`parse_path`]) short enough for `sun_path`, where the
+/// length can be known before launch.
+pub(crate) fn parse_socket_path(raw: &str) -> Result<PolicyPath, Problem> {
+    let path = parse_path(raw)?;
+    let len = match &path {
+        PolicyPath::Absolute(p) => Some(p.as_os_str().len()),
+        // /tmp/rest inside the sandbox.
+        PolicyPath::Var(PathVar::Tmp, rest) => Some(TMP_DIR.len() + 1 + rest.as_os_str().len()),
+        // Known at launch; `compile` checks it then.
+        PolicyPath::Var(..) => None,
+    };
+    if let Some(len) = len.filter(|&len| len > MAX_SOCKET_PATH_BYTES) {
+        return Err(Problem::new(format!(
+            "socket path `{path}` is {len} bytes long: at most {MAX_SOCKET_PATH_BYTES}"
+        ))
+        .hint("a unix socket address holds 108 bytes with the final NUL".into()));
+    }
+    if matches!(&path, PolicyPath::Var(_, rest) if rest.as_os_str().is_empty()) {
+        return Err(
+            Problem::new(format!("`{path}` is a directory, not a socket"))
+                .hint(format!("name the socket, e.g. \"{path}/daemon.sock\"")),
+        );
+    }
+    Ok(path)
+}
+
+/// `path` and every directory above it, in the same form (absolute, or below the same variable).
+fn socket_path_ancestors(path: &PolicyPath) -> impl Iterator<Item = PolicyPath> + '_ {
+    let (var, inner) = match path {
+        PolicyPath::Absolute(p) => (None, p),
+        PolicyPath::Var(v, rest) => (Some(*v), rest),
+    };
+    inner.ancestors().map(move |a| match var {
+        None => PolicyPath::Absolute(a.to_path_buf()),
+        Some(v) => PolicyPath::Var(v, a.to_path_buf()),
+    })
+}
 
 /// A `[filesystem]` path: `/abs/path`, `$VAR` or `$VAR/rest`. Normalised (no `.`, no empty or
 /// trailing components) so duplicates compare equal; `..` is refused rather than resolved, because

@@ -137,6 +137,13 @@ fn top_level() -> Vec<(&'static str, Value)> {
             table("Network access. Without this table the sandbox has no network.", network()),
         ),
         (
+            "ipc",
+            table(
+                "Unix sockets outside the sandbox's own that the plugin may reach.",
+                ipc(),
+            ),
+        ),
+        (
             "syscalls",
             table("The seccomp allow list: a base profile plus additions and removals.", syscalls()),
         ),
@@ -206,6 +213,29 @@ fn network() -> Vec<(&'static str, Value)> {
             json!({
                 "description": "Local addresses and ports the plugin may bind (requires mode = \"allow\").",
                 "$ref": "#/$defs/rules"
+            }),
+        ),
+    ]
+}
+
+fn ipc() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "connect",
+            json!({
+                "description": "Pathname sockets the plugin may connect and send to, besides those below its writable trees. Each must be visible through a [filesystem] grant.",
+                "type": "array",
+                "uniqueItems": true,
+                "maxItems": crate::parse::MAX_IPC_PATHS,
+                "items": { "type": "string", "minLength": 1, "pattern": WRITE_PATH_PATTERN }
+            }),
+        ),
+        (
+            "bind_abstract",
+            json!({
+                "description": "Whether the plugin may bind abstract socket names (on the host network they are the host's).",
+                "type": "boolean",
+                "default": false
             }),
         ),
     ]
@@ -415,6 +445,7 @@ mod tests {
         let p = &schema["properties"];
         assert_eq!(keys(&p["filesystem"]), set(FILESYSTEM_KEYS));
         assert_eq!(keys(&p["network"]), set(NETWORK_KEYS));
+        assert_eq!(keys(&p["ipc"]), set(crate::parse::IPC_KEYS));
         assert_eq!(keys(&p["syscalls"]), set(SYSCALLS_KEYS));
         assert_eq!(keys(&p["resources"]), set(RESOURCES_KEYS));
         assert_eq!(keys(&p["enforcement"]), set(ENFORCEMENT_KEYS));

@@ -36,6 +36,23 @@ pub struct LaunchSpec {
     /// looking for one is not a violation. Only the monitors read this.
     #[serde(default)]
     pub absent: Vec<PathBuf>,
+    /// `[ipc]`: which unix sockets the plugin may reach. Only the supervisor reads this (the
+    /// kernel programs and the launch check of sockets in the granted trees).
+    #[serde(default)]
+    pub ipc: IpcSpec,
+}
+
+/// `[ipc]` resolved for one launch. Paths are as the plugin names them inside the sandbox, which
+/// for a bind is the host path too (every bind lands at its source's path; `$TMP` is `/tmp`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct IpcSpec {
+    /// Pathname sockets the plugin may connect and send to, besides those below `writable`.
+    pub connect: Vec<PathBuf>,
+    /// The sandbox's writable trees (`/tmp` and each `write` grant): sockets below them are the
+    /// sandbox's own, or could be (it may unlink one and bind its own in its place).
+    pub writable: Vec<PathBuf>,
+    /// Whether the plugin may bind abstract names.
+    pub bind_abstract: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
