@@ -86,3 +86,32 @@ fn network_client_allows_http_https_and_dns_over_tcp() {
         .iter()
         .any(|m| m.target == Path::new("/etc/resolv.conf") && m.access == Access::Read));
 }
+
+#[test]
+fn network_client_keeps_internet_rules_off_the_host_and_its_networks() {
+    use stockade_policy::{AddressSet::*, Exclusion, Protocol};
+    let policy = load("network-client.toml");
+    let internet = [
+        Loopback,
+        LinkLocal,
+        Private,
+        Unspecified,
+        Multicast,
+        Broadcast,
+    ];
+    let dns = [Unspecified, Multicast, Broadcast];
+    for rule in &policy.network.connect {
+        let expected: Vec<Exclusion> = match (rule.protocol, rule.ports.first) {
+            (Protocol::Tcp, 80 | 443) => internet.map(Exclusion::Set).to_vec(),
+            (_, 53) => dns.map(Exclusion::Set).to_vec(),
+            other => panic!("unexpected rule {other:?}"),
+        }
+        .into_iter()
+        // broadcast is IPv4 only; the IPv6 rules leave it out.
+        .filter(|x| rule.address.addr.is_ipv4() || *x != Exclusion::Set(Broadcast))
+        .collect();
+        assert!(rule.address.is_any(), "{rule:?}");
+        assert_eq!(rule.except, expected, "{rule:?}");
+    }
+    assert_eq!(policy.network.connect.len(), 8);
+}
