@@ -11,6 +11,8 @@ const BPF_PROG_TYPE_CGROUP_SKB: u32 = 8;
 const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
 const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
 const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+pub const BPF_CGROUP_UNIX_CONNECT: u32 = 49;
+pub const BPF_CGROUP_UNIX_SENDMSG: u32 = 50;
 const BPF_PROG_TYPE_LSM: u32 = 29;
 const BPF_LSM_MAC: u32 = 27;
 
@@ -52,6 +54,12 @@ pub fn program_types() -> Vec<(&'static str, Result<(), String>)> {
             "cgroup_sock_addr (connect4)",
             BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
             BPF_CGROUP_INET4_CONNECT,
+        ),
+        // Kernel 6.7+: pathname and abstract unix sockets ([ipc]).
+        (
+            "cgroup_sock_addr (connect_unix)",
+            BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+            BPF_CGROUP_UNIX_CONNECT,
         ),
     ]
     .into_iter()

@@ -177,6 +177,8 @@ pub fn explain(policy: &Policy, probe: &Probe) -> String {
         }
     }
 
+    explain_ipc(&mut out, policy, spec.as_ref(), probe, enforce);
+
     let sc = &policy.syscalls;
     let allowed = syscalls::profile_allows(sc.profile).len();
     let _ = writeln!(
@@ -303,4 +305,89 @@ fn proto(p: Protocol) -> &'static str {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",
     }
+}
+
+/// `[ipc]`: which unix sockets, by which mechanism on this kernel.
+fn explain_ipc(
+    out: &mut String,
+    policy: &Policy,
+    spec: Option<&stockade_policy::LaunchSpec>,
+    probe: &Probe,
+    enforce: bool,
+) {
+    let ipc = &policy.ipc;
+    let _ = writeln!(out, "\nipc — unix sockets:");
+    let listed = if ipc.connect.is_empty() {
+        "(none)".to_string()
+    } else {
+        ipc.connect
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(out, "  connect and send to: {listed}");
+    let writable = spec
+        .map(|s| {
+            s.ipc
+                .writable
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    if !writable.is_empty() {
+        let _ = writeln!(
+            out,
+            "  and any socket below the writable trees ({}): the sandbox's own.",
+            writable.join(", ")
+        );
+    }
+    if crate::monitor::unix::hooks_load(probe) {
+        let _ = writeln!(
+            out,
+            "  ENFORCED by the eBPF cgroup programs connect_unix and sendmsg_unix: any other"
+        );
+        let _ = writeln!(
+            out,
+            "  pathname (a relative one, one with `..`) fails with EPERM and is a violation."
+        );
+        let _ = writeln!(
+            out,
+            "  They judge the name the plugin gives, not where symlinks lead: see docs/policy.md."
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  this kernel has no unix socket hooks (6.7+): {}",
+            if enforce {
+                "an enforce-mode sandbox does not start while a granted read-only tree holds a socket the policy does not list (checked at launch)"
+            } else {
+                "NOT enforced; the launch check reports sockets in the granted trees"
+            }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  abstract names: {}",
+        match (policy.network.mode, ipc.bind_abstract) {
+            (NetworkMode::None, _) =>
+                "private to the sandbox's own network namespace".to_string(),
+            (NetworkMode::Allow, true) =>
+                "the plugin may bind them in the host's network namespace".to_string(),
+            (NetworkMode::Allow, false) if crate::monitor::unix::abstract_bind_refused(probe) =>
+                "binding one in the host's network namespace fails with EPERM (BPF LSM socket_bind) and is a violation".to_string(),
+            (NetworkMode::Allow, false) =>
+                "binding one in the host's network namespace is NOT refused on this kernel (needs BPF LSM programs)".to_string(),
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  Connecting to an abstract name bound outside the sandbox: {}",
+        if probe.landlock_abi >= 6 {
+            "refused by Landlock's scoping (ABI 6)"
+        } else {
+            "NOT refused (needs Landlock ABI 6)"
+        }
+    );
 }

@@ -9,6 +9,7 @@ pub mod monitor;
 pub mod probe;
 pub mod sandbox;
 pub mod signals;
+pub mod socket_scan;
 pub mod stdio;
 pub mod summary;
 pub mod terminal;

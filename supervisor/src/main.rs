@@ -380,6 +380,7 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     let name = format!("stockade-{}", std::process::id());
     let mut monitor = load_monitor(&policy)?;
     phase("monitors loaded");
+    ipc_launch_check(&spec, monitor.as_mut())?;
     let monitoring = match monitor.as_mut() {
         Some((m, degraded)) => Some(monitoring(
             &policy,
@@ -509,6 +510,38 @@ fn load_monitor(policy: &Policy) -> Result<Option<(Monitor, Vec<String>)>, Failu
         degraded.push(format!("processes: {}", caps.processes.detail));
     }
     Ok(Some((monitor, degraded)))
+}
+
+/// `[ipc]` where no kernel hook judges unix socket connects (before 6.7, or the hooks did not
+/// load): an enforce-mode sandbox does not start while a read-only tree it is granted holds a
+/// socket its policy does not list; a monitor-mode one starts and its report says so.
+fn ipc_launch_check(
+    spec: &LaunchSpec,
+    monitor: Option<&mut (Monitor, Vec<String>)>,
+) -> Result<(), Failure> {
+    let hooks = monitor
+        .as_ref()
+        .is_some_and(|(m, _)| stockade::monitor::unix::armed_by(m));
+    if hooks {
+        return Ok(());
+    }
+    let scan = stockade::socket_scan::scan(spec);
+    phase("unix sockets of the granted trees checked");
+    let Some(cause) = scan.refusal() else {
+        return Ok(());
+    };
+    if spec.enforce {
+        return Err(Failure::usage(
+            cause,
+            "list the socket in [ipc] `connect`, grant a narrower directory that does not hold it, \
+             or run on a kernel with the cgroup unix socket hooks (6.7+; `stockade doctor`)",
+        ));
+    }
+    eprintln!("stockade: warning: {cause}; running anyway (monitor mode)");
+    if let Some((_, degraded)) = monitor {
+        degraded.push(format!("ipc: {cause}"));
+    }
+    Ok(())
 }
 
 fn monitoring<'a>(

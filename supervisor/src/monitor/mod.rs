@@ -14,6 +14,7 @@ pub mod event;
 pub mod hostpath;
 pub mod report;
 pub mod rules;
+pub mod unix;
 
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -1,0 +1,253 @@
+//! The launch check of `[ipc]` on kernels without unix socket hooks: the unix sockets a sandbox
+//! could reach by name, found before it starts.
+//!
+//! Why: a read-only bind does not stop `connect` (a socket's permission check is a write to its
+//! inode, which a read-only mount does not refuse), and Landlock before ABI 8 does not govern
+//! it, so a granted directory that holds a daemon's socket hands the plugin that daemon's API.
+//! Where the cgroup `connect_unix`/`sendmsg_unix` programs load (6.7+) the kernel judges each
+//! call; elsewhere an enforce-mode sandbox must not start while one of its read-only trees holds
+//! a socket the policy does not list. When: after the policy is compiled (the mounts are known)
+//! and the monitors are loaded (whether the hooks exist is known), before the sandbox is made.
+//!
+//! What is walked: every read-only and executable bind source. Writable trees are not: what lies
+//! there the plugin may replace at will (unlink a socket, bind its own), so sockets there are its
+//! own. Symlinks are not followed (a link leads only to what another grant makes visible, and
+//! that grant is walked itself); mount points below a grant are crossed, as the recursive bind
+//! shows them. The walk is bounded — [`MAX_ENTRIES`] entries and [`MAX_DEPTH`] levels in all —
+//! and a tree it could not finish counts as holding an unlisted socket: fail closed.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use stockade_policy::{Access, LaunchSpec};
+
+/// Directory entries looked at in all, for one launch. The stock profiles grant /usr/lib and
+/// /usr/bin: about 75,000 entries on Debian 12, walked in about 0.2 s warm.
+pub const MAX_ENTRIES: usize = 250_000;
+/// Directory levels below each grant.
+pub const MAX_DEPTH: usize = 32;
+
+/// What the walk found.
+#[derive(Debug, Default, PartialEq)]
+pub struct ScanResult {
+    /// Sockets below a read-only grant that `[ipc] connect` does not list, in walk order.
+    pub unlisted: Vec<PathBuf>,
+    /// The first directory the bounds left unwalked, if any.
+    pub incomplete: Option<PathBuf>,
+    /// Entries looked at.
+    pub entries: usize,
+}
+
+impl ScanResult {
+    /// The one-line cause for a refusal, or `None` when the granted trees are clean.
+    pub fn refusal(&self) -> Option<String> {
+        if let Some(first) = self.unlisted.first() {
+            let more = match self.unlisted.len() {
+                1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            };
+            return Some(format!(
+                "the sandbox could connect to the unix socket {}{more}, which [ipc] `connect` does \
+                 not list, and no kernel unix socket hook is loaded to refuse it",
+                first.display()
+            ));
+        }
+        self.incomplete.as_ref().map(|dir| {
+            format!(
+                "the granted trees hold more than {MAX_ENTRIES} entries or {MAX_DEPTH} levels \
+                 (stopped at {}): they cannot be checked for unix sockets, and no kernel
+                 unix socket hook is loaded",
+                dir.display()
+            )
+        })
+    }
+}
+
+/// The sockets below `spec`'s read-only binds that its `[ipc] connect` does not list.
+pub fn scan(spec: &LaunchSpec) -> ScanResult {
+    let listed: HashSet<&Path> = spec.ipc.connect.iter().map(PathBuf::as_path).collect();
+    let roots: Vec<&Path> = spec
+        .mounts
+        .iter()
+        .filter(|m| m.access != Access::Write)
+        .map(|m| m.source.as_path())
+        .collect();
+    scan_trees(&roots, &listed, MAX_ENTRIES)
+}
+
+/// [`scan`] over explicit trees, with an entry budget (unit tests use a small one).
+pub fn scan_trees(roots: &[&Path], listed: &HashSet<&Path>, budget: usize) -> ScanResult {
+    use std::os::unix::fs::FileTypeExt;
+    let mut result = ScanResult::default();
+    // Depth-first with an explicit stack: (directory, depth).
+    let mut stack: Vec<(PathBuf, usize)> = Vec::new();
+    for root in roots {
+        let Ok(meta) = std::fs::symlink_metadata(root) else {
+            continue; // the shim skips paths missing on the host
+        };
+        result.entries += 1;
+        if meta.file_type().is_socket() {
+            if !listed.contains(root) {
+                result.unlisted.push(root.to_path_buf());
+            }
+        } else if meta.is_dir() {
+            stack.push((root.to_path_buf(), 0));
+        }
+    }
+    while let Some((dir, depth)) = stack.pop() {
+        if depth >= MAX_DEPTH {
+            result.incomplete.get_or_insert(dir);
+            continue;
+        }
+        // A directory the supervisor cannot list is one the plugin cannot list either, but it may
+        // still reach a socket inside by name: count it as unwalked.
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            result.incomplete.get_or_insert(dir);
+            continue;
+        };
+        for entry in entries {
+            let Ok(entry) = entry else {
+                result.incomplete.get_or_insert(dir.clone());
+                break;
+            };
+            if result.entries >= budget {
+                result.incomplete.get_or_insert(dir.clone());
+                return result;
+            }
+            result.entries += 1;
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let path = entry.path();
+            if kind.is_socket() {
+                if !listed.contains(path.as_path()) {
+                    result.unlisted.push(path);
+                }
+            } else if kind.is_dir() {
+                stack.push((path, depth + 1));
+            }
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// A directory removed at the end of the test.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn tempdir() -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "stockade-scan-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn tree() -> TempDir {
+        let dir = tempdir();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/file"), b"x").unwrap();
+        dir
+    }
+
+    #[test]
+    fn finds_an_unlisted_socket_and_passes_a_listed_one() {
+        let dir = tree();
+        let sock = dir.path().join("a/b/daemon.sock");
+        let _l = UnixListener::bind(&sock).unwrap();
+        let roots = [dir.path()];
+        let found = scan_trees(&roots, &HashSet::new(), 1000);
+        assert_eq!(found.unlisted, std::slice::from_ref(&sock));
+        assert!(found.incomplete.is_none());
+        assert!(found.refusal().unwrap().contains("daemon.sock"));
+        let listed: HashSet<&Path> = [sock.as_path()].into();
+        let clean = scan_trees(&roots, &listed, 1000);
+        assert_eq!(
+            clean,
+            ScanResult {
+                entries: clean.entries,
+                ..ScanResult::default()
+            }
+        );
+        assert!(clean.refusal().is_none());
+    }
+
+    #[test]
+    fn a_granted_socket_itself_is_checked() {
+        let dir = tree();
+        let sock = dir.path().join("s");
+        let _l = UnixListener::bind(&sock).unwrap();
+        let roots = [sock.as_path()];
+        assert_eq!(
+            scan_trees(&roots, &HashSet::new(), 10).unlisted,
+            std::slice::from_ref(&sock)
+        );
+    }
+
+    #[test]
+    fn symlinks_are_not_followed() {
+        let dir = tree();
+        let other = tempdir();
+        let sock = other.path().join("elsewhere.sock");
+        let _l = UnixListener::bind(&sock).unwrap();
+        std::os::unix::fs::symlink(other.path(), dir.path().join("link")).unwrap();
+        std::os::unix::fs::symlink(&sock, dir.path().join("sock-link")).unwrap();
+        let roots = [dir.path()];
+        assert!(scan_trees(&roots, &HashSet::new(), 1000)
+            .unlisted
+            .is_empty());
+    }
+
+    #[test]
+    fn the_bounds_fail_closed() {
+        let dir = tree();
+        for i in 0..20 {
+            std::fs::write(dir.path().join(format!("f{i}")), b"").unwrap();
+        }
+        let roots = [dir.path()];
+        let cut = scan_trees(&roots, &HashSet::new(), 10);
+        assert!(cut.unlisted.is_empty());
+        assert!(cut.incomplete.is_some());
+        assert!(cut.refusal().unwrap().contains("cannot be checked"));
+        // Depth: MAX_DEPTH + 1 levels.
+        let deep = tempdir();
+        let mut p = deep.path().to_path_buf();
+        for _ in 0..=MAX_DEPTH {
+            p.push("d");
+        }
+        std::fs::create_dir_all(&p).unwrap();
+        let roots = [deep.path()];
+        assert!(scan_trees(&roots, &HashSet::new(), 1000)
+            .incomplete
+            .is_some());
+    }
+
+    #[test]
+    fn a_missing_grant_is_skipped() {
+        let roots = [Path::new("/nonexistent/stockade/grant")];
+        assert_eq!(
+            scan_trees(&roots, &HashSet::new(), 10),
+            ScanResult::default()
+        );
+    }
+}
