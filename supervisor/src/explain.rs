@@ -5,8 +5,8 @@
 use std::fmt::Write;
 
 use stockade_policy::{
-    syscalls, EnforcementMode, LaunchContext, NetworkMode, Policy, PolicyPath, Protocol,
-    RlimitResource, ThresholdAction,
+    syscalls, AddressSet, EnforcementMode, Exclusion, LaunchContext, NetworkMode, Policy,
+    PolicyPath, Protocol, RlimitResource, ThresholdAction,
 };
 
 use crate::probe::Probe;
@@ -118,31 +118,28 @@ pub fn explain(policy: &Policy, probe: &Probe) -> String {
         }
         NetworkMode::Allow => {
             let _ = writeln!(out, "\nnetwork — allow: the host's network namespace.");
-            let rules = |rules: &[stockade_policy::NetworkRule]| {
-                rules
-                    .iter()
-                    .map(|r| format!("{} {} port {}", proto(r.protocol), r.address, r.ports))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let _ = writeln!(
-                out,
-                "  connect rules: {}",
-                if net.connect.is_empty() {
-                    "(none)".into()
-                } else {
-                    rules(&net.connect)
+            for (name, list) in [("connect", &net.connect), ("bind", &net.bind)] {
+                if list.is_empty() {
+                    let _ = writeln!(out, "  {name} rules: (none)");
+                    continue;
                 }
-            );
-            let _ = writeln!(
-                out,
-                "  bind rules:    {}",
-                if net.bind.is_empty() {
-                    "(none)".into()
-                } else {
-                    rules(&net.bind)
+                let _ = writeln!(out, "  {name} rules:");
+                for r in list.iter() {
+                    let _ = write!(
+                        out,
+                        "    {} {} port {}",
+                        proto(r.protocol),
+                        r.address,
+                        r.ports
+                    );
+                    if !r.except.is_empty() {
+                        let except: Vec<String> = r.except.iter().map(|x| x.to_string()).collect();
+                        let _ = write!(out, ", except {}", except.join(", "));
+                    }
+                    let _ = writeln!(out);
                 }
-            );
+            }
+            explain_exclusions(&mut out, net);
             if abi >= 4 {
                 let _ = writeln!(out, "  ENFORCED by Landlock: TCP connect and bind only to the listed ports (any address).");
             } else {
@@ -298,6 +295,46 @@ pub fn explain(policy: &Policy, probe: &Probe) -> String {
         }
     );
     out
+}
+
+/// What `except` means, and each named set the policy uses, in plain words.
+fn explain_exclusions(out: &mut String, net: &stockade_policy::Network) {
+    let mut sets: Vec<AddressSet> = Vec::new();
+    let mut any = false;
+    for x in net.connect.iter().chain(&net.bind).flat_map(|r| &r.except) {
+        any = true;
+        if let Exclusion::Set(set) = x {
+            if !sets.contains(set) {
+                sets.push(*set);
+            }
+        }
+    }
+    if !any {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  An excluded address is refused (EPERM, a violation) even though its rule's address covers\n  \
+         it: the exclusion wins. Only another rule that covers the address without excluding it\n  \
+         allows it. IPv4 addresses written as v4-mapped IPv6 (::ffff:127.0.0.1) are judged by the\n  \
+         IPv4 rules and their exclusions."
+    );
+    for set in sets {
+        let nets: Vec<String> = set.networks().iter().map(|n| n.to_string()).collect();
+        let meaning = match set {
+            AddressSet::Loopback => "the host itself",
+            AddressSet::LinkLocal => {
+                "this link only; 169.254.169.254 is a cloud's metadata service"
+            }
+            AddressSet::Private => {
+                "private networks, carrier-grade NAT and IPv6 unique local addresses"
+            }
+            AddressSet::Unspecified => "\"this host\": a connect to 0.0.0.0 reaches the host",
+            AddressSet::Multicast => "multicast groups",
+            AddressSet::Broadcast => "the IPv4 limited broadcast",
+        };
+        let _ = writeln!(out, "  {}: {} ({meaning})", set.name(), nets.join(", "));
+    }
 }
 
 fn proto(p: Protocol) -> &'static str {
