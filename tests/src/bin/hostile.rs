@@ -93,6 +93,8 @@ fn run(args: &[String]) -> String {
             Ok(n) => format!("ok {n}"),
             Err(e) => err_line(e.raw_os_error().unwrap_or(0)),
         },
+        // unix-self PATH: bind a socket at PATH, connect to it, send a byte back and forth.
+        "unix-self" => unix_self(&arg(1)),
         other => {
             eprintln!("stockade-hostile: unknown test {other:?}");
             std::process::exit(64);
@@ -1173,4 +1175,31 @@ fn getxattrat(path: &str) -> String {
             std::mem::size_of::<XattrArgs>(),
         )
     })
+}
+
+/// A socket the plugin binds itself, connected to by name: one byte each way.
+fn unix_self(path: &str) -> String {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let _ = std::fs::remove_file(path);
+    let listener = match UnixListener::bind(path) {
+        Ok(l) => l,
+        Err(e) => return format!("bind {}", err_line(e.raw_os_error().unwrap_or(0))),
+    };
+    let mut client = match UnixStream::connect(path) {
+        Ok(c) => c,
+        Err(e) => return format!("connect {}", err_line(e.raw_os_error().unwrap_or(0))),
+    };
+    let Ok((mut server, _)) = listener.accept() else {
+        return "accept failed".into();
+    };
+    let mut byte = [0u8; 1];
+    let exchanged = client.write_all(b"x").is_ok()
+        && server.read_exact(&mut byte).is_ok()
+        && server.write_all(b"y").is_ok()
+        && client.read_exact(&mut byte).is_ok();
+    if exchanged && byte == *b"y" {
+        "ok".into()
+    } else {
+        "exchange failed".into()
+    }
 }
