@@ -4,6 +4,8 @@
 //!
 //! - `net`: cgroup `sock_addr` programs, attached to each sandbox's own cgroup: the policy's
 //!   `[network]` allow lists, EPERM and an event for everything else.
+//! - `egress`: one `cgroup_skb/egress` program per host-network sandbox: packets whose headers
+//!   would send them elsewhere than their call said (IPv6 routing headers, IPv4 options).
 //! - `syscalls`: one `tp_btf/sys_exit` program: per-sandbox, per-syscall counts, and an event for
 //!   every EPERM, EACCES, EROFS, or ENOENT on a path, which the supervisor attributes to a layer.
 //! - `process`: sched fork/exec/exit tracepoints: the process tree of every sandbox.
@@ -18,6 +20,8 @@
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
 
+#[cfg(target_arch = "bpf")]
+mod egress;
 #[cfg(target_arch = "bpf")]
 mod lsm;
 #[cfg(target_arch = "bpf")]

@@ -79,7 +79,20 @@ enum Verdict {
     /// sockets, SCTP, UDP-Lite, MPTCP — would carry traffic past the network programs, which hook
     /// connect, UDP sendmsg and bind only.
     Socket,
+    /// `setsockopt`: not the options that send a socket's packets somewhere other than the
+    /// address its connect or sendto named — an IPv6 routing header (`IPV6_RTHDR`, the RFC 2292
+    /// `IPV6_2292RTHDR` and `IPV6_2292PKTOPTIONS` that can carry one, `IPV6_RTHDRDSTOPTS` that
+    /// goes with one) and IPv4 options (`IP_OPTIONS`: loose and strict source routes). The
+    /// network programs judge the address the call names; the packet would go to the first
+    /// hop. The same headers given per message (sendmsg control data) are dropped on the way
+    /// out by the `outbound` program.
+    Setsockopt,
 }
+
+const IPV6_2292RTHDR: u32 = 5;
+const IPV6_2292PKTOPTIONS: u32 = 6;
+const IPV6_RTHDRDSTOPTS: u32 = 55;
+const IPV6_RTHDR: u32 = 57;
 
 const TIOCSETD: u32 = 0x5423;
 /// `_IOWR('T', 0x43, struct serial_iso7816)`, which libc does not define.
@@ -202,6 +215,8 @@ fn verdicts(s: &Syscalls) -> Vec<(u32, Verdict)> {
                     values: &SAFE_PERSONALITIES,
                 },
                 "socket" => Verdict::Socket,
+                // Listed in `allow`, the call is allowed whole (as clone3 and openat2 are).
+                "setsockopt" if !explicitly_allowed("setsockopt") => Verdict::Setsockopt,
                 "socketpair" => Verdict::AllowIfOneOf {
                     arg: 0,
                     values: &SOCKET_FAMILIES,
@@ -300,6 +315,22 @@ fn emit_verdict(v: Verdict, deny_ret: u32, out: &mut Vec<Insn>) {
                 allow,
             ])
         }
+        Verdict::Setsockopt => out.extend([
+            (BPF_LD_W_ABS, 0, 0, offset_arg_low(1)),
+            (BPF_JMP_JEQ_K, 1, 0, libc::SOL_IP as u32),
+            (BPF_JMP_JEQ_K, 2, 8, libc::SOL_IPV6 as u32),
+            // SOL_IP
+            (BPF_LD_W_ABS, 0, 0, offset_arg_low(2)),
+            (BPF_JMP_JEQ_K, 5, 6, libc::IP_OPTIONS as u32),
+            // SOL_IPV6
+            (BPF_LD_W_ABS, 0, 0, offset_arg_low(2)),
+            (BPF_JMP_JEQ_K, 3, 0, IPV6_2292RTHDR),
+            (BPF_JMP_JEQ_K, 2, 0, IPV6_2292PKTOPTIONS),
+            (BPF_JMP_JEQ_K, 1, 0, IPV6_RTHDRDSTOPTS),
+            (BPF_JMP_JEQ_K, 0, 1, IPV6_RTHDR),
+            deny,
+            allow,
+        ]),
     }
 }
 
@@ -534,6 +565,43 @@ mod tests {
                 _ => return n,
             }
         }
+    }
+
+    #[test]
+    fn no_socket_option_routes_packets_elsewhere() {
+        let p = build_program(&Syscalls::default()).program;
+        let opt = |level: i32, name: u32| {
+            answer(&p, "setsockopt", [3, level as u64, name as u64, 0, 0, 0])
+        };
+        let deny = eperm();
+        assert_eq!(opt(libc::SOL_IP, libc::IP_OPTIONS as u32), deny);
+        for name in [
+            IPV6_2292RTHDR,
+            IPV6_2292PKTOPTIONS,
+            IPV6_RTHDRDSTOPTS,
+            IPV6_RTHDR,
+        ] {
+            assert_eq!(opt(libc::SOL_IPV6, name), deny, "IPv6 option {name}");
+        }
+        // Everything else stays: TTLs, buffers, reuse, v6only, TCP options.
+        assert_eq!(opt(libc::SOL_IP, libc::IP_TTL as u32), SECCOMP_RET_ALLOW);
+        assert_eq!(
+            opt(libc::SOL_IPV6, libc::IPV6_V6ONLY as u32),
+            SECCOMP_RET_ALLOW
+        );
+        assert_eq!(
+            opt(libc::SOL_SOCKET, libc::SO_REUSEADDR as u32),
+            SECCOMP_RET_ALLOW
+        );
+        assert_eq!(
+            opt(libc::SOL_TCP, libc::TCP_NODELAY as u32),
+            SECCOMP_RET_ALLOW
+        );
+        // The level, not the option number alone: IP_OPTIONS is 4 at SOL_IP only.
+        assert_eq!(
+            opt(libc::SOL_SOCKET, libc::IP_OPTIONS as u32),
+            SECCOMP_RET_ALLOW
+        );
     }
 
     #[test]

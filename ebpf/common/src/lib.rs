@@ -138,6 +138,11 @@ pub const HOOK_BIND6: u8 = 6;
 /// connections are dropped by the ingress program; the event is the plugin's attempt.
 pub const HOOK_LISTEN4: u8 = 7;
 pub const HOOK_LISTEN6: u8 = 8;
+/// The `outbound` program dropped a packet that would not go where its call said: an IPv4
+/// packet with options (a source route), an IPv6 packet with a routing header. `addr` is the
+/// packet's destination field (for IPv6, the routing header's first hop).
+pub const HOOK_EGRESS4: u8 = 9;
+pub const HOOK_EGRESS6: u8 = 10;
 
 /// `LsmDenyEvent::hook`.
 pub const LSM_FILE_OPEN: u8 = 1;

@@ -159,6 +159,7 @@ impl Attributor {
                     k::HOOK_CONNECT4 | k::HOOK_CONNECT6 => "connect",
                     k::HOOK_SENDMSG4 | k::HOOK_SENDMSG6 => "sendto",
                     k::HOOK_LISTEN4 | k::HOOK_LISTEN6 => "listen",
+                    k::HOOK_EGRESS4 | k::HOOK_EGRESS6 => "send",
                     _ => "bind",
                 });
                 ev.object = Some(Object::from(format!(
@@ -166,6 +167,16 @@ impl Attributor {
                     net_address(e),
                     protocol_name(e.protocol)
                 )));
+                if matches!(e.hook, k::HOOK_EGRESS4 | k::HOOK_EGRESS6) {
+                    // The packet's own destination: where its headers would have sent it.
+                    let ip = net_address(e).ip();
+                    let why = if e.hook == k::HOOK_EGRESS4 {
+                        "IPv4 options"
+                    } else {
+                        "an IPv6 routing header"
+                    };
+                    ev.object = Some(Object::from(format!("{ip} (a packet with {why})")));
+                }
                 // listen() itself succeeds (no hook can refuse it); its inbound packets are
                 // dropped instead.
                 let listen = matches!(e.hook, k::HOOK_LISTEN4 | k::HOOK_LISTEN6);

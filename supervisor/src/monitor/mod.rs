@@ -40,7 +40,7 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 
 /// What the network monitor attaches to each sandbox's cgroup (doctor prints it).
 const NETWORK_PROGRAMS: &str =
-    "cgroup connect4/6, sendmsg4/6, bind4/6; inbound guard for listeners and UDP (cgroup_skb, sock_ops)";
+    "cgroup connect4/6, sendmsg4/6, bind4/6; inbound guard for listeners and UDP (cgroup_skb, sock_ops); outbound: no routing headers or IPv4 options (cgroup_skb)";
 
 const NET_HOOKS: [&str; 6] = [
     "connect4", "connect6", "sendmsg4", "sendmsg6", "bind4", "bind6",
@@ -161,6 +161,7 @@ pub struct Armed {
     pub slot: u32,
     links: Vec<(usize, CgroupSockAddrLinkId)>,
     inbound: Option<CgroupSkbLinkId>,
+    outbound: Option<CgroupSkbLinkId>,
     listen: Option<SockOpsLinkId>,
     lsm_keys: Vec<k::LsmGrantKey>,
     miss_keys: Vec<k::MissKey>,
@@ -410,6 +411,7 @@ impl Monitor {
             slot,
             links: Vec::new(),
             inbound: None,
+            outbound: None,
             listen: None,
             lsm_keys: Vec::new(),
             miss_keys: Vec::new(),
@@ -501,6 +503,15 @@ impl Monitor {
                     )
                     .map_err(MonitorError::Attach)?,
                 );
+                let p: &mut CgroupSkb = program_named(&mut self.ebpf, "outbound")?;
+                armed.outbound = Some(
+                    p.attach(
+                        dir.as_fd(),
+                        CgroupSkbAttachType::Egress,
+                        CgroupAttachMode::Single,
+                    )
+                    .map_err(MonitorError::Attach)?,
+                );
                 let p: &mut SockOps = program_named(&mut self.ebpf, "listen")?;
                 armed.listen = Some(
                     p.attach(dir.as_fd(), CgroupAttachMode::Single)
@@ -532,6 +543,11 @@ impl Monitor {
         }
         if let Some(link) = armed.inbound {
             if let Ok(p) = program_named::<CgroupSkb>(&mut self.ebpf, "inbound") {
+                let _ = p.detach(link);
+            }
+        }
+        if let Some(link) = armed.outbound {
+            if let Ok(p) = program_named::<CgroupSkb>(&mut self.ebpf, "outbound") {
                 let _ = p.detach(link);
             }
         }
@@ -916,6 +932,9 @@ fn load_inbound(ebpf: &mut Ebpf) -> Result<(), String> {
     let p: &mut CgroupSkb = program_to_load(ebpf, "inbound")?;
     p.load()
         .map_err(|e| format!("cgroup_skb/ingress does not load: {}", verifier_hint(&e)))?;
+    let p: &mut CgroupSkb = program_to_load(ebpf, "outbound")?;
+    p.load()
+        .map_err(|e| format!("cgroup_skb/egress does not load: {}", verifier_hint(&e)))?;
     let p: &mut SockOps = program_to_load(ebpf, "listen")?;
     p.load()
         .map_err(|e| format!("sock_ops does not load: {}", verifier_hint(&e)))?;

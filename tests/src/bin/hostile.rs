@@ -89,6 +89,9 @@ fn run(args: &[String]) -> String {
             ret(unsafe { libc::syscall(nr) })
         }
         "getxattrat" => getxattrat(&arg(1)),
+        // udp-opts ADDR none|rthdr|ipopts: one datagram to ADDR from a socket that carries an
+        // IPv6 routing header or IPv4 options (set with setsockopt), or neither.
+        "udp-opts" => udp_opts(&arg(1), &arg(2)),
         "parallelism" => match std::thread::available_parallelism() {
             Ok(n) => format!("ok {n}"),
             Err(e) => err_line(e.raw_os_error().unwrap_or(0)),
@@ -1202,4 +1205,41 @@ fn unix_self(path: &str) -> String {
     } else {
         "exchange failed".into()
     }
+}
+
+fn udp_opts(addr: &str, kind: &str) -> String {
+    use std::os::fd::AsRawFd;
+    let Ok(a) = addr.parse::<std::net::SocketAddr>() else {
+        return "bad address".into();
+    };
+    let local = if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let s = match std::net::UdpSocket::bind(local) {
+        Ok(s) => s,
+        Err(e) => return format!("bind {}", err_line(e.raw_os_error().unwrap_or(0))),
+    };
+    let fd = s.as_raw_fd();
+    let set = |level: i32, name: i32, value: &[u8]| {
+        // SAFETY: a valid descriptor and a buffer of the length passed.
+        unsafe { libc::setsockopt(fd, level, name, value.as_ptr().cast(), value.len() as u32) }
+    };
+    let rc = match kind {
+        "rthdr" => {
+            // A segment routing header (type 4) with one segment, the destination itself:
+            // next header, length (8-byte units after the first 8), type, segments left, last
+            // entry, flags, tag, then the segment.
+            let mut srh = vec![0u8, 2, 4, 0, 0, 0, 0, 0];
+            match a.ip() {
+                std::net::IpAddr::V6(ip) => srh.extend_from_slice(&ip.octets()),
+                std::net::IpAddr::V4(_) => return "rthdr needs an IPv6 address".into(),
+            }
+            set(libc::IPPROTO_IPV6, 57 /* IPV6_RTHDR */, &srh)
+        }
+        // NOP, NOP, NOP, end of options: the header grows by one word.
+        "ipopts" => set(libc::IPPROTO_IP, libc::IP_OPTIONS, &[1, 1, 1, 0]),
+        _ => 0,
+    };
+    if rc < 0 {
+        return format!("setsockopt {}", err_line(errno()));
+    }
+    io_line(s.send_to(b"x", a), |n| format!("ok sent {n}"))
 }
