@@ -176,7 +176,12 @@ fn load(path: &Path) -> Result<Policy, Failure> {
             )),
             code: 2,
         },
-        other => Failure::usage(other.to_string(), "check the path and that it is readable"),
+        other => Failure::usage(
+            other.to_string(),
+            other
+                .hint()
+                .unwrap_or("check the path and that it is readable"),
+        ),
     })
 }
 
@@ -194,7 +199,10 @@ fn policy_check(files: &[PathBuf]) -> Result<u8, Failure> {
             }
             Err(other) => {
                 failed = true;
-                eprintln!("{}: error: {other}", file.display());
+                eprintln!("stockade: error: {other}");
+                if let Some(hint) = other.hint() {
+                    eprintln!("  hint: {hint}");
+                }
             }
         }
     }

@@ -322,3 +322,39 @@ fn the_default_plugin_dir_is_said_and_checked() {
         ),
     );
 }
+
+#[test]
+fn policy_files_must_be_regular_files() {
+    let test = "policy_files_must_be_regular_files";
+    if !privileged(test) {
+        return;
+    }
+    let dir = scratch_dir("policy-fifo");
+    let fifo = dir.join("policy.toml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let fifo = fifo.to_str().unwrap();
+    // `policy check` reads nothing from a device or a FIFO (it used to read /dev/zero until
+    // memory ran out, and hang on a FIFO with no writer): exit 1, the cause and a hint.
+    for (path, kind) in [("/dev/zero", "character device"), (fifo, "FIFO")] {
+        let started = std::time::Instant::now();
+        let r = stockade_cmd(&["policy", "check", path]);
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert!(
+            r.stderr
+                .contains(&format!("is a {kind}, not a regular file")),
+            "{}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("  hint: "), "{}", r.stderr);
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        // `run` refuses it as a usage error before anything is created.
+        let r = stockade_cmd(&["run", "--policy", path, "--", "/bin/true"]);
+        assert_usage_error(&r, "not a regular file");
+    }
+    // Control: a regular policy file checks.
+    let file = policy_file("regular", &policy(""));
+    let r = stockade_cmd(&["policy", "check", file.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
