@@ -114,7 +114,13 @@ fn resource_limits_reached_are_events_of_their_own() {
         return;
     }
     for (resources, args, line_start, limit, errno) in [
-        ("nofile = 64", vec!["nofile"], "ok opened", "nofile", "EMFILE"),
+        (
+            "nofile = 64",
+            vec!["nofile"],
+            "ok opened",
+            "nofile",
+            "EMFILE",
+        ),
         (
             "fsize = \"1M\"",
             vec!["fsize", "/tmp/big", "2097152"],
@@ -129,7 +135,13 @@ fn resource_limits_reached_are_events_of_their_own() {
             "disk",
             "ENOSPC",
         ),
-        ("pids = 16", vec!["fork-bomb"], "ok forked", "pids", "EAGAIN"),
+        (
+            "pids = 16",
+            vec!["fork-bomb"],
+            "ok forked",
+            "pids",
+            "EAGAIN",
+        ),
     ] {
         let file = policy_file("limits", &policy(&format!("[resources]\n{resources}\n")));
         let events = scratch_dir("limit-events").join(format!("{limit}.jsonl"));
@@ -156,7 +168,11 @@ fn resource_limits_reached_are_events_of_their_own() {
             r.stderr
         );
         // Not a violation: the limit did its job.
-        assert_eq!(r.summary["monitor"]["violations"], 0, "{limit}: {}", r.stderr);
+        assert_eq!(
+            r.summary["monitor"]["violations"], 0,
+            "{limit}: {}",
+            r.stderr
+        );
         assert!(
             r.summary["monitor"]["kernel"]["limits"].as_u64().unwrap() >= 1,
             "{limit}: {}",
