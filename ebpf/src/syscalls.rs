@@ -49,6 +49,9 @@ const EROFS: i64 = 30;
 const ENETUNREACH: i64 = 101;
 const EDQUOT: i64 = 122;
 
+/// `path_len` when no path was copied.
+const NO_PATH: usize = usize::MAX;
+
 const NR_CLONE: u32 = 56;
 const NR_FORK: u32 = 57;
 const NR_VFORK: u32 = 58;
@@ -150,7 +153,9 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let index = (what & 0x7) as usize;
     // The path, read once from the plugin's memory into this CPU's scratch key: judged there,
     // and copied into the event from there (a second read could see other bytes).
-    let mut path_len: Option<usize> = None;
+    // NO_PATH, not an Option: LLVM stores an Option's undefined payload, and the verifier
+    // refuses a program that reads a register never written.
+    let mut path_len: usize = NO_PATH;
     let Some(scratch) = PATH_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
@@ -163,10 +168,11 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         if let Ok(p) =
             unsafe { bpf_probe_read_user_str_bytes(args[index] as *const u8, &mut data[8..]) }
         {
-            path_len = Some(p.len());
+            path_len = p.len();
         }
     }
-    if let (true, Some(len)) = (ret == -ENOENT, path_len) {
+    if ret == -ENOENT && path_len != NO_PATH {
+        let len = path_len;
         // SAFETY: as above.
         if quiet_miss(unsafe { &mut *scratch }, len) {
             bump(slot, COUNTER_QUIET_MISSES);
@@ -195,7 +201,8 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         let mut kind = 0u8;
         let mut len = 0u32;
         // (ARG_OPENS is only a marker: the copy below needs the kind and the index.)
-        if let Some(n) = path_len {
+        if path_len != NO_PATH {
+            let n = path_len;
             let src = (*scratch).data.as_ptr().add(8);
             if bpf_probe_read_kernel_buf(src, &mut object[..MISS_PATH_LEN]).is_ok() {
                 kind = ARG_PATH;
@@ -276,5 +283,5 @@ fn quiet_miss(key: &mut MissKey, len: usize) -> bool {
     // SAFETY: `MissKey` has the layout of `Key<[u8; MISS_KEY_DATA]>` (a u32 bit count, then
     // the data; asserted in the common crate) and is only read by the lookup.
     let k = unsafe { &*(key as *const MissKey as *const Key<[u8; MISS_KEY_DATA]>) };
-    MISS_TREES.get(k).is_some()
+    MISS_TREES.get(k).is_some_and(|quiet| *quiet != 0)
 }

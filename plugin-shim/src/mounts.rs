@@ -84,7 +84,7 @@ pub fn build_root(spec: &LaunchSpec) -> Result<RootReport, SetupError> {
         bind_declared(m)?;
     }
     let memfd_noexec = build_proc()?;
-    build_dev()?;
+    build_dev(spec.tmp.as_ref().map(|t| t.size_bytes))?;
 
     // pivot_root(".", ".") stacks the old root on top of the new one; detaching "." then removes
     // the scratch tmpfs and, below it, the whole host tree from this namespace.
@@ -188,11 +188,20 @@ fn build_proc() -> Result<bool, SetupError> {
     Ok(memfd_noexec)
 }
 
-/// A tmpfs /dev with the harmless device nodes bound from the host and the usual links.
-fn build_dev() -> Result<(), SetupError> {
+/// A tmpfs /dev with the harmless device nodes bound from the host and the usual links, and,
+/// when the policy grants `$TMP` (scratch space), a private `/dev/shm` of the same size: POSIX
+/// shared memory and named semaphores (Python's multiprocessing locks) live there, and without it
+/// their first `O_CREAT` is a reach below a directory the sandbox hides. Its pages count against
+/// the sandbox's memory limit like /tmp's.
+fn build_dev(shm_bytes: Option<u64>) -> Result<(), SetupError> {
     let dev = format!("{NEWROOT}/dev");
     mkdir_all(Path::new(&dev))?;
     tmpfs(&dev, "mode=0755,size=64k")?;
+    if let Some(size) = shm_bytes {
+        let shm = format!("{dev}/shm");
+        mkdir(shm.as_str(), 0o755)?;
+        tmpfs(&shm, &format!("mode=1777,size={size}"))?;
+    }
     for name in DEVICES {
         let source = format!("{OLDROOT}/dev/{name}");
         let target = format!("{dev}/{name}");

@@ -129,6 +129,8 @@ pub struct Started {
     pub pidfd: OwnedFd,
     /// The shim's report lines; end of file once the plugin was executed (or the shim exited).
     pub reports: File,
+    /// `/proc/PID/ns/mnt`, opened before the sandbox's first process was released.
+    pub mount_ns: Option<OwnedFd>,
 }
 
 /// A pipe whose ends are moved above the descriptors the child will use (3 and 4), close-on-exec.
@@ -273,8 +275,14 @@ pub fn start(
         pid,
         pidfd: &pidfd,
     };
+    let mut mount_ns = None;
     let result = (|| {
         parent.write_id_maps()?;
+        // The sandbox's mount namespace, held before its first process may run anything: the
+        // monitors follow the plugin's own symlinks in it even after every process is gone.
+        mount_ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))
+            .ok()
+            .map(OwnedFd::from);
         parent.mapping_written()?;
         if matches!(mode, ShimMode::Exec(_)) {
             let mut control = File::from(spec_w);
@@ -292,6 +300,7 @@ pub fn start(
         pid,
         pidfd,
         reports: File::from(report_r),
+        mount_ns,
     })
 }
 

@@ -232,6 +232,12 @@ pub fn run(
         }
     };
     phase("shim started, cgroups complete");
+    if let Some(w) = watch.as_mut() {
+        w.attributor.set_main_pid(started.pid as u32);
+        if let Some(ns) = started.mount_ns.as_ref().and_then(|ns| ns.try_clone().ok()) {
+            w.attributor.set_mount_ns(ns);
+        }
+    }
     let deadline = spec
         .resources
         .timeout_ms

@@ -215,3 +215,86 @@ fn newer_path_calls_are_judged_like_the_others() {
     assert_line(&r, "err ENODATA");
     assert_eq!(r.summary["monitor"]["violations"], 0, "{}", r.stderr);
 }
+
+#[test]
+fn reaches_through_the_plugins_own_links_and_aliases_are_seen() {
+    let test = "reaches_through_the_plugins_own_links_and_aliases_are_seen";
+    if !privileged(test) {
+        return;
+    }
+    let text = policy("");
+    // A link the plugin makes in /tmp to a hidden file: a miss "below /tmp" that was not one.
+    let r = hostile_run(
+        "link-hidden",
+        &text,
+        &["symlink-read", "/etc/shadow", "/tmp/l"],
+    );
+    assert_line(&r, "err ENOENT");
+    let e = only_violation(&r);
+    assert_eq!(e["layer"], "namespace", "{e}");
+    assert_eq!(e["object"], "/tmp/l → /etc/shadow", "{e}");
+    // Through a relative link and a directory of its own.
+    let r = hostile_run(
+        "link-hidden-rel",
+        &text,
+        &["symlink-read", "../etc/shadow", "/tmp/rel"],
+    );
+    let e = only_violation(&r);
+    assert_eq!(e["object"], "/tmp/rel → /etc/shadow", "{e}");
+    // /proc/self/root is the sandbox's root.
+    let r = hostile_run("proc-root", &text, &["read", "/proc/self/root/etc/shadow"]);
+    assert_line(&r, "err ENOENT");
+    let e = only_violation(&r);
+    assert_eq!(e["layer"], "namespace", "{e}");
+    assert_eq!(e["object"], "/proc/self/root/etc/shadow", "{e}");
+    // Control: a dangling link to a file that exists nowhere, and one to a missing file in /tmp.
+    for (target, link) in [
+        ("/nonexistent-anywhere/x", "/tmp/a"),
+        ("/tmp/missing", "/tmp/b"),
+    ] {
+        let r = hostile_run("link-control", &text, &["symlink-read", target, link]);
+        assert_line(&r, "err ENOENT");
+        assert_eq!(r.summary["monitor"]["violations"], 0, "{}", r.stderr);
+    }
+}
+
+#[test]
+fn creating_below_a_hidden_directory_is_a_violation() {
+    let test = "creating_below_a_hidden_directory_is_a_violation";
+    if !privileged(test) {
+        return;
+    }
+    let text = policy("");
+    // /var/tmp exists on the host, and the sandbox has no /var.
+    let r = hostile_run("create-hidden", &text, &["write", "/var/tmp/stockade-x"]);
+    assert_line(&r, "err ENOENT");
+    let e = only_violation(&r);
+    assert_eq!(e["layer"], "namespace", "{e}");
+    assert_eq!(e["action"], "write", "{e}");
+    assert_eq!(e["object"], "/var/tmp/stockade-x", "{e}");
+    // The host's /dev/shm, from a sandbox without scratch space (no $TMP: no /dev/shm).
+    let no_tmp = "[filesystem]\nexec = [\"/usr/bin\", \"/usr/lib\", \"/usr/lib64\", \"/lib\", \"/lib64\", \"/bin\", \"$PLUGIN_DIR\"]\n";
+    let r = hostile_run("create-shm", no_tmp, &["write", "/dev/shm/stockade-x"]);
+    assert_line(&r, "err ENOENT");
+    let e = only_violation(&r);
+    assert_eq!(e["object"], "/dev/shm/stockade-x", "{e}");
+    // Controls: below a directory that exists nowhere, nothing was hidden; with $TMP the
+    // sandbox has a private /dev/shm (POSIX shared memory works), and /tmp is writable.
+    for (path, line) in [
+        ("/nonexistent-anywhere/x", "err ENOENT"),
+        ("/dev/shm/stockade-x", "ok"),
+        ("/tmp/x", "ok"),
+    ] {
+        let r = hostile_run("create-control", &text, &["write", path]);
+        assert_line(&r, line);
+        assert_eq!(
+            r.summary["monitor"]["violations"], 0,
+            "{path}: {}",
+            r.stderr
+        );
+    }
+    assert!(
+        !std::path::Path::new("/dev/shm/stockade-x").exists(),
+        "the sandbox's /dev/shm is its own"
+    );
+}

@@ -28,6 +28,7 @@ use stockade_policy::{syscalls, Access, LaunchSpec};
 
 use super::event::{c_bytes, c_path, net_address, sockaddr, Object, RawEvent};
 use super::hostpath::{HostPaths, Presence};
+use super::sandboxpath::SandboxRoot;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -114,6 +115,8 @@ pub struct Attributor {
     absent: Vec<PathBuf>,
     /// `network.mode = "none"`: an empty network namespace.
     isolated: bool,
+    /// The sandbox's own root, to follow the links the plugin made in its writable trees.
+    root: SandboxRoot,
     start_ns: u64,
     /// Whether a hidden path exists on the host (see `hostpath`).
     host: HostPaths,
@@ -127,9 +130,20 @@ impl Attributor {
             grants: spec.landlock.paths.clone(),
             absent: spec.absent.clone(),
             isolated: spec.network == stockade_policy::NetworkSpec::Isolated,
+            root: SandboxRoot::default(),
             start_ns,
             host: HostPaths::new(),
         }
+    }
+
+    /// The plugin's process (PID 1 of the sandbox, host pid): its root is the sandbox's.
+    pub fn set_main_pid(&mut self, pid: u32) {
+        self.root.set_main_pid(pid);
+    }
+
+    /// The sandbox's mount namespace: its root stays readable after every process is gone.
+    pub fn set_mount_ns(&mut self, ns: std::os::fd::OwnedFd) {
+        self.root.set_mount_ns(ns);
     }
 
     fn base(&self, h: &k::EventHeader, kind: EventType) -> Event {
@@ -364,22 +378,33 @@ impl Attributor {
                 Some(ev)
             }
             libc::ENOENT => {
-                if granted.is_some() {
-                    return None; // missing inside a granted tree
+                // `/proc/self/root/etc/shadow` is `/etc/shadow`: every process of the sandbox
+                // has the sandbox's root.
+                let clean = proc_root_alias(&clean).unwrap_or(clean);
+                if self.granted(&clean) == Some(Access::Write) && !is_dev(&clean) {
+                    // A tree the plugin writes, where it makes the links: follow them.
+                    let writable: Vec<PathBuf> = self
+                        .grants
+                        .iter()
+                        .filter(|(p, a)| *a == Access::Write && !is_dev(p))
+                        .map(|(p, _)| p.clone())
+                        .collect();
+                    let inside = |p: &Path| writable.iter().any(|w| p.starts_with(w));
+                    let pid = e.header.pid;
+                    return match self.root.resolve(pid, &path, inside) {
+                        Some(to) if to != clean && self.hidden(&to, want) => {
+                            let shown = format!("{} → {}", path.display(), to.display());
+                            ev.object = Some(Object::from(shown));
+                            ev.layer = Some(Layer::Namespace);
+                            Some(ev)
+                        }
+                        _ => None, // missing inside a tree it may write
+                    };
                 }
-                if self.absent.iter().any(|a| clean.starts_with(a)) {
-                    return None; // declared absent: probing for it is expected
-                }
-                match self.host.presence(&clean) {
-                    Presence::Absent => return None, // exists nowhere: nothing was hidden
-                    Presence::Present => {}
-                    Presence::Unknown(why) => {
-                        // No benefit of the doubt outside the grants.
-                        tracing::debug!(path = %clean.display(), "hidden path not looked up: {why}");
-                    }
-                }
-                ev.layer = Some(Layer::Namespace);
-                Some(ev)
+                self.hidden(&clean, want).then(|| {
+                    ev.layer = Some(Layer::Namespace);
+                    ev
+                })
             }
             libc::EROFS => {
                 ev.layer = Some(Layer::Mount);
@@ -413,6 +438,50 @@ impl Attributor {
         Some(ev)
     }
 
+    /// Whether a miss of `path` (sandbox-absolute, normalized) was the mount namespace hiding
+    /// something: it exists on the host (or cannot be looked up safely), outside every grant and
+    /// every `absent` path; or, for a create, the nearest directory above it that the host has is
+    /// one the sandbox lacks (`/var/tmp/x`). The sandbox's `/dev` is built with a fixed content,
+    /// so its grant does not excuse a miss there.
+    fn hidden(&mut self, path: &Path, want: Access) -> bool {
+        if self.granted(path).is_some() && !is_dev(path) {
+            return false; // missing inside a granted tree
+        }
+        if self.absent.iter().any(|a| path.starts_with(a)) {
+            return false; // declared absent: probing for it is expected
+        }
+        match self.host.presence(path) {
+            Presence::Present => true,
+            Presence::Unknown(why) => {
+                // No benefit of the doubt outside the grants.
+                tracing::debug!(path = %path.display(), "hidden path not looked up: {why}");
+                true
+            }
+            // Exists nowhere: nothing was hidden, unless it was to be created below a
+            // directory the host has and the sandbox does not.
+            Presence::Absent => want == Access::Write && self.creates_below_hidden(path),
+        }
+    }
+
+    fn creates_below_hidden(&mut self, path: &Path) -> bool {
+        for dir in path.ancestors().skip(1) {
+            if dir == Path::new("/") {
+                return false;
+            }
+            if matches!(self.host.presence(dir), Presence::Absent) {
+                continue;
+            }
+            // The nearest directory the host has: does the sandbox have it too?
+            let in_sandbox = if is_dev(dir) {
+                dir == Path::new("/dev") || self.root.exists(dir)
+            } else {
+                self.granted(dir).is_some() || self.grants.iter().any(|(g, _)| g.starts_with(dir))
+            };
+            return !in_sandbox;
+        }
+        false
+    }
+
     /// The right granted at `path` (by its nearest granted ancestor), if any.
     fn granted(&self, path: &Path) -> Option<Access> {
         self.grants
@@ -421,6 +490,25 @@ impl Attributor {
             .max_by_key(|(p, _)| p.components().count())
             .map(|(_, a)| *a)
     }
+}
+
+/// Below the sandbox's own `/dev` (built by the shim, not bound from the host).
+fn is_dev(path: &Path) -> bool {
+    path.starts_with("/dev")
+}
+
+/// `/proc/self/root/REST`, `/proc/thread-self/root/REST` or `/proc/N/root/REST` as `/REST`.
+fn proc_root_alias(path: &Path) -> Option<PathBuf> {
+    let rest = path.strip_prefix("/proc").ok()?;
+    let mut c = rest.components();
+    let who = c.next()?.as_os_str().to_str()?;
+    if !(who == "self" || who == "thread-self" || who.bytes().all(|b| b.is_ascii_digit())) {
+        return None;
+    }
+    if c.next()?.as_os_str() != "root" {
+        return None;
+    }
+    Some(Path::new("/").join(c.as_path()))
 }
 
 fn covers(granted: Access, want: Access) -> bool {

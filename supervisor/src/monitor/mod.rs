@@ -14,6 +14,7 @@ pub mod event;
 pub mod hostpath;
 pub mod report;
 pub mod rules;
+pub mod sandboxpath;
 pub mod unix;
 
 use std::collections::BTreeMap;
@@ -148,10 +149,13 @@ pub struct ArmSpec {
     pub kill: Option<(u32, std::time::Duration)>,
     /// Report every successful open too, not only the failures (`--events`).
     pub trace_files: bool,
-    /// The granted directories inside the sandbox, and whether the sandbox may write there
-    /// ([`rules::miss_trees`]): the kernel counts an ENOENT below a read-only one and sends
+    /// The granted directories inside the sandbox, and whether misses there are judged by the
+    /// supervisor (writable trees, where the plugin makes links; `/proc`) rather than in the
+    /// kernel ([`rules::miss_trees`]): the kernel counts an ENOENT below any other and sends
     /// nothing.
     pub miss_trees: Vec<(String, bool)>,
+    /// `[ipc]`: the unix sockets the sandbox may reach by name, for the unix socket programs.
+    pub ipc: stockade_policy::IpcSpec,
 }
 
 /// A sandbox the monitors watch; give it back to [`Monitor::disarm`].

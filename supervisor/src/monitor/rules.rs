@@ -174,9 +174,12 @@ fn words(addr: IpAddr, prefix: u8) -> (u8, [u32; 4], [u32; 4]) {
 /// The policy's `absent` paths join them as read-only: a miss below one is not a violation
 /// either.
 pub fn miss_trees(spec: &stockade_policy::LaunchSpec) -> Vec<(String, bool)> {
+    // /proc is the sandbox's own, but `/proc/self/root/...` leads back to its root: misses
+    // there go to the supervisor, which reads that alias.
     let grants = spec.landlock.paths.iter().filter_map(|(path, access)| {
         let p = path.to_str()?;
-        Some((p.to_string(), *access == stockade_policy::Access::Write))
+        let judged_in_userspace = *access == stockade_policy::Access::Write || p == "/proc";
+        Some((p.to_string(), judged_in_userspace))
     });
     let absent = spec
         .absent
