@@ -154,8 +154,6 @@ pub struct ArmSpec {
     /// kernel ([`rules::miss_trees`]): the kernel counts an ENOENT below any other and sends
     /// nothing.
     pub miss_trees: Vec<(String, bool)>,
-    /// `[ipc]`: the unix sockets the sandbox may reach by name, for the unix socket programs.
-    pub ipc: stockade_policy::IpcSpec,
 }
 
 /// A sandbox the monitors watch; give it back to [`Monitor::disarm`].
