@@ -9,6 +9,9 @@
 //! - `syscalls`: one `tp_btf/sys_exit` program: per-sandbox, per-syscall counts, and an event for
 //!   every EPERM, EACCES, EROFS, or ENOENT on a path, which the supervisor attributes to a layer.
 //! - `process`: sched fork/exec/exit tracepoints: the process tree of every sandbox.
+//! - `unix`: cgroup `sock_addr` programs of unix sockets (connect_unix, sendmsg_unix), attached to
+//!   each sandbox's cgroup by the supervisor itself: `[ipc]`, EPERM and an event for any pathname
+//!   socket the policy does not allow.
 //! - `signal`: the `signal_generate` raw tracepoint: seccomp's SIGSYS, for the calls it kills
 //!   before any syscall tracepoint runs.
 //!
@@ -34,6 +37,8 @@ mod process;
 mod signal;
 #[cfg(target_arch = "bpf")]
 mod syscalls;
+#[cfg(target_arch = "bpf")]
+mod unix;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

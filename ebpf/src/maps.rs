@@ -8,7 +8,7 @@ use aya_ebpf::{
 use stockade_ebpf_common::{
     EventHeader, IndexEntry, LsmGrantKey, MissKey, NetRules, SandboxConfig, COUNTERS,
     INDEX_BUCKETS, INDEX_SHARED, LSM_OFFSETS_LEN, MAX_SANDBOXES, MAX_SLOTS, MISS_KEY_DATA,
-    SYSCALL_NR_MAX,
+    SYSCALL_NR_MAX, UNIX_OFFSETS_LEN,
 };
 
 /// cgroup id -> the sandbox's configuration. No entry: not a sandbox.
@@ -69,6 +69,18 @@ pub static PATH_SCRATCH: PerCpuArray<MissKey> = PerCpuArray::with_max_entries(1,
 /// Kernel struct offsets (`OFF_*`), from the kernel's BTF.
 #[map]
 pub static LSM_OFFSETS: Array<u32> = Array::with_max_entries(LSM_OFFSETS_LEN, 0);
+
+/// (cgroup id, unix socket path) -> 1: the pathname sockets a sandbox may connect and send to.
+/// Each `[ipc] connect` path is stored with its NUL (only that exact name matches), each writable
+/// tree with a trailing `/` (every name below it matches). Laid out like `MISS_TREES`.
+#[map]
+pub static UNIX_PATHS: LpmTrie<[u8; MISS_KEY_DATA], u8> =
+    LpmTrie::with_max_entries(MAX_SANDBOXES * 32, 0);
+
+/// `OFF_SOCK_ADDR_KERN_*`: where the unix socket programs find the address in their context,
+/// from the kernel's BTF.
+#[map]
+pub static UNIX_OFFSETS: Array<u32> = Array::with_max_entries(UNIX_OFFSETS_LEN, 0);
 
 /// Every event, to the supervisor. 8 MiB: about 130 000 network denials or 23 000 syscall
 /// denials between two reads; what does not fit is counted in `COUNTER_DROPPED`.

@@ -387,11 +387,22 @@ fn explain_ipc(
         );
         let _ = writeln!(
             out,
-            "  pathname (a relative one, one with `..`) fails with EPERM and is a violation."
+            "  pathname (a relative one, one with `/..`) fails with EPERM and is a violation."
         );
         let _ = writeln!(
             out,
             "  They judge the name the plugin gives, not where symlinks lead: see docs/policy.md."
+        );
+        let _ = writeln!(
+            out,
+            "  {}",
+            if writable.is_empty() {
+                "no writable tree to make a symlink in: no launch check of the granted trees"
+            } else if enforce {
+                "and, as a symlink in a writable tree could lead to a socket in a read-only grant, an enforce-mode sandbox does not start while a granted read-only tree holds a socket the policy does not list (checked at launch)"
+            } else {
+                "and, as a symlink in a writable tree could lead to a socket in a read-only grant, the launch check reports sockets in the granted read-only trees"
+            }
         );
     } else {
         let _ = writeln!(

@@ -521,8 +521,10 @@ fn load_monitor(policy: &Policy) -> Result<Option<(Monitor, Vec<String>)>, Failu
 }
 
 /// `[ipc]` where no kernel hook judges unix socket connects (before 6.7, or the hooks did not
-/// load): an enforce-mode sandbox does not start while a read-only tree it is granted holds a
-/// socket its policy does not list; a monitor-mode one starts and its report says so.
+/// load), or where the sandbox has a writable tree a symlink could lead from
+/// (`unix::launch_check_needed`): an enforce-mode sandbox does not start while a read-only tree
+/// it is granted holds a socket its policy does not list; a monitor-mode one starts and its
+/// report says so.
 fn ipc_launch_check(
     spec: &LaunchSpec,
     monitor: Option<&mut (Monitor, Vec<String>)>,
@@ -530,7 +532,7 @@ fn ipc_launch_check(
     let hooks = monitor
         .as_ref()
         .is_some_and(|(m, _)| stockade::monitor::unix::armed_by(m));
-    if hooks {
+    if !stockade::monitor::unix::launch_check_needed(spec, hooks) {
         return Ok(());
     }
     let scan = stockade::socket_scan::scan(spec);
@@ -585,6 +587,7 @@ fn monitoring<'a>(
             kill: in_kernel_kill.then_some((e.threshold, e.window)),
             trace_files: events.is_some(),
             miss_trees: stockade::monitor::rules::miss_trees(spec),
+            ipc: spec.ipc.clone(),
         },
         threshold: Threshold {
             violations: e.threshold,

@@ -10,7 +10,8 @@ use stockade_policy::{LaunchSpec, ShimReport};
 
 use crate::cgroup::{CgroupStats, Layout, SandboxCgroup};
 use crate::launcher::{self, LaunchError, ShimMode, Started};
-use crate::monitor::attribute::Attributor;
+use crate::monitor::attribute::{Attributor, Event, EventType, Layer};
+use crate::monitor::event::Object;
 use crate::monitor::report::{Report, Threshold, Tracker};
 use crate::monitor::{ArmSpec, Armed, Monitor, MonitorError};
 
@@ -89,6 +90,9 @@ struct Watch<'a> {
     start_ns: u64,
     /// Lost denials (`Counters::denials_dropped`) already counted.
     lost_seen: u64,
+    /// OOM kills already reported, and when the counter was last read.
+    oom_seen: u64,
+    oom_read: Option<Instant>,
 }
 
 impl Watch<'_> {
@@ -108,6 +112,34 @@ impl Watch<'_> {
             }
         });
         crossed || self.count_lost()
+    }
+
+    /// An OOM kill is a limit reached, like the others, but no syscall answers it: the kernel
+    /// kills a process. The counter is read after the events (the victim's exit wakes this
+    /// loop), at most every 5 ms, and once more at the end.
+    fn check_oom(&mut self, cgroup: &SandboxCgroup, force: bool) {
+        if !force && self.oom_read.is_some_and(|t| t.elapsed() < Duration::from_millis(5)) {
+            return;
+        }
+        self.oom_read = Some(Instant::now());
+        let kills = cgroup.oom_kills();
+        let t_ms = monotonic_ns().saturating_sub(self.start_ns) as f64 / 1e6;
+        for _ in self.oom_seen..kills {
+            self.tracker.record(Event {
+                t_ms,
+                kind: EventType::Limit,
+                pid: 0,
+                tid: 0,
+                layer: Some(Layer::Resources),
+                action: Some("memory"),
+                syscall: None,
+                object: Some(Object::from("OOM kill (the sandbox's memory limit)".to_string())),
+                errno: None,
+                fd: None,
+                killed_in_kernel: false,
+            });
+        }
+        self.oom_seen = self.oom_seen.max(kills);
     }
 
     /// Denials whose events were dropped count as violations (see `Tracker::record_lost`).
@@ -211,13 +243,17 @@ pub fn run(
             for d in m.degraded {
                 tracker.note_degraded(d);
             }
+            let mut attributor = Attributor::new(spec, start_ns);
+            attributor.set_unix_hook(armed.unix_hooked());
             Some(Watch {
                 monitor: m.monitor,
                 armed: Some(armed),
-                attributor: Attributor::new(spec, start_ns),
+                attributor,
                 tracker,
                 start_ns,
                 lost_seen: 0,
+                oom_seen: 0,
+                oom_read: None,
             })
         }
     };
@@ -261,6 +297,9 @@ pub fn run(
         // them): kill what is left (when supervision failed, say) and wait until it is gone.
         let _ = cgroup.kill();
         wait_empty(&cgroup, Duration::from_secs(5), Duration::from_millis(1));
+    }
+    if let Some(w) = watch.as_mut() {
+        w.check_oom(&cgroup, true);
     }
     let report = watch.map(Watch::finish);
     phase("monitors disarmed");
@@ -378,6 +417,7 @@ fn supervise(
                     stopped_by = Some(Stop::AutoUnload);
                     let _ = cgroup.kill();
                 }
+                w.check_oom(cgroup, false);
             }
         }
         if fds[1].revents != 0 {

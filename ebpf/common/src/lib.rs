@@ -125,6 +125,8 @@ pub const EVENT_EXIT: u16 = 5;
 pub const EVENT_LSM_DENY: u16 = 6;
 /// seccomp sent SIGSYS for a call ([`SigsysEvent`]).
 pub const EVENT_SIGSYS: u16 = 7;
+/// The cgroup unix socket programs refused a connect or sendmsg ([`UnixDenyEvent`]).
+pub const EVENT_UNIX_DENY: u16 = 8;
 
 /// `NetDenyEvent::hook`.
 pub const HOOK_CONNECT4: u8 = 1;
@@ -143,6 +145,18 @@ pub const HOOK_LISTEN6: u8 = 8;
 /// packet's destination field (for IPv6, the routing header's first hop).
 pub const HOOK_EGRESS4: u8 = 9;
 pub const HOOK_EGRESS6: u8 = 10;
+
+/// `UnixDenyEvent::hook`.
+pub const HOOK_UNIX_CONNECT: u8 = 1;
+pub const HOOK_UNIX_SENDMSG: u8 = 2;
+
+/// Bytes of `UnixDenyEvent::path`: a `sun_path` (108 bytes) and its NUL, rounded up to 8.
+pub const UNIX_PATH_LEN: usize = 112;
+/// Kernel struct offsets the unix socket programs need, from the kernel's BTF (`UNIX_OFFSETS`):
+/// `bpf_sock_addr_kern.uaddr` and `.uaddrlen`, what the programs' context points to at run time.
+pub const OFF_SOCK_ADDR_KERN_UADDR: u32 = 0;
+pub const OFF_SOCK_ADDR_KERN_UADDRLEN: u32 = 1;
+pub const UNIX_OFFSETS_LEN: u32 = 2;
 
 /// `LsmDenyEvent::hook`.
 pub const LSM_FILE_OPEN: u8 = 1;
@@ -368,6 +382,23 @@ pub struct LsmDenyEvent {
     pub name: [u8; FILENAME_LEN],
 }
 
+/// A cgroup unix socket program refused a connect or a sendmsg to a pathname socket (errno
+/// EPERM for the caller): a name neither `[ipc] connect` lists nor below a writable tree, a
+/// relative name, or one with `/..`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UnixDenyEvent {
+    pub header: EventHeader,
+    /// `HOOK_UNIX_*`.
+    pub hook: u8,
+    pub _pad: [u8; 3],
+    /// Bytes of `path` before its NUL.
+    pub path_len: u32,
+    /// The socket's name as the caller gave it (`sun_path` up to the address length or the first
+    /// NUL), NUL-terminated.
+    pub path: [u8; UNIX_PATH_LEN],
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY (all): plain old data without implicit padding; every bit pattern is a valid value.
@@ -394,3 +425,4 @@ const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 32 + 8 + 48 + 8 + 
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 32 + 8 + FILENAME_LEN);
 const _: () = assert!(core::mem::size_of::<SigsysEvent>() == 32 + 8);
 const _: () = assert!(core::mem::size_of::<LsmDenyEvent>() == 32 + 24 + FILENAME_LEN);
+const _: () = assert!(core::mem::size_of::<UnixDenyEvent>() == 32 + 8 + UNIX_PATH_LEN);

@@ -115,6 +115,8 @@ pub struct Attributor {
     absent: Vec<PathBuf>,
     /// `network.mode = "none"`: an empty network namespace.
     isolated: bool,
+    /// The unix socket programs judge this sandbox's pathname connects (and report them).
+    unix_hook: bool,
     /// The sandbox's own root, to follow the links the plugin made in its writable trees.
     root: SandboxRoot,
     start_ns: u64,
@@ -130,6 +132,7 @@ impl Attributor {
             grants: spec.landlock.paths.clone(),
             absent: spec.absent.clone(),
             isolated: spec.network == stockade_policy::NetworkSpec::Isolated,
+            unix_hook: false,
             root: SandboxRoot::default(),
             start_ns,
             host: HostPaths::new(),
@@ -144,6 +147,11 @@ impl Attributor {
     /// The sandbox's mount namespace: its root stays readable after every process is gone.
     pub fn set_mount_ns(&mut self, ns: std::os::fd::OwnedFd) {
         self.root.set_mount_ns(ns);
+    }
+
+    /// Whether the cgroup unix socket programs are attached to this sandbox's cgroup.
+    pub fn set_unix_hook(&mut self, armed: bool) {
+        self.unix_hook = armed;
     }
 
     fn base(&self, h: &k::EventHeader, kind: EventType) -> Event {
@@ -206,6 +214,20 @@ impl Attributor {
                     ev.object = Some(Object::from(format!("unbound {v} tcp socket")));
                 }
                 ev.killed_in_kernel = e.killed != 0;
+                Some(ev)
+            }
+            RawEvent::UnixDeny(e) => {
+                // `[ipc]`: a pathname socket neither listed nor below a writable tree.
+                let mut ev = self.base(&e.header, EventType::Violation);
+                ev.layer = Some(Layer::Network);
+                ev.action = Some(if e.hook == k::HOOK_UNIX_SENDMSG {
+                    "sendto"
+                } else {
+                    "connect"
+                });
+                let len = (e.path_len as usize).min(k::UNIX_PATH_LEN);
+                ev.object = Some(Object::bytes(e.path[..len].to_vec()));
+                ev.errno = Some("EPERM");
                 Some(ev)
             }
             RawEvent::Syscall(e) => self.syscall(e),
@@ -331,6 +353,20 @@ impl Attributor {
                     // another CPU in between gets here.
                     if addr.is_some() {
                         return None;
+                    }
+                    let unix = (e.object_kind == k::ARG_SOCKADDR)
+                        .then(|| unix_pathname(object))
+                        .flatten();
+                    match unix {
+                        // The unix socket program's refusal, reported (and counted) by it.
+                        Some(true) if self.unix_hook => return None,
+                        // No Stockade layer refuses a pathname connect with EPERM otherwise.
+                        Some(true) => {
+                            ev.kind = EventType::Refused;
+                            ev.layer = Some(Layer::Permissions);
+                            return Some(ev);
+                        }
+                        _ => {}
                     }
                     // Landlock's scoping (abstract unix sockets) answers EPERM too.
                     ev.layer = Some(Layer::Landlock);
@@ -568,6 +604,13 @@ fn normalize(path: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// For a copied `sockaddr_un`: whether it names a pathname socket (not an abstract one).
+/// `None` for another family.
+fn unix_pathname(sockaddr: &[u8]) -> Option<bool> {
+    let family = u16::from_ne_bytes(sockaddr.get(0..2)?.try_into().ok()?);
+    (family == libc::AF_UNIX as u16).then(|| sockaddr.get(2).is_some_and(|b| *b != 0))
 }
 
 fn protocol_name(p: u8) -> &'static str {

@@ -23,6 +23,7 @@ pub enum RawEvent {
     Exit(k::EventHeader),
     LsmDeny(k::LsmDenyEvent),
     Sigsys(k::SigsysEvent),
+    UnixDeny(k::UnixDenyEvent),
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
@@ -50,6 +51,7 @@ impl RawEvent {
             }
             k::EVENT_LSM_DENY => RawEvent::LsmDeny(read(bytes)?),
             k::EVENT_SIGSYS => RawEvent::Sigsys(read(bytes)?),
+            k::EVENT_UNIX_DENY => RawEvent::UnixDeny(read(bytes)?),
             _ => return None,
         })
     }
@@ -61,6 +63,7 @@ impl RawEvent {
             RawEvent::Fork(h, _) | RawEvent::Exec(h, _) | RawEvent::Exit(h) => h,
             RawEvent::LsmDeny(e) => &e.header,
             RawEvent::Sigsys(e) => &e.header,
+            RawEvent::UnixDeny(e) => &e.header,
         }
     }
 }

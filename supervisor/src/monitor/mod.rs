@@ -83,6 +83,8 @@ pub enum MonitorError {
     },
     #[error("attaching the network programs to the sandbox's cgroup: {0}")]
     Attach(#[source] ProgramError),
+    #[error("attaching the unix socket programs to the sandbox's cgroup: {0}")]
+    AttachUnix(#[source] std::io::Error),
     #[error("granting {} to the LSM programs: {source}", path.display())]
     Grant {
         path: std::path::PathBuf,
@@ -112,16 +114,19 @@ pub struct Capabilities {
     pub processes: MonitorStatus,
     /// BPF LSM file_open and bprm_check_security.
     pub lsm: MonitorStatus,
+    /// cgroup connect_unix and sendmsg_unix: `[ipc]` judged in the kernel, by name.
+    pub unix: MonitorStatus,
 }
 
 impl Capabilities {
-    pub fn all(&self) -> [&MonitorStatus; 5] {
+    pub fn all(&self) -> [&MonitorStatus; 6] {
         [
             &self.network,
             &self.kill_in_kernel,
             &self.syscalls,
             &self.processes,
             &self.lsm,
+            &self.unix,
         ]
     }
 }
@@ -154,6 +159,8 @@ pub struct ArmSpec {
     /// kernel ([`rules::miss_trees`]): the kernel counts an ENOENT below any other and sends
     /// nothing.
     pub miss_trees: Vec<(String, bool)>,
+    /// `[ipc]`: the unix sockets the sandbox may reach by name, for the unix socket programs.
+    pub ipc: stockade_policy::IpcSpec,
 }
 
 /// A sandbox the monitors watch; give it back to [`Monitor::disarm`].
@@ -167,6 +174,16 @@ pub struct Armed {
     listen: Option<SockOpsLinkId>,
     lsm_keys: Vec<k::LsmGrantKey>,
     miss_keys: Vec<k::MissKey>,
+    /// The unix socket programs' links to the cgroup (closed on disarm) and `UNIX_PATHS` keys.
+    unix_links: Option<unix::UnixLinks>,
+    unix_keys: Vec<k::MissKey>,
+}
+
+impl Armed {
+    /// Whether the unix socket programs are attached to this sandbox's cgroup.
+    pub fn unix_hooked(&self) -> bool {
+        self.unix_links.is_some()
+    }
 }
 
 pub struct Monitor {
@@ -178,6 +195,9 @@ pub struct Monitor {
     net_rules: HashMap<MapData, u64, k::NetRules>,
     lsm_grants: HashMap<MapData, k::LsmGrantKey, u32>,
     miss_trees: LpmTrie<MapData, [u8; k::MISS_KEY_DATA], u8>,
+    /// The unix socket programs, where they load, and their allow list.
+    unix_hooks: Option<unix::UnixHooks>,
+    unix_paths: LpmTrie<MapData, [u8; k::MISS_KEY_DATA], u8>,
     index: Array<MapData, k::IndexEntry>,
     /// cgroup ids per bucket of `index`, to mark a bucket shared and to restore it.
     buckets: std::collections::HashMap<u32, Vec<(u64, u32, u32)>>,
@@ -300,6 +320,24 @@ impl Monitor {
             Err(e) => inactive("lsm", e),
         };
         step("programs loaded");
+        // Before any map leaves `ebpf`: their descriptors relocate the unix socket programs.
+        let (unix, unix_hooks, unix_table) = match btf_index
+            .as_ref()
+            .ok_or_else(|| "no kernel BTF (/sys/kernel/btf/vmlinux)".to_string())
+            .and_then(unix_offsets)
+            .and_then(|table| unix::UnixHooks::load(PROGRAMS, &ebpf).map(|h| (h, table)))
+        {
+            Ok((hooks, table)) => (active("unix sockets", unix::DETAIL), Some(hooks), table),
+            Err(e) => (
+                inactive(
+                    "unix sockets",
+                    format!("{e}; [ipc] is checked at launch instead"),
+                ),
+                None,
+                Vec::new(),
+            ),
+        };
+        step("unix socket programs");
         fill_array(&mut ebpf, "PATH_ARGS", rules::path_args())?;
         if let (true, Ok(table)) = (processes.active, sched_offsets) {
             fill_array(&mut ebpf, "TP_OFFSETS", (0..).zip(table))?;
@@ -307,11 +345,16 @@ impl Monitor {
         if let (true, Ok(table)) = (lsm.active, lsm_table) {
             fill_array(&mut ebpf, "LSM_OFFSETS", (0..).zip(table))?;
         }
+        if unix.active {
+            fill_array(&mut ebpf, "UNIX_OFFSETS", (0..).zip(unix_table))?;
+        }
         let mut monitor = Monitor {
             index: take(&mut ebpf, "SANDBOX_INDEX")?,
             buckets: Default::default(),
             lsm_grants: take(&mut ebpf, "LSM_GRANTS")?,
             miss_trees: take(&mut ebpf, "MISS_TREES")?,
+            unix_hooks,
+            unix_paths: take(&mut ebpf, "UNIX_PATHS")?,
             sandboxes: take(&mut ebpf, "SANDBOXES")?,
             net_rules: take(&mut ebpf, "NET_RULES")?,
             counters: take(&mut ebpf, "COUNTER")?,
@@ -324,6 +367,7 @@ impl Monitor {
                 syscalls,
                 processes,
                 lsm,
+                unix,
             },
             net_programs,
             slots: vec![Slot::Free; k::MAX_SLOTS as usize],
@@ -417,6 +461,8 @@ impl Monitor {
             listen: None,
             lsm_keys: Vec::new(),
             miss_keys: Vec::new(),
+            unix_links: None,
+            unix_keys: Vec::new(),
         };
         let result = (|| {
             if let Some(net) = &spec.network {
@@ -479,6 +525,17 @@ impl Monitor {
                         source,
                     })?;
             }
+            if self.unix_hooks.is_some() {
+                for key in unix::path_keys(cgroup_id, &spec.ipc) {
+                    armed.unix_keys.push(key);
+                    self.unix_paths
+                        .insert(&LpmKey::new(key.prefix_len, key.data), 1, 0)
+                        .map_err(|source| MonitorError::Map {
+                            map: "UNIX_PATHS",
+                            source,
+                        })?;
+                }
+            }
             self.sandboxes
                 .insert(cgroup_id, config, 0)
                 .map_err(|source| MonitorError::Map {
@@ -486,6 +543,15 @@ impl Monitor {
                     source,
                 })?;
             self.index_add(cgroup_id, slot, flags)?;
+            if let Some(hooks) = &self.unix_hooks {
+                // Fail closed: the launch check may have been left out for this sandbox.
+                let dir = File::open(cgroup).map_err(MonitorError::AttachUnix)?;
+                armed.unix_links = Some(
+                    hooks
+                        .attach(dir.as_fd())
+                        .map_err(MonitorError::AttachUnix)?,
+                );
+            }
             if self.caps.network.active {
                 let dir = File::open(cgroup)
                     .map_err(|e| MonitorError::Attach(ProgramError::IOError(e)))?;
@@ -557,6 +623,13 @@ impl Monitor {
             if let Ok(p) = program_named::<SockOps>(&mut self.ebpf, "listen") {
                 let _ = p.detach(link);
             }
+        }
+        // Closing the links detaches the unix socket programs.
+        drop(armed.unix_links);
+        for key in &armed.unix_keys {
+            let _ = self
+                .unix_paths
+                .remove(&LpmKey::new(key.prefix_len, key.data));
         }
         let _ = self.index_remove(armed.cgroup_id);
         let _ = self.sandboxes.remove(&armed.cgroup_id);
@@ -832,6 +905,21 @@ fn lsm_offsets(btf: &crate::bpf_probe::BtfIndex<'_>) -> Result<Vec<u32>, String>
         get("sock", "__sk_common")? + get("sock_common", "skc_num")?,
     ];
     debug_assert_eq!(table.len(), k::LSM_OFFSETS_LEN as usize);
+    Ok(table.to_vec())
+}
+
+/// The kernel struct offsets of `UNIX_OFFSETS`, in `OFF_SOCK_ADDR_KERN_*` order: where the
+/// unix socket programs' context (at run time a `struct bpf_sock_addr_kern *`) holds the address.
+fn unix_offsets(btf: &crate::bpf_probe::BtfIndex<'_>) -> Result<Vec<u32>, String> {
+    let get = |s: &str, m: &str| {
+        btf.member_offset(s, m)
+            .ok_or_else(|| format!("no member {m} in struct {s} of the kernel's BTF"))
+    };
+    let table = [
+        get("bpf_sock_addr_kern", "uaddr")?,
+        get("bpf_sock_addr_kern", "uaddrlen")?,
+    ];
+    debug_assert_eq!(table.len(), k::UNIX_OFFSETS_LEN as usize);
     Ok(table.to_vec())
 }
 

@@ -1,6 +1,243 @@
 //! `[ipc]` in the kernel: the cgroup `connect_unix` and `sendmsg_unix` programs (kernel 6.7+).
+//!
+//! Why here and not through aya: aya 0.14 knows only the inet attach types of
+//! `cgroup_sock_addr` programs (`CgroupSockAddrAttachType` has no unix variant and its ELF parser
+//! maps no `cgroup/connect_unix` section), and a program of this type must be loaded with the
+//! attach type it will be attached with. So the programs are written in sections aya accepts
+//! (`cgroup/connect4`, `cgroup/sendmsg4`; see ebpf/src/unix.rs): aya creates every map of the
+//! object, and here the same object is parsed again with aya-obj, its map references relocated
+//! to the descriptors of the maps aya created, its calls linked, and the two programs loaded with
+//! a raw `BPF_PROG_LOAD` carrying `expected_attach_type` `BPF_CGROUP_UNIX_CONNECT` (49) and
+//! `BPF_CGROUP_UNIX_SENDMSG` (50). Each sandbox's cgroup gets them with `BPF_LINK_CREATE`; the
+//! link descriptors live in its [`UnixLinks`] and closing them (when the sandbox is disarmed)
+//! detaches the programs.
+//!
+//! When: at [`super::Monitor::load`], after aya created the maps and before the supervisor takes
+//! them (their descriptors are read from the `Ebpf`). Where they do not load (before 6.7, or a
+//! verifier that refuses them) the monitor reports them inactive, and the launch check of
+//! `socket_scan.rs` stands in.
+
+use std::collections::HashSet;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use aya::maps::Map;
+use aya::Ebpf;
 
 use crate::probe::Probe;
+
+/// `union bpf_attr` commands and constants (include/uapi/linux/bpf.h).
+const BPF_PROG_LOAD: libc::c_int = 5;
+const BPF_LINK_CREATE: libc::c_int = 28;
+const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
+pub use crate::bpf_probe::{BPF_CGROUP_UNIX_CONNECT, BPF_CGROUP_UNIX_SENDMSG};
+
+/// The programs of ebpf/src/unix.rs: (name in the object, attach type).
+const PROGRAMS: [(&str, u32); 2] = [
+    ("connect_unix", BPF_CGROUP_UNIX_CONNECT),
+    ("sendmsg_unix", BPF_CGROUP_UNIX_SENDMSG),
+];
+
+/// What doctor prints for the monitor.
+pub const DETAIL: &str = "cgroup connect_unix/sendmsg_unix (attach types 49/50, loaded and attached by the supervisor): [ipc] judged at each connect and sendto by name; the launch check of the read-only grants still runs for sandboxes with a writable tree (symlinks)";
+
+/// The fields of `union bpf_attr` that BPF_PROG_LOAD reads, up to `attach_btf_id`.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+    prog_btf_fd: u32,
+    func_info_rec_size: u32,
+    func_info: u64,
+    func_info_cnt: u32,
+    line_info_rec_size: u32,
+    line_info: u64,
+    line_info_cnt: u32,
+    attach_btf_id: u32,
+    attach_prog_fd: u32,
+    _pad: u32,
+}
+
+/// The fields of `union bpf_attr` that BPF_LINK_CREATE reads for a cgroup: the rest (target-
+/// specific) stays zero.
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+    _rest: [u64; 4],
+}
+
+/// The two programs, loaded. Dropping it unloads them (links hold their own references).
+#[derive(Debug)]
+pub struct UnixHooks {
+    programs: Vec<(u32, OwnedFd)>,
+}
+
+/// The programs attached to one sandbox's cgroup: closing the links detaches them.
+#[derive(Debug, Default)]
+pub struct UnixLinks {
+    links: Vec<OwnedFd>,
+}
+
+impl UnixHooks {
+    /// Loads both programs from `object` (the bytes `ebpf` was loaded from), relocated against
+    /// the maps `ebpf` created. The error is the one line doctor prints.
+    pub fn load(object: &[u8], ebpf: &Ebpf) -> Result<UnixHooks, String> {
+        if std::env::var_os("STOCKADE_UNIX_HOOKS").is_some_and(|v| v == "off") {
+            return Err("not loaded: STOCKADE_UNIX_HOOKS=off (the launch check stands in)".into());
+        }
+        let mut obj = aya_obj::Object::parse(object).map_err(|e| format!("the object: {e}"))?;
+        let text_sections: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
+        let defs = std::mem::take(&mut obj.maps);
+        let fds: Vec<(&str, RawFd, &aya_obj::Map)> = ebpf
+            .maps()
+            .filter_map(|(name, map)| Some((name, map_fd(map)?, defs.get(name)?)))
+            .collect();
+        obj.relocate_maps(fds.into_iter(), &text_sections)
+            .map_err(|e| format!("relocating the maps: {e}"))?;
+        obj.relocate_calls(&text_sections)
+            .map_err(|e| format!("linking the calls: {e}"))?;
+        let mut programs = Vec::new();
+        for (name, attach_type) in PROGRAMS {
+            let program = obj
+                .programs
+                .get(name)
+                .ok_or_else(|| format!("no program {name} in the object"))?;
+            let function = obj
+                .functions
+                .get(&program.function_key())
+                .ok_or_else(|| format!("no function for {name}"))?;
+            let fd = prog_load(name, attach_type, &function.instructions)
+                .map_err(|e| format!("{name} does not load: {e}"))?;
+            programs.push((attach_type, fd));
+        }
+        Ok(UnixHooks { programs })
+    }
+
+    /// Attaches both programs to the cgroup directory `cgroup`.
+    pub fn attach(&self, cgroup: BorrowedFd<'_>) -> std::io::Result<UnixLinks> {
+        let mut links = UnixLinks::default();
+        for (attach_type, prog) in &self.programs {
+            let attr = LinkCreateAttr {
+                prog_fd: prog.as_raw_fd() as u32,
+                target_fd: cgroup.as_raw_fd() as u32,
+                attach_type: *attach_type,
+                ..LinkCreateAttr::default()
+            };
+            // SAFETY: `attr` lives across the call, which only reads it; the descriptors in it
+            // are open.
+            let fd = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_LINK_CREATE,
+                    &attr as *const LinkCreateAttr,
+                    std::mem::size_of::<LinkCreateAttr>(),
+                )
+            };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: a fresh link descriptor owned by nobody else; closing it detaches the link.
+            links
+                .links
+                .push(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        }
+        Ok(links)
+    }
+}
+
+/// The descriptor of a map aya created (the variants this object uses).
+fn map_fd(map: &Map) -> Option<RawFd> {
+    let data = match map {
+        Map::Array(d)
+        | Map::HashMap(d)
+        | Map::LpmTrie(d)
+        | Map::PerCpuArray(d)
+        | Map::PerCpuHashMap(d)
+        | Map::LruHashMap(d)
+        | Map::RingBuf(d) => d,
+        _ => return None,
+    };
+    Some(data.fd().as_fd().as_raw_fd())
+}
+
+/// BPF_PROG_LOAD of a `cgroup_sock_addr` program with `expected_attach_type`; on a refusal, the
+/// verifier's last lines (the whole log at debug level).
+fn prog_load(
+    name: &str,
+    expected_attach_type: u32,
+    insns: &[aya_obj::generated::bpf_insn],
+) -> Result<OwnedFd, String> {
+    let license = b"GPL\0";
+    let mut prog_name = [0u8; 16];
+    for (d, s) in prog_name.iter_mut().zip(name.bytes().take(15)) {
+        *d = s;
+    }
+    let load = |log: Option<&mut Vec<u8>>| {
+        let mut attr = ProgLoadAttr {
+            prog_type: BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+            insn_cnt: insns.len() as u32,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            prog_name,
+            expected_attach_type,
+            ..ProgLoadAttr::default()
+        };
+        if let Some(buf) = log {
+            attr.log_level = 1;
+            attr.log_size = buf.len() as u32;
+            attr.log_buf = buf.as_mut_ptr() as u64;
+        }
+        // SAFETY: `attr` and the buffers it points to (instructions, license, log) live across
+        // the call; the kernel copies the instructions and writes at most `log_size` bytes.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_LOAD,
+                &attr as *const ProgLoadAttr,
+                std::mem::size_of::<ProgLoadAttr>(),
+            )
+        };
+        if fd < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            // SAFETY: a fresh program descriptor owned by nobody else.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+        }
+    };
+    match load(None) {
+        Ok(fd) => Ok(fd),
+        Err(first) => {
+            // Again with the verifier's log, to say why.
+            let mut buf = vec![0u8; 1 << 20];
+            let _ = load(Some(&mut buf));
+            let log = String::from_utf8_lossy(crate::monitor::event::c_bytes(&buf)).into_owned();
+            tracing::debug!("verifier log of {name}:\n{log}");
+            let tail: Vec<&str> = log.lines().rev().take(2).collect();
+            if tail.is_empty() {
+                Err(first.to_string())
+            } else {
+                Err(format!(
+                    "{first} ({})",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+                ))
+            }
+        }
+    }
+}
 
 /// Whether the cgroup unix socket hooks load on this kernel (`stockade doctor`'s probe).
 pub fn hooks_load(probe: &Probe) -> bool {
@@ -19,7 +256,89 @@ pub fn abstract_bind_refused(probe: &Probe) -> bool {
         .any(|(ty, r)| ty.starts_with("lsm") && r.is_ok())
 }
 
-/// Whether `monitor` judges unix socket connects in the kernel for the sandboxes it arms.
-pub fn armed_by(_monitor: &super::Monitor) -> bool {
-    false
+/// Whether the launch check (`socket_scan`) must walk the read-only grants of `spec`, when the
+/// unix socket programs are (`hooked`) or are not armed for it.
+///
+/// The programs judge the name the plugin gives; the kernel then resolves it, following
+/// symlinks. A name below a writable tree is allowed, and there the plugin can make a symlink
+/// to any path it can see: `ln -s /srv/data/daemon.sock /tmp/x` and a connect to `/tmp/x` reaches
+/// a socket in a read-only grant that `[ipc] connect` does not list. So the walk is left out only
+/// for a sandbox with no writable tree at all, where every name it can reach a socket by is one
+/// the programs judge as given.
+pub fn launch_check_needed(spec: &stockade_policy::LaunchSpec, hooked: bool) -> bool {
+    !hooked || !spec.ipc.writable.is_empty()
+}
+
+/// Whether `monitor` judges unix socket connects in the kernel for the sandboxes it arms (its
+/// [`super::Monitor::arm`] attaches the programs or fails).
+pub fn armed_by(monitor: &super::Monitor) -> bool {
+    monitor.capabilities().unix.active
+}
+
+/// The `UNIX_PATHS` entries of one sandbox: each listed socket with its NUL (only that exact name
+/// matches), each writable tree with a trailing `/` (every name below it matches). `None` for a
+/// path too long for the trie's key (a listed one cannot be: socket names are at most 107
+/// bytes; a writable tree that long holds no socket name the kernel accepts anyway).
+pub fn path_keys(
+    cgroup_id: u64,
+    ipc: &stockade_policy::IpcSpec,
+) -> Vec<stockade_ebpf_common::MissKey> {
+    use std::os::unix::ffi::OsStrExt;
+    let listed = ipc.connect.iter().map(|p| {
+        let mut b = p.as_os_str().as_bytes().to_vec();
+        b.push(0);
+        b
+    });
+    let trees = ipc.writable.iter().map(|p| {
+        let mut b = p.as_os_str().as_bytes().to_vec();
+        if b.last() != Some(&b'/') {
+            b.push(b'/');
+        }
+        b
+    });
+    listed
+        .chain(trees)
+        .filter_map(|bytes| key(cgroup_id, &bytes))
+        .collect()
+}
+
+fn key(cgroup_id: u64, bytes: &[u8]) -> Option<stockade_ebpf_common::MissKey> {
+    use stockade_ebpf_common::{MissKey, MISS_KEY_DATA, MISS_PATH_LEN};
+    if bytes.is_empty() || bytes.len() > MISS_PATH_LEN {
+        return None;
+    }
+    let mut data = [0u8; MISS_KEY_DATA];
+    data[..8].copy_from_slice(&cgroup_id.to_le_bytes());
+    data[8..8 + bytes.len()].copy_from_slice(bytes);
+    Some(MissKey {
+        prefix_len: ((8 + bytes.len()) * 8) as u32,
+        data,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn listed_sockets_are_exact_and_writable_trees_are_prefixes() {
+        let ipc = stockade_policy::IpcSpec {
+            connect: vec![PathBuf::from("/run/foo.sock")],
+            writable: vec![PathBuf::from("/tmp"), PathBuf::from("/srv/state/")],
+            bind_abstract: false,
+        };
+        let keys = path_keys(7, &ipc);
+        let text = |k: &stockade_ebpf_common::MissKey| {
+            let n = k.prefix_len as usize / 8;
+            (
+                u64::from_le_bytes(k.data[..8].try_into().unwrap()),
+                k.data[8..n].to_vec(),
+            )
+        };
+        assert_eq!(text(&keys[0]), (7, b"/run/foo.sock\0".to_vec()));
+        assert_eq!(text(&keys[1]), (7, b"/tmp/".to_vec()));
+        assert_eq!(text(&keys[2]), (7, b"/srv/state/".to_vec()));
+        assert_eq!(keys.len(), 3);
+    }
 }
