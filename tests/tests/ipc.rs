@@ -1,12 +1,17 @@
 //! `[ipc]`: unix sockets. A read-only bind does not stop `connect`, so a granted directory that
-//! holds a daemon's socket would hand the plugin that daemon's API. Until a kernel hook judges
-//! each connect, Stockade refuses to start an enforce-mode sandbox whose read-only grants hold a
-//! socket the policy does not list (supervisor/src/socket_scan.rs); a socket the plugin binds
-//! itself keeps working.
+//! holds a daemon's socket would hand the plugin that daemon's API. Where the cgroup unix socket
+//! programs load (6.7+: this host, the VM), each connect and sendto to a pathname socket the
+//! policy does not allow fails with EPERM and is one network violation naming the path. The
+//! launch check (supervisor/src/socket_scan.rs) refuses to start an enforce-mode sandbox whose
+//! read-only grants hold a socket the policy does not list: on every kernel without the programs,
+//! and with them for every sandbox with a writable tree (a symlink there could lead to such a
+//! socket). Its tests force it with STOCKADE_UNIX_HOOKS=off, so they run on every kernel. A socket
+//! the plugin binds itself keeps working.
 
 mod harness;
 
 use harness::*;
+use serde_json::Value;
 
 /// A directory holding a listening socket the plugin should not reach, and the socket's path.
 fn daemon_socket(name: &str) -> (std::path::PathBuf, String, std::os::unix::net::UnixListener) {
@@ -29,11 +34,72 @@ fn policy_reading(dir: &std::path::Path, extra: &str) -> String {
         .replace("write = [\"$TMP\"]\n", "")
 }
 
-/// Whether a kernel hook judges unix connects in these runs.
+/// A directory outside /tmp (a policy with `$TMP` cannot also name a host path below /tmp)
+/// holding a listening socket, and the socket's path.
+fn daemon_socket_outside_tmp(
+    name: &str,
+) -> (std::path::PathBuf, String, std::os::unix::net::UnixListener) {
+    let base = std::path::Path::new("/var/tmp/stockade-tests");
+    let dir = base.join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    set_mode(base, 0o755);
+    set_mode(&dir, 0o755);
+    let path = dir.join("daemon.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    set_mode(&path, 0o777);
+    (dir, path.to_string_lossy().into_owned(), listener)
+}
+
+/// Whether the cgroup unix socket programs judge unix connects in these runs: what
+/// `stockade doctor --json` says of the `unix sockets` monitor.
 fn unix_hooks_armed() -> bool {
-    // The hooks are not attached by any monitor yet (monitor/unix.rs): the launch check is the
-    // mechanism on every kernel until they are.
-    false
+    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ARMED.get_or_init(|| {
+        let out = std::process::Command::new(stockade())
+            .args(["doctor", "--json"])
+            .output()
+            .expect("stockade doctor");
+        let doctor: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        doctor["monitors"].as_array().is_some_and(|list| {
+            list.iter()
+                .any(|m| m["name"] == "unix sockets" && m["active"] == true)
+        })
+    })
+}
+
+/// The fixture under `text` with the unix socket programs left out: the launch check decides.
+fn hostile_run_without_hooks(name: &str, text: &str, args: &[&str]) -> RunResult {
+    let file = policy_file(name, text);
+    let fixture = hostile();
+    let mut full = vec![fixture.as_str()];
+    full.extend_from_slice(args);
+    run_with(&file, &full, |c| {
+        c.env("STOCKADE_UNIX_HOOKS", "off");
+    })
+}
+
+/// Asserts that the run has exactly one violation: a network `action` (connect, sendto) of the
+/// unix socket `path`, EPERM.
+#[track_caller]
+fn assert_one_refused(r: &RunResult, action: &str, path: &str) {
+    let v = r.summary["monitor"]["first"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("no monitor report in the summary:\n{}", r.stderr));
+    assert_eq!(v.len(), 1, "expected one violation: {v:#?}\n{}", r.stderr);
+    let e = &v[0];
+    assert_eq!(e["type"], "violation", "{e}");
+    assert_eq!(e["layer"], "network", "{e}");
+    assert_eq!(e["action"], action, "{e}");
+    assert_eq!(e["object"], path, "{e}");
+    assert_eq!(e["errno"], "EPERM", "{e}");
+    assert_eq!(
+        r.summary["monitor"]["violations"].as_u64(),
+        Some(1),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -41,14 +107,10 @@ fn a_socket_in_a_read_only_grant_stops_an_enforce_mode_launch() {
     if !privileged("a_socket_in_a_read_only_grant_stops_an_enforce_mode_launch") {
         return;
     }
-    if unix_hooks_armed() {
-        println!("skipped: the kernel hooks judge each connect here (see the hook tests)");
-        return;
-    }
     let (dir, sock, _listener) = daemon_socket("ipc-ro");
     for mode in ["", "[network]\nmode = \"none\"\n"] {
         let text = policy_reading(&dir, &format!("{mode}[ipc]\nbind_abstract = false\n"));
-        let r = hostile_run("ipc", &text, &["connect-unix", &sock]);
+        let r = hostile_run_without_hooks("ipc", &text, &["connect-unix", &sock]);
         assert_eq!(r.code, 2, "{}", r.stderr);
         assert!(
             r.stderr.contains(&format!(
@@ -79,13 +141,17 @@ fn a_listed_socket_connects() {
     }
     let (dir, sock, listener) = daemon_socket("ipc-listed");
     let text = policy_reading(&dir, &format!("[ipc]\nconnect = [\"{sock}\"]\n"));
+    // One byte each way.
     let accept = std::thread::spawn(move || {
-        use std::io::Write;
-        listener.accept().and_then(|(mut s, _)| s.write_all(b"x"))
+        use std::io::{Read, Write};
+        let (mut s, _) = listener.accept()?;
+        s.write_all(b"x")?;
+        let mut back = [0u8; 1];
+        s.read_exact(&mut back).map(|()| back)
     });
-    let r = hostile_run("ipc", &text, &["connect-unix", &sock]);
-    assert_line(&r, "ok");
-    accept.join().unwrap().unwrap();
+    let r = hostile_run("ipc", &text, &["unix-exchange", &sock]);
+    assert_line(&r, "ok x");
+    assert_eq!(accept.join().unwrap().unwrap(), *b"x");
     assert_eq!(
         r.summary["monitor"]["violations"].as_u64(),
         Some(0),
@@ -115,16 +181,12 @@ fn monitor_mode_starts_and_says_what_it_could_not_check() {
     if !privileged("monitor_mode_starts_and_says_what_it_could_not_check") {
         return;
     }
-    if unix_hooks_armed() {
-        println!("skipped: the kernel hooks judge each connect here");
-        return;
-    }
     let (dir, sock, _listener) = daemon_socket("ipc-monitor");
     let text = policy_reading(
         &dir,
         "[enforcement]\nmode = \"monitor\"\naction = \"report\"\n",
     );
-    let r = hostile_run("ipc", &text, &["echo", "ran"]);
+    let r = hostile_run_without_hooks("ipc", &text, &["echo", "ran"]);
     assert_line(&r, "ok ran");
     assert!(
         r.stderr.contains(&format!(
@@ -132,6 +194,127 @@ fn monitor_mode_starts_and_says_what_it_could_not_check() {
         )),
         "{}",
         r.stderr
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_socket_in_a_read_only_grant_is_refused_at_connect() {
+    let test = "a_socket_in_a_read_only_grant_is_refused_at_connect";
+    if !privileged(test) {
+        return;
+    }
+    if !unix_hooks_armed() {
+        println!("skipped: {test}: no cgroup unix socket programs on this kernel (6.7+)");
+        return;
+    }
+    let (dir, sock, _listener) = daemon_socket("ipc-hook");
+    // No writable tree: the programs alone judge, the sandbox starts.
+    // The host's network namespace, and an empty one of its own.
+    for mode in [
+        "[network]\nmode = \"allow\"\n",
+        "[network]\nmode = \"none\"\n",
+    ] {
+        let r = hostile_run("ipc", &policy_reading(&dir, mode), &["connect-unix", &sock]);
+        assert_line(&r, "err EPERM");
+        assert_one_refused(&r, "connect", &sock);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_datagram_to_a_socket_in_a_read_only_grant_is_refused() {
+    let test = "a_datagram_to_a_socket_in_a_read_only_grant_is_refused";
+    if !privileged(test) {
+        return;
+    }
+    if !unix_hooks_armed() {
+        println!("skipped: {test}: no cgroup unix socket programs on this kernel (6.7+)");
+        return;
+    }
+    let dir = scratch_dir("ipc-dgram");
+    let path = dir.join("daemon.dgram");
+    let _ = std::fs::remove_file(&path);
+    let receiver = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    set_mode(&path, 0o777);
+    let sock = path.to_string_lossy().into_owned();
+    // The host's network namespace, and an empty one of its own.
+    for mode in [
+        "[network]\nmode = \"allow\"\n",
+        "[network]\nmode = \"none\"\n",
+    ] {
+        let r = hostile_run("ipc", &policy_reading(&dir, mode), &["sendto-unix", &sock]);
+        assert_line(&r, "err EPERM");
+        assert_one_refused(&r, "sendto", &sock);
+    }
+    // Nothing arrived.
+    receiver.set_nonblocking(true).unwrap();
+    assert!(receiver.recv(&mut [0u8; 8]).is_err());
+    // Control: listed, the datagram goes through.
+    let text = policy_reading(&dir, &format!("[ipc]\nconnect = [\"{sock}\"]\n"));
+    let r = hostile_run("ipc", &text, &["sendto-unix", &sock]);
+    assert_line(&r, "ok");
+    receiver.set_nonblocking(false).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(receiver.recv(&mut buf).unwrap(), 1);
+    assert_eq!(
+        r.summary["monitor"]["violations"].as_u64(),
+        Some(0),
+        "{}",
+        r.stderr
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_path_walking_up_out_of_tmp_is_refused() {
+    let test = "a_path_walking_up_out_of_tmp_is_refused";
+    if !privileged(test) {
+        return;
+    }
+    if !unix_hooks_armed() {
+        println!("skipped: {test}: no cgroup unix socket programs on this kernel (6.7+)");
+        return;
+    }
+    // Listed (so the launch check passes and the name itself connects), but reached through
+    // `/tmp/..`: a name with `/..` is refused whatever it leads to.
+    let (dir, sock, _listener) = daemon_socket_outside_tmp("ipc-dotdot");
+    let text = policy(&format!("[ipc]\nconnect = [\"{sock}\"]\n")).replace(
+        "read = [\"/etc/ld.so.cache\"]",
+        &format!("read = [\"/etc/ld.so.cache\", \"{}\"]", dir.display()),
+    );
+    let walked = format!("/tmp/..{sock}");
+    let r = hostile_run("ipc", &text, &["connect-unix", &walked]);
+    assert_line(&r, "err EPERM");
+    assert_one_refused(&r, "connect", &walked);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The programs judge names, and a symlink in a writable tree leads anywhere the plugin can see:
+/// with a writable tree, the launch check of the read-only grants still stands, hooks or not.
+#[test]
+fn a_writable_tree_keeps_the_launch_check() {
+    if !privileged("a_writable_tree_keeps_the_launch_check") {
+        return;
+    }
+    let (dir, sock, _listener) = daemon_socket_outside_tmp("ipc-symlink");
+    let text = policy("").replace(
+        "read = [\"/etc/ld.so.cache\"]",
+        &format!("read = [\"/etc/ld.so.cache\", \"{}\"]", dir.display()),
+    );
+    let r = hostile_run("ipc", &text, &["echo", "ran"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "the sandbox could connect to the unix socket {sock}, which [ipc] `connect` does not list"
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stdout.is_empty(),
+        "the plugin must not have run: {}",
+        r.stdout
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -46,6 +46,13 @@ fn run(args: &[String]) -> String {
         "fd" => fd_open(arg(1).parse().unwrap_or(-1)),
         "net-ifaces" => net_ifaces(),
         "connect-unix" => connect_unix(&arg(1)),
+        // unix-exchange PATH: connect to PATH, read one byte, answer it: "ok <byte>".
+        "unix-exchange" => unix_exchange(&arg(1)),
+        // sendto-unix PATH: one datagram to PATH from an unbound, unconnected socket.
+        "sendto-unix" => io_line(
+            std::os::unix::net::UnixDatagram::unbound().and_then(|s| s.send_to(b"x", arg(1))),
+            |_| "ok".into(),
+        ),
         "connect-tcp" => connect_tcp(&arg(1)),
         "bind-tcp" => bind_tcp(&arg(1)),
         "listen" => listen(&arg(1), arg(2).parse().unwrap_or(2.0)),
@@ -818,6 +825,18 @@ fn connect_unix(path: &str) -> String {
     io_line(std::os::unix::net::UnixStream::connect(path), |_| {
         "ok".into()
     })
+}
+
+fn unix_exchange(path: &str) -> String {
+    let mut s = match std::os::unix::net::UnixStream::connect(path) {
+        Ok(s) => s,
+        Err(e) => return err_line(e.raw_os_error().unwrap_or(0)),
+    };
+    let mut byte = [0u8; 1];
+    match s.read_exact(&mut byte).and_then(|()| s.write_all(&byte)) {
+        Ok(()) => format!("ok {}", byte[0] as char),
+        Err(e) => err_line(e.raw_os_error().unwrap_or(0)),
+    }
 }
 
 fn connect_tcp(addr: &str) -> String {
