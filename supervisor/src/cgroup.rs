@@ -324,6 +324,18 @@ impl SandboxCgroup {
         }
     }
 
+    /// OOM kills in the sandbox so far (v2 `memory.events`, or the v1 `memory.oom_control`).
+    pub fn oom_kills(&self) -> u64 {
+        if self.v1.is_empty() {
+            return read_keyed(&self.v2.join("memory.events"), "oom_kill").unwrap_or(0);
+        }
+        self.v1
+            .iter()
+            .find(|(controller, _)| *controller == "memory")
+            .and_then(|(_, dir)| read_keyed(&dir.join("memory.oom_control"), "oom_kill"))
+            .unwrap_or(0)
+    }
+
     pub fn stats(&self) -> CgroupStats {
         let mut s = CgroupStats {
             cpu_usage_us: read_keyed(&self.v2.join("cpu.stat"), "usage_usec"),

@@ -118,7 +118,11 @@ impl Watch<'_> {
     /// kills a process. The counter is read after the events (the victim's exit wakes this
     /// loop), at most every 5 ms, and once more at the end.
     fn check_oom(&mut self, cgroup: &SandboxCgroup, force: bool) {
-        if !force && self.oom_read.is_some_and(|t| t.elapsed() < Duration::from_millis(5)) {
+        if !force
+            && self
+                .oom_read
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(5))
+        {
             return;
         }
         self.oom_read = Some(Instant::now());
@@ -133,7 +137,9 @@ impl Watch<'_> {
                 layer: Some(Layer::Resources),
                 action: Some("memory"),
                 syscall: None,
-                object: Some(Object::from("OOM kill (the sandbox's memory limit)".to_string())),
+                object: Some(Object::from(
+                    "OOM kill (the sandbox's memory limit)".to_string(),
+                )),
                 errno: None,
                 fd: None,
                 killed_in_kernel: false,
@@ -243,12 +249,10 @@ pub fn run(
             for d in m.degraded {
                 tracker.note_degraded(d);
             }
-            let mut attributor = Attributor::new(spec, start_ns);
-            attributor.set_unix_hook(armed.unix_hooked());
             Some(Watch {
                 monitor: m.monitor,
                 armed: Some(armed),
-                attributor,
+                attributor: Attributor::new(spec, start_ns),
                 tracker,
                 start_ns,
                 lost_seen: 0,

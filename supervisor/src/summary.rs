@@ -123,15 +123,11 @@ fn render_report(out: &mut String, r: &Report) {
             r.kernel.inbound_dropped
         );
     }
-    if r.kernel.limits > 0 {
+    if r.limits > 0 {
         let mut kinds: Vec<&str> = r.first_limits.iter().filter_map(|e| e.action).collect();
+        kinds.sort_unstable();
         kinds.dedup();
-        let _ = write!(
-            line,
-            " · resource limits reached {} times ({})",
-            r.kernel.limits,
-            kinds.join(", ")
-        );
+        let _ = write!(line, " · resource limits reached ({})", kinds.join(", "));
     }
     if r.dropped_events > 0 {
         let _ = write!(

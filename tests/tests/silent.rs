@@ -298,3 +298,46 @@ fn creating_below_a_hidden_directory_is_a_violation() {
         "the sandbox's /dev/shm is its own"
     );
 }
+
+#[test]
+fn an_oom_kill_is_a_timed_limit_event() {
+    let test = "an_oom_kill_is_a_timed_limit_event";
+    if !privileged(test) {
+        return;
+    }
+    let file = policy_file("oom", &policy("[resources]\nmemory = \"64M\"\n"));
+    let events = scratch_dir("oom-events").join("oom.jsonl");
+    let fixture = hostile();
+    let mut cmd = std::process::Command::new(stockade());
+    cmd.args(["run", "--json", "--policy"])
+        .arg(&file)
+        .arg("--plugin-dir")
+        .arg(plugin_dir())
+        .arg("--events")
+        .arg(&events)
+        .args(["--", &fixture, "mem-bomb", "512"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let r = tracked(&mut cmd);
+    assert_eq!(r.summary["ended_by"], "oom_kill", "{}", r.stderr);
+    assert_eq!(r.summary["monitor"]["violations"], 0, "{}", r.stderr);
+    let all: Vec<Value> = std::fs::read_to_string(&events)
+        .expect("events file")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let oom: Vec<&Value> = all.iter().filter(|e| e["action"] == "memory").collect();
+    assert_eq!(oom.len(), 1, "{all:#?}");
+    assert_eq!(oom[0]["type"], "limit");
+    assert_eq!(oom[0]["layer"], "resources");
+    assert!(oom[0]["t_ms"].as_f64().unwrap() > 0.0);
+    // Control: within the limit, no memory event.
+    let r = hostile_run(
+        "oom-control",
+        &policy("[resources]\nmemory = \"64M\"\n"),
+        &["mem-bomb", "8"],
+    );
+    assert_line(&r, "ok allocated 8 MiB");
+    assert_eq!(r.summary["monitor"]["limits"], 0, "{}", r.stderr);
+}
