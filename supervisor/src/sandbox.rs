@@ -249,10 +249,12 @@ pub fn run(
             for d in m.degraded {
                 tracker.note_degraded(d);
             }
+            let mut attributor = Attributor::new(spec, start_ns);
+            attributor.set_unix_hook(armed.unix_hooked());
             Some(Watch {
                 monitor: m.monitor,
                 armed: Some(armed),
-                attributor: Attributor::new(spec, start_ns),
+                attributor,
                 tracker,
                 start_ns,
                 lost_seen: 0,
