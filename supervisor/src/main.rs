@@ -537,7 +537,7 @@ fn ipc_launch_check(
     }
     let scan = stockade::socket_scan::scan(spec);
     phase("unix sockets of the granted trees checked");
-    let Some(cause) = scan.refusal() else {
+    let Some(cause) = scan.refusal(hooks) else {
         return Ok(());
     };
     if spec.enforce {

@@ -39,8 +39,15 @@ pub struct ScanResult {
 }
 
 impl ScanResult {
-    /// The one-line cause for a refusal, or `None` when the granted trees are clean.
-    pub fn refusal(&self) -> Option<String> {
+    /// The one-line cause for a refusal, or `None` when the granted trees are clean. `hooked`:
+    /// the kernel's unix socket programs are armed (the walk runs because of a writable tree).
+    pub fn refusal(&self, hooked: bool) -> Option<String> {
+        let why = if hooked {
+            "and a symlink the plugin makes in a writable tree would lead there past the kernel's \
+             unix socket programs, which judge names"
+        } else {
+            "and no kernel unix socket hook is loaded to refuse it"
+        };
         if let Some(first) = self.unlisted.first() {
             let more = match self.unlisted.len() {
                 1 => String::new(),
@@ -48,15 +55,14 @@ impl ScanResult {
             };
             return Some(format!(
                 "the sandbox could connect to the unix socket {}{more}, which [ipc] `connect` does \
-                 not list, and no kernel unix socket hook is loaded to refuse it",
+                 not list, {why}",
                 first.display()
             ));
         }
         self.incomplete.as_ref().map(|dir| {
             format!(
                 "the granted trees hold more than {MAX_ENTRIES} entries or {MAX_DEPTH} levels \
-                 (stopped at {}): they cannot be checked for unix sockets, and no kernel
-                 unix socket hook is loaded",
+                 (stopped at {}): they cannot be checked for unix sockets, {why}",
                 dir.display()
             )
         })
@@ -179,7 +185,7 @@ mod tests {
         let found = scan_trees(&roots, &HashSet::new(), 1000);
         assert_eq!(found.unlisted, std::slice::from_ref(&sock));
         assert!(found.incomplete.is_none());
-        assert!(found.refusal().unwrap().contains("daemon.sock"));
+        assert!(found.refusal(false).unwrap().contains("daemon.sock"));
         let listed: HashSet<&Path> = [sock.as_path()].into();
         let clean = scan_trees(&roots, &listed, 1000);
         assert_eq!(
@@ -189,7 +195,7 @@ mod tests {
                 ..ScanResult::default()
             }
         );
-        assert!(clean.refusal().is_none());
+        assert!(clean.refusal(false).is_none());
     }
 
     #[test]
@@ -228,7 +234,7 @@ mod tests {
         let cut = scan_trees(&roots, &HashSet::new(), 10);
         assert!(cut.unlisted.is_empty());
         assert!(cut.incomplete.is_some());
-        assert!(cut.refusal().unwrap().contains("cannot be checked"));
+        assert!(cut.refusal(false).unwrap().contains("cannot be checked"));
         // Depth: MAX_DEPTH + 1 levels.
         let deep = tempdir();
         let mut p = deep.path().to_path_buf();

@@ -99,7 +99,12 @@ impl UnixHooks {
         if std::env::var_os("STOCKADE_UNIX_HOOKS").is_some_and(|v| v == "off") {
             return Err("not loaded: STOCKADE_UNIX_HOOKS=off (the launch check stands in)".into());
         }
+        let t0 = std::time::Instant::now();
         let mut obj = aya_obj::Object::parse(object).map_err(|e| format!("the object: {e}"))?;
+        tracing::debug!(
+            us = t0.elapsed().as_micros() as u64,
+            "unix programs: object parsed"
+        );
         let text_sections: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
         let defs = std::mem::take(&mut obj.maps);
         let fds: Vec<(&str, RawFd, &aya_obj::Map)> = ebpf
@@ -110,6 +115,10 @@ impl UnixHooks {
             .map_err(|e| format!("relocating the maps: {e}"))?;
         obj.relocate_calls(&text_sections)
             .map_err(|e| format!("linking the calls: {e}"))?;
+        tracing::debug!(
+            us = t0.elapsed().as_micros() as u64,
+            "unix programs: relocated"
+        );
         let mut programs = Vec::new();
         for (name, attach_type) in PROGRAMS {
             let program = obj
@@ -124,11 +133,16 @@ impl UnixHooks {
                 .map_err(|e| format!("{name} does not load: {e}"))?;
             programs.push((attach_type, fd));
         }
+        tracing::debug!(
+            us = t0.elapsed().as_micros() as u64,
+            "unix programs: loaded"
+        );
         Ok(UnixHooks { programs })
     }
 
     /// Attaches both programs to the cgroup directory `cgroup`.
     pub fn attach(&self, cgroup: BorrowedFd<'_>) -> std::io::Result<UnixLinks> {
+        let t0 = std::time::Instant::now();
         let mut links = UnixLinks::default();
         for (attach_type, prog) in &self.programs {
             let attr = LinkCreateAttr {
@@ -155,6 +169,10 @@ impl UnixHooks {
                 .links
                 .push(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
         }
+        tracing::debug!(
+            us = t0.elapsed().as_micros() as u64,
+            "unix programs: attached"
+        );
         Ok(links)
     }
 }
