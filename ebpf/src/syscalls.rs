@@ -62,7 +62,10 @@ const NR_CLONE3: u32 = 435;
 const REG_ARGS: [usize; 6] = [14, 13, 12, 7, 9, 8];
 const REG_ORIG_AX: usize = 15;
 
-/// Bytes of a socket address worth copying (sockaddr_in6).
+/// Bytes of a socket address worth copying: a whole `sockaddr_un` (its path is judged like any
+/// other), or, when that much cannot be read (an inet address at the end of a page), a
+/// `sockaddr_in6`.
+const SOCKADDR_UN_LEN: usize = 110;
 const SOCKADDR_LEN: usize = 28;
 
 #[inline(always)]
@@ -133,7 +136,9 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
             return 0;
         }
         what = PATH_ARGS.get(nr).copied().unwrap_or(0);
-        if ret == -ENOENT && what & ARG_PATH == 0 {
+        // ENOENT names a path: a file's, or a unix socket's in the address of a connect or a
+        // sendto (the supervisor judges whether something was hidden there).
+        if ret == -ENOENT && what & (ARG_PATH | ARG_SOCKADDR) == 0 {
             return 0;
         }
         // No route: in an empty network namespace, a datagram's or a connection's attempt.
@@ -214,10 +219,17 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
                 // `msg_name`, the first field of `struct msghdr` (and of `mmsghdr`'s first).
                 ptr = bpf_probe_read_user(ptr as *const u64).unwrap_or(0);
             }
-            let dst = &mut object[..SOCKADDR_LEN];
-            if ptr != 0 && bpf_probe_read_user_buf(ptr as *const u8, dst).is_ok() {
-                kind = ARG_SOCKADDR;
-                len = SOCKADDR_LEN as u32;
+            if ptr != 0 {
+                if bpf_probe_read_user_buf(ptr as *const u8, &mut object[..SOCKADDR_UN_LEN]).is_ok()
+                {
+                    kind = ARG_SOCKADDR;
+                    len = SOCKADDR_UN_LEN as u32;
+                } else if bpf_probe_read_user_buf(ptr as *const u8, &mut object[..SOCKADDR_LEN])
+                    .is_ok()
+                {
+                    kind = ARG_SOCKADDR;
+                    len = SOCKADDR_LEN as u32;
+                }
             }
         }
         addr_of_mut!((*e).object_kind).write(kind);

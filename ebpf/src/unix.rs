@@ -23,9 +23,11 @@
 //! - a relative name, or one containing `/..`: refused. A relative name is resolved against the
 //!   caller's working directory, which this program cannot see, so it cannot be judged;
 //! - a name `[ipc] connect` lists exactly, or one below a writable tree of the sandbox
-//!   (`UNIX_PATHS`): allowed;
-//! - anything else: refused, counted as a network denial and reported ([`UnixDenyEvent`]) with
-//!   the name.
+//!   (`UNIX_PATHS` value 1): allowed;
+//! - a name below a read-only tree (value 0): refused, counted as a network denial and reported
+//!   ([`UnixDenyEvent`]) with the name;
+//! - a name below no grant: allowed here; it names nothing in the sandbox, the lookup answers
+//!   ENOENT, and the supervisor judges that miss (sys_exit copies the address).
 //!
 //! The name is the one the caller gave: the kernel resolves it afterwards, following symlinks.
 
@@ -221,5 +223,6 @@ fn judge(key: &mut MissKey, len: usize) -> bool {
     // SAFETY: `MissKey` has the layout of `Key<[u8; MISS_KEY_DATA]>` (a u32 bit count, then
     // the data; asserted in the common crate) and is only read by the lookup.
     let k = unsafe { &*(key as *const MissKey as *const Key<[u8; MISS_KEY_DATA]>) };
-    UNIX_PATHS.get(k).is_some()
+    // No entry: the name lies below no grant and names nothing in the sandbox.
+    UNIX_PATHS.get(k).is_none_or(|allowed| *allowed != 0)
 }

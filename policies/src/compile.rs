@@ -304,9 +304,16 @@ impl Policy {
                 .filter(|m| m.access == Access::Write)
                 .map(|m| m.target.clone()),
         );
+        let mut read_only: Vec<PathBuf> = mounts
+            .iter()
+            .filter(|m| m.access != Access::Write)
+            .map(|m| m.target.clone())
+            .collect();
+        read_only.push(PathBuf::from("/proc"));
         Ok(IpcSpec {
             connect,
             writable,
+            read_only,
             bind_abstract: self.ipc.bind_abstract,
         })
     }

@@ -51,6 +51,11 @@ pub struct IpcSpec {
     /// The sandbox's writable trees (`/tmp` and each `write` grant): sockets below them are the
     /// sandbox's own, or could be (it may unlink one and bind its own in its place).
     pub writable: Vec<PathBuf>,
+    /// The sandbox's read-only trees (every other grant, and `/proc`, whose
+    /// `/proc/self/root/...` leads back to the root): a socket below one of them is the host's
+    /// unless listed. A name below no grant names nothing in the sandbox (ENOENT).
+    #[serde(default)]
+    pub read_only: Vec<PathBuf>,
     /// Whether the plugin may bind abstract names.
     pub bind_abstract: bool,
 }

@@ -341,3 +341,37 @@ fn an_oom_kill_is_a_timed_limit_event() {
     assert_line(&r, "ok allocated 8 MiB");
     assert_eq!(r.summary["monitor"]["limits"], 0, "{}", r.stderr);
 }
+
+#[test]
+fn connecting_to_a_hidden_host_socket_is_a_violation() {
+    let test = "connecting_to_a_hidden_host_socket_is_a_violation";
+    if !privileged(test) {
+        return;
+    }
+    // A socket the host has, outside every grant: the sandbox does not have it (ENOENT), and
+    // asking for it by name is a reach for it.
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("hidden-socket-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("host.sock");
+    let _ = std::fs::remove_file(&path);
+    let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let text = policy("");
+    let p = path.to_str().unwrap();
+    let r = hostile_run("hidden-socket", &text, &["connect-unix", p]);
+    assert_line(&r, "err ENOENT");
+    let e = only_violation(&r);
+    assert_eq!(e["layer"], "namespace", "{e}");
+    assert_eq!(e["action"], "connect", "{e}");
+    assert_eq!(e["object"], p, "{e}");
+    // Control: glibc's nscd socket, which exists nowhere here, is looked for by every name
+    // lookup: no violation.
+    let r = hostile_run(
+        "nscd-socket",
+        &text,
+        &["connect-unix", "/var/run/nscd/stockade-none.sock"],
+    );
+    assert_line(&r, "err ENOENT");
+    assert_eq!(r.summary["monitor"]["violations"], 0, "{}", r.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

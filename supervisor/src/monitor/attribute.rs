@@ -26,7 +26,7 @@ use stockade_ebpf_common as k;
 use stockade_policy::seccomp::{self, AUDIT_ARCH_X86_64, SECCOMP_RET_ALLOW};
 use stockade_policy::{syscalls, Access, LaunchSpec};
 
-use super::event::{c_bytes, c_path, net_address, sockaddr, Object, RawEvent};
+use super::event::{c_bytes, c_path, net_address, sockaddr, unix_path, Object, RawEvent};
 use super::hostpath::{HostPaths, Presence};
 use super::sandboxpath::SandboxRoot;
 
@@ -339,6 +339,23 @@ impl Attributor {
                     Some(ev)
                 }
                 libc::ENETUNREACH => None,
+                // A socket name that names nothing in the sandbox: the unix socket programs let
+                // such a name through (it lies below no grant). Judged like any other miss: a
+                // socket the host has there is a reach for it; nscd's, where there is none, not.
+                libc::ENOENT => {
+                    let p = (e.object_kind == k::ARG_SOCKADDR)
+                        .then(|| unix_path(object))
+                        .flatten()
+                        .filter(|p| p.is_absolute())?;
+                    let clean = normalize(&p);
+                    let clean = proc_root_alias(&clean).unwrap_or(clean);
+                    if !self.hidden(&clean, Access::Read) {
+                        return None;
+                    }
+                    ev.layer = Some(Layer::Namespace);
+                    ev.object = Some(Object::bytes(p.as_os_str().as_bytes().to_vec()));
+                    Some(ev)
+                }
                 // Landlock's TCP bind/connect rules answer EACCES.
                 libc::EACCES => {
                     ev.layer = Some(Layer::Landlock);

@@ -193,6 +193,18 @@ pub fn net_address(e: &k::NetDenyEvent) -> SocketAddr {
     SocketAddr::new(ip, e.port)
 }
 
+/// The pathname of a `struct sockaddr_un` copied from the caller's memory (`None` for another
+/// family, an abstract name, or a name the copy cut before its NUL).
+pub fn unix_path(bytes: &[u8]) -> Option<PathBuf> {
+    let family = u16::from_ne_bytes(bytes.get(0..2)?.try_into().ok()?);
+    if family != libc::AF_UNIX as u16 {
+        return None;
+    }
+    let name = bytes.get(2..)?;
+    let end = name.iter().position(|b| *b == 0)?;
+    (end > 0).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(&name[..end])))
+}
+
 /// A `struct sockaddr_in` / `sockaddr_in6` copied from the caller's memory.
 pub fn sockaddr(bytes: &[u8]) -> Option<SocketAddr> {
     let family = u16::from_ne_bytes(bytes.get(0..2)?.try_into().ok()?);

@@ -1,16 +1,19 @@
 //! Does a path that a plugin reached for exist on the host? The answer decides whether an ENOENT
 //! outside every grant is a violation (the mount namespace hid something) or nothing (the path
 //! exists nowhere). The path is the plugin's choice, so the lookup must not let it steer the
-//! supervisor (root, in the host's mount namespace) into a hung NFS or FUSE mount, make autofs
-//! mount something, or follow a link somewhere else.
+//! supervisor (root, in the host's mount namespace) into a hung NFS or FUSE mount or make autofs
+//! mount something.
 //!
 //! The path is walked one component at a time, each with `openat(dir, name, O_PATH |
 //! O_NOFOLLOW)`: a single component is always the last of its lookup, and the last component of
 //! an `O_PATH | O_NOFOLLOW` open is neither followed (symlinks, magic links) nor automounted.
 //! After each step, the mount the new descriptor lies on is found by its id (`/proc/self/fdinfo`,
 //! which asks no filesystem) in the mount table; unless that filesystem is a local one (or the
-//! root filesystem itself), the walk stops before asking it anything. A symlink or an automount point before the last component
-//! stops it too. No step waits on anything but local filesystems, so it runs inline.
+//! root filesystem itself), the walk stops before asking it anything. A symlink before the last
+//! component is read and its target walked the same way, one component at a time (at most 40
+//! links, as the kernel): glibc asks for `/var/run/nscd/socket`, and `/var/run` is a link to
+//! `/run` on most hosts. An automount point before the last component stops the walk. No step
+//! waits on anything but local filesystems, so it runs inline.
 //!
 //! Anything not answered is [`Presence::Unknown`], which the attributor counts as a violation: a
 //! plugin that reaches outside its grants into such a place gets no benefit of the doubt.
@@ -18,7 +21,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,25 +88,30 @@ impl HostPaths {
     }
 
     fn walk(&mut self, path: &Path) -> Presence {
-        let names: Vec<&std::ffi::OsStr> = path
+        let mut names: std::collections::VecDeque<std::ffi::OsString> = path
             .components()
             .filter_map(|c| match c {
-                Component::Normal(n) => Some(n),
+                Component::Normal(n) => Some(n.to_os_string()),
                 _ => None,
             })
             .collect();
-        let mut dir = match open_path(None, std::ffi::OsStr::new("/")) {
+        let root = match open_path(None, std::ffi::OsStr::new("/")) {
             Ok(fd) => fd,
             Err(e) => return Presence::Unknown(format!("/: errno {e}")),
         };
         // The supervisor's own root filesystem is trusted whatever its type (the VM runner's is
         // 9p): if it hung, the supervisor would be stuck loading its own files anyway.
-        let Some(mut mount) = mount_id(&dir) else {
+        let Some(root_mount) = mount_id(&root) else {
             return Presence::Unknown("no mount id in fdinfo".into());
         };
-        for (i, name) in names.iter().enumerate() {
-            let last = i + 1 == names.len();
-            let fd = match open_path(Some(&dir), name) {
+        let Ok(mut dir) = root.try_clone() else {
+            return Presence::Unknown("dup of /".into());
+        };
+        let mut mount = root_mount;
+        let mut links = 0;
+        while let Some(name) = names.pop_front() {
+            let last = names.is_empty();
+            let fd = match open_path(Some(&dir), &name) {
                 Ok(fd) => fd,
                 Err(libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG) => return Presence::Absent,
                 Err(e) => return Presence::Unknown(format!("errno {e} on the way")),
@@ -115,11 +123,34 @@ impl HostPaths {
             if last {
                 return Presence::Present;
             }
-            // Local now; statx may ask it. A link or an automount trigger is not walked through.
+            // Local now; statx may ask it. An automount trigger is not walked through; a link
+            // is read and its target walked the same careful way (at most 40, as the kernel).
             match kind(&fd) {
                 Ok((mode, attributes)) => {
                     if mode & libc::S_IFMT == libc::S_IFLNK {
-                        return Presence::Unknown("a symlink on the way: not followed".into());
+                        links += 1;
+                        let Some(target) = read_link(&fd).filter(|_| links <= 40) else {
+                            return Presence::Unknown("a link loop on the way".into());
+                        };
+                        let parts: Vec<std::ffi::OsString> = target
+                            .components()
+                            .filter_map(|c| match c {
+                                Component::Normal(n) => Some(n.to_os_string()),
+                                Component::ParentDir => Some("..".into()),
+                                _ => None,
+                            })
+                            .collect();
+                        for p in parts.into_iter().rev() {
+                            names.push_front(p);
+                        }
+                        if target.is_absolute() {
+                            let Ok(r) = root.try_clone() else {
+                                return Presence::Unknown("dup of /".into());
+                            };
+                            dir = r;
+                            mount = root_mount;
+                        }
+                        continue;
                     }
                     if attributes & ATTR_AUTOMOUNT != 0 {
                         return Presence::Unknown("an automount point on the way".into());
@@ -171,6 +202,26 @@ fn open_path(dir: Option<&OwnedFd>, name: &std::ffi::OsStr) -> Result<OwnedFd, i
     }
     // SAFETY: a descriptor this function just opened and nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The target of the link `fd` (opened `O_PATH | O_NOFOLLOW`) names.
+fn read_link(fd: &OwnedFd) -> Option<PathBuf> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: an empty path on an O_PATH descriptor of the link itself; `buf` is writable for
+    // its length.
+    let n = unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(PathBuf::from(std::ffi::OsString::from_vec(buf)))
 }
 
 /// The mount id of an open descriptor, from `/proc/self/fdinfo` (the VFS answers; the file's
@@ -234,22 +285,26 @@ mod tests {
     }
 
     #[test]
-    fn links_are_not_followed() {
+    fn links_are_walked_the_same_careful_way() {
         let dir = std::env::temp_dir().join(format!("stockade-hostpath-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let link = dir.join("link");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink("/", &link).unwrap();
+        let missing = dir.join("missing");
+        let _ = std::fs::remove_file(&missing);
+        std::os::unix::fs::symlink("nowhere/at/all", &missing).unwrap();
+        let looping = dir.join("loop");
+        let _ = std::fs::remove_file(&looping);
+        std::os::unix::fs::symlink("loop", &looping).unwrap();
         let mut h = HostPaths::new();
-        // The link itself exists; what it points to is not looked at through it.
+        // The link itself exists; through it, its target is walked component by component.
         assert_eq!(h.presence(&link), Presence::Present);
-        assert!(
-            matches!(h.presence(&link.join("etc")), Presence::Unknown(_)),
-            "followed a symlink"
-        );
-        // /proc/self is a symlink, /proc/self/root a magic link.
+        assert_eq!(h.presence(&link.join("etc")), Presence::Present);
+        assert_eq!(h.presence(&link.join("no-such-dir")), Presence::Absent);
+        assert_eq!(h.presence(&missing.join("x")), Presence::Absent);
         assert!(matches!(
-            h.presence(Path::new("/proc/self/root/etc")),
+            h.presence(&looping.join("x")),
             Presence::Unknown(_)
         ));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -526,10 +526,10 @@ impl Monitor {
                     })?;
             }
             if self.unix_hooks.is_some() {
-                for key in unix::path_keys(cgroup_id, &spec.ipc) {
+                for (key, verdict) in unix::path_keys(cgroup_id, &spec.ipc) {
                     armed.unix_keys.push(key);
                     self.unix_paths
-                        .insert(&LpmKey::new(key.prefix_len, key.data), 1, 0)
+                        .insert(&LpmKey::new(key.prefix_len, key.data), verdict, 0)
                         .map_err(|source| MonitorError::Map {
                             map: "UNIX_PATHS",
                             source,

@@ -293,14 +293,18 @@ pub fn armed_by(monitor: &super::Monitor) -> bool {
     monitor.capabilities().unix.active
 }
 
-/// The `UNIX_PATHS` entries of one sandbox: each listed socket with its NUL (only that exact name
-/// matches), each writable tree with a trailing `/` (every name below it matches). `None` for a
-/// path too long for the trie's key (a listed one cannot be: socket names are at most 107
-/// bytes; a writable tree that long holds no socket name the kernel accepts anyway).
+/// The `UNIX_PATHS` entries of one sandbox, each with its verdict: each listed socket with its
+/// NUL (only that exact name matches) and each writable tree with a trailing `/` (every name
+/// below it matches) are allowed (1); each read-only tree with a trailing `/` is refused (0),
+/// for a socket there is the host's. A name below no entry names nothing in the sandbox: it is
+/// let through, the lookup answers ENOENT, and the supervisor judges that miss like any other
+/// (a hidden host socket is a namespace violation; nscd's socket, which glibc tries on every
+/// name lookup, is not where it exists nowhere). Entries too long for the trie's key are left
+/// out (socket names are at most 107 bytes, so no name below such a tree reaches the hook).
 pub fn path_keys(
     cgroup_id: u64,
     ipc: &stockade_policy::IpcSpec,
-) -> Vec<stockade_ebpf_common::MissKey> {
+) -> Vec<(stockade_ebpf_common::MissKey, u8)> {
     use std::os::unix::ffi::OsStrExt;
     let listed = ipc.connect.iter().map(|p| {
         let mut b = p.as_os_str().as_bytes().to_vec();
@@ -314,9 +318,18 @@ pub fn path_keys(
         }
         b
     });
+    let refused = ipc.read_only.iter().map(|p| {
+        let mut b = p.as_os_str().as_bytes().to_vec();
+        if b.last() != Some(&b'/') {
+            b.push(b'/');
+        }
+        (b, 0)
+    });
     listed
         .chain(trees)
-        .filter_map(|bytes| key(cgroup_id, &bytes))
+        .map(|b| (b, 1))
+        .chain(refused)
+        .filter_map(|(bytes, verdict)| key(cgroup_id, &bytes).map(|k| (k, verdict)))
         .collect()
 }
 
@@ -340,23 +353,27 @@ mod tests {
     use std::path::PathBuf;
 
     #[test]
-    fn listed_sockets_are_exact_and_writable_trees_are_prefixes() {
+    fn listed_sockets_are_exact_writable_trees_allowed_read_only_trees_refused() {
         let ipc = stockade_policy::IpcSpec {
             connect: vec![PathBuf::from("/run/foo.sock")],
             writable: vec![PathBuf::from("/tmp"), PathBuf::from("/srv/state/")],
+            read_only: vec![PathBuf::from("/usr/lib"), PathBuf::from("/proc")],
             bind_abstract: false,
         };
         let keys = path_keys(7, &ipc);
-        let text = |k: &stockade_ebpf_common::MissKey| {
+        let text = |(k, verdict): &(stockade_ebpf_common::MissKey, u8)| {
             let n = k.prefix_len as usize / 8;
             (
                 u64::from_le_bytes(k.data[..8].try_into().unwrap()),
                 k.data[8..n].to_vec(),
+                *verdict,
             )
         };
-        assert_eq!(text(&keys[0]), (7, b"/run/foo.sock\0".to_vec()));
-        assert_eq!(text(&keys[1]), (7, b"/tmp/".to_vec()));
-        assert_eq!(text(&keys[2]), (7, b"/srv/state/".to_vec()));
-        assert_eq!(keys.len(), 3);
+        assert_eq!(text(&keys[0]), (7, b"/run/foo.sock\0".to_vec(), 1));
+        assert_eq!(text(&keys[1]), (7, b"/tmp/".to_vec(), 1));
+        assert_eq!(text(&keys[2]), (7, b"/srv/state/".to_vec(), 1));
+        assert_eq!(text(&keys[3]), (7, b"/usr/lib/".to_vec(), 0));
+        assert_eq!(text(&keys[4]), (7, b"/proc/".to_vec(), 0));
+        assert_eq!(keys.len(), 5);
     }
 }
