@@ -52,6 +52,11 @@ const EDQUOT: i64 = 122;
 /// `path_len` when no path was copied.
 const NO_PATH: usize = usize::MAX;
 
+const NR_RENAME: u32 = 82;
+const NR_LINK: u32 = 86;
+const NR_RENAMEAT: u32 = 264;
+const NR_LINKAT: u32 = 265;
+const NR_RENAMEAT2: u32 = 316;
 const NR_CLONE: u32 = 56;
 const NR_FORK: u32 = 57;
 const NR_VFORK: u32 = 58;
@@ -176,7 +181,9 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
             path_len = p.len();
         }
     }
-    if ret == -ENOENT && path_len != NO_PATH {
+    let second = second_path_index(nr);
+    // A call with two paths is judged on both in userspace (its miss may be the second's).
+    if ret == -ENOENT && path_len != NO_PATH && second == 0 {
         let len = path_len;
         // SAFETY: as above.
         if quiet_miss(unsafe { &mut *scratch }, len) {
@@ -236,7 +243,78 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         addr_of_mut!((*e).object_len).write(len);
     }
     entry.submit(0);
+    // link, rename and their *at forms name two paths, and either may be the one refused or
+    // missing: the second goes out as an event of its own, marked (`_pad[0] = 1`).
+    if ret < 0 && second != 0 {
+        if let Some(ptr) = args.get(second) {
+            // SAFETY: as for the first path.
+            second_path_event(
+                cg,
+                slot,
+                nr,
+                ret,
+                &args,
+                *ptr,
+                unsafe { &mut *scratch },
+                refusal,
+            );
+        }
+    }
     0
+}
+
+/// Which argument holds the second path of a call that names two; 0 for any other call (a
+/// plain integer, not an Option: see `path_len`).
+#[inline(always)]
+fn second_path_index(nr: u32) -> usize {
+    match nr {
+        NR_RENAME | NR_LINK => 1,
+        NR_RENAMEAT | NR_LINKAT | NR_RENAMEAT2 => 3,
+        _ => 0,
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn second_path_event(
+    cg: u64,
+    slot: u32,
+    nr: u32,
+    ret: i64,
+    args: &[u64; 6],
+    ptr: u64,
+    scratch: &mut MissKey,
+    refusal: bool,
+) {
+    // SAFETY: the helper checks the user pointer and answers an error instead of faulting.
+    let Ok(p) =
+        (unsafe { bpf_probe_read_user_str_bytes(ptr as *const u8, &mut scratch.data[8..]) })
+    else {
+        return;
+    };
+    let n = p.len();
+    let Some(mut entry) = EVENTS.reserve::<SyscallEvent>(0) else {
+        bump(slot, COUNTER_DROPPED);
+        if refusal {
+            bump(slot, COUNTER_DENIALS_DROPPED);
+        }
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` points to the reserved record; every field is written before submit.
+    unsafe {
+        addr_of_mut!((*e).header).write(header(EVENT_SYSCALL, cg));
+        addr_of_mut!((*e).nr).write(nr);
+        addr_of_mut!((*e).ret).write(ret as i32);
+        addr_of_mut!((*e).args).write(*args);
+        addr_of_mut!((*e)._pad).write([1, 0, 0]);
+        let object = &mut *addr_of_mut!((*e).object);
+        let src = scratch.data.as_ptr().add(8);
+        let ok = bpf_probe_read_kernel_buf(src, &mut object[..MISS_PATH_LEN]).is_ok();
+        addr_of_mut!((*e).object_kind).write(if ok { ARG_PATH } else { 0 });
+        addr_of_mut!((*e).object_len).write(if ok { n as u32 } else { 0 });
+    }
+    entry.submit(0);
 }
 
 /// A resource limit answered the call: the pids limit (EAGAIN from a fork), the descriptor

@@ -375,3 +375,40 @@ fn connecting_to_a_hidden_host_socket_is_a_violation() {
     assert_eq!(r.summary["monitor"]["violations"], 0, "{}", r.stderr);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn both_paths_of_a_rename_or_link_are_judged_once() {
+    let test = "both_paths_of_a_rename_or_link_are_judged_once";
+    if !privileged(test) {
+        return;
+    }
+    let text = policy("");
+    // The second path is the one that reaches below a hidden directory.
+    let r = hostile_run(
+        "rename-second",
+        &text,
+        &["rename", "/tmp/a", "/var/tmp/stockade-y"],
+    );
+    assert_line(&r, "err ENOENT");
+    let e = only_violation(&r);
+    assert_eq!(e["layer"], "namespace", "{e}");
+    assert_eq!(e["syscall"], "rename", "{e}");
+    assert_eq!(e["object"], "/var/tmp/stockade-y", "{e}");
+    // The first path is the hidden one: one violation, not one per path.
+    let r = hostile_run("link-first", &text, &["link", "/etc/shadow", "/tmp/s"]);
+    assert_line(&r, "err ENOENT");
+    let e = only_violation(&r);
+    assert_eq!(e["object"], "/etc/shadow", "{e}");
+    // Controls: inside /tmp; a missing source inside /tmp.
+    for args in [
+        ["rename", "/tmp/a", "/tmp/b"],
+        ["rename", "/tmp/missing", "/tmp/b"],
+    ] {
+        let r = hostile_run("rename-control", &text, &args);
+        assert_eq!(
+            r.summary["monitor"]["violations"], 0,
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+}

@@ -119,6 +119,9 @@ pub struct Attributor {
     unix_hook: bool,
     /// The sandbox's own root, to follow the links the plugin made in its writable trees.
     root: SandboxRoot,
+    /// The thread whose two-path call (link, rename) was a violation on its first path: its
+    /// second path's event is not another one.
+    first_of_two_violated: Option<u32>,
     start_ns: u64,
     /// Whether a hidden path exists on the host (see `hostpath`).
     host: HostPaths,
@@ -134,6 +137,7 @@ impl Attributor {
             isolated: spec.network == stockade_policy::NetworkSpec::Isolated,
             unix_hook: false,
             root: SandboxRoot::default(),
+            first_of_two_violated: None,
             start_ns,
             host: HostPaths::new(),
         }
@@ -283,10 +287,33 @@ impl Attributor {
         }
     }
 
+    /// link, rename and their *at forms name two paths; the kernel sends the second as an event
+    /// of its own right after the first (marked `_pad[0] = 1`). One call is one violation: the
+    /// second path is judged only when the first was not one.
     fn syscall(&mut self, e: &k::SyscallEvent) -> Option<Event> {
         if e.ret >= 0 {
             return self.open(e);
         }
+        let second = e._pad[0] == 1;
+        if second {
+            if self.first_of_two_violated.take() == Some(e.header.tid) {
+                return None;
+            }
+            return self.failed_syscall(e);
+        }
+        let ev = self.failed_syscall(e);
+        let two_paths = matches!(
+            syscalls::name_of(e.nr),
+            Some("link" | "linkat" | "rename" | "renameat" | "renameat2")
+        );
+        self.first_of_two_violated = ev
+            .as_ref()
+            .filter(|v| two_paths && v.kind == EventType::Violation)
+            .map(|_| e.header.tid);
+        ev
+    }
+
+    fn failed_syscall(&mut self, e: &k::SyscallEvent) -> Option<Event> {
         let errno = -e.ret;
         let name = syscalls::name_of(e.nr);
         let object = &e.object[..(e.object_len as usize).min(k::OBJECT_LEN)];
