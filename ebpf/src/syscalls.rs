@@ -20,7 +20,7 @@ use core::ptr::addr_of_mut;
 use aya_ebpf::{
     helpers::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user,
-        bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
+        bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes, generated::bpf_send_signal,
     },
     macros::raw_tracepoint,
     maps::lpm_trie::Key,
@@ -28,8 +28,9 @@ use aya_ebpf::{
 };
 use stockade_ebpf_common::{
     MissKey, SyscallEvent, ARG_MSGHDR, ARG_OPENS, ARG_PATH, ARG_SOCKADDR, COUNTER_DENIALS_DROPPED,
-    COUNTER_DROPPED, COUNTER_FAILED, COUNTER_LIMITS, COUNTER_QUIET_MISSES, COUNTER_SYSCALLS,
-    EVENT_SYSCALL, FLAG_TRACE_FILES, MISS_KEY_DATA, MISS_PATH_LEN, SYSCALL_NR_MAX,
+    COUNTER_DROPPED, COUNTER_FAILED, COUNTER_KILLS, COUNTER_LIMITS, COUNTER_QUIET_MISSES,
+    COUNTER_SYSCALLS, EVENT_SYSCALL, FLAG_NO_ABSTRACT_BIND, FLAG_TRACE_FILES, MISS_KEY_DATA,
+    MISS_PATH_LEN, SYSCALL_NR_MAX,
 };
 
 use crate::maps::{
@@ -52,6 +53,9 @@ const EDQUOT: i64 = 122;
 /// `path_len` when no path was copied.
 const NO_PATH: usize = usize::MAX;
 
+const NR_BIND: u32 = 49;
+const AF_UNIX: u16 = 1;
+const SIGKILL: u32 = 9;
 const NR_RENAME: u32 = 82;
 const NR_LINK: u32 = 86;
 const NR_RENAMEAT: u32 = 264;
@@ -119,14 +123,24 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         }
     }
     let what;
+    let mut abstract_bound = false;
     if ret >= 0 {
-        // A success: an event only for an open, and only when every open is traced.
-        if flags & FLAG_TRACE_FILES == 0 {
-            return 0;
-        }
-        what = PATH_ARGS.get(nr).copied().unwrap_or(0);
-        if what & ARG_OPENS == 0 {
-            return 0;
+        if nr == NR_BIND && flags & FLAG_NO_ABSTRACT_BIND != 0 && binds_abstract(regs) {
+            // SAFETY: a helper taking a signal number; the signal goes to the current task's
+            // process, which is the one that just bound.
+            unsafe { bpf_send_signal(SIGKILL) };
+            bump(slot, COUNTER_KILLS);
+            abstract_bound = true;
+            what = PATH_ARGS.get(nr).copied().unwrap_or(0);
+        } else {
+            // A success: an event only for an open, and only when every open is traced.
+            if flags & FLAG_TRACE_FILES == 0 {
+                return 0;
+            }
+            what = PATH_ARGS.get(nr).copied().unwrap_or(0);
+            if what & ARG_OPENS == 0 {
+                return 0;
+            }
         }
     } else if limit_reached(nr, ret) {
         // Not a refusal: an event at the 1st, 2nd, 4th... time on this CPU, so that a plugin
@@ -155,7 +169,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     if suppressed {
         return 0;
     }
-    let refusal = ret < 0 && !limit_reached(nr, ret);
+    let refusal = (ret < 0 && !limit_reached(nr, ret)) || abstract_bound;
     let mut args = [0u64; 6];
     for (i, word) in REG_ARGS.iter().enumerate() {
         args[i] = reg(regs, *word);
@@ -261,6 +275,23 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         }
     }
     0
+}
+
+/// Whether the `bind` whose registers these are named an abstract unix address: `AF_UNIX`, a
+/// first path byte of 0, and more than the family (an address of the family alone is autobind:
+/// the kernel picks a random name, which no host service uses).
+#[inline(always)]
+fn binds_abstract(regs: *const u64) -> bool {
+    let ptr = reg(regs, REG_ARGS[1]);
+    let len = reg(regs, REG_ARGS[2]);
+    if len <= 2 || ptr == 0 {
+        return false;
+    }
+    // SAFETY: the helper checks the user pointer and answers an error instead of faulting.
+    let family = unsafe { bpf_probe_read_user(ptr as *const u16) }.unwrap_or(0);
+    // SAFETY: as above.
+    let first = unsafe { bpf_probe_read_user((ptr + 2) as *const u8) }.unwrap_or(1);
+    family == AF_UNIX && first == 0
 }
 
 /// Which argument holds the second path of a call that names two; 0 for any other call (a

@@ -424,9 +424,9 @@ fn explain_ipc(
             (NetworkMode::Allow, true) =>
                 "the plugin may bind them in the host's network namespace".to_string(),
             (NetworkMode::Allow, false) if crate::monitor::unix::abstract_bind_refused(probe) =>
-                "binding one in the host's network namespace fails with EPERM (BPF LSM socket_bind) and is a violation".to_string(),
+                "a process that binds one in the host's network namespace is killed as its bind returns, before it can listen, and it is a violation".to_string(),
             (NetworkMode::Allow, false) =>
-                "binding one in the host's network namespace is NOT refused on this kernel (needs BPF LSM programs)".to_string(),
+                "binding one in the host's network namespace is NOT stopped on this kernel (needs a raw tracepoint program)".to_string(),
         }
     );
     let _ = writeln!(

@@ -318,3 +318,49 @@ fn a_writable_tree_keeps_the_launch_check() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn binding_an_abstract_name_on_the_host_network_kills_before_it_listens() {
+    let test = "binding_an_abstract_name_on_the_host_network_kills_before_it_listens";
+    if !privileged(test) || !tcp_rules_enforceable(test) {
+        return;
+    }
+    // The host's network namespace: an abstract name bound here is one host clients can reach.
+    let name = format!("stockade-test-{}", std::process::id());
+    let host_net = "[network]\nmode = \"allow\"\n";
+    let r = hostile_run(
+        "abstract-bind",
+        &policy(host_net),
+        &["bind-abstract", &name],
+    );
+    assert!(!r.stdout.contains("ok bound"), "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.summary["signal"], 9, "{}", r.stderr);
+    let v = r.summary["monitor"]["first"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(v.len(), 1, "{v:#?}\n{}", r.stderr);
+    assert_eq!(v[0]["layer"], "network", "{}", v[0]);
+    assert_eq!(v[0]["action"], "bind", "{}", v[0]);
+    assert_eq!(v[0]["object"], format!("@{name}"), "{}", v[0]);
+    assert_eq!(v[0]["killed_in_kernel"], true, "{}", v[0]);
+    // Controls: autobind (a random name) and, with bind_abstract = true, the same name.
+    let r = hostile_run(
+        "abstract-autobind",
+        &policy(host_net),
+        &["bind-abstract", ""],
+    );
+    assert_line(&r, "ok bound");
+    assert_eq!(r.summary["monitor"]["violations"], 0, "{}", r.stderr);
+    let allowed = format!("{host_net}\n[ipc]\nbind_abstract = true\n");
+    let r = hostile_run(
+        "abstract-allowed",
+        &policy(&allowed),
+        &["bind-abstract", &name],
+    );
+    assert_line(&r, "ok bound");
+    assert_eq!(r.summary["monitor"]["violations"], 0, "{}", r.stderr);
+    // In its own network namespace (mode none) a name reaches nobody: allowed.
+    let r = hostile_run("abstract-none", &policy(""), &["bind-abstract", &name]);
+    assert_line(&r, "ok bound");
+}

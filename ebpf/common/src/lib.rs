@@ -48,6 +48,12 @@ pub const FLAG_TRACE_FILES: u32 = 8;
 /// `execs` reaches `lsm_after_execs` (from the plugin's first instruction: the set-up before it
 /// opens host files that the plugin may not).
 pub const FLAG_LSM: u32 = 4;
+/// `SandboxConfig::flags` and `IndexEntry::flags`: the sandbox shares the host's network
+/// namespace and `[ipc] bind_abstract` is false. No hook refuses a unix `bind` (there is no cgroup
+/// unix bind hook, and BPF LSM `socket_bind` loads only where LSM programs do), so `sys_exit`
+/// kills a process whose `bind` to an abstract name succeeded before it returns to user space:
+/// it never listens nor answers on the name.
+pub const FLAG_NO_ABSTRACT_BIND: u32 = 16;
 
 /// `LsmGrantKey` access bits.
 pub const GRANT_READ: u32 = 1;

@@ -291,6 +291,9 @@ impl Attributor {
     /// of its own right after the first (marked `_pad[0] = 1`). One call is one violation: the
     /// second path is judged only when the first was not one.
     fn syscall(&mut self, e: &k::SyscallEvent) -> Option<Event> {
+        if e.ret >= 0 && syscalls::name_of(e.nr) == Some("bind") {
+            return Some(self.abstract_bind(e));
+        }
         if e.ret >= 0 {
             return self.open(e);
         }
@@ -501,6 +504,24 @@ impl Attributor {
                 Some(ev)
             }
         }
+    }
+
+    /// A `bind` to an abstract name on the host's network namespace, which `[ipc]` does not allow
+    /// (`FLAG_NO_ABSTRACT_BIND`): the program killed the process before it returned from the call.
+    fn abstract_bind(&self, e: &k::SyscallEvent) -> Event {
+        let mut ev = self.base(&e.header, EventType::Violation);
+        ev.layer = Some(Layer::Network);
+        ev.action = Some("bind");
+        ev.syscall = Some("bind".into());
+        let object = &e.object[..(e.object_len as usize).min(k::OBJECT_LEN)];
+        // sun_path after its first (zero) byte, up to the address length the call gave.
+        let addr_len = (e.args[2] as usize).clamp(3, 110);
+        let name = object.get(3..addr_len.min(object.len())).unwrap_or(&[]);
+        let mut shown = b"@".to_vec();
+        shown.extend_from_slice(name);
+        ev.object = Some(Object::bytes(shown));
+        ev.killed_in_kernel = true;
+        ev
     }
 
     /// A successful open (`FLAG_TRACE_FILES`).

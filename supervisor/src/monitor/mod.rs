@@ -452,6 +452,9 @@ impl Monitor {
         if spec.trace_files {
             flags |= k::FLAG_TRACE_FILES;
         }
+        if spec.network.is_some() && !spec.ipc.bind_abstract {
+            flags |= k::FLAG_NO_ABSTRACT_BIND;
+        }
         let mut armed = Armed {
             cgroup_id,
             slot,

@@ -265,13 +265,15 @@ pub fn hooks_load(probe: &Probe) -> bool {
         .any(|(ty, r)| ty.contains("connect_unix") && r.is_ok())
 }
 
-/// Whether binding an abstract name is refused on this kernel: by the BPF LSM `socket_bind`
-/// program, where LSM programs load.
+/// Whether binding an abstract name is stopped on this kernel: no hook refuses a unix `bind`
+/// (no cgroup unix bind hook; BPF LSM `socket_bind` only where LSM programs load), so the
+/// `sys_exit` raw tracepoint kills a process whose bind to an abstract name succeeded, before
+/// the call returns (`FLAG_NO_ABSTRACT_BIND`): it never listens on the name.
 pub fn abstract_bind_refused(probe: &Probe) -> bool {
     probe
         .bpf
         .iter()
-        .any(|(ty, r)| ty.starts_with("lsm") && r.is_ok())
+        .any(|(ty, r)| ty.contains("raw_tracepoint") && r.is_ok())
 }
 
 /// Whether the launch check (`socket_scan`) must walk the read-only grants of `spec`, when the

@@ -104,6 +104,7 @@ fn run(args: &[String]) -> String {
             io_line(std::fs::rename(arg(1), arg(2)), |_| "ok".into())
         }
         "link" => io_line(std::fs::hard_link(arg(1), arg(2)), |_| "ok".into()),
+        "bind-abstract" => bind_abstract(&arg(1)),
         // udp-opts ADDR none|rthdr|ipopts: one datagram to ADDR from a socket that carries an
         // IPv6 routing header or IPv4 options (set with setsockopt), or neither.
         "udp-opts" => udp_opts(&arg(1), &arg(2)),
@@ -1269,4 +1270,40 @@ fn udp_opts(addr: &str, kind: &str) -> String {
         return format!("setsockopt {}", err_line(errno()));
     }
     io_line(s.send_to(b"x", a), |n| format!("ok sent {n}"))
+}
+
+/// Binds the abstract unix name `name` (empty: autobind) and listens; prints how it went.
+fn bind_abstract(name: &str) -> String {
+    // SAFETY: plain socket calls on a descriptor this function owns; the address is built in a
+    // zeroed sockaddr_un of the length passed.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+        if fd < 0 {
+            return format!("socket {}", err_line(errno()));
+        }
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as u16;
+        let bytes = name.as_bytes();
+        for (i, b) in bytes.iter().take(100).enumerate() {
+            addr.sun_path[i + 1] = *b as libc::c_char;
+        }
+        let len = if name.is_empty() {
+            2
+        } else {
+            3 + bytes.len().min(100)
+        };
+        let _ = std::io::stdout().flush();
+        if libc::bind(
+            fd,
+            &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+            len as u32,
+        ) < 0
+        {
+            return format!("bind {}", err_line(errno()));
+        }
+        if libc::listen(fd, 1) < 0 {
+            return format!("listen {}", err_line(errno()));
+        }
+        "ok bound".into()
+    }
 }
