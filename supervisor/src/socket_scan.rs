@@ -15,6 +15,12 @@
 //! that grant is walked itself); mount points below a grant are crossed, as the recursive bind
 //! shows them. The walk is bounded — [`MAX_ENTRIES`] entries and [`MAX_DEPTH`] levels in all —
 //! and a tree it could not finish counts as holding an unlisted socket: fail closed.
+//!
+//! A grant on a filesystem whose superblock is read-only (not only its bind: `ro` in the super
+//! options of `/proc/self/mountinfo`) is not walked, only the mounts below it: `bind()` creates
+//! the socket's inode, which such a filesystem refuses, so no process can be listening on a
+//! socket there (short of binding before a remount read-only). Read-only system images, and the
+//! VM runner's host root over 9p, where each walk took seconds.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -72,13 +78,107 @@ impl ScanResult {
 /// The sockets below `spec`'s read-only binds that its `[ipc] connect` does not list.
 pub fn scan(spec: &LaunchSpec) -> ScanResult {
     let listed: HashSet<&Path> = spec.ipc.connect.iter().map(PathBuf::as_path).collect();
-    let roots: Vec<&Path> = spec
+    let grants: Vec<&Path> = spec
         .mounts
         .iter()
         .filter(|m| m.access != Access::Write)
         .map(|m| m.source.as_path())
         .collect();
+    let mounts = Mounts::read();
+    let roots: Vec<PathBuf> = walk_roots(&grants, &mounts);
+    let roots: Vec<&Path> = roots.iter().map(PathBuf::as_path).collect();
     scan_trees(&roots, &listed, MAX_ENTRIES)
+}
+
+/// The mount table: each mount's id, mount point and whether its superblock is read-only.
+struct Mounts(Vec<(u64, PathBuf, bool)>);
+
+impl Mounts {
+    fn read() -> Mounts {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        Mounts(parse_mountinfo(&text))
+    }
+
+    /// Whether `path` lies on a filesystem mounted read-only (superblock); unknown is no.
+    fn read_only(&self, path: &Path) -> bool {
+        let Some(id) = mount_id(path) else {
+            return false;
+        };
+        self.0.iter().any(|(m, _, ro)| *m == id && *ro)
+    }
+}
+
+/// Where to walk: each grant, or, for a grant on a read-only filesystem, the mounts below it
+/// (each judged the same way).
+fn walk_roots(grants: &[&Path], mounts: &Mounts) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for g in grants {
+        if !mounts.read_only(g) {
+            out.push(g.to_path_buf());
+            continue;
+        }
+        for (_, point, _) in &mounts.0 {
+            if point != *g && point.starts_with(g) && !mounts.read_only(point) {
+                // A mount below another walked one is walked with it.
+                if !out.iter().any(|o: &PathBuf| point.starts_with(o)) {
+                    out.push(point.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// (mount id, mount point, superblock read-only) of each line of a mountinfo text.
+fn parse_mountinfo(text: &str) -> Vec<(u64, PathBuf, bool)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let id = fields.next()?.parse().ok()?;
+            let point = fields.nth(3)?;
+            let (_, after) = line.split_once(" - ")?;
+            let super_options = after.split(' ').nth(2)?;
+            let ro = super_options.split(',').any(|o| o == "ro");
+            Some((id, PathBuf::from(unescape(point)), ro))
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The id of the mount `path` lies on (statx `STATX_MNT_ID`), without following a final link.
+fn mount_id(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a zeroed statx is a valid buffer for the kernel to fill.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path; `st` lives for the call.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT,
+            libc::STATX_MNT_ID,
+            &mut st,
+        )
+    };
+    (rc == 0 && st.stx_mask & libc::STATX_MNT_ID != 0).then_some(st.stx_mnt_id)
 }
 
 /// [`scan`] over explicit trees, with an entry budget (unit tests use a small one).
@@ -246,6 +346,21 @@ mod tests {
         assert!(scan_trees(&roots, &HashSet::new(), 1000)
             .incomplete
             .is_some());
+    }
+
+    #[test]
+    fn read_only_filesystems_are_not_walked_but_the_mounts_below_them_are() {
+        let text = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 22 0:5 / /usr ro,relatime - squashfs /dev/loop0 ro
+31 30 0:6 / /usr/lib/sock\\040dir rw - tmpfs tmpfs rw,size=10k
+32 22 0:7 / /srv ro - ext4 /dev/sdb ro,errors=remount-ro
+";
+        let m = parse_mountinfo(text);
+        assert_eq!(m[0], (22, PathBuf::from("/"), false));
+        assert_eq!(m[1], (30, PathBuf::from("/usr"), true));
+        assert_eq!(m[2], (31, PathBuf::from("/usr/lib/sock dir"), false));
+        assert!(m[3].2, "ro among other super options");
     }
 
     #[test]
