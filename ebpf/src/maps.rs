@@ -3,7 +3,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_current_cgroup_id},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use stockade_ebpf_common::{
     EventHeader, IndexEntry, LsmGrantKey, MissKey, NetRules, SandboxConfig, COUNTERS,
@@ -140,4 +140,36 @@ pub fn header(kind: u16, cgroup_id: u64) -> EventHeader {
         // SAFETY: a helper without arguments.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
     }
+}
+
+/// Whether the path in `key.data[8..end]` has a `/..` (it could walk up out of a tree), looked
+/// at byte by byte up to `limit` (a constant: the verifier's loop bound). Out of bounds counts as
+/// walking up. `get`, not indexing: a bounds-check panic path would make the verifier reject the
+/// program.
+#[inline(always)]
+pub fn walks_up(key: &MissKey, end: usize, limit: usize) -> bool {
+    let mut i = 8;
+    while i < limit {
+        if i >= end {
+            break;
+        }
+        let (Some(a), Some(b), Some(c)) =
+            (key.data.get(i), key.data.get(i + 1), key.data.get(i + 2))
+        else {
+            return true;
+        };
+        if *a == b'/' && *b == b'.' && *c == b'.' {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// `key` as the LPM trie key it is laid out as.
+#[inline(always)]
+pub fn lpm_key(key: &MissKey) -> &Key<[u8; MISS_KEY_DATA]> {
+    // SAFETY: `MissKey` has the layout of `Key<[u8; MISS_KEY_DATA]>` (a u32 bit count, then the
+    // data; asserted in the common crate); the reference lives as long as `key`.
+    unsafe { &*(key as *const MissKey as *const Key<[u8; MISS_KEY_DATA]>) }
 }

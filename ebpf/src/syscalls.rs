@@ -23,7 +23,6 @@ use aya_ebpf::{
         bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes, generated::bpf_send_signal,
     },
     macros::raw_tracepoint,
-    maps::lpm_trie::Key,
     programs::RawTracePointContext,
 };
 use stockade_ebpf_common::{
@@ -34,8 +33,8 @@ use stockade_ebpf_common::{
 };
 
 use crate::maps::{
-    bump, current_cgroup, header, sandbox_slot, COUNTER, DENIED_TID, EVENTS, MISS_TREES, PATH_ARGS,
-    PATH_SCRATCH, SYSCALLS,
+    bump, current_cgroup, header, lpm_key, sandbox_slot, walks_up, COUNTER, DENIED_TID, EVENTS,
+    MISS_TREES, PATH_ARGS, PATH_SCRATCH, SYSCALLS,
 };
 
 const EPERM: i64 = 1;
@@ -383,26 +382,10 @@ fn quiet_miss(key: &mut MissKey, len: usize) -> bool {
         return false;
     }
     let end = 8 + len;
-    let mut i = 8;
-    // Bounded by the constant (the verifier's loop bound), stopped at the path's end; `get`,
-    // not indexing: a bounds-check panic path would make the verifier reject the program.
-    while i < MISS_KEY_DATA - 2 {
-        if i >= end {
-            break;
-        }
-        let (Some(a), Some(b), Some(c)) =
-            (key.data.get(i), key.data.get(i + 1), key.data.get(i + 2))
-        else {
-            return false;
-        };
-        if *a == b'/' && *b == b'.' && *c == b'.' {
-            return false;
-        }
-        i += 1;
+    if walks_up(key, end, MISS_KEY_DATA - 2) {
+        return false;
     }
     key.prefix_len = (end * 8) as u32;
-    // SAFETY: `MissKey` has the layout of `Key<[u8; MISS_KEY_DATA]>` (a u32 bit count, then
-    // the data; asserted in the common crate) and is only read by the lookup.
-    let k = unsafe { &*(key as *const MissKey as *const Key<[u8; MISS_KEY_DATA]>) };
+    let k = lpm_key(key);
     MISS_TREES.get(k).is_some_and(|quiet| *quiet != 0)
 }

@@ -37,7 +37,6 @@ use core::ptr::addr_of_mut;
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, generated::bpf_probe_read_kernel_str},
     macros::cgroup_sock_addr,
-    maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
 use stockade_ebpf_common::{
@@ -47,7 +46,8 @@ use stockade_ebpf_common::{
 };
 
 use crate::maps::{
-    bump, current_cgroup, header, mark_denied, sandbox_slot, EVENTS, UNIX_OFFSETS, UNIX_PATHS,
+    bump, current_cgroup, header, lpm_key, mark_denied, sandbox_slot, walks_up, EVENTS,
+    UNIX_OFFSETS, UNIX_PATHS,
 };
 
 const ALLOW: i32 = 1;
@@ -200,29 +200,13 @@ fn judge(key: &mut MissKey, len: usize) -> bool {
         return false;
     }
     let end = 8 + len;
-    let mut i = 8;
-    // Bounded by the constant (the verifier's loop bound), stopped at the name's end; `get`,
-    // not indexing: a bounds-check panic path would make the verifier reject the program.
-    while i < 8 + SUN_PATH_MAX as usize {
-        if i >= end {
-            break;
-        }
-        let (Some(a), Some(b), Some(c)) =
-            (key.data.get(i), key.data.get(i + 1), key.data.get(i + 2))
-        else {
-            return false;
-        };
-        if *a == b'/' && *b == b'.' && *c == b'.' {
-            return false;
-        }
-        i += 1;
+    if walks_up(key, end, 8 + SUN_PATH_MAX as usize) {
+        return false;
     }
     // The NUL too: a listed path is stored with its NUL and matches only itself; a writable
     // tree is stored with a trailing `/` and matches every name below it.
     key.prefix_len = ((end + 1) * 8) as u32;
-    // SAFETY: `MissKey` has the layout of `Key<[u8; MISS_KEY_DATA]>` (a u32 bit count, then
-    // the data; asserted in the common crate) and is only read by the lookup.
-    let k = unsafe { &*(key as *const MissKey as *const Key<[u8; MISS_KEY_DATA]>) };
+    let k = lpm_key(key);
     // No entry: the name lies below no grant and names nothing in the sandbox.
     UNIX_PATHS.get(k).is_none_or(|allowed| *allowed != 0)
 }

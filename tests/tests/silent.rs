@@ -23,6 +23,30 @@ fn only_violation(r: &RunResult) -> Value {
     v[0].clone()
 }
 
+/// `stockade run --json --events FILE` of `args` under `policy`: the result and every event.
+fn run_with_events(policy: &std::path::Path, name: &str, args: &[&str]) -> (RunResult, Vec<Value>) {
+    let events = scratch_dir("events").join(format!("{name}.jsonl"));
+    let mut cmd = std::process::Command::new(stockade());
+    cmd.args(["run", "--json", "--policy"])
+        .arg(policy)
+        .arg("--plugin-dir")
+        .arg(plugin_dir())
+        .arg("--events")
+        .arg(&events)
+        .arg("--")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let r = tracked(&mut cmd);
+    let all = std::fs::read_to_string(&events)
+        .expect("events file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    (r, all)
+}
+
 #[track_caller]
 fn assert_violation(e: &Value, layer: &str, syscall: &str, errno: &str) {
     assert_eq!(e["type"], "violation", "{e}");
@@ -144,23 +168,10 @@ fn resource_limits_reached_are_events_of_their_own() {
         ),
     ] {
         let file = policy_file("limits", &policy(&format!("[resources]\n{resources}\n")));
-        let events = scratch_dir("limit-events").join(format!("{limit}.jsonl"));
         let fixture = hostile();
         let mut full = vec![fixture.as_str()];
         full.extend_from_slice(&args);
-        let mut cmd = std::process::Command::new(stockade());
-        cmd.args(["run", "--json", "--policy"])
-            .arg(&file)
-            .arg("--plugin-dir")
-            .arg(plugin_dir())
-            .arg("--events")
-            .arg(&events)
-            .arg("--")
-            .args(&full)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let r = tracked(&mut cmd);
+        let (r, all) = run_with_events(&file, limit, &full);
         assert!(
             r.stdout.contains(line_start),
             "{limit}: {}\n{}",
@@ -178,11 +189,6 @@ fn resource_limits_reached_are_events_of_their_own() {
             "{limit}: {}",
             r.stderr
         );
-        let all: Vec<Value> = std::fs::read_to_string(&events)
-            .expect("events file")
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
         let first = all
             .iter()
             .find(|e| e["type"] == "limit")
@@ -306,27 +312,10 @@ fn an_oom_kill_is_a_timed_limit_event() {
         return;
     }
     let file = policy_file("oom", &policy("[resources]\nmemory = \"64M\"\n"));
-    let events = scratch_dir("oom-events").join("oom.jsonl");
     let fixture = hostile();
-    let mut cmd = std::process::Command::new(stockade());
-    cmd.args(["run", "--json", "--policy"])
-        .arg(&file)
-        .arg("--plugin-dir")
-        .arg(plugin_dir())
-        .arg("--events")
-        .arg(&events)
-        .args(["--", &fixture, "mem-bomb", "512"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let r = tracked(&mut cmd);
+    let (r, all) = run_with_events(&file, "oom", &[&fixture, "mem-bomb", "512"]);
     assert_eq!(r.summary["ended_by"], "oom_kill", "{}", r.stderr);
     assert_eq!(r.summary["monitor"]["violations"], 0, "{}", r.stderr);
-    let all: Vec<Value> = std::fs::read_to_string(&events)
-        .expect("events file")
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     let oom: Vec<&Value> = all.iter().filter(|e| e["action"] == "memory").collect();
     assert_eq!(oom.len(), 1, "{all:#?}");
     assert_eq!(oom[0]["type"], "limit");

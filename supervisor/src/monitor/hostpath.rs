@@ -205,7 +205,7 @@ fn open_path(dir: Option<&OwnedFd>, name: &std::ffi::OsStr) -> Result<OwnedFd, i
 }
 
 /// The target of the link `fd` (opened `O_PATH | O_NOFOLLOW`) names.
-fn read_link(fd: &OwnedFd) -> Option<PathBuf> {
+pub(super) fn read_link(fd: &OwnedFd) -> Option<PathBuf> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize];
     // SAFETY: an empty path on an O_PATH descriptor of the link itself; `buf` is writable for
     // its length.

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 /// Symlinks expanded before giving up (the kernel's MAXSYMLINKS).
@@ -118,7 +118,7 @@ impl SandboxRoot {
             if links > MAX_LINKS {
                 return None;
             }
-            let target = readlink(&fd)?;
+            let target = super::hostpath::read_link(&fd)?;
             if target.is_absolute() {
                 cur = PathBuf::from("/");
             }
@@ -233,25 +233,6 @@ fn is_symlink(fd: &OwnedFd) -> Option<bool> {
         )
     };
     (rc == 0).then_some(st.st_mode & libc::S_IFMT == libc::S_IFLNK)
-}
-
-fn readlink(fd: &OwnedFd) -> Option<PathBuf> {
-    let mut buf = vec![0u8; libc::PATH_MAX as usize];
-    // SAFETY: an empty path on an O_PATH descriptor of the link itself; `buf` is writable for
-    // its length.
-    let n = unsafe {
-        libc::readlinkat(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return None;
-    }
-    buf.truncate(n as usize);
-    Some(PathBuf::from(OsString::from_vec(buf)))
 }
 
 #[cfg(test)]
