@@ -35,14 +35,14 @@ fn policy_reading(dir: &std::path::Path, extra: &str) -> String {
 }
 
 /// A directory outside /tmp (a policy with `$TMP` cannot also name a host path below /tmp)
-/// holding a listening socket, and the socket's path.
+/// holding a listening socket, and the socket's path: below /run, a tmpfs that is writable and
+/// world-traversable on the host and in the VM runner (whose /var is the host's, read-only).
 fn daemon_socket_outside_tmp(
     name: &str,
 ) -> (std::path::PathBuf, String, std::os::unix::net::UnixListener) {
-    let base = std::path::Path::new("/var/tmp/stockade-tests");
-    let dir = base.join(format!("{name}-{}", std::process::id()));
+    let dir =
+        std::path::PathBuf::from(format!("/run/stockade-tests-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    set_mode(base, 0o755);
     set_mode(&dir, 0o755);
     let path = dir.join("daemon.sock");
     let _ = std::fs::remove_file(&path);
