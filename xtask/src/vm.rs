@@ -68,7 +68,7 @@ impl Options {
         let mut o = Options {
             series: kernel::Series::V6_12,
             accel: Accel::Auto,
-            timeout: Duration::from_secs(900),
+            timeout: Duration::from_secs(1800),
             tests: Vec::new(),
             test_args: Vec::new(),
             refresh: false,

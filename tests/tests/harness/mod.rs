@@ -327,3 +327,10 @@ pub fn tcp_rules_enforceable(test: &str) -> bool {
     }
     true
 }
+
+/// Whether this runs in the VM runner's emulated guest (`stockade.vm=tcg` on the kernel command
+/// line, which `cargo xtask vm-test` adds), where each launch costs seconds: tests that repeat
+/// the same launch many times do fewer there.
+pub fn emulated_vm() -> bool {
+    std::fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.contains("stockade.vm=tcg"))
+}
