@@ -339,8 +339,10 @@ fn connecting_to_a_hidden_host_socket_is_a_violation() {
     }
     // A socket the host has, outside every grant: the sandbox does not have it (ENOENT), and
     // asking for it by name is a reach for it.
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("hidden-socket-{}", std::process::id()));
+    // Below /run: outside every grant wherever the checkout lives (a checkout below /tmp would
+    // put the target directory inside the sandbox's own /tmp), and writable in the VM runner.
+    let dir =
+        std::path::PathBuf::from(format!("/run/stockade-tests-hidden-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("host.sock");
     let _ = std::fs::remove_file(&path);
