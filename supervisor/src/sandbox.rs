@@ -317,6 +317,10 @@ pub fn run(
     if let Some(r) = &report {
         if r.auto_unload.is_some() && summary.ended_by != EndReason::Interrupted {
             summary.ended_by = EndReason::AutoUnloaded;
+            // Auto-unloaded is exit status 137 even when the plugin's last process had exited
+            // on its own before the kill landed (the violation's event was read after it): a
+            // plugin that crossed its threshold never reports success.
+            summary.exit_code = 128 + libc::SIGKILL;
         }
     }
     summary.monitor = report;
