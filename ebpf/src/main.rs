@@ -6,12 +6,13 @@
 //!   `[network]` allow lists, EPERM and an event for everything else.
 //! - `egress`: one `cgroup_skb/egress` program per host-network sandbox: packets whose headers
 //!   would send them elsewhere than their call said (IPv6 routing headers, IPv4 options).
-//! - `syscalls`: one `tp_btf/sys_exit` program: per-sandbox, per-syscall counts, and an event for
-//!   every EPERM, EACCES, EROFS, or ENOENT on a path, which the supervisor attributes to a layer.
+//! - `syscalls`: one raw tracepoint `sys_exit` program: per-sandbox, per-syscall counts, and an
+//!   event for every failure a layer may have caused (EPERM, EACCES, EROFS, ENOENT on a path or a
+//!   socket name, ENETUNREACH) and every resource limit reached, which the supervisor attributes.
 //! - `process`: sched fork/exec/exit tracepoints: the process tree of every sandbox.
 //! - `unix`: cgroup `sock_addr` programs of unix sockets (connect_unix, sendmsg_unix), attached to
-//!   each sandbox's cgroup by the supervisor itself: `[ipc]`, EPERM and an event for any pathname
-//!   socket the policy does not allow.
+//!   each sandbox's cgroup by the supervisor itself: `[ipc]`, EPERM and an event for a pathname
+//!   socket below a read-only grant that the policy does not list.
 //! - `signal`: the `signal_generate` raw tracepoint: seccomp's SIGSYS, for the calls it kills
 //!   before any syscall tracepoint runs.
 //!

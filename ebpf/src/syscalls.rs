@@ -1,8 +1,15 @@
 //! `raw_tracepoint/sys_exit`: every syscall of a sandboxed process is counted by number, and every one
-//! that fails with EPERM, EACCES, EROFS (or ENOENT, when it names a path) becomes an event with
-//! its argument registers and, where it has one, its path or socket address. The supervisor
-//! decides which layer refused it (it re-runs the sandbox's own seccomp filter on the registers,
-//! and knows the policy's paths).
+//! that fails with EPERM, EACCES, EROFS, ENOENT (when it names a path or a unix socket's address)
+//! or ENETUNREACH (connect, sendto) becomes an event with its argument registers and, where it has
+//! one, its path or socket address (both paths of link and rename, the second as an event of its
+//! own). A resource limit reached (EAGAIN from a fork, EMFILE, ENFILE, EFBIG, ENOSPC, EDQUOT) is
+//! counted and sent at the 1st, 2nd, 4th... time per CPU. The supervisor decides which layer
+//! refused it (it re-runs the sandbox's own seccomp filter on the registers, and knows the
+//! policy's paths).
+//!
+//! One action is taken here: on the host network with `[ipc] bind_abstract = false`, a process
+//! whose bind to an abstract unix name succeeded is killed before the call returns
+//! (`FLAG_NO_ABSTRACT_BIND`).
 //!
 //! One decision is made here instead: an ENOENT on an absolute path below a directory the
 //! sandbox may read but not write (`MISS_TREES`) is counted and dropped. Loaders, compilers and

@@ -1,7 +1,8 @@
 //! Which layer refused what: turns the raw records of one sandbox into [`Event`]s.
 //!
-//! The sys_exit program reports every EPERM, EACCES, EROFS (and ENOENT on a path) with the
-//! syscall's registers. The layer is decided here:
+//! The sys_exit program reports every EPERM, EACCES, EROFS, ENETUNREACH and ENOENT on a path or
+//! a unix socket name, with the syscall's registers; the signal_generate program seccomp's
+//! SIGSYS; the cgroup programs their own refusals. The layer is decided here:
 //! - **seccomp**: the sandbox's own filter, replayed on the same registers (`seccomp::evaluate`),
 //!   refuses the call. Exact: the filter only looks at the registers the event carries.
 //! - **network**: the cgroup programs report their own denials (with the address, and counted in
@@ -12,9 +13,15 @@
 //! - **mount**: EROFS, a write to a path granted read-only (or /proc/sys).
 //! - **namespace**: ENOENT for an absolute path outside every grant that exists on the host: the
 //!   mount namespace hid it. A missing file inside a granted tree (the loader probing library
-//!   directories), or one that exists nowhere, is not a violation. Whether it exists is looked up
-//!   without leaving local filesystems and without triggering automounts (`hostpath`); a path on
-//!   a network, FUSE or autofs mount is not looked up and counts as a violation.
+//!   directories), below a path the policy declares `absent`, or one that exists nowhere, is not
+//!   a violation. Whether it exists is looked up without leaving local filesystems and without
+//!   triggering automounts (`hostpath`); a path on a network, FUSE or autofs mount is not looked
+//!   up and counts as a violation. Also: a create below a directory the host has and the sandbox
+//!   lacks, `/proc/self/root/PATH` as `PATH`, a miss in a writable tree through a link the plugin
+//!   made (followed through the sandbox's root, `sandboxpath`), a datagram in an empty network
+//!   namespace (ENETUNREACH).
+//! - **resources**: a limit reached (pids, nofile, fsize, disk): an event of type `limit`, not a
+//!   violation.
 //! - **permissions**: everything else (file modes, capability checks of the user namespace). These
 //!   are recorded as refusals, not violations: no Stockade layer made them.
 

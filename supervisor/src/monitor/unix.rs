@@ -23,6 +23,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use aya::maps::Map;
 use aya::Ebpf;
 
+use crate::bpf_probe::ProgLoadAttr;
 use crate::probe::Probe;
 
 /// `union bpf_attr` commands and constants (include/uapi/linux/bpf.h).
@@ -39,34 +40,6 @@ const PROGRAMS: [(&str, u32); 2] = [
 
 /// What doctor prints for the monitor.
 pub const DETAIL: &str = "cgroup connect_unix/sendmsg_unix (attach types 49/50, loaded and attached by the supervisor): [ipc] judged at each connect and sendto by name; the launch check of the read-only grants still runs for sandboxes with a writable tree (symlinks)";
-
-/// The fields of `union bpf_attr` that BPF_PROG_LOAD reads, up to `attach_btf_id`.
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-    prog_btf_fd: u32,
-    func_info_rec_size: u32,
-    func_info: u64,
-    func_info_cnt: u32,
-    line_info_rec_size: u32,
-    line_info: u64,
-    line_info_cnt: u32,
-    attach_btf_id: u32,
-    attach_prog_fd: u32,
-    _pad: u32,
-}
 
 /// The fields of `union bpf_attr` that BPF_LINK_CREATE reads for a cgroup: the rest (target-
 /// specific) stays zero.
