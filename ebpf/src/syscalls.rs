@@ -7,6 +7,9 @@
 //! refused it (it re-runs the sandbox's own seccomp filter on the registers, and knows the
 //! policy's paths).
 //!
+//! It also keeps the highest pid a clone of the sandbox returned (`COUNTER_PID_HIGH`): the
+//! supervisor tells a `/proc/N` of the sandbox's own past from a reach for a host process.
+//!
 //! One action is taken here: on the host network with `[ipc] bind_abstract = false`, a process
 //! whose bind to an abstract unix name succeeded is killed before the call returns
 //! (`FLAG_NO_ABSTRACT_BIND`).
@@ -34,9 +37,9 @@ use aya_ebpf::{
 };
 use stockade_ebpf_common::{
     MissKey, SyscallEvent, ARG_MSGHDR, ARG_OPENS, ARG_PATH, ARG_SOCKADDR, COUNTER_DENIALS_DROPPED,
-    COUNTER_DROPPED, COUNTER_FAILED, COUNTER_KILLS, COUNTER_LIMITS, COUNTER_QUIET_MISSES,
-    COUNTER_SYSCALLS, EVENT_SYSCALL, FLAG_NO_ABSTRACT_BIND, FLAG_TRACE_FILES, MISS_KEY_DATA,
-    MISS_PATH_LEN, SYSCALL_NR_MAX,
+    COUNTER_DROPPED, COUNTER_FAILED, COUNTER_KILLS, COUNTER_LIMITS, COUNTER_PID_HIGH,
+    COUNTER_QUIET_MISSES, COUNTER_SYSCALLS, EVENT_SYSCALL, FLAG_NO_ABSTRACT_BIND, FLAG_TRACE_FILES,
+    MISS_KEY_DATA, MISS_PATH_LEN, SYSCALL_NR_MAX,
 };
 
 use crate::maps::{
@@ -82,6 +85,19 @@ const REG_ORIG_AX: usize = 15;
 /// `sockaddr_in6`.
 const SOCKADDR_UN_LEN: usize = 110;
 const SOCKADDR_LEN: usize = 28;
+
+/// Raises this CPU's `COUNTER_PID_HIGH` of the sandbox to `pid`.
+#[inline(always)]
+fn note_pid(slot: u32, pid: u64) {
+    if let Some(c) = COUNTER.get_ptr_mut(slot) {
+        // SAFETY: this CPU's copy; `get_mut`, not indexing (see `SYSCALLS` below).
+        if let Some(high) = unsafe { (*c).get_mut(COUNTER_PID_HIGH as usize) } {
+            if pid > *high {
+                *high = pid;
+            }
+        }
+    }
+}
 
 #[inline(always)]
 fn reg(regs: *const u64, word: usize) -> u64 {
@@ -130,6 +146,10 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     }
     let what;
     let mut abstract_bound = false;
+    if ret > 0 && matches!(nr, NR_CLONE | NR_FORK | NR_VFORK | NR_CLONE3) {
+        // A new process or thread, numbered in the caller's pid namespace: the sandbox's.
+        note_pid(slot, ret as u64);
+    }
     if ret >= 0 {
         if nr == NR_BIND && flags & FLAG_NO_ABSTRACT_BIND != 0 && binds_abstract(regs) {
             // SAFETY: a helper taking a signal number; the signal goes to the current task's

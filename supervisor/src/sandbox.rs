@@ -251,6 +251,9 @@ pub fn run(
             }
             let mut attributor = Attributor::new(spec, start_ns);
             attributor.set_unix_hook(armed.unix_hooked());
+            if let Some(pids) = m.monitor.pid_view(&armed) {
+                attributor.set_pid_view(pids);
+            }
             Some(Watch {
                 monitor: m.monitor,
                 armed: Some(armed),

@@ -265,6 +265,32 @@ fn reaches_through_the_plugins_own_links_and_aliases_are_seen() {
 }
 
 #[test]
+fn a_host_process_named_in_proc_is_a_violation() {
+    let test = "a_host_process_named_in_proc_is_a_violation";
+    if !privileged(test) {
+        return;
+    }
+    let text = policy("");
+    // This test's own process: alive on the host, numbered far above any pid of the sandbox.
+    let target = format!("/proc/{}/status", std::process::id());
+    let r = hostile_run("proc-host-pid", &text, &["read", &target]);
+    assert_line(&r, "err ENOENT");
+    let e = only_violation(&r);
+    assert_eq!(e["layer"], "namespace", "{e}");
+    assert_eq!(e["object"], target.as_str(), "{e}");
+    // Control: the plugin's own child, reaped, then looked for. Its number is small, and a
+    // process of the host (a kernel thread) very likely has it too: not a violation.
+    let r = hostile_run("proc-own-child", &text, &["reaped-child-proc"]);
+    let line = r.line();
+    assert!(
+        line.starts_with("ok pid=") && line.ends_with(" ENOENT"),
+        "{line}\n{}",
+        r.stderr
+    );
+    assert_eq!(r.summary["monitor"]["violations"], 0, "{}", r.stderr);
+}
+
+#[test]
 fn creating_below_a_hidden_directory_is_a_violation() {
     let test = "creating_below_a_hidden_directory_is_a_violation";
     if !privileged(test) {

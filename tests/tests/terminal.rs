@@ -243,3 +243,61 @@ fn the_terminal_is_restored_when_the_sandbox_is_stopped() {
     assert_eq!(r.summary["ended_by"], "timeout", "{}", r.stderr);
     assert_terminal_restored(&pty, &original);
 }
+
+#[test]
+fn reopening_the_callers_terminal_by_name_is_a_violation() {
+    if !privileged("reopening_the_callers_terminal_by_name_is_a_violation") {
+        return;
+    }
+    // `/dev/stdin` and `/proc/self/fd/1` lead to the caller's terminal, which no grant covers:
+    // file modes answer first, but it is a reach past the descriptors the plugin was handed.
+    let pty = openpty();
+    let file = policy_file("terminal-reopen", &policy(""));
+    let slave = &pty.slave;
+    let r = run_with(&file, &[&hostile(), "reopen-stdio"], |cmd| {
+        cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()));
+    });
+    let out = read_until(
+        pty.master.as_raw_fd(),
+        |s| s.contains("own="),
+        Duration::from_secs(5),
+    );
+    // Control: a file of its own reopens through /proc/self/fd.
+    assert!(
+        out.contains("ok stdin=EACCES stdout=EACCES own=ok"),
+        "{out:?}\n{}",
+        r.stderr
+    );
+    // The terminal's name, as the host knows it.
+    let tty = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd())).unwrap();
+    let first = r.summary["monitor"]["first"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("no monitor report:\n{}", r.stderr));
+    let objects: Vec<(&str, &str, &str)> = first
+        .iter()
+        .map(|e| {
+            assert_eq!(e["type"], "violation", "{e}");
+            assert_eq!(e["layer"], "landlock", "{e}");
+            assert_eq!(e["errno"], "EACCES", "{e}");
+            (
+                e["action"].as_str().unwrap(),
+                e["object"].as_str().unwrap(),
+                e["syscall"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let stdin = format!("/dev/stdin → {}", tty.display());
+    let stdout = format!("/proc/self/fd/1 → {}", tty.display());
+    assert_eq!(
+        objects,
+        [
+            ("read", stdin.as_str(), "openat"),
+            ("write", stdout.as_str(), "openat")
+        ],
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.summary["monitor"]["violations"], 2, "{}", r.stderr);
+}

@@ -84,7 +84,7 @@ pub const LSM_OFFSETS_LEN: u32 = 15;
 pub const LSM_MAX_DEPTH: u32 = 32;
 
 /// Per-sandbox counters, per CPU (userspace sums): element `slot`, index `COUNTER_*`.
-pub const COUNTERS: u32 = 14;
+pub const COUNTERS: u32 = 15;
 /// Denials by the cgroup network programs.
 pub const COUNTER_NET_DENIED: u32 = 0;
 /// Events that did not fit in the ring buffer (lost, and counted here).
@@ -121,6 +121,10 @@ pub const COUNTER_SECCOMP_KILLS: u32 = 12;
 /// Resource limits reached (`LIMIT_*`): reported as events at the 1st, 2nd, 4th, 8th... time
 /// on each CPU, counted every time.
 pub const COUNTER_LIMITS: u32 = 13;
+/// Not a count: the highest pid (or tid) a clone, fork or vfork of the sandbox returned, in the
+/// sandbox's own pid namespace, on this CPU (userspace takes the largest). Pids are handed out
+/// in increasing order, so a `/proc/N` above it names no process the sandbox ever had.
+pub const COUNTER_PID_HIGH: u32 = 14;
 
 /// `EventHeader::kind`.
 pub const EVENT_NET_DENY: u16 = 1;

@@ -36,6 +36,7 @@ use stockade_policy::{syscalls, Access, LaunchSpec};
 use super::event::{c_bytes, c_path, net_address, sockaddr, unix_path, Object, RawEvent};
 use super::hostpath::{HostPaths, Presence};
 use super::sandboxpath::SandboxRoot;
+use super::PidView;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -132,6 +133,8 @@ pub struct Attributor {
     start_ns: u64,
     /// Whether a hidden path exists on the host (see `hostpath`).
     host: HostPaths,
+    /// The highest pid the sandbox's clones returned (in its own pid namespace).
+    pids: Option<PidView>,
 }
 
 impl Attributor {
@@ -147,7 +150,13 @@ impl Attributor {
             first_of_two_violated: None,
             start_ns,
             host: HostPaths::new(),
+            pids: None,
         }
+    }
+
+    /// The sandbox's pid counter (see [`PidView`]): without it no `/proc/N` is judged.
+    pub fn set_pid_view(&mut self, pids: PidView) {
+        self.pids = Some(pids);
     }
 
     /// The plugin's process (PID 1 of the sandbox, host pid): its root is the sandbox's.
@@ -467,6 +476,12 @@ impl Attributor {
                 ev.layer = Some(Layer::Namespace);
                 Some(ev)
             }
+            libc::ENOENT if self.host_process(&clean) => {
+                // `/proc/4242/...` above every pid the sandbox ever had: the pid of a process
+                // of the host (whose own /proc has it), which the sandbox's /proc does not show.
+                ev.layer = Some(Layer::Namespace);
+                Some(ev)
+            }
             libc::ENOENT => {
                 // `/proc/self/root/etc/shadow` is `/etc/shadow`: every process of the sandbox
                 // has the sandbox's root.
@@ -501,6 +516,20 @@ impl Attributor {
                 Some(ev)
             }
             _ => {
+                // A descriptor reopened by name (`/dev/stdin`, `/proc/self/fd/1`): the kernel
+                // follows the link to the open file itself, which may lie outside every grant
+                // (the caller's terminal). File modes often answer first, but Landlock would
+                // refuse it all the same: a reach past the descriptor the plugin was handed.
+                if errno == libc::EACCES {
+                    if let Some(to) = self.reopened(e.header.tid, &clean) {
+                        if !self.grants_file(&to, want) {
+                            let shown = format!("{} → {}", path.display(), to.display());
+                            ev.object = Some(Object::from(shown));
+                            ev.layer = Some(Layer::Landlock);
+                            return Some(ev);
+                        }
+                    }
+                }
                 let covers = granted.is_some_and(|g| covers(g, want));
                 if covers {
                     ev.kind = EventType::Refused;
@@ -590,6 +619,47 @@ impl Attributor {
         false
     }
 
+    /// Whether `path` names a process of the host: `/proc/N/...` with N above every pid the
+    /// sandbox's clones were given (pids grow; one at or below may be its own exited child,
+    /// whose number a host process may well share), and a process N on the host.
+    fn host_process(&self, path: &Path) -> bool {
+        let Some(pid) = proc_pid(path) else {
+            return false;
+        };
+        let Some(high) = self.pids.as_ref().and_then(|p| p.highest()) else {
+            return false;
+        };
+        pid > high.max(1) && Path::new("/proc").join(pid.to_string()).exists()
+    }
+
+    /// The open file a reopen by name leads to, as the host names it: `/dev/stdin`, `/dev/fd/N`,
+    /// `/proc/self/fd/N`, `/proc/thread-self/fd/N` (read through the calling thread), or
+    /// `/proc/PID/[task/TID/]fd/N` of a sandbox pid (read through the sandbox's own /proc).
+    /// When that process is gone, descriptors 0 to 2 are the ones the sandbox inherited from
+    /// this process. `None` for anything Landlock does not judge by path (a pipe, a socket).
+    fn reopened(&mut self, tid: u32, path: &Path) -> Option<PathBuf> {
+        let (who, fd) = fd_link(path)?;
+        let live = match who {
+            FdOwner::Caller => std::fs::read_link(format!("/proc/{tid}/fd/{fd}")).ok(),
+            FdOwner::SandboxPid(p) => self.root.main_pid().and_then(|main| {
+                std::fs::read_link(format!("/proc/{main}/root/proc/{p}/fd/{fd}")).ok()
+            }),
+        };
+        let to = live.or_else(|| {
+            (fd <= 2)
+                .then(|| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok())
+                .flatten()
+        })?;
+        to.is_absolute().then_some(to)
+    }
+
+    /// Whether the sandbox has `file` (a host path) with `want` granted: below a grant, and in
+    /// `/dev` only the devices the shim built it with.
+    fn grants_file(&mut self, file: &Path, want: Access) -> bool {
+        let granted = self.granted(file).is_some_and(|g| covers(g, want));
+        granted && (!is_dev(file) || self.root.exists(file))
+    }
+
     /// The right granted at `path` (by its nearest granted ancestor), if any.
     fn granted(&self, path: &Path) -> Option<Access> {
         self.grants
@@ -603,6 +673,43 @@ impl Attributor {
 /// Below the sandbox's own `/dev` (built by the shim, not bound from the host).
 fn is_dev(path: &Path) -> bool {
     path.starts_with("/dev")
+}
+
+/// N of `/proc/N/...`.
+fn proc_pid(path: &Path) -> Option<u64> {
+    let mut c = path.strip_prefix("/proc").ok()?.components();
+    let n = c.next()?.as_os_str().to_str()?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
+}
+
+enum FdOwner {
+    /// `self`, `thread-self`, `/dev/std*`, `/dev/fd`: the thread that made the call.
+    Caller,
+    /// A pid of the sandbox's own pid namespace.
+    SandboxPid(u64),
+}
+
+/// Whose descriptor, and which, a path reopens (lexically; `path` is normalized).
+fn fd_link(path: &Path) -> Option<(FdOwner, u32)> {
+    let fd_of = |s: &std::ffi::OsStr| s.to_str()?.parse::<u32>().ok();
+    let names: Vec<&std::ffi::OsStr> = path.components().skip(1).map(|c| c.as_os_str()).collect();
+    let names: Vec<&str> = names.iter().map(|n| n.to_str()).collect::<Option<_>>()?;
+    match names.as_slice() {
+        ["dev", "stdin"] => Some((FdOwner::Caller, 0)),
+        ["dev", "stdout"] => Some((FdOwner::Caller, 1)),
+        ["dev", "stderr"] => Some((FdOwner::Caller, 2)),
+        ["dev", "fd", n] => Some((FdOwner::Caller, fd_of(n.as_ref())?)),
+        ["proc", "self" | "thread-self", "fd", n] => Some((FdOwner::Caller, fd_of(n.as_ref())?)),
+        ["proc", "self", "task", _, "fd", n] => Some((FdOwner::Caller, fd_of(n.as_ref())?)),
+        ["proc", p, "fd", n] | ["proc", p, "task", _, "fd", n] => {
+            let pid = proc_pid(Path::new("/proc").join(p).as_path())?;
+            Some((FdOwner::SandboxPid(pid), fd_of(n.as_ref())?))
+        }
+        _ => None,
+    }
 }
 
 /// `/proc/self/root/REST`, `/proc/thread-self/root/REST` or `/proc/N/root/REST` as `/REST`.
@@ -741,6 +848,35 @@ fn sigsys_call(nr: i32, arch: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reopens_by_name_are_recognized() {
+        let caller = |p: &str| match fd_link(Path::new(p)) {
+            Some((FdOwner::Caller, fd)) => Some(fd),
+            _ => None,
+        };
+        assert_eq!(caller("/dev/stdin"), Some(0));
+        assert_eq!(caller("/dev/stderr"), Some(2));
+        assert_eq!(caller("/dev/fd/7"), Some(7));
+        assert_eq!(caller("/proc/self/fd/1"), Some(1));
+        assert_eq!(caller("/proc/thread-self/fd/3"), Some(3));
+        assert!(matches!(
+            fd_link(Path::new("/proc/12/task/13/fd/4")),
+            Some((FdOwner::SandboxPid(12), 4))
+        ));
+        for not in [
+            "/proc/self/fdinfo/1",
+            "/dev/fd",
+            "/proc/self/fd/x",
+            "/proc/12/fd",
+            "/tmp/fd/1",
+        ] {
+            assert!(fd_link(Path::new(not)).is_none(), "{not}");
+        }
+        assert_eq!(proc_pid(Path::new("/proc/4242/status")), Some(4242));
+        assert_eq!(proc_pid(Path::new("/proc/self/status")), None);
+        assert_eq!(proc_pid(Path::new("/proc")), None);
+    }
 
     #[test]
     fn normalize_is_lexical() {

@@ -790,6 +790,19 @@ impl Monitor {
         }
     }
 
+    /// A reader of the highest pid the sandbox's clones returned, on its own handle of the
+    /// counters map: the attribution asks it in the middle of a drain.
+    pub fn pid_view(&self, armed: &Armed) -> Option<PidView> {
+        use aya::maps::IterableMap;
+        let fd = self.counters.map().fd().as_fd().try_clone_to_owned().ok()?;
+        let data = MapData::from_fd(fd).ok()?;
+        let counters = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).ok()?;
+        Some(PidView {
+            counters,
+            slot: armed.slot,
+        })
+    }
+
     /// Per-syscall counts of a sandbox (numbers with a count only), readable while it runs.
     pub fn syscall_counts(&self, armed: &Armed) -> BTreeMap<u32, u64> {
         let mut out = BTreeMap::new();
@@ -802,6 +815,24 @@ impl Monitor {
             }
         }
         out
+    }
+}
+
+/// The highest pid one sandbox's clones returned so far, in its own pid namespace
+/// (`COUNTER_PID_HIGH`, the largest over CPUs). Read when asked, never cached: it only grows,
+/// so a value read after an event is at least the one at the time of the event.
+pub struct PidView {
+    counters: PerCpuArray<MapData, [u64; k::COUNTERS as usize]>,
+    slot: u32,
+}
+
+impl PidView {
+    pub fn highest(&self) -> Option<u64> {
+        let per_cpu = self.counters.get(&self.slot, 0).ok()?;
+        per_cpu
+            .iter()
+            .map(|cpu| cpu[k::COUNTER_PID_HIGH as usize])
+            .max()
     }
 }
 

@@ -35,6 +35,10 @@ impl SandboxRoot {
         self.main_pid = Some(pid);
     }
 
+    pub fn main_pid(&self) -> Option<u32> {
+        self.main_pid
+    }
+
     pub fn set_mount_ns(&mut self, ns: OwnedFd) {
         self.mount_ns = Some(ns);
     }

@@ -114,6 +114,8 @@ fn run(args: &[String]) -> String {
         },
         // unix-self PATH: bind a socket at PATH, connect to it, send a byte back and forth.
         "unix-self" => unix_self(&arg(1)),
+        "reopen-stdio" => reopen_stdio(),
+        "reaped-child-proc" => reaped_child_proc(),
         other => {
             eprintln!("stockade-hostile: unknown test {other:?}");
             std::process::exit(64);
@@ -1306,4 +1308,43 @@ fn bind_abstract(name: &str) -> String {
         }
         "ok bound".into()
     }
+}
+
+/// Reopens the inherited stdin and stdout by name, then, as the control, a file of its own
+/// through `/proc/self/fd`.
+fn reopen_stdio() -> String {
+    use std::os::fd::AsRawFd;
+    let open = |path: &str, write: bool| {
+        std::fs::OpenOptions::new()
+            .read(!write)
+            .write(write)
+            .open(path)
+            .map(|_| "ok".to_string())
+            .unwrap_or_else(|e| errno_name(e.raw_os_error().unwrap_or(0)))
+    };
+    let stdin = open("/dev/stdin", false);
+    let stdout = open("/proc/self/fd/1", true);
+    let own = std::fs::File::create("/tmp/reopened").expect("create /tmp/reopened");
+    let again = open(&format!("/proc/self/fd/{}", own.as_raw_fd()), true);
+    format!("ok stdin={stdin} stdout={stdout} own={again}")
+}
+
+/// Forks a child that exits at once, waits for it, then looks for it in /proc: a miss of the
+/// sandbox's own past, under a number that a host process may well have.
+fn reaped_child_proc() -> String {
+    // SAFETY: the child exits at once without running the parent's exit handlers.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: see above.
+        unsafe { libc::_exit(0) };
+    }
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    let status = std::fs::read(format!("/proc/{pid}/status"));
+    format!(
+        "ok pid={pid} {}",
+        status
+            .map(|_| "found".to_string())
+            .unwrap_or_else(|e| errno_name(e.raw_os_error().unwrap_or(0)))
+    )
 }
