@@ -21,7 +21,7 @@ use stockade_ebpf_common::{
     COUNTER_NET_DROPPED, EVENT_NET_DENY, HOOK_EGRESS4, HOOK_EGRESS6,
 };
 
-use crate::maps::{bump, header, EVENTS, SANDBOXES};
+use crate::maps::{bump, header, header_anon, EVENTS, SANDBOXES};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -37,6 +37,18 @@ const MAX_EXT_HEADERS: usize = 8;
 
 #[cgroup_skb(egress)]
 pub fn outbound(ctx: SkBuffContext) -> i32 {
+    judge::<true>(&ctx)
+}
+
+/// `outbound` for kernels whose cgroup_skb programs may not ask for the current task (6.1):
+/// its events name no process.
+#[cgroup_skb(egress)]
+pub fn outbound_anon(ctx: SkBuffContext) -> i32 {
+    judge::<false>(&ctx)
+}
+
+#[inline(always)]
+fn judge<const PID: bool>(ctx: &SkBuffContext) -> i32 {
     // The data starts at the network header.
     let Ok(first) = ctx.load::<u8>(0) else {
         return ALLOW;
@@ -48,25 +60,25 @@ pub fn outbound(ctx: SkBuffContext) -> i32 {
             }
             let dst = ctx.load::<u32>(16).unwrap_or(0);
             let proto = ctx.load::<u8>(9).unwrap_or(0);
-            deny(&ctx, AF_INET, [dst, 0, 0, 0], proto, HOOK_EGRESS4)
+            deny::<PID>(ctx, AF_INET, [dst, 0, 0, 0], proto, HOOK_EGRESS4)
         }
         6 => {
             let mut next = ctx.load::<u8>(6).unwrap_or(0);
             let mut off: usize = 40;
             for _ in 0..MAX_EXT_HEADERS {
                 match next {
-                    ROUTING => return deny_v6(&ctx),
+                    ROUTING => return deny_v6::<PID>(ctx),
                     HOP_BY_HOP | DEST_OPTS => {
                         let (Ok(n), Ok(len)) = (ctx.load::<u8>(off), ctx.load::<u8>(off + 1))
                         else {
-                            return deny_v6(&ctx);
+                            return deny_v6::<PID>(ctx);
                         };
                         next = n;
                         off += (len as usize + 1) * 8;
                     }
                     FRAGMENT => {
                         let Ok(n) = ctx.load::<u8>(off) else {
-                            return deny_v6(&ctx);
+                            return deny_v6::<PID>(ctx);
                         };
                         next = n;
                         off += 8;
@@ -74,7 +86,7 @@ pub fn outbound(ctx: SkBuffContext) -> i32 {
                     AUTH => {
                         let (Ok(n), Ok(len)) = (ctx.load::<u8>(off), ctx.load::<u8>(off + 1))
                         else {
-                            return deny_v6(&ctx);
+                            return deny_v6::<PID>(ctx);
                         };
                         next = n;
                         off += (len as usize + 2) * 4;
@@ -82,27 +94,33 @@ pub fn outbound(ctx: SkBuffContext) -> i32 {
                     _ => return ALLOW,
                 }
             }
-            deny_v6(&ctx)
+            deny_v6::<PID>(ctx)
         }
         _ => ALLOW,
     }
 }
 
 #[inline(always)]
-fn deny_v6(ctx: &SkBuffContext) -> i32 {
+fn deny_v6<const PID: bool>(ctx: &SkBuffContext) -> i32 {
     let (Ok(a), Ok(b), Ok(c), Ok(d)) = (
         ctx.load::<u32>(24),
         ctx.load::<u32>(28),
         ctx.load::<u32>(32),
         ctx.load::<u32>(36),
     ) else {
-        return deny(ctx, AF_INET6, [0; 4], 0, HOOK_EGRESS6);
+        return deny::<PID>(ctx, AF_INET6, [0; 4], 0, HOOK_EGRESS6);
     };
-    deny(ctx, AF_INET6, [a, b, c, d], 0, HOOK_EGRESS6)
+    deny::<PID>(ctx, AF_INET6, [a, b, c, d], 0, HOOK_EGRESS6)
 }
 
 #[inline(always)]
-fn deny(ctx: &SkBuffContext, family: u8, addr: [u32; 4], protocol: u8, hook: u8) -> i32 {
+fn deny<const PID: bool>(
+    ctx: &SkBuffContext,
+    family: u8,
+    addr: [u32; 4],
+    protocol: u8,
+    hook: u8,
+) -> i32 {
     // SAFETY: the program's own context.
     let cg = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     // SAFETY: the value is only read.
@@ -119,7 +137,12 @@ fn deny(ctx: &SkBuffContext, family: u8, addr: [u32; 4], protocol: u8, hook: u8)
     let e = entry.as_mut_ptr();
     // SAFETY: `e` is the reserved record; every field is written before submit.
     unsafe {
-        addr_of_mut!((*e).header).write(header(EVENT_NET_DENY, cg));
+        let h = if PID {
+            header(EVENT_NET_DENY, cg)
+        } else {
+            header_anon(EVENT_NET_DENY, cg)
+        };
+        addr_of_mut!((*e).header).write(h);
         addr_of_mut!((*e).addr).write(addr);
         addr_of_mut!((*e).port).write(0);
         addr_of_mut!((*e).family).write(family);

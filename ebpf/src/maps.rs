@@ -142,6 +142,21 @@ pub fn header(kind: u16, cgroup_id: u64) -> EventHeader {
     }
 }
 
+/// [`header`] without the current task (pid and tid 0), for programs that may not ask for it.
+#[inline(always)]
+pub fn header_anon(kind: u16, cgroup_id: u64) -> EventHeader {
+    EventHeader {
+        kind,
+        _pad: 0,
+        pid: 0,
+        tid: 0,
+        _pad2: 0,
+        cgroup_id,
+        // SAFETY: a helper without arguments.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}
+
 /// Whether the path in `key.data[8..end]` has a `/..` (it could walk up out of a tree), looked
 /// at byte by byte up to `limit` (a constant: the verifier's loop bound). Out of bounds counts as
 /// walking up. `get`, not indexing: a bounds-check panic path would make the verifier reject the

@@ -106,6 +106,18 @@ fn reg(regs: *const u64, word: usize) -> u64 {
     unsafe { bpf_probe_read_kernel(regs.add(word)) }.unwrap_or(u64::MAX)
 }
 
+/// Argument `i` (0 to 5) of the call, read again from the registers rather than indexed in a
+/// copy on the stack: kernels before 6.3 or so refuse a read from the stack at an offset only
+/// known at run time ("invalid variable-offset read from stack"); the offset into the constant
+/// table is a map value's, which they accept.
+#[inline(always)]
+fn arg(regs: *const u64, i: usize) -> u64 {
+    match REG_ARGS.get(i) {
+        Some(word) => reg(regs, *word),
+        None => 0,
+    }
+}
+
 /// A raw tracepoint rather than tp_btf: the same dispatch in the kernel, but loading it needs
 /// no kernel BTF in userspace (parsing it costs about 10 ms per load).
 #[raw_tracepoint(tracepoint = "sys_exit")]
@@ -216,7 +228,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         data[..8].copy_from_slice(&cg.to_le_bytes());
         // SAFETY: the helper checks the user pointer and answers an error instead of faulting.
         if let Ok(p) =
-            unsafe { bpf_probe_read_user_str_bytes(args[index] as *const u8, &mut data[8..]) }
+            unsafe { bpf_probe_read_user_str_bytes(arg(regs, index) as *const u8, &mut data[8..]) }
         {
             path_len = p.len();
         }
@@ -261,7 +273,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
                 len = n as u32;
             }
         } else if what & ARG_SOCKADDR != 0 && index < 6 {
-            let mut ptr = args[index];
+            let mut ptr = arg(regs, index);
             if what & ARG_MSGHDR != 0 {
                 // `msg_name`, the first field of `struct msghdr` (and of `mmsghdr`'s first).
                 ptr = bpf_probe_read_user(ptr as *const u64).unwrap_or(0);
@@ -286,19 +298,17 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     // link, rename and their *at forms name two paths, and either may be the one refused or
     // missing: the second goes out as an event of its own, marked (`_pad[0] = 1`).
     if ret < 0 && second != 0 {
-        if let Some(ptr) = args.get(second) {
-            // SAFETY: as for the first path.
-            second_path_event(
-                cg,
-                slot,
-                nr,
-                ret,
-                &args,
-                *ptr,
-                unsafe { &mut *scratch },
-                refusal,
-            );
-        }
+        // SAFETY: as for the first path.
+        second_path_event(
+            cg,
+            slot,
+            nr,
+            ret,
+            &args,
+            arg(regs, second),
+            unsafe { &mut *scratch },
+            refusal,
+        );
     }
     0
 }

@@ -386,9 +386,20 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     let mut stop = StopSignals::block()
         .map_err(|e| Failure::internal(format!("cannot set up signal handling: {e}"), None))?;
     let name = format!("stockade-{}", std::process::id());
-    let mut monitor = load_monitor(&policy)?;
+    // The walk of the granted trees for unix sockets (`ipc_launch_check`) runs beside the
+    // monitors' load when it is needed whatever they offer (a writable tree): the two cost about
+    // the same and have nothing in common. Joined before anything is cloned.
+    let (monitor, early_scan) = std::thread::scope(|s| {
+        let scan = stockade::monitor::unix::launch_check_needed(&spec, true)
+            .then(|| s.spawn(|| stockade::socket_scan::scan(&spec)));
+        let monitor = load_monitor(&policy);
+        (monitor, scan.map(|h| h.join()))
+    });
+    let mut monitor = monitor?;
     phase("monitors loaded");
-    ipc_launch_check(&spec, monitor.as_mut())?;
+    let early_scan =
+        early_scan.map(|r| r.unwrap_or_else(|_| stockade::socket_scan::ScanResult::unfinished()));
+    ipc_launch_check(&spec, monitor.as_mut(), early_scan)?;
     let monitoring = match monitor.as_mut() {
         Some((m, degraded)) => Some(monitoring(
             &policy,
@@ -524,10 +535,11 @@ fn load_monitor(policy: &Policy) -> Result<Option<(Monitor, Vec<String>)>, Failu
 /// load), or where the sandbox has a writable tree a symlink could lead from
 /// (`unix::launch_check_needed`): an enforce-mode sandbox does not start while a read-only tree
 /// it is granted holds a socket its policy does not list; a monitor-mode one starts and its
-/// report says so.
+/// report says so. `done`: the walk, when it already ran.
 fn ipc_launch_check(
     spec: &LaunchSpec,
     monitor: Option<&mut (Monitor, Vec<String>)>,
+    done: Option<stockade::socket_scan::ScanResult>,
 ) -> Result<(), Failure> {
     let hooks = monitor
         .as_ref()
@@ -535,7 +547,7 @@ fn ipc_launch_check(
     if !stockade::monitor::unix::launch_check_needed(spec, hooks) {
         return Ok(());
     }
-    let scan = stockade::socket_scan::scan(spec);
+    let scan = done.unwrap_or_else(|| stockade::socket_scan::scan(spec));
     phase("unix sockets of the granted trees checked");
     let Some(cause) = scan.refusal(hooks) else {
         return Ok(());

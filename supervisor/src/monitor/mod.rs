@@ -198,6 +198,9 @@ pub struct Monitor {
     /// The unix socket programs, where they load, and their allow list.
     unix_hooks: Option<unix::UnixHooks>,
     unix_paths: LpmTrie<MapData, [u8; k::MISS_KEY_DATA], u8>,
+    /// The egress program that loaded: `outbound`, or `outbound_anon` where cgroup_skb
+    /// programs may not ask for the current task (6.1).
+    outbound: &'static str,
     index: Array<MapData, k::IndexEntry>,
     /// cgroup ids per bucket of `index`, to mark a bucket shared and to restore it.
     buckets: std::collections::HashMap<u32, Vec<(u64, u32, u32)>>,
@@ -238,13 +241,14 @@ impl Monitor {
 
         // Network: the `*_kill` variants when the kernel lets them call bpf_send_signal.
         let mut net_programs = Vec::new();
+        let mut outbound = "outbound";
         let skipped = "not loaded: no sandbox of this supervisor uses the host network";
         let (network, kill_in_kernel) = if !network {
             (
                 inactive("network", skipped.into()),
                 inactive("kill in kernel", skipped.into()),
             )
-        } else if let Err(e) = load_inbound(&mut ebpf) {
+        } else if let Err(e) = load_inbound(&mut ebpf).map(|o| outbound = o) {
             // Without it a listening socket would be open to anyone: no network monitor at all.
             (
                 inactive("network", e),
@@ -355,6 +359,7 @@ impl Monitor {
             miss_trees: take(&mut ebpf, "MISS_TREES")?,
             unix_hooks,
             unix_paths: take(&mut ebpf, "UNIX_PATHS")?,
+            outbound,
             sandboxes: take(&mut ebpf, "SANDBOXES")?,
             net_rules: take(&mut ebpf, "NET_RULES")?,
             counters: take(&mut ebpf, "COUNTER")?,
@@ -574,7 +579,7 @@ impl Monitor {
                     )
                     .map_err(MonitorError::Attach)?,
                 );
-                let p: &mut CgroupSkb = program_named(&mut self.ebpf, "outbound")?;
+                let p: &mut CgroupSkb = program_named(&mut self.ebpf, self.outbound)?;
                 armed.outbound = Some(
                     p.attach(
                         dir.as_fd(),
@@ -618,7 +623,7 @@ impl Monitor {
             }
         }
         if let Some(link) = armed.outbound {
-            if let Ok(p) = program_named::<CgroupSkb>(&mut self.ebpf, "outbound") {
+            if let Ok(p) = program_named::<CgroupSkb>(&mut self.ebpf, self.outbound) {
                 let _ = p.detach(link);
             }
         }
@@ -1052,17 +1057,29 @@ fn load_net(ebpf: &mut Ebpf, suffix: &str) -> Result<Vec<String>, String> {
 }
 
 /// Listening without bind(): no sock_addr hook sees it (see `inbound` in the eBPF crate).
-fn load_inbound(ebpf: &mut Ebpf) -> Result<(), String> {
+fn load_inbound(ebpf: &mut Ebpf) -> Result<&'static str, String> {
     let p: &mut CgroupSkb = program_to_load(ebpf, "inbound")?;
     p.load()
         .map_err(|e| format!("cgroup_skb/ingress does not load: {}", verifier_hint(&e)))?;
-    let p: &mut CgroupSkb = program_to_load(ebpf, "outbound")?;
-    p.load()
-        .map_err(|e| format!("cgroup_skb/egress does not load: {}", verifier_hint(&e)))?;
+    // Where cgroup_skb programs may not ask for the current task (6.1), the variant whose
+    // events name no process.
+    let mut outbound = "outbound";
+    let p: &mut CgroupSkb = program_to_load(ebpf, outbound)?;
+    if let Err(first) = p.load() {
+        outbound = "outbound_anon";
+        let p: &mut CgroupSkb = program_to_load(ebpf, outbound)?;
+        p.load().map_err(|e| {
+            format!(
+                "cgroup_skb/egress does not load: {} (with the current task: {})",
+                verifier_hint(&e),
+                verifier_hint(&first)
+            )
+        })?;
+    }
     let p: &mut SockOps = program_to_load(ebpf, "listen")?;
     p.load()
         .map_err(|e| format!("sock_ops does not load: {}", verifier_hint(&e)))?;
-    Ok(())
+    Ok(outbound)
 }
 
 fn load_raw_tp(ebpf: &mut Ebpf, name: &'static str) -> Result<(), String> {
