@@ -157,28 +157,26 @@ pub fn header_anon(kind: u16, cgroup_id: u64) -> EventHeader {
     }
 }
 
-/// Whether the path in `key.data[8..end]` has a `/..` (it could walk up out of a tree), looked
-/// at byte by byte up to `limit` (a constant: the verifier's loop bound). Out of bounds counts as
-/// walking up. `get`, not indexing: a bounds-check panic path would make the verifier reject the
-/// program.
+/// Whether the path in `key.data[8..]` has a `/..` starting before `limit` (see the common
+/// crate's `walks_up`); every byte after the path's end must be zero.
 #[inline(always)]
-pub fn walks_up(key: &MissKey, end: usize, limit: usize) -> bool {
-    let mut i = 8;
-    while i < limit {
-        if i >= end {
-            break;
-        }
-        let (Some(a), Some(b), Some(c)) =
-            (key.data.get(i), key.data.get(i + 1), key.data.get(i + 2))
-        else {
-            return true;
-        };
-        if *a == b'/' && *b == b'.' && *c == b'.' {
-            return true;
-        }
-        i += 1;
+pub fn walks_up(key: &MissKey, limit: usize) -> bool {
+    stockade_ebpf_common::walks_up(&key.data, limit)
+}
+
+/// Zeroes the path part of `key` (after the cgroup id), in words: the string helpers write one
+/// NUL and leave the rest of the buffer as the last path left it. Volatile stores: LLVM would
+/// turn a plain loop into a call of `memset`, a byte loop the 6.1 verifier walks 248 times
+/// for every state that reaches it.
+#[inline(always)]
+pub fn clear_path(key: &mut MissKey) {
+    let base = key.data.as_mut_ptr();
+    let mut o = 8;
+    while o + 8 <= MISS_KEY_DATA {
+        // SAFETY: `o + 8 <= data.len()`: an unaligned 8-byte store inside `key.data`.
+        unsafe { core::ptr::write_volatile(base.add(o).cast::<[u8; 8]>(), [0; 8]) };
+        o += 8;
     }
-    false
 }
 
 /// `key` as the LPM trie key it is laid out as.

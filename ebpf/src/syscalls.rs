@@ -32,7 +32,8 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user,
         bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes, generated::bpf_send_signal,
     },
-    macros::raw_tracepoint,
+    macros::{map, raw_tracepoint},
+    maps::{PerCpuArray, ProgramArray},
     programs::RawTracePointContext,
 };
 use stockade_ebpf_common::{
@@ -43,8 +44,8 @@ use stockade_ebpf_common::{
 };
 
 use crate::maps::{
-    bump, current_cgroup, header, lpm_key, sandbox_slot, walks_up, COUNTER, DENIED_TID, EVENTS,
-    MISS_TREES, PATH_ARGS, PATH_SCRATCH, SYSCALLS,
+    bump, clear_path, current_cgroup, header, lpm_key, sandbox_slot, walks_up, COUNTER, DENIED_TID,
+    EVENTS, MISS_TREES, PATH_ARGS, PATH_SCRATCH, SYSCALLS,
 };
 
 const EPERM: i64 = 1;
@@ -108,14 +109,22 @@ fn reg(regs: *const u64, word: usize) -> u64 {
 
 /// Argument `i` (0 to 5) of the call, read again from the registers rather than indexed in a
 /// copy on the stack: kernels before 6.3 or so refuse a read from the stack at an offset only
-/// known at run time ("invalid variable-offset read from stack"); the offset into the constant
-/// table is a map value's, which they accept.
+/// known at run time ("invalid variable-offset read from stack"). The register's word comes from
+/// `REG_ARGS` packed four bits each into one immediate: a table in `.rodata` would be a map the
+/// 6.1 verifier lost the index's bound on.
 #[inline(always)]
 fn arg(regs: *const u64, i: usize) -> u64 {
-    match REG_ARGS.get(i) {
-        Some(word) => reg(regs, *word),
-        None => 0,
-    }
+    const PACKED: u64 = {
+        let mut packed = 0u64;
+        let mut k = 0;
+        while k < 6 {
+            packed |= (REG_ARGS[k] as u64) << (4 * k);
+            k += 1;
+        }
+        packed
+    };
+    let word = (PACKED >> (4 * (i & 7))) & 0xf;
+    reg(regs, word as usize)
 }
 
 /// A raw tracepoint rather than tp_btf: the same dispatch in the kernel, but loading it needs
@@ -208,6 +217,70 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let refusal = (ret < 0 && !limit_reached(nr, ret)) || abstract_bound;
+    // The event is built by `sys_exit_report`, a program of its own reached by a tail call: the
+    // verifier judges each half alone, where one program with every branch of both was more
+    // states than 6.1's verifier allows (and costlier to verify everywhere).
+    let Some(p) = PENDING.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's element, read by the program tail-called next on this CPU.
+    unsafe {
+        *p = Pending {
+            cg,
+            ret,
+            slot,
+            nr,
+            what: what as u32,
+            refusal: refusal as u32,
+        };
+    }
+    // SAFETY: the context is this program's; on success the call does not return.
+    unsafe { REPORT.tail_call(&ctx, 0) };
+    // The report program is missing (a kernel that refused it, or the array emptied): lost.
+    bump(slot, COUNTER_DROPPED);
+    if refusal {
+        bump(slot, COUNTER_DENIALS_DROPPED);
+    }
+    0
+}
+
+/// What `sys_exit` decided, for `sys_exit_report` on the same CPU.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending {
+    cg: u64,
+    ret: i64,
+    slot: u32,
+    nr: u32,
+    what: u32,
+    refusal: u32,
+}
+
+#[map]
+static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+
+/// Index 0: `sys_exit_report`, set by the supervisor after loading it.
+#[map]
+static REPORT: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// The second half of `sys_exit`: the event of a call it chose to report, with the call's
+/// arguments and its path or socket address. Never attached: `sys_exit` tail-calls it.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_report(ctx: RawTracePointContext) -> i32 {
+    let Some(p) = PENDING.get(0) else {
+        return 0;
+    };
+    let Pending {
+        cg,
+        ret,
+        slot,
+        nr,
+        what,
+        refusal,
+    } = *p;
+    let what = what as u8;
+    let refusal = refusal != 0;
+    let regs: *const u64 = ctx.arg(0);
     let mut args = [0u64; 6];
     for (i, word) in REG_ARGS.iter().enumerate() {
         args[i] = reg(regs, *word);
@@ -224,6 +297,8 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     if what & ARG_PATH != 0 && index < 6 {
         // SAFETY: this CPU's scratch element, used by one program at a time on this CPU
         // (tracepoint programs do not nest on a CPU).
+        clear_path(unsafe { &mut *scratch });
+        // SAFETY: as above.
         let data = unsafe { &mut (*scratch).data };
         data[..8].copy_from_slice(&cg.to_le_bytes());
         // SAFETY: the helper checks the user pointer and answers an error instead of faulting.
@@ -419,7 +494,8 @@ fn quiet_miss(key: &mut MissKey, len: usize) -> bool {
         return false;
     }
     let end = 8 + len;
-    if walks_up(key, end, MISS_KEY_DATA - 2) {
+    // Zero after the path: `clear_path` ran before the copy.
+    if walks_up(key, MISS_KEY_DATA - 2) {
         return false;
     }
     key.prefix_len = (end * 8) as u32;

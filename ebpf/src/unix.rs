@@ -200,7 +200,8 @@ fn judge(key: &mut MissKey, len: usize) -> bool {
         return false;
     }
     let end = 8 + len;
-    if walks_up(key, end, 8 + SUN_PATH_MAX as usize) {
+    // The key starts zeroed on this program's stack, as `walks_up` needs.
+    if walks_up(key, 8 + SUN_PATH_MAX as usize) {
         return false;
     }
     // The NUL too: a listed path is stored with its NUL and matches only itself; a writable

@@ -201,6 +201,8 @@ pub struct Monitor {
     /// The egress program that loaded: `outbound`, or `outbound_anon` where cgroup_skb
     /// programs may not ask for the current task (6.1).
     outbound: &'static str,
+    /// Whether the sock_ops report of listeners loaded (not on 6.1).
+    listen: bool,
     index: Array<MapData, k::IndexEntry>,
     /// cgroup ids per bucket of `index`, to mark a bucket shared and to restore it.
     buckets: std::collections::HashMap<u32, Vec<(u64, u32, u32)>>,
@@ -242,13 +244,14 @@ impl Monitor {
         // Network: the `*_kill` variants when the kernel lets them call bpf_send_signal.
         let mut net_programs = Vec::new();
         let mut outbound = "outbound";
+        let mut listen = None;
         let skipped = "not loaded: no sandbox of this supervisor uses the host network";
         let (network, kill_in_kernel) = if !network {
             (
                 inactive("network", skipped.into()),
                 inactive("kill in kernel", skipped.into()),
             )
-        } else if let Err(e) = load_inbound(&mut ebpf).map(|o| outbound = o) {
+        } else if let Err(e) = load_inbound(&mut ebpf).map(|(o, l)| (outbound, listen) = (o, l)) {
             // Without it a listening socket would be open to anyone: no network monitor at all.
             (
                 inactive("network", e),
@@ -259,7 +262,7 @@ impl Monitor {
                 Ok(names) => {
                     net_programs = names;
                     (
-                        active("network", NETWORK_PROGRAMS),
+                        active("network", &network_detail(listen.as_deref())),
                         active(
                             "kill in kernel",
                             "bpf_send_signal from the network programs",
@@ -270,7 +273,7 @@ impl Monitor {
                     Ok(names) => {
                         net_programs = names;
                         (
-                            active("network", NETWORK_PROGRAMS),
+                            active("network", &network_detail(listen.as_deref())),
                             inactive(
                                 "kill in kernel",
                                 format!("{kill_error}; cgroup.kill from the supervisor only"),
@@ -288,6 +291,8 @@ impl Monitor {
         step("network programs");
         // seccomp's SIGSYS belongs to the same monitor: the calls it kills never reach sys_exit.
         let syscalls = match load_raw_tp(&mut ebpf, "sys_exit")
+            .and_then(|()| load_raw_tp(&mut ebpf, "sys_exit_report"))
+            .and_then(|()| link_report(&mut ebpf))
             .and_then(|()| load_raw_tp(&mut ebpf, "signal_generate"))
         {
             Ok(()) => active(
@@ -360,6 +365,7 @@ impl Monitor {
             unix_hooks,
             unix_paths: take(&mut ebpf, "UNIX_PATHS")?,
             outbound,
+            listen: listen.is_none(),
             sandboxes: take(&mut ebpf, "SANDBOXES")?,
             net_rules: take(&mut ebpf, "NET_RULES")?,
             counters: take(&mut ebpf, "COUNTER")?,
@@ -588,11 +594,13 @@ impl Monitor {
                     )
                     .map_err(MonitorError::Attach)?,
                 );
-                let p: &mut SockOps = program_named(&mut self.ebpf, "listen")?;
-                armed.listen = Some(
-                    p.attach(dir.as_fd(), CgroupAttachMode::Single)
-                        .map_err(MonitorError::Attach)?,
-                );
+                if self.listen {
+                    let p: &mut SockOps = program_named(&mut self.ebpf, "listen")?;
+                    armed.listen = Some(
+                        p.attach(dir.as_fd(), CgroupAttachMode::Single)
+                            .map_err(MonitorError::Attach)?,
+                    );
+                }
             }
             Ok(())
         })();
@@ -1057,7 +1065,7 @@ fn load_net(ebpf: &mut Ebpf, suffix: &str) -> Result<Vec<String>, String> {
 }
 
 /// Listening without bind(): no sock_addr hook sees it (see `inbound` in the eBPF crate).
-fn load_inbound(ebpf: &mut Ebpf) -> Result<&'static str, String> {
+fn load_inbound(ebpf: &mut Ebpf) -> Result<(&'static str, Option<String>), String> {
     let p: &mut CgroupSkb = program_to_load(ebpf, "inbound")?;
     p.load()
         .map_err(|e| format!("cgroup_skb/ingress does not load: {}", verifier_hint(&e)))?;
@@ -1076,16 +1084,60 @@ fn load_inbound(ebpf: &mut Ebpf) -> Result<&'static str, String> {
             )
         })?;
     }
+    // Only a report (the inbound guard keeps every connection out of such a listener): where
+    // sock_ops programs may not ask for the cgroup (6.1) the monitor runs without it, and says so.
     let p: &mut SockOps = program_to_load(ebpf, "listen")?;
-    p.load()
-        .map_err(|e| format!("sock_ops does not load: {}", verifier_hint(&e)))?;
-    Ok(outbound)
+    let listen = p
+        .load()
+        .err()
+        .map(|e| format!("sock_ops does not load: {}", verifier_hint(&e)));
+    Ok((outbound, listen))
+}
+
+/// What the network monitor attaches, and what it lacks (`listen`: why the sock_ops report of
+/// listeners did not load).
+fn network_detail(listen: Option<&str>) -> String {
+    match listen {
+        None => NETWORK_PROGRAMS.to_string(),
+        Some(why) => format!(
+            "{NETWORK_PROGRAMS}; without the report of listeners outside the bind rules ({why}): \
+             the inbound guard still keeps every connection from them"
+        ),
+    }
+}
+
+/// `sys_exit` hands each event to `sys_exit_report` by a tail call through `REPORT`. The array
+/// stays in `ebpf`: the kernel empties a program array when its last descriptor closes.
+fn link_report(ebpf: &mut Ebpf) -> Result<(), String> {
+    let fd = {
+        let p: &mut RawTracePoint =
+            program_named(ebpf, "sys_exit_report").map_err(|e| e.to_string())?;
+        p.fd()
+            .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+            .map_err(|e| format!("sys_exit_report: {e}"))?
+    };
+    let map = ebpf
+        .map_mut("REPORT")
+        .ok_or_else(|| "the object has no map REPORT".to_string())?;
+    let mut array = aya::maps::ProgramArray::try_from(map).map_err(|e| format!("REPORT: {e}"))?;
+    array
+        .set(0, &fd, 0)
+        .map_err(|e| format!("REPORT: cannot hold sys_exit_report: {e}"))
 }
 
 fn load_raw_tp(ebpf: &mut Ebpf, name: &'static str) -> Result<(), String> {
     let p: &mut RawTracePoint = program_to_load(ebpf, name)?;
     p.load()
-        .map_err(|e| format!("raw_tracepoint/{name} does not load: {}", verifier_hint(&e)))
+        .map_err(|e| format!("raw_tracepoint/{name} does not load: {}", verifier_hint(&e)))?;
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let insns = p.info().ok().and_then(|i| i.verified_instruction_count());
+        tracing::debug!(
+            program = name,
+            ?insns,
+            "instructions the verifier processed"
+        );
+    }
+    Ok(())
 }
 
 fn load_sched(ebpf: &mut Ebpf) -> Result<(), String> {

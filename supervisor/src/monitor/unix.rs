@@ -159,7 +159,8 @@ fn map_fd(map: &Map) -> Option<RawFd> {
         | Map::PerCpuArray(d)
         | Map::PerCpuHashMap(d)
         | Map::LruHashMap(d)
-        | Map::RingBuf(d) => d,
+        | Map::RingBuf(d)
+        | Map::ProgramArray(d) => d,
         _ => return None,
     };
     Some(data.fd().as_fd().as_raw_fd())
