@@ -21,7 +21,7 @@ use stockade_ebpf_common::{
     COUNTER_NET_DROPPED, EVENT_NET_DENY, HOOK_EGRESS4, HOOK_EGRESS6,
 };
 
-use crate::maps::{bump, header, header_anon, EVENTS, SANDBOXES};
+use crate::maps::{bump, header, header_anon, reserve, SANDBOXES};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -128,7 +128,7 @@ fn deny<const PID: bool>(
         return DENY;
     };
     bump(slot, COUNTER_NET_DENIED);
-    let Some(mut entry) = EVENTS.reserve::<NetDenyEvent>(0) else {
+    let Some(mut entry) = reserve::<NetDenyEvent>(slot) else {
         bump(slot, COUNTER_DROPPED);
         bump(slot, COUNTER_NET_DROPPED);
         bump(slot, COUNTER_DENIALS_DROPPED);

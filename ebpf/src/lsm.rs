@@ -32,7 +32,7 @@ use stockade_ebpf_common::{
 };
 
 use crate::maps::{
-    bump, current_cgroup, header, mark_denied, EVENTS, LSM_GRANTS, LSM_OFFSETS, SANDBOXES,
+    bump, current_cgroup, header, mark_denied, reserve, LSM_GRANTS, LSM_OFFSETS, SANDBOXES,
 };
 
 const EPERM: i32 = 1;
@@ -121,7 +121,7 @@ pub fn socket_listen(ctx: LsmContext) -> i32 {
     }
     bump(slot, COUNTER_NET_DENIED);
     mark_denied();
-    match EVENTS.reserve::<NetDenyEvent>(0) {
+    match reserve::<NetDenyEvent>(slot) {
         Some(mut e) => {
             e.write(NetDenyEvent {
                 header: header(EVENT_NET_DENY, cg),
@@ -213,7 +213,7 @@ fn decide(file: u64, want: u32, mode: u32, hook: u8) -> i32 {
 
     bump(slot, COUNTER_LSM_DENIED);
     mark_denied();
-    let Some(mut entry) = EVENTS.reserve::<LsmDenyEvent>(0) else {
+    let Some(mut entry) = reserve::<LsmDenyEvent>(slot) else {
         bump(slot, COUNTER_DROPPED);
         bump(slot, COUNTER_DENIALS_DROPPED);
         return -EACCES;

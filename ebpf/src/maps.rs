@@ -1,12 +1,13 @@
 //! The maps every program shares, and small helpers over them.
 
 use aya_ebpf::{
+    btf_maps::{ArrayOfMaps, RingBuf},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_current_cgroup_id},
-    macros::map,
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    macros::{btf_map, map},
+    maps::{lpm_trie::Key, ring_buf::RingBufEntry, Array, HashMap, LpmTrie, PerCpuArray},
 };
 use stockade_ebpf_common::{
-    EventHeader, IndexEntry, LsmGrantKey, MissKey, NetRules, SandboxConfig, COUNTERS,
+    EventHeader, IndexEntry, LsmGrantKey, MissKey, NetRules, SandboxConfig, COUNTERS, EVENTS_BYTES,
     INDEX_BUCKETS, INDEX_SHARED, LSM_OFFSETS_LEN, MAX_SANDBOXES, MAX_SLOTS, MISS_KEY_DATA,
     SYSCALL_NR_MAX, UNIX_OFFSETS_LEN,
 };
@@ -82,10 +83,19 @@ pub static UNIX_PATHS: LpmTrie<[u8; MISS_KEY_DATA], u8> =
 #[map]
 pub static UNIX_OFFSETS: Array<u32> = Array::with_max_entries(UNIX_OFFSETS_LEN, 0);
 
-/// Every event, to the supervisor. 8 MiB: about 130 000 network denials or 23 000 syscall
-/// denials between two reads; what does not fit is counted in `COUNTER_DROPPED`.
-#[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+/// Every event, to the supervisor of its sandbox: one ring buffer per supervisor, placed by it
+/// at each slot it arms (several supervisors may share these programs; each reads only its
+/// own). 8 MiB each: about 130 000 network denials or 23 000 syscall denials between two
+/// reads; what does not fit, or has no ring buffer at its slot, is counted in `COUNTER_DROPPED`.
+#[btf_map]
+pub static EVENTS: ArrayOfMaps<RingBuf<u8, EVENTS_BYTES>, { MAX_SLOTS as usize }> =
+    ArrayOfMaps::new();
+
+/// A record of type `T` in the ring buffer of the supervisor that armed `slot`.
+#[inline(always)]
+pub fn reserve<T: 'static>(slot: u32) -> Option<RingBufEntry<T>> {
+    EVENTS.get(slot)?.reserve_untyped::<T>(0)
+}
 
 #[inline(always)]
 pub fn current_cgroup() -> u64 {

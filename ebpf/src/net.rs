@@ -25,7 +25,7 @@ use stockade_ebpf_common::{
     MAX_EXCLUSIONS, MAX_RULES, PROTO_TCP, PROTO_UDP,
 };
 
-use crate::maps::{bump, current_cgroup, header, mark_denied, EVENTS, NET_RULES, SANDBOXES};
+use crate::maps::{bump, current_cgroup, header, mark_denied, reserve, NET_RULES, SANDBOXES};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -213,7 +213,7 @@ fn check<const KILL: bool>(ctx: &SockAddrContext, hook: u8) -> i32 {
         bump(slot, COUNTER_KILLS);
     }
     mark_denied();
-    match EVENTS.reserve::<NetDenyEvent>(0) {
+    match reserve::<NetDenyEvent>(slot) {
         Some(mut e) => {
             e.write(NetDenyEvent {
                 header: header(EVENT_NET_DENY, cg),
@@ -439,7 +439,7 @@ pub fn listen(ctx: SockOpsContext) -> u32 {
     };
     bump(cfg.slot, COUNTER_NET_DENIED);
     let v4 = family == AF_INET as u32;
-    match EVENTS.reserve::<NetDenyEvent>(0) {
+    match reserve::<NetDenyEvent>(cfg.slot) {
         Some(mut e) => {
             e.write(NetDenyEvent {
                 header: header(EVENT_NET_DENY, cg),

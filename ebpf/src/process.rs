@@ -18,7 +18,7 @@ use stockade_ebpf_common::{
     ProcEvent, COUNTER_DROPPED, COUNTER_EXECS, COUNTER_FORKS, EVENT_EXEC, EVENT_EXIT, EVENT_FORK,
 };
 
-use crate::maps::{bump, current_cgroup, header, EVENTS, SANDBOXES, TP_OFFSETS};
+use crate::maps::{bump, current_cgroup, header, reserve, SANDBOXES, TP_OFFSETS};
 
 /// `TP_OFFSETS` indices.
 const OFF_TASK_PID: u32 = 0;
@@ -34,7 +34,7 @@ fn field<T>(base: u64, index: u32) -> Option<T> {
 
 #[inline(always)]
 fn emit(kind: u16, cg: u64, slot: u32, other: u32, filename: u64) {
-    let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) else {
+    let Some(mut entry) = reserve::<ProcEvent>(slot) else {
         bump(slot, COUNTER_DROPPED);
         return;
     };

@@ -17,7 +17,7 @@ use stockade_ebpf_common::{
     SigsysEvent, COUNTER_DENIALS_DROPPED, COUNTER_DROPPED, COUNTER_SECCOMP_KILLS, EVENT_SIGSYS,
 };
 
-use crate::maps::{bump, current_cgroup, header, sandbox_slot, EVENTS};
+use crate::maps::{bump, current_cgroup, header, reserve, sandbox_slot};
 
 const SIGSYS: u64 = 31;
 /// `si_code` of a seccomp SIGSYS.
@@ -55,7 +55,7 @@ pub fn signal_generate(ctx: RawTracePointContext) -> i32 {
     let nr = read::<i32>(info + SI_SYSCALL).unwrap_or(-1);
     let arch = read::<u32>(info + SI_ARCH).unwrap_or(0);
     bump(slot, COUNTER_SECCOMP_KILLS);
-    let Some(mut entry) = EVENTS.reserve::<SigsysEvent>(0) else {
+    let Some(mut entry) = reserve::<SigsysEvent>(slot) else {
         bump(slot, COUNTER_DROPPED);
         bump(slot, COUNTER_DENIALS_DROPPED);
         return 0;

@@ -44,8 +44,8 @@ use stockade_ebpf_common::{
 };
 
 use crate::maps::{
-    bump, clear_path, current_cgroup, header, lpm_key, sandbox_slot, walks_up, COUNTER, DENIED_TID,
-    EVENTS, MISS_TREES, PATH_ARGS, PATH_SCRATCH, SYSCALLS,
+    bump, clear_path, current_cgroup, header, lpm_key, reserve, sandbox_slot, walks_up, COUNTER,
+    DENIED_TID, MISS_TREES, PATH_ARGS, PATH_SCRATCH, SYSCALLS,
 };
 
 const EPERM: i64 = 1;
@@ -318,7 +318,7 @@ pub fn sys_exit_report(ctx: RawTracePointContext) -> i32 {
             return 0;
         }
     }
-    let Some(mut entry) = EVENTS.reserve::<SyscallEvent>(0) else {
+    let Some(mut entry) = reserve::<SyscallEvent>(slot) else {
         bump(slot, COUNTER_DROPPED);
         // Every failure reported here may be a violation, an ENOENT too (a hidden path):
         // all count, or a flood of harmless misses could hide one. A limit reached is not one.
@@ -435,7 +435,7 @@ fn second_path_event(
         return;
     };
     let n = p.len();
-    let Some(mut entry) = EVENTS.reserve::<SyscallEvent>(0) else {
+    let Some(mut entry) = reserve::<SyscallEvent>(slot) else {
         bump(slot, COUNTER_DROPPED);
         if refusal {
             bump(slot, COUNTER_DENIALS_DROPPED);

@@ -46,7 +46,7 @@ use stockade_ebpf_common::{
 };
 
 use crate::maps::{
-    bump, current_cgroup, header, lpm_key, mark_denied, sandbox_slot, walks_up, EVENTS,
+    bump, current_cgroup, header, lpm_key, mark_denied, reserve, sandbox_slot, walks_up,
     UNIX_OFFSETS, UNIX_PATHS,
 };
 
@@ -100,7 +100,7 @@ fn check(ctx: &SockAddrContext, hook: u8) -> i32 {
 
     bump(slot, COUNTER_NET_DENIED);
     mark_denied();
-    match EVENTS.reserve::<UnixDenyEvent>(0) {
+    match reserve::<UnixDenyEvent>(slot) {
         Some(mut entry) => {
             let e = entry.as_mut_ptr();
             // SAFETY: `e` points to the reserved record, valid for writes until submit; every

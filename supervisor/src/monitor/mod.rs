@@ -13,6 +13,7 @@ pub mod attribute;
 pub mod event;
 pub mod hostpath;
 pub mod report;
+pub mod rings;
 pub mod rules;
 pub mod sandboxpath;
 pub mod unix;
@@ -73,6 +74,10 @@ pub enum MonitorError {
         #[source]
         source: std::io::Error,
     },
+    #[error("creating this supervisor's event ring buffer: {0}")]
+    Ring(#[source] std::io::Error),
+    #[error("placing the event ring buffer at slot {0}: {1}")]
+    Events(u32, #[source] std::io::Error),
     #[error("{0} sandboxes are monitored already (the most one supervisor takes)")]
     Full(u32),
     #[error("more than {max} {direction} rules ({count}); the eBPF programs take at most {max}")]
@@ -208,7 +213,10 @@ pub struct Monitor {
     buckets: std::collections::HashMap<u32, Vec<(u64, u32, u32)>>,
     counters: PerCpuArray<MapData, [u64; k::COUNTERS as usize]>,
     syscalls: PerCpuArray<MapData, [u64; k::SYSCALL_NR_MAX as usize]>,
+    /// This supervisor's own ring buffer, placed at each slot it arms.
     events: RingBuf<MapData>,
+    /// The programs' `EVENTS`, an array of maps: slot -> the ring buffer of its supervisor.
+    events_by_slot: MapData,
     slots: Vec<Slot>,
 }
 
@@ -238,7 +246,12 @@ impl Monitor {
         ensure_mounted("tracefs", "/sys/kernel/tracing")?;
         ensure_mounted("bpf", "/sys/fs/bpf")?;
         step("mounts");
-        let mut ebpf = Ebpf::load(PROGRAMS).map_err(MonitorError::Object)?;
+        // No kernel BTF for aya: Rust eBPF has no CO-RE relocations for it to apply, and
+        // `Ebpf::load` would parse all of /sys/kernel/btf/vmlinux (about 30 ms) to find none.
+        let mut ebpf = aya::EbpfLoader::new()
+            .btf(None)
+            .load(PROGRAMS)
+            .map_err(MonitorError::Object)?;
         step("object");
 
         // Network: the `*_kill` variants when the kernel lets them call bpf_send_signal.
@@ -370,7 +383,11 @@ impl Monitor {
             net_rules: take(&mut ebpf, "NET_RULES")?,
             counters: take(&mut ebpf, "COUNTER")?,
             syscalls: take(&mut ebpf, "SYSCALLS")?,
-            events: take(&mut ebpf, "EVENTS")?,
+            events: own_ring()?,
+            events_by_slot: match ebpf.take_map("EVENTS") {
+                Some(aya::maps::Map::ArrayOfMaps(data)) => data,
+                _ => return Err(MonitorError::MissingMap("EVENTS")),
+            },
             ebpf,
             caps: Capabilities {
                 network,
@@ -442,6 +459,8 @@ impl Monitor {
                 dirty
             }
         };
+        rings::place(self.events_by_slot.fd().as_fd(), slot, self.events.as_fd())
+            .map_err(|source| MonitorError::Events(slot, source))?;
         let mut flags = 0;
         if spec.network.is_some() {
             flags |= k::FLAG_NET_RULES;
@@ -658,6 +677,7 @@ impl Monitor {
                 .miss_trees
                 .remove(&LpmKey::new(key.prefix_len, key.data));
         }
+        let _ = rings::clear(self.events_by_slot.fd().as_fd(), armed.slot);
         if let Some(state) = self.slots.get_mut(armed.slot as usize) {
             if *state == Slot::Used {
                 // Zeroed when the slot is taken again, off the path of this sandbox's end.
@@ -1005,6 +1025,19 @@ fn fill_array<V: aya::Pod>(
             .map_err(|source| MonitorError::Map { map: name, source })?;
     }
     Ok(())
+}
+
+/// This supervisor's ring buffer (see `rings`).
+fn own_ring() -> Result<RingBuf<MapData>, MonitorError> {
+    let fd = rings::create(k::EVENTS_BYTES as u32).map_err(MonitorError::Ring)?;
+    let data = MapData::from_fd(fd).map_err(|source| MonitorError::Map {
+        map: "EVENTS",
+        source,
+    })?;
+    RingBuf::try_from(aya::maps::Map::RingBuf(data)).map_err(|source| MonitorError::Map {
+        map: "EVENTS",
+        source,
+    })
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MonitorError>

@@ -160,7 +160,8 @@ fn map_fd(map: &Map) -> Option<RawFd> {
         | Map::PerCpuHashMap(d)
         | Map::LruHashMap(d)
         | Map::RingBuf(d)
-        | Map::ProgramArray(d) => d,
+        | Map::ProgramArray(d)
+        | Map::ArrayOfMaps(d) => d,
         _ => return None,
     };
     Some(data.fd().as_fd().as_raw_fd())
