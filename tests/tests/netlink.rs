@@ -8,7 +8,7 @@ use harness::*;
 use serde_json::Value;
 
 fn host_network() -> String {
-    policy("[network]\nmode = \"allow\"\n")
+    host_network_policy("")
 }
 
 /// The seccomp violations of a run, from its JSON summary.

@@ -119,8 +119,8 @@ fn datagrams_in_an_empty_network_namespace_are_violations() {
     // Control: on the host network, a datagram the rules allow leaves without a violation.
     let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = receiver.local_addr().unwrap().port();
-    let allow = policy(&format!(
-        "[network]\nmode = \"allow\"\nconnect = [{{ protocol = \"udp\", address = \"127.0.0.1\", port = {port} }}]\n"
+    let allow = host_network_policy(&format!(
+        "connect = [{{ protocol = \"udp\", address = \"127.0.0.1\", port = {port} }}]\n"
     ));
     let r = hostile_run(
         "udp-allowed",

@@ -328,6 +328,20 @@ pub fn tcp_rules_enforceable(test: &str) -> bool {
     true
 }
 
+/// [`policy`] for a sandbox on the host network (`network` is its `[network]` table's body).
+/// Below Landlock ABI 4 (6.1) an enforce-mode one does not start, having no TCP port rules: there
+/// it runs in monitor mode, under the same seccomp filter and eBPF programs, which is what the
+/// tests using this look at.
+pub fn host_network_policy(network: &str) -> String {
+    let text = format!("[network]\nmode = \"allow\"\n{network}");
+    if landlock_abi() < 4 {
+        return policy(&format!(
+            "{text}[enforcement]\nmode = \"monitor\"\nthreshold = 1000\nwindow = \"60s\"\naction = \"report\"\n"
+        ));
+    }
+    policy(&text)
+}
+
 /// Whether this runs in the VM runner's emulated guest (`stockade.vm=tcg` on the kernel command
 /// line, which `cargo xtask vm-test` adds), where each launch costs seconds: tests that repeat
 /// the same launch many times do fewer there.
