@@ -205,7 +205,11 @@ pub fn describe(ev: &Event) -> String {
     if !detail.is_empty() {
         let _ = write!(s, " ({})", detail.join(", "));
     }
-    let _ = write!(s, " by pid {}", ev.pid);
+    // pid 0: a record no process is known for (an OOM kill; a packet judged where the kernel
+    // does not say whose it is).
+    if ev.pid != 0 {
+        let _ = write!(s, " by pid {}", ev.pid);
+    }
     s
 }
 

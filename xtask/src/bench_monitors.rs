@@ -17,6 +17,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -244,19 +245,37 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // 1. Host processes
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum HostState {
     Detached,
+    /// An empty `raw_tracepoint/sys_exit` program: the floor of any syscall-tracepoint monitor.
+    Floor,
     Stockade,
+    Stockade10,
+    Stockade50,
     Bpftrace,
 }
+
+const HOST_STATES: usize = 6;
 
 impl HostState {
     fn label(self) -> &'static str {
         match self {
             HostState::Detached => "detached (no stockade running)",
-            HostState::Stockade => "stockade monitors attached",
+            HostState::Floor => "floor: an empty sys_exit program",
+            HostState::Stockade => "stockade monitors attached (1 sandbox)",
+            HostState::Stockade10 => "10 sandboxes, each with its supervisor",
+            HostState::Stockade50 => "50 sandboxes, each with its supervisor",
             HostState::Bpftrace => "bpftrace sys_enter probe (peer)",
+        }
+    }
+
+    fn sandboxes(self) -> usize {
+        match self {
+            HostState::Stockade => 1,
+            HostState::Stockade10 => 10,
+            HostState::Stockade50 => 50,
+            _ => 0,
         }
     }
 }
@@ -264,12 +283,98 @@ impl HostState {
 /// What keeps a state alive while the loops run.
 enum Attached {
     Nothing,
-    Stockade(Child),
+    Floor(EmptyProbe),
+    Stockade(Vec<Child>),
     Bpftrace(Child),
 }
 
+/// An empty `raw_tracepoint/sys_exit` program (`r0 = 0; exit`), attached while this lives: what
+/// every process pays for a syscall tracepoint before any program logic.
+struct EmptyProbe {
+    _program: OwnedFd,
+    _link: OwnedFd,
+}
+
+fn attach_empty_sys_exit() -> Result<EmptyProbe> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProgLoad {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+        _rest: [u64; 12],
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct RawTpOpen {
+        name: u64,
+        prog_fd: u32,
+        _pad: u32,
+        _rest: [u64; 4],
+    }
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
+    const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
+    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+    let license = b"GPL\0";
+    let mut load = ProgLoad {
+        prog_type: BPF_PROG_TYPE_RAW_TRACEPOINT,
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..ProgLoad::default()
+    };
+    load.prog_name[..5].copy_from_slice(b"floor");
+    let bpf = |cmd: libc::c_long, attr: *const libc::c_void, size: usize| {
+        // SAFETY: `attr` points to a `union bpf_attr` prefix of `size` bytes that lives across
+        // the call, and every pointer inside it to a live local.
+        let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size) };
+        if fd < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            // SAFETY: a fresh descriptor that nobody else owns.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        }
+    };
+    let program = bpf(
+        BPF_PROG_LOAD,
+        &load as *const ProgLoad as *const libc::c_void,
+        std::mem::size_of::<ProgLoad>(),
+    )
+    .context("loading the empty sys_exit program")?;
+    let name = b"sys_exit\0";
+    let open = RawTpOpen {
+        name: name.as_ptr() as u64,
+        prog_fd: program.as_raw_fd() as u32,
+        ..RawTpOpen::default()
+    };
+    let link = bpf(
+        BPF_RAW_TRACEPOINT_OPEN,
+        &open as *const RawTpOpen as *const libc::c_void,
+        std::mem::size_of::<RawTpOpen>(),
+    )
+    .context("attaching the empty program to raw_tracepoint/sys_exit")?;
+    Ok(EmptyProbe {
+        _program: program,
+        _link: link,
+    })
+}
+
 fn host_overhead(setup: &Setup, rounds: usize) -> Result<Part> {
-    let mut states = vec![HostState::Stockade, HostState::Detached];
+    let mut states = vec![
+        HostState::Stockade,
+        HostState::Detached,
+        HostState::Floor,
+        HostState::Stockade10,
+        HostState::Stockade50,
+    ];
     let mut bpftrace_note = None;
     match apt_install(&["bpftrace"]) {
         Ok(()) => states.push(HostState::Bpftrace),
@@ -282,15 +387,30 @@ fn host_overhead(setup: &Setup, rounds: usize) -> Result<Part> {
     // Warm-up: the loops once, short, in no particular state.
     open_close_ns(HOST_OPEN / 10)?;
     getppid_ns(HOST_GETPPID / 10);
-    let mut open: Vec<Vec<f64>> = vec![Vec::new(); 3];
-    let mut ppid: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let mut open: Vec<Vec<f64>> = vec![Vec::new(); HOST_STATES];
+    let mut ppid: Vec<Vec<f64>> = vec![Vec::new(); HOST_STATES];
     for round in 0..rounds {
         let mut i = 0;
         while i < states.len() {
             let state = states[i];
             let attached = match state {
                 HostState::Detached => Attached::Nothing,
-                HostState::Stockade => Attached::Stockade(start_sleeper(setup)?),
+                HostState::Floor => Attached::Floor(attach_empty_sys_exit()?),
+                HostState::Stockade | HostState::Stockade10 | HostState::Stockade50 => {
+                    let mut sleepers = Vec::new();
+                    for _ in 0..state.sandboxes() {
+                        match start_sleeper(setup) {
+                            Ok(child) => sleepers.push(child),
+                            Err(e) => {
+                                for child in sleepers {
+                                    let _ = stop_sleeper(child);
+                                }
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Attached::Stockade(sleepers)
+                }
                 HostState::Bpftrace => match start_bpftrace() {
                     Ok(child) => Attached::Bpftrace(child),
                     Err(e) if round == 0 => {
@@ -308,7 +428,13 @@ fn host_overhead(setup: &Setup, rounds: usize) -> Result<Part> {
             let p = getppid_ns(HOST_GETPPID);
             match attached {
                 Attached::Nothing => {}
-                Attached::Stockade(child) => stop_sleeper(child)?,
+                // Detached when dropped.
+                Attached::Floor(probe) => drop(probe),
+                Attached::Stockade(children) => {
+                    for child in children {
+                        stop_sleeper(child)?;
+                    }
+                }
                 Attached::Bpftrace(mut child) => {
                     let _ = child.kill();
                     let _ = child.wait();
@@ -334,7 +460,10 @@ fn host_overhead(setup: &Setup, rounds: usize) -> Result<Part> {
     );
     for state in [
         HostState::Detached,
+        HostState::Floor,
         HostState::Stockade,
+        HostState::Stockade10,
+        HostState::Stockade50,
         HostState::Bpftrace,
     ] {
         let slot = state as usize;
@@ -351,10 +480,22 @@ fn host_overhead(setup: &Setup, rounds: usize) -> Result<Part> {
     }
     let open_ratio = median(&open[HostState::Stockade as usize]) / base_open;
     let ppid_ratio = median(&ppid[HostState::Stockade as usize]) / base_ppid;
+    let floor_ppid = median(&ppid[HostState::Floor as usize]);
+    let (tax, floor_tax) = (
+        median(&ppid[HostState::Stockade as usize]) - base_ppid,
+        floor_ppid - base_ppid,
+    );
+    let ten = median(&ppid[HostState::Stockade10 as usize]) / base_ppid;
+    let fifty = median(&ppid[HostState::Stockade50 as usize]) / base_ppid;
     let mut verdict = format!(
         "With stockade's monitors attached, a host process's open/close takes {open_ratio:.3}× as \
-         long as with none attached ({}: at most 1.02×); getppid {ppid_ratio:.3}×.",
-        met(open_ratio <= 1.02)
+         long as with none attached ({}: at most 1.02×); getppid {ppid_ratio:.3}×. Stockade's \
+         own cost per host syscall is {tax:.0} ns against the empty program's {floor_tax:.0} ns \
+         ({}: within 10% of the floor). With 10 sandboxes getppid takes {ten:.3}×, with 50 \
+         {fifty:.3}× ({}: no growth with their number).",
+        met(open_ratio <= 1.02),
+        met(tax <= floor_tax * 1.10),
+        met(fifty <= ppid_ratio * 1.10),
     );
     if let Some(note) = bpftrace_note {
         verdict.push_str(&format!(" Peer: {note}."));
@@ -363,9 +504,10 @@ fn host_overhead(setup: &Setup, rounds: usize) -> Result<Part> {
         what: format!(
             "This process (outside any sandbox) timed {HOST_OPEN} open+close of /etc/hostname and \
              {HOST_GETPPID} getppid calls per round, while a monitor-mode `stockade run -- \
-             /usr/bin/sleep 600` kept the monitors' sys_exit and sched tracepoints attached, while \
-             nothing was attached, and while `bpftrace -e '{BPFTRACE_PROGRAM}'` was attached; \
-             {}, the states in turn, time per call.",
+             /usr/bin/sleep 600` kept the monitors' sys_exit and sched tracepoints attached (and \
+             10 and 50 of them at once), while nothing was attached, while only an empty \
+             raw_tracepoint/sys_exit program was (the floor), and while `bpftrace -e \
+             '{BPFTRACE_PROGRAM}'` was attached; {}, the states in turn, time per call.",
             times(rounds, "round")
         ),
         table,
