@@ -217,6 +217,9 @@ pub struct Monitor {
     events: RingBuf<MapData>,
     /// The programs' `EVENTS`, an array of maps: slot -> the ring buffer of its supervisor.
     events_by_slot: MapData,
+    /// Slots whose `EVENTS` entry is this supervisor's ring buffer already. It stays there after
+    /// disarm: no sandbox entry leads a program to the slot until it is armed again.
+    rings_placed: Vec<bool>,
     slots: Vec<Slot>,
 }
 
@@ -399,6 +402,7 @@ impl Monitor {
             },
             net_programs,
             slots: vec![Slot::Free; k::MAX_SLOTS as usize],
+            rings_placed: vec![false; k::MAX_SLOTS as usize],
         };
         step("maps");
         monitor.attach_tracepoints()?;
@@ -459,8 +463,18 @@ impl Monitor {
                 dirty
             }
         };
-        rings::place(self.events_by_slot.fd().as_fd(), slot, self.events.as_fd())
-            .map_err(|source| MonitorError::Events(slot, source))?;
+        // Once per slot: an update of an array of maps waits for an RCU grace period (about
+        // 5 ms here), and the ring buffer placed stays this supervisor's for its whole life.
+        if !self
+            .rings_placed
+            .get(slot as usize)
+            .copied()
+            .unwrap_or(true)
+        {
+            rings::place(self.events_by_slot.fd().as_fd(), slot, self.events.as_fd())
+                .map_err(|source| MonitorError::Events(slot, source))?;
+            self.rings_placed[slot as usize] = true;
+        }
         let mut flags = 0;
         if spec.network.is_some() {
             flags |= k::FLAG_NET_RULES;
@@ -677,7 +691,6 @@ impl Monitor {
                 .miss_trees
                 .remove(&LpmKey::new(key.prefix_len, key.data));
         }
-        let _ = rings::clear(self.events_by_slot.fd().as_fd(), armed.slot);
         if let Some(state) = self.slots.get_mut(armed.slot as usize) {
             if *state == Slot::Used {
                 // Zeroed when the slot is taken again, off the path of this sandbox's end.

@@ -2,15 +2,15 @@
 //! slot it arms: the programs write a sandbox's records to the ring buffer at its slot, so that
 //! several supervisors can share one set of programs and each read only its own sandboxes.
 //!
-//! Three raw `bpf()` calls: aya creates maps only from an object's definitions, and its array of
-//! maps has no call to empty an index.
+//! Raw `bpf()` calls: aya creates maps only from an object's definitions. Each update of an
+//! array of maps waits for an RCU grace period (`maybe_wait_bpf_programs`, about 5 ms here), so a
+//! supervisor places its ring buffer at a slot once and leaves it there.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_TYPE_RINGBUF: u32 = 27;
 
 /// The head of `union bpf_attr` for BPF_MAP_CREATE; the rest stays zero.
@@ -80,17 +80,4 @@ pub fn place(outer: BorrowedFd<'_>, slot: u32, ring: BorrowedFd<'_>) -> io::Resu
         ..ElemAttr::default()
     };
     bpf(BPF_MAP_UPDATE_ELEM, &attr).map(drop)
-}
-
-/// Empties `slot` of `outer`: records of that slot are then counted as dropped.
-pub fn clear(outer: BorrowedFd<'_>, slot: u32) -> io::Result<()> {
-    let attr = ElemAttr {
-        map_fd: outer.as_raw_fd() as u32,
-        key: &slot as *const u32 as u64,
-        ..ElemAttr::default()
-    };
-    match bpf(BPF_MAP_DELETE_ELEM, &attr) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        other => other.map(drop),
-    }
 }
