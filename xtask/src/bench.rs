@@ -55,6 +55,18 @@ pub fn run(args: &[&str]) -> Result<()> {
             .replace("mode = \"enforce\"", "mode = \"monitor\"")
             .replace("action = \"kill\"", "action = \"report\""),
     )?;
+    // The same profile without its writable /tmp: no symlink could lead the kernel's unix socket
+    // programs astray, so no `[ipc]` walk of the read-only grants where those programs load.
+    let no_walk = scratch.join("untrusted-default-no-tmp.toml");
+    std::fs::write(
+        &no_walk,
+        std::fs::read_to_string(&profile)?
+            .replace("write = [\"$TMP\"]", "write = []")
+            .lines()
+            .filter(|l| !l.starts_with("tmp_size"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )?;
     let s = |x: &str| x.to_string();
     let mut contenders = vec![
         Contender {
@@ -71,6 +83,20 @@ pub fn run(args: &[&str]) -> Result<()> {
                 s("--quiet"),
                 s("--policy"),
                 profile.to_string_lossy().into_owned(),
+                s("--"),
+                s("/bin/true"),
+            ],
+            env: None,
+            samples: vec![],
+        },
+        Contender {
+            name: "stockade run, no writable /tmp (no [ipc] walk)",
+            argv: vec![
+                stockade.to_string_lossy().into_owned(),
+                s("run"),
+                s("--quiet"),
+                s("--policy"),
+                no_walk.to_string_lossy().into_owned(),
                 s("--"),
                 s("/bin/true"),
             ],
@@ -132,8 +158,9 @@ pub fn run(args: &[&str]) -> Result<()> {
         }
     }
     let stockade_median = median(&contenders[1].samples);
-    let sandbox_only_median = median(&contenders[2].samples);
-    let bwrap_median = median(&contenders[3].samples);
+    let no_walk_median = median(&contenders[2].samples);
+    let sandbox_only_median = median(&contenders[3].samples);
+    let bwrap_median = median(&contenders[4].samples);
     let mut table =
         String::from("| command | median | p90 | stockade ÷ this |\n|---|---|---|---|\n");
     for c in &contenders {
@@ -148,13 +175,15 @@ pub fn run(args: &[&str]) -> Result<()> {
     }
     println!("{table}");
     println!(
-        "stockade's median is {:.2}× bwrap's ({}); without the eBPF monitors' load {:.2}×.",
+        "stockade's median is {:.2}× bwrap's ({}); without the [ipc] walk {:.2}×; without the \
+         eBPF monitors' load {:.2}×.",
         stockade_median / bwrap_median,
         if stockade_median <= bwrap_median {
             "target met: at or below bwrap"
         } else {
             "target NOT met"
         },
+        no_walk_median / bwrap_median,
         sandbox_only_median / bwrap_median
     );
     if record {
@@ -162,10 +191,11 @@ pub fn run(args: &[&str]) -> Result<()> {
             &root.join("docs/benchmarks.md"),
             runs,
             &table,
-            (
+            [
                 stockade_median / bwrap_median,
+                no_walk_median / bwrap_median,
                 sandbox_only_median / bwrap_median,
-            ),
+            ],
         )?;
     }
     Ok(())
@@ -251,12 +281,12 @@ fn record_result(
     path: &Path,
     runs: usize,
     table: &str,
-    (ratio, sandbox_only): (f64, f64),
+    [ratio, no_walk, no_monitors]: [f64; 3],
 ) -> Result<()> {
     const BEGIN: &str = "<!-- bench:launch:begin -->";
     const END: &str = "<!-- bench:launch:end -->";
     let section = format!(
-        "Measured {} on {}; {runs} interleaved runs of each command, wall time from spawn to exit.\n\n{table}\nstockade ÷ bwrap: **{ratio:.2}**; without loading the eBPF monitors (the sandbox alone): **{sandbox_only:.2}**",
+        "Measured {} on {}; {runs} interleaved runs of each command, wall time from spawn to exit.\n\n{table}\nstockade ÷ bwrap: **{ratio:.2}**; without the `[ipc]` walk (no writable /tmp): **{no_walk:.2}**; without loading the eBPF monitors (the walk still runs: no kernel hook judges unix sockets then): **{no_monitors:.2}**",
         today(),
         machine()
     );
