@@ -29,8 +29,9 @@ use core::ptr::addr_of_mut;
 
 use aya_ebpf::{
     helpers::{
-        bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user,
-        bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes, generated::bpf_send_signal,
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+        bpf_probe_read_user, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
+        generated::bpf_send_signal,
     },
     macros::{map, raw_tracepoint},
     maps::{PerCpuArray, ProgramArray},
@@ -228,6 +229,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         *p = Pending {
             cg,
             ret,
+            pid_tgid: bpf_get_current_pid_tgid(),
             slot,
             nr,
             what: what as u32,
@@ -250,6 +252,10 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 pub struct Pending {
     cg: u64,
     ret: i64,
+    /// `bpf_get_current_pid_tgid()` of the writer: a program may be preempted between its
+    /// write and the report's read, and another thread's `sys_exit` on this CPU may write here
+    /// in between.
+    pid_tgid: u64,
     slot: u32,
     nr: u32,
     what: u32,
@@ -273,11 +279,22 @@ pub fn sys_exit_report(ctx: RawTracePointContext) -> i32 {
     let Pending {
         cg,
         ret,
+        pid_tgid,
         slot,
         nr,
         what,
         refusal,
     } = *p;
+    // Another thread's decision (this one was preempted between its write and this read, a
+    // window of a few instructions): this call's event is lost, and counted as a lost denial of
+    // this thread's sandbox, failing closed like any other loss.
+    if pid_tgid != bpf_get_current_pid_tgid() {
+        if let Some((own, _)) = sandbox_slot(current_cgroup()) {
+            bump(own, COUNTER_DROPPED);
+            bump(own, COUNTER_DENIALS_DROPPED);
+        }
+        return 0;
+    }
     let what = what as u8;
     let refusal = refusal != 0;
     let regs: *const u64 = ctx.arg(0);
