@@ -37,12 +37,11 @@ fn policy_reading(dir: &std::path::Path, extra: &str) -> String {
 /// A directory outside /tmp (a policy with `$TMP` cannot also name a host path below /tmp)
 /// holding a listening socket, and the socket's path: below /run, a tmpfs that is writable and
 /// world-traversable on the host and in the VM runner (whose /var is the host's, read-only).
-fn daemon_socket_outside_tmp(
-    name: &str,
-) -> (std::path::PathBuf, String, std::os::unix::net::UnixListener) {
-    let dir =
-        std::path::PathBuf::from(format!("/run/stockade-tests-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+fn daemon_socket_outside_tmp(name: &str) -> (OwnDir, String, std::os::unix::net::UnixListener) {
+    let dir = OwnDir::create(std::path::PathBuf::from(format!(
+        "/run/stockade-tests-{name}-{}",
+        std::process::id()
+    )));
     set_mode(&dir, 0o755);
     let path = dir.join("daemon.sock");
     let _ = std::fs::remove_file(&path);
@@ -287,7 +286,6 @@ fn a_path_walking_up_out_of_tmp_is_refused() {
     let r = hostile_run("ipc", &text, &["connect-unix", &walked]);
     assert_line(&r, "err EPERM");
     assert_one_refused(&r, "connect", &walked);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The programs judge names, and a symlink in a writable tree leads anywhere the plugin can see:
@@ -316,7 +314,6 @@ fn a_writable_tree_keeps_the_launch_check() {
         "the plugin must not have run: {}",
         r.stdout
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

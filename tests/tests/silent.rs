@@ -373,9 +373,10 @@ fn connecting_to_a_hidden_host_socket_is_a_violation() {
     // asking for it by name is a reach for it.
     // Below /run: outside every grant wherever the checkout lives (a checkout below /tmp would
     // put the target directory inside the sandbox's own /tmp), and writable in the VM runner.
-    let dir =
-        std::path::PathBuf::from(format!("/run/stockade-tests-hidden-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = OwnDir::create(std::path::PathBuf::from(format!(
+        "/run/stockade-tests-hidden-{}",
+        std::process::id()
+    )));
     let path = dir.join("host.sock");
     let _ = std::fs::remove_file(&path);
     let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
@@ -396,7 +397,6 @@ fn connecting_to_a_hidden_host_socket_is_a_violation() {
     );
     assert_line(&r, "err ENOENT");
     assert_eq!(r.summary["monitor"]["violations"], 0, "{}", r.stderr);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

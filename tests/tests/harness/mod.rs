@@ -342,6 +342,31 @@ pub fn host_network_policy(network: &str) -> String {
     policy(&text)
 }
 
+/// A directory a test made outside the target directory (below /run), removed when the test
+/// ends, whether it passed or panicked.
+pub struct OwnDir(pub PathBuf);
+
+impl OwnDir {
+    /// Creates `path` (and its parents).
+    pub fn create(path: PathBuf) -> OwnDir {
+        std::fs::create_dir_all(&path).unwrap();
+        OwnDir(path)
+    }
+}
+
+impl std::ops::Deref for OwnDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for OwnDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Whether this runs in the VM runner's emulated guest (`stockade.vm=tcg` on the kernel command
 /// line, which `cargo xtask vm-test` adds), where each launch costs seconds: tests that repeat
 /// the same launch many times do fewer there.
