@@ -849,6 +849,38 @@ impl Monitor {
         })
     }
 
+    /// How many times the kernel skipped `sys_exit` because it was already running on that CPU
+    /// (`recursion_misses` of the program: a run preempted on a kernel whose syscall
+    /// tracepoints may fault, and another thread's syscall exit on the same CPU meanwhile).
+    pub fn sys_exit_misses(&self) -> Option<u64> {
+        let p = self.ebpf.program("sys_exit")?;
+        let fd = p.fd().ok()?;
+        // SAFETY: a plain C struct of integers (pointers carried as u64): all zeroes is valid.
+        let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+        #[repr(C)]
+        struct InfoAttr {
+            bpf_fd: u32,
+            info_len: u32,
+            info: u64,
+        }
+        let attr = InfoAttr {
+            bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd.as_fd()) as u32,
+            info_len: std::mem::size_of::<aya_obj::generated::bpf_prog_info>() as u32,
+            info: &mut info as *mut _ as u64,
+        };
+        // SAFETY: BPF_OBJ_GET_INFO_BY_FD (15) writes at most `info_len` bytes into `info`, a
+        // local that outlives the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                15,
+                &attr as *const InfoAttr,
+                std::mem::size_of::<InfoAttr>(),
+            )
+        };
+        (r == 0).then_some(info.recursion_misses)
+    }
+
     /// Per-syscall counts of a sandbox (numbers with a count only), readable while it runs.
     pub fn syscall_counts(&self, armed: &Armed) -> BTreeMap<u32, u64> {
         let mut out = BTreeMap::new();
