@@ -139,27 +139,22 @@ pub fn mark_denied() {
 
 #[inline(always)]
 pub fn header(kind: u16, cgroup_id: u64) -> EventHeader {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    EventHeader {
-        kind,
-        _pad: 0,
-        pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        _pad2: 0,
-        cgroup_id,
-        // SAFETY: a helper without arguments.
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
-    }
+    header_of(kind, cgroup_id, bpf_get_current_pid_tgid())
 }
 
 /// [`header`] without the current task (pid and tid 0), for programs that may not ask for it.
 #[inline(always)]
 pub fn header_anon(kind: u16, cgroup_id: u64) -> EventHeader {
+    header_of(kind, cgroup_id, 0)
+}
+
+#[inline(always)]
+fn header_of(kind: u16, cgroup_id: u64, pid_tgid: u64) -> EventHeader {
     EventHeader {
         kind,
         _pad: 0,
-        pid: 0,
-        tid: 0,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
         _pad2: 0,
         cgroup_id,
         // SAFETY: a helper without arguments.

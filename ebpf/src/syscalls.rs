@@ -252,9 +252,9 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 pub struct Pending {
     cg: u64,
     ret: i64,
-    /// `bpf_get_current_pid_tgid()` of the writer: a program may be preempted between its
-    /// write and the report's read, and another thread's `sys_exit` on this CPU may write here
-    /// in between.
+    /// `bpf_get_current_pid_tgid()` of the writer. The kernel does not run `sys_exit` twice at
+    /// once on a CPU (it skips the second run, counted in `recursion_misses`), so no other
+    /// thread writes here between the write and the report's read; checked all the same.
     pid_tgid: u64,
     slot: u32,
     nr: u32,
@@ -285,9 +285,8 @@ pub fn sys_exit_report(ctx: RawTracePointContext) -> i32 {
         what,
         refusal,
     } = *p;
-    // Another thread's decision (this one was preempted between its write and this read, a
-    // window of a few instructions): this call's event is lost, and counted as a lost denial of
-    // this thread's sandbox, failing closed like any other loss.
+    // Another thread's decision (see `Pending::pid_tgid`: not expected): this call's event is
+    // lost, and counted as a lost denial of this thread's sandbox, failing closed.
     if pid_tgid != bpf_get_current_pid_tgid() {
         if let Some((own, _)) = sandbox_slot(current_cgroup()) {
             bump(own, COUNTER_DROPPED);

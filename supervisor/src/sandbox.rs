@@ -175,7 +175,10 @@ impl Watch<'_> {
         self.drain_all();
         self.count_lost();
         let armed = self.armed.take().expect("armed until finish");
-        tracing::debug!(misses = ?self.monitor.sys_exit_misses(), "sys_exit runs the kernel skipped");
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let misses = self.monitor.sys_exit_misses();
+            tracing::debug!(?misses, "sys_exit runs the kernel skipped");
+        }
         let counters = self.monitor.counters(&armed);
         let counts = self.monitor.syscall_counts(&armed);
         self.monitor.disarm(armed);

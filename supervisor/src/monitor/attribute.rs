@@ -641,9 +641,7 @@ impl Attributor {
         let (who, fd) = fd_link(path)?;
         let live = match who {
             FdOwner::Caller => std::fs::read_link(format!("/proc/{tid}/fd/{fd}")).ok(),
-            FdOwner::SandboxPid(p) => self.root.main_pid().and_then(|main| {
-                std::fs::read_link(format!("/proc/{main}/root/proc/{p}/fd/{fd}")).ok()
-            }),
+            FdOwner::SandboxPid(p) => self.root.fd_target(p, fd),
         };
         let to = live.or_else(|| {
             (fd <= 2)

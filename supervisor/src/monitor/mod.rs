@@ -13,7 +13,6 @@ pub mod attribute;
 pub mod event;
 pub mod hostpath;
 pub mod report;
-pub mod rings;
 pub mod rules;
 pub mod sandboxpath;
 pub mod unix;
@@ -25,7 +24,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{
     cgroup_skb::CgroupSkbLinkId, cgroup_sock_addr::CgroupSockAddrLinkId, sock_ops::SockOpsLinkId,
     CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Lsm, ProgramError,
@@ -74,10 +73,6 @@ pub enum MonitorError {
         #[source]
         source: std::io::Error,
     },
-    #[error("creating this supervisor's event ring buffer: {0}")]
-    Ring(#[source] std::io::Error),
-    #[error("placing the event ring buffer at slot {0}: {1}")]
-    Events(u32, #[source] std::io::Error),
     #[error("{0} sandboxes are monitored already (the most one supervisor takes)")]
     Full(u32),
     #[error("more than {max} {direction} rules ({count}); the eBPF programs take at most {max}")]
@@ -216,7 +211,7 @@ pub struct Monitor {
     /// This supervisor's own ring buffer, placed at each slot it arms.
     events: RingBuf<MapData>,
     /// The programs' `EVENTS`, an array of maps: slot -> the ring buffer of its supervisor.
-    events_by_slot: MapData,
+    events_by_slot: ArrayOfMaps<MapData, RingBuf<MapData>>,
     /// Slots whose `EVENTS` entry is this supervisor's ring buffer already. It stays there after
     /// disarm: no sandbox entry leads a program to the slot until it is armed again.
     rings_placed: Vec<bool>,
@@ -387,10 +382,7 @@ impl Monitor {
             counters: take(&mut ebpf, "COUNTER")?,
             syscalls: take(&mut ebpf, "SYSCALLS")?,
             events: own_ring()?,
-            events_by_slot: match ebpf.take_map("EVENTS") {
-                Some(aya::maps::Map::ArrayOfMaps(data)) => data,
-                _ => return Err(MonitorError::MissingMap("EVENTS")),
-            },
+            events_by_slot: take(&mut ebpf, "EVENTS")?,
             ebpf,
             caps: Capabilities {
                 network,
@@ -465,14 +457,13 @@ impl Monitor {
         };
         // Once per slot: an update of an array of maps waits for an RCU grace period (about
         // 5 ms here), and the ring buffer placed stays this supervisor's for its whole life.
-        if !self
-            .rings_placed
-            .get(slot as usize)
-            .copied()
-            .unwrap_or(true)
-        {
-            rings::place(self.events_by_slot.fd().as_fd(), slot, self.events.as_fd())
-                .map_err(|source| MonitorError::Events(slot, source))?;
+        if !self.rings_placed[slot as usize] {
+            self.events_by_slot
+                .set(slot, &self.events, 0)
+                .map_err(|source| MonitorError::Map {
+                    map: "EVENTS",
+                    source,
+                })?;
             self.rings_placed[slot as usize] = true;
         }
         let mut flags = 0;
@@ -1072,17 +1063,23 @@ fn fill_array<V: aya::Pod>(
     Ok(())
 }
 
-/// This supervisor's ring buffer (see `rings`).
+/// This supervisor's own ring buffer, outside the object (whose `EVENTS` is the array of maps
+/// that holds one per slot): several supervisors' programs may be the same, their ring buffers
+/// never are.
 fn own_ring() -> Result<RingBuf<MapData>, MonitorError> {
-    let fd = rings::create(k::EVENTS_BYTES as u32).map_err(MonitorError::Ring)?;
-    let data = MapData::from_fd(fd).map_err(|source| MonitorError::Map {
+    let map = |source| MonitorError::Map {
         map: "EVENTS",
         source,
-    })?;
-    RingBuf::try_from(aya::maps::Map::RingBuf(data)).map_err(|source| MonitorError::Map {
-        map: "EVENTS",
-        source,
-    })
+    };
+    let def = aya_obj::Map::new_from_params(
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
+        0,
+        0,
+        k::EVENTS_BYTES as u32,
+        0,
+    );
+    let data = MapData::create(def, "EVENTS", None).map_err(map)?;
+    RingBuf::try_from(aya::maps::Map::RingBuf(data)).map_err(map)
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MonitorError>

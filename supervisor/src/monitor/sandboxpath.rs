@@ -35,10 +35,6 @@ impl SandboxRoot {
         self.main_pid = Some(pid);
     }
 
-    pub fn main_pid(&self) -> Option<u32> {
-        self.main_pid
-    }
-
     pub fn set_mount_ns(&mut self, ns: OwnedFd) {
         self.mount_ns = Some(ns);
     }
@@ -76,6 +72,23 @@ impl SandboxRoot {
             },
             None => false,
         }
+    }
+
+    /// Where descriptor `fd` of the sandbox's process `pid` (a pid of its own namespace) leads:
+    /// the link `proc/PID/fd/FD` below the sandbox's root, whose /proc is of the sandbox's pid
+    /// namespace. Through the root rather than a host pid, which may be another process's once
+    /// the plugin's has gone.
+    pub fn fd_target(&mut self, pid: u64, fd: u32) -> Option<PathBuf> {
+        let main = self.main_pid.unwrap_or(0);
+        let root = self.root(main)?.try_clone_to_owned().ok()?;
+        // O_PATH | O_NOFOLLOW: the magic link itself, which RESOLVE_NO_MAGICLINKS allows.
+        let link = open(
+            Some(&root),
+            Path::new(&format!("proc/{pid}/fd/{fd}")),
+            RESOLVE_IN_ROOT,
+        )
+        .ok()?;
+        super::hostpath::read_link(&link)
     }
 
     /// Where `path` (absolute, as the plugin gave it) leads: a sandbox-absolute path with every

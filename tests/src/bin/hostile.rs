@@ -1310,8 +1310,8 @@ fn bind_abstract(name: &str) -> String {
     }
 }
 
-/// Reopens the inherited stdin and stdout by name, then, as the control, a file of its own
-/// through `/proc/self/fd`.
+/// Reopens the inherited stdin and stdout by name (also through its own pid), then, as the
+/// control, a file of its own through `/proc/self/fd`.
 fn reopen_stdio() -> String {
     use std::os::fd::AsRawFd;
     let open = |path: &str, write: bool| {
@@ -1324,9 +1324,14 @@ fn reopen_stdio() -> String {
     };
     let stdin = open("/dev/stdin", false);
     let stdout = open("/proc/self/fd/1", true);
+    // By its pid in the sandbox's namespace (1: the plugin is the sandbox's first process).
+    let by_pid = open(&format!("/proc/{}/fd/1", std::process::id()), true);
     let own = std::fs::File::create("/tmp/reopened").expect("create /tmp/reopened");
     let again = open(&format!("/proc/self/fd/{}", own.as_raw_fd()), true);
-    format!("ok stdin={stdin} stdout={stdout} own={again}")
+    format!(
+        "ok stdin={stdin} stdout={stdout} by_pid={by_pid} pid={} own={again}",
+        std::process::id()
+    )
 }
 
 /// Forks a child that exits at once, waits for it, then looks for it in /proc: a miss of the
