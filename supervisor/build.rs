@@ -20,7 +20,17 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         }],
         Toolchain::Nightly,
-    )
+    )?;
+    // The object's identity: the name of the host's pinned set of monitors (monitor/host.rs),
+    // so that a supervisor never attaches to maps of another layout. FNV-1a: a name, not a
+    // security boundary (only root writes bpffs).
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    let object = std::fs::read(out.join("stockade-ebpf"))?;
+    let hash = object.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    std::fs::write(out.join("stockade-ebpf.id"), format!("{hash:016x}"))?;
+    Ok(())
 }
 
 fn which(program: &str) -> Option<std::path::PathBuf> {

@@ -83,15 +83,16 @@ pub static UNIX_PATHS: LpmTrie<[u8; MISS_KEY_DATA], u8> =
 #[map]
 pub static UNIX_OFFSETS: Array<u32> = Array::with_max_entries(UNIX_OFFSETS_LEN, 0);
 
-/// Every event, to the supervisor of its sandbox: one ring buffer per supervisor, placed by it
-/// at each slot it arms (several supervisors may share these programs; each reads only its
-/// own). 8 MiB each: about 130 000 network denials or 23 000 syscall denials between two
-/// reads; what does not fit, or has no ring buffer at its slot, is counted in `COUNTER_DROPPED`.
+/// Every event, to the supervisor of its sandbox: one ring buffer per slot, read only by the
+/// supervisor that owns the slot (the programs are shared by every supervisor of the host). 2 MiB
+/// each: about 32 000 network denials or 5 800 syscall denials between two reads; what does not
+/// fit, or has no ring buffer at its slot, is counted in `COUNTER_DROPPED`. One sandbox's flood
+/// never fills another's.
 #[btf_map]
 pub static EVENTS: ArrayOfMaps<RingBuf<u8, EVENTS_BYTES>, { MAX_SLOTS as usize }> =
     ArrayOfMaps::new();
 
-/// A record of type `T` in the ring buffer of the supervisor that armed `slot`.
+/// A record of type `T` in the ring buffer of `slot`.
 #[inline(always)]
 pub fn reserve<T: 'static>(slot: u32) -> Option<RingBufEntry<T>> {
     EVENTS.get(slot)?.reserve_untyped::<T>(0)

@@ -35,6 +35,9 @@ enum Command {
     /// Check, explain or describe policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The host's shared eBPF monitors: keep them loaded between runs, remove them, or list them.
+    #[command(subcommand)]
+    Monitors(MonitorsCommand),
     /// Probe what each isolation layer can do on this kernel.
     Doctor {
         /// Print the probe as JSON.
@@ -91,6 +94,21 @@ enum PolicyCommand {
     },
     /// Print the JSON Schema of policy files (for editors).
     Schema,
+}
+
+#[derive(Subcommand)]
+enum MonitorsCommand {
+    /// Load the monitors (or join the loaded ones) and keep them loaded when their last user
+    /// ends: every later `stockade run` starts without loading them.
+    Up,
+    /// Stop keeping them: they are removed now, or when their last user ends.
+    Down,
+    /// The sets of monitors pinned on this host, their users and their slots.
+    Status {
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A user-facing failure: one line of cause, one of hint, and the exit code.
@@ -152,6 +170,7 @@ fn main() -> ExitCode {
             );
             Ok(0)
         }
+        Command::Monitors(command) => monitors(command),
         Command::Doctor { json } => doctor(json),
     };
     match result {
@@ -215,13 +234,134 @@ fn policy_explain(file: &Path) -> Result<u8, Failure> {
     Ok(0)
 }
 
+fn monitors(command: MonitorsCommand) -> Result<u8, Failure> {
+    use stockade::monitor::host;
+    let failed = |e: stockade::monitor::MonitorError| {
+        Failure::internal(
+            format!("the host's monitors: {e}"),
+            Some(
+                "run as root; `stockade doctor` says which eBPF programs load on this kernel"
+                    .into(),
+            ),
+        )
+    };
+    match command {
+        MonitorsCommand::Up => {
+            let monitor = Monitor::open().map_err(failed)?;
+            monitor.keep().map_err(failed)?;
+            println!(
+                "monitors {} ({}): {}; kept loaded until `stockade monitors down`",
+                host::SET_ID.trim(),
+                host::PIN_ROOT,
+                if monitor.loaded {
+                    "loaded"
+                } else {
+                    "already loaded"
+                }
+            );
+            for status in monitor.capabilities().all() {
+                let state = if status.active { "active" } else { "inactive" };
+                println!("  {:<15} {state}: {}", status.name, status.detail);
+            }
+            Ok(0)
+        }
+        MonitorsCommand::Down => {
+            if !Path::new(host::RUN_ROOT).exists() {
+                println!("no monitors are loaded");
+                return Ok(0);
+            }
+            let _setup = host::SetupLock::take().map_err(failed)?;
+            let sets = host::status();
+            if sets.is_empty() {
+                println!("no monitors are loaded");
+            }
+            for set in sets {
+                let dirs = host::SetDirs::of(&set.id);
+                dirs.set_persistent(false).map_err(failed)?;
+                let users = dirs.users_lock().map_err(failed)?;
+                if dirs.unused(&users) {
+                    dirs.remove();
+                    println!("monitors {}: removed", set.id);
+                } else {
+                    println!(
+                        "monitors {}: in use by {}; removed when the last of them ends",
+                        set.id,
+                        set.users
+                            .iter()
+                            .map(|p| format!("pid {p}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+            }
+            Ok(0)
+        }
+        MonitorsCommand::Status { json } => {
+            let sets = host::status();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&sets).unwrap_or_default()
+                );
+                return Ok(0);
+            }
+            if sets.is_empty() {
+                println!("no monitors are loaded (each `stockade run` loads them for its own life; `stockade monitors up` keeps them)");
+            }
+            for set in sets {
+                println!(
+                    "monitors {}{}: {}{}",
+                    set.id,
+                    if set.this_build {
+                        ""
+                    } else {
+                        " (another build)"
+                    },
+                    if set.loaded { "loaded" } else { "incomplete" },
+                    if set.persistent { ", persistent" } else { "" }
+                );
+                println!("  pinned at  {}", set.pins);
+                if let Some(pid) = set.loaded_by {
+                    println!("  loaded by  pid {pid}");
+                }
+                println!(
+                    "  users      {}",
+                    if set.users.is_empty() {
+                        "none".to_string()
+                    } else {
+                        set.users
+                            .iter()
+                            .map(|p| format!("pid {p}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                );
+                for slot in &set.slots {
+                    println!(
+                        "  slot {:<3}   {} cgroup {} ({})",
+                        slot.slot,
+                        slot.owner.map_or_else(
+                            || "left without cleanup (reclaimed when the slot is taken):".into(),
+                            |p| format!("pid {p}:")
+                        ),
+                        slot.cgroup_id,
+                        slot.cgroup
+                    );
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
 fn doctor(json: bool) -> Result<u8, Failure> {
     let probe = Probe::run();
     let missing = probe.missing_required();
     // Loading Stockade's own programs is the real test of the monitors (verifier included).
-    let monitors: Result<Vec<stockade::monitor::MonitorStatus>, String> = Monitor::load()
-        .map(|m| m.capabilities().all().into_iter().cloned().collect())
-        .map_err(|e| e.to_string());
+    let monitors: Result<Vec<stockade::monitor::MonitorStatus>, String> =
+        stockade::monitor::probe()
+            .map(|caps| caps.all().into_iter().cloned().collect())
+            .map_err(|e| e.to_string());
     if json {
         let mut value = serde_json::to_value(&probe).unwrap_or_default();
         value["monitors"] = match &monitors {
@@ -488,7 +628,7 @@ fn load_monitor(policy: &Policy) -> Result<Option<(Monitor, Vec<String>)>, Failu
         eprintln!("stockade: warning: STOCKADE_MONITORS=off: running without the eBPF monitors");
         return Ok(None);
     }
-    let monitor = match Monitor::load_for(host_network) {
+    let monitor = match Monitor::open() {
         Ok(m) => m,
         Err(e) if enforce => {
             return Err(Failure::internal(

@@ -101,7 +101,10 @@ impl Watch<'_> {
     fn drain(&mut self) -> bool {
         let mut crossed = false;
         let (attributor, tracker) = (&mut self.attributor, &mut self.tracker);
-        self.monitor.drain_some(DRAIN_BATCH, |raw| {
+        let Some(armed) = self.armed.as_mut() else {
+            return false;
+        };
+        armed.drain_some(DRAIN_BATCH, |raw| {
             if let Some(ev) = attributor.attribute(&raw) {
                 crossed |= tracker.record(ev);
             }
@@ -164,7 +167,10 @@ impl Watch<'_> {
     /// Reads everything left (the sandbox is gone: the ring buffer no longer fills).
     fn drain_all(&mut self) {
         let (attributor, tracker) = (&mut self.attributor, &mut self.tracker);
-        self.monitor.drain(|raw| {
+        let Some(armed) = self.armed.as_mut() else {
+            return;
+        };
+        armed.drain(|raw| {
             if let Some(ev) = attributor.attribute(&raw) {
                 tracker.record(ev);
             }
@@ -391,7 +397,10 @@ fn supervise(
                 revents: 0,
             },
             libc::pollfd {
-                fd: watch.as_ref().map_or(-1, |w| w.monitor.raw_fd()),
+                fd: watch
+                    .as_ref()
+                    .and_then(|w| w.armed.as_ref())
+                    .map_or(-1, |a| a.raw_fd()),
                 events: libc::POLLIN,
                 revents: 0,
             },

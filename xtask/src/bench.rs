@@ -22,6 +22,9 @@ struct Contender {
     argv: Vec<String>,
     /// One environment variable for this contender only.
     env: Option<(&'static str, &'static str)>,
+    /// Whether the host's monitors must be kept loaded (`stockade monitors up`) or not loaded at
+    /// all (`down`: each run loads them) for this contender; set untimed before its run.
+    monitors_up: Option<bool>,
     samples: Vec<f64>,
 }
 
@@ -31,6 +34,7 @@ fn stockade_true(
     name: &'static str,
     policy: &Path,
     env: Option<(&'static str, &'static str)>,
+    monitors_up: Option<bool>,
 ) -> Contender {
     let argv = [
         stockade,
@@ -48,6 +52,7 @@ fn stockade_true(
             .map(|a| a.to_string_lossy().into_owned())
             .collect(),
         env,
+        monitors_up,
         samples: vec![],
     }
 }
@@ -100,25 +105,36 @@ pub fn run(args: &[&str]) -> Result<()> {
             name: "plain fork+exec",
             argv: vec![s("/bin/true")],
             env: None,
+            monitors_up: None,
             samples: vec![],
         },
         stockade_true(
             &stockade,
-            "stockade run (untrusted-default)",
+            "stockade run (untrusted-default), monitors kept loaded",
             &profile,
             None,
+            Some(true),
         ),
         stockade_true(
             &stockade,
-            "stockade run, no writable /tmp (no [ipc] walk)",
+            "stockade run, monitors kept loaded, no writable /tmp (no [ipc] walk)",
             &no_walk,
             None,
+            Some(true),
+        ),
+        stockade_true(
+            &stockade,
+            "stockade run (untrusted-default), loading the monitors (no other user)",
+            &profile,
+            None,
+            Some(false),
         ),
         stockade_true(
             &stockade,
             "stockade run, eBPF monitors off (same profile, monitor mode)",
             &monitor_mode,
             Some(("STOCKADE_MONITORS", "off")),
+            Some(false),
         ),
         Contender {
             name: "bwrap --unshare-all",
@@ -137,6 +153,7 @@ pub fn run(args: &[&str]) -> Result<()> {
             .map(s)
             .to_vec(),
             env: None,
+            monitors_up: None,
             samples: vec![],
         },
         Contender {
@@ -145,25 +162,46 @@ pub fn run(args: &[&str]) -> Result<()> {
                 .map(s)
                 .to_vec(),
             env: None,
+            monitors_up: None,
             samples: vec![],
         },
     ];
+    // Untimed: keep the host's monitors loaded, or not, as the next contender needs.
+    let mut up: Option<bool> = None;
+    let mut monitors = |want: Option<bool>| -> Result<()> {
+        if let Some(want) = want.filter(|w| up != Some(*w)) {
+            let verb = if want { "up" } else { "down" };
+            let status = Command::new(&stockade)
+                .args(["monitors", verb])
+                .stdout(Stdio::null())
+                .status()?;
+            if !status.success() {
+                bail!("stockade monitors {verb} failed");
+            }
+            up = Some(want);
+        }
+        Ok(())
+    };
     // Warm-up, and a check that every contender works here.
     for c in &mut contenders {
+        monitors(c.monitors_up)?;
         for _ in 0..5 {
             time_once(&c.argv, c.env).with_context(|| format!("{} does not run here", c.name))?;
         }
     }
     for _ in 0..runs {
         for c in &mut contenders {
+            monitors(c.monitors_up)?;
             let ms = time_once(&c.argv, c.env)?;
             c.samples.push(ms);
         }
     }
+    monitors(Some(false))?;
     let stockade_median = median(&contenders[1].samples);
     let no_walk_median = median(&contenders[2].samples);
-    let sandbox_only_median = median(&contenders[3].samples);
-    let bwrap_median = median(&contenders[4].samples);
+    let cold_median = median(&contenders[3].samples);
+    let sandbox_only_median = median(&contenders[4].samples);
+    let bwrap_median = median(&contenders[5].samples);
     let mut table =
         String::from("| command | median | p90 | stockade ÷ this |\n|---|---|---|---|\n");
     for c in &contenders {
@@ -178,8 +216,9 @@ pub fn run(args: &[&str]) -> Result<()> {
     }
     println!("{table}");
     println!(
-        "stockade's median is {:.2}× bwrap's ({}); without the [ipc] walk {:.2}×; with the eBPF \
-         monitors off (the walk still runs) {:.2}×.",
+        "with the monitors kept loaded, stockade's median is {:.2}× bwrap's ({}); without the \
+         [ipc] walk {:.2}×; loading the monitors itself {:.2}×; with the eBPF monitors off (the \
+         walk still runs) {:.2}×.",
         stockade_median / bwrap_median,
         if stockade_median <= bwrap_median {
             "target met: at or below bwrap"
@@ -187,6 +226,7 @@ pub fn run(args: &[&str]) -> Result<()> {
             "target NOT met"
         },
         no_walk_median / bwrap_median,
+        cold_median / bwrap_median,
         sandbox_only_median / bwrap_median
     );
     if record {
@@ -197,6 +237,7 @@ pub fn run(args: &[&str]) -> Result<()> {
             [
                 stockade_median / bwrap_median,
                 no_walk_median / bwrap_median,
+                cold_median / bwrap_median,
                 sandbox_only_median / bwrap_median,
             ],
         )?;
@@ -284,12 +325,12 @@ fn record_result(
     path: &Path,
     runs: usize,
     table: &str,
-    [ratio, no_walk, no_monitors]: [f64; 3],
+    [ratio, no_walk, cold, no_monitors]: [f64; 4],
 ) -> Result<()> {
     const BEGIN: &str = "<!-- bench:launch:begin -->";
     const END: &str = "<!-- bench:launch:end -->";
     let section = format!(
-        "Measured {} on {}; {runs} interleaved runs of each command, wall time from spawn to exit.\n\n{table}\nstockade ÷ bwrap: **{ratio:.2}**; without the `[ipc]` walk (no writable /tmp): **{no_walk:.2}**; without loading the eBPF monitors (the walk still runs: no kernel hook judges unix sockets then): **{no_monitors:.2}**",
+        "Measured {} on {}; {runs} interleaved runs of each command, wall time from spawn to exit.\n\n{table}\nstockade ÷ bwrap, the host's monitors kept loaded (`stockade monitors up`): **{ratio:.2}**; without the `[ipc]` walk (no writable /tmp): **{no_walk:.2}**; loading the monitors in the run (no other user of them): **{cold:.2}**; without the eBPF monitors (the walk still runs: no kernel hook judges unix sockets then): **{no_monitors:.2}**",
         today(),
         machine()
     );

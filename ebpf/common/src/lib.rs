@@ -83,8 +83,9 @@ pub const LSM_OFFSETS_LEN: u32 = 15;
 /// Directory levels the LSM programs walk up from a file looking for a grant.
 pub const LSM_MAX_DEPTH: u32 = 32;
 
-/// Bytes of each supervisor's ring buffer (an inner map of `EVENTS`, one per supervisor).
-pub const EVENTS_BYTES: usize = 8 << 20;
+/// Bytes of each slot's ring buffer (an inner map of `EVENTS`, one per slot of the host's set,
+/// created the first time the slot is used and kept while the set lives: up to 64 of them).
+pub const EVENTS_BYTES: usize = 2 << 20;
 
 /// Per-sandbox counters, per CPU (userspace sums): element `slot`, index `COUNTER_*`.
 pub const COUNTERS: u32 = 15;

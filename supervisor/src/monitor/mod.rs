@@ -11,6 +11,7 @@
 
 pub mod attribute;
 pub mod event;
+pub mod host;
 pub mod hostpath;
 pub mod report;
 pub mod rules;
@@ -26,9 +27,9 @@ use std::path::Path;
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{
-    cgroup_skb::CgroupSkbLinkId, cgroup_sock_addr::CgroupSockAddrLinkId, sock_ops::SockOpsLinkId,
-    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Lsm, ProgramError,
-    RawTracePoint, SockOps,
+    cgroup_skb::CgroupSkbLinkId, cgroup_sock_addr::CgroupSockAddrLinkId, links::FdLink,
+    sock_ops::SockOpsLinkId, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
+    CgroupSockAddrAttachType, Lsm, ProgramError, RawTracePoint, SockOps,
 };
 use aya::Ebpf;
 use serde::Serialize;
@@ -73,8 +74,21 @@ pub enum MonitorError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0} sandboxes are monitored already (the most one supervisor takes)")]
+    #[error(
+        "{0} sandboxes are monitored already on this host (the most the shared monitors take)"
+    )]
     Full(u32),
+    #[error("the host's monitors: cannot {what} {}: {source}", path.display())]
+    Host {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the host's monitors: pinning {what}: {detail}")]
+    Pin { what: String, detail: String },
+    #[error("the host's monitors at {} are incomplete and in use; `stockade monitors down` removes them once their users end", .0.display())]
+    Busy(std::path::PathBuf),
     #[error("more than {max} {direction} rules ({count}); the eBPF programs take at most {max}")]
     TooManyRules {
         direction: &'static str,
@@ -164,7 +178,6 @@ pub struct ArmSpec {
 }
 
 /// A sandbox the monitors watch; give it back to [`Monitor::disarm`].
-#[derive(Debug)]
 pub struct Armed {
     pub cgroup_id: u64,
     pub slot: u32,
@@ -177,6 +190,21 @@ pub struct Armed {
     /// The unix socket programs' links to the cgroup (closed on disarm) and `UNIX_PATHS` keys.
     unix_links: Option<unix::UnixLinks>,
     unix_keys: Vec<k::MissKey>,
+    /// The slot's ring buffer: only this supervisor reads it while it owns the slot.
+    ring: RingBuf<MapData>,
+    /// Ownership of the slot (its lock file names this sandbox).
+    lock: host::SlotLock,
+    /// Records of another cgroup found in the ring (left by the slot's previous sandbox).
+    pub foreign_events: u64,
+}
+
+impl std::fmt::Debug for Armed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Armed")
+            .field("cgroup_id", &self.cgroup_id)
+            .field("slot", &self.slot)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Armed {
@@ -184,59 +212,144 @@ impl Armed {
     pub fn unix_hooked(&self) -> bool {
         self.unix_links.is_some()
     }
+
+    /// Becomes readable when events wait in the sandbox's ring buffer.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.ring.as_fd()
+    }
+
+    pub fn raw_fd(&self) -> i32 {
+        self.ring.as_raw_fd()
+    }
+
+    /// Hands every waiting event to `f`; returns how many there were.
+    pub fn drain(&mut self, mut f: impl FnMut(RawEvent)) -> usize {
+        self.drain_some(usize::MAX, |e| {
+            f(e);
+            std::ops::ControlFlow::Continue(())
+        })
+    }
+
+    /// Reads at most `limit` events, and stops early when `f` says so. A supervise loop reads in
+    /// bounded batches so that a flooding plugin cannot keep it from its timeout, its stop
+    /// signal or a kill.
+    pub fn drain_some(
+        &mut self,
+        limit: usize,
+        mut f: impl FnMut(RawEvent) -> std::ops::ControlFlow<()>,
+    ) -> usize {
+        let mut n = 0;
+        while n < limit {
+            let Some(item) = self.ring.next() else {
+                break;
+            };
+            n += 1;
+            let event = RawEvent::decode(&item);
+            drop(item);
+            let Some(event) = event else { continue };
+            if event.header().cgroup_id != self.cgroup_id {
+                self.foreign_events += 1;
+                continue;
+            }
+            if f(event).is_break() {
+                break;
+            }
+        }
+        n
+    }
 }
 
+/// The monitors as one supervisor uses them: handles on the host's shared set
+/// ([`host`]), which it joined or loaded.
 pub struct Monitor {
-    ebpf: Ebpf,
     caps: Capabilities,
-    /// Indices (into NET_HOOKS) of the loaded network programs' names: `*_kill` or plain.
-    net_programs: Vec<String>,
+    /// The network programs, in `NET_HOOKS` order (`*_kill` or plain).
+    net: Vec<CgroupSockAddr>,
+    inbound: Option<CgroupSkb>,
+    /// `outbound`, or `outbound_anon` where cgroup_skb programs may not ask for the current task
+    /// (6.1).
+    outbound: Option<CgroupSkb>,
+    /// The sock_ops report of listeners (not on 6.1).
+    listen: Option<SockOps>,
+    /// The unix socket programs, where they load, and their allow list.
+    unix_hooks: Option<unix::UnixHooks>,
+    unix_paths: LpmTrie<MapData, [u8; k::MISS_KEY_DATA], u8>,
+    sys_exit: Option<RawTracePoint>,
     sandboxes: HashMap<MapData, u64, k::SandboxConfig>,
     net_rules: HashMap<MapData, u64, k::NetRules>,
     lsm_grants: HashMap<MapData, k::LsmGrantKey, u32>,
     miss_trees: LpmTrie<MapData, [u8; k::MISS_KEY_DATA], u8>,
-    /// The unix socket programs, where they load, and their allow list.
-    unix_hooks: Option<unix::UnixHooks>,
-    unix_paths: LpmTrie<MapData, [u8; k::MISS_KEY_DATA], u8>,
-    /// The egress program that loaded: `outbound`, or `outbound_anon` where cgroup_skb
-    /// programs may not ask for the current task (6.1).
-    outbound: &'static str,
-    /// Whether the sock_ops report of listeners loaded (not on 6.1).
-    listen: bool,
     index: Array<MapData, k::IndexEntry>,
-    /// cgroup ids per bucket of `index`, to mark a bucket shared and to restore it.
-    buckets: std::collections::HashMap<u32, Vec<(u64, u32, u32)>>,
     counters: PerCpuArray<MapData, [u64; k::COUNTERS as usize]>,
     syscalls: PerCpuArray<MapData, [u64; k::SYSCALL_NR_MAX as usize]>,
-    /// This supervisor's own ring buffer, placed at each slot it arms.
-    events: RingBuf<MapData>,
-    /// The programs' `EVENTS`, an array of maps: slot -> the ring buffer of its supervisor.
+    /// The programs' `EVENTS`, an array of maps: slot -> that slot's ring buffer.
     events_by_slot: ArrayOfMaps<MapData, RingBuf<MapData>>,
-    /// Slots whose `EVENTS` entry is this supervisor's ring buffer already. It stays there after
-    /// disarm: no sandbox entry leads a program to the slot until it is armed again.
-    rings_placed: Vec<bool>,
-    slots: Vec<Slot>,
+    /// Slots this supervisor owns (it does not try their locks again).
+    held: Vec<bool>,
+    /// Whether this supervisor loaded the set (rather than joining one).
+    pub loaded: bool,
+    /// Last: leaving the set (and removing it, for its last user) after every handle above.
+    set: Joined,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Slot {
-    Free,
-    Used,
-    /// Its sandbox ended; its counters still hold that sandbox's numbers.
-    Dirty,
+/// This supervisor's share of the host's set: the users lock, held shared. Dropping it removes
+/// the set when nobody else uses it and it is not persistent.
+struct Joined {
+    dirs: host::SetDirs,
+    users: File,
 }
 
-impl Monitor {
-    /// Loads every program this kernel accepts and attaches the tracepoints. Mounts tracefs when
-    /// it is missing. The network programs are attached per sandbox by [`Monitor::arm`].
-    pub fn load() -> Result<Monitor, MonitorError> {
-        Monitor::load_for(true)
+impl Drop for Joined {
+    fn drop(&mut self) {
+        let Ok(_setup) = host::SetupLock::take() else {
+            return;
+        };
+        if self.dirs.persistent() {
+            return;
+        }
+        if self.dirs.unused(&self.users) {
+            tracing::debug!(set = %self.dirs.id, "the last user of the monitors: removed");
+            self.dirs.remove();
+        }
     }
+}
 
-    /// [`Monitor::load`], leaving out the network programs unless `network` (a sandbox on the
-    /// host network needs them; in an empty network namespace there is nothing to filter). Each
-    /// program costs verifier time at every load.
-    pub fn load_for(network: bool) -> Result<Monitor, MonitorError> {
+/// The maps every supervisor of the set writes or reads (pinned).
+const SHARED_MAPS: [&str; 10] = [
+    "SANDBOXES",
+    "NET_RULES",
+    "LSM_GRANTS",
+    "MISS_TREES",
+    "UNIX_PATHS",
+    "SANDBOX_INDEX",
+    "COUNTER",
+    "SYSCALLS",
+    "EVENTS",
+    // Held pinned: the kernel empties a program array when its last user reference goes.
+    "REPORT",
+];
+
+/// The programs of one load, before they are pinned (or, for doctor, dropped).
+struct Loaded {
+    ebpf: Ebpf,
+    caps: Capabilities,
+    net_programs: Vec<String>,
+    outbound: &'static str,
+    listen: bool,
+    unix_hooks: Option<unix::UnixHooks>,
+}
+
+/// Loads every program this kernel accepts and attaches the global hooks, then lets them go:
+/// what `stockade doctor` reports (a private load, beside any shared set).
+pub fn probe() -> Result<Capabilities, MonitorError> {
+    let mut loaded = Loaded::load()?;
+    loaded.attach()?;
+    Ok(loaded.caps)
+}
+
+impl Loaded {
+    /// Loads every program this kernel accepts. Mounts tracefs when it is missing.
+    fn load() -> Result<Loaded, MonitorError> {
         let t0 = std::time::Instant::now();
         let step = |what: &str| {
             tracing::debug!(us = t0.elapsed().as_micros() as u64, "monitor load: {what}")
@@ -256,48 +369,43 @@ impl Monitor {
         let mut net_programs = Vec::new();
         let mut outbound = "outbound";
         let mut listen = None;
-        let skipped = "not loaded: no sandbox of this supervisor uses the host network";
-        let (network, kill_in_kernel) = if !network {
-            (
-                inactive("network", skipped.into()),
-                inactive("kill in kernel", skipped.into()),
-            )
-        } else if let Err(e) = load_inbound(&mut ebpf).map(|(o, l)| (outbound, listen) = (o, l)) {
-            // Without it a listening socket would be open to anyone: no network monitor at all.
-            (
-                inactive("network", e),
-                inactive("kill in kernel", "no network programs".into()),
-            )
-        } else {
-            match load_net(&mut ebpf, "_kill") {
-                Ok(names) => {
-                    net_programs = names;
-                    (
-                        active("network", &network_detail(listen.as_deref())),
-                        active(
-                            "kill in kernel",
-                            "bpf_send_signal from the network programs",
-                        ),
-                    )
-                }
-                Err(kill_error) => match load_net(&mut ebpf, "") {
+        let (network, kill_in_kernel) =
+            if let Err(e) = load_inbound(&mut ebpf).map(|(o, l)| (outbound, listen) = (o, l)) {
+                // Without it a listening socket would be open to anyone: no network monitor at all.
+                (
+                    inactive("network", e),
+                    inactive("kill in kernel", "no network programs".into()),
+                )
+            } else {
+                match load_net(&mut ebpf, "_kill") {
                     Ok(names) => {
                         net_programs = names;
                         (
                             active("network", &network_detail(listen.as_deref())),
-                            inactive(
+                            active(
                                 "kill in kernel",
-                                format!("{kill_error}; cgroup.kill from the supervisor only"),
+                                "bpf_send_signal from the network programs",
                             ),
                         )
                     }
-                    Err(e) => (
-                        inactive("network", e),
-                        inactive("kill in kernel", "no network programs".into()),
-                    ),
-                },
-            }
-        };
+                    Err(kill_error) => match load_net(&mut ebpf, "") {
+                        Ok(names) => {
+                            net_programs = names;
+                            (
+                                active("network", &network_detail(listen.as_deref())),
+                                inactive(
+                                    "kill in kernel",
+                                    format!("{kill_error}; cgroup.kill from the supervisor only"),
+                                ),
+                            )
+                        }
+                        Err(e) => (
+                            inactive("network", e),
+                            inactive("kill in kernel", "no network programs".into()),
+                        ),
+                    },
+                }
+            };
 
         step("network programs");
         // seccomp's SIGSYS belongs to the same monitor: the calls it kills never reach sys_exit.
@@ -340,7 +448,6 @@ impl Monitor {
             Err(e) => inactive("lsm", e),
         };
         step("programs loaded");
-        // Before any map leaves `ebpf`: their descriptors relocate the unix socket programs.
         let (unix, unix_hooks, unix_table) = match btf_index
             .as_ref()
             .ok_or_else(|| "no kernel BTF (/sys/kernel/btf/vmlinux)".to_string())
@@ -368,21 +475,8 @@ impl Monitor {
         if unix.active {
             fill_array(&mut ebpf, "UNIX_OFFSETS", (0..).zip(unix_table))?;
         }
-        let mut monitor = Monitor {
-            index: take(&mut ebpf, "SANDBOX_INDEX")?,
-            buckets: Default::default(),
-            lsm_grants: take(&mut ebpf, "LSM_GRANTS")?,
-            miss_trees: take(&mut ebpf, "MISS_TREES")?,
-            unix_hooks,
-            unix_paths: take(&mut ebpf, "UNIX_PATHS")?,
-            outbound,
-            listen: listen.is_none(),
-            sandboxes: take(&mut ebpf, "SANDBOXES")?,
-            net_rules: take(&mut ebpf, "NET_RULES")?,
-            counters: take(&mut ebpf, "COUNTER")?,
-            syscalls: take(&mut ebpf, "SYSCALLS")?,
-            events: own_ring()?,
-            events_by_slot: take(&mut ebpf, "EVENTS")?,
+        step("tables");
+        Ok(Loaded {
             ebpf,
             caps: Capabilities {
                 network,
@@ -393,16 +487,15 @@ impl Monitor {
                 unix,
             },
             net_programs,
-            slots: vec![Slot::Free; k::MAX_SLOTS as usize],
-            rings_placed: vec![false; k::MAX_SLOTS as usize],
-        };
-        step("maps");
-        monitor.attach_tracepoints()?;
-        step("attached");
-        Ok(monitor)
+            outbound,
+            listen: listen.is_none(),
+            unix_hooks,
+        })
     }
 
-    fn attach_tracepoints(&mut self) -> Result<(), MonitorError> {
+    /// Attaches the global hooks (tracepoints, LSM); the links are the caller's (dropping them
+    /// detaches).
+    fn attach(&mut self) -> Result<Vec<(&'static str, FdLink)>, MonitorError> {
         let failed = |program: &'static str| {
             move |source| MonitorError::Program {
                 program,
@@ -410,29 +503,315 @@ impl Monitor {
                 source,
             }
         };
+        let mut links = Vec::new();
         if self.caps.syscalls.active {
             for name in ["sys_exit", "signal_generate"] {
                 let p: &mut RawTracePoint = program(&mut self.ebpf, name)?;
-                p.attach(name).map_err(failed(name))?;
+                let id = p.attach(name).map_err(failed(name))?;
+                links.push((name, p.take_link(id).map_err(failed(name))?.into()));
             }
         }
         if self.caps.lsm.active {
             for name in LSM_HOOKS {
                 let p: &mut Lsm = program(&mut self.ebpf, name)?;
-                p.attach().map_err(failed(name))?;
+                let id = p.attach().map_err(failed(name))?;
+                links.push((name, p.take_link(id).map_err(failed(name))?.into()));
             }
         }
         if self.caps.processes.active {
             for name in SCHED {
                 let p: &mut RawTracePoint = program(&mut self.ebpf, name)?;
-                p.attach(name).map_err(failed(name))?;
+                let id = p.attach(name).map_err(failed(name))?;
+                links.push((name, p.take_link(id).map_err(failed(name))?.into()));
             }
         }
-        Ok(())
+        Ok(links)
+    }
+
+    /// Attaches the global hooks and pins everything later supervisors need in `dirs.pins`.
+    fn pin(mut self, dirs: &host::SetDirs) -> Result<host::SetInfo, MonitorError> {
+        let pin_error = |what: String| {
+            move |e: aya::pin::PinError| MonitorError::Pin {
+                what,
+                detail: e.to_string(),
+            }
+        };
+        for (name, link) in self.attach()? {
+            link.pin(dirs.pin(&format!("link-{name}")))
+                .map_err(pin_error(format!("the link of {name}")))?;
+        }
+        for name in SHARED_MAPS {
+            let map = self.ebpf.map(name).ok_or(MonitorError::MissingMap(name))?;
+            map.pin(dirs.pin(name))
+                .map_err(pin_error(format!("the map {name}")))?;
+        }
+        let mut programs: Vec<&str> = self.net_programs.iter().map(String::as_str).collect();
+        if self.caps.network.active {
+            programs.extend(["inbound", self.outbound]);
+            if self.listen {
+                programs.push("listen");
+            }
+        }
+        if self.caps.syscalls.active {
+            programs.push("sys_exit");
+        }
+        for name in programs {
+            let p = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(MonitorError::Attach(ProgramError::NotLoaded))?;
+            p.pin(dirs.pin(&format!("prog-{name}")))
+                .map_err(pin_error(format!("the program {name}")))?;
+        }
+        if let Some(hooks) = &self.unix_hooks {
+            hooks.pin(&dirs.pins).map_err(|e| MonitorError::Pin {
+                what: "the unix socket programs".into(),
+                detail: e.to_string(),
+            })?;
+        }
+        Ok(host::SetInfo {
+            monitors: self
+                .caps
+                .all()
+                .iter()
+                .map(|s| (s.active, s.detail.clone()))
+                .collect(),
+            net_programs: self.net_programs.clone(),
+            outbound: self.outbound.into(),
+            listen: self.listen,
+            unix: self.unix_hooks.is_some(),
+            loaded_by: std::process::id(),
+            loaded_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        })
+    }
+}
+
+impl Monitor {
+    /// Joins the host's set of monitors, loading and pinning it first when there is none (or
+    /// only one of another build, which is retired when nobody uses it).
+    pub fn open() -> Result<Monitor, MonitorError> {
+        let t0 = std::time::Instant::now();
+        ensure_mounted("bpf", "/sys/fs/bpf")?;
+        let dirs = host::SetDirs::this_build();
+        host::make_dirs(&dirs)?;
+        let setup = host::SetupLock::take()?;
+        let users = dirs.users_lock()?;
+        let mut loaded = false;
+        let info = match dirs.info() {
+            Some(info) => info,
+            None => {
+                // Leftovers of a load that did not finish; nobody can be using them.
+                if !dirs.unused(&users) {
+                    return Err(MonitorError::Busy(dirs.pins.clone()));
+                }
+                dirs.remove_pins();
+                host::make_dirs(&dirs)?;
+                let info = Loaded::load()?
+                    .pin(&dirs)
+                    .inspect_err(|_| dirs.remove_pins())?;
+                dirs.write_info(&info)?;
+                if host::retire_others(&dirs) {
+                    dirs.set_persistent(true)?;
+                }
+                loaded = true;
+                info
+            }
+        };
+        host::flock(&users, libc::LOCK_SH).map_err(|source| MonitorError::Host {
+            what: "lock",
+            path: dirs.run.join("users.lock"),
+            source,
+        })?;
+        let set = Joined { dirs, users };
+        drop(setup);
+        let mut monitor = Monitor::from_pins(set, &info)?;
+        monitor.loaded = loaded;
+        tracing::debug!(
+            us = t0.elapsed().as_micros() as u64,
+            loaded,
+            "monitors: the host's set {}",
+            if loaded { "loaded" } else { "joined" }
+        );
+        Ok(monitor)
+    }
+
+    fn from_pins(set: Joined, info: &host::SetInfo) -> Result<Monitor, MonitorError> {
+        let dirs = set.dirs.clone();
+        let status = |i: usize, name: &'static str| {
+            let (on, detail) = info.monitors.get(i).cloned().unwrap_or_default();
+            MonitorStatus {
+                name,
+                active: on,
+                detail,
+            }
+        };
+        let mut caps = Capabilities {
+            network: status(0, "network"),
+            kill_in_kernel: status(1, "kill in kernel"),
+            syscalls: status(2, "syscalls"),
+            processes: status(3, "processes"),
+            lsm: status(4, "lsm"),
+            unix: status(5, "unix sockets"),
+        };
+        let opened = |name: String| {
+            move |source| MonitorError::Program {
+                program: "pinned",
+                step: "open",
+                source: match source {
+                    ProgramError::IOError(e) => {
+                        ProgramError::IOError(std::io::Error::new(e.kind(), format!("{name}: {e}")))
+                    }
+                    other => other,
+                },
+            }
+        };
+        let mut net = Vec::new();
+        for (name, hook) in info.net_programs.iter().zip(NET_HOOKS) {
+            let path = dirs.pin(&format!("prog-{name}"));
+            net.push(
+                CgroupSockAddr::from_pin(&path, net_attach_type(hook))
+                    .map_err(opened(name.clone()))?,
+            );
+        }
+        let (mut inbound, mut outbound, mut listen) = (None, None, None);
+        if caps.network.active {
+            let path = dirs.pin("prog-inbound");
+            inbound = Some(
+                CgroupSkb::from_pin(&path, CgroupSkbAttachType::Ingress)
+                    .map_err(opened("inbound".into()))?,
+            );
+            let path = dirs.pin(&format!("prog-{}", info.outbound));
+            outbound = Some(
+                CgroupSkb::from_pin(&path, CgroupSkbAttachType::Egress)
+                    .map_err(opened(info.outbound.clone()))?,
+            );
+            if info.listen {
+                listen = Some(
+                    SockOps::from_pin(dirs.pin("prog-listen")).map_err(opened("listen".into()))?,
+                );
+            }
+        }
+        let sys_exit = caps
+            .syscalls
+            .active
+            .then(|| RawTracePoint::from_pin(dirs.pin("prog-sys_exit")).ok())
+            .flatten();
+        let unix_off = std::env::var_os("STOCKADE_UNIX_HOOKS").is_some_and(|v| v == "off");
+        let unix_hooks = if !info.unix {
+            None
+        } else if unix_off {
+            caps.unix = inactive(
+                "unix sockets",
+                "not attached: STOCKADE_UNIX_HOOKS=off (the launch check stands in)".into(),
+            );
+            None
+        } else {
+            Some(
+                unix::UnixHooks::from_pins(&dirs.pins).map_err(|e| MonitorError::Host {
+                    what: "open the pinned unix socket programs",
+                    path: dirs.pins.clone(),
+                    source: e,
+                })?,
+            )
+        };
+        Ok(Monitor {
+            index: pinned(&dirs, "SANDBOX_INDEX", aya::maps::Map::Array)?,
+            lsm_grants: pinned(&dirs, "LSM_GRANTS", aya::maps::Map::HashMap)?,
+            miss_trees: pinned(&dirs, "MISS_TREES", aya::maps::Map::LpmTrie)?,
+            unix_paths: pinned(&dirs, "UNIX_PATHS", aya::maps::Map::LpmTrie)?,
+            sandboxes: pinned(&dirs, "SANDBOXES", aya::maps::Map::HashMap)?,
+            net_rules: pinned(&dirs, "NET_RULES", aya::maps::Map::HashMap)?,
+            counters: pinned(&dirs, "COUNTER", aya::maps::Map::PerCpuArray)?,
+            syscalls: pinned(&dirs, "SYSCALLS", aya::maps::Map::PerCpuArray)?,
+            events_by_slot: pinned(&dirs, "EVENTS", aya::maps::Map::ArrayOfMaps)?,
+            unix_hooks,
+            sys_exit,
+            net,
+            inbound,
+            outbound,
+            listen,
+            caps,
+            held: vec![false; k::MAX_SLOTS as usize],
+            loaded: false,
+            set,
+        })
     }
 
     pub fn capabilities(&self) -> &Capabilities {
         &self.caps
+    }
+
+    /// Makes this build's set persistent: it stays loaded when its last user goes
+    /// (`stockade monitors up`).
+    pub fn keep(&self) -> Result<(), MonitorError> {
+        self.set.dirs.set_persistent(true)
+    }
+
+    /// Takes a slot nobody owns: the lowest free one.
+    fn take_slot(&mut self) -> Result<(u32, host::SlotLock), MonitorError> {
+        for slot in 0..k::MAX_SLOTS {
+            if self.held[slot as usize] {
+                continue;
+            }
+            if let Some(lock) = host::SlotLock::try_take(&self.set.dirs.slot_path(slot))? {
+                self.held[slot as usize] = true;
+                return Ok((slot, lock));
+            }
+        }
+        Err(MonitorError::Full(k::MAX_SLOTS))
+    }
+
+    /// The ring buffer at `slot`: the one placed there by its first user, or a new one (an update
+    /// of an array of maps waits for an RCU grace period, about 5 ms here: once per slot and set).
+    fn ring_at(&mut self, slot: u32) -> Result<RingBuf<MapData>, MonitorError> {
+        let map = |source| MonitorError::Map {
+            map: "EVENTS",
+            source,
+        };
+        match self.events_by_slot.get(&slot, 0) {
+            Ok(ring) => Ok(ring),
+            Err(aya::maps::MapError::KeyNotFound) => {
+                let ring = new_ring()?;
+                self.events_by_slot.set(slot, &ring, 0).map_err(map)?;
+                Ok(ring)
+            }
+            Err(e) => Err(map(e)),
+        }
+    }
+
+    /// Removes what a supervisor that died without disarming left for its sandbox.
+    fn reclaim(&mut self, stale: &host::Stale) {
+        let id = stale.cgroup_id;
+        tracing::warn!(
+            "reclaiming the monitor entries of a sandbox whose supervisor (pid {}) ended without removing them: cgroup {} ({id})",
+            stale.pid,
+            stale.cgroup
+        );
+        let _ = self.net_rules.remove(&id);
+        let grants: Vec<k::LsmGrantKey> = self
+            .lsm_grants
+            .keys()
+            .flatten()
+            .filter(|key| key.cgroup_id == id)
+            .collect();
+        for key in grants {
+            let _ = self.lsm_grants.remove(&key);
+        }
+        let of_id = |key: &LpmKey<[u8; k::MISS_KEY_DATA]>| key.data()[..8] == id.to_le_bytes();
+        let misses: Vec<_> = self.miss_trees.keys().flatten().filter(of_id).collect();
+        for key in misses {
+            let _ = self.miss_trees.remove(&key);
+        }
+        let unix: Vec<_> = self.unix_paths.keys().flatten().filter(of_id).collect();
+        for key in unix {
+            let _ = self.unix_paths.remove(&key);
+        }
+        if let Ok(_setup) = host::SetupLock::take() {
+            let _ = self.sandboxes.remove(&id);
+            let _ = self.index_write(Self::bucket(id));
+        }
     }
 
     /// Writes the sandbox's entries and attaches the network programs to its cgroup. Call it
@@ -443,29 +822,34 @@ impl Monitor {
         cgroup_id: u64,
         spec: &ArmSpec,
     ) -> Result<Armed, MonitorError> {
-        let slot = match self.slots.iter().position(|s| *s == Slot::Free) {
-            Some(free) => free as u32,
-            None => {
-                let dirty = self
-                    .slots
-                    .iter()
-                    .position(|s| *s == Slot::Dirty)
-                    .ok_or(MonitorError::Full(k::MAX_SLOTS))? as u32;
-                self.zero_slot(dirty)?;
-                dirty
+        if spec.network.is_some() && !self.caps.network.active {
+            return Err(MonitorError::Attach(ProgramError::NotLoaded));
+        }
+        let (slot, mut lock) = self.take_slot()?;
+        let prepared = (|| {
+            if let Some(stale) = lock.stale() {
+                self.reclaim(&stale);
             }
-        };
-        // Once per slot: an update of an array of maps waits for an RCU grace period (about
-        // 5 ms here), and the ring buffer placed stays this supervisor's for its whole life.
-        if !self.rings_placed[slot as usize] {
-            self.events_by_slot
-                .set(slot, &self.events, 0)
-                .map_err(|source| MonitorError::Map {
-                    map: "EVENTS",
+            lock.record(cgroup_id, cgroup)
+                .map_err(|source| MonitorError::Host {
+                    what: "write",
+                    path: self.set.dirs.slot_path(slot),
                     source,
                 })?;
-            self.rings_placed[slot as usize] = true;
-        }
+            self.zero_slot(slot)?;
+            let mut ring = self.ring_at(slot)?;
+            // What the slot's previous sandbox left unread.
+            while ring.next().is_some() {}
+            Ok(ring)
+        })();
+        let ring = match prepared {
+            Ok(ring) => ring,
+            Err(e) => {
+                lock.clear();
+                self.held[slot as usize] = false;
+                return Err(e);
+            }
+        };
         let mut flags = 0;
         if spec.network.is_some() {
             flags |= k::FLAG_NET_RULES;
@@ -477,9 +861,6 @@ impl Monitor {
             }
             None => (u32::MAX, std::time::Duration::ZERO),
         };
-        if spec.network.is_some() && !self.caps.network.active {
-            return Err(MonitorError::Attach(ProgramError::NotLoaded));
-        }
         let lsm = spec.lsm.as_ref().filter(|_| self.caps.lsm.active);
         if lsm.is_some() {
             flags |= k::FLAG_LSM;
@@ -501,6 +882,9 @@ impl Monitor {
             miss_keys: Vec::new(),
             unix_links: None,
             unix_keys: Vec::new(),
+            ring,
+            lock,
+            foreign_events: 0,
         };
         let result = (|| {
             if let Some(net) = &spec.network {
@@ -574,13 +958,16 @@ impl Monitor {
                         })?;
                 }
             }
-            self.sandboxes
-                .insert(cgroup_id, config, 0)
-                .map_err(|source| MonitorError::Map {
-                    map: "SANDBOXES",
-                    source,
-                })?;
-            self.index_add(cgroup_id, slot, flags)?;
+            {
+                let _setup = host::SetupLock::take()?;
+                self.sandboxes
+                    .insert(cgroup_id, config, 0)
+                    .map_err(|source| MonitorError::Map {
+                        map: "SANDBOXES",
+                        source,
+                    })?;
+                self.index_write(Self::bucket(cgroup_id))?;
+            }
             if let Some(hooks) = &self.unix_hooks {
                 // Fail closed: the launch check may have been left out for this sandbox.
                 let dir = File::open(cgroup).map_err(MonitorError::AttachUnix)?;
@@ -593,33 +980,33 @@ impl Monitor {
             if self.caps.network.active {
                 let dir = File::open(cgroup)
                     .map_err(|e| MonitorError::Attach(ProgramError::IOError(e)))?;
-                for (i, name) in self.net_programs.clone().iter().enumerate() {
-                    let p: &mut CgroupSockAddr = program_named(&mut self.ebpf, name)?;
+                for (i, p) in self.net.iter_mut().enumerate() {
                     let link = p
                         .attach(dir.as_fd(), CgroupAttachMode::Single)
                         .map_err(MonitorError::Attach)?;
                     armed.links.push((i, link));
                 }
-                let p: &mut CgroupSkb = program_named(&mut self.ebpf, "inbound")?;
-                armed.inbound = Some(
-                    p.attach(
-                        dir.as_fd(),
-                        CgroupSkbAttachType::Ingress,
-                        CgroupAttachMode::Single,
-                    )
-                    .map_err(MonitorError::Attach)?,
-                );
-                let p: &mut CgroupSkb = program_named(&mut self.ebpf, self.outbound)?;
-                armed.outbound = Some(
-                    p.attach(
-                        dir.as_fd(),
-                        CgroupSkbAttachType::Egress,
-                        CgroupAttachMode::Single,
-                    )
-                    .map_err(MonitorError::Attach)?,
-                );
-                if self.listen {
-                    let p: &mut SockOps = program_named(&mut self.ebpf, "listen")?;
+                if let Some(p) = &mut self.inbound {
+                    armed.inbound = Some(
+                        p.attach(
+                            dir.as_fd(),
+                            CgroupSkbAttachType::Ingress,
+                            CgroupAttachMode::Single,
+                        )
+                        .map_err(MonitorError::Attach)?,
+                    );
+                }
+                if let Some(p) = &mut self.outbound {
+                    armed.outbound = Some(
+                        p.attach(
+                            dir.as_fd(),
+                            CgroupSkbAttachType::Egress,
+                            CgroupAttachMode::Single,
+                        )
+                        .map_err(MonitorError::Attach)?,
+                    );
+                }
+                if let Some(p) = &mut self.listen {
                     armed.listen = Some(
                         p.attach(dir.as_fd(), CgroupAttachMode::Single)
                             .map_err(MonitorError::Attach)?,
@@ -629,10 +1016,7 @@ impl Monitor {
             Ok(())
         })();
         match result {
-            Ok(()) => {
-                self.slots[slot as usize] = Slot::Used;
-                Ok(armed)
-            }
+            Ok(()) => Ok(armed),
             Err(e) => {
                 self.disarm(armed);
                 Err(e)
@@ -640,53 +1024,69 @@ impl Monitor {
         }
     }
 
-    /// Removes the sandbox's entries, detaches its network programs and zeroes its counters so
-    /// the slot can serve the next sandbox.
+    /// Removes the sandbox's entries, detaches its network programs and gives its slot back.
     pub fn disarm(&mut self, armed: Armed) {
-        for (i, link) in armed.links {
-            let name = self.net_programs[i].clone();
-            if let Ok(p) = program_named::<CgroupSockAddr>(&mut self.ebpf, &name) {
+        let Armed {
+            cgroup_id,
+            slot,
+            links,
+            inbound,
+            outbound,
+            listen,
+            lsm_keys,
+            miss_keys,
+            unix_links,
+            unix_keys,
+            ring,
+            mut lock,
+            foreign_events,
+        } = armed;
+        if foreign_events > 0 {
+            tracing::debug!(
+                foreign_events,
+                "records of another cgroup in the slot's ring"
+            );
+        }
+        for (i, link) in links {
+            if let Some(p) = self.net.get_mut(i) {
                 let _ = p.detach(link);
             }
         }
-        if let Some(link) = armed.inbound {
-            if let Ok(p) = program_named::<CgroupSkb>(&mut self.ebpf, "inbound") {
-                let _ = p.detach(link);
-            }
+        if let (Some(link), Some(p)) = (inbound, &mut self.inbound) {
+            let _ = p.detach(link);
         }
-        if let Some(link) = armed.outbound {
-            if let Ok(p) = program_named::<CgroupSkb>(&mut self.ebpf, self.outbound) {
-                let _ = p.detach(link);
-            }
+        if let (Some(link), Some(p)) = (outbound, &mut self.outbound) {
+            let _ = p.detach(link);
         }
-        if let Some(link) = armed.listen {
-            if let Ok(p) = program_named::<SockOps>(&mut self.ebpf, "listen") {
-                let _ = p.detach(link);
-            }
+        if let (Some(link), Some(p)) = (listen, &mut self.listen) {
+            let _ = p.detach(link);
         }
         // Closing the links detaches the unix socket programs.
-        drop(armed.unix_links);
-        for key in &armed.unix_keys {
+        drop(unix_links);
+        for key in &unix_keys {
             let _ = self
                 .unix_paths
                 .remove(&LpmKey::new(key.prefix_len, key.data));
         }
-        let _ = self.index_remove(armed.cgroup_id);
-        let _ = self.sandboxes.remove(&armed.cgroup_id);
-        let _ = self.net_rules.remove(&armed.cgroup_id);
-        for key in &armed.lsm_keys {
+        if let Ok(_setup) = host::SetupLock::take() {
+            let _ = self.sandboxes.remove(&cgroup_id);
+            let _ = self.index_write(Self::bucket(cgroup_id));
+        }
+        let _ = self.net_rules.remove(&cgroup_id);
+        for key in &lsm_keys {
             let _ = self.lsm_grants.remove(key);
         }
-        for key in &armed.miss_keys {
+        for key in &miss_keys {
             let _ = self
                 .miss_trees
                 .remove(&LpmKey::new(key.prefix_len, key.data));
         }
-        if let Some(state) = self.slots.get_mut(armed.slot as usize) {
-            if *state == Slot::Used {
-                // Zeroed when the slot is taken again, off the path of this sandbox's end.
-                *state = Slot::Dirty;
-            }
+        drop(ring);
+        // Everything is removed: the next owner of the slot has nothing to reclaim.
+        lock.clear();
+        drop(lock);
+        if let Some(held) = self.held.get_mut(slot as usize) {
+            *held = false;
         }
     }
 
@@ -694,10 +1094,17 @@ impl Monitor {
         (cgroup_id % u64::from(k::INDEX_BUCKETS)) as u32
     }
 
-    /// Writes the bucket of `SANDBOX_INDEX` for its current members.
+    /// Writes the bucket of `SANDBOX_INDEX` for its current members in `SANDBOXES` (every
+    /// supervisor's sandboxes). Call with the setup lock held: it orders the writers.
     fn index_write(&mut self, bucket: u32) -> Result<(), MonitorError> {
-        let members = self.buckets.get(&bucket).map(Vec::as_slice).unwrap_or(&[]);
-        let entry = index_entry(members);
+        let members: Vec<(u64, u32, u32)> = self
+            .sandboxes
+            .iter()
+            .flatten()
+            .filter(|(id, _)| Self::bucket(*id) == bucket)
+            .map(|(id, c)| (id, c.slot, c.flags))
+            .collect();
+        let entry = index_entry(&members);
         self.index
             .set(bucket, entry, 0)
             .map_err(|source| MonitorError::Map {
@@ -706,27 +1113,7 @@ impl Monitor {
             })
     }
 
-    fn index_add(&mut self, cgroup_id: u64, slot: u32, flags: u32) -> Result<(), MonitorError> {
-        let bucket = Self::bucket(cgroup_id);
-        self.buckets
-            .entry(bucket)
-            .or_default()
-            .push((cgroup_id, slot, flags));
-        self.index_write(bucket)
-    }
-
-    fn index_remove(&mut self, cgroup_id: u64) -> Result<(), MonitorError> {
-        let bucket = Self::bucket(cgroup_id);
-        if let Some(members) = self.buckets.get_mut(&bucket) {
-            members.retain(|(id, _, _)| *id != cgroup_id);
-            if members.is_empty() {
-                self.buckets.remove(&bucket);
-            }
-        }
-        self.index_write(bucket)
-    }
-
-    /// Zeroes a used slot's counters for its next sandbox.
+    /// Zeroes a slot's counters for its next sandbox.
     fn zero_slot(&mut self, slot: u32) -> Result<(), MonitorError> {
         let n = self.ncpus();
         let io = |e: std::io::Error| MonitorError::Map {
@@ -753,52 +1140,11 @@ impl Monitor {
                 map: "SYSCALLS",
                 source,
             })?;
-        self.slots[slot as usize] = Slot::Free;
         Ok(())
     }
 
     fn ncpus(&self) -> usize {
         aya::util::nr_cpus().unwrap_or(1)
-    }
-
-    /// Becomes readable when events wait in the ring buffer.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.events.as_fd()
-    }
-
-    pub fn raw_fd(&self) -> i32 {
-        self.events.as_raw_fd()
-    }
-
-    /// Hands every waiting event to `f`; returns how many there were.
-    pub fn drain(&mut self, mut f: impl FnMut(RawEvent)) -> usize {
-        self.drain_some(usize::MAX, |e| {
-            f(e);
-            std::ops::ControlFlow::Continue(())
-        })
-    }
-
-    /// Reads at most `limit` events, and stops early when `f` says so. A supervise loop reads in
-    /// bounded batches so that a flooding plugin cannot keep it from its timeout, its stop
-    /// signal or a kill.
-    pub fn drain_some(
-        &mut self,
-        limit: usize,
-        mut f: impl FnMut(RawEvent) -> std::ops::ControlFlow<()>,
-    ) -> usize {
-        let mut n = 0;
-        while n < limit {
-            let Some(item) = self.events.next() else {
-                break;
-            };
-            n += 1;
-            let flow = RawEvent::decode(&item).map(&mut f);
-            drop(item);
-            if flow.is_some_and(|c| c.is_break()) {
-                break;
-            }
-        }
-        n
     }
 
     /// A sandbox's counters, summed over CPUs.
@@ -844,8 +1190,7 @@ impl Monitor {
     /// (`recursion_misses` of the program: a run preempted on a kernel whose syscall
     /// tracepoints may fault, and another thread's syscall exit on the same CPU meanwhile).
     pub fn sys_exit_misses(&self) -> Option<u64> {
-        let p = self.ebpf.program("sys_exit")?;
-        let fd = p.fd().ok()?;
+        let fd = self.sys_exit.as_ref()?.fd().ok()?;
         // SAFETY: a plain C struct of integers (pointers carried as u64): all zeroes is valid.
         let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
         #[repr(C)]
@@ -885,6 +1230,32 @@ impl Monitor {
         }
         out
     }
+}
+
+/// The attach type of a network hook's program.
+fn net_attach_type(hook: &str) -> CgroupSockAddrAttachType {
+    match hook {
+        "connect4" => CgroupSockAddrAttachType::Connect4,
+        "connect6" => CgroupSockAddrAttachType::Connect6,
+        "sendmsg4" => CgroupSockAddrAttachType::UDPSendMsg4,
+        "sendmsg6" => CgroupSockAddrAttachType::UDPSendMsg6,
+        "bind4" => CgroupSockAddrAttachType::Bind4,
+        _ => CgroupSockAddrAttachType::Bind6,
+    }
+}
+
+/// A pinned map of the set as a `T` (`wrap`: the `Map` variant of its kernel type).
+fn pinned<T>(
+    dirs: &host::SetDirs,
+    name: &'static str,
+    wrap: fn(MapData) -> aya::maps::Map,
+) -> Result<T, MonitorError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = |source| MonitorError::Map { map: name, source };
+    let data = MapData::from_pin(dirs.pin(name)).map_err(map)?;
+    T::try_from(wrap(data)).map_err(map)
 }
 
 /// The highest pid one sandbox's clones returned so far, in its own pid namespace
@@ -1063,10 +1434,9 @@ fn fill_array<V: aya::Pod>(
     Ok(())
 }
 
-/// This supervisor's own ring buffer, outside the object (whose `EVENTS` is the array of maps
-/// that holds one per slot): several supervisors' programs may be the same, their ring buffers
-/// never are.
-fn own_ring() -> Result<RingBuf<MapData>, MonitorError> {
+/// A slot's ring buffer, outside the object (whose `EVENTS` is the array of maps that holds one
+/// per slot).
+fn new_ring() -> Result<RingBuf<MapData>, MonitorError> {
     let map = |source| MonitorError::Map {
         map: "EVENTS",
         source,

@@ -28,6 +28,8 @@ use crate::probe::Probe;
 
 /// `union bpf_attr` commands and constants (include/uapi/linux/bpf.h).
 const BPF_PROG_LOAD: libc::c_int = 5;
+const BPF_OBJ_PIN: libc::c_int = 6;
+const BPF_OBJ_GET: libc::c_int = 7;
 const BPF_LINK_CREATE: libc::c_int = 28;
 const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
 pub use crate::bpf_probe::{BPF_CGROUP_UNIX_CONNECT, BPF_CGROUP_UNIX_SENDMSG};
@@ -69,9 +71,6 @@ impl UnixHooks {
     /// Loads both programs from `object` (the bytes `ebpf` was loaded from), relocated against
     /// the maps `ebpf` created. The error is the one line doctor prints.
     pub fn load(object: &[u8], ebpf: &Ebpf) -> Result<UnixHooks, String> {
-        if std::env::var_os("STOCKADE_UNIX_HOOKS").is_some_and(|v| v == "off") {
-            return Err("not loaded: STOCKADE_UNIX_HOOKS=off (the launch check stands in)".into());
-        }
         let t0 = std::time::Instant::now();
         let mut obj = aya_obj::Object::parse(object).map_err(|e| format!("the object: {e}"))?;
         tracing::debug!(
@@ -113,6 +112,24 @@ impl UnixHooks {
         Ok(UnixHooks { programs })
     }
 
+    /// Pins both programs in `dir` (`prog-connect_unix`, `prog-sendmsg_unix`), for the host's
+    /// set of monitors.
+    pub fn pin(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        for ((name, _), (_, fd)) in PROGRAMS.iter().zip(&self.programs) {
+            obj_pin(fd.as_fd(), &dir.join(format!("prog-{name}")))?;
+        }
+        Ok(())
+    }
+
+    /// Both programs, from the pins of [`UnixHooks::pin`].
+    pub fn from_pins(dir: &std::path::Path) -> std::io::Result<UnixHooks> {
+        let mut programs = Vec::new();
+        for (name, attach_type) in PROGRAMS {
+            programs.push((attach_type, obj_get(&dir.join(format!("prog-{name}")))?));
+        }
+        Ok(UnixHooks { programs })
+    }
+
     /// Attaches both programs to the cgroup directory `cgroup`.
     pub fn attach(&self, cgroup: BorrowedFd<'_>) -> std::io::Result<UnixLinks> {
         let t0 = std::time::Instant::now();
@@ -148,6 +165,72 @@ impl UnixHooks {
         );
         Ok(links)
     }
+}
+
+/// The fields of `union bpf_attr` that BPF_OBJ_PIN and BPF_OBJ_GET read.
+#[repr(C)]
+#[derive(Default)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: u32,
+}
+
+fn c_path(path: &std::path::Path) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+}
+
+/// BPF_OBJ_PIN: `fd`'s object at `path` on a bpffs.
+fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> std::io::Result<()> {
+    let name = c_path(path)?;
+    let attr = ObjAttr {
+        pathname: name.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        ..ObjAttr::default()
+    };
+    // SAFETY: `attr` and the path it points to live across the call, which only reads them.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &attr as *const ObjAttr,
+            std::mem::size_of::<ObjAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// BPF_OBJ_GET: a new descriptor of the object pinned at `path`.
+fn obj_get(path: &std::path::Path) -> std::io::Result<OwnedFd> {
+    let name = c_path(path)?;
+    let attr = ObjAttr {
+        pathname: name.as_ptr() as u64,
+        ..ObjAttr::default()
+    };
+    // SAFETY: `attr` and the path it points to live across the call, which only reads them.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &attr as *const ObjAttr,
+            std::mem::size_of::<ObjAttr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::new(
+            std::io::Error::last_os_error().kind(),
+            format!("{}: {}", path.display(), std::io::Error::last_os_error()),
+        ));
+    }
+    // SAFETY: a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// The descriptor of a map aya created (the variants this object uses).

@@ -1,0 +1,443 @@
+//! One set of monitors per host: the programs are loaded by the first supervisor that needs them,
+//! pinned in bpffs, and reused by every later one (`stockade run`s at once, the daemon).
+//!
+//! Layout, versioned by the eBPF object's own hash ([`SET_ID`]) so that a new build never
+//! attaches to an old layout:
+//!
+//! - `/sys/fs/bpf/stockade/<id>/`: the shared maps (`SANDBOXES`, ..., `EVENTS`, `REPORT`), the
+//!   programs a supervisor attaches to each sandbox's cgroup (`prog-*`), and the links of the
+//!   global hooks (`link-*`: tracepoints, LSM), which keep them attached between supervisors.
+//! - `/run/stockade/monitors/`: `setup.lock` (exclusive while a set is loaded, pinned, removed,
+//!   or while a supervisor writes `SANDBOX_INDEX`), and per set `<id>/info.json` (what loaded:
+//!   written last, so a set without it is incomplete), `<id>/users.lock` (shared by every
+//!   supervisor using the set), `<id>/persistent` (kept when its last user goes: `stockade
+//!   monitors up`), and `<id>/slot-N` (exclusive while a supervisor owns slot N; it names the
+//!   sandbox's cgroup, so a slot whose owner died without disarming is reclaimed by the next).
+//!
+//! flock(2) locks end with their holder, so a supervisor killed with SIGKILL releases its share
+//! of the set and its slots; what it wrote into the maps stays until its slot is taken again
+//! ([`super::Monitor::arm`] reclaims it) or the set is removed.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::MonitorError;
+
+/// The eBPF object's FNV-1a hash (supervisor/build.rs): the name of this build's set.
+pub const SET_ID: &str = include_str!(concat!(env!("OUT_DIR"), "/stockade-ebpf.id"));
+
+/// Where sets are pinned.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/stockade";
+/// Where their locks and descriptions are.
+pub const RUN_ROOT: &str = "/run/stockade/monitors";
+
+/// What the loader of a set found, for every later user (`info.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetInfo {
+    /// `(active, detail)` of each monitor, in `Capabilities::all` order.
+    pub monitors: Vec<(bool, String)>,
+    /// The network programs pinned, in `NET_HOOKS` order (`*_kill` or plain).
+    pub net_programs: Vec<String>,
+    /// `outbound` or `outbound_anon`.
+    pub outbound: String,
+    /// Whether the sock_ops report of listeners is pinned.
+    pub listen: bool,
+    /// Whether the unix socket programs are pinned.
+    pub unix: bool,
+    /// The supervisor that loaded the set, and when (seconds since the epoch).
+    pub loaded_by: u32,
+    pub loaded_at: u64,
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MonitorError + 'a {
+    move |source| MonitorError::Host {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// flock(2); `Ok(false)` when `LOCK_NB` was asked and another holder has it.
+pub fn flock(file: &File, op: libc::c_int) -> std::io::Result<bool> {
+    loop {
+        // SAFETY: flock on a descriptor this `File` owns; no memory is passed.
+        let r = unsafe { libc::flock(file.as_raw_fd(), op) };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) if op & libc::LOCK_NB != 0 => return Ok(false),
+            _ => return Err(e),
+        }
+    }
+}
+
+fn open_lock(path: &Path) -> Result<File, MonitorError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io("open the lock", path))
+}
+
+/// The host-wide setup lock, held while it lives.
+pub struct SetupLock(File);
+
+impl SetupLock {
+    pub fn take() -> Result<SetupLock, MonitorError> {
+        let path = Path::new(RUN_ROOT).join("setup.lock");
+        let file = open_lock(&path)?;
+        flock(&file, libc::LOCK_EX).map_err(io("lock", &path))?;
+        Ok(SetupLock(file))
+    }
+}
+
+impl Drop for SetupLock {
+    fn drop(&mut self) {
+        let _ = flock(&self.0, libc::LOCK_UN);
+    }
+}
+
+/// One set, by id: its pin directory and its run directory.
+#[derive(Debug, Clone)]
+pub struct SetDirs {
+    pub id: String,
+    pub pins: PathBuf,
+    pub run: PathBuf,
+}
+
+impl SetDirs {
+    pub fn of(id: &str) -> SetDirs {
+        SetDirs {
+            id: id.to_string(),
+            pins: Path::new(PIN_ROOT).join(id),
+            run: Path::new(RUN_ROOT).join(id),
+        }
+    }
+
+    pub fn this_build() -> SetDirs {
+        SetDirs::of(SET_ID.trim())
+    }
+
+    pub fn pin(&self, name: &str) -> PathBuf {
+        self.pins.join(name)
+    }
+
+    pub fn info(&self) -> Option<SetInfo> {
+        if !self.pins.join("SANDBOXES").exists() {
+            return None;
+        }
+        let text = fs::read_to_string(self.run.join("info.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    pub fn write_info(&self, info: &SetInfo) -> Result<(), MonitorError> {
+        let tmp = self.run.join("info.json.tmp");
+        let text = serde_json::to_string_pretty(info).unwrap_or_default();
+        fs::write(&tmp, text).map_err(io("write", &tmp))?;
+        let path = self.run.join("info.json");
+        fs::rename(&tmp, &path).map_err(io("write", &path))
+    }
+
+    pub fn persistent(&self) -> bool {
+        self.run.join("persistent").exists()
+    }
+
+    pub fn set_persistent(&self, on: bool) -> Result<(), MonitorError> {
+        let path = self.run.join("persistent");
+        if on {
+            fs::write(&path, b"").map_err(io("write", &path))
+        } else {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", &path)(e)),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    pub fn users_lock(&self) -> Result<File, MonitorError> {
+        open_lock(&self.run.join("users.lock"))
+    }
+
+    pub fn slot_path(&self, slot: u32) -> PathBuf {
+        self.run.join(format!("slot-{slot}"))
+    }
+
+    /// Unpins everything and removes the run directory. The programs stay in the kernel while
+    /// a descriptor of theirs is open (a supervisor of this set may still be detaching).
+    /// Call with the setup lock held and the users lock exclusive.
+    pub fn remove(&self) {
+        for dir in [&self.pins, &self.run] {
+            if let Ok(entries) = fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+            if let Err(e) = fs::remove_dir(dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!("cannot remove {}: {e}", dir.display());
+                }
+            }
+        }
+    }
+
+    /// Unpins everything of an incomplete set (the run directory and its locks stay).
+    pub fn remove_pins(&self) {
+        if let Ok(entries) = fs::read_dir(&self.pins) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let _ = fs::remove_dir(&self.pins);
+    }
+
+    /// Whether nobody uses the set: the users lock taken exclusively (and kept in `users`).
+    pub fn unused(&self, users: &File) -> bool {
+        flock(users, libc::LOCK_EX | libc::LOCK_NB).unwrap_or(false)
+    }
+}
+
+/// Creates `/run/stockade/monitors/` (mode 0700) and this set's directories.
+pub fn make_dirs(set: &SetDirs) -> Result<(), MonitorError> {
+    for dir in [Path::new(RUN_ROOT), &set.run] {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io("create", dir))?;
+    }
+    for dir in [Path::new(PIN_ROOT), &set.pins] {
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(io("create", dir)(e))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Removes the sets of other builds that nobody uses (with the setup lock held). Returns whether
+/// one of them was persistent, which the new set inherits.
+pub fn retire_others(ours: &SetDirs) -> bool {
+    let mut persistent = false;
+    let Ok(entries) = fs::read_dir(PIN_ROOT) else {
+        return false;
+    };
+    for e in entries.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        if id == ours.id {
+            continue;
+        }
+        let other = SetDirs::of(&id);
+        let _ = fs::DirBuilder::new().mode(0o700).create(&other.run);
+        let Ok(users) = other.users_lock() else {
+            continue;
+        };
+        if other.unused(&users) {
+            persistent |= other.persistent();
+            tracing::info!("removing the unused monitors of another build ({id})");
+            other.remove();
+        } else {
+            tracing::info!("the monitors of another build ({id}) are in use; left in place");
+        }
+    }
+    persistent
+}
+
+/// A slot of the set, owned while the file's lock is held. The file names the sandbox armed at
+/// it, so that whoever takes the slot after a crashed owner removes that sandbox's entries.
+#[derive(Debug)]
+pub struct SlotLock {
+    file: File,
+}
+
+/// Who held a slot before, as its file says: a cgroup id and path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stale {
+    pub pid: u32,
+    pub cgroup_id: u64,
+    pub cgroup: String,
+}
+
+impl SlotLock {
+    /// The slot when nobody holds it.
+    pub fn try_take(path: &Path) -> Result<Option<SlotLock>, MonitorError> {
+        let file = open_lock(path)?;
+        Ok(flock(&file, libc::LOCK_EX | libc::LOCK_NB)
+            .map_err(io("lock", path))?
+            .then_some(SlotLock { file }))
+    }
+
+    /// What the previous owner left: a sandbox it never disarmed.
+    pub fn stale(&mut self) -> Option<Stale> {
+        let mut text = String::new();
+        self.file.rewind().ok()?;
+        self.file.read_to_string(&mut text).ok()?;
+        parse_slot(&text)
+    }
+
+    pub fn record(&mut self, cgroup_id: u64, cgroup: &Path) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.file.rewind()?;
+        let line = format!("{} {cgroup_id} {}\n", std::process::id(), cgroup.display());
+        self.file.write_all(line.as_bytes())
+    }
+
+    pub fn clear(&mut self) {
+        let _ = self.file.set_len(0);
+    }
+}
+
+fn parse_slot(text: &str) -> Option<Stale> {
+    let mut parts = text.trim_end().splitn(3, ' ');
+    Some(Stale {
+        pid: parts.next()?.parse().ok()?,
+        cgroup_id: parts.next()?.parse().ok()?,
+        cgroup: parts.next().unwrap_or_default().to_string(),
+    })
+}
+
+/// `stockade monitors status`: what is pinned, who uses it (from /proc/locks, without taking a
+/// lock), and which slots are owned.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub id: String,
+    pub this_build: bool,
+    pub pins: String,
+    pub loaded: bool,
+    pub persistent: bool,
+    pub loaded_by: Option<u32>,
+    pub loaded_at: Option<u64>,
+    /// Supervisors holding the set (pids).
+    pub users: Vec<u32>,
+    pub slots: Vec<SlotStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SlotStatus {
+    pub slot: u32,
+    /// The pid holding the slot's lock; `None` for a slot its owner left without disarming.
+    pub owner: Option<u32>,
+    pub cgroup_id: u64,
+    pub cgroup: String,
+}
+
+/// Every set on this host.
+pub fn status() -> Vec<Status> {
+    let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
+    let mut ids: Vec<String> = fs::read_dir(PIN_ROOT)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids.into_iter()
+        .map(|id| {
+            let set = SetDirs::of(&id);
+            let info = set.info();
+            let users = holders(&locks, &set.run.join("users.lock"));
+            let mut slots = Vec::new();
+            for n in 0..stockade_ebpf_common::MAX_SLOTS {
+                let path = set.slot_path(n);
+                let Some(stale) = fs::read_to_string(&path).ok().and_then(|t| parse_slot(&t))
+                else {
+                    continue;
+                };
+                slots.push(SlotStatus {
+                    slot: n,
+                    owner: holders(&locks, &path).first().copied(),
+                    cgroup_id: stale.cgroup_id,
+                    cgroup: stale.cgroup,
+                });
+            }
+            Status {
+                this_build: id == SET_ID.trim(),
+                pins: set.pins.display().to_string(),
+                loaded: info.is_some(),
+                persistent: set.persistent(),
+                loaded_by: info.as_ref().map(|i| i.loaded_by),
+                loaded_at: info.as_ref().map(|i| i.loaded_at),
+                id,
+                users,
+                slots,
+            }
+        })
+        .collect()
+}
+
+/// The pids holding a FLOCK on `path`, from /proc/locks (`1: FLOCK ADVISORY READ 1234
+/// 00:1a:5678 0 EOF`: the file by major:minor:inode).
+fn holders(locks: &str, path: &Path) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(path) else {
+        return Vec::new();
+    };
+    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    let want = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    let mut pids: Vec<u32> = locks
+        .lines()
+        .filter(|l| !l.contains("->")) // a waiter, not a holder
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&want.as_str()))
+                .then(|| f.get(4)?.parse().ok())
+                .flatten()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_file_names_its_owner_and_sandbox() {
+        assert_eq!(
+            parse_slot("123 4567 /sys/fs/cgroup/x/stockade-123/sandbox\n"),
+            Some(Stale {
+                pid: 123,
+                cgroup_id: 4567,
+                cgroup: "/sys/fs/cgroup/x/stockade-123/sandbox".into()
+            })
+        );
+        assert_eq!(parse_slot(""), None);
+        assert_eq!(parse_slot("garbage"), None);
+    }
+
+    #[test]
+    fn lock_holders_are_read_by_device_and_inode() {
+        let dir = std::env::temp_dir().join(format!("stockade-holders-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("users.lock");
+        let file = open_lock(&path).unwrap();
+        assert!(flock(&file, libc::LOCK_SH).unwrap());
+        let locks = fs::read_to_string("/proc/locks").unwrap();
+        let pids = holders(&locks, &path);
+        assert_eq!(pids, vec![std::process::id()]);
+        // A second holder of the same file on another open description: still one pid.
+        let other = open_lock(&path).unwrap();
+        assert!(flock(&other, libc::LOCK_SH | libc::LOCK_NB).unwrap());
+        assert!(!flock(&other, libc::LOCK_EX | libc::LOCK_NB).unwrap());
+        drop((file, other));
+        let locks = fs::read_to_string("/proc/locks").unwrap();
+        assert!(holders(&locks, &path).is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

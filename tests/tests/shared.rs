@@ -1,0 +1,246 @@
+//! One set of monitors per host: supervisors running at once share the pinned programs, each
+//! sandbox's events reach only its own supervisor, the set goes with its last user unless it was
+//! made persistent, and what a killed supervisor left in the maps is reclaimed.
+//!
+//! The tests here change the host's set, so they run one at a time (one lock), and the other
+//! test binaries do not run beside them (cargo runs test binaries one after another).
+
+mod harness;
+use harness::*;
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn stockade_out(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(stockade())
+        .args(args)
+        .output()
+        .expect("run stockade");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// This build's set in `stockade monitors status --json`, if one is pinned.
+fn this_set() -> Option<Value> {
+    let (code, stdout, stderr) = stockade_out(&["monitors", "status", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let sets: Vec<Value> = serde_json::from_str(&stdout).expect("status JSON");
+    sets.into_iter().find(|s| s["this_build"] == true)
+}
+
+/// `stockade monitors down`, and nothing of this build left pinned.
+fn start_clean() {
+    let (code, _, stderr) = stockade_out(&["monitors", "down"]);
+    assert_eq!(code, 0, "{stderr}");
+    let until = Instant::now() + Duration::from_secs(10);
+    while this_set().is_some() {
+        assert!(
+            Instant::now() < until,
+            "another user keeps the monitors: {:?}",
+            this_set()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `stockade run --json` of the hostile fixture, in the background.
+fn spawn_run(policy: &std::path::Path, args: &[&str]) -> Child {
+    Command::new(stockade())
+        .args(["run", "--json", "--policy"])
+        .arg(policy)
+        .arg("--plugin-dir")
+        .arg(plugin_dir())
+        .arg("--")
+        .arg(hostile())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn stockade")
+}
+
+/// Waits until `pid` owns a slot of the set; returns that slot's status entry.
+fn slot_of(pid: u32) -> Value {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(set) = this_set() {
+            if let Some(slot) = set["slots"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| s["owner"] == pid)
+            {
+                return slot.clone();
+            }
+        }
+        assert!(Instant::now() < until, "pid {pid} never armed a sandbox");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The summary is the last JSON line of stderr (debug lines may follow it).
+fn summary(stderr: &str) -> Value {
+    stderr
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        .unwrap_or_else(|| panic!("no summary in:\n{stderr}"))
+}
+
+fn violations(summary: &Value) -> Vec<Value> {
+    summary["monitor"]["first"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn runs_at_once_share_one_set_and_each_gets_only_its_own_events() {
+    if !privileged("runs_at_once_share_one_set_and_each_gets_only_its_own_events") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    start_clean();
+    let policy = policy_file("shared", &policy(""));
+    // A: waits, then writes a file Landlock keeps read-only.
+    let a = spawn_run(&policy, &["after", "3000", "write", "/proc/self/comm"]);
+    let a_pid = a.id();
+    let a_slot = slot_of(a_pid);
+    let set = this_set().expect("A's set");
+    assert_eq!(set["loaded_by"], a_pid, "{set:#}");
+    assert_eq!(set["users"], serde_json::json!([a_pid]), "{set:#}");
+    assert_eq!(set["persistent"], false);
+
+    // B, while A runs: joins A's set (no load of its own) and makes a seccomp denial.
+    let r = run_with(&policy, &[&hostile(), "syscall", "mount"], |c| {
+        c.env("STOCKADE_LOG", "stockade::monitor=debug");
+    });
+    assert!(
+        r.stderr.contains("the host's set joined"),
+        "B did not join A's set:\n{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("monitor load: object"),
+        "B loaded the programs again:\n{}",
+        r.stderr
+    );
+    assert_eq!(r.stdout.trim(), "err EPERM");
+    let b = violations(&summary(&r.stderr));
+    assert_eq!(b.len(), 1, "B's violations: {b:#?}");
+    assert_eq!(b[0]["layer"], "seccomp");
+    assert_eq!(b[0]["syscall"], "mount");
+
+    let out = a.wait_with_output().expect("wait for A");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "err EACCES");
+    let v = violations(&summary(&stderr));
+    assert_eq!(
+        v.len(),
+        1,
+        "A's violations (B's must not be among them): {v:#?}"
+    );
+    assert_eq!(v[0]["layer"], "landlock");
+    assert_eq!(v[0]["object"], "/proc/self/comm");
+    assert!(a_slot["cgroup_id"].as_u64().is_some());
+
+    // A was the last user: nothing of the set is left pinned.
+    assert!(this_set().is_none(), "left pinned: {:?}", this_set());
+    let id = set["id"].as_str().unwrap();
+    assert!(
+        !std::path::Path::new(&format!("/sys/fs/bpf/stockade/{id}")).exists(),
+        "the pin directory is left"
+    );
+}
+
+#[test]
+fn persistent_monitors_stay_loaded_until_down() {
+    if !privileged("persistent_monitors_stay_loaded_until_down") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    start_clean();
+    let (code, stdout, stderr) = stockade_out(&["monitors", "up"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(": loaded; kept loaded"), "{stdout}");
+    let set = this_set().expect("a set after `monitors up`");
+    assert_eq!(set["persistent"], true);
+    assert_eq!(set["users"], serde_json::json!([]), "{set:#}");
+    // Up again: the same set, not a second load.
+    let (_, stdout, _) = stockade_out(&["monitors", "up"]);
+    assert!(stdout.contains(": already loaded"), "{stdout}");
+
+    let policy = policy_file("shared", &policy(""));
+    let r = run_with(&policy, &[&hostile(), "echo", "hi"], |c| {
+        c.env("STOCKADE_LOG", "stockade::monitor=debug");
+    });
+    assert_eq!(r.stdout.trim(), "ok hi");
+    assert!(r.stderr.contains("the host's set joined"), "{}", r.stderr);
+    let after = this_set().expect("the set outlives its users");
+    assert_eq!(after["loaded_by"], set["loaded_by"]);
+    assert!(after["slots"].as_array().unwrap().is_empty(), "{after:#}");
+
+    let (code, stdout, stderr) = stockade_out(&["monitors", "down"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(": removed"), "{stdout}");
+    assert!(this_set().is_none());
+    let (_, stdout, _) = stockade_out(&["monitors", "status"]);
+    assert!(stdout.starts_with("no monitors are loaded"), "{stdout}");
+}
+
+#[test]
+fn a_killed_supervisors_entries_are_reclaimed_by_the_next() {
+    if !privileged("a_killed_supervisors_entries_are_reclaimed_by_the_next") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    start_clean();
+    let policy = policy_file("shared", &policy(""));
+    let mut a = spawn_run(&policy, &["after", "30000", "echo", "late"]);
+    let a_pid = a.id();
+    let slot = slot_of(a_pid);
+    // SAFETY: kill of the child this test spawned (its pid is still ours: not waited for).
+    assert_eq!(unsafe { libc::kill(a_pid as i32, libc::SIGKILL) }, 0);
+    a.wait().expect("reap A");
+
+    // Its slot is left holding its sandbox, with nobody holding the slot.
+    let set = this_set().expect("the set is left pinned by a killed last user");
+    assert_eq!(set["users"], serde_json::json!([]), "{set:#}");
+    let left = set["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["slot"] == slot["slot"])
+        .cloned()
+        .unwrap_or_else(|| panic!("slot gone: {set:#}"));
+    assert_eq!(left["owner"], Value::Null, "{left:#}");
+    assert_eq!(left["cgroup_id"], slot["cgroup_id"]);
+
+    // The next run takes that slot (the lowest free one), removes A's entries and, as the
+    // last user, the whole set.
+    let r = run_with(&policy, &[&hostile(), "echo", "hi"], |c| {
+        c.env("STOCKADE_LOG", "stockade::monitor=warn");
+    });
+    assert_eq!(r.stdout.trim(), "ok hi");
+    assert!(
+        r.stderr.contains(&format!(
+            "reclaiming the monitor entries of a sandbox whose supervisor (pid {a_pid})"
+        )) && r.stderr.contains(&format!("({})", slot["cgroup_id"])),
+        "{}",
+        r.stderr
+    );
+    assert!(this_set().is_none(), "left pinned: {:?}", this_set());
+    // A's sandbox went too (the orphan sweep of the next start).
+    let a_cgroup = slot["cgroup"].as_str().unwrap();
+    assert!(
+        !std::path::Path::new(a_cgroup).exists(),
+        "{a_cgroup} is left"
+    );
+}
