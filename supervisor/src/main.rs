@@ -251,7 +251,7 @@ fn monitors(command: MonitorsCommand) -> Result<u8, Failure> {
             monitor.keep().map_err(failed)?;
             println!(
                 "monitors {} ({}): {}; kept loaded until `stockade monitors down`",
-                host::SET_ID.trim(),
+                host::set_id(),
                 host::PIN_ROOT,
                 if monitor.loaded {
                     "loaded"
@@ -277,6 +277,7 @@ fn monitors(command: MonitorsCommand) -> Result<u8, Failure> {
             }
             for set in sets {
                 let dirs = host::SetDirs::of(&set.id);
+                host::make_dirs(&dirs).map_err(failed)?;
                 dirs.set_persistent(false).map_err(failed)?;
                 let users = dirs.users_lock().map_err(failed)?;
                 if dirs.unused(&users) {
@@ -628,7 +629,7 @@ fn load_monitor(policy: &Policy) -> Result<Option<(Monitor, Vec<String>)>, Failu
         eprintln!("stockade: warning: STOCKADE_MONITORS=off: running without the eBPF monitors");
         return Ok(None);
     }
-    let monitor = match Monitor::open() {
+    let monitor = match Monitor::open_for(host_network) {
         Ok(m) => m,
         Err(e) if enforce => {
             return Err(Failure::internal(

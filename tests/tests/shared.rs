@@ -244,3 +244,40 @@ fn a_killed_supervisors_entries_are_reclaimed_by_the_next() {
         "{a_cgroup} is left"
     );
 }
+
+#[test]
+fn a_set_that_lost_a_hook_is_never_joined() {
+    if !privileged("a_set_that_lost_a_hook_is_never_joined") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    start_clean();
+    let (code, _, stderr) = stockade_out(&["monitors", "up"]);
+    assert_eq!(code, 0, "{stderr}");
+    let set = this_set().expect("a set after `monitors up`");
+    // Unpinning the link detaches the syscall hook: a set without it must not be joined.
+    let link = format!("{}/link-sys_exit", set["pins"].as_str().unwrap());
+    std::fs::remove_file(&link).expect("remove the pinned link");
+    let policy = policy_file("shared", &policy(""));
+    let r = run_with(&policy, &[&hostile(), "syscall", "mount"], |c| {
+        c.env("STOCKADE_LOG", "stockade::monitor=debug");
+    });
+    assert!(
+        r.stderr.contains("do not open") && r.stderr.contains("loading them again"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("the host's set loaded"), "{}", r.stderr);
+    // The reloaded set's syscall hook works: seccomp's refusal is reported.
+    assert_eq!(r.stdout.trim(), "err EPERM");
+    let v = violations(&summary(&r.stderr));
+    assert_eq!(v.len(), 1, "{v:#?}");
+    assert_eq!(v[0]["layer"], "seccomp");
+    assert!(
+        std::path::Path::new(&link).exists(),
+        "the link is pinned again"
+    );
+    let (code, stdout, _) = stockade_out(&["monitors", "down"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains(": removed"), "{stdout}");
+}

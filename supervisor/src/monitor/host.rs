@@ -28,8 +28,34 @@ use serde::{Deserialize, Serialize};
 
 use super::MonitorError;
 
-/// The eBPF object's FNV-1a hash (supervisor/build.rs): the name of this build's set.
-pub const SET_ID: &str = include_str!(concat!(env!("OUT_DIR"), "/stockade-ebpf.id"));
+/// The eBPF object's FNV-1a hash (supervisor/build.rs).
+const OBJECT_ID: &str = include_str!(concat!(env!("OUT_DIR"), "/stockade-ebpf.id"));
+
+/// The layout of what a set's loader writes besides the object (`SetInfo`, the pins' names):
+/// raised when either changes.
+const SCHEMA: u32 = 1;
+
+/// The name of this build's set: the object's hash, the table the loader writes into
+/// `PATH_ARGS`, and [`SCHEMA`], so that a supervisor never joins a set whose maps or tables
+/// another layout wrote.
+pub fn set_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let mut bytes = OBJECT_ID.trim().as_bytes().to_vec();
+        bytes.extend(SCHEMA.to_le_bytes());
+        for (nr, what) in super::rules::path_args() {
+            bytes.extend(nr.to_le_bytes());
+            bytes.push(what);
+        }
+        format!("{:016x}", fnv1a(&bytes))
+    })
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
 
 /// Where sets are pinned.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/stockade";
@@ -49,6 +75,8 @@ pub struct SetInfo {
     pub listen: bool,
     /// Whether the unix socket programs are pinned.
     pub unix: bool,
+    /// The global hooks whose links are pinned (`link-NAME`).
+    pub links: Vec<String>,
     /// The supervisor that loaded the set, and when (seconds since the epoch).
     pub loaded_by: u32,
     pub loaded_at: u64,
@@ -127,7 +155,7 @@ impl SetDirs {
     }
 
     pub fn this_build() -> SetDirs {
-        SetDirs::of(SET_ID.trim())
+        SetDirs::of(set_id())
     }
 
     pub fn pin(&self, name: &str) -> PathBuf {
@@ -178,6 +206,8 @@ impl SetDirs {
     /// a descriptor of theirs is open (a supervisor of this set may still be detaching).
     /// Call with the setup lock held and the users lock exclusive.
     pub fn remove(&self) {
+        // First what marks the set complete: a removal cut short leaves a set nobody joins.
+        let _ = fs::remove_file(self.run.join("info.json"));
         for dir in [&self.pins, &self.run] {
             if let Ok(entries) = fs::read_dir(dir) {
                 for e in entries.flatten() {
@@ -208,7 +238,18 @@ impl SetDirs {
     }
 }
 
-/// Creates `/run/stockade/monitors/` (mode 0700) and this set's directories.
+/// Creates `/run/stockade/monitors/` (mode 0700), where the setup lock is.
+pub fn make_root() -> Result<(), MonitorError> {
+    let dir = Path::new(RUN_ROOT);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io("create", dir))
+}
+
+/// Creates this set's directories (with the setup lock held: its last user removes them under
+/// it).
 pub fn make_dirs(set: &SetDirs) -> Result<(), MonitorError> {
     for dir in [Path::new(RUN_ROOT), &set.run] {
         fs::DirBuilder::new()
@@ -254,6 +295,41 @@ pub fn retire_others(ours: &SetDirs) -> bool {
         }
     }
     persistent
+}
+
+/// BPF_OBJ_GET: a new descriptor of the object pinned at `path`.
+pub fn obj_get(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    #[repr(C)]
+    #[derive(Default)]
+    struct ObjAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let attr = ObjAttr {
+        pathname: name.as_ptr() as u64,
+        ..ObjAttr::default()
+    };
+    // SAFETY: BPF_OBJ_GET (7) reads `attr` and the path it points to, both alive for the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            7,
+            &attr as *const ObjAttr,
+            std::mem::size_of::<ObjAttr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// A slot of the set, owned while the file's lock is held. The file names the sandbox armed at
@@ -365,7 +441,7 @@ pub fn status() -> Vec<Status> {
                 });
             }
             Status {
-                this_build: id == SET_ID.trim(),
+                this_build: id == set_id(),
                 pins: set.pins.display().to_string(),
                 loaded: info.is_some(),
                 persistent: set.persistent(),

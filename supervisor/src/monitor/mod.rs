@@ -1,10 +1,12 @@
 //! The eBPF monitors: loading Stockade's programs (ebpf/), arming them for a sandbox before its
 //! first instruction, reading the event ring buffer, and disarming them when it ends.
 //!
-//! One [`Monitor`] serves every sandbox of a supervisor process: the programs and maps are shared
-//! and everything in them is keyed by the sandbox's cgroup id. The cgroup network programs are
-//! attached to each sandbox's own cgroup; the tracepoints are attached once, at load, and return at
-//! once for tasks of any other cgroup.
+//! The programs are loaded once per host and shared by every supervisor ([`host`]: pinned in
+//! bpffs, joined by later supervisors); everything in the maps is keyed by the sandbox's cgroup
+//! id, and each sandbox has a slot (counters, ring buffer) of its own. One [`Monitor`] is one
+//! supervisor's handle on that set and serves all of its sandboxes. The cgroup network programs
+//! are attached to each host-network sandbox's own cgroup; the tracepoints and LSM hooks are
+//! attached once per host and return at once for tasks of any other cgroup.
 //!
 //! Which layer refused a syscall is decided here in userspace ([`attribute`]): the kernel side
 //! only reports what failed and with which arguments.
@@ -263,18 +265,14 @@ impl Armed {
 /// ([`host`]), which it joined or loaded.
 pub struct Monitor {
     caps: Capabilities,
-    /// The network programs, in `NET_HOOKS` order (`*_kill` or plain).
-    net: Vec<CgroupSockAddr>,
-    inbound: Option<CgroupSkb>,
-    /// `outbound`, or `outbound_anon` where cgroup_skb programs may not ask for the current task
-    /// (6.1).
-    outbound: Option<CgroupSkb>,
-    /// The sock_ops report of listeners (not on 6.1).
-    listen: Option<SockOps>,
+    /// What the set's loader found (which programs are pinned).
+    info: host::SetInfo,
+    /// The network programs, opened from their pins by the first sandbox on the host network
+    /// (aya probes the kernel's features, about 0.5 ms, when it first opens a program).
+    net: Option<NetPrograms>,
     /// The unix socket programs, where they load, and their allow list.
     unix_hooks: Option<unix::UnixHooks>,
     unix_paths: LpmTrie<MapData, [u8; k::MISS_KEY_DATA], u8>,
-    sys_exit: Option<RawTracePoint>,
     sandboxes: HashMap<MapData, u64, k::SandboxConfig>,
     net_rules: HashMap<MapData, u64, k::NetRules>,
     lsm_grants: HashMap<MapData, k::LsmGrantKey, u32>,
@@ -288,8 +286,66 @@ pub struct Monitor {
     held: Vec<bool>,
     /// Whether this supervisor loaded the set (rather than joining one).
     pub loaded: bool,
+    dirs: host::SetDirs,
+    /// The global hooks' links, held open.
+    _links: Vec<std::os::fd::OwnedFd>,
     /// Last: leaving the set (and removing it, for its last user) after every handle above.
-    set: Joined,
+    set: Option<Joined>,
+}
+
+/// The programs attached to each host-network sandbox's cgroup.
+struct NetPrograms {
+    /// In `NET_HOOKS` order (`*_kill` or plain).
+    hooks: Vec<CgroupSockAddr>,
+    inbound: CgroupSkb,
+    /// `outbound`, or `outbound_anon` where cgroup_skb programs may not ask for the current task
+    /// (6.1).
+    outbound: CgroupSkb,
+    /// The sock_ops report of listeners (not on 6.1).
+    listen: Option<SockOps>,
+}
+
+impl NetPrograms {
+    fn open(dirs: &host::SetDirs, info: &host::SetInfo) -> Result<NetPrograms, MonitorError> {
+        let opened = |name: &str| {
+            let name = name.to_string();
+            move |source| MonitorError::Program {
+                program: "pinned",
+                step: "open",
+                source: match source {
+                    ProgramError::IOError(e) => {
+                        ProgramError::IOError(std::io::Error::new(e.kind(), format!("{name}: {e}")))
+                    }
+                    other => other,
+                },
+            }
+        };
+        let mut hooks = Vec::new();
+        for (name, hook) in info.net_programs.iter().zip(NET_HOOKS) {
+            let path = dirs.pin(&format!("prog-{name}"));
+            hooks.push(
+                CgroupSockAddr::from_pin(&path, net_attach_type(hook)).map_err(opened(name))?,
+            );
+        }
+        let inbound = CgroupSkb::from_pin(dirs.pin("prog-inbound"), CgroupSkbAttachType::Ingress)
+            .map_err(opened("inbound"))?;
+        let outbound = CgroupSkb::from_pin(
+            dirs.pin(&format!("prog-{}", info.outbound)),
+            CgroupSkbAttachType::Egress,
+        )
+        .map_err(opened(&info.outbound))?;
+        let listen = if info.listen {
+            Some(SockOps::from_pin(dirs.pin("prog-listen")).map_err(opened("listen"))?)
+        } else {
+            None
+        };
+        Ok(NetPrograms {
+            hooks,
+            inbound,
+            outbound,
+            listen,
+        })
+    }
 }
 
 /// This supervisor's share of the host's set: the users lock, held shared. Dropping it removes
@@ -536,9 +592,11 @@ impl Loaded {
                 detail: e.to_string(),
             }
         };
+        let mut links = Vec::new();
         for (name, link) in self.attach()? {
             link.pin(dirs.pin(&format!("link-{name}")))
                 .map_err(pin_error(format!("the link of {name}")))?;
+            links.push(name.to_string());
         }
         for name in SHARED_MAPS {
             let map = self.ebpf.map(name).ok_or(MonitorError::MissingMap(name))?;
@@ -580,6 +638,7 @@ impl Loaded {
             outbound: self.outbound.into(),
             listen: self.listen,
             unix: self.unix_hooks.is_some(),
+            links,
             loaded_by: std::process::id(),
             loaded_at: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -592,41 +651,79 @@ impl Monitor {
     /// Joins the host's set of monitors, loading and pinning it first when there is none (or
     /// only one of another build, which is retired when nobody uses it).
     pub fn open() -> Result<Monitor, MonitorError> {
+        Monitor::open_for(false)
+    }
+
+    /// [`Monitor::open`] for a sandbox that needs the network programs (`network`): a set whose
+    /// loader could not load them is loaded again when nobody uses it (a transient failure does
+    /// not stick), and so is a set that cannot be opened (a pin removed by hand).
+    pub fn open_for(network: bool) -> Result<Monitor, MonitorError> {
         let t0 = std::time::Instant::now();
         ensure_mounted("bpf", "/sys/fs/bpf")?;
+        host::make_root()?;
+        let setup = host::SetupLock::take()?;
+        // Under the setup lock: the last user of the set removes its directories under it too.
         let dirs = host::SetDirs::this_build();
         host::make_dirs(&dirs)?;
-        let setup = host::SetupLock::take()?;
         let users = dirs.users_lock()?;
         let mut loaded = false;
-        let info = match dirs.info() {
-            Some(info) => info,
-            None => {
-                // Leftovers of a load that did not finish; nobody can be using them.
-                if !dirs.unused(&users) {
-                    return Err(MonitorError::Busy(dirs.pins.clone()));
+        let mut info = dirs.info();
+        if let Some(i) = &info {
+            let lacking = !i.monitors.get(2).is_some_and(|m| m.0)
+                || (network && !i.monitors.first().is_some_and(|m| m.0));
+            if lacking && dirs.unused(&users) {
+                tracing::debug!(
+                    "monitors: the set lacks a monitor this sandbox needs; loading again"
+                );
+                info = None;
+            }
+        }
+        let mut attempt = 0;
+        let monitor = loop {
+            attempt += 1;
+            let info = match info.take() {
+                Some(info) => info,
+                None => {
+                    // Leftovers of a load that did not finish, or of a set being loaded again:
+                    // nobody may be using them.
+                    if !dirs.unused(&users) {
+                        return Err(MonitorError::Busy(dirs.pins.clone()));
+                    }
+                    dirs.remove_pins();
+                    host::make_dirs(&dirs)?;
+                    let info = Loaded::load()?
+                        .pin(&dirs)
+                        .inspect_err(|_| dirs.remove_pins())?;
+                    dirs.write_info(&info).inspect_err(|_| dirs.remove_pins())?;
+                    loaded = true;
+                    info
                 }
-                dirs.remove_pins();
-                host::make_dirs(&dirs)?;
-                let info = Loaded::load()?
-                    .pin(&dirs)
-                    .inspect_err(|_| dirs.remove_pins())?;
-                dirs.write_info(&info)?;
-                if host::retire_others(&dirs) {
-                    dirs.set_persistent(true)?;
+            };
+            match Monitor::from_pins(&dirs, &info) {
+                Ok(m) => break m,
+                // A set that does not open (a pin gone) is loaded again, once, if unused.
+                Err(e) if attempt == 1 && !loaded && dirs.unused(&users) => {
+                    tracing::warn!("the host's monitors do not open ({e}); loading them again");
                 }
-                loaded = true;
-                info
+                Err(e) => {
+                    if loaded {
+                        dirs.remove();
+                    }
+                    return Err(e);
+                }
             }
         };
+        if host::retire_others(&dirs) {
+            dirs.set_persistent(true)?;
+        }
         host::flock(&users, libc::LOCK_SH).map_err(|source| MonitorError::Host {
             what: "lock",
             path: dirs.run.join("users.lock"),
             source,
         })?;
-        let set = Joined { dirs, users };
+        let mut monitor = monitor;
+        monitor.set = Some(Joined { dirs, users });
         drop(setup);
-        let mut monitor = Monitor::from_pins(set, &info)?;
         monitor.loaded = loaded;
         tracing::debug!(
             us = t0.elapsed().as_micros() as u64,
@@ -637,8 +734,19 @@ impl Monitor {
         Ok(monitor)
     }
 
-    fn from_pins(set: Joined, info: &host::SetInfo) -> Result<Monitor, MonitorError> {
-        let dirs = set.dirs.clone();
+    /// Opens what the set pinned. The global hooks' links are held too, so that a set unpinned
+    /// while this supervisor runs keeps its hooks attached, and one whose links are gone is not
+    /// joined (fail closed).
+    fn from_pins(dirs: &host::SetDirs, info: &host::SetInfo) -> Result<Monitor, MonitorError> {
+        let mut hooks = Vec::new();
+        for name in &info.links {
+            let path = dirs.pin(&format!("link-{name}"));
+            hooks.push(host::obj_get(&path).map_err(|source| MonitorError::Host {
+                what: "open the link",
+                path,
+                source,
+            })?);
+        }
         let status = |i: usize, name: &'static str| {
             let (on, detail) = info.monitors.get(i).cloned().unwrap_or_default();
             MonitorStatus {
@@ -655,49 +763,6 @@ impl Monitor {
             lsm: status(4, "lsm"),
             unix: status(5, "unix sockets"),
         };
-        let opened = |name: String| {
-            move |source| MonitorError::Program {
-                program: "pinned",
-                step: "open",
-                source: match source {
-                    ProgramError::IOError(e) => {
-                        ProgramError::IOError(std::io::Error::new(e.kind(), format!("{name}: {e}")))
-                    }
-                    other => other,
-                },
-            }
-        };
-        let mut net = Vec::new();
-        for (name, hook) in info.net_programs.iter().zip(NET_HOOKS) {
-            let path = dirs.pin(&format!("prog-{name}"));
-            net.push(
-                CgroupSockAddr::from_pin(&path, net_attach_type(hook))
-                    .map_err(opened(name.clone()))?,
-            );
-        }
-        let (mut inbound, mut outbound, mut listen) = (None, None, None);
-        if caps.network.active {
-            let path = dirs.pin("prog-inbound");
-            inbound = Some(
-                CgroupSkb::from_pin(&path, CgroupSkbAttachType::Ingress)
-                    .map_err(opened("inbound".into()))?,
-            );
-            let path = dirs.pin(&format!("prog-{}", info.outbound));
-            outbound = Some(
-                CgroupSkb::from_pin(&path, CgroupSkbAttachType::Egress)
-                    .map_err(opened(info.outbound.clone()))?,
-            );
-            if info.listen {
-                listen = Some(
-                    SockOps::from_pin(dirs.pin("prog-listen")).map_err(opened("listen".into()))?,
-                );
-            }
-        }
-        let sys_exit = caps
-            .syscalls
-            .active
-            .then(|| RawTracePoint::from_pin(dirs.pin("prog-sys_exit")).ok())
-            .flatten();
         let unix_off = std::env::var_os("STOCKADE_UNIX_HOOKS").is_some_and(|v| v == "off");
         let unix_hooks = if !info.unix {
             None
@@ -727,15 +792,14 @@ impl Monitor {
             syscalls: pinned(&dirs, "SYSCALLS", aya::maps::Map::PerCpuArray)?,
             events_by_slot: pinned(&dirs, "EVENTS", aya::maps::Map::ArrayOfMaps)?,
             unix_hooks,
-            sys_exit,
-            net,
-            inbound,
-            outbound,
-            listen,
+            net: None,
+            info: info.clone(),
             caps,
             held: vec![false; k::MAX_SLOTS as usize],
             loaded: false,
-            set,
+            dirs: dirs.clone(),
+            _links: hooks,
+            set: None,
         })
     }
 
@@ -746,21 +810,27 @@ impl Monitor {
     /// Makes this build's set persistent: it stays loaded when its last user goes
     /// (`stockade monitors up`).
     pub fn keep(&self) -> Result<(), MonitorError> {
-        self.set.dirs.set_persistent(true)
+        let _setup = host::SetupLock::take()?;
+        self.dirs.set_persistent(true)
     }
 
     /// Takes a slot nobody owns: the lowest free one.
     fn take_slot(&mut self) -> Result<(u32, host::SlotLock), MonitorError> {
+        let mut error = None;
         for slot in 0..k::MAX_SLOTS {
             if self.held[slot as usize] {
                 continue;
             }
-            if let Some(lock) = host::SlotLock::try_take(&self.set.dirs.slot_path(slot))? {
-                self.held[slot as usize] = true;
-                return Ok((slot, lock));
+            match host::SlotLock::try_take(&self.dirs.slot_path(slot)) {
+                Ok(Some(lock)) => {
+                    self.held[slot as usize] = true;
+                    return Ok((slot, lock));
+                }
+                Ok(None) => {}
+                Err(e) => error = Some(e),
             }
         }
-        Err(MonitorError::Full(k::MAX_SLOTS))
+        Err(error.unwrap_or(MonitorError::Full(k::MAX_SLOTS)))
     }
 
     /// The ring buffer at `slot`: the one placed there by its first user, or a new one (an update
@@ -782,7 +852,7 @@ impl Monitor {
     }
 
     /// Removes what a supervisor that died without disarming left for its sandbox.
-    fn reclaim(&mut self, stale: &host::Stale) {
+    fn reclaim(&mut self, stale: &host::Stale) -> Result<(), MonitorError> {
         let id = stale.cgroup_id;
         tracing::warn!(
             "reclaiming the monitor entries of a sandbox whose supervisor (pid {}) ended without removing them: cgroup {} ({id})",
@@ -808,10 +878,9 @@ impl Monitor {
         for key in unix {
             let _ = self.unix_paths.remove(&key);
         }
-        if let Ok(_setup) = host::SetupLock::take() {
-            let _ = self.sandboxes.remove(&id);
-            let _ = self.index_write(Self::bucket(id));
-        }
+        let _setup = host::SetupLock::take()?;
+        let _ = self.sandboxes.remove(&id);
+        self.index_write(Self::bucket(id))
     }
 
     /// Writes the sandbox's entries and attaches the network programs to its cgroup. Call it
@@ -828,12 +897,12 @@ impl Monitor {
         let (slot, mut lock) = self.take_slot()?;
         let prepared = (|| {
             if let Some(stale) = lock.stale() {
-                self.reclaim(&stale);
+                self.reclaim(&stale)?;
             }
             lock.record(cgroup_id, cgroup)
                 .map_err(|source| MonitorError::Host {
                     what: "write",
-                    path: self.set.dirs.slot_path(slot),
+                    path: self.dirs.slot_path(slot),
                     source,
                 })?;
             self.zero_slot(slot)?;
@@ -845,7 +914,7 @@ impl Monitor {
         let ring = match prepared {
             Ok(ring) => ring,
             Err(e) => {
-                lock.clear();
+                // The slot file still names what was not reclaimed, if anything.
                 self.held[slot as usize] = false;
                 return Err(e);
             }
@@ -977,36 +1046,41 @@ impl Monitor {
                         .map_err(MonitorError::AttachUnix)?,
                 );
             }
-            if self.caps.network.active {
+            // A sandbox in its own network namespace has nothing to filter.
+            if self.caps.network.active && spec.network.is_some() {
                 let dir = File::open(cgroup)
                     .map_err(|e| MonitorError::Attach(ProgramError::IOError(e)))?;
-                for (i, p) in self.net.iter_mut().enumerate() {
+                if self.net.is_none() {
+                    self.net = Some(NetPrograms::open(&self.dirs, &self.info)?);
+                }
+                let Some(net) = self.net.as_mut() else {
+                    return Err(MonitorError::Attach(ProgramError::NotLoaded));
+                };
+                for (i, p) in net.hooks.iter_mut().enumerate() {
                     let link = p
                         .attach(dir.as_fd(), CgroupAttachMode::Single)
                         .map_err(MonitorError::Attach)?;
                     armed.links.push((i, link));
                 }
-                if let Some(p) = &mut self.inbound {
-                    armed.inbound = Some(
-                        p.attach(
+                armed.inbound = Some(
+                    net.inbound
+                        .attach(
                             dir.as_fd(),
                             CgroupSkbAttachType::Ingress,
                             CgroupAttachMode::Single,
                         )
                         .map_err(MonitorError::Attach)?,
-                    );
-                }
-                if let Some(p) = &mut self.outbound {
-                    armed.outbound = Some(
-                        p.attach(
+                );
+                armed.outbound = Some(
+                    net.outbound
+                        .attach(
                             dir.as_fd(),
                             CgroupSkbAttachType::Egress,
                             CgroupAttachMode::Single,
                         )
                         .map_err(MonitorError::Attach)?,
-                    );
-                }
-                if let Some(p) = &mut self.listen {
+                );
+                if let Some(p) = &mut net.listen {
                     armed.listen = Some(
                         p.attach(dir.as_fd(), CgroupAttachMode::Single)
                             .map_err(MonitorError::Attach)?,
@@ -1047,19 +1121,21 @@ impl Monitor {
                 "records of another cgroup in the slot's ring"
             );
         }
-        for (i, link) in links {
-            if let Some(p) = self.net.get_mut(i) {
+        if let Some(net) = self.net.as_mut() {
+            for (i, link) in links {
+                if let Some(p) = net.hooks.get_mut(i) {
+                    let _ = p.detach(link);
+                }
+            }
+            if let Some(link) = inbound {
+                let _ = net.inbound.detach(link);
+            }
+            if let Some(link) = outbound {
+                let _ = net.outbound.detach(link);
+            }
+            if let (Some(link), Some(p)) = (listen, &mut net.listen) {
                 let _ = p.detach(link);
             }
-        }
-        if let (Some(link), Some(p)) = (inbound, &mut self.inbound) {
-            let _ = p.detach(link);
-        }
-        if let (Some(link), Some(p)) = (outbound, &mut self.outbound) {
-            let _ = p.detach(link);
-        }
-        if let (Some(link), Some(p)) = (listen, &mut self.listen) {
-            let _ = p.detach(link);
         }
         // Closing the links detaches the unix socket programs.
         drop(unix_links);
@@ -1068,10 +1144,10 @@ impl Monitor {
                 .unix_paths
                 .remove(&LpmKey::new(key.prefix_len, key.data));
         }
-        if let Ok(_setup) = host::SetupLock::take() {
+        let removed = host::SetupLock::take().is_ok_and(|_setup| {
             let _ = self.sandboxes.remove(&cgroup_id);
-            let _ = self.index_write(Self::bucket(cgroup_id));
-        }
+            self.index_write(Self::bucket(cgroup_id)).is_ok()
+        });
         let _ = self.net_rules.remove(&cgroup_id);
         for key in &lsm_keys {
             let _ = self.lsm_grants.remove(key);
@@ -1082,8 +1158,11 @@ impl Monitor {
                 .remove(&LpmKey::new(key.prefix_len, key.data));
         }
         drop(ring);
-        // Everything is removed: the next owner of the slot has nothing to reclaim.
-        lock.clear();
+        // Everything is removed: the next owner of the slot has nothing to reclaim. Otherwise the
+        // slot file keeps naming the sandbox, and the next owner reclaims it.
+        if removed {
+            lock.clear();
+        }
         drop(lock);
         if let Some(held) = self.held.get_mut(slot as usize) {
             *held = false;
@@ -1190,7 +1269,10 @@ impl Monitor {
     /// (`recursion_misses` of the program: a run preempted on a kernel whose syscall
     /// tracepoints may fault, and another thread's syscall exit on the same CPU meanwhile).
     pub fn sys_exit_misses(&self) -> Option<u64> {
-        let fd = self.sys_exit.as_ref()?.fd().ok()?;
+        // Opened here, not with the set: aya probes the kernel's features when it first opens a
+        // program, and this is asked only with debug logging on.
+        let program = RawTracePoint::from_pin(self.dirs.pin("prog-sys_exit")).ok()?;
+        let fd = program.fd().ok()?;
         // SAFETY: a plain C struct of integers (pointers carried as u64): all zeroes is valid.
         let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
         #[repr(C)]

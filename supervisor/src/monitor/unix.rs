@@ -12,8 +12,8 @@
 //! link descriptors live in its [`UnixLinks`] and closing them (when the sandbox is disarmed)
 //! detaches the programs.
 //!
-//! When: at [`super::Monitor::load`], after aya created the maps and before the supervisor takes
-//! them (their descriptors are read from the `Ebpf`). Where they do not load (before 6.7, or a
+//! When: when the host's set is loaded, after aya created the maps (their descriptors are read
+//! from the `Ebpf`); the programs are pinned with the set and every later supervisor opens them. Where they do not load (before 6.7, or a
 //! verifier that refuses them) the monitor reports them inactive, and the launch check of
 //! `socket_scan.rs` stands in.
 
@@ -29,7 +29,6 @@ use crate::probe::Probe;
 /// `union bpf_attr` commands and constants (include/uapi/linux/bpf.h).
 const BPF_PROG_LOAD: libc::c_int = 5;
 const BPF_OBJ_PIN: libc::c_int = 6;
-const BPF_OBJ_GET: libc::c_int = 7;
 const BPF_LINK_CREATE: libc::c_int = 28;
 const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
 pub use crate::bpf_probe::{BPF_CGROUP_UNIX_CONNECT, BPF_CGROUP_UNIX_SENDMSG};
@@ -125,7 +124,10 @@ impl UnixHooks {
     pub fn from_pins(dir: &std::path::Path) -> std::io::Result<UnixHooks> {
         let mut programs = Vec::new();
         for (name, attach_type) in PROGRAMS {
-            programs.push((attach_type, obj_get(&dir.join(format!("prog-{name}")))?));
+            let path = dir.join(format!("prog-{name}"));
+            let fd = super::host::obj_get(&path)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            programs.push((attach_type, fd));
         }
         Ok(UnixHooks { programs })
     }
@@ -205,32 +207,6 @@ fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// BPF_OBJ_GET: a new descriptor of the object pinned at `path`.
-fn obj_get(path: &std::path::Path) -> std::io::Result<OwnedFd> {
-    let name = c_path(path)?;
-    let attr = ObjAttr {
-        pathname: name.as_ptr() as u64,
-        ..ObjAttr::default()
-    };
-    // SAFETY: `attr` and the path it points to live across the call, which only reads them.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &attr as *const ObjAttr,
-            std::mem::size_of::<ObjAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::new(
-            std::io::Error::last_os_error().kind(),
-            format!("{}: {}", path.display(), std::io::Error::last_os_error()),
-        ));
-    }
-    // SAFETY: a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// The descriptor of a map aya created (the variants this object uses).
