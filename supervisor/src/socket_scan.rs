@@ -83,8 +83,18 @@ impl ScanResult {
     }
 }
 
-/// The sockets below `spec`'s read-only binds that its `[ipc] connect` does not list.
+/// The sockets below `spec`'s read-only binds that its `[ipc] connect` does not list. Each tree's
+/// last walk is remembered ([`cache`]) and used again while none of its directories changed.
 pub fn scan(spec: &LaunchSpec) -> ScanResult {
+    scan_with(spec, cache::Cache::open().as_ref())
+}
+
+/// [`scan`], walking every tree again.
+pub fn scan_uncached(spec: &LaunchSpec) -> ScanResult {
+    scan_with(spec, None)
+}
+
+fn scan_with(spec: &LaunchSpec, cache: Option<&cache::Cache>) -> ScanResult {
     let listed: HashSet<&Path> = spec.ipc.connect.iter().map(PathBuf::as_path).collect();
     let grants: Vec<&Path> = spec
         .mounts
@@ -94,9 +104,43 @@ pub fn scan(spec: &LaunchSpec) -> ScanResult {
         .collect();
     let mounts = Mounts::read();
     let roots: Vec<PathBuf> = walk_roots(&grants, &mounts);
-    let roots: Vec<&Path> = roots.iter().map(PathBuf::as_path).collect();
-    scan_trees(&roots, &listed, MAX_ENTRIES)
+    let mut result = ScanResult::default();
+    for root in &roots {
+        let left = MAX_ENTRIES.saturating_sub(result.entries);
+        let t0 = std::time::Instant::now();
+        let tree = match cache.and_then(|c| c.valid(root)) {
+            Some(tree) if tree.entries <= left => {
+                tracing::debug!(
+                    dirs = tree.dirs.len(),
+                    us = t0.elapsed().as_micros() as u64,
+                    "the [ipc] walk of {}: remembered, its directories unchanged",
+                    root.display()
+                );
+                tree
+            }
+            _ => {
+                let taken = cache::now();
+                let tree = walk_tree(root, left);
+                tracing::debug!(
+                    entries = tree.entries,
+                    us = t0.elapsed().as_micros() as u64,
+                    "the [ipc] walk of {}: walked",
+                    root.display()
+                );
+                if let Some(c) = cache {
+                    c.save_taken(root, &tree, taken);
+                }
+                tree
+            }
+        };
+        if merge(&mut result, tree, &listed) {
+            break;
+        }
+    }
+    result
 }
+
+pub mod cache;
 
 /// The mount table: each mount's id, mount point and whether its superblock is read-only.
 struct Mounts(Vec<(u64, PathBuf, bool)>);
@@ -189,60 +233,104 @@ fn mount_id(path: &Path) -> Option<u64> {
     (rc == 0 && st.stx_mask & libc::STATX_MNT_ID != 0).then_some(st.stx_mnt_id)
 }
 
+/// One tree's walk: every socket below it (listed or not), and the identity and times of every
+/// directory it listed, taken before listing it ([`cache`] compares them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tree {
+    pub sockets: Vec<PathBuf>,
+    pub dirs: Vec<cache::Stamp>,
+    pub entries: usize,
+    pub incomplete: Option<PathBuf>,
+}
+
+/// Adds `tree` to `result`; true when the walk must stop (out of bounds).
+fn merge(result: &mut ScanResult, tree: Tree, listed: &HashSet<&Path>) -> bool {
+    result.entries += tree.entries;
+    result.unlisted.extend(
+        tree.sockets
+            .into_iter()
+            .filter(|s| !listed.contains(s.as_path())),
+    );
+    if result.incomplete.is_none() {
+        result.incomplete = tree.incomplete;
+    }
+    result.incomplete.is_some() && result.entries >= MAX_ENTRIES
+}
+
 /// [`scan`] over explicit trees, with an entry budget (unit tests use a small one).
 pub fn scan_trees(roots: &[&Path], listed: &HashSet<&Path>, budget: usize) -> ScanResult {
-    use std::os::unix::fs::FileTypeExt;
     let mut result = ScanResult::default();
-    // Depth-first with an explicit stack: (directory, depth).
-    let mut stack: Vec<(PathBuf, usize)> = Vec::new();
     for root in roots {
-        let Ok(meta) = std::fs::symlink_metadata(root) else {
-            continue; // the shim skips paths missing on the host
-        };
-        result.entries += 1;
-        if meta.file_type().is_socket() {
-            if !listed.contains(root) {
-                result.unlisted.push(root.to_path_buf());
-            }
-        } else if meta.is_dir() {
-            stack.push((root.to_path_buf(), 0));
+        let tree = walk_tree(root, budget.saturating_sub(result.entries));
+        let cut =
+            tree.incomplete.is_some() && tree.entries >= budget.saturating_sub(result.entries);
+        merge(&mut result, tree, listed);
+        if cut {
+            break;
         }
     }
-    while let Some((dir, depth)) = stack.pop() {
+    result
+}
+
+/// Walks one tree, looking at `budget` entries at most.
+pub fn walk_tree(root: &Path, budget: usize) -> Tree {
+    use std::os::unix::fs::FileTypeExt;
+    let mut tree = Tree::default();
+    let Ok(meta) = std::fs::symlink_metadata(root) else {
+        return tree; // the shim skips paths missing on the host
+    };
+    if budget == 0 {
+        tree.incomplete = Some(root.to_path_buf());
+        return tree;
+    }
+    tree.entries += 1;
+    // Depth-first with an explicit stack: (directory, depth, its stamp).
+    let mut stack: Vec<(PathBuf, usize, cache::Stamp)> = Vec::new();
+    if meta.file_type().is_socket() {
+        tree.sockets.push(root.to_path_buf());
+    } else if meta.is_dir() {
+        stack.push((root.to_path_buf(), 0, cache::Stamp::of(root, &meta)));
+    }
+    while let Some((dir, depth, stamp)) = stack.pop() {
         if depth >= MAX_DEPTH {
-            result.incomplete.get_or_insert(dir);
+            tree.incomplete.get_or_insert(dir);
             continue;
         }
         // A directory the supervisor cannot list is one the plugin cannot list either, but it may
         // still reach a socket inside by name: count it as unwalked.
         let Ok(entries) = std::fs::read_dir(&dir) else {
-            result.incomplete.get_or_insert(dir);
+            tree.incomplete.get_or_insert(dir);
             continue;
         };
+        tree.dirs.push(stamp);
         for entry in entries {
             let Ok(entry) = entry else {
-                result.incomplete.get_or_insert(dir.clone());
+                tree.incomplete.get_or_insert(dir.clone());
                 break;
             };
-            if result.entries >= budget {
-                result.incomplete.get_or_insert(dir.clone());
-                return result;
+            if tree.entries >= budget {
+                tree.incomplete.get_or_insert(dir.clone());
+                return tree;
             }
-            result.entries += 1;
+            tree.entries += 1;
             let Ok(kind) = entry.file_type() else {
                 continue;
             };
             let path = entry.path();
             if kind.is_socket() {
-                if !listed.contains(path.as_path()) {
-                    result.unlisted.push(path);
-                }
+                tree.sockets.push(path);
             } else if kind.is_dir() {
-                stack.push((path, depth + 1));
+                // Stamped now, before it is listed: a change after this shows in its times.
+                let Ok(meta) = entry.metadata() else {
+                    tree.incomplete.get_or_insert(path);
+                    continue;
+                };
+                let stamp = cache::Stamp::of(&path, &meta);
+                stack.push((path, depth + 1, stamp));
             }
         }
     }
-    result
+    tree
 }
 
 #[cfg(test)]

@@ -361,3 +361,49 @@ fn binding_an_abstract_name_on_the_host_network_kills_before_it_listens() {
     let r = hostile_run("abstract-none", &policy(""), &["bind-abstract", &name]);
     assert_line(&r, "ok bound");
 }
+
+#[test]
+fn a_remembered_walk_sees_a_socket_bound_after_it() {
+    if !privileged("a_remembered_walk_sees_a_socket_bound_after_it") {
+        return;
+    }
+    // A clean read-only tree, older than the walk's racy window (2 s), so that its record is
+    // trusted by the next launch.
+    let dir = scratch_dir("ipc-remembered");
+    let deep = dir.join("a/b/c");
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(dir.join("a/file"), b"x").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let text = policy_reading(&dir, "[ipc]\nbind_abstract = false\n");
+    let debug = |r: &mut std::process::Command| {
+        r.env("STOCKADE_UNIX_HOOKS", "off");
+        r.env("STOCKADE_LOG", "stockade::socket_scan=debug");
+    };
+    let file = policy_file("ipc-remembered", &text);
+    let walked = format!("the [ipc] walk of {}: walked", dir.display());
+    let remembered = format!("the [ipc] walk of {}: remembered", dir.display());
+    let r = run_with(&file, &[&hostile(), "echo", "first"], debug);
+    assert_eq!(r.stdout.trim(), "ok first", "{}", r.stderr);
+    assert!(r.stderr.contains(&walked), "{}", r.stderr);
+    // Nothing changed: the record stands in for the walk.
+    let r = run_with(&file, &[&hostile(), "echo", "second"], debug);
+    assert_eq!(r.stdout.trim(), "ok second", "{}", r.stderr);
+    assert!(r.stderr.contains(&remembered), "{}", r.stderr);
+    // A socket bound three levels down changes only its own directory's times: the record is
+    // not used, the tree is walked again and the launch refused.
+    let sock = deep.join("late.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let r = run_with(&file, &[&hostile(), "echo", "third"], debug);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains(&walked), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "the sandbox could connect to the unix socket {}",
+            sock.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stdout.is_empty(), "the plugin must not have run");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
