@@ -22,9 +22,9 @@ struct Contender {
     argv: Vec<String>,
     /// One environment variable for this contender only.
     env: Option<(&'static str, &'static str)>,
-    /// Whether the host's monitors must be kept loaded (`stockade monitors up`) or not loaded at
-    /// all (`down`: each run loads them) for this contender; set untimed before its run.
-    monitors_up: Option<bool>,
+    /// Measured in the second phase, with no monitors loaded beforehand (each run loads them
+    /// and, as their only user, removes them); the first phase keeps them loaded throughout.
+    cold: bool,
     samples: Vec<f64>,
 }
 
@@ -34,7 +34,7 @@ fn stockade_true(
     name: &'static str,
     policy: &Path,
     env: Option<(&'static str, &'static str)>,
-    monitors_up: Option<bool>,
+    cold: bool,
 ) -> Contender {
     let argv = [
         stockade,
@@ -52,7 +52,7 @@ fn stockade_true(
             .map(|a| a.to_string_lossy().into_owned())
             .collect(),
         env,
-        monitors_up,
+        cold,
         samples: vec![],
     }
 }
@@ -105,7 +105,7 @@ pub fn run(args: &[&str]) -> Result<()> {
             name: "plain fork+exec",
             argv: vec![s("/bin/true")],
             env: None,
-            monitors_up: None,
+            cold: false,
             samples: vec![],
         },
         stockade_true(
@@ -113,28 +113,28 @@ pub fn run(args: &[&str]) -> Result<()> {
             "stockade run (untrusted-default), monitors kept loaded",
             &profile,
             None,
-            Some(true),
+            false,
         ),
         stockade_true(
             &stockade,
             "stockade run, monitors kept loaded, no writable /tmp (no [ipc] walk)",
             &no_walk,
             None,
-            Some(true),
+            false,
         ),
         stockade_true(
             &stockade,
             "stockade run (untrusted-default), loading the monitors (no other user)",
             &profile,
             None,
-            Some(false),
+            true,
         ),
         stockade_true(
             &stockade,
             "stockade run, eBPF monitors off (same profile, monitor mode)",
             &monitor_mode,
             Some(("STOCKADE_MONITORS", "off")),
-            Some(false),
+            false,
         ),
         Contender {
             name: "bwrap --unshare-all",
@@ -153,7 +153,7 @@ pub fn run(args: &[&str]) -> Result<()> {
             .map(s)
             .to_vec(),
             env: None,
-            monitors_up: None,
+            cold: false,
             samples: vec![],
         },
         Contender {
@@ -162,44 +162,51 @@ pub fn run(args: &[&str]) -> Result<()> {
                 .map(s)
                 .to_vec(),
             env: None,
-            monitors_up: None,
+            cold: false,
             samples: vec![],
         },
     ];
     // Untimed: keep the host's monitors loaded, or not, as the next contender needs.
-    let mut up: Option<bool> = None;
-    let mut monitors = |want: Option<bool>| -> Result<()> {
-        if let Some(want) = want.filter(|w| up != Some(*w)) {
-            let verb = if want { "up" } else { "down" };
-            let status = Command::new(&stockade)
-                .args(["monitors", verb])
-                .stdout(Stdio::null())
-                .status()?;
-            if !status.success() {
-                bail!("stockade monitors {verb} failed");
-            }
-            up = Some(want);
+    let monitors = |verb: &str| -> Result<()> {
+        let status = Command::new(&stockade)
+            .args(["monitors", verb])
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("stockade monitors {verb} failed");
         }
         Ok(())
     };
     // Warm-up, and a check that every contender works here.
     for c in &mut contenders {
-        monitors(c.monitors_up)?;
+        monitors(if c.cold { "down" } else { "up" })?;
         for _ in 0..5 {
             time_once(&c.argv, c.env).with_context(|| format!("{} does not run here", c.name))?;
         }
     }
+    // First phase: the host's monitors kept loaded, as a server that launches often keeps them.
+    monitors("up")?;
     for _ in 0..runs {
-        for c in &mut contenders {
-            monitors(c.monitors_up)?;
-            let ms = time_once(&c.argv, c.env)?;
-            c.samples.push(ms);
+        for c in contenders.iter_mut().filter(|c| !c.cold) {
+            c.samples.push(time_once(&c.argv, c.env)?);
         }
     }
-    monitors(Some(false))?;
+    // Second phase: none loaded; each cold run loads them and, their only user, removes them.
+    // bwrap again beside it, for a ratio from the same minutes.
+    monitors("down")?;
+    let bwrap_index = contenders.len() - 2;
+    let mut bwrap_cold = Vec::new();
+    for _ in 0..runs.div_ceil(3) {
+        for c in contenders.iter_mut().filter(|c| c.cold) {
+            c.samples.push(time_once(&c.argv, c.env)?);
+        }
+        let b = &contenders[bwrap_index];
+        bwrap_cold.push(time_once(&b.argv, b.env)?);
+    }
     let stockade_median = median(&contenders[1].samples);
     let no_walk_median = median(&contenders[2].samples);
-    let cold_median = median(&contenders[3].samples);
+    let cold_median =
+        median(&contenders[3].samples) / median(&bwrap_cold) * median(&contenders[5].samples);
     let sandbox_only_median = median(&contenders[4].samples);
     let bwrap_median = median(&contenders[5].samples);
     let mut table =
@@ -327,10 +334,11 @@ fn record_result(
     table: &str,
     [ratio, no_walk, cold, no_monitors]: [f64; 4],
 ) -> Result<()> {
+    let cold_runs = runs.div_ceil(3);
     const BEGIN: &str = "<!-- bench:launch:begin -->";
     const END: &str = "<!-- bench:launch:end -->";
     let section = format!(
-        "Measured {} on {}; {runs} interleaved runs of each command, wall time from spawn to exit.\n\n{table}\nstockade ÷ bwrap, the host's monitors kept loaded (`stockade monitors up`): **{ratio:.2}**; without the `[ipc]` walk (no writable /tmp): **{no_walk:.2}**; loading the monitors in the run (no other user of them): **{cold:.2}**; without the eBPF monitors (the walk still runs: no kernel hook judges unix sockets then): **{no_monitors:.2}**",
+        "Measured {} on {}; {runs} interleaved runs of each command with the host's monitors kept loaded (`stockade monitors up`), wall time from spawn to exit.\n\n{table}\nstockade ÷ bwrap, the host's monitors kept loaded (`stockade monitors up`): **{ratio:.2}**; without the `[ipc]` walk (no writable /tmp): **{no_walk:.2}**; loading the monitors in the run (no other user of them; measured in a second phase with no monitors loaded, {cold_runs} runs beside bwrap again): **{cold:.2}**; without the eBPF monitors (the walk still runs: no kernel hook judges unix sockets then): **{no_monitors:.2}**",
         today(),
         machine()
     );
