@@ -133,6 +133,17 @@ fn scan_with(spec: &LaunchSpec, cache: Option<&cache::Cache>) -> ScanResult {
                 tree
             }
         };
+        let mut tree = tree;
+        // A socket bind-mounted over a file below the root: the walk saw the file's entry type,
+        // and no directory's times change with a mount. Looked at on every launch (a few stats).
+        for (_, point, _) in &mounts.0 {
+            if point != root && point.starts_with(root) && !tree.sockets.contains(point) {
+                use std::os::unix::fs::FileTypeExt;
+                if std::fs::symlink_metadata(point).is_ok_and(|m| m.file_type().is_socket()) {
+                    tree.sockets.push(point.clone());
+                }
+            }
+        }
         if merge(&mut result, tree, &listed) {
             break;
         }
@@ -314,6 +325,7 @@ pub fn walk_tree(root: &Path, budget: usize) -> Tree {
             }
             tree.entries += 1;
             let Ok(kind) = entry.file_type() else {
+                tree.incomplete.get_or_insert(entry.path());
                 continue;
             };
             let path = entry.path();

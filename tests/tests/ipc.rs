@@ -407,3 +407,55 @@ fn a_remembered_walk_sees_a_socket_bound_after_it() {
     assert!(r.stdout.is_empty(), "the plugin must not have run");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_socket_bind_mounted_over_a_file_in_a_read_only_grant_is_found() {
+    if !privileged("a_socket_bind_mounted_over_a_file_in_a_read_only_grant_is_found") {
+        return;
+    }
+    // The walk reads entry types from the directory (a regular file here); the bind mount shows
+    // the socket in its place, in the sandbox as on the host. No directory's times change.
+    let (sock_dir, sock, _listener) = daemon_socket_outside_tmp("ipc-mounted-sock");
+    let dir = scratch_dir("ipc-mounted");
+    let cover = dir.join("innocent");
+    std::fs::write(&cover, b"x").unwrap();
+    let src = std::ffi::CString::new(sock.as_str()).unwrap();
+    let dst = std::ffi::CString::new(cover.to_str().unwrap()).unwrap();
+    // SAFETY: NUL-terminated paths; a bind mount of a socket over a file the test made.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "bind mount: {}", std::io::Error::last_os_error());
+    struct Unmount(std::ffi::CString);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            // SAFETY: the mount this test made.
+            unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    let _unmount = Unmount(dst);
+    let text = policy_reading(&dir, "[ipc]\nbind_abstract = false\n");
+    for _ in 0..2 {
+        // Twice: the second launch may use the first one's record of the tree.
+        let r = hostile_run_without_hooks("ipc-mounted", &text, &["echo", "ran"]);
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert!(
+            r.stderr.contains(&format!(
+                "the sandbox could connect to the unix socket {}",
+                cover.display()
+            )),
+            "{}",
+            r.stderr
+        );
+        assert!(r.stdout.is_empty());
+    }
+    drop(_unmount);
+    std::fs::remove_dir_all(&dir).unwrap();
+    drop(sock_dir);
+}

@@ -224,6 +224,7 @@ impl SetDirs {
 
     /// Unpins everything of an incomplete set (the run directory and its locks stay).
     pub fn remove_pins(&self) {
+        let _ = fs::remove_file(self.run.join("info.json"));
         if let Ok(entries) = fs::read_dir(&self.pins) {
             for e in entries.flatten() {
                 let _ = fs::remove_file(e.path());

@@ -14,9 +14,14 @@
 //! directories whose times are at least [`RACY`] before T; one that is newer makes the record
 //! unusable and the tree is walked again (the next record, taken later, is trusted).
 //!
-//! Records are written by root into a directory only root may write (0700), atomically
-//! (write then rename); a record that does not parse is walked again. A walk that did not finish
-//! (a bound, a directory that could not be listed) is never recorded.
+//! Records are written by root into a directory only root may write (0700, checked), atomically
+//! (write then rename); a record that does not parse is walked again. Never recorded: a walk that
+//! did not finish (a bound, a directory that could not be listed), a root that is not a directory
+//! (a missing grant, a file: one stat anyway, and a socket may appear there later), and a tree
+//! with a directory on a filesystem whose directory times are not the kernel's own record of
+//! local changes (FUSE, 9p, NFS, overlayfs...: only ext4, xfs, btrfs, f2fs and tmpfs qualify).
+//! Sockets bind-mounted below a root are looked for on every launch by the caller (a mount
+//! changes no directory's times).
 
 use std::fs;
 use std::io::Write;
@@ -85,6 +90,15 @@ impl Cache {
             .mode(0o700)
             .create(dir)
             .ok()?;
+        // Only a directory of root's that nobody else may write.
+        let meta = fs::symlink_metadata(dir).ok()?;
+        if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+            tracing::debug!(
+                "{} is not root's alone: the walk is not remembered",
+                dir.display()
+            );
+            return None;
+        }
         Some(Cache {
             dir: dir.to_path_buf(),
         })
@@ -118,10 +132,14 @@ impl Cache {
         } else {
             let (a, b) = tree.dirs.split_at(tree.dirs.len() / 2);
             std::thread::scope(|s| {
-                let other = s.spawn(|| b.iter().all(Stamp::holds));
-                let mine = a.iter().all(Stamp::holds);
-                // A thread that died did not check its half: not unchanged.
-                mine && other.join().unwrap_or(false)
+                match std::thread::Builder::new().spawn_scoped(s, || b.iter().all(Stamp::holds)) {
+                    Ok(other) => {
+                        let mine = a.iter().all(Stamp::holds);
+                        // A thread that died did not check its half: not unchanged.
+                        mine && other.join().unwrap_or(false)
+                    }
+                    Err(_) => tree.dirs.iter().all(Stamp::holds),
+                }
             })
         };
         unchanged.then_some(tree)
@@ -129,7 +147,10 @@ impl Cache {
 
     /// Remembers a finished walk of `root`, started at `taken` (real time).
     pub fn save_taken(&self, root: &Path, tree: &Tree, taken: (i64, i64)) {
-        if tree.incomplete.is_some() {
+        if tree.incomplete.is_some() || tree.dirs.first().is_none_or(|d| d.path != root) {
+            return;
+        }
+        if !trusted_filesystems(&tree.dirs) {
             return;
         }
         let path = self.record(root);
@@ -152,6 +173,40 @@ impl Cache {
     pub fn save(&self, root: &Path, tree: &Tree) {
         self.save_taken(root, tree, now());
     }
+}
+
+/// Whether every device of `dirs` is a filesystem whose directory times record the kernel's own
+/// changes (one statfs per device).
+fn trusted_filesystems(dirs: &[Stamp]) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    // statfs f_type: ext4 (ext2/3 share it), xfs, btrfs, f2fs, tmpfs.
+    const TRUSTED: [i64; 5] = [0xEF53, 0x5846_5342, 0x9123_683E, 0xF2F5_2010, 0x0102_1994];
+    let mut seen: Vec<u64> = Vec::new();
+    for d in dirs {
+        if seen.contains(&d.dev) {
+            continue;
+        }
+        seen.push(d.dev);
+        let Ok(c) = std::ffi::CString::new(d.path.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: a zeroed statfs is a valid buffer for the kernel to fill.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a NUL-terminated path; `st` lives for the call.
+        if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+            return false;
+        }
+        #[allow(clippy::unnecessary_cast)] // f_type's width differs between libc targets
+        let kind = st.f_type as i64;
+        if !TRUSTED.contains(&kind) {
+            tracing::debug!(
+                "{}: filesystem type {kind:#x}: the walk is not remembered",
+                d.path.display()
+            );
+            return false;
+        }
+    }
+    true
 }
 
 /// CLOCK_REALTIME as (seconds, nanoseconds), what file times are in.
@@ -332,6 +387,21 @@ mod tests {
         bytes.truncate(bytes.len() - 3);
         fs::write(&record, bytes).unwrap();
         assert_eq!(cache.valid(&root), None);
+    }
+
+    #[test]
+    fn a_root_that_is_not_a_directory_is_not_recorded() {
+        let t = tempdir("file");
+        let cache = Cache::at(&t.0.join("cache")).unwrap();
+        let (s, ns) = now();
+        for root in [t.0.join("tree/a/missing"), t.0.join("tree/file")] {
+            if root.ends_with("file") {
+                fs::write(&root, b"x").unwrap();
+            }
+            let tree = walk_tree(&root, 1000);
+            cache.save_taken(&root, &tree, (s + 10, ns));
+            assert!(!cache.record(&root).exists(), "{}", root.display());
+        }
     }
 
     #[test]
