@@ -12,6 +12,14 @@
 //! bind it to an ephemeral port on every address without running any bind hook. (The cgroup
 //! ingress program keeps such a listener unreachable everywhere; here the call itself fails.)
 //!
+//! `unix_stream_connect` and `unix_may_send` judge the pathname socket a connect or a datagram
+//! reached, after the kernel resolved the name (symlinks included): allowed if `[ipc] connect`
+//! lists it (its directory and name, `UNIX_LISTED`), if it lies on a filesystem of the sandbox's
+//! own, or below a tree granted writable; otherwise EPERM and an event. The cgroup unix programs
+//! judge the name the plugin gave; these judge what it led to, so a symlink in a writable tree
+//! cannot lead to a socket in a read-only grant, and the launch check of those grants is not
+//! needed where these load.
+//!
 //! Kernel struct offsets come from the kernel's BTF, read by the supervisor (`LSM_OFFSETS`).
 
 use core::ptr::addr_of_mut;
@@ -22,17 +30,19 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use stockade_ebpf_common::{
-    LsmDenyEvent, LsmGrantKey, NetDenyEvent, AF_INET, AF_INET6, COUNTER_DENIALS_DROPPED,
-    COUNTER_DROPPED, COUNTER_LSM_DENIED, COUNTER_NET_DENIED, EVENT_LSM_DENY, EVENT_NET_DENY,
-    FLAG_LSM, FLAG_NET_RULES, GRANT_EXEC, GRANT_READ, GRANT_WRITE, HOOK_LISTEN4, HOOK_LISTEN6,
-    LSM_BPRM_CHECK, LSM_FILE_OPEN, LSM_MAX_DEPTH, OFF_BPRM_FILE, OFF_DENTRY_INODE, OFF_DENTRY_NAME,
-    OFF_DENTRY_PARENT, OFF_FILE_DENTRY, OFF_FILE_FLAGS, OFF_FILE_MODE, OFF_INODE_INO, OFF_INODE_SB,
-    OFF_SB_DEV, OFF_SB_USER_NS, OFF_SK_FAMILY, OFF_SK_NUM, OFF_SOCKET_SK, OFF_USERNS_LEVEL,
-    PROTO_TCP,
+    LsmDenyEvent, LsmGrantKey, NetDenyEvent, UnixListedKey, AF_INET, AF_INET6,
+    COUNTER_DENIALS_DROPPED, COUNTER_DROPPED, COUNTER_LSM_DENIED, COUNTER_NET_DENIED,
+    EVENT_LSM_DENY, EVENT_NET_DENY, FLAG_LSM, FLAG_NET_RULES, FLAG_UNIX_REACHED, GRANT_EXEC,
+    GRANT_READ, GRANT_WRITE, HOOK_LISTEN4, HOOK_LISTEN6, LSM_BPRM_CHECK, LSM_FILE_OPEN,
+    LSM_MAX_DEPTH, LSM_UNIX_CONNECT, LSM_UNIX_SEND, OFF_BPRM_FILE, OFF_DENTRY_INODE,
+    OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_FILE_DENTRY, OFF_FILE_FLAGS, OFF_FILE_MODE,
+    OFF_INODE_INO, OFF_INODE_SB, OFF_SB_DEV, OFF_SB_USER_NS, OFF_SK_FAMILY, OFF_SK_NUM,
+    OFF_SOCKET_SK, OFF_UNIX_PATH_DENTRY, OFF_USERNS_LEVEL, PROTO_TCP, UNIX_NAME_LEN,
 };
 
 use crate::maps::{
     bump, current_cgroup, header, mark_denied, reserve, LSM_GRANTS, LSM_OFFSETS, SANDBOXES,
+    UNIX_LISTED,
 };
 
 const EPERM: i32 = 1;
@@ -141,6 +151,142 @@ pub fn socket_listen(ctx: LsmContext) -> i32 {
             bump(slot, COUNTER_DENIALS_DROPPED);
         }
     }
+    -EPERM
+}
+
+#[lsm(hook = "unix_stream_connect")]
+pub fn unix_stream_connect(ctx: LsmContext) -> i32 {
+    // (struct sock *sock, struct sock *other, struct sock *newsk): `other` is the listener, a
+    // `struct unix_sock` whose first member is its `struct sock`.
+    let other: u64 = ctx.arg(1);
+    judge_unix(other, LSM_UNIX_CONNECT)
+}
+
+#[lsm(hook = "unix_may_send")]
+pub fn unix_may_send(ctx: LsmContext) -> i32 {
+    // (struct socket *sock, struct socket *other)
+    let other: u64 = ctx.arg(1);
+    let Some(sk) = field::<u64>(other, OFF_SOCKET_SK) else {
+        return 0;
+    };
+    judge_unix(sk, LSM_UNIX_SEND)
+}
+
+/// The pathname socket `sk` (a `struct unix_sock *`) for the current task's sandbox.
+#[inline(always)]
+fn judge_unix(sk: u64, hook: u8) -> i32 {
+    let cg = current_cgroup();
+    let Some(cfg) = SANDBOXES.get_ptr(&cg) else {
+        return 0;
+    };
+    // SAFETY: a live map value, read only.
+    let (slot, active) = unsafe {
+        (
+            (*cfg).slot,
+            (*cfg).flags & FLAG_UNIX_REACHED != 0 && (*cfg).execs >= (*cfg).lsm_after_execs,
+        )
+    };
+    if !active {
+        return 0;
+    }
+    // No dentry: an abstract or unnamed socket (Landlock's scoping judges abstract names).
+    let dentry = match field::<u64>(sk, OFF_UNIX_PATH_DENTRY) {
+        Some(d) if d != 0 => d,
+        _ => return 0,
+    };
+    let Some(inode) = field::<u64>(dentry, OFF_DENTRY_INODE) else {
+        return 0;
+    };
+    let Some(sb) = field::<u64>(inode, OFF_INODE_SB) else {
+        return 0;
+    };
+    // A filesystem the sandbox mounted itself (its /tmp): its own sockets.
+    if let Some(ns) = field::<u64>(sb, OFF_SB_USER_NS) {
+        if field::<u32>(ns, OFF_USERNS_LEVEL).unwrap_or(0) > 0 {
+            return 0;
+        }
+    }
+    let dev: u32 = field(sb, OFF_SB_DEV).unwrap_or(0);
+    let ino = field::<u64>(inode, OFF_INODE_INO).unwrap_or(0);
+    let parent = field::<u64>(dentry, OFF_DENTRY_PARENT).unwrap_or(0);
+    let parent_ino = field::<u64>(parent, OFF_DENTRY_INODE)
+        .and_then(|i| field::<u64>(i, OFF_INODE_INO))
+        .unwrap_or(0);
+    let mut listed = UnixListedKey {
+        cgroup_id: cg,
+        parent_ino,
+        dev,
+        _pad: 0,
+        name: [0; UNIX_NAME_LEN],
+    };
+    // struct qstr: the name pointer follows the 8-byte hash_len.
+    let name_ptr = off(OFF_DENTRY_NAME).and_then(|o| {
+        // SAFETY: bpf_probe_read_kernel checks the access and answers an error instead of faulting.
+        unsafe { bpf_probe_read_kernel((dentry as usize + o + 8) as *const u64) }.ok()
+    });
+    if let Some(ptr) = name_ptr {
+        // SAFETY: the helper bounds the read by the buffer and checks the source address.
+        if unsafe { bpf_probe_read_kernel_str_bytes(ptr as *const u8, &mut listed.name) }.is_err() {
+            listed.name[0] = 0;
+        }
+    }
+    // SAFETY: the value is only read.
+    if listed.name[0] != 0 && unsafe { UNIX_LISTED.get(&listed) }.is_some() {
+        return 0;
+    }
+    // Below a tree granted writable: the plugin's own to bind in.
+    let mut key = LsmGrantKey {
+        cgroup_id: cg,
+        ino,
+        dev,
+        _pad: 0,
+    };
+    let mut d = dentry;
+    for _ in 0..LSM_MAX_DEPTH {
+        // SAFETY: the value is only read.
+        if let Some(bits) = unsafe { LSM_GRANTS.get(&key) } {
+            if *bits & GRANT_WRITE != 0 {
+                return 0;
+            }
+        }
+        let Some(up) = field::<u64>(d, OFF_DENTRY_PARENT) else {
+            break;
+        };
+        if up == d {
+            break; // the root of this filesystem
+        }
+        d = up;
+        let Some(i) = field::<u64>(d, OFF_DENTRY_INODE) else {
+            break;
+        };
+        key.ino = field::<u64>(i, OFF_INODE_INO).unwrap_or(0);
+    }
+
+    bump(slot, COUNTER_LSM_DENIED);
+    mark_denied();
+    let Some(mut entry) = reserve::<LsmDenyEvent>(slot) else {
+        bump(slot, COUNTER_DROPPED);
+        bump(slot, COUNTER_DENIALS_DROPPED);
+        return -EPERM;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` is the reserved record; every field is written before submit.
+    unsafe {
+        addr_of_mut!((*e).header).write(header(EVENT_LSM_DENY, cg));
+        addr_of_mut!((*e).hook).write(hook);
+        addr_of_mut!((*e)._pad).write([0; 3]);
+        addr_of_mut!((*e).mode).write(0);
+        addr_of_mut!((*e).dev).write(dev as u64);
+        addr_of_mut!((*e).ino).write(ino);
+        let name = &mut *addr_of_mut!((*e).name);
+        name[0] = 0;
+        if let Some(ptr) = name_ptr {
+            if bpf_probe_read_kernel_str_bytes(ptr as *const u8, name).is_err() {
+                name[0] = 0;
+            }
+        }
+    }
+    entry.submit(0);
     -EPERM
 }
 

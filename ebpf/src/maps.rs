@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, ring_buf::RingBufEntry, Array, HashMap, LpmTrie, PerCpuArray},
 };
 use stockade_ebpf_common::{
-    EventHeader, IndexEntry, LsmGrantKey, MissKey, NetRules, SandboxConfig, COUNTERS, EVENTS_BYTES,
-    INDEX_BUCKETS, INDEX_SHARED, LSM_OFFSETS_LEN, MAX_SANDBOXES, MAX_SLOTS, MISS_KEY_DATA,
-    SYSCALL_NR_MAX, UNIX_OFFSETS_LEN,
+    EventHeader, IndexEntry, LsmGrantKey, MissKey, NetRules, SandboxConfig, UnixListedKey,
+    COUNTERS, EVENTS_BYTES, INDEX_BUCKETS, INDEX_SHARED, LSM_OFFSETS_LEN, MAX_SANDBOXES, MAX_SLOTS,
+    MISS_KEY_DATA, SYSCALL_NR_MAX, UNIX_OFFSETS_LEN,
 };
 
 /// cgroup id -> the sandbox's configuration. No entry: not a sandbox.
@@ -53,6 +53,13 @@ pub static DENIED_TID: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 /// Inodes each sandbox may reach (the LSM programs' second wall): access bits `GRANT_*`.
 #[map]
 pub static LSM_GRANTS: HashMap<LsmGrantKey, u32> = HashMap::with_max_entries(MAX_SANDBOXES * 64, 0);
+
+/// The sockets `[ipc] connect` lists, for the LSM unix programs: a pathname socket reached by any
+/// name (a symlink included) is allowed if listed, or if it lies in a tree granted writable or on
+/// a filesystem of the sandbox's own.
+#[map]
+pub static UNIX_LISTED: HashMap<UnixListedKey, u8> =
+    HashMap::with_max_entries(MAX_SANDBOXES * 16, 0);
 
 /// (cgroup id, directory path ending in `/`) -> 1: the directories a sandbox may read or execute
 /// but not write. An ENOENT on an absolute path below one of them is a miss inside a granted,

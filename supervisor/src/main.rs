@@ -527,20 +527,11 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     let mut stop = StopSignals::block()
         .map_err(|e| Failure::internal(format!("cannot set up signal handling: {e}"), None))?;
     let name = format!("stockade-{}", std::process::id());
-    // The walk of the granted trees for unix sockets (`ipc_launch_check`) runs beside the
-    // monitors' load when it is needed whatever they offer (a writable tree): the two cost about
-    // the same and have nothing in common. Joined before anything is cloned.
-    let (monitor, early_scan) = std::thread::scope(|s| {
-        let scan = stockade::monitor::unix::launch_check_needed(&spec, true)
-            .then(|| s.spawn(|| stockade::socket_scan::scan(&spec)));
-        let monitor = load_monitor(&policy);
-        (monitor, scan.map(|h| h.join()))
-    });
-    let mut monitor = monitor?;
+    // The monitors first (joining the host's set takes about a millisecond): whether the walk of
+    // the granted trees for unix sockets (`ipc_launch_check`) is needed depends on what they judge.
+    let mut monitor = load_monitor(&policy)?;
     phase("monitors loaded");
-    let early_scan =
-        early_scan.map(|r| r.unwrap_or_else(|_| stockade::socket_scan::ScanResult::unfinished()));
-    ipc_launch_check(&spec, monitor.as_mut(), early_scan)?;
+    ipc_launch_check(&spec, monitor.as_mut())?;
     let monitoring = match monitor.as_mut() {
         Some((m, degraded)) => Some(monitoring(
             &policy,
@@ -680,15 +671,17 @@ fn load_monitor(policy: &Policy) -> Result<Option<(Monitor, Vec<String>)>, Failu
 fn ipc_launch_check(
     spec: &LaunchSpec,
     monitor: Option<&mut (Monitor, Vec<String>)>,
-    done: Option<stockade::socket_scan::ScanResult>,
 ) -> Result<(), Failure> {
     let hooks = monitor
         .as_ref()
         .is_some_and(|(m, _)| stockade::monitor::unix::armed_by(m));
-    if !stockade::monitor::unix::launch_check_needed(spec, hooks) {
+    let reached = monitor
+        .as_ref()
+        .is_some_and(|(m, _)| stockade::monitor::unix::reached_judged_by(m));
+    if !stockade::monitor::unix::launch_check_needed(spec, hooks, reached) {
         return Ok(());
     }
-    let scan = done.unwrap_or_else(|| stockade::socket_scan::scan(spec));
+    let scan = stockade::socket_scan::scan(spec);
     phase("unix sockets of the granted trees checked");
     let Some(cause) = scan.refusal(hooks) else {
         return Ok(());

@@ -292,7 +292,15 @@ fn a_path_walking_up_out_of_tmp_is_refused() {
 /// with a writable tree, the launch check of the read-only grants still stands, hooks or not.
 #[test]
 fn a_writable_tree_keeps_the_launch_check() {
-    if !privileged("a_writable_tree_keeps_the_launch_check") {
+    let test = "a_writable_tree_keeps_the_launch_check";
+    if !privileged(test) {
+        return;
+    }
+    if lsm_judges_reached_sockets() {
+        println!(
+            "skipped: {test}: the BPF LSM unix programs judge the socket reached here, so no launch \
+             walk runs (a_symlink_in_tmp_to_a_socket_in_a_read_only_grant_is_refused_at_connect)"
+        );
         return;
     }
     let (dir, sock, _listener) = daemon_socket_outside_tmp("ipc-symlink");
@@ -458,4 +466,88 @@ fn a_socket_bind_mounted_over_a_file_in_a_read_only_grant_is_found() {
     drop(_unmount);
     std::fs::remove_dir_all(&dir).unwrap();
     drop(sock_dir);
+}
+
+/// Whether the BPF LSM programs load here (`stockade doctor`): they judge the socket each unix
+/// connect reaches, symlinks resolved.
+fn lsm_judges_reached_sockets() -> bool {
+    let out = std::process::Command::new(stockade())
+        .args(["doctor", "--json"])
+        .output()
+        .expect("stockade doctor");
+    let doctor: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    doctor["monitors"].as_array().is_some_and(|list| {
+        list.iter()
+            .any(|m| m["name"] == "lsm" && m["active"] == true)
+    })
+}
+
+#[test]
+fn a_symlink_in_tmp_to_a_socket_in_a_read_only_grant_is_refused_at_connect() {
+    let test = "a_symlink_in_tmp_to_a_socket_in_a_read_only_grant_is_refused_at_connect";
+    if !privileged(test) {
+        return;
+    }
+    if !lsm_judges_reached_sockets() {
+        println!(
+            "skipped: {test}: BPF LSM programs do not load here; the launch walk stands in \
+             (a_writable_tree_keeps_the_launch_check)"
+        );
+        return;
+    }
+    let (dir, sock, listener) = daemon_socket_outside_tmp("ipc-lsm");
+    let listed = dir.join("listed.sock");
+    let _listed_listener = std::os::unix::net::UnixListener::bind(&listed).unwrap();
+    set_mode(&listed, 0o777);
+    let text = policy(&format!("[ipc]\nconnect = [\"{}\"]\n", listed.display())).replace(
+        "read = [\"/etc/ld.so.cache\"]",
+        &format!("read = [\"/etc/ld.so.cache\", \"{}\"]", dir.display()),
+    );
+    let file = policy_file("ipc-lsm", &text);
+    let debug = |c: &mut std::process::Command| {
+        c.env("STOCKADE_LOG", "stockade::socket_scan=debug");
+    };
+    // The symlink's name is below /tmp (allowed by name); the socket it leads to is not listed.
+    let r = run_with(
+        &file,
+        &[&hostile(), "symlink-connect", &sock, "/tmp/x"],
+        debug,
+    );
+    assert!(
+        !r.stderr.contains("the [ipc] walk of"),
+        "a launch walk ran:\n{}",
+        r.stderr
+    );
+    assert_eq!(r.stdout.trim(), "err EPERM", "{}", r.stderr);
+    let v = r.summary["monitor"]["first"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(v.len(), 1, "{v:#?}\n{}", r.stderr);
+    assert_eq!(v[0]["layer"], "lsm", "{}", v[0]);
+    assert_eq!(v[0]["action"], "connect", "{}", v[0]);
+    assert_eq!(v[0]["errno"], "EPERM", "{}", v[0]);
+    assert!(
+        v[0]["object"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("daemon.sock (inode "),
+        "{}",
+        v[0]
+    );
+    // Controls: the listed socket through a symlink of the plugin's; the socket reached by its
+    // own name is still refused by the cgroup program (a network violation), not twice.
+    let r = run_with(
+        &file,
+        &[
+            &hostile(),
+            "symlink-connect",
+            &listed.to_string_lossy(),
+            "/tmp/y",
+        ],
+        debug,
+    );
+    assert_eq!(r.stdout.trim(), "ok", "{}", r.stderr);
+    assert_eq!(r.summary["monitor"]["violations"], 0, "{}", r.stderr);
+    drop(listener);
 }

@@ -54,6 +54,8 @@ pub const FLAG_LSM: u32 = 4;
 /// kills a process whose `bind` to an abstract name succeeded before it returns to user space:
 /// it never listens nor answers on the name.
 pub const FLAG_NO_ABSTRACT_BIND: u32 = 16;
+/// The LSM unix programs judge the socket each connect or datagram of the sandbox reaches.
+pub const FLAG_UNIX_REACHED: u32 = 32;
 
 /// `LsmGrantKey` access bits.
 pub const GRANT_READ: u32 = 1;
@@ -79,7 +81,9 @@ pub const OFF_SOCKET_SK: u32 = 12;
 pub const OFF_SK_FAMILY: u32 = 13;
 /// `sock.__sk_common.skc_num`: the local port in host order, 0 while unbound (u16).
 pub const OFF_SK_NUM: u32 = 14;
-pub const LSM_OFFSETS_LEN: u32 = 15;
+/// `unix_sock.path` + `path.dentry`: the dentry of a bound pathname socket (NULL otherwise).
+pub const OFF_UNIX_PATH_DENTRY: u32 = 15;
+pub const LSM_OFFSETS_LEN: u32 = 16;
 /// Directory levels the LSM programs walk up from a file looking for a grant.
 pub const LSM_MAX_DEPTH: u32 = 32;
 
@@ -175,6 +179,13 @@ pub const UNIX_OFFSETS_LEN: u32 = 2;
 /// `LsmDenyEvent::hook`.
 pub const LSM_FILE_OPEN: u8 = 1;
 pub const LSM_BPRM_CHECK: u8 = 2;
+/// `unix_stream_connect`: a stream connect to a pathname socket.
+pub const LSM_UNIX_CONNECT: u8 = 3;
+/// `unix_may_send`: a datagram to a pathname socket.
+pub const LSM_UNIX_SEND: u8 = 4;
+
+/// Bytes of a socket's own name in `UnixListedKey`.
+pub const UNIX_NAME_LEN: usize = 64;
 
 /// `PATH_ARGS` values: which argument of a syscall is worth copying into its event.
 /// 0: none; `ARG_PATH | i`: argument `i` is a path; `ARG_SOCKADDR | i`: argument `i` points to a
@@ -248,6 +259,19 @@ pub struct LsmGrantKey {
     pub ino: u64,
     pub dev: u32,
     pub _pad: u32,
+}
+
+/// Key of `UNIX_LISTED`: a socket `[ipc] connect` lists, by its directory (device, inode) and its
+/// own name, so that a daemon that binds its socket again (a new inode) is still the listed one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UnixListedKey {
+    pub cgroup_id: u64,
+    pub parent_ino: u64,
+    pub dev: u32,
+    pub _pad: u32,
+    /// NUL-padded.
+    pub name: [u8; UNIX_NAME_LEN],
 }
 
 /// One allowed destination (connect, sendmsg) or local address (bind).
@@ -422,12 +446,14 @@ mod user {
     unsafe impl aya::Pod for super::RuleSet {}
     unsafe impl aya::Pod for super::NetRules {}
     unsafe impl aya::Pod for super::LsmGrantKey {}
+    unsafe impl aya::Pod for super::UnixListedKey {}
     unsafe impl aya::Pod for super::IndexEntry {}
 }
 
 const _: () = assert!(core::mem::size_of::<SandboxConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<MissKey>() == 4 + MISS_KEY_DATA);
 const _: () = assert!(core::mem::size_of::<LsmGrantKey>() == 24);
+const _: () = assert!(core::mem::size_of::<UnixListedKey>() == 24 + UNIX_NAME_LEN);
 const _: () = assert!(core::mem::size_of::<Rule>() == 40);
 const _: () = assert!(core::mem::size_of::<Exclusion>() == 40);
 const _: () = assert!(core::mem::size_of::<RuleSet>() == 8 + 40 * MAX_RULES + 40 * MAX_EXCLUSIONS);

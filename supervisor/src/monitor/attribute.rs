@@ -279,7 +279,12 @@ impl Attributor {
             RawEvent::LsmDeny(e) => {
                 let mut ev = self.base(&e.header, EventType::Violation);
                 ev.layer = Some(Layer::Lsm);
-                ev.action = Some(if e.hook == k::LSM_BPRM_CHECK || e.mode & 0x20 != 0 {
+                let unix = e.hook == k::LSM_UNIX_CONNECT || e.hook == k::LSM_UNIX_SEND;
+                ev.action = Some(if e.hook == k::LSM_UNIX_CONNECT {
+                    "connect"
+                } else if e.hook == k::LSM_UNIX_SEND {
+                    "sendto"
+                } else if e.hook == k::LSM_BPRM_CHECK || e.mode & 0x20 != 0 {
                     "exec"
                 } else if e.mode & 2 != 0 {
                     "write"
@@ -297,7 +302,7 @@ impl Attributor {
                     .as_bytes(),
                 );
                 ev.object = Some(Object::bytes(object));
-                ev.errno = Some("EACCES");
+                ev.errno = Some(if unix { "EPERM" } else { "EACCES" });
                 Some(ev)
             }
         }

@@ -188,6 +188,7 @@ pub struct Armed {
     outbound: Option<CgroupSkbLinkId>,
     listen: Option<SockOpsLinkId>,
     lsm_keys: Vec<k::LsmGrantKey>,
+    listed_keys: Vec<k::UnixListedKey>,
     miss_keys: Vec<k::MissKey>,
     /// The unix socket programs' links to the cgroup (closed on disarm) and `UNIX_PATHS` keys.
     unix_links: Option<unix::UnixLinks>,
@@ -276,6 +277,9 @@ pub struct Monitor {
     sandboxes: HashMap<MapData, u64, k::SandboxConfig>,
     net_rules: HashMap<MapData, u64, k::NetRules>,
     lsm_grants: HashMap<MapData, k::LsmGrantKey, u32>,
+    unix_listed: HashMap<MapData, k::UnixListedKey, u8>,
+    /// The LSM unix programs judge the sockets this supervisor's sandboxes reach.
+    unix_reached: bool,
     miss_trees: LpmTrie<MapData, [u8; k::MISS_KEY_DATA], u8>,
     index: Array<MapData, k::IndexEntry>,
     counters: PerCpuArray<MapData, [u64; k::COUNTERS as usize]>,
@@ -371,10 +375,11 @@ impl Drop for Joined {
 }
 
 /// The maps every supervisor of the set writes or reads (pinned).
-const SHARED_MAPS: [&str; 10] = [
+const SHARED_MAPS: [&str; 11] = [
     "SANDBOXES",
     "NET_RULES",
     "LSM_GRANTS",
+    "UNIX_LISTED",
     "MISS_TREES",
     "UNIX_PATHS",
     "SANDBOX_INDEX",
@@ -499,7 +504,7 @@ impl Loaded {
         {
             Ok(()) => active(
                 "lsm",
-                "BPF LSM file_open and bprm_check_security: a second filesystem wall; socket_listen: no listening on an unbound socket",
+                "BPF LSM file_open and bprm_check_security: a second filesystem wall; socket_listen: no listening on an unbound socket; unix_stream_connect and unix_may_send: [ipc] judged on the socket reached (no launch walk)",
             ),
             Err(e) => inactive("lsm", e),
         };
@@ -784,6 +789,8 @@ impl Monitor {
         Ok(Monitor {
             index: pinned(dirs, "SANDBOX_INDEX", aya::maps::Map::Array)?,
             lsm_grants: pinned(dirs, "LSM_GRANTS", aya::maps::Map::HashMap)?,
+            unix_listed: pinned(dirs, "UNIX_LISTED", aya::maps::Map::HashMap)?,
+            unix_reached: caps.lsm.active && !unix_off,
             miss_trees: pinned(dirs, "MISS_TREES", aya::maps::Map::LpmTrie)?,
             unix_paths: pinned(dirs, "UNIX_PATHS", aya::maps::Map::LpmTrie)?,
             sandboxes: pinned(dirs, "SANDBOXES", aya::maps::Map::HashMap)?,
@@ -869,6 +876,15 @@ impl Monitor {
         for key in grants {
             let _ = self.lsm_grants.remove(&key);
         }
+        let listed: Vec<k::UnixListedKey> = self
+            .unix_listed
+            .keys()
+            .flatten()
+            .filter(|key| key.cgroup_id == id)
+            .collect();
+        for key in listed {
+            let _ = self.unix_listed.remove(&key);
+        }
         let of_id = |key: &LpmKey<[u8; k::MISS_KEY_DATA]>| key.data()[..8] == id.to_le_bytes();
         let misses: Vec<_> = self.miss_trees.keys().flatten().filter(of_id).collect();
         for key in misses {
@@ -933,6 +949,9 @@ impl Monitor {
         let lsm = spec.lsm.as_ref().filter(|_| self.caps.lsm.active);
         if lsm.is_some() {
             flags |= k::FLAG_LSM;
+            if self.unix_reached {
+                flags |= k::FLAG_UNIX_REACHED;
+            }
         }
         if spec.trace_files {
             flags |= k::FLAG_TRACE_FILES;
@@ -948,6 +967,7 @@ impl Monitor {
             outbound: None,
             listen: None,
             lsm_keys: Vec::new(),
+            listed_keys: Vec::new(),
             miss_keys: Vec::new(),
             unix_links: None,
             unix_keys: Vec::new(),
@@ -996,6 +1016,17 @@ impl Monitor {
                         .insert(key, b, 0)
                         .map_err(|source| MonitorError::Map {
                             map: "LSM_GRANTS",
+                            source,
+                        })?;
+                }
+            }
+            if flags & k::FLAG_UNIX_REACHED != 0 {
+                for key in listed_keys(cgroup_id, &spec.ipc) {
+                    armed.listed_keys.push(key);
+                    self.unix_listed
+                        .insert(key, 1, 0)
+                        .map_err(|source| MonitorError::Map {
+                            map: "UNIX_LISTED",
                             source,
                         })?;
                 }
@@ -1108,6 +1139,7 @@ impl Monitor {
             outbound,
             listen,
             lsm_keys,
+            listed_keys,
             miss_keys,
             unix_links,
             unix_keys,
@@ -1151,6 +1183,9 @@ impl Monitor {
         let _ = self.net_rules.remove(&cgroup_id);
         for key in &lsm_keys {
             let _ = self.lsm_grants.remove(key);
+        }
+        for key in &listed_keys {
+            let _ = self.unix_listed.remove(key);
         }
         for key in &miss_keys {
             let _ = self
@@ -1314,6 +1349,37 @@ impl Monitor {
     }
 }
 
+/// `UNIX_LISTED` keys for the sockets `[ipc] connect` lists: each one's directory (as it is now)
+/// and name. A socket whose directory does not exist yet is skipped (nothing can be reached there
+/// by that name); a name longer than the key holds cannot be listed in the kernel, so the LSM
+/// programs refuse it (fail closed).
+fn listed_keys(cgroup_id: u64, ipc: &stockade_policy::IpcSpec) -> Vec<k::UnixListedKey> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut keys = Vec::new();
+    for path in &ipc.connect {
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            continue;
+        };
+        let name = name.as_bytes();
+        if name.len() >= k::UNIX_NAME_LEN {
+            continue;
+        }
+        let Ok(meta) = std::fs::metadata(dir) else {
+            continue;
+        };
+        let mut key = k::UnixListedKey {
+            cgroup_id,
+            parent_ino: meta.ino(),
+            dev: kernel_dev(meta.dev()),
+            _pad: 0,
+            name: [0; k::UNIX_NAME_LEN],
+        };
+        key.name[..name.len()].copy_from_slice(name);
+        keys.push(key);
+    }
+    keys
+}
+
 /// The attach type of a network hook's program.
 fn net_attach_type(hook: &str) -> CgroupSockAddrAttachType {
     match hook {
@@ -1401,7 +1467,13 @@ fn index_entry(members: &[(u64, u32, u32)]) -> k::IndexEntry {
     }
 }
 
-const LSM_HOOKS: [&str; 3] = ["file_open", "bprm_check_security", "socket_listen"];
+const LSM_HOOKS: [&str; 5] = [
+    "file_open",
+    "bprm_check_security",
+    "socket_listen",
+    "unix_stream_connect",
+    "unix_may_send",
+];
 
 /// The kernel's dev_t (`MAJOR << 20 | MINOR`, what `super_block.s_dev` holds) of a userspace
 /// `st_dev`.
@@ -1459,6 +1531,7 @@ fn lsm_offsets(btf: &crate::bpf_probe::BtfIndex<'_>) -> Result<Vec<u32>, String>
         get("socket", "sk")?,
         get("sock", "__sk_common")? + get("sock_common", "skc_family")?,
         get("sock", "__sk_common")? + get("sock_common", "skc_num")?,
+        get("unix_sock", "path")? + get("path", "dentry")?,
     ];
     debug_assert_eq!(table.len(), k::LSM_OFFSETS_LEN as usize);
     Ok(table.to_vec())

@@ -319,8 +319,21 @@ pub fn abstract_bind_refused(probe: &Probe) -> bool {
 /// a socket in a read-only grant that `[ipc] connect` does not list. So the walk is left out only
 /// for a sandbox with no writable tree at all, where every name it can reach a socket by is one
 /// the programs judge as given.
-pub fn launch_check_needed(spec: &stockade_policy::LaunchSpec, hooked: bool) -> bool {
-    !hooked || !spec.ipc.writable.is_empty()
+///
+/// Where the LSM unix programs load (`reached`), the socket a name leads to is judged after the
+/// kernel resolved it, symlinks included, and no walk is needed at all.
+pub fn launch_check_needed(
+    spec: &stockade_policy::LaunchSpec,
+    hooked: bool,
+    reached: bool,
+) -> bool {
+    !reached && (!hooked || !spec.ipc.writable.is_empty())
+}
+
+/// Whether `monitor`'s LSM programs judge the socket each unix connect or datagram reaches
+/// (BPF LSM `unix_stream_connect`, `unix_may_send`).
+pub fn reached_judged_by(monitor: &super::Monitor) -> bool {
+    monitor.capabilities().lsm.active
 }
 
 /// Whether `monitor` judges unix socket connects in the kernel for the sandboxes it arms (its

@@ -21,6 +21,10 @@ fn run(args: &[String]) -> String {
         "list" => list(&arg(1)),
         "exec" => exec(&arg(1), &args[2..]),
         "symlink-read" => symlink_read(&arg(1), &arg(2)),
+        "symlink-connect" => match std::os::unix::fs::symlink(arg(1), arg(2)) {
+            Ok(()) => connect_unix(&arg(2)),
+            Err(e) => err_line(e.raw_os_error().unwrap_or(0)),
+        },
         "hardlink-read" => hardlink_read(&arg(1), &arg(2)),
         "copy-exec" => copy_exec(&arg(1)),
         "memfd-exec" => memfd_exec(arg(1) == "mfd-exec"),
