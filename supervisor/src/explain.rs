@@ -380,7 +380,24 @@ fn explain_ipc(
             writable.join(", ")
         );
     }
-    if crate::monitor::unix::hooks_load(probe) {
+    if crate::monitor::unix::lsm_loads(probe) {
+        let _ = writeln!(
+            out,
+            "  ENFORCED by the BPF LSM programs unix_stream_connect and unix_may_send on the socket"
+        );
+        let _ = writeln!(
+            out,
+            "  each connect or datagram reaches, symlinks resolved: a listed socket, one on the"
+        );
+        let _ = writeln!(
+            out,
+            "  sandbox's own /tmp or below a writable grant; any other fails with EPERM and is a"
+        );
+        let _ = writeln!(
+            out,
+            "  violation. No launch check of the granted trees is needed on this kernel."
+        );
+    } else if crate::monitor::unix::hooks_load(probe) {
         let _ = writeln!(
             out,
             "  ENFORCED by the eBPF cgroup programs connect_unix and sendmsg_unix: any other"

@@ -504,6 +504,17 @@ fn a_symlink_in_tmp_to_a_socket_in_a_read_only_grant_is_refused_at_connect() {
         &format!("read = [\"/etc/ld.so.cache\", \"{}\"]", dir.display()),
     );
     let file = policy_file("ipc-lsm", &text);
+    let explain = std::process::Command::new(stockade())
+        .args(["policy", "explain"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let explained = String::from_utf8_lossy(&explain.stdout);
+    assert!(
+        explained
+            .contains("ENFORCED by the BPF LSM programs unix_stream_connect and unix_may_send"),
+        "{explained}"
+    );
     let debug = |c: &mut std::process::Command| {
         c.env("STOCKADE_LOG", "stockade::socket_scan=debug");
     };

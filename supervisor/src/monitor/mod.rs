@@ -814,6 +814,13 @@ impl Monitor {
         &self.caps
     }
 
+    /// Whether the LSM unix programs judge the socket each connect or datagram of this
+    /// supervisor's sandboxes reaches (not with `STOCKADE_UNIX_HOOKS=off`, which leaves `[ipc]`
+    /// to the launch check).
+    pub fn judges_reached_sockets(&self) -> bool {
+        self.unix_reached
+    }
+
     /// Makes this build's set persistent: it stays loaded when its last user goes
     /// (`stockade monitors up`).
     pub fn keep(&self) -> Result<(), MonitorError> {

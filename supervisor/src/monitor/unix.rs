@@ -292,6 +292,15 @@ fn prog_load(
 }
 
 /// Whether the cgroup unix socket hooks load on this kernel (`stockade doctor`'s probe).
+/// Whether BPF LSM programs load on this kernel: then `unix_stream_connect`/`unix_may_send` judge
+/// the socket each connect reaches, and no launch walk runs.
+pub fn lsm_loads(probe: &Probe) -> bool {
+    probe
+        .bpf
+        .iter()
+        .any(|(ty, r)| ty.starts_with("lsm") && r.is_ok())
+}
+
 pub fn hooks_load(probe: &Probe) -> bool {
     probe
         .bpf
@@ -333,7 +342,7 @@ pub fn launch_check_needed(
 /// Whether `monitor`'s LSM programs judge the socket each unix connect or datagram reaches
 /// (BPF LSM `unix_stream_connect`, `unix_may_send`).
 pub fn reached_judged_by(monitor: &super::Monitor) -> bool {
-    monitor.capabilities().lsm.active
+    monitor.judges_reached_sockets()
 }
 
 /// Whether `monitor` judges unix socket connects in the kernel for the sandboxes it arms (its
