@@ -298,37 +298,52 @@ pub fn retire_others(ours: &SetDirs) -> bool {
     persistent
 }
 
-/// BPF_OBJ_GET: a new descriptor of the object pinned at `path`.
-pub fn obj_get(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
+/// The fields of `union bpf_attr` that BPF_OBJ_PIN and BPF_OBJ_GET read.
+#[repr(C)]
+#[derive(Default)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: u32,
+}
+
+/// `bpf(cmd)` with an `ObjAttr` naming `path` (and `fd`, for a pin).
+fn obj_call(cmd: libc::c_long, path: &Path, fd: u32) -> std::io::Result<libc::c_long> {
     use std::os::unix::ffi::OsStrExt;
-    #[repr(C)]
-    #[derive(Default)]
-    struct ObjAttr {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        path_fd: i32,
-        _pad: u32,
-    }
     let name = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let attr = ObjAttr {
         pathname: name.as_ptr() as u64,
+        bpf_fd: fd,
         ..ObjAttr::default()
     };
-    // SAFETY: BPF_OBJ_GET (7) reads `attr` and the path it points to, both alive for the call.
-    let fd = unsafe {
+    // SAFETY: BPF_OBJ_PIN (6) and BPF_OBJ_GET (7) read `attr` and the path it points to, both
+    // alive for the call.
+    let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            7,
+            cmd,
             &attr as *const ObjAttr,
             std::mem::size_of::<ObjAttr>(),
         )
     };
-    if fd < 0 {
+    if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(r)
+}
+
+/// BPF_OBJ_PIN: `fd`'s object at `path` on a bpffs.
+pub fn obj_pin(fd: std::os::fd::BorrowedFd<'_>, path: &Path) -> std::io::Result<()> {
+    obj_call(6, path, fd.as_raw_fd() as u32).map(|_| ())
+}
+
+/// BPF_OBJ_GET: a new descriptor of the object pinned at `path`.
+pub fn obj_get(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let fd = obj_call(7, path, 0)?;
     // SAFETY: a fresh descriptor owned by nobody else.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }

@@ -28,7 +28,6 @@ use crate::probe::Probe;
 
 /// `union bpf_attr` commands and constants (include/uapi/linux/bpf.h).
 const BPF_PROG_LOAD: libc::c_int = 5;
-const BPF_OBJ_PIN: libc::c_int = 6;
 const BPF_LINK_CREATE: libc::c_int = 28;
 const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
 pub use crate::bpf_probe::{BPF_CGROUP_UNIX_CONNECT, BPF_CGROUP_UNIX_SENDMSG};
@@ -115,7 +114,7 @@ impl UnixHooks {
     /// set of monitors.
     pub fn pin(&self, dir: &std::path::Path) -> std::io::Result<()> {
         for ((name, _), (_, fd)) in PROGRAMS.iter().zip(&self.programs) {
-            obj_pin(fd.as_fd(), &dir.join(format!("prog-{name}")))?;
+            super::host::obj_pin(fd.as_fd(), &dir.join(format!("prog-{name}")))?;
         }
         Ok(())
     }
@@ -167,46 +166,6 @@ impl UnixHooks {
         );
         Ok(links)
     }
-}
-
-/// The fields of `union bpf_attr` that BPF_OBJ_PIN and BPF_OBJ_GET read.
-#[repr(C)]
-#[derive(Default)]
-struct ObjAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-    path_fd: i32,
-    _pad: u32,
-}
-
-fn c_path(path: &std::path::Path) -> std::io::Result<std::ffi::CString> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-}
-
-/// BPF_OBJ_PIN: `fd`'s object at `path` on a bpffs.
-fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> std::io::Result<()> {
-    let name = c_path(path)?;
-    let attr = ObjAttr {
-        pathname: name.as_ptr() as u64,
-        bpf_fd: fd.as_raw_fd() as u32,
-        ..ObjAttr::default()
-    };
-    // SAFETY: `attr` and the path it points to live across the call, which only reads them.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_PIN,
-            &attr as *const ObjAttr,
-            std::mem::size_of::<ObjAttr>(),
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// The descriptor of a map aya created (the variants this object uses).
