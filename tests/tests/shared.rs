@@ -158,6 +158,12 @@ fn runs_at_once_share_one_set_and_each_gets_only_its_own_events() {
         !std::path::Path::new(&format!("/sys/fs/bpf/stockade/{id}")).exists(),
         "the pin directory is left"
     );
+    // Its parent goes with the last set (unless another build's set is pinned).
+    let others = std::fs::read_dir("/sys/fs/bpf/stockade").map_or(0, |d| d.count());
+    assert!(
+        others > 0 || !std::path::Path::new("/sys/fs/bpf/stockade").exists(),
+        "an empty /sys/fs/bpf/stockade is left"
+    );
 }
 
 #[test]

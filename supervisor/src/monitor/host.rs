@@ -220,6 +220,8 @@ impl SetDirs {
                 }
             }
         }
+        // The last set gone: its parent too (another set's directory keeps it).
+        let _ = fs::remove_dir(PIN_ROOT);
     }
 
     /// Unpins everything of an incomplete set (the run directory and its locks stay).
