@@ -327,7 +327,9 @@ fn monitors(command: MonitorsCommand) -> Result<u8, Failure> {
                 }
                 println!(
                     "  users      {}",
-                    if set.users.is_empty() {
+                    if set.users.is_empty() && !set.persistent {
+                        "none, and not kept: left by a killed supervisor (or being loaded this moment); `stockade monitors down` removes it".to_string()
+                    } else if set.users.is_empty() {
                         "none".to_string()
                     } else {
                         set.users
@@ -369,6 +371,8 @@ fn doctor(json: bool) -> Result<u8, Failure> {
             Ok(list) => serde_json::to_value(list).unwrap_or_default(),
             Err(e) => serde_json::json!({ "error": e }),
         };
+        value["monitor_sets"] =
+            serde_json::to_value(stockade::monitor::host::status()).unwrap_or_default();
         println!(
             "{}",
             serde_json::to_string_pretty(&value).unwrap_or_default()
@@ -433,6 +437,29 @@ fn doctor(json: bool) -> Result<u8, Failure> {
                 }
             }
             Err(e) => println!("monitors              NO: {e}"),
+        }
+        let sets = stockade::monitor::host::status();
+        if sets.is_empty() {
+            println!("host's monitor set    none loaded (each run loads it; `stockade monitors up` keeps it)");
+        }
+        for set in &sets {
+            println!(
+                "host's monitor set    {}{}: {}, {} user(s), {} slot(s) held{}",
+                set.id,
+                if set.this_build {
+                    ""
+                } else {
+                    " (another build)"
+                },
+                if set.loaded { "loaded" } else { "incomplete" },
+                set.users.len(),
+                set.slots.len(),
+                if set.persistent {
+                    ", kept (`monitors up`)"
+                } else {
+                    ""
+                }
+            );
         }
         if missing.is_empty() {
             println!("\nevery layer the default profile requires is available");

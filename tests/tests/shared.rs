@@ -182,6 +182,13 @@ fn persistent_monitors_stay_loaded_until_down() {
     // Up again: the same set, not a second load.
     let (_, stdout, _) = stockade_out(&["monitors", "up"]);
     assert!(stdout.contains(": already loaded"), "{stdout}");
+    // doctor says so too.
+    let (_, doctor, _) = stockade_out(&["doctor"]);
+    let line = format!(
+        "host's monitor set    {}: loaded, 0 user(s), 0 slot(s) held, kept",
+        set["id"].as_str().unwrap()
+    );
+    assert!(doctor.contains(&line), "{doctor}");
 
     let policy = policy_file("shared", &policy(""));
     let r = run_with(&policy, &[&hostile(), "echo", "hi"], |c| {
