@@ -560,5 +560,21 @@ fn a_symlink_in_tmp_to_a_socket_in_a_read_only_grant_is_refused_at_connect() {
     );
     assert_eq!(r.stdout.trim(), "ok", "{}", r.stderr);
     assert_eq!(r.summary["monitor"]["violations"], 0, "{}", r.stderr);
+    // A listed path that is a symlink (as /dev/log is on systemd hosts): the kernel knows the
+    // socket by where it was bound, and that is listed too.
+    let alias = dir.join("alias.sock");
+    std::os::unix::fs::symlink(&listed, &alias).unwrap();
+    let text = policy(&format!("[ipc]\nconnect = [\"{}\"]\n", alias.display())).replace(
+        "read = [\"/etc/ld.so.cache\"]",
+        &format!("read = [\"/etc/ld.so.cache\", \"{}\"]", dir.display()),
+    );
+    let file = policy_file("ipc-lsm-alias", &text);
+    let r = run_with(
+        &file,
+        &[&hostile(), "connect-unix", &alias.to_string_lossy()],
+        debug,
+    );
+    assert_eq!(r.stdout.trim(), "ok", "{}", r.stderr);
+    assert_eq!(r.summary["monitor"]["violations"], 0, "{}", r.stderr);
     drop(listener);
 }

@@ -790,7 +790,9 @@ impl Monitor {
             index: pinned(dirs, "SANDBOX_INDEX", aya::maps::Map::Array)?,
             lsm_grants: pinned(dirs, "LSM_GRANTS", aya::maps::Map::HashMap)?,
             unix_listed: pinned(dirs, "UNIX_LISTED", aya::maps::Map::HashMap)?,
-            unix_reached: caps.lsm.active && !unix_off,
+            // The LSM programs judge from the sandbox's first exec of the plugin on, which only
+            // the sched exec tracepoint counts: without it they would never judge.
+            unix_reached: caps.lsm.active && caps.processes.active && !unix_off,
             miss_trees: pinned(dirs, "MISS_TREES", aya::maps::Map::LpmTrie)?,
             unix_paths: pinned(dirs, "UNIX_PATHS", aya::maps::Map::LpmTrie)?,
             sandboxes: pinned(dirs, "SANDBOXES", aya::maps::Map::HashMap)?,
@@ -1357,32 +1359,39 @@ impl Monitor {
 }
 
 /// `UNIX_LISTED` keys for the sockets `[ipc] connect` lists: each one's directory (as it is now)
-/// and name. A socket whose directory does not exist yet is skipped (nothing can be reached there
-/// by that name); a name longer than the key holds cannot be listed in the kernel, so the LSM
-/// programs refuse it (fail closed).
+/// and name, for the path as listed and, when a symlink is on the way, for where it leads (the
+/// kernel judges where the socket was bound). A socket whose directory does not exist yet is
+/// skipped (nothing can be reached there by that name); a name the key cannot hold whole (63
+/// bytes or more: the kernel's copy is cut to 63 and must not match a longer listed name) is
+/// not listed in the kernel, so the LSM programs refuse it (fail closed).
 fn listed_keys(cgroup_id: u64, ipc: &stockade_policy::IpcSpec) -> Vec<k::UnixListedKey> {
     use std::os::unix::ffi::OsStrExt;
-    let mut keys = Vec::new();
-    for path in &ipc.connect {
-        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-            continue;
-        };
-        let name = name.as_bytes();
-        if name.len() >= k::UNIX_NAME_LEN {
-            continue;
+    let mut keys: Vec<k::UnixListedKey> = Vec::new();
+    for listed in &ipc.connect {
+        let resolved = std::fs::canonicalize(listed).ok();
+        for path in std::iter::once(listed).chain(resolved.as_ref()) {
+            let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+                continue;
+            };
+            let name = name.as_bytes();
+            if name.len() >= k::UNIX_NAME_LEN - 1 {
+                continue;
+            }
+            let Ok(meta) = std::fs::metadata(dir) else {
+                continue;
+            };
+            let mut key = k::UnixListedKey {
+                cgroup_id,
+                parent_ino: meta.ino(),
+                dev: kernel_dev(meta.dev()),
+                _pad: 0,
+                name: [0; k::UNIX_NAME_LEN],
+            };
+            key.name[..name.len()].copy_from_slice(name);
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
         }
-        let Ok(meta) = std::fs::metadata(dir) else {
-            continue;
-        };
-        let mut key = k::UnixListedKey {
-            cgroup_id,
-            parent_ino: meta.ino(),
-            dev: kernel_dev(meta.dev()),
-            _pad: 0,
-            name: [0; k::UNIX_NAME_LEN],
-        };
-        key.name[..name.len()].copy_from_slice(name);
-        keys.push(key);
     }
     keys
 }

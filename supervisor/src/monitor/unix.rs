@@ -250,7 +250,6 @@ fn prog_load(
     }
 }
 
-/// Whether the cgroup unix socket hooks load on this kernel (`stockade doctor`'s probe).
 /// Whether BPF LSM programs load on this kernel: then `unix_stream_connect`/`unix_may_send` judge
 /// the socket each connect reaches, and no launch walk runs.
 pub fn lsm_loads(probe: &Probe) -> bool {
@@ -260,6 +259,7 @@ pub fn lsm_loads(probe: &Probe) -> bool {
         .any(|(ty, r)| ty.starts_with("lsm") && r.is_ok())
 }
 
+/// Whether the cgroup unix socket hooks load on this kernel (`stockade doctor`'s probe).
 pub fn hooks_load(probe: &Probe) -> bool {
     probe
         .bpf
