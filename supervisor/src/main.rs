@@ -694,7 +694,7 @@ fn load_monitor(policy: &Policy) -> Result<Option<(Monitor, Vec<String>)>, Failu
 /// load), or where the sandbox has a writable tree a symlink could lead from
 /// (`unix::launch_check_needed`): an enforce-mode sandbox does not start while a read-only tree
 /// it is granted holds a socket its policy does not list; a monitor-mode one starts and its
-/// report says so. `done`: the walk, when it already ran.
+/// report says so.
 fn ipc_launch_check(
     spec: &LaunchSpec,
     monitor: Option<&mut (Monitor, Vec<String>)>,

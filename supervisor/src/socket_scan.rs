@@ -45,14 +45,6 @@ pub struct ScanResult {
 }
 
 impl ScanResult {
-    /// A walk that did not finish (its thread died): fails closed like one out of bounds.
-    pub fn unfinished() -> ScanResult {
-        ScanResult {
-            incomplete: Some(PathBuf::from("/")),
-            ..ScanResult::default()
-        }
-    }
-
     /// The one-line cause for a refusal, or `None` when the granted trees are clean. `hooked`:
     /// the kernel's unix socket programs are armed (the walk runs because of a writable tree).
     pub fn refusal(&self, hooked: bool) -> Option<String> {
