@@ -30,8 +30,8 @@ use anyhow::{bail, Context, Result};
 use crate::{apt_install, cargo, count, coverage, target_dir};
 
 pub const USAGE: &str =
-    "cargo xtask vm-test [--kernel 6.12|6.1] [--test NAME]... [--accel auto|kvm|tcg] \
-[--timeout SECS] [--refresh] [--mirror URL] [--exec SHELL-COMMAND] [--append KERNEL-ARGS] [-- TEST-ARGS...]";
+    "cargo xtask vm-test [--kernel 6.12|6.1|6.12,6.1|all]... [--test NAME]... [--accel auto|kvm|tcg] \
+[--timeout SECS] [--cold] [--refresh] [--mirror URL] [--exec SHELL-COMMAND] [--append KERNEL-ARGS] [-- TEST-ARGS...]";
 
 /// What the guest's init reports when it cannot set the guest up (see vm/initramfs.rs).
 const INIT_FAILED: i32 = 100;
@@ -39,7 +39,9 @@ const INIT_FAILED: i32 = 100;
 const TAIL: usize = 40;
 
 struct Options {
-    series: kernel::Series,
+    /// The kernels to boot; more than one boot side by side (each guest is one host thread
+    /// under TCG, so two fit a 2-core machine), their console lines prefixed with the series.
+    series: Vec<kernel::Series>,
     accel: Accel,
     timeout: Duration,
     /// `--test NAME`: only these binaries (an integration test's name, or a package's name for
@@ -54,6 +56,9 @@ struct Options {
     exec: Option<String>,
     /// `--append ARGS`: more kernel command line.
     append: Vec<String>,
+    /// `--cold`: no set of monitors held for the suite; each sandbox loads its own, as a lone
+    /// `stockade run` on an idle host does (see [`runner_script`]).
+    cold: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +71,7 @@ enum Accel {
 impl Options {
     fn parse(args: &[&str]) -> Result<Options> {
         let mut o = Options {
-            series: kernel::Series::V6_12,
+            series: Vec::new(),
             accel: Accel::Auto,
             timeout: Duration::from_secs(1800),
             tests: Vec::new(),
@@ -75,6 +80,7 @@ impl Options {
             mirror: None,
             exec: None,
             append: Vec::new(),
+            cold: false,
         };
         let mut it = args.iter();
         while let Some(&arg) = it.next() {
@@ -84,7 +90,20 @@ impl Options {
                     .with_context(|| format!("{arg} needs a value; usage: {USAGE}"))
             };
             match arg {
-                "--kernel" => o.series = kernel::Series::parse(&value()?)?,
+                "--kernel" => {
+                    let v = value()?;
+                    let list: Vec<&str> = if v == "all" {
+                        vec!["6.12", "6.1"]
+                    } else {
+                        v.split(',').collect()
+                    };
+                    for name in list {
+                        let s = kernel::Series::parse(name.trim())?;
+                        if !o.series.contains(&s) {
+                            o.series.push(s);
+                        }
+                    }
+                }
                 "--accel" => {
                     o.accel = match value()?.as_str() {
                         "auto" => Accel::Auto,
@@ -102,11 +121,18 @@ impl Options {
                 "--mirror" => o.mirror = Some(value()?),
                 "--exec" => o.exec = Some(value()?),
                 "--append" => o.append.push(value()?),
+                "--cold" => o.cold = true,
                 "--" => {
                     o.test_args = it.by_ref().map(|a| a.to_string()).collect();
                 }
                 other => bail!("unknown argument {other}; usage: {USAGE}"),
             }
+        }
+        if o.series.is_empty() {
+            o.series.push(kernel::Series::V6_12);
+        }
+        if o.exec.is_some() && o.series.len() > 1 {
+            bail!("--exec runs in one guest: give one --kernel");
         }
         Ok(o)
     }
@@ -157,14 +183,18 @@ pub fn run(args: &[&str]) -> Result<()> {
     let target = target_dir()?;
     let vm_dir = target.join("vm-test");
     fs::create_dir_all(&vm_dir).with_context(|| format!("creating {}", vm_dir.display()))?;
-    let kernel = kernel::obtain(opts.series, &vm_dir, opts.mirror.as_deref(), opts.refresh)?;
+    let mut kernels = Vec::new();
+    for &series in &opts.series {
+        let kernel = kernel::obtain(series, &vm_dir, opts.mirror.as_deref(), opts.refresh)?;
+        eprintln!(
+            "vm-test: kernel {} ({}, booting {})",
+            kernel.release,
+            kernel.package,
+            kernel.image.display()
+        );
+        kernels.push((series, kernel));
+    }
     let kernel_done = started.elapsed();
-    eprintln!(
-        "vm-test: kernel {} ({}, booting {})",
-        kernel.release,
-        kernel.package,
-        kernel.image.display()
-    );
 
     let binaries = match &opts.exec {
         Some(command) => vec![TestBinary::exec(command)],
@@ -177,134 +207,232 @@ pub fn run(args: &[&str]) -> Result<()> {
         );
     }
     let build_done = started.elapsed();
-
-    let initrd = vm_dir.join(format!("initrd-{}.cpio", opts.series.name()));
-    let runner = runner_script(&binaries, &target);
-    initramfs::build(
-        &busybox()?,
-        &kernel.modules,
-        &crate::workspace_root(),
-        &target,
-        &runner,
-        &initrd,
-    )?;
-
-    let accel = choose_accel(opts.accel, &kernel, &initrd, &target, &vm_dir)?;
-    let prepared = started.elapsed();
-    eprintln!(
-        "vm-test: booting {} under {} (timeout {} s; serial log {})",
-        kernel.release,
-        accel.name(),
-        opts.timeout.as_secs(),
-        vm_dir.join("serial.log").display()
-    );
-
-    let mut progress = Progress::new(&binaries);
-    let boot = boot(
-        &qemu_command(accel, &kernel, &initrd, &target, &opts.append),
-        opts.timeout,
-        &vm_dir.join("serial.log"),
-        |line| {
-            // Live: the guest's console is the suite's output.
-            println!("{line}");
-            progress.line(line)
-        },
-    )?;
-    let total = started.elapsed();
-
-    progress.summary(&binaries);
-    let boot_secs = progress
-        .guest_ready
-        .map(|t| t.duration_since(boot.started).as_secs_f64());
-    let suite_secs = progress
-        .guest_ready
-        .map(|t| boot.ended.duration_since(t).as_secs_f64());
-    println!(
-        "vm-test times: host packages {:.1} s, kernel {:.1} s, build {:.1} s, initramfs and \
-         accelerator {:.1} s, boot {}, suite {}, total {:.1} s",
+    let times = format!(
+        "host packages {:.1} s, kernel {:.1} s, build {:.1} s",
         packages_done.as_secs_f64(),
         (kernel_done - packages_done).as_secs_f64(),
         (build_done - kernel_done).as_secs_f64(),
-        (prepared - build_done).as_secs_f64(),
-        boot_secs.map_or("-".into(), |s| format!("{s:.1} s")),
-        suite_secs.map_or("-".into(), |s| format!("{s:.1} s")),
-        total.as_secs_f64(),
     );
 
-    let env_name = match opts.series {
-        kernel::Series::V6_12 => "vm".to_string(),
-        other => format!("vm-{}", other.name()),
-    };
-    // The guest's status: from the debug-exit port ((status << 1) | 1), else from the runner's
-    // last console line.
-    let status = match boot.code {
-        Some(code) if code & 1 == 1 => Some(code >> 1),
-        _ => progress.done,
-    };
-    // The skip lines are worth recording whenever the runner got to the end, failures or not:
-    // the coverage check then still says what ran where.
-    if !boot.timed_out && opts.exec.is_none() && matches!(status, Some(0) | Some(1)) {
-        let description = format!(
-            "{} ({})",
-            progress.guest_env.as_deref().unwrap_or(&kernel.release),
-            accel.name()
-        );
-        coverage::record(
-            &target,
-            &env_name,
-            &description,
-            opts.complete(),
-            &progress.skipped,
+    // One guest: its console is the output, as it comes. Several: each in a thread, each line
+    // prefixed with its kernel series, the summaries printed whole as each guest ends.
+    let several = kernels.len() > 1;
+    let results: Vec<(kernel::Series, Result<()>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = kernels
+            .iter()
+            .map(|(series, kernel)| {
+                let guest = Guest {
+                    series: *series,
+                    kernel,
+                    binaries: &binaries,
+                    target: &target,
+                    vm_dir: &vm_dir,
+                    opts: &opts,
+                    prefix: if several {
+                        format!("[{}] ", series.name())
+                    } else {
+                        String::new()
+                    },
+                    times: &times,
+                    started,
+                };
+                (*series, scope.spawn(move || guest.run()))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(series, h)| {
+                let result = h
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the thread running it panicked")));
+                (series, result)
+            })
+            .collect()
+    });
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|(series, r)| {
+            r.as_ref()
+                .err()
+                .map(|e| format!("{}: {e:#}", series.name()))
+        })
+        .collect();
+    match failed.len() {
+        0 => Ok(()),
+        1 if !several => Err(results.into_iter().find_map(|(_, r)| r.err()).expect("one")),
+        _ => bail!("{}", failed.join("; ")),
+    }
+}
+
+/// One guest's boot: the initramfs for its kernel, the accelerator, qemu, and what its console
+/// said.
+struct Guest<'a> {
+    series: kernel::Series,
+    kernel: &'a kernel::Kernel,
+    binaries: &'a [TestBinary],
+    target: &'a Path,
+    vm_dir: &'a Path,
+    opts: &'a Options,
+    /// Before each console line printed ("[6.1] " when several guests run side by side).
+    prefix: String,
+    /// The shared steps' times, for the last line.
+    times: &'a str,
+    started: Instant,
+}
+
+impl Guest<'_> {
+    /// This guest's files in target/vm-test: serial-6.12.log, dmesg-6.1.log, kvm-probe-6.1.
+    fn file(&self, stem: &str) -> PathBuf {
+        let name = match stem.split_once('.') {
+            Some((base, ext)) => format!("{base}-{}.{ext}", self.series.name()),
+            None => format!("{stem}-{}", self.series.name()),
+        };
+        self.vm_dir.join(name)
+    }
+
+    fn run(&self) -> Result<()> {
+        let (opts, target, binaries) = (self.opts, self.target, self.binaries);
+        let prepare = Instant::now();
+        let initrd = self.file("initrd.cpio");
+        let hold = opts.exec.is_none() && !opts.cold;
+        let runner = runner_script(binaries, &self.file("dmesg.log"), hold);
+        initramfs::build(
+            &busybox()?,
+            &self.kernel.modules,
+            &crate::workspace_root(),
+            target,
+            &runner,
+            &initrd,
         )?;
-    }
-    if boot.timed_out {
-        show_tail(&boot.tail, &vm_dir);
-        bail!(
-            "the guest did not finish within {} s and was killed (qemu pid {}); serial log: {}",
+        let accel = choose_accel(
+            opts.accel,
+            self.kernel,
+            &initrd,
+            target,
+            &self.file("kvm-probe"),
+        )?;
+        let prepared = prepare.elapsed();
+        let serial = self.file("serial.log");
+        eprintln!(
+            "{}vm-test: booting {} under {} (timeout {} s; serial log {})",
+            self.prefix,
+            self.kernel.release,
+            accel.name(),
             opts.timeout.as_secs(),
-            boot.pid,
-            vm_dir.join("serial.log").display()
+            serial.display()
         );
-    }
-    match status {
-        Some(0) => Ok(()),
-        Some(INIT_FAILED) => {
-            show_tail(&boot.tail, &vm_dir);
-            bail!(
-                "the guest's init failed: {}",
+
+        let mut progress = Progress::new(binaries);
+        let boot = boot(
+            &qemu_command(accel, self.kernel, &initrd, target, &opts.append),
+            opts.timeout,
+            &serial,
+            |line| {
+                // Live: the guest's console is the suite's output.
+                println!("{}{line}", self.prefix);
+                progress.line(line)
+            },
+        )?;
+
+        let boot_secs = progress
+            .guest_ready
+            .map(|t| t.duration_since(boot.started).as_secs_f64());
+        let suite_secs = progress
+            .guest_ready
+            .map(|t| boot.ended.duration_since(t).as_secs_f64());
+        let mut report = progress.summary(binaries, &self.kernel.release);
+        report.push_str(&format!(
+            "vm-test times ({}): {}, initramfs and accelerator {:.1} s, boot {}, suite {}, \
+             total {:.1} s\n",
+            self.kernel.release,
+            self.times,
+            prepared.as_secs_f64(),
+            boot_secs.map_or("-".into(), |s| format!("{s:.1} s")),
+            suite_secs.map_or("-".into(), |s| format!("{s:.1} s")),
+            self.started.elapsed().as_secs_f64(),
+        ));
+        // One write: the summaries of guests side by side do not interleave.
+        print!("{report}");
+
+        let env_name = match self.series {
+            kernel::Series::V6_12 => "vm".to_string(),
+            other => format!("vm-{}", other.name()),
+        };
+        // The guest's status: from the debug-exit port ((status << 1) | 1), else from the runner's
+        // last console line.
+        let status = match boot.code {
+            Some(code) if code & 1 == 1 => Some(code >> 1),
+            _ => progress.done,
+        };
+        // The skip lines are worth recording whenever the runner got to the end, failures or not:
+        // the coverage check then still says what ran where.
+        if !boot.timed_out && opts.exec.is_none() && matches!(status, Some(0) | Some(1)) {
+            let description = format!(
+                "{} ({})",
                 progress
-                    .init_failed
+                    .guest_env
                     .as_deref()
-                    .unwrap_or("see the serial log")
-            );
-        }
-        Some(status) => {
-            if progress.results.iter().all(|r| r.rc == Some(0)) {
-                show_tail(&boot.tail, &vm_dir);
-            }
-            if opts.exec.is_some() {
-                bail!("the command failed in the VM (status {status})");
-            }
-            bail!(
-                "tests failed in the VM ({} {})",
-                kernel.release,
+                    .unwrap_or(&self.kernel.release),
                 accel.name()
             );
+            coverage::record(
+                target,
+                &env_name,
+                &description,
+                opts.complete(),
+                &progress.skipped,
+            )?;
         }
-        None => {
-            show_tail(&boot.tail, &vm_dir);
-            let panicked = boot.tail.iter().any(|l| l.contains("Kernel panic"));
+        let show_tail = || show_tail(&boot.tail, &serial, &self.prefix);
+        if boot.timed_out {
+            show_tail();
             bail!(
-                "the guest ended without reporting a status ({}; qemu exited with {}); serial \
-                 log: {}",
-                if panicked {
-                    "its kernel panicked"
-                } else {
-                    "it powered off or reset"
-                },
-                boot.code.map_or("a signal".to_string(), |c| c.to_string()),
-                vm_dir.join("serial.log").display()
+                "the guest did not finish within {} s and was killed (qemu pid {}); serial log: {}",
+                opts.timeout.as_secs(),
+                boot.pid,
+                serial.display()
             );
+        }
+        match status {
+            Some(0) => Ok(()),
+            Some(INIT_FAILED) => {
+                show_tail();
+                bail!(
+                    "the guest's init failed: {}",
+                    progress
+                        .init_failed
+                        .as_deref()
+                        .unwrap_or("see the serial log")
+                );
+            }
+            Some(status) => {
+                if progress.results.iter().all(|r| r.rc == Some(0)) {
+                    show_tail();
+                }
+                if opts.exec.is_some() {
+                    bail!("the command failed in the VM (status {status})");
+                }
+                bail!(
+                    "tests failed in the VM ({} {})",
+                    self.kernel.release,
+                    accel.name()
+                );
+            }
+            None => {
+                show_tail();
+                let panicked = boot.tail.iter().any(|l| l.contains("Kernel panic"));
+                bail!(
+                    "the guest ended without reporting a status ({}; qemu exited with {}); serial \
+                     log: {}",
+                    if panicked {
+                        "its kernel panicked"
+                    } else {
+                        "it powered off or reset"
+                    },
+                    boot.code.map_or("a signal".to_string(), |c| c.to_string()),
+                    serial.display()
+                );
+            }
         }
     }
 }
@@ -429,7 +557,12 @@ fn package_name(id: &str) -> Option<String> {
 /// The guest's PID 1 after switch_root: runs each binary in turn, announcing it with markers the
 /// host parses, then reports the overall status. busybox's sh reaps every child it is given as
 /// PID 1 (orphans of the sandboxes included) while it waits for the foreground test.
-fn runner_script(binaries: &[TestBinary], target: &Path) -> String {
+///
+/// `hold`: the host's set of monitors is loaded once and kept (`stockade monitors up`) while the
+/// binaries run, as a server running Stockade keeps it, so that each sandbox joins it rather than
+/// loading and verifying every eBPF program again (seconds each under emulation). The binaries of
+/// [`FRESH_SET`] test the set's own load and removal and run without it.
+fn runner_script(binaries: &[TestBinary], dmesg: &Path, hold: bool) -> String {
     let mut s = String::from(
         r#"# The test runner of `cargo xtask vm-test` (xtask/src/vm.rs), PID 1 after switch_root.
 B=/run/vm-test/busybox
@@ -452,7 +585,30 @@ run() {
 }
 "#,
     );
+    // The stockade binary beside the test executables' deps/ directory.
+    let stockade = binaries
+        .iter()
+        .find(|b| b.integration)
+        .and_then(|b| Some(b.path.parent()?.parent()?.join("stockade")));
+    let hold = match (hold, stockade) {
+        (true, Some(path)) => {
+            s.push_str(&format!(
+                r#"S={}
+hold() {{ "$S" monitors up >/dev/null || echo "@@vm-test note: stockade monitors up failed: the runs load their own"; }}
+release() {{ "$S" monitors down >/dev/null; }}
+hold
+"#,
+                shell_quote(&path.to_string_lossy())
+            ));
+            true
+        }
+        _ => false,
+    };
     for (i, b) in binaries.iter().enumerate() {
+        let fresh = hold && b.integration && FRESH_SET.contains(&b.target.as_str());
+        if fresh {
+            s.push_str("release\n");
+        }
         let mut line = format!(
             "run {i} {} {}",
             shell_quote(&b.dir.to_string_lossy()),
@@ -464,13 +620,23 @@ run() {
         }
         s.push_str(&line);
         s.push('\n');
+        if fresh {
+            s.push_str("hold\n");
+        }
+    }
+    if hold {
+        s.push_str("release\n");
     }
     s.push_str(&format!(
         "$B dmesg > {}\n$B sync\necho \"@@vm-test done $status\"\nreport $status\n",
-        shell_quote(&target.join("vm-test/dmesg.log").to_string_lossy())
+        shell_quote(&dmesg.to_string_lossy())
     ));
     s
 }
+
+/// The integration tests that load, share and remove the host's set of monitors themselves: in
+/// the guest they run with no set held (see [`runner_script`]).
+const FRESH_SET: &[&str] = &["shared"];
 
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -495,7 +661,7 @@ fn choose_accel(
     kernel: &kernel::Kernel,
     initrd: &Path,
     target: &Path,
-    vm_dir: &Path,
+    cache: &Path,
 ) -> Result<Accel> {
     match wanted {
         Accel::Kvm | Accel::Tcg => return Ok(wanted),
@@ -511,8 +677,7 @@ fn choose_accel(
     }
     let host = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let key = format!("host {} guest {}", host.trim(), kernel.package);
-    let cache = vm_dir.join("kvm-probe");
-    if let Ok(text) = fs::read_to_string(&cache) {
+    if let Ok(text) = fs::read_to_string(cache) {
         if let Some(verdict) = text.strip_prefix(&format!("{key}: ")) {
             return Ok(if verdict.trim() == "works" {
                 Accel::Kvm
@@ -525,7 +690,7 @@ fn choose_accel(
     let probe = boot(
         &qemu_command(Accel::Kvm, kernel, initrd, target, &["vmtest.probe".into()]),
         Duration::from_secs(6),
-        &vm_dir.join("kvm-probe.log"),
+        &cache.with_extension("log"),
         |_| {},
     )?;
     let works = probe.code == Some(1);
@@ -538,7 +703,7 @@ fn choose_accel(
         }
     );
     fs::write(
-        &cache,
+        cache,
         format!("{key}: {}\n", if works { "works" } else { "broken" }),
     )?;
     Ok(if works { Accel::Kvm } else { Accel::Tcg })
@@ -716,14 +881,15 @@ fn spawn_reader(
     })
 }
 
-fn show_tail(tail: &VecDeque<String>, vm_dir: &Path) {
-    eprintln!(
-        "\n== the last lines of the serial log ({}) ==",
-        vm_dir.join("serial.log").display()
+fn show_tail(tail: &VecDeque<String>, serial: &Path, prefix: &str) {
+    let mut text = format!(
+        "\n{prefix}== the last lines of the serial log ({}) ==\n",
+        serial.display()
     );
     for line in tail {
-        eprintln!("{line}");
+        text.push_str(&format!("{prefix}{line}\n"));
     }
+    eprint!("{text}");
 }
 
 /// What the host learns from the guest's console.
@@ -807,8 +973,10 @@ impl Progress {
         }
     }
 
-    fn summary(&self, binaries: &[TestBinary]) {
-        println!("\n== vm-test: each test binary in the guest ==");
+    /// The end-of-run report: each binary's verdict and time, the guest, what was skipped.
+    fn summary(&self, binaries: &[TestBinary], release: &str) -> String {
+        use std::fmt::Write as _;
+        let mut out = format!("\n== vm-test ({release}): each test binary in the guest ==\n");
         let (mut passed, mut failed) = (0, 0);
         for (b, r) in binaries.iter().zip(&self.results) {
             let verdict = match r.rc {
@@ -824,22 +992,23 @@ impl Progress {
                 Some(rc) if rc != 0 && r.failed == 0 => format!("exit status {rc}"),
                 Some(_) => format!("{} passed, {} failed", r.passed, r.failed),
             };
-            println!("  {verdict} {time}  {}: {what}", b.label);
+            let _ = writeln!(out, "  {verdict} {time}  {}: {what}", b.label);
             passed += r.passed;
             failed += r.failed;
         }
         if let Some(env) = &self.guest_env {
-            println!("guest: {env}");
+            let _ = writeln!(out, "guest: {env}");
         }
         if self.skipped.is_empty() {
-            println!("skipped in the VM: none");
+            out.push_str("skipped in the VM: none\n");
         } else {
-            println!("skipped in the VM ({}):", self.skipped.len());
+            let _ = writeln!(out, "skipped in the VM ({}):", self.skipped.len());
             for s in &self.skipped {
-                println!("  {s}");
+                let _ = writeln!(out, "  {s}");
             }
         }
-        println!("vm-test: {passed} passed, {failed} failed");
+        let _ = writeln!(out, "vm-test ({release}): {passed} passed, {failed} failed");
+        out
     }
 }
 
@@ -859,12 +1028,26 @@ mod tests {
             "--exact",
         ])
         .unwrap();
-        assert_eq!(o.series, kernel::Series::V6_1);
+        assert_eq!(o.series, vec![kernel::Series::V6_1]);
         assert_eq!(o.tests, vec!["resources"]);
         assert_eq!(o.test_args, vec!["oom", "--exact"]);
         assert!(!o.complete());
         assert!(Options::parse(&[]).unwrap().complete());
         assert!(Options::parse(&["--kernel", "5.10"]).is_err());
+        assert_eq!(
+            Options::parse(&[]).unwrap().series,
+            vec![kernel::Series::V6_12]
+        );
+        let both = vec![kernel::Series::V6_12, kernel::Series::V6_1];
+        assert_eq!(Options::parse(&["--kernel", "all"]).unwrap().series, both);
+        assert_eq!(
+            Options::parse(&["--kernel", "6.12,6.1", "--kernel", "6.1"])
+                .unwrap()
+                .series,
+            both
+        );
+        assert!(Options::parse(&["--kernel", "all", "--exec", "true"]).is_err());
+        assert!(Options::parse(&["--cold"]).unwrap().cold);
         assert!(Options::parse(&["--timeout"]).is_err());
     }
 

@@ -129,7 +129,14 @@ pub fn policy_file(name: &str, text: &str) -> PathBuf {
         .join("stockade-tests")
         .join("policies");
     std::fs::create_dir_all(&dir).expect("policy dir");
-    let path = dir.join(format!("{name}-{}-{n}.toml", std::process::id()));
+    // The boot's id too: guests booted side by side share this directory (`cargo xtask vm-test
+    // --kernel all`) and may give the same test the same pid.
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let path = dir.join(format!(
+        "{name}-{}-{}-{n}.toml",
+        boot.get(..8).unwrap_or_default(),
+        std::process::id()
+    ));
     std::fs::write(&path, text).expect("write policy");
     path
 }
