@@ -10,7 +10,7 @@
 //! The flow: host packages (qemu, busybox-static, zstd, xz) → the kernel package, fetched once and
 //! cached (vm/kernel.rs) → the test binaries, built if missing → an initramfs holding busybox, the
 //! 9p modules, /init and the runner script (vm/initramfs.rs) → KVM if it really works here, else
-//! TCG → qemu, whose serial console is streamed, logged to target/vm-test/serial.log and parsed
+//! TCG → qemu, whose serial console is streamed, logged to target/vm-test/serial-<series>.log and parsed
 //! for the runner's `@@vm-test` markers, test results and `skipped:` lines → a per-binary summary,
 //! the coverage record (target/coverage/vm.txt) and the tests' status as the exit status.
 
