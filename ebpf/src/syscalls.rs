@@ -41,7 +41,7 @@ use stockade_ebpf_common::{
     MissKey, SyscallEvent, ARG_MSGHDR, ARG_OPENS, ARG_PATH, ARG_SOCKADDR, COUNTER_DENIALS_DROPPED,
     COUNTER_DROPPED, COUNTER_FAILED, COUNTER_KILLS, COUNTER_LIMITS, COUNTER_PID_HIGH,
     COUNTER_QUIET_MISSES, COUNTER_SYSCALLS, EVENT_SYSCALL, FLAG_NO_ABSTRACT_BIND, FLAG_TRACE_FILES,
-    MISS_KEY_DATA, MISS_PATH_LEN, SYSCALL_NR_MAX,
+    FLAG_UNTRACED, MISS_KEY_DATA, MISS_PATH_LEN, SYSCALL_NR_MAX,
 };
 
 use crate::maps::{
@@ -136,6 +136,9 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let Some((slot, flags)) = sandbox_slot(cg) else {
         return 0;
     };
+    if flags & FLAG_UNTRACED != 0 {
+        return 0;
+    }
     let regs: *const u64 = ctx.arg(0);
     let ret: i64 = ctx.arg(1);
     let nr = reg(regs, REG_ORIG_AX) as u32;

@@ -16,6 +16,7 @@ pub struct Policy {
     pub syscalls: Syscalls,
     pub resources: Resources,
     pub enforcement: Enforcement,
+    pub monitor: MonitorPolicy,
 }
 
 /// `[filesystem]`: what exists inside the sandbox and with which rights. A path that is in no list
@@ -362,6 +363,26 @@ pub struct Resources {
     pub tmp_size: Option<u64>,
     /// Wall-clock limit for the whole sandbox.
     pub timeout: Option<Duration>,
+}
+
+/// `[monitor]`: what the eBPF monitors watch for this plugin, and so what the rest of the host
+/// pays for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitorPolicy {
+    /// The host-wide syscall tracepoint (`sys_exit`): per-call counts and the denials of seccomp's
+    /// errno actions, Landlock, the mount table and the hidden paths, seen as they return. While a
+    /// sandbox with it runs, every syscall on the host passes the program. Without it those
+    /// denials are still enforced but not counted as violations; seccomp's kills, the network
+    /// programs' and the LSM programs' denials still are.
+    pub syscall_tracepoint: bool,
+}
+
+impl Default for MonitorPolicy {
+    fn default() -> Self {
+        MonitorPolicy {
+            syscall_tracepoint: true,
+        }
+    }
 }
 
 /// `[enforcement]`.

@@ -40,6 +40,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "syscalls",
     "resources",
     "enforcement",
+    "monitor",
 ];
 pub(crate) const FILESYSTEM_KEYS: &[&str] = &["read", "write", "exec", "absent"];
 pub(crate) const NETWORK_KEYS: &[&str] = &["mode", "connect", "bind"];
@@ -58,6 +59,7 @@ pub(crate) const RESOURCES_KEYS: &[&str] = &[
 ];
 pub(crate) const ENFORCEMENT_KEYS: &[&str] = &["mode", "threshold", "window", "action"];
 pub(crate) const IPC_KEYS: &[&str] = &["connect", "bind_abstract"];
+pub(crate) const MONITOR_KEYS: &[&str] = &["syscall_tracepoint"];
 /// Paths in `[ipc] connect`: each is one entry of a kernel map per sandbox.
 pub const MAX_IPC_PATHS: usize = 64;
 /// The longest path a pathname unix socket can have: `sun_path` holds 108 bytes with the NUL.
@@ -376,6 +378,7 @@ const TABLE_KEYS: &[(&str, &[&str])] = &[
     ("syscalls", SYSCALLS_KEYS),
     ("resources", RESOURCES_KEYS),
     ("enforcement", ENFORCEMENT_KEYS),
+    ("monitor", MONITOR_KEYS),
 ];
 
 struct Checker<'s> {
@@ -401,6 +404,10 @@ struct Seen {
     kill_action_key: Span,
     /// `[ipc] connect` paths, to check that a `[filesystem]` grant makes each visible.
     ipc_connect: Vec<(PolicyPath, Span)>,
+    /// `[ipc] bind_abstract`, as given (false when absent).
+    bind_abstract: bool,
+    /// `syscall_tracepoint = false`.
+    untraced_key: Span,
 }
 
 impl<'s> Checker<'s> {
@@ -497,6 +504,7 @@ impl<'s> Checker<'s> {
             syscalls: Syscalls::default(),
             resources: Resources::default(),
             enforcement: Enforcement::default(),
+            monitor: MonitorPolicy::default(),
         };
         for entry in self.entries(root, TOP_KEYS, Place::Top) {
             match entry.key {
@@ -544,6 +552,11 @@ impl<'s> Checker<'s> {
                         policy.enforcement = self.enforcement(table, &mut seen);
                     }
                 }
+                "monitor" => {
+                    if let Some(table) = self.table(&entry) {
+                        policy.monitor = self.monitor(table, &mut seen);
+                    }
+                }
                 // `entries` only yields the keys of TOP_KEYS.
                 _ => {}
             }
@@ -571,6 +584,25 @@ impl<'s> Checker<'s> {
                     Some("set mode = \"allow\" in [network]".into()),
                 );
             }
+        }
+        // On the host network an abstract name is the host's, and no hook on these kernels
+        // refuses a unix bind: the syscall tracepoint kills the process whose bind returned.
+        if seen.untraced_key.is_some()
+            && seen.network_mode == Some(NetworkMode::Allow)
+            && !seen.bind_abstract
+        {
+            self.error(
+                seen.untraced_key.clone(),
+                "`syscall_tracepoint = false` leaves `bind_abstract = false` unenforced: on the \
+                 host network the syscall tracepoint is what stops a plugin binding the host's \
+                 abstract socket names"
+                    .into(),
+                Some(
+                    "keep the tracepoint, set bind_abstract = true in [ipc], or give the plugin \
+                     its own network (mode = \"none\" in [network])"
+                        .into(),
+                ),
+            );
         }
         if seen.enforcement_mode == Some(EnforcementMode::Monitor) && seen.kill_action_key.is_some()
         {
@@ -1111,7 +1143,10 @@ impl<'s> Checker<'s> {
                     }
                 }
                 "bind_abstract" => match entry.item.as_bool() {
-                    Some(b) => ipc.bind_abstract = b,
+                    Some(b) => {
+                        ipc.bind_abstract = b;
+                        seen.bind_abstract = b;
+                    }
                     None => self.type_error(&entry, "a boolean (true or false)"),
                 },
                 _ => {}
@@ -1317,6 +1352,26 @@ impl<'s> Checker<'s> {
             }
         }
         e
+    }
+
+    // ---- [monitor] ----
+
+    fn monitor(&mut self, table: &dyn TableLike, seen: &mut Seen) -> MonitorPolicy {
+        let mut m = MonitorPolicy::default();
+        for entry in self.entries(table, MONITOR_KEYS, Place::Table("monitor")) {
+            if entry.key == "syscall_tracepoint" {
+                match entry.item.as_bool() {
+                    Some(on) => {
+                        m.syscall_tracepoint = on;
+                        if !on {
+                            seen.untraced_key = entry.key_span();
+                        }
+                    }
+                    None => self.type_error(&entry, "a boolean (true or false)"),
+                }
+            }
+        }
+        m
     }
 
     // ---- typed values ----

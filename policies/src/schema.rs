@@ -155,7 +155,25 @@ fn top_level() -> Vec<(&'static str, Value)> {
             "enforcement",
             table("What happens when the plugin violates the policy.", enforcement()),
         ),
+        (
+            "monitor",
+            table(
+                "What the eBPF monitors watch for this plugin, and so what the rest of the host pays.",
+                monitor(),
+            ),
+        ),
     ]
+}
+
+fn monitor() -> Vec<(&'static str, Value)> {
+    vec![(
+        "syscall_tracepoint",
+        json!({
+            "description": "The host-wide syscall tracepoint: per-call counts and the denials of seccomp errno actions, Landlock, the mount table and hidden paths. While a sandbox with it runs every syscall on the host passes it; false: those denials are enforced but not counted as violations.",
+            "type": "boolean",
+            "default": true
+        }),
+    )]
 }
 
 fn filesystem() -> Vec<(&'static str, Value)> {
@@ -449,6 +467,7 @@ mod tests {
         assert_eq!(keys(&p["syscalls"]), set(SYSCALLS_KEYS));
         assert_eq!(keys(&p["resources"]), set(RESOURCES_KEYS));
         assert_eq!(keys(&p["enforcement"]), set(ENFORCEMENT_KEYS));
+        assert_eq!(keys(&p["monitor"]), set(crate::parse::MONITOR_KEYS));
         assert_eq!(keys(&schema["$defs"]["rule"]), set(RULE_KEYS));
     }
 

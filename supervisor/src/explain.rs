@@ -277,14 +277,21 @@ pub fn explain(policy: &Policy, probe: &Probe) -> String {
             ThresholdAction::Report => "report",
         }
     );
-    let _ = writeln!(
-        out,
-        "  Every denial above (seccomp, Landlock, the mount table, the network programs) and every"
-    );
-    let _ = writeln!(
-        out,
-        "  reach for a path the mount namespace hides is one violation event (`stockade run --events`)."
-    );
+    if policy.monitor.syscall_tracepoint {
+        let _ = writeln!(
+            out,
+            "  Every denial above (seccomp, Landlock, the mount table, the network programs) and every"
+        );
+        let _ = writeln!(
+            out,
+            "  reach for a path the mount namespace hides is one violation event (`stockade run --events`)."
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  Only the denials the monitors see without the syscall tracepoint count (below)."
+        );
+    }
     let _ = writeln!(
         out,
         "  {}",
@@ -294,7 +301,68 @@ pub fn explain(policy: &Policy, probe: &Probe) -> String {
             _ => "Violations are reported; the plugin keeps running.",
         }
     );
+    explain_monitor(&mut out, policy, probe);
     out
+}
+
+/// `[monitor]`: what the monitors see of this plugin, and what the rest of the host pays for it.
+fn explain_monitor(out: &mut String, policy: &Policy, probe: &Probe) {
+    let lsm = crate::monitor::unix::lsm_loads(probe);
+    if policy.monitor.syscall_tracepoint {
+        let _ = writeln!(
+            out,
+            "
+monitor — syscall tracepoint on: while this sandbox runs, every syscall on the host, not"
+        );
+        let _ = writeln!(
+            out,
+            "  only the plugin's, passes Stockade's sys_exit program (the kernel's tracepoint path plus"
+        );
+        let _ = writeln!(
+            out,
+            "  one lookup; its cost is in docs/benchmarks.md). It counts the plugin's calls and sees the"
+        );
+        let _ = writeln!(
+            out,
+            "  refusals of every layer as they return. `syscall_tracepoint = false` in [monitor] removes"
+        );
+        let _ = writeln!(
+            out,
+            "  that cost and with it the sight of seccomp errno, Landlock, mount and hidden-path denials."
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "
+monitor — syscall tracepoint off: the host pays nothing per syscall for this sandbox (the"
+        );
+        let _ = writeln!(
+            out,
+            "  tracepoint is attached only while a sandbox that wants it runs). Seccomp errno, Landlock,"
+        );
+        let _ = writeln!(
+            out,
+            "  mount-table and hidden-path denials are still enforced but not seen: they count no"
+        );
+        let _ = writeln!(
+            out,
+            "  violation and cause no auto-unload, and the run reports no per-call counts. Still seen:"
+        );
+        let _ = writeln!(
+            out,
+            "  seccomp's kills (the signal tracepoint){}{}.",
+            if policy.network.mode == NetworkMode::Allow {
+                ", the network programs' denials"
+            } else {
+                ""
+            },
+            if lsm {
+                ", and the LSM wall's (this kernel loads LSM programs)"
+            } else {
+                "; the LSM wall does not load on this kernel"
+            }
+        );
+    }
 }
 
 /// What `except` means, and each named set the policy uses, in plain words.

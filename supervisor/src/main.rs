@@ -339,6 +339,25 @@ fn monitors(command: MonitorsCommand) -> Result<u8, Failure> {
                             .join(", ")
                     }
                 );
+                println!(
+                    "  syscall tracepoint {}",
+                    if !set.syscall_tracepoint {
+                        "detached (no sandbox wants it: host syscalls pay nothing)".to_string()
+                    } else if set.tracepoint_users.is_empty() {
+                        "attached, wanted by nobody: left by a killed supervisor; the next run \
+                         detaches it"
+                            .to_string()
+                    } else {
+                        format!(
+                            "attached (every host syscall passes it), wanted by {}",
+                            set.tracepoint_users
+                                .iter()
+                                .map(|p| format!("pid {p}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
+                );
                 for slot in &set.slots {
                     println!(
                         "  slot {:<3}   {} cgroup {} ({})",
@@ -357,6 +376,29 @@ fn monitors(command: MonitorsCommand) -> Result<u8, Failure> {
     }
 }
 
+/// What reports violations of a sandbox without the syscall tracepoint, on this kernel: the
+/// hooks where denials happen.
+fn untraced_sources(monitors: &[stockade::monitor::MonitorStatus]) -> Vec<&'static str> {
+    let active = |name: &str| monitors.iter().any(|m| m.name == name && m.active);
+    let mut sources = Vec::new();
+    if active("syscalls") {
+        sources.push("seccomp kills (signal tracepoint)");
+    }
+    if active("network") {
+        sources.push("network denials (cgroup programs)");
+    }
+    if active("unix sockets") {
+        sources.push("unix socket denials (cgroup programs)");
+    }
+    if active("lsm") {
+        sources.push("the LSM wall and unix sockets reached (BPF LSM)");
+    }
+    if sources.is_empty() {
+        sources.push("nothing");
+    }
+    sources
+}
+
 fn doctor(json: bool) -> Result<u8, Failure> {
     let probe = Probe::run();
     let missing = probe.missing_required();
@@ -373,6 +415,9 @@ fn doctor(json: bool) -> Result<u8, Failure> {
         };
         value["monitor_sets"] =
             serde_json::to_value(stockade::monitor::host::status()).unwrap_or_default();
+        if let Ok(list) = &monitors {
+            value["untraced_sources"] = serde_json::json!(untraced_sources(list));
+        }
         println!(
             "{}",
             serde_json::to_string_pretty(&value).unwrap_or_default()
@@ -438,6 +483,13 @@ fn doctor(json: bool) -> Result<u8, Failure> {
             }
             Err(e) => println!("monitors              NO: {e}"),
         }
+        if let Ok(list) = &monitors {
+            println!(
+                "without the tracepoint  ([monitor] syscall_tracepoint = false) a sandbox's violations come \
+                 from: {}; Landlock, mount and hidden-path refusals are enforced but not seen",
+                untraced_sources(list).join(", ")
+            );
+        }
         let sets = stockade::monitor::host::status();
         if sets.is_empty() {
             println!("host's monitor set    none loaded (each run loads it; `stockade monitors up` keeps it)");
@@ -490,6 +542,13 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
             )
         })?;
         policy.resources.timeout = Some(timeout);
+    }
+    if args.events.is_some() && !policy.monitor.syscall_tracepoint {
+        return Err(Failure::usage(
+            "--events records the plugin's opens and refusals from the syscall tracepoint, which \
+             this policy turns off ([monitor] syscall_tracepoint = false)",
+            "drop --events, or run with a policy that keeps the tracepoint",
+        ));
     }
     let memfd_fallback = forbid_memfd_without_sysctl(&mut policy)?;
     let plugin_dir = plugin_dir(&args, &policy)?;
@@ -647,7 +706,7 @@ fn load_monitor(policy: &Policy) -> Result<Option<(Monitor, Vec<String>)>, Failu
         eprintln!("stockade: warning: STOCKADE_MONITORS=off: running without the eBPF monitors");
         return Ok(None);
     }
-    let monitor = match Monitor::open_for(host_network) {
+    let monitor = match Monitor::open_for(host_network, policy.monitor.syscall_tracepoint) {
         Ok(m) => m,
         Err(e) if enforce => {
             return Err(Failure::internal(
@@ -761,6 +820,7 @@ fn monitoring<'a>(
             trace_files: events.is_some(),
             miss_trees: stockade::monitor::rules::miss_trees(spec),
             ipc: spec.ipc.clone(),
+            syscall_tracepoint: policy.monitor.syscall_tracepoint,
         },
         threshold: Threshold {
             violations: e.threshold,

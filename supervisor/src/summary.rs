@@ -111,11 +111,15 @@ fn render_report(out: &mut String, r: &Report) {
     }
     let _ = write!(
         line,
-        " · {} process{} started · {} syscalls",
+        " · {} process{} started",
         r.processes_started,
         if r.processes_started == 1 { "" } else { "es" },
-        r.syscalls
     );
+    if r.syscall_tracepoint {
+        let _ = write!(line, " · {} syscalls", r.syscalls);
+    } else {
+        line.push_str(" · syscalls not traced");
+    }
     if r.kernel.inbound_dropped > 0 {
         let _ = write!(
             line,

@@ -268,8 +268,8 @@ fn a_set_that_lost_a_hook_is_never_joined() {
     let (code, _, stderr) = stockade_out(&["monitors", "up"]);
     assert_eq!(code, 0, "{stderr}");
     let set = this_set().expect("a set after `monitors up`");
-    // Unpinning the link detaches the syscall hook: a set without it must not be joined.
-    let link = format!("{}/link-sys_exit", set["pins"].as_str().unwrap());
+    // Unpinning the link detaches seccomp's kill reports: a set without it must not be joined.
+    let link = format!("{}/link-signal_generate", set["pins"].as_str().unwrap());
     std::fs::remove_file(&link).expect("remove the pinned link");
     let policy = policy_file("shared", &policy(""));
     let r = run_with(&policy, &[&hostile(), "syscall", "mount"], |c| {
@@ -281,7 +281,7 @@ fn a_set_that_lost_a_hook_is_never_joined() {
         r.stderr
     );
     assert!(r.stderr.contains("the host's set loaded"), "{}", r.stderr);
-    // The reloaded set's syscall hook works: seccomp's refusal is reported.
+    // The reloaded set's hooks work: seccomp's refusal is reported.
     assert_eq!(r.stdout.trim(), "err EPERM");
     let v = violations(&summary(&r.stderr));
     assert_eq!(v.len(), 1, "{v:#?}");
@@ -293,4 +293,200 @@ fn a_set_that_lost_a_hook_is_never_joined() {
     let (code, stdout, _) = stockade_out(&["monitors", "down"]);
     assert_eq!(code, 0);
     assert!(stdout.contains(": removed"), "{stdout}");
+}
+
+/// `bpf(cmd, attr)` for the few commands the tracepoint test asks.
+fn bpf(cmd: libc::c_long, attr: &mut [u32]) -> libc::c_long {
+    // SAFETY: `attr` is a live, writable buffer of the size passed; the kernel reads (and for
+    // GET_NEXT_ID writes) at most that many bytes.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr),
+        )
+    }
+}
+
+/// The id of the program pinned at `path` (BPF_OBJ_GET, then BPF_OBJ_GET_INFO_BY_FD).
+fn program_id(path: &str) -> u32 {
+    let name = std::ffi::CString::new(path).unwrap();
+    let mut attr = [0u32; 6];
+    attr[0] = name.as_ptr() as u64 as u32;
+    attr[1] = (name.as_ptr() as u64 >> 32) as u32;
+    let fd = bpf(7, &mut attr);
+    assert!(
+        fd >= 0,
+        "BPF_OBJ_GET {path}: {}",
+        std::io::Error::last_os_error()
+    );
+    // bpf_prog_info starts with type and id.
+    let mut info = [0u32; 64];
+    let mut attr = [0u32; 4];
+    attr[0] = fd as u32;
+    attr[1] = std::mem::size_of_val(&info) as u32;
+    attr[2] = info.as_mut_ptr() as u64 as u32;
+    attr[3] = (info.as_mut_ptr() as u64 >> 32) as u32;
+    let r = bpf(15, &mut attr);
+    // SAFETY: a descriptor BPF_OBJ_GET just gave this test.
+    unsafe { libc::close(fd as i32) };
+    assert_eq!(
+        r,
+        0,
+        "BPF_OBJ_GET_INFO_BY_FD: {}",
+        std::io::Error::last_os_error()
+    );
+    info[1]
+}
+
+/// How many links in the kernel attach program `prog_id` (walked by id, as bpftool does).
+fn links_of(prog_id: u32) -> usize {
+    let mut found = 0;
+    let mut id = 0u32;
+    loop {
+        let mut attr = [id, 0, 0, 0];
+        if bpf(31, &mut attr) != 0 {
+            return found; // BPF_LINK_GET_NEXT_ID: ENOENT after the last.
+        }
+        id = attr[1];
+        let mut attr = [id, 0, 0, 0];
+        let fd = bpf(30, &mut attr); // BPF_LINK_GET_FD_BY_ID
+        if fd < 0 {
+            continue; // gone meanwhile
+        }
+        // bpf_link_info: type, id, prog_id, ...
+        let mut info = [0u32; 32];
+        let mut attr = [0u32; 4];
+        attr[0] = fd as u32;
+        attr[1] = std::mem::size_of_val(&info) as u32;
+        attr[2] = info.as_mut_ptr() as u64 as u32;
+        attr[3] = (info.as_mut_ptr() as u64 >> 32) as u32;
+        let r = bpf(15, &mut attr);
+        // SAFETY: a descriptor BPF_LINK_GET_FD_BY_ID just gave this test.
+        unsafe { libc::close(fd as i32) };
+        if r == 0 && info[2] == prog_id {
+            found += 1;
+        }
+    }
+}
+
+fn untraced_policy(extra: &str) -> std::path::PathBuf {
+    policy_file(
+        "untraced",
+        &policy(&format!("{extra}\n[monitor]\nsyscall_tracepoint = false\n")),
+    )
+}
+
+#[test]
+fn the_syscall_tracepoint_is_attached_only_while_a_sandbox_wants_it() {
+    let test = "the_syscall_tracepoint_is_attached_only_while_a_sandbox_wants_it";
+    if !privileged(test) {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    start_clean();
+    // A persistent set with no sandbox: nothing on the host's syscall path.
+    let (code, _, stderr) = stockade_out(&["monitors", "up"]);
+    assert_eq!(code, 0, "{stderr}");
+    let set = this_set().expect("a set after `monitors up`");
+    let pins = set["pins"].as_str().unwrap().to_string();
+    let sys_exit = program_id(&format!("{pins}/prog-sys_exit"));
+    assert_eq!(links_of(sys_exit), 0, "attached with no sandbox: {set:#}");
+    assert_eq!(set["syscall_tracepoint"], false, "{set:#}");
+
+    // A wants it (the default): attached while A runs.
+    let traced = policy_file("traced", &policy(""));
+    let a = spawn_run(&traced, &["after", "4000", "write", "/proc/self/comm"]);
+    let a_pid = a.id();
+    slot_of(a_pid);
+    assert_eq!(links_of(sys_exit), 1);
+    let now = this_set().unwrap();
+    assert_eq!(now["syscall_tracepoint"], true, "{now:#}");
+    assert_eq!(
+        now["tracepoint_users"],
+        serde_json::json!([a_pid]),
+        "{now:#}"
+    );
+
+    // B does not, while the program runs for A: B's Landlock refusal is enforced, not seen.
+    let untraced = untraced_policy("");
+    let r = run(&untraced, &[&hostile(), "write", "/proc/self/comm"]);
+    assert_eq!(r.stdout.trim(), "err EACCES", "{}", r.stderr);
+    assert_eq!(r.summary["monitor"]["violations"], 0, "{}", r.stderr);
+    assert_eq!(r.summary["monitor"]["syscall_tracepoint"], false);
+    assert_eq!(r.summary["monitor"]["syscalls"], 0, "{}", r.stderr);
+    assert_eq!(links_of(sys_exit), 1, "B's end detached A's tracepoint");
+
+    // Control: A saw its own.
+    let out = a.wait_with_output().expect("wait for A");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "err EACCES");
+    let a_sum = summary(&stderr);
+    let v = violations(&a_sum);
+    assert_eq!(v.len(), 1, "A's violations: {v:#?}");
+    assert_eq!(v[0]["layer"], "landlock");
+    assert_eq!(a_sum["monitor"]["syscall_tracepoint"], true);
+    assert!(a_sum["monitor"]["syscalls"].as_u64().unwrap() > 0);
+
+    // A gone: detached, though the set stays loaded.
+    assert_eq!(links_of(sys_exit), 0, "left attached after its last wanter");
+    let now = this_set().expect("the persistent set");
+    assert_eq!(now["syscall_tracepoint"], false, "{now:#}");
+
+    // With the tracepoint off, seccomp's kills are still violations (the signal tracepoint).
+    let kill = untraced_policy("[syscalls]\ndeny = [\"getppid\"]\ndeny_action = \"kill\"\n");
+    let r = run(&kill, &[&hostile(), "syscall", "getppid"]);
+    assert_eq!(r.summary["ended_by"], "seccomp_kill", "{}", r.stderr);
+    let v = violations(&r.summary);
+    assert_eq!(v.len(), 1, "{v:#?}");
+    assert_eq!(v[0]["layer"], "seccomp");
+    assert_eq!(v[0]["syscall"], "getppid");
+    // Control: its allowed calls run.
+    let r = run(&kill, &[&hostile(), "echo", "alive"]);
+    assert_eq!(r.stdout.trim(), "ok alive", "{}", r.stderr);
+    assert_eq!(links_of(sys_exit), 0);
+
+    // doctor says what a sandbox without it still reports on this kernel.
+    let (_, doctor, _) = stockade_out(&["doctor", "--json"]);
+    let doctor: Value = serde_json::from_str(&doctor).expect("doctor JSON");
+    let sources = doctor["untraced_sources"]
+        .as_array()
+        .expect("untraced_sources");
+    assert!(
+        sources.contains(&Value::from("seccomp kills (signal tracepoint)")),
+        "{sources:?}"
+    );
+
+    let (code, _, _) = stockade_out(&["monitors", "down"]);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn a_tracepoint_left_by_a_killed_supervisor_is_detached_by_the_next() {
+    let test = "a_tracepoint_left_by_a_killed_supervisor_is_detached_by_the_next";
+    if !privileged(test) {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    start_clean();
+    let (code, _, stderr) = stockade_out(&["monitors", "up"]);
+    assert_eq!(code, 0, "{stderr}");
+    let pins = this_set().unwrap()["pins"].as_str().unwrap().to_string();
+    let sys_exit = program_id(&format!("{pins}/prog-sys_exit"));
+    let traced = policy_file("traced", &policy(""));
+    let mut a = spawn_run(&traced, &["after", "30000", "echo", "late"]);
+    let a_pid = a.id();
+    slot_of(a_pid);
+    // SAFETY: kill of the child this test spawned (its pid is still ours: not waited for).
+    assert_eq!(unsafe { libc::kill(a_pid as i32, libc::SIGKILL) }, 0);
+    a.wait().expect("reap A");
+    // Nobody wants it now, but nobody said so: still attached.
+    assert_eq!(links_of(sys_exit), 1);
+    // The next supervisor, wanting it or not, settles it.
+    let r = run(&untraced_policy(""), &[&hostile(), "echo", "hi"]);
+    assert_eq!(r.stdout.trim(), "ok hi", "{}", r.stderr);
+    assert_eq!(links_of(sys_exit), 0, "still attached after the next run");
+    let (code, _, _) = stockade_out(&["monitors", "down"]);
+    assert_eq!(code, 0);
 }

@@ -58,6 +58,8 @@ struct Setup {
     port: u16,
     /// Monitor mode, no network: the long-lived sandbox of part 1.
     monitor_policy: PathBuf,
+    /// The same with `[monitor] syscall_tracepoint = false`.
+    untraced_policy: PathBuf,
     /// Monitor mode with the listener's port allowed: parts 2 and 4.
     monitor_net_policy: PathBuf,
     /// Enforce mode, threshold 1, kill: part 3.
@@ -197,6 +199,10 @@ fn prepare() -> Result<Setup> {
     };
     Ok(Setup {
         monitor_policy: write("monitor.toml", monitor_mode.to_string())?,
+        untraced_policy: write(
+            "untraced.toml",
+            format!("{monitor_mode}[monitor]\nsyscall_tracepoint = false\n"),
+        )?,
         monitor_net_policy: write("monitor-net.toml", format!("{connect_rule}{monitor_mode}"))?,
         kill_policy: write("kill.toml", kill_mode.to_string())?,
         kill_net_policy: write("kill-net.toml", format!("{connect_rule}{kill_mode}"))?,
@@ -254,9 +260,11 @@ enum HostState {
     Stockade10,
     Stockade50,
     Bpftrace,
+    /// One sandbox whose policy turns the syscall tracepoint off.
+    Untraced,
 }
 
-const HOST_STATES: usize = 6;
+const HOST_STATES: usize = 7;
 
 impl HostState {
     fn label(self) -> &'static str {
@@ -267,12 +275,13 @@ impl HostState {
             HostState::Stockade10 => "10 sandboxes, each with its supervisor",
             HostState::Stockade50 => "50 sandboxes, each with its supervisor",
             HostState::Bpftrace => "bpftrace sys_enter probe (peer)",
+            HostState::Untraced => "1 sandbox with `syscall_tracepoint = false`",
         }
     }
 
     fn sandboxes(self) -> usize {
         match self {
-            HostState::Stockade => 1,
+            HostState::Stockade | HostState::Untraced => 1,
             HostState::Stockade10 => 10,
             HostState::Stockade50 => 50,
             _ => 0,
@@ -374,6 +383,7 @@ fn host_overhead(setup: &Setup, rounds: usize) -> Result<Part> {
         HostState::Floor,
         HostState::Stockade10,
         HostState::Stockade50,
+        HostState::Untraced,
     ];
     let mut bpftrace_note = None;
     match apt_install(&["bpftrace"]) {
@@ -396,10 +406,18 @@ fn host_overhead(setup: &Setup, rounds: usize) -> Result<Part> {
             let attached = match state {
                 HostState::Detached => Attached::Nothing,
                 HostState::Floor => Attached::Floor(attach_empty_sys_exit()?),
-                HostState::Stockade | HostState::Stockade10 | HostState::Stockade50 => {
+                HostState::Stockade
+                | HostState::Stockade10
+                | HostState::Stockade50
+                | HostState::Untraced => {
+                    let policy = if state == HostState::Untraced {
+                        &setup.untraced_policy
+                    } else {
+                        &setup.monitor_policy
+                    };
                     let mut sleepers = Vec::new();
                     for _ in 0..state.sandboxes() {
-                        match start_sleeper(setup) {
+                        match start_sleeper(setup, policy) {
                             Ok(child) => sleepers.push(child),
                             Err(e) => {
                                 for child in sleepers {
@@ -464,6 +482,7 @@ fn host_overhead(setup: &Setup, rounds: usize) -> Result<Part> {
         HostState::Stockade,
         HostState::Stockade10,
         HostState::Stockade50,
+        HostState::Untraced,
         HostState::Bpftrace,
     ] {
         let slot = state as usize;
@@ -487,15 +506,19 @@ fn host_overhead(setup: &Setup, rounds: usize) -> Result<Part> {
     );
     let ten = median(&ppid[HostState::Stockade10 as usize]) / base_ppid;
     let fifty = median(&ppid[HostState::Stockade50 as usize]) / base_ppid;
+    let untraced = median(&ppid[HostState::Untraced as usize]) / base_ppid;
     let mut verdict = format!(
         "With stockade's monitors attached, a host process's open/close takes {open_ratio:.3}× as \
          long as with none attached ({}: at most 1.02×); getppid {ppid_ratio:.3}×. Stockade's \
          own cost per host syscall is {tax:.0} ns against the empty program's {floor_tax:.0} ns \
          ({}: within 10% of the floor). With 10 sandboxes getppid takes {ten:.3}×, with 50 \
-         {fifty:.3}× ({}: no growth with their number).",
+         {fifty:.3}× ({}: no growth with their number). With one sandbox whose policy turns \
+         the syscall tracepoint off (`[monitor] syscall_tracepoint = false`) getppid takes \
+         {untraced:.3}× ({}: the host pays nothing, at most 1.02×).",
         met(open_ratio <= 1.02),
         met(tax <= floor_tax * 1.10),
         met(fifty <= ppid_ratio * 1.10),
+        met(untraced <= 1.02),
     );
     if let Some(note) = bpftrace_note {
         verdict.push_str(&format!(" Peer: {note}."));
@@ -505,7 +528,8 @@ fn host_overhead(setup: &Setup, rounds: usize) -> Result<Part> {
             "This process (outside any sandbox) timed {HOST_OPEN} open+close of /etc/hostname and \
              {HOST_GETPPID} getppid calls per round, while a monitor-mode `stockade run -- \
              /usr/bin/sleep 600` kept the monitors' sys_exit and sched tracepoints attached (and \
-             10 and 50 of them at once), while nothing was attached, while only an empty \
+             10 and 50 of them at once, and one whose policy turns the syscall tracepoint off), \
+             while nothing was attached, while only an empty \
              raw_tracepoint/sys_exit program was (the floor), and while `bpftrace -e \
              '{BPFTRACE_PROGRAM}'` was attached; {}, the states in turn, time per call.",
             times(rounds, "round")
@@ -539,12 +563,12 @@ fn getppid_ns(n: u64) -> f64 {
 
 /// A monitor-mode sandbox running `/usr/bin/sleep 600`, returned once the sleep runs (the monitors
 /// are loaded and attached before the sandbox starts).
-fn start_sleeper(setup: &Setup) -> Result<Child> {
+fn start_sleeper(setup: &Setup, policy: &Path) -> Result<Child> {
     let mut child = Command::new(&setup.stockade)
         .arg("run")
         .arg("--json")
         .arg("--policy")
-        .arg(&setup.monitor_policy)
+        .arg(policy)
         .arg("--plugin-dir")
         .arg(&setup.plugin_dir)
         .args(["--", "/usr/bin/sleep", "600"])

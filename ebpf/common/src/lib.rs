@@ -56,6 +56,9 @@ pub const FLAG_LSM: u32 = 4;
 pub const FLAG_NO_ABSTRACT_BIND: u32 = 16;
 /// The LSM unix programs judge the socket each connect or datagram of the sandbox reaches.
 pub const FLAG_UNIX_REACHED: u32 = 32;
+/// `SandboxConfig::flags` and `IndexEntry::flags`: `[monitor] syscall_tracepoint = false`:
+/// `sys_exit` returns at once for the sandbox, as for a host process.
+pub const FLAG_UNTRACED: u32 = 64;
 
 /// `LsmGrantKey` access bits.
 pub const GRANT_READ: u32 = 1;

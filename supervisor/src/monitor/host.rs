@@ -7,12 +7,16 @@
 //! - `/sys/fs/bpf/stockade/<id>/`: the shared maps (`SANDBOXES`, ..., `EVENTS`, `REPORT`), the
 //!   programs a supervisor attaches to each sandbox's cgroup (`prog-*`), and the links of the
 //!   global hooks (`link-*`: tracepoints, LSM), which keep them attached between supervisors.
+//!   One of them, `link-sys_exit`, exists only while a sandbox that wants the syscall tracepoint
+//!   runs (`[monitor] syscall_tracepoint`): every syscall on the host pays for it.
 //! - `/run/stockade/monitors/`: `setup.lock` (exclusive while a set is loaded, pinned, removed,
 //!   or while a supervisor writes `SANDBOX_INDEX`), and per set `<id>/info.json` (what loaded:
 //!   written last, so a set without it is incomplete), `<id>/users.lock` (shared by every
 //!   supervisor using the set), `<id>/persistent` (kept when its last user goes: `stockade
-//!   monitors up`), and `<id>/slot-N` (exclusive while a supervisor owns slot N; it names the
-//!   sandbox's cgroup, so a slot whose owner died without disarming is reclaimed by the next).
+//!   monitors up`), `<id>/sys_exit.lock` (shared by every supervisor whose sandbox wants the
+//!   syscall tracepoint: whoever takes it exclusively, under the setup lock, may detach it), and
+//!   `<id>/slot-N` (exclusive while a supervisor owns slot N; it names the sandbox's cgroup, so a
+//!   slot whose owner died without disarming is reclaimed by the next).
 //!
 //! flock(2) locks end with their holder, so a supervisor killed with SIGKILL releases its share
 //! of the set and its slots; what it wrote into the maps stays until its slot is taken again
@@ -20,7 +24,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -33,7 +37,7 @@ const OBJECT_ID: &str = include_str!(concat!(env!("OUT_DIR"), "/stockade-ebpf.id
 
 /// The layout of what a set's loader writes besides the object (`SetInfo`, the pins' names):
 /// raised when either changes.
-const SCHEMA: u32 = 1;
+const SCHEMA: u32 = 2;
 
 /// The name of this build's set: the object's hash, the table the loader writes into
 /// `PATH_ARGS`, and [`SCHEMA`], so that a supervisor never joins a set whose maps or tables
@@ -235,6 +239,28 @@ impl SetDirs {
         let _ = fs::remove_dir(&self.pins);
     }
 
+    pub fn tracepoint_lock(&self) -> Result<File, MonitorError> {
+        open_lock(&self.run.join("sys_exit.lock"))
+    }
+
+    /// Detaches the syscall tracepoint when no supervisor wants it (its lock taken exclusively):
+    /// its last wanter ended, or was killed. Call with the setup lock held.
+    pub fn settle_tracepoint(&self) {
+        let pin = self.pin("link-sys_exit");
+        if !pin.exists() {
+            return;
+        }
+        let Ok(lock) = self.tracepoint_lock() else {
+            return;
+        };
+        if flock(&lock, libc::LOCK_EX | libc::LOCK_NB).unwrap_or(false) {
+            // Nobody else holds the link open (its holders hold the lock shared): unpinned, it
+            // is detached.
+            let _ = fs::remove_file(&pin);
+            tracing::debug!(set = %self.id, "syscall tracepoint detached: no sandbox wants it");
+        }
+    }
+
     /// Whether nobody uses the set: the users lock taken exclusively (and kept in `users`).
     pub fn unused(&self, users: &File) -> bool {
         flock(users, libc::LOCK_EX | libc::LOCK_NB).unwrap_or(false)
@@ -350,6 +376,77 @@ pub fn obj_get(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// BPF_RAW_TRACEPOINT_OPEN: attaches `prog` to the raw tracepoint `name`; the descriptor is the
+/// link (closing its last reference, pin included, detaches).
+pub fn raw_tracepoint_open(
+    prog: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    #[repr(C)]
+    struct Attr {
+        name: u64,
+        prog_fd: u32,
+        _pad: u32,
+    }
+    let attr = Attr {
+        name: name.as_ptr() as u64,
+        prog_fd: prog.as_raw_fd() as u32,
+        _pad: 0,
+    };
+    // SAFETY: BPF_RAW_TRACEPOINT_OPEN (17) reads `attr` and the name it points to, both alive
+    // for the call; the kernel zero-extends the attribute's newer fields.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            17 as libc::c_long,
+            &attr as *const Attr,
+            std::mem::size_of::<Attr>(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) })
+}
+
+/// A supervisor's want of the syscall tracepoint: the link held open (so that it stays attached
+/// whatever happens to its pin) and the set's `sys_exit.lock` held shared.
+#[derive(Debug)]
+pub struct TracepointHold {
+    _link: std::os::fd::OwnedFd,
+    _lock: File,
+}
+
+impl SetDirs {
+    /// Attaches the set's `sys_exit` program to the syscall tracepoint unless a supervisor did
+    /// already, and holds it. Call with the setup lock held.
+    pub fn want_tracepoint(&self) -> Result<TracepointHold, MonitorError> {
+        let lock = self.tracepoint_lock()?;
+        let lock_path = self.run.join("sys_exit.lock");
+        flock(&lock, libc::LOCK_SH).map_err(io("lock", &lock_path))?;
+        let pin = self.pin("link-sys_exit");
+        let link = match obj_get(&pin) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let program = self.pin("prog-sys_exit");
+                let prog = obj_get(&program).map_err(io("open the program", &program))?;
+                let link = raw_tracepoint_open(prog.as_fd(), c"sys_exit")
+                    .map_err(io("attach to the syscall tracepoint", &program))?;
+                obj_pin(link.as_fd(), &pin).map_err(io("pin", &pin))?;
+                tracing::debug!(set = %self.id, "syscall tracepoint attached");
+                link
+            }
+            Err(e) => return Err(io("open the link", &pin)(e)),
+        };
+        Ok(TracepointHold {
+            _link: link,
+            _lock: lock,
+        })
+    }
+}
+
 /// A slot of the set, owned while the file's lock is held. The file names the sandbox armed at
 /// it, so that whoever takes the slot after a crashed owner removes that sandbox's entries.
 #[derive(Debug)]
@@ -416,6 +513,10 @@ pub struct Status {
     pub loaded_at: Option<u64>,
     /// Supervisors holding the set (pids).
     pub users: Vec<u32>,
+    /// Whether the syscall tracepoint is attached (every syscall on the host passes it).
+    pub syscall_tracepoint: bool,
+    /// The supervisors whose sandboxes want it (pids).
+    pub tracepoint_users: Vec<u32>,
     pub slots: Vec<SlotStatus>,
 }
 
@@ -444,6 +545,7 @@ pub fn status() -> Vec<Status> {
             let set = SetDirs::of(&id);
             let info = set.info();
             let users = holders(&locks, &set.run.join("users.lock"));
+            let tracepoint_users = holders(&locks, &set.run.join("sys_exit.lock"));
             let mut slots = Vec::new();
             for n in 0..stockade_ebpf_common::MAX_SLOTS {
                 let path = set.slot_path(n);
@@ -465,8 +567,10 @@ pub fn status() -> Vec<Status> {
                 persistent: set.persistent(),
                 loaded_by: info.as_ref().map(|i| i.loaded_by),
                 loaded_at: info.as_ref().map(|i| i.loaded_at),
+                syscall_tracepoint: set.pin("link-sys_exit").exists(),
                 id,
                 users,
+                tracepoint_users,
                 slots,
             }
         })

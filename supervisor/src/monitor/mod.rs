@@ -177,6 +177,10 @@ pub struct ArmSpec {
     pub miss_trees: Vec<(String, bool)>,
     /// `[ipc]`: the unix sockets the sandbox may reach by name, for the unix socket programs.
     pub ipc: stockade_policy::IpcSpec,
+    /// `[monitor] syscall_tracepoint`: `sys_exit` counts and reports this sandbox's calls. When
+    /// false it returns at once for the sandbox, as it does for host processes (and it is not
+    /// attached at all unless another sandbox wants it).
+    pub syscall_tracepoint: bool,
 }
 
 /// A sandbox the monitors watch; give it back to [`Monitor::disarm`].
@@ -357,6 +361,8 @@ impl NetPrograms {
 struct Joined {
     dirs: host::SetDirs,
     users: File,
+    /// Held while this supervisor's sandbox wants the syscall tracepoint.
+    tracepoint: Option<host::TracepointHold>,
 }
 
 impl Drop for Joined {
@@ -364,6 +370,10 @@ impl Drop for Joined {
         let Ok(_setup) = host::SetupLock::take() else {
             return;
         };
+        // The tracepoint first: the host stops paying for it as soon as no sandbox wants it,
+        // persistent set or not.
+        drop(self.tracepoint.take());
+        self.dirs.settle_tracepoint();
         if self.dirs.persistent() {
             return;
         }
@@ -404,7 +414,7 @@ struct Loaded {
 /// what `stockade doctor` reports (a private load, beside any shared set).
 pub fn probe() -> Result<Capabilities, MonitorError> {
     let mut loaded = Loaded::load()?;
-    loaded.attach()?;
+    loaded.attach(true)?;
     Ok(loaded.caps)
 }
 
@@ -555,8 +565,9 @@ impl Loaded {
     }
 
     /// Attaches the global hooks (tracepoints, LSM); the links are the caller's (dropping them
-    /// detaches).
-    fn attach(&mut self) -> Result<Vec<(&'static str, FdLink)>, MonitorError> {
+    /// detaches). The syscall tracepoint only with `sys_exit`: a set attaches it while a sandbox
+    /// wants it ([`host::SetDirs::want_tracepoint`]).
+    fn attach(&mut self, sys_exit: bool) -> Result<Vec<(&'static str, FdLink)>, MonitorError> {
         let failed = |program: &'static str| {
             move |source| MonitorError::Program {
                 program,
@@ -566,7 +577,12 @@ impl Loaded {
         };
         let mut links = Vec::new();
         if self.caps.syscalls.active {
-            for name in ["sys_exit", "signal_generate"] {
+            let names: &[&'static str] = if sys_exit {
+                &["sys_exit", "signal_generate"]
+            } else {
+                &["signal_generate"]
+            };
+            for &name in names {
                 let p: &mut RawTracePoint = program(&mut self.ebpf, name)?;
                 let id = p.attach(name).map_err(failed(name))?;
                 links.push((name, p.take_link(id).map_err(failed(name))?.into()));
@@ -598,7 +614,7 @@ impl Loaded {
             }
         };
         let mut links = Vec::new();
-        for (name, link) in self.attach()? {
+        for (name, link) in self.attach(false)? {
             link.pin(dirs.pin(&format!("link-{name}")))
                 .map_err(pin_error(format!("the link of {name}")))?;
             links.push(name.to_string());
@@ -656,13 +672,15 @@ impl Monitor {
     /// Joins the host's set of monitors, loading and pinning it first when there is none (or
     /// only one of another build, which is retired when nobody uses it).
     pub fn open() -> Result<Monitor, MonitorError> {
-        Monitor::open_for(false)
+        Monitor::open_for(false, false)
     }
 
     /// [`Monitor::open`] for a sandbox that needs the network programs (`network`): a set whose
     /// loader could not load them is loaded again when nobody uses it (a transient failure does
-    /// not stick), and so is a set that cannot be opened (a pin removed by hand).
-    pub fn open_for(network: bool) -> Result<Monitor, MonitorError> {
+    /// not stick), and so is a set that cannot be opened (a pin removed by hand). With
+    /// `tracepoint`, the syscall tracepoint is attached (if no other sandbox's supervisor did)
+    /// and held until this monitor is dropped.
+    pub fn open_for(network: bool, tracepoint: bool) -> Result<Monitor, MonitorError> {
         let t0 = std::time::Instant::now();
         ensure_mounted("bpf", "/sys/fs/bpf")?;
         host::make_root()?;
@@ -726,8 +744,27 @@ impl Monitor {
             path: dirs.run.join("users.lock"),
             source,
         })?;
+        let mut joined = Joined {
+            dirs,
+            users,
+            tracepoint: None,
+        };
+        if tracepoint && monitor.caps.syscalls.active {
+            match joined.dirs.want_tracepoint() {
+                Ok(hold) => joined.tracepoint = Some(hold),
+                Err(e) => {
+                    // Joined's drop takes the setup lock.
+                    drop(setup);
+                    drop(joined);
+                    return Err(e);
+                }
+            }
+        } else {
+            // A tracepoint left by a supervisor killed while it wanted it.
+            joined.dirs.settle_tracepoint();
+        }
         let mut monitor = monitor;
-        monitor.set = Some(Joined { dirs, users });
+        monitor.set = Some(joined);
         drop(setup);
         monitor.loaded = loaded;
         tracing::debug!(
@@ -967,6 +1004,9 @@ impl Monitor {
         }
         if spec.network.is_some() && !spec.ipc.bind_abstract {
             flags |= k::FLAG_NO_ABSTRACT_BIND;
+        }
+        if !spec.syscall_tracepoint {
+            flags |= k::FLAG_UNTRACED;
         }
         let mut armed = Armed {
             cgroup_id,

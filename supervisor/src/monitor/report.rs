@@ -60,6 +60,10 @@ pub struct Report {
     pub lost_denials: u64,
     pub processes_started: u64,
     pub execs: u64,
+    /// Whether the syscall tracepoint watched the sandbox (`[monitor] syscall_tracepoint`):
+    /// without it `syscalls` and the counts are zero, and only seccomp's kills, the network and
+    /// the LSM programs report denials.
+    pub syscall_tracepoint: bool,
     pub syscalls: u64,
     /// Per-syscall counts by name.
     pub syscall_counts: BTreeMap<String, u64>,
@@ -89,6 +93,10 @@ impl Tracker {
             events_out,
             write_error: None,
         }
+    }
+
+    pub fn note_tracepoint(&mut self, on: bool) {
+        self.report.syscall_tracepoint = on;
     }
 
     pub fn note_degraded(&mut self, what: String) {
