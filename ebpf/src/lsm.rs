@@ -106,10 +106,11 @@ pub fn socket_listen(ctx: LsmContext) -> i32 {
         return 0;
     };
     // SAFETY: a live map value, read only.
-    let (slot, active) = unsafe {
+    let (slot, flags, active) = unsafe {
         let flags = (*cfg).flags;
         (
             (*cfg).slot,
+            flags,
             flags & FLAG_LSM != 0
                 && flags & FLAG_NET_RULES != 0
                 && (*cfg).execs >= (*cfg).lsm_after_execs,
@@ -130,7 +131,7 @@ pub fn socket_listen(ctx: LsmContext) -> i32 {
         return 0; // bound: the bind hooks judged its address and port
     }
     bump(slot, COUNTER_NET_DENIED);
-    mark_denied();
+    mark_denied(flags);
     match reserve::<NetDenyEvent>(slot) {
         Some(mut e) => {
             e.write(NetDenyEvent {
@@ -180,9 +181,10 @@ fn judge_unix(sk: u64, hook: u8) -> i32 {
         return 0;
     };
     // SAFETY: a live map value, read only.
-    let (slot, active) = unsafe {
+    let (slot, flags, active) = unsafe {
         (
             (*cfg).slot,
+            (*cfg).flags,
             (*cfg).flags & FLAG_UNIX_REACHED != 0 && (*cfg).execs >= (*cfg).lsm_after_execs,
         )
     };
@@ -263,7 +265,7 @@ fn judge_unix(sk: u64, hook: u8) -> i32 {
     }
 
     bump(slot, COUNTER_LSM_DENIED);
-    mark_denied();
+    mark_denied(flags);
     let Some(mut entry) = reserve::<LsmDenyEvent>(slot) else {
         bump(slot, COUNTER_DROPPED);
         bump(slot, COUNTER_DENIALS_DROPPED);
@@ -297,9 +299,10 @@ fn decide(file: u64, want: u32, mode: u32, hook: u8) -> i32 {
         return 0;
     };
     // SAFETY: a live map value, read only.
-    let (slot, active) = unsafe {
+    let (slot, flags, active) = unsafe {
         (
             (*cfg).slot,
+            (*cfg).flags,
             (*cfg).flags & FLAG_LSM != 0 && (*cfg).execs >= (*cfg).lsm_after_execs,
         )
     };
@@ -358,7 +361,7 @@ fn decide(file: u64, want: u32, mode: u32, hook: u8) -> i32 {
     }
 
     bump(slot, COUNTER_LSM_DENIED);
-    mark_denied();
+    mark_denied(flags);
     let Some(mut entry) = reserve::<LsmDenyEvent>(slot) else {
         bump(slot, COUNTER_DROPPED);
         bump(slot, COUNTER_DENIALS_DROPPED);

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use stockade_ebpf_common::{
     EventHeader, IndexEntry, LsmGrantKey, MissKey, NetRules, SandboxConfig, UnixListedKey,
-    COUNTERS, EVENTS_BYTES, INDEX_BUCKETS, INDEX_SHARED, LSM_OFFSETS_LEN, MAX_SANDBOXES, MAX_SLOTS,
-    MISS_KEY_DATA, SYSCALL_NR_MAX, UNIX_OFFSETS_LEN,
+    COUNTERS, EVENTS_BYTES, FLAG_UNTRACED, INDEX_BUCKETS, INDEX_SHARED, LSM_OFFSETS_LEN,
+    MAX_SANDBOXES, MAX_SLOTS, MISS_KEY_DATA, SYSCALL_NR_MAX, UNIX_OFFSETS_LEN,
 };
 
 /// cgroup id -> the sandbox's configuration. No entry: not a sandbox.
@@ -136,9 +136,14 @@ pub fn sandbox_slot(cg: u64) -> Option<(u32, u32)> {
     unsafe { SANDBOXES.get(&cg) }.map(|c| (c.slot, c.flags))
 }
 
-/// Marks the current thread as just refused (see `DENIED_TID`).
+/// Marks the current thread as just refused (see `DENIED_TID`), for a sandbox with `flags`. Not
+/// for an untraced sandbox: `sys_exit` returns before clearing its marks, and a mark left behind
+/// could hide a later thread's refusal.
 #[inline(always)]
-pub fn mark_denied() {
+pub fn mark_denied(flags: u32) {
+    if flags & FLAG_UNTRACED != 0 {
+        return;
+    }
     if let Some(t) = DENIED_TID.get_ptr_mut(0) {
         // SAFETY: this CPU's slot.
         unsafe { *t = bpf_get_current_pid_tgid() as u32 };

@@ -212,7 +212,7 @@ fn check<const KILL: bool>(ctx: &SockAddrContext, hook: u8) -> i32 {
         unsafe { bpf_send_signal(SIGKILL) };
         bump(slot, COUNTER_KILLS);
     }
-    mark_denied();
+    mark_denied(flags);
     match reserve::<NetDenyEvent>(slot) {
         Some(mut e) => {
             e.write(NetDenyEvent {

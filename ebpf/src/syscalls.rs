@@ -23,7 +23,8 @@
 //! Landlock, the mount table and the LSMs have answered, so one program sees the answer of every
 //! layer. Its price: while any syscall tracepoint is attached every thread of the host takes the
 //! slow syscall path (measured in docs/benchmarks.md). The supervisor attaches it only while a
-//! sandbox runs.
+//! sandbox that wants it runs (`[monitor] syscall_tracepoint`); for one that does not
+//! (`FLAG_UNTRACED`) it returns at once, as for a host process.
 
 use core::ptr::addr_of_mut;
 

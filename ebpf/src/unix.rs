@@ -78,7 +78,7 @@ fn kernel<T>(addr: u64) -> Option<T> {
 #[inline(always)]
 fn check(ctx: &SockAddrContext, hook: u8) -> i32 {
     let cg = current_cgroup();
-    let Some((slot, _)) = sandbox_slot(cg) else {
+    let Some((slot, flags)) = sandbox_slot(cg) else {
         return ALLOW;
     };
     // The name, read into the lookup key on this program's stack (not a per-CPU scratch: this
@@ -99,7 +99,7 @@ fn check(ctx: &SockAddrContext, hook: u8) -> i32 {
     }
 
     bump(slot, COUNTER_NET_DENIED);
-    mark_denied();
+    mark_denied(flags);
     match reserve::<UnixDenyEvent>(slot) {
         Some(mut entry) => {
             let e = entry.as_mut_ptr();

@@ -280,6 +280,8 @@ fn monitors(command: MonitorsCommand) -> Result<u8, Failure> {
                 host::make_dirs(&dirs).map_err(failed)?;
                 dirs.set_persistent(false).map_err(failed)?;
                 let users = dirs.users_lock().map_err(failed)?;
+                // A tracepoint no sandbox wants (its wanter was killed) goes either way.
+                dirs.settle_tracepoint();
                 if dirs.unused(&users) {
                     dirs.remove();
                     println!("monitors {}: removed", set.id);
@@ -343,6 +345,10 @@ fn monitors(command: MonitorsCommand) -> Result<u8, Failure> {
                     "  syscall tracepoint {}",
                     if !set.syscall_tracepoint {
                         "detached (no sandbox wants it: host syscalls pay nothing)".to_string()
+                    } else if !set.this_build {
+                        "attached (another build's set; `stockade monitors down` removes it once \
+                         unused)"
+                            .to_string()
                     } else if set.tracepoint_users.is_empty() {
                         "attached, wanted by nobody: left by a killed supervisor; the next run \
                          detaches it"
@@ -486,7 +492,8 @@ fn doctor(json: bool) -> Result<u8, Failure> {
         if let Ok(list) = &monitors {
             println!(
                 "without the tracepoint  ([monitor] syscall_tracepoint = false) a sandbox's violations come \
-                 from: {}; Landlock, mount and hidden-path refusals are enforced but not seen",
+                 from: {}; seccomp errno, Landlock, mount and hidden-path refusals and resource \
+                 limits are enforced but not seen",
                 untraced_sources(list).join(", ")
             );
         }
@@ -706,7 +713,7 @@ fn load_monitor(policy: &Policy) -> Result<Option<(Monitor, Vec<String>)>, Failu
         eprintln!("stockade: warning: STOCKADE_MONITORS=off: running without the eBPF monitors");
         return Ok(None);
     }
-    let monitor = match Monitor::open_for(host_network, policy.monitor.syscall_tracepoint) {
+    let monitor = match Monitor::open_for(host_network) {
         Ok(m) => m,
         Err(e) if enforce => {
             return Err(Failure::internal(

@@ -256,9 +256,7 @@ pub fn run(
                 }
             };
             let mut tracker = Tracker::new(m.threshold, m.events_out);
-            tracker.note_tracepoint(
-                m.arm.syscall_tracepoint && m.monitor.capabilities().syscalls.active,
-            );
+            tracker.note_tracepoint(armed.traced());
             for d in m.degraded {
                 tracker.note_degraded(d);
             }

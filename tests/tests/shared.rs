@@ -264,35 +264,38 @@ fn a_set_that_lost_a_hook_is_never_joined() {
         return;
     }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    start_clean();
-    let (code, _, stderr) = stockade_out(&["monitors", "up"]);
-    assert_eq!(code, 0, "{stderr}");
-    let set = this_set().expect("a set after `monitors up`");
-    // Unpinning the link detaches seccomp's kill reports: a set without it must not be joined.
-    let link = format!("{}/link-signal_generate", set["pins"].as_str().unwrap());
-    std::fs::remove_file(&link).expect("remove the pinned link");
-    let policy = policy_file("shared", &policy(""));
-    let r = run_with(&policy, &[&hostile(), "syscall", "mount"], |c| {
-        c.env("STOCKADE_LOG", "stockade::monitor=debug");
-    });
-    assert!(
-        r.stderr.contains("do not open") && r.stderr.contains("loading them again"),
-        "{}",
-        r.stderr
-    );
-    assert!(r.stderr.contains("the host's set loaded"), "{}", r.stderr);
-    // The reloaded set's hooks work: seccomp's refusal is reported.
-    assert_eq!(r.stdout.trim(), "err EPERM");
-    let v = violations(&summary(&r.stderr));
-    assert_eq!(v.len(), 1, "{v:#?}");
-    assert_eq!(v[0]["layer"], "seccomp");
-    assert!(
-        std::path::Path::new(&link).exists(),
-        "the link is pinned again"
-    );
-    let (code, stdout, _) = stockade_out(&["monitors", "down"]);
-    assert_eq!(code, 0);
-    assert!(stdout.contains(": removed"), "{stdout}");
+    // The link of a global hook (unpinned, seccomp's kill reports are detached), and the program
+    // a sandbox attaches to the syscall tracepoint: a set without either must not be joined.
+    for lost in ["link-signal_generate", "prog-sys_exit"] {
+        start_clean();
+        let (code, _, stderr) = stockade_out(&["monitors", "up"]);
+        assert_eq!(code, 0, "{stderr}");
+        let set = this_set().expect("a set after `monitors up`");
+        let pin = format!("{}/{lost}", set["pins"].as_str().unwrap());
+        std::fs::remove_file(&pin).expect("remove the pin");
+        let policy = policy_file("shared", &policy(""));
+        let r = run_with(&policy, &[&hostile(), "syscall", "mount"], |c| {
+            c.env("STOCKADE_LOG", "stockade::monitor=debug");
+        });
+        assert!(
+            r.stderr.contains("do not open") && r.stderr.contains("loading them again"),
+            "{lost}: {}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("the host's set loaded"), "{}", r.stderr);
+        // The reloaded set's hooks work: seccomp's refusal is reported.
+        assert_eq!(r.stdout.trim(), "err EPERM");
+        let v = violations(&summary(&r.stderr));
+        assert_eq!(v.len(), 1, "{lost}: {v:#?}");
+        assert_eq!(v[0]["layer"], "seccomp");
+        assert!(
+            std::path::Path::new(&pin).exists(),
+            "{lost} is pinned again"
+        );
+        let (code, stdout, _) = stockade_out(&["monitors", "down"]);
+        assert_eq!(code, 0);
+        assert!(stdout.contains(": removed"), "{stdout}");
+    }
 }
 
 /// `bpf(cmd, attr)` for the few commands the tracepoint test asks.
@@ -378,6 +381,30 @@ fn untraced_policy(extra: &str) -> std::path::PathBuf {
     )
 }
 
+/// A file in the plugin directory (which the sandbox sees at the same path) whose creation
+/// lets a `hostile until FILE ...` go on.
+struct Go(std::path::PathBuf);
+
+impl Go {
+    fn new(name: &str) -> Go {
+        let path = plugin_dir().join(format!("go-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        Go(path)
+    }
+    fn arg(&self) -> String {
+        self.0.to_string_lossy().into_owned()
+    }
+    fn now(&self) {
+        std::fs::write(&self.0, b"").expect("write the go file");
+    }
+}
+
+impl Drop for Go {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 #[test]
 fn the_syscall_tracepoint_is_attached_only_while_a_sandbox_wants_it() {
     let test = "the_syscall_tracepoint_is_attached_only_while_a_sandbox_wants_it";
@@ -395,30 +422,45 @@ fn the_syscall_tracepoint_is_attached_only_while_a_sandbox_wants_it() {
     assert_eq!(links_of(sys_exit), 0, "attached with no sandbox: {set:#}");
     assert_eq!(set["syscall_tracepoint"], false, "{set:#}");
 
-    // A wants it (the default): attached while A runs.
+    // A wants it (the default): attached while A runs. A writes what Landlock keeps read-only
+    // once told to.
     let traced = policy_file("traced", &policy(""));
-    let a = spawn_run(&traced, &["after", "4000", "write", "/proc/self/comm"]);
+    let (go_a, go_c) = (Go::new("a"), Go::new("c"));
+    let a = spawn_run(&traced, &["until", &go_a.arg(), "write", "/proc/self/comm"]);
     let a_pid = a.id();
     slot_of(a_pid);
     assert_eq!(links_of(sys_exit), 1);
+    // C wants it too: the same link, not a second one (sys_exit would run twice per call).
+    let c = spawn_run(&traced, &["until", &go_c.arg(), "echo", "c"]);
+    let c_pid = c.id();
+    slot_of(c_pid);
+    assert_eq!(links_of(sys_exit), 1, "a second link for the second wanter");
     let now = this_set().unwrap();
     assert_eq!(now["syscall_tracepoint"], true, "{now:#}");
-    assert_eq!(
-        now["tracepoint_users"],
-        serde_json::json!([a_pid]),
-        "{now:#}"
-    );
+    let mut wanters: Vec<u64> = now["tracepoint_users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    wanters.sort();
+    let mut expected = vec![u64::from(a_pid), u64::from(c_pid)];
+    expected.sort();
+    assert_eq!(wanters, expected, "{now:#}");
 
-    // B does not, while the program runs for A: B's Landlock refusal is enforced, not seen.
+    // B does not, while the program runs for A and C: B's Landlock refusal is enforced, not seen.
     let untraced = untraced_policy("");
     let r = run(&untraced, &[&hostile(), "write", "/proc/self/comm"]);
     assert_eq!(r.stdout.trim(), "err EACCES", "{}", r.stderr);
     assert_eq!(r.summary["monitor"]["violations"], 0, "{}", r.stderr);
     assert_eq!(r.summary["monitor"]["syscall_tracepoint"], false);
     assert_eq!(r.summary["monitor"]["syscalls"], 0, "{}", r.stderr);
-    assert_eq!(links_of(sys_exit), 1, "B's end detached A's tracepoint");
+    // B's end left A's and C's tracepoint alone, pin included.
+    assert_eq!(links_of(sys_exit), 1);
+    assert_eq!(this_set().unwrap()["syscall_tracepoint"], true);
 
-    // Control: A saw its own.
+    // Control: A sees its own refusal.
+    go_a.now();
     let out = a.wait_with_output().expect("wait for A");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "err EACCES");
@@ -428,8 +470,13 @@ fn the_syscall_tracepoint_is_attached_only_while_a_sandbox_wants_it() {
     assert_eq!(v[0]["layer"], "landlock");
     assert_eq!(a_sum["monitor"]["syscall_tracepoint"], true);
     assert!(a_sum["monitor"]["syscalls"].as_u64().unwrap() > 0);
+    // C still wants it.
+    assert_eq!(links_of(sys_exit), 1, "detached while C wants it");
+    go_c.now();
+    let out = c.wait_with_output().expect("wait for C");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok c");
 
-    // A gone: detached, though the set stays loaded.
+    // Both gone: detached, though the set stays loaded.
     assert_eq!(links_of(sys_exit), 0, "left attached after its last wanter");
     let now = this_set().expect("the persistent set");
     assert_eq!(now["syscall_tracepoint"], false, "{now:#}");

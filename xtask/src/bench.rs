@@ -74,11 +74,12 @@ pub fn run(args: &[&str]) -> Result<()> {
     apt_install(&["bubblewrap", "util-linux"])?;
     build_release(&["stockade", "stockade-shim"])?;
     let root = workspace_root();
-    let stockade = root.join("target/x86_64-unknown-linux-gnu/release/stockade");
+    let target = crate::target_dir()?;
+    let stockade = target.join("x86_64-unknown-linux-gnu/release/stockade");
     let profile = root.join("policies/profiles/untrusted-default.toml");
     // The same profile in monitor mode, so that it may run without the eBPF monitors
     // (STOCKADE_MONITORS=off is refused in enforce mode): the sandbox's own launch cost apart.
-    let scratch = root.join("target/bench-launch");
+    let scratch = target.join("bench-launch");
     std::fs::create_dir_all(&scratch)?;
     let monitor_mode = scratch.join("untrusted-default-monitor-mode.toml");
     std::fs::write(
@@ -98,6 +99,15 @@ pub fn run(args: &[&str]) -> Result<()> {
             .filter(|l| !l.starts_with("tmp_size"))
             .collect::<Vec<_>>()
             .join("\n"),
+    )?;
+    // The same profile without the syscall tracepoint: nothing to attach at launch.
+    let untraced = scratch.join("untrusted-default-untraced.toml");
+    std::fs::write(
+        &untraced,
+        format!(
+            "{}\n[monitor]\nsyscall_tracepoint = false\n",
+            std::fs::read_to_string(&profile)?
+        ),
     )?;
     let s = |x: &str| x.to_string();
     let mut contenders = vec![
@@ -119,6 +129,13 @@ pub fn run(args: &[&str]) -> Result<()> {
             &stockade,
             "stockade run, monitors kept loaded, no writable /tmp (no [ipc] walk)",
             &no_walk,
+            None,
+            false,
+        ),
+        stockade_true(
+            &stockade,
+            "stockade run, monitors kept loaded, `syscall_tracepoint = false`",
+            &untraced,
             None,
             false,
         ),
@@ -205,10 +222,11 @@ pub fn run(args: &[&str]) -> Result<()> {
     }
     let stockade_median = median(&contenders[1].samples);
     let no_walk_median = median(&contenders[2].samples);
+    let untraced_median = median(&contenders[3].samples);
     let cold_median =
-        median(&contenders[3].samples) / median(&bwrap_cold) * median(&contenders[5].samples);
-    let sandbox_only_median = median(&contenders[4].samples);
-    let bwrap_median = median(&contenders[5].samples);
+        median(&contenders[4].samples) / median(&bwrap_cold) * median(&contenders[6].samples);
+    let sandbox_only_median = median(&contenders[5].samples);
+    let bwrap_median = median(&contenders[6].samples);
     let mut table =
         String::from("| command | median | p90 | stockade ÷ this |\n|---|---|---|---|\n");
     for c in &contenders {
@@ -224,8 +242,8 @@ pub fn run(args: &[&str]) -> Result<()> {
     println!("{table}");
     println!(
         "with the monitors kept loaded, stockade's median is {:.2}× bwrap's ({}); without the \
-         [ipc] walk {:.2}×; loading the monitors itself {:.2}×; with the eBPF monitors off (the \
-         walk still runs) {:.2}×.",
+         [ipc] walk {:.2}×; without the syscall tracepoint {:.2}×; loading the monitors itself \
+         {:.2}×; with the eBPF monitors off (the walk still runs) {:.2}×.",
         stockade_median / bwrap_median,
         if stockade_median <= bwrap_median {
             "target met: at or below bwrap"
@@ -233,6 +251,7 @@ pub fn run(args: &[&str]) -> Result<()> {
             "target NOT met"
         },
         no_walk_median / bwrap_median,
+        untraced_median / bwrap_median,
         cold_median / bwrap_median,
         sandbox_only_median / bwrap_median
     );
@@ -244,6 +263,7 @@ pub fn run(args: &[&str]) -> Result<()> {
             [
                 stockade_median / bwrap_median,
                 no_walk_median / bwrap_median,
+                untraced_median / bwrap_median,
                 cold_median / bwrap_median,
                 sandbox_only_median / bwrap_median,
             ],
@@ -332,13 +352,13 @@ fn record_result(
     path: &Path,
     runs: usize,
     table: &str,
-    [ratio, no_walk, cold, no_monitors]: [f64; 4],
+    [ratio, no_walk, untraced, cold, no_monitors]: [f64; 5],
 ) -> Result<()> {
     let cold_runs = runs.div_ceil(3);
     const BEGIN: &str = "<!-- bench:launch:begin -->";
     const END: &str = "<!-- bench:launch:end -->";
     let section = format!(
-        "Measured {} on {}; {runs} interleaved runs of each command with the host's monitors kept loaded (`stockade monitors up`), wall time from spawn to exit.\n\n{table}\nstockade ÷ bwrap, the host's monitors kept loaded (`stockade monitors up`): **{ratio:.2}**; without the `[ipc]` walk (no writable /tmp): **{no_walk:.2}**; loading the monitors in the run (no other user of them; measured in a second phase with no monitors loaded, {cold_runs} runs beside bwrap again): **{cold:.2}**; without the eBPF monitors (the walk still runs: no kernel hook judges unix sockets then): **{no_monitors:.2}**",
+        "Measured {} on {}; {runs} interleaved runs of each command with the host's monitors kept loaded (`stockade monitors up`), wall time from spawn to exit.\n\n{table}\nstockade ÷ bwrap, the host's monitors kept loaded (`stockade monitors up`): **{ratio:.2}**; without the `[ipc]` walk (no writable /tmp): **{no_walk:.2}**; without the syscall tracepoint (`[monitor] syscall_tracepoint = false`: nothing attached at launch): **{untraced:.2}**; loading the monitors in the run (no other user of them; measured in a second phase with no monitors loaded, {cold_runs} runs beside bwrap again): **{cold:.2}**; without the eBPF monitors (the walk still runs: no kernel hook judges unix sockets then): **{no_monitors:.2}**",
         today(),
         machine()
     );

@@ -420,16 +420,20 @@ pub struct TracepointHold {
 }
 
 impl SetDirs {
-    /// Attaches the set's `sys_exit` program to the syscall tracepoint unless a supervisor did
-    /// already, and holds it. Call with the setup lock held.
+    /// Attaches the set's `sys_exit` program to the syscall tracepoint unless a sandbox that
+    /// wants it runs already, and holds it for one sandbox. Call with the setup lock held.
+    ///
+    /// Only a sole wanter attaches: one who finds other holders but no pinned link does not
+    /// attach a second one (the program would then run twice per call and count everything
+    /// twice) and fails instead.
     pub fn want_tracepoint(&self) -> Result<TracepointHold, MonitorError> {
         let lock = self.tracepoint_lock()?;
         let lock_path = self.run.join("sys_exit.lock");
-        flock(&lock, libc::LOCK_SH).map_err(io("lock", &lock_path))?;
+        let sole = flock(&lock, libc::LOCK_EX | libc::LOCK_NB).map_err(io("lock", &lock_path))?;
         let pin = self.pin("link-sys_exit");
         let link = match obj_get(&pin) {
             Ok(fd) => fd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && sole => {
                 let program = self.pin("prog-sys_exit");
                 let prog = obj_get(&program).map_err(io("open the program", &program))?;
                 let link = raw_tracepoint_open(prog.as_fd(), c"sys_exit")
@@ -438,8 +442,14 @@ impl SetDirs {
                 tracing::debug!(set = %self.id, "syscall tracepoint attached");
                 link
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(MonitorError::TracepointLost(pin))
+            }
             Err(e) => return Err(io("open the link", &pin)(e)),
         };
+        // Shared from here; every exclusive taker holds the setup lock, as this caller does, so
+        // the conversion (not atomic in flock(2)) leaves no gap anyone could use.
+        flock(&lock, libc::LOCK_SH).map_err(io("lock", &lock_path))?;
         Ok(TracepointHold {
             _link: link,
             _lock: lock,

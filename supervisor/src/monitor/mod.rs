@@ -99,6 +99,10 @@ pub enum MonitorError {
     },
     #[error("attaching the network programs to the sandbox's cgroup: {0}")]
     Attach(#[source] ProgramError),
+    #[error("{0} needs the syscall tracepoint, which the sandbox does not want")]
+    NeedsTracepoint(&'static str),
+    #[error("the syscall tracepoint's link ({}) is gone while other sandboxes hold it; `stockade monitors down` once they end", .0.display())]
+    TracepointLost(std::path::PathBuf),
     #[error("attaching the unix socket programs to the sandbox's cgroup: {0}")]
     AttachUnix(#[source] std::io::Error),
     #[error("granting {} to the LSM programs: {source}", path.display())]
@@ -199,6 +203,8 @@ pub struct Armed {
     unix_keys: Vec<k::MissKey>,
     /// The slot's ring buffer: only this supervisor reads it while it owns the slot.
     ring: RingBuf<MapData>,
+    /// Held while the sandbox runs if it wants the syscall tracepoint.
+    tracepoint: Option<host::TracepointHold>,
     /// Ownership of the slot (its lock file names this sandbox).
     lock: host::SlotLock,
     /// Records of another cgroup found in the ring (left by the slot's previous sandbox).
@@ -215,6 +221,11 @@ impl std::fmt::Debug for Armed {
 }
 
 impl Armed {
+    /// Whether the syscall tracepoint watches this sandbox (it wanted it, and it loads here).
+    pub fn traced(&self) -> bool {
+        self.tracepoint.is_some()
+    }
+
     /// Whether the unix socket programs are attached to this sandbox's cgroup.
     pub fn unix_hooked(&self) -> bool {
         self.unix_links.is_some()
@@ -361,8 +372,6 @@ impl NetPrograms {
 struct Joined {
     dirs: host::SetDirs,
     users: File,
-    /// Held while this supervisor's sandbox wants the syscall tracepoint.
-    tracepoint: Option<host::TracepointHold>,
 }
 
 impl Drop for Joined {
@@ -370,9 +379,8 @@ impl Drop for Joined {
         let Ok(_setup) = host::SetupLock::take() else {
             return;
         };
-        // The tracepoint first: the host stops paying for it as soon as no sandbox wants it,
-        // persistent set or not.
-        drop(self.tracepoint.take());
+        // The tracepoint first (its wanters' holds went with their sandboxes): the host stops
+        // paying for it as soon as no sandbox wants it, persistent set or not.
         self.dirs.settle_tracepoint();
         if self.dirs.persistent() {
             return;
@@ -672,15 +680,13 @@ impl Monitor {
     /// Joins the host's set of monitors, loading and pinning it first when there is none (or
     /// only one of another build, which is retired when nobody uses it).
     pub fn open() -> Result<Monitor, MonitorError> {
-        Monitor::open_for(false, false)
+        Monitor::open_for(false)
     }
 
     /// [`Monitor::open`] for a sandbox that needs the network programs (`network`): a set whose
     /// loader could not load them is loaded again when nobody uses it (a transient failure does
-    /// not stick), and so is a set that cannot be opened (a pin removed by hand). With
-    /// `tracepoint`, the syscall tracepoint is attached (if no other sandbox's supervisor did)
-    /// and held until this monitor is dropped.
-    pub fn open_for(network: bool, tracepoint: bool) -> Result<Monitor, MonitorError> {
+    /// not stick), and so is a set that cannot be opened (a pin removed by hand).
+    pub fn open_for(network: bool) -> Result<Monitor, MonitorError> {
         let t0 = std::time::Instant::now();
         ensure_mounted("bpf", "/sys/fs/bpf")?;
         host::make_root()?;
@@ -744,27 +750,10 @@ impl Monitor {
             path: dirs.run.join("users.lock"),
             source,
         })?;
-        let mut joined = Joined {
-            dirs,
-            users,
-            tracepoint: None,
-        };
-        if tracepoint && monitor.caps.syscalls.active {
-            match joined.dirs.want_tracepoint() {
-                Ok(hold) => joined.tracepoint = Some(hold),
-                Err(e) => {
-                    // Joined's drop takes the setup lock.
-                    drop(setup);
-                    drop(joined);
-                    return Err(e);
-                }
-            }
-        } else {
-            // A tracepoint left by a supervisor killed while it wanted it.
-            joined.dirs.settle_tracepoint();
-        }
+        // A tracepoint left by a supervisor killed while it wanted it.
+        dirs.settle_tracepoint();
         let mut monitor = monitor;
-        monitor.set = Some(joined);
+        monitor.set = Some(Joined { dirs, users });
         drop(setup);
         monitor.loaded = loaded;
         tracing::debug!(
@@ -788,6 +777,16 @@ impl Monitor {
                 path,
                 source,
             })?);
+        }
+        // The syscall tracepoint's program, attached when a sandbox wants it: a set that lost it
+        // is not joined (and is loaded again when unused).
+        if info.monitors.get(2).is_some_and(|m| m.0) {
+            let path = dirs.pin("prog-sys_exit");
+            host::obj_get(&path).map_err(|source| MonitorError::Host {
+                what: "open the program",
+                path,
+                source,
+            })?;
         }
         let status = |i: usize, name: &'static str| {
             let (on, detail) = info.monitors.get(i).cloned().unwrap_or_default();
@@ -956,6 +955,19 @@ impl Monitor {
         if spec.network.is_some() && !self.caps.network.active {
             return Err(MonitorError::Attach(ProgramError::NotLoaded));
         }
+        // What only sys_exit does (the policy parser and `stockade run` refuse these too).
+        if !spec.syscall_tracepoint {
+            if spec.trace_files {
+                return Err(MonitorError::NeedsTracepoint(
+                    "tracing every open (--events)",
+                ));
+            }
+            if spec.network.is_some() && !spec.ipc.bind_abstract {
+                return Err(MonitorError::NeedsTracepoint(
+                    "refusing abstract binds on the host network",
+                ));
+            }
+        }
         let (slot, mut lock) = self.take_slot()?;
         let prepared = (|| {
             if let Some(stale) = lock.stale() {
@@ -1021,6 +1033,7 @@ impl Monitor {
             unix_links: None,
             unix_keys: Vec::new(),
             ring,
+            tracepoint: None,
             lock,
             foreign_events: 0,
         };
@@ -1109,6 +1122,11 @@ impl Monitor {
             }
             {
                 let _setup = host::SetupLock::take()?;
+                // Attached before the sandbox is known to the programs, so before it runs: none
+                // of its calls passes unseen.
+                if spec.syscall_tracepoint && self.caps.syscalls.active {
+                    armed.tracepoint = Some(self.dirs.want_tracepoint()?);
+                }
                 self.sandboxes
                     .insert(cgroup_id, config, 0)
                     .map_err(|source| MonitorError::Map {
@@ -1193,6 +1211,7 @@ impl Monitor {
             unix_links,
             unix_keys,
             ring,
+            tracepoint,
             mut lock,
             foreign_events,
         } = armed;
@@ -1227,7 +1246,13 @@ impl Monitor {
         }
         let removed = host::SetupLock::take().is_ok_and(|_setup| {
             let _ = self.sandboxes.remove(&cgroup_id);
-            self.index_write(Self::bucket(cgroup_id)).is_ok()
+            let written = self.index_write(Self::bucket(cgroup_id)).is_ok();
+            // After the sandbox left the index: detached if nobody else wants it.
+            if tracepoint.is_some() {
+                drop(tracepoint);
+                self.dirs.settle_tracepoint();
+            }
+            written
         });
         let _ = self.net_rules.remove(&cgroup_id);
         for key in &lsm_keys {

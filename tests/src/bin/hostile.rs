@@ -75,6 +75,15 @@ fn run(args: &[String]) -> String {
             std::thread::sleep(Duration::from_millis(arg(1).parse().unwrap_or(0)));
             run(&args[2..])
         }
+        // until FILE CMD...: waits (up to 120 s) for FILE to exist, then runs CMD: a test's
+        // signal to go on, whatever the machine's speed.
+        "until" => {
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while !std::path::Path::new(&arg(1)).exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            run(&args[2..])
+        }
         "terminal" => terminal(arg(1).parse().unwrap_or(0)),
         "netlink" => netlink(&arg(1)),
         "hostile-names" => hostile_names(&arg(1)),
