@@ -381,6 +381,27 @@ fn untraced_policy(extra: &str) -> std::path::PathBuf {
     )
 }
 
+/// Waits until `pid` holds the syscall tracepoint for its sandbox (which arm takes after the
+/// slot, before the sandbox runs).
+fn wanting(pid: u32) {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let set = this_set();
+        if set.as_ref().is_some_and(|s| {
+            s["tracepoint_users"]
+                .as_array()
+                .is_some_and(|u| u.contains(&Value::from(pid)))
+        }) {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "pid {pid} never took the tracepoint: {set:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A file in the plugin directory (which the sandbox sees at the same path) whose creation
 /// lets a `hostile until FILE ...` go on.
 struct Go(std::path::PathBuf);
@@ -428,12 +449,12 @@ fn the_syscall_tracepoint_is_attached_only_while_a_sandbox_wants_it() {
     let (go_a, go_c) = (Go::new("a"), Go::new("c"));
     let a = spawn_run(&traced, &["until", &go_a.arg(), "write", "/proc/self/comm"]);
     let a_pid = a.id();
-    slot_of(a_pid);
+    wanting(a_pid);
     assert_eq!(links_of(sys_exit), 1);
     // C wants it too: the same link, not a second one (sys_exit would run twice per call).
     let c = spawn_run(&traced, &["until", &go_c.arg(), "echo", "c"]);
     let c_pid = c.id();
-    slot_of(c_pid);
+    wanting(c_pid);
     assert_eq!(links_of(sys_exit), 1, "a second link for the second wanter");
     let now = this_set().unwrap();
     assert_eq!(now["syscall_tracepoint"], true, "{now:#}");
@@ -524,7 +545,7 @@ fn a_tracepoint_left_by_a_killed_supervisor_is_detached_by_the_next() {
     let traced = policy_file("traced", &policy(""));
     let mut a = spawn_run(&traced, &["after", "30000", "echo", "late"]);
     let a_pid = a.id();
-    slot_of(a_pid);
+    wanting(a_pid);
     // SAFETY: kill of the child this test spawned (its pid is still ours: not waited for).
     assert_eq!(unsafe { libc::kill(a_pid as i32, libc::SIGKILL) }, 0);
     a.wait().expect("reap A");
