@@ -3,41 +3,10 @@
 
 use std::path::PathBuf;
 
-use stockade_policy::{parse_policy, CompileError, Diagnostic, LaunchContext, Policy, PolicyPath};
+use stockade_policy::{CompileError, LaunchContext, PolicyPath};
 
-fn diagnostics(src: &str) -> Vec<Diagnostic> {
-    match parse_policy(src, "policy.toml") {
-        Ok(_) => panic!("policy accepted:\n{src}"),
-        Err(d) => d.0,
-    }
-}
-
-/// The policy has exactly this one error.
-#[track_caller]
-fn error(src: &str, line: usize, column: usize, message: &str, hint: Option<&str>) {
-    let all = diagnostics(src);
-    assert_eq!(
-        all.len(),
-        1,
-        "expected one error for:\n{src}\ngot:\n{all:#?}"
-    );
-    let d = &all[0];
-    assert_eq!(d.message, message, "message for:\n{src}");
-    assert_eq!(d.hint.as_deref(), hint, "hint for:\n{src}");
-    assert_eq!(
-        (d.line, d.column),
-        (line, column),
-        "position of `{message}`"
-    );
-}
-
-#[track_caller]
-fn policy(src: &str) -> Policy {
-    match parse_policy(src, "policy.toml") {
-        Ok(p) => p,
-        Err(d) => panic!("refused:\n{src}\n{d}"),
-    }
-}
+mod common;
+use common::{diagnostics, error, policy};
 
 #[test]
 fn the_defaults_grant_no_socket_and_no_abstract_bind() {

@@ -1,21 +1,7 @@
 //! `[monitor]`: what the parser accepts and refuses (message, hint, line and column).
 
-use stockade_policy::{parse_policy, Diagnostic, Policy};
-
-fn diagnostics(src: &str) -> Vec<Diagnostic> {
-    match parse_policy(src, "policy.toml") {
-        Ok(_) => panic!("policy accepted:\n{src}"),
-        Err(d) => d.0,
-    }
-}
-
-#[track_caller]
-fn policy(src: &str) -> Policy {
-    match parse_policy(src, "policy.toml") {
-        Ok(p) => p,
-        Err(d) => panic!("refused:\n{src}\n{d}"),
-    }
-}
+mod common;
+use common::{diagnostics, policy};
 
 #[test]
 fn the_tracepoint_is_on_unless_turned_off() {

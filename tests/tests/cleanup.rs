@@ -77,6 +77,17 @@ fn bpf_back_to(before: (usize, usize)) -> (usize, usize) {
     }
 }
 
+/// `stockade run --quiet` of /bin/true under the default profile.
+fn run_true() -> std::process::ExitStatus {
+    Command::new(stockade())
+        .args(["run", "--quiet", "--policy"])
+        .arg(default_profile())
+        .args(["--", "/bin/true"])
+        .stdin(Stdio::null())
+        .status()
+        .unwrap()
+}
+
 #[test]
 fn two_hundred_runs_leave_nothing_behind() {
     if !privileged("two_hundred_runs_leave_nothing_behind") {
@@ -86,13 +97,7 @@ fn two_hundred_runs_leave_nothing_behind() {
     // One run first, uncounted: where the host's set of monitors is kept loaded (the VM's
     // runner holds it), a slot's ring buffer is created at the slot's first use and kept for
     // the set's life; it belongs to the set, not to a run.
-    let warm = Command::new(stockade())
-        .args(["run", "--quiet", "--policy"])
-        .arg(default_profile())
-        .args(["--", "/bin/true"])
-        .stdin(Stdio::null())
-        .status()
-        .unwrap();
+    let warm = run_true();
     assert!(warm.success(), "warm-up run: {warm}");
     let (cgroups, mounts, procs, fds) = (
         leftover_cgroups(),
@@ -116,13 +121,7 @@ fn two_hundred_runs_leave_nothing_behind() {
         bpf.0, bpf.1
     );
     for i in 0..runs {
-        let status = Command::new(stockade())
-            .args(["run", "--quiet", "--policy"])
-            .arg(default_profile())
-            .args(["--", "/bin/true"])
-            .stdin(Stdio::null())
-            .status()
-            .unwrap();
+        let status = run_true();
         assert!(status.success(), "run {i}: {status}");
     }
     assert_eq!(leftover_cgroups(), cgroups, "cgroups left behind");

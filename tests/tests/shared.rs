@@ -326,21 +326,25 @@ fn program_id(path: &str) -> u32 {
     );
     // bpf_prog_info starts with type and id.
     let mut info = [0u32; 64];
-    let mut attr = [0u32; 4];
-    attr[0] = fd as u32;
-    attr[1] = std::mem::size_of_val(&info) as u32;
-    attr[2] = info.as_mut_ptr() as u64 as u32;
-    attr[3] = (info.as_mut_ptr() as u64 >> 32) as u32;
-    let r = bpf(15, &mut attr);
-    // SAFETY: a descriptor BPF_OBJ_GET just gave this test.
-    unsafe { libc::close(fd as i32) };
-    assert_eq!(
-        r,
-        0,
+    assert!(
+        info_and_close(fd, &mut info),
         "BPF_OBJ_GET_INFO_BY_FD: {}",
         std::io::Error::last_os_error()
     );
     info[1]
+}
+
+/// BPF_OBJ_GET_INFO_BY_FD into `info`, then closes `fd` (a descriptor the caller was just given).
+fn info_and_close(fd: libc::c_long, info: &mut [u32]) -> bool {
+    let mut attr = [0u32; 4];
+    attr[0] = fd as u32;
+    attr[1] = std::mem::size_of_val(info) as u32;
+    attr[2] = info.as_mut_ptr() as u64 as u32;
+    attr[3] = (info.as_mut_ptr() as u64 >> 32) as u32;
+    let r = bpf(15, &mut attr);
+    // SAFETY: a descriptor the caller was given by bpf(2) and owns; closed once, here.
+    unsafe { libc::close(fd as i32) };
+    r == 0
 }
 
 /// How many links in the kernel attach program `prog_id` (walked by id, as bpftool does).
@@ -360,15 +364,7 @@ fn links_of(prog_id: u32) -> usize {
         }
         // bpf_link_info: type, id, prog_id, ...
         let mut info = [0u32; 32];
-        let mut attr = [0u32; 4];
-        attr[0] = fd as u32;
-        attr[1] = std::mem::size_of_val(&info) as u32;
-        attr[2] = info.as_mut_ptr() as u64 as u32;
-        attr[3] = (info.as_mut_ptr() as u64 >> 32) as u32;
-        let r = bpf(15, &mut attr);
-        // SAFETY: a descriptor BPF_LINK_GET_FD_BY_ID just gave this test.
-        unsafe { libc::close(fd as i32) };
-        if r == 0 && info[2] == prog_id {
+        if info_and_close(fd, &mut info) && info[2] == prog_id {
             found += 1;
         }
     }
