@@ -26,6 +26,8 @@ use crate::diagnostics::{
 use crate::model::*;
 use crate::syscalls;
 
+pub(crate) mod manifest;
+
 // The vocabulary of the language, shared with `schema.rs` so the schema editors validate against
 // cannot drift from what the parser accepts (a unit test there checks both directions).
 
@@ -350,23 +352,34 @@ enum Place {
     Top,
     Table(&'static str),
     NetworkRule,
+    /// A table of a plugin manifest (`plugin.toml`), not of a policy.
+    ManifestTable(&'static str),
+    /// One `[methods.NAME]` of a manifest.
+    Method,
 }
 
 impl Place {
     fn suffix(self) -> String {
         match self {
             Place::Top => String::new(),
-            Place::Table(name) => format!(" in [{name}]"),
+            Place::Table(name) | Place::ManifestTable(name) => format!(" in [{name}]"),
             Place::NetworkRule => " in a network rule".into(),
+            Place::Method => " in a method".into(),
         }
     }
 
     fn keys_are(self) -> String {
         match self {
             Place::Top => "the top-level keys are".into(),
-            Place::Table(name) => format!("the keys of [{name}] are"),
+            Place::Table(name) | Place::ManifestTable(name) => format!("the keys of [{name}] are"),
             Place::NetworkRule => "the keys of a network rule are".into(),
+            Place::Method => "the keys of a method are".into(),
         }
+    }
+
+    /// Whether a policy's tables are the neighbours ("`memory` belongs in [resources]").
+    fn in_policy(self) -> bool {
+        matches!(self, Place::Top | Place::Table(_) | Place::NetworkRule)
     }
 }
 
@@ -1397,7 +1410,9 @@ impl<'s> Checker<'s> {
             let hint = match nearest(key, allowed.iter().copied()) {
                 Some(near) => format!("did you mean `{near}`?"),
                 None => match TABLE_KEYS.iter().find(|(table, keys)| {
-                    keys.contains(&key) && !matches!(place, Place::Table(t) if t == *table)
+                    place.in_policy()
+                        && keys.contains(&key)
+                        && !matches!(place, Place::Table(t) if t == *table)
                 }) {
                     Some((table, _)) => format!("`{key}` belongs in [{table}]"),
                     None => format!(

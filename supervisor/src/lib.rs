@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod explain;
 pub mod launcher;
 pub mod monitor;
+pub mod package;
 pub mod probe;
 pub mod sandbox;
 pub mod signals;

@@ -38,6 +38,9 @@ enum Command {
     /// The host's shared eBPF monitors: keep them loaded between runs, remove them, or list them.
     #[command(subcommand)]
     Monitors(MonitorsCommand),
+    /// Plugin packages (a directory with plugin.toml).
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Probe what each isolation layer can do on this kernel.
     Doctor {
         /// Print the probe as JSON.
@@ -87,13 +90,27 @@ enum PolicyCommand {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
-    /// Say in plain words what each layer will enforce for a policy on this kernel.
+    /// Say in plain words what each layer will enforce for a policy on this kernel (a policy
+    /// file, or a plugin package's directory: the policy its plugin runs under).
     Explain {
-        #[arg(value_name = "FILE")]
+        #[arg(value_name = "FILE|DIR")]
         file: PathBuf,
     },
     /// Print the JSON Schema of policy files (for editors).
     Schema,
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Validate a package offline: its manifest, its policy, and its entry program; report every
+    /// error of the manifest with its line and column.
+    Check {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Print what was checked as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -171,6 +188,7 @@ fn main() -> ExitCode {
             Ok(0)
         }
         Command::Monitors(command) => monitors(command),
+        Command::Plugin(PluginCommand::Check { dir, json }) => plugin_check(&dir, json),
         Command::Doctor { json } => doctor(json),
     };
     match result {
@@ -229,8 +247,149 @@ fn policy_check(files: &[PathBuf]) -> Result<u8, Failure> {
 }
 
 fn policy_explain(file: &Path) -> Result<u8, Failure> {
+    if file.is_dir() {
+        let package = load_package(file)?;
+        let m = &package.manifest;
+        println!(
+            "package {} {} ({}), {}: policy {}{}\n",
+            m.id,
+            m.version,
+            m.name,
+            m.trust.name(),
+            package.policy_label,
+            if m.trust == stockade_policy::manifest::Trust::Untrusted {
+                ", in enforce mode whatever it says"
+            } else {
+                ""
+            }
+        );
+        print!(
+            "{}",
+            stockade::explain::explain(&package.policy, &Probe::run())
+        );
+        return Ok(0);
+    }
     let policy = load(file)?;
     print!("{}", stockade::explain::explain(&policy, &Probe::run()));
+    Ok(0)
+}
+
+fn load_package(dir: &Path) -> Result<stockade::package::Package, Failure> {
+    use stockade::package::PackageError;
+    stockade::package::load(dir).map_err(|e| match &e {
+        PackageError::Manifest(d) | PackageError::Policy(d) => Failure {
+            cause: format!(
+                "{} is not a valid plugin package:\n{}",
+                dir.display(),
+                d.to_string().trim_end()
+            ),
+            hint: Some(format!(
+                "`stockade plugin check {}` lists every error",
+                dir.display()
+            )),
+            code: 2,
+        },
+        _ => Failure::usage(
+            format!("{}: {e}", dir.display()),
+            e.hint().unwrap_or_else(|| "see docs/plugins.md".into()),
+        ),
+    })
+}
+
+fn plugin_check(dir: &Path, json: bool) -> Result<u8, Failure> {
+    let package = match stockade::package::load(dir) {
+        Ok(p) => p,
+        Err(
+            stockade::package::PackageError::Manifest(d)
+            | stockade::package::PackageError::Policy(d),
+        ) => {
+            eprint!("{d}");
+            if !d.to_string().ends_with('\n') {
+                eprintln!();
+            }
+            return Ok(1);
+        }
+        Err(_) => return load_package(dir).map(|_| 0),
+    };
+    let m = &package.manifest;
+    if json {
+        let methods: serde_json::Map<String, serde_json::Value> = m
+            .methods
+            .iter()
+            .map(|(name, method)| {
+                (
+                    name.clone(),
+                    serde_json::json!({
+                        "params": method.params,
+                        "result": method.result,
+                        "timeout_ms": method.timeout.as_millis() as u64,
+                        "max_in_flight": method.max_in_flight,
+                    }),
+                )
+            })
+            .collect();
+        let l = &m.lifecycle;
+        let value = serde_json::json!({
+            "dir": package.dir,
+            "id": m.id,
+            "name": m.name,
+            "version": m.version.to_string(),
+            "description": m.description,
+            "author": m.author,
+            "trust": m.trust.name(),
+            "policy": package.policy_label,
+            "mode": if package.policy.enforcement.mode == EnforcementMode::Enforce { "enforce" } else { "monitor" },
+            "entry": m.entry,
+            "entry_path": package.entry,
+            "entry_sha3_512": package.entry_sha3_512,
+            "methods": methods,
+            "lifecycle": {
+                "restart": format!("{:?}", l.restart),
+                "start_limit": l.start_limit,
+                "start_window_ms": l.start_window.as_millis() as u64,
+                "backoff_min_ms": l.backoff_min.as_millis() as u64,
+                "backoff_max_ms": l.backoff_max.as_millis() as u64,
+                "stable_after_ms": l.stable_after.as_millis() as u64,
+                "heartbeat_ms": l.heartbeat.as_millis() as u64,
+                "init_timeout_ms": l.init_timeout.as_millis() as u64,
+                "stop_timeout_ms": l.stop_timeout.as_millis() as u64,
+            },
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    println!("{}: ok", package.dir.display());
+    println!("  plugin   {} {} ({})", m.id, m.version, m.name);
+    println!(
+        "  trust    {} ({} mode)",
+        m.trust.name(),
+        if package.policy.enforcement.mode == EnforcementMode::Enforce {
+            "enforce"
+        } else {
+            "monitor"
+        }
+    );
+    println!("  policy   {}", package.policy_label);
+    println!("  entry    {}", m.entry.join(" "));
+    println!("  sha3-512 {}", package.entry_sha3_512);
+    if m.methods.is_empty() {
+        println!("  methods  none (the host forwards no call but initialize, ping and shutdown)");
+    }
+    for (name, method) in &m.methods {
+        println!(
+            "  method   {name} (timeout {:.1} s, at most {} in flight{})",
+            method.timeout.as_secs_f64(),
+            method.max_in_flight,
+            if method.result.is_some() {
+                ", result checked"
+            } else {
+                ""
+            }
+        );
+    }
     Ok(0)
 }
 

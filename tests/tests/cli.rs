@@ -358,3 +358,148 @@ fn policy_files_must_be_regular_files() {
     let r = stockade_cmd(&["policy", "check", file.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
+
+/// A package directory of this test's own, from `files` (name, contents, executable).
+fn package(name: &str, files: &[(&str, &str, bool)]) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::path::PathBuf::from(SCRATCH).join(format!("pkg-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, text, exec) in files {
+        let path = dir.join(file);
+        std::fs::write(&path, text).unwrap();
+        let mode = if *exec { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn plugin_check_validates_a_package_offline() {
+    // The example package: ok, with its entry's digest.
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/plugins/echo-python")
+        .canonicalize()
+        .unwrap();
+    let r = stockade_cmd(&["plugin", "check", example.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["id"], "echo-python");
+    assert_eq!(v["trust"], "untrusted");
+    assert_eq!(v["mode"], "enforce");
+    assert_eq!(v["policy"], "stock profile untrusted-default");
+    assert_eq!(v["entry_sha3_512"].as_str().unwrap().len(), 128);
+    assert_eq!(
+        v["methods"]["echo"]["params"]["required"],
+        serde_json::json!(["text"])
+    );
+    // Its policy explained, as the plugin would run under it.
+    let r = stockade_cmd(&["policy", "explain", example.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.starts_with(
+            "package echo-python 0.1.0 (Echo (Python)), untrusted: policy stock profile \
+             untrusted-default, in enforce mode whatever it says"
+        ),
+        "{}",
+        r.stdout
+    );
+
+    // Every manifest error at once, each with its place.
+    let bad = package(
+        "bad",
+        &[(
+            "plugin.toml",
+            "id = \"Bad\"\nname = \"x\"\nversion = \"1\"\nentry = [\"run\"]\npolicy = \"p.toml\"\n",
+            false,
+        )],
+    );
+    let r = stockade_cmd(&["plugin", "check", bad.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let manifest = bad.join("plugin.toml").canonicalize().unwrap();
+    let m = manifest.display();
+    assert!(
+        r.stderr
+            .contains(&format!("{m}:1:6: error: invalid plugin id \"Bad\"")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains(&format!("{m}:3:11: error: invalid version \"1\"")),
+        "{}",
+        r.stderr
+    );
+
+    // An entry that is not executable, and a policy that does not grant it for exec.
+    let manifest_text = "id = \"p\"\nname = \"p\"\nversion = \"1.0.0\"\nentry = [\"run\"]\npolicy = \"policy.toml\"\n";
+    let noexec = package(
+        "noexec",
+        &[
+            ("plugin.toml", manifest_text, false),
+            ("run", "#!/bin/sh\n", false),
+            (
+                "policy.toml",
+                "[filesystem]\nexec = [\"$PLUGIN_DIR\"]\n",
+                false,
+            ),
+        ],
+    );
+    let r = stockade_cmd(&["plugin", "check", noexec.to_str().unwrap()]);
+    assert_usage_error(&r, "not executable (mode 644)");
+    let unreachable = package(
+        "unreachable",
+        &[
+            ("plugin.toml", manifest_text, false),
+            ("run", "#!/bin/sh\n", true),
+            (
+                "policy.toml",
+                "[filesystem]\nexec = [\"/usr/bin\"]\n",
+                false,
+            ),
+        ],
+    );
+    let r = stockade_cmd(&["plugin", "check", unreachable.to_str().unwrap()]);
+    assert_usage_error(&r, "no `exec` path of the policy holds it");
+    // An entry that leaves the package through a symlink.
+    let escape = package(
+        "escape",
+        &[
+            ("plugin.toml", manifest_text, false),
+            (
+                "policy.toml",
+                "[filesystem]\nexec = [\"$PLUGIN_DIR\"]\n",
+                false,
+            ),
+        ],
+    );
+    std::os::unix::fs::symlink("/bin/sh", escape.join("run")).unwrap();
+    let r = stockade_cmd(&["plugin", "check", escape.to_str().unwrap()]);
+    assert_usage_error(&r, "leads out of the package");
+    // Control: the same package with the entry in it is ok.
+    let good = package(
+        "good",
+        &[
+            ("plugin.toml", manifest_text, false),
+            ("run", "#!/bin/sh\n", true),
+            (
+                "policy.toml",
+                "[filesystem]\nexec = [\"$PLUGIN_DIR\"]\n",
+                false,
+            ),
+        ],
+    );
+    let r = stockade_cmd(&["plugin", "check", good.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("  plugin   p 1.0.0 (p)"), "{}", r.stdout);
+
+    // Not a package at all.
+    let r = stockade_cmd(&["plugin", "check", "/etc/hostname"]);
+    assert_usage_error(&r, "is not a directory");
+    let empty = package("empty", &[]);
+    let r = stockade_cmd(&["plugin", "check", empty.to_str().unwrap()]);
+    assert_usage_error(&r, "has no plugin.toml");
+    for dir in [bad, noexec, unreachable, escape, good, empty] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -9,7 +9,8 @@
 //! 2. cargo-fuzz is installed when missing (`cargo install cargo-fuzz@0.13.2 --locked`, outside
 //!    the workspace, as setup.rs installs bpf-linker); present, it is used whatever its version;
 //! 3. the seed corpus is written afresh into fuzz/target/seeds/TARGET, from the stock profiles
-//!    (policies/profiles/*.toml) and every ```toml example of docs/policy.md. Generated at each
+//!    (policies/profiles/*.toml), every ```toml example of docs/policy.md and docs/plugins.md, and
+//!    the example packages' manifests. Generated at each
 //!    run rather than copied into the repository, so the seeds follow the profiles and the docs
 //!    as they change, and nothing can go stale;
 //! 4. `cargo +nightly fuzz run TARGET fuzz/corpus/TARGET fuzz/target/seeds/TARGET --
@@ -271,17 +272,30 @@ fn write_seeds(root: &Path, dir: &Path) -> Result<usize> {
             seeds.push((format!("profile-{name}"), text));
         }
     }
-    let docs = root.join("docs").join("policy.md");
-    let markdown =
-        std::fs::read_to_string(&docs).with_context(|| format!("reading {}", docs.display()))?;
-    for (i, example) in toml_examples(&markdown).into_iter().enumerate() {
-        seeds.push((format!("docs-policy-{}.toml", i + 1), example));
+    // The manifest parser reads the same inputs (policy_parse runs both): docs/plugins.md's
+    // examples and the example packages' manifests seed it.
+    for doc in ["policy", "plugins"] {
+        let docs = root.join("docs").join(format!("{doc}.md"));
+        let markdown = std::fs::read_to_string(&docs)
+            .with_context(|| format!("reading {}", docs.display()))?;
+        for (i, example) in toml_examples(&markdown).into_iter().enumerate() {
+            seeds.push((format!("docs-{doc}-{}.toml", i + 1), example));
+        }
+    }
+    let packages = root.join("examples").join("plugins");
+    if let Ok(entries) = std::fs::read_dir(&packages) {
+        for entry in entries.flatten() {
+            let manifest = entry.path().join("plugin.toml");
+            if let Ok(text) = std::fs::read_to_string(&manifest) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                seeds.push((format!("package-{name}.toml"), text));
+            }
+        }
     }
     if seeds.is_empty() {
         bail!(
-            "no seeds: no profile in {} and no example in {}",
+            "no seeds: no profile in {} and no example in docs/policy.md or docs/plugins.md",
             profiles.display(),
-            docs.display()
         );
     }
     for (name, text) in &seeds {

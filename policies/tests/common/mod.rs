@@ -37,3 +37,18 @@ pub fn policy(src: &str) -> Policy {
         Err(d) => panic!("refused:\n{src}\n{d}"),
     }
 }
+
+pub fn manifest_diagnostics(src: &str) -> Vec<Diagnostic> {
+    match stockade_policy::parse_manifest(src, "plugin.toml") {
+        Ok(m) => panic!("manifest accepted:\n{src}\n{m:#?}"),
+        Err(d) => d.0,
+    }
+}
+
+#[track_caller]
+pub fn manifest(src: &str) -> stockade_policy::manifest::Manifest {
+    match stockade_policy::parse_manifest(src, "plugin.toml") {
+        Ok(m) => m,
+        Err(d) => panic!("refused:\n{src}\n{d}"),
+    }
+}

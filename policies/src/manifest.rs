@@ -1,0 +1,157 @@
+//! A plugin package's manifest (`plugin.toml`), after parsing and validation: who the plugin is,
+//! how it starts, which policy confines it, what it may be called for and how the daemon keeps
+//! it alive. `parse::manifest` reads it; docs/plugins.md is the reference.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The manifest's file name inside a package directory.
+pub const MANIFEST_FILE: &str = "plugin.toml";
+
+/// A whole `plugin.toml`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    /// `[a-z0-9][a-z0-9._-]*`, at most [`MAX_ID_BYTES`]: names the plugin to the daemon, the CLI
+    /// and the logs.
+    pub id: String,
+    pub name: String,
+    pub version: semver::Version,
+    pub description: Option<String>,
+    pub author: Option<String>,
+    /// The argv that starts the plugin. A first element without a `/` at its start is a path
+    /// relative to the package (`$PLUGIN_DIR`); the rest are passed as they are.
+    pub entry: Vec<String>,
+    pub policy: PolicySource,
+    pub trust: Trust,
+    /// The methods the host forwards to the plugin, by name; nothing else is forwarded.
+    pub methods: BTreeMap<String, Method>,
+    pub lifecycle: Lifecycle,
+}
+
+/// Where the plugin's policy comes from: the manifest's capabilities *are* a policy of the
+/// existing language.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// A policy file inside the package (a relative path without `..`).
+    File(PathBuf),
+    /// One of the stock profiles shipped with Stockade ([`crate::profiles`]).
+    Profile(String),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Trust {
+    /// Enforce mode whatever the policy says: violations are denied, counted and acted on.
+    #[default]
+    Untrusted,
+    /// The policy's own mode (the stock profile for trusted plugins is monitor mode).
+    Trusted,
+}
+
+impl Trust {
+    pub fn name(self) -> &'static str {
+        match self {
+            Trust::Untrusted => "untrusted",
+            Trust::Trusted => "trusted",
+        }
+    }
+}
+
+/// `[methods.NAME]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Method {
+    /// JSON Schema of the parameters; the host checks them before the plugin sees a call.
+    pub params: serde_json::Value,
+    /// JSON Schema of the result, checked when given.
+    pub result: Option<serde_json::Value>,
+    pub timeout: Duration,
+    /// Calls of this method the host lets in at once; more wait.
+    pub max_in_flight: u32,
+}
+
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 64;
+/// The most calls of one method in flight that a manifest may allow.
+pub const MAX_IN_FLIGHT: i64 = 4096;
+/// Longest id: it names cgroups and files.
+pub const MAX_ID_BYTES: usize = 64;
+/// Methods per manifest.
+pub const MAX_METHODS: usize = 256;
+/// Arguments of `entry`.
+pub const MAX_ENTRY_ARGS: usize = 256;
+
+/// `[lifecycle]`: how the daemon starts, watches, restarts and stops the plugin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lifecycle {
+    pub restart: Restart,
+    /// At most this many restarts within `start_window`; one more fails the plugin
+    /// (`failed("start limit")`).
+    pub start_limit: u32,
+    pub start_window: Duration,
+    /// The first restart's delay; each next one doubles it, with jitter, up to `backoff_max`.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// How long a plugin must stay up for the backoff to start over.
+    pub stable_after: Duration,
+    /// The interval of the daemon's `ping`; a plugin that misses answers is handled as crashed.
+    pub heartbeat: Duration,
+    /// How long `initialize` may take.
+    pub init_timeout: Duration,
+    /// From `shutdown` to the kill of whatever is left.
+    pub stop_timeout: Duration,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            restart: Restart::OnFailure,
+            start_limit: 5,
+            start_window: Duration::from_secs(60),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            stable_after: Duration::from_secs(60),
+            heartbeat: Duration::from_secs(10),
+            init_timeout: Duration::from_secs(10),
+            stop_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Restart {
+    No,
+    /// After a crash, a missed heartbeat or a failed start; not after a clean exit, and never
+    /// after an auto-unload for violations (the plugin is quarantined).
+    #[default]
+    OnFailure,
+    /// After any exit that the operator did not ask for (still not after an auto-unload).
+    Always,
+}
+
+/// The stock profiles, built into the binary so that a package can name one wherever Stockade
+/// is installed.
+pub mod profiles {
+    /// (name, policy text).
+    pub const ALL: [(&str, &str); 3] = [
+        (
+            "untrusted-default",
+            include_str!("../profiles/untrusted-default.toml"),
+        ),
+        (
+            "network-client",
+            include_str!("../profiles/network-client.toml"),
+        ),
+        (
+            "trusted-monitor",
+            include_str!("../profiles/trusted-monitor.toml"),
+        ),
+    ];
+
+    pub fn get(name: &str) -> Option<&'static str> {
+        ALL.iter().find(|(n, _)| *n == name).map(|(_, text)| *text)
+    }
+
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        ALL.iter().map(|(n, _)| *n)
+    }
+}

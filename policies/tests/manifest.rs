@@ -1,0 +1,225 @@
+//! `plugin.toml`: what the manifest parser accepts, and every error it reports (message, hint,
+//! line and column), all at once.
+
+use std::time::Duration;
+
+use stockade_policy::manifest::{PolicySource, Restart, Trust};
+
+mod common;
+use common::{manifest, manifest_diagnostics};
+
+const MINIMAL: &str = r#"
+id = "echo"
+name = "Echo"
+version = "0.1.0"
+entry = ["bin/echo"]
+policy = "policy.toml"
+"#;
+
+#[test]
+fn a_minimal_manifest_gets_the_defaults() {
+    let m = manifest(MINIMAL);
+    assert_eq!(m.id, "echo");
+    assert_eq!(m.version, semver::Version::new(0, 1, 0));
+    assert_eq!(m.entry, vec!["bin/echo"]);
+    assert_eq!(m.policy, PolicySource::File("policy.toml".into()));
+    assert_eq!(m.trust, Trust::Untrusted);
+    assert!(m.methods.is_empty());
+    assert_eq!(m.lifecycle.restart, Restart::OnFailure);
+    assert_eq!(m.lifecycle.start_limit, 5);
+}
+
+#[test]
+fn a_full_manifest() {
+    let m = manifest(
+        r#"
+id = "acme.thumbnails-2"
+name = "Thumbnails"
+version = "2.1.0-rc.1"
+description = "Makes thumbnails"
+author = "Acme"
+entry = ["/usr/bin/python3", "main.py", "--fast"]
+policy = { profile = "network-client" }
+trust = "trusted"
+
+[methods.resize]
+params = { type = "object", properties = { width = { type = "integer", minimum = 1 } }, required = ["width"] }
+result = { type = "string" }
+timeout = "2s"
+max_in_flight = 4
+
+[methods."stats.get"]
+params = true
+
+[lifecycle]
+restart = "always"
+start_limit = 3
+start_window = "30s"
+backoff_min = "250ms"
+backoff_max = "10s"
+heartbeat = "5s"
+init_timeout = "3s"
+stop_timeout = "1s"
+"#,
+    );
+    assert_eq!(m.id, "acme.thumbnails-2");
+    assert_eq!(m.version.pre.as_str(), "rc.1");
+    assert_eq!(m.description.as_deref(), Some("Makes thumbnails"));
+    assert_eq!(m.entry[0], "/usr/bin/python3");
+    assert_eq!(m.policy, PolicySource::Profile("network-client".into()));
+    assert_eq!(m.trust, Trust::Trusted);
+    let resize = &m.methods["resize"];
+    assert_eq!(
+        resize.params,
+        serde_json::json!({
+            "type": "object",
+            "properties": { "width": { "type": "integer", "minimum": 1 } },
+            "required": ["width"]
+        })
+    );
+    assert_eq!(resize.result, Some(serde_json::json!({ "type": "string" })));
+    assert_eq!(resize.timeout, Duration::from_secs(2));
+    assert_eq!(resize.max_in_flight, 4);
+    assert_eq!(m.methods["stats.get"].params, serde_json::json!(true));
+    assert_eq!(m.lifecycle.restart, Restart::Always);
+    assert_eq!(m.lifecycle.backoff_min, Duration::from_millis(250));
+    assert_eq!(m.lifecycle.stop_timeout, Duration::from_secs(1));
+}
+
+#[test]
+fn every_error_at_once_with_its_place_and_hint() {
+    let src = r#"id = "Echo!"
+name = "Echo"
+verison = "0.1.0"
+entry = ["../escape"]
+policy = { profile = "untrusted-defualt" }
+trust = "sometimes"
+
+[methods.initialize]
+params = true
+
+[methods.greet]
+timeout = "1s"
+
+[lifecycle]
+backoff_min = "10s"
+backoff_max = "1s"
+"#;
+    let d = manifest_diagnostics(src);
+    let got: Vec<(usize, usize, &str, Option<&str>)> = d
+        .iter()
+        .map(|d| (d.line, d.column, d.message.as_str(), d.hint.as_deref()))
+        .collect();
+    let want: Vec<(usize, usize, &str, Option<&str>)> = vec![
+        (
+            1,
+            1,
+            "the manifest has no `version`",
+            Some("add version = \"0.1.0\""),
+        ),
+        (
+            1,
+            6,
+            "invalid plugin id \"Echo!\"",
+            Some(
+                "an id is lowercase letters, digits, `.`, `_` and `-`, starting with a letter or \
+                 digit, at most 64 bytes",
+            ),
+        ),
+        (
+            3,
+            1,
+            "unknown key `verison` in [plugin.toml]",
+            Some("did you mean `version`?"),
+        ),
+        (
+            4,
+            10,
+            "`../escape` contains `..`: it must stay inside the package",
+            Some("the program is a path inside the package, or an absolute path the policy grants"),
+        ),
+        (
+            5,
+            22,
+            "unknown profile \"untrusted-defualt\"",
+            Some("did you mean \"untrusted-default\"?"),
+        ),
+        (
+            6,
+            9,
+            "`trust` must be \"untrusted\" or \"trusted\", found \"sometimes\"",
+            None,
+        ),
+        (
+            8,
+            10,
+            "invalid method name \"initialize\"",
+            Some(
+                "a method name is letters, digits, `_`, `.` and `-`, at most 128 bytes; \
+                 `initialize`, `shutdown`, `ping` and names starting with `rpc.` or `stockade.` \
+                 are the host's",
+            ),
+        ),
+        (
+            11,
+            10,
+            "method `greet` has no `params`",
+            Some("give the JSON Schema of its parameters, like params = { type = \"object\" }"),
+        ),
+        (
+            16,
+            1,
+            "`backoff_max` (1s) is shorter than `backoff_min` (10s)",
+            Some("the delay grows from backoff_min up to backoff_max"),
+        ),
+    ];
+    assert_eq!(got, want, "{d:#?}");
+}
+
+#[test]
+fn schemas_and_entries_that_have_no_form() {
+    let d = manifest_diagnostics(&format!(
+        "{MINIMAL}[methods.when]\nparams = {{ const = 1979-05-27 }}\n"
+    ));
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!(
+        d[0].message,
+        "`params`: the date 1979-05-27 has no JSON form"
+    );
+    let d = manifest_diagnostics(&MINIMAL.replace("[\"bin/echo\"]", "[]"));
+    assert_eq!(d[0].message, "`entry` is empty");
+    let d = manifest_diagnostics(&MINIMAL.replace("\"policy.toml\"", "\"/etc/policy.toml\""));
+    assert_eq!(
+        d[0].message,
+        "`/etc/policy.toml` is absolute: a path of the package is relative to it"
+    );
+    let d = manifest_diagnostics(&MINIMAL.replace("\"0.1.0\"", "\"1.0\""));
+    assert!(
+        d[0].message.starts_with("invalid version \"1.0\": "),
+        "{d:#?}"
+    );
+}
+
+#[test]
+fn ids_and_method_names() {
+    for ok in ["a", "0day", "acme.tool_2-beta"] {
+        assert!(stockade_policy::valid_id(ok), "{ok}");
+    }
+    for bad in ["", "-x", ".x", "Ab", "a b", "a/b", &"a".repeat(65)] {
+        assert!(!stockade_policy::valid_id(bad), "{bad}");
+    }
+    for ok in ["resize", "stats.get", "do-it_2"] {
+        assert!(stockade_policy::valid_method_name(ok), "{ok}");
+    }
+    for bad in [
+        "",
+        "ping",
+        "shutdown",
+        "rpc.discover",
+        "stockade.x",
+        "a b",
+        "é",
+    ] {
+        assert!(!stockade_policy::valid_method_name(bad), "{bad}");
+    }
+}

@@ -1,0 +1,247 @@
+//! A plugin package on disk: a directory with `plugin.toml`, checked the way the daemon's
+//! `verified` step will check it (manifest and policy valid, the entry inside the package and
+//! reachable in the sandbox, its SHA3-512 digest recorded). `stockade plugin check DIR` prints
+//! the result; the signature check of a later issue goes here too.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use sha3::{Digest, Sha3_512};
+use stockade_policy::manifest::{Manifest, PolicySource, Trust, MANIFEST_FILE};
+use stockade_policy::{
+    load_manifest, load_policy, parse_policy, Diagnostics, EnforcementMode, LoadError, PathVar,
+    Policy, PolicyPath,
+};
+
+/// A checked package.
+#[derive(Debug, Clone)]
+pub struct Package {
+    /// The package directory, canonical.
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    /// The policy the plugin runs under: the manifest's, with the trust level applied.
+    pub policy: Policy,
+    /// Where the policy came from, in words ("policy.toml", "stock profile network-client").
+    pub policy_label: String,
+    /// The entry program on the host.
+    pub entry: PathBuf,
+    /// SHA3-512 of the entry program, lowercase hex.
+    pub entry_sha3_512: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    #[error("{} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("{} has no {MANIFEST_FILE}", .0.display())]
+    NoManifest(PathBuf),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The manifest's own errors, each with its place and hint.
+    #[error("{0}")]
+    Manifest(Diagnostics),
+    /// The policy's errors (a file of the package, or a stock profile).
+    #[error("{0}")]
+    Policy(Diagnostics),
+    #[error("{what}: {source}")]
+    PolicyFile { what: String, source: LoadError },
+    #[error("the entry {}: {why}", path.display())]
+    Entry { path: PathBuf, why: String },
+}
+
+impl PackageError {
+    /// What to do about it (none where each diagnostic carries its own).
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            PackageError::NotADirectory(_) => {
+                Some("a plugin package is a directory holding plugin.toml".into())
+            }
+            PackageError::NoManifest(_) => {
+                Some("write plugin.toml (docs/plugins.md), or give the package's directory".into())
+            }
+            PackageError::Io { .. } => Some("check the path and its permissions".into()),
+            PackageError::Manifest(_) | PackageError::Policy(_) => None,
+            PackageError::PolicyFile { source, .. } => source.hint().map(str::to_string),
+            PackageError::Entry { .. } => Some(
+                "`entry` names the program that starts the plugin: a file of the package (or an \
+                 absolute path the policy grants for exec), executable"
+                    .into(),
+            ),
+        }
+    }
+}
+
+/// Reads and checks the package in `dir`.
+pub fn load(dir: &Path) -> Result<Package, PackageError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PackageError::Io { path, source }
+    };
+    let meta = std::fs::metadata(dir).map_err(io(dir))?;
+    if !meta.is_dir() {
+        return Err(PackageError::NotADirectory(dir.to_path_buf()));
+    }
+    let dir = dir.canonicalize().map_err(io(dir))?;
+    let manifest_path = dir.join(MANIFEST_FILE);
+    if !manifest_path.exists() {
+        return Err(PackageError::NoManifest(dir));
+    }
+    let manifest = match load_manifest(&manifest_path) {
+        Ok(m) => m,
+        Err(LoadError::Invalid(d)) => return Err(PackageError::Manifest(d)),
+        Err(other) => {
+            return Err(PackageError::PolicyFile {
+                what: MANIFEST_FILE.into(),
+                source: other,
+            })
+        }
+    };
+    let (mut policy, policy_label) = match &manifest.policy {
+        PolicySource::File(rel) => {
+            let path = inside(&dir, rel).map_err(|why| PackageError::PolicyFile {
+                what: format!("policy {}", rel.display()),
+                source: LoadError::Io {
+                    path: dir.join(rel),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+                },
+            })?;
+            match load_policy(&path) {
+                Ok(p) => (p, rel.display().to_string()),
+                Err(LoadError::Invalid(d)) => return Err(PackageError::Policy(d)),
+                Err(other) => {
+                    return Err(PackageError::PolicyFile {
+                        what: format!("policy {}", rel.display()),
+                        source: other,
+                    })
+                }
+            }
+        }
+        PolicySource::Profile(name) => {
+            let text = stockade_policy::manifest::profiles::get(name).unwrap_or_default();
+            let policy =
+                parse_policy(text, &format!("profile {name}")).map_err(PackageError::Policy)?;
+            (policy, format!("stock profile {name}"))
+        }
+    };
+    if manifest.trust == Trust::Untrusted {
+        // DESIGN.md's trust levels: untrusted code runs in enforce mode, whatever its policy says.
+        policy.enforcement.mode = EnforcementMode::Enforce;
+    }
+    let entry = entry_path(&dir, &manifest)?;
+    let entry_sha3_512 = digest(&entry).map_err(io(&entry))?;
+    reachable(&entry, &dir, &policy)?;
+    Ok(Package {
+        dir,
+        manifest,
+        policy,
+        policy_label,
+        entry,
+        entry_sha3_512,
+    })
+}
+
+/// `rel` below `dir`, without leaving it through a symlink.
+fn inside(dir: &Path, rel: &Path) -> Result<PathBuf, String> {
+    let path = dir.join(rel);
+    let real = path
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if !real.starts_with(dir) {
+        return Err(format!(
+            "{} leads out of the package, to {}",
+            rel.display(),
+            real.display()
+        ));
+    }
+    Ok(real)
+}
+
+/// The entry program on the host: a regular, executable file.
+fn entry_path(dir: &Path, manifest: &Manifest) -> Result<PathBuf, PackageError> {
+    let raw = Path::new(&manifest.entry[0]);
+    let err = |why: String| PackageError::Entry {
+        path: raw.to_path_buf(),
+        why,
+    };
+    let path = if raw.is_absolute() {
+        raw.canonicalize().map_err(|e| err(e.to_string()))?
+    } else {
+        inside(dir, raw).map_err(err)?
+    };
+    let meta = std::fs::metadata(&path).map_err(|e| err(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(err("not a regular file".into()));
+    }
+    if meta.mode() & 0o111 == 0 {
+        return Err(err(format!(
+            "not executable (mode {:o}); chmod +x it",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(path)
+}
+
+/// The entry must lie below an exec grant of the policy, or the sandbox cannot start it.
+fn reachable(entry: &Path, dir: &Path, policy: &Policy) -> Result<(), PackageError> {
+    let granted = policy.filesystem.exec.iter().any(|p| match p {
+        PolicyPath::Absolute(a) => entry.starts_with(a),
+        PolicyPath::Var(PathVar::PluginDir, rest) => entry.starts_with(dir.join(rest)),
+        PolicyPath::Var(..) => false,
+    });
+    if granted {
+        return Ok(());
+    }
+    Err(PackageError::Entry {
+        path: entry.to_path_buf(),
+        why: "no `exec` path of the policy holds it, so the sandbox could not start it (add \
+              \"$PLUGIN_DIR\" to [filesystem] exec)"
+            .into(),
+    })
+}
+
+/// SHA3-512 of the file, read through one descriptor.
+pub fn digest(path: &Path) -> std::io::Result<String> {
+    let mut file = File::options()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(path)?;
+    let mut hasher = Sha3_512::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_digest_is_sha3_512() {
+        let dir = std::env::temp_dir().join(format!("stockade-digest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("abc");
+        std::fs::write(&file, b"abc").unwrap();
+        // FIPS 202's example: SHA3-512("abc").
+        assert_eq!(
+            digest(&file).unwrap(),
+            "b751850b1a57168a5693cd924b6b096e08f621827444f70d884f5d0240d2712e\
+             10e116e9192af3c91a7ec57647e3934057340b4cf408d5a56592f8274eec53f0"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
