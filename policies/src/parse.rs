@@ -202,16 +202,34 @@ fn read_policy_file(path: &Path) -> Result<Vec<u8>, LoadError> {
 /// Parses and validates a policy. `file_name` only labels the diagnostics. Text longer than
 /// [`MAX_POLICY_BYTES`] is refused unread, as [`load_policy`] refuses such a file.
 pub fn parse_policy(source: &str, file_name: &str) -> Result<Policy, Diagnostics> {
+    check_document(
+        source,
+        file_name,
+        "policy",
+        Some("grant common parent directories rather than every path below them"),
+        |checker, root| Some(checker.policy(root)),
+    )
+}
+
+/// Runs `check` over the TOML document in `source` (a policy, a manifest), refusing text longer
+/// than [`MAX_POLICY_BYTES`] unread; the value only when no diagnostic was recorded.
+fn check_document<T>(
+    source: &str,
+    file_name: &str,
+    noun: &str,
+    size_hint: Option<&str>,
+    check: impl FnOnce(&mut Checker<'_>, &dyn TableLike) -> Option<T>,
+) -> Result<T, Diagnostics> {
     if source.len() > MAX_POLICY_BYTES {
         return Err(Diagnostics(vec![Diagnostic {
             file: file_name.to_string(),
             line: 1,
             column: 1,
             message: format!(
-                "the policy is {} bytes: at most {MAX_POLICY_BYTES} (1 MiB)",
+                "the {noun} is {} bytes: at most {MAX_POLICY_BYTES} (1 MiB)",
                 source.len()
             ),
-            hint: Some("grant common parent directories rather than every path below them".into()),
+            hint: size_hint.map(str::to_string),
         }]));
     }
     let mut checker = Checker {
@@ -220,15 +238,15 @@ pub fn parse_policy(source: &str, file_name: &str) -> Result<Policy, Diagnostics
         left_out: 0,
         cutoff: None,
     };
-    let policy = match ImDocument::parse(source) {
-        Ok(document) => Some(checker.policy(document.as_table())),
+    let value = match ImDocument::parse(source) {
+        Ok(document) => check(&mut checker, document.as_table()),
         Err(err) => {
             checker.syntax_error(&err);
             None
         }
     };
-    match policy {
-        Some(policy) if checker.diagnostics.is_empty() => Ok(policy),
+    match value {
+        Some(value) if checker.diagnostics.is_empty() => Ok(value),
         _ => Err(checker.into_diagnostics()),
     }
 }

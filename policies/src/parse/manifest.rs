@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use toml_edit::{ImDocument, Item, TableLike, Value};
+use toml_edit::{Item, TableLike, Value};
 
 use super::{Checker, Entry, Place, Source, Span};
-use crate::diagnostics::{Diagnostic, Diagnostics, LoadError, MAX_POLICY_BYTES};
+use crate::diagnostics::{Diagnostics, LoadError};
 use crate::manifest::*;
 
 pub(crate) const MANIFEST_KEYS: &[&str] = &[
@@ -67,35 +67,9 @@ pub fn load_manifest(path: &Path) -> Result<Manifest, LoadError> {
 
 /// Parses and validates a manifest. `file_name` only labels the diagnostics.
 pub fn parse_manifest(source: &str, file_name: &str) -> Result<Manifest, Diagnostics> {
-    if source.len() > MAX_POLICY_BYTES {
-        return Err(Diagnostics(vec![Diagnostic {
-            file: file_name.to_string(),
-            line: 1,
-            column: 1,
-            message: format!(
-                "the manifest is {} bytes: at most {MAX_POLICY_BYTES} (1 MiB)",
-                source.len()
-            ),
-            hint: None,
-        }]));
-    }
-    let mut checker = Checker {
-        source: Source::new(source, file_name),
-        diagnostics: Vec::new(),
-        left_out: 0,
-        cutoff: None,
-    };
-    let manifest = match ImDocument::parse(source) {
-        Ok(document) => checker.manifest(document.as_table()),
-        Err(err) => {
-            checker.syntax_error(&err);
-            None
-        }
-    };
-    match manifest {
-        Some(m) if checker.diagnostics.is_empty() => Ok(m),
-        _ => Err(checker.into_diagnostics()),
-    }
+    super::check_document(source, file_name, "manifest", None, |checker, root| {
+        checker.manifest(root)
+    })
 }
 
 /// Whether `id` is a plugin id: `[a-z0-9][a-z0-9._-]*`, at most [`MAX_ID_BYTES`].
