@@ -52,6 +52,12 @@ pub enum PackageError {
     PolicyFile { what: String, source: LoadError },
     #[error("the entry {}: {why}", path.display())]
     Entry { path: PathBuf, why: String },
+    #[error("method `{method}`: `{key}` is not a usable JSON Schema: {why}")]
+    Schema {
+        method: String,
+        key: &'static str,
+        why: String,
+    },
 }
 
 impl PackageError {
@@ -67,6 +73,11 @@ impl PackageError {
             PackageError::Io { .. } => Some("check the path and its permissions".into()),
             PackageError::Manifest(_) | PackageError::Policy(_) => None,
             PackageError::PolicyFile { source, .. } => source.hint().map(str::to_string),
+            PackageError::Schema { .. } => Some(
+                "write the schema in JSON Schema 2020-12 (docs/plugins.md); `$ref` may only point \
+                 inside it"
+                    .into(),
+            ),
             PackageError::Entry { .. } => Some(
                 "`entry` names the program that starts the plugin: a file of the package (or an \
                  absolute path the policy grants for exec), executable"
@@ -132,6 +143,7 @@ pub fn load(dir: &Path) -> Result<Package, PackageError> {
         // DESIGN.md's trust levels: untrusted code runs in enforce mode, whatever its policy says.
         policy.enforcement.mode = EnforcementMode::Enforce;
     }
+    check_schemas(&manifest)?;
     let entry = entry_path(&dir, &manifest)?;
     let entry_sha3_512 = digest(&entry).map_err(io(&entry))?;
     reachable(&entry, &dir, &policy)?;
@@ -143,6 +155,42 @@ pub fn load(dir: &Path) -> Result<Package, PackageError> {
         entry,
         entry_sha3_512,
     })
+}
+
+/// Every method's schemas must be valid JSON Schemas (checked against the meta-schema) and
+/// compile: the host validates each call's parameters with them. No reference is fetched from
+/// outside the schema (the crate is built without its network and file resolvers).
+fn check_schemas(manifest: &Manifest) -> Result<(), PackageError> {
+    for (name, method) in &manifest.methods {
+        let schemas = [
+            ("params", Some(&method.params)),
+            ("result", method.result.as_ref()),
+        ];
+        for (key, schema) in schemas {
+            let Some(schema) = schema else { continue };
+            let failed = |why: String| PackageError::Schema {
+                method: name.clone(),
+                key,
+                why,
+            };
+            jsonschema::meta::validate(schema).map_err(|e| {
+                failed(format!(
+                    "{e} (at {})",
+                    show_pointer(&e.instance_path().to_string())
+                ))
+            })?;
+            jsonschema::validator_for(schema).map_err(|e| failed(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+fn show_pointer(pointer: &str) -> String {
+    if pointer.is_empty() {
+        "the top".into()
+    } else {
+        pointer.to_string()
+    }
 }
 
 /// `rel` below `dir`, without leaving it through a symlink.

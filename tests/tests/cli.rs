@@ -493,6 +493,56 @@ fn plugin_check_validates_a_package_offline() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("  plugin   p 1.0.0 (p)"), "{}", r.stdout);
 
+    // Method schemas: checked against JSON Schema's meta-schema, and never fetched from outside.
+    for (schema, cause) in [
+        (
+            "{ type = \"strin\" }",
+            "method `m`: `params` is not a usable JSON Schema: \"strin\" is not valid",
+        ),
+        (
+            "{ \"$ref\" = \"http://192.0.2.1/s.json\" }",
+            "method `m`: `params` is not a usable JSON Schema: Resource 'http://192.0.2.1/s.json'",
+        ),
+    ] {
+        let with_schema = package(
+            "schema",
+            &[
+                (
+                    "plugin.toml",
+                    &format!("{manifest_text}[methods.m]\nparams = {schema}\n"),
+                    false,
+                ),
+                ("run", "#!/bin/sh\n", true),
+                (
+                    "policy.toml",
+                    "[filesystem]\nexec = [\"$PLUGIN_DIR\"]\n",
+                    false,
+                ),
+            ],
+        );
+        let r = stockade_cmd(&["plugin", "check", with_schema.to_str().unwrap()]);
+        assert_usage_error(&r, cause);
+        let _ = std::fs::remove_dir_all(with_schema);
+    }
+    // Control: a reference inside the schema is fine.
+    let local_ref = package(
+        "local-ref",
+        &[
+            (
+                "plugin.toml",
+                &format!(
+                    "{manifest_text}[methods.m]\nparams = {{ \"$ref\" = \"#/$defs/n\", \"$defs\" = {{ n = {{ type = \"integer\" }} }} }}\n"
+                ),
+                false,
+            ),
+            ("run", "#!/bin/sh\n", true),
+            ("policy.toml", "[filesystem]\nexec = [\"$PLUGIN_DIR\"]\n", false),
+        ],
+    );
+    let r = stockade_cmd(&["plugin", "check", local_ref.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let _ = std::fs::remove_dir_all(local_ref);
+
     // Not a package at all.
     let r = stockade_cmd(&["plugin", "check", "/etc/hostname"]);
     assert_usage_error(&r, "is not a directory");
