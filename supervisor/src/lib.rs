@@ -8,6 +8,7 @@ pub mod launcher;
 pub mod monitor;
 pub mod package;
 pub mod probe;
+pub mod rpc;
 pub mod sandbox;
 pub mod signals;
 pub mod socket_scan;
