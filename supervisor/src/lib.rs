@@ -5,6 +5,7 @@ pub mod bpf_probe;
 pub mod cgroup;
 pub mod explain;
 pub mod launcher;
+pub mod lifecycle;
 pub mod monitor;
 pub mod package;
 pub mod probe;
