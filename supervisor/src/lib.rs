@@ -4,6 +4,7 @@
 pub mod bpf_probe;
 pub mod cgroup;
 pub mod explain;
+pub mod idmap;
 pub mod launcher;
 pub mod lifecycle;
 pub mod monitor;
