@@ -55,6 +55,8 @@ impl State {
             | (Initializing, Active)
             | (Active | Initializing | Loading, Stopping)
             | (Stopping, Stopped)
+            // Unloaded while waiting out a backoff: nothing runs, nothing to stop.
+            | (Restarting, Stopped)
             // A crash, a missed heartbeat, a failed start: the restart policy decides.
             | (Loading | Initializing | Active, Restarting)
             | (Restarting, Loading)
@@ -273,6 +275,10 @@ mod tests {
         assert!(t.go(State::Failed("x".into()), "x", 3_000).is_err());
         // It can be loaded again.
         t.go(State::Verified, "load", 4_000).unwrap();
+        // And unloaded while it waits to restart.
+        t.go(State::Loading, "", 4_000).unwrap();
+        t.go(State::Restarting, "crashed", 4_100).unwrap();
+        t.go(State::Stopped, "unload", 4_200).unwrap();
     }
 
     #[test]
