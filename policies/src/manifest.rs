@@ -117,6 +117,17 @@ impl Default for Lifecycle {
     }
 }
 
+impl Restart {
+    /// As written in a manifest.
+    pub fn name(self) -> &'static str {
+        match self {
+            Restart::No => "no",
+            Restart::OnFailure => "on-failure",
+            Restart::Always => "always",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Restart {
     No,

@@ -223,3 +223,21 @@ fn ids_and_method_names() {
         assert!(!stockade_policy::valid_method_name(bad), "{bad}");
     }
 }
+
+#[test]
+fn durations_are_bounded() {
+    let d = manifest_diagnostics(&format!(
+        "{MINIMAL}[lifecycle]\nheartbeat = \"10ms\"\nbackoff_max = \"99999999999h\"\n\
+         [methods.m]\nparams = true\ntimeout = \"25h\"\n"
+    ));
+    let got: Vec<&str> = d.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(
+        got,
+        [
+            "`heartbeat` must be at least 1s, found 10ms",
+            "`backoff_max` must be at most 86400s, found 359999999996400s",
+            "`timeout` must be at most 86400s, found 90000s",
+        ],
+        "{d:#?}"
+    );
+}

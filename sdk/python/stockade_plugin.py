@@ -106,6 +106,8 @@ class Plugin:
                     request = json.loads(line)
                 except ValueError:
                     continue  # the host only sends valid JSON
+                if not isinstance(request, dict):
+                    continue
                 method = request.get("method")
                 if not isinstance(method, str):
                     continue
@@ -136,13 +138,16 @@ class Plugin:
                 result = await self._methods[method](params, Context(self))
             else:
                 raise RpcError(-32601, f"no method `{method}`")
-            outcome = ("result", result)
+            reply = _encode({"jsonrpc": "2.0", "id": request.get("id"), "result": result})
+            if len(reply) > MAX_MESSAGE_BYTES:
+                raise RpcError(-32603, "the result is larger than a message may be")
         except RpcError as e:
-            outcome = ("error", e.json())
+            reply = _encode({"jsonrpc": "2.0", "id": request.get("id"), "error": e.json()})
         except Exception as e:  # a bug in the method: an error answer, not a dead plugin
-            outcome = ("error", {"code": -32603, "message": f"{type(e).__name__}: {e}"})
+            reply = _encode({"jsonrpc": "2.0", "id": request.get("id"),
+                             "error": {"code": -32603, "message": f"{type(e).__name__}: {e}"}})
         if "id" in request:
-            self._send({"jsonrpc": "2.0", "id": request["id"], outcome[0]: outcome[1]})
+            self._writer.write(reply + b"\n")
             await self._writer.drain()
 
     def _reply(self, id_, result):
@@ -150,4 +155,10 @@ class Plugin:
             self._send({"jsonrpc": "2.0", "id": id_, "result": result})
 
     def _send(self, message):
-        self._writer.write(json.dumps(message).encode() + b"\n")
+        self._writer.write(_encode(message) + b"\n")
+
+
+def _encode(message):
+    """One JSON line's bytes; NaN and infinities are not JSON (ValueError), nor are objects
+    json cannot serialize (TypeError)."""
+    return json.dumps(message, allow_nan=False).encode()

@@ -78,6 +78,19 @@ impl IdRanges {
             },
             Err(e) => return Err(io(&self.path)(e)),
         };
+        // A table that parses may still hand a range out twice: refuse it as damaged.
+        let mut seen = std::collections::BTreeSet::new();
+        for (id, &n) in &table.plugins {
+            if n == 0 || n >= table.next || !seen.insert(n) {
+                return Err(IdError::Damaged {
+                    path: self.path.clone(),
+                    why: format!(
+                        "plugin {id} holds range {n}, which is 0, shared, or not below next ({})",
+                        table.next
+                    ),
+                });
+            }
+        }
         let range = match table.plugins.get(plugin) {
             Some(&n) => n,
             None => {
@@ -112,9 +125,11 @@ impl IdRanges {
         file.write_all(&serde_json::to_vec_pretty(table).unwrap_or_default())?;
         file.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir)?.sync_all()?;
         Ok(())
     }
 }
@@ -180,6 +195,15 @@ mod tests {
         let err = IdRanges::at(&path).base_for("a").unwrap_err();
         assert!(matches!(err, IdError::Damaged { .. }), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"{ half");
+        // Valid JSON, but a range shared, or not below `next`.
+        for table in [
+            r#"{"next": 3, "plugins": {"a": 1, "b": 1}}"#,
+            r#"{"next": 2, "plugins": {"a": 2}}"#,
+        ] {
+            std::fs::write(&path, table).unwrap();
+            let err = IdRanges::at(&path).base_for("c").unwrap_err();
+            assert!(matches!(err, IdError::Damaged { .. }), "{table}: {err}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -5,6 +5,9 @@
 //! reads a clock itself, so every rule is unit-tested with the times given.
 
 use std::collections::VecDeque;
+
+/// Transitions kept per plugin (the audit log keeps them all).
+const HISTORY: usize = 256;
 use std::time::Duration;
 
 use stockade_policy::manifest::{Lifecycle, Restart};
@@ -55,8 +58,10 @@ impl State {
             | (Initializing, Active)
             | (Active | Initializing | Loading, Stopping)
             | (Stopping, Stopped)
-            // Unloaded while waiting out a backoff: nothing runs, nothing to stop.
-            | (Restarting, Stopped)
+            // Unloaded while waiting out a backoff, or before it started: nothing runs.
+            | (Restarting | Discovered | Verified, Stopped)
+            // It exited by itself and the restart policy keeps it down.
+            | (Loading | Initializing | Active, Stopped)
             // A crash, a missed heartbeat, a failed start: the restart policy decides.
             | (Loading | Initializing | Active, Restarting)
             | (Restarting, Loading)
@@ -113,7 +118,7 @@ pub enum Decision {
 pub struct Tracker {
     policy: Lifecycle,
     state: State,
-    history: Vec<Transition>,
+    history: VecDeque<Transition>,
     /// Times (ms) of the restarts within the window.
     restarts: VecDeque<u64>,
     /// The delay of the next restart before jitter.
@@ -128,12 +133,12 @@ impl Tracker {
         Tracker {
             policy,
             state: State::Discovered,
-            history: vec![Transition {
+            history: VecDeque::from([Transition {
                 at_ms: now_ms,
                 from: "none",
                 to: State::Discovered,
                 reason: "found".into(),
-            }],
+            }]),
             restarts: VecDeque::new(),
             next_backoff,
             active_since: None,
@@ -144,8 +149,9 @@ impl Tracker {
         &self.state
     }
 
-    pub fn history(&self) -> &[Transition] {
-        &self.history
+    /// The last transitions, oldest first.
+    pub fn history(&self) -> impl Iterator<Item = &Transition> {
+        self.history.iter()
     }
 
     /// Moves to `to`, recording why; refused when the lifecycle does not allow it.
@@ -159,19 +165,28 @@ impl Tracker {
         if to == State::Active {
             self.active_since = Some(now_ms);
         }
-        self.history.push(Transition {
+        if to == State::Verified && self.state != State::Discovered {
+            // The operator loads it again: a fresh start, whatever failed before.
+            self.restarts.clear();
+            self.next_backoff = self.policy.backoff_min;
+        }
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(Transition {
             at_ms: now_ms,
             from: self.state.name(),
             to: to.clone(),
             reason: reason.to_string(),
         });
         self.state = to;
-        Ok(self.history.last().expect("just pushed"))
+        Ok(self.history.back().expect("just pushed"))
     }
 
     /// Decides what follows an exit, by the manifest's restart policy. `jitter` is a number in
-    /// [0, 1) (the daemon draws it): the delay is the backoff times 1 + jitter/2, so plugins that
-    /// crashed together do not restart together.
+    /// [0, 1) (the daemon draws it): the delay is half the backoff plus `jitter` times the other
+    /// half ("equal jitter"), so plugins that crashed together do not restart together, at the
+    /// maximum too.
     pub fn after_exit(&mut self, exit: Exit, now_ms: u64, jitter: f64) -> Decision {
         if exit == Exit::AutoUnloaded {
             return Decision::Quarantine(
@@ -208,11 +223,19 @@ impl Tracker {
             ));
         }
         self.restarts.push_back(now_ms);
-        let delay = self
+        let base = self.next_backoff.min(self.policy.backoff_max);
+        let jitter = if jitter.is_finite() {
+            jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        // The manifest bounds every duration to a day: nothing here can overflow.
+        let delay = base / 2 + (base / 2).mul_f64(jitter);
+        self.next_backoff = self
             .next_backoff
-            .mul_f64(1.0 + jitter.clamp(0.0, 1.0) / 2.0);
-        self.next_backoff = (self.next_backoff * 2).min(self.policy.backoff_max);
-        Decision::RestartAfter(delay.min(self.policy.backoff_max))
+            .saturating_mul(2)
+            .min(self.policy.backoff_max);
+        Decision::RestartAfter(delay)
     }
 }
 
@@ -249,7 +272,7 @@ mod tests {
         up(&mut t, 1_000);
         t.go(State::Stopping, "unload", 2_000).unwrap();
         t.go(State::Stopped, "shut down", 2_100).unwrap();
-        let names: Vec<&str> = t.history().iter().map(|h| h.to.name()).collect();
+        let names: Vec<&str> = t.history().map(|h| h.to.name()).collect();
         assert_eq!(
             names,
             [
@@ -262,8 +285,8 @@ mod tests {
                 "stopped"
             ]
         );
-        assert_eq!(t.history()[5].from, "active");
-        assert_eq!(t.history()[5].reason, "unload");
+        let stop = t.history().nth(5).unwrap();
+        assert_eq!((stop.from, stop.reason.as_str()), ("active", "unload"));
         // Nothing skips a step, and a stopped plugin does not fail.
         assert_eq!(
             t.go(State::Active, "x", 3_000),
@@ -285,28 +308,37 @@ mod tests {
     fn restarts_back_off_and_stop_at_the_limit() {
         let mut t = Tracker::new(policy(Restart::OnFailure), 0);
         up(&mut t, 0);
-        // 100, 200, then 350 (the maximum), each with the jitter's half added on top.
+        // 100, 200, then 350 (the maximum): half of each, plus the jitter's share of the rest.
         assert_eq!(
             t.after_exit(Exit::Failure, 1_000, 0.0),
-            Decision::RestartAfter(Duration::from_millis(100))
+            Decision::RestartAfter(Duration::from_millis(50))
         );
         assert_eq!(
             t.after_exit(Exit::Failure, 2_000, 1.0),
-            Decision::RestartAfter(Duration::from_millis(300))
+            Decision::RestartAfter(Duration::from_millis(200))
         );
         assert_eq!(
-            t.after_exit(Exit::Failure, 3_000, 0.0),
-            Decision::RestartAfter(Duration::from_millis(350))
+            t.after_exit(Exit::Failure, 3_000, 0.5),
+            Decision::RestartAfter(Duration::from_micros(262_500))
         );
         // The fourth within 60 s is past the limit of 3.
         assert_eq!(
             t.after_exit(Exit::Failure, 4_000, 0.0),
             Decision::Fail("start limit: 3 restarts within 60 s".into())
         );
-        // A minute after the first, the window has room again.
+        // A minute after the first, the window has room again; at the maximum the jitter
+        // still spreads restarts (a NaN counts as none).
         assert_eq!(
-            t.after_exit(Exit::Failure, 61_000, 0.0),
-            Decision::RestartAfter(Duration::from_millis(350))
+            t.after_exit(Exit::Failure, 61_000, f64::NAN),
+            Decision::RestartAfter(Duration::from_millis(175))
+        );
+        // The operator's reload starts over.
+        t.go(State::Failed("start limit".into()), "", 62_000)
+            .unwrap();
+        t.go(State::Verified, "reload", 63_000).unwrap();
+        assert_eq!(
+            t.after_exit(Exit::Failure, 64_000, 0.0),
+            Decision::RestartAfter(Duration::from_millis(50))
         );
     }
 
@@ -322,8 +354,12 @@ mod tests {
         // Up for 30 s: the next delay is the minimum again.
         assert_eq!(
             t.after_exit(Exit::Failure, 31_200, 0.0),
-            Decision::RestartAfter(Duration::from_millis(100))
+            Decision::RestartAfter(Duration::from_millis(50))
         );
+        // A clean exit kept down goes straight to stopped.
+        t.go(State::Restarting, "crashed", 31_200).unwrap();
+        t.go(State::Loading, "", 31_300).unwrap();
+        t.go(State::Stopped, "exited 0", 31_400).unwrap();
     }
 
     #[test]

@@ -275,8 +275,12 @@ fn policy_explain(file: &Path) -> Result<u8, Failure> {
 }
 
 fn load_package(dir: &Path) -> Result<stockade::package::Package, Failure> {
+    stockade::package::load(dir).map_err(|e| package_failure(dir, e))
+}
+
+fn package_failure(dir: &Path, e: stockade::package::PackageError) -> Failure {
     use stockade::package::PackageError;
-    stockade::package::load(dir).map_err(|e| match &e {
+    match &e {
         PackageError::Manifest(d) | PackageError::Policy(d) => Failure {
             cause: format!(
                 "{} is not a valid plugin package:\n{}",
@@ -293,7 +297,7 @@ fn load_package(dir: &Path) -> Result<stockade::package::Package, Failure> {
             format!("{}: {e}", dir.display()),
             e.hint().unwrap_or_else(|| "see docs/plugins.md".into()),
         ),
-    })
+    }
 }
 
 fn plugin_check(dir: &Path, json: bool) -> Result<u8, Failure> {
@@ -309,7 +313,7 @@ fn plugin_check(dir: &Path, json: bool) -> Result<u8, Failure> {
             }
             return Ok(1);
         }
-        Err(_) => return load_package(dir).map(|_| 0),
+        Err(e) => return Err(package_failure(dir, e)),
     };
     let m = &package.manifest;
     if json {
@@ -344,7 +348,7 @@ fn plugin_check(dir: &Path, json: bool) -> Result<u8, Failure> {
             "entry_sha3_512": package.entry_sha3_512,
             "methods": methods,
             "lifecycle": {
-                "restart": format!("{:?}", l.restart),
+                "restart": l.restart.name(),
                 "start_limit": l.start_limit,
                 "start_window_ms": l.start_window.as_millis() as u64,
                 "backoff_min_ms": l.backoff_min.as_millis() as u64,

@@ -99,9 +99,18 @@ pub fn load(dir: &Path) -> Result<Package, PackageError> {
     }
     let dir = dir.canonicalize().map_err(io(dir))?;
     let manifest_path = dir.join(MANIFEST_FILE);
-    if !manifest_path.exists() {
+    if std::fs::symlink_metadata(&manifest_path).is_err() {
         return Err(PackageError::NoManifest(dir));
     }
+    // Read from inside the package only: a manifest that is a link out of it is refused.
+    let manifest_path =
+        inside(&dir, Path::new(MANIFEST_FILE)).map_err(|why| PackageError::PolicyFile {
+            what: MANIFEST_FILE.into(),
+            source: LoadError::Io {
+                path: manifest_path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+            },
+        })?;
     let manifest = match load_manifest(&manifest_path) {
         Ok(m) => m,
         Err(LoadError::Invalid(d)) => return Err(PackageError::Manifest(d)),
@@ -144,8 +153,7 @@ pub fn load(dir: &Path) -> Result<Package, PackageError> {
         policy.enforcement.mode = EnforcementMode::Enforce;
     }
     check_schemas(&manifest)?;
-    let entry = entry_path(&dir, &manifest)?;
-    let entry_sha3_512 = digest(&entry).map_err(io(&entry))?;
+    let (entry, entry_sha3_512) = entry(&dir, &manifest)?;
     reachable(&entry, &dir, &policy)?;
     Ok(Package {
         dir,
@@ -209,19 +217,35 @@ fn inside(dir: &Path, rel: &Path) -> Result<PathBuf, String> {
     Ok(real)
 }
 
-/// The entry program on the host: a regular, executable file.
-fn entry_path(dir: &Path, manifest: &Manifest) -> Result<PathBuf, PackageError> {
+/// The largest entry program hashed: a plugin is not a disk image.
+pub const MAX_ENTRY_BYTES: u64 = 1 << 30;
+
+/// The entry program on the host, and its SHA3-512: opened once (for a file of the package,
+/// beneath the package directory, no step of the path leaving it), checked on that descriptor
+/// (a regular, executable file of bounded size) and hashed from it, so that what was checked is
+/// what was hashed whatever happens to the path meanwhile.
+fn entry(dir: &Path, manifest: &Manifest) -> Result<(PathBuf, String), PackageError> {
     let raw = Path::new(&manifest.entry[0]);
     let err = |why: String| PackageError::Entry {
         path: raw.to_path_buf(),
         why,
     };
-    let path = if raw.is_absolute() {
-        raw.canonicalize().map_err(|e| err(e.to_string()))?
+    let file = if raw.is_absolute() {
+        File::options()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
+            .open(raw)
+            .map_err(|e| err(e.to_string()))?
     } else {
-        inside(dir, raw).map_err(err)?
+        open_beneath(dir, raw).map_err(|e| {
+            err(if e.raw_os_error() == Some(libc::EXDEV) {
+                "it leads out of the package".into()
+            } else {
+                e.to_string()
+            })
+        })?
     };
-    let meta = std::fs::metadata(&path).map_err(|e| err(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| err(e.to_string()))?;
     if !meta.is_file() {
         return Err(err("not a regular file".into()));
     }
@@ -231,7 +255,48 @@ fn entry_path(dir: &Path, manifest: &Manifest) -> Result<PathBuf, PackageError> 
             meta.mode() & 0o7777
         )));
     }
-    Ok(path)
+    if meta.len() > MAX_ENTRY_BYTES {
+        return Err(err(format!(
+            "{} bytes: at most {MAX_ENTRY_BYTES}",
+            meta.len()
+        )));
+    }
+    let digest = digest_of(file).map_err(|e| err(e.to_string()))?;
+    let path = if raw.is_absolute() {
+        raw.canonicalize().map_err(|e| err(e.to_string()))?
+    } else {
+        inside(dir, raw).map_err(err)?
+    };
+    Ok((path, digest))
+}
+
+/// openat2(RESOLVE_BENEATH) of `rel` below `dir`: symlinks are followed only while they stay
+/// below it (EXDEV otherwise).
+fn open_beneath(dir: &Path, rel: &Path) -> std::io::Result<File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    let dirfd = File::open(dir)?;
+    let name = std::ffi::CString::new(rel.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: a plain struct of integers; zeroed is a valid start.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: openat2 reads `how` and the path, both alive for the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd.as_raw_fd(),
+            name.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd as i32) })
 }
 
 /// The entry must lie below an exec grant of the policy, or the sandbox cannot start it.
@@ -252,12 +317,18 @@ fn reachable(entry: &Path, dir: &Path, policy: &Policy) -> Result<(), PackageErr
     })
 }
 
-/// SHA3-512 of the file, read through one descriptor.
+/// SHA3-512 of the file at `path`, read through one descriptor.
 pub fn digest(path: &Path) -> std::io::Result<String> {
-    let mut file = File::options()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
-        .open(path)?;
+    digest_of(
+        File::options()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
+            .open(path)?,
+    )
+}
+
+/// SHA3-512 of what `file` reads, lowercase hex.
+fn digest_of(mut file: File) -> std::io::Result<String> {
     let mut hasher = Sha3_512::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {

@@ -191,6 +191,9 @@ pub fn parse(frame: &Frame) -> Result<Incoming, Violation> {
         let Value::String(method) = method else {
             return Err(Violation::NotJsonRpc("a method that is not a string"));
         };
+        if id.as_ref().is_some_and(Value::is_null) {
+            return Err(Violation::NotJsonRpc("a request whose id is null"));
+        }
         let params = obj.remove("params").unwrap_or(Value::Null);
         if !(params.is_object() || params.is_array() || params.is_null()) {
             return Err(Violation::NotJsonRpc(
@@ -233,9 +236,14 @@ pub fn parse(frame: &Frame) -> Result<Incoming, Violation> {
     }
 }
 
-/// A request line for the plugin.
+/// A request line for the plugin (`params` left out when null: JSON-RPC 2.0 allows only a
+/// structured value there).
 pub fn request(id: &Id, method: &str, params: &Value) -> Vec<u8> {
-    line(json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }))
+    let mut request = json!({ "jsonrpc": "2.0", "id": id, "method": method });
+    if !params.is_null() {
+        request["params"] = params.clone();
+    }
+    line(request)
 }
 
 /// A response line for the plugin (to its `log` or `event.publish` request).
@@ -308,6 +316,22 @@ impl Methods {
     }
 }
 
+/// The longest schema error text passed on: the validator quotes the failing value, which may be
+/// as large as a message.
+const MAX_ERROR_TEXT: usize = 1024;
+
+fn shortened(mut text: String) -> String {
+    if text.len() > MAX_ERROR_TEXT {
+        let mut cut = MAX_ERROR_TEXT;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
 /// The first schema error as a JSON-RPC error: where in the value, what was wrong.
 fn schema_error(
     validator: &jsonschema::Validator,
@@ -318,14 +342,15 @@ fn schema_error(
     let Some(e) = validator.iter_errors(value).next() else {
         return Ok(());
     };
-    let path = e.instance_path().to_string();
+    let path = shortened(e.instance_path().to_string());
+    let error = shortened(e.to_string());
     let mut data = Map::new();
     data.insert("path".into(), Value::String(path.clone()));
-    data.insert("error".into(), Value::String(e.to_string()));
+    data.insert("error".into(), Value::String(error.clone()));
     Err(RpcError {
         code,
         message: format!(
-            "{what}: {e} (at {})",
+            "{what}: {error} (at {})",
             if path.is_empty() { "the top" } else { &path }
         ),
         data: Some(Value::Object(data)),
@@ -432,6 +457,10 @@ mod tests {
                 r#"{"jsonrpc":"2.0","method":"log","params":3}"#,
                 "not-jsonrpc",
             ),
+            (
+                r#"{"jsonrpc":"2.0","id":null,"method":"log"}"#,
+                "not-jsonrpc",
+            ),
         ] {
             assert_eq!(parsed(text).unwrap_err().action(), action, "{text}");
         }
@@ -500,6 +529,15 @@ result = { type = "object", required = ["text"] }
         assert_eq!(e.code, code::INVALID_PARAMS);
         assert_eq!(e.data.as_ref().unwrap()["path"], "/text");
         assert!(e.message.starts_with("invalid params: "), "{}", e.message);
+        // A huge failing value is not echoed back whole.
+        let e = m
+            .check_call("echo", &json!({ "text": "x".repeat(100_000) }))
+            .unwrap_err();
+        assert!(e.message.len() < 1200, "{}", e.message.len());
+        assert_eq!(
+            request(&json!(1), "ping", &Value::Null),
+            b"{\"id\":1,\"jsonrpc\":\"2.0\",\"method\":\"ping\"}\n"
+        );
         let e = m.check_call("echo", &json!({})).unwrap_err();
         assert_eq!(e.data.as_ref().unwrap()["path"], "");
         assert!(e.message.ends_with("(at the top)"), "{}", e.message);

@@ -1,34 +1,38 @@
 #!/usr/bin/python3
 """A Stockade plugin written from the protocol alone: newline-delimited JSON-RPC 2.0 on the
-descriptor named by STOCKADE_RPC_FD (docs/plugins.md)."""
+socket whose descriptor is in STOCKADE_RPC_FD (docs/plugins.md)."""
 
 import json
 import os
+import socket
 import sys
 
 
 def handle(method, params):
-    if method == "initialize":
-        return {"ok": True}
-    if method in ("ping", "shutdown"):
+    if method in ("initialize", "ping", "shutdown"):
         return {}
     if method == "echo":
+        if not isinstance(params, dict) or not isinstance(params.get("text"), str):
+            raise ValueError("echo takes {\"text\": string}")
         return {"text": params["text"]}
     raise LookupError(method)
 
 
 def main():
-    fd = int(os.environ["STOCKADE_RPC_FD"])
-    rpc = os.fdopen(fd, "r+b", buffering=0)
-    for line in iter(rpc.readline, b""):
+    rpc = socket.socket(fileno=int(os.environ["STOCKADE_RPC_FD"]))
+    for line in rpc.makefile("rb"):
         request = json.loads(line)
-        reply = {"jsonrpc": "2.0", "id": request.get("id")}
+        method = request.get("method")
         try:
-            reply["result"] = handle(request["method"], request.get("params") or {})
+            reply = {"result": handle(method, request.get("params"))}
         except LookupError:
-            reply["error"] = {"code": -32601, "message": "method not found"}
-        rpc.write(json.dumps(reply).encode() + b"\n")
-        if request["method"] == "shutdown":
+            reply = {"error": {"code": -32601, "message": f"no method {method}"}}
+        except ValueError as e:
+            reply = {"error": {"code": -32602, "message": str(e)}}
+        if "id" in request:  # a notification gets no answer
+            reply.update(jsonrpc="2.0", id=request["id"])
+            rpc.sendall(json.dumps(reply).encode() + b"\n")
+        if method == "shutdown":
             break
     return 0
 

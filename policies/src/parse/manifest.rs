@@ -45,6 +45,10 @@ pub(crate) const RESTARTS: &[(&str, Restart)] = &[
 ];
 /// Nesting of a JSON Schema written in TOML: deeper is refused (the checks walk it).
 const MAX_SCHEMA_DEPTH: usize = 32;
+/// The longest any manifest duration may be: the daemon adds them to clocks and doubles the
+/// backoff, which must not overflow.
+const DAY: Duration = Duration::from_secs(24 * 3600);
+const HOUR: Duration = Duration::from_secs(3600);
 
 /// Reads and validates the manifest at `path` (a regular file of at most 1 MiB, as a policy).
 pub fn load_manifest(path: &Path) -> Result<Manifest, LoadError> {
@@ -354,7 +358,7 @@ impl Checker<'_> {
                 "params" => params = self.schema(&e),
                 "result" => result = self.schema(&e),
                 "timeout" => {
-                    if let Some(d) = self.duration(&e) {
+                    if let Some(d) = self.duration_in(&e, Duration::ZERO, DAY) {
                         timeout = d;
                     }
                 }
@@ -406,7 +410,15 @@ impl Checker<'_> {
         let mut l = Lifecycle::default();
         let mut backoff_span = None;
         for e in self.entries(table, LIFECYCLE_KEYS, Place::ManifestTable("lifecycle")) {
-            let d = |c: &mut Self| c.duration(&e);
+            // (the least, the most) each may be: a heartbeat of a millisecond would be a
+            // thousand wakeups a second, and a day is longer than any of them needs.
+            let limits = match e.key {
+                "heartbeat" => (Duration::from_secs(1), DAY),
+                "backoff_min" => (Duration::from_millis(10), HOUR),
+                "init_timeout" | "stop_timeout" => (Duration::ZERO, HOUR),
+                _ => (Duration::ZERO, DAY),
+            };
+            let d = |c: &mut Self| c.duration_in(&e, limits.0, limits.1);
             match e.key {
                 "restart" => {
                     if let Some(r) = self.choice(&e, RESTARTS) {
@@ -443,6 +455,32 @@ impl Checker<'_> {
             );
         }
         l
+    }
+}
+
+impl Checker<'_> {
+    /// A duration of at least `min` (and more than zero) and at most `max`.
+    fn duration_in(&mut self, e: &Entry<'_>, min: Duration, max: Duration) -> Option<Duration> {
+        let d = self.duration(e)?;
+        let message = if d < min {
+            format!(
+                "`{}` must be at least {}, found {}",
+                e.key,
+                show(min),
+                show(d)
+            )
+        } else if d > max {
+            format!(
+                "`{}` must be at most {}, found {}",
+                e.key,
+                show(max),
+                show(d)
+            )
+        } else {
+            return Some(d);
+        };
+        self.error(e.value_span(), message, None);
+        None
     }
 }
 

@@ -34,6 +34,14 @@ def make_plugin():
     async def bug(params, cx):
         return 1 / 0
 
+    @plugin.method("nan")
+    async def nan(params, cx):
+        return float("nan")
+
+    @plugin.method("big")
+    async def big(params, cx):
+        return "x" * (1 << 20)
+
     return plugin
 
 
@@ -96,6 +104,14 @@ class SdkTest(unittest.TestCase):
         host.send(4, "bug", {})
         e = host.reply(4)["error"]
         self.assertEqual((e["code"], e["message"]), (-32603, "ZeroDivisionError: division by zero"))
+        # Results that are not JSON, or too large for a message: answered as errors, never sent.
+        host.send(41, "nan", {})
+        self.assertEqual(host.reply(41)["error"]["code"], -32603)
+        host.send(42, "big", {})
+        e = host.reply(42)["error"]
+        self.assertEqual((e["code"], e["message"]),
+                         (-32603, "the result is larger than a message may be"))
+        host.sock.sendall(b"[1, 2]\n")  # not an object: ignored
         host.send(5, "ping")
         self.assertEqual(host.reply(5)["result"], {})
         # Calls run concurrently: the ping sent after a slow call is answered first.

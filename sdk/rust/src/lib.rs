@@ -163,12 +163,12 @@ impl Plugin {
         loop {
             line.clear();
             let n = (&mut reader)
-                .take(MAX_MESSAGE_BYTES as u64 + 1)
+                .take(MAX_MESSAGE_BYTES as u64 + 2)
                 .read_until(b'\n', &mut line)?;
             if n == 0 {
                 return Ok(()); // the host closed the socket
             }
-            if line.len() > MAX_MESSAGE_BYTES {
+            if line.strip_suffix(b"\n").unwrap_or(&line).len() > MAX_MESSAGE_BYTES {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     "the host sent a message over the size limit",
@@ -207,7 +207,16 @@ impl Plugin {
                     Ok(result) => json!({ "jsonrpc": "2.0", "id": id, "result": result }),
                     Err(e) => json!({ "jsonrpc": "2.0", "id": id, "error": e.json() }),
                 };
-                send(&mut out, &reply)?;
+                if serde_json::to_vec(&reply).map_or(0, |b| b.len()) > MAX_MESSAGE_BYTES {
+                    // The host would count an oversized line as a violation of the plugin.
+                    let e = Error::new(-32603, "the result is larger than a message may be");
+                    send(
+                        &mut out,
+                        &json!({ "jsonrpc": "2.0", "id": id, "error": e.json() }),
+                    )?;
+                } else {
+                    send(&mut out, &reply)?;
+                }
             }
             if method == "shutdown" {
                 return Ok(());
@@ -271,6 +280,9 @@ mod tests {
                         Ok(())
                     }
                 })
+                .method("big", |_: Value, _: &mut Context<'_>| {
+                    Ok::<_, Error>("x".repeat(MAX_MESSAGE_BYTES))
+                })
                 .method("echo", |p: Echo, cx: &mut Context<'_>| {
                     cx.log("info", "echoing");
                     cx.publish("echoed", json!({ "len": p.text.len() }));
@@ -309,6 +321,8 @@ mod tests {
         );
         let (_, r) = host.call(4, "shout", json!({}));
         assert_eq!(r["error"]["code"], -32601);
+        let (_, r) = host.call(41, "big", Value::Null);
+        assert_eq!(r["error"]["code"], -32603, "{r}");
         let (_, r) = host.call(5, "ping", Value::Null);
         assert_eq!(r["result"], json!({}));
         let (_, r) = host.call(6, "shutdown", Value::Null);
