@@ -1,34 +1,10 @@
 //! Every error that docs/policy.md documents: a minimal policy, and the exact message, hint, line
 //! and column it produces. Columns are 1-based and point at the start of the offending key or value.
 
-use stockade_policy::{parse_policy, Diagnostic};
+use stockade_policy::parse_policy;
 
-fn diagnostics(src: &str) -> Vec<Diagnostic> {
-    match parse_policy(src, "policy.toml") {
-        Ok(_) => panic!("policy accepted:\n{src}"),
-        Err(d) => d.0,
-    }
-}
-
-/// The policy has exactly this one error.
-#[track_caller]
-fn error(src: &str, line: usize, column: usize, message: &str, hint: Option<&str>) {
-    let all = diagnostics(src);
-    assert_eq!(
-        all.len(),
-        1,
-        "expected one error for:\n{src}\ngot:\n{all:#?}"
-    );
-    let d = &all[0];
-    assert_eq!(d.message, message, "message for:\n{src}");
-    assert_eq!(d.hint.as_deref(), hint, "hint for:\n{src}");
-    assert_eq!(
-        (d.line, d.column),
-        (line, column),
-        "position of `{message}` in:\n{src}"
-    );
-    assert_eq!(d.file, "policy.toml");
-}
+mod common;
+use common::{diagnostics, error};
 
 // ---- syntax and the top level ----
 

@@ -229,10 +229,7 @@ fn policy_check(files: &[PathBuf]) -> Result<u8, Failure> {
             Ok(_) => println!("{}: ok", file.display()),
             Err(LoadError::Invalid(diags)) => {
                 failed = true;
-                eprint!("{diags}");
-                if !diags.to_string().ends_with('\n') {
-                    eprintln!();
-                }
+                print_diagnostics(&diags);
             }
             Err(other) => {
                 failed = true;
@@ -300,6 +297,15 @@ fn package_failure(dir: &Path, e: stockade::package::PackageError) -> Failure {
     }
 }
 
+/// Every diagnostic of a file on stderr, one per line (with its hint).
+fn print_diagnostics(d: &stockade_policy::Diagnostics) {
+    let text = d.to_string();
+    eprint!("{text}");
+    if !text.ends_with('\n') {
+        eprintln!();
+    }
+}
+
 fn plugin_check(dir: &Path, json: bool) -> Result<u8, Failure> {
     let package = match stockade::package::load(dir) {
         Ok(p) => p,
@@ -307,15 +313,17 @@ fn plugin_check(dir: &Path, json: bool) -> Result<u8, Failure> {
             stockade::package::PackageError::Manifest(d)
             | stockade::package::PackageError::Policy(d),
         ) => {
-            eprint!("{d}");
-            if !d.to_string().ends_with('\n') {
-                eprintln!();
-            }
+            print_diagnostics(&d);
             return Ok(1);
         }
         Err(e) => return Err(package_failure(dir, e)),
     };
     let m = &package.manifest;
+    let mode = if package.policy.enforcement.mode == EnforcementMode::Enforce {
+        "enforce"
+    } else {
+        "monitor"
+    };
     if json {
         let methods: serde_json::Map<String, serde_json::Value> = m
             .methods
@@ -342,7 +350,7 @@ fn plugin_check(dir: &Path, json: bool) -> Result<u8, Failure> {
             "author": m.author,
             "trust": m.trust.name(),
             "policy": package.policy_label,
-            "mode": if package.policy.enforcement.mode == EnforcementMode::Enforce { "enforce" } else { "monitor" },
+            "mode": mode,
             "entry": m.entry,
             "entry_path": package.entry,
             "entry_sha3_512": package.entry_sha3_512,
@@ -367,15 +375,7 @@ fn plugin_check(dir: &Path, json: bool) -> Result<u8, Failure> {
     }
     println!("{}: ok", package.dir.display());
     println!("  plugin   {} {} ({})", m.id, m.version, m.name);
-    println!(
-        "  trust    {} ({} mode)",
-        m.trust.name(),
-        if package.policy.enforcement.mode == EnforcementMode::Enforce {
-            "enforce"
-        } else {
-            "monitor"
-        }
-    );
+    println!("  trust    {} ({mode} mode)", m.trust.name());
     println!("  policy   {}", package.policy_label);
     println!("  entry    {}", m.entry.join(" "));
     println!("  sha3-512 {}", package.entry_sha3_512);

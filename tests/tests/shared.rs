@@ -370,6 +370,17 @@ fn links_of(prog_id: u32) -> usize {
     }
 }
 
+/// A fresh set kept loaded (`monitors up`), and the kernel's id of its `sys_exit` program.
+fn kept_set() -> (Value, u32) {
+    start_clean();
+    let (code, _, stderr) = stockade_out(&["monitors", "up"]);
+    assert_eq!(code, 0, "{stderr}");
+    let set = this_set().expect("a set after `monitors up`");
+    let pins = set["pins"].as_str().unwrap().to_string();
+    let sys_exit = program_id(&format!("{pins}/prog-sys_exit"));
+    (set, sys_exit)
+}
+
 fn untraced_policy(extra: &str) -> std::path::PathBuf {
     policy_file(
         "untraced",
@@ -429,13 +440,8 @@ fn the_syscall_tracepoint_is_attached_only_while_a_sandbox_wants_it() {
         return;
     }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    start_clean();
     // A persistent set with no sandbox: nothing on the host's syscall path.
-    let (code, _, stderr) = stockade_out(&["monitors", "up"]);
-    assert_eq!(code, 0, "{stderr}");
-    let set = this_set().expect("a set after `monitors up`");
-    let pins = set["pins"].as_str().unwrap().to_string();
-    let sys_exit = program_id(&format!("{pins}/prog-sys_exit"));
+    let (set, sys_exit) = kept_set();
     assert_eq!(links_of(sys_exit), 0, "attached with no sandbox: {set:#}");
     assert_eq!(set["syscall_tracepoint"], false, "{set:#}");
 
@@ -533,11 +539,7 @@ fn a_tracepoint_left_by_a_killed_supervisor_is_detached_by_the_next() {
         return;
     }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    start_clean();
-    let (code, _, stderr) = stockade_out(&["monitors", "up"]);
-    assert_eq!(code, 0, "{stderr}");
-    let pins = this_set().unwrap()["pins"].as_str().unwrap().to_string();
-    let sys_exit = program_id(&format!("{pins}/prog-sys_exit"));
+    let (_, sys_exit) = kept_set();
     let traced = policy_file("traced", &policy(""));
     let mut a = spawn_run(&traced, &["after", "30000", "echo", "late"]);
     let a_pid = a.id();

@@ -26,8 +26,9 @@ pub fn error(src: &str, line: usize, column: usize, message: &str, hint: Option<
     assert_eq!(
         (d.line, d.column),
         (line, column),
-        "position of `{message}`"
+        "position of `{message}` in:\n{src}"
     );
+    assert_eq!(d.file, "policy.toml");
 }
 
 #[track_caller]

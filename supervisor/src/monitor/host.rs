@@ -239,8 +239,12 @@ impl SetDirs {
         let _ = fs::remove_dir(&self.pins);
     }
 
+    fn tracepoint_lock_path(&self) -> PathBuf {
+        self.run.join("sys_exit.lock")
+    }
+
     pub fn tracepoint_lock(&self) -> Result<File, MonitorError> {
-        open_lock(&self.run.join("sys_exit.lock"))
+        open_lock(&self.tracepoint_lock_path())
     }
 
     /// Detaches the syscall tracepoint when no supervisor wants it (its lock taken exclusively):
@@ -428,7 +432,7 @@ impl SetDirs {
     /// twice) and fails instead.
     pub fn want_tracepoint(&self) -> Result<TracepointHold, MonitorError> {
         let lock = self.tracepoint_lock()?;
-        let lock_path = self.run.join("sys_exit.lock");
+        let lock_path = self.tracepoint_lock_path();
         let sole = flock(&lock, libc::LOCK_EX | libc::LOCK_NB).map_err(io("lock", &lock_path))?;
         let pin = self.pin("link-sys_exit");
         let link = match obj_get(&pin) {
@@ -555,7 +559,7 @@ pub fn status() -> Vec<Status> {
             let set = SetDirs::of(&id);
             let info = set.info();
             let users = holders(&locks, &set.run.join("users.lock"));
-            let tracepoint_users = holders(&locks, &set.run.join("sys_exit.lock"));
+            let tracepoint_users = holders(&locks, &set.tracepoint_lock_path());
             let mut slots = Vec::new();
             for n in 0..stockade_ebpf_common::MAX_SLOTS {
                 let path = set.slot_path(n);
