@@ -326,8 +326,17 @@ mod tests {
         TempDir(dir)
     }
 
-    /// A record taken well after the tree's last change (no racy directory).
+    /// A record taken well after the tree's last change (no racy directory). The directories'
+    /// mtimes are first set 100 s back, as a real tree's would be: file times come from a coarse
+    /// clock, and a change made in the same tick as the tree's creation (the VM's clock ticks
+    /// slowly) would otherwise leave them as they were.
     fn settled(cache: &Cache, root: &Path) -> Tree {
+        let past = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
+        for dir in [root.to_path_buf(), root.join("a"), root.join("a/b")] {
+            if let Ok(d) = fs::File::open(&dir) {
+                d.set_modified(past).unwrap();
+            }
+        }
         let tree = walk_tree(root, 1000);
         let (s, ns) = now();
         cache.save_taken(root, &tree, (s + 10, ns));
