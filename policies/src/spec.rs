@@ -137,6 +137,12 @@ pub const SHIM_SPEC_FD: i32 = 3;
 /// The shim writes [`ShimReport`] lines here. The descriptor is close-on-exec, so end of file
 /// without a `Failed` line means the plugin was executed.
 pub const SHIM_REPORT_FD: i32 = 4;
+/// The plugin's end of its JSON-RPC socket when the daemon hosts it (`STOCKADE_RPC_FD` in its
+/// environment names it). Above the shim's own descriptors, so the three never collide.
+pub const PLUGIN_RPC_FD: i32 = 5;
+/// The highest descriptor number the launch places on purpose: everything the supervisor passes
+/// is moved above it before the clone.
+pub const HIGHEST_FIXED_FD: i32 = PLUGIN_RPC_FD;
 /// The shim's exit status when a set-up step failed (the report says which).
 pub const SHIM_SETUP_FAILED: i32 = 125;
 /// The shim's exit status when the command could not be executed.

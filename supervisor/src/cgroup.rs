@@ -402,8 +402,8 @@ impl Drop for SandboxCgroup {
 }
 
 /// Removes the cgroups of sandboxes whose supervisor died without cleaning up (SIGKILL, a crash):
-/// `stockade-<pid>` directories below our own cgroups whose process is gone or is not a stockade
-/// supervisor. Their processes died with the supervisor (parent-death signal); anything left is
+/// `stockade-<pid>[.<plugin>.<run>]` directories below our own cgroups whose process is gone or
+/// is not a stockade supervisor (`stockade` or `stockade-daemon`). Their processes died with the supervisor (parent-death signal); anything left is
 /// killed first. Returns how many sandboxes were swept.
 pub fn sweep_orphans(layout: &Layout) -> usize {
     let own: Vec<PathBuf> = match layout {
@@ -422,14 +422,16 @@ pub fn sweep_orphans(layout: &Layout) -> usize {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
+            // `stockade-<pid>` (stockade run) or `stockade-<pid>.<plugin>.<run>` (the daemon).
             let Some(pid) = name
                 .strip_prefix("stockade-")
+                .map(|rest| rest.split('.').next().unwrap_or_default())
                 .and_then(|p| p.parse::<u32>().ok())
             else {
                 continue;
             };
             let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            if comm.trim_end() == "stockade" {
+            if matches!(comm.trim_end(), "stockade" | "stockade-daemon") {
                 continue;
             }
             if swept.insert(name.clone()) {

@@ -40,6 +40,7 @@ struct Table {
 }
 
 /// The allocation file and its lock.
+#[derive(Debug, Clone)]
 pub struct IdRanges {
     path: PathBuf,
 }

@@ -20,11 +20,16 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
-use stockade_policy::{LaunchSpec, NetworkSpec, ShimReport, SHIM_REPORT_FD, SHIM_SPEC_FD};
+use std::os::fd::BorrowedFd;
+
+use stockade_policy::{
+    LaunchSpec, NetworkSpec, ShimReport, HIGHEST_FIXED_FD, PLUGIN_RPC_FD, SHIM_REPORT_FD,
+    SHIM_SPEC_FD,
+};
 
 use crate::cgroup::{CgroupError, SandboxCgroup};
 
@@ -88,7 +93,7 @@ impl Shim {
                 path: path.to_path_buf(),
                 source,
             })?;
-        // Kept above 4: the child places the spec and report pipes on 3 and 4 before exec.
+        // Kept above the fixed descriptors the child places before exec (spec, report, RPC).
         Ok(Shim {
             fd: above_stdio_and_shim_fds(file.into())?,
             path: path.to_path_buf(),
@@ -133,6 +138,35 @@ pub struct Started {
     pub mount_ns: Option<OwnedFd>,
 }
 
+/// The sandbox's first process's descriptor table and identity, beyond the shim's own pipes:
+///
+/// | descriptor | what |
+/// |---|---|
+/// | 0, 1, 2 | `stdio`, or the supervisor's own when `None` (`stockade run`) |
+/// | 3 (`SHIM_SPEC_FD`) | the launch spec, read and closed by the shim |
+/// | 4 (`SHIM_REPORT_FD`) | the shim's reports, close-on-exec |
+/// | 5 (`PLUGIN_RPC_FD`) | `rpc`, the plugin's JSON-RPC socket, when given |
+///
+/// The shim closes every other descriptor; the spec's `keep_fds` must list `PLUGIN_RPC_FD` for
+/// the socket to reach the plugin.
+pub struct ChildSetup<'a> {
+    /// The plugin's stdin, stdout and stderr.
+    pub stdio: Option<[BorrowedFd<'a>; 3]>,
+    pub rpc: Option<BorrowedFd<'a>>,
+    /// The host uid (and gid) that uid 0 of the sandbox maps to; `HOST_ID_COUNT` ids follow it.
+    pub id_base: u32,
+}
+
+impl Default for ChildSetup<'_> {
+    fn default() -> Self {
+        ChildSetup {
+            stdio: None,
+            rpc: None,
+            id_base: HOST_ID_BASE,
+        }
+    }
+}
+
 /// A pipe whose ends are moved above the descriptors the child will use (3 and 4), close-on-exec.
 fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
     let mut fds = [0; 2];
@@ -146,10 +180,15 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
 }
 
 fn above_stdio_and_shim_fds(fd: OwnedFd) -> Result<OwnedFd, LaunchError> {
-    if fd.as_raw_fd() > SHIM_REPORT_FD {
+    if fd.as_raw_fd() > HIGHEST_FIXED_FD {
         return Ok(fd);
     }
-    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor (or -1); `fd` stays valid until dropped.
+    duplicate_high(fd.as_fd())
+}
+
+/// A close-on-exec copy of `fd` numbered above every fixed descriptor of the child.
+fn duplicate_high(fd: BorrowedFd<'_>) -> Result<OwnedFd, LaunchError> {
+    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor (or -1); `fd` stays valid for the call.
     let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
     if new < 0 {
         return Err(sys("duplicate a pipe descriptor")(
@@ -183,6 +222,7 @@ pub fn start(
     mode: &ShimMode,
     spec: &LaunchSpec,
     cgroup: &SandboxCgroup,
+    setup: &ChildSetup<'_>,
 ) -> Result<Started, LaunchError> {
     if matches!(mode, ShimMode::InProcess) && !single_threaded() {
         return Err(LaunchError::NotSingleThreaded);
@@ -192,6 +232,16 @@ pub fn start(
     let (report_r, report_w) = pipe()?;
     let (sync_r, sync_w) = pipe()?;
     let cgroup_fd = cgroup.v2_dir_fd()?;
+    // Copies above the fixed numbers, so that placing one never overwrites another's source.
+    let stdio = match &setup.stdio {
+        Some(fds) => Some([
+            duplicate_high(fds[0])?,
+            duplicate_high(fds[1])?,
+            duplicate_high(fds[2])?,
+        ]),
+        None => None,
+    };
+    let rpc = setup.rpc.map(duplicate_high).transpose()?;
 
     // Everything the child touches is prepared here, before the clone.
     let shim_name = CString::new("stockade-shim").expect("no NUL");
@@ -223,6 +273,10 @@ pub fn start(
             ShimMode::InProcess => None,
         },
         spec_in_memory: spec,
+        stdio: stdio
+            .as_ref()
+            .map(|fds| fds.each_ref().map(|f| f.as_raw_fd())),
+        rpc: rpc.as_ref().map(|f| f.as_raw_fd()),
     };
 
     let mut flags = (libc::CLONE_NEWUSER
@@ -268,12 +322,13 @@ pub fn start(
     let pid = pid as i32;
     // SAFETY: clone3 stored a fresh pidfd for the child, owned by nobody else.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    drop((spec_r, report_w, sync_r));
+    drop((spec_r, report_w, sync_r, stdio, rpc));
 
     let parent = ParentChannel {
         sync: File::from(sync_w),
         pid,
         pidfd: &pidfd,
+        id_base: setup.id_base,
     };
     let mut mount_ns = None;
     let result = (|| {
@@ -319,6 +374,10 @@ struct ChildChannel<'a> {
     /// The shim binary to execute, or None to run the shim's code in place.
     shim: Option<RawFd>,
     spec_in_memory: &'a LaunchSpec,
+    /// Placed on 0, 1 and 2 (all numbered above `HIGHEST_FIXED_FD`).
+    stdio: Option<[RawFd; 3]>,
+    /// Placed on `PLUGIN_RPC_FD`.
+    rpc: Option<RawFd>,
 }
 
 impl ChildChannel<'_> {
@@ -351,6 +410,18 @@ impl ChildChannel<'_> {
                 || libc::dup2(self.report, SHIM_REPORT_FD) < 0
             {
                 libc::_exit(122);
+            }
+            if let Some(fds) = self.stdio {
+                for (target, fd) in fds.into_iter().enumerate() {
+                    if libc::dup2(fd, target as RawFd) < 0 {
+                        libc::_exit(122);
+                    }
+                }
+            }
+            if let Some(fd) = self.rpc {
+                if libc::dup2(fd, PLUGIN_RPC_FD) < 0 {
+                    libc::_exit(122);
+                }
             }
             let Some(shim) = self.shim else {
                 // Single-threaded supervisor: the same steps as the shim binary, without its exec.
@@ -431,11 +502,12 @@ struct ParentChannel<'a> {
     sync: File,
     pid: i32,
     pidfd: &'a OwnedFd,
+    id_base: u32,
 }
 
 impl ParentChannel<'_> {
     fn write_id_maps(&self) -> Result<(), LaunchError> {
-        let map = format!("0 {HOST_ID_BASE} {HOST_ID_COUNT}\n");
+        let map = format!("0 {} {HOST_ID_COUNT}\n", self.id_base);
         std::fs::write(format!("/proc/{}/uid_map", self.pid), &map)
             .map_err(sys("write the uid map"))?;
         std::fs::write(format!("/proc/{}/gid_map", self.pid), &map)

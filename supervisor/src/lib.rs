@@ -3,12 +3,14 @@
 
 pub mod bpf_probe;
 pub mod cgroup;
+pub mod control;
 pub mod explain;
 pub mod idmap;
 pub mod launcher;
 pub mod lifecycle;
 pub mod monitor;
 pub mod package;
+pub mod plan;
 pub mod probe;
 pub mod rpc;
 pub mod sandbox;

@@ -1,21 +1,21 @@
-//! The `stockade` command line: `run`, `policy check|explain|schema`, `doctor`.
+//! The `stockade` command line: `run`, `policy check|explain|schema`, `plugin`, `call`,
+//! `events`, `daemon` (which executes `stockade-daemon`), `monitors`, `doctor`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod cli;
+use cli::client;
 use stockade::cgroup::Layout;
-use stockade::launcher::{Shim, ShimMode, HOST_ID_BASE};
-use stockade::monitor::report::Threshold;
-use stockade::monitor::rules::NetPolicy;
-use stockade::monitor::{ArmSpec, LsmSpec, Monitor};
+use stockade::launcher::{ChildSetup, Shim, ShimMode, HOST_ID_BASE};
+use stockade::monitor::Monitor;
+use stockade::plan::{self, PlanError};
 use stockade::probe::Probe;
 use stockade::sandbox;
 use stockade::signals::StopSignals;
-use stockade_policy::model::{NetworkMode, ThresholdAction};
-use stockade_policy::{
-    load_policy, Access, EnforcementMode, LaunchContext, LaunchSpec, LoadError, Policy, SANDBOX_UID,
-};
+use stockade_policy::{load_policy, EnforcementMode, LaunchContext, LoadError, Policy};
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +41,37 @@ enum Command {
     /// Plugin packages (a directory with plugin.toml).
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Run the plugin host (executes stockade-daemon; `stockade daemon --help` lists its options).
+    #[command(disable_help_flag = true)]
+    Daemon {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<String>,
+    },
+    /// Call a method of a plugin the daemon hosts; prints the result as JSON.
+    Call {
+        #[arg(value_name = "ID")]
+        id: String,
+        #[arg(value_name = "METHOD")]
+        method: String,
+        /// The parameters, one JSON value (an object, usually).
+        #[arg(value_name = "PARAMS-JSON")]
+        params: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// The daemon's events as JSON lines: lifecycle transitions, violations, calls, published
+    /// events.
+    Events {
+        /// Keep printing new events as they happen.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Probe what each isolation layer can do on this kernel.
     Doctor {
         /// Print the probe as JSON.
@@ -100,8 +131,69 @@ enum PolicyCommand {
     Schema,
 }
 
+/// The daemon's control socket.
+#[derive(clap::Args)]
+struct SocketArg {
+    /// The daemon's control socket [default: STOCKADE_SOCKET, else /run/stockade/stockade.sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Load a package into the running daemon and wait until it is active.
+    Load {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Stop a plugin (shutdown, SIGTERM, then a kill at its stop_timeout) and forget it.
+    Unload {
+        #[arg(value_name = "ID")]
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Stop a plugin and start it again from its package (also a quarantined or failed one).
+    Reload {
+        #[arg(value_name = "ID")]
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// The loaded plugins: state, uptime, restarts, violations.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// One plugin's state and its lifecycle transitions.
+    Status {
+        #[arg(value_name = "ID")]
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// A plugin's stdout, stderr and log messages (the last ones the daemon keeps).
+    Logs {
+        #[arg(value_name = "ID")]
+        id: String,
+        /// Keep printing new lines as they come.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Validate a package offline: its manifest, its policy, and its entry program; report every
     /// error of the manifest with its line and column.
     Check {
@@ -133,6 +225,47 @@ struct Failure {
     cause: String,
     hint: Option<String>,
     code: u8,
+}
+
+impl From<PlanError> for Failure {
+    fn from(e: PlanError) -> Failure {
+        Failure {
+            code: match e.fault {
+                plan::Fault::Input => 2,
+                plan::Fault::Host => 1,
+            },
+            cause: e.cause,
+            hint: e.hint,
+        }
+    }
+}
+
+/// Launch warnings on stderr, in the CLI's voice.
+fn print_warnings(warnings: &mut Vec<String>) {
+    for w in warnings.drain(..) {
+        eprintln!("stockade: warning: {w}");
+    }
+}
+
+/// `--env NAME=VALUE` arguments.
+fn env_args(items: &[String]) -> Result<Vec<(String, String)>, Failure> {
+    let mut env = Vec::new();
+    if let Ok(term) = std::env::var("TERM") {
+        env.push(("TERM".to_string(), term));
+    }
+    for item in items {
+        let (k, v) = item
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| {
+                Failure::usage(
+                    format!("--env {item}: expected NAME=VALUE"),
+                    "for example --env RUST_LOG=debug",
+                )
+            })?;
+        env.push((k.to_string(), v.to_string()));
+    }
+    Ok(env)
 }
 
 impl Failure {
@@ -189,6 +322,32 @@ fn main() -> ExitCode {
         }
         Command::Monitors(command) => monitors(command),
         Command::Plugin(PluginCommand::Check { dir, json }) => plugin_check(&dir, json),
+        Command::Plugin(PluginCommand::Load { dir, json, socket }) => {
+            client::load(socket.socket.as_deref(), &dir, json)
+        }
+        Command::Plugin(PluginCommand::Unload { id, json, socket }) => {
+            client::simple(socket.socket.as_deref(), "plugin.unload", &id, json)
+        }
+        Command::Plugin(PluginCommand::Reload { id, json, socket }) => {
+            client::simple(socket.socket.as_deref(), "plugin.reload", &id, json)
+        }
+        Command::Plugin(PluginCommand::List { json, socket }) => {
+            client::list(socket.socket.as_deref(), json)
+        }
+        Command::Plugin(PluginCommand::Status { id, json, socket }) => {
+            client::status(socket.socket.as_deref(), &id, json)
+        }
+        Command::Plugin(PluginCommand::Logs { id, follow, socket }) => {
+            client::logs(socket.socket.as_deref(), &id, follow)
+        }
+        Command::Daemon { args } => client::daemon(&args),
+        Command::Call {
+            id,
+            method,
+            params,
+            socket,
+        } => client::call(socket.socket.as_deref(), &id, &method, params.as_deref()),
+        Command::Events { follow, socket } => client::events(socket.socket.as_deref(), follow),
         Command::Doctor { json } => doctor(json),
     };
     match result {
@@ -720,14 +879,14 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
             "drop --events, or run with a policy that keeps the tracepoint",
         ));
     }
-    let memfd_fallback = forbid_memfd_without_sysctl(&mut policy)?;
+    let memfd_fallback = plan::forbid_memfd_without_sysctl(&mut policy)?;
     let plugin_dir = plugin_dir(&args, &policy)?;
     let state_dir = args
         .state_dir
         .as_deref()
         .map(|d| existing_dir(d, "--state-dir"))
         .transpose()?;
-    let env = plugin_env(&policy, &args.env, policy_grants_tmp(&policy))?;
+    let env = plan::plugin_env(&policy, &env_args(&args.env)?);
     let mut argv = args.command.clone();
     // A command given as a relative path means the file on the host; inside, the cwd differs.
     if argv[0].contains('/') {
@@ -743,22 +902,9 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         hostname: "stockade".into(),
         cwd: None,
     };
-    let spec = policy.compile(&ctx).map_err(|e| {
-        // Most compile errors carry their own hint line.
-        let message = e.to_string();
-        match message.split_once("\n  hint: ") {
-            Some((cause, hint)) => Failure::usage(cause, hint),
-            None => Failure::usage(message, "see docs/policy.md"),
-        }
-    })?;
+    let spec = policy.compile(&ctx).map_err(|e| plan::compile_error(&e))?;
     if let Some(dir) = &state_dir {
-        let plugin_uid = HOST_ID_BASE + SANDBOX_UID;
-        std::os::unix::fs::chown(dir, Some(plugin_uid), Some(plugin_uid)).map_err(|e| {
-            Failure::internal(
-                format!("cannot hand {} to the plugin's uid: {e}", dir.display()),
-                None,
-            )
-        })?;
+        plan::own_state_dir(dir, HOST_ID_BASE)?;
     }
     phase("policy compiled");
     // `stockade run` is single-threaded, so the cloned child runs the shim's code in place; set
@@ -785,24 +931,52 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     let name = format!("stockade-{}", std::process::id());
     // The monitors first (joining the host's set takes about a millisecond): whether the walk of
     // the granted trees for unix sockets (`ipc_launch_check`) is needed depends on what they judge.
-    let mut monitor = load_monitor(&policy)?;
+    let mut warnings = Vec::new();
+    let monitor = plan::load_monitor(&policy, &mut warnings);
+    print_warnings(&mut warnings);
+    let mut monitor = monitor?;
     phase("monitors loaded");
-    ipc_launch_check(&spec, monitor.as_mut())?;
-    let monitoring = match monitor.as_mut() {
-        Some((m, degraded)) => Some(monitoring(
+    let checked = plan::ipc_launch_check(&spec, monitor.as_mut(), &mut warnings);
+    print_warnings(&mut warnings);
+    checked?;
+    let events_out = match monitor
+        .is_some()
+        .then_some(args.events.as_deref())
+        .flatten()
+    {
+        None => None,
+        Some(path) => {
+            let file = std::fs::File::create(path).map_err(|err| {
+                Failure::usage(
+                    format!("--events {}: {err}", path.display()),
+                    "give a writable file path",
+                )
+            })?;
+            Some(Box::new(std::io::BufWriter::new(file)) as Box<dyn std::io::Write>)
+        }
+    };
+    let monitoring = monitor.as_mut().map(|loaded| {
+        plan::monitoring(
             &policy,
             &spec,
             matches!(shim, ShimMode::Exec(_)),
-            m,
-            degraded.clone(),
-            args.events.as_deref(),
-        )?),
-        None => None,
-    };
+            &mut loaded.monitor,
+            loaded.degraded.clone(),
+            events_out,
+        )
+    });
     let stdio = stockade::stdio::StdioGuard::save();
     // Put back after every process of the sandbox is gone, whatever ended it.
     let terminal = stockade::terminal::TerminalGuard::save();
-    let summary = sandbox::run(&shim, &layout, &name, &spec, &mut stop, monitoring);
+    let summary = sandbox::run(
+        &shim,
+        &layout,
+        &name,
+        &spec,
+        &ChildSetup::default(),
+        &mut stop,
+        monitoring,
+    );
     drop(terminal);
     drop(stdio);
     let summary = summary.map_err(|e| {
@@ -858,206 +1032,13 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     Ok(summary.exit_code.clamp(0, 255) as u8)
 }
 
-/// Loads the eBPF monitors. An enforce-mode policy needs the ones it relies on (fail closed); a
-/// monitor-mode one runs with what loads, and the report says what was missing.
-fn load_monitor(policy: &Policy) -> Result<Option<(Monitor, Vec<String>)>, Failure> {
-    let enforce = policy.enforcement.mode == EnforcementMode::Enforce;
-    let host_network = policy.network.mode == NetworkMode::Allow;
-    let hint = "`stockade doctor` lists which eBPF program types load on this kernel; \
-                a policy with [enforcement] mode = \"monitor\" runs without the missing monitors";
-    // For measurements (docs/benchmarks.md): the same sandbox without its monitors.
-    if std::env::var_os("STOCKADE_MONITORS").is_some_and(|v| v == "off") {
-        if enforce {
-            return Err(Failure::usage(
-                "STOCKADE_MONITORS=off: an enforce-mode policy never runs without its monitors",
-                "use a policy with [enforcement] mode = \"monitor\" to measure without them",
-            ));
-        }
-        eprintln!("stockade: warning: STOCKADE_MONITORS=off: running without the eBPF monitors");
-        return Ok(None);
-    }
-    let monitor = match Monitor::open_for(host_network) {
-        Ok(m) => m,
-        Err(e) if enforce => {
-            return Err(Failure::internal(
-                format!("the eBPF monitors cannot load: {e}"),
-                Some(hint.into()),
-            ))
-        }
-        Err(e) => {
-            eprintln!("stockade: warning: the eBPF monitors cannot load ({e}); running without them (monitor mode)");
-            return Ok(None);
-        }
-    };
-    let caps = monitor.capabilities();
-    let mut required = vec![&caps.syscalls];
-    if host_network {
-        required.push(&caps.network);
-    }
-    let mut degraded = Vec::new();
-    for status in required {
-        if !status.active {
-            if enforce {
-                return Err(Failure::internal(
-                    format!(
-                        "the {} monitor that this enforce-mode policy requires is not available: {}",
-                        status.name, status.detail
-                    ),
-                    Some(hint.into()),
-                ));
-            }
-            eprintln!(
-                "stockade: warning: the {} monitor is not available ({}); running without it (monitor mode)",
-                status.name, status.detail
-            );
-            degraded.push(format!("{}: {}", status.name, status.detail));
-        }
-    }
-    if !caps.processes.active {
-        degraded.push(format!("processes: {}", caps.processes.detail));
-    }
-    Ok(Some((monitor, degraded)))
-}
-
-/// `[ipc]` where no kernel hook judges unix socket connects (before 6.7, or the hooks did not
-/// load), or where the sandbox has a writable tree a symlink could lead from
-/// (`unix::launch_check_needed`): an enforce-mode sandbox does not start while a read-only tree
-/// it is granted holds a socket its policy does not list; a monitor-mode one starts and its
-/// report says so.
-fn ipc_launch_check(
-    spec: &LaunchSpec,
-    monitor: Option<&mut (Monitor, Vec<String>)>,
-) -> Result<(), Failure> {
-    let hooks = monitor
-        .as_ref()
-        .is_some_and(|(m, _)| stockade::monitor::unix::armed_by(m));
-    let reached = monitor
-        .as_ref()
-        .is_some_and(|(m, _)| stockade::monitor::unix::reached_judged_by(m));
-    if !stockade::monitor::unix::launch_check_needed(spec, hooks, reached) {
-        return Ok(());
-    }
-    let scan = stockade::socket_scan::scan(spec);
-    phase("unix sockets of the granted trees checked");
-    let Some(cause) = scan.refusal(hooks) else {
-        return Ok(());
-    };
-    if spec.enforce {
-        return Err(Failure::usage(
-            cause,
-            "list the socket in [ipc] `connect`, grant a narrower directory that does not hold it, \
-             or run on a kernel with the cgroup unix socket hooks (6.7+; `stockade doctor`)",
-        ));
-    }
-    eprintln!("stockade: warning: {cause}; running anyway (monitor mode)");
-    if let Some((_, degraded)) = monitor {
-        degraded.push(format!("ipc: {cause}"));
-    }
-    Ok(())
-}
-
-fn monitoring<'a>(
-    policy: &Policy,
-    spec: &LaunchSpec,
-    shim_exec: bool,
-    monitor: &'a mut Monitor,
-    degraded: Vec<String>,
-    events: Option<&Path>,
-) -> Result<sandbox::Monitoring<'a>, Failure> {
-    let e = &policy.enforcement;
-    let kill = e.mode == EnforcementMode::Enforce && e.action == ThresholdAction::Kill;
-    let network = (policy.network.mode == NetworkMode::Allow)
-        .then(|| NetPolicy::from_policy(&policy.network));
-    let in_kernel_kill = kill && monitor.capabilities().kill_in_kernel.active;
-    let events_out = match events {
-        None => None,
-        Some(path) => {
-            let file = std::fs::File::create(path).map_err(|err| {
-                Failure::usage(
-                    format!("--events {}: {err}", path.display()),
-                    "give a writable file path",
-                )
-            })?;
-            Some(Box::new(std::io::BufWriter::new(file)) as Box<dyn std::io::Write>)
-        }
-    };
-    Ok(sandbox::Monitoring {
-        monitor,
-        arm: ArmSpec {
-            lsm: Some(lsm_spec(spec, shim_exec)),
-            network,
-            kill: in_kernel_kill.then_some((e.threshold, e.window)),
-            trace_files: events.is_some(),
-            miss_trees: stockade::monitor::rules::miss_trees(spec),
-            ipc: spec.ipc.clone(),
-            syscall_tracepoint: policy.monitor.syscall_tracepoint,
-        },
-        threshold: Threshold {
-            violations: e.threshold,
-            window: e.window,
-            kill,
-        },
-        events_out,
-        degraded,
-    })
-}
-
-/// What the LSM wall grants: the host sources of the policy's binds with their rights, and the
-/// device nodes the shim binds into /dev.
-fn lsm_spec(spec: &LaunchSpec, shim_exec: bool) -> LsmSpec {
-    use stockade_ebpf_common::{GRANT_EXEC, GRANT_READ, GRANT_WRITE};
-    let mut grants: Vec<(PathBuf, u32)> = spec
-        .mounts
-        .iter()
-        .map(|m| {
-            let bits = match m.access {
-                Access::Read => GRANT_READ,
-                Access::Write => GRANT_READ | GRANT_WRITE,
-                Access::Exec => GRANT_READ | GRANT_EXEC,
-            };
-            (m.source.clone(), bits)
-        })
-        .collect();
-    for dev in stockade_shim::DEVICES {
-        let path = PathBuf::from("/dev").join(dev);
-        if path.exists() {
-            grants.push((path, GRANT_READ | GRANT_WRITE));
-        }
-    }
-    LsmSpec {
-        grants,
-        after_execs: if shim_exec { 2 } else { 1 },
-    }
-}
-
-/// Without `vm.memfd_noexec` (Linux < 6.3) a memfd stays executable and Landlock does not cover
-/// it, so in enforce mode memfd_create is denied instead; a policy that allows it explicitly cannot
-/// be enforced here. Returns whether the fallback was applied.
-fn forbid_memfd_without_sysctl(policy: &mut Policy) -> Result<bool, Failure> {
-    if std::path::Path::new("/proc/sys/vm/memfd_noexec").exists()
-        || policy.enforcement.mode != stockade_policy::EnforcementMode::Enforce
-    {
-        return Ok(false);
-    }
-    if policy.syscalls.allow.iter().any(|s| s == "memfd_create") {
-        return Err(Failure::usage(
-            "the policy allows memfd_create, but this kernel cannot make memfds non-executable (vm.memfd_noexec, Linux 6.3+)",
-            "remove memfd_create from [syscalls] allow, or use monitor mode",
-        ));
-    }
-    if !policy.syscalls.deny.iter().any(|s| s == "memfd_create") {
-        policy.syscalls.deny.push("memfd_create".into());
-    }
-    Ok(true)
-}
-
 /// `$PLUGIN_DIR`: `--plugin-dir`, or else, when the policy uses it, the directory of a command
 /// given as a path — said on stderr, never picked silently. Either is refused when it would grant
 /// the plugin more than a directory of its own (`plugin_dir_refusal`), before anything is created.
 fn plugin_dir(args: &RunArgs, policy: &Policy) -> Result<Option<PathBuf>, Failure> {
     if let Some(given) = &args.plugin_dir {
         let dir = existing_dir(given, "--plugin-dir")?;
-        if let Some(why) = plugin_dir_refusal(&dir) {
+        if let Some(why) = plan::plugin_dir_refusal(&dir) {
             let shown = if dir == *given {
                 dir.display().to_string()
             } else {
@@ -1077,7 +1058,7 @@ fn plugin_dir(args: &RunArgs, policy: &Policy) -> Result<Option<PathBuf>, Failur
     let Some(dir) = command_dir(&args.command[0]) else {
         return Ok(None);
     };
-    if let Some(why) = plugin_dir_refusal(&dir) {
+    if let Some(why) = plan::plugin_dir_refusal(&dir) {
         return Err(Failure::usage(
             format!(
                 "$PLUGIN_DIR would be {}, the directory of {}: {why}",
@@ -1095,58 +1076,6 @@ fn plugin_dir(args: &RunArgs, policy: &Policy) -> Result<Option<PathBuf>, Failur
         );
     }
     Ok(Some(dir))
-}
-
-/// Top-level directories of the host that are never one plugin's own directory.
-const SYSTEM_TREES: [&str; 17] = [
-    "/bin", "/boot", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media", "/mnt",
-    "/opt", "/root", "/run", "/sbin", "/srv", "/usr", "/var",
-];
-
-/// Why `dir` (canonical: no symlink, no `..`) must not be `$PLUGIN_DIR`, if it must not. The
-/// policy grants `$PLUGIN_DIR` whole (read or exec, sometimes write), so it must be the plugin's
-/// own directory:
-/// - not `/`: the whole host tree;
-/// - not `/tmp`, the sandbox's private `/tmp` (`$TMP`), which the host's would replace. A
-///   directory below `/tmp` is fine: it is bound on top of the private `/tmp`;
-/// - nothing in `/proc`, `/sys` or `/dev`: kernel interfaces, which the sandbox builds for
-///   itself (or hides), never a plugin's code;
-/// - not a top-level system directory (`SYSTEM_TREES`: `/etc`, `/usr`, `/home`, ...); one of its
-///   subdirectories may be (`/usr/bin` for `stockade run -- /bin/true`);
-/// - not a directory every user may write to (`/var/tmp`, `/dev/shm`, any mode o+w): anyone on
-///   the host could put code there that the plugin would run, or read what it leaves.
-fn plugin_dir_refusal(dir: &Path) -> Option<String> {
-    if dir == Path::new("/") {
-        return Some("that is the host's root: the plugin would get the whole host tree".into());
-    }
-    if dir == Path::new("/tmp") {
-        return Some("the sandbox has a private /tmp, which the host's /tmp would replace".into());
-    }
-    if let Some(kernel) = ["/proc", "/sys", "/dev"]
-        .into_iter()
-        .find(|k| dir.starts_with(k))
-    {
-        return Some(format!(
-            "{kernel} is a kernel interface that the sandbox builds for itself, not a plugin's code"
-        ));
-    }
-    if SYSTEM_TREES.iter().any(|s| dir == Path::new(s)) {
-        return Some(format!(
-            "{} is a system tree of the host, not a plugin's own directory",
-            dir.display()
-        ));
-    }
-    let mode = std::fs::metadata(dir).map_or(0, |m| {
-        std::os::unix::fs::PermissionsExt::mode(&m.permissions())
-    });
-    if mode & 0o002 != 0 {
-        return Some(format!(
-            "every user of the host may write to it (mode {:o}): anyone could put code there \
-             that the plugin would run",
-            mode & 0o7777
-        ));
-    }
-    None
 }
 
 /// The directory of a command given as a path (`./plugin`, `/opt/x/bin/plugin`), resolved.
@@ -1175,122 +1104,4 @@ fn existing_dir(dir: &Path, flag: &str) -> Result<PathBuf, Failure> {
         ));
     }
     Ok(canonical)
-}
-
-/// PATH: the usual directories the policy lets the plugin execute from, and no others. A
-/// directory the sandbox hides would make every command search a reach for a hidden path (the
-/// shell stats `/usr/local/bin/git` before `/usr/bin/git`).
-fn plugin_path(policy: &Policy) -> String {
-    let granted = |dir: &str| {
-        policy.filesystem.exec.iter().any(|p| {
-            matches!(p, stockade_policy::PolicyPath::Absolute(g) if Path::new(dir).starts_with(g))
-        })
-    };
-    let dirs: Vec<&str> = ["/usr/local/bin", "/usr/bin", "/bin"]
-        .into_iter()
-        .filter(|d| granted(d))
-        .collect();
-    if dirs.is_empty() {
-        "/usr/bin:/bin".into()
-    } else {
-        dirs.join(":")
-    }
-}
-
-fn policy_grants_tmp(policy: &Policy) -> bool {
-    policy.filesystem.write.iter().any(|p| {
-        matches!(
-            p,
-            stockade_policy::PolicyPath::Var(stockade_policy::PathVar::Tmp, _)
-        )
-    })
-}
-
-/// The plugin's environment: a fixed base, TERM from the caller, and `--env` additions. Nothing
-/// else of the caller's environment (tokens, proxies, sockets) leaks in.
-fn plugin_env(
-    policy: &Policy,
-    extra: &[String],
-    has_tmp: bool,
-) -> Result<Vec<(String, String)>, Failure> {
-    let mut env: Vec<(String, String)> = vec![
-        ("PATH".into(), plugin_path(policy)),
-        (
-            "HOME".into(),
-            if has_tmp { "/tmp".into() } else { "/".into() },
-        ),
-        ("LANG".into(), "C.UTF-8".into()),
-    ];
-    if let Ok(term) = std::env::var("TERM") {
-        env.push(("TERM".into(), term));
-    }
-    for item in extra {
-        let (k, v) = item
-            .split_once('=')
-            .filter(|(k, _)| !k.is_empty())
-            .ok_or_else(|| {
-                Failure::usage(
-                    format!("--env {item}: expected NAME=VALUE"),
-                    "for example --env RUST_LOG=debug",
-                )
-            })?;
-        env.retain(|(name, _)| name != k);
-        env.push((k.to_string(), v.to_string()));
-    }
-    Ok(env)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plugin_dirs_that_grant_more_than_the_plugin_are_refused() {
-        for dir in [
-            "/",
-            "/tmp",
-            "/proc",
-            "/proc/1",
-            "/sys/kernel",
-            "/dev",
-            "/dev/shm",
-            "/etc",
-            "/usr",
-            "/home",
-            "/root",
-            "/var",
-            "/run",
-            "/boot",
-        ] {
-            assert!(
-                plugin_dir_refusal(Path::new(dir)).is_some(),
-                "{dir} was accepted"
-            );
-        }
-        // Subdirectories of system trees, and of /tmp (bound over the private /tmp), are fine.
-        for dir in [
-            "/usr/bin",
-            "/tmp/plugins/p",
-            "/opt/plugins/p",
-            "/etc/stockade",
-        ] {
-            assert_eq!(plugin_dir_refusal(Path::new(dir)), None, "{dir}");
-        }
-        assert!(plugin_dir_refusal(Path::new("/"))
-            .unwrap()
-            .contains("whole host tree"));
-    }
-
-    #[test]
-    fn a_world_writable_plugin_dir_is_refused() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("stockade-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(plugin_dir_refusal(&dir), None);
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
-        let why = plugin_dir_refusal(&dir);
-        std::fs::remove_dir(&dir).unwrap();
-        assert!(why.unwrap().contains("mode 1777"));
-    }
 }

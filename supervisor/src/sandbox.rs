@@ -9,7 +9,7 @@ use serde::Serialize;
 use stockade_policy::{LaunchSpec, ShimReport};
 
 use crate::cgroup::{CgroupStats, Layout, SandboxCgroup};
-use crate::launcher::{self, LaunchError, ShimMode, Started};
+use crate::launcher::{self, ChildSetup, LaunchError, ShimMode, Started};
 use crate::monitor::attribute::{Attributor, Event, EventType, Layer};
 use crate::monitor::event::Object;
 use crate::monitor::report::{Report, Threshold, Tracker};
@@ -208,12 +208,29 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// A request to stop the sandbox from outside (a signal to the supervisor).
+/// What the owner of a running sandbox may ask of its supervision.
+#[derive(Debug)]
+pub enum Request {
+    /// Kill every process of the sandbox; the number is the signal that asked for it (the
+    /// summary's exit code is 128 + it).
+    Kill(i32),
+    /// Send this signal to the sandbox's first process (a polite stop before a kill).
+    Signal(i32),
+    /// A violation seen outside the kernel (the daemon's `rpc` layer): counted toward the
+    /// policy's threshold like the monitors' own. Its `t_ms` is set on arrival.
+    Violation(Event),
+}
+
+/// Requests to a running sandbox from outside: a signal to `stockade run`, the daemon's stop,
+/// unload and protocol-violation messages.
 pub trait StopSource {
-    /// A descriptor that becomes readable when a stop is requested.
+    /// A descriptor that becomes readable when a request waits.
     fn fd(&self) -> BorrowedFd<'_>;
-    /// Consumes the request; returns the signal number that asked for it.
-    fn take(&mut self) -> i32;
+    /// Consumes the waiting requests.
+    fn take(&mut self) -> Vec<Request>;
+    /// The sandbox's first process runs (before the shim's set-up): its pid in this process's
+    /// namespace and the sandbox's cgroup id.
+    fn started(&mut self, _pid: i32, _cgroup_id: u64) {}
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -234,6 +251,7 @@ pub fn run(
     layout: &Layout,
     name: &str,
     spec: &LaunchSpec,
+    setup: &ChildSetup<'_>,
     stop: &mut dyn StopSource,
     monitoring: Option<Monitoring<'_>>,
 ) -> Result<Summary, SandboxError> {
@@ -278,7 +296,7 @@ pub fn run(
         }
     };
     phase("monitors armed");
-    let started = match launcher::start(shim, spec, &cgroup) {
+    let started = match launcher::start(shim, spec, &cgroup, setup) {
         Ok(s) => s,
         Err(e) => {
             if let Some(w) = watch {
@@ -288,6 +306,7 @@ pub fn run(
         }
     };
     phase("shim started, cgroups complete");
+    stop.started(started.pid, cgroup_id);
     if let Some(w) = watch.as_mut() {
         w.attributor.set_main_pid(started.pid as u32);
         if let Some(ns) = started.mount_ns.as_ref().and_then(|ns| ns.try_clone().ok()) {
@@ -448,10 +467,24 @@ fn supervise(
             }
         }
         if fds[1].revents != 0 {
-            let signal = stop.take();
-            if stopped_by.is_none() {
-                stopped_by = Some(Stop::Signal(signal));
-                let _ = cgroup.kill();
+            for request in stop.take() {
+                match request {
+                    Request::Kill(signal) => {
+                        if stopped_by.is_none() {
+                            stopped_by = Some(Stop::Signal(signal));
+                            let _ = cgroup.kill();
+                        }
+                    }
+                    Request::Signal(signal) => send_signal(started, signal),
+                    Request::Violation(mut event) => {
+                        let Some(w) = watch.as_mut() else { continue };
+                        event.t_ms = monotonic_ns().saturating_sub(w.start_ns) as f64 / 1e6;
+                        if w.tracker.record(event) && stopped_by.is_none() {
+                            stopped_by = Some(Stop::AutoUnload);
+                            let _ = cgroup.kill();
+                        }
+                    }
+                }
             }
         }
         if fds[0].revents != 0 {
@@ -469,6 +502,21 @@ fn supervise(
             });
         }
     }
+}
+
+/// A signal to the sandbox's first process through its pidfd (no pid reuse race). The first
+/// process is the init of the sandbox's pid namespace: a signal it has no handler for is ignored.
+fn send_signal(started: &Started, signal: i32) {
+    // SAFETY: pidfd_send_signal with our child's pidfd and no siginfo.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            started.pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
 }
 
 fn reap(started: &Started) -> Result<ExitStatus, SandboxError> {

@@ -5,7 +5,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use crate::sandbox::StopSource;
+use crate::sandbox::{Request, StopSource};
 
 pub struct StopSignals {
     fd: OwnedFd,
@@ -41,7 +41,7 @@ impl StopSource for StopSignals {
         self.fd.as_fd()
     }
 
-    fn take(&mut self) -> i32 {
+    fn take(&mut self) -> Vec<Request> {
         // SAFETY: reading one signalfd_siginfo into a properly sized, zeroed local.
         unsafe {
             let mut info: libc::signalfd_siginfo = std::mem::zeroed();
@@ -50,11 +50,12 @@ impl StopSource for StopSignals {
                 &mut info as *mut _ as *mut libc::c_void,
                 std::mem::size_of::<libc::signalfd_siginfo>(),
             );
-            if n > 0 {
+            let signal = if n > 0 {
                 info.ssi_signo as i32
             } else {
                 libc::SIGTERM
-            }
+            };
+            vec![Request::Kill(signal)]
         }
     }
 }

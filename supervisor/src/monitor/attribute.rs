@@ -50,6 +50,9 @@ pub enum Layer {
     Permissions,
     /// A resource limit: the cgroup's pids, the rlimits, a full filesystem.
     Resources,
+    /// The plugin broke the JSON-RPC protocol with its host (the daemon): malformed or
+    /// oversized messages, unknown response ids, methods it may not call.
+    Rpc,
 }
 
 impl Layer {
@@ -63,6 +66,7 @@ impl Layer {
             Layer::Lsm => "lsm",
             Layer::Permissions => "permissions",
             Layer::Resources => "resources",
+            Layer::Rpc => "rpc",
         }
     }
 }

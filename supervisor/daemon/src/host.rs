@@ -1,0 +1,968 @@
+//! The plugin host: the table of loaded plugins and each one's lifecycle (load, initialize,
+//! heartbeats, calls, restarts with backoff, quarantine, unload), driven by
+//! `stockade::lifecycle::Tracker`. Every transition is an event on the daemon's event stream.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use stockade::control::code as ccode;
+use stockade::idmap::IdRanges;
+use stockade::lifecycle::{Decision, Exit, State, Tracker};
+use stockade::monitor::attribute::{Event, EventType, Layer};
+use stockade::monitor::event::Object;
+use stockade::package::Package;
+use stockade::rpc::{code, Methods, RpcError};
+use stockade::sandbox::{EndReason, Request};
+use tokio::sync::{broadcast, Notify, Semaphore};
+
+use crate::conn::{Conn, Sink};
+use crate::logs::{self, now_ms, Logs};
+use crate::sandbox::{self as sb, Control, Ended};
+
+/// Consecutive call timeouts after which a plugin counts as hung and is restarted.
+const TIMEOUTS_BEFORE_HUNG: u32 = 3;
+/// Heartbeats a plugin may miss in a row.
+const MISSED_HEARTBEATS: u32 = 2;
+
+pub struct Config {
+    /// Per-plugin state directories live below `<state_root>/plugins/`.
+    pub state_root: PathBuf,
+}
+
+/// Events kept for `stockade events` without `--follow`.
+const RECENT_EVENTS: usize = 1000;
+
+/// The daemon's event stream: lifecycle transitions, violations, call records, published events.
+pub struct Events {
+    tx: broadcast::Sender<Value>,
+    recent: Mutex<std::collections::VecDeque<Value>>,
+}
+
+impl Events {
+    fn new() -> Events {
+        Events {
+            tx: broadcast::channel(4096).0,
+            recent: Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    pub fn send(&self, event: Value) {
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            if recent.len() == RECENT_EVENTS {
+                recent.pop_front();
+            }
+            recent.push_back(event.clone());
+        }
+        let _ = self.tx.send(event);
+    }
+
+    /// The kept events and a receiver of every later one (taken together: none lost between).
+    pub fn subscribe(&self) -> (Vec<Value>, broadcast::Receiver<Value>) {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        (recent.iter().cloned().collect(), self.tx.subscribe())
+    }
+}
+
+pub struct Host {
+    config: Config,
+    plugins: Mutex<BTreeMap<String, Arc<Plugin>>>,
+    events: Arc<Events>,
+    ids: IdRanges,
+    stopping: AtomicBool,
+    next_run: AtomicU64,
+}
+
+/// A host-side refusal: a JSON-RPC error with a hint.
+pub fn refusal(code: i64, message: impl Into<String>, hint: Option<&str>) -> RpcError {
+    RpcError {
+        code,
+        message: message.into(),
+        data: hint.map(|h| json!({ "hint": h })),
+    }
+}
+
+pub struct Plugin {
+    pub id: String,
+    logs: Arc<Logs>,
+    state: Mutex<PluginState>,
+    /// Wakes whoever waits for the plugin to settle (load, unload).
+    changed: Notify,
+    /// Violations of the `rpc` layer so far.
+    rpc_violations: AtomicU64,
+}
+
+struct PluginState {
+    package: Arc<Package>,
+    methods: Arc<Methods>,
+    tracker: Tracker,
+    run: Option<Arc<Run>>,
+    /// False once the operator unloaded it: no restart.
+    wanted: bool,
+    restarts: u32,
+    /// How the last run ended.
+    last_exit: Option<Value>,
+}
+
+/// One run of the plugin's sandbox.
+struct Run {
+    number: u64,
+    conn: Arc<Conn>,
+    control: Arc<Control>,
+    pid: i32,
+    cgroup_id: u64,
+    started: Instant,
+    /// Why the daemon killed it, if it did (heartbeat, hung calls).
+    kill_reason: Mutex<Option<String>>,
+    /// The operator asked it to stop.
+    stopping: AtomicBool,
+    ended: Notify,
+    end: Mutex<Option<Value>>,
+    in_flight: HashMap<String, Arc<Semaphore>>,
+    timeouts: AtomicU32,
+}
+
+struct PluginSink {
+    plugin: Arc<Plugin>,
+    events: Arc<Events>,
+    control: Mutex<Option<Arc<Control>>>,
+}
+
+impl Sink for PluginSink {
+    fn log(&self, level: &str, message: &str) {
+        self.plugin.logs.push(level, message);
+    }
+
+    fn publish(&self, topic: &str, data: Value) {
+        self.events.send(json!({
+            "type": "published",
+            "at_ms": now_ms(),
+            "plugin": self.plugin.id,
+            "topic": topic,
+            "data": data,
+        }));
+    }
+
+    fn violation(&self, action: &'static str, what: String) {
+        self.plugin.rpc_violations.fetch_add(1, Ordering::Relaxed);
+        self.events.send(json!({
+            "type": "violation",
+            "at_ms": now_ms(),
+            "plugin": self.plugin.id,
+            "layer": "rpc",
+            "action": action,
+            "object": what,
+        }));
+        if let Some(control) = self
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            control.send(Request::Violation(Event {
+                t_ms: 0.0,
+                kind: EventType::Violation,
+                pid: 0,
+                tid: 0,
+                layer: Some(Layer::Rpc),
+                action: Some(action),
+                syscall: None,
+                object: Some(Object::from(what)),
+                errno: None,
+                fd: None,
+                killed_in_kernel: false,
+            }));
+        }
+    }
+}
+
+impl Host {
+    pub fn new(config: Config) -> Arc<Host> {
+        let ids = IdRanges::at(&config.state_root.join("idmap.json"));
+        Arc::new(Host {
+            config,
+            plugins: Mutex::new(BTreeMap::new()),
+            events: Arc::new(Events::new()),
+            ids,
+            stopping: AtomicBool::new(false),
+            next_run: AtomicU64::new(1),
+        })
+    }
+
+    pub fn subscribe(&self) -> (Vec<Value>, broadcast::Receiver<Value>) {
+        self.events.subscribe()
+    }
+
+    fn plugin(&self, id: &str) -> Result<Arc<Plugin>, RpcError> {
+        self.plugins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| {
+                refusal(
+                    ccode::UNKNOWN_PLUGIN,
+                    format!("no plugin `{id}` is loaded"),
+                    Some("`stockade plugin list` shows the loaded plugins"),
+                )
+            })
+    }
+
+    fn transition(&self, plugin: &Plugin, st: &mut PluginState, to: State, reason: &str) {
+        match st.tracker.go(to, reason, now_ms()) {
+            Ok(t) => {
+                tracing::info!(plugin = %plugin.id, from = t.from, to = t.to.name(), "{reason}");
+                self.events.send(json!({
+                    "type": "lifecycle",
+                    "at_ms": t.at_ms,
+                    "plugin": plugin.id,
+                    "from": t.from,
+                    "to": t.to.name(),
+                    "reason": t.reason,
+                }));
+            }
+            Err(e) => tracing::warn!(plugin = %plugin.id, "{e} ({reason})"),
+        }
+        plugin.changed.notify_waiters();
+    }
+
+    /// Reads and checks a package (the `verified` step; the signature check of the trust issue
+    /// slots in here).
+    async fn verify(dir: &Path) -> Result<(Arc<Package>, Arc<Methods>), RpcError> {
+        let owned = dir.to_path_buf();
+        let loaded = tokio::task::spawn_blocking(move || stockade::package::load(&owned))
+            .await
+            .map_err(|e| refusal(code::INTERNAL_ERROR, e.to_string(), None))?;
+        let package = loaded.map_err(|e| {
+            let hint = e.hint().unwrap_or_else(|| {
+                format!(
+                    "`stockade plugin check {}` lists every problem",
+                    dir.display()
+                )
+            });
+            refusal(
+                ccode::BAD_PACKAGE,
+                format!("{}: {e}", dir.display()),
+                Some(&hint),
+            )
+        })?;
+        let methods = Methods::compile(&package.manifest)
+            .map_err(|e| refusal(ccode::BAD_PACKAGE, e, None))?;
+        Ok((Arc::new(package), Arc::new(methods)))
+    }
+
+    /// `plugin.load`: verifies the package, starts it and waits until it is active. A plugin that
+    /// cannot start is not kept.
+    pub async fn load(self: &Arc<Self>, dir: &Path) -> Result<Value, RpcError> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(refusal(
+                ccode::SHUTTING_DOWN,
+                "the daemon is stopping",
+                None,
+            ));
+        }
+        let (package, methods) = Host::verify(dir).await?;
+        let id = package.manifest.id.clone();
+        let plugin = {
+            let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(other) = plugins.get(&id) {
+                let st = other.state.lock().unwrap_or_else(|e| e.into_inner());
+                return Err(refusal(
+                    ccode::DUPLICATE,
+                    format!(
+                        "a plugin `{id}` is loaded already (version {}, from {})",
+                        st.package.manifest.version,
+                        st.package.dir.display()
+                    ),
+                    Some("`stockade plugin upgrade ID DIR` replaces it; `stockade plugin unload ID` removes it"),
+                ));
+            }
+            let plugin = Arc::new(Plugin {
+                id: id.clone(),
+                logs: Arc::new(Logs::new()),
+                state: Mutex::new(PluginState {
+                    tracker: Tracker::new(package.manifest.lifecycle.clone(), now_ms()),
+                    package: package.clone(),
+                    methods,
+                    run: None,
+                    wanted: true,
+                    restarts: 0,
+                    last_exit: None,
+                }),
+                changed: Notify::new(),
+                rpc_violations: AtomicU64::new(0),
+            });
+            plugins.insert(id.clone(), plugin.clone());
+            plugin
+        };
+        {
+            let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+            let reason = format!(
+                "package verified; entry sha3-512 {}",
+                package.entry_sha3_512
+            );
+            self.transition(&plugin, &mut st, State::Verified, &reason);
+        }
+        match self.start(&plugin).await {
+            Ok(()) => Ok(self.status(&plugin, false)),
+            Err(why) => {
+                {
+                    let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+                    st.wanted = false;
+                    self.transition(&plugin, &mut st, State::Failed(why.clone()), &why);
+                }
+                let status = self.status(&plugin, true);
+                self.plugins
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                let stderr: Vec<String> = plugin
+                    .logs
+                    .since(0, 20)
+                    .into_iter()
+                    .map(|l| format!("{}: {}", l.stream, l.text))
+                    .collect();
+                let mut e = refusal(
+                    ccode::START_FAILED,
+                    format!("plugin `{id}` did not start: {why}"),
+                    Some("its output is in data.output; `stockade plugin check DIR` checks the package offline"),
+                );
+                if let Some(Value::Object(d)) = e.data.as_mut() {
+                    d.insert("output".into(), json!(stderr));
+                    d.insert("status".into(), status);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// One start: loading → initializing → active. Until the run is active this function
+    /// watches it; afterwards a task of its own does (`run_ended`). On failure the run is gone
+    /// and the reason returned; the caller decides (restart, fail).
+    fn start<'a>(
+        self: &'a Arc<Self>,
+        plugin: &'a Arc<Plugin>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        // Boxed: a run's end may start the plugin again, a cycle of futures.
+        Box::pin(self.start_inner(plugin))
+    }
+
+    async fn start_inner(self: &Arc<Self>, plugin: &Arc<Plugin>) -> Result<(), String> {
+        let package = {
+            let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+            self.transition(plugin, &mut st, State::Loading, "starting the sandbox");
+            st.package.clone()
+        };
+        let id = plugin.id.clone();
+        let ids = self.ids.clone();
+        let base = tokio::task::spawn_blocking(move || ids.base_for(&id))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("no host uid range for the plugin: {e}"))?;
+        let state_dir = self.config.state_root.join("plugins").join(&plugin.id);
+        std::fs::create_dir_all(&state_dir)
+            .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
+        let number = self.next_run.fetch_add(1, Ordering::Relaxed);
+        let launch = sb::Launch {
+            package: package.clone(),
+            state_dir: state_dir.clone(),
+            id_base: base,
+            cgroup_name: format!("stockade-{}.{}.{number}", std::process::id(), plugin.id),
+        };
+        let spawned = sb::spawn(launch).map_err(|e| format!("cannot start the sandbox: {e}"))?;
+        let sink = Arc::new(PluginSink {
+            plugin: plugin.clone(),
+            events: self.events.clone(),
+            control: Mutex::new(Some(spawned.control.clone())),
+        });
+        let conn = Conn::start(spawned.ends.rpc, sink);
+        tokio::spawn(logs::capture(
+            spawned.ends.stdout,
+            "stdout",
+            plugin.logs.clone(),
+        ));
+        tokio::spawn(logs::capture(
+            spawned.ends.stderr,
+            "stderr",
+            plugin.logs.clone(),
+        ));
+        let mut ended = spawned.ended;
+        let (pid, cgroup_id) = tokio::select! {
+            started = spawned.started => match started {
+                Ok(s) => s,
+                Err(_) => return Err(describe_end(&(&mut ended).await.ok())),
+            },
+            end = &mut ended => return Err(describe_end(&end.ok())),
+        };
+        let in_flight = package
+            .manifest
+            .methods
+            .iter()
+            .map(|(name, m)| {
+                (
+                    name.clone(),
+                    Arc::new(Semaphore::new(m.max_in_flight as usize)),
+                )
+            })
+            .collect();
+        let run = Arc::new(Run {
+            number,
+            conn: conn.clone(),
+            control: spawned.control.clone(),
+            pid,
+            cgroup_id,
+            started: Instant::now(),
+            kill_reason: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            ended: Notify::new(),
+            end: Mutex::new(None),
+            in_flight,
+            timeouts: AtomicU32::new(0),
+        });
+        {
+            let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.run = Some(run.clone());
+            self.transition(
+                plugin,
+                &mut st,
+                State::Initializing,
+                &format!("sandbox up (pid {pid}, cgroup {cgroup_id}); sending initialize"),
+            );
+        }
+        let lifecycle = package.manifest.lifecycle.clone();
+        let params = json!({
+            "config": {},
+            "state_dir": state_dir.to_string_lossy(),
+            "plugin": { "id": plugin.id, "version": package.manifest.version.to_string() },
+        });
+        let init_id = uuid::Uuid::new_v4().to_string();
+        let failed = tokio::select! {
+            init = conn.call(&init_id, "initialize", &params, lifecycle.init_timeout) => match init {
+                Ok(_) => None,
+                Err(e) => {
+                    run.stopping.store(true, Ordering::SeqCst);
+                    run.control.send(Request::Kill(libc::SIGKILL));
+                    let end = (&mut ended).await.ok();
+                    Some((format!("initialize failed: {} ({})", e.message, e.code), end))
+                }
+            },
+            end = &mut ended => {
+                let end = end.ok();
+                Some((format!("it ended before answering initialize: {}", describe_end(&end)), end))
+            }
+        };
+        if let Some((why, end)) = failed {
+            let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.last_exit = Some(describe_end_json(&end));
+            if st.run.as_ref().is_some_and(|r| r.number == number) {
+                st.run = None;
+            }
+            drop(st);
+            finish(&run, &end);
+            return Err(why);
+        }
+        let wanted = {
+            let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+            if st.wanted {
+                self.transition(plugin, &mut st, State::Active, "initialize answered");
+            }
+            st.wanted
+        };
+        if !wanted {
+            Host::stop_run_after_start(run, ended).await;
+            return Err("unloaded while it started".into());
+        }
+        // The run's end, whenever it comes: recorded, then the restart policy decides.
+        let host = self.clone();
+        let watcher_plugin = plugin.clone();
+        let watcher_run = run.clone();
+        tokio::spawn(async move {
+            let end = ended.await.ok();
+            host.run_ended(&watcher_plugin, &watcher_run, end).await;
+        });
+        tokio::spawn(heartbeat(run, lifecycle.heartbeat));
+        Ok(())
+    }
+
+    async fn stop_run_after_start(run: Arc<Run>, ended: tokio::sync::oneshot::Receiver<Ended>) {
+        run.stopping.store(true, Ordering::SeqCst);
+        run.control.send(Request::Kill(libc::SIGKILL));
+        let end = ended.await.ok();
+        finish(&run, &end);
+    }
+
+    /// A run ended: record how; then restart, quarantine, fail or stop, by the manifest.
+    async fn run_ended(self: &Arc<Self>, plugin: &Arc<Plugin>, run: &Arc<Run>, end: Option<Ended>) {
+        let summary = describe_end_json(&end);
+        let reason = describe_end(&end);
+        finish(run, &end);
+        let kill_reason = run
+            .kill_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let exit = match &end {
+            Some(Ended::Ran(s)) if s.ended_by == EndReason::AutoUnloaded => Exit::AutoUnloaded,
+            Some(Ended::Ran(s))
+                if kill_reason.is_none() && s.ended_by == EndReason::Exited && s.exit_code == 0 =>
+            {
+                Exit::Clean
+            }
+            _ => Exit::Failure,
+        };
+        let reason = kill_reason.unwrap_or(reason);
+        if let Some(Ended::Ran(s)) = &end {
+            if let Some(report) = &s.monitor {
+                if report.violations > 0 {
+                    self.events.send(json!({
+                        "type": "report",
+                        "at_ms": now_ms(),
+                        "plugin": plugin.id,
+                        "run": run.number,
+                        "violations": report.violations,
+                        "by_layer": report.by_layer,
+                        "first": report.first,
+                        "auto_unload": report.auto_unload,
+                    }));
+                }
+            }
+        }
+        let decision = {
+            let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.last_exit = Some(summary);
+            let current = st.run.as_ref().is_some_and(|r| r.number == run.number);
+            if !current {
+                return;
+            }
+            st.run = None;
+            if run.stopping.load(Ordering::SeqCst) || !st.wanted {
+                // The operator's unload (or a failed start, which its caller reports).
+                return;
+            }
+            let decision = st.tracker.after_exit(exit, now_ms(), jitter());
+            match &decision {
+                Decision::RestartAfter(d) => {
+                    st.restarts += 1;
+                    self.transition(
+                        plugin,
+                        &mut st,
+                        State::Restarting,
+                        &format!("{reason}; restarting in {} ms", d.as_millis()),
+                    )
+                }
+                Decision::StayStopped => self.transition(plugin, &mut st, State::Stopped, &reason),
+                Decision::Fail(why) => self.transition(
+                    plugin,
+                    &mut st,
+                    State::Failed(why.clone()),
+                    &format!("{reason}; {why}"),
+                ),
+                Decision::Quarantine(why) => self.transition(
+                    plugin,
+                    &mut st,
+                    State::Quarantined(reason.clone()),
+                    &format!("{reason}; {why}"),
+                ),
+            }
+            decision
+        };
+        if let Decision::RestartAfter(delay) = decision {
+            let host = self.clone();
+            let plugin = plugin.clone();
+            tokio::spawn(async move { host.restart_after(&plugin, delay).await });
+        }
+    }
+
+    async fn restart_after(self: &Arc<Self>, plugin: &Arc<Plugin>, mut delay: Duration) {
+        loop {
+            tokio::time::sleep(delay).await;
+            {
+                let st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+                if !st.wanted || *st.tracker.state() != State::Restarting {
+                    return;
+                }
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let Err(why) = self.start(plugin).await else {
+                return;
+            };
+            // A start that failed counts as an exit of a run that never became active.
+            let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+            if !st.wanted {
+                return;
+            }
+            match st.tracker.after_exit(Exit::Failure, now_ms(), jitter()) {
+                Decision::RestartAfter(d) => {
+                    st.restarts += 1;
+                    self.transition(
+                        plugin,
+                        &mut st,
+                        State::Restarting,
+                        &format!("{why}; restarting in {} ms", d.as_millis()),
+                    );
+                    delay = d;
+                }
+                Decision::Fail(f) => {
+                    let reason = format!("{why}; {f}");
+                    self.transition(plugin, &mut st, State::Failed(f), &reason);
+                    return;
+                }
+                _ => {
+                    self.transition(plugin, &mut st, State::Failed(why.clone()), &why);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stops a run: `shutdown`, then SIGTERM, then a kill of the whole cgroup at `stop_timeout`.
+    async fn stop_run(run: &Arc<Run>, stop_timeout: Duration) {
+        run.stopping.store(true, Ordering::SeqCst);
+        if run.end.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return;
+        }
+        let deadline = Instant::now() + stop_timeout;
+        let ended = async {
+            let polite = run
+                .conn
+                .call(
+                    &uuid::Uuid::new_v4().to_string(),
+                    "shutdown",
+                    &Value::Null,
+                    stop_timeout / 2,
+                )
+                .await;
+            if polite.is_ok() {
+                // Answered: give it the rest of the first half to exit on its own.
+                let _ = tokio::time::timeout(stop_timeout / 2, wait_end(run)).await;
+            }
+            if run.end.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+                run.control.send(Request::Signal(libc::SIGTERM));
+                wait_end(run).await;
+            }
+        };
+        if tokio::time::timeout_at(deadline.into(), ended)
+            .await
+            .is_err()
+        {
+            run.control.send(Request::Kill(libc::SIGKILL));
+        }
+        wait_end(run).await;
+    }
+
+    /// `plugin.unload`: stops the plugin and forgets it.
+    pub async fn unload(self: &Arc<Self>, id: &str) -> Result<Value, RpcError> {
+        let plugin = self.plugin(id)?;
+        let (run, stop_timeout) = {
+            let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.wanted = false;
+            if st.run.is_some() {
+                self.transition(&plugin, &mut st, State::Stopping, "unload requested");
+            }
+            (st.run.clone(), st.package.manifest.lifecycle.stop_timeout)
+        };
+        if let Some(run) = run {
+            Host::stop_run(&run, stop_timeout).await;
+        }
+        {
+            let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.run = None;
+            if matches!(
+                st.tracker.state(),
+                State::Stopping | State::Restarting | State::Verified | State::Discovered
+            ) {
+                self.transition(&plugin, &mut st, State::Stopped, "unloaded");
+            }
+        }
+        self.plugins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        Ok(self.status(&plugin, false))
+    }
+
+    /// `plugin.reload`: stops the plugin if it runs and starts it again from its package (a
+    /// quarantined or failed plugin too: this is the operator's explicit request).
+    pub async fn reload(self: &Arc<Self>, id: &str) -> Result<Value, RpcError> {
+        let plugin = self.plugin(id)?;
+        let dir = {
+            let st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.package.dir.clone()
+        };
+        self.unload(id).await?;
+        self.load(&dir).await
+    }
+
+    /// `call`: checks the method and its params, then forwards the call to the active run.
+    pub async fn call(
+        self: &Arc<Self>,
+        id: &str,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, RpcError> {
+        let plugin = self.plugin(id)?;
+        let (methods, run, timeout) = {
+            let st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+            let timeout = st.package.manifest.methods.get(method).map(|m| m.timeout);
+            (st.methods.clone(), st.run.clone(), timeout)
+        };
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let begin = Instant::now();
+        let mark = plugin.logs.mark();
+        let outcome: Result<Value, RpcError> = async {
+            methods.check_call(method, &params)?;
+            let active = {
+                let st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+                *st.tracker.state() == State::Active
+            };
+            let run = run.filter(|_| active).ok_or_else(|| {
+                refusal(
+                    code::UNAVAILABLE,
+                    format!("plugin `{id}` is not active"),
+                    Some("`stockade plugin status ID` says why"),
+                )
+            })?;
+            let permit = run
+                .in_flight
+                .get(method)
+                .and_then(|s| s.clone().try_acquire_owned().ok())
+                .ok_or_else(|| {
+                    refusal(
+                        code::UNAVAILABLE,
+                        format!("`{method}` has max_in_flight calls running already"),
+                        Some("retry later, or raise the method's max_in_flight"),
+                    )
+                })?;
+            let timeout = timeout.unwrap_or(stockade_policy::manifest::DEFAULT_CALL_TIMEOUT);
+            let result = run.conn.call(&request_id, method, &params, timeout).await;
+            drop(permit);
+            match &result {
+                Err(e) if e.code == code::TIMEOUT => {
+                    let n = run.timeouts.fetch_add(1, Ordering::SeqCst) + 1;
+                    if n >= TIMEOUTS_BEFORE_HUNG {
+                        *run.kill_reason.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(format!("{n} calls in a row timed out"));
+                        run.control.send(Request::Kill(libc::SIGKILL));
+                    }
+                }
+                _ => run.timeouts.store(0, Ordering::SeqCst),
+            }
+            let value = result?;
+            methods.check_result(method, &value)?;
+            Ok(value)
+        }
+        .await;
+        let output: Vec<Value> = plugin
+            .logs
+            .since(mark, 100)
+            .into_iter()
+            .map(|l| json!({ "stream": l.stream, "text": l.text }))
+            .collect();
+        self.events.send(json!({
+            "type": "call",
+            "at_ms": now_ms(),
+            "plugin": id,
+            "request_id": request_id,
+            "method": method,
+            "duration_ms": begin.elapsed().as_secs_f64() * 1000.0,
+            "outcome": match &outcome { Ok(_) => "ok".to_string(), Err(e) => format!("error {}", e.code) },
+            "output": output,
+        }));
+        outcome
+    }
+
+    pub fn list(&self) -> Value {
+        let plugins: Vec<Arc<Plugin>> = self
+            .plugins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        Value::Array(plugins.iter().map(|p| self.status(p, false)).collect())
+    }
+
+    pub fn status_of(&self, id: &str) -> Result<Value, RpcError> {
+        let plugin = self.plugin(id)?;
+        Ok(self.status(&plugin, true))
+    }
+
+    pub fn logs_of(&self, id: &str) -> Result<(Vec<logs::Line>, Arc<Logs>), RpcError> {
+        let plugin = self.plugin(id)?;
+        Ok((plugin.logs.since(0, usize::MAX), plugin.logs.clone()))
+    }
+
+    fn status(&self, plugin: &Plugin, history: bool) -> Value {
+        let st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+        let m = &st.package.manifest;
+        let state = st.tracker.state();
+        let reason = match state {
+            State::Failed(r) | State::Quarantined(r) => Some(r.clone()),
+            _ => None,
+        };
+        let mut v = json!({
+            "id": plugin.id,
+            "name": m.name,
+            "version": m.version.to_string(),
+            "trust": m.trust.name(),
+            "dir": st.package.dir,
+            "entry_sha3_512": st.package.entry_sha3_512,
+            "state": state.name(),
+            "reason": reason,
+            "restarts": st.restarts,
+            "rpc_violations": plugin.rpc_violations.load(Ordering::Relaxed),
+            "methods": st.methods.names().collect::<Vec<_>>(),
+            "pid": st.run.as_ref().map(|r| r.pid),
+            "cgroup_id": st.run.as_ref().map(|r| r.cgroup_id),
+            "uptime_s": st.run.as_ref().map(|r| r.started.elapsed().as_secs_f64()),
+            "last_exit": st.last_exit,
+        });
+        if history {
+            v["history"] = json!(st.tracker.history().collect::<Vec<_>>());
+        }
+        v
+    }
+
+    /// Daemon shutdown: every plugin stopped, the last loaded first.
+    pub async fn stop_all(self: &Arc<Self>) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let ids: Vec<String> = self
+            .plugins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let stops = ids.iter().map(|id| {
+            let host = self.clone();
+            let id = id.clone();
+            async move {
+                let _ = host.unload(&id).await;
+            }
+        });
+        for stop in stops.collect::<Vec<_>>() {
+            stop.await;
+        }
+    }
+}
+
+/// Records a run's end and wakes whoever waits for it.
+fn finish(run: &Run, end: &Option<Ended>) {
+    *run.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(describe_end_json(end));
+    run.ended.notify_waiters();
+}
+
+async fn wait_end(run: &Run) {
+    loop {
+        let notified = run.ended.notified();
+        if run.end.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// Pings the run every `interval`; a run that misses `MISSED_HEARTBEATS` in a row is killed and
+/// handled as a crash.
+async fn heartbeat(run: Arc<Run>, interval: Duration) {
+    let mut missed = 0;
+    loop {
+        tokio::time::sleep(interval).await;
+        if run.end.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+            || run.stopping.load(Ordering::SeqCst)
+        {
+            return;
+        }
+        let answer = run
+            .conn
+            .call(
+                &uuid::Uuid::new_v4().to_string(),
+                "ping",
+                &Value::Null,
+                interval.min(Duration::from_secs(10)),
+            )
+            .await;
+        if run.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        match answer {
+            Ok(_) => missed = 0,
+            Err(_) => {
+                missed += 1;
+                if missed >= MISSED_HEARTBEATS {
+                    *run.kill_reason.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(format!("missed {missed} heartbeats"));
+                    run.control.send(Request::Kill(libc::SIGKILL));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A number in [0, 1) for the backoff's jitter.
+fn jitter() -> f64 {
+    (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
+}
+
+fn describe_end(end: &Option<Ended>) -> String {
+    match end {
+        None => "the sandbox thread ended without a result".into(),
+        Some(Ended::Refused(e)) => match &e.hint {
+            Some(h) => format!("{} (hint: {h})", e.cause),
+            None => e.cause.clone(),
+        },
+        Some(Ended::Failed(e)) => e.clone(),
+        Some(Ended::Ran(s)) => match s.ended_by {
+            EndReason::Exited => format!("exited with status {}", s.exit_status.unwrap_or(0)),
+            EndReason::AutoUnloaded => {
+                let why = s
+                    .monitor
+                    .as_ref()
+                    .and_then(|r| r.first.first())
+                    .map(|e| {
+                        format!(
+                            "{} {}",
+                            e.layer.map_or("?", |l| l.name()),
+                            e.object
+                                .as_ref()
+                                .map(|o| o.text().into_owned())
+                                .unwrap_or_default()
+                        )
+                    })
+                    .unwrap_or_default();
+                format!("auto-unloaded for violations ({why})")
+            }
+            EndReason::SetupFailed | EndReason::ExecFailed => format!(
+                "{}: {}",
+                s.error.as_deref().unwrap_or("set-up failed"),
+                std::io::Error::from_raw_os_error(s.errno.unwrap_or(0))
+            ),
+            other => format!(
+                "{} (signal {})",
+                serde_json::to_value(other)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                s.signal.unwrap_or(0)
+            ),
+        },
+    }
+}
+
+fn describe_end_json(end: &Option<Ended>) -> Value {
+    let mut v = json!({ "at_ms": now_ms(), "reason": describe_end(end) });
+    if let Some(Ended::Ran(s)) = end {
+        v["ended_by"] = json!(s.ended_by);
+        v["exit_status"] = json!(s.exit_status);
+        v["signal"] = json!(s.signal);
+        v["violations"] = json!(s.monitor.as_ref().map(|r| r.violations));
+    }
+    v
+}

@@ -1,0 +1,145 @@
+//! `stockade-daemon` (run as `stockade daemon`): hosts plugins as long-lived sandboxed services.
+//!
+//! Start-up: root check, the cgroups of sandboxes a killed daemon left are swept, the eBPF
+//! monitors loaded once (or the host's set joined), the control socket bound, then every package
+//! in the `--plugins` directories loaded. SIGTERM or SIGINT stops every plugin and exits 0.
+
+mod conn;
+mod control;
+mod host;
+mod logs;
+mod sandbox;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "stockade daemon",
+    version,
+    about = "Stockade's plugin host: plugins as long-lived sandboxed services"
+)]
+struct Args {
+    /// The control socket (default /run/stockade/stockade.sock, or STOCKADE_SOCKET).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// A directory of plugin packages (each a directory with plugin.toml), loaded at start.
+    #[arg(long = "plugins", value_name = "DIR")]
+    plugins: Vec<PathBuf>,
+    /// Where the daemon keeps its state: per-plugin state directories and uid ranges.
+    #[arg(long, default_value = "/var/lib/stockade")]
+    state_dir: PathBuf,
+    /// A non-root uid that may use the control socket (repeatable).
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uid: Vec<u32>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STOCKADE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    match start(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stockade daemon: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn start(args: Args) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!(
+            "the daemon needs root: it maps user ids and creates cgroups for each sandbox\n  \
+             hint: run it with sudo, or as the stockade systemd service"
+        );
+    }
+    let layout = stockade::cgroup::Layout::detect().map_err(|e| {
+        anyhow::anyhow!("cgroups: {e}\n  hint: `stockade doctor` shows what this host offers")
+    })?;
+    stockade::cgroup::sweep_orphans(&layout);
+    std::fs::create_dir_all(args.state_dir.join("plugins")).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create the state directory {}: {e}",
+            args.state_dir.display()
+        )
+    })?;
+    // The monitors once for every plugin (joining the host's set where one is loaded); each
+    // sandbox joins this set. A host without them still serves monitor-mode (trusted) plugins;
+    // an untrusted one refuses to start without them (fail closed, per sandbox).
+    let monitor = match stockade::monitor::Monitor::open_for(true) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!("the eBPF monitors cannot load ({e}): untrusted plugins will not start");
+            None
+        }
+    };
+    let socket = stockade::control::socket_path(args.socket.as_deref());
+    let access = control::Access {
+        uids: args.allow_uid.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async {
+        let listener = control::bind(&socket, &access)?;
+        let host = host::Host::new(host::Config {
+            state_root: args.state_dir.clone(),
+        });
+        let server = tokio::spawn(control::serve(listener, host.clone(), access));
+        tracing::info!(socket = %socket.display(), "listening");
+        for dir in &args.plugins {
+            load_directory(&host, dir).await;
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping every plugin"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping every plugin"),
+        }
+        server.abort();
+        let _ = std::fs::remove_file(&socket);
+        host.stop_all().await;
+        anyhow::Ok(())
+    });
+    drop(monitor);
+    result
+}
+
+/// Loads every package (a directory with plugin.toml) found in `dir`; a bad one is logged and
+/// skipped, the others load.
+async fn load_directory(host: &std::sync::Arc<host::Host>, dir: &std::path::Path) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!("--plugins {}: {e}", dir.display());
+            return;
+        }
+    };
+    let mut packages: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join(stockade_policy::manifest::MANIFEST_FILE).is_file())
+        .collect();
+    packages.sort();
+    for package in packages {
+        match host.load(&package).await {
+            Ok(status) => tracing::info!(
+                plugin = status["id"].as_str().unwrap_or("?"),
+                "loaded from {}",
+                package.display()
+            ),
+            Err(e) => tracing::error!("{}: {}", package.display(), e.message),
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! `stockade daemon`, `stockade plugin load|unload|reload|list|status|logs`, `stockade call` and
+//! `stockade events`: the CLI side of the daemon's control API (`stockade::control`).
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+use stockade::control::{self, Client, ClientError};
+
+use crate::Failure;
+
+fn failure(e: ClientError) -> Failure {
+    let hint = e.hint();
+    Failure::internal(e.to_string(), hint)
+}
+
+fn connect(socket: Option<&Path>) -> Result<Client, Failure> {
+    Client::connect(&control::socket_path(socket)).map_err(failure)
+}
+
+/// `stockade daemon ARGS...`: executes `stockade-daemon` from beside this binary, so that the
+/// async runtime lives in a binary of its own.
+pub fn daemon(args: &[String]) -> Result<u8, Failure> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::internal(format!("cannot find this executable: {e}"), None))?;
+    let daemon = exe.with_file_name("stockade-daemon");
+    let e = std::process::Command::new(&daemon)
+        .args(args)
+        .arg0("stockade-daemon")
+        .exec();
+    Err(Failure::internal(
+        format!("cannot execute {}: {e}", daemon.display()),
+        Some(
+            "stockade-daemon is installed beside stockade; build the workspace (`cargo build`)"
+                .into(),
+        ),
+    ))
+}
+
+fn print_json(value: &Value) {
+    println!("{}", serde_json::to_string(value).unwrap_or_default());
+}
+
+fn one_line(status: &Value) -> String {
+    let mut line = format!(
+        "{} {} ({}): {}",
+        status["id"].as_str().unwrap_or("?"),
+        status["version"].as_str().unwrap_or("?"),
+        status["trust"].as_str().unwrap_or("?"),
+        status["state"].as_str().unwrap_or("?"),
+    );
+    if let Some(pid) = status["pid"].as_i64() {
+        line.push_str(&format!(", pid {pid}"));
+    }
+    if let Some(reason) = status["reason"].as_str() {
+        line.push_str(&format!(" ({reason})"));
+    }
+    line
+}
+
+pub fn load(socket: Option<&Path>, dir: &Path, json: bool) -> Result<u8, Failure> {
+    let dir = dir.canonicalize().map_err(|e| {
+        Failure::usage(
+            format!("{}: {e}", dir.display()),
+            "give the directory of a plugin package (it holds plugin.toml)",
+        )
+    })?;
+    let mut client = connect(socket)?;
+    match client.call("plugin.load", json!({ "dir": dir })) {
+        Ok(status) => {
+            if json {
+                print_json(&status);
+            } else {
+                println!("loaded {}", one_line(&status));
+            }
+            Ok(0)
+        }
+        Err(ClientError::Rpc(e)) => {
+            if let Some(output) = e
+                .data
+                .as_ref()
+                .and_then(|d| d.get("output"))
+                .and_then(Value::as_array)
+            {
+                for line in output.iter().filter_map(Value::as_str) {
+                    eprintln!("  | {line}");
+                }
+            }
+            Err(failure(ClientError::Rpc(e)))
+        }
+        Err(e) => Err(failure(e)),
+    }
+}
+
+pub fn simple(socket: Option<&Path>, method: &str, id: &str, json: bool) -> Result<u8, Failure> {
+    let mut client = connect(socket)?;
+    let status = client.call(method, json!({ "id": id })).map_err(failure)?;
+    if json {
+        print_json(&status);
+    } else {
+        let verb = match method {
+            "plugin.unload" => "unloaded",
+            "plugin.reload" => "reloaded",
+            _ => "",
+        };
+        println!("{verb} {}", one_line(&status));
+    }
+    Ok(0)
+}
+
+pub fn list(socket: Option<&Path>, json: bool) -> Result<u8, Failure> {
+    let mut client = connect(socket)?;
+    let list = client.call("plugin.list", Value::Null).map_err(failure)?;
+    if json {
+        print_json(&list);
+        return Ok(0);
+    }
+    let rows = list.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        println!("no plugins loaded");
+        return Ok(0);
+    }
+    println!(
+        "{:<24} {:<10} {:<10} {:<12} {:>8} {:>8} {:>10} {:>8}",
+        "ID", "VERSION", "TRUST", "STATE", "UPTIME", "RESTARTS", "RPC-VIOL", "PID"
+    );
+    for p in rows {
+        println!(
+            "{:<24} {:<10} {:<10} {:<12} {:>8} {:>8} {:>10} {:>8}",
+            p["id"].as_str().unwrap_or("?"),
+            p["version"].as_str().unwrap_or("?"),
+            p["trust"].as_str().unwrap_or("?"),
+            p["state"].as_str().unwrap_or("?"),
+            p["uptime_s"]
+                .as_f64()
+                .map_or("-".into(), |s| format!("{s:.0}s")),
+            p["restarts"].as_u64().unwrap_or(0),
+            p["rpc_violations"].as_u64().unwrap_or(0),
+            p["pid"].as_i64().map_or("-".into(), |p| p.to_string()),
+        );
+    }
+    Ok(0)
+}
+
+pub fn status(socket: Option<&Path>, id: &str, json: bool) -> Result<u8, Failure> {
+    let mut client = connect(socket)?;
+    let status = client
+        .call("plugin.status", json!({ "id": id }))
+        .map_err(failure)?;
+    if json {
+        print_json(&status);
+        return Ok(0);
+    }
+    println!("{}", one_line(&status));
+    println!("  package: {}", status["dir"].as_str().unwrap_or("?"));
+    println!(
+        "  entry sha3-512: {}",
+        status["entry_sha3_512"].as_str().unwrap_or("?")
+    );
+    println!("  restarts: {}", status["restarts"]);
+    if let Some(exit) = status["last_exit"].get("reason").and_then(Value::as_str) {
+        println!("  last exit: {exit}");
+    }
+    println!("  transitions:");
+    for t in status["history"].as_array().into_iter().flatten() {
+        println!(
+            "    {} {} -> {}: {}",
+            t["at_ms"],
+            t["from"].as_str().unwrap_or("?"),
+            t["to"]["state"].as_str().unwrap_or("?"),
+            t["reason"].as_str().unwrap_or("")
+        );
+    }
+    Ok(0)
+}
+
+fn print_log_line(line: &Value) {
+    println!(
+        "{} {}: {}",
+        line["at_ms"],
+        line["stream"].as_str().unwrap_or("?"),
+        line["text"].as_str().unwrap_or("")
+    );
+}
+
+pub fn logs(socket: Option<&Path>, id: &str, follow: bool) -> Result<u8, Failure> {
+    let mut client = connect(socket)?;
+    let result = client
+        .call_streaming(
+            "plugin.logs",
+            json!({ "id": id, "follow": follow }),
+            |method, params| {
+                if method == "log" {
+                    print_log_line(params);
+                }
+            },
+        )
+        .map_err(failure)?;
+    for line in result["lines"].as_array().into_iter().flatten() {
+        print_log_line(line);
+    }
+    Ok(0)
+}
+
+/// `stockade call ID METHOD [PARAMS]`: the result on stdout; a failed call's JSON-RPC error on
+/// stderr and exit status 1.
+pub fn call(
+    socket: Option<&Path>,
+    id: &str,
+    method: &str,
+    params: Option<&str>,
+) -> Result<u8, Failure> {
+    let params: Value = match params {
+        None => Value::Null,
+        Some(text) => serde_json::from_str(text).map_err(|e| {
+            Failure::usage(
+                format!("the params are not JSON: {e}"),
+                "give one JSON object, such as '{\"text\": \"hi\"}'",
+            )
+        })?,
+    };
+    let mut client = connect(socket)?;
+    match client.call(
+        "call",
+        json!({ "plugin": id, "method": method, "params": params }),
+    ) {
+        Ok(result) => {
+            print_json(&result);
+            Ok(0)
+        }
+        Err(ClientError::Rpc(e)) => {
+            eprintln!("{}", serde_json::to_string(&e).unwrap_or_default());
+            Ok(1)
+        }
+        Err(e) => Err(failure(e)),
+    }
+}
+
+/// `stockade events [--follow]`: the daemon's recent events as JSON lines, then (with `--follow`)
+/// new ones as they happen.
+pub fn events(socket: Option<&Path>, follow: bool) -> Result<u8, Failure> {
+    let mut client = connect(socket)?;
+    let result = client
+        .call_streaming(
+            "events.subscribe",
+            json!({ "follow": follow }),
+            |method, params| {
+                if method == "event" {
+                    print_json(params);
+                }
+            },
+        )
+        .map_err(failure)?;
+    for event in result["events"].as_array().into_iter().flatten() {
+        print_json(event);
+    }
+    Ok(0)
+}
