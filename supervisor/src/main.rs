@@ -168,6 +168,18 @@ enum PluginCommand {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Replace a plugin by a newer package without a gap: the new version starts beside the old
+    /// one, takes the new calls once initialized, and the old one stops after its calls finish.
+    Upgrade {
+        #[arg(value_name = "ID")]
+        id: String,
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// The loaded plugins: state, uptime, restarts, violations.
     List {
         #[arg(long)]
@@ -331,6 +343,12 @@ fn main() -> ExitCode {
         Command::Plugin(PluginCommand::Reload { id, json, socket }) => {
             client::simple(socket.socket.as_deref(), "plugin.reload", &id, json)
         }
+        Command::Plugin(PluginCommand::Upgrade {
+            id,
+            dir,
+            json,
+            socket,
+        }) => client::upgrade(socket.socket.as_deref(), &id, &dir, json),
         Command::Plugin(PluginCommand::List { json, socket }) => {
             client::list(socket.socket.as_deref(), json)
         }

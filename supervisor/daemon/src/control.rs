@@ -160,6 +160,10 @@ async fn dispatch(
         }
         "plugin.unload" => host.unload(text(&params, "id")?).await,
         "plugin.reload" => host.reload(text(&params, "id")?).await,
+        "plugin.upgrade" => {
+            let dir = PathBuf::from(text(&params, "dir")?);
+            host.upgrade(text(&params, "id")?, &dir).await
+        }
         "plugin.list" => Ok(host.list()),
         "plugin.status" => host.status_of(text(&params, "id")?),
         "plugin.logs" => {

@@ -104,6 +104,8 @@ struct PluginState {
     /// False once the operator unloaded it: no restart.
     wanted: bool,
     restarts: u32,
+    /// An upgrade is under way: a second one is refused.
+    upgrading: bool,
     /// How the last run ended.
     last_exit: Option<Value>,
 }
@@ -111,6 +113,7 @@ struct PluginState {
 /// One run of the plugin's sandbox.
 struct Run {
     number: u64,
+    version: String,
     conn: Arc<Conn>,
     control: Arc<Control>,
     pid: i32,
@@ -123,6 +126,8 @@ struct Run {
     ended: Notify,
     end: Mutex<Option<Value>>,
     in_flight: HashMap<String, Arc<Semaphore>>,
+    /// Calls forwarded and not answered yet (an upgrade drains them).
+    calls: AtomicU64,
     timeouts: AtomicU32,
 }
 
@@ -291,6 +296,7 @@ impl Host {
                     run: None,
                     wanted: true,
                     restarts: 0,
+                    upgrading: false,
                     last_exit: None,
                 }),
                 changed: Notify::new(),
@@ -357,6 +363,67 @@ impl Host {
             self.transition(plugin, &mut st, State::Loading, "starting the sandbox");
             st.package.clone()
         };
+        let (run, ended) = self
+            .launch(plugin, &package, |host, run| {
+                let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.run = Some(run.clone());
+                host.transition(
+                    plugin,
+                    &mut st,
+                    State::Initializing,
+                    &format!(
+                        "sandbox up (pid {}, cgroup {}); sending initialize",
+                        run.pid, run.cgroup_id
+                    ),
+                );
+            })
+            .await
+            .inspect_err(|_| {
+                let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.run = None;
+            })?;
+        let wanted = {
+            let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+            if st.wanted {
+                self.transition(plugin, &mut st, State::Active, "initialize answered");
+            }
+            st.wanted
+        };
+        if !wanted {
+            Host::stop_run_after_start(run, ended).await;
+            return Err("unloaded while it started".into());
+        }
+        self.watch(plugin, run, ended, package.manifest.lifecycle.heartbeat);
+        Ok(())
+    }
+
+    /// From now on the run's end is handled by the restart policy, and it gets heartbeats.
+    fn watch(
+        self: &Arc<Self>,
+        plugin: &Arc<Plugin>,
+        run: Arc<Run>,
+        ended: tokio::sync::oneshot::Receiver<Ended>,
+        heartbeat_every: Duration,
+    ) {
+        let host = self.clone();
+        let watcher_plugin = plugin.clone();
+        let watcher_run = run.clone();
+        tokio::spawn(async move {
+            let end = ended.await.ok();
+            host.run_ended(&watcher_plugin, &watcher_run, end).await;
+        });
+        tokio::spawn(heartbeat(run, heartbeat_every));
+    }
+
+    /// Starts one run of `package` and initializes it: the sandbox thread, the connection, the
+    /// output capture. `up` is called once the sandbox's first process runs. On failure the run
+    /// is gone (killed and waited for) and its last exit recorded.
+    async fn launch(
+        self: &Arc<Self>,
+        plugin: &Arc<Plugin>,
+        package: &Arc<Package>,
+        up: impl FnOnce(&Arc<Self>, &Arc<Run>),
+    ) -> Result<(Arc<Run>, tokio::sync::oneshot::Receiver<Ended>), String> {
         let id = plugin.id.clone();
         let ids = self.ids.clone();
         let base = tokio::task::spawn_blocking(move || ids.base_for(&id))
@@ -411,6 +478,7 @@ impl Host {
             .collect();
         let run = Arc::new(Run {
             number,
+            version: package.manifest.version.to_string(),
             conn: conn.clone(),
             control: spawned.control.clone(),
             pid,
@@ -421,19 +489,11 @@ impl Host {
             ended: Notify::new(),
             end: Mutex::new(None),
             in_flight,
+            calls: AtomicU64::new(0),
             timeouts: AtomicU32::new(0),
         });
-        {
-            let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.run = Some(run.clone());
-            self.transition(
-                plugin,
-                &mut st,
-                State::Initializing,
-                &format!("sandbox up (pid {pid}, cgroup {cgroup_id}); sending initialize"),
-            );
-        }
-        let lifecycle = package.manifest.lifecycle.clone();
+        up(self, &run);
+        let lifecycle = &package.manifest.lifecycle;
         let params = json!({
             "config": {},
             "state_dir": state_dir.to_string_lossy(),
@@ -456,36 +516,136 @@ impl Host {
             }
         };
         if let Some((why, end)) = failed {
-            let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.last_exit = Some(describe_end_json(&end));
-            if st.run.as_ref().is_some_and(|r| r.number == number) {
-                st.run = None;
-            }
-            drop(st);
+            plugin
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .last_exit = Some(describe_end_json(&end));
             finish(&run, &end);
             return Err(why);
         }
-        let wanted = {
-            let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
-            if st.wanted {
-                self.transition(plugin, &mut st, State::Active, "initialize answered");
-            }
-            st.wanted
-        };
-        if !wanted {
-            Host::stop_run_after_start(run, ended).await;
-            return Err("unloaded while it started".into());
+        Ok((run, ended))
+    }
+
+    /// `plugin.upgrade`: the new version starts in a second sandbox and is initialized while the
+    /// old one serves; then new calls go to the new one, the old one's calls in flight finish
+    /// (until the longest call timeout of its methods), and the old one is stopped. When the new
+    /// one cannot start or initialize, the old one keeps serving and the upgrade fails.
+    pub async fn upgrade(self: &Arc<Self>, id: &str, dir: &Path) -> Result<Value, RpcError> {
+        let plugin = self.plugin(id)?;
+        let (package, methods) = Host::verify(dir).await?;
+        if package.manifest.id != id {
+            return Err(refusal(
+                ccode::BAD_PACKAGE,
+                format!(
+                    "{} is the package of plugin `{}`, not `{id}`",
+                    dir.display(),
+                    package.manifest.id
+                ),
+                Some("upgrade a plugin with a newer package of the same id"),
+            ));
         }
-        // The run's end, whenever it comes: recorded, then the restart policy decides.
-        let host = self.clone();
-        let watcher_plugin = plugin.clone();
-        let watcher_run = run.clone();
-        tokio::spawn(async move {
-            let end = ended.await.ok();
-            host.run_ended(&watcher_plugin, &watcher_run, end).await;
-        });
-        tokio::spawn(heartbeat(run, lifecycle.heartbeat));
-        Ok(())
+        let (old, old_version) = {
+            let st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+            if *st.tracker.state() != State::Active || st.upgrading {
+                return Err(refusal(
+                    code::UNAVAILABLE,
+                    format!(
+                        "plugin `{id}` is {}{}; only an active plugin is upgraded",
+                        st.tracker.state().name(),
+                        if st.upgrading { " and upgrading" } else { "" }
+                    ),
+                    Some("`stockade plugin reload ID` restarts a plugin that is not active"),
+                ));
+            }
+            (st.run.clone(), st.package.manifest.version.to_string())
+        };
+        plugin
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .upgrading = true;
+        let new_version = package.manifest.version.to_string();
+        self.events.send(json!({
+            "type": "upgrade",
+            "at_ms": now_ms(),
+            "plugin": id,
+            "from": old_version,
+            "to": new_version,
+            "stage": "starting",
+        }));
+        let launched = self.launch(&plugin, &package, |_, _| {}).await;
+        let (run, ended) = match launched {
+            Ok(r) => r,
+            Err(why) => {
+                plugin
+                    .state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .upgrading = false;
+                self.events.send(json!({
+                    "type": "upgrade",
+                    "at_ms": now_ms(),
+                    "plugin": id,
+                    "from": old_version,
+                    "to": new_version,
+                    "stage": "failed",
+                    "reason": why,
+                }));
+                return Err(refusal(
+                    ccode::START_FAILED,
+                    format!("the upgrade of `{id}` to {new_version} failed: {why}; {old_version} keeps serving"),
+                    Some("`stockade plugin logs ID` shows what the new version wrote"),
+                ));
+            }
+        };
+        let heartbeat_every = package.manifest.lifecycle.heartbeat;
+        let drain_for = package
+            .manifest
+            .methods
+            .values()
+            .map(|m| m.timeout)
+            .max()
+            .unwrap_or_default()
+            .max(Duration::from_secs(1));
+        let stop_timeout = {
+            let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+            let stop_timeout = st.package.manifest.lifecycle.stop_timeout;
+            st.package = package;
+            st.methods = methods;
+            st.run = Some(run.clone());
+            st.upgrading = false;
+            stop_timeout
+        };
+        self.events.send(json!({
+            "type": "upgrade",
+            "at_ms": now_ms(),
+            "plugin": id,
+            "from": old_version,
+            "to": new_version,
+            "stage": "switched",
+            "pid": run.pid,
+        }));
+        self.watch(&plugin, run, ended, heartbeat_every);
+        if let Some(old) = old {
+            // No call is lost: the old run stops only once its calls are answered (or their
+            // timeouts passed).
+            old.stopping.store(true, Ordering::SeqCst);
+            let until = Instant::now() + drain_for;
+            while old.calls.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Host::stop_run(&old, stop_timeout).await;
+        }
+        self.events.send(json!({
+            "type": "upgrade",
+            "at_ms": now_ms(),
+            "plugin": id,
+            "from": old_version,
+            "to": new_version,
+            "stage": "done",
+        }));
+        Ok(self.status(&plugin, false))
     }
 
     async fn stop_run_after_start(run: Arc<Run>, ended: tokio::sync::oneshot::Receiver<Ended>) {
@@ -710,7 +870,9 @@ impl Host {
         let (methods, run, timeout) = {
             let st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
             let timeout = st.package.manifest.methods.get(method).map(|m| m.timeout);
-            (st.methods.clone(), st.run.clone(), timeout)
+            // Counted while the run is chosen, so an upgrade that switches runs waits for it.
+            let run = st.run.clone().map(CallCount::new);
+            (st.methods.clone(), run, timeout)
         };
         let request_id = uuid::Uuid::new_v4().to_string();
         let begin = Instant::now();
@@ -819,6 +981,7 @@ impl Host {
             "rpc_violations": plugin.rpc_violations.load(Ordering::Relaxed),
             "methods": st.methods.names().collect::<Vec<_>>(),
             "pid": st.run.as_ref().map(|r| r.pid),
+            "run": st.run.as_ref().map(|r| json!({ "number": r.number, "version": r.version })),
             "cgroup_id": st.run.as_ref().map(|r| r.cgroup_id),
             "uptime_s": st.run.as_ref().map(|r| r.started.elapsed().as_secs_f64()),
             "last_exit": st.last_exit,
@@ -849,6 +1012,29 @@ impl Host {
         for stop in stops.collect::<Vec<_>>() {
             stop.await;
         }
+    }
+}
+
+/// A call counted on its run (`Run::calls`) until it is answered or given up.
+struct CallCount(Arc<Run>);
+
+impl CallCount {
+    fn new(run: Arc<Run>) -> CallCount {
+        run.calls.fetch_add(1, Ordering::SeqCst);
+        CallCount(run)
+    }
+}
+
+impl Drop for CallCount {
+    fn drop(&mut self) {
+        self.0.calls.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl std::ops::Deref for CallCount {
+    type Target = Run;
+    fn deref(&self) -> &Run {
+        &self.0
     }
 }
 

@@ -92,6 +92,25 @@ pub fn load(socket: Option<&Path>, dir: &Path, json: bool) -> Result<u8, Failure
     }
 }
 
+pub fn upgrade(socket: Option<&Path>, id: &str, dir: &Path, json: bool) -> Result<u8, Failure> {
+    let dir = dir.canonicalize().map_err(|e| {
+        Failure::usage(
+            format!("{}: {e}", dir.display()),
+            "give the directory of the new version's package",
+        )
+    })?;
+    let mut client = connect(socket)?;
+    let status = client
+        .call("plugin.upgrade", json!({ "id": id, "dir": dir }))
+        .map_err(failure)?;
+    if json {
+        print_json(&status);
+    } else {
+        println!("upgraded {}", one_line(&status));
+    }
+    Ok(0)
+}
+
 pub fn simple(socket: Option<&Path>, method: &str, id: &str, json: bool) -> Result<u8, Failure> {
     let mut client = connect(socket)?;
     let status = client.call(method, json!({ "id": id })).map_err(failure)?;

@@ -1,0 +1,697 @@
+//! The daemon for real: `stockade daemon` started by each test with its own socket and state
+//! directory, real plugin packages (tests/fixtures/daemon_plugin.py, well-behaved or hostile as
+//! its argument says) in real sandboxes, driven through the CLI and the control socket.
+
+mod harness;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+struct Daemon {
+    child: Option<Child>,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+const ECHO_METHODS: &str = r#"
+[methods.echo]
+params = { type = "object", properties = { text = { type = "string" }, sleep_ms = { type = "integer" } }, additionalProperties = false }
+timeout = "5s"
+
+[methods.go]
+params = { type = "object" }
+timeout = "5s"
+"#;
+
+impl Daemon {
+    fn start(name: &str, extra: &[&str]) -> Daemon {
+        let dir = harness::scratch_dir(&format!("daemon-{name}"));
+        let socket = dir.join("control.sock");
+        let log = std::fs::File::create(dir.join("daemon.log")).expect("daemon log");
+        let child = Command::new(harness::stockade())
+            .arg("daemon")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(extra)
+            .env("STOCKADE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the daemon");
+        let daemon = Daemon {
+            child: Some(child),
+            dir,
+            socket,
+        };
+        let until = Instant::now() + Duration::from_secs(20);
+        while UnixStream::connect(&daemon.socket).is_err() {
+            assert!(
+                Instant::now() < until,
+                "the daemon did not listen: {}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        daemon
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// `stockade ARGS` against this daemon.
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(harness::stockade())
+            .args(args)
+            .env("STOCKADE_SOCKET", &self.socket)
+            .output()
+            .expect("run stockade")
+    }
+
+    /// One control request; `Err` holds the JSON-RPC error.
+    fn request(&self, method: &str, params: Value) -> Result<Value, Value> {
+        let mut stream = UnixStream::connect(&self.socket).expect("connect");
+        let line = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
+        stream
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("send");
+        let mut answer = String::new();
+        BufReader::new(stream)
+            .read_line(&mut answer)
+            .expect("answer");
+        let answer: Value = serde_json::from_str(&answer).expect("JSON answer");
+        match answer.get("result") {
+            Some(r) => Ok(r.clone()),
+            None => Err(answer["error"].clone()),
+        }
+    }
+
+    fn call(&self, plugin: &str, method: &str, params: Value) -> Result<Value, Value> {
+        self.request(
+            "call",
+            json!({ "plugin": plugin, "method": method, "params": params }),
+        )
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.request("events.subscribe", json!({})).expect("events")["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits until an event matches `pred`; panics with the events seen after `secs`.
+    fn wait_event(&self, secs: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let until = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let events = self.events();
+            if let Some(e) = events.iter().find(|e| pred(e)) {
+                return e.clone();
+            }
+            assert!(
+                Instant::now() < until,
+                "no event {what} within {secs} s; events: {events:#?}\nlog: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn status(&self, id: &str) -> Value {
+        self.request("plugin.status", json!({ "id": id }))
+            .expect("status")
+    }
+
+    /// The plugin's captured output and log lines.
+    fn logs(&self, id: &str) -> Vec<String> {
+        self.request("plugin.logs", json!({ "id": id }))
+            .expect("logs")["lines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| {
+                format!(
+                    "{}: {}",
+                    l["stream"].as_str().unwrap_or(""),
+                    l["text"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    }
+
+    /// A package of the test plugin in this daemon's directory.
+    fn package(&self, name: &str, id: &str, version: &str, mode: &str, lifecycle: &str) -> PathBuf {
+        let dir = self.dir.join("packages").join(name);
+        std::fs::create_dir_all(&dir).expect("package dir");
+        harness::set_mode(&self.dir.join("packages"), 0o755);
+        harness::set_mode(&dir, 0o755);
+        let script = dir.join("plugin.py");
+        std::fs::copy(
+            harness::repo_root().join("tests/fixtures/daemon_plugin.py"),
+            &script,
+        )
+        .expect("copy the plugin");
+        harness::set_mode(&script, 0o755);
+        let manifest = format!(
+            r#"id = "{id}"
+name = "test plugin {id}"
+version = "{version}"
+entry = ["plugin.py", "{mode}", "{version}"]
+policy = {{ profile = "untrusted-default" }}
+trust = "untrusted"
+{ECHO_METHODS}
+[lifecycle]
+{lifecycle}
+"#
+        );
+        std::fs::write(dir.join("plugin.toml"), manifest).expect("write plugin.toml");
+        dir
+    }
+
+    fn load(&self, dir: &Path) -> Value {
+        self.request("plugin.load", json!({ "dir": dir }))
+            .unwrap_or_else(|e| panic!("load {}: {e}\n{}", dir.display(), self.log()))
+    }
+
+    /// The names of this daemon's sandbox cgroups still present (each in every hierarchy).
+    fn cgroups(&self) -> Vec<String> {
+        let prefix = format!("stockade-{}.", self.pid());
+        let mut names: Vec<String> = harness::leftover_cgroups()
+            .into_iter()
+            .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: signalling the daemon this test started, by its pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                panic!("the daemon did not stop on SIGTERM: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn lifecycle_event<'a>(e: &'a Value, plugin: &str, to: &str) -> Option<&'a Value> {
+    (e["type"] == "lifecycle" && e["plugin"] == plugin && e["to"] == to).then_some(e)
+}
+
+fn process_alive(pid: i64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn load_call_unload_and_refusals_before_the_plugin() {
+    if !harness::privileged("load_call_unload_and_refusals_before_the_plugin") {
+        return;
+    }
+    let mut d = Daemon::start("basic", &[]);
+    let pkg = d.package("echo", "echo", "1.0.0", "echo", "");
+    let out = d.cli(&["plugin", "load", pkg.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}\n{}", d.log());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("loaded echo 1.0.0 (untrusted): active, pid "),
+        "{text}"
+    );
+    let status = d.status("echo");
+    let pid = status["pid"].as_i64().expect("pid");
+    assert!(process_alive(pid));
+    assert_eq!(d.cgroups().len(), 1);
+
+    // The call path, through the CLI: the result on stdout.
+    let out = d.cli(&["call", "echo", "echo", r#"{"text": "hi"}"#]);
+    assert!(out.status.success(), "{out:?}");
+    let result: Value = serde_json::from_slice(&out.stdout).expect("result JSON");
+    assert_eq!(result["text"], "hi");
+
+    // Refused by the host: the plugin never sees them.
+    let out = d.cli(&["call", "echo", "undeclared", "{}"]);
+    assert_eq!(out.status.code(), Some(1));
+    let error: Value = serde_json::from_slice(&out.stderr).expect("error JSON");
+    assert_eq!(error["code"], -32601);
+    let error = d
+        .call("echo", "echo", json!({ "text": 7 }))
+        .expect_err("schema-invalid params");
+    assert_eq!(error["code"], -32602);
+    assert_eq!(error["data"]["path"], "/text");
+    let logs = d.logs("echo");
+    assert!(
+        logs.iter()
+            .any(|l| l == r#"stderr: received echo {"text": "hi"}"#),
+        "{logs:#?}"
+    );
+    assert!(!logs.iter().any(|l| l.contains("undeclared")), "{logs:#?}");
+    assert!(
+        !logs
+            .iter()
+            .any(|l| l.contains("received echo {\"text\": 7}")),
+        "{logs:#?}"
+    );
+
+    // Every call has a record with a request id.
+    let record = d.wait_event(5, "call record", |e| {
+        e["type"] == "call" && e["method"] == "undeclared"
+    });
+    assert_eq!(record["outcome"], "error -32601");
+    assert_eq!(record["request_id"].as_str().map(str::len), Some(36));
+
+    let out = d.cli(&["plugin", "unload", "echo"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!process_alive(pid), "the plugin outlived its unload");
+    assert!(d.cgroups().is_empty(), "{:?}", d.cgroups());
+    let out = d.cli(&["plugin", "list"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "no plugins loaded"
+    );
+    assert!(d.stop().success());
+}
+
+#[test]
+fn bad_input_is_one_line_and_leaves_the_daemon_serving() {
+    if !harness::privileged("bad_input_is_one_line_and_leaves_the_daemon_serving") {
+        return;
+    }
+    let d = Daemon::start("badinput", &[]);
+    let good = d.package("good", "good", "1.0.0", "echo", "");
+    d.load(&good);
+
+    // A malformed package.
+    let bad = d.dir.join("packages/bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("plugin.toml"), "id = \"Bad Id\"\n").unwrap();
+    let out = d.cli(&["plugin", "load", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("stockade: error: "), "{err}");
+    assert!(err.contains("hint: "), "{err}");
+
+    // A duplicate id, an unknown id.
+    let out = d.cli(&["plugin", "load", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is loaded already"));
+    let out = d.cli(&["plugin", "unload", "nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no plugin `nobody` is loaded"));
+
+    // A plugin that cannot start is not kept, and its output says why.
+    let crash = d.package("crash", "crash", "1.0.0", "crash", "");
+    let out = d.cli(&["plugin", "load", crash.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not start"), "{err}");
+    assert!(err.contains("crashing on purpose"), "{err}");
+    assert_eq!(
+        d.cgroups().len(),
+        1,
+        "only the good plugin's sandbox remains"
+    );
+
+    // A daemon that is not running.
+    let out = Command::new(harness::stockade())
+        .args([
+            "plugin",
+            "list",
+            "--socket",
+            "/tmp/stockade-tests/no-such.sock",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach the daemon"), "{err}");
+    assert!(err.contains("is the daemon running?"), "{err}");
+
+    // Through all of it the good plugin answered.
+    assert_eq!(
+        d.call("good", "echo", json!({"text": "still"})).unwrap()["text"],
+        "still"
+    );
+}
+
+#[test]
+fn a_crashing_plugin_restarts_with_backoff_and_fails_at_the_start_limit() {
+    if !harness::privileged("a_crashing_plugin_restarts_with_backoff_and_fails_at_the_start_limit")
+    {
+        return;
+    }
+    let d = Daemon::start("crashloop", &[]);
+    // It starts fine, then crashes on `go` (fork-exit: its first process exits).
+    let pkg = d.package(
+        "flaky",
+        "flaky",
+        "1.0.0",
+        "fork-exit",
+        "restart = \"always\"\nstart_limit = 2\nstart_window = \"60s\"\nbackoff_min = \"50ms\"\nbackoff_max = \"200ms\"",
+    );
+    d.load(&pkg);
+    for restarts in 1..=2 {
+        let _ = d.call("flaky", "go", json!({}));
+        d.wait_event(10, &format!("restart {restarts}, active again"), |_| {
+            let st = d.status("flaky");
+            st["state"] == "active" && st["restarts"] == restarts
+        });
+    }
+    let _ = d.call("flaky", "go", json!({}));
+    let failed = d.wait_event(10, "failed at the start limit", |e| {
+        lifecycle_event(e, "flaky", "failed").is_some()
+    });
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("start limit: 2 restarts within 60 s"),
+        "{failed}"
+    );
+    let restarts = d
+        .events()
+        .into_iter()
+        .filter(|e| lifecycle_event(e, "flaky", "restarting").is_some())
+        .count();
+    assert_eq!(restarts, 2);
+    assert_eq!(d.status("flaky")["state"], "failed");
+    assert!(d.cgroups().is_empty(), "a failed plugin keeps no sandbox");
+    // The operator's reload starts it over.
+    let reloaded = d
+        .request("plugin.reload", json!({"id": "flaky"}))
+        .expect("reload");
+    assert_eq!(reloaded["state"], "active");
+}
+
+#[test]
+fn a_hanging_plugin_is_killed_by_the_heartbeat() {
+    if !harness::privileged("a_hanging_plugin_is_killed_by_the_heartbeat") {
+        return;
+    }
+    let d = Daemon::start("hang", &[]);
+    let pkg = d.package(
+        "hang",
+        "hang",
+        "1.0.0",
+        "hang",
+        "heartbeat = \"1s\"\nrestart = \"no\"",
+    );
+    d.load(&pkg);
+    let pid = d.status("hang")["pid"].as_i64().unwrap();
+    let stopped = d.wait_event(15, "the heartbeat kill", |e| {
+        lifecycle_event(e, "hang", "stopped").is_some()
+    });
+    assert!(
+        stopped["reason"]
+            .as_str()
+            .unwrap()
+            .contains("missed 2 heartbeats"),
+        "{stopped}"
+    );
+    assert!(!process_alive(pid));
+    assert!(d.cgroups().is_empty());
+}
+
+#[test]
+fn a_failed_upgrade_leaves_the_old_version_serving() {
+    if !harness::privileged("a_failed_upgrade_leaves_the_old_version_serving") {
+        return;
+    }
+    let d = Daemon::start("upgrade-fail", &[]);
+    let v1 = d.package("v1", "svc", "1.0.0", "echo", "");
+    let v2 = d.package("v2", "svc", "2.0.0", "init-fail", "");
+    d.load(&v1);
+    let pid = d.status("svc")["pid"].as_i64().unwrap();
+    let out = d.cli(&["plugin", "upgrade", "svc", v2.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("initialize fails on purpose"), "{err}");
+    assert!(err.contains("1.0.0 keeps serving"), "{err}");
+    let answer = d
+        .call("svc", "echo", json!({"text": "x"}))
+        .expect("v1 answers");
+    assert_eq!(answer["version"], "1.0.0");
+    assert_eq!(d.status("svc")["pid"].as_i64(), Some(pid));
+    assert_eq!(d.cgroups().len(), 1, "the failed version's sandbox is gone");
+}
+
+#[test]
+fn an_upgrade_under_load_loses_and_duplicates_nothing() {
+    if !harness::privileged("an_upgrade_under_load_loses_and_duplicates_nothing") {
+        return;
+    }
+    let d = Daemon::start("upgrade-load", &[]);
+    let v1 = d.package("v1", "svc", "1.0.0", "echo", "");
+    let v2 = d.package("v2", "svc", "2.0.0", "echo", "");
+    d.load(&v1);
+    let old_pid = d.status("svc")["pid"].as_i64().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers: Vec<_> = (0..4)
+        .map(|t| {
+            let socket = d.socket.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                // One connection per caller, requests in sequence, each answered exactly once.
+                let stream = UnixStream::connect(&socket).unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                let mut versions = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) || n < 20 {
+                    n += 1;
+                    let text = format!("{t}-{n}");
+                    let req = json!({"jsonrpc": "2.0", "id": n, "method": "call",
+                        "params": {"plugin": "svc", "method": "echo", "params": {"text": text, "sleep_ms": 2}}});
+                    writer.write_all(format!("{req}\n").as_bytes()).unwrap();
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    let answer: Value = serde_json::from_str(&line).unwrap();
+                    assert_eq!(answer["id"], n, "{answer}");
+                    assert_eq!(answer["result"]["text"], text, "call {text}: {answer}");
+                    versions.push(answer["result"]["version"].as_str().unwrap().to_string());
+                }
+                versions
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let upgraded = d
+        .request("plugin.upgrade", json!({"id": "svc", "dir": v2}))
+        .unwrap_or_else(|e| panic!("upgrade: {e}\n{}", d.log()));
+    assert_eq!(upgraded["version"], "2.0.0");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for caller in callers {
+        let versions = caller.join().expect("a caller failed");
+        assert_eq!(versions.first().map(String::as_str), Some("1.0.0"));
+        assert_eq!(versions.last().map(String::as_str), Some("2.0.0"));
+        // Once a caller saw the new version it never sees the old one again.
+        let first_new = versions.iter().position(|v| v == "2.0.0").unwrap();
+        assert!(
+            versions[first_new..].iter().all(|v| v == "2.0.0"),
+            "{versions:?}"
+        );
+    }
+    assert!(!process_alive(old_pid), "the old version was stopped");
+    assert_eq!(d.cgroups().len(), 1);
+}
+
+/// Each hostile act ends as a violation or failure of its plugin alone, while a second plugin
+/// keeps answering.
+#[test]
+fn hostile_plugins_harm_only_themselves() {
+    if !harness::privileged("hostile_plugins_harm_only_themselves") {
+        return;
+    }
+    let d = Daemon::start("hostile", &[]);
+    let good = d.package("good", "good", "1.0.0", "echo", "");
+    d.load(&good);
+    for (mode, expect) in [
+        ("garbage", "malformed"),
+        ("oversized", "oversized"),
+        ("unknown-id", "unknown-id"),
+        ("log-flood", "flood"),
+    ] {
+        let id = format!("h-{mode}");
+        let pkg = d.package(&id, &id, "1.0.0", mode, "restart = \"no\"");
+        d.load(&pkg);
+        let _ = d.call(&id, "go", json!({}));
+        let violation = d.wait_event(20, &format!("{mode}'s violation"), |e| {
+            e["type"] == "violation" && e["plugin"] == id.as_str()
+        });
+        assert_eq!(violation["layer"], "rpc", "{violation}");
+        assert_eq!(violation["action"], expect, "{violation}");
+        // untrusted-default kills at the first violation: quarantined, not restarted.
+        let q = d.wait_event(20, &format!("{mode} quarantined"), |e| {
+            lifecycle_event(e, &id, "quarantined").is_some()
+        });
+        assert!(
+            q["reason"].as_str().unwrap().contains("auto-unloaded"),
+            "{q}"
+        );
+        assert_eq!(
+            d.call("good", "echo", json!({"text": mode})).unwrap()["text"],
+            mode
+        );
+    }
+    // A stdout flood is throttled, not fatal: the flooder is slowed, the good plugin answers.
+    let pkg = d.package("h-stdout", "h-stdout", "1.0.0", "stdout-flood", "");
+    d.load(&pkg);
+    let flooder = std::thread::spawn({
+        let socket = d.socket.clone();
+        move || {
+            let mut s = UnixStream::connect(socket).unwrap();
+            let req = json!({"jsonrpc": "2.0", "id": 1, "method": "call",
+                "params": {"plugin": "h-stdout", "method": "go", "params": {}}});
+            s.write_all(format!("{req}\n").as_bytes()).unwrap();
+            let mut line = String::new();
+            let _ = BufReader::new(s).read_line(&mut line);
+        }
+    });
+    for i in 0..20 {
+        let text = format!("during flood {i}");
+        assert_eq!(
+            d.call("good", "echo", json!({"text": text})).unwrap()["text"],
+            text
+        );
+    }
+    flooder.join().unwrap();
+    assert_eq!(d.status("good")["state"], "active");
+    assert_eq!(d.status("good")["rpc_violations"], 0);
+}
+
+#[test]
+fn two_plugins_violating_at_once_are_told_apart() {
+    if !harness::privileged("two_plugins_violating_at_once_are_told_apart") {
+        return;
+    }
+    let d = Daemon::start("attribution", &[]);
+    let a = d.package("a", "va", "1.0.0", "forbidden", "restart = \"no\"");
+    let b = d.package("b", "vb", "1.0.0", "forbidden", "restart = \"no\"");
+    d.load(&a);
+    d.load(&b);
+    let ta = std::thread::spawn({
+        let socket = d.socket.clone();
+        move || {
+            let mut s = UnixStream::connect(socket).unwrap();
+            let req = json!({"jsonrpc": "2.0", "id": 1, "method": "call",
+                "params": {"plugin": "va", "method": "go", "params": {}}});
+            s.write_all(format!("{req}\n").as_bytes()).unwrap();
+            let mut line = String::new();
+            let _ = BufReader::new(s).read_line(&mut line);
+        }
+    });
+    let _ = d.call("vb", "go", json!({}));
+    ta.join().unwrap();
+    for id in ["va", "vb"] {
+        let report = d.wait_event(20, &format!("{id}'s report"), |e| {
+            e["type"] == "report" && e["plugin"] == id
+        });
+        let first = &report["first"][0];
+        assert_eq!(first["object"], "/etc/shadow", "{report}");
+        assert_eq!(report["violations"], 1, "{report}");
+        d.wait_event(20, &format!("{id} quarantined"), |e| {
+            lifecycle_event(e, id, "quarantined").is_some()
+        });
+    }
+}
+
+#[test]
+fn a_killed_daemon_takes_its_sandboxes_and_the_next_one_sweeps() {
+    if !harness::privileged("a_killed_daemon_takes_its_sandboxes_and_the_next_one_sweeps") {
+        return;
+    }
+    let mut d = Daemon::start("sigkill", &[]);
+    let pkg = d.package("p", "p", "1.0.0", "echo", "");
+    d.load(&pkg);
+    let pid = d.status("p")["pid"].as_i64().unwrap();
+    let old_daemon = d.pid();
+    let prefix = format!("stockade-{old_daemon}.");
+    let mut child = d.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    while process_alive(pid) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!process_alive(pid), "the plugin outlived its daemon");
+    // A new daemon on the same socket sweeps the dead one's cgroups.
+    let fresh = Daemon::start("sigkill-after", &[]);
+    let left: Vec<PathBuf> = harness::leftover_cgroups()
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    drop(fresh);
+}
+
+#[test]
+fn the_control_socket_refuses_callers_not_allowed() {
+    if !harness::privileged("the_control_socket_refuses_callers_not_allowed") {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let d = Daemon::start("access", &["--allow-uid", "65533"]);
+    let ask = |uid: u32| {
+        Command::new(harness::stockade())
+            .args(["plugin", "list"])
+            .env("STOCKADE_SOCKET", &d.socket)
+            .uid(uid)
+            .output()
+            .unwrap()
+    };
+    let refused = ask(65534);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("uid 65534 may not use the daemon's control socket"),
+        "{refused:?}"
+    );
+    let allowed = ask(65533);
+    assert!(allowed.status.success(), "{allowed:?}");
+    // Without --allow-uid the socket itself is root's alone.
+    let strict = Daemon::start("access-strict", &[]);
+    let out = Command::new(harness::stockade())
+        .args(["plugin", "list"])
+        .env("STOCKADE_SOCKET", &strict.socket)
+        .uid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("run the command with sudo"),
+        "{out:?}"
+    );
+}
