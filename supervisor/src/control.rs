@@ -135,12 +135,27 @@ impl Client {
     ) -> Result<Value, ClientError> {
         let id = json!(self.next_id);
         self.next_id += 1;
-        self.writer.write_all(&rpc::request(&id, method, &params))?;
+        // A daemon that refuses the caller answers and closes without reading: the answer is
+        // read even when the request could not be written.
+        let written = self.writer.write_all(&rpc::request(&id, method, &params));
         loop {
-            let message = self.next_message()?;
+            let message = match (self.next_message(), &written) {
+                (Ok(m), _) => m,
+                (Err(_), Err(e)) => {
+                    return Err(ClientError::Io(std::io::Error::new(
+                        e.kind(),
+                        e.to_string(),
+                    )))
+                }
+                (Err(e), Ok(())) => return Err(e),
+            };
             if let Some(m) = message.get("method").and_then(Value::as_str) {
                 on_notification(m, message.get("params").unwrap_or(&Value::Null));
                 continue;
+            }
+            if message.get("id") == Some(&Value::Null) && message.get("error").is_some() {
+                // A refusal of the connection itself (the caller is not allowed).
+                return Err(rpc_error(&message));
             }
             if message.get("id") != Some(&id) {
                 return Err(ClientError::Protocol(format!(
@@ -150,18 +165,10 @@ impl Client {
             if let Some(result) = message.get("result") {
                 return Ok(result.clone());
             }
-            let error = message
-                .get("error")
-                .ok_or_else(|| ClientError::Protocol(message.to_string()))?;
-            return Err(ClientError::Rpc(RpcError {
-                code: error.get("code").and_then(Value::as_i64).unwrap_or(0),
-                message: error
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("?")
-                    .to_string(),
-                data: error.get("data").cloned(),
-            }));
+            if message.get("error").is_none() {
+                return Err(ClientError::Protocol(message.to_string()));
+            }
+            return Err(rpc_error(&message));
         }
     }
 
@@ -180,4 +187,17 @@ impl Client {
         }
         serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))
     }
+}
+
+fn rpc_error(message: &Value) -> ClientError {
+    let error = &message["error"];
+    ClientError::Rpc(RpcError {
+        code: error.get("code").and_then(Value::as_i64).unwrap_or(0),
+        message: error
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string(),
+        data: error.get("data").cloned(),
+    })
 }

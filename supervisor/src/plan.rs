@@ -443,7 +443,7 @@ mod tests {
 
     #[test]
     fn extra_variables_replace_base_ones() {
-        let policy = stockade_policy::parse_policy("p.toml", "").expect("empty policy");
+        let policy = stockade_policy::parse_policy("", "p.toml").expect("empty policy");
         let env = plugin_env(
             &policy,
             &[

@@ -721,11 +721,14 @@ impl Host {
                     State::Failed(why.clone()),
                     &format!("{reason}; {why}"),
                 ),
-                Decision::Quarantine(why) => self.transition(
+                Decision::Quarantine(_) => self.transition(
                     plugin,
                     &mut st,
                     State::Quarantined(reason.clone()),
-                    &format!("{reason}; {why}"),
+                    &format!(
+                        "{reason}; quarantined: `stockade plugin reload {}` starts it again",
+                        plugin.id
+                    ),
                 ),
             }
             decision

@@ -165,11 +165,11 @@ fn run(
     let package = &launch.package;
     let manifest = &package.manifest;
     let mut policy = package.policy.clone();
-    // DESIGN.md's trust levels: untrusted code is enforced, trusted code watched.
-    policy.enforcement.mode = match manifest.trust {
-        Trust::Untrusted => EnforcementMode::Enforce,
-        Trust::Trusted => EnforcementMode::Monitor,
-    };
+    // DESIGN.md's trust levels: untrusted code is enforced whatever its policy says; trusted
+    // code runs in its policy's own mode (the stock trusted profile is monitor mode).
+    if manifest.trust == Trust::Untrusted {
+        policy.enforcement.mode = EnforcementMode::Enforce;
+    }
     let refused = |e: PlanError| Ended::Refused(e);
     if let Err(e) = plan::forbid_memfd_without_sysctl(&mut policy) {
         return refused(e);
