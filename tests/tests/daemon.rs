@@ -695,3 +695,29 @@ fn the_control_socket_refuses_callers_not_allowed() {
         "{out:?}"
     );
 }
+
+/// The README's first command, on the debug build: the daemon hosts the examples, each answers,
+/// `nosy` is quarantined with its report, and the daemon stops cleanly.
+#[test]
+fn the_readme_demo_runs() {
+    if !harness::privileged("the_readme_demo_runs") {
+        return;
+    }
+    let out = Command::new(harness::repo_root().join("examples/daemon-demo.sh"))
+        .env("STOCKADE_BIN", harness::bin_dir())
+        .output()
+        .expect("run the demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for expected in [
+        r#"{"text":"hello from Rust"}"#,
+        r#"{"text":"hello from Python"}"#,
+        "the plugin declares no method `shout`",
+        "nosy 0.1.0 (untrusted): quarantined (auto-unloaded for violations (namespace /etc/shadow))",
+        r#""by_layer":{"namespace":1}"#,
+        "the daemon exited with status 0",
+    ] {
+        assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
+    }
+    assert!(!stdout.contains("did not"), "{stdout}");
+}

@@ -1,6 +1,7 @@
 //! `cargo xtask bench launch`: the cold start of a sandboxed /bin/true, stockade beside its peers.
 //! `cargo xtask bench monitors`: what the eBPF monitors cost and how fast they act
-//! (bench_monitors.rs).
+//! (bench_monitors.rs). `cargo xtask bench daemon`: the daemon's calls and loads
+//! (bench_daemon.rs).
 //!
 //! The commands run interleaved (A B C A B C ...) rather than one after another, so that the
 //! machine's noise falls on all of them alike; the result is quoted as medians and ratios, never
@@ -16,6 +17,9 @@ use crate::{apt_install, cargo, workspace_root};
 
 #[path = "bench_monitors.rs"]
 mod monitors;
+
+#[path = "bench_daemon.rs"]
+mod daemon;
 
 struct Contender {
     name: &'static str,
@@ -61,9 +65,11 @@ pub fn run(args: &[&str]) -> Result<()> {
     match args.first().copied() {
         Some("launch") => {}
         Some("monitors") => return monitors::run(&args[1..]),
+        Some("daemon") => return daemon::run(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask bench launch [--runs N] [--no-record]\n       {}",
-            monitors::USAGE
+            "usage: cargo xtask bench launch [--runs N] [--no-record]\n       {}\n       {}",
+            monitors::USAGE,
+            daemon::USAGE
         ),
     }
     let runs: usize = flag_value(args, "--runs")
