@@ -178,33 +178,49 @@ fn time_bwrap() -> Result<f64> {
     Ok(t.elapsed().as_secs_f64() * 1000.0)
 }
 
-/// Context switches of every thread of `pid` so far (its wakeups, and its preemptions).
-fn context_switches(pid: u32) -> u64 {
+/// Context switches so far of each thread of `pid` (its wakeups, and its preemptions).
+fn context_switches(pid: u32) -> std::collections::HashMap<String, u64> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
+        return Default::default();
     };
     tasks
         .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-        .flat_map(|status| {
-            status
+        .filter_map(|t| {
+            let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+            let n = status
                 .lines()
                 .filter(|l| l.contains("ctxt_switches"))
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .collect::<Vec<_>>()
+                .sum();
+            Some((t.file_name().to_string_lossy().into_owned(), n))
         })
+        .collect()
+}
+
+/// Switches between two samples, over the threads present in both (tokio's idle blocking
+/// threads come and go).
+fn switches_between(
+    before: &std::collections::HashMap<String, u64>,
+    after: &std::collections::HashMap<String, u64>,
+) -> u64 {
+    after
+        .iter()
+        .filter_map(|(tid, n)| Some(n.saturating_sub(*before.get(tid)?)))
         .sum()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+/// (RssAnon, RssFile) of `pid` in KiB: the daemon's own memory, and its mappings of files and
+/// kernel objects (each plugin's ring buffer, mapped to be read, is kernel memory counted here).
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("RssAnon:"), field("RssFile:"))
 }
 
 pub fn run(args: &[&str]) -> Result<()> {
@@ -333,7 +349,7 @@ pub fn run(args: &[&str]) -> Result<()> {
     let idle_window = Duration::from_secs(10);
     let before = context_switches(pid);
     std::thread::sleep(idle_window);
-    let switches = context_switches(pid) - before;
+    let switches = switches_between(&before, &context_switches(pid));
     drop(control);
     drop(daemon);
 
@@ -361,8 +377,12 @@ pub fn run(args: &[&str]) -> Result<()> {
         percentile(&bwrap_ms, 0.99)
     ));
     let idle_line = format!(
-        "{in_flight} calls in flight: **{per_sec:.0} calls/s** (target 200,000). {idle_loaded} plugins loaded and idle (heartbeat 10 s): daemon RSS {rss_loaded} KiB ({:.0} KiB per plugin over the empty daemon's {rss_empty} KiB); {switches} context switches of the daemon's threads in {} s ({:.2}/s; the heartbeats alone are {:.1}/s, each a few switches).",
-        (rss_loaded.saturating_sub(rss_empty)) as f64 / idle_loaded.max(1) as f64,
+        "{in_flight} calls in flight: **{per_sec:.0} calls/s** (target 200,000). {idle_loaded} plugins loaded and idle (heartbeat 10 s): the daemon's own memory (RssAnon) {} KiB, {:.0} KiB per plugin over the empty daemon's {} KiB; mapped kernel objects and files (RssFile: each plugin's 2 MiB event ring buffer, mapped twice to be read) {} KiB, {:.0} KiB per plugin; {switches} context switches of the daemon's threads in {} s ({:.2}/s; the heartbeats alone are {:.1}/s, each a few switches).",
+        rss_loaded.0,
+        (rss_loaded.0.saturating_sub(rss_empty.0)) as f64 / idle_loaded.max(1) as f64,
+        rss_empty.0,
+        rss_loaded.1,
+        (rss_loaded.1.saturating_sub(rss_empty.1)) as f64 / idle_loaded.max(1) as f64,
         idle_window.as_secs(),
         switches as f64 / idle_window.as_secs_f64(),
         idle_loaded as f64 / 10.0
