@@ -9,7 +9,7 @@ use aya_ebpf::{
 use stockade_ebpf_common::{
     EventHeader, IndexEntry, LsmGrantKey, MissKey, NetRules, SandboxConfig, UnixListedKey,
     COUNTERS, EVENTS_BYTES, FLAG_UNTRACED, INDEX_BUCKETS, INDEX_SHARED, LSM_OFFSETS_LEN,
-    MAX_SANDBOXES, MAX_SLOTS, MISS_KEY_DATA, SYSCALL_NR_MAX, UNIX_OFFSETS_LEN,
+    MAX_SANDBOXES, MAX_SLOTS, MISS_KEY_DATA, SYSCALL_NR_MAX, SYSCALL_SLOTS, UNIX_OFFSETS_LEN,
 };
 
 /// cgroup id -> the sandbox's configuration. No entry: not a sandbox.
@@ -31,10 +31,11 @@ pub static NET_RULES: HashMap<u64, NetRules> = HashMap::with_max_entries(MAX_SAN
 pub static COUNTER: PerCpuArray<[u64; COUNTERS as usize]> =
     PerCpuArray::with_max_entries(MAX_SLOTS, 0);
 
-/// Per sandbox slot: a count per syscall number, per CPU (4 KiB per slot and CPU).
+/// Per sandbox slot below `SYSCALL_SLOTS`: a count per syscall number, per CPU (4 KiB per slot
+/// and CPU).
 #[map]
 pub static SYSCALLS: PerCpuArray<[u64; SYSCALL_NR_MAX as usize]> =
-    PerCpuArray::with_max_entries(MAX_SLOTS, 0);
+    PerCpuArray::with_max_entries(SYSCALL_SLOTS, 0);
 
 /// Syscall number -> `ARG_*` (which argument to copy into a syscall event). Written at load.
 #[map]

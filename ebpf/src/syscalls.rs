@@ -143,17 +143,20 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let regs: *const u64 = ctx.arg(0);
     let ret: i64 = ctx.arg(1);
     let nr = reg(regs, REG_ORIG_AX) as u32;
-    if nr < SYSCALL_NR_MAX {
-        if let Some(c) = SYSCALLS.get_ptr_mut(slot) {
-            // SAFETY: this CPU's copy. `get_mut`, not indexing: a bounds-check panic path would
-            // make the verifier reject the program.
-            if let Some(n) = unsafe { (*c).get_mut(nr as usize) } {
-                *n += 1;
-            }
+    let by_number = if nr < SYSCALL_NR_MAX {
+        SYSCALLS.get_ptr_mut(slot)
+    } else {
+        None
+    };
+    if let Some(c) = by_number {
+        // SAFETY: this CPU's copy. `get_mut`, not indexing: a bounds-check panic path would
+        // make the verifier reject the program.
+        if let Some(n) = unsafe { (*c).get_mut(nr as usize) } {
+            *n += 1;
         }
     } else {
-        // Not a call of the table (x32 calls, `syscall(-1)`): counted, and reported below like
-        // any other when it failed — seccomp refused it.
+        // Not a call of the table (x32 calls, `syscall(-1)`), or a slot without per-syscall
+        // counts: counted in total; a failed one is reported below like any other.
         bump(slot, COUNTER_SYSCALLS);
     }
     // Reported already by the network or LSM program that refused this thread's call? The mark

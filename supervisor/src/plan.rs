@@ -210,6 +210,7 @@ pub fn monitoring<'a>(
         },
         events_out,
         degraded,
+        observer: None,
     }
 }
 

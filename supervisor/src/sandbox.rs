@@ -74,6 +74,8 @@ pub struct Monitoring<'a> {
     pub events_out: Option<Box<dyn std::io::Write>>,
     /// Monitors the policy would have used that are not active on this kernel (monitor mode).
     pub degraded: Vec<String>,
+    /// Sees each violation and limit event as it happens (the daemon's event stream).
+    pub observer: Option<crate::monitor::report::Observer>,
 }
 
 /// Events read between two looks at the sandbox's exit, the stop signal and the deadline: a
@@ -274,6 +276,9 @@ pub fn run(
                 }
             };
             let mut tracker = Tracker::new(m.threshold, m.events_out);
+            if let Some(observer) = m.observer {
+                tracker.observe(observer);
+            }
             tracker.note_tracepoint(armed.traced());
             for d in m.degraded {
                 tracker.note_degraded(d);

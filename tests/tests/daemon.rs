@@ -153,6 +153,21 @@ impl Daemon {
 
     /// A package of the test plugin in this daemon's directory.
     fn package(&self, name: &str, id: &str, version: &str, mode: &str, lifecycle: &str) -> PathBuf {
+        self.package_with(name, id, version, mode, lifecycle, "untrusted", None)
+    }
+
+    /// A package with its trust level and, when given, a policy file of its own.
+    #[allow(clippy::too_many_arguments)]
+    fn package_with(
+        &self,
+        name: &str,
+        id: &str,
+        version: &str,
+        mode: &str,
+        lifecycle: &str,
+        trust: &str,
+        policy: Option<&str>,
+    ) -> PathBuf {
         let dir = self.dir.join("packages").join(name);
         std::fs::create_dir_all(&dir).expect("package dir");
         harness::set_mode(&self.dir.join("packages"), 0o755);
@@ -164,13 +179,20 @@ impl Daemon {
         )
         .expect("copy the plugin");
         harness::set_mode(&script, 0o755);
+        let policy_line = match policy {
+            Some(text) => {
+                std::fs::write(dir.join("policy.toml"), text).expect("write policy.toml");
+                "policy = \"policy.toml\"".to_string()
+            }
+            None => "policy = { profile = \"untrusted-default\" }".to_string(),
+        };
         let manifest = format!(
             r#"id = "{id}"
 name = "test plugin {id}"
 version = "{version}"
 entry = ["plugin.py", "{mode}", "{version}"]
-policy = {{ profile = "untrusted-default" }}
-trust = "untrusted"
+{policy_line}
+trust = "{trust}"
 {ECHO_METHODS}
 [lifecycle]
 {lifecycle}
@@ -613,6 +635,11 @@ fn two_plugins_violating_at_once_are_told_apart() {
     let _ = d.call("vb", "go", json!({}));
     ta.join().unwrap();
     for id in ["va", "vb"] {
+        // Seen live, as it happened, and in the run's report.
+        let live = d.wait_event(20, &format!("{id}'s live violation"), |e| {
+            e["type"] == "violation" && e["plugin"] == id && e["layer"] == "namespace"
+        });
+        assert_eq!(live["object"], "/etc/shadow", "{live}");
         let report = d.wait_event(20, &format!("{id}'s report"), |e| {
             e["type"] == "report" && e["plugin"] == id
         });
@@ -720,4 +747,114 @@ fn the_readme_demo_runs() {
         assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
     }
     assert!(!stdout.contains("did not"), "{stdout}");
+}
+
+/// More sandboxes at once than the monitors' first 64 slots (full ring buffers, per-syscall
+/// counts): 80 Rust plugins loaded, each answering, each in its own cgroup.
+#[test]
+fn more_than_64_plugins_at_once() {
+    if !harness::privileged("more_than_64_plugins_at_once") {
+        return;
+    }
+    let d = Daemon::start("many", &[]);
+    let manifest = std::fs::read_to_string(
+        harness::repo_root().join("examples/plugins/echo-rust/plugin.toml"),
+    )
+    .unwrap();
+    let count = 80;
+    for i in 0..count {
+        let id = format!("many-{i}");
+        let dir = d.dir.join("packages").join(&id);
+        std::fs::create_dir_all(&dir).unwrap();
+        harness::set_mode(&d.dir.join("packages"), 0o755);
+        harness::set_mode(&dir, 0o755);
+        std::fs::write(
+            dir.join("plugin.toml"),
+            manifest.replace("id = \"echo-rust\"", &format!("id = \"{id}\"")),
+        )
+        .unwrap();
+        std::fs::copy(harness::bin_dir().join("echo-rust"), dir.join("echo-rust")).unwrap();
+        d.load(&dir);
+    }
+    assert_eq!(d.cgroups().len(), count);
+    for i in 0..count {
+        let text = format!("hello {i}");
+        let answer = d
+            .call(&format!("many-{i}"), "echo", json!({ "text": text }))
+            .unwrap_or_else(|e| panic!("many-{i}: {e}"));
+        assert_eq!(answer["text"], text);
+    }
+    let list = d.request("plugin.list", json!({})).unwrap();
+    assert_eq!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["state"] == "active")
+            .count(),
+        count
+    );
+}
+
+/// One plugin flooding its ring buffer with denials costs another neither its events nor its
+/// life: the flooder (trusted, monitor mode: never killed) makes 100,000 denials while the other
+/// makes one, which is seen, counted once, with no lost denial, and ends it at its threshold.
+#[test]
+fn a_flooding_plugin_costs_another_nothing() {
+    if !harness::privileged("a_flooding_plugin_costs_another_nothing") {
+        return;
+    }
+    let d = Daemon::start("flood", &[]);
+    let monitor_mode = std::fs::read_to_string(harness::default_profile())
+        .unwrap()
+        .replace("mode = \"enforce\"", "mode = \"monitor\"")
+        .replace("action = \"kill\"", "action = \"report\"");
+    let flooder = d.package_with(
+        "flooder",
+        "flooder",
+        "1.0.0",
+        "deny-flood",
+        "",
+        "trusted",
+        Some(&monitor_mode),
+    );
+    let victim = d.package("victim", "victim", "1.0.0", "forbidden", "restart = \"no\"");
+    d.load(&flooder);
+    d.load(&victim);
+    let flood = std::thread::spawn({
+        let socket = d.socket.clone();
+        move || {
+            let mut s = UnixStream::connect(socket).unwrap();
+            let req = json!({"jsonrpc": "2.0", "id": 1, "method": "call",
+                "params": {"plugin": "flooder", "method": "go", "params": {}}});
+            s.write_all(format!("{req}\n").as_bytes()).unwrap();
+            let mut line = String::new();
+            BufReader::new(s).read_line(&mut line).unwrap();
+            line
+        }
+    });
+    // Once the flood is under way, the victim's one denial.
+    d.wait_event(20, "the flood under way", |e| {
+        e["type"] == "violation" && e["plugin"] == "flooder"
+    });
+    let _ = d.call("victim", "go", json!({}));
+    let report = d.wait_event(20, "the victim's report", |e| {
+        e["type"] == "report" && e["plugin"] == "victim"
+    });
+    assert_eq!(report["violations"], 1, "{report}");
+    assert_eq!(report["lost_denials"], 0, "{report}");
+    assert_eq!(report["first"][0]["object"], "/etc/shadow", "{report}");
+    assert!(report["auto_unload"].is_object(), "{report}");
+    let answer = flood.join().unwrap();
+    assert!(answer.contains("\"done\":true"), "{answer}");
+    assert_eq!(d.status("flooder")["state"], "active");
+    // The flooder's own report: every denial seen or counted.
+    d.request("plugin.unload", json!({"id": "flooder"}))
+        .unwrap();
+    let report = d.wait_event(20, "the flooder's report", |e| {
+        e["type"] == "report" && e["plugin"] == "flooder"
+    });
+    assert!(
+        report["violations"].as_u64().unwrap() >= 100_000,
+        "{report}"
+    );
 }

@@ -14,10 +14,16 @@ pub const INDEX_BUCKETS: u32 = 1 << 16;
 /// `IndexEntry::cgroup_id` of a bucket two sandboxes share: look in `SANDBOXES` instead.
 pub const INDEX_SHARED: u64 = u64::MAX;
 
-/// Sandboxes one supervisor monitors at once (map sizes).
-pub const MAX_SANDBOXES: u32 = 256;
-/// Slots of the counter arrays (one element per monitored sandbox).
-pub const MAX_SLOTS: u32 = 64;
+/// Sandboxes monitored at once on the host, by every supervisor together (map sizes).
+pub const MAX_SANDBOXES: u32 = 1024;
+/// Slots of the host's set (one per monitored sandbox): its counters and its ring buffer.
+pub const MAX_SLOTS: u32 = 1024;
+/// Slots that keep per-syscall counts (`SYSCALLS`: 4 KiB per slot and CPU, allocated up front, so
+/// not for every slot): the first 64. A sandbox in a higher slot has its syscalls counted in
+/// total only (`COUNTER_SYSCALLS`).
+pub const SYSCALL_SLOTS: u32 = 64;
+/// Slots whose ring buffer holds `EVENTS_BYTES`; the higher ones hold `EVENTS_BYTES_SMALL`.
+pub const FULL_RING_SLOTS: u32 = 64;
 /// Syscall numbers counted per sandbox (x86_64 numbers end below 512).
 pub const SYSCALL_NR_MAX: u32 = 512;
 /// Network rules per direction (connect, bind) and sandbox. The programs loop over this constant
@@ -91,8 +97,12 @@ pub const LSM_OFFSETS_LEN: u32 = 16;
 pub const LSM_MAX_DEPTH: u32 = 32;
 
 /// Bytes of each slot's ring buffer (an inner map of `EVENTS`, one per slot of the host's set,
-/// created the first time the slot is used and kept while the set lives: up to 64 of them).
+/// created the first time the slot is used and kept while the set lives), for the first
+/// `FULL_RING_SLOTS` slots.
 pub const EVENTS_BYTES: usize = 2 << 20;
+/// The ring buffer of a slot from `FULL_RING_SLOTS` on: a host running hundreds of sandboxes at
+/// once (the daemon) keeps a quarter of a megabyte of kernel memory for each, not two.
+pub const EVENTS_BYTES_SMALL: usize = 256 << 10;
 
 /// Per-sandbox counters, per CPU (userspace sums): element `slot`, index `COUNTER_*`.
 pub const COUNTERS: u32 = 15;
@@ -100,7 +110,8 @@ pub const COUNTERS: u32 = 15;
 pub const COUNTER_NET_DENIED: u32 = 0;
 /// Events that did not fit in the ring buffer (lost, and counted here).
 pub const COUNTER_DROPPED: u32 = 1;
-/// Syscalls whose number is out of the per-syscall array's range (none on x86_64 today).
+/// Syscalls not counted by number: out of the per-syscall array's range (none on x86_64 today),
+/// or every syscall of a sandbox in a slot without per-syscall counts (`SYSCALL_SLOTS`).
 pub const COUNTER_SYSCALLS: u32 = 2;
 /// Processes and threads started (sched_process_fork).
 pub const COUNTER_FORKS: u32 = 3;

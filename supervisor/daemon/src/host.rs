@@ -439,6 +439,11 @@ impl Host {
             state_dir: state_dir.clone(),
             id_base: base,
             cgroup_name: format!("stockade-{}.{}.{number}", std::process::id(), plugin.id),
+            observer: Some(violation_observer(
+                self.events.clone(),
+                plugin.id.clone(),
+                number,
+            )),
         };
         let spawned = sb::spawn(launch).map_err(|e| format!("cannot start the sandbox: {e}"))?;
         let sink = Arc::new(PluginSink {
@@ -684,6 +689,8 @@ impl Host {
                         "plugin": plugin.id,
                         "run": run.number,
                         "violations": report.violations,
+                        "lost_denials": report.lost_denials,
+                        "dropped_events": report.dropped_events,
                         "by_layer": report.by_layer,
                         "first": report.first,
                         "auto_unload": report.auto_unload,
@@ -1093,6 +1100,49 @@ async fn heartbeat(run: Arc<Run>, interval: Duration) {
             }
         }
     }
+}
+
+/// Violation and limit events sent to the event stream as the monitors see them: at most
+/// `LIVE_EVENTS_PER_SEC` a second per run, the rest counted and the count sent with the next.
+fn violation_observer(
+    events: Arc<Events>,
+    plugin: String,
+    run: u64,
+) -> stockade::monitor::report::Observer {
+    const LIVE_EVENTS_PER_SEC: u32 = 100;
+    let mut window = Instant::now();
+    let mut sent = 0u32;
+    let mut suppressed = 0u64;
+    Box::new(move |event: &Event| {
+        if window.elapsed() >= Duration::from_secs(1) {
+            window = Instant::now();
+            sent = 0;
+        }
+        if sent >= LIVE_EVENTS_PER_SEC {
+            suppressed += 1;
+            return;
+        }
+        sent += 1;
+        let mut e = serde_json::to_value(event).unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut e {
+            m.insert(
+                "type".into(),
+                json!(if event.kind == EventType::Limit {
+                    "limit"
+                } else {
+                    "violation"
+                }),
+            );
+            m.insert("at_ms".into(), json!(now_ms()));
+            m.insert("plugin".into(), json!(plugin));
+            m.insert("run".into(), json!(run));
+            if suppressed > 0 {
+                m.insert("suppressed_before".into(), json!(suppressed));
+                suppressed = 0;
+            }
+        }
+        events.send(e);
+    })
 }
 
 /// A number in [0, 1) for the backoff's jitter.

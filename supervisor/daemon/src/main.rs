@@ -67,6 +67,7 @@ fn start(args: Args) -> anyhow::Result<()> {
              hint: run it with sudo, or as the stockade systemd service"
         );
     }
+    raise_open_files();
     let layout = stockade::cgroup::Layout::detect().map_err(|e| {
         anyhow::anyhow!("cgroups: {e}\n  hint: `stockade doctor` shows what this host offers")
     })?;
@@ -118,6 +119,23 @@ fn start(args: Args) -> anyhow::Result<()> {
     });
     drop(monitor);
     result
+}
+
+/// Each plugin's run holds a few dozen descriptors (its socket and pipes, its sandbox's pidfd and
+/// cgroup, its handles on the monitors' maps): the soft limit goes up to the hard one.
+fn raise_open_files() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// Loads every package (a directory with plugin.toml) found in `dir`; a bad one is logged and

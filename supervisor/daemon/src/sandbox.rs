@@ -83,6 +83,8 @@ pub struct Launch {
     pub id_base: u32,
     /// The sandbox's cgroup directory name.
     pub cgroup_name: String,
+    /// Sees the monitors' violation and limit events as they happen.
+    pub observer: Option<stockade::monitor::report::Observer>,
 }
 
 /// The daemon's ends of a sandbox's descriptors.
@@ -156,7 +158,7 @@ pub fn spawn(launch: Launch) -> std::io::Result<Spawned> {
 }
 
 fn run(
-    launch: Launch,
+    mut launch: Launch,
     mut source: Source,
     rpc: OwnedFd,
     stdout: OwnedFd,
@@ -220,15 +222,18 @@ fn run(
     for w in &warnings {
         tracing::warn!(plugin = %manifest.id, "{w}");
     }
+    let observer = launch.observer.take();
     let monitoring = loaded.as_mut().map(|l| {
-        plan::monitoring(
+        let mut m = plan::monitoring(
             &policy,
             &spec,
             true,
             &mut l.monitor,
             l.degraded.clone(),
             None,
-        )
+        );
+        m.observer = observer;
+        m
     });
     let devnull = match std::fs::File::open("/dev/null") {
         Ok(f) => OwnedFd::from(f),

@@ -895,7 +895,12 @@ impl Monitor {
         match self.events_by_slot.get(&slot, 0) {
             Ok(ring) => Ok(ring),
             Err(aya::maps::MapError::KeyNotFound) => {
-                let ring = new_ring()?;
+                let bytes = if slot < k::FULL_RING_SLOTS {
+                    k::EVENTS_BYTES
+                } else {
+                    k::EVENTS_BYTES_SMALL
+                };
+                let ring = new_ring(bytes)?;
                 self.events_by_slot.set(slot, &ring, 0).map_err(map)?;
                 Ok(ring)
             }
@@ -1319,15 +1324,17 @@ impl Monitor {
                 map: "COUNTER",
                 source,
             })?;
-        let syscalls =
-            aya::maps::PerCpuValues::try_from(vec![[0u64; k::SYSCALL_NR_MAX as usize]; n])
-                .map_err(io)?;
-        self.syscalls
-            .set(slot, syscalls, 0)
-            .map_err(|source| MonitorError::Map {
-                map: "SYSCALLS",
-                source,
-            })?;
+        if slot < k::SYSCALL_SLOTS {
+            let syscalls =
+                aya::maps::PerCpuValues::try_from(vec![[0u64; k::SYSCALL_NR_MAX as usize]; n])
+                    .map_err(io)?;
+            self.syscalls
+                .set(slot, syscalls, 0)
+                .map_err(|source| MonitorError::Map {
+                    map: "SYSCALLS",
+                    source,
+                })?;
+        }
         Ok(())
     }
 
@@ -1358,6 +1365,7 @@ impl Monitor {
             quiet_misses: get(k::COUNTER_QUIET_MISSES),
             seccomp_kills: get(k::COUNTER_SECCOMP_KILLS),
             limits: get(k::COUNTER_LIMITS),
+            syscalls_by_total: get(k::COUNTER_SYSCALLS),
         }
     }
 
@@ -1528,6 +1536,9 @@ pub struct Counters {
     pub seccomp_kills: u64,
     /// Resource limits reached (each also an event at the 1st, 2nd, 4th... time per CPU).
     pub limits: u64,
+    /// Syscalls counted in total only, not by number (every one, for a sandbox in a slot past
+    /// `SYSCALL_SLOTS`).
+    pub syscalls_by_total: u64,
 }
 
 /// A `SANDBOX_INDEX` bucket holding `members` (cgroup id, slot, flags): empty, one sandbox, or
@@ -1672,7 +1683,7 @@ fn fill_array<V: aya::Pod>(
 
 /// A slot's ring buffer, outside the object (whose `EVENTS` is the array of maps that holds one
 /// per slot).
-fn new_ring() -> Result<RingBuf<MapData>, MonitorError> {
+fn new_ring(bytes: usize) -> Result<RingBuf<MapData>, MonitorError> {
     let map = |source| MonitorError::Map {
         map: "EVENTS",
         source,
@@ -1681,7 +1692,7 @@ fn new_ring() -> Result<RingBuf<MapData>, MonitorError> {
         aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
         0,
         0,
-        k::EVENTS_BYTES as u32,
+        bytes as u32,
         0,
     );
     let data = MapData::create(def, "EVENTS", None).map_err(map)?;

@@ -76,12 +76,16 @@ pub struct Report {
 }
 
 /// Counts a sandbox's events as they arrive and decides when its threshold is crossed.
+/// Sees each violation and limit event as it is recorded (the daemon's live event stream).
+pub type Observer = Box<dyn FnMut(&Event) + Send>;
+
 pub struct Tracker {
     threshold: Threshold,
     recent: VecDeque<f64>,
     report: Report,
     events_out: Option<Box<dyn Write>>,
     write_error: Option<std::io::Error>,
+    observer: Option<Observer>,
 }
 
 impl Tracker {
@@ -92,7 +96,13 @@ impl Tracker {
             report: Report::default(),
             events_out,
             write_error: None,
+            observer: None,
         }
+    }
+
+    /// Hands every violation and limit event to `observer` as it is recorded.
+    pub fn observe(&mut self, observer: Observer) {
+        self.observer = Some(observer);
     }
 
     pub fn note_tracepoint(&mut self, on: bool) {
@@ -112,6 +122,11 @@ impl Tracker {
                 if let Err(e) = writeln!(out, "{line}") {
                     self.write_error = Some(e);
                 }
+            }
+        }
+        if matches!(ev.kind, EventType::Violation | EventType::Limit) {
+            if let Some(observer) = self.observer.as_mut() {
+                observer(&ev);
             }
         }
         match ev.kind {
@@ -254,7 +269,7 @@ impl Tracker {
         r.kernel = counters;
         r.processes_started = counters.forks;
         r.execs = counters.execs;
-        r.syscalls = counts.values().sum();
+        r.syscalls = counts.values().sum::<u64>() + counters.syscalls_by_total;
         r.syscall_counts = counts
             .into_iter()
             .map(|(nr, n)| {
