@@ -4,6 +4,7 @@
 //! monitors loaded once (or the host's set joined), the control socket bound, then every package
 //! in the `--plugins` directories loaded. SIGTERM or SIGINT stops every plugin and exits 0.
 
+mod config;
 mod conn;
 mod control;
 mod host;
@@ -22,15 +23,20 @@ use clap::Parser;
     about = "Stockade's plugin host: plugins as long-lived sandboxed services"
 )]
 struct Args {
+    /// The configuration file [default: /etc/stockade/daemon.toml, when it exists]; flags win
+    /// over it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// The control socket (default /run/stockade/stockade.sock, or STOCKADE_SOCKET).
     #[arg(long)]
     socket: Option<PathBuf>,
     /// A directory of plugin packages (each a directory with plugin.toml), loaded at start.
     #[arg(long = "plugins", value_name = "DIR")]
     plugins: Vec<PathBuf>,
-    /// Where the daemon keeps its state: per-plugin state directories and uid ranges.
-    #[arg(long, default_value = "/var/lib/stockade")]
-    state_dir: PathBuf,
+    /// Where the daemon keeps its state: per-plugin state directories and uid ranges
+    /// [default: /var/lib/stockade].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// A non-root uid that may use the control socket (repeatable).
     #[arg(long = "allow-uid", value_name = "UID")]
     allow_uid: Vec<u32>,
@@ -59,7 +65,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn start(args: Args) -> anyhow::Result<()> {
+fn start(mut args: Args) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         anyhow::bail!(
@@ -67,15 +73,25 @@ fn start(args: Args) -> anyhow::Result<()> {
              hint: run it with sudo, or as the stockade systemd service"
         );
     }
+    let config = config::read(args.config.as_deref())?.unwrap_or_default();
+    args.socket = args.socket.or(config.socket);
+    let state_dir = args
+        .state_dir
+        .or(config.state_dir)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/stockade"));
+    let mut plugins = config.plugins;
+    plugins.append(&mut args.plugins);
+    let mut allow_uid = config.allow_uids;
+    allow_uid.append(&mut args.allow_uid);
     raise_open_files();
     let layout = stockade::cgroup::Layout::detect().map_err(|e| {
         anyhow::anyhow!("cgroups: {e}\n  hint: `stockade doctor` shows what this host offers")
     })?;
     stockade::cgroup::sweep_orphans(&layout);
-    std::fs::create_dir_all(args.state_dir.join("plugins")).map_err(|e| {
+    std::fs::create_dir_all(state_dir.join("plugins")).map_err(|e| {
         anyhow::anyhow!(
             "cannot create the state directory {}: {e}",
-            args.state_dir.display()
+            state_dir.display()
         )
     })?;
     // The monitors once for every plugin (joining the host's set where one is loaded); each
@@ -89,9 +105,7 @@ fn start(args: Args) -> anyhow::Result<()> {
         }
     };
     let socket = stockade::control::socket_path(args.socket.as_deref());
-    let access = control::Access {
-        uids: args.allow_uid.clone(),
-    };
+    let access = control::Access { uids: allow_uid };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -99,11 +113,11 @@ fn start(args: Args) -> anyhow::Result<()> {
     let result = runtime.block_on(async {
         let listener = control::bind(&socket, &access)?;
         let host = host::Host::new(host::Config {
-            state_root: args.state_dir.clone(),
+            state_root: state_dir.clone(),
         });
         let server = tokio::spawn(control::serve(listener, host.clone(), access));
         tracing::info!(socket = %socket.display(), "listening");
-        for dir in &args.plugins {
+        for dir in &plugins {
             load_directory(&host, dir).await;
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
