@@ -954,7 +954,15 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     print_warnings(&mut warnings);
     let mut monitor = monitor?;
     phase("monitors loaded");
-    let checked = plan::ipc_launch_check(&spec, monitor.as_mut(), &mut warnings);
+    let checked = match monitor.as_mut() {
+        Some(l) => plan::ipc_launch_check(
+            &spec,
+            Some(plan::unix_judged(&l.monitor)),
+            &mut l.degraded,
+            &mut warnings,
+        ),
+        None => plan::ipc_launch_check(&spec, None, &mut Vec::new(), &mut warnings),
+    };
     print_warnings(&mut warnings);
     checked?;
     let events_out = match monitor
@@ -978,7 +986,7 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
             &policy,
             &spec,
             matches!(shim, ShimMode::Exec(_)),
-            &mut loaded.monitor,
+            sandbox::MonitorRef::Own(&mut loaded.monitor),
             loaded.degraded.clone(),
             events_out,
         )

@@ -15,7 +15,7 @@ use stockade_policy::{Access, EnforcementMode, LaunchSpec, Policy};
 use crate::monitor::report::Threshold;
 use crate::monitor::rules::NetPolicy;
 use crate::monitor::{ArmSpec, LsmSpec, Monitor};
-use crate::sandbox::Monitoring;
+use crate::sandbox::{MonitorRef, Monitoring};
 
 /// Whose fault a refusal is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,17 +145,23 @@ pub fn check_monitor(
 /// (`unix::launch_check_needed`): an enforce-mode sandbox does not start while a read-only tree
 /// it is granted holds a socket its policy does not list; a monitor-mode one starts, with a
 /// warning and a degraded entry in its report.
+/// What the monitors judge of unix sockets: (the cgroup hooks judge names, the LSM programs judge
+/// the socket reached). Read under a shared monitor's lock; the launch check runs without it.
+pub fn unix_judged(monitor: &Monitor) -> (bool, bool) {
+    (
+        crate::monitor::unix::armed_by(monitor),
+        crate::monitor::unix::reached_judged_by(monitor),
+    )
+}
+
 pub fn ipc_launch_check(
     spec: &LaunchSpec,
-    monitor: Option<&mut Loaded>,
+    judged: Option<(bool, bool)>,
+    degraded: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) -> Result<(), PlanError> {
-    let hooks = monitor
-        .as_ref()
-        .is_some_and(|l| crate::monitor::unix::armed_by(&l.monitor));
-    let reached = monitor
-        .as_ref()
-        .is_some_and(|l| crate::monitor::unix::reached_judged_by(&l.monitor));
+    let monitor = judged;
+    let (hooks, reached) = judged.unwrap_or((false, false));
     if !crate::monitor::unix::launch_check_needed(spec, hooks, reached) {
         return Ok(());
     }
@@ -171,8 +177,8 @@ pub fn ipc_launch_check(
         ));
     }
     warnings.push(format!("{cause}; running anyway (monitor mode)"));
-    if let Some(loaded) = monitor {
-        loaded.degraded.push(format!("ipc: {cause}"));
+    if monitor.is_some() {
+        degraded.push(format!("ipc: {cause}"));
     }
     Ok(())
 }
@@ -182,7 +188,7 @@ pub fn monitoring<'a>(
     policy: &Policy,
     spec: &LaunchSpec,
     shim_exec: bool,
-    monitor: &'a mut Monitor,
+    mut monitor: MonitorRef<'a>,
     degraded: Vec<String>,
     events_out: Option<Box<dyn std::io::Write>>,
 ) -> Monitoring<'a> {
@@ -190,7 +196,7 @@ pub fn monitoring<'a>(
     let kill = e.mode == EnforcementMode::Enforce && e.action == ThresholdAction::Kill;
     let network = (policy.network.mode == NetworkMode::Allow)
         .then(|| NetPolicy::from_policy(&policy.network));
-    let in_kernel_kill = kill && monitor.capabilities().kill_in_kernel.active;
+    let in_kernel_kill = kill && monitor.with(|m| m.capabilities().kill_in_kernel.active);
     let trace_files = events_out.is_some();
     Monitoring {
         monitor,

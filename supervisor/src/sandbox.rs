@@ -12,6 +12,7 @@ use crate::cgroup::{CgroupStats, Layout, SandboxCgroup};
 use crate::launcher::{self, ChildSetup, LaunchError, ShimMode, Started};
 use crate::monitor::attribute::{Attributor, Event, EventType, Layer};
 use crate::monitor::event::Object;
+pub use crate::monitor::report::Observer;
 use crate::monitor::report::{Report, Threshold, Tracker};
 use crate::monitor::{ArmSpec, Armed, Monitor, MonitorError};
 
@@ -65,9 +66,26 @@ pub struct Summary {
     pub monitor: Option<Report>,
 }
 
+/// A supervisor's handle on the host's monitors: its own (`stockade run`), or one shared by the
+/// sandbox threads of a multi-threaded supervisor (the daemon), locked for each short operation
+/// (arm, a counter read, disarm), never while the sandbox runs.
+pub enum MonitorRef<'a> {
+    Own(&'a mut Monitor),
+    Shared(&'a std::sync::Mutex<Monitor>),
+}
+
+impl MonitorRef<'_> {
+    pub fn with<R>(&mut self, f: impl FnOnce(&mut Monitor) -> R) -> R {
+        match self {
+            MonitorRef::Own(m) => f(m),
+            MonitorRef::Shared(m) => f(&mut m.lock().unwrap_or_else(|e| e.into_inner())),
+        }
+    }
+}
+
 /// The eBPF monitors a sandbox runs under (see [`crate::monitor`]).
 pub struct Monitoring<'a> {
-    pub monitor: &'a mut Monitor,
+    pub monitor: MonitorRef<'a>,
     pub arm: ArmSpec,
     pub threshold: Threshold,
     /// Every event as a JSON line (`--events FILE`).
@@ -84,7 +102,7 @@ const DRAIN_BATCH: usize = 4096;
 
 /// The monitors while one sandbox runs.
 struct Watch<'a> {
-    monitor: &'a mut Monitor,
+    monitor: MonitorRef<'a>,
     armed: Option<Armed>,
     attributor: Attributor,
     tracker: Tracker,
@@ -159,7 +177,7 @@ impl Watch<'_> {
         let Some(armed) = self.armed.as_ref() else {
             return false;
         };
-        let lost = self.monitor.counters(armed).denials_dropped;
+        let lost = self.monitor.with(|m| m.counters(armed)).denials_dropped;
         let new = lost.saturating_sub(self.lost_seen);
         self.lost_seen = lost;
         let t_ms = monotonic_ns().saturating_sub(self.start_ns) as f64 / 1e6;
@@ -184,12 +202,15 @@ impl Watch<'_> {
         self.count_lost();
         let armed = self.armed.take().expect("armed until finish");
         if tracing::enabled!(tracing::Level::DEBUG) {
-            let misses = self.monitor.sys_exit_misses();
+            let misses = self.monitor.with(|m| m.sys_exit_misses());
             tracing::debug!(?misses, "sys_exit runs the kernel skipped");
         }
-        let counters = self.monitor.counters(&armed);
-        let counts = self.monitor.syscall_counts(&armed);
-        self.monitor.disarm(armed);
+        let (counters, counts) = self.monitor.with(|m| {
+            let counters = m.counters(&armed);
+            let counts = m.syscall_counts(&armed);
+            m.disarm(armed);
+            (counters, counts)
+        });
         self.tracker.finish(counters, counts)
     }
 }
@@ -267,8 +288,11 @@ pub fn run(
     let start_ns = monotonic_ns();
     let mut watch = match monitoring {
         None => None,
-        Some(m) => {
-            let armed = match m.monitor.arm(cgroup.v2_path(), cgroup_id, &m.arm) {
+        Some(mut m) => {
+            let armed = match m
+                .monitor
+                .with(|monitor| monitor.arm(cgroup.v2_path(), cgroup_id, &m.arm))
+            {
                 Ok(a) => a,
                 Err(e) => {
                     let _ = cgroup.destroy();
@@ -285,7 +309,7 @@ pub fn run(
             }
             let mut attributor = Attributor::new(spec, start_ns);
             attributor.set_unix_hook(armed.unix_hooked());
-            if let Some(pids) = m.monitor.pid_view(&armed) {
+            if let Some(pids) = m.monitor.with(|monitor| monitor.pid_view(&armed)) {
                 attributor.set_pid_view(pids);
             }
             Some(Watch {

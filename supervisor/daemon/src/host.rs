@@ -31,6 +31,8 @@ const MISSED_HEARTBEATS: u32 = 2;
 pub struct Config {
     /// Per-plugin state directories live below `<state_root>/plugins/`.
     pub state_root: PathBuf,
+    /// The host's monitors, loaded (or joined) once at start; `None` when they did not load.
+    pub monitor: Option<Arc<Mutex<stockade::monitor::Monitor>>>,
 }
 
 /// Events kept for `stockade events` without `--follow`.
@@ -439,6 +441,7 @@ impl Host {
             state_dir: state_dir.clone(),
             id_base: base,
             cgroup_name: format!("stockade-{}.{}.{number}", std::process::id(), plugin.id),
+            monitor: self.config.monitor.clone(),
             observer: Some(violation_observer(
                 self.events.clone(),
                 plugin.id.clone(),

@@ -98,7 +98,7 @@ fn start(mut args: Args) -> anyhow::Result<()> {
     // sandbox joins this set. A host without them still serves monitor-mode (trusted) plugins;
     // an untrusted one refuses to start without them (fail closed, per sandbox).
     let monitor = match stockade::monitor::Monitor::open_for(true) {
-        Ok(m) => Some(m),
+        Ok(m) => Some(std::sync::Arc::new(std::sync::Mutex::new(m))),
         Err(e) => {
             tracing::warn!("the eBPF monitors cannot load ({e}): untrusted plugins will not start");
             None
@@ -114,6 +114,7 @@ fn start(mut args: Args) -> anyhow::Result<()> {
         let listener = control::bind(&socket, &access)?;
         let host = host::Host::new(host::Config {
             state_root: state_dir.clone(),
+            monitor: monitor.clone(),
         });
         let server = tokio::spawn(control::serve(listener, host.clone(), access));
         tracing::info!(socket = %socket.display(), "listening");

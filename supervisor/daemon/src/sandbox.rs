@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex};
 
 use stockade::cgroup::Layout;
 use stockade::launcher::{ChildSetup, Shim, ShimMode};
+use stockade::monitor::Monitor;
 use stockade::package::Package;
 use stockade::plan::{self, PlanError};
-use stockade::sandbox::{self, Request, StopSource, Summary};
+use stockade::sandbox::{self, MonitorRef, Request, StopSource, Summary};
 use stockade_policy::manifest::Trust;
 use stockade_policy::{EnforcementMode, LaunchContext, PLUGIN_RPC_FD};
 use tokio::sync::oneshot;
@@ -85,6 +86,8 @@ pub struct Launch {
     pub cgroup_name: String,
     /// Sees the monitors' violation and limit events as they happen.
     pub observer: Option<stockade::monitor::report::Observer>,
+    /// The daemon's handle on the host's monitors, shared by every sandbox thread.
+    pub monitor: Option<Arc<Mutex<Monitor>>>,
 }
 
 /// The daemon's ends of a sandbox's descriptors.
@@ -212,26 +215,44 @@ fn run(
         Err(e) => return Ended::Failed(format!("cgroups: {e}")),
     };
     let mut warnings = Vec::new();
-    let mut loaded = match plan::load_monitor(&policy, &mut warnings) {
-        Ok(l) => l,
-        Err(e) => return refused(e),
+    // The daemon's shared handle on the monitors, or (when they did not load at its start) a
+    // load of this sandbox's own: an untrusted plugin fails closed without them either way.
+    let mut own = None;
+    let mut degraded = Vec::new();
+    let judged = match &launch.monitor {
+        Some(shared) => {
+            let monitor = shared.lock().unwrap_or_else(|e| e.into_inner());
+            match plan::check_monitor(&monitor, &policy, &mut warnings) {
+                Ok(d) => degraded = d,
+                Err(e) => return refused(e),
+            }
+            Some(plan::unix_judged(&monitor))
+        }
+        None => match plan::load_monitor(&policy, &mut warnings) {
+            Ok(loaded) => {
+                own = loaded;
+                own.as_ref().map(|l| {
+                    degraded = l.degraded.clone();
+                    plan::unix_judged(&l.monitor)
+                })
+            }
+            Err(e) => return refused(e),
+        },
     };
-    if let Err(e) = plan::ipc_launch_check(&spec, loaded.as_mut(), &mut warnings) {
+    if let Err(e) = plan::ipc_launch_check(&spec, judged, &mut degraded, &mut warnings) {
         return refused(e);
     }
     for w in &warnings {
         tracing::warn!(plugin = %manifest.id, "{w}");
     }
     let observer = launch.observer.take();
-    let monitoring = loaded.as_mut().map(|l| {
-        let mut m = plan::monitoring(
-            &policy,
-            &spec,
-            true,
-            &mut l.monitor,
-            l.degraded.clone(),
-            None,
-        );
+    let monitor = match (&launch.monitor, own.as_mut()) {
+        (Some(shared), _) => Some(MonitorRef::Shared(shared)),
+        (None, Some(l)) => Some(MonitorRef::Own(&mut l.monitor)),
+        (None, None) => None,
+    };
+    let monitoring = monitor.map(|m| {
+        let mut m = plan::monitoring(&policy, &spec, true, m, degraded, None);
         m.observer = observer;
         m
     });
