@@ -20,11 +20,9 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
-
-use std::os::fd::BorrowedFd;
 
 use stockade_policy::{
     LaunchSpec, NetworkSpec, ShimReport, HIGHEST_FIXED_FD, PLUGIN_RPC_FD, SHIM_REPORT_FD,
@@ -148,16 +146,18 @@ pub struct Started {
 /// | 5 (`PLUGIN_RPC_FD`) | `rpc`, the plugin's JSON-RPC socket, when given |
 ///
 /// The shim closes every other descriptor; the spec's `keep_fds` must list `PLUGIN_RPC_FD` for
-/// the socket to reach the plugin.
-pub struct ChildSetup<'a> {
+/// the socket to reach the plugin. The descriptors are the child's: [`start`] takes them and
+/// closes the supervisor's copies once the child has its own, so a plugin's end of its socket
+/// or pipes is never held open by the supervisor (end of file means the plugin is gone).
+pub struct ChildSetup {
     /// The plugin's stdin, stdout and stderr.
-    pub stdio: Option<[BorrowedFd<'a>; 3]>,
-    pub rpc: Option<BorrowedFd<'a>>,
+    pub stdio: Option<[OwnedFd; 3]>,
+    pub rpc: Option<OwnedFd>,
     /// The host uid (and gid) that uid 0 of the sandbox maps to; `HOST_ID_COUNT` ids follow it.
     pub id_base: u32,
 }
 
-impl Default for ChildSetup<'_> {
+impl Default for ChildSetup {
     fn default() -> Self {
         ChildSetup {
             stdio: None,
@@ -183,11 +183,6 @@ fn above_stdio_and_shim_fds(fd: OwnedFd) -> Result<OwnedFd, LaunchError> {
     if fd.as_raw_fd() > HIGHEST_FIXED_FD {
         return Ok(fd);
     }
-    duplicate_high(fd.as_fd())
-}
-
-/// A close-on-exec copy of `fd` numbered above every fixed descriptor of the child.
-fn duplicate_high(fd: BorrowedFd<'_>) -> Result<OwnedFd, LaunchError> {
     // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor (or -1); `fd` stays valid for the call.
     let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
     if new < 0 {
@@ -222,7 +217,7 @@ pub fn start(
     mode: &ShimMode,
     spec: &LaunchSpec,
     cgroup: &SandboxCgroup,
-    setup: &ChildSetup<'_>,
+    setup: &mut ChildSetup,
 ) -> Result<Started, LaunchError> {
     if matches!(mode, ShimMode::InProcess) && !single_threaded() {
         return Err(LaunchError::NotSingleThreaded);
@@ -233,15 +228,15 @@ pub fn start(
     let (sync_r, sync_w) = pipe()?;
     let cgroup_fd = cgroup.v2_dir_fd()?;
     // Copies above the fixed numbers, so that placing one never overwrites another's source.
-    let stdio = match &setup.stdio {
-        Some(fds) => Some([
-            duplicate_high(fds[0])?,
-            duplicate_high(fds[1])?,
-            duplicate_high(fds[2])?,
+    let stdio = match setup.stdio.take() {
+        Some([i, o, e]) => Some([
+            above_stdio_and_shim_fds(i)?,
+            above_stdio_and_shim_fds(o)?,
+            above_stdio_and_shim_fds(e)?,
         ]),
         None => None,
     };
-    let rpc = setup.rpc.map(duplicate_high).transpose()?;
+    let rpc = setup.rpc.take().map(above_stdio_and_shim_fds).transpose()?;
 
     // Everything the child touches is prepared here, before the clone.
     let shim_name = CString::new("stockade-shim").expect("no NUL");

@@ -999,7 +999,7 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         &layout,
         &name,
         &spec,
-        &ChildSetup::default(),
+        &mut ChildSetup::default(),
         &mut stop,
         monitoring,
     );

@@ -274,7 +274,7 @@ pub fn run(
     layout: &Layout,
     name: &str,
     spec: &LaunchSpec,
-    setup: &ChildSetup<'_>,
+    setup: &mut ChildSetup,
     stop: &mut dyn StopSource,
     monitoring: Option<Monitoring<'_>>,
 ) -> Result<Summary, SandboxError> {

@@ -260,9 +260,9 @@ fn run(
         Ok(f) => OwnedFd::from(f),
         Err(e) => return Ended::Failed(format!("/dev/null: {e}")),
     };
-    let setup = ChildSetup {
-        stdio: Some([devnull.as_fd(), stdout.as_fd(), stderr.as_fd()]),
-        rpc: Some(rpc.as_fd()),
+    let mut setup = ChildSetup {
+        stdio: Some([devnull, stdout, stderr]),
+        rpc: Some(rpc),
         id_base: launch.id_base,
     };
     let result = sandbox::run(
@@ -270,7 +270,7 @@ fn run(
         &layout,
         &launch.cgroup_name,
         &spec,
-        &setup,
+        &mut setup,
         &mut source,
         monitoring,
     );
