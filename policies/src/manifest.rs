@@ -31,12 +31,60 @@ pub struct Manifest {
 
 /// Where the plugin's policy comes from: the manifest's capabilities *are* a policy of the
 /// existing language.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum PolicySource {
     /// A policy file inside the package (a relative path without `..`).
     File(PathBuf),
-    /// One of the stock profiles shipped with Stockade ([`crate::profiles`]).
-    Profile(String),
+    /// One of the stock profiles shipped with Stockade ([`crate::profiles`]), with the lists the
+    /// manifest adds to it.
+    Profile {
+        name: String,
+        additions: PolicyAdditions,
+    },
+}
+
+/// What a manifest adds to a stock profile, beside `profile` in its `[policy]` table: lists
+/// only, each appended to the profile's. A setting (a network mode, a limit, the enforcement)
+/// is the profile's; changing one takes a policy file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicyAdditions {
+    /// `[policy.filesystem]`: read, write, exec, absent.
+    pub filesystem: crate::model::Filesystem,
+    /// `[policy.network]`: connect, bind (the profile must have the network: mode "allow").
+    pub network_connect: Vec<crate::model::NetworkRule>,
+    pub network_bind: Vec<crate::model::NetworkRule>,
+    /// `[policy.ipc]`: connect.
+    pub ipc_connect: Vec<crate::model::PolicyPath>,
+    /// `[policy.syscalls]`: allow, deny.
+    pub syscalls_allow: Vec<String>,
+    pub syscalls_deny: Vec<String>,
+}
+
+impl PolicyAdditions {
+    pub fn is_empty(&self) -> bool {
+        *self == PolicyAdditions::default()
+    }
+
+    /// Appends each list to the policy's (an entry it has already is not repeated).
+    pub fn apply(&self, policy: &mut crate::model::Policy) {
+        fn extend<T: Clone + PartialEq>(to: &mut Vec<T>, from: &[T]) {
+            for item in from {
+                if !to.contains(item) {
+                    to.push(item.clone());
+                }
+            }
+        }
+        let fs = &mut policy.filesystem;
+        extend(&mut fs.read, &self.filesystem.read);
+        extend(&mut fs.write, &self.filesystem.write);
+        extend(&mut fs.exec, &self.filesystem.exec);
+        extend(&mut fs.absent, &self.filesystem.absent);
+        extend(&mut policy.network.connect, &self.network_connect);
+        extend(&mut policy.network.bind, &self.network_bind);
+        extend(&mut policy.ipc.connect, &self.ipc_connect);
+        extend(&mut policy.syscalls.allow, &self.syscalls_allow);
+        extend(&mut policy.syscalls.deny, &self.syscalls_deny);
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -66,7 +66,13 @@ stop_timeout = "1s"
     assert_eq!(m.version.pre.as_str(), "rc.1");
     assert_eq!(m.description.as_deref(), Some("Makes thumbnails"));
     assert_eq!(m.entry[0], "/usr/bin/python3");
-    assert_eq!(m.policy, PolicySource::Profile("network-client".into()));
+    assert_eq!(
+        m.policy,
+        PolicySource::Profile {
+            name: "network-client".into(),
+            additions: Default::default()
+        }
+    );
     assert_eq!(m.trust, Trust::Trusted);
     let resize = &m.methods["resize"];
     assert_eq!(
@@ -237,6 +243,94 @@ fn durations_are_bounded() {
             "`heartbeat` must be at least 1s, found 10ms",
             "`backoff_max` must be at most 86400s, found 359999999996400s",
             "`timeout` must be at most 86400s, found 90000s",
+        ],
+        "{d:#?}"
+    );
+}
+
+const HEAD: &str = r#"
+id = "fetcher"
+name = "Fetcher"
+version = "1.0.0"
+entry = ["fetch"]
+"#;
+
+#[test]
+fn a_stock_profile_plus_additions() {
+    let m = manifest(&format!(
+        r#"{HEAD}
+[policy]
+profile = "network-client"
+
+[policy.filesystem]
+read = ["/opt/fetcher/data", "/etc/ld.so.cache"]
+
+[policy.network]
+connect = [{{ address = "203.0.113.7", port = 443 }}]
+
+[policy.syscalls]
+allow = ["inotify_init1"]
+"#
+    ));
+    let PolicySource::Profile { name, additions } = &m.policy else {
+        panic!("{:?}", m.policy)
+    };
+    assert_eq!(name, "network-client");
+    assert_eq!(additions.network_connect.len(), 1);
+    assert_eq!(additions.syscalls_allow, ["inotify_init1"]);
+    let text = stockade_policy::manifest::profiles::get(name).unwrap();
+    let mut policy = stockade_policy::parse_policy(text, name).unwrap();
+    let before = policy.clone();
+    additions.apply(&mut policy);
+    // Appended, an entry the profile has already not repeated.
+    assert_eq!(
+        policy.filesystem.read.len(),
+        before.filesystem.read.len() + 1,
+        "{:?}",
+        policy.filesystem.read
+    );
+    assert_eq!(
+        policy.network.connect.len(),
+        before.network.connect.len() + 1
+    );
+    assert!(policy.syscalls.allow.iter().any(|s| s == "inotify_init1"));
+    assert_eq!(policy.network.mode, before.network.mode);
+}
+
+#[test]
+fn additions_are_lists_and_respect_the_profile() {
+    let src = format!(
+        r#"{HEAD}
+[policy]
+profile = "untrusted-default"
+
+[policy.network]
+mode = "allow"
+connect = [{{ address = "203.0.113.7", port = 443 }}]
+
+[policy.resources]
+memory = "1G"
+"#
+    );
+    let d = manifest_diagnostics(&src);
+    let got: Vec<(usize, usize, &str)> = d
+        .iter()
+        .map(|d| (d.line, d.column, d.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                10,
+                9,
+                "the profile untrusted-default has no network (mode \"none\"): connect and bind rules cannot be added to it"
+            ),
+            (
+                11,
+                1,
+                "`mode` in [policy.network] is a setting of the profile: a manifest only adds to the profile's lists (connect, bind)"
+            ),
+            (14, 9, "unknown key `resources` in [policy]"),
         ],
         "{d:#?}"
     );

@@ -141,11 +141,17 @@ pub fn load(dir: &Path) -> Result<Package, PackageError> {
                 }
             }
         }
-        PolicySource::Profile(name) => {
+        PolicySource::Profile { name, additions } => {
             let text = stockade_policy::manifest::profiles::get(name).unwrap_or_default();
-            let policy =
+            let mut policy =
                 parse_policy(text, &format!("profile {name}")).map_err(PackageError::Policy)?;
-            (policy, format!("stock profile {name}"))
+            additions.apply(&mut policy);
+            let label = if additions.is_empty() {
+                format!("stock profile {name}")
+            } else {
+                format!("stock profile {name}, plus the manifest's additions")
+            };
+            (policy, label)
         }
     };
     if manifest.trust == Trust::Untrusted {

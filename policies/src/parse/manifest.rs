@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use toml_edit::{Item, TableLike, Value};
 
-use super::{Checker, Entry, Place, Source, Span};
+use super::{
+    Checker, Entry, Place, Seen, Source, Span, FILESYSTEM_KEYS, IPC_KEYS, NETWORK_KEYS,
+    SYSCALLS_KEYS,
+};
 use crate::diagnostics::{Diagnostics, LoadError};
 use crate::manifest::*;
 
@@ -23,7 +26,15 @@ pub(crate) const MANIFEST_KEYS: &[&str] = &[
     "methods",
     "lifecycle",
 ];
-pub(crate) const POLICY_TABLE_KEYS: &[&str] = &["profile"];
+pub(crate) const POLICY_TABLE_KEYS: &[&str] =
+    &["profile", "filesystem", "network", "ipc", "syscalls"];
+/// The lists a manifest may add to a stock profile, by section.
+const ADDITION_LISTS: &[(&str, &[&str])] = &[
+    ("filesystem", &["read", "write", "exec", "absent"]),
+    ("network", &["connect", "bind"]),
+    ("ipc", &["connect"]),
+    ("syscalls", &["allow", "deny"]),
+];
 pub(crate) const METHOD_KEYS: &[&str] = &["params", "result", "timeout", "max_in_flight"];
 pub(crate) const LIFECYCLE_KEYS: &[&str] = &[
     "restart",
@@ -275,13 +286,44 @@ impl Checker<'_> {
             );
             return None;
         };
-        let mut profile = None;
+        let mut profile: Option<String> = None;
+        let mut additions = PolicyAdditions::default();
+        let mut seen = Seen::default();
+        let mut network_rules: Span = None;
         for pe in self.entries(table, POLICY_TABLE_KEYS, Place::ManifestTable("policy")) {
+            if pe.key != "profile" {
+                let Some(section) = self.table(&pe) else {
+                    continue;
+                };
+                let lists = ADDITION_LISTS
+                    .iter()
+                    .find(|(name, _)| *name == pe.key)
+                    .map_or(&[][..], |(_, lists)| *lists);
+                self.settings_not_added(section, pe.key, lists);
+                match pe.key {
+                    "filesystem" => additions.filesystem = self.filesystem(section, &mut seen),
+                    "network" => {
+                        let network = self.network(section, &mut seen);
+                        if !network.connect.is_empty() || !network.bind.is_empty() {
+                            network_rules = pe.key_span();
+                        }
+                        additions.network_connect = network.connect;
+                        additions.network_bind = network.bind;
+                    }
+                    "ipc" => additions.ipc_connect = self.ipc(section, &mut seen).connect,
+                    _ => {
+                        let syscalls = self.syscalls(section);
+                        additions.syscalls_allow = syscalls.allow;
+                        additions.syscalls_deny = syscalls.deny;
+                    }
+                }
+                continue;
+            }
             let Some(raw) = self.string(&pe) else {
                 continue;
             };
             if crate::manifest::profiles::get(raw).is_some() {
-                profile = Some(PolicySource::Profile(raw.to_string()));
+                profile = Some(raw.to_string());
             } else {
                 let names: Vec<&str> = crate::manifest::profiles::names().collect();
                 let hint = match crate::diagnostics::nearest(raw, names.iter().copied()) {
@@ -302,7 +344,59 @@ impl Checker<'_> {
                 Some("policy = { profile = \"untrusted-default\" }, or name a policy file".into()),
             );
         }
-        profile
+        let name = profile?;
+        // Checks across the profile and what is added to it.
+        let text = crate::manifest::profiles::get(&name).unwrap_or_default();
+        if let Ok(mut base) = crate::parse_policy(text, &name) {
+            if network_rules.is_some() && base.network.mode == crate::model::NetworkMode::None {
+                self.error(
+                    network_rules,
+                    format!(
+                        "the profile {name} has no network (mode \"none\"): connect and bind \
+                         rules cannot be added to it"
+                    ),
+                    Some(
+                        "use the network-client profile, or a policy file of the plugin's own"
+                            .into(),
+                    ),
+                );
+            }
+            additions.apply(&mut base);
+            self.ipc_visible(&base.filesystem, &seen);
+        }
+        Some(PolicySource::Profile { name, additions })
+    }
+
+    /// A key of an added section that is a setting rather than a list: refused, with the way to
+    /// change it.
+    fn settings_not_added(&mut self, section: &dyn TableLike, name: &str, lists: &[&str]) {
+        for (key, _) in section.iter() {
+            if lists.contains(&key) {
+                continue;
+            }
+            let known = match name {
+                "filesystem" => FILESYSTEM_KEYS.contains(&key),
+                "network" => NETWORK_KEYS.contains(&key),
+                "ipc" => IPC_KEYS.contains(&key),
+                _ => SYSCALLS_KEYS.contains(&key),
+            };
+            if !known {
+                continue; // the section's own check names it
+            }
+            let span = section.get_key_value(key).and_then(|(k, _)| k.span());
+            self.error(
+                span,
+                format!(
+                    "`{key}` in [policy.{name}] is a setting of the profile: a manifest only adds \
+                     to the profile's lists ({})",
+                    lists.join(", ")
+                ),
+                Some(
+                    "to change a setting, give the plugin a policy file: policy = \"policy.toml\""
+                        .into(),
+                ),
+            );
+        }
     }
 
     fn methods(&mut self, table: &dyn TableLike, span: Span) -> BTreeMap<String, Method> {
