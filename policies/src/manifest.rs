@@ -39,7 +39,7 @@ pub enum PolicySource {
     /// manifest adds to it.
     Profile {
         name: String,
-        additions: PolicyAdditions,
+        additions: Box<PolicyAdditions>,
     },
 }
 
