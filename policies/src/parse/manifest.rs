@@ -364,7 +364,10 @@ impl Checker<'_> {
             additions.apply(&mut base);
             self.ipc_visible(&base.filesystem, &seen);
         }
-        Some(PolicySource::Profile { name, additions })
+        Some(PolicySource::Profile {
+            name,
+            additions: Box::new(additions),
+        })
     }
 
     /// A key of an added section that is a setting rather than a list: refused, with the way to
