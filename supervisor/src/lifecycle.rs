@@ -145,6 +145,15 @@ impl Tracker {
         }
     }
 
+    /// A new restart policy (an upgrade's manifest), from the next exit on; the history and the
+    /// restarts counted so far stay.
+    pub fn set_policy(&mut self, policy: Lifecycle) {
+        self.next_backoff = self
+            .next_backoff
+            .clamp(policy.backoff_min, policy.backoff_max);
+        self.policy = policy;
+    }
+
     pub fn state(&self) -> &State {
         &self.state
     }

@@ -942,3 +942,65 @@ fn the_configuration_file() {
     assert!(!Path::new("/tmp/x.sock").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Operations on one plugin happen one after another: an unload asked during an upgrade makes
+/// the upgrade give up (its new version stopped), then stops the old one, leaving no sandbox
+/// behind; a `logs --follow` ends with the plugin it follows.
+#[test]
+fn an_unload_during_an_upgrade_leaves_nothing_running() {
+    if !harness::privileged("an_unload_during_an_upgrade_leaves_nothing_running") {
+        return;
+    }
+    let d = Daemon::start("unload-upgrade", &[]);
+    let v1 = d.package("v1", "svc", "1.0.0", "echo", "");
+    let v2 = d.package("v2", "svc", "2.0.0", "slow-init", "");
+    d.load(&v1);
+    let mut follower = Command::new(harness::stockade())
+        .args(["plugin", "logs", "svc", "--follow"])
+        .env("STOCKADE_SOCKET", &d.socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let upgrade = std::thread::spawn({
+        let socket = d.socket.clone();
+        move || {
+            let mut s = UnixStream::connect(socket).unwrap();
+            let req = json!({"jsonrpc": "2.0", "id": 1, "method": "plugin.upgrade",
+                "params": {"id": "svc", "dir": v2}});
+            s.write_all(format!("{req}\n").as_bytes()).unwrap();
+            let mut line = String::new();
+            BufReader::new(s).read_line(&mut line).unwrap();
+            line
+        }
+    });
+    // The new version is initializing (1.5 s) when the unload comes.
+    d.wait_event(20, "the upgrade under way", |e| {
+        e["type"] == "upgrade" && e["stage"] == "starting"
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let unloaded = d.request("plugin.unload", json!({"id": "svc"}));
+    assert!(unloaded.is_ok(), "{unloaded:?}");
+    let answer = upgrade.join().unwrap();
+    assert!(
+        answer.contains("was abandoned and its new version stopped: the plugin is being unloaded"),
+        "{answer}"
+    );
+    assert!(d.cgroups().is_empty(), "{:?}", d.cgroups());
+    assert_eq!(d.request("plugin.list", json!({})).unwrap(), json!([]));
+    // The follower's stream ended with the plugin.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = follower.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        if Instant::now() > until {
+            let _ = follower.kill();
+            panic!("`plugin logs --follow` did not end with the plugin");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut out = String::new();
+    std::io::Read::read_to_string(follower.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(out.contains("received initialize"), "{out}");
+}

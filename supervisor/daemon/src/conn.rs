@@ -19,6 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Late answers remembered per run (ids of abandoned calls).
 const ABANDONED: usize = 1024;
+/// The most data one published event carries.
+const MAX_EVENT_BYTES: usize = 64 << 10;
 /// Host-API messages (`log`, `event.publish`) a plugin may send per second, and as a burst.
 const HOST_CALLS_PER_SEC: f64 = 1000.0;
 const HOST_CALLS_BURST: f64 = 2000.0;
@@ -204,7 +206,20 @@ impl Conn {
             }
             _ => {
                 let topic = params.get("topic").and_then(Value::as_str).unwrap_or("");
-                sink.publish(topic, params.get("data").cloned().unwrap_or(Value::Null));
+                let data = params.get("data").cloned().unwrap_or(Value::Null);
+                let bytes = serde_json::to_vec(&data).map_or(0, |v| v.len());
+                if bytes > MAX_EVENT_BYTES || topic.len() > 256 {
+                    sink.violation(
+                        "oversized-event",
+                        format!("an event of {bytes} bytes (at most {MAX_EVENT_BYTES})"),
+                    );
+                    return Err(RpcError {
+                        code: code::INVALID_PARAMS,
+                        message: format!("events carry at most {MAX_EVENT_BYTES} bytes of data"),
+                        data: None,
+                    });
+                }
+                sink.publish(topic, data);
             }
         }
         Ok(json!({}))
@@ -230,14 +245,20 @@ impl Conn {
                 data: None,
             });
         }
-        if self.is_closed() {
-            return Err(unavailable("the plugin is not running"));
-        }
         let (tx, rx) = oneshot::channel();
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.to_string(), tx);
+        // After the insert: a close between a check and the insert would leave this call
+        // waiting for its whole timeout.
+        if self.is_closed() {
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(id);
+            return Err(unavailable("the plugin is not running"));
+        }
         let deadline = Instant::now() + timeout;
         let outcome = tokio::time::timeout_at(deadline.into(), async {
             if self.tx.send(line).await.is_err() {

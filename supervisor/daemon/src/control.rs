@@ -100,6 +100,10 @@ async fn connection(stream: UnixStream, host: Arc<Host>, access: Access) {
     }
     let mut decoder = rpc::LineDecoder::new(MAX_CONTROL_BYTES);
     let mut buf = vec![0u8; 64 << 10];
+    // Set when the caller goes away: streams it asked for (`--follow`) end with it.
+    let (gone_tx, gone) = tokio::sync::watch::channel(false);
+    // Requests of one connection running at once; more wait (the caller is not read from).
+    let running = Arc::new(tokio::sync::Semaphore::new(REQUESTS_PER_CONNECTION));
     loop {
         let n = match read.read(&mut buf).await {
             Ok(0) | Err(_) => break,
@@ -118,12 +122,45 @@ async fn connection(stream: UnixStream, host: Arc<Host>, access: Access) {
                     continue;
                 }
             };
+            let Ok(permit) = running.clone().acquire_owned().await else {
+                break;
+            };
             let host = host.clone();
             let tx = tx.clone();
+            let gone = gone.clone();
             tokio::spawn(async move {
-                let outcome = dispatch(&host, &method, params, &tx).await;
+                let outcome = dispatch(&host, &method, params, &tx, gone).await;
                 let _ = tx.send(rpc::response(&id, &outcome)).await;
+                drop(permit);
             });
+        }
+    }
+    let _ = gone_tx.send(true);
+}
+
+/// Requests one control connection may have running at once.
+const REQUESTS_PER_CONNECTION: usize = 64;
+
+/// Forwards `rx`'s items as notifications `method` until the stream ends or the caller goes away.
+async fn stream<T: serde::Serialize + Clone>(
+    mut rx: tokio::sync::broadcast::Receiver<T>,
+    method: &str,
+    tx: &mpsc::Sender<Vec<u8>>,
+    mut gone: tokio::sync::watch::Receiver<bool>,
+    lagged: impl Fn(u64) -> Value,
+) -> Result<Value, RpcError> {
+    loop {
+        let item = tokio::select! {
+            item = rx.recv() => item,
+            _ = gone.changed() => return Ok(json!({})),
+        };
+        let message = match item {
+            Ok(item) => json!(item),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => lagged(n),
+            Err(_) => return Ok(json!({})),
+        };
+        if tx.send(notification(method, message)).await.is_err() {
+            return Ok(json!({}));
         }
     }
 }
@@ -152,6 +189,7 @@ async fn dispatch(
     method: &str,
     params: Value,
     tx: &mpsc::Sender<Vec<u8>>,
+    gone: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Value, RpcError> {
     match method {
         "plugin.load" => {
@@ -167,30 +205,19 @@ async fn dispatch(
         "plugin.list" => Ok(host.list()),
         "plugin.status" => host.status_of(text(&params, "id")?),
         "plugin.logs" => {
-            let (lines, logs) = host.logs_of(text(&params, "id")?)?;
+            let (lines, follow) = host.logs_of(text(&params, "id")?)?;
             if params.get("follow").and_then(Value::as_bool) != Some(true) {
                 return Ok(json!({ "lines": lines }));
             }
-            let mut follow = logs.subscribe();
             for line in lines {
                 if tx.send(notification("log", json!(line))).await.is_err() {
                     return Ok(json!({}));
                 }
             }
-            loop {
-                match follow.recv().await {
-                    Ok(line) => {
-                        if tx.send(notification("log", json!(line))).await.is_err() {
-                            return Ok(json!({}));
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let gap = json!({ "stream": "stockade", "text": format!("{n} lines skipped (the reader was too slow)") });
-                        let _ = tx.send(notification("log", gap)).await;
-                    }
-                    Err(_) => return Ok(json!({})),
-                }
-            }
+            stream(follow, "log", tx, gone, |n| {
+                json!({ "stream": "stockade", "text": format!("{n} lines skipped (the reader was too slow)") })
+            })
+            .await
         }
         "call" => {
             let plugin = text(&params, "plugin")?.to_string();
@@ -199,7 +226,7 @@ async fn dispatch(
             host.call(&plugin, &method, args).await
         }
         "events.subscribe" => {
-            let (recent, mut events) = host.subscribe();
+            let (recent, events) = host.subscribe();
             if params.get("follow").and_then(Value::as_bool) != Some(true) {
                 return Ok(json!({ "events": recent }));
             }
@@ -208,20 +235,14 @@ async fn dispatch(
                     return Ok(json!({}));
                 }
             }
-            loop {
-                match events.recv().await {
-                    Ok(event) => {
-                        if tx.send(notification("event", event)).await.is_err() {
-                            return Ok(json!({}));
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let gap = json!({ "type": "lagged", "skipped": n });
-                        let _ = tx.send(notification("event", gap)).await;
-                    }
-                    Err(_) => return Ok(json!({})),
-                }
-            }
+            stream(
+                events,
+                "event",
+                tx,
+                gone,
+                |n| json!({ "type": "lagged", "skipped": n }),
+            )
+            .await
         }
         other => Err(RpcError {
             code: code::METHOD_NOT_FOUND,

@@ -53,13 +53,13 @@ impl Events {
     }
 
     pub fn send(&self, event: Value) {
-        {
-            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            if recent.len() == RECENT_EVENTS {
-                recent.pop_front();
-            }
-            recent.push_back(event.clone());
+        // Under the lock, so that `subscribe` sees each event once: in its list or on its
+        // receiver.
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT_EVENTS {
+            recent.pop_front();
         }
+        recent.push_back(event.clone());
         let _ = self.tx.send(event);
     }
 
@@ -91,6 +91,9 @@ pub fn refusal(code: i64, message: impl Into<String>, hint: Option<&str>) -> Rpc
 pub struct Plugin {
     pub id: String,
     logs: Arc<Logs>,
+    /// Held by each lifecycle operation (a start, a restart, an unload, an upgrade) for its
+    /// whole length: they happen one after another, never interleaved.
+    op: tokio::sync::Mutex<()>,
     state: Mutex<PluginState>,
     /// Wakes whoever waits for the plugin to settle (load, unload).
     changed: Notify,
@@ -106,8 +109,6 @@ struct PluginState {
     /// False once the operator unloaded it: no restart.
     wanted: bool,
     restarts: u32,
-    /// An upgrade is under way: a second one is refused.
-    upgrading: bool,
     /// How the last run ended.
     last_exit: Option<Value>,
 }
@@ -136,6 +137,9 @@ struct Run {
 struct PluginSink {
     plugin: Arc<Plugin>,
     events: Arc<Events>,
+    /// The `rpc` violations sent as events this second, and when the second began: at most
+    /// `LIVE_EVENTS_PER_SEC`, the rest counted only.
+    sent: Mutex<(Instant, u32)>,
     control: Mutex<Option<Arc<Control>>>,
 }
 
@@ -156,14 +160,24 @@ impl Sink for PluginSink {
 
     fn violation(&self, action: &'static str, what: String) {
         self.plugin.rpc_violations.fetch_add(1, Ordering::Relaxed);
-        self.events.send(json!({
+        let send = {
+            let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+            if sent.0.elapsed() >= Duration::from_secs(1) {
+                *sent = (Instant::now(), 0);
+            }
+            sent.1 += 1;
+            sent.1 <= LIVE_EVENTS_PER_SEC
+        };
+        if send {
+            self.events.send(json!({
             "type": "violation",
             "at_ms": now_ms(),
             "plugin": self.plugin.id,
             "layer": "rpc",
             "action": action,
             "object": what,
-        }));
+            }));
+        }
         if let Some(control) = self
             .control
             .lock()
@@ -298,15 +312,24 @@ impl Host {
                     run: None,
                     wanted: true,
                     restarts: 0,
-                    upgrading: false,
                     last_exit: None,
                 }),
                 changed: Notify::new(),
                 rpc_violations: AtomicU64::new(0),
+                op: tokio::sync::Mutex::new(()),
             });
             plugins.insert(id.clone(), plugin.clone());
             plugin
         };
+        let op = plugin.op.lock().await;
+        if self.stopping.load(Ordering::SeqCst) {
+            self.forget(&plugin);
+            return Err(refusal(
+                ccode::SHUTTING_DOWN,
+                "the daemon is stopping",
+                None,
+            ));
+        }
         {
             let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
             let reason = format!(
@@ -315,19 +338,20 @@ impl Host {
             );
             self.transition(&plugin, &mut st, State::Verified, &reason);
         }
-        match self.start(&plugin).await {
+        let started = self.start(&plugin).await;
+        drop(op);
+        match started {
             Ok(()) => Ok(self.status(&plugin, false)),
-            Err(why) => {
+            Err((why, _)) => {
                 {
                     let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
                     st.wanted = false;
-                    self.transition(&plugin, &mut st, State::Failed(why.clone()), &why);
+                    if !matches!(st.tracker.state(), State::Stopped | State::Failed(_)) {
+                        self.transition(&plugin, &mut st, State::Failed(why.clone()), &why);
+                    }
                 }
                 let status = self.status(&plugin, true);
-                self.plugins
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id);
+                self.forget(&plugin);
                 let stderr: Vec<String> = plugin
                     .logs
                     .since(0, 20)
@@ -348,20 +372,36 @@ impl Host {
         }
     }
 
+    /// Removes `plugin` from the table, if the table still holds that one (not a newer plugin
+    /// loaded under the same id).
+    fn forget(&self, plugin: &Arc<Plugin>) {
+        let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
+        if plugins
+            .get(&plugin.id)
+            .is_some_and(|p| Arc::ptr_eq(p, plugin))
+        {
+            plugins.remove(&plugin.id);
+        }
+    }
+
     /// One start: loading → initializing → active. Until the run is active this function
     /// watches it; afterwards a task of its own does (`run_ended`). On failure the run is gone
     /// and the reason returned; the caller decides (restart, fail).
     fn start<'a>(
         self: &'a Arc<Self>,
         plugin: &'a Arc<Plugin>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StartFailure>> + Send + 'a>>
+    {
         // Boxed: a run's end may start the plugin again, a cycle of futures.
         Box::pin(self.start_inner(plugin))
     }
 
-    async fn start_inner(self: &Arc<Self>, plugin: &Arc<Plugin>) -> Result<(), String> {
+    async fn start_inner(self: &Arc<Self>, plugin: &Arc<Plugin>) -> Result<(), StartFailure> {
         let package = {
             let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+            if !st.wanted || self.stopping.load(Ordering::SeqCst) {
+                return Err(("unloaded before it started".into(), Exit::Failure));
+            }
             self.transition(plugin, &mut st, State::Loading, "starting the sandbox");
             st.package.clone()
         };
@@ -393,7 +433,7 @@ impl Host {
         };
         if !wanted {
             Host::stop_run_after_start(run, ended).await;
-            return Err("unloaded while it started".into());
+            return Err(("unloaded while it started".into(), Exit::Failure));
         }
         self.watch(plugin, run, ended, package.manifest.lifecycle.heartbeat);
         Ok(())
@@ -425,16 +465,17 @@ impl Host {
         plugin: &Arc<Plugin>,
         package: &Arc<Package>,
         up: impl FnOnce(&Arc<Self>, &Arc<Run>),
-    ) -> Result<(Arc<Run>, tokio::sync::oneshot::Receiver<Ended>), String> {
+    ) -> Result<(Arc<Run>, tokio::sync::oneshot::Receiver<Ended>), StartFailure> {
+        let failed = |why: String| (why, Exit::Failure);
         let id = plugin.id.clone();
         let ids = self.ids.clone();
         let base = tokio::task::spawn_blocking(move || ids.base_for(&id))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("no host uid range for the plugin: {e}"))?;
+            .map_err(|e| failed(e.to_string()))?
+            .map_err(|e| failed(format!("no host uid range for the plugin: {e}")))?;
         let state_dir = self.config.state_root.join("plugins").join(&plugin.id);
         std::fs::create_dir_all(&state_dir)
-            .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
+            .map_err(|e| failed(format!("cannot create {}: {e}", state_dir.display())))?;
         let number = self.next_run.fetch_add(1, Ordering::Relaxed);
         let launch = sb::Launch {
             package: package.clone(),
@@ -448,11 +489,13 @@ impl Host {
                 number,
             )),
         };
-        let spawned = sb::spawn(launch).map_err(|e| format!("cannot start the sandbox: {e}"))?;
+        let spawned =
+            sb::spawn(launch).map_err(|e| failed(format!("cannot start the sandbox: {e}")))?;
         let sink = Arc::new(PluginSink {
             plugin: plugin.clone(),
             events: self.events.clone(),
             control: Mutex::new(Some(spawned.control.clone())),
+            sent: Mutex::new((Instant::now(), 0)),
         });
         let conn = Conn::start(spawned.ends.rpc, sink);
         tokio::spawn(logs::capture(
@@ -469,9 +512,15 @@ impl Host {
         let (pid, cgroup_id) = tokio::select! {
             started = spawned.started => match started {
                 Ok(s) => s,
-                Err(_) => return Err(describe_end(&(&mut ended).await.ok())),
+                Err(_) => {
+                    let end = (&mut ended).await.ok();
+                    return Err((describe_end(&end), exit_kind(&end)));
+                }
             },
-            end = &mut ended => return Err(describe_end(&end.ok())),
+            end = &mut ended => {
+                let end = end.ok();
+                return Err((describe_end(&end), exit_kind(&end)));
+            }
         };
         let in_flight = package
             .manifest
@@ -530,7 +579,7 @@ impl Host {
                 .unwrap_or_else(|e| e.into_inner())
                 .last_exit = Some(describe_end_json(&end));
             finish(&run, &end);
-            return Err(why);
+            return Err((why, exit_kind(&end)));
         }
         Ok((run, ended))
     }
@@ -553,53 +602,53 @@ impl Host {
                 Some("upgrade a plugin with a newer package of the same id"),
             ));
         }
-        let (old, old_version) = {
+        let _op = plugin.op.lock().await;
+        let (old, old_version, old_longest) = {
             let st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
-            if *st.tracker.state() != State::Active || st.upgrading {
+            if *st.tracker.state() != State::Active || !st.wanted {
                 return Err(refusal(
                     code::UNAVAILABLE,
                     format!(
-                        "plugin `{id}` is {}{}; only an active plugin is upgraded",
+                        "plugin `{id}` is {}; only an active plugin is upgraded",
                         st.tracker.state().name(),
-                        if st.upgrading { " and upgrading" } else { "" }
                     ),
                     Some("`stockade plugin reload ID` restarts a plugin that is not active"),
                 ));
             }
-            (st.run.clone(), st.package.manifest.version.to_string())
+            let longest = st
+                .package
+                .manifest
+                .methods
+                .values()
+                .map(|m| m.timeout)
+                .max()
+                .unwrap_or_default();
+            (
+                st.run.clone(),
+                st.package.manifest.version.to_string(),
+                longest,
+            )
         };
-        plugin
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .upgrading = true;
         let new_version = package.manifest.version.to_string();
-        self.events.send(json!({
-            "type": "upgrade",
-            "at_ms": now_ms(),
-            "plugin": id,
-            "from": old_version,
-            "to": new_version,
-            "stage": "starting",
-        }));
-        let launched = self.launch(&plugin, &package, |_, _| {}).await;
-        let (run, ended) = match launched {
+        let stage = |stage: &str, extra: Value| {
+            let mut e = json!({
+                "type": "upgrade",
+                "at_ms": now_ms(),
+                "plugin": id,
+                "from": old_version,
+                "to": new_version,
+                "stage": stage,
+            });
+            if let (Value::Object(e), Value::Object(extra)) = (&mut e, extra) {
+                e.extend(extra);
+            }
+            e
+        };
+        self.events.send(stage("starting", json!({})));
+        let (run, ended) = match self.launch(&plugin, &package, |_, _| {}).await {
             Ok(r) => r,
-            Err(why) => {
-                plugin
-                    .state
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .upgrading = false;
-                self.events.send(json!({
-                    "type": "upgrade",
-                    "at_ms": now_ms(),
-                    "plugin": id,
-                    "from": old_version,
-                    "to": new_version,
-                    "stage": "failed",
-                    "reason": why,
-                }));
+            Err((why, _)) => {
+                self.events.send(stage("failed", json!({ "reason": why })));
                 return Err(refusal(
                     ccode::START_FAILED,
                     format!("the upgrade of `{id}` to {new_version} failed: {why}; {old_version} keeps serving"),
@@ -608,32 +657,45 @@ impl Host {
             }
         };
         let heartbeat_every = package.manifest.lifecycle.heartbeat;
-        let drain_for = package
-            .manifest
-            .methods
-            .values()
-            .map(|m| m.timeout)
-            .max()
-            .unwrap_or_default()
-            .max(Duration::from_secs(1));
-        let stop_timeout = {
+        // The old run's calls may run as long as the old manifest allows.
+        let drain_for = old_longest.max(Duration::from_secs(1));
+        let switched = {
             let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
-            let stop_timeout = st.package.manifest.lifecycle.stop_timeout;
-            st.package = package;
-            st.methods = methods;
-            st.run = Some(run.clone());
-            st.upgrading = false;
-            stop_timeout
+            // Still the plugin that was upgraded: active, wanted, the same run serving (the
+            // operation lock keeps operators out; a crash of the old run does not).
+            let same = match (&st.run, &old) {
+                (Some(now), Some(before)) => Arc::ptr_eq(now, before),
+                _ => false,
+            };
+            if same && st.wanted && *st.tracker.state() == State::Active {
+                let stop_timeout = st.package.manifest.lifecycle.stop_timeout;
+                st.tracker.set_policy(package.manifest.lifecycle.clone());
+                st.package = package;
+                st.methods = methods;
+                st.run = Some(run.clone());
+                Ok(stop_timeout)
+            } else if !st.wanted {
+                Err("the plugin is being unloaded")
+            } else {
+                Err("the old version stopped while the new one started")
+            }
         };
-        self.events.send(json!({
-            "type": "upgrade",
-            "at_ms": now_ms(),
-            "plugin": id,
-            "from": old_version,
-            "to": new_version,
-            "stage": "switched",
-            "pid": run.pid,
-        }));
+        let stop_timeout = match switched {
+            Ok(t) => t,
+            Err(why) => {
+                Host::stop_run_after_start(run, ended).await;
+                self.events.send(stage("failed", json!({ "reason": why })));
+                return Err(refusal(
+                    code::UNAVAILABLE,
+                    format!(
+                        "the upgrade of `{id}` was abandoned and its new version stopped: {why}"
+                    ),
+                    Some("`stockade plugin status ID` says why; upgrade again once it is active"),
+                ));
+            }
+        };
+        self.events
+            .send(stage("switched", json!({ "pid": run.pid })));
         self.watch(&plugin, run, ended, heartbeat_every);
         if let Some(old) = old {
             // No call is lost: the old run stops only once its calls are answered (or their
@@ -645,14 +707,7 @@ impl Host {
             }
             Host::stop_run(&old, stop_timeout).await;
         }
-        self.events.send(json!({
-            "type": "upgrade",
-            "at_ms": now_ms(),
-            "plugin": id,
-            "from": old_version,
-            "to": new_version,
-            "stage": "done",
-        }));
+        self.events.send(stage("done", json!({})));
         Ok(self.status(&plugin, false))
     }
 
@@ -703,11 +758,11 @@ impl Host {
         }
         let decision = {
             let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.last_exit = Some(summary);
             let current = st.run.as_ref().is_some_and(|r| r.number == run.number);
             if !current {
                 return;
             }
+            st.last_exit = Some(summary);
             st.run = None;
             if run.stopping.load(Ordering::SeqCst) || !st.wanted {
                 // The operator's unload (or a failed start, which its caller reports).
@@ -753,6 +808,7 @@ impl Host {
     async fn restart_after(self: &Arc<Self>, plugin: &Arc<Plugin>, mut delay: Duration) {
         loop {
             tokio::time::sleep(delay).await;
+            let _op = plugin.op.lock().await;
             {
                 let st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
                 if !st.wanted || *st.tracker.state() != State::Restarting {
@@ -762,7 +818,7 @@ impl Host {
             if self.stopping.load(Ordering::SeqCst) {
                 return;
             }
-            let Err(why) = self.start(plugin).await else {
+            let Err((why, exit)) = self.start(plugin).await else {
                 return;
             };
             // A start that failed counts as an exit of a run that never became active.
@@ -770,7 +826,7 @@ impl Host {
             if !st.wanted {
                 return;
             }
-            match st.tracker.after_exit(Exit::Failure, now_ms(), jitter()) {
+            match st.tracker.after_exit(exit, now_ms(), jitter()) {
                 Decision::RestartAfter(d) => {
                     st.restarts += 1;
                     self.transition(
@@ -786,7 +842,15 @@ impl Host {
                     self.transition(plugin, &mut st, State::Failed(f), &reason);
                     return;
                 }
-                _ => {
+                Decision::Quarantine(_) => {
+                    let reason = format!(
+                        "{why}; quarantined: `stockade plugin reload {}` starts it again",
+                        plugin.id
+                    );
+                    self.transition(plugin, &mut st, State::Quarantined(why.clone()), &reason);
+                    return;
+                }
+                Decision::StayStopped => {
                     self.transition(plugin, &mut st, State::Failed(why.clone()), &why);
                     return;
                 }
@@ -832,6 +896,14 @@ impl Host {
     /// `plugin.unload`: stops the plugin and forgets it.
     pub async fn unload(self: &Arc<Self>, id: &str) -> Result<Value, RpcError> {
         let plugin = self.plugin(id)?;
+        // No start may follow: a restart waiting out its backoff sees this and gives up; a
+        // start under way finishes first (the operation lock), then is stopped here.
+        plugin
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .wanted = false;
+        let _op = plugin.op.lock().await;
         let (run, stop_timeout) = {
             let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
             st.wanted = false;
@@ -853,10 +925,7 @@ impl Host {
                 self.transition(&plugin, &mut st, State::Stopped, "unloaded");
             }
         }
-        self.plugins
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        self.forget(&plugin);
         Ok(self.status(&plugin, false))
     }
 
@@ -968,9 +1037,13 @@ impl Host {
         Ok(self.status(&plugin, true))
     }
 
-    pub fn logs_of(&self, id: &str) -> Result<(Vec<logs::Line>, Arc<Logs>), RpcError> {
+    /// The plugin's kept output and a receiver of what follows (which ends with the plugin).
+    pub fn logs_of(
+        &self,
+        id: &str,
+    ) -> Result<(Vec<logs::Line>, broadcast::Receiver<logs::Line>), RpcError> {
         let plugin = self.plugin(id)?;
-        Ok((plugin.logs.since(0, usize::MAX), plugin.logs.clone()))
+        Ok(plugin.logs.follow())
     }
 
     fn status(&self, plugin: &Plugin, history: bool) -> Value {
@@ -1051,6 +1124,17 @@ impl std::ops::Deref for CallCount {
     }
 }
 
+/// Why a start failed, and what kind of exit it counts as for the restart policy.
+type StartFailure = (String, Exit);
+
+/// An auto-unload for violations, or any other failure.
+fn exit_kind(end: &Option<Ended>) -> Exit {
+    match end {
+        Some(Ended::Ran(s)) if s.ended_by == EndReason::AutoUnloaded => Exit::AutoUnloaded,
+        _ => Exit::Failure,
+    }
+}
+
 /// Records a run's end and wakes whoever waits for it.
 fn finish(run: &Run, end: &Option<Ended>) {
     *run.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(describe_end_json(end));
@@ -1107,12 +1191,14 @@ async fn heartbeat(run: Arc<Run>, interval: Duration) {
 
 /// Violation and limit events sent to the event stream as the monitors see them: at most
 /// `LIVE_EVENTS_PER_SEC` a second per run, the rest counted and the count sent with the next.
+/// Violation events sent live per run and second; the rest are counted.
+const LIVE_EVENTS_PER_SEC: u32 = 100;
+
 fn violation_observer(
     events: Arc<Events>,
     plugin: String,
     run: u64,
 ) -> stockade::monitor::report::Observer {
-    const LIVE_EVENTS_PER_SEC: u32 = 100;
     let mut window = Instant::now();
     let mut sent = 0u32;
     let mut suppressed = 0u64;

@@ -84,7 +84,6 @@ impl Logs {
                 inner.bytes -= old.text.len();
             }
         }
-        drop(inner);
         let _ = self.follow.send(line);
     }
 
@@ -106,8 +105,12 @@ impl Logs {
         lines.into_iter().skip(skip).collect()
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Line> {
-        self.follow.subscribe()
+    /// The kept lines and a receiver of every later one, taken together (none lost between).
+    /// The receiver ends when the plugin's output is gone (it was unloaded).
+    pub fn follow(&self) -> (Vec<Line>, broadcast::Receiver<Line>) {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let lines = inner.lines.iter().cloned().collect();
+        (lines, self.follow.subscribe())
     }
 }
 

@@ -118,11 +118,16 @@ fn start(mut args: Args) -> anyhow::Result<()> {
         });
         let server = tokio::spawn(control::serve(listener, host.clone(), access));
         tracing::info!(socket = %socket.display(), "listening");
-        for dir in &plugins {
-            load_directory(&host, dir).await;
-        }
+        // Signals first: a SIGTERM while the packages load stops the daemon cleanly too (the
+        // loads under way finish, then everything is stopped; later ones are refused).
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let loader = host.clone();
+        tokio::spawn(async move {
+            for dir in &plugins {
+                load_directory(&loader, dir).await;
+            }
+        });
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: stopping every plugin"),
             _ = int.recv() => tracing::info!("SIGINT: stopping every plugin"),
