@@ -320,9 +320,14 @@ impl Methods {
 /// as large as a message.
 const MAX_ERROR_TEXT: usize = 1024;
 
-fn shortened(mut text: String) -> String {
-    if text.len() > MAX_ERROR_TEXT {
-        let mut cut = MAX_ERROR_TEXT;
+fn shortened(text: String) -> String {
+    cut_to(text, MAX_ERROR_TEXT)
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), marked with `…` when cut.
+pub fn cut_to(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
         while !text.is_char_boundary(cut) {
             cut -= 1;
         }

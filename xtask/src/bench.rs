@@ -161,20 +161,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         ),
         Contender {
             name: "bwrap --unshare-all",
-            argv: [
-                "bwrap",
-                "--unshare-all",
-                "--ro-bind",
-                "/",
-                "/",
-                "--proc",
-                "/proc",
-                "--dev",
-                "/dev",
-                "/bin/true",
-            ]
-            .map(s)
-            .to_vec(),
+            argv: bwrap_true(),
             env: None,
             cold: false,
             samples: vec![],
@@ -276,6 +263,25 @@ pub fn run(args: &[&str]) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// bwrap's cold start of /bin/true, every namespace unshared: the peer launches are measured
+/// against.
+pub(crate) fn bwrap_true() -> Vec<String> {
+    [
+        "bwrap",
+        "--unshare-all",
+        "--ro-bind",
+        "/",
+        "/",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "/bin/true",
+    ]
+    .map(str::to_string)
+    .to_vec()
 }
 
 /// `cargo build --release` of these packages (what a benchmark measures).

@@ -4,7 +4,7 @@
 //! - A call round trip to the sandboxed Rust example (`echo {"text": "hi"}` through the control
 //!   socket, the daemon's checks and the plugin's socket), p50 and p99, beside a raw socketpair
 //!   ping-pong of a line of the same size between two threads of this process.
-//! - Calls per second with 64 in flight (64 connections, one call outstanding on each).
+//! - Calls per second with 64 in flight (one connection keeping 64 requests outstanding).
 //! - `plugin load` to active for the Rust example, beside bwrap's cold start of /bin/true,
 //!   interleaved.
 //! - With N plugins loaded and idle: the daemon's resident memory and its threads' context
@@ -155,19 +155,10 @@ fn socketpair_floor(rounds: usize, bytes: usize) -> Result<Vec<f64>> {
 }
 
 fn time_bwrap() -> Result<f64> {
+    let argv = super::bwrap_true();
     let t = Instant::now();
-    let status = Command::new("bwrap")
-        .args([
-            "--unshare-all",
-            "--ro-bind",
-            "/",
-            "/",
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
-            "/bin/true",
-        ])
+    let status = Command::new(&argv[0])
+        .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -302,28 +293,23 @@ pub fn run(args: &[&str]) -> Result<()> {
         floor_us.extend(socketpair_floor(chunk, size)?);
     }
 
-    // 3. Throughput with 64 calls in flight: 64 connections, one outstanding call each.
+    // 3. Throughput with 64 calls in flight: one connection keeping 64 requests outstanding (a
+    // new one sent for each answer), as an asynchronous client would.
     let in_flight = 64;
     let duration = Duration::from_secs(3);
-    let workers: Vec<_> = (0..in_flight)
-        .map(|_| {
-            let socket = daemon.socket.clone();
-            let call = call.clone();
-            std::thread::spawn(move || -> Result<u64> {
-                let mut c = Conn::open(&socket)?;
-                let until = Instant::now() + duration;
-                let mut n = 0;
-                while Instant::now() < until {
-                    c.request("call", call.clone())?;
-                    n += 1;
-                }
-                Ok(n)
-            })
-        })
-        .collect();
-    let mut total = 0;
-    for w in workers {
-        total += w.join().expect("worker")?;
+    let mut pipe = Conn::open(&daemon.socket)?;
+    for _ in 0..in_flight {
+        pipe.send("call", &call)?;
+    }
+    let until = Instant::now() + duration;
+    let mut total = 0u64;
+    while Instant::now() < until {
+        pipe.receive()?;
+        total += 1;
+        pipe.send("call", &call)?;
+    }
+    for _ in 0..in_flight {
+        pipe.receive()?;
     }
     let per_sec = total as f64 / duration.as_secs_f64();
 

@@ -160,7 +160,15 @@ impl Plugin {
         let mut reader = BufReader::new(stream);
         let mut config = Value::Null;
         let mut line = Vec::new();
+        // Answers wait here while more requests are already read: one write for a batch of
+        // pipelined calls.
+        let mut answers: Vec<u8> = Vec::new();
         loop {
+            // Nothing more read ahead: the answers so far go out before the next read blocks.
+            if reader.buffer().is_empty() && !answers.is_empty() {
+                out.write_all(&answers)?;
+                answers.clear();
+            }
             line.clear();
             let n = (&mut reader)
                 .take(MAX_MESSAGE_BYTES as u64 + 2)
@@ -211,12 +219,16 @@ impl Plugin {
                     // The host would count an oversized line as a violation of the plugin.
                     let e = Error::new(-32603, "the result is larger than a message may be");
                     send(
-                        &mut out,
+                        &mut answers,
                         &json!({ "jsonrpc": "2.0", "id": id, "error": e.json() }),
                     )?;
                 } else {
-                    send(&mut out, &reply)?;
+                    send(&mut answers, &reply)?;
                 }
+            }
+            if answers.len() >= 256 << 10 || method == "shutdown" {
+                out.write_all(&answers)?;
+                answers.clear();
             }
             if method == "shutdown" {
                 return Ok(());

@@ -55,7 +55,7 @@ impl Conn {
         let stream = stream
             .set_nonblocking(true)
             .and_then(|()| UnixStream::from_std(stream));
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
         let conn = Arc::new(Conn {
             tx,
             pending: Mutex::new(HashMap::new()),
@@ -70,14 +70,8 @@ impl Conn {
                 return conn;
             }
         };
-        let (mut read, mut write) = stream.into_split();
-        tokio::spawn(async move {
-            while let Some(line) = rx.recv().await {
-                if write.write_all(&line).await.is_err() {
-                    break;
-                }
-            }
-        });
+        let (mut read, write) = stream.into_split();
+        tokio::spawn(write_batched(rx, write));
         let reader = conn.clone();
         tokio::spawn(async move {
             let mut decoder = rpc::LineDecoder::new(rpc::MAX_MESSAGE_BYTES);
@@ -289,6 +283,28 @@ impl Conn {
                     data: None,
                 })
             }
+        }
+    }
+}
+
+/// Writes the lines `rx` receives to `write` until either ends; what queued up meanwhile goes out
+/// in the same write (a burst of answers costs one system call, not one each).
+pub async fn write_batched(
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut write: impl tokio::io::AsyncWrite + Unpin,
+) {
+    let mut batch = Vec::new();
+    while let Some(line) = rx.recv().await {
+        batch.clear();
+        batch.extend_from_slice(&line);
+        while batch.len() < 256 << 10 {
+            match rx.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if write.write_all(&batch).await.is_err() {
+            break;
         }
     }
 }

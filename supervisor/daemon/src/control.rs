@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use stockade::control::{code as ccode, MAX_CONTROL_BYTES};
 use stockade::rpc::{self, code, Frame, Incoming, RpcError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
@@ -76,15 +76,9 @@ pub async fn serve(listener: UnixListener, host: Arc<Host>, access: Access) {
 
 async fn connection(stream: UnixStream, host: Arc<Host>, access: Access) {
     let uid = stream.peer_cred().map(|c| c.uid()).ok();
-    let (mut read, mut write) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
-    tokio::spawn(async move {
-        while let Some(line) = rx.recv().await {
-            if write.write_all(&line).await.is_err() {
-                break;
-            }
-        }
-    });
+    let (mut read, write) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(256);
+    tokio::spawn(crate::conn::write_batched(rx, write));
     if !uid.is_some_and(|u| access.allows(u)) {
         tracing::warn!(uid = ?uid, "control socket: caller refused");
         let e = refusal(

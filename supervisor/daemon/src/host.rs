@@ -756,7 +756,7 @@ impl Host {
                 }
             }
         }
-        let decision = {
+        let restart = {
             let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
             let current = st.run.as_ref().is_some_and(|r| r.number == run.number);
             if !current {
@@ -768,37 +768,9 @@ impl Host {
                 // The operator's unload (or a failed start, which its caller reports).
                 return;
             }
-            let decision = st.tracker.after_exit(exit, now_ms(), jitter());
-            match &decision {
-                Decision::RestartAfter(d) => {
-                    st.restarts += 1;
-                    self.transition(
-                        plugin,
-                        &mut st,
-                        State::Restarting,
-                        &format!("{reason}; restarting in {} ms", d.as_millis()),
-                    )
-                }
-                Decision::StayStopped => self.transition(plugin, &mut st, State::Stopped, &reason),
-                Decision::Fail(why) => self.transition(
-                    plugin,
-                    &mut st,
-                    State::Failed(why.clone()),
-                    &format!("{reason}; {why}"),
-                ),
-                Decision::Quarantine(_) => self.transition(
-                    plugin,
-                    &mut st,
-                    State::Quarantined(reason.clone()),
-                    &format!(
-                        "{reason}; quarantined: `stockade plugin reload {}` starts it again",
-                        plugin.id
-                    ),
-                ),
-            }
-            decision
+            self.decide(plugin, &mut st, exit, &reason)
         };
-        if let Decision::RestartAfter(delay) = decision {
+        if let Some(delay) = restart {
             let host = self.clone();
             let plugin = plugin.clone();
             tokio::spawn(async move { host.restart_after(&plugin, delay).await });
@@ -826,34 +798,45 @@ impl Host {
             if !st.wanted {
                 return;
             }
-            match st.tracker.after_exit(exit, now_ms(), jitter()) {
-                Decision::RestartAfter(d) => {
-                    st.restarts += 1;
-                    self.transition(
-                        plugin,
-                        &mut st,
-                        State::Restarting,
-                        &format!("{why}; restarting in {} ms", d.as_millis()),
-                    );
-                    delay = d;
-                }
-                Decision::Fail(f) => {
-                    let reason = format!("{why}; {f}");
-                    self.transition(plugin, &mut st, State::Failed(f), &reason);
-                    return;
-                }
-                Decision::Quarantine(_) => {
-                    let reason = format!(
-                        "{why}; quarantined: `stockade plugin reload {}` starts it again",
-                        plugin.id
-                    );
-                    self.transition(plugin, &mut st, State::Quarantined(why.clone()), &reason);
-                    return;
-                }
-                Decision::StayStopped => {
-                    self.transition(plugin, &mut st, State::Failed(why.clone()), &why);
-                    return;
-                }
+            match self.decide(plugin, &mut st, exit, &why) {
+                Some(d) => delay = d,
+                None => return,
+            }
+        }
+    }
+
+    /// The restart policy's answer to an exit, applied: a transition to restarting (the delay
+    /// returned), stopped, failed or quarantined.
+    fn decide(
+        &self,
+        plugin: &Plugin,
+        st: &mut PluginState,
+        exit: Exit,
+        reason: &str,
+    ) -> Option<Duration> {
+        match st.tracker.after_exit(exit, now_ms(), jitter()) {
+            Decision::RestartAfter(d) => {
+                st.restarts += 1;
+                let why = format!("{reason}; restarting in {} ms", d.as_millis());
+                self.transition(plugin, st, State::Restarting, &why);
+                Some(d)
+            }
+            Decision::StayStopped => {
+                self.transition(plugin, st, State::Stopped, reason);
+                None
+            }
+            Decision::Fail(f) => {
+                let why = format!("{reason}; {f}");
+                self.transition(plugin, st, State::Failed(f), &why);
+                None
+            }
+            Decision::Quarantine(_) => {
+                let why = format!(
+                    "{reason}; quarantined: `stockade plugin reload {}` starts it again",
+                    plugin.id
+                );
+                self.transition(plugin, st, State::Quarantined(reason.to_string()), &why);
+                None
             }
         }
     }

@@ -60,15 +60,7 @@ impl Logs {
     }
 
     pub fn push(&self, stream: &str, text: &str) {
-        let mut text = text.to_string();
-        if text.len() > LINE_BYTES {
-            let mut cut = LINE_BYTES;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
-            text.push('…');
-        }
+        let text = stockade::rpc::cut_to(text.to_string(), LINE_BYTES);
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let line = Line {
             seq: inner.next,
