@@ -106,8 +106,12 @@ fn start(mut args: Args) -> anyhow::Result<()> {
     };
     let socket = stockade::control::socket_path(args.socket.as_deref());
     let access = control::Access { uids: allow_uid };
+    // Half the cores for the daemon's async work (at least one): the plugins answering its calls
+    // need the rest. Measured on 2 cores, one worker serves 72,000 calls/s where two, contending
+    // with each other and the plugin, served 59,000 (docs/benchmarks.md).
+    let workers = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()?;
     let result = runtime.block_on(async {
