@@ -401,8 +401,15 @@ fn a_crashing_plugin_restarts_with_backoff_and_fails_at_the_start_limit() {
         "restart = \"always\"\nstart_limit = 2\nstart_window = \"60s\"\nbackoff_min = \"50ms\"\nbackoff_max = \"200ms\"",
     );
     d.load(&pkg);
+    // A second plugin answers through all of it.
+    let good = d.package("good", "good", "1.0.0", "echo", "");
+    d.load(&good);
     for restarts in 1..=2 {
         let _ = d.call("flaky", "go", json!({}));
+        assert_eq!(
+            d.call("good", "echo", json!({"text": "up"})).unwrap()["text"],
+            "up"
+        );
         d.wait_event(10, &format!("restart {restarts}, active again"), |_| {
             let st = d.status("flaky");
             st["state"] == "active" && st["restarts"] == restarts
@@ -426,7 +433,12 @@ fn a_crashing_plugin_restarts_with_backoff_and_fails_at_the_start_limit() {
         .count();
     assert_eq!(restarts, 2);
     assert_eq!(d.status("flaky")["state"], "failed");
-    assert!(d.cgroups().is_empty(), "a failed plugin keeps no sandbox");
+    assert_eq!(
+        d.cgroups().len(),
+        1,
+        "a failed plugin keeps no sandbox; the good one runs"
+    );
+    assert_eq!(d.status("good")["restarts"], 0);
     // The operator's reload starts it over.
     let reloaded = d
         .request("plugin.reload", json!({"id": "flaky"}))
@@ -1000,4 +1012,81 @@ fn an_unload_during_an_upgrade_leaves_nothing_running() {
     let mut out = String::new();
     std::io::Read::read_to_string(follower.stdout.as_mut().unwrap(), &mut out).unwrap();
     assert!(out.contains("received initialize"), "{out}");
+}
+
+/// Unloads and the daemon's stop leave nothing behind: no descriptor of the daemon (its count
+/// back where it was after a warm-up), no slot or map entry of the monitors naming the daemon's
+/// sandboxes, no cgroup, no process.
+#[test]
+fn unload_and_shutdown_leave_nothing_behind() {
+    if !harness::privileged("unload_and_shutdown_leave_nothing_behind") {
+        return;
+    }
+    let mut d = Daemon::start("leftovers", &[]);
+    let pkg = d.package("p", "p", "1.0.0", "echo", "");
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let slots_of = |prefix: &str| -> Vec<Value> {
+        let out = Command::new(harness::stockade())
+            .args(["monitors", "status", "--json"])
+            .output()
+            .unwrap();
+        let sets: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        sets.as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|set| set["slots"].as_array().cloned().unwrap_or_default())
+            .filter(|slot| slot["cgroup"].as_str().is_some_and(|c| c.contains(prefix)))
+            .collect()
+    };
+    let prefix = format!("stockade-{}.", d.pid());
+    // Warm-up: the first launch opens what the daemon keeps (the uid table, the scan cache).
+    d.load(&pkg);
+    d.request("plugin.unload", json!({"id": "p"})).unwrap();
+    let baseline = fds(d.pid());
+    let mut pids = Vec::new();
+    for i in 0..3 {
+        d.load(&pkg);
+        pids.push(d.status("p")["pid"].as_i64().unwrap());
+        let text = format!("round {i}");
+        assert_eq!(
+            d.call("p", "echo", json!({"text": text})).unwrap()["text"],
+            text
+        );
+        assert_eq!(slots_of(&prefix).len(), 1, "the run holds one slot");
+        d.request("plugin.unload", json!({"id": "p"})).unwrap();
+        assert!(slots_of(&prefix).is_empty(), "{:?}", slots_of(&prefix));
+        assert!(d.cgroups().is_empty(), "{:?}", d.cgroups());
+    }
+    let until = Instant::now() + Duration::from_secs(5);
+    while fds(d.pid()) != baseline && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        fds(d.pid()),
+        baseline,
+        "descriptors left by three load/unload rounds"
+    );
+    assert!(pids.iter().all(|&p| !process_alive(p)));
+    // The daemon's stop with a plugin running.
+    d.load(&pkg);
+    let pid = d.status("p")["pid"].as_i64().unwrap();
+    assert!(d.stop().success());
+    assert!(!process_alive(pid));
+    assert!(slots_of(&prefix).is_empty());
+    let left: Vec<PathBuf> = harness::leftover_cgroups()
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(
+        !d.socket.exists(),
+        "the control socket is removed at the stop"
+    );
 }

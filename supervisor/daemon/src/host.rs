@@ -1139,7 +1139,12 @@ async fn wait_end(run: &Run) {
 async fn heartbeat(run: Arc<Run>, interval: Duration) {
     let mut missed = 0;
     loop {
-        tokio::time::sleep(interval).await;
+        // Ends with the run, not at the next beat: the run (its socket, its control pipe) is
+        // released when it ends.
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = wait_end(&run) => return,
+        }
         if run.end.lock().unwrap_or_else(|p| p.into_inner()).is_some()
             || run.stopping.load(Ordering::SeqCst)
         {
