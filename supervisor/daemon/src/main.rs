@@ -115,6 +115,11 @@ fn start(mut args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let result = runtime.block_on(async {
+        // The signal handlers before the socket: whoever sees the socket may stop the daemon,
+        // and a SIGTERM between the two would otherwise be missed (tokio delivers a signal only
+        // to streams that exist when it arrives).
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let listener = control::bind(&socket, &access)?;
         let host = host::Host::new(host::Config {
             state_root: state_dir.clone(),
@@ -122,10 +127,8 @@ fn start(mut args: Args) -> anyhow::Result<()> {
         });
         let server = tokio::spawn(control::serve(listener, host.clone(), access));
         tracing::info!(socket = %socket.display(), "listening");
-        // Signals first: a SIGTERM while the packages load stops the daemon cleanly too (the
-        // loads under way finish, then everything is stopped; later ones are refused).
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        // A SIGTERM while the packages load stops the daemon cleanly too (the loads under way
+        // finish, then everything is stopped; later ones are refused).
         let loader = host.clone();
         tokio::spawn(async move {
             for dir in &plugins {
