@@ -160,7 +160,6 @@ pub fn ipc_launch_check(
     degraded: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) -> Result<(), PlanError> {
-    let monitor = judged;
     let (hooks, reached) = judged.unwrap_or((false, false));
     if !crate::monitor::unix::launch_check_needed(spec, hooks, reached) {
         return Ok(());
@@ -177,7 +176,7 @@ pub fn ipc_launch_check(
         ));
     }
     warnings.push(format!("{cause}; running anyway (monitor mode)"));
-    if monitor.is_some() {
+    if judged.is_some() {
         degraded.push(format!("ipc: {cause}"));
     }
     Ok(())

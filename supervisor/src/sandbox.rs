@@ -12,7 +12,6 @@ use crate::cgroup::{CgroupStats, Layout, SandboxCgroup};
 use crate::launcher::{self, ChildSetup, LaunchError, ShimMode, Started};
 use crate::monitor::attribute::{Attributor, Event, EventType, Layer};
 use crate::monitor::event::Object;
-pub use crate::monitor::report::Observer;
 use crate::monitor::report::{Report, Threshold, Tracker};
 use crate::monitor::{ArmSpec, Armed, Monitor, MonitorError};
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use stockade::control::{code as ccode, MAX_CONTROL_BYTES};
-use stockade::rpc::{self, code, Frame, Incoming, RpcError};
+use stockade::rpc::{self, code, Incoming, RpcError};
 use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
@@ -104,9 +104,9 @@ async fn connection(stream: UnixStream, host: Arc<Host>, access: Access) {
             Ok(n) => n,
         };
         for frame in decoder.feed(&buf[..n]) {
-            let (id, method, params) = match (&frame, rpc::parse(&frame)) {
-                (_, Ok(Incoming::Request { id, method, params })) => (id, method, params),
-                (Frame::Oversized { .. }, _) | (_, Err(_)) | (_, Ok(_)) => {
+            let (id, method, params) = match rpc::parse(&frame) {
+                Ok(Incoming::Request { id, method, params }) => (id, method, params),
+                _ => {
                     let e = RpcError {
                         code: code::INVALID_REQUEST,
                         message: "not a JSON-RPC 2.0 request".into(),

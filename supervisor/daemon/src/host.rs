@@ -95,8 +95,6 @@ pub struct Plugin {
     /// whole length: they happen one after another, never interleaved.
     op: tokio::sync::Mutex<()>,
     state: Mutex<PluginState>,
-    /// Wakes whoever waits for the plugin to settle (load, unload).
-    changed: Notify,
     /// Violations of the `rpc` layer so far.
     rpc_violations: AtomicU64,
 }
@@ -140,7 +138,7 @@ struct PluginSink {
     /// The `rpc` violations sent as events this second, and when the second began: at most
     /// `LIVE_EVENTS_PER_SEC`, the rest counted only.
     sent: Mutex<(Instant, u32)>,
-    control: Mutex<Option<Arc<Control>>>,
+    control: Arc<Control>,
 }
 
 impl Sink for PluginSink {
@@ -178,26 +176,19 @@ impl Sink for PluginSink {
             "object": what,
             }));
         }
-        if let Some(control) = self
-            .control
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            control.send(Request::Violation(Event {
-                t_ms: 0.0,
-                kind: EventType::Violation,
-                pid: 0,
-                tid: 0,
-                layer: Some(Layer::Rpc),
-                action: Some(action),
-                syscall: None,
-                object: Some(Object::from(what)),
-                errno: None,
-                fd: None,
-                killed_in_kernel: false,
-            }));
-        }
+        self.control.send(Request::Violation(Event {
+            t_ms: 0.0,
+            kind: EventType::Violation,
+            pid: 0,
+            tid: 0,
+            layer: Some(Layer::Rpc),
+            action: Some(action),
+            syscall: None,
+            object: Some(Object::from(what)),
+            errno: None,
+            fd: None,
+            killed_in_kernel: false,
+        }));
     }
 }
 
@@ -248,7 +239,6 @@ impl Host {
             }
             Err(e) => tracing::warn!(plugin = %plugin.id, "{e} ({reason})"),
         }
-        plugin.changed.notify_waiters();
     }
 
     /// Reads and checks a package (the `verified` step; the signature check of the trust issue
@@ -314,7 +304,6 @@ impl Host {
                     restarts: 0,
                     last_exit: None,
                 }),
-                changed: Notify::new(),
                 rpc_violations: AtomicU64::new(0),
                 op: tokio::sync::Mutex::new(()),
             });
@@ -494,7 +483,7 @@ impl Host {
         let sink = Arc::new(PluginSink {
             plugin: plugin.clone(),
             events: self.events.clone(),
-            control: Mutex::new(Some(spawned.control.clone())),
+            control: spawned.control.clone(),
             sent: Mutex::new((Instant::now(), 0)),
         });
         let conn = Conn::start(spawned.ends.rpc, sink);
