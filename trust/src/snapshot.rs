@@ -1,0 +1,549 @@
+//! Reading a package once: every file opened through its directory's descriptor (never by a
+//! path, never through a symlink), hashed from that descriptor, and — when the package is to
+//! run — written, from the same bytes that were hashed, into a sealed copy: a new directory
+//! only root can change, whose files are read-only. What was verified is then what runs,
+//! whatever happens to the original files afterwards.
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sha3::{Digest, Sha3_512};
+
+use crate::statement::{valid_path, Entry, Kind, MAX_SIGNATURE_BYTES, SIGNATURE_FILE};
+
+/// Bounds on what one package may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_entries: usize,
+    pub max_bytes: u64,
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_entries: 65_536,
+            max_bytes: 4 << 30,
+            max_depth: 32,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: a symbolic link; a package holds files and directories only")]
+    Symlink { path: String },
+    #[error("{path}: not a regular file or a directory")]
+    Special { path: String },
+    #[error("{path:?}: a name this format cannot hold (control characters, or not UTF-8)")]
+    BadName { path: String },
+    #[error("more than {0} files and directories")]
+    TooManyEntries(usize),
+    #[error("more than {0} bytes in all")]
+    TooLarge(u64),
+    #[error("{path}: directories nested deeper than {depth}")]
+    TooDeep { path: String, depth: usize },
+    #[error("{SIGNATURE_FILE}: larger than {MAX_SIGNATURE_BYTES} bytes")]
+    SignatureTooLarge,
+    #[error("writing the sealed copy {}: {source}", path.display())]
+    Seal {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl SnapshotError {
+    pub fn hint(&self) -> Option<&'static str> {
+        Some(match self {
+            SnapshotError::Symlink { .. } => {
+                "copy the link's target into the package instead of linking to it"
+            }
+            SnapshotError::Special { .. } => "remove it from the package",
+            SnapshotError::BadName { .. } => "rename it",
+            SnapshotError::TooManyEntries(_)
+            | SnapshotError::TooLarge(_)
+            | SnapshotError::TooDeep { .. } => "a plugin package is not a disk image",
+            SnapshotError::SignatureTooLarge => "sign the package again: this file is not one",
+            SnapshotError::Io { .. } | SnapshotError::Seal { .. } => return None,
+        })
+    }
+}
+
+/// A package as it was read.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Every file and directory but the signature, sorted by path.
+    pub entries: Vec<Entry>,
+    /// The signature file's bytes, when there is one.
+    pub signature: Option<Vec<u8>>,
+    /// The sealed copy, when one was asked for.
+    pub sealed: Option<Sealed>,
+}
+
+/// A sealed copy of a package. Removed when dropped.
+#[derive(Debug)]
+pub struct Sealed {
+    pub dir: PathBuf,
+}
+
+impl Drop for Sealed {
+    fn drop(&mut self) {
+        remove_sealed(&self.dir);
+    }
+}
+
+/// Removes a sealed copy (its directories are read-only: made writable first).
+pub fn remove_sealed(dir: &Path) {
+    fn writable(dir: &Path) {
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    writable(&e.path());
+                }
+            }
+        }
+    }
+    if std::fs::symlink_metadata(dir).is_ok() {
+        writable(dir);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Reads the package in `dir`. With `seal_into` (a path that must not exist; its parent must),
+/// also writes the sealed copy there.
+pub fn take(
+    dir: &Path,
+    seal_into: Option<&Path>,
+    limits: Limits,
+) -> Result<Snapshot, SnapshotError> {
+    let top = open_dir(None, dir).map_err(|source| SnapshotError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let sealed = match seal_into {
+        Some(to) => {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(to)
+                .map_err(|source| SnapshotError::Seal {
+                    path: to.to_path_buf(),
+                    source,
+                })?;
+            Some(Sealed {
+                dir: to.to_path_buf(),
+            })
+        }
+        None => None,
+    };
+    let dest = match &sealed {
+        Some(s) => Some(
+            open_dir(None, &s.dir).map_err(|source| SnapshotError::Seal {
+                path: s.dir.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let mut walk = Walk {
+        root: dir,
+        seal_root: seal_into,
+        limits,
+        entries: Vec::new(),
+        bytes: 0,
+        signature: None,
+        buf: vec![0u8; 1 << 20],
+    };
+    walk.dir(&top, dest.as_ref(), "", 0)?;
+    if let Some(s) = &sealed {
+        seal_mode(dest.as_ref().expect("opened with the copy")).map_err(|source| {
+            SnapshotError::Seal {
+                path: s.dir.clone(),
+                source,
+            }
+        })?;
+    }
+    let mut entries = walk.entries;
+    entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    Ok(Snapshot {
+        entries,
+        signature: walk.signature,
+        sealed,
+    })
+}
+
+struct Walk<'a> {
+    root: &'a Path,
+    seal_root: Option<&'a Path>,
+    limits: Limits,
+    entries: Vec<Entry>,
+    bytes: u64,
+    signature: Option<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Walk<'_> {
+    fn io(&self, rel: &str) -> impl Fn(std::io::Error) -> SnapshotError {
+        let path = self.root.join(rel);
+        move |source| SnapshotError::Io {
+            path: path.clone(),
+            source,
+        }
+    }
+
+    fn seal_err(&self, rel: &str) -> impl Fn(std::io::Error) -> SnapshotError {
+        let path = self.seal_root.map(|r| r.join(rel)).unwrap_or_default();
+        move |source| SnapshotError::Seal {
+            path: path.clone(),
+            source,
+        }
+    }
+
+    fn dir(
+        &mut self,
+        fd: &OwnedFd,
+        dest: Option<&OwnedFd>,
+        prefix: &str,
+        depth: usize,
+    ) -> Result<(), SnapshotError> {
+        if depth > self.limits.max_depth {
+            return Err(SnapshotError::TooDeep {
+                path: prefix.trim_end_matches('/').to_string(),
+                depth: self.limits.max_depth,
+            });
+        }
+        let names = list(fd).map_err(self.io(prefix))?;
+        for name in names {
+            let rel_name = match std::str::from_utf8(name.as_bytes()) {
+                Ok(n) => n.to_string(),
+                Err(_) => {
+                    return Err(SnapshotError::BadName {
+                        path: format!("{prefix}{}", String::from_utf8_lossy(name.as_bytes())),
+                    })
+                }
+            };
+            let rel = format!("{prefix}{rel_name}");
+            if !valid_path(&rel) {
+                return Err(SnapshotError::BadName { path: rel });
+            }
+            if self.entries.len() >= self.limits.max_entries {
+                return Err(SnapshotError::TooManyEntries(self.limits.max_entries));
+            }
+            let child = match openat(fd, &name, libc::O_RDONLY) {
+                Ok(c) => c,
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                    return Err(SnapshotError::Symlink { path: rel })
+                }
+                Err(e) => return Err(self.io(&rel)(e)),
+            };
+            let file = File::from(child);
+            let meta = file.metadata().map_err(self.io(&rel))?;
+            if meta.is_dir() {
+                let child_dest = match dest {
+                    Some(d) => {
+                        mkdirat(d, &name).map_err(self.seal_err(&rel))?;
+                        Some(
+                            openat(d, &name, libc::O_RDONLY | libc::O_DIRECTORY)
+                                .map_err(self.seal_err(&rel))?,
+                        )
+                    }
+                    None => None,
+                };
+                self.entries.push(Entry {
+                    path: rel.clone(),
+                    kind: Kind::Dir,
+                });
+                let sub = OwnedFd::from(file);
+                self.dir(&sub, child_dest.as_ref(), &format!("{rel}/"), depth + 1)?;
+                if let Some(d) = &child_dest {
+                    seal_mode(d).map_err(self.seal_err(&rel))?;
+                }
+            } else if meta.is_file() {
+                if depth == 0 && rel == SIGNATURE_FILE {
+                    self.signature = Some(self.read_signature(file, &meta)?);
+                    continue;
+                }
+                let exec = meta.mode() & 0o111 != 0;
+                let mut out = match dest {
+                    Some(d) => Some(File::from(
+                        create_at(d, &name).map_err(self.seal_err(&rel))?,
+                    )),
+                    None => None,
+                };
+                let (size, digest) = self.copy(file, out.as_mut(), &rel)?;
+                if let Some(out) = &out {
+                    let mode = if exec { 0o555 } else { 0o444 };
+                    fchmod(out, mode).map_err(self.seal_err(&rel))?;
+                }
+                self.entries.push(Entry {
+                    path: rel,
+                    kind: Kind::File { exec, size, digest },
+                });
+            } else {
+                return Err(SnapshotError::Special { path: rel });
+            }
+        }
+        Ok(())
+    }
+
+    /// Hashes what `file` reads and writes the same bytes to `out`.
+    fn copy(
+        &mut self,
+        mut file: File,
+        mut out: Option<&mut File>,
+        rel: &str,
+    ) -> Result<(u64, [u8; 64]), SnapshotError> {
+        let mut hasher = Sha3_512::new();
+        let mut size = 0u64;
+        loop {
+            let n = match file.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io(rel)(e)),
+            };
+            size += n as u64;
+            self.bytes += n as u64;
+            if self.bytes > self.limits.max_bytes {
+                return Err(SnapshotError::TooLarge(self.limits.max_bytes));
+            }
+            hasher.update(&self.buf[..n]);
+            if let Some(out) = out.as_mut() {
+                out.write_all(&self.buf[..n]).map_err(self.seal_err(rel))?;
+            }
+        }
+        Ok((size, hasher.finalize().into()))
+    }
+
+    fn read_signature(
+        &self,
+        file: File,
+        meta: &std::fs::Metadata,
+    ) -> Result<Vec<u8>, SnapshotError> {
+        if meta.len() > MAX_SIGNATURE_BYTES {
+            return Err(SnapshotError::SignatureTooLarge);
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        file.take(MAX_SIGNATURE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(self.io(SIGNATURE_FILE))?;
+        if bytes.len() as u64 > MAX_SIGNATURE_BYTES {
+            return Err(SnapshotError::SignatureTooLarge);
+        }
+        Ok(bytes)
+    }
+}
+
+/// Opens a directory: `at` None opens `path` as given (the operator's path to the package).
+fn open_dir(at: Option<&OwnedFd>, path: &Path) -> std::io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let dirfd = at.map_or(libc::AT_FDCWD, |f| f.as_raw_fd());
+    // SAFETY: openat reads the path, alive for the call.
+    let fd = unsafe {
+        libc::openat(
+            dirfd,
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    owned(fd)
+}
+
+/// Opens `name` in `dir` without following a symlink at its last step (ELOOP if it is one);
+/// O_NONBLOCK so that a FIFO put there does not hang the reader.
+fn openat(dir: &OwnedFd, name: &CStr, flags: libc::c_int) -> std::io::Result<OwnedFd> {
+    // SAFETY: openat reads the name, alive for the call.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK,
+        )
+    };
+    owned(fd)
+}
+
+fn create_at(dir: &OwnedFd, name: &CStr) -> std::io::Result<OwnedFd> {
+    // SAFETY: openat reads the name, alive for the call.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o600 as libc::c_uint,
+        )
+    };
+    owned(fd)
+}
+
+fn mkdirat(dir: &OwnedFd, name: &CStr) -> std::io::Result<()> {
+    // SAFETY: mkdirat reads the name, alive for the call.
+    if unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o700) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn fchmod(fd: &impl AsRawFd, mode: libc::mode_t) -> std::io::Result<()> {
+    // SAFETY: a plain syscall on a descriptor we own.
+    if unsafe { libc::fchmod(fd.as_raw_fd(), mode) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A sealed directory: read and search for everybody (the sandbox's uid reads it), written by
+/// nobody but root.
+fn seal_mode(fd: &OwnedFd) -> std::io::Result<()> {
+    fchmod(fd, 0o555)
+}
+
+fn owned(fd: libc::c_int) -> std::io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The names in a directory (not `.` and `..`), sorted, read from its descriptor.
+fn list(fd: &OwnedFd) -> std::io::Result<Vec<CString>> {
+    let dup = fd.as_fd().try_clone_to_owned()?;
+    let mut dir = nix::dir::Dir::from_fd(dup).map_err(std::io::Error::from)?;
+    let mut names = Vec::new();
+    for entry in dir.iter() {
+        let entry = entry.map_err(std::io::Error::from)?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        names.push(name.to_owned());
+    }
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
+}
+
+/// SHA3-512 of one file read through one descriptor (for files outside a package, such as a
+/// system interpreter the entry names).
+pub fn digest_file(path: &Path) -> std::io::Result<[u8; 64]> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha3_512::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("stockade-snap-{name}-{}", std::process::id()));
+        let _ = remove_sealed(&dir);
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        std::fs::write(dir.join("plugin.toml"), b"id = 'x'\n").unwrap();
+        std::fs::write(dir.join("bin/run"), b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(dir.join("bin/run"), std::fs::Permissions::from_mode(0o750))
+            .unwrap();
+        std::fs::write(dir.join(SIGNATURE_FILE), b"sig\n").unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_snapshot_lists_hashes_and_seals_every_file() {
+        let dir = tree("seal");
+        let to = dir.with_extension("sealed");
+        let snap = take(&dir, Some(&to), Limits::default()).unwrap();
+        let paths: Vec<&str> = snap.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["bin", "bin/run", "plugin.toml"]);
+        assert_eq!(snap.signature.as_deref(), Some(&b"sig\n"[..]));
+        match &snap.entries[1].kind {
+            Kind::File { exec, size, digest } => {
+                assert!(*exec);
+                assert_eq!(*size, 10);
+                assert_eq!(digest, &<[u8; 64]>::from(Sha3_512::digest(b"#!/bin/sh\n")));
+            }
+            other => panic!("{other:?}"),
+        }
+        let meta = |p: &str| std::fs::metadata(to.join(p)).unwrap().mode() & 0o7777;
+        assert_eq!(meta(""), 0o555);
+        assert_eq!(meta("bin"), 0o555);
+        assert_eq!(meta("bin/run"), 0o555);
+        assert_eq!(meta("plugin.toml"), 0o444);
+        assert!(!to.join(SIGNATURE_FILE).exists());
+        assert_eq!(std::fs::read(to.join("bin/run")).unwrap(), b"#!/bin/sh\n");
+        drop(snap);
+        assert!(!to.exists(), "the sealed copy goes with its snapshot");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn links_and_special_files_are_refused() {
+        let dir = tree("links");
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("bin/pw")).unwrap();
+        let e = take(&dir, None, Limits::default()).unwrap_err();
+        assert!(
+            matches!(&e, SnapshotError::Symlink { path } if path == "bin/pw"),
+            "{e}"
+        );
+        std::fs::remove_file(dir.join("bin/pw")).unwrap();
+        nix::unistd::mkfifo(
+            &dir.join("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let e = take(&dir, None, Limits::default()).unwrap_err();
+        assert!(
+            matches!(&e, SnapshotError::Special { path } if path == "fifo"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn limits_hold() {
+        let dir = tree("limits");
+        let small = Limits {
+            max_entries: 2,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            take(&dir, None, small),
+            Err(SnapshotError::TooManyEntries(2))
+        ));
+        let small = Limits {
+            max_bytes: 5,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            take(&dir, None, small),
+            Err(SnapshotError::TooLarge(5))
+        ));
+        let small = Limits {
+            max_depth: 0,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            take(&dir, None, small),
+            Err(SnapshotError::TooDeep { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
