@@ -12,7 +12,7 @@ pub fn encode(bytes: &[u8]) -> String {
 
 /// Lowercase hex only (the one way this crate writes it); `None` for anything else.
 pub fn decode(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     let digit = |c: u8| match c {

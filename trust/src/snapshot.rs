@@ -456,7 +456,7 @@ mod tests {
 
     fn tree(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("stockade-snap-{name}-{}", std::process::id()));
-        let _ = remove_sealed(&dir);
+        remove_sealed(&dir);
         std::fs::create_dir_all(dir.join("bin")).unwrap();
         std::fs::write(dir.join("plugin.toml"), b"id = 'x'\n").unwrap();
         std::fs::write(dir.join("bin/run"), b"#!/bin/sh\n").unwrap();
