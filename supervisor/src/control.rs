@@ -4,8 +4,10 @@
 //! `stockade events` use, so the CLI stays free of an async runtime.
 //!
 //! Methods (params → result):
-//! - `plugin.load {dir}` → the plugin's status, once active (or the error that stopped it);
-//! - `plugin.unload {id}`, `plugin.reload {id}`, `plugin.upgrade {id, dir}` → the status;
+//! - `plugin.load {dir, allow_downgrade?}` → the plugin's status, once active (or the error that
+//!   stopped it);
+//! - `plugin.unload {id}`, `plugin.reload {id}`, `plugin.upgrade {id, dir, allow_downgrade?}` →
+//!   the status;
 //! - `plugin.list` → `[status]`; `plugin.status {id}` → status with its transitions;
 //! - `plugin.logs {id, follow}` → `{lines}`; with `follow`, `log` notifications until the caller
 //!   closes;
@@ -42,6 +44,9 @@ pub mod code {
     pub const FORBIDDEN: i64 = -32014;
     /// The daemon is stopping.
     pub const SHUTTING_DOWN: i64 = -32015;
+    /// The package's signature does not let it in, or it is older than what was accepted
+    /// (`data.kind` names which refusal).
+    pub const UNTRUSTED: i64 = -32016;
 }
 
 /// The socket path: `--socket`, else `STOCKADE_SOCKET`, else [`DEFAULT_SOCKET`].

@@ -4,6 +4,7 @@
 pub mod bpf_probe;
 pub mod cgroup;
 pub mod control;
+pub mod daemon_config;
 pub mod explain;
 pub mod idmap;
 pub mod launcher;

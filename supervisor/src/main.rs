@@ -72,6 +72,43 @@ enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Signing keys (Ed25519).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Sign a plugin package: writes stockade.sig into it, over the SHA3-512 of every file.
+    Sign {
+        #[arg(value_name = "PACKAGE-DIR")]
+        dir: PathBuf,
+        /// The secret key (NAME.key).
+        #[arg(long, value_name = "NAME.key")]
+        key: PathBuf,
+        /// The signature's sequence number: it must grow with every signature of this plugin
+        /// [default: the package's previous signature's plus one, else 1].
+        #[arg(long, value_name = "N")]
+        sequence: Option<u64>,
+        /// When the signature stops being accepted: a duration from now ("90d") or an RFC 3339
+        /// time [default: never].
+        #[arg(long, value_name = "WHEN")]
+        expires: Option<String>,
+        /// Read the key's passphrase from the first line of FILE (else asked at the terminal).
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Check a package's signature offline; exits 0 only when it holds.
+    Verify {
+        #[arg(value_name = "PACKAGE-DIR")]
+        dir: PathBuf,
+        /// A publisher's public key (NAME.pub) to accept (repeatable) [default: the keys of the
+        /// daemon's configuration].
+        #[arg(long, value_name = "NAME.pub")]
+        pubkey: Vec<PathBuf>,
+        /// The daemon's configuration, whose [trust] keys are used without --pubkey [default:
+        /// /etc/stockade/daemon.toml].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Probe what each isolation layer can do on this kernel.
     Doctor {
         /// Print the probe as JSON.
@@ -145,6 +182,10 @@ enum PluginCommand {
     Load {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
+        /// Accept a package older than the one this host accepted before (recorded, with your
+        /// uid).
+        #[arg(long)]
+        allow_downgrade: bool,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -175,6 +216,10 @@ enum PluginCommand {
         id: String,
         #[arg(value_name = "DIR")]
         dir: PathBuf,
+        /// Accept a package older than the one this host accepted before (recorded, with your
+        /// uid).
+        #[arg(long)]
+        allow_downgrade: bool,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -214,6 +259,27 @@ enum PluginCommand {
         /// Print what was checked as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Write a new key pair: NAME.key (secret, mode 0600) and NAME.pub; print the public key.
+    Generate {
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Where to write them [default: the current directory].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Seal the secret key with a passphrase typed at the terminal.
+        #[arg(long, conflicts_with = "passphrase_file")]
+        ask_passphrase: bool,
+        /// Seal the secret key with the passphrase on the first line of FILE.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+        /// Replace existing files of that name.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -334,9 +400,12 @@ fn main() -> ExitCode {
         }
         Command::Monitors(command) => monitors(command),
         Command::Plugin(PluginCommand::Check { dir, json }) => plugin_check(&dir, json),
-        Command::Plugin(PluginCommand::Load { dir, json, socket }) => {
-            client::load(socket.socket.as_deref(), &dir, json)
-        }
+        Command::Plugin(PluginCommand::Load {
+            dir,
+            allow_downgrade,
+            json,
+            socket,
+        }) => client::load(socket.socket.as_deref(), &dir, allow_downgrade, json),
         Command::Plugin(PluginCommand::Unload { id, json, socket }) => {
             client::simple(socket.socket.as_deref(), "plugin.unload", &id, json)
         }
@@ -346,9 +415,10 @@ fn main() -> ExitCode {
         Command::Plugin(PluginCommand::Upgrade {
             id,
             dir,
+            allow_downgrade,
             json,
             socket,
-        }) => client::upgrade(socket.socket.as_deref(), &id, &dir, json),
+        }) => client::upgrade(socket.socket.as_deref(), &id, &dir, allow_downgrade, json),
         Command::Plugin(PluginCommand::List { json, socket }) => {
             client::list(socket.socket.as_deref(), json)
         }
@@ -366,6 +436,38 @@ fn main() -> ExitCode {
             socket,
         } => client::call(socket.socket.as_deref(), &id, &method, params.as_deref()),
         Command::Events { follow, socket } => client::events(socket.socket.as_deref(), follow),
+        Command::Key(KeyCommand::Generate {
+            name,
+            out,
+            ask_passphrase,
+            passphrase_file,
+            force,
+        }) => cli::trust::key_generate(
+            &name,
+            out.as_deref(),
+            passphrase_file.as_deref(),
+            ask_passphrase,
+            force,
+        ),
+        Command::Sign {
+            dir,
+            key,
+            sequence,
+            expires,
+            passphrase_file,
+        } => cli::trust::sign(
+            &dir,
+            &key,
+            sequence,
+            expires.as_deref(),
+            passphrase_file.as_deref(),
+        ),
+        Command::Verify {
+            dir,
+            pubkey,
+            config,
+            json,
+        } => cli::trust::verify(&dir, &pubkey, config.as_deref(), json),
         Command::Doctor { json } => doctor(json),
     };
     match result {

@@ -1,12 +1,17 @@
 //! A plugin package on disk: a directory with `plugin.toml`, checked the way the daemon's
-//! `verified` step will check it (manifest and policy valid, the entry inside the package and
-//! reachable in the sandbox, its SHA3-512 digest recorded). `stockade plugin check DIR` prints
-//! the result; the signature check of a later issue goes here too.
+//! `verified` step checks it. The package is read once (`stockade_trust::snapshot`): every file
+//! hashed through its own descriptor and, for a package that is to run, copied from the hashed
+//! bytes into a sealed directory that everything after is read from — the manifest, the policy,
+//! the entry the sandbox executes. Given a keyring, the package's signature must hold over
+//! exactly those files; the trust level follows from the key. `stockade plugin check DIR` and
+//! `stockade verify DIR` print the result.
 
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use std::sync::Arc;
 
 use sha3::{Digest, Sha3_512};
 use stockade_policy::manifest::{Manifest, PolicySource, Trust, MANIFEST_FILE};
@@ -14,12 +19,27 @@ use stockade_policy::{
     load_manifest, load_policy, parse_policy, Diagnostics, EnforcementMode, LoadError, PathVar,
     Policy, PolicyPath,
 };
+use stockade_trust::keyring::{Keyring, Level, Refusal, Signer};
+use stockade_trust::snapshot::{self, Limits, Sealed, SnapshotError};
+use stockade_trust::statement::Kind;
 
 /// A checked package.
 #[derive(Debug, Clone)]
 pub struct Package {
-    /// The package directory, canonical.
+    /// Where the package runs from: its sealed copy, or (when none was made) `source`.
     pub dir: PathBuf,
+    /// The package directory as given, canonical.
+    pub source: PathBuf,
+    /// The sealed copy, removed when the last holder drops it.
+    pub sealed: Option<Arc<Sealed>>,
+    /// The trust level it runs at: its signer's (or `untrusted` when unsigned), never above
+    /// what its manifest asks for. Without a keyring, what the manifest asks for.
+    pub trust: Level,
+    /// Who signed it, when a keyring checked it and it is signed.
+    pub signer: Option<Signer>,
+    /// Files and directories in the package, and their bytes.
+    pub files: usize,
+    pub bytes: u64,
     pub manifest: Manifest,
     /// The policy the plugin runs under: the manifest's, with the trust level applied.
     pub policy: Policy,
@@ -52,6 +72,12 @@ pub enum PackageError {
     PolicyFile { what: String, source: LoadError },
     #[error("the entry {}: {why}", path.display())]
     Entry { path: PathBuf, why: String },
+    /// The package cannot be read as one (links, special files, limits).
+    #[error("{0}")]
+    Snapshot(SnapshotError),
+    /// Its signature does not let it in.
+    #[error("{0}")]
+    Refused(Refusal),
     #[error("method `{method}`: `{key}` is not a usable JSON Schema: {why}")]
     Schema {
         method: String,
@@ -72,6 +98,8 @@ impl PackageError {
             }
             PackageError::Io { .. } => Some("check the path and its permissions".into()),
             PackageError::Manifest(_) | PackageError::Policy(_) => None,
+            PackageError::Snapshot(e) => e.hint().map(str::to_string),
+            PackageError::Refused(r) => Some(r.hint().into()),
             PackageError::PolicyFile { source, .. } => source.hint().map(str::to_string),
             PackageError::Schema { .. } => Some(
                 "write the schema in JSON Schema 2020-12 (docs/plugins.md); `$ref` may only point \
@@ -87,8 +115,23 @@ impl PackageError {
     }
 }
 
-/// Reads and checks the package in `dir`.
+/// How a package is read.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Options<'a> {
+    /// Check its signature against these keys; `None` reads the package without a trust
+    /// decision (`plugin check`, `policy explain`, `sign`).
+    pub keyring: Option<&'a Keyring>,
+    /// Make the sealed copy here (a path that does not exist yet) and read everything from it.
+    pub seal_into: Option<&'a Path>,
+}
+
+/// Reads and checks the package in `dir`, without a trust decision or a sealed copy.
 pub fn load(dir: &Path) -> Result<Package, PackageError> {
+    load_with(dir, Options::default())
+}
+
+/// Reads and checks the package in `dir`.
+pub fn load_with(dir: &Path, options: Options) -> Result<Package, PackageError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| PackageError::Io { path, source }
@@ -97,11 +140,19 @@ pub fn load(dir: &Path) -> Result<Package, PackageError> {
     if !meta.is_dir() {
         return Err(PackageError::NotADirectory(dir.to_path_buf()));
     }
-    let dir = dir.canonicalize().map_err(io(dir))?;
-    let manifest_path = dir.join(MANIFEST_FILE);
-    if std::fs::symlink_metadata(&manifest_path).is_err() {
-        return Err(PackageError::NoManifest(dir));
+    let source = dir.canonicalize().map_err(io(dir))?;
+    if std::fs::symlink_metadata(source.join(MANIFEST_FILE)).is_err() {
+        return Err(PackageError::NoManifest(source));
     }
+    let snap = snapshot::take(&source, options.seal_into, Limits::default())
+        .map_err(PackageError::Snapshot)?;
+    let sealed = snap.sealed.map(Arc::new);
+    // From here on, every file is read from the sealed copy when there is one.
+    let dir = match &sealed {
+        Some(s) => s.dir.clone(),
+        None => source.clone(),
+    };
+    let manifest_path = dir.join(MANIFEST_FILE);
     // Read from inside the package only: a manifest that is a link out of it is refused.
     let manifest_path =
         inside(&dir, Path::new(MANIFEST_FILE)).map_err(|why| PackageError::PolicyFile {
@@ -154,15 +205,54 @@ pub fn load(dir: &Path) -> Result<Package, PackageError> {
             (policy, label)
         }
     };
-    if manifest.trust == Trust::Untrusted {
+    let (trust, signer) = match options.keyring {
+        Some(keyring) => {
+            // A manifest that asks for `untrusted` is held to it; one that asks for `trusted`
+            // gets what its signer is pinned at.
+            let cap = match manifest.trust {
+                Trust::Untrusted => Level::Untrusted,
+                Trust::Trusted => Level::Builtin,
+            };
+            let verdict = keyring
+                .judge(
+                    snap.signature.as_deref(),
+                    &snap.entries,
+                    &manifest.id,
+                    &manifest.version.to_string(),
+                    cap,
+                    std::time::SystemTime::now(),
+                )
+                .map_err(PackageError::Refused)?;
+            (verdict.level, verdict.signer)
+        }
+        None => match manifest.trust {
+            Trust::Untrusted => (Level::Untrusted, None),
+            Trust::Trusted => (Level::Trusted, None),
+        },
+    };
+    if trust == Level::Untrusted {
         // DESIGN.md's trust levels: untrusted code runs in enforce mode, whatever its policy says.
         policy.enforcement.mode = EnforcementMode::Enforce;
     }
     check_schemas(&manifest)?;
-    let (entry, entry_sha3_512) = entry(&dir, &manifest)?;
+    let (entry, entry_sha3_512) = entry(&dir, &manifest, &snap.entries)?;
     reachable(&entry, &dir, &policy)?;
+    let bytes = snap
+        .entries
+        .iter()
+        .map(|e| match e.kind {
+            Kind::File { size, .. } => size,
+            Kind::Dir => 0,
+        })
+        .sum();
     Ok(Package {
         dir,
+        source,
+        sealed,
+        trust,
+        signer,
+        files: snap.entries.len(),
+        bytes,
         manifest,
         policy,
         policy_label,
@@ -227,10 +317,14 @@ fn inside(dir: &Path, rel: &Path) -> Result<PathBuf, String> {
 pub const MAX_ENTRY_BYTES: u64 = 1 << 30;
 
 /// The entry program on the host, and its SHA3-512: opened once (for a file of the package,
-/// beneath the package directory, no step of the path leaving it), checked on that descriptor
-/// (a regular, executable file of bounded size) and hashed from it, so that what was checked is
-/// what was hashed whatever happens to the path meanwhile.
-fn entry(dir: &Path, manifest: &Manifest) -> Result<(PathBuf, String), PackageError> {
+/// beneath the package directory, no step of the path leaving it) and checked on that
+/// descriptor (a regular, executable file of bounded size). A file of the package was hashed
+/// in the snapshot; a program outside it (a system interpreter) is hashed from the descriptor.
+fn entry(
+    dir: &Path,
+    manifest: &Manifest,
+    snapshot: &[stockade_trust::statement::Entry],
+) -> Result<(PathBuf, String), PackageError> {
     let raw = Path::new(&manifest.entry[0]);
     let err = |why: String| PackageError::Entry {
         path: raw.to_path_buf(),
@@ -267,11 +361,23 @@ fn entry(dir: &Path, manifest: &Manifest) -> Result<(PathBuf, String), PackageEr
             meta.len()
         )));
     }
-    let digest = digest_of(file).map_err(|e| err(e.to_string()))?;
     let path = if raw.is_absolute() {
         raw.canonicalize().map_err(|e| err(e.to_string()))?
     } else {
         inside(dir, raw).map_err(err)?
+    };
+    let known = path
+        .strip_prefix(dir)
+        .ok()
+        .and_then(|rel| rel.to_str())
+        .and_then(|rel| snapshot.iter().find(|e| e.path == rel))
+        .and_then(|e| match &e.kind {
+            Kind::File { digest, .. } => Some(stockade_trust::hex::encode(digest)),
+            Kind::Dir => None,
+        });
+    let digest = match known {
+        Some(d) => d,
+        None => digest_of(file).map_err(|e| err(e.to_string()))?,
     };
     Ok((path, digest))
 }

@@ -79,7 +79,7 @@ async fn connection(stream: UnixStream, host: Arc<Host>, access: Access) {
     let (mut read, write) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Vec<u8>>(256);
     tokio::spawn(crate::conn::write_batched(rx, write));
-    if !uid.is_some_and(|u| access.allows(u)) {
+    let Some(uid) = uid.filter(|u| access.allows(*u)) else {
         tracing::warn!(uid = ?uid, "control socket: caller refused");
         let e = refusal(
             ccode::FORBIDDEN,
@@ -91,7 +91,7 @@ async fn connection(stream: UnixStream, host: Arc<Host>, access: Access) {
         );
         let _ = tx.send(rpc::response(&Value::Null, &Err(e))).await;
         return;
-    }
+    };
     let mut decoder = rpc::LineDecoder::new(MAX_CONTROL_BYTES);
     let mut buf = vec![0u8; 64 << 10];
     // Set when the caller goes away: streams it asked for (`--follow`) end with it.
@@ -123,7 +123,7 @@ async fn connection(stream: UnixStream, host: Arc<Host>, access: Access) {
             let tx = tx.clone();
             let gone = gone.clone();
             tokio::spawn(async move {
-                let outcome = dispatch(&host, &method, params, &tx, gone).await;
+                let outcome = dispatch(&host, &method, params, &tx, gone, uid).await;
                 let _ = tx.send(rpc::response(&id, &outcome)).await;
                 drop(permit);
             });
@@ -184,17 +184,22 @@ async fn dispatch(
     params: Value,
     tx: &mpsc::Sender<Vec<u8>>,
     gone: tokio::sync::watch::Receiver<bool>,
+    uid: u32,
 ) -> Result<Value, RpcError> {
+    // `allow_downgrade` is the operator's explicit override of the rollback ratchet, recorded
+    // with the uid that asked.
+    let downgrade =
+        (params.get("allow_downgrade").and_then(Value::as_bool) == Some(true)).then_some(uid);
     match method {
         "plugin.load" => {
             let dir = PathBuf::from(text(&params, "dir")?);
-            host.load(&dir).await
+            host.load(&dir, downgrade).await
         }
         "plugin.unload" => host.unload(text(&params, "id")?).await,
         "plugin.reload" => host.reload(text(&params, "id")?).await,
         "plugin.upgrade" => {
             let dir = PathBuf::from(text(&params, "dir")?);
-            host.upgrade(text(&params, "id")?, &dir).await
+            host.upgrade(text(&params, "id")?, &dir, downgrade).await
         }
         "plugin.list" => Ok(host.list()),
         "plugin.status" => host.status_of(text(&params, "id")?),

@@ -14,9 +14,11 @@ use stockade::idmap::IdRanges;
 use stockade::lifecycle::{Decision, Exit, State, Tracker};
 use stockade::monitor::attribute::{Event, EventType, Layer};
 use stockade::monitor::event::Object;
-use stockade::package::Package;
+use stockade::package::{Package, PackageError};
 use stockade::rpc::{code, Methods, RpcError};
 use stockade::sandbox::{EndReason, Request};
+use stockade_trust::keyring::Keyring;
+use stockade_trust::ratchet::{Mark, Ratchet};
 use tokio::sync::{broadcast, Notify, Semaphore};
 
 use crate::conn::{Conn, Sink};
@@ -31,6 +33,10 @@ const MISSED_HEARTBEATS: u32 = 2;
 pub struct Config {
     /// Per-plugin state directories live below `<state_root>/plugins/`.
     pub state_root: PathBuf,
+    /// This daemon's sealed copies of packages (`<state_root>/store/<pid>`).
+    pub store: PathBuf,
+    /// The keys signatures are checked against.
+    pub keyring: Arc<Keyring>,
     /// The host's monitors, loaded (or joined) once at start; `None` when they did not load.
     pub monitor: Option<Arc<Mutex<stockade::monitor::Monitor>>>,
 }
@@ -72,6 +78,9 @@ impl Events {
 
 pub struct Host {
     config: Config,
+    ratchet: Mutex<Ratchet>,
+    /// Names the next sealed copy below `<state_root>/store/`.
+    next_seal: AtomicU64,
     plugins: Mutex<BTreeMap<String, Arc<Plugin>>>,
     events: Arc<Events>,
     ids: IdRanges,
@@ -193,10 +202,13 @@ impl Sink for PluginSink {
 }
 
 impl Host {
-    pub fn new(config: Config) -> Arc<Host> {
+    /// `ratchet`: the rollback ratchet, opened from `<state_root>/trust/ratchet.json`.
+    pub fn new(config: Config, ratchet: Ratchet) -> Arc<Host> {
         let ids = IdRanges::at(&config.state_root.join("idmap.json"));
         Arc::new(Host {
             config,
+            ratchet: Mutex::new(ratchet),
+            next_seal: AtomicU64::new(1),
             plugins: Mutex::new(BTreeMap::new()),
             events: Arc::new(Events::new()),
             ids,
@@ -241,13 +253,31 @@ impl Host {
         }
     }
 
-    /// Reads and checks a package (the `verified` step; the signature check of the trust issue
-    /// slots in here).
-    async fn verify(dir: &Path) -> Result<(Arc<Package>, Arc<Methods>), RpcError> {
+    /// The `verified` step: the package read once into a sealed copy (everything after runs from
+    /// it), its signature checked against the keyring, its version and sequence against the
+    /// rollback ratchet. Nothing is started, and nothing kept, for a package refused here.
+    async fn verify(
+        self: &Arc<Self>,
+        dir: &Path,
+        allow_downgrade: Option<u32>,
+    ) -> Result<(Arc<Package>, Arc<Methods>), RpcError> {
         let owned = dir.to_path_buf();
-        let loaded = tokio::task::spawn_blocking(move || stockade::package::load(&owned))
-            .await
-            .map_err(|e| refusal(code::INTERNAL_ERROR, e.to_string(), None))?;
+        let keyring = self.config.keyring.clone();
+        let seal = self.config.store.join(format!(
+            "load-{}",
+            self.next_seal.fetch_add(1, Ordering::Relaxed)
+        ));
+        let loaded = tokio::task::spawn_blocking(move || {
+            stockade::package::load_with(
+                &owned,
+                stockade::package::Options {
+                    keyring: Some(&keyring),
+                    seal_into: Some(&seal),
+                },
+            )
+        })
+        .await
+        .map_err(|e| refusal(code::INTERNAL_ERROR, e.to_string(), None))?;
         let package = loaded.map_err(|e| {
             let hint = e.hint().unwrap_or_else(|| {
                 format!(
@@ -255,20 +285,109 @@ impl Host {
                     dir.display()
                 )
             });
-            refusal(
+            let mut r = refusal(
                 ccode::BAD_PACKAGE,
                 format!("{}: {e}", dir.display()),
                 Some(&hint),
-            )
+            );
+            if let PackageError::Refused(why) = &e {
+                r.code = ccode::UNTRUSTED;
+                if let Some(Value::Object(d)) = r.data.as_mut() {
+                    d.insert("kind".into(), json!(why.kind()));
+                }
+                self.events.send(json!({
+                    "type": "trust",
+                    "at_ms": now_ms(),
+                    "dir": dir,
+                    "decision": "refused",
+                    "kind": why.kind(),
+                    "reason": why.to_string(),
+                }));
+            }
+            r
         })?;
+        let id = package.manifest.id.clone();
+        let (sequence, digest) = ratchet_key(&package);
+        let checked = self
+            .ratchet
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(&id, &package.manifest.version, sequence, &digest);
+        let mut downgrade = None;
+        if let Err(rollback) = checked {
+            let Some(uid) = allow_downgrade else {
+                self.events.send(json!({
+                    "type": "trust",
+                    "at_ms": now_ms(),
+                    "plugin": id,
+                    "dir": dir,
+                    "decision": "refused",
+                    "kind": rollback.kind(),
+                    "reason": rollback.to_string(),
+                }));
+                return Err(RpcError {
+                    code: ccode::UNTRUSTED,
+                    message: format!("{}: plugin `{id}`: {rollback}", dir.display()),
+                    data: Some(json!({ "hint": rollback.hint(), "kind": rollback.kind() })),
+                });
+            };
+            tracing::warn!(plugin = %id, uid, "downgrade allowed by the operator: {rollback}");
+            downgrade = Some(json!({ "allowed_by_uid": uid, "was": rollback.to_string() }));
+        }
+        if package.signer.is_none() {
+            tracing::warn!(plugin = %id, "unsigned package loaded (--allow-unsigned): it runs untrusted");
+        }
+        self.events.send(json!({
+            "type": "trust",
+            "at_ms": now_ms(),
+            "plugin": id,
+            "dir": dir,
+            "decision": "accepted",
+            "level": package.trust.name(),
+            "signer": signer_json(&package),
+            "downgrade": downgrade,
+        }));
         let methods = Methods::compile(&package.manifest)
             .map_err(|e| refusal(ccode::BAD_PACKAGE, e, None))?;
         Ok((Arc::new(package), Arc::new(methods)))
     }
 
+    /// Moves the rollback ratchet to `package`: the daemon now runs this version. Stored before
+    /// it returns; an error means the version must not become the active one.
+    async fn commit(self: &Arc<Self>, package: &Arc<Package>) -> Result<(), RpcError> {
+        let host = self.clone();
+        let package = package.clone();
+        tokio::task::spawn_blocking(move || {
+            let (sequence, digest) = ratchet_key(&package);
+            let mark = Mark {
+                version: package.manifest.version.to_string(),
+                sequence,
+                digest,
+                at: now_ms() / 1000,
+            };
+            host.ratchet
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(&package.manifest.id, mark)
+        })
+        .await
+        .map_err(|e| refusal(code::INTERNAL_ERROR, e.to_string(), None))?
+        .map_err(|e| {
+            refusal(
+                code::INTERNAL_ERROR,
+                format!("cannot record the accepted version: {e}"),
+                Some("the daemon's state directory must be writable"),
+            )
+        })
+    }
+
     /// `plugin.load`: verifies the package, starts it and waits until it is active. A plugin that
     /// cannot start is not kept.
-    pub async fn load(self: &Arc<Self>, dir: &Path) -> Result<Value, RpcError> {
+    pub async fn load(
+        self: &Arc<Self>,
+        dir: &Path,
+        allow_downgrade: Option<u32>,
+    ) -> Result<Value, RpcError> {
         if self.stopping.load(Ordering::SeqCst) {
             return Err(refusal(
                 ccode::SHUTTING_DOWN,
@@ -276,7 +395,7 @@ impl Host {
                 None,
             ));
         }
-        let (package, methods) = Host::verify(dir).await?;
+        let (package, methods) = self.verify(dir, allow_downgrade).await?;
         let id = package.manifest.id.clone();
         let plugin = {
             let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
@@ -287,7 +406,7 @@ impl Host {
                     format!(
                         "a plugin `{id}` is loaded already (version {}, from {})",
                         st.package.manifest.version,
-                        st.package.dir.display()
+                        st.package.source.display()
                     ),
                     Some("`stockade plugin upgrade ID DIR` replaces it; `stockade plugin unload ID` removes it"),
                 ));
@@ -321,13 +440,29 @@ impl Host {
         }
         {
             let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
-            let reason = format!(
-                "package verified; entry sha3-512 {}",
-                package.entry_sha3_512
-            );
+            let reason = match &package.signer {
+                Some(s) => format!(
+                    "package verified: signed by key {} (sequence {}), runs {}; entry sha3-512 {}",
+                    s.key,
+                    s.sequence,
+                    package.trust.name(),
+                    package.entry_sha3_512
+                ),
+                None => format!(
+                    "package verified: unsigned (allowed), runs untrusted; entry sha3-512 {}",
+                    package.entry_sha3_512
+                ),
+            };
             self.transition(&plugin, &mut st, State::Verified, &reason);
         }
         let started = self.start(&plugin).await;
+        if started.is_ok() {
+            if let Err(e) = self.commit(&package).await {
+                drop(op);
+                let _ = self.unload(&id).await;
+                return Err(e);
+            }
+        }
         drop(op);
         match started {
             Ok(()) => Ok(self.status(&plugin, false)),
@@ -577,9 +712,14 @@ impl Host {
     /// old one serves; then new calls go to the new one, the old one's calls in flight finish
     /// (until the longest call timeout of its methods), and the old one is stopped. When the new
     /// one cannot start or initialize, the old one keeps serving and the upgrade fails.
-    pub async fn upgrade(self: &Arc<Self>, id: &str, dir: &Path) -> Result<Value, RpcError> {
+    pub async fn upgrade(
+        self: &Arc<Self>,
+        id: &str,
+        dir: &Path,
+        allow_downgrade: Option<u32>,
+    ) -> Result<Value, RpcError> {
         let plugin = self.plugin(id)?;
-        let (package, methods) = Host::verify(dir).await?;
+        let (package, methods) = self.verify(dir, allow_downgrade).await?;
         if package.manifest.id != id {
             return Err(refusal(
                 ccode::BAD_PACKAGE,
@@ -645,6 +785,12 @@ impl Host {
                 ));
             }
         };
+        if let Err(e) = self.commit(&package).await {
+            Host::stop_run_after_start(run, ended).await;
+            self.events
+                .send(stage("failed", json!({ "reason": e.message })));
+            return Err(e);
+        }
         let heartbeat_every = package.manifest.lifecycle.heartbeat;
         // The old run's calls may run as long as the old manifest allows.
         let drain_for = old_longest.max(Duration::from_secs(1));
@@ -907,10 +1053,11 @@ impl Host {
         let plugin = self.plugin(id)?;
         let dir = {
             let st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.package.dir.clone()
+            st.package.source.clone()
         };
         self.unload(id).await?;
-        self.load(&dir).await
+        // Verified again from its directory, as any load.
+        self.load(&dir, None).await
     }
 
     /// `call`: checks the method and its params, then forwards the call to the active run.
@@ -1030,8 +1177,10 @@ impl Host {
             "id": plugin.id,
             "name": m.name,
             "version": m.version.to_string(),
-            "trust": m.trust.name(),
-            "dir": st.package.dir,
+            "trust": st.package.trust.name(),
+            "signer": signer_json(&st.package),
+            "dir": st.package.source,
+            "runs_from": st.package.dir,
             "entry_sha3_512": st.package.entry_sha3_512,
             "state": state.name(),
             "reason": reason,
@@ -1270,4 +1419,27 @@ fn describe_end_json(end: &Option<Ended>) -> Value {
         v["violations"] = json!(s.monitor.as_ref().map(|r| r.violations));
     }
     v
+}
+
+/// What the ratchet compares for a package: its signature's sequence and digest (0 and
+/// "unsigned" for an unsigned one).
+fn ratchet_key(package: &Package) -> (u64, String) {
+    match &package.signer {
+        Some(s) => (s.sequence, s.digest_hex()),
+        None => (0, "unsigned".into()),
+    }
+}
+
+fn signer_json(package: &Package) -> Value {
+    match &package.signer {
+        Some(s) => json!({
+            "key": s.key.to_string(),
+            "pinned_as": s.origin,
+            "sequence": s.sequence,
+            "signed_at": stockade_trust::statement::time_text(s.signed_at),
+            "expires": s.expires.map(stockade_trust::statement::time_text),
+            "digest": s.digest_hex(),
+        }),
+        None => Value::Null,
+    }
 }

@@ -4,13 +4,13 @@
 //! monitors loaded once (or the host's set joined), the control socket bound, then every package
 //! in the `--plugins` directories loaded. SIGTERM or SIGINT stops every plugin and exits 0.
 
-mod config;
 mod conn;
 mod control;
 mod host;
 mod logs;
 mod sandbox;
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -40,6 +40,14 @@ struct Args {
     /// A non-root uid that may use the control socket (repeatable).
     #[arg(long = "allow-uid", value_name = "UID")]
     allow_uid: Vec<u32>,
+    /// A publisher's public key (NAME.pub) whose signed plugins run `trusted` (repeatable; adds
+    /// to `keys` in [trust] of the configuration).
+    #[arg(long = "pubkey", value_name = "FILE")]
+    pubkey: Vec<PathBuf>,
+    /// Load unsigned packages too, at `untrusted` (enforce mode). For development: each such
+    /// load is logged.
+    #[arg(long)]
+    allow_unsigned: bool,
 }
 
 fn main() -> ExitCode {
@@ -73,7 +81,7 @@ fn start(mut args: Args) -> anyhow::Result<()> {
              hint: run it with sudo, or as the stockade systemd service"
         );
     }
-    let config = config::read(args.config.as_deref())?.unwrap_or_default();
+    let config = stockade::daemon_config::read(args.config.as_deref())?.unwrap_or_default();
     args.socket = args.socket.or(config.socket);
     let state_dir = args
         .state_dir
@@ -83,6 +91,17 @@ fn start(mut args: Args) -> anyhow::Result<()> {
     plugins.append(&mut args.plugins);
     let mut allow_uid = config.allow_uids;
     allow_uid.append(&mut args.allow_uid);
+    let keyring =
+        stockade::daemon_config::keyring(&config.trust, &args.pubkey, args.allow_unsigned)
+            .map_err(|e| match e.hint() {
+                Some(h) => anyhow::anyhow!("{e}\n  hint: {h}"),
+                None => anyhow::anyhow!("{e}"),
+            })?;
+    if keyring.allow_unsigned {
+        tracing::warn!(
+            "unsigned packages are allowed (--allow-unsigned): a development mode; they run untrusted"
+        );
+    }
     raise_open_files();
     let layout = stockade::cgroup::Layout::detect().map_err(|e| {
         anyhow::anyhow!("cgroups: {e}\n  hint: `stockade doctor` shows what this host offers")
@@ -94,6 +113,25 @@ fn start(mut args: Args) -> anyhow::Result<()> {
             state_dir.display()
         )
     })?;
+    let ratchet_path = state_dir.join("trust").join("ratchet.json");
+    let ratchet = stockade_trust::ratchet::Ratchet::open(&ratchet_path).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\n  hint: the rollback ratchet records the versions this host accepted; restore \
+             it from a backup (removing it forgets them: older packages would load again)"
+        )
+    })?;
+    // Sealed copies of packages: one directory per daemon process; those of daemons that are
+    // gone are removed (nothing runs from them now).
+    let store_root = state_dir.join("store");
+    sweep_store(&store_root);
+    let store = store_root.join(std::process::id().to_string());
+    for dir in [&store_root, &store] {
+        match std::fs::DirBuilder::new().mode(0o711).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => anyhow::bail!("cannot create {}: {e}", dir.display()),
+        }
+    }
     // The monitors once for every plugin (joining the host's set where one is loaded); each
     // sandbox joins this set. A host without them still serves monitor-mode (trusted) plugins;
     // an untrusted one refuses to start without them (fail closed, per sandbox).
@@ -121,10 +159,15 @@ fn start(mut args: Args) -> anyhow::Result<()> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let listener = control::bind(&socket, &access)?;
-        let host = host::Host::new(host::Config {
-            state_root: state_dir.clone(),
-            monitor: monitor.clone(),
-        });
+        let host = host::Host::new(
+            host::Config {
+                state_root: state_dir.clone(),
+                store: store.clone(),
+                monitor: monitor.clone(),
+                keyring: std::sync::Arc::new(keyring),
+            },
+            ratchet,
+        );
         let server = tokio::spawn(control::serve(listener, host.clone(), access));
         tracing::info!(socket = %socket.display(), "listening");
         // A SIGTERM while the packages load stops the daemon cleanly too (the loads under way
@@ -145,7 +188,27 @@ fn start(mut args: Args) -> anyhow::Result<()> {
         anyhow::Ok(())
     });
     drop(monitor);
+    stockade_trust::snapshot::remove_sealed(&store);
     result
+}
+
+/// Removes the sealed copies of daemons that are not running (`store/<pid>` whose process is
+/// gone or is not a `stockade-daemon`).
+fn sweep_store(root: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let alive = name
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
+            .is_some_and(|comm| comm.trim_end() == "stockade-daemon");
+        if !alive {
+            stockade_trust::snapshot::remove_sealed(&e.path());
+        }
+    }
 }
 
 /// Each plugin's run holds a few dozen descriptors (its socket and pipes, its sandbox's pidfd and
@@ -182,7 +245,7 @@ async fn load_directory(host: &std::sync::Arc<host::Host>, dir: &std::path::Path
         .collect();
     packages.sort();
     for package in packages {
-        match host.load(&package).await {
+        match host.load(&package, None).await {
             Ok(status) => tracing::info!(
                 plugin = status["id"].as_str().unwrap_or("?"),
                 "loaded from {}",

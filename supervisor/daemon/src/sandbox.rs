@@ -17,8 +17,8 @@ use stockade::monitor::Monitor;
 use stockade::package::Package;
 use stockade::plan::{self, PlanError};
 use stockade::sandbox::{self, MonitorRef, Request, StopSource, Summary};
-use stockade_policy::manifest::Trust;
 use stockade_policy::{EnforcementMode, LaunchContext, PLUGIN_RPC_FD};
+use stockade_trust::keyring::Level;
 use tokio::sync::oneshot;
 
 /// How a sandbox run ended.
@@ -171,8 +171,9 @@ fn run(
     let manifest = &package.manifest;
     let mut policy = package.policy.clone();
     // DESIGN.md's trust levels: untrusted code is enforced whatever its policy says; trusted
-    // code runs in its policy's own mode (the stock trusted profile is monitor mode).
-    if manifest.trust == Trust::Untrusted {
+    // code runs in its policy's own mode (the stock trusted profile is monitor mode). The level
+    // is the one the signature check gave (`package::load_with` applied it already).
+    if package.trust == Level::Untrusted {
         policy.enforcement.mode = EnforcementMode::Enforce;
     }
     let refused = |e: PlanError| Ended::Refused(e);

@@ -58,7 +58,12 @@ fn one_line(status: &Value) -> String {
     line
 }
 
-pub fn load(socket: Option<&Path>, dir: &Path, json: bool) -> Result<u8, Failure> {
+pub fn load(
+    socket: Option<&Path>,
+    dir: &Path,
+    allow_downgrade: bool,
+    json: bool,
+) -> Result<u8, Failure> {
     let dir = dir.canonicalize().map_err(|e| {
         Failure::usage(
             format!("{}: {e}", dir.display()),
@@ -66,7 +71,10 @@ pub fn load(socket: Option<&Path>, dir: &Path, json: bool) -> Result<u8, Failure
         )
     })?;
     let mut client = connect(socket)?;
-    match client.call("plugin.load", json!({ "dir": dir })) {
+    match client.call(
+        "plugin.load",
+        json!({ "dir": dir, "allow_downgrade": allow_downgrade }),
+    ) {
         Ok(status) => {
             if json {
                 print_json(&status);
@@ -92,7 +100,13 @@ pub fn load(socket: Option<&Path>, dir: &Path, json: bool) -> Result<u8, Failure
     }
 }
 
-pub fn upgrade(socket: Option<&Path>, id: &str, dir: &Path, json: bool) -> Result<u8, Failure> {
+pub fn upgrade(
+    socket: Option<&Path>,
+    id: &str,
+    dir: &Path,
+    allow_downgrade: bool,
+    json: bool,
+) -> Result<u8, Failure> {
     let dir = dir.canonicalize().map_err(|e| {
         Failure::usage(
             format!("{}: {e}", dir.display()),
@@ -101,7 +115,10 @@ pub fn upgrade(socket: Option<&Path>, id: &str, dir: &Path, json: bool) -> Resul
     })?;
     let mut client = connect(socket)?;
     let status = client
-        .call("plugin.upgrade", json!({ "id": id, "dir": dir }))
+        .call(
+            "plugin.upgrade",
+            json!({ "id": id, "dir": dir, "allow_downgrade": allow_downgrade }),
+        )
         .map_err(failure)?;
     if json {
         print_json(&status);

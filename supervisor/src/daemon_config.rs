@@ -1,24 +1,33 @@
 //! The daemon's configuration file (TOML; `--config FILE`, else `/etc/stockade/daemon.toml`
-//! when it exists). Flags on the command line win over it; `plugins` and `allow_uids` add up.
+//! when it exists). Flags on the command line win over it; lists add up. `stockade verify`
+//! reads its `[trust]` keys too.
 //!
 //! ```toml
 //! socket = "/run/stockade/stockade.sock"
 //! state_dir = "/var/lib/stockade"
 //! plugins = ["/etc/stockade/plugins"]
 //! allow_uids = [1000]
+//!
+//! [trust]
+//! keys = ["/etc/stockade/keys/acme.pub"]          # publishers whose plugins run `trusted`
+//! third_party_keys = ["ed25519:..."]              # opted in: their plugins run `untrusted`
+//! revoked = ["1a2b3c4d5e6f7081"]                  # key ids (or keys) never accepted again
+//! allow_unsigned = false                          # development only
 //! ```
 //!
 //! Every error names the file, line and column, and the daemon does not start.
 
 use std::path::{Path, PathBuf};
 
-use toml_edit::{ImDocument, Item, Value};
+use stockade_trust::key::{KeyId, PublicKey};
+use stockade_trust::keyring::{Keyring, Level};
+use toml_edit::{ImDocument, Item, Table, Value};
 
 /// Where the daemon looks when no `--config` is given.
 pub const DEFAULT_CONFIG: &str = "/etc/stockade/daemon.toml";
 /// The largest configuration file read.
 const MAX_BYTES: u64 = 1 << 20;
-const KEYS: &str = "socket, state_dir, plugins, allow_uids";
+const KEYS: &str = "socket, state_dir, plugins, allow_uids and the table [trust]";
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Config {
@@ -26,6 +35,65 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     pub plugins: Vec<PathBuf>,
     pub allow_uids: Vec<u32>,
+    pub trust: TrustConfig,
+}
+
+/// `[trust]`: the keys this host accepts signatures from.
+#[derive(Debug, Default, PartialEq)]
+pub struct TrustConfig {
+    /// Publishers whose plugins run at `trusted`: `.pub` files or `ed25519:` lines.
+    pub keys: Vec<String>,
+    /// Third-party publishers the operator opted in to: their plugins run at `untrusted`.
+    pub third_party_keys: Vec<String>,
+    /// Keys never accepted again, whatever pins them: key ids, `.pub` files or `ed25519:` lines.
+    pub revoked: Vec<String>,
+    pub allow_unsigned: bool,
+}
+
+/// A key of the configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("[trust] {list}: {source}")]
+pub struct KeyConfigError {
+    pub list: &'static str,
+    pub source: stockade_trust::key::KeyError,
+}
+
+impl KeyConfigError {
+    pub fn hint(&self) -> Option<&'static str> {
+        self.source.hint()
+    }
+}
+
+/// The keyring of a configuration, with the compiled-in keys, the `--pubkey` files given on the
+/// command line (at `trusted`) and `--allow-unsigned`.
+pub fn keyring(
+    trust: &TrustConfig,
+    pubkeys: &[PathBuf],
+    allow_unsigned: bool,
+) -> Result<Keyring, KeyConfigError> {
+    let mut ring = Keyring::with_builtin();
+    let wrap = |list: &'static str| move |source| KeyConfigError { list, source };
+    for k in &trust.keys {
+        let key = PublicKey::from_config(k).map_err(wrap("keys"))?;
+        ring.pin(key, Level::Trusted, k);
+    }
+    for k in &trust.third_party_keys {
+        let key = PublicKey::from_config(k).map_err(wrap("third_party_keys"))?;
+        ring.pin(key, Level::Untrusted, k);
+    }
+    for p in pubkeys {
+        let key = PublicKey::read(p).map_err(wrap("--pubkey"))?;
+        ring.pin(key, Level::Trusted, &p.display().to_string());
+    }
+    for r in &trust.revoked {
+        let id = match KeyId::parse(r) {
+            Some(id) => id,
+            None => PublicKey::from_config(r).map_err(wrap("revoked"))?.id(),
+        };
+        ring.revoke(id);
+    }
+    ring.allow_unsigned = allow_unsigned || trust.allow_unsigned;
+    Ok(ring)
 }
 
 /// Reads `path`; `Ok(None)` when it is the default path and does not exist.
@@ -123,10 +191,61 @@ pub fn parse(text: &str) -> Result<Config, (usize, String)> {
                     }
                 }
             }
+            "trust" => {
+                let Some(table) = item.as_table() else {
+                    return Err((value_at, "`trust` must be a table: [trust]".into()));
+                };
+                config.trust = parse_trust(table)?;
+            }
             other => return Err((at, format!("unknown key `{other}`"))),
         }
     }
     Ok(config)
+}
+
+fn parse_trust(table: &Table) -> Result<TrustConfig, (usize, String)> {
+    let mut trust = TrustConfig::default();
+    for (key, item) in table.iter() {
+        let at = table.key(key).and_then(|k| k.span()).map_or(0, |s| s.start);
+        let value_at = item.span().map_or(at, |s| s.start);
+        let strings = |what: &str| -> Result<Vec<String>, (usize, String)> {
+            let Some(Value::Array(array)) = item.as_value() else {
+                return Err((value_at, format!("`{key}` must be an array of {what}")));
+            };
+            array
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) if !s.value().is_empty() => Ok(s.value().clone()),
+                    _ => Err((
+                        v.span().map_or(value_at, |s| s.start),
+                        format!("each of `{key}` must be {what}"),
+                    )),
+                })
+                .collect()
+        };
+        const KEY: &str = "a key: the path of a .pub file, or its `ed25519:...` line";
+        match key {
+            "keys" => trust.keys = strings(KEY)?,
+            "third_party_keys" => trust.third_party_keys = strings(KEY)?,
+            "revoked" => trust.revoked = strings("a key id (16 hex digits) or a key")?,
+            "allow_unsigned" => {
+                trust.allow_unsigned = item
+                    .as_value()
+                    .and_then(Value::as_bool)
+                    .ok_or((value_at, "`allow_unsigned` must be true or false".into()))?
+            }
+            other => {
+                return Err((
+                    at,
+                    format!(
+                        "unknown key `{other}` in [trust] (the keys are keys, third_party_keys, \
+                         revoked, allow_unsigned)"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(trust)
 }
 
 #[cfg(test)]
@@ -144,6 +263,34 @@ mod tests {
         assert_eq!(c.plugins, [PathBuf::from("/a"), PathBuf::from("/b")]);
         assert_eq!(c.allow_uids, [1000]);
         assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_trust_table() {
+        let c = parse(
+            "[trust]\nkeys = [\"/k.pub\"]\nthird_party_keys = [\"ed25519:x\"]\nrevoked = [\"1a2b3c4d5e6f7081\"]\nallow_unsigned = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.trust.keys, ["/k.pub"]);
+        assert_eq!(c.trust.third_party_keys, ["ed25519:x"]);
+        assert_eq!(c.trust.revoked, ["1a2b3c4d5e6f7081"]);
+        assert!(c.trust.allow_unsigned);
+        let text = "[trust]\nkey = []\n";
+        let (at, message) = parse(text).unwrap_err();
+        assert_eq!(line_column(text, at), (2, 1));
+        assert!(
+            message.contains("unknown key `key` in [trust]"),
+            "{message}"
+        );
+        let (_, message) = parse("[trust]\nallow_unsigned = \"yes\"\n").unwrap_err();
+        assert!(message.contains("true or false"), "{message}");
+        // A key that is not one is refused when the keyring is built, naming the list.
+        let c = parse("[trust]\nthird_party_keys = [\"ed25519:x\"]\n").unwrap();
+        let e = keyring(&c.trust, &[], false).unwrap_err();
+        assert!(
+            e.to_string().starts_with("[trust] third_party_keys:"),
+            "{e}"
+        );
     }
 
     #[test]
