@@ -1,10 +1,11 @@
 #!/bin/sh
-# Stockade's main job, end to end: a daemon hosting the example plugins, a call into each, a
-# misbehaving plugin auto-unloaded with its violation report, and a clean stop. Run as root after
+# Stockade's main job, end to end: the example plugins signed by a publisher key the daemon pins,
+# a daemon hosting them, a call into each, a misbehaving plugin auto-unloaded with its violation
+# report, a tampered package refused, and a clean stop. Run as root after
 # `cargo xtask setup && cargo build --release` (README.md):
 #   examples/daemon-demo.sh
-# Everything it makes lives in one temporary directory (socket, state, copies of the packages),
-# removed at the end; the daemon is stopped with SIGTERM, which stops every plugin first.
+# Everything it makes lives in one temporary directory (socket, state, keys, copies of the
+# packages), removed at the end; the daemon is stopped with SIGTERM, which stops every plugin first.
 set -eu
 cd "$(dirname "$0")/.."
 bin=${STOCKADE_BIN:-target/x86_64-unknown-linux-gnu/release}
@@ -46,8 +47,19 @@ export STOCKADE_SOCKET="$work/control.sock"
 stockade() { "$bin/stockade" "$@"; }
 say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 
-say "stockade daemon --plugins $work/plugins &"
-"$bin/stockade" daemon --plugins "$work/plugins" --state-dir "$work/state" 2>"$work/daemon.log" &
+mkdir "$work/keys"
+say "stockade key generate demo-publisher --out $work/keys"
+stockade key generate demo-publisher --out "$work/keys"
+for p in echo-rust echo-python nosy; do
+    say "stockade sign $work/plugins/$p --key $work/keys/demo-publisher.key"
+    stockade sign "$work/plugins/$p" --key "$work/keys/demo-publisher.key"
+done
+say "stockade verify $work/plugins/echo-python --pubkey $work/keys/demo-publisher.pub"
+stockade verify "$work/plugins/echo-python" --pubkey "$work/keys/demo-publisher.pub"
+
+say "stockade daemon --plugins $work/plugins --pubkey $work/keys/demo-publisher.pub &"
+"$bin/stockade" daemon --plugins "$work/plugins" --pubkey "$work/keys/demo-publisher.pub" \
+    --state-dir "$work/state" 2>"$work/daemon.log" &
 daemon_pid=$!
 tries=0
 until stockade plugin list >/dev/null 2>&1; do
@@ -94,6 +106,10 @@ say "stockade events | grep report          # the violation report"
 stockade events | grep '"type":"report"'
 say "stockade plugin list"
 stockade plugin list
+cp -r "$work/plugins/echo-python" "$work/tampered"
+printf '\n# one more line\n' >>"$work/tampered/main.py"
+say "stockade plugin load $work/tampered      # echo-python with one line added after signing"
+stockade plugin load "$work/tampered" 2>&1 || true
 say "kill -TERM <daemon>                      # stops every plugin, then exits 0"
 kill -TERM "$daemon_pid"
 wait "$daemon_pid"

@@ -16,6 +16,36 @@ struct Daemon {
     child: Option<Child>,
     dir: PathBuf,
     socket: PathBuf,
+    /// The test publisher's secret key; the daemon pins its public key (`--pubkey`).
+    key: PathBuf,
+    /// The next signature's sequence: every package this daemon sees grows it.
+    sequence: std::sync::atomic::AtomicU64,
+}
+
+/// A fresh key pair NAME.key and NAME.pub in `dir`.
+fn generate_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let out = Command::new(harness::stockade())
+        .args(["key", "generate", name, "--out"])
+        .arg(dir)
+        .output()
+        .expect("stockade key generate");
+    assert!(out.status.success(), "key generate: {out:?}");
+    (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.pub")),
+    )
+}
+
+/// `stockade sign DIR --key KEY ARGS`.
+fn sign(dir: &Path, key: &Path, args: &[&str]) -> Output {
+    Command::new(harness::stockade())
+        .arg("sign")
+        .arg(dir)
+        .arg("--key")
+        .arg(key)
+        .args(args)
+        .output()
+        .expect("stockade sign")
 }
 
 const ECHO_METHODS: &str = r#"
@@ -29,8 +59,13 @@ timeout = "5s"
 "#;
 
 impl Daemon {
+    /// A daemon that pins a test publisher's key; the packages of `package_with` are signed with
+    /// it.
     fn start(name: &str, extra: &[&str]) -> Daemon {
         let dir = harness::scratch_dir(&format!("daemon-{name}"));
+        let keys = dir.join("keys");
+        std::fs::create_dir_all(&keys).expect("keys dir");
+        let (key, public) = generate_key(&keys, "publisher");
         let socket = dir.join("control.sock");
         let log = std::fs::File::create(dir.join("daemon.log")).expect("daemon log");
         let child = Command::new(harness::stockade())
@@ -39,6 +74,8 @@ impl Daemon {
             .arg(&socket)
             .arg("--state-dir")
             .arg(dir.join("state"))
+            .arg("--pubkey")
+            .arg(&public)
             .args(extra)
             .env("STOCKADE_LOG", "info")
             .stdin(Stdio::null())
@@ -50,6 +87,8 @@ impl Daemon {
             child: Some(child),
             dir,
             socket,
+            key,
+            sequence: std::sync::atomic::AtomicU64::new(1),
         };
         let until = Instant::now() + Duration::from_secs(20);
         while UnixStream::connect(&daemon.socket).is_err() {
@@ -216,7 +255,18 @@ trust = "{trust}"
 "#
         );
         std::fs::write(dir.join("plugin.toml"), manifest).expect("write plugin.toml");
+        self.sign(&dir);
         dir
+    }
+
+    /// Signs the package in `dir` with the test publisher's key, at the next sequence.
+    fn sign(&self, dir: &Path) {
+        let n = self
+            .sequence
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            .to_string();
+        let out = sign(dir, &self.key, &["--sequence", &n]);
+        assert!(out.status.success(), "sign {}: {out:?}", dir.display());
     }
 
     fn load(&self, dir: &Path) -> Value {
@@ -757,6 +807,8 @@ fn the_readme_demo_runs() {
         "the plugin declares no method `shout`",
         "nosy 0.1.0 (untrusted): quarantined (auto-unloaded for violations (namespace /etc/shadow))",
         r#""by_layer":{"namespace":1}"#,
+        "/echo-python: signature ok",
+        "the package is not what was signed: main.py: its bytes are not the signed ones",
         "the daemon exited with status 0",
     ] {
         assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
@@ -789,6 +841,7 @@ fn more_than_64_plugins_at_once() {
         )
         .unwrap();
         std::fs::copy(harness::bin_dir().join("echo-rust"), dir.join("echo-rust")).unwrap();
+        d.sign(&dir);
         d.load(&dir);
     }
     assert_eq!(d.cgroups().len(), count);
@@ -902,7 +955,7 @@ fn the_configuration_file() {
     std::fs::write(
         &config,
         format!(
-            "plugins = [\"{}\"]\nallow_uids = [65533]\n",
+            "plugins = [\"{}\"]\nallow_uids = [65533]\n[trust]\nallow_unsigned = true\n",
             plugins.display()
         ),
     )
