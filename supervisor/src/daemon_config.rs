@@ -12,6 +12,9 @@
 //! keys = ["/etc/stockade/keys/acme.pub"]          # publishers whose plugins run `trusted`
 //! third_party_keys = ["ed25519:..."]              # opted in: their plugins run `untrusted`
 //! revoked = ["1a2b3c4d5e6f7081"]                  # key ids (or keys) never accepted again
+//! rotations = ["/etc/stockade/keys/acme-2027.rotation"]   # new keys vouched for by old ones
+//! trust_list = "/etc/stockade/trust.list"        # sealed with `stockade trust-list seal`
+//! trust_list_key = "credential:stockade-trust-list"   # or the path of the key file
 //! allow_unsigned = false                          # development only
 //! ```
 //!
@@ -47,6 +50,11 @@ pub struct TrustConfig {
     pub third_party_keys: Vec<String>,
     /// Keys never accepted again, whatever pins them: key ids, `.pub` files or `ed25519:` lines.
     pub revoked: Vec<String>,
+    /// Key rotation files (`stockade key rotate`), applied in order.
+    pub rotations: Vec<PathBuf>,
+    /// The sealed trust list, and where its key is (a file, or `credential:NAME`).
+    pub trust_list: Option<PathBuf>,
+    pub trust_list_key: Option<String>,
     pub allow_unsigned: bool,
 }
 
@@ -93,6 +101,96 @@ pub fn keyring(
         ring.revoke(id);
     }
     ring.allow_unsigned = allow_unsigned || trust.allow_unsigned;
+    Ok(ring)
+}
+
+/// Why the daemon's trust cannot be set up: it does not start.
+#[derive(Debug)]
+pub struct TrustSetupError {
+    pub cause: String,
+    pub hint: &'static str,
+}
+
+impl std::fmt::Display for TrustSetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\n  hint: {}", self.cause, self.hint)
+    }
+}
+
+/// The daemon's keyring: [`keyring`], then the rotations the host accepted before (`state`),
+/// then the configuration's rotations (remembered in `state`), then the trust list — opened
+/// whole or not at all, and refused when older than one the host used.
+pub fn daemon_keyring(
+    trust: &TrustConfig,
+    pubkeys: &[PathBuf],
+    allow_unsigned: bool,
+    state: &mut stockade_trust::ratchet::Ratchet,
+) -> Result<Keyring, TrustSetupError> {
+    use stockade_trust::rotation::Rotation;
+    let mut ring = keyring(trust, pubkeys, allow_unsigned).map_err(|e| TrustSetupError {
+        cause: e.to_string(),
+        hint: e.hint().unwrap_or("see docs/plugins.md, \"Signing\""),
+    })?;
+    for text in state.rotations().to_vec() {
+        // Accepted before: it stands even if its old key was revoked since (the point of a
+        // rotation). One whose old key is no longer pinned at all introduces nothing.
+        if let Ok(r) = Rotation::parse(text.as_bytes()) {
+            let _ = ring.introduce(&r, true);
+        }
+    }
+    for path in &trust.rotations {
+        let bytes = std::fs::read(path).map_err(|e| TrustSetupError {
+            cause: format!("[trust] rotations: {}: {e}", path.display()),
+            hint: "check the path and its permissions",
+        })?;
+        let refused = |why: String| TrustSetupError {
+            cause: format!("[trust] rotations: {}: {why}", path.display()),
+            hint: "a rotation is written by `stockade key rotate` with the old key and the new one",
+        };
+        let r = Rotation::parse(&bytes).map_err(|e| refused(e.to_string()))?;
+        ring.introduce(&r, false)
+            .map_err(|e| refused(e.to_string()))?;
+        state
+            .remember_rotation(r.text())
+            .map_err(|e| TrustSetupError {
+                cause: e.to_string(),
+                hint: "the daemon's state directory must be writable",
+            })?;
+    }
+    match (&trust.trust_list, &trust.trust_list_key) {
+        (None, None) => {}
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(TrustSetupError {
+                cause: "[trust]: trust_list and trust_list_key go together".into(),
+                hint: "name both the sealed list and its key, or neither",
+            })
+        }
+        (Some(list), Some(key)) => {
+            let wrap = |e: stockade_trust::trustlist::ListError| TrustSetupError {
+                cause: format!("[trust] trust_list: {e}"),
+                hint: e.hint().unwrap_or("see docs/plugins.md, \"The trust list\""),
+            };
+            let key = stockade_trust::trustlist::ListKey::read(key).map_err(wrap)?;
+            let list = stockade_trust::trustlist::read(list, &key).map_err(wrap)?;
+            if list.serial < state.list_serial() {
+                return Err(TrustSetupError {
+                    cause: format!(
+                        "[trust] trust_list: serial {} is older than serial {}, used before on this host",
+                        list.serial,
+                        state.list_serial()
+                    ),
+                    hint: "an older list is refused (it could be a replay): seal the current one, with a higher serial",
+                });
+            }
+            state
+                .raise_list_serial(list.serial)
+                .map_err(|e| TrustSetupError {
+                    cause: e.to_string(),
+                    hint: "the daemon's state directory must be writable",
+                })?;
+            ring.list = Some(list);
+        }
+    }
     Ok(ring)
 }
 
@@ -228,6 +326,24 @@ fn parse_trust(table: &Table) -> Result<TrustConfig, (usize, String)> {
             "keys" => trust.keys = strings(KEY)?,
             "third_party_keys" => trust.third_party_keys = strings(KEY)?,
             "revoked" => trust.revoked = strings("a key id (16 hex digits) or a key")?,
+            "rotations" => {
+                trust.rotations = strings("the path of a rotation file")?
+                    .into_iter()
+                    .map(PathBuf::from)
+                    .collect()
+            }
+            "trust_list" | "trust_list_key" => {
+                let value = item
+                    .as_str()
+                    .filter(|v| !v.is_empty())
+                    .ok_or((value_at, format!("`{key}` must be a non-empty string")))?
+                    .to_string();
+                if key == "trust_list" {
+                    trust.trust_list = Some(PathBuf::from(value));
+                } else {
+                    trust.trust_list_key = Some(value);
+                }
+            }
             "allow_unsigned" => {
                 trust.allow_unsigned = item
                     .as_value()
@@ -239,7 +355,7 @@ fn parse_trust(table: &Table) -> Result<TrustConfig, (usize, String)> {
                     at,
                     format!(
                         "unknown key `{other}` in [trust] (the keys are keys, third_party_keys, \
-                         revoked, allow_unsigned)"
+                         revoked, rotations, trust_list, trust_list_key, allow_unsigned)"
                     ),
                 ))
             }

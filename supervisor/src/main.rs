@@ -75,6 +75,9 @@ enum Command {
     /// Signing keys (Ed25519).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// The operator's encrypted trust list: which plugins, versions and signers this host runs.
+    #[command(subcommand)]
+    TrustList(TrustListCommand),
     /// Sign a plugin package: writes stockade.sig into it, over the SHA3-512 of every file.
     Sign {
         #[arg(value_name = "PACKAGE-DIR")]
@@ -281,6 +284,53 @@ enum KeyCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Write the statement that a new key succeeds an old one, signed by both: hosts that trust
+    /// the old key then trust the new one (ship it in packages as stockade.rotation, or list it
+    /// in the daemon's [trust] rotations).
+    Rotate {
+        /// The old secret key.
+        #[arg(long, value_name = "OLD.key")]
+        from: PathBuf,
+        /// The new secret key.
+        #[arg(long, value_name = "NEW.key")]
+        to: PathBuf,
+        /// Where to write it [default: NEW.rotation beside NEW.key].
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Read the keys' passphrase from the first line of FILE.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrustListCommand {
+    /// Write a new key to seal trust lists with (mode 0600).
+    NewKey {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Seal a trust list's plain text (TOML; docs/plugins.md) with XChaCha20-Poly1305.
+    Seal {
+        #[arg(value_name = "PLAIN.toml")]
+        plain: PathBuf,
+        /// The list key: a file, or credential:NAME (a systemd credential).
+        #[arg(long, value_name = "KEY")]
+        key: String,
+        #[arg(long, value_name = "LIST")]
+        out: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Open a sealed trust list and print what it allows.
+    Show {
+        #[arg(value_name = "LIST")]
+        list: PathBuf,
+        #[arg(long, value_name = "KEY")]
+        key: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -449,6 +499,24 @@ fn main() -> ExitCode {
             ask_passphrase,
             force,
         ),
+        Command::Key(KeyCommand::Rotate {
+            from,
+            to,
+            out,
+            passphrase_file,
+        }) => cli::trust::key_rotate(&from, &to, out.as_deref(), passphrase_file.as_deref()),
+        Command::TrustList(TrustListCommand::NewKey { out, force }) => {
+            cli::trust::list_new_key(&out, force)
+        }
+        Command::TrustList(TrustListCommand::Seal {
+            plain,
+            key,
+            out,
+            force,
+        }) => cli::trust::list_seal(&plain, &key, &out, force),
+        Command::TrustList(TrustListCommand::Show { list, key }) => {
+            cli::trust::list_show(&list, &key)
+        }
         Command::Sign {
             dir,
             key,

@@ -19,7 +19,8 @@ use stockade_policy::{
     load_manifest, load_policy, parse_policy, Diagnostics, EnforcementMode, LoadError, PathVar,
     Policy, PolicyPath,
 };
-use stockade_trust::keyring::{Keyring, Level, Refusal, Signer};
+use stockade_trust::keyring::{Keyring, Level, Presented, Refusal, Signer};
+use stockade_trust::rotation::Rotation;
 use stockade_trust::snapshot::{self, Limits, Sealed, SnapshotError};
 use stockade_trust::statement::Kind;
 
@@ -37,6 +38,9 @@ pub struct Package {
     pub trust: Level,
     /// Who signed it, when a keyring checked it and it is signed.
     pub signer: Option<Signer>,
+    /// The key rotation the package carried and its signature check used (the host remembers
+    /// it once the package runs).
+    pub rotation: Option<Rotation>,
     /// Files and directories in the package, and their bytes.
     pub files: usize,
     pub bytes: u64,
@@ -205,7 +209,7 @@ pub fn load_with(dir: &Path, options: Options) -> Result<Package, PackageError> 
             (policy, label)
         }
     };
-    let (trust, signer) = match options.keyring {
+    let (trust, signer, rotation) = match options.keyring {
         Some(keyring) => {
             // A manifest that asks for `untrusted` is held to it; one that asks for `trusted`
             // gets what its signer is pinned at.
@@ -215,19 +219,22 @@ pub fn load_with(dir: &Path, options: Options) -> Result<Package, PackageError> 
             };
             let verdict = keyring
                 .judge(
-                    snap.signature.as_deref(),
-                    &snap.entries,
-                    &manifest.id,
-                    &manifest.version.to_string(),
-                    cap,
+                    Presented {
+                        signature: snap.signature.as_deref(),
+                        rotation: snap.rotation.as_deref(),
+                        entries: &snap.entries,
+                        plugin: &manifest.id,
+                        version: &manifest.version,
+                        cap,
+                    },
                     std::time::SystemTime::now(),
                 )
                 .map_err(PackageError::Refused)?;
-            (verdict.level, verdict.signer)
+            (verdict.level, verdict.signer, verdict.rotation)
         }
         None => match manifest.trust {
-            Trust::Untrusted => (Level::Untrusted, None),
-            Trust::Trusted => (Level::Trusted, None),
+            Trust::Untrusted => (Level::Untrusted, None, None),
+            Trust::Trusted => (Level::Trusted, None, None),
         },
     };
     if trust == Level::Untrusted {
@@ -251,6 +258,7 @@ pub fn load_with(dir: &Path, options: Options) -> Result<Package, PackageError> 
         sealed,
         trust,
         signer,
+        rotation,
         files: snap.entries.len(),
         bytes,
         manifest,

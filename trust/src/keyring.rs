@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use crate::hex;
 use crate::key::{KeyId, PublicKey};
+use crate::rotation::{Rotation, ROTATION_FILE};
 use crate::statement::{self, Difference, Entry, ParseError, PACKAGE_CONTEXT, SIGNATURE_FILE};
+use crate::trustlist::{NotAllowed, TrustList};
 
 /// How far in the future a signing time may lie (clocks differ).
 pub const CLOCK_SKEW: Duration = Duration::from_secs(300);
@@ -50,6 +52,39 @@ pub struct Keyring {
     revoked: BTreeSet<KeyId>,
     /// Unsigned packages load (at `untrusted`) instead of being refused.
     pub allow_unsigned: bool,
+    /// When set, only the plugins it lists, as it lists them.
+    pub list: Option<TrustList>,
+}
+
+/// What a package presents to the keyring.
+#[derive(Debug, Clone, Copy)]
+pub struct Presented<'a> {
+    /// Its signature file's bytes.
+    pub signature: Option<&'a [u8]>,
+    /// Its key rotation file's bytes (a new signing key introduced by an old one).
+    pub rotation: Option<&'a [u8]>,
+    /// What the package holds (its snapshot).
+    pub entries: &'a [Entry],
+    /// What its manifest says.
+    pub plugin: &'a str,
+    pub version: &'a semver::Version,
+    /// The highest level its manifest lets it run at.
+    pub cap: Level,
+}
+
+/// Why a key rotation is not accepted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RotationRefusal {
+    #[error("{ROTATION_FILE} is not a key rotation: {0}")]
+    Corrupt(ParseError),
+    #[error("the rotation is from key {0}, which this host does not trust")]
+    UnknownFrom(KeyId),
+    #[error("the rotation is from key {0}, which is revoked")]
+    RevokedFrom(KeyId),
+    #[error("the rotation to key {0} is not signed by both the old key and the new one")]
+    BadSignature(KeyId),
+    #[error("the rotation introduces key {0}, which is revoked")]
+    RevokedTo(KeyId),
 }
 
 /// The keys compiled in for `builtin` publishers: `STOCKADE_BUILTIN_KEYS` at build time (public
@@ -70,6 +105,9 @@ pub struct Verdict {
     pub level: Level,
     /// `None` for an unsigned package let in by `allow_unsigned`.
     pub signer: Option<Signer>,
+    /// A key rotation the package carried, accepted to check its signature: the host may
+    /// remember it.
+    pub rotation: Option<Rotation>,
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +150,10 @@ pub enum Refusal {
     Expired(SystemTime),
     #[error("the signature was made at {}, in the future (this host's clock says {})", statement::time_text(*.0), statement::time_text(*.1))]
     FromTheFuture(SystemTime, SystemTime),
+    #[error("signed by key {key}, introduced by the package's key rotation, refused: {why}")]
+    Rotation { key: KeyId, why: RotationRefusal },
+    #[error("{0}")]
+    NotAllowed(NotAllowed),
 }
 
 fn summary(d: &[Difference]) -> String {
@@ -141,6 +183,9 @@ impl Refusal {
             Refusal::Changed(_) => "changed",
             Refusal::Expired(_) => "expired",
             Refusal::FromTheFuture(..) => "from-the-future",
+            Refusal::Rotation { .. } => "bad-rotation",
+            Refusal::NotAllowed(NotAllowed::NotListed(_)) => "not-listed",
+            Refusal::NotAllowed(_) => "list-forbids",
         }
     }
 
@@ -165,6 +210,14 @@ impl Refusal {
             }
             Refusal::Expired(_) => "ask the publisher for a fresh signature",
             Refusal::FromTheFuture(..) => "check this host's clock, and the signer's",
+            Refusal::Rotation { .. } => {
+                "a new key is accepted only from a rotation signed by a key this host trusts and \
+                 by the new key itself (`stockade key rotate`)"
+            }
+            Refusal::NotAllowed(_) => {
+                "the operator's trust list decides which plugins run here: add it there \
+                 (`stockade trust-list seal`), or get the version and signer it names"
+            }
         }
     }
 }
@@ -220,34 +273,81 @@ impl Keyring {
         self.pinned.iter().find(|p| p.key.id() == id)
     }
 
-    /// The decision about one package: `signature` is its signature file's bytes, `entries`
-    /// what the package holds (its snapshot), `plugin` and `version` what its manifest says,
-    /// `claimed` the trust level its manifest asks for.
-    pub fn judge(
-        &self,
-        signature: Option<&[u8]>,
-        entries: &[Entry],
-        plugin: &str,
-        version: &str,
-        claimed: Level,
-        now: SystemTime,
-    ) -> Result<Verdict, Refusal> {
-        let Some(bytes) = signature else {
-            return if self.allow_unsigned {
-                Ok(Verdict {
-                    level: Level::Untrusted,
-                    signer: None,
-                })
-            } else {
-                Err(Refusal::Unsigned)
-            };
+    /// Accepts a key rotation: its `to` key is pinned at the level of its `from` key. A
+    /// `remembered` rotation (accepted before, kept by the host) stands even if `from` was
+    /// revoked since; a new one needs `from` trusted and not revoked. `Ok(false)`: known already.
+    pub fn introduce(&mut self, r: &Rotation, remembered: bool) -> Result<bool, RotationRefusal> {
+        let to = r.to.id();
+        if self.is_revoked(to) {
+            return Err(RotationRefusal::RevokedTo(to));
+        }
+        if !remembered && self.is_revoked(r.from) {
+            return Err(RotationRefusal::RevokedFrom(r.from));
+        }
+        let from = self
+            .pinned
+            .iter()
+            .find(|p| p.key.id() == r.from)
+            .ok_or(RotationRefusal::UnknownFrom(r.from))?;
+        if !r.verify(&from.key) {
+            return Err(RotationRefusal::BadSignature(to));
+        }
+        if self.pinned.iter().any(|p| p.key.id() == to) {
+            return Ok(false);
+        }
+        let pinned = Pinned {
+            key: r.to.clone(),
+            level: from.level,
+            origin: format!("rotated from key {}", r.from),
+        };
+        self.pinned.push(pinned);
+        Ok(true)
+    }
+
+    /// The decision about one package. Unsigned: refused unless `allow_unsigned` (then
+    /// `untrusted`). Signed: by a pinned key that is not revoked (or one the package's own
+    /// rotation introduces from such a key), over exactly this plugin, version and set of files,
+    /// not expired, not from the future; and on the trust list, when there is one. The level is
+    /// the key's, never above `cap`.
+    pub fn judge(&self, p: Presented, now: SystemTime) -> Result<Verdict, Refusal> {
+        let Some(bytes) = p.signature else {
+            if !self.allow_unsigned {
+                return Err(Refusal::Unsigned);
+            }
+            if let Some(list) = &self.list {
+                list.check(p.plugin, p.version, None, None)
+                    .map_err(Refusal::NotAllowed)?;
+            }
+            return Ok(Verdict {
+                level: Level::Untrusted,
+                signer: None,
+                rotation: None,
+            });
         };
         let signed = statement::parse(bytes).map_err(Refusal::Corrupt)?;
         let s = &signed.statement;
         if self.is_revoked(s.key) {
             return Err(Refusal::Revoked(s.key));
         }
-        let pinned = self.find(s.key).ok_or(Refusal::UnknownKey(s.key))?;
+        // A key this host does not know yet, introduced by the package's own rotation.
+        let mut rotated = None;
+        let extended;
+        let ring = match (self.find(s.key), p.rotation) {
+            (None, Some(bytes)) => {
+                let why = |why| Refusal::Rotation { key: s.key, why };
+                let r = Rotation::parse(bytes).map_err(|e| why(RotationRefusal::Corrupt(e)))?;
+                if r.to.id() != s.key {
+                    return Err(Refusal::UnknownKey(s.key));
+                }
+                let mut ring = self.clone();
+                ring.introduce(&r, false).map_err(why)?;
+                rotated = Some(r);
+                extended = ring;
+                &extended
+            }
+            _ => self,
+        };
+        let pinned = ring.find(s.key).ok_or(Refusal::UnknownKey(s.key))?;
         if !pinned
             .key
             .verify(PACKAGE_CONTEXT, &signed.digest, &signed.signature)
@@ -255,19 +355,19 @@ impl Keyring {
             return Err(Refusal::BadSignature(s.key));
         }
         // From here on the statement is the publisher's.
-        if s.plugin != plugin {
+        if s.plugin != p.plugin {
             return Err(Refusal::OtherPlugin {
                 signed: s.plugin.clone(),
-                package: plugin.into(),
+                package: p.plugin.into(),
             });
         }
-        if s.version != version {
+        if s.version != p.version.to_string() {
             return Err(Refusal::OtherVersion {
                 signed: s.version.clone(),
-                package: version.into(),
+                package: p.version.to_string(),
             });
         }
-        let differences = statement::compare(&s.entries, entries);
+        let differences = statement::compare(&s.entries, p.entries);
         if !differences.is_empty() {
             return Err(Refusal::Changed(differences));
         }
@@ -279,8 +379,13 @@ impl Keyring {
         if s.signed_at > now + CLOCK_SKEW {
             return Err(Refusal::FromTheFuture(s.signed_at, now));
         }
+        let digest_hex = hex::encode(&signed.digest);
+        if let Some(list) = &self.list {
+            list.check(p.plugin, p.version, Some(s.key), Some(&digest_hex))
+                .map_err(Refusal::NotAllowed)?;
+        }
         Ok(Verdict {
-            level: pinned.level.min(claimed),
+            level: pinned.level.min(p.cap),
             signer: Some(Signer {
                 key: s.key,
                 origin: pinned.origin.clone(),
@@ -289,6 +394,7 @@ impl Keyring {
                 expires: s.expires,
                 digest: signed.digest,
             }),
+            rotation: rotated,
         })
     }
 }
@@ -324,15 +430,21 @@ mod tests {
         s.sign(key)
     }
 
+    fn presented<'a>(sig: Option<&'a str>, entries: &'a [Entry], cap: Level) -> Presented<'a> {
+        static V: std::sync::OnceLock<semver::Version> = std::sync::OnceLock::new();
+        Presented {
+            signature: sig.map(str::as_bytes),
+            rotation: None,
+            entries,
+            plugin: "p",
+            version: V.get_or_init(|| semver::Version::new(1, 0, 0)),
+            cap,
+        }
+    }
+
     fn judge(ring: &Keyring, sig: &str) -> Result<Verdict, Refusal> {
-        ring.judge(
-            Some(sig.as_bytes()),
-            &entries(),
-            "p",
-            "1.0.0",
-            Level::Trusted,
-            SystemTime::now(),
-        )
+        let e = entries();
+        ring.judge(presented(Some(sig), &e, Level::Trusted), SystemTime::now())
     }
 
     #[test]
@@ -391,15 +503,10 @@ mod tests {
         );
         let mut ring = Keyring::new();
         ring.pin(key.public(), Level::Builtin, "compiled in");
+        let sig = signed(&key, |_| {});
+        let e = entries();
         let v = ring
-            .judge(
-                Some(signed(&key, |_| {}).as_bytes()),
-                &entries(),
-                "p",
-                "1.0.0",
-                Level::Untrusted,
-                SystemTime::now(),
-            )
+            .judge(presented(Some(&sig), &e, Level::Untrusted), SystemTime::now())
             .unwrap();
         assert_eq!(v.level, Level::Untrusted);
     }
@@ -407,27 +514,49 @@ mod tests {
     #[test]
     fn unsigned_packages_are_refused_unless_allowed() {
         let mut ring = Keyring::new();
-        let r = ring.judge(
-            None,
-            &entries(),
-            "p",
-            "1.0.0",
-            Level::Trusted,
-            SystemTime::now(),
-        );
+        let e = entries();
+        let r = ring.judge(presented(None, &e, Level::Trusted), SystemTime::now());
         assert_eq!(r.unwrap_err().kind(), "unsigned");
         ring.allow_unsigned = true;
         let v = ring
-            .judge(
-                None,
-                &entries(),
-                "p",
-                "1.0.0",
-                Level::Trusted,
-                SystemTime::now(),
-            )
+            .judge(presented(None, &e, Level::Trusted), SystemTime::now())
             .unwrap();
         assert_eq!(v.level, Level::Untrusted);
         assert!(v.signer.is_none());
+    }
+
+    #[test]
+    fn a_rotated_key_stands_after_the_old_one_is_revoked() {
+        let old = SecretKey::generate().unwrap();
+        let new = SecretKey::generate().unwrap();
+        let mut ring = Keyring::new();
+        ring.pin(old.public(), Level::Trusted, "old.pub");
+        let by_new = signed(&new, |_| {});
+        assert_eq!(judge(&ring, &by_new).unwrap_err().kind(), "unknown-key");
+        // The package carries the rotation: accepted, at the old key's level.
+        let rotation = Rotation::sign(&old, &new, SystemTime::now());
+        let e = entries();
+        let mut p = presented(Some(&by_new), &e, Level::Trusted);
+        p.rotation = Some(rotation.as_bytes());
+        let v = ring.judge(p, SystemTime::now()).unwrap();
+        assert_eq!(v.level, Level::Trusted);
+        let r = v.rotation.expect("the rotation it used");
+        // The host remembers it; then the old key is revoked.
+        assert!(ring.introduce(&r, false).unwrap());
+        ring.revoke(old.public().id());
+        assert_eq!(judge(&ring, &signed(&old, |_| {})).unwrap_err().kind(), "revoked-key");
+        assert!(judge(&ring, &by_new).is_ok());
+        // Remembered after a restart: stands although its old key is revoked now.
+        let mut fresh = Keyring::new();
+        fresh.pin(old.public(), Level::Trusted, "old.pub");
+        fresh.revoke(old.public().id());
+        assert!(matches!(fresh.introduce(&r, false), Err(RotationRefusal::RevokedFrom(_))));
+        assert!(fresh.introduce(&r, true).unwrap());
+        assert!(judge(&fresh, &by_new).is_ok());
+        // A rotation from a key nobody pinned introduces nothing.
+        let stranger = SecretKey::generate().unwrap();
+        let bad = Rotation::parse(Rotation::sign(&stranger, &new, SystemTime::now()).as_bytes())
+            .unwrap();
+        assert!(matches!(Keyring::new().introduce(&bad, false), Err(RotationRefusal::UnknownFrom(_))));
     }
 }

@@ -1,8 +1,12 @@
-//! The rollback ratchet: per plugin, the highest version and signature sequence this host has
+//! The host's trust state. The rollback ratchet: per plugin, the highest version and signature sequence this host has
 //! accepted, and the digest of the package that carried them. An older version or sequence is
 //! refused even when properly signed (a replayed old package: TUF's rollback attack), and so is
 //! a second, different package under the same sequence. The ratchet moves only when a package
 //! is committed to (the daemon: when it becomes the active version), never on a mere check.
+//!
+//! Beside it, what the host learnt and must not forget: the key rotations it accepted (a
+//! rotated-in key stays trusted after its old key is revoked) and the highest trust list
+//! serial it used (an older list is a replay).
 //!
 //! Kept in one JSON file, replaced atomically (written beside, synced, renamed, directory
 //! synced); a file that cannot be read is an error, never an empty ratchet.
@@ -30,6 +34,11 @@ pub struct Mark {
 struct File {
     format: u32,
     plugins: BTreeMap<String, Mark>,
+    /// Accepted key rotations, their file text, in the order accepted.
+    #[serde(default)]
+    rotations: Vec<String>,
+    #[serde(default)]
+    list_serial: u64,
 }
 
 const FORMAT: u32 = 1;
@@ -38,6 +47,8 @@ const FORMAT: u32 = 1;
 pub struct Ratchet {
     path: PathBuf,
     plugins: BTreeMap<String, Mark>,
+    rotations: Vec<String>,
+    list_serial: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +95,7 @@ impl Rollback {
 impl Ratchet {
     /// Opens the ratchet kept at `path` (none yet: empty).
     pub fn open(path: &Path) -> Result<Ratchet, RatchetError> {
-        let plugins = match std::fs::read(path) {
+        let file = match std::fs::read(path) {
             Ok(bytes) => {
                 let corrupt = |why: String| RatchetError::Corrupt {
                     path: path.to_path_buf(),
@@ -98,9 +109,9 @@ impl Ratchet {
                         file.format
                     )));
                 }
-                file.plugins
+                file
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::default(),
             Err(source) => {
                 return Err(RatchetError::Io {
                     path: path.to_path_buf(),
@@ -110,7 +121,9 @@ impl Ratchet {
         };
         Ok(Ratchet {
             path: path.to_path_buf(),
-            plugins,
+            plugins: file.plugins,
+            rotations: file.rotations,
+            list_serial: file.list_serial,
         })
     }
 
@@ -153,6 +166,42 @@ impl Ratchet {
         Ok(())
     }
 
+    /// The key rotations accepted so far, in order.
+    pub fn rotations(&self) -> &[String] {
+        &self.rotations
+    }
+
+    /// Remembers an accepted rotation (its file text), stored before returning.
+    pub fn remember_rotation(&mut self, text: String) -> Result<(), RatchetError> {
+        if self.rotations.contains(&text) {
+            return Ok(());
+        }
+        self.rotations.push(text);
+        if let Err(e) = self.store() {
+            self.rotations.pop();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The highest trust list serial used.
+    pub fn list_serial(&self) -> u64 {
+        self.list_serial
+    }
+
+    /// Raises the trust list serial (stored before returning).
+    pub fn raise_list_serial(&mut self, serial: u64) -> Result<(), RatchetError> {
+        if serial <= self.list_serial {
+            return Ok(());
+        }
+        let old = std::mem::replace(&mut self.list_serial, serial);
+        if let Err(e) = self.store() {
+            self.list_serial = old;
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Moves the ratchet to `mark` (also backwards: an allowed downgrade) and stores it before
     /// returning.
     pub fn record(&mut self, plugin: &str, mark: Mark) -> Result<(), RatchetError> {
@@ -178,6 +227,8 @@ impl Ratchet {
         let body = serde_json::to_vec_pretty(&File {
             format: FORMAT,
             plugins: self.plugins.clone(),
+            rotations: self.rotations.clone(),
+            list_serial: self.list_serial,
         })
         .expect("plain data serializes");
         let mut f = std::fs::File::options()

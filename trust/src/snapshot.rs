@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use sha3::{Digest, Sha3_512};
 
+use crate::rotation::{MAX_ROTATION_BYTES, ROTATION_FILE};
 use crate::statement::{valid_path, Entry, Kind, MAX_SIGNATURE_BYTES, SIGNATURE_FILE};
 
 /// Bounds on what one package may hold.
@@ -53,8 +54,8 @@ pub enum SnapshotError {
     TooLarge(u64),
     #[error("{path}: directories nested deeper than {depth}")]
     TooDeep { path: String, depth: usize },
-    #[error("{SIGNATURE_FILE}: larger than {MAX_SIGNATURE_BYTES} bytes")]
-    SignatureTooLarge,
+    #[error("{0}: larger than it can be")]
+    SignatureTooLarge(&'static str),
     #[error("writing the sealed copy {}: {source}", path.display())]
     Seal {
         path: PathBuf,
@@ -73,7 +74,7 @@ impl SnapshotError {
             SnapshotError::TooManyEntries(_)
             | SnapshotError::TooLarge(_)
             | SnapshotError::TooDeep { .. } => "a plugin package is not a disk image",
-            SnapshotError::SignatureTooLarge => "sign the package again: this file is not one",
+            SnapshotError::SignatureTooLarge(_) => "sign the package again: this file is not one",
             SnapshotError::Io { .. } | SnapshotError::Seal { .. } => return None,
         })
     }
@@ -82,10 +83,12 @@ impl SnapshotError {
 /// A package as it was read.
 #[derive(Debug)]
 pub struct Snapshot {
-    /// Every file and directory but the signature, sorted by path.
+    /// Every file and directory but the signature and the key rotation, sorted by path.
     pub entries: Vec<Entry>,
     /// The signature file's bytes, when there is one.
     pub signature: Option<Vec<u8>>,
+    /// The key rotation file's bytes, when there is one (it vouches for itself: two signatures).
+    pub rotation: Option<Vec<u8>>,
     /// The sealed copy, when one was asked for.
     pub sealed: Option<Sealed>,
 }
@@ -162,6 +165,7 @@ pub fn take(
         entries: Vec::new(),
         bytes: 0,
         signature: None,
+        rotation: None,
         buf: vec![0u8; 1 << 20],
     };
     walk.dir(&top, dest.as_ref(), "", 0)?;
@@ -178,6 +182,7 @@ pub fn take(
     Ok(Snapshot {
         entries,
         signature: walk.signature,
+        rotation: walk.rotation,
         sealed,
     })
 }
@@ -189,6 +194,7 @@ struct Walk<'a> {
     entries: Vec<Entry>,
     bytes: u64,
     signature: Option<Vec<u8>>,
+    rotation: Option<Vec<u8>>,
     buf: Vec<u8>,
 }
 
@@ -270,7 +276,12 @@ impl Walk<'_> {
                 }
             } else if meta.is_file() {
                 if depth == 0 && rel == SIGNATURE_FILE {
-                    self.signature = Some(self.read_signature(file, &meta)?);
+                    self.signature =
+                        Some(self.read_small(file, SIGNATURE_FILE, MAX_SIGNATURE_BYTES)?);
+                    continue;
+                }
+                if depth == 0 && rel == ROTATION_FILE {
+                    self.rotation = Some(self.read_small(file, ROTATION_FILE, MAX_ROTATION_BYTES)?);
                     continue;
                 }
                 let exec = meta.mode() & 0o111 != 0;
@@ -325,20 +336,19 @@ impl Walk<'_> {
         Ok((size, hasher.finalize().into()))
     }
 
-    fn read_signature(
+    /// One of the package's own small files (signature, rotation), bounded.
+    fn read_small(
         &self,
         file: File,
-        meta: &std::fs::Metadata,
+        name: &'static str,
+        max: u64,
     ) -> Result<Vec<u8>, SnapshotError> {
-        if meta.len() > MAX_SIGNATURE_BYTES {
-            return Err(SnapshotError::SignatureTooLarge);
-        }
-        let mut bytes = Vec::with_capacity(meta.len() as usize);
-        file.take(MAX_SIGNATURE_BYTES + 1)
+        let mut bytes = Vec::new();
+        file.take(max + 1)
             .read_to_end(&mut bytes)
-            .map_err(self.io(SIGNATURE_FILE))?;
-        if bytes.len() as u64 > MAX_SIGNATURE_BYTES {
-            return Err(SnapshotError::SignatureTooLarge);
+            .map_err(self.io(name))?;
+        if bytes.len() as u64 > max {
+            return Err(SnapshotError::SignatureTooLarge(name));
         }
         Ok(bytes)
     }

@@ -35,8 +35,9 @@ pub struct Config {
     pub state_root: PathBuf,
     /// This daemon's sealed copies of packages (`<state_root>/store/<pid>`).
     pub store: PathBuf,
-    /// The keys signatures are checked against.
-    pub keyring: Arc<Keyring>,
+    /// The keys signatures are checked against (a package's accepted key rotation adds to
+    /// them).
+    pub keyring: Keyring,
     /// The host's monitors, loaded (or joined) once at start; `None` when they did not load.
     pub monitor: Option<Arc<Mutex<stockade::monitor::Monitor>>>,
 }
@@ -78,6 +79,8 @@ impl Events {
 
 pub struct Host {
     config: Config,
+    /// The keyring each verification uses: replaced whole when a rotation adds a key.
+    keyring: Mutex<Arc<Keyring>>,
     ratchet: Mutex<Ratchet>,
     /// Names the next sealed copy below `<state_root>/store/`.
     next_seal: AtomicU64,
@@ -206,6 +209,7 @@ impl Host {
     pub fn new(config: Config, ratchet: Ratchet) -> Arc<Host> {
         let ids = IdRanges::at(&config.state_root.join("idmap.json"));
         Arc::new(Host {
+            keyring: Mutex::new(Arc::new(config.keyring.clone())),
             config,
             ratchet: Mutex::new(ratchet),
             next_seal: AtomicU64::new(1),
@@ -262,7 +266,11 @@ impl Host {
         allow_downgrade: Option<u32>,
     ) -> Result<(Arc<Package>, Arc<Methods>), RpcError> {
         let owned = dir.to_path_buf();
-        let keyring = self.config.keyring.clone();
+        let keyring = self
+            .keyring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let seal = self.config.store.join(format!(
             "load-{}",
             self.next_seal.fetch_add(1, Ordering::Relaxed)
@@ -352,8 +360,10 @@ impl Host {
         Ok((Arc::new(package), Arc::new(methods)))
     }
 
-    /// Moves the rollback ratchet to `package`: the daemon now runs this version. Stored before
-    /// it returns; an error means the version must not become the active one.
+    /// Moves the rollback ratchet to `package`: the daemon now runs this version; and remembers
+    /// the key rotation it carried, if its signature needed one (the new key is then trusted for
+    /// every plugin, as its old key was). Stored before it returns; an error means the version
+    /// must not become the active one.
     async fn commit(self: &Arc<Self>, package: &Arc<Package>) -> Result<(), RpcError> {
         let host = self.clone();
         let package = package.clone();
@@ -365,10 +375,30 @@ impl Host {
                 digest,
                 at: now_ms() / 1000,
             };
-            host.ratchet
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record(&package.manifest.id, mark)
+            let mut ratchet = host.ratchet.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(r) = &package.rotation {
+                ratchet.remember_rotation(r.text())?;
+                let mut keyring = host.keyring.lock().unwrap_or_else(|e| e.into_inner());
+                let mut next = Keyring::clone(&keyring);
+                if let Ok(true) = next.introduce(r, true) {
+                    tracing::info!(
+                        from = %r.from,
+                        to = %r.to.id(),
+                        "key rotation accepted (carried by plugin `{}`)",
+                        package.manifest.id
+                    );
+                    host.events.send(json!({
+                        "type": "trust",
+                        "at_ms": now_ms(),
+                        "plugin": package.manifest.id,
+                        "decision": "key-rotated",
+                        "from": r.from.to_string(),
+                        "to": r.to.id().to_string(),
+                    }));
+                }
+                *keyring = Arc::new(next);
+            }
+            ratchet.record(&package.manifest.id, mark)
         })
         .await
         .map_err(|e| refusal(code::INTERNAL_ERROR, e.to_string(), None))?

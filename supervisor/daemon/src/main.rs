@@ -91,18 +91,13 @@ fn start(mut args: Args) -> anyhow::Result<()> {
     plugins.append(&mut args.plugins);
     let mut allow_uid = config.allow_uids;
     allow_uid.append(&mut args.allow_uid);
-    let keyring =
-        stockade::daemon_config::keyring(&config.trust, &args.pubkey, args.allow_unsigned)
-            .map_err(|e| match e.hint() {
-                Some(h) => anyhow::anyhow!("{e}\n  hint: {h}"),
-                None => anyhow::anyhow!("{e}"),
-            })?;
-    if keyring.allow_unsigned {
-        tracing::warn!(
-            "unsigned packages are allowed (--allow-unsigned): a development mode; they run untrusted"
-        );
-    }
-    raise_open_files();
+    // The keys first: a configuration that names a bad one stops here, before anything exists.
+    stockade::daemon_config::keyring(&config.trust, &args.pubkey, args.allow_unsigned).map_err(
+        |e| match e.hint() {
+            Some(h) => anyhow::anyhow!("{e}\n  hint: {h}"),
+            None => anyhow::anyhow!("{e}"),
+        },
+    )?;
     let layout = stockade::cgroup::Layout::detect().map_err(|e| {
         anyhow::anyhow!("cgroups: {e}\n  hint: `stockade doctor` shows what this host offers")
     })?;
@@ -113,13 +108,33 @@ fn start(mut args: Args) -> anyhow::Result<()> {
             state_dir.display()
         )
     })?;
-    let ratchet_path = state_dir.join("trust").join("ratchet.json");
-    let ratchet = stockade_trust::ratchet::Ratchet::open(&ratchet_path).map_err(|e| {
+    let state_path = state_dir.join("trust").join("state.json");
+    let mut ratchet = stockade_trust::ratchet::Ratchet::open(&state_path).map_err(|e| {
         anyhow::anyhow!(
-            "{e}\n  hint: the rollback ratchet records the versions this host accepted; restore \
-             it from a backup (removing it forgets them: older packages would load again)"
+            "{e}\n  hint: it records the versions, key rotations and trust list this host \
+             accepted; restore it from a backup (removing it forgets them: older packages would \
+             load again)"
         )
     })?;
+    let keyring = stockade::daemon_config::daemon_keyring(
+        &config.trust,
+        &args.pubkey,
+        args.allow_unsigned,
+        &mut ratchet,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if keyring.allow_unsigned {
+        tracing::warn!(
+            "unsigned packages are allowed (--allow-unsigned): a development mode; they run untrusted"
+        );
+    }
+    tracing::info!(
+        keys = keyring.pinned().len(),
+        revoked = keyring.revoked().count(),
+        trust_list = keyring.list.as_ref().map(|l| l.serial),
+        "trust set up"
+    );
+    raise_open_files();
     // Sealed copies of packages: one directory per daemon process; those of daemons that are
     // gone are removed (nothing runs from them now).
     let store_root = state_dir.join("store");
@@ -164,7 +179,7 @@ fn start(mut args: Args) -> anyhow::Result<()> {
                 state_root: state_dir.clone(),
                 store: store.clone(),
                 monitor: monitor.clone(),
-                keyring: std::sync::Arc::new(keyring),
+                keyring,
             },
             ratchet,
         );

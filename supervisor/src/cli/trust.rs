@@ -196,22 +196,7 @@ pub fn sign(
     let expires = expires.map(|e| expiry(e, now)).transpose()?;
     // The package must be a valid one (manifest, policy, entry): nobody needs a signed broken one.
     let package = package::load(dir).map_err(|e| crate::package_failure(dir, e))?;
-    let prompt = format!("passphrase for {}: ", key_path.display());
-    let mut asked = None;
-    let key = SecretKey::read(key_path, || {
-        let p = passphrase(passphrase_file, Some(&prompt));
-        match p {
-            Ok(p) => p,
-            Err(e) => {
-                asked = Some(e);
-                None
-            }
-        }
-    });
-    if let Some(e) = asked {
-        return Err(e);
-    }
-    let key = key.map_err(key_failure)?;
+    let key = secret(key_path, passphrase_file)?;
     let snap = snapshot::take(&package.source, None, Limits::default())
         .map_err(|e| crate::package_failure(dir, PackageError::Snapshot(e)))?;
     let previous = snap
@@ -377,5 +362,127 @@ pub fn verify(
         package.files, package.bytes
     );
     println!("  trust    {} ({mode} mode)", package.trust.name());
+    Ok(0)
+}
+
+/// Reads a secret key, asking for its passphrase when it is sealed.
+fn secret(path: &Path, passphrase_file: Option<&Path>) -> Result<SecretKey, Failure> {
+    let prompt = format!("passphrase for {}: ", path.display());
+    let mut asked = None;
+    let key = SecretKey::read(path, || match passphrase(passphrase_file, Some(&prompt)) {
+        Ok(p) => p,
+        Err(e) => {
+            asked = Some(e);
+            None
+        }
+    });
+    if let Some(e) = asked {
+        return Err(e);
+    }
+    key.map_err(key_failure)
+}
+
+/// `stockade key rotate --from OLD.key --to NEW.key`: the statement that the new key succeeds
+/// the old one, signed by both.
+pub fn key_rotate(
+    from: &Path,
+    to: &Path,
+    out: Option<&Path>,
+    passphrase_file: Option<&Path>,
+) -> Result<u8, Failure> {
+    let old = secret(from, passphrase_file)?;
+    let new = secret(to, passphrase_file)?;
+    if old.public() == new.public() {
+        return Err(Failure::usage(
+            "--from and --to are the same key",
+            "rotate to a new key: `stockade key generate NAME` writes one",
+        ));
+    }
+    let text = stockade_trust::rotation::Rotation::sign(&old, &new, SystemTime::now());
+    let default = to.with_extension("rotation");
+    let path = out.unwrap_or(&default);
+    write_new(path, text.as_bytes(), 0o644, false)?;
+    println!(
+        "key {} succeeds key {}: wrote {}",
+        new.public().id(),
+        old.public().id(),
+        path.display()
+    );
+    println!(
+        "  ship it as {} in packages signed with the new key, or list it in [trust] rotations",
+        stockade_trust::rotation::ROTATION_FILE
+    );
+    Ok(0)
+}
+
+/// `stockade trust-list new-key --out FILE`.
+pub fn list_new_key(out: &Path, force: bool) -> Result<u8, Failure> {
+    let key = stockade_trust::trustlist::ListKey::generate()
+        .map_err(|e| Failure::internal(e.to_string(), None))?;
+    write_new(out, key.file_text().as_bytes(), 0o600, force)?;
+    println!("wrote {} (mode 0600): the key the daemon opens the trust list with", out.display());
+    Ok(0)
+}
+
+fn list_failure(e: stockade_trust::trustlist::ListError) -> Failure {
+    Failure::usage(
+        e.to_string(),
+        e.hint().unwrap_or("see docs/plugins.md, \"The trust list\""),
+    )
+}
+
+/// `stockade trust-list seal PLAIN.toml --key FILE --out LIST`.
+pub fn list_seal(plain: &Path, key: &str, out: &Path, force: bool) -> Result<u8, Failure> {
+    let text = std::fs::read_to_string(plain).map_err(|e| {
+        Failure::usage(
+            format!("{}: {e}", plain.display()),
+            "give the trust list's plain text (TOML)",
+        )
+    })?;
+    let key = stockade_trust::trustlist::ListKey::read(key).map_err(list_failure)?;
+    let list = stockade_trust::trustlist::parse(&text, &plain.display().to_string())
+        .map_err(list_failure)?;
+    let sealed = stockade_trust::trustlist::seal(&text, &key).map_err(list_failure)?;
+    let tmp = out.with_extension("tmp");
+    write_new(&tmp, &sealed, 0o644, true)?;
+    if !force && out.exists() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Failure::usage(
+            format!("{} exists already", out.display()),
+            "give --force to replace it",
+        ));
+    }
+    std::fs::rename(&tmp, out)
+        .map_err(|e| Failure::internal(format!("{}: {e}", out.display()), None))?;
+    println!(
+        "sealed {} (serial {}, {} plugins) into {}",
+        plain.display(),
+        list.serial,
+        list.plugins.len(),
+        out.display()
+    );
+    Ok(0)
+}
+
+/// `stockade trust-list show LIST --key FILE`: what a sealed list says.
+pub fn list_show(list: &Path, key: &str) -> Result<u8, Failure> {
+    let key = stockade_trust::trustlist::ListKey::read(key).map_err(list_failure)?;
+    let list = stockade_trust::trustlist::read(list, &key).map_err(list_failure)?;
+    println!("serial {}", list.serial);
+    for (id, a) in &list.plugins {
+        let any = |v: &[String]| {
+            if v.is_empty() {
+                "any".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        println!(
+            "  {id}: versions {}; keys {}; digests {}",
+            a.versions.as_ref().map_or("any".into(), |r| r.to_string()),
+            any(&a.keys.iter().map(|k| k.to_string()).collect::<Vec<_>>()),
+            any(&a.digests.iter().map(|d| format!("{}…", &d[..16])).collect::<Vec<_>>()),
+        );
+    }
     Ok(0)
 }
