@@ -2,6 +2,8 @@
 //! the hostile fixture in it, policies, and running `stockade run --json`.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod daemon;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;

@@ -1,0 +1,322 @@
+//! A daemon for the tests: `stockade daemon` with its own socket, state directory and test
+//! publisher key, driven through the CLI and the control socket; packages of the test plugin
+//! (tests/fixtures/daemon_plugin.py) signed with that key.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    /// The test publisher's secret key; the daemon pins its public key (`--pubkey`).
+    pub key: PathBuf,
+    /// The next signature's sequence: every package this daemon sees grows it.
+    pub sequence: std::sync::atomic::AtomicU64,
+}
+
+/// A fresh key pair NAME.key and NAME.pub in `dir`.
+pub fn generate_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let out = Command::new(super::stockade())
+        .args(["key", "generate", name, "--out"])
+        .arg(dir)
+        .output()
+        .expect("stockade key generate");
+    assert!(out.status.success(), "key generate: {out:?}");
+    (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.pub")),
+    )
+}
+
+/// `stockade sign DIR --key KEY ARGS`.
+pub fn sign(dir: &Path, key: &Path, args: &[&str]) -> Output {
+    Command::new(super::stockade())
+        .arg("sign")
+        .arg(dir)
+        .arg("--key")
+        .arg(key)
+        .args(args)
+        .output()
+        .expect("stockade sign")
+}
+
+pub const ECHO_METHODS: &str = r#"
+[methods.echo]
+params = { type = "object", properties = { text = { type = "string" }, sleep_ms = { type = "integer" } }, additionalProperties = false }
+timeout = "5s"
+
+[methods.go]
+params = { type = "object" }
+timeout = "5s"
+"#;
+
+impl Daemon {
+    /// A daemon that pins a test publisher's key; the packages of `package_with` are signed with
+    /// it.
+    pub fn start(name: &str, extra: &[&str]) -> Daemon {
+        let dir = super::scratch_dir(&format!("daemon-{name}"));
+        let keys = dir.join("keys");
+        std::fs::create_dir_all(&keys).expect("keys dir");
+        let (key, public) = generate_key(&keys, "publisher");
+        let socket = dir.join("control.sock");
+        let log = std::fs::File::create(dir.join("daemon.log")).expect("daemon log");
+        let child = Command::new(super::stockade())
+            .arg("daemon")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--pubkey")
+            .arg(&public)
+            .args(extra)
+            .env("STOCKADE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the daemon");
+        let daemon = Daemon {
+            child: Some(child),
+            dir,
+            socket,
+            key,
+            sequence: std::sync::atomic::AtomicU64::new(1),
+        };
+        let until = Instant::now() + Duration::from_secs(20);
+        while UnixStream::connect(&daemon.socket).is_err() {
+            assert!(
+                Instant::now() < until,
+                "the daemon did not listen: {}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        daemon
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// `stockade ARGS` against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(super::stockade())
+            .args(args)
+            .env("STOCKADE_SOCKET", &self.socket)
+            .output()
+            .expect("run stockade")
+    }
+
+    /// One control request; `Err` holds the JSON-RPC error.
+    pub fn request(&self, method: &str, params: Value) -> Result<Value, Value> {
+        let mut stream = UnixStream::connect(&self.socket).expect("connect");
+        let line = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
+        stream
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("send");
+        let mut answer = String::new();
+        BufReader::new(stream)
+            .read_line(&mut answer)
+            .expect("answer");
+        let answer: Value = serde_json::from_str(&answer).expect("JSON answer");
+        match answer.get("result") {
+            Some(r) => Ok(r.clone()),
+            None => Err(answer["error"].clone()),
+        }
+    }
+
+    /// One control request on a thread of its own; the join gives its answer line.
+    pub fn request_in_background(
+        &self,
+        method: &str,
+        params: Value,
+    ) -> std::thread::JoinHandle<String> {
+        let socket = self.socket.clone();
+        let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        std::thread::spawn(move || {
+            let mut s = UnixStream::connect(socket).unwrap();
+            s.write_all(format!("{req}\n").as_bytes()).unwrap();
+            let mut line = String::new();
+            let _ = BufReader::new(s).read_line(&mut line);
+            line
+        })
+    }
+
+    pub fn call(&self, plugin: &str, method: &str, params: Value) -> Result<Value, Value> {
+        self.request(
+            "call",
+            json!({ "plugin": plugin, "method": method, "params": params }),
+        )
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.request("events.subscribe", json!({})).expect("events")["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits until an event matches `pred`; panics with the events seen after `secs`.
+    pub fn wait_event(&self, secs: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let until = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let events = self.events();
+            if let Some(e) = events.iter().find(|e| pred(e)) {
+                return e.clone();
+            }
+            assert!(
+                Instant::now() < until,
+                "no event {what} within {secs} s; events: {events:#?}\nlog: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn status(&self, id: &str) -> Value {
+        self.request("plugin.status", json!({ "id": id }))
+            .expect("status")
+    }
+
+    /// The plugin's captured output and log lines.
+    pub fn logs(&self, id: &str) -> Vec<String> {
+        self.request("plugin.logs", json!({ "id": id }))
+            .expect("logs")["lines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| {
+                format!(
+                    "{}: {}",
+                    l["stream"].as_str().unwrap_or(""),
+                    l["text"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    }
+
+    /// A package of the test plugin in this daemon's directory.
+    pub fn package(&self, name: &str, id: &str, version: &str, mode: &str, lifecycle: &str) -> PathBuf {
+        self.package_with(name, id, version, mode, lifecycle, "untrusted", None)
+    }
+
+    /// A package with its trust level and, when given, a policy file of its own.
+    #[allow(clippy::too_many_arguments)]
+    pub fn package_with(
+        &self,
+        name: &str,
+        id: &str,
+        version: &str,
+        mode: &str,
+        lifecycle: &str,
+        trust: &str,
+        policy: Option<&str>,
+    ) -> PathBuf {
+        let dir = self.dir.join("packages").join(name);
+        std::fs::create_dir_all(&dir).expect("package dir");
+        super::set_mode(&self.dir.join("packages"), 0o755);
+        super::set_mode(&dir, 0o755);
+        let script = dir.join("plugin.py");
+        std::fs::copy(
+            super::repo_root().join("tests/fixtures/daemon_plugin.py"),
+            &script,
+        )
+        .expect("copy the plugin");
+        super::set_mode(&script, 0o755);
+        let policy_line = match policy {
+            Some(text) => {
+                std::fs::write(dir.join("policy.toml"), text).expect("write policy.toml");
+                "policy = \"policy.toml\"".to_string()
+            }
+            None => "policy = { profile = \"untrusted-default\" }".to_string(),
+        };
+        let manifest = format!(
+            r#"id = "{id}"
+name = "test plugin {id}"
+version = "{version}"
+entry = ["plugin.py", "{mode}", "{version}"]
+{policy_line}
+trust = "{trust}"
+{ECHO_METHODS}
+[lifecycle]
+{lifecycle}
+"#
+        );
+        std::fs::write(dir.join("plugin.toml"), manifest).expect("write plugin.toml");
+        self.sign(&dir);
+        dir
+    }
+
+    /// Signs the package in `dir` with the test publisher's key, at the next sequence.
+    pub fn sign(&self, dir: &Path) {
+        let n = self
+            .sequence
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            .to_string();
+        let out = sign(dir, &self.key, &["--sequence", &n]);
+        assert!(out.status.success(), "sign {}: {out:?}", dir.display());
+    }
+
+    pub fn load(&self, dir: &Path) -> Value {
+        self.request("plugin.load", json!({ "dir": dir }))
+            .unwrap_or_else(|e| panic!("load {}: {e}\n{}", dir.display(), self.log()))
+    }
+
+    /// The names of this daemon's sandbox cgroups still present (each in every hierarchy).
+    pub fn cgroups(&self) -> Vec<String> {
+        let prefix = format!("stockade-{}.", self.pid());
+        let mut names: Vec<String> = super::leftover_cgroups()
+            .into_iter()
+            .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: signalling the daemon this test started, by its pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                panic!("the daemon did not stop on SIGTERM: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn lifecycle_event<'a>(e: &'a Value, plugin: &str, to: &str) -> Option<&'a Value> {
+    (e["type"] == "lifecycle" && e["plugin"] == plugin && e["to"] == to).then_some(e)
+}
+
+pub fn process_alive(pid: i64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
