@@ -168,7 +168,9 @@ pub fn daemon_keyring(
         (Some(list), Some(key)) => {
             let wrap = |e: stockade_trust::trustlist::ListError| TrustSetupError {
                 cause: format!("[trust] trust_list: {e}"),
-                hint: e.hint().unwrap_or("see docs/plugins.md, \"The trust list\""),
+                hint: e
+                    .hint()
+                    .unwrap_or("see docs/plugins.md, \"The trust list\""),
             };
             let key = stockade_trust::trustlist::ListKey::read(key).map_err(wrap)?;
             let list = stockade_trust::trustlist::read(list, &key).map_err(wrap)?;

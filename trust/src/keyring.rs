@@ -506,7 +506,10 @@ mod tests {
         let sig = signed(&key, |_| {});
         let e = entries();
         let v = ring
-            .judge(presented(Some(&sig), &e, Level::Untrusted), SystemTime::now())
+            .judge(
+                presented(Some(&sig), &e, Level::Untrusted),
+                SystemTime::now(),
+            )
             .unwrap();
         assert_eq!(v.level, Level::Untrusted);
     }
@@ -544,19 +547,28 @@ mod tests {
         // The host remembers it; then the old key is revoked.
         assert!(ring.introduce(&r, false).unwrap());
         ring.revoke(old.public().id());
-        assert_eq!(judge(&ring, &signed(&old, |_| {})).unwrap_err().kind(), "revoked-key");
+        assert_eq!(
+            judge(&ring, &signed(&old, |_| {})).unwrap_err().kind(),
+            "revoked-key"
+        );
         assert!(judge(&ring, &by_new).is_ok());
         // Remembered after a restart: stands although its old key is revoked now.
         let mut fresh = Keyring::new();
         fresh.pin(old.public(), Level::Trusted, "old.pub");
         fresh.revoke(old.public().id());
-        assert!(matches!(fresh.introduce(&r, false), Err(RotationRefusal::RevokedFrom(_))));
+        assert!(matches!(
+            fresh.introduce(&r, false),
+            Err(RotationRefusal::RevokedFrom(_))
+        ));
         assert!(fresh.introduce(&r, true).unwrap());
         assert!(judge(&fresh, &by_new).is_ok());
         // A rotation from a key nobody pinned introduces nothing.
         let stranger = SecretKey::generate().unwrap();
-        let bad = Rotation::parse(Rotation::sign(&stranger, &new, SystemTime::now()).as_bytes())
-            .unwrap();
-        assert!(matches!(Keyring::new().introduce(&bad, false), Err(RotationRefusal::UnknownFrom(_))));
+        let bad =
+            Rotation::parse(Rotation::sign(&stranger, &new, SystemTime::now()).as_bytes()).unwrap();
+        assert!(matches!(
+            Keyring::new().introduce(&bad, false),
+            Err(RotationRefusal::UnknownFrom(_))
+        ));
     }
 }

@@ -147,8 +147,10 @@ mod tests {
         assert!(!r.verify(&new.public()), "the old key's id is named");
         // Another old key cannot have signed it.
         let other = SecretKey::generate().unwrap();
-        let forged = Rotation::sign(&other, &new, SystemTime::now())
-            .replace(&other.public().id().to_string(), &old.public().id().to_string());
+        let forged = Rotation::sign(&other, &new, SystemTime::now()).replace(
+            &other.public().id().to_string(),
+            &old.public().id().to_string(),
+        );
         let r = Rotation::parse(forged.as_bytes()).unwrap();
         assert!(!r.verify(&old.public()));
         // A new key named without its holder's signature.

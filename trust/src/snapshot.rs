@@ -281,7 +281,8 @@ impl Walk<'_> {
                     continue;
                 }
                 if depth == 0 && rel == ROTATION_FILE {
-                    self.rotation = Some(self.read_small(file, ROTATION_FILE, MAX_ROTATION_BYTES)?);
+                    self.rotation =
+                        Some(self.read_small(file, ROTATION_FILE, MAX_ROTATION_BYTES)?);
                     continue;
                 }
                 let exec = meta.mode() & 0o111 != 0;

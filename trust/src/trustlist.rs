@@ -103,12 +103,14 @@ impl ListKey {
     pub fn read(source: &str) -> Result<ListKey, ListError> {
         let path = match source.strip_prefix("credential:") {
             Some(name) => {
-                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| ListError::Io {
+                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                    ListError::Io {
                     what: source.into(),
                     source: std::io::Error::new(
                         std::io::ErrorKind::NotFound,
                         "CREDENTIALS_DIRECTORY is not set (LoadCredential= in the unit sets it)",
                     ),
+                }
                 })?;
                 Path::new(&dir).join(name)
             }
@@ -251,11 +253,13 @@ pub fn parse(text: &str, what: &str) -> Result<TrustList, ListError> {
                     .ok_or_else(|| invalid(at, "`plugins` must be a table of plugin ids".into()))?;
                 for (id, entry) in table.iter() {
                     let at = entry.span().map_or(at, |s| s.start);
-                    let entry = entry.as_table().ok_or_else(|| {
-                        invalid(at, format!("[plugins.{id}] must be a table"))
-                    })?;
-                    list.plugins
-                        .insert(id.to_string(), allowed(entry, id).map_err(|(o, w)| invalid(o.unwrap_or(at), w))?);
+                    let entry = entry
+                        .as_table()
+                        .ok_or_else(|| invalid(at, format!("[plugins.{id}] must be a table")))?;
+                    list.plugins.insert(
+                        id.to_string(),
+                        allowed(entry, id).map_err(|(o, w)| invalid(o.unwrap_or(at), w))?,
+                    );
                 }
             }
             other => {
@@ -266,7 +270,12 @@ pub fn parse(text: &str, what: &str) -> Result<TrustList, ListError> {
             }
         }
     }
-    list.serial = serial.ok_or_else(|| invalid(0, "no `serial`: every list carries one, raised with every edit".into()))?;
+    list.serial = serial.ok_or_else(|| {
+        invalid(
+            0,
+            "no `serial`: every list carries one, raised with every edit".into(),
+        )
+    })?;
     Ok(list)
 }
 
@@ -284,7 +293,10 @@ fn allowed(table: &toml_edit::Table, id: &str) -> Result<Allowed, (Option<usize>
                             .ok_or((at, format!("[plugins.{id}] `{key}` holds strings")))
                     })
                     .collect(),
-                _ => Err((at, format!("[plugins.{id}] `{key}` must be an array of strings"))),
+                _ => Err((
+                    at,
+                    format!("[plugins.{id}] `{key}` must be an array of strings"),
+                )),
             }
         };
         match key {
@@ -292,9 +304,10 @@ fn allowed(table: &toml_edit::Table, id: &str) -> Result<Allowed, (Option<usize>
                 let text = item
                     .as_str()
                     .ok_or((at, format!("[plugins.{id}] `versions` must be a string")))?;
-                a.versions = Some(semver::VersionReq::parse(text).map_err(|e| {
-                    (at, format!("[plugins.{id}] `versions`: {e}"))
-                })?);
+                a.versions = Some(
+                    semver::VersionReq::parse(text)
+                        .map_err(|e| (at, format!("[plugins.{id}] `versions`: {e}")))?,
+                );
             }
             "keys" => {
                 for k in strings()? {
@@ -309,7 +322,9 @@ fn allowed(table: &toml_edit::Table, id: &str) -> Result<Allowed, (Option<usize>
                     if hex::decode(&d).is_none_or(|b| b.len() != 64) {
                         return Err((
                             at,
-                            format!("[plugins.{id}] `digests`: not a package digest (128 hex digits)"),
+                            format!(
+                                "[plugins.{id}] `digests`: not a package digest (128 hex digits)"
+                            ),
                         ));
                     }
                     a.digests.push(d);
@@ -317,7 +332,12 @@ fn allowed(table: &toml_edit::Table, id: &str) -> Result<Allowed, (Option<usize>
             }
             other => {
                 return Err((
-                    Some(table.key(other).and_then(|k| k.span()).map_or(0, |s| s.start)),
+                    Some(
+                        table
+                            .key(other)
+                            .and_then(|k| k.span())
+                            .map_or(0, |s| s.start),
+                    ),
                     format!("[plugins.{id}]: unknown key `{other}` (versions, keys, digests)"),
                 ))
             }
@@ -398,18 +418,27 @@ mod tests {
         assert_eq!(list.serial, 3);
         assert_eq!(list.plugins.len(), 2);
         let wrong = ListKey::generate().unwrap();
-        assert!(matches!(open(&sealed, &wrong, "l"), Err(ListError::Tampered(_))));
+        assert!(matches!(
+            open(&sealed, &wrong, "l"),
+            Err(ListError::Tampered(_))
+        ));
         let mut flipped = sealed.clone();
         let last = flipped.len() - 20;
         flipped[last] ^= 1;
-        assert!(matches!(open(&flipped, &key, "l"), Err(ListError::Tampered(_))));
+        assert!(matches!(
+            open(&flipped, &key, "l"),
+            Err(ListError::Tampered(_))
+        ));
         for cut in [sealed.len() - 1, HEADER.len() + NONCE + 3, HEADER.len() + 2] {
             assert!(
                 matches!(open(&sealed[..cut], &key, "l"), Err(ListError::Tampered(_))),
                 "cut at {cut}"
             );
         }
-        assert!(matches!(open(b"serial = 1\n", &key, "l"), Err(ListError::NotAList(_))));
+        assert!(matches!(
+            open(b"serial = 1\n", &key, "l"),
+            Err(ListError::NotAList(_))
+        ));
     }
 
     #[test]
@@ -418,13 +447,22 @@ mod tests {
         let v = |s: &str| semver::Version::parse(s).unwrap();
         let k = KeyId::parse("1a2b3c4d5e6f7081");
         assert_eq!(list.check("echo", &v("1.2.0"), k, None), Ok(()));
-        assert!(matches!(list.check("nope", &v("1.0.0"), k, None), Err(NotAllowed::NotListed(_))));
-        assert!(matches!(list.check("echo", &v("2.0.0"), k, None), Err(NotAllowed::Version { .. })));
+        assert!(matches!(
+            list.check("nope", &v("1.0.0"), k, None),
+            Err(NotAllowed::NotListed(_))
+        ));
+        assert!(matches!(
+            list.check("echo", &v("2.0.0"), k, None),
+            Err(NotAllowed::Version { .. })
+        ));
         assert!(matches!(
             list.check("echo", &v("1.0.0"), KeyId::parse("0000000000000000"), None),
             Err(NotAllowed::Key { .. })
         ));
-        assert!(matches!(list.check("echo", &v("1.0.0"), None, None), Err(NotAllowed::Key { .. })));
+        assert!(matches!(
+            list.check("echo", &v("1.0.0"), None, None),
+            Err(NotAllowed::Key { .. })
+        ));
         assert_eq!(list.check("other", &v("9.0.0"), None, None), Ok(()));
     }
 
@@ -433,9 +471,15 @@ mod tests {
         let key = ListKey::generate().unwrap();
         for (text, why) in [
             ("[plugins.x]\n", "no `serial`"),
-            ("serial = 1\n[plugins.x]\nversion = \"1\"\n", "unknown key `version`"),
+            (
+                "serial = 1\n[plugins.x]\nversion = \"1\"\n",
+                "unknown key `version`",
+            ),
             ("serial = 1\n[plugins.x]\nkeys = [\"zz\"]\n", "not a key id"),
-            ("serial = 1\n[plugins.x]\nversions = \"one\"\n", "`versions`"),
+            (
+                "serial = 1\n[plugins.x]\nversions = \"one\"\n",
+                "`versions`",
+            ),
         ] {
             let e = seal(text, &key).unwrap_err();
             assert!(e.to_string().contains(why), "{text:?}: {e}");

@@ -420,14 +420,18 @@ pub fn list_new_key(out: &Path, force: bool) -> Result<u8, Failure> {
     let key = stockade_trust::trustlist::ListKey::generate()
         .map_err(|e| Failure::internal(e.to_string(), None))?;
     write_new(out, key.file_text().as_bytes(), 0o600, force)?;
-    println!("wrote {} (mode 0600): the key the daemon opens the trust list with", out.display());
+    println!(
+        "wrote {} (mode 0600): the key the daemon opens the trust list with",
+        out.display()
+    );
     Ok(0)
 }
 
 fn list_failure(e: stockade_trust::trustlist::ListError) -> Failure {
     Failure::usage(
         e.to_string(),
-        e.hint().unwrap_or("see docs/plugins.md, \"The trust list\""),
+        e.hint()
+            .unwrap_or("see docs/plugins.md, \"The trust list\""),
     )
 }
 
@@ -481,7 +485,11 @@ pub fn list_show(list: &Path, key: &str) -> Result<u8, Failure> {
             "  {id}: versions {}; keys {}; digests {}",
             a.versions.as_ref().map_or("any".into(), |r| r.to_string()),
             any(&a.keys.iter().map(|k| k.to_string()).collect::<Vec<_>>()),
-            any(&a.digests.iter().map(|d| format!("{}…", &d[..16])).collect::<Vec<_>>()),
+            any(&a
+                .digests
+                .iter()
+                .map(|d| format!("{}…", &d[..16]))
+                .collect::<Vec<_>>()),
         );
     }
     Ok(0)

@@ -63,41 +63,67 @@ impl Daemon {
         let dir = super::scratch_dir(&format!("daemon-{name}"));
         let keys = dir.join("keys");
         std::fs::create_dir_all(&keys).expect("keys dir");
-        let (key, public) = generate_key(&keys, "publisher");
-        let socket = dir.join("control.sock");
-        let log = std::fs::File::create(dir.join("daemon.log")).expect("daemon log");
-        let child = Command::new(super::stockade())
-            .arg("daemon")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--pubkey")
-            .arg(&public)
-            .args(extra)
-            .env("STOCKADE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start the daemon");
-        let daemon = Daemon {
-            child: Some(child),
+        let (key, _) = generate_key(&keys, "publisher");
+        let mut daemon = Daemon {
+            child: None,
+            socket: dir.join("control.sock"),
             dir,
-            socket,
             key,
             sequence: std::sync::atomic::AtomicU64::new(1),
         };
+        daemon.spawn(extra);
+        daemon
+    }
+
+    /// The daemon's command line: its socket, state directory and the publisher's key.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(super::stockade());
+        cmd.arg("daemon")
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .arg("--pubkey")
+            .arg(self.key.with_extension("pub"))
+            .env("STOCKADE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        cmd
+    }
+
+    fn spawn(&mut self, extra: &[&str]) {
+        let log = std::fs::File::create(self.dir.join("daemon.log")).expect("daemon log");
+        let child = self
+            .command()
+            .args(extra)
+            .stderr(log)
+            .spawn()
+            .expect("start the daemon");
+        self.child = Some(child);
         let until = Instant::now() + Duration::from_secs(20);
-        while UnixStream::connect(&daemon.socket).is_err() {
+        while UnixStream::connect(&self.socket).is_err() {
             assert!(
                 Instant::now() < until,
                 "the daemon did not listen: {}",
-                daemon.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        daemon
+    }
+
+    /// Stops the daemon and starts it again on the same state directory, with `extra`.
+    pub fn restart(&mut self, extra: &[&str]) {
+        let status = self.stop();
+        assert!(status.success(), "{status:?}: {}", self.log());
+        self.spawn(extra);
+    }
+
+    /// The sealed copies this daemon keeps (below its state's `store/<pid>`).
+    pub fn sealed_copies(&self) -> Vec<PathBuf> {
+        let store = self.dir.join("state/store").join(self.pid().to_string());
+        std::fs::read_dir(&store)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {
@@ -206,7 +232,14 @@ impl Daemon {
     }
 
     /// A package of the test plugin in this daemon's directory.
-    pub fn package(&self, name: &str, id: &str, version: &str, mode: &str, lifecycle: &str) -> PathBuf {
+    pub fn package(
+        &self,
+        name: &str,
+        id: &str,
+        version: &str,
+        mode: &str,
+        lifecycle: &str,
+    ) -> PathBuf {
         self.package_with(name, id, version, mode, lifecycle, "untrusted", None)
     }
 
@@ -319,4 +352,3 @@ pub fn lifecycle_event<'a>(e: &'a Value, plugin: &str, to: &str) -> Option<&'a V
 pub fn process_alive(pid: i64) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
-
