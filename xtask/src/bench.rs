@@ -21,6 +21,9 @@ mod monitors;
 #[path = "bench_daemon.rs"]
 mod daemon;
 
+#[path = "bench_trust.rs"]
+mod trust;
+
 struct Contender {
     name: &'static str,
     argv: Vec<String>,
@@ -66,10 +69,12 @@ pub fn run(args: &[&str]) -> Result<()> {
         Some("launch") => {}
         Some("monitors") => return monitors::run(&args[1..]),
         Some("daemon") => return daemon::run(&args[1..]),
+        Some("trust") => return trust::run(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask bench launch [--runs N] [--no-record]\n       {}\n       {}",
+            "usage: cargo xtask bench launch [--runs N] [--no-record]\n       {}\n       {}\n       {}",
             monitors::USAGE,
-            daemon::USAGE
+            daemon::USAGE,
+            trust::USAGE
         ),
     }
     let runs: usize = flag_value(args, "--runs")

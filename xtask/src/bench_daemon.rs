@@ -25,9 +25,9 @@ use crate::{apt_install, workspace_root};
 pub const USAGE: &str =
     "cargo xtask bench daemon [--calls N] [--loads N] [--idle-plugins N] [--no-record]";
 
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
+pub(super) struct Daemon {
+    pub(super) child: Child,
+    pub(super) socket: PathBuf,
 }
 
 impl Drop for Daemon {
@@ -38,14 +38,14 @@ impl Drop for Daemon {
     }
 }
 
-struct Conn {
+pub(super) struct Conn {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
     next: u64,
 }
 
 impl Conn {
-    fn open(socket: &Path) -> Result<Conn> {
+    pub(super) fn open(socket: &Path) -> Result<Conn> {
         let s = UnixStream::connect(socket).context("connect to the daemon")?;
         Ok(Conn {
             reader: BufReader::new(s.try_clone()?),
@@ -74,13 +74,42 @@ impl Conn {
         Ok(v)
     }
 
-    fn request(&mut self, method: &str, params: Value) -> Result<Value> {
+    pub(super) fn request(&mut self, method: &str, params: Value) -> Result<Value> {
         self.send(method, &params)?;
         Ok(self.receive()?["result"].clone())
     }
 }
 
-fn start_daemon(bin: &Path, dir: &Path) -> Result<Daemon> {
+/// A publisher key for the benchmark's packages: `dir/keys/bench.{key,pub}`.
+pub(super) fn generate_key(bin: &Path, dir: &Path) -> Result<PathBuf> {
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys)?;
+    let out = Command::new(bin.join("stockade"))
+        .args(["key", "generate", "bench", "--out"])
+        .arg(&keys)
+        .output()?;
+    if !out.status.success() {
+        bail!("stockade key generate: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(keys.join("bench.key"))
+}
+
+/// Signs the package in `pkg` with `key`.
+pub(super) fn sign(bin: &Path, pkg: &Path, key: &Path) -> Result<()> {
+    let out = Command::new(bin.join("stockade"))
+        .arg("sign")
+        .arg(pkg)
+        .arg("--key")
+        .arg(key)
+        .output()?;
+    if !out.status.success() {
+        bail!("stockade sign: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// The daemon, pinning `key`'s public half; `extra` flags after.
+pub(super) fn start_daemon(bin: &Path, dir: &Path, key: &Path, extra: &[&str]) -> Result<Daemon> {
     let socket = dir.join("control.sock");
     let child = Command::new(bin.join("stockade"))
         .arg("daemon")
@@ -88,6 +117,9 @@ fn start_daemon(bin: &Path, dir: &Path) -> Result<Daemon> {
         .arg(&socket)
         .arg("--state-dir")
         .arg(dir.join("state"))
+        .arg("--pubkey")
+        .arg(key.with_extension("pub"))
+        .args(extra)
         .env("STOCKADE_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -108,8 +140,8 @@ fn start_daemon(bin: &Path, dir: &Path) -> Result<Daemon> {
     Ok(daemon)
 }
 
-/// A copy of the Rust example's package, with id `id`, below `dir`.
-fn package(bin: &Path, dir: &Path, id: &str) -> Result<PathBuf> {
+/// A copy of the Rust example's package, with id `id`, below `dir` (not signed yet).
+pub(super) fn package(bin: &Path, dir: &Path, id: &str) -> Result<PathBuf> {
     let root = workspace_root();
     let pkg = dir.join("packages").join(id);
     std::fs::create_dir_all(&pkg)?;
@@ -249,8 +281,10 @@ pub fn run(args: &[&str]) -> Result<()> {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))
     };
     chmod(&dir)?;
-    let daemon = start_daemon(&bin, &dir)?;
+    let key = generate_key(&bin, &dir)?;
+    let daemon = start_daemon(&bin, &dir, &key, &[])?;
     let pkg = package(&bin, &dir, "bench-echo")?;
+    sign(&bin, &pkg, &key)?;
     chmod(&dir.join("packages"))?;
     chmod(&pkg)?;
     let mut control = Conn::open(&daemon.socket)?;
@@ -321,6 +355,7 @@ pub fn run(args: &[&str]) -> Result<()> {
     for i in 0..idle_plugins {
         let id = format!("idle-{i}");
         let p = package(&bin, &dir, &id)?;
+        sign(&bin, &p, &key)?;
         chmod(&p)?;
         match control.request("plugin.load", json!({ "dir": p })) {
             Ok(_) => idle_loaded += 1,
@@ -397,7 +432,7 @@ pub fn run(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-struct RemoveOnDrop(PathBuf);
+pub(super) struct RemoveOnDrop(pub(super) PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
