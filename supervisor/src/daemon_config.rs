@@ -117,14 +117,16 @@ impl std::fmt::Display for TrustSetupError {
     }
 }
 
-/// The daemon's keyring: [`keyring`], then the rotations the host accepted before (`state`),
-/// then the configuration's rotations (remembered in `state`), then the trust list — opened
-/// whole or not at all, and refused when older than one the host used.
+/// The host's keyring: [`keyring`], then the rotations the host accepted before (`state`), then
+/// the configuration's rotations, then the trust list — opened whole or not at all, and refused
+/// when older than one the host used. With `persist` (the daemon), the rotations and the list's
+/// serial are stored in `state`; without (`stockade run --package`), `state` is only read.
 pub fn daemon_keyring(
     trust: &TrustConfig,
     pubkeys: &[PathBuf],
     allow_unsigned: bool,
     state: &mut stockade_trust::ratchet::Ratchet,
+    persist: bool,
 ) -> Result<Keyring, TrustSetupError> {
     use stockade_trust::rotation::Rotation;
     let mut ring = keyring(trust, pubkeys, allow_unsigned).map_err(|e| TrustSetupError {
@@ -150,12 +152,14 @@ pub fn daemon_keyring(
         let r = Rotation::parse(&bytes).map_err(|e| refused(e.to_string()))?;
         ring.introduce(&r, false)
             .map_err(|e| refused(e.to_string()))?;
-        state
-            .remember_rotation(r.text())
-            .map_err(|e| TrustSetupError {
-                cause: e.to_string(),
-                hint: "the daemon's state directory must be writable",
-            })?;
+        if persist {
+            state
+                .remember_rotation(r.text())
+                .map_err(|e| TrustSetupError {
+                    cause: e.to_string(),
+                    hint: "the daemon's state directory must be writable",
+                })?;
+        }
     }
     match (&trust.trust_list, &trust.trust_list_key) {
         (None, None) => {}
@@ -184,12 +188,14 @@ pub fn daemon_keyring(
                     hint: "an older list is refused (it could be a replay): seal the current one, with a higher serial",
                 });
             }
-            state
-                .raise_list_serial(list.serial)
-                .map_err(|e| TrustSetupError {
-                    cause: e.to_string(),
-                    hint: "the daemon's state directory must be writable",
-                })?;
+            if persist {
+                state
+                    .raise_list_serial(list.serial)
+                    .map_err(|e| TrustSetupError {
+                        cause: e.to_string(),
+                        hint: "the daemon's state directory must be writable",
+                    })?;
+            }
             ring.list = Some(list);
         }
     }

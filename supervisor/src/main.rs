@@ -123,8 +123,24 @@ enum Command {
 #[derive(clap::Args)]
 struct RunArgs {
     /// The policy file (TOML; see docs/policy.md).
-    #[arg(long, short = 'p', value_name = "FILE")]
-    policy: PathBuf,
+    #[arg(
+        long,
+        short = 'p',
+        value_name = "FILE",
+        required_unless_present = "package"
+    )]
+    policy: Option<PathBuf>,
+    /// Run a signed plugin package once instead: its signature checked (against --pubkey, else
+    /// the daemon configuration's keys), read once into a sealed copy, its entry run from there
+    /// under its policy at its trust level; CMD's words are appended to the entry's.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["policy", "plugin_dir"])]
+    package: Option<PathBuf>,
+    /// With --package: a publisher's key to accept (repeatable).
+    #[arg(long, value_name = "NAME.pub", requires = "package")]
+    pubkey: Vec<PathBuf>,
+    /// With --package: run it unsigned (at `untrusted`), for development.
+    #[arg(long, requires = "package")]
+    allow_unsigned: bool,
     /// The directory that `$PLUGIN_DIR` stands for [default: the command's directory, when the
     /// command is given as a path; stockade says which]. Never `/`, `/tmp`, a top-level system
     /// directory, anything in /proc, /sys or /dev, or a directory every user may write to.
@@ -149,8 +165,9 @@ struct RunArgs {
     /// fork, exec and exit.
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
-    /// The command and its arguments, as seen inside the sandbox.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The command and its arguments, as seen inside the sandbox (with --package: arguments
+    /// after the entry's).
+    #[arg(last = true, required_unless_present = "package", value_name = "CMD")]
     command: Vec<String>,
 }
 
@@ -1049,7 +1066,21 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
             "run it with sudo, or as the stockade systemd service",
         ));
     }
-    let mut policy = load(&args.policy)?;
+    // With --package, the package (and so its sealed copy) lives until the run ends.
+    let package = match &args.package {
+        Some(dir) => Some(cli::trust::run_package(
+            dir,
+            &args.pubkey,
+            args.allow_unsigned,
+            args.quiet || args.json,
+        )?),
+        None => None,
+    };
+    let mut policy = match (&package, &args.policy) {
+        (Some(p), _) => p.policy.clone(),
+        (None, Some(file)) => load(file)?,
+        (None, None) => unreachable!("clap requires --policy or --package"),
+    };
     phase("policy loaded");
     if let Some(raw) = &args.timeout {
         let timeout = stockade_policy::parse_duration_arg(raw).map_err(|(message, hint)| {
@@ -1068,16 +1099,27 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         ));
     }
     let memfd_fallback = plan::forbid_memfd_without_sysctl(&mut policy)?;
-    let plugin_dir = plugin_dir(&args, &policy)?;
+    let plugin_dir = match &package {
+        Some(p) => Some(p.dir.clone()),
+        None => plugin_dir(&args, &policy)?,
+    };
     let state_dir = args
         .state_dir
         .as_deref()
         .map(|d| existing_dir(d, "--state-dir"))
         .transpose()?;
     let env = plan::plugin_env(&policy, &env_args(&args.env)?);
-    let mut argv = args.command.clone();
+    let mut argv = match &package {
+        Some(p) => {
+            let mut argv = p.manifest.entry.clone();
+            argv[0] = p.entry.to_string_lossy().into_owned();
+            argv.extend(args.command.iter().cloned());
+            argv
+        }
+        None => args.command.clone(),
+    };
     // A command given as a relative path means the file on the host; inside, the cwd differs.
-    if argv[0].contains('/') {
+    if package.is_none() && argv[0].contains('/') {
         if let Ok(abs) = Path::new(&argv[0]).canonicalize() {
             argv[0] = abs.to_string_lossy().into_owned();
         }

@@ -437,6 +437,29 @@ fn reachable(entry: &Path, dir: &Path, policy: &Policy) -> Result<(), PackageErr
     })
 }
 
+/// Removes the sealed copies below `store` whose owner is gone: `<pid>` of a daemon
+/// (`stockade-daemon`) and `run-<pid>` of a `stockade run --package` (`stockade`) whose process
+/// is not running.
+pub fn sweep_store(store: &Path) {
+    let Ok(entries) = std::fs::read_dir(store) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let (pid, comm) = match name.strip_prefix("run-") {
+            Some(pid) => (pid, "stockade"),
+            None => (name, "stockade-daemon"),
+        };
+        let alive = pid.parse::<u32>().is_ok_and(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm)
+        });
+        if !alive {
+            snapshot::remove_sealed(&e.path());
+        }
+    }
+}
+
 /// SHA3-512 of the file at `path`, read through one descriptor.
 pub fn digest(path: &Path) -> std::io::Result<String> {
     digest_of(

@@ -847,3 +847,66 @@ fn keys_signing_and_verification_at_the_command_line() {
     assert_refused(&out, 1, "stockade.sig is not a signature: line");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `stockade run --package`: a signed package runs once from its sealed copy, its entry's
+/// arguments then the caller's; a changed one is refused before anything starts, an unsigned one
+/// unless the caller allows it; the sealed copy goes with the run.
+#[test]
+fn stockade_run_runs_a_signed_package_from_its_sealed_copy() {
+    if !harness::privileged("stockade_run_runs_a_signed_package_from_its_sealed_copy") {
+        return;
+    }
+    let dir = harness::scratch_dir("trust-run");
+    let (key, public) = generate_key(&dir, "publisher");
+    let pkg = dir.join("hello");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(
+        pkg.join("hello.sh"),
+        "#!/bin/sh\necho \"hello from $0: $*\"\n",
+    )
+    .unwrap();
+    harness::set_mode(&pkg.join("hello.sh"), 0o755);
+    std::fs::write(
+        pkg.join("plugin.toml"),
+        "id = \"hello\"\nname = \"Hello\"\nversion = \"1.0.0\"\nentry = [\"hello.sh\", \"first\"]\n\
+         policy = { profile = \"untrusted-default\" }\n",
+    )
+    .unwrap();
+    let out = sign(&pkg, &key, &[]);
+    assert!(out.status.success(), "{out:?}");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "--quiet", "--package", pkg.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        stockade(&args)
+    };
+    let out = run(&["--pubkey", public.to_str().unwrap(), "--", "second"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with("hello from /"), "{said}");
+    assert!(
+        said.contains("/store/run-"),
+        "runs from the sealed copy: {said}"
+    );
+    assert!(said.trim_end().ends_with(": first second"), "{said}");
+    let sealed = said["hello from ".len()..]
+        .split(':')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        !Path::new(&sealed).exists(),
+        "the sealed copy outlived its run: {sealed}"
+    );
+
+    std::fs::write(pkg.join("extra.txt"), "added\n").unwrap();
+    let out = run(&["--pubkey", public.to_str().unwrap()]);
+    assert_refused(&out, 1, "extra.txt: added after signing");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    std::fs::remove_file(pkg.join("extra.txt")).unwrap();
+    std::fs::remove_file(pkg.join("stockade.sig")).unwrap();
+    let out = run(&["--pubkey", public.to_str().unwrap()]);
+    assert_refused(&out, 1, "the package is not signed (no stockade.sig)");
+    let out = run(&["--pubkey", public.to_str().unwrap(), "--allow-unsigned"]);
+    assert!(out.status.success(), "{out:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -89,7 +89,10 @@ pub(super) fn generate_key(bin: &Path, dir: &Path) -> Result<PathBuf> {
         .arg(&keys)
         .output()?;
     if !out.status.success() {
-        bail!("stockade key generate: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "stockade key generate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(keys.join("bench.key"))
 }

@@ -121,6 +121,7 @@ fn start(mut args: Args) -> anyhow::Result<()> {
         &args.pubkey,
         args.allow_unsigned,
         &mut ratchet,
+        true,
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     if keyring.allow_unsigned {
@@ -138,7 +139,7 @@ fn start(mut args: Args) -> anyhow::Result<()> {
     // Sealed copies of packages: one directory per daemon process; those of daemons that are
     // gone are removed (nothing runs from them now).
     let store_root = state_dir.join("store");
-    sweep_store(&store_root);
+    stockade::package::sweep_store(&store_root);
     let store = store_root.join(std::process::id().to_string());
     for dir in [&store_root, &store] {
         match std::fs::DirBuilder::new().mode(0o711).create(dir) {
@@ -205,25 +206,6 @@ fn start(mut args: Args) -> anyhow::Result<()> {
     drop(monitor);
     stockade_trust::snapshot::remove_sealed(&store);
     result
-}
-
-/// Removes the sealed copies of daemons that are not running (`store/<pid>` whose process is
-/// gone or is not a `stockade-daemon`).
-fn sweep_store(root: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let alive = name
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
-            .is_some_and(|comm| comm.trim_end() == "stockade-daemon");
-        if !alive {
-            stockade_trust::snapshot::remove_sealed(&e.path());
-        }
-    }
 }
 
 /// Each plugin's run holds a few dozen descriptors (its socket and pipes, its sandbox's pidfd and

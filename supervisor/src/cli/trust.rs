@@ -2,7 +2,7 @@
 //! packages and the operator's offline check.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -493,4 +493,132 @@ pub fn list_show(list: &Path, key: &str) -> Result<u8, Failure> {
         );
     }
     Ok(0)
+}
+
+/// `stockade run --package DIR`: the package verified as the daemon verifies it — against
+/// `--pubkey` keys, or the daemon configuration's keys, rotations and trust list; the rollback
+/// ratchet of the daemon's state read, not moved — and read once into a sealed copy that the run
+/// executes from. The returned package owns the copy: keep it until the run ends.
+pub fn run_package(
+    dir: &Path,
+    pubkeys: &[PathBuf],
+    allow_unsigned: bool,
+    quiet: bool,
+) -> Result<stockade::package::Package, Failure> {
+    let config = if pubkeys.is_empty() {
+        stockade::daemon_config::read(None)
+            .map_err(|e| Failure::usage(format!("{e:#}"), "see docs/plugins.md"))?
+            .unwrap_or_default()
+    } else {
+        stockade::daemon_config::Config::default()
+    };
+    let state_dir = config
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/lib/stockade"));
+    let state_path = state_dir.join("trust/state.json");
+    let mut state = stockade_trust::ratchet::Ratchet::open(&state_path)
+        .map_err(|e| Failure::internal(e.to_string(), None))?;
+    let mut ring = if pubkeys.is_empty() {
+        stockade::daemon_config::daemon_keyring(
+            &config.trust,
+            &[],
+            allow_unsigned,
+            &mut state,
+            false,
+        )
+        .map_err(|e| Failure {
+            cause: e.cause,
+            hint: Some(e.hint.into()),
+            code: 2,
+        })?
+    } else {
+        let mut ring = Keyring::with_builtin();
+        for p in pubkeys {
+            let key = PublicKey::read(p).map_err(key_failure)?;
+            ring.pin(
+                key,
+                stockade_trust::keyring::Level::Trusted,
+                &p.display().to_string(),
+            );
+        }
+        ring
+    };
+    ring.allow_unsigned |= allow_unsigned;
+    if ring.pinned().is_empty() && !ring.allow_unsigned {
+        return Err(Failure::usage(
+            format!(
+                "--package {}: no key to verify it against: no --pubkey, and the daemon's configuration pins none",
+                dir.display()
+            ),
+            "give the publisher's key: --pubkey NAME.pub (or --allow-unsigned, for development)",
+        ));
+    }
+    // The sealed copy beside the daemon's (`<state>/store/run-<pid>`, removed when the run ends,
+    // or by whoever sweeps the store next if this process is killed): a path the plugin's uid
+    // can traverse, unlike /run/stockade.
+    let store = state_dir.join("store");
+    stockade::package::sweep_store(&store);
+    for d in [&state_dir, &store] {
+        if let Err(e) = std::fs::DirBuilder::new().mode(0o711).create(d) {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(Failure::internal(format!("{}: {e}", d.display()), None));
+            }
+        }
+    }
+    let seal = store.join(format!("run-{}", std::process::id()));
+    stockade_trust::snapshot::remove_sealed(&seal);
+    let package = package::load_with(
+        dir,
+        Options {
+            keyring: Some(&ring),
+            seal_into: Some(&seal),
+        },
+    )
+    .map_err(|e| match e {
+        PackageError::Refused(why) => Failure {
+            cause: format!("{}: {why}", dir.display()),
+            hint: Some(why.hint().into()),
+            code: 1,
+        },
+        e => crate::package_failure(dir, e),
+    })?;
+    let (sequence, digest) = match &package.signer {
+        Some(s) => (s.sequence, s.digest_hex()),
+        None => (0, "unsigned".into()),
+    };
+    state
+        .check(
+            &package.manifest.id,
+            &package.manifest.version,
+            sequence,
+            &digest,
+        )
+        .map_err(|r| Failure {
+            cause: format!(
+                "{}: plugin `{}`: {r} on this host",
+                dir.display(),
+                package.manifest.id
+            ),
+            hint: Some(r.hint().into()),
+            code: 1,
+        })?;
+    if !quiet {
+        match &package.signer {
+            Some(s) => eprintln!(
+                "stockade: {} {}: signed by key {} ({}), sequence {}; runs {}",
+                package.manifest.id,
+                package.manifest.version,
+                s.key,
+                s.origin,
+                s.sequence,
+                package.trust.name()
+            ),
+            None => eprintln!(
+                "stockade: {} {}: unsigned (--allow-unsigned); runs untrusted",
+                package.manifest.id, package.manifest.version
+            ),
+        }
+    }
+    Ok(package)
 }
