@@ -461,7 +461,8 @@ fn plugin_check_validates_a_package_offline() {
     );
     let r = stockade_cmd(&["plugin", "check", unreachable.to_str().unwrap()]);
     assert_usage_error(&r, "no `exec` path of the policy holds it");
-    // An entry that leaves the package through a symlink.
+    // An entry that leaves the package through a symlink: a package holds no symlinks at all
+    // (what is verified and copied into the sealed copy is files and directories).
     let escape = package(
         "escape",
         &[
@@ -475,7 +476,10 @@ fn plugin_check_validates_a_package_offline() {
     );
     std::os::unix::fs::symlink("/bin/sh", escape.join("run")).unwrap();
     let r = stockade_cmd(&["plugin", "check", escape.to_str().unwrap()]);
-    assert_usage_error(&r, "leads out of the package");
+    assert_usage_error(
+        &r,
+        "run: a symbolic link; a package holds files and directories only",
+    );
     // Control: the same package with the entry in it is ok.
     let good = package(
         "good",

@@ -250,7 +250,12 @@ impl SecretKey {
         ));
         match passphrase {
             None => {
-                text.push_str(&format!("seed {}\n", B64.encode(*seed)));
+                // Encoded into a buffer that is zeroed too, not a temporary String.
+                let mut encoded = Zeroizing::new(String::with_capacity(48));
+                B64.encode_string(*seed, &mut encoded);
+                text.push_str("seed ");
+                text.push_str(&encoded);
+                text.push('\n');
             }
             Some(passphrase) => {
                 let mut salt = [0u8; 16];
@@ -436,7 +441,8 @@ fn read_small(path: &Path) -> Result<String, KeyError> {
         source,
     };
     let file = std::fs::File::open(path).map_err(io)?;
-    let mut text = String::new();
+    // Room for the whole file up front: no reallocation leaves a copy of a secret behind.
+    let mut text = String::with_capacity(MAX_KEY_FILE as usize + 1);
     file.take(MAX_KEY_FILE + 1)
         .read_to_string(&mut text)
         .map_err(|e| {

@@ -91,9 +91,12 @@ pub enum RotationRefusal {
 /// key lines separated by white space or commas). This source tree names none: a release build
 /// names the release key.
 pub fn builtin_keys() -> Vec<PublicKey> {
-    option_env!("STOCKADE_BUILTIN_KEYS")
-        .unwrap_or("")
-        .split(|c: char| c.is_whitespace() || c == ',')
+    key_list(option_env!("STOCKADE_BUILTIN_KEYS").unwrap_or(""))
+}
+
+/// Public key lines separated by white space or commas; anything else is skipped.
+fn key_list(text: &str) -> Vec<PublicKey> {
+    text.split(|c: char| c.is_whitespace() || c == ',')
         .filter(|s| !s.is_empty())
         .filter_map(|s| PublicKey::parse(s, "a compiled-in key").ok())
         .collect()
@@ -512,6 +515,25 @@ mod tests {
             )
             .unwrap();
         assert_eq!(v.level, Level::Untrusted);
+    }
+
+    #[test]
+    fn compiled_in_keys_are_a_list_of_key_lines() {
+        let secret = SecretKey::generate().unwrap();
+        let a = secret.public();
+        let b = SecretKey::generate().unwrap().public();
+        let text = format!("{}, {}\n junk", a.to_text(), b.to_text());
+        assert_eq!(key_list(&text), vec![a.clone(), b]);
+        assert!(key_list("").is_empty());
+        // Pinned at `builtin`: a manifest asking for `trusted` (cap builtin) runs at builtin.
+        let mut ring = Keyring::new();
+        ring.pin(a, Level::Builtin, "compiled in");
+        let sig = signed(&secret, |_| {});
+        let e = entries();
+        let v = ring
+            .judge(presented(Some(&sig), &e, Level::Builtin), SystemTime::now())
+            .unwrap();
+        assert_eq!(v.level, Level::Builtin);
     }
 
     #[test]
