@@ -94,7 +94,7 @@ pub fn keyring(
         ring.pin(key, Level::Trusted, &p.display().to_string());
     }
     for r in &trust.revoked {
-        let id = match KeyId::parse(r) {
+        let id = match KeyId::parse(&r.to_ascii_lowercase()) {
             Some(id) => id,
             None => PublicKey::from_config(r).map_err(wrap("revoked"))?.id(),
         };
@@ -137,7 +137,17 @@ pub fn daemon_keyring(
         // Accepted before: it stands even if its old key was revoked since (the point of a
         // rotation). One whose old key is no longer pinned at all introduces nothing.
         if let Ok(r) = Rotation::parse(text.as_bytes()) {
-            let _ = ring.introduce(&r, true);
+            if let Ok(true) = ring.introduce(&r, true) {
+                if ring.is_revoked(r.from) {
+                    // It stands (the point of a rotation), but the operator should know: had the
+                    // old key been stolen, this could be the thief's key.
+                    tracing::warn!(
+                        "key {} stays trusted: a rotation from key {} (revoked since) introduced it; revoke it too unless that rotation was the publisher's",
+                        r.to.id(),
+                        r.from
+                    );
+                }
+            }
         }
     }
     for path in &trust.rotations {
@@ -178,19 +188,15 @@ pub fn daemon_keyring(
             };
             let key = stockade_trust::trustlist::ListKey::read(key).map_err(wrap)?;
             let list = stockade_trust::trustlist::read(list, &key).map_err(wrap)?;
-            if list.serial < state.list_serial() {
+            if let Err(why) = state.check_list(list.serial, &list.digest) {
                 return Err(TrustSetupError {
-                    cause: format!(
-                        "[trust] trust_list: serial {} is older than serial {}, used before on this host",
-                        list.serial,
-                        state.list_serial()
-                    ),
-                    hint: "an older list is refused (it could be a replay): seal the current one, with a higher serial",
+                    cause: format!("[trust] trust_list: {why}"),
+                    hint: "an older list, or another list under a used serial, is refused (it could be a replay): seal the current one, with a higher serial",
                 });
             }
             if persist {
                 state
-                    .raise_list_serial(list.serial)
+                    .record_list(list.serial, &list.digest)
                     .map_err(|e| TrustSetupError {
                         cause: e.to_string(),
                         hint: "the daemon's state directory must be writable",

@@ -86,7 +86,8 @@ enum Command {
         #[arg(long, value_name = "NAME.key")]
         key: PathBuf,
         /// The signature's sequence number: it must grow with every signature of this plugin
-        /// [default: the package's previous signature's plus one, else 1].
+        /// [default: the signing time in seconds since 1970, or the package's previous
+        /// signature's plus one when that is larger].
         #[arg(long, value_name = "N")]
         sequence: Option<u64>,
         /// When the signature stops being accepted: a duration from now ("90d") or an RFC 3339
@@ -1077,7 +1078,7 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         None => None,
     };
     let mut policy = match (&package, &args.policy) {
-        (Some(p), _) => p.policy.clone(),
+        (Some((p, _)), _) => p.policy.clone(),
         (None, Some(file)) => load(file)?,
         (None, None) => unreachable!("clap requires --policy or --package"),
     };
@@ -1100,7 +1101,10 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     }
     let memfd_fallback = plan::forbid_memfd_without_sysctl(&mut policy)?;
     let plugin_dir = match &package {
-        Some(p) => Some(p.dir.clone()),
+        Some((p, _)) => {
+            plan::open_sealed_copy(&p.dir, HOST_ID_BASE)?;
+            Some(p.dir.clone())
+        }
         None => plugin_dir(&args, &policy)?,
     };
     let state_dir = args
@@ -1110,7 +1114,7 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         .transpose()?;
     let env = plan::plugin_env(&policy, &env_args(&args.env)?);
     let mut argv = match &package {
-        Some(p) => {
+        Some((p, _)) => {
             let mut argv = p.manifest.entry.clone();
             argv[0] = p.entry.to_string_lossy().into_owned();
             argv.extend(args.command.iter().cloned());

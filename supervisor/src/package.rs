@@ -19,7 +19,7 @@ use stockade_policy::{
     load_manifest, load_policy, parse_policy, Diagnostics, EnforcementMode, LoadError, PathVar,
     Policy, PolicyPath,
 };
-use stockade_trust::keyring::{Keyring, Level, Presented, Refusal, Signer};
+use stockade_trust::keyring::{Keyring, Level, Refusal, Signer};
 use stockade_trust::rotation::Rotation;
 use stockade_trust::snapshot::{self, Limits, Sealed, SnapshotError};
 use stockade_trust::statement::Kind;
@@ -156,6 +156,21 @@ pub fn load_with(dir: &Path, options: Options) -> Result<Package, PackageError> 
         Some(s) => s.dir.clone(),
         None => source.clone(),
     };
+    // The signature first, over the files as read: nothing of a package that is not what was
+    // signed is parsed (but to name another plugin's signature as such).
+    let checked = match options.keyring {
+        Some(keyring) => Some(
+            keyring
+                .check_files(
+                    snap.signature.as_deref(),
+                    snap.rotation.as_deref(),
+                    &snap.entries,
+                    std::time::SystemTime::now(),
+                )
+                .map_err(|refusal| PackageError::Refused(name_other(refusal, &dir)))?,
+        ),
+        None => None,
+    };
     let manifest_path = dir.join(MANIFEST_FILE);
     // Read from inside the package only: a manifest that is a link out of it is refused.
     let manifest_path =
@@ -209,8 +224,8 @@ pub fn load_with(dir: &Path, options: Options) -> Result<Package, PackageError> 
             (policy, label)
         }
     };
-    let (trust, signer, rotation) = match options.keyring {
-        Some(keyring) => {
+    let (trust, signer, rotation) = match (options.keyring, checked) {
+        (Some(keyring), Some(checked)) => {
             // A manifest that asks for `untrusted` is held to it; one that asks for `trusted`
             // gets what its signer is pinned at.
             let cap = match manifest.trust {
@@ -218,21 +233,11 @@ pub fn load_with(dir: &Path, options: Options) -> Result<Package, PackageError> 
                 Trust::Trusted => Level::Builtin,
             };
             let verdict = keyring
-                .judge(
-                    Presented {
-                        signature: snap.signature.as_deref(),
-                        rotation: snap.rotation.as_deref(),
-                        entries: &snap.entries,
-                        plugin: &manifest.id,
-                        version: &manifest.version,
-                        cap,
-                    },
-                    std::time::SystemTime::now(),
-                )
+                .admit(checked, &manifest.id, &manifest.version, cap)
                 .map_err(PackageError::Refused)?;
             (verdict.level, verdict.signer, verdict.rotation)
         }
-        None => match manifest.trust {
+        _ => match manifest.trust {
             Trust::Untrusted => (Level::Untrusted, None, None),
             Trust::Trusted => (Level::Trusted, None, None),
         },
@@ -242,7 +247,7 @@ pub fn load_with(dir: &Path, options: Options) -> Result<Package, PackageError> 
         policy.enforcement.mode = EnforcementMode::Enforce;
     }
     check_schemas(&manifest)?;
-    let (entry, entry_sha3_512) = entry(&dir, &manifest, &snap.entries)?;
+    let (entry, entry_sha3_512) = entry(&dir, &source, &manifest, &snap.entries)?;
     reachable(&entry, &dir, &policy)?;
     let bytes = snap
         .entries
@@ -267,6 +272,28 @@ pub fn load_with(dir: &Path, options: Options) -> Result<Package, PackageError> 
         entry,
         entry_sha3_512,
     })
+}
+
+/// A package that is not what was signed, whose signature names another plugin or version than
+/// its manifest (read best-effort, unverified): the more telling refusal.
+fn name_other(refusal: Refusal, dir: &Path) -> Refusal {
+    let Refusal::Changed {
+        plugin, version, ..
+    } = &refusal
+    else {
+        return refusal;
+    };
+    match load_manifest(&dir.join(MANIFEST_FILE)) {
+        Ok(m) if m.id != *plugin => Refusal::OtherPlugin {
+            signed: plugin.clone(),
+            package: m.id,
+        },
+        Ok(m) if m.version.to_string() != *version => Refusal::OtherVersion {
+            signed: version.clone(),
+            package: m.version.to_string(),
+        },
+        _ => refusal,
+    }
 }
 
 /// Every method's schemas must be valid JSON Schemas (checked against the meta-schema) and
@@ -330,6 +357,7 @@ pub const MAX_ENTRY_BYTES: u64 = 1 << 30;
 /// in the snapshot; a program outside it (a system interpreter) is hashed from the descriptor.
 fn entry(
     dir: &Path,
+    source: &Path,
     manifest: &Manifest,
     snapshot: &[stockade_trust::statement::Entry],
 ) -> Result<(PathBuf, String), PackageError> {
@@ -338,6 +366,21 @@ fn entry(
         path: raw.to_path_buf(),
         why,
     };
+    // A file of the package named by its absolute path would run from the package directory,
+    // not from what was verified: the package's own files are named relative to it.
+    for arg in &manifest.entry {
+        let p = Path::new(arg);
+        if p.is_absolute()
+            && (p.starts_with(source) || p.canonicalize().is_ok_and(|c| c.starts_with(source)))
+        {
+            return Err(PackageError::Entry {
+                path: p.to_path_buf(),
+                why: "names a file of the package by its absolute path; name it relative to the \
+                      package, so that what runs is what was verified"
+                    .into(),
+            });
+        }
+    }
     let file = if raw.is_absolute() {
         File::options()
             .read(true)
@@ -435,29 +478,6 @@ fn reachable(entry: &Path, dir: &Path, policy: &Policy) -> Result<(), PackageErr
               \"$PLUGIN_DIR\" to [filesystem] exec)"
             .into(),
     })
-}
-
-/// Removes the sealed copies below `store` whose owner is gone: `<pid>` of a daemon
-/// (`stockade-daemon`) and `run-<pid>` of a `stockade run --package` (`stockade`) whose process
-/// is not running.
-pub fn sweep_store(store: &Path) {
-    let Ok(entries) = std::fs::read_dir(store) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let (pid, comm) = match name.strip_prefix("run-") {
-            Some(pid) => (pid, "stockade"),
-            None => (name, "stockade-daemon"),
-        };
-        let alive = pid.parse::<u32>().is_ok_and(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm)
-        });
-        if !alive {
-            snapshot::remove_sealed(&e.path());
-        }
-    }
 }
 
 /// SHA3-512 of the file at `path`, read through one descriptor.

@@ -384,6 +384,23 @@ pub fn own_state_dir(dir: &Path, id_base: u32) -> Result<(), PlanError> {
     })
 }
 
+/// Lets the sandbox read a package's sealed copy, and nobody else: its top becomes owned by the
+/// sandbox's root (`id_base`: the shim, which opens it for Landlock before it drops to the
+/// plugin's ids) and the plugin's group, mode 0750. The plugin reads it through the group and
+/// cannot change it (it owns nothing there); everything below stays root's and read-only.
+pub fn open_sealed_copy(dir: &Path, id_base: u32) -> Result<(), PlanError> {
+    let gid = id_base + stockade_policy::SANDBOX_GID;
+    stockade_trust::snapshot::open_to(dir, id_base, gid).map_err(|e| {
+        PlanError::host(
+            format!(
+                "cannot open the sealed copy {} to the plugin: {e}",
+                dir.display()
+            ),
+            None,
+        )
+    })
+}
+
 /// A policy compile error as cause and hint (most carry their own hint line).
 pub fn compile_error(e: &stockade_policy::CompileError) -> PlanError {
     let message = e.to_string();

@@ -257,6 +257,11 @@ fn each_change_after_signing_is_refused_with_its_own_reason() {
     );
     let sealed = PathBuf::from(status["runs_from"].as_str().unwrap());
     assert!(sealed.starts_with(d.dir.join("state/store")), "{sealed:?}");
+    // Open to the plugin's own ids only: other users on the host cannot read the copy.
+    use std::os::unix::fs::MetadataExt;
+    let top = std::fs::metadata(&sealed).unwrap();
+    assert_eq!(top.mode() & 0o777, 0o750, "{sealed:?}");
+    assert_ne!(top.gid(), 0);
     assert_eq!(
         d.call("good", "echo", json!({ "text": "signed" })).unwrap()["text"],
         "signed"
@@ -570,7 +575,19 @@ fn a_file_swapped_during_verification_never_runs() {
         return;
     }
     let d = Daemon::start("trust-race", &[]);
-    let pkg = d.package("raced", "raced", "1.0.0", "echo", "restart = \"always\"");
+    // Room for the start under emulation with the racer running beside it.
+    let pkg = d.package(
+        "raced",
+        "raced",
+        "1.0.0",
+        "echo",
+        "restart = \"always\"\ninit_timeout = \"60s\"",
+    );
+    let pause = if harness::emulated_vm() {
+        Duration::from_millis(3)
+    } else {
+        Duration::from_micros(300)
+    };
     let good = std::fs::read(pkg.join("plugin.py")).unwrap();
     // The other bytes: a plugin that would fail its start (and say so), were it ever run.
     let evil = b"#!/bin/sh\necho 'the swapped-in bytes ran' >&2\nexit 7\n".to_vec();
@@ -602,7 +619,7 @@ fn a_file_swapped_during_verification_never_runs() {
                         // In place: the same inode, rewritten.
                         std::fs::write(&target, bytes).unwrap();
                     }
-                    std::thread::sleep(Duration::from_micros(300));
+                    std::thread::sleep(pause);
                 }
                 swaps += 1;
             }
@@ -699,10 +716,23 @@ fn keys_signing_and_verification_at_the_command_line() {
 
     let out = sign(&pkg, &key, &[]);
     assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let sequence_of = |out: &Output| -> u64 {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.starts_with("signed echo-python 0.1.0 (sequence "),
+            "{text}"
+        );
+        text["signed echo-python 0.1.0 (sequence ".len()..]
+            .split(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let first = sequence_of(&out);
     assert!(
-        text.starts_with("signed echo-python 0.1.0 (sequence 1,"),
-        "{text}"
+        first > 1_700_000_000,
+        "the signing time by default: {first}"
     );
     let out = stockade(&[
         "verify",
@@ -715,11 +745,13 @@ fn keys_signing_and_verification_at_the_command_line() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], true);
     assert_eq!(v["plugin"], "echo-python");
-    assert_eq!(v["sequence"], 1);
+    assert_eq!(v["sequence"], first);
     assert_eq!(v["files"], 2);
     // Signing again raises the sequence.
     let out = sign(&pkg, &key, &[]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("(sequence 2,"));
+    assert!(sequence_of(&out) > first);
+    let out = sign(&pkg, &key, &["--sequence", "0"]);
+    assert_refused(&out, 2, "a signature's sequence starts at 1");
 
     // A sealed key: the passphrase from a file; the wrong one refused.
     let phrase = dir.join("phrase");
@@ -884,7 +916,7 @@ fn stockade_run_runs_a_signed_package_from_its_sealed_copy() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.starts_with("hello from /"), "{said}");
     assert!(
-        said.contains("/store/run-"),
+        said.contains("/stockade-packages/run-"),
         "runs from the sealed copy: {said}"
     );
     assert!(said.trim_end().ends_with(": first second"), "{said}");

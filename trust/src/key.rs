@@ -252,7 +252,7 @@ impl SecretKey {
             None => {
                 // Encoded into a buffer that is zeroed too, not a temporary String.
                 let mut encoded = Zeroizing::new(String::with_capacity(48));
-                B64.encode_string(*seed, &mut encoded);
+                B64.encode_string(&seed[..], &mut encoded);
                 text.push_str("seed ");
                 text.push_str(&encoded);
                 text.push('\n');
@@ -298,7 +298,7 @@ impl SecretKey {
         path: &Path,
         passphrase: impl FnOnce() -> Option<Zeroizing<String>>,
     ) -> Result<SecretKey, KeyError> {
-        let text = Zeroizing::new(read_small(path)?);
+        let text = read_small(path)?;
         SecretKey::parse(&text, &path.display().to_string(), passphrase)
     }
 
@@ -357,7 +357,8 @@ impl SecretKey {
                 .ok_or_else(|| not("a bad `sealed` line"))?;
             let passphrase =
                 passphrase().ok_or_else(|| KeyError::NeedsPassphrase { what: what.into() })?;
-            let key = derive(passphrase.as_bytes(), &salt, m, t, p)?;
+            let key = derive(passphrase.as_bytes(), &salt, m, t, p)
+                .map_err(|_| not("a `kdf` line whose parameters Argon2id refuses"))?;
             let aad = format!("{}kdf {kdf}\n", header(&public));
             let plain = Zeroizing::new(
                 XChaCha20Poly1305::new((&*key).into())
@@ -435,14 +436,15 @@ fn derive(
     Ok(key)
 }
 
-fn read_small(path: &Path) -> Result<String, KeyError> {
+/// The file's text, in memory that is zeroed when dropped (it may be a secret key).
+fn read_small(path: &Path) -> Result<Zeroizing<String>, KeyError> {
     let io = |source| KeyError::Io {
         path: path.to_path_buf(),
         source,
     };
     let file = std::fs::File::open(path).map_err(io)?;
     // Room for the whole file up front: no reallocation leaves a copy of a secret behind.
-    let mut text = String::with_capacity(MAX_KEY_FILE as usize + 1);
+    let mut text = Zeroizing::new(String::with_capacity(MAX_KEY_FILE as usize + 1));
     file.take(MAX_KEY_FILE + 1)
         .read_to_string(&mut text)
         .map_err(|e| {

@@ -43,6 +43,8 @@ pub struct Pinned {
     pub level: Level,
     /// Where it was pinned (a file, the configuration, "compiled in", a rotation).
     pub origin: String,
+    /// The key whose rotation introduced it.
+    pub rotated_from: Option<KeyId>,
 }
 
 /// The keys of one host and its rules for unsigned packages.
@@ -117,6 +119,8 @@ pub struct Verdict {
 pub struct Signer {
     pub key: KeyId,
     pub origin: String,
+    /// The key whose rotation introduced the signing key, if one did.
+    pub rotated_from: Option<KeyId>,
     pub sequence: u64,
     pub signed_at: SystemTime,
     pub expires: Option<SystemTime>,
@@ -147,8 +151,13 @@ pub enum Refusal {
     OtherPlugin { signed: String, package: String },
     #[error("the signature is for version {signed}, and this package is version {package}")]
     OtherVersion { signed: String, package: String },
-    #[error("the package is not what was signed: {}", summary(.0))]
-    Changed(Vec<Difference>),
+    #[error("the package is not what was signed: {}", summary(differences))]
+    Changed {
+        /// What the signature says the package is.
+        plugin: String,
+        version: String,
+        differences: Vec<Difference>,
+    },
     #[error("the signature expired at {}", statement::time_text(*.0))]
     Expired(SystemTime),
     #[error("the signature was made at {}, in the future (this host's clock says {})", statement::time_text(*.0), statement::time_text(*.1))]
@@ -183,7 +192,7 @@ impl Refusal {
             Refusal::BadSignature(_) => "bad-signature",
             Refusal::OtherPlugin { .. } => "other-plugin",
             Refusal::OtherVersion { .. } => "other-version",
-            Refusal::Changed(_) => "changed",
+            Refusal::Changed { .. } => "changed",
             Refusal::Expired(_) => "expired",
             Refusal::FromTheFuture(..) => "from-the-future",
             Refusal::Rotation { .. } => "bad-rotation",
@@ -207,7 +216,7 @@ impl Refusal {
             Refusal::BadSignature(_) | Refusal::OtherPlugin { .. } | Refusal::OtherVersion { .. } => {
                 "this signature does not belong to this package: get the package again from its publisher"
             }
-            Refusal::Changed(_) => {
+            Refusal::Changed { .. } => {
                 "a file was changed, added or removed after signing: get the package again, or \
                  sign it again if you are its publisher"
             }
@@ -249,6 +258,7 @@ impl Keyring {
             key,
             level,
             origin: origin.into(),
+            rotated_from: None,
         });
     }
 
@@ -302,28 +312,30 @@ impl Keyring {
             key: r.to.clone(),
             level: from.level,
             origin: format!("rotated from key {}", r.from),
+            rotated_from: Some(r.from),
         };
         self.pinned.push(pinned);
         Ok(true)
     }
 
-    /// The decision about one package. Unsigned: refused unless `allow_unsigned` (then
-    /// `untrusted`). Signed: by a pinned key that is not revoked (or one the package's own
-    /// rotation introduces from such a key), over exactly this plugin, version and set of files,
-    /// not expired, not from the future; and on the trust list, when there is one. The level is
-    /// the key's, never above `cap`.
-    pub fn judge(&self, p: Presented, now: SystemTime) -> Result<Verdict, Refusal> {
-        let Some(bytes) = p.signature else {
+    /// The first half of the decision, before anything of the package is parsed: the signature
+    /// holds over exactly the package's files. Unsigned: refused unless `allow_unsigned`.
+    /// Signed: by a pinned key that is not revoked (or one the package's own rotation introduces
+    /// from such a key), over exactly `entries`, not expired, not from the future.
+    pub fn check_files(
+        &self,
+        signature: Option<&[u8]>,
+        rotation: Option<&[u8]>,
+        entries: &[Entry],
+        now: SystemTime,
+    ) -> Result<Checked, Refusal> {
+        let Some(bytes) = signature else {
             if !self.allow_unsigned {
                 return Err(Refusal::Unsigned);
             }
-            if let Some(list) = &self.list {
-                list.check(p.plugin, p.version, None, None)
-                    .map_err(Refusal::NotAllowed)?;
-            }
-            return Ok(Verdict {
-                level: Level::Untrusted,
-                signer: None,
+            return Ok(Checked {
+                signed: None,
+                pinned: None,
                 rotation: None,
             });
         };
@@ -335,7 +347,7 @@ impl Keyring {
         // A key this host does not know yet, introduced by the package's own rotation.
         let mut rotated = None;
         let extended;
-        let ring = match (self.find(s.key), p.rotation) {
+        let ring = match (self.find(s.key), rotation) {
             (None, Some(bytes)) => {
                 let why = |why| Refusal::Rotation { key: s.key, why };
                 let r = Rotation::parse(bytes).map_err(|e| why(RotationRefusal::Corrupt(e)))?;
@@ -350,7 +362,7 @@ impl Keyring {
             }
             _ => self,
         };
-        let pinned = ring.find(s.key).ok_or(Refusal::UnknownKey(s.key))?;
+        let pinned = ring.find(s.key).ok_or(Refusal::UnknownKey(s.key))?.clone();
         if !pinned
             .key
             .verify(PACKAGE_CONTEXT, &signed.digest, &signed.signature)
@@ -358,21 +370,13 @@ impl Keyring {
             return Err(Refusal::BadSignature(s.key));
         }
         // From here on the statement is the publisher's.
-        if s.plugin != p.plugin {
-            return Err(Refusal::OtherPlugin {
-                signed: s.plugin.clone(),
-                package: p.plugin.into(),
-            });
-        }
-        if s.version != p.version.to_string() {
-            return Err(Refusal::OtherVersion {
-                signed: s.version.clone(),
-                package: p.version.to_string(),
-            });
-        }
-        let differences = statement::compare(&s.entries, p.entries);
+        let differences = statement::compare(&s.entries, entries);
         if !differences.is_empty() {
-            return Err(Refusal::Changed(differences));
+            return Err(Refusal::Changed {
+                plugin: s.plugin.clone(),
+                version: s.version.clone(),
+                differences,
+            });
         }
         if let Some(at) = s.expires {
             if now > at {
@@ -382,24 +386,98 @@ impl Keyring {
         if s.signed_at > now + CLOCK_SKEW {
             return Err(Refusal::FromTheFuture(s.signed_at, now));
         }
+        Ok(Checked {
+            signed: Some(signed),
+            pinned: Some(pinned),
+            rotation: rotated,
+        })
+    }
+
+    /// The second half, once the (verified) manifest is read: the signature is for this plugin
+    /// and version, the trust list allows it, and the level is the key's, never above `cap`.
+    pub fn admit(
+        &self,
+        checked: Checked,
+        plugin: &str,
+        version: &semver::Version,
+        cap: Level,
+    ) -> Result<Verdict, Refusal> {
+        let (Some(signed), Some(pinned)) = (checked.signed, checked.pinned) else {
+            if let Some(list) = &self.list {
+                list.check(plugin, version, None, None)
+                    .map_err(Refusal::NotAllowed)?;
+            }
+            return Ok(Verdict {
+                level: Level::Untrusted,
+                signer: None,
+                rotation: None,
+            });
+        };
+        let s = &signed.statement;
+        if s.plugin != plugin {
+            return Err(Refusal::OtherPlugin {
+                signed: s.plugin.clone(),
+                package: plugin.into(),
+            });
+        }
+        if s.version != version.to_string() {
+            return Err(Refusal::OtherVersion {
+                signed: s.version.clone(),
+                package: version.to_string(),
+            });
+        }
         let digest_hex = hex::encode(&signed.digest);
         if let Some(list) = &self.list {
-            list.check(p.plugin, p.version, Some(s.key), Some(&digest_hex))
+            list.check(plugin, version, Some(s.key), Some(&digest_hex))
                 .map_err(Refusal::NotAllowed)?;
         }
         Ok(Verdict {
-            level: pinned.level.min(p.cap),
+            level: pinned.level.min(cap),
             signer: Some(Signer {
                 key: s.key,
                 origin: pinned.origin.clone(),
+                rotated_from: pinned.rotated_from,
                 sequence: s.sequence,
                 signed_at: s.signed_at,
                 expires: s.expires,
                 digest: signed.digest,
             }),
-            rotation: rotated,
+            rotation: checked.rotation,
         })
     }
+
+    /// Both halves at once (the package's manifest already read).
+    pub fn judge(&self, p: Presented, now: SystemTime) -> Result<Verdict, Refusal> {
+        let checked = self.check_files(p.signature, p.rotation, p.entries, now)?;
+        self.admit(checked, p.plugin, p.version, p.cap)
+    }
+
+    /// Whether `key` is `ancestor` or was introduced by it through rotations this keyring knows.
+    pub fn descends(&self, key: KeyId, ancestor: KeyId) -> bool {
+        let mut at = Some(key);
+        for _ in 0..=self.pinned.len() {
+            match at {
+                Some(k) if k == ancestor => return true,
+                Some(k) => {
+                    at = self
+                        .pinned
+                        .iter()
+                        .find(|p| p.key.id() == k)
+                        .and_then(|p| p.rotated_from)
+                }
+                None => return false,
+            }
+        }
+        false
+    }
+}
+
+/// A signature checked against the package's files, its plugin and version not yet.
+#[derive(Debug)]
+pub struct Checked {
+    signed: Option<statement::Signed>,
+    pinned: Option<Pinned>,
+    rotation: Option<Rotation>,
 }
 
 #[cfg(test)]

@@ -26,6 +26,9 @@ pub struct Mark {
     pub sequence: u64,
     /// The package digest, or "unsigned".
     pub digest: String,
+    /// The key that signed it (none: unsigned).
+    #[serde(default)]
+    pub key: Option<String>,
     /// Unix seconds.
     pub at: u64,
 }
@@ -39,6 +42,9 @@ struct File {
     rotations: Vec<String>,
     #[serde(default)]
     list_serial: u64,
+    /// SHA3-512 of the trust list used at that serial.
+    #[serde(default)]
+    list_digest: Option<String>,
 }
 
 const FORMAT: u32 = 1;
@@ -49,6 +55,7 @@ pub struct Ratchet {
     plugins: BTreeMap<String, Mark>,
     rotations: Vec<String>,
     list_serial: u64,
+    list_digest: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,12 +82,25 @@ pub enum Rollback {
     },
     #[error("signature sequence {sequence} was accepted before for another package (digest {accepted}…)")]
     SequenceReused { sequence: u64, accepted: String },
+    #[error("an unsigned package, where signed ones were accepted before (sequence {accepted})")]
+    UnsignedAfterSigned { accepted: u64 },
+    #[error("signed by key {offered}, where key {accepted} signed the version accepted before (and did not rotate to it)")]
+    OtherSigner { offered: String, accepted: String },
 }
 
 impl Rollback {
     pub fn hint(&self) -> &'static str {
-        "an older package, even correctly signed, is refused; if going back is intended, the \
-         operator says so with --allow-downgrade (recorded)"
+        match self {
+            Rollback::OtherSigner { .. } => {
+                "a plugin stays with the key that signed it (or the keys that key rotated to); \
+                 name the new key for it in the trust list, or accept it once with \
+                 --allow-downgrade (recorded)"
+            }
+            _ => {
+                "an older package, even correctly signed, is refused; if going back is intended, \
+                 the operator says so with --allow-downgrade (recorded)"
+            }
+        }
     }
 
     pub fn kind(&self) -> &'static str {
@@ -88,6 +108,8 @@ impl Rollback {
             Rollback::OlderVersion { .. } => "older-version",
             Rollback::OlderSequence { .. } => "older-sequence",
             Rollback::SequenceReused { .. } => "sequence-reused",
+            Rollback::UnsignedAfterSigned { .. } => "unsigned-after-signed",
+            Rollback::OtherSigner { .. } => "other-signer",
         }
     }
 }
@@ -124,6 +146,7 @@ impl Ratchet {
             plugins: file.plugins,
             rotations: file.rotations,
             list_serial: file.list_serial,
+            list_digest: file.list_digest,
         })
     }
 
@@ -131,17 +154,33 @@ impl Ratchet {
         self.plugins.get(plugin)
     }
 
-    /// Whether `version`/`sequence`/`digest` may be accepted for `plugin`.
+    /// Whether `version`/`sequence`/`digest`, signed by `key`, may be accepted for `plugin`.
+    /// `succeeds(new, old)` says whether key `new` is key `old` or was rotated to from it.
     pub fn check(
         &self,
         plugin: &str,
         version: &semver::Version,
         sequence: u64,
         digest: &str,
+        key: Option<&str>,
+        succeeds: impl Fn(&str, &str) -> bool,
     ) -> Result<(), Rollback> {
         let Some(mark) = self.plugins.get(plugin) else {
             return Ok(());
         };
+        if let (Some(offered), Some(accepted)) = (key, mark.key.as_deref()) {
+            if !succeeds(offered, accepted) {
+                return Err(Rollback::OtherSigner {
+                    offered: offered.into(),
+                    accepted: accepted.into(),
+                });
+            }
+        }
+        if key.is_none() && mark.sequence > 0 {
+            return Err(Rollback::UnsignedAfterSigned {
+                accepted: mark.sequence,
+            });
+        }
         if let Ok(accepted) = semver::Version::parse(&mark.version) {
             if *version < accepted {
                 return Err(Rollback::OlderVersion {
@@ -189,14 +228,34 @@ impl Ratchet {
         self.list_serial
     }
 
-    /// Raises the trust list serial (stored before returning).
-    pub fn raise_list_serial(&mut self, serial: u64) -> Result<(), RatchetError> {
-        if serial <= self.list_serial {
+    /// Whether a trust list of `serial` with contents `digest` may be used: not older than one
+    /// used before, and not another list under a serial used before.
+    pub fn check_list(&self, serial: u64, digest: &str) -> Result<(), String> {
+        if serial < self.list_serial {
+            return Err(format!(
+                "serial {serial} is older than serial {}, used before on this host",
+                self.list_serial
+            ));
+        }
+        if serial == self.list_serial && self.list_digest.as_deref().is_some_and(|d| d != digest) {
+            return Err(format!(
+                "serial {serial} was used before on this host for another list (raise the serial with every edit)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records the trust list used (stored before returning).
+    pub fn record_list(&mut self, serial: u64, digest: &str) -> Result<(), RatchetError> {
+        if serial == self.list_serial && self.list_digest.as_deref() == Some(digest) {
             return Ok(());
         }
-        let old = std::mem::replace(&mut self.list_serial, serial);
+        let old = (
+            std::mem::replace(&mut self.list_serial, serial),
+            self.list_digest.replace(digest.to_string()),
+        );
         if let Err(e) = self.store() {
-            self.list_serial = old;
+            (self.list_serial, self.list_digest) = old;
             return Err(e);
         }
         Ok(())
@@ -229,6 +288,7 @@ impl Ratchet {
             plugins: self.plugins.clone(),
             rotations: self.rotations.clone(),
             list_serial: self.list_serial,
+            list_digest: self.list_digest.clone(),
         })
         .expect("plain data serializes");
         let mut f = std::fs::File::options()
@@ -261,8 +321,14 @@ mod tests {
             version: version.into(),
             sequence,
             digest: digest.into(),
+            key: Some("k1".into()),
             at: 0,
         }
+    }
+
+    /// `k2` was rotated to from `k1`.
+    fn succeeds(new: &str, old: &str) -> bool {
+        new == old || (new == "k2" && old == "k1")
     }
 
     #[test]
@@ -270,28 +336,58 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("stockade-ratchet-{}", std::process::id()));
         let path = dir.join("ratchet.json");
         let mut r = Ratchet::open(&path).unwrap();
-        assert_eq!(r.check("p", &v("1.0.0"), 5, "aa"), Ok(()));
+        let check = |r: &Ratchet, version: &str, seq: u64, digest: &str, key: Option<&str>| {
+            r.check("p", &v(version), seq, digest, key, succeeds)
+        };
+        assert_eq!(check(&r, "1.0.0", 5, "aa", Some("k1")), Ok(()));
         r.record("p", mark("1.2.0", 5, "aa")).unwrap();
         let r = Ratchet::open(&path).unwrap();
         assert_eq!(
-            r.check("p", &v("1.2.0"), 5, "aa"),
+            check(&r, "1.2.0", 5, "aa", Some("k1")),
             Ok(()),
             "the same package again"
         );
-        assert_eq!(r.check("p", &v("1.3.0"), 6, "bb"), Ok(()));
+        assert_eq!(check(&r, "1.3.0", 6, "bb", Some("k1")), Ok(()));
         assert_eq!(
-            r.check("p", &v("1.1.0"), 9, "cc").unwrap_err().kind(),
+            check(&r, "1.3.0", 6, "bb", Some("k2")),
+            Ok(()),
+            "a rotated-to key"
+        );
+        let kind = |e: Result<(), Rollback>| e.unwrap_err().kind();
+        assert_eq!(
+            kind(check(&r, "1.3.0", 6, "bb", Some("k3"))),
+            "other-signer"
+        );
+        assert_eq!(
+            kind(check(&r, "1.1.0", 9, "cc", Some("k1"))),
             "older-version"
         );
         assert_eq!(
-            r.check("p", &v("1.2.0"), 4, "cc").unwrap_err().kind(),
+            kind(check(&r, "1.2.0", 4, "cc", Some("k1"))),
             "older-sequence"
         );
         assert_eq!(
-            r.check("p", &v("1.2.0"), 5, "cc").unwrap_err().kind(),
+            kind(check(&r, "1.2.0", 5, "cc", Some("k1"))),
             "sequence-reused"
         );
-        assert_eq!(r.check("q", &v("0.1.0"), 1, "dd"), Ok(()), "another plugin");
+        assert_eq!(
+            kind(check(&r, "1.3.0", 0, "unsigned", None)),
+            "unsigned-after-signed"
+        );
+        assert_eq!(
+            r.check("q", &v("0.1.0"), 1, "dd", Some("k9"), succeeds),
+            Ok(()),
+            "another plugin"
+        );
+        let mut r = Ratchet::open(&path).unwrap();
+        r.record_list(3, "l3").unwrap();
+        assert!(r.check_list(3, "l3").is_ok());
+        assert!(r
+            .check_list(3, "other")
+            .unwrap_err()
+            .contains("another list"));
+        assert!(r.check_list(2, "l2").unwrap_err().contains("older"));
+        assert!(r.check_list(4, "l4").is_ok());
         std::fs::write(&path, b"{").unwrap();
         assert!(matches!(
             Ratchet::open(&path),

@@ -9,13 +9,15 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha3::{Digest, Sha3_512};
 
 use crate::rotation::{MAX_ROTATION_BYTES, ROTATION_FILE};
-use crate::statement::{valid_path, Entry, Kind, MAX_SIGNATURE_BYTES, SIGNATURE_FILE};
+use crate::statement::{
+    valid_path, Entry, Kind, MAX_ENTRIES, MAX_PATH_BYTES, MAX_SIGNATURE_BYTES, SIGNATURE_FILE,
+};
 
 /// Bounds on what one package may hold.
 #[derive(Debug, Clone, Copy)]
@@ -28,7 +30,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            max_entries: 65_536,
+            max_entries: MAX_ENTRIES,
             max_bytes: 4 << 30,
             max_depth: 32,
         }
@@ -48,6 +50,8 @@ pub enum SnapshotError {
     Special { path: String },
     #[error("{path:?}: a name this format cannot hold (control characters, or not UTF-8)")]
     BadName { path: String },
+    #[error("{path}…: a path longer than {MAX_PATH_BYTES} bytes")]
+    PathTooLong { path: String },
     #[error("more than {0} files and directories")]
     TooManyEntries(usize),
     #[error("more than {0} bytes in all")]
@@ -70,7 +74,7 @@ impl SnapshotError {
                 "copy the link's target into the package instead of linking to it"
             }
             SnapshotError::Special { .. } => "remove it from the package",
-            SnapshotError::BadName { .. } => "rename it",
+            SnapshotError::BadName { .. } | SnapshotError::PathTooLong { .. } => "rename it",
             SnapshotError::TooManyEntries(_)
             | SnapshotError::TooLarge(_)
             | SnapshotError::TooDeep { .. } => "a plugin package is not a disk image",
@@ -105,6 +109,14 @@ impl Drop for Sealed {
     }
 }
 
+/// Lets `uid` and the group `gid` (ids of one plugin's own host range) read the sealed copy at
+/// `dir`: its top becomes `uid`:`gid`, mode 0750. Nobody else may enter it; what is below stays
+/// root's and read-only.
+pub fn open_to(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
+}
+
 /// Removes a sealed copy (its directories are read-only: made writable first).
 pub fn remove_sealed(dir: &Path) {
     fn writable(dir: &Path) {
@@ -136,16 +148,23 @@ pub fn take(
     })?;
     let sealed = match seal_into {
         Some(to) => {
+            let seal_err = |source| SnapshotError::Seal {
+                path: to.to_path_buf(),
+                source,
+            };
             std::fs::DirBuilder::new()
                 .mode(0o700)
                 .create(to)
-                .map_err(|source| SnapshotError::Seal {
-                    path: to.to_path_buf(),
-                    source,
-                })?;
-            Some(Sealed {
-                dir: to.to_path_buf(),
-            })
+                .map_err(seal_err)?;
+            // Canonical, so that paths below it compare with canonical paths.
+            let dir = match to.canonicalize() {
+                Ok(dir) => dir,
+                Err(e) => {
+                    remove_sealed(to);
+                    return Err(seal_err(e));
+                }
+            };
+            Some(Sealed { dir })
         }
         None => None,
     };
@@ -168,15 +187,8 @@ pub fn take(
         rotation: None,
         buf: vec![0u8; 1 << 20],
     };
+    // The copy's top stays 0700 (root's alone) until `open_to` lets one plugin's group in.
     walk.dir(&top, dest.as_ref(), "", 0)?;
-    if let Some(s) = &sealed {
-        seal_mode(dest.as_ref().expect("opened with the copy")).map_err(|source| {
-            SnapshotError::Seal {
-                path: s.dir.clone(),
-                source,
-            }
-        })?;
-    }
     let mut entries = walk.entries;
     entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     Ok(Snapshot {
@@ -228,7 +240,11 @@ impl Walk<'_> {
                 depth: self.limits.max_depth,
             });
         }
-        let names = list(fd).map_err(self.io(prefix))?;
+        let budget = self.limits.max_entries.saturating_sub(self.entries.len());
+        let names = list(fd, budget).map_err(self.io(prefix))?;
+        if names.len() > budget {
+            return Err(SnapshotError::TooManyEntries(self.limits.max_entries));
+        }
         for name in names {
             let rel_name = match std::str::from_utf8(name.as_bytes()) {
                 Ok(n) => n.to_string(),
@@ -239,12 +255,26 @@ impl Walk<'_> {
                 }
             };
             let rel = format!("{prefix}{rel_name}");
+            if rel.len() > MAX_PATH_BYTES {
+                return Err(SnapshotError::PathTooLong {
+                    path: rel.chars().take(64).collect(),
+                });
+            }
             if !valid_path(&rel) {
                 return Err(SnapshotError::BadName { path: rel });
             }
             if self.entries.len() >= self.limits.max_entries {
                 return Err(SnapshotError::TooManyEntries(self.limits.max_entries));
             }
+            // Its type first, without opening it (a device or a socket is never opened)...
+            let kind = fstatat_type(fd, &name).map_err(self.io(&rel))?;
+            match kind {
+                libc::S_IFLNK => return Err(SnapshotError::Symlink { path: rel }),
+                libc::S_IFREG | libc::S_IFDIR => {}
+                _ => return Err(SnapshotError::Special { path: rel }),
+            }
+            // ...then opened without following a link, and the type checked on the descriptor
+            // (what was looked at may have been replaced meanwhile).
             let child = match openat(fd, &name, libc::O_RDONLY) {
                 Ok(c) => c,
                 Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
@@ -254,6 +284,12 @@ impl Walk<'_> {
             };
             let file = File::from(child);
             let meta = file.metadata().map_err(self.io(&rel))?;
+            if meta.mode() & libc::S_IFMT != kind {
+                return Err(SnapshotError::Io {
+                    path: self.root.join(&rel),
+                    source: std::io::Error::other("it was replaced while the package was read"),
+                });
+            }
             if meta.is_dir() {
                 let child_dest = match dest {
                     Some(d) => {
@@ -428,8 +464,28 @@ fn owned(fd: libc::c_int) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// The names in a directory (not `.` and `..`), sorted, read from its descriptor.
-fn list(fd: &OwnedFd) -> std::io::Result<Vec<CString>> {
+/// The type bits (`S_IFMT`) of `name` in `dir`, not following a symlink.
+fn fstatat_type(dir: &OwnedFd, name: &CStr) -> std::io::Result<libc::mode_t> {
+    // SAFETY: a plain struct of integers; zeroed is a valid start.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatat reads the name and writes `st`, both alive for the call.
+    if unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } < 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.st_mode & libc::S_IFMT)
+}
+
+/// The names in a directory (not `.` and `..`), sorted, read from its descriptor: at most
+/// `budget + 1` (one more than may be taken says there are too many).
+fn list(fd: &OwnedFd, budget: usize) -> std::io::Result<Vec<CString>> {
     let dup = fd.as_fd().try_clone_to_owned()?;
     let mut dir = nix::dir::Dir::from_fd(dup).map_err(std::io::Error::from)?;
     let mut names = Vec::new();
@@ -440,6 +496,9 @@ fn list(fd: &OwnedFd) -> std::io::Result<Vec<CString>> {
             continue;
         }
         names.push(name.to_owned());
+        if names.len() > budget {
+            break;
+        }
     }
     names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     Ok(names)
@@ -459,6 +518,106 @@ pub fn digest_file(path: &Path) -> std::io::Result<[u8; 64]> {
         hasher.update(&buf[..n]);
     }
     Ok(hasher.finalize().into())
+}
+
+/// Where one process keeps its sealed copies: `<root>/<name>/`, owned for as long as the
+/// process holds `<root>/<name>.lock` (flock). Whoever opens a store first removes the stores
+/// whose lock nobody holds — their process is gone, killed or crashed — so copies never pile up,
+/// and a live owner's copies are never removed (whatever its name or pid namespace).
+#[derive(Debug)]
+pub struct Store {
+    pub dir: PathBuf,
+    /// Held (flock) for the store's life.
+    _lock: File,
+    lock_path: PathBuf,
+}
+
+impl Store {
+    /// Sweeps `root`, then makes `<root>/<name>` (mode 0711) and holds its lock. A stale store
+    /// of the same name (a previous process with this pid) is removed first.
+    pub fn open(root: &Path, name: &str) -> std::io::Result<Store> {
+        create_private(root)?;
+        sweep(root);
+        let lock_path = root.join(format!("{name}.lock"));
+        let lock = loop {
+            let f = File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+                .open(&lock_path)?;
+            flock(&f, libc::LOCK_EX | libc::LOCK_NB)?;
+            // Still the file at that path? (a sweeper may have removed it meanwhile)
+            let on_disk = std::fs::symlink_metadata(&lock_path);
+            let held = f.metadata()?;
+            if on_disk.is_ok_and(|m| m.ino() == held.ino() && m.dev() == held.dev()) {
+                break f;
+            }
+        };
+        let dir = root.join(name);
+        remove_sealed(&dir);
+        std::fs::DirBuilder::new().mode(0o711).create(&dir)?;
+        let dir = dir.canonicalize()?;
+        Ok(Store {
+            dir,
+            _lock: lock,
+            lock_path,
+        })
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        remove_sealed(&self.dir);
+        // Unlinked while still held (the lock goes when `lock` closes, after this).
+        let _ = std::fs::remove_file(&self.lock_path);
+    }
+}
+
+/// `dir`, made if missing (mode 0711: anyone may pass through, nobody but root list it).
+fn create_private(dir: &Path) -> std::io::Result<()> {
+    match std::fs::DirBuilder::new().mode(0o711).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    }
+}
+
+fn flock(f: &File, op: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Removes the stores below `root` whose owner is gone: a directory whose `.lock` can be taken
+/// (or that has none), with its lock file.
+pub fn sweep(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let lock_path = path.with_extension("lock");
+        let lock = File::options()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&lock_path);
+        match lock {
+            Ok(f) => {
+                if flock(&f, libc::LOCK_EX | libc::LOCK_NB).is_ok() {
+                    remove_sealed(&path);
+                    let _ = std::fs::remove_file(&lock_path);
+                }
+            }
+            Err(_) => remove_sealed(&path),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -494,7 +653,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let meta = |p: &str| std::fs::metadata(to.join(p)).unwrap().mode() & 0o7777;
-        assert_eq!(meta(""), 0o555);
+        assert_eq!(meta(""), 0o700, "root's alone until opened to a plugin");
         assert_eq!(meta("bin"), 0o555);
         assert_eq!(meta("bin/run"), 0o555);
         assert_eq!(meta("plugin.toml"), 0o444);
@@ -503,6 +662,33 @@ mod tests {
         drop(snap);
         assert!(!to.exists(), "the sealed copy goes with its snapshot");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_store_is_swept_only_once_its_owner_is_gone() {
+        let root = std::env::temp_dir().join(format!("stockade-store-{}", std::process::id()));
+        let a = Store::open(&root, "a").unwrap();
+        std::fs::create_dir(a.dir.join("load-1")).unwrap();
+        // A store whose owner is gone: a directory and a lock file nobody holds.
+        std::fs::create_dir(root.join("dead")).unwrap();
+        std::fs::write(root.join("dead.lock"), b"").unwrap();
+        // An older one without a lock file.
+        std::fs::create_dir(root.join("older")).unwrap();
+        let b = Store::open(&root, "b").unwrap();
+        assert!(a.dir.join("load-1").exists(), "a live owner's copies stay");
+        assert!(!root.join("dead").exists() && !root.join("dead.lock").exists());
+        assert!(!root.join("older").exists());
+        let a_dir = a.dir.clone();
+        drop(a);
+        assert!(!a_dir.exists() && !root.join("a.lock").exists());
+        // The same name again (a pid reused): a fresh store.
+        let b_dir = b.dir.clone();
+        std::fs::create_dir(b_dir.join("load-9")).unwrap();
+        drop(b);
+        let again = Store::open(&root, "b").unwrap();
+        assert!(!again.dir.join("load-9").exists());
+        drop(again);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

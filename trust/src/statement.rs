@@ -39,6 +39,8 @@ const MAGIC: &str = "stockade-package-signature v1";
 pub const MAX_SIGNATURE_BYTES: u64 = 32 << 20;
 /// The longest path in a package.
 pub const MAX_PATH_BYTES: usize = 4096;
+/// The most files and directories a package (and so a statement) holds.
+pub const MAX_ENTRIES: usize = 65_536;
 
 /// One file or directory of a package.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,7 +198,7 @@ pub fn parse(bytes: &[u8]) -> Result<Signed, ParseError> {
     if magic != "v1" {
         return Err(err(
             n,
-            &format!("signature format {magic} (this Stockade reads v1)"),
+            &format!("signature format {magic:?} (this Stockade reads v1)"),
         ));
     }
     let (_, plugin) = next("plugin")?;
@@ -205,6 +207,9 @@ pub fn parse(bytes: &[u8]) -> Result<Signed, ParseError> {
     let sequence: u64 = sequence
         .parse()
         .map_err(|_| err(n, "the sequence is not a number"))?;
+    if sequence == 0 {
+        return Err(err(n, "the sequence starts at 1"));
+    }
     let (n, signed_at) = next("signed-at")?;
     let signed_at = humantime::parse_rfc3339(&signed_at)
         .map_err(|_| err(n, "signed-at is not an RFC 3339 time"))?;
@@ -220,6 +225,12 @@ pub fn parse(bytes: &[u8]) -> Result<Signed, ParseError> {
     let key = KeyId::parse(&key).ok_or_else(|| err(n, "the key id is not 16 hex digits"))?;
     let mut entries: Vec<Entry> = Vec::new();
     for (n, line) in lines {
+        if entries.len() >= MAX_ENTRIES {
+            return Err(err(
+                n,
+                &format!("more than {MAX_ENTRIES} files and directories"),
+            ));
+        }
         let entry = if let Some(path) = line.strip_prefix("dir ") {
             Entry {
                 path: path.to_string(),
@@ -422,7 +433,8 @@ mod tests {
                     .replace("plugin.toml", "a"),
                 "sorted",
             ),
-            (text.replace("v1\n", "v2\n"), "format v2"),
+            (text.replace("v1\n", "v2\n"), "format \"v2\""),
+            (text.replace("sequence 3", "sequence 0"), "starts at 1"),
         ];
         for (bad, why) in cases {
             let e = parse(bad.as_bytes()).unwrap_err();

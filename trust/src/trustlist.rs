@@ -27,6 +27,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use sha3::Digest;
 use toml_edit::{ImDocument, Value};
 use zeroize::Zeroizing;
 
@@ -95,7 +96,12 @@ impl ListKey {
     }
 
     pub fn file_text(&self) -> Zeroizing<String> {
-        Zeroizing::new(format!("{KEY_MAGIC}\n{}\n", B64.encode(*self.0)))
+        let mut text = Zeroizing::new(String::with_capacity(KEY_MAGIC.len() + 48));
+        text.push_str(KEY_MAGIC);
+        text.push('\n');
+        B64.encode_string(&self.0[..], &mut text);
+        text.push('\n');
+        text
     }
 
     /// Reads a key file, or (`credential:NAME`) the systemd credential NAME from
@@ -116,7 +122,8 @@ impl ListKey {
             }
             None => Path::new(source).to_path_buf(),
         };
-        let mut text = Zeroizing::new(String::new());
+        // Room for the whole (bounded) file up front: no reallocation leaves a copy behind.
+        let mut text = Zeroizing::new(String::with_capacity(4097));
         std::fs::File::open(&path)
             .and_then(|f| f.take(4096).read_to_string(&mut text))
             .map_err(|e| ListError::Io {
@@ -154,6 +161,8 @@ pub struct Allowed {
 pub struct TrustList {
     pub serial: u64,
     pub plugins: BTreeMap<String, Allowed>,
+    /// SHA3-512 of the plain text, hex: tells two lists of one serial apart.
+    pub digest: String,
 }
 
 /// Seals `plain` (checked first: a list that would be refused is not sealed).
@@ -276,6 +285,7 @@ pub fn parse(text: &str, what: &str) -> Result<TrustList, ListError> {
             "no `serial`: every list carries one, raised with every edit".into(),
         )
     })?;
+    list.digest = hex::encode(&<[u8; 64]>::from(sha3::Sha3_512::digest(text.as_bytes())));
     Ok(list)
 }
 

@@ -82,6 +82,8 @@ pub struct Host {
     /// The keyring each verification uses: replaced whole when a rotation adds a key.
     keyring: Mutex<Arc<Keyring>>,
     ratchet: Mutex<Ratchet>,
+    /// Held by each commit for its check and record together.
+    committing: Mutex<()>,
     /// Names the next sealed copy below `<state_root>/store/`.
     next_seal: AtomicU64,
     plugins: Mutex<BTreeMap<String, Arc<Plugin>>>,
@@ -212,6 +214,7 @@ impl Host {
             keyring: Mutex::new(Arc::new(config.keyring.clone())),
             config,
             ratchet: Mutex::new(ratchet),
+            committing: Mutex::new(()),
             next_seal: AtomicU64::new(1),
             plugins: Mutex::new(BTreeMap::new()),
             events: Arc::new(Events::new()),
@@ -315,12 +318,7 @@ impl Host {
             r
         })?;
         let id = package.manifest.id.clone();
-        let (sequence, digest) = ratchet_key(&package);
-        let checked = self
-            .ratchet
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .check(&id, &package.manifest.version, sequence, &digest);
+        let checked = self.check_ratchet(&keyring_now(self), &package);
         let mut downgrade = None;
         if let Err(rollback) = checked {
             let Some(uid) = allow_downgrade else {
@@ -360,12 +358,47 @@ impl Host {
         Ok((Arc::new(package), Arc::new(methods)))
     }
 
+    /// The rollback ratchet's verdict on `package` (its version, sequence, digest and signer).
+    fn check_ratchet(
+        &self,
+        keyring: &Keyring,
+        package: &Package,
+    ) -> Result<(), stockade_trust::ratchet::Rollback> {
+        let (sequence, digest) = ratchet_key(package);
+        let key = package.signer.as_ref().map(|s| s.key.to_string());
+        let succeeds = |new: &str, old: &str| match (
+            stockade_trust::key::KeyId::parse(new),
+            stockade_trust::key::KeyId::parse(old),
+        ) {
+            (Some(new), Some(old)) => keyring.descends(new, old),
+            _ => new == old,
+        };
+        self.ratchet
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(
+                &package.manifest.id,
+                &package.manifest.version,
+                sequence,
+                &digest,
+                key.as_deref(),
+                succeeds,
+            )
+    }
+
     /// Moves the rollback ratchet to `package`: the daemon now runs this version; and remembers
     /// the key rotation it carried, if its signature needed one (the new key is then trusted for
-    /// every plugin, as its old key was). Stored before it returns; an error means the version
-    /// must not become the active one.
-    async fn commit(self: &Arc<Self>, package: &Arc<Package>) -> Result<(), RpcError> {
+    /// every plugin, as its old key was). Checked again first, under the ratchet's lock (another
+    /// load or upgrade of the plugin may have moved it since this one was verified), unless the
+    /// operator allowed a downgrade. Stored before it returns; an error means the version must
+    /// not become the active one.
+    async fn commit(
+        self: &Arc<Self>,
+        package: &Arc<Package>,
+        allow_downgrade: bool,
+    ) -> Result<(), RpcError> {
         let host = self.clone();
+        let package_id = package.manifest.id.clone();
         let package = package.clone();
         tokio::task::spawn_blocking(move || {
             let (sequence, digest) = ratchet_key(&package);
@@ -373,11 +406,20 @@ impl Host {
                 version: package.manifest.version.to_string(),
                 sequence,
                 digest,
+                key: package.signer.as_ref().map(|s| s.key.to_string()),
                 at: now_ms() / 1000,
             };
+            // One commit at a time: the check and the record under the same lock.
+            let _one = host.committing.lock().unwrap_or_else(|e| e.into_inner());
+            if !allow_downgrade {
+                host.check_ratchet(&keyring_now(&host), &package)
+                    .map_err(|r| Committed::Refused(r.to_string(), r.kind(), r.hint()))?;
+            }
             let mut ratchet = host.ratchet.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(r) = &package.rotation {
-                ratchet.remember_rotation(r.text())?;
+                ratchet
+                    .remember_rotation(r.text())
+                    .map_err(|e| Committed::Store(e.to_string()))?;
                 let mut keyring = host.keyring.lock().unwrap_or_else(|e| e.into_inner());
                 let mut next = Keyring::clone(&keyring);
                 if let Ok(true) = next.introduce(r, true) {
@@ -398,16 +440,23 @@ impl Host {
                 }
                 *keyring = Arc::new(next);
             }
-            ratchet.record(&package.manifest.id, mark)
+            ratchet
+                .record(&package.manifest.id, mark)
+                .map_err(|e| Committed::Store(e.to_string()))
         })
         .await
         .map_err(|e| refusal(code::INTERNAL_ERROR, e.to_string(), None))?
-        .map_err(|e| {
-            refusal(
+        .map_err(|e| match e {
+            Committed::Refused(why, kind, hint) => RpcError {
+                code: ccode::UNTRUSTED,
+                message: format!("plugin `{}`: {why}", package_id),
+                data: Some(json!({ "hint": hint, "kind": kind })),
+            },
+            Committed::Store(e) => refusal(
                 code::INTERNAL_ERROR,
                 format!("cannot record the accepted version: {e}"),
                 Some("the daemon's state directory must be writable"),
-            )
+            ),
         })
     }
 
@@ -487,7 +536,7 @@ impl Host {
         }
         let started = self.start(&plugin).await;
         if started.is_ok() {
-            if let Err(e) = self.commit(&package).await {
+            if let Err(e) = self.commit(&package, allow_downgrade.is_some()).await {
                 drop(op);
                 let _ = self.unload(&id).await;
                 return Err(e);
@@ -815,36 +864,44 @@ impl Host {
                 ));
             }
         };
-        if let Err(e) = self.commit(&package).await {
-            Host::stop_run_after_start(run, ended).await;
-            self.events
-                .send(stage("failed", json!({ "reason": e.message })));
-            return Err(e);
-        }
-        let heartbeat_every = package.manifest.lifecycle.heartbeat;
-        // The old run's calls may run as long as the old manifest allows.
-        let drain_for = old_longest.max(Duration::from_secs(1));
-        let switched = {
-            let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
-            // Still the plugin that was upgraded: active, wanted, the same run serving (the
-            // operation lock keeps operators out; a crash of the old run does not).
+        // Still the plugin that was upgraded: active, wanted, the same run serving (the operation
+        // lock keeps operators out; a crash of the old run or an unload's mark does not).
+        let eligible = |st: &PluginState| -> Result<(), &'static str> {
             let same = match (&st.run, &old) {
                 (Some(now), Some(before)) => Arc::ptr_eq(now, before),
                 _ => false,
             };
             if same && st.wanted && *st.tracker.state() == State::Active {
-                let stop_timeout = st.package.manifest.lifecycle.stop_timeout;
-                st.tracker.set_policy(package.manifest.lifecycle.clone());
-                st.package = package;
-                st.methods = methods;
-                st.run = Some(run.clone());
-                Ok(stop_timeout)
+                Ok(())
             } else if !st.wanted {
                 Err("the plugin is being unloaded")
             } else {
                 Err("the old version stopped while the new one started")
             }
         };
+        // The ratchet moves only for an upgrade that will switch: checked first, then committed.
+        let still = eligible(&plugin.state.lock().unwrap_or_else(|e| e.into_inner()));
+        if still.is_ok() {
+            if let Err(e) = self.commit(&package, allow_downgrade.is_some()).await {
+                Host::stop_run_after_start(run, ended).await;
+                self.events
+                    .send(stage("failed", json!({ "reason": e.message })));
+                return Err(e);
+            }
+        }
+        let heartbeat_every = package.manifest.lifecycle.heartbeat;
+        // The old run's calls may run as long as the old manifest allows.
+        let drain_for = old_longest.max(Duration::from_secs(1));
+        let switched = still.and_then(|()| {
+            let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+            eligible(&st)?;
+            let stop_timeout = st.package.manifest.lifecycle.stop_timeout;
+            st.tracker.set_policy(package.manifest.lifecycle.clone());
+            st.package = package;
+            st.methods = methods;
+            st.run = Some(run.clone());
+            Ok(stop_timeout)
+        });
         let stop_timeout = match switched {
             Ok(t) => t,
             Err(why) => {
@@ -1449,6 +1506,21 @@ fn describe_end_json(end: &Option<Ended>) -> Value {
         v["violations"] = json!(s.monitor.as_ref().map(|r| r.violations));
     }
     v
+}
+
+/// Why a commit did not happen.
+enum Committed {
+    /// The ratchet moved meanwhile: (reason, kind, hint).
+    Refused(String, &'static str, &'static str),
+    Store(String),
+}
+
+/// The keyring verifications use now.
+fn keyring_now(host: &Host) -> Arc<Keyring> {
+    host.keyring
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
 }
 
 /// What the ratchet compares for a package: its signature's sequence and digest (0 and

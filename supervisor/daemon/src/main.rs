@@ -10,7 +10,6 @@ mod host;
 mod logs;
 mod sandbox;
 
-use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -136,18 +135,11 @@ fn start(mut args: Args) -> anyhow::Result<()> {
         "trust set up"
     );
     raise_open_files();
-    // Sealed copies of packages: one directory per daemon process; those of daemons that are
-    // gone are removed (nothing runs from them now).
+    // Sealed copies of packages: one store per daemon process, held by a lock; the stores of
+    // daemons (and runs) that are gone are removed: nothing runs from them now.
     let store_root = state_dir.join("store");
-    stockade::package::sweep_store(&store_root);
-    let store = store_root.join(std::process::id().to_string());
-    for dir in [&store_root, &store] {
-        match std::fs::DirBuilder::new().mode(0o711).create(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => anyhow::bail!("cannot create {}: {e}", dir.display()),
-        }
-    }
+    let store = stockade_trust::snapshot::Store::open(&store_root, &std::process::id().to_string())
+        .map_err(|e| anyhow::anyhow!("cannot create the store {}: {e}", store_root.display()))?;
     // The monitors once for every plugin (joining the host's set where one is loaded); each
     // sandbox joins this set. A host without them still serves monitor-mode (trusted) plugins;
     // an untrusted one refuses to start without them (fail closed, per sandbox).
@@ -178,7 +170,7 @@ fn start(mut args: Args) -> anyhow::Result<()> {
         let host = host::Host::new(
             host::Config {
                 state_root: state_dir.clone(),
-                store: store.clone(),
+                store: store.dir.clone(),
                 monitor: monitor.clone(),
                 keyring,
             },
@@ -203,8 +195,10 @@ fn start(mut args: Args) -> anyhow::Result<()> {
         host.stop_all().await;
         anyhow::Ok(())
     });
+    // The runtime (and any verification still in its blocking pool) is gone before the store.
+    drop(runtime);
     drop(monitor);
-    stockade_trust::snapshot::remove_sealed(&store);
+    drop(store);
     result
 }
 

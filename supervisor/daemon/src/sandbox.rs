@@ -207,6 +207,11 @@ fn run(
     if let Err(e) = plan::own_state_dir(&launch.state_dir, launch.id_base) {
         return refused(e);
     }
+    if package.sealed.is_some() {
+        if let Err(e) = plan::open_sealed_copy(&package.dir, launch.id_base) {
+            return refused(e);
+        }
+    }
     let shim = match Shim::locate() {
         Ok(s) => ShimMode::Exec(s),
         Err(e) => return Ended::Failed(e.to_string()),

@@ -190,6 +190,27 @@ pub fn status(socket: Option<&Path>, id: &str, json: bool) -> Result<u8, Failure
     println!("{}", one_line(&status));
     println!("  package: {}", status["dir"].as_str().unwrap_or("?"));
     println!(
+        "  runs from: {} (its sealed copy)",
+        status["runs_from"].as_str().unwrap_or("?")
+    );
+    let signer = &status["signer"];
+    if signer.is_null() {
+        println!("  signature: none (loaded because the daemon allows unsigned packages)");
+    } else {
+        println!(
+            "  signature: key {} ({}), sequence {}, signed {}, expires {}",
+            signer["key"].as_str().unwrap_or("?"),
+            signer["pinned_as"].as_str().unwrap_or("?"),
+            signer["sequence"],
+            signer["signed_at"].as_str().unwrap_or("?"),
+            signer["expires"].as_str().unwrap_or("never")
+        );
+        println!(
+            "  package digest: {}",
+            signer["digest"].as_str().unwrap_or("?")
+        );
+    }
+    println!(
         "  entry sha3-512: {}",
         status["entry_sha3_512"].as_str().unwrap_or("?")
     );

@@ -2,15 +2,15 @@
 //! packages and the operator's offline check.
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde_json::json;
 use stockade::package::{self, Options, PackageError};
-use stockade_trust::key::{PublicKey, SecretKey};
+use stockade_trust::key::{KeyId, SecretKey};
 use stockade_trust::keyring::Keyring;
-use stockade_trust::snapshot::{self, Limits};
+use stockade_trust::snapshot::{self, Limits, Store};
 use stockade_trust::statement::{self, Statement, SIGNATURE_FILE};
 use zeroize::Zeroizing;
 
@@ -194,9 +194,18 @@ pub fn sign(
 ) -> Result<u8, Failure> {
     let now = statement::whole_seconds(SystemTime::now());
     let expires = expires.map(|e| expiry(e, now)).transpose()?;
+    if sequence == Some(0) {
+        return Err(Failure::usage(
+            "--sequence 0: a signature's sequence starts at 1",
+            "give --sequence 1 or more, or leave it out",
+        ));
+    }
     // The package must be a valid one (manifest, policy, entry): nobody needs a signed broken one.
     let package = package::load(dir).map_err(|e| crate::package_failure(dir, e))?;
     let key = secret(key_path, passphrase_file)?;
+    // A temporary file an interrupted `sign` left would be signed as part of the package.
+    let tmp = package.source.join(format!(".{SIGNATURE_FILE}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
     let snap = snapshot::take(&package.source, None, Limits::default())
         .map_err(|e| crate::package_failure(dir, PackageError::Snapshot(e)))?;
     let previous = snap
@@ -205,15 +214,24 @@ pub fn sign(
         .and_then(|b| statement::parse(b).ok())
         .filter(|s| s.statement.plugin == package.manifest.id)
         .map(|s| s.statement.sequence);
+    // By default the signing time in seconds, or the previous signature's plus one when that
+    // is larger: it grows with every signature, also from a fresh checkout without the previous
+    // stockade.sig.
+    let seconds = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(1, |d| d.as_secs());
     let sequence = match (sequence, previous) {
         (Some(n), _) => n,
-        (None, Some(p)) => p.checked_add(1).ok_or_else(|| {
-            Failure::usage(
-                "the previous signature's sequence is the largest there is",
-                "give --sequence N",
-            )
-        })?,
-        (None, None) => 1,
+        (None, Some(p)) => p
+            .checked_add(1)
+            .ok_or_else(|| {
+                Failure::usage(
+                    "the previous signature's sequence is the largest there is",
+                    "give --sequence N",
+                )
+            })?
+            .max(seconds),
+        (None, None) => seconds,
     };
     let statement = Statement {
         plugin: package.manifest.id.clone(),
@@ -226,7 +244,6 @@ pub fn sign(
     };
     let text = statement.sign(&key);
     let path = package.source.join(SIGNATURE_FILE);
-    let tmp = package.source.join(format!(".{SIGNATURE_FILE}.tmp"));
     write_new(&tmp, text.as_bytes(), 0o644, true)?;
     std::fs::rename(&tmp, &path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
@@ -252,32 +269,13 @@ pub fn verify(
     config: Option<&Path>,
     json: bool,
 ) -> Result<u8, Failure> {
-    let mut ring = if pubkeys.is_empty() {
-        let config = stockade::daemon_config::read(config)
-            .map_err(|e| Failure::usage(format!("{e:#}"), "see docs/plugins.md"))?
-            .unwrap_or_default();
-        let ring = stockade::daemon_config::keyring(&config.trust, &[], false).map_err(|e| {
-            Failure::usage(e.to_string(), e.hint().unwrap_or("see docs/plugins.md"))
-        })?;
-        if ring.pinned().is_empty() {
-            return Err(Failure::usage(
-                "no key to verify against: no --pubkey, and the daemon's configuration pins none",
-                "give the publisher's key: --pubkey NAME.pub",
-            ));
-        }
-        ring
-    } else {
-        let mut ring = Keyring::with_builtin();
-        for p in pubkeys {
-            let key = PublicKey::read(p).map_err(key_failure)?;
-            ring.pin(
-                key,
-                stockade_trust::keyring::Level::Trusted,
-                &p.display().to_string(),
-            );
-        }
-        ring
-    };
+    let (mut ring, _, _) = host_trust(config, pubkeys, false)?;
+    if ring.pinned().is_empty() {
+        return Err(Failure::usage(
+            "no key to verify against: no --pubkey, and the daemon's configuration pins none",
+            "give the publisher's key: --pubkey NAME.pub",
+        ));
+    }
     // A signature holds or it does not: unsigned is not a pass here.
     ring.allow_unsigned = false;
     let started = std::time::Instant::now();
@@ -495,55 +493,60 @@ pub fn list_show(list: &Path, key: &str) -> Result<u8, Failure> {
     Ok(0)
 }
 
-/// `stockade run --package DIR`: the package verified as the daemon verifies it — against
-/// `--pubkey` keys, or the daemon configuration's keys, rotations and trust list; the rollback
-/// ratchet of the daemon's state read, not moved — and read once into a sealed copy that the run
-/// executes from. The returned package owns the copy: keep it until the run ends.
+/// Where `stockade run --package` keeps its sealed copies (a store per run).
+const RUN_STORE: &str = "/run/stockade-packages";
+
+/// The host's trust as the daemon builds it from its configuration (`config`, else the default
+/// file) — keys, revocations, remembered and configured rotations, the trust list — with
+/// `pubkeys` pinned at `trusted` besides; and the host's trust state, read, not written.
+fn host_trust(
+    config: Option<&Path>,
+    pubkeys: &[PathBuf],
+    allow_unsigned: bool,
+) -> Result<
+    (
+        Keyring,
+        stockade_trust::ratchet::Ratchet,
+        stockade::daemon_config::Config,
+    ),
+    Failure,
+> {
+    let config = stockade::daemon_config::read(config)
+        .map_err(|e| Failure::usage(format!("{e:#}"), "see docs/plugins.md"))?
+        .unwrap_or_default();
+    let state_dir = config
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/lib/stockade"));
+    let mut state = stockade_trust::ratchet::Ratchet::open(&state_dir.join("trust/state.json"))
+        .map_err(|e| Failure::internal(e.to_string(), None))?;
+    let ring = stockade::daemon_config::daemon_keyring(
+        &config.trust,
+        pubkeys,
+        allow_unsigned,
+        &mut state,
+        false,
+    )
+    .map_err(|e| Failure {
+        cause: e.cause,
+        hint: Some(e.hint.into()),
+        code: 2,
+    })?;
+    Ok((ring, state, config))
+}
+
+/// `stockade run --package DIR`: the package verified as the daemon verifies it — against the
+/// daemon configuration's keys, rotations, revocations and trust list, and `--pubkey` keys; the
+/// rollback ratchet of the host's trust state read, not moved — and read once into a sealed copy
+/// that the run executes from. The returned package and store own the copy: keep them until the
+/// run ends.
 pub fn run_package(
     dir: &Path,
     pubkeys: &[PathBuf],
     allow_unsigned: bool,
     quiet: bool,
-) -> Result<stockade::package::Package, Failure> {
-    let config = if pubkeys.is_empty() {
-        stockade::daemon_config::read(None)
-            .map_err(|e| Failure::usage(format!("{e:#}"), "see docs/plugins.md"))?
-            .unwrap_or_default()
-    } else {
-        stockade::daemon_config::Config::default()
-    };
-    let state_dir = config
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/var/lib/stockade"));
-    let state_path = state_dir.join("trust/state.json");
-    let mut state = stockade_trust::ratchet::Ratchet::open(&state_path)
-        .map_err(|e| Failure::internal(e.to_string(), None))?;
-    let mut ring = if pubkeys.is_empty() {
-        stockade::daemon_config::daemon_keyring(
-            &config.trust,
-            &[],
-            allow_unsigned,
-            &mut state,
-            false,
-        )
-        .map_err(|e| Failure {
-            cause: e.cause,
-            hint: Some(e.hint.into()),
-            code: 2,
-        })?
-    } else {
-        let mut ring = Keyring::with_builtin();
-        for p in pubkeys {
-            let key = PublicKey::read(p).map_err(key_failure)?;
-            ring.pin(
-                key,
-                stockade_trust::keyring::Level::Trusted,
-                &p.display().to_string(),
-            );
-        }
-        ring
-    };
+) -> Result<(stockade::package::Package, Store), Failure> {
+    let (mut ring, state, _) = host_trust(None, pubkeys, allow_unsigned)?;
     ring.allow_unsigned |= allow_unsigned;
     if ring.pinned().is_empty() && !ring.allow_unsigned {
         return Err(Failure::usage(
@@ -554,20 +557,11 @@ pub fn run_package(
             "give the publisher's key: --pubkey NAME.pub (or --allow-unsigned, for development)",
         ));
     }
-    // The sealed copy beside the daemon's (`<state>/store/run-<pid>`, removed when the run ends,
-    // or by whoever sweeps the store next if this process is killed): a path the plugin's uid
-    // can traverse, unlike /run/stockade.
-    let store = state_dir.join("store");
-    stockade::package::sweep_store(&store);
-    for d in [&state_dir, &store] {
-        if let Err(e) = std::fs::DirBuilder::new().mode(0o711).create(d) {
-            if e.kind() != std::io::ErrorKind::AlreadyExists {
-                return Err(Failure::internal(format!("{}: {e}", d.display()), None));
-            }
-        }
-    }
-    let seal = store.join(format!("run-{}", std::process::id()));
-    stockade_trust::snapshot::remove_sealed(&seal);
+    // The sealed copy in a store of this process's own (held by a lock, swept by the next one
+    // if this process is killed), on /run: root's, and a path the plugin's uid can traverse.
+    let store = Store::open(Path::new(RUN_STORE), &format!("run-{}", std::process::id()))
+        .map_err(|e| Failure::internal(format!("{RUN_STORE}: {e}"), None))?;
+    let seal = store.dir.join("copy");
     let package = package::load_with(
         dir,
         Options {
@@ -587,12 +581,18 @@ pub fn run_package(
         Some(s) => (s.sequence, s.digest_hex()),
         None => (0, "unsigned".into()),
     };
+    let key = package.signer.as_ref().map(|s| s.key.to_string());
     state
         .check(
             &package.manifest.id,
             &package.manifest.version,
             sequence,
             &digest,
+            key.as_deref(),
+            |new, old| match (KeyId::parse(new), KeyId::parse(old)) {
+                (Some(new), Some(old)) => ring.descends(new, old),
+                _ => new == old,
+            },
         )
         .map_err(|r| Failure {
             cause: format!(
@@ -620,5 +620,5 @@ pub fn run_package(
             ),
         }
     }
-    Ok(package)
+    Ok((package, store))
 }
