@@ -119,6 +119,36 @@ impl PackageError {
     }
 }
 
+impl Package {
+    /// What the rollback ratchet compares: the signature's sequence and the package digest (0
+    /// and "unsigned" for an unsigned package).
+    pub fn ratchet_key(&self) -> (u64, String) {
+        match &self.signer {
+            Some(s) => (s.sequence, s.digest_hex()),
+            None => (0, "unsigned".into()),
+        }
+    }
+
+    /// The rollback ratchet's verdict: not older than what `state` accepted for this plugin, and
+    /// signed by the same key (or one `keyring` says may follow it).
+    pub fn check_ratchet(
+        &self,
+        state: &stockade_trust::ratchet::Ratchet,
+        keyring: &Keyring,
+    ) -> Result<(), stockade_trust::ratchet::Rollback> {
+        let (sequence, digest) = self.ratchet_key();
+        let key = self.signer.as_ref().map(|s| s.key.to_string());
+        state.check(
+            &self.manifest.id,
+            &self.manifest.version,
+            sequence,
+            &digest,
+            key.as_deref(),
+            |new, old| keyring.may_follow(&self.manifest.id, new, old),
+        )
+    }
+}
+
 /// How a package is read.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Options<'a> {

@@ -343,6 +343,25 @@ fn older_packages_are_refused_until_the_operator_allows_it() {
     // Now 1.0.0 is what the host runs: 2.0.0 is newer and loads by upgrade.
     let out = d.cli(&["plugin", "upgrade", "rolled", v2.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
+
+    // Another key the host pins may not take the plugin over from its publisher.
+    let (other, other_pub) = generate_key(&d.dir.join("keys"), "other");
+    let out = d.cli(&["plugin", "unload", "rolled"]);
+    assert!(out.status.success());
+    d.restart(&["--pubkey", other_pub.to_str().unwrap()]);
+    let v3 = d.package("v3", "rolled", "3.0.0", "echo", "");
+    let out = sign(&v3, &other, &["--sequence", "99"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = d.cli(&["plugin", "load", v3.to_str().unwrap()]);
+    assert_refused(
+        &out,
+        1,
+        &format!(
+            "signed by key {}, where key {} signed the version accepted before",
+            key_id(&other_pub),
+            key_id(&d.key.with_extension("pub"))
+        ),
+    );
 }
 
 /// A publisher rotates its key: the new key, vouched for by the old one (and signing for

@@ -452,6 +452,24 @@ impl Keyring {
         self.admit(checked, p.plugin, p.version, p.cap)
     }
 
+    /// Whether a package of `plugin` signed by `new` may follow one signed by `old`: the same
+    /// key, a key `old` rotated to, or a key the trust list names for the plugin (the operator's
+    /// say). Key ids in text, as the ratchet keeps them.
+    pub fn may_follow(&self, plugin: &str, new: &str, old: &str) -> bool {
+        if new == old {
+            return true;
+        }
+        let (Some(new), Some(old)) = (KeyId::parse(new), KeyId::parse(old)) else {
+            return false;
+        };
+        self.descends(new, old)
+            || self
+                .list
+                .as_ref()
+                .and_then(|l| l.plugins.get(plugin))
+                .is_some_and(|a| a.keys.contains(&new))
+    }
+
     /// Whether `key` is `ancestor` or was introduced by it through rotations this keyring knows.
     pub fn descends(&self, key: KeyId, ancestor: KeyId) -> bool {
         let mut at = Some(key);

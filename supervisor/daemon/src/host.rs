@@ -358,32 +358,16 @@ impl Host {
         Ok((Arc::new(package), Arc::new(methods)))
     }
 
-    /// The rollback ratchet's verdict on `package` (its version, sequence, digest and signer).
+    /// The rollback ratchet's verdict on `package`.
     fn check_ratchet(
         &self,
         keyring: &Keyring,
         package: &Package,
     ) -> Result<(), stockade_trust::ratchet::Rollback> {
-        let (sequence, digest) = ratchet_key(package);
-        let key = package.signer.as_ref().map(|s| s.key.to_string());
-        let succeeds = |new: &str, old: &str| match (
-            stockade_trust::key::KeyId::parse(new),
-            stockade_trust::key::KeyId::parse(old),
-        ) {
-            (Some(new), Some(old)) => keyring.descends(new, old),
-            _ => new == old,
-        };
-        self.ratchet
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .check(
-                &package.manifest.id,
-                &package.manifest.version,
-                sequence,
-                &digest,
-                key.as_deref(),
-                succeeds,
-            )
+        package.check_ratchet(
+            &self.ratchet.lock().unwrap_or_else(|e| e.into_inner()),
+            keyring,
+        )
     }
 
     /// Moves the rollback ratchet to `package`: the daemon now runs this version; and remembers
@@ -401,7 +385,7 @@ impl Host {
         let package_id = package.manifest.id.clone();
         let package = package.clone();
         tokio::task::spawn_blocking(move || {
-            let (sequence, digest) = ratchet_key(&package);
+            let (sequence, digest) = package.ratchet_key();
             let mark = Mark {
                 version: package.manifest.version.to_string(),
                 sequence,
@@ -1521,15 +1505,6 @@ fn keyring_now(host: &Host) -> Arc<Keyring> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone()
-}
-
-/// What the ratchet compares for a package: its signature's sequence and digest (0 and
-/// "unsigned" for an unsigned one).
-fn ratchet_key(package: &Package) -> (u64, String) {
-    match &package.signer {
-        Some(s) => (s.sequence, s.digest_hex()),
-        None => (0, "unsigned".into()),
-    }
 }
 
 fn signer_json(package: &Package) -> Value {

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use serde_json::json;
 use stockade::package::{self, Options, PackageError};
-use stockade_trust::key::{KeyId, SecretKey};
+use stockade_trust::key::SecretKey;
 use stockade_trust::keyring::Keyring;
 use stockade_trust::snapshot::{self, Limits, Store};
 use stockade_trust::statement::{self, Statement, SIGNATURE_FILE};
@@ -577,32 +577,15 @@ pub fn run_package(
         },
         e => crate::package_failure(dir, e),
     })?;
-    let (sequence, digest) = match &package.signer {
-        Some(s) => (s.sequence, s.digest_hex()),
-        None => (0, "unsigned".into()),
-    };
-    let key = package.signer.as_ref().map(|s| s.key.to_string());
-    state
-        .check(
-            &package.manifest.id,
-            &package.manifest.version,
-            sequence,
-            &digest,
-            key.as_deref(),
-            |new, old| match (KeyId::parse(new), KeyId::parse(old)) {
-                (Some(new), Some(old)) => ring.descends(new, old),
-                _ => new == old,
-            },
-        )
-        .map_err(|r| Failure {
-            cause: format!(
-                "{}: plugin `{}`: {r} on this host",
-                dir.display(),
-                package.manifest.id
-            ),
-            hint: Some(r.hint().into()),
-            code: 1,
-        })?;
+    package.check_ratchet(&state, &ring).map_err(|r| Failure {
+        cause: format!(
+            "{}: plugin `{}`: {r} on this host",
+            dir.display(),
+            package.manifest.id
+        ),
+        hint: Some(r.hint().into()),
+        code: 1,
+    })?;
     if !quiet {
         match &package.signer {
             Some(s) => eprintln!(
