@@ -21,8 +21,9 @@ use stockade_policy::{
 };
 use stockade_trust::keyring::{Keyring, Level, Refusal, Signer};
 use stockade_trust::rotation::Rotation;
+use stockade_trust::rotation::{MAX_ROTATION_BYTES, ROTATION_FILE};
 use stockade_trust::snapshot::{self, Limits, Sealed, SnapshotError};
-use stockade_trust::statement::Kind;
+use stockade_trust::statement::{Kind, MAX_SIGNATURE_BYTES, SIGNATURE_FILE};
 
 /// A checked package.
 #[derive(Debug, Clone)]
@@ -178,8 +179,21 @@ pub fn load_with(dir: &Path, options: Options) -> Result<Package, PackageError> 
     if std::fs::symlink_metadata(source.join(MANIFEST_FILE)).is_err() {
         return Err(PackageError::NoManifest(source));
     }
-    let snap = snapshot::take(&source, options.seal_into, Limits::default())
-        .map_err(PackageError::Snapshot)?;
+    // A signature that verifies limits what is read and copied to the files it names, at their
+    // signed sizes (read here only for that: the check below uses the snapshot's own bytes).
+    let expect = options.keyring.and_then(|k| {
+        k.expected_entries(
+            read_own(&source, SIGNATURE_FILE, MAX_SIGNATURE_BYTES).as_deref(),
+            read_own(&source, ROTATION_FILE, MAX_ROTATION_BYTES).as_deref(),
+        )
+    });
+    let snap = snapshot::take(
+        &source,
+        options.seal_into,
+        expect.as_deref(),
+        Limits::default(),
+    )
+    .map_err(PackageError::Snapshot)?;
     let sealed = snap.sealed.map(Arc::new);
     // From here on, every file is read from the sealed copy when there is one.
     let dir = match &sealed {
@@ -197,7 +211,7 @@ pub fn load_with(dir: &Path, options: Options) -> Result<Package, PackageError> 
                     &snap.entries,
                     std::time::SystemTime::now(),
                 )
-                .map_err(|refusal| PackageError::Refused(name_other(refusal, &dir)))?,
+                .map_err(|refusal| PackageError::Refused(name_other(refusal, &source)))?,
         ),
         None => None,
     };
@@ -304,8 +318,25 @@ pub fn load_with(dir: &Path, options: Options) -> Result<Package, PackageError> 
     })
 }
 
+/// One of the package's own top-level files (signature, rotation), if it is a regular file of at
+/// most `max` bytes; `None` otherwise.
+fn read_own(dir: &Path, name: &str, max: u64) -> Option<Vec<u8>> {
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(dir.join(name))
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes).ok()?;
+    (bytes.len() as u64 <= max).then_some(bytes)
+}
+
 /// A package that is not what was signed, whose signature names another plugin or version than
-/// its manifest (read best-effort, unverified): the more telling refusal.
+/// its manifest (read best-effort from the package directory, unverified, for this message only:
+/// a file the signature does not match is not in the sealed copy): the more telling refusal.
 fn name_other(refusal: Refusal, dir: &Path) -> Refusal {
     let Refusal::Changed {
         plugin, version, ..

@@ -393,6 +393,33 @@ impl Keyring {
         })
     }
 
+    /// The entries a signature names, when it verifies with a key this keyring trusts (directly
+    /// or through the package's rotation): what reading the package may be limited to. `None`
+    /// when it does not (the full check then says why).
+    pub fn expected_entries(
+        &self,
+        signature: Option<&[u8]>,
+        rotation: Option<&[u8]>,
+    ) -> Option<Vec<Entry>> {
+        let signed = statement::parse(signature?).ok()?;
+        let key = signed.statement.key;
+        if self.is_revoked(key) {
+            return None;
+        }
+        let pinned = match self.find(key) {
+            Some(p) => p.key.clone(),
+            None => {
+                let r = Rotation::parse(rotation?).ok()?;
+                let mut ring = self.clone();
+                ring.introduce(&r, false).ok()?;
+                ring.find(key)?.key.clone()
+            }
+        };
+        pinned
+            .verify(PACKAGE_CONTEXT, &signed.digest, &signed.signature)
+            .then_some(signed.statement.entries)
+    }
+
     /// The second half, once the (verified) manifest is read: the signature is for this plugin
     /// and version, the trust list allows it, and the level is the key's, never above `cap`.
     pub fn admit(

@@ -136,10 +136,15 @@ pub fn remove_sealed(dir: &Path) {
 }
 
 /// Reads the package in `dir`. With `seal_into` (a path that must not exist; its parent must),
-/// also writes the sealed copy there.
+/// also writes the sealed copy there. With `expect` (the entries of a signature already checked),
+/// a file the signature does not name, or whose size is not the signed one, is neither read nor
+/// copied: it is listed with its size and an all-zero digest, so that the comparison with the
+/// signature refuses the package as it would have anyway — and a hostile package makes the host
+/// read and store no more than what its publisher signed.
 pub fn take(
     dir: &Path,
     seal_into: Option<&Path>,
+    expect: Option<&[Entry]>,
     limits: Limits,
 ) -> Result<Snapshot, SnapshotError> {
     let top = open_dir(None, dir).map_err(|source| SnapshotError::Io {
@@ -180,6 +185,7 @@ pub fn take(
     let mut walk = Walk {
         root: dir,
         seal_root: seal_into,
+        expect,
         limits,
         entries: Vec::new(),
         bytes: 0,
@@ -202,6 +208,7 @@ pub fn take(
 struct Walk<'a> {
     root: &'a Path,
     seal_root: Option<&'a Path>,
+    expect: Option<&'a [Entry]>,
     limits: Limits,
     entries: Vec<Entry>,
     bytes: u64,
@@ -211,6 +218,18 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
+    /// What the checked signature says of `rel`: `None` when there is no expectation; `Some(None)`
+    /// when the signature does not name it.
+    fn expected(&self, rel: &str) -> Option<Option<&Kind>> {
+        let expect = self.expect?;
+        Some(
+            expect
+                .binary_search_by(|e| e.path.as_bytes().cmp(rel.as_bytes()))
+                .ok()
+                .map(|i| &expect[i].kind),
+        )
+    }
+
     fn io(&self, rel: &str) -> impl Fn(std::io::Error) -> SnapshotError {
         let path = self.root.join(rel);
         move |source| SnapshotError::Io {
@@ -291,7 +310,10 @@ impl Walk<'_> {
                 });
             }
             if meta.is_dir() {
-                let child_dest = match dest {
+                // A directory the signature does not name is walked (its files are listed) but
+                // not made in the copy.
+                let unexpected = matches!(self.expected(&rel), Some(k) if k != Some(&Kind::Dir));
+                let child_dest = match dest.filter(|_| !unexpected) {
                     Some(d) => {
                         mkdirat(d, &name).map_err(self.seal_err(&rel))?;
                         Some(
@@ -322,13 +344,29 @@ impl Walk<'_> {
                     continue;
                 }
                 let exec = meta.mode() & 0o111 != 0;
+                let limit = match self.expected(&rel) {
+                    None => None,
+                    Some(Some(Kind::File { size, .. })) if *size == meta.len() => Some(*size),
+                    Some(_) => {
+                        // Not what was signed: refused later, never read.
+                        self.entries.push(Entry {
+                            path: rel,
+                            kind: Kind::File {
+                                exec,
+                                size: meta.len(),
+                                digest: [0; 64],
+                            },
+                        });
+                        continue;
+                    }
+                };
                 let mut out = match dest {
                     Some(d) => Some(File::from(
                         create_at(d, &name).map_err(self.seal_err(&rel))?,
                     )),
                     None => None,
                 };
-                let (size, digest) = self.copy(file, out.as_mut(), &rel)?;
+                let (size, digest) = self.copy(file, out.as_mut(), &rel, limit)?;
                 if let Some(out) = &out {
                     let mode = if exec { 0o555 } else { 0o444 };
                     fchmod(out, mode).map_err(self.seal_err(&rel))?;
@@ -344,12 +382,14 @@ impl Walk<'_> {
         Ok(())
     }
 
-    /// Hashes what `file` reads and writes the same bytes to `out`.
+    /// Hashes what `file` reads and writes the same bytes to `out`. Past `limit` bytes (a file
+    /// growing while it is read) it stops: the size says so and the digest is all zeros.
     fn copy(
         &mut self,
         mut file: File,
         mut out: Option<&mut File>,
         rel: &str,
+        limit: Option<u64>,
     ) -> Result<(u64, [u8; 64]), SnapshotError> {
         let mut hasher = Sha3_512::new();
         let mut size = 0u64;
@@ -364,6 +404,9 @@ impl Walk<'_> {
             self.bytes += n as u64;
             if self.bytes > self.limits.max_bytes {
                 return Err(SnapshotError::TooLarge(self.limits.max_bytes));
+            }
+            if limit.is_some_and(|l| size > l) {
+                return Ok((size, [0; 64]));
             }
             hasher.update(&self.buf[..n]);
             if let Some(out) = out.as_mut() {
@@ -640,7 +683,7 @@ mod tests {
     fn a_snapshot_lists_hashes_and_seals_every_file() {
         let dir = tree("seal");
         let to = dir.with_extension("sealed");
-        let snap = take(&dir, Some(&to), Limits::default()).unwrap();
+        let snap = take(&dir, Some(&to), None, Limits::default()).unwrap();
         let paths: Vec<&str> = snap.entries.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["bin", "bin/run", "plugin.toml"]);
         assert_eq!(snap.signature.as_deref(), Some(&b"sig\n"[..]));
@@ -692,10 +735,55 @@ mod tests {
     }
 
     #[test]
+    fn with_an_expectation_only_signed_files_of_their_signed_size_are_read() {
+        let dir = tree("expect");
+        let to = dir.with_extension("sealed");
+        let first = take(&dir, None, None, Limits::default()).unwrap();
+        // Then: a file added, one grown, a directory added.
+        std::fs::write(dir.join("junk.bin"), vec![7u8; 1 << 16]).unwrap();
+        std::fs::write(dir.join("plugin.toml"), b"id = 'x'\n# and more\n").unwrap();
+        std::fs::create_dir(dir.join("extra")).unwrap();
+        std::fs::write(dir.join("extra/more"), b"more").unwrap();
+        let snap = take(&dir, Some(&to), Some(&first.entries), Limits::default()).unwrap();
+        let kind = |p: &str| {
+            snap.entries
+                .iter()
+                .find(|e| e.path == p)
+                .unwrap()
+                .kind
+                .clone()
+        };
+        assert_eq!(
+            kind("junk.bin"),
+            Kind::File {
+                exec: false,
+                size: 1 << 16,
+                digest: [0; 64]
+            }
+        );
+        assert!(matches!(kind("plugin.toml"), Kind::File { digest, .. } if digest == [0; 64]));
+        assert_eq!(
+            kind("bin/run"),
+            first.entries[1].kind,
+            "a signed file is read as before"
+        );
+        assert!(!to.join("junk.bin").exists() && !to.join("plugin.toml").exists());
+        assert!(
+            !to.join("extra").exists(),
+            "an unsigned directory is not made in the copy"
+        );
+        assert!(to.join("bin/run").exists());
+        let differences = crate::statement::compare(&first.entries, &snap.entries);
+        assert_eq!(differences.len(), 4, "{differences:?}");
+        drop(snap);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn links_and_special_files_are_refused() {
         let dir = tree("links");
         std::os::unix::fs::symlink("/etc/passwd", dir.join("bin/pw")).unwrap();
-        let e = take(&dir, None, Limits::default()).unwrap_err();
+        let e = take(&dir, None, None, Limits::default()).unwrap_err();
         assert!(
             matches!(&e, SnapshotError::Symlink { path } if path == "bin/pw"),
             "{e}"
@@ -706,7 +794,7 @@ mod tests {
             nix::sys::stat::Mode::from_bits_truncate(0o600),
         )
         .unwrap();
-        let e = take(&dir, None, Limits::default()).unwrap_err();
+        let e = take(&dir, None, None, Limits::default()).unwrap_err();
         assert!(
             matches!(&e, SnapshotError::Special { path } if path == "fifo"),
             "{e}"
@@ -722,7 +810,7 @@ mod tests {
             ..Limits::default()
         };
         assert!(matches!(
-            take(&dir, None, small),
+            take(&dir, None, None, small),
             Err(SnapshotError::TooManyEntries(2))
         ));
         let small = Limits {
@@ -730,7 +818,7 @@ mod tests {
             ..Limits::default()
         };
         assert!(matches!(
-            take(&dir, None, small),
+            take(&dir, None, None, small),
             Err(SnapshotError::TooLarge(5))
         ));
         let small = Limits {
@@ -738,7 +826,7 @@ mod tests {
             ..Limits::default()
         };
         assert!(matches!(
-            take(&dir, None, small),
+            take(&dir, None, None, small),
             Err(SnapshotError::TooDeep { .. })
         ));
         std::fs::remove_dir_all(&dir).unwrap();

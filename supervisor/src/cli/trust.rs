@@ -206,7 +206,7 @@ pub fn sign(
     // A temporary file an interrupted `sign` left would be signed as part of the package.
     let tmp = package.source.join(format!(".{SIGNATURE_FILE}.tmp"));
     let _ = std::fs::remove_file(&tmp);
-    let snap = snapshot::take(&package.source, None, Limits::default())
+    let snap = snapshot::take(&package.source, None, None, Limits::default())
         .map_err(|e| crate::package_failure(dir, PackageError::Snapshot(e)))?;
     let previous = snap
         .signature
