@@ -547,22 +547,6 @@ fn list(fd: &OwnedFd, budget: usize) -> std::io::Result<Vec<CString>> {
     Ok(names)
 }
 
-/// SHA3-512 of one file read through one descriptor (for files outside a package, such as a
-/// system interpreter the entry names).
-pub fn digest_file(path: &Path) -> std::io::Result<[u8; 64]> {
-    let mut file = File::open(path)?;
-    let mut hasher = Sha3_512::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finalize().into())
-}
-
 /// Where one process keeps its sealed copies: `<root>/<name>/`, owned for as long as the
 /// process holds `<root>/<name>.lock` (flock). Whoever opens a store first removes the stores
 /// whose lock nobody holds — their process is gone, killed or crashed — so copies never pile up,

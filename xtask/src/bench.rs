@@ -309,6 +309,16 @@ fn flag_value<'a>(args: &[&'a str], flag: &str) -> Option<&'a str> {
         .copied()
 }
 
+/// A numeric flag's value, or `default` when it is not given.
+fn flag_number(args: &[&str], flag: &str, default: usize) -> Result<usize> {
+    match flag_value(args, flag) {
+        Some(v) => v
+            .parse()
+            .with_context(|| format!("{flag} {v}: not a whole number")),
+        None => Ok(default),
+    }
+}
+
 fn time_once(argv: &[String], env: Option<(&str, &str)>) -> Result<f64> {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::{build_release, flag_value, machine, median, percentile, replace_section, today};
+use super::{build_release, flag_number, machine, median, percentile, replace_section, today};
 use crate::{apt_install, workspace_root};
 
 pub const USAGE: &str =
@@ -250,18 +250,9 @@ fn rss_kib(pid: u32) -> (u64, u64) {
 }
 
 pub fn run(args: &[&str]) -> Result<()> {
-    let calls: usize = flag_value(args, "--calls")
-        .map(str::parse)
-        .transpose()?
-        .unwrap_or(20_000);
-    let loads: usize = flag_value(args, "--loads")
-        .map(str::parse)
-        .transpose()?
-        .unwrap_or(30);
-    let idle_plugins: usize = flag_value(args, "--idle-plugins")
-        .map(str::parse)
-        .transpose()?
-        .unwrap_or(32);
+    let calls = flag_number(args, "--calls", 20_000)?;
+    let loads = flag_number(args, "--loads", 30)?;
+    let idle_plugins = flag_number(args, "--idle-plugins", 32)?;
     let record = !args.contains(&"--no-record");
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {

@@ -17,7 +17,7 @@ use anyhow::{bail, Result};
 use serde_json::json;
 
 use super::daemon::{generate_key, package, sign, start_daemon, Conn, RemoveOnDrop};
-use super::{build_release, flag_value, machine, median, replace_section, today};
+use super::{build_release, flag_number, machine, median, replace_section, today};
 use crate::{apt_install, workspace_root};
 
 pub const USAGE: &str = "cargo xtask bench trust [--runs N] [--loads N] [--no-record]";
@@ -67,14 +67,8 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 }
 
 pub fn run(args: &[&str]) -> Result<()> {
-    let runs: usize = flag_value(args, "--runs")
-        .map(str::parse)
-        .transpose()?
-        .unwrap_or(15);
-    let loads: usize = flag_value(args, "--loads")
-        .map(str::parse)
-        .transpose()?
-        .unwrap_or(15);
+    let runs = flag_number(args, "--runs", 15)?;
+    let loads = flag_number(args, "--loads", 15)?;
     let record = !args.contains(&"--no-record");
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
