@@ -58,7 +58,9 @@ pub struct Keyring {
     pub list: Option<TrustList>,
 }
 
-/// What a package presents to the keyring.
+/// What a package presents to the keyring, both halves of the decision at once (the tests'
+/// shorthand; a package is judged in two steps, its manifest read between them).
+#[cfg(test)]
 #[derive(Debug, Clone, Copy)]
 pub struct Presented<'a> {
     /// Its signature file's bytes.
@@ -474,6 +476,7 @@ impl Keyring {
     }
 
     /// Both halves at once (the package's manifest already read).
+    #[cfg(test)]
     pub fn judge(&self, p: Presented, now: SystemTime) -> Result<Verdict, Refusal> {
         let checked = self.check_files(p.signature, p.rotation, p.entries, now)?;
         self.admit(checked, p.plugin, p.version, p.cap)

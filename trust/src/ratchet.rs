@@ -150,10 +150,6 @@ impl Ratchet {
         })
     }
 
-    pub fn get(&self, plugin: &str) -> Option<&Mark> {
-        self.plugins.get(plugin)
-    }
-
     /// Whether `version`/`sequence`/`digest`, signed by `key`, may be accepted for `plugin`.
     /// `succeeds(new, old)` says whether key `new` is key `old` or was rotated to from it.
     pub fn check(

@@ -35,9 +35,6 @@ pub struct Config {
     pub state_root: PathBuf,
     /// This daemon's sealed copies of packages (`<state_root>/store/<pid>`).
     pub store: PathBuf,
-    /// The keys signatures are checked against (a package's accepted key rotation adds to
-    /// them).
-    pub keyring: Keyring,
     /// The host's monitors, loaded (or joined) once at start; `None` when they did not load.
     pub monitor: Option<Arc<Mutex<stockade::monitor::Monitor>>>,
 }
@@ -207,11 +204,12 @@ impl Sink for PluginSink {
 }
 
 impl Host {
-    /// `ratchet`: the rollback ratchet, opened from `<state_root>/trust/ratchet.json`.
-    pub fn new(config: Config, ratchet: Ratchet) -> Arc<Host> {
+    /// `keyring`: the keys signatures are checked against (a package's accepted key rotation adds
+    /// to them); `ratchet`: the host's trust state, from `<state_root>/trust/state.json`.
+    pub fn new(config: Config, keyring: Keyring, ratchet: Ratchet) -> Arc<Host> {
         let ids = IdRanges::at(&config.state_root.join("idmap.json"));
         Arc::new(Host {
-            keyring: Mutex::new(Arc::new(config.keyring.clone())),
+            keyring: Mutex::new(Arc::new(keyring)),
             config,
             ratchet: Mutex::new(ratchet),
             committing: Mutex::new(()),
@@ -269,11 +267,9 @@ impl Host {
         allow_downgrade: Option<u32>,
     ) -> Result<(Arc<Package>, Arc<Methods>), RpcError> {
         let owned = dir.to_path_buf();
-        let keyring = self
-            .keyring
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        // One keyring for the whole verification: the signature's check and the ratchet's.
+        let keyring = keyring_now(self);
+        let ring = keyring.clone();
         let seal = self.config.store.join(format!(
             "load-{}",
             self.next_seal.fetch_add(1, Ordering::Relaxed)
@@ -282,7 +278,7 @@ impl Host {
             stockade::package::load_with(
                 &owned,
                 stockade::package::Options {
-                    keyring: Some(&keyring),
+                    keyring: Some(&ring),
                     seal_into: Some(&seal),
                 },
             )
@@ -318,7 +314,7 @@ impl Host {
             r
         })?;
         let id = package.manifest.id.clone();
-        let checked = self.check_ratchet(&keyring_now(self), &package);
+        let checked = self.check_ratchet(&keyring, &package);
         let mut downgrade = None;
         if let Err(rollback) = checked {
             let Some(uid) = allow_downgrade else {

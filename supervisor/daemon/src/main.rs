@@ -1,8 +1,10 @@
 //! `stockade-daemon` (run as `stockade daemon`): hosts plugins as long-lived sandboxed services.
 //!
-//! Start-up: root check, the cgroups of sandboxes a killed daemon left are swept, the eBPF
-//! monitors loaded once (or the host's set joined), the control socket bound, then every package
-//! in the `--plugins` directories loaded. SIGTERM or SIGINT stops every plugin and exits 0.
+//! Start-up: root check, the trust set up (keys, rotations, the trust list, the host's trust
+//! state; any problem stops the daemon before anything exists), the cgroups of sandboxes a killed
+//! daemon left are swept, this daemon's store of sealed copies taken (stores of daemons that are
+//! gone removed), the eBPF monitors loaded once (or the host's set joined), the control socket
+//! bound, then every package in the `--plugins` directories loaded. SIGTERM or SIGINT stops every plugin and exits 0.
 
 mod conn;
 mod control;
@@ -90,23 +92,8 @@ fn start(mut args: Args) -> anyhow::Result<()> {
     plugins.append(&mut args.plugins);
     let mut allow_uid = config.allow_uids;
     allow_uid.append(&mut args.allow_uid);
-    // The keys first: a configuration that names a bad one stops here, before anything exists.
-    stockade::daemon_config::keyring(&config.trust, &args.pubkey, args.allow_unsigned).map_err(
-        |e| match e.hint() {
-            Some(h) => anyhow::anyhow!("{e}\n  hint: {h}"),
-            None => anyhow::anyhow!("{e}"),
-        },
-    )?;
-    let layout = stockade::cgroup::Layout::detect().map_err(|e| {
-        anyhow::anyhow!("cgroups: {e}\n  hint: `stockade doctor` shows what this host offers")
-    })?;
-    stockade::cgroup::sweep_orphans(&layout);
-    std::fs::create_dir_all(state_dir.join("plugins")).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot create the state directory {}: {e}",
-            state_dir.display()
-        )
-    })?;
+    // The trust first: a configuration that names a bad key, rotation or list stops here, before
+    // anything exists (the trust state's directory is made only to store a rotation or a list).
     let state_path = state_dir.join("trust").join("state.json");
     let mut ratchet = stockade_trust::ratchet::Ratchet::open(&state_path).map_err(|e| {
         anyhow::anyhow!(
@@ -134,6 +121,16 @@ fn start(mut args: Args) -> anyhow::Result<()> {
         trust_list = keyring.list.as_ref().map(|l| l.serial),
         "trust set up"
     );
+    let layout = stockade::cgroup::Layout::detect().map_err(|e| {
+        anyhow::anyhow!("cgroups: {e}\n  hint: `stockade doctor` shows what this host offers")
+    })?;
+    stockade::cgroup::sweep_orphans(&layout);
+    std::fs::create_dir_all(state_dir.join("plugins")).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create the state directory {}: {e}",
+            state_dir.display()
+        )
+    })?;
     raise_open_files();
     // Sealed copies of packages: one store per daemon process, held by a lock; the stores of
     // daemons (and runs) that are gone are removed: nothing runs from them now.
@@ -172,8 +169,8 @@ fn start(mut args: Args) -> anyhow::Result<()> {
                 state_root: state_dir.clone(),
                 store: store.dir.clone(),
                 monitor: monitor.clone(),
-                keyring,
             },
+            keyring,
             ratchet,
         );
         let server = tokio::spawn(control::serve(listener, host.clone(), access));

@@ -269,7 +269,7 @@ pub fn verify(
     config: Option<&Path>,
     json: bool,
 ) -> Result<u8, Failure> {
-    let (mut ring, _, _) = host_trust(config, pubkeys, false)?;
+    let (mut ring, _) = host_trust(config, pubkeys, false)?;
     if ring.pinned().is_empty() {
         return Err(Failure::usage(
             "no key to verify against: no --pubkey, and the daemon's configuration pins none",
@@ -503,14 +503,7 @@ fn host_trust(
     config: Option<&Path>,
     pubkeys: &[PathBuf],
     allow_unsigned: bool,
-) -> Result<
-    (
-        Keyring,
-        stockade_trust::ratchet::Ratchet,
-        stockade::daemon_config::Config,
-    ),
-    Failure,
-> {
+) -> Result<(Keyring, stockade_trust::ratchet::Ratchet), Failure> {
     let config = stockade::daemon_config::read(config)
         .map_err(|e| Failure::usage(format!("{e:#}"), "see docs/plugins.md"))?
         .unwrap_or_default();
@@ -532,7 +525,7 @@ fn host_trust(
         hint: Some(e.hint.into()),
         code: 2,
     })?;
-    Ok((ring, state, config))
+    Ok((ring, state))
 }
 
 /// `stockade run --package DIR`: the package verified as the daemon verifies it — against the
@@ -546,7 +539,7 @@ pub fn run_package(
     allow_unsigned: bool,
     quiet: bool,
 ) -> Result<(stockade::package::Package, Store), Failure> {
-    let (mut ring, state, _) = host_trust(None, pubkeys, allow_unsigned)?;
+    let (mut ring, state) = host_trust(None, pubkeys, allow_unsigned)?;
     ring.allow_unsigned |= allow_unsigned;
     if ring.pinned().is_empty() && !ring.allow_unsigned {
         return Err(Failure::usage(
