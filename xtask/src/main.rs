@@ -21,6 +21,7 @@
 mod bench;
 mod coverage;
 mod fuzz;
+mod postgres;
 mod setup;
 mod vm;
 
@@ -43,8 +44,10 @@ fn dispatch() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => {
             setup::ebpf()?;
+            setup::state()?;
             test(&rest)
         }
+        Some("postgres") => postgres::command(&rest),
         Some("bench") => bench::run(&rest),
         Some("setup") => setup::run(&rest),
         // Before vm-test's own steps: it builds the workspace on the host (vm.rs, test_binaries).
@@ -62,6 +65,7 @@ fn dispatch() -> Result<()> {
             eprintln!("       cargo xtask bench monitors [--rounds N]");
             eprintln!("       {}", fuzz::USAGE);
             eprintln!("       {}", setup::USAGE);
+            eprintln!("       {}", postgres::USAGE);
             std::process::exit(2);
         }
     }
@@ -114,13 +118,27 @@ fn test(extra: &[&str]) -> Result<()> {
     if !status.success() {
         bail!("the build failed");
     }
-    let mut child = cargo()
-        .args(["test", "--workspace", "--no-fail-fast"])
+    // One PostgreSQL server for the suite's database tests (each makes a database of its own).
+    let pg_dir = std::env::temp_dir().join(format!("stockade-pg-{}", std::process::id()));
+    let cluster = postgres::start(&pg_dir);
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--no-fail-fast"])
         .args(&args)
         .env("RUST_BACKTRACE", "1")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("cargo test")?;
+        .env("STOCKADE_XTASK", std::env::current_exe()?)
+        .stdout(Stdio::piped());
+    match &cluster {
+        Ok(c) => {
+            println!(
+                "PostgreSQL for the tests: {} (in {})",
+                postgres_shown(&c.url),
+                c.dir.display()
+            );
+            cmd.env("STOCKADE_TEST_POSTGRES", &c.url);
+        }
+        Err(e) => println!("no PostgreSQL for the tests: {e:#}"),
+    }
+    let mut child = cmd.spawn().context("cargo test")?;
     let stdout = child.stdout.take().expect("piped");
     let mut skipped = Vec::new();
     let mut passed = 0u64;
@@ -137,6 +155,11 @@ fn test(extra: &[&str]) -> Result<()> {
         }
     }
     let status = child.wait()?;
+    if cluster.is_ok() {
+        if let Err(e) = postgres::stop(&pg_dir) {
+            eprintln!("stopping the tests' PostgreSQL: {e:#}");
+        }
+    }
     // The integration tests' scratch directory (tests/tests/harness: SCRATCH).
     let _ = std::fs::remove_dir_all("/tmp/stockade-tests");
     let (uid, kernel) = (
@@ -205,6 +228,17 @@ fn unsafe_geteuid() -> u32 {
 }
 
 /// Installs Debian packages, once: a package already installed is not fetched again.
+/// A PostgreSQL URL without its password.
+fn postgres_shown(url: &str) -> String {
+    match url
+        .split_once(':')
+        .and_then(|(s, r)| Some((s, r.split_once('@')?.1)))
+    {
+        Some(("postgres", host)) => format!("postgres://stockade:***@{host}"),
+        _ => url.to_string(),
+    }
+}
+
 pub fn apt_install(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()

@@ -19,7 +19,7 @@ use anyhow::{bail, Result};
 
 use crate::{apt_install, cargo};
 
-pub const USAGE: &str = "cargo xtask setup [ebpf|bench]";
+pub const USAGE: &str = "cargo xtask setup [ebpf|state|bench]";
 
 /// The bpf-linker the eBPF build is known to work with; another version is replaced.
 const BPF_LINKER_VERSION: &str = "0.10.3";
@@ -28,15 +28,31 @@ pub fn run(args: &[&str]) -> Result<()> {
     match args {
         [] => {
             ebpf()?;
+            state()?;
             eprintln!(
                 "setup: the benchmarks' peers (bubblewrap, unshare): `cargo xtask setup bench`"
             );
             Ok(())
         }
         ["ebpf"] => ebpf(),
+        ["state"] => state(),
         ["bench"] => apt_install(&["bubblewrap", "util-linux"]),
         _ => bail!("usage: {USAGE}"),
     }
+}
+
+/// What the state tests need: a PostgreSQL server (the suite starts a throwaway cluster of its
+/// own; Debian's package also starts one of its own, which nothing here uses) and the `sqlite3`
+/// shell (the tamper tests edit the daemon's database with it).
+pub fn state() -> Result<()> {
+    let server = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().any(|e| e.path().join("bin/postgres").exists()))
+        .unwrap_or(false);
+    let mut missing = vec!["sqlite3"];
+    if !server {
+        missing.push("postgresql");
+    }
+    apt_install(&missing)
 }
 
 /// The nightly rust-src and bpf-linker 0.10.3, each installed only when missing.

@@ -1,0 +1,403 @@
+//! The audit log's writer. An append numbers and chains the record at once (under one lock, so
+//! the chain's order is the order of the appends) and queues it; one writer task commits what is
+//! queued in batches, one transaction each (group commit: while one batch commits, the next
+//! gathers). Whoever must not acknowledge an action before its record is durable waits for that
+//! record's number to be committed ([`AuditLog::durable`]).
+//!
+//! The queue is bounded. When the database is unavailable (a PostgreSQL restart), records wait
+//! in it and the writer retries; when it is full, new actions are refused ([`AuditLog::ready`],
+//! [`AuditLog::append`]: fail closed), while what the host must record anyway (a violation, a
+//! plugin exiting) still queues up to twice the bound. Past that a record is counted as lost,
+//! logged at once, and the count itself is recorded as soon as there is room: never dropped
+//! silently.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{watch, Notify};
+
+use crate::chain::{Entry, Record};
+use crate::{StateError, Storage};
+
+/// Records committed in one transaction at most.
+const MAX_BATCH: usize = 4096;
+
+pub struct AuditLog {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+struct Shared {
+    storage: Arc<dyn Storage>,
+    chain: String,
+    capacity: usize,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    committed: watch::Sender<i64>,
+    /// Set with `Queue::fatal`, read by waiters without the lock.
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+struct Queue {
+    /// The number the next record gets, and the hash it follows.
+    next_seq: i64,
+    last_hash: String,
+    pending: VecDeque<Entry>,
+    /// Records taken by the writer and not committed yet.
+    in_flight: usize,
+    /// Records that found no room, not yet recorded as lost.
+    lost: u64,
+    /// Why commits fail, while they do.
+    failing: Option<String>,
+    /// Set when the chain cannot be written again (another writer took it): permanent.
+    fatal: Option<String>,
+    closing: bool,
+}
+
+impl Queue {
+    fn queued(&self) -> usize {
+        self.pending.len() + self.in_flight
+    }
+
+    fn push(&mut self, chain: &str, record: Record) -> i64 {
+        let seq = self.next_seq;
+        let entry = Entry::seal(chain, seq, &self.last_hash, record);
+        self.last_hash = entry.hash.clone();
+        self.next_seq += 1;
+        self.pending.push_back(entry);
+        seq
+    }
+
+    /// Records the count of lost records first, when there are any.
+    fn push_lost(&mut self, chain: &str) {
+        if self.lost > 0 {
+            let detail = serde_json::json!({
+                "lost": self.lost,
+                "why": "the audit queue was full (the database was unavailable or too slow)",
+            });
+            self.lost = 0;
+            self.push(chain, Record::new("audit", None, &detail));
+        }
+    }
+}
+
+/// A queued record's number: wait for it with [`AuditLog::durable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(pub i64);
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    #[error("the audit log is full: {queued} records wait for the database ({why})")]
+    Full { queued: usize, why: String },
+    #[error("the audit log cannot be written: {0}")]
+    Stopped(String),
+    #[error("the audit record is not committed after {} s: {why}", within.as_secs())]
+    Late { within: Duration, why: String },
+}
+
+impl AuditError {
+    pub fn hint(&self) -> &'static str {
+        match self {
+            AuditError::Full { .. } | AuditError::Late { .. } => {
+                "the daemon acts only when it can record what it does: bring the database back \
+                 (or free its disk); queued records are committed then"
+            }
+            AuditError::Stopped(_) => {
+                "restart the daemon; each daemon of a fleet needs a host id of its own"
+            }
+        }
+    }
+}
+
+/// What the log has done, for status and metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub chain: String,
+    pub location: String,
+    pub committed: i64,
+    pub queued: usize,
+    pub capacity: usize,
+    pub failing: Option<String>,
+    pub stopped: Option<String>,
+}
+
+impl AuditLog {
+    /// Opens `chain` in `storage` (created at its genesis when new) and starts its writer; the
+    /// queue holds `capacity` records for new actions.
+    pub async fn open(
+        storage: Arc<dyn Storage>,
+        chain: &str,
+        capacity: usize,
+    ) -> Result<AuditLog, StateError> {
+        let head = storage.open_chain(chain).await?;
+        let shared = Arc::new(Shared {
+            storage,
+            chain: chain.to_string(),
+            capacity: capacity.max(1),
+            queue: Mutex::new(Queue {
+                next_seq: head.head_seq + 1,
+                last_hash: head.head_hash,
+                pending: VecDeque::new(),
+                in_flight: 0,
+                lost: 0,
+                failing: None,
+                fatal: None,
+                closing: false,
+            }),
+            wake: Notify::new(),
+            committed: watch::channel(head.head_seq).0,
+            stopped: std::sync::atomic::AtomicBool::new(false),
+        });
+        let writer = tokio::spawn(write(shared.clone(), head.head_seq));
+        Ok(AuditLog {
+            shared,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.shared.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a new action may start: the log is writable and has room for its records.
+    pub fn ready(&self) -> Result<(), AuditError> {
+        let q = self.queue();
+        self.room(&q)
+    }
+
+    fn room(&self, q: &Queue) -> Result<(), AuditError> {
+        if let Some(why) = &q.fatal {
+            return Err(AuditError::Stopped(why.clone()));
+        }
+        if q.queued() >= self.shared.capacity {
+            return Err(AuditError::Full {
+                queued: q.queued(),
+                why: q
+                    .failing
+                    .clone()
+                    .unwrap_or_else(|| "it commits slower than records arrive".into()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Queues the record of an action about to be acknowledged; refused when the log is full or
+    /// stopped (the action must then be refused too).
+    pub fn append(&self, record: Record) -> Result<Ticket, AuditError> {
+        let seq = {
+            let mut q = self.queue();
+            self.room(&q)?;
+            q.push_lost(&self.shared.chain);
+            q.push(&self.shared.chain, record)
+        };
+        self.shared.wake.notify_one();
+        Ok(Ticket(seq))
+    }
+
+    /// Queues a record of what happened anyway (a violation, an exit): it queues past the bound,
+    /// up to twice it; beyond that it is counted as lost (and logged now, and the count recorded
+    /// when there is room).
+    pub fn append_always(&self, record: Record) -> Option<Ticket> {
+        let seq = {
+            let mut q = self.queue();
+            if q.fatal.is_some() || q.queued() >= 2 * self.shared.capacity {
+                q.lost += 1;
+                tracing::error!(
+                    kind = %record.kind,
+                    plugin = ?record.plugin,
+                    lost = q.lost,
+                    "audit record lost: the audit queue is full ({})",
+                    record.detail
+                );
+                return None;
+            }
+            q.push_lost(&self.shared.chain);
+            q.push(&self.shared.chain, record)
+        };
+        self.shared.wake.notify_one();
+        Some(Ticket(seq))
+    }
+
+    /// Waits until the record `ticket` is committed, at most `within`.
+    pub async fn durable(&self, ticket: Ticket, within: Duration) -> Result<(), AuditError> {
+        let mut committed = self.shared.committed.subscribe();
+        let reached = tokio::time::timeout(within, async {
+            let stopped = &self.shared.stopped;
+            committed
+                .wait_for(|&c| c >= ticket.0 || stopped.load(std::sync::atomic::Ordering::SeqCst))
+                .await
+                .is_ok_and(|c| *c >= ticket.0)
+        })
+        .await;
+        match reached {
+            Ok(true) => Ok(()),
+            Ok(false) | Err(_) => {
+                let q = self.queue();
+                if let Some(why) = &q.fatal {
+                    return Err(AuditError::Stopped(why.clone()));
+                }
+                Err(AuditError::Late {
+                    within,
+                    why: q
+                        .failing
+                        .clone()
+                        .unwrap_or_else(|| "the database is slow".into()),
+                })
+            }
+        }
+    }
+
+    /// Appends `record` and waits for its commit.
+    pub async fn record(&self, record: Record, within: Duration) -> Result<(), AuditError> {
+        let ticket = self.append(record)?;
+        self.durable(ticket, within).await
+    }
+
+    pub fn stats(&self) -> Stats {
+        let q = self.queue();
+        Stats {
+            chain: self.shared.chain.clone(),
+            location: self.shared.storage.location(),
+            committed: *self.shared.committed.borrow(),
+            queued: q.queued(),
+            capacity: self.shared.capacity,
+            failing: q.failing.clone(),
+            stopped: q.fatal.clone(),
+        }
+    }
+
+    /// Commits what is queued (waiting at most `within`) and stops the writer. Returns the
+    /// records left uncommitted.
+    pub async fn close(&self, within: Duration) -> usize {
+        {
+            let mut q = self.queue();
+            q.closing = true;
+        }
+        self.shared.wake.notify_one();
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut writer) = writer {
+            if tokio::time::timeout(within, &mut writer).await.is_err() {
+                writer.abort();
+            }
+        }
+        let q = self.queue();
+        q.queued()
+    }
+}
+
+/// The writer: takes what is queued, commits it in one transaction, tells the waiters; on a
+/// failure keeps the batch and tries again, waiting longer each time (at most 2 s).
+async fn write(shared: Arc<Shared>, mut head: i64) {
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let taken: Option<Vec<Entry>> = {
+            let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if q.pending.is_empty() {
+                if q.closing {
+                    return;
+                }
+                None
+            } else {
+                let n = q.pending.len().min(MAX_BATCH);
+                q.in_flight = n;
+                Some(q.pending.drain(..n).collect())
+            }
+        };
+        let Some(batch) = taken else {
+            shared.wake.notified().await;
+            continue;
+        };
+        loop {
+            match shared.storage.append(&shared.chain, head, &batch).await {
+                Ok(()) => {
+                    head = batch.last().map_or(head, |e| e.seq);
+                    let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+                    q.in_flight = 0;
+                    if let Some(why) = q.failing.take() {
+                        tracing::info!(
+                            "audit log: committing again ({} after: {why})",
+                            shared.storage.location()
+                        );
+                    }
+                    drop(q);
+                    shared.committed.send_replace(head);
+                    backoff = Duration::from_millis(20);
+                    break;
+                }
+                Err(e @ StateError::ChainTaken { .. }) => {
+                    tracing::error!("audit log: {e}: nothing more is written");
+                    let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+                    q.fatal = Some(e.to_string());
+                    drop(q);
+                    shared
+                        .stopped
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    // Wakes the waiters: they see the log stopped.
+                    shared.committed.send_modify(|_| ());
+                    return;
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    note_failure(&shared, why);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+fn note_failure(shared: &Shared, why: String) {
+    let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+    if q.failing.as_deref() != Some(why.as_str()) {
+        tracing::error!(
+            queued = q.queued(),
+            "audit log: cannot commit, retrying: {why}"
+        );
+    }
+    q.failing = Some(why);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::verify;
+
+    #[tokio::test]
+    async fn records_commit_in_order_and_chain() {
+        let storage: Arc<dyn Storage> = Arc::new(crate::memory::Memory::new());
+        let log = AuditLog::open(storage.clone(), "h1", 100).await.unwrap();
+        let mut last = None;
+        for n in 0..50 {
+            let t = log
+                .append(Record::new(
+                    "call",
+                    Some("p"),
+                    &serde_json::json!({ "n": n }),
+                ))
+                .unwrap();
+            last = Some(t);
+        }
+        log.durable(last.unwrap(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let head = storage.open_chain("h1").await.unwrap();
+        assert_eq!(head.head_seq, 50);
+        let v = verify(storage.as_ref(), &head).await.unwrap();
+        assert_eq!((v.records, v.broken), (50, None));
+        // A second log on the same chain resumes it.
+        log.close(Duration::from_secs(5)).await;
+        let log = AuditLog::open(storage.clone(), "h1", 100).await.unwrap();
+        log.record(
+            Record::new("daemon", None, &serde_json::json!({})),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let head = storage.open_chain("h1").await.unwrap();
+        let v = verify(storage.as_ref(), &head).await.unwrap();
+        assert_eq!((v.records, v.broken), (51, None));
+    }
+}

@@ -1,0 +1,725 @@
+//! The PostgreSQL backend (tokio-postgres), for fleets: the daemons of many hosts share one
+//! registry, each writing its own audit chain and its own trust state (keyed by host id), so
+//! none tramples another's. One connection per daemon, used by one request at a time; when the
+//! server goes away (a restart), the next request connects again, and the audit log's writer
+//! keeps its records until one succeeds. No TLS is built in yet: reach a remote server through a
+//! unix socket or an encrypted tunnel.
+
+use async_trait::async_trait;
+use tokio::sync::{Mutex, MutexGuard};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls, Row};
+
+use crate::chain::{genesis, Entry, Record};
+use crate::migrations::{latest, MIGRATIONS, SCHEMA_TABLE};
+use crate::{
+    ChainHead, Filter, HostRow, Installation, Mark, Options, PluginRow, StateError, Storage,
+    TrustState, VersionRow,
+};
+
+pub struct Postgres {
+    url: String,
+    shown: String,
+    client: Mutex<Option<Client>>,
+}
+
+/// `url` with its password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split(':').next().unwrap_or("");
+            format!("{scheme}://{name}:***@{host}")
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Postgres {
+    pub async fn open(url: &str, options: &Options) -> Result<Postgres, StateError> {
+        let db = Postgres {
+            url: url.to_string(),
+            shown: redact(url),
+            client: Mutex::new(None),
+        };
+        {
+            let mut guard = db.client().await?;
+            let client = guard.as_mut().expect("connected");
+            let r = migrate(client, &db.shown, options.read_only).await;
+            db.settle(&mut guard, r)?;
+        }
+        Ok(db)
+    }
+
+    async fn connect(&self) -> Result<Client, StateError> {
+        let connecting = tokio_postgres::connect(&self.url, NoTls);
+        let (client, connection) =
+            match tokio::time::timeout(std::time::Duration::from_secs(10), connecting).await {
+                Ok(r) => r.map_err(|e| self.error(e))?,
+                Err(_) => {
+                    return Err(StateError::Unavailable {
+                        location: self.shown.clone(),
+                        why: "no answer within 10 s".into(),
+                    })
+                }
+            };
+        let shown = self.shown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!("{shown}: connection lost: {e}");
+            }
+        });
+        Ok(client)
+    }
+
+    /// The connection, made again when the last one was lost.
+    async fn client(&self) -> Result<MutexGuard<'_, Option<Client>>, StateError> {
+        let mut guard = self.client.lock().await;
+        if guard.as_ref().is_none_or(Client::is_closed) {
+            *guard = Some(self.connect().await?);
+        }
+        Ok(guard)
+    }
+
+    /// `r` as a state error; a connection that broke is dropped (the next request connects).
+    fn settle<T>(
+        &self,
+        guard: &mut MutexGuard<'_, Option<Client>>,
+        r: Result<T, Fail>,
+    ) -> Result<T, StateError> {
+        if guard.as_ref().is_some_and(Client::is_closed) {
+            **guard = None;
+        }
+        r.map_err(|f| match f {
+            Fail::Pg(e) => self.error(e),
+            Fail::State(s) => s,
+        })
+    }
+
+    fn error(&self, e: tokio_postgres::Error) -> StateError {
+        let location = self.shown.clone();
+        let why = match e.as_db_error() {
+            Some(db) => db.message().to_string(),
+            None => {
+                let mut why = e.to_string();
+                if let Some(source) = std::error::Error::source(&e) {
+                    why = format!("{why}: {source}");
+                }
+                why
+            }
+        };
+        match e.code() {
+            Some(c) if *c == SqlState::INVALID_CATALOG_NAME => StateError::Missing { location },
+            Some(c)
+                if *c == SqlState::INVALID_PASSWORD
+                    || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+            {
+                StateError::Auth { location, why }
+            }
+            Some(c) if *c == SqlState::DISK_FULL || *c == SqlState::OUT_OF_MEMORY => {
+                StateError::Full { location, why }
+            }
+            Some(c)
+                if *c == SqlState::UNDEFINED_TABLE
+                    || *c == SqlState::UNDEFINED_COLUMN
+                    || *c == SqlState::DATATYPE_MISMATCH =>
+            {
+                StateError::Corrupt { location, why }
+            }
+            _ => StateError::Unavailable { location, why },
+        }
+    }
+}
+
+/// An error inside a request: the server's, or one of ours.
+enum Fail {
+    Pg(tokio_postgres::Error),
+    State(StateError),
+}
+
+impl From<tokio_postgres::Error> for Fail {
+    fn from(e: tokio_postgres::Error) -> Fail {
+        Fail::Pg(e)
+    }
+}
+
+/// A lock number for migrations: two daemons starting at once migrate one after the other.
+const MIGRATION_LOCK: i64 = 0x5354_4b44_0001;
+
+async fn migrate(c: &mut Client, location: &str, read_only: bool) -> Result<i64, Fail> {
+    if read_only {
+        let has: Option<String> = c
+            .query_one("SELECT to_regclass('stockade_schema')::text", &[])
+            .await?
+            .get(0);
+        let found: i64 = match has {
+            Some(_) => c
+                .query_one(
+                    "SELECT COALESCE(MAX(version), 0)::BIGINT FROM stockade_schema",
+                    &[],
+                )
+                .await?
+                .get(0),
+            None => 0,
+        };
+        return crate::sqlite::check_version(location, found, true).map_err(Fail::State);
+    }
+    let tx = c.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(SCHEMA_TABLE).await?;
+    let found: i64 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0)::BIGINT FROM stockade_schema",
+            &[],
+        )
+        .await?
+        .get(0);
+    crate::sqlite::check_version(location, found, false).map_err(Fail::State)?;
+    for m in MIGRATIONS.iter().filter(|m| m.version > found) {
+        tx.batch_execute(m.postgres).await?;
+        tx.execute(
+            "INSERT INTO stockade_schema (version, description, applied_ms) VALUES ($1, $2, $3)",
+            &[&m.version, &m.description, &crate::now_ms()],
+        )
+        .await?;
+        tracing::info!(
+            version = m.version,
+            "{location}: schema migrated: {}",
+            m.description
+        );
+    }
+    tx.commit().await?;
+    Ok(latest())
+}
+
+const ENTRY_COLUMNS: &str =
+    "chain, seq, at_ms, kind, plugin, actor, request_id, detail, prev, hash";
+
+fn entry_from(r: &Row) -> Entry {
+    Entry {
+        chain: r.get(0),
+        seq: r.get(1),
+        record: Record {
+            at_ms: r.get(2),
+            kind: r.get(3),
+            plugin: r.get(4),
+            actor: r.get(5),
+            request_id: r.get(6),
+            detail: r.get(7),
+        },
+        prev: r.get(8),
+        hash: r.get(9),
+    }
+}
+
+fn head_from(r: &Row) -> ChainHead {
+    ChainHead {
+        chain: r.get(0),
+        base_seq: r.get(1),
+        base_hash: r.get(2),
+        head_seq: r.get(3),
+        head_hash: r.get(4),
+    }
+}
+
+#[async_trait]
+impl Storage for Postgres {
+    fn location(&self) -> String {
+        self.shown.clone()
+    }
+
+    async fn schema_version(&self) -> Result<i64, StateError> {
+        let mut g = self.client().await?;
+        let c = g.as_mut().expect("connected");
+        let r = async {
+            Ok(c.query_one(
+                "SELECT COALESCE(MAX(version), 0)::BIGINT FROM stockade_schema",
+                &[],
+            )
+            .await?
+            .get(0))
+        }
+        .await;
+        self.settle(&mut g, r)
+    }
+
+    async fn open_chain(&self, chain: &str) -> Result<ChainHead, StateError> {
+        let mut g = self.client().await?;
+        let c = g.as_mut().expect("connected");
+        let r = async {
+            let g = genesis(chain);
+            c.execute(
+                "INSERT INTO audit_chains (chain, base_seq, base_hash, head_seq, head_hash)
+                 VALUES ($1, 0, $2, 0, $2) ON CONFLICT (chain) DO NOTHING",
+                &[&chain, &g],
+            )
+            .await?;
+            let row = c
+                .query_one(
+                    "SELECT chain, base_seq, base_hash, head_seq, head_hash FROM audit_chains WHERE chain = $1",
+                    &[&chain],
+                )
+                .await?;
+            Ok(head_from(&row))
+        }
+        .await;
+        self.settle(&mut g, r)
+    }
+
+    async fn append(
+        &self,
+        chain: &str,
+        head_seq: i64,
+        entries: &[Entry],
+    ) -> Result<(), StateError> {
+        let Some(last) = entries.last() else {
+            return Ok(());
+        };
+        let shown = self.shown.clone();
+        let mut g = self.client().await?;
+        let c = g.as_mut().expect("connected");
+        let r = async {
+            let tx = c.transaction().await?;
+            let moved = tx
+                .execute(
+                    "UPDATE audit_chains SET head_seq = $1, head_hash = $2 WHERE chain = $3 AND head_seq = $4",
+                    &[&last.seq, &last.hash, &chain, &head_seq],
+                )
+                .await?;
+            if moved != 1 {
+                let found = tx
+                    .query_opt("SELECT head_seq FROM audit_chains WHERE chain = $1", &[&chain])
+                    .await?
+                    .map_or(-1, |r| r.get::<_, i64>(0));
+                return Err(Fail::State(StateError::ChainTaken {
+                    location: shown,
+                    chain: chain.to_string(),
+                    expected: head_seq,
+                    found,
+                }));
+            }
+            // One statement per batch: the columns as arrays, unnested server-side.
+            let mut cols: (
+                Vec<&str>,
+                Vec<i64>,
+                Vec<i64>,
+                Vec<&str>,
+                Vec<Option<&str>>,
+                Vec<Option<i64>>,
+                Vec<Option<&str>>,
+                Vec<&str>,
+                Vec<&str>,
+                Vec<&str>,
+            ) = Default::default();
+            for e in entries {
+                cols.0.push(&e.chain);
+                cols.1.push(e.seq);
+                cols.2.push(e.record.at_ms);
+                cols.3.push(&e.record.kind);
+                cols.4.push(e.record.plugin.as_deref());
+                cols.5.push(e.record.actor);
+                cols.6.push(e.record.request_id.as_deref());
+                cols.7.push(&e.record.detail);
+                cols.8.push(&e.prev);
+                cols.9.push(&e.hash);
+            }
+            tx.execute(
+                &format!(
+                    "INSERT INTO audit ({ENTRY_COLUMNS}) SELECT * FROM UNNEST(
+                     $1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[],
+                     $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[])"
+                ),
+                &[
+                    &cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &cols.6, &cols.7,
+                    &cols.8, &cols.9,
+                ],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        self.settle(&mut g, r)
+    }
+
+    async fn chains(&self) -> Result<Vec<ChainHead>, StateError> {
+        let mut g = self.client().await?;
+        let c = g.as_mut().expect("connected");
+        let r = async {
+            let rows = c
+                .query(
+                    "SELECT chain, base_seq, base_hash, head_seq, head_hash FROM audit_chains ORDER BY chain",
+                    &[],
+                )
+                .await?;
+            Ok(rows.iter().map(head_from).collect())
+        }
+        .await;
+        self.settle(&mut g, r)
+    }
+
+    async fn entries(
+        &self,
+        chain: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<Entry>, StateError> {
+        let mut g = self.client().await?;
+        let c = g.as_mut().expect("connected");
+        let r = async {
+            let rows = c
+                .query(
+                    &format!(
+                        "SELECT {ENTRY_COLUMNS} FROM audit WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                    ),
+                    &[&chain, &after_seq, &i64::from(limit)],
+                )
+                .await?;
+            Ok(rows.iter().map(entry_from).collect())
+        }
+        .await;
+        self.settle(&mut g, r)
+    }
+
+    async fn query(&self, f: &Filter) -> Result<Vec<Entry>, StateError> {
+        let mut g = self.client().await?;
+        let c = g.as_mut().expect("connected");
+        let r = async {
+            let rows = c
+                .query(
+                    &format!(
+                        "SELECT {ENTRY_COLUMNS} FROM audit
+                         WHERE ($1::TEXT IS NULL OR plugin = $1) AND ($2::TEXT IS NULL OR kind = $2)
+                           AND ($3::TEXT IS NULL OR chain = $3) AND ($4::BIGINT IS NULL OR at_ms >= $4)
+                         ORDER BY at_ms, chain, seq LIMIT $5"
+                    ),
+                    &[&f.plugin, &f.kind, &f.chain, &f.since_ms, &i64::from(f.limit)],
+                )
+                .await?;
+            Ok(rows.iter().map(entry_from).collect())
+        }
+        .await;
+        self.settle(&mut g, r)
+    }
+
+    async fn register_host(&self, h: &HostRow) -> Result<(), StateError> {
+        let mut g = self.client().await?;
+        let c = g.as_mut().expect("connected");
+        let r = async {
+            c.execute(
+                "INSERT INTO hosts (host, pid, started_ms, stockade_version) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (host) DO UPDATE SET pid = excluded.pid, started_ms = excluded.started_ms,
+                 stockade_version = excluded.stockade_version",
+                &[&h.host, &h.pid, &h.started_ms, &h.stockade_version],
+            )
+            .await?;
+            Ok(())
+        }
+        .await;
+        self.settle(&mut g, r)
+    }
+
+    async fn hosts(&self) -> Result<Vec<HostRow>, StateError> {
+        let mut g = self.client().await?;
+        let c = g.as_mut().expect("connected");
+        let r = async {
+            let rows = c
+                .query(
+                    "SELECT host, pid, started_ms, stockade_version FROM hosts ORDER BY host",
+                    &[],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| HostRow {
+                    host: r.get(0),
+                    pid: r.get(1),
+                    started_ms: r.get(2),
+                    stockade_version: r.get(3),
+                })
+                .collect())
+        }
+        .await;
+        self.settle(&mut g, r)
+    }
+
+    async fn commit_version(
+        &self,
+        host: &str,
+        p: &PluginRow,
+        v: &VersionRow,
+    ) -> Result<(), StateError> {
+        let mut g = self.client().await?;
+        let c = g.as_mut().expect("connected");
+        let r = async {
+            let tx = c.transaction().await?;
+            tx.execute(
+                "INSERT INTO plugins (id, name, trust, config, first_seen_ms, updated_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, trust = excluded.trust,
+                 config = excluded.config, updated_ms = excluded.updated_ms",
+                &[&p.id, &p.name, &p.trust, &p.config, &p.first_seen_ms, &p.updated_ms],
+            )
+            .await?;
+            tx.execute(
+                "INSERT INTO plugin_versions (plugin, version, digest, entry_sha3_512, signer, sequence,
+                 published_s, installed_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (plugin, version, digest) DO NOTHING",
+                &[
+                    &v.plugin,
+                    &v.version,
+                    &v.digest,
+                    &v.entry_sha3_512,
+                    &v.signer,
+                    &v.sequence,
+                    &v.published_s,
+                    &v.installed_ms,
+                ],
+            )
+            .await?;
+            tx.execute(
+                "INSERT INTO plugin_capabilities (plugin, version, digest, explain) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (plugin, version, digest) DO NOTHING",
+                &[&v.plugin, &v.version, &v.digest, &v.capabilities],
+            )
+            .await?;
+            tx.execute(
+                "INSERT INTO installations (host, plugin, version, state, reason, updated_ms)
+                 VALUES ($1, $2, $3, 'verified', NULL, $4)
+                 ON CONFLICT (host, plugin) DO UPDATE SET version = excluded.version,
+                 state = excluded.state, reason = NULL, updated_ms = excluded.updated_ms",
+                &[&host, &v.plugin, &v.version, &v.installed_ms],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        self.settle(&mut g, r)
+    }
+
+    async fn plugins(&self) -> Result<Vec<PluginRow>, StateError> {
+        let mut g = self.client().await?;
+        let c = g.as_mut().expect("connected");
+        let r = async {
+            let rows = c
+                .query(
+                    "SELECT id, name, trust, config, first_seen_ms, updated_ms FROM plugins ORDER BY id",
+                    &[],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| PluginRow {
+                    id: r.get(0),
+                    name: r.get(1),
+                    trust: r.get(2),
+                    config: r.get(3),
+                    first_seen_ms: r.get(4),
+                    updated_ms: r.get(5),
+                })
+                .collect())
+        }
+        .await;
+        self.settle(&mut g, r)
+    }
+
+    async fn versions(&self, plugin: &str) -> Result<Vec<VersionRow>, StateError> {
+        let mut g = self.client().await?;
+        let c = g.as_mut().expect("connected");
+        let r = async {
+            let rows = c
+                .query(
+                    "SELECT v.plugin, v.version, v.digest, v.entry_sha3_512, v.signer, v.sequence,
+                     v.published_s, v.installed_ms, COALESCE(c.explain, '')
+                     FROM plugin_versions v LEFT JOIN plugin_capabilities c
+                     ON c.plugin = v.plugin AND c.version = v.version AND c.digest = v.digest
+                     WHERE v.plugin = $1 ORDER BY v.installed_ms",
+                    &[&plugin],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| VersionRow {
+                    plugin: r.get(0),
+                    version: r.get(1),
+                    digest: r.get(2),
+                    entry_sha3_512: r.get(3),
+                    signer: r.get(4),
+                    sequence: r.get(5),
+                    published_s: r.get(6),
+                    installed_ms: r.get(7),
+                    capabilities: r.get(8),
+                })
+                .collect())
+        }
+        .await;
+        self.settle(&mut g, r)
+    }
+
+    async fn set_installation(&self, i: &Installation) -> Result<(), StateError> {
+        let mut g = self.client().await?;
+        let c = g.as_mut().expect("connected");
+        let r = async {
+            c.execute(
+                "UPDATE installations SET state = $1, reason = $2, updated_ms = $3
+                 WHERE host = $4 AND plugin = $5 AND version = $6",
+                &[
+                    &i.state,
+                    &i.reason,
+                    &i.updated_ms,
+                    &i.host,
+                    &i.plugin,
+                    &i.version,
+                ],
+            )
+            .await?;
+            Ok(())
+        }
+        .await;
+        self.settle(&mut g, r)
+    }
+
+    async fn installations(&self) -> Result<Vec<Installation>, StateError> {
+        let mut g = self.client().await?;
+        let c = g.as_mut().expect("connected");
+        let r = async {
+            let rows = c
+                .query(
+                    "SELECT host, plugin, version, state, reason, updated_ms FROM installations
+                     ORDER BY host, plugin",
+                    &[],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| Installation {
+                    host: r.get(0),
+                    plugin: r.get(1),
+                    version: r.get(2),
+                    state: r.get(3),
+                    reason: r.get(4),
+                    updated_ms: r.get(5),
+                })
+                .collect())
+        }
+        .await;
+        self.settle(&mut g, r)
+    }
+
+    async fn trust_state(&self, host: &str) -> Result<TrustState, StateError> {
+        let mut g = self.client().await?;
+        let c = g.as_mut().expect("connected");
+        let r = async {
+            let mut state = TrustState::default();
+            for r in c
+                .query(
+                    "SELECT plugin, version, sequence, digest, signer, accepted_s FROM trust_marks
+                     WHERE host = $1",
+                    &[&host],
+                )
+                .await?
+            {
+                state.marks.insert(
+                    r.get(0),
+                    Mark {
+                        version: r.get(1),
+                        sequence: r.get::<_, i64>(2) as u64,
+                        digest: r.get(3),
+                        key: r.get(4),
+                        at: r.get::<_, i64>(5) as u64,
+                    },
+                );
+            }
+            state.rotations = c
+                .query(
+                    "SELECT text FROM trust_rotations WHERE host = $1 ORDER BY n",
+                    &[&host],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if let Some(r) = c
+                .query_opt(
+                    "SELECT serial, digest FROM trust_lists WHERE host = $1",
+                    &[&host],
+                )
+                .await?
+            {
+                state.list_serial = r.get::<_, i64>(0) as u64;
+                state.list_digest = Some(r.get(1));
+            }
+            Ok(state)
+        }
+        .await;
+        self.settle(&mut g, r)
+    }
+
+    async fn set_mark(&self, host: &str, plugin: &str, m: &Mark) -> Result<(), StateError> {
+        let mut g = self.client().await?;
+        let c = g.as_mut().expect("connected");
+        let r = async {
+            c.execute(
+                "INSERT INTO trust_marks (host, plugin, version, sequence, digest, signer, accepted_s)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (host, plugin) DO UPDATE SET version = excluded.version,
+                 sequence = excluded.sequence, digest = excluded.digest, signer = excluded.signer,
+                 accepted_s = excluded.accepted_s",
+                &[
+                    &host,
+                    &plugin,
+                    &m.version,
+                    &(m.sequence as i64),
+                    &m.digest,
+                    &m.key,
+                    &(m.at as i64),
+                ],
+            )
+            .await?;
+            Ok(())
+        }
+        .await;
+        self.settle(&mut g, r)
+    }
+
+    async fn add_rotation(&self, host: &str, text: &str) -> Result<(), StateError> {
+        let mut g = self.client().await?;
+        let c = g.as_mut().expect("connected");
+        let r = async {
+            c.execute(
+                "INSERT INTO trust_rotations (host, n, text)
+                 SELECT $1, COALESCE(MAX(n), 0) + 1, $2 FROM trust_rotations WHERE host = $1",
+                &[&host, &text],
+            )
+            .await?;
+            Ok(())
+        }
+        .await;
+        self.settle(&mut g, r)
+    }
+
+    async fn set_trust_list(
+        &self,
+        host: &str,
+        serial: u64,
+        digest: &str,
+    ) -> Result<(), StateError> {
+        let mut g = self.client().await?;
+        let c = g.as_mut().expect("connected");
+        let r = async {
+            c.execute(
+                "INSERT INTO trust_lists (host, serial, digest) VALUES ($1, $2, $3)
+                 ON CONFLICT (host) DO UPDATE SET serial = excluded.serial, digest = excluded.digest",
+                &[&host, &(serial as i64), &digest],
+            )
+            .await?;
+            Ok(())
+        }
+        .await;
+        self.settle(&mut g, r)
+    }
+}

@@ -1,0 +1,428 @@
+//! One behavioural suite, run on each backend: in memory, SQLite (a file of the test's own) and
+//! PostgreSQL (a database of the test's own on the server `cargo xtask test` starts:
+//! `STOCKADE_TEST_POSTGRES`). Migrations, the audit chain and its verification, tampering with
+//! the stored rows (SQLite and PostgreSQL), the registry and the trust state, two hosts sharing
+//! one database, and concurrent writers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use stockade_state::audit::AuditLog;
+use stockade_state::chain::{verify, Record};
+use stockade_state::{
+    open, HostRow, Installation, Location, Mark, Options, PluginRow, StateError, Storage,
+    VersionRow,
+};
+
+enum Backend {
+    Memory,
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl Backend {
+    fn location(&self) -> Location {
+        match self {
+            Backend::Memory => Location::Memory,
+            Backend::Sqlite(p) => Location::Sqlite(p.clone()),
+            Backend::Postgres(u) => Location::Postgres(u.clone()),
+        }
+    }
+
+    /// Runs `sql` on the database behind the daemon's back (what an attacker with the
+    /// database's password, or root on the host, can do).
+    async fn tamper(&self, sql: &str) {
+        match self {
+            Backend::Memory => unreachable!("nothing is stored outside the process"),
+            Backend::Sqlite(p) => {
+                let c = rusqlite::Connection::open(p).unwrap();
+                c.execute_batch(sql).unwrap();
+            }
+            Backend::Postgres(u) => {
+                let (c, conn) = tokio_postgres::connect(u, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                c.batch_execute(sql).await.unwrap();
+            }
+        }
+    }
+}
+
+/// A fresh backend of each kind available here: memory, SQLite, and PostgreSQL when the suite's
+/// server is there.
+async fn backends(test: &str) -> Vec<Backend> {
+    let dir = std::env::temp_dir().join(format!("stockade-state-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut all = vec![Backend::Memory, Backend::Sqlite(dir.join("state.db"))];
+    match std::env::var("STOCKADE_TEST_POSTGRES") {
+        Ok(admin) => all.push(Backend::Postgres(fresh_database(&admin, test).await)),
+        Err(_) => println!(
+            "skipped: backends::{test} on PostgreSQL: STOCKADE_TEST_POSTGRES is not set (`cargo xtask test` starts a server)"
+        ),
+    }
+    all
+}
+
+/// Creates an empty database named after the test (dropped first if a run left one) and
+/// returns its URL.
+async fn fresh_database(admin: &str, test: &str) -> String {
+    let (c, conn) = tokio_postgres::connect(admin, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let name = format!("state_{test}");
+    c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+        .await
+        .unwrap();
+    c.batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').unwrap().0;
+    format!("{base}/{name}")
+}
+
+async fn opened(b: &Backend) -> Arc<dyn Storage> {
+    open(&b.location(), &Options::default()).await.unwrap()
+}
+
+fn record(n: usize) -> Record {
+    Record::new(
+        "call",
+        Some("echo"),
+        &serde_json::json!({ "method": "echo", "n": n }),
+    )
+    .request(&format!("req-{n}"))
+    .by(Some(1000))
+}
+
+async fn write(log: &AuditLog, from: usize, n: usize) {
+    let mut last = None;
+    for i in from..from + n {
+        last = Some(log.append(record(i)).unwrap());
+    }
+    log.durable(last.unwrap(), Duration::from_secs(30))
+        .await
+        .unwrap();
+}
+
+async fn verdict(s: &dyn Storage, chain: &str) -> stockade_state::chain::Verdict {
+    let head = s
+        .chains()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|h| h.chain == chain)
+        .unwrap();
+    verify(s, &head).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_chain_holds_and_every_tampering_is_found() {
+    for b in backends("chain").await {
+        let s = opened(&b).await;
+        let log = AuditLog::open(s.clone(), "host-a", 1000).await.unwrap();
+        write(&log, 0, 20).await;
+        let v = verdict(s.as_ref(), "host-a").await;
+        assert_eq!(
+            (v.records, v.head_seq, &v.broken),
+            (20, 20, &None),
+            "{}",
+            s.location()
+        );
+        // Queries by plugin, kind and time.
+        let f = stockade_state::Filter {
+            plugin: Some("echo".into()),
+            kind: Some("call".into()),
+            limit: 5,
+            ..Default::default()
+        };
+        let found = s.query(&f).await.unwrap();
+        assert_eq!(found.len(), 5);
+        assert_eq!(found[0].record.request_id.as_deref(), Some("req-0"));
+        assert_eq!(found[0].record.actor, Some(1000));
+        log.close(Duration::from_secs(5)).await;
+        if matches!(b, Backend::Memory) {
+            continue;
+        }
+        // Edited: one record's detail changed.
+        b.tamper("UPDATE audit SET detail = '{\"method\":\"rm -rf\"}' WHERE seq = 7")
+            .await;
+        let v = verdict(s.as_ref(), "host-a").await;
+        let broken = v.broken.expect("an edit is found");
+        assert_eq!((broken.seq, broken.kind), (7, "edited"), "{}", s.location());
+        assert_eq!(v.records, 6, "the records before it hold");
+        b.tamper(&format!(
+            "UPDATE audit SET detail = '{}' WHERE seq = 7",
+            record(6).detail
+        ))
+        .await;
+        assert_eq!(verdict(s.as_ref(), "host-a").await.broken, None, "restored");
+        // Deleted: a record in the middle.
+        b.tamper("CREATE TABLE saved AS SELECT * FROM audit WHERE seq = 12; DELETE FROM audit WHERE seq = 12")
+            .await;
+        let broken = verdict(s.as_ref(), "host-a").await.broken.unwrap();
+        assert_eq!((broken.seq, broken.kind), (12, "missing"));
+        b.tamper("INSERT INTO audit SELECT * FROM saved; DROP TABLE saved")
+            .await;
+        assert_eq!(verdict(s.as_ref(), "host-a").await.broken, None);
+        // Reordered: two records' contents swapped (their numbers stay in place).
+        b.tamper(
+            "UPDATE audit SET seq = -3 WHERE seq = 3; UPDATE audit SET seq = 3 WHERE seq = 4;
+             UPDATE audit SET seq = 4 WHERE seq = -3",
+        )
+        .await;
+        let broken = verdict(s.as_ref(), "host-a").await.broken.unwrap();
+        assert_eq!(broken.seq, 3, "{broken:?}");
+        assert!(matches!(broken.kind, "edited" | "relinked"), "{broken:?}");
+        b.tamper(
+            "UPDATE audit SET seq = -3 WHERE seq = 3; UPDATE audit SET seq = 3 WHERE seq = 4;
+             UPDATE audit SET seq = 4 WHERE seq = -3",
+        )
+        .await;
+        assert_eq!(verdict(s.as_ref(), "host-a").await.broken, None);
+        // Replaced: a record rewritten with a hash recomputed over the new contents (someone
+        // who knows the format) still breaks the next record's link.
+        let mut forged = s.entries("host-a", 9, 1).await.unwrap().remove(0);
+        forged.record.detail = r#"{"method":"nothing"}"#.into();
+        let forged = stockade_state::Entry::seal("host-a", 10, &forged.prev, forged.record);
+        b.tamper(&format!(
+            "UPDATE audit SET detail = '{}', hash = '{}' WHERE seq = 10",
+            forged.record.detail, forged.hash
+        ))
+        .await;
+        let broken = verdict(s.as_ref(), "host-a").await.broken.unwrap();
+        assert_eq!((broken.seq, broken.kind), (11, "relinked"), "{broken:?}");
+        // Truncated: the last records removed.
+        b.tamper("DELETE FROM audit WHERE seq > 8").await;
+        let broken = verdict(s.as_ref(), "host-a").await.broken.unwrap();
+        assert_eq!((broken.seq, broken.kind), (9, "truncated"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_on_one_chain_are_refused_and_two_hosts_write_side_by_side() {
+    for b in backends("writers").await {
+        let s1 = opened(&b).await;
+        let s2 = match b {
+            Backend::Memory => s1.clone(),
+            _ => opened(&b).await,
+        };
+        // Two hosts at once, 400 records each, from two connections.
+        let a = AuditLog::open(s1.clone(), "host-a", 10_000).await.unwrap();
+        let c = AuditLog::open(s2.clone(), "host-b", 10_000).await.unwrap();
+        let (wa, wb) = (write(&a, 0, 400), write(&c, 0, 400));
+        tokio::join!(wa, wb);
+        for chain in ["host-a", "host-b"] {
+            let v = verdict(s1.as_ref(), chain).await;
+            assert_eq!((v.records, &v.broken), (400, &None), "{}", s1.location());
+        }
+        // A second writer on host-a's chain: its first commit is refused and it stops.
+        let intruder = AuditLog::open(s2.clone(), "host-a", 100).await.unwrap();
+        write(&a, 400, 1).await;
+        let t = intruder.append(record(0)).unwrap();
+        let e = intruder
+            .durable(t, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, stockade_state::audit::AuditError::Stopped(_)),
+            "{e}"
+        );
+        assert!(intruder.append(record(1)).is_err(), "refused from then on");
+        let v = verdict(s1.as_ref(), "host-a").await;
+        assert_eq!((v.records, &v.broken), (401, &None));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_and_trust_state_are_kept_per_host() {
+    for b in backends("registry").await {
+        let s = opened(&b).await;
+        let other = match b {
+            Backend::Memory => s.clone(),
+            _ => opened(&b).await,
+        };
+        for (host, pid) in [("host-a", 10), ("host-b", 20)] {
+            s.register_host(&HostRow {
+                host: host.into(),
+                pid,
+                started_ms: 1,
+                stockade_version: "0.1.0".into(),
+            })
+            .await
+            .unwrap();
+        }
+        assert_eq!(other.hosts().await.unwrap().len(), 2);
+        let plugin = PluginRow {
+            id: "echo".into(),
+            name: "Echo".into(),
+            trust: "trusted".into(),
+            config: None,
+            first_seen_ms: 100,
+            updated_ms: 100,
+        };
+        let version = |v: &str, digest: &str| VersionRow {
+            plugin: "echo".into(),
+            version: v.into(),
+            digest: digest.into(),
+            entry_sha3_512: "e".repeat(128),
+            signer: Some("0011223344556677".into()),
+            sequence: 5,
+            published_s: Some(1_700_000_000),
+            installed_ms: 200,
+            capabilities: "filesystem: read /usr".into(),
+        };
+        s.commit_version("host-a", &plugin, &version("1.0.0", "d1"))
+            .await
+            .unwrap();
+        other
+            .commit_version("host-b", &plugin, &version("1.1.0", "d2"))
+            .await
+            .unwrap();
+        // Again, as a restart does: nothing doubles.
+        s.commit_version("host-a", &plugin, &version("1.0.0", "d1"))
+            .await
+            .unwrap();
+        let versions = s.versions("echo").await.unwrap();
+        assert_eq!(versions.len(), 2, "{}", s.location());
+        assert_eq!(versions[0].capabilities, "filesystem: read /usr");
+        s.set_installation(&Installation {
+            host: "host-a".into(),
+            plugin: "echo".into(),
+            version: "1.0.0".into(),
+            state: "active".into(),
+            reason: None,
+            updated_ms: 300,
+        })
+        .await
+        .unwrap();
+        // A stale update (of a version host-a no longer runs) changes nothing.
+        s.set_installation(&Installation {
+            host: "host-a".into(),
+            plugin: "echo".into(),
+            version: "0.9.0".into(),
+            state: "stopped".into(),
+            reason: None,
+            updated_ms: 301,
+        })
+        .await
+        .unwrap();
+        let seen: Vec<(String, String, String)> = other
+            .installations()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.host, i.version, i.state))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("host-a".into(), "1.0.0".into(), "active".into()),
+                ("host-b".into(), "1.1.0".into(), "verified".into())
+            ],
+            "each host sees which host runs which version"
+        );
+        assert_eq!(s.plugins().await.unwrap().len(), 1);
+        // The trust state, per host.
+        let mark = Mark {
+            version: "1.1.0".into(),
+            sequence: 7,
+            digest: "d2".into(),
+            key: Some("0011223344556677".into()),
+            at: 1_700_000_001,
+        };
+        s.set_mark("host-a", "echo", &mark).await.unwrap();
+        s.add_rotation("host-a", "rotation one").await.unwrap();
+        s.add_rotation("host-a", "rotation two").await.unwrap();
+        s.set_trust_list("host-a", 4, "l4").await.unwrap();
+        let a = other.trust_state("host-a").await.unwrap();
+        assert_eq!(a.marks.get("echo"), Some(&mark));
+        assert_eq!(a.rotations, ["rotation one", "rotation two"]);
+        assert_eq!((a.list_serial, a.list_digest.as_deref()), (4, Some("l4")));
+        assert_eq!(
+            other.trust_state("host-b").await.unwrap(),
+            Default::default()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_schema_and_bad_locations_are_refused() {
+    for b in backends("schema").await {
+        let s = opened(&b).await;
+        assert_eq!(s.schema_version().await.unwrap(), 1);
+        drop(s);
+        if matches!(b, Backend::Memory) {
+            continue;
+        }
+        // Opened again: nothing to migrate, same version.
+        assert_eq!(opened(&b).await.schema_version().await.unwrap(), 1);
+        b.tamper(
+            "INSERT INTO stockade_schema (version, description, applied_ms) VALUES (99, 'from the future', 0)",
+        )
+        .await;
+        let e = match open(&b.location(), &Options::default()).await {
+            Err(e) => e,
+            Ok(_) => panic!("a newer schema was opened"),
+        };
+        assert!(
+            matches!(
+                e,
+                StateError::NewerSchema {
+                    found: 99,
+                    known: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.hint().contains("newer Stockade"));
+    }
+    assert!(matches!(
+        Location::parse("mysql://x"),
+        Err(StateError::BadLocation(_))
+    ));
+    assert_eq!(
+        Location::parse("postgres://u:secret@h/db")
+            .unwrap()
+            .display(),
+        "postgres://u:***@h/db"
+    );
+    // A read-only opener does not create a database.
+    let missing = std::env::temp_dir().join(format!("stockade-missing-{}.db", std::process::id()));
+    let e = match open(
+        &Location::Sqlite(missing.clone()),
+        &Options {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .await
+    {
+        Err(e) => e,
+        Ok(_) => panic!("opened a missing database"),
+    };
+    assert!(matches!(e, StateError::Missing { .. }), "{e}");
+    assert!(!missing.exists());
+    if let Ok(admin) = std::env::var("STOCKADE_TEST_POSTGRES") {
+        let base = admin.rsplit_once('/').unwrap().0;
+        let e = match open(
+            &Location::Postgres(format!("{base}/no_such_database")),
+            &Options::default(),
+        )
+        .await
+        {
+            Err(e) => e,
+            Ok(_) => panic!("opened a missing database"),
+        };
+        assert!(matches!(e, StateError::Missing { .. }), "{e}");
+        let wrong = admin.replacen("stockade:", "stockade:wrong", 1);
+        let e = match open(&Location::Postgres(wrong), &Options::default()).await {
+            Err(e) => e,
+            Ok(_) => panic!("a wrong password was accepted"),
+        };
+        assert!(matches!(e, StateError::Auth { .. }), "{e}");
+        assert!(!e.to_string().contains("wrong"), "no password shown: {e}");
+    }
+}

@@ -1,0 +1,226 @@
+//! A throwaway PostgreSQL cluster for the tests: `initdb` in a directory of its own, owned by
+//! `nobody` (the server refuses to run as root), listening on a free loopback port (password
+//! login, SCRAM) and on a unix socket in that directory; stopped and removed afterwards.
+//! `cargo xtask test` starts one for the whole suite and hands its address to the tests
+//! (`STOCKADE_TEST_POSTGRES`: a role that may create databases; each test makes its own);
+//! `cargo xtask postgres start DIR | stop DIR` serves a test that needs a server of its own (one
+//! it restarts).
+
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+pub const USAGE: &str = "cargo xtask postgres start DIR | stop DIR | restart DIR";
+
+/// `nobody:nogroup` on Debian.
+const NOBODY: u32 = 65534;
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    /// `postgres://stockade:PASSWORD@127.0.0.1:PORT/postgres`.
+    pub url: String,
+}
+
+/// The newest PostgreSQL server's binaries (`/usr/lib/postgresql/N/bin`).
+fn bin_dir() -> Result<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("no PostgreSQL server is installed (/usr/lib/postgresql); `cargo xtask setup` installs it")?
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, b)| b)
+        .context("no PostgreSQL server binaries below /usr/lib/postgresql")
+}
+
+fn as_nobody(program: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    // Root drops to nobody for the server's tools; anyone else runs them as themselves.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.uid(NOBODY).gid(NOBODY);
+    }
+    cmd.env_remove("PGDATA").env("LC_ALL", "C");
+    cmd
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| what.to_string())?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn secret() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Creates and starts a cluster in `dir` (which must not exist yet).
+pub fn start(dir: &Path) -> Result<Cluster> {
+    let bin = bin_dir()?;
+    if dir.exists() {
+        bail!("{} exists already", dir.display());
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        chown(dir, Some(NOBODY), Some(NOBODY))?;
+    }
+    let admin = secret()?;
+    let password = secret()?;
+    let pwfile = dir.join("admin-password");
+    std::fs::write(&pwfile, &admin)?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        chown(&pwfile, Some(NOBODY), Some(NOBODY))?;
+    }
+    let data = dir.join("data");
+    run(
+        as_nobody(&bin.join("initdb")).args([
+            "--pgdata",
+            &data.to_string_lossy(),
+            "--username",
+            "postgres",
+            "--pwfile",
+            &pwfile.to_string_lossy(),
+            "--auth-local",
+            "trust",
+            "--auth-host",
+            "scram-sha-256",
+            "--encoding",
+            "UTF8",
+            "--no-instructions",
+        ]),
+        "initdb",
+    )?;
+    let port = free_port()?;
+    std::fs::write(dir.join("port"), port.to_string())?;
+    pg_ctl_start(&bin, dir, port)?;
+    run(
+        Command::new(bin.join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-h",
+                &dir.to_string_lossy(),
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+            ])
+            .arg(format!(
+                "CREATE ROLE stockade LOGIN CREATEDB PASSWORD '{password}'"
+            )),
+        "creating the role stockade",
+    )?;
+    let url = format!("postgres://stockade:{password}@127.0.0.1:{port}/postgres");
+    std::fs::write(dir.join("url"), &url)?;
+    Ok(Cluster {
+        dir: dir.to_path_buf(),
+        url,
+    })
+}
+
+fn pg_ctl_start(bin: &Path, dir: &Path, port: u16) -> Result<()> {
+    let options = format!(
+        "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} \
+         -c max_connections=200 -c shared_buffers=32MB",
+        dir.display()
+    );
+    run(
+        as_nobody(&bin.join("pg_ctl")).args([
+            "start",
+            "--wait",
+            "--pgdata",
+            &dir.join("data").to_string_lossy(),
+            "--log",
+            &dir.join("server.log").to_string_lossy(),
+            "-o",
+            &options,
+        ]),
+        "pg_ctl start",
+    )
+}
+
+/// Stops the cluster in `dir` and removes the directory.
+pub fn stop(dir: &Path) -> Result<()> {
+    let bin = bin_dir()?;
+    let data = dir.join("data");
+    if data.join("postmaster.pid").exists() {
+        run(
+            as_nobody(&bin.join("pg_ctl")).args([
+                "stop",
+                "--wait",
+                "--mode",
+                "fast",
+                "--pgdata",
+                &data.to_string_lossy(),
+            ]),
+            "pg_ctl stop",
+        )?;
+    }
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    Ok(())
+}
+
+/// Restarts the server in `dir` (a test of a database that goes away and comes back).
+pub fn restart(dir: &Path) -> Result<()> {
+    let bin = bin_dir()?;
+    let port: u16 = std::fs::read_to_string(dir.join("port"))?.trim().parse()?;
+    run(
+        as_nobody(&bin.join("pg_ctl")).args([
+            "stop",
+            "--wait",
+            "--mode",
+            "fast",
+            "--pgdata",
+            &dir.join("data").to_string_lossy(),
+        ]),
+        "pg_ctl stop",
+    )?;
+    pg_ctl_start(&bin, dir, port)
+}
+
+pub fn command(args: &[&str]) -> Result<()> {
+    match args {
+        ["start", dir] => {
+            let c = start(Path::new(dir))?;
+            println!("{}", c.url);
+            Ok(())
+        }
+        ["stop", dir] => stop(Path::new(dir)),
+        ["restart", dir] => restart(Path::new(dir)),
+        _ => bail!("usage: {USAGE}"),
+    }
+}
