@@ -115,12 +115,19 @@ pub struct Method {
     pub timeout: Duration,
     /// Calls of this method the host lets in at once; more wait.
     pub max_in_flight: u32,
+    /// Whether the audit log keeps the call's parameters (never, unless the manifest says so),
+    /// with the values of secret-looking fields and of `redact` replaced.
+    pub audit_params: bool,
+    /// More field names whose values the audit log never keeps.
+    pub redact: Vec<String>,
 }
 
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 64;
 /// The most calls of one method in flight that a manifest may allow.
 pub const MAX_IN_FLIGHT: i64 = 4096;
+/// Field names in one method's `redact`.
+pub const MAX_REDACT: usize = 64;
 /// Longest id: it names cgroups and files.
 pub const MAX_ID_BYTES: usize = 64;
 /// Methods per manifest.

@@ -23,6 +23,8 @@ use crate::{StateError, Storage};
 
 /// Records committed in one transaction at most.
 const MAX_BATCH: usize = 4096;
+/// The longest wait between two attempts to commit while the database fails.
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 pub struct AuditLog {
     shared: Arc<Shared>,
@@ -287,8 +289,26 @@ impl AuditLog {
     }
 }
 
+/// Whether the records after `head` in the database are `batch` (committed by us).
+async fn ours(shared: &Shared, head: i64, batch: &[Entry]) -> bool {
+    match shared
+        .storage
+        .entries(&shared.chain, head, batch.len() as u32)
+        .await
+    {
+        Ok(found) => {
+            found.len() == batch.len()
+                && found
+                    .iter()
+                    .zip(batch)
+                    .all(|(f, b)| f.seq == b.seq && f.hash == b.hash)
+        }
+        Err(_) => false,
+    }
+}
+
 /// The writer: takes what is queued, commits it in one transaction, tells the waiters; on a
-/// failure keeps the batch and tries again, waiting longer each time (at most 2 s).
+/// failure keeps the batch and tries again, waiting longer each time (at most half a second).
 async fn write(shared: Arc<Shared>, mut head: i64) {
     let mut backoff = Duration::from_millis(20);
     loop {
@@ -326,6 +346,19 @@ async fn write(shared: Arc<Shared>, mut head: i64) {
                     backoff = Duration::from_millis(20);
                     break;
                 }
+                // A commit whose answer was lost (the connection broke after the server
+                // committed) looks like another writer: it is ours when the records there are
+                // this batch.
+                Err(StateError::ChainTaken { .. }) if ours(&shared, head, &batch).await => {
+                    head = batch.last().map_or(head, |e| e.seq);
+                    let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+                    q.in_flight = 0;
+                    q.failing = None;
+                    drop(q);
+                    shared.committed.send_replace(head);
+                    backoff = Duration::from_millis(20);
+                    break;
+                }
                 Err(e @ StateError::ChainTaken { .. }) => {
                     tracing::error!("audit log: {e}: nothing more is written");
                     let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -342,7 +375,7 @@ async fn write(shared: Arc<Shared>, mut head: i64) {
                     let why = e.to_string();
                     note_failure(&shared, why);
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }

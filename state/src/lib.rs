@@ -97,6 +97,8 @@ pub enum StateError {
     Open { location: String, why: String },
     #[error("{location}: the password was refused: {why}")]
     Auth { location: String, why: String },
+    #[error("{location}: permission denied: {why}")]
+    Denied { location: String, why: String },
     #[error("{location}: the schema is version {found}, newer than this Stockade's {known}")]
     NewerSchema {
         location: String,
@@ -137,6 +139,10 @@ impl StateError {
                 "check that the path's directory exists and is writable, or that the server runs"
             }
             StateError::Auth { .. } => "check the user and password in the database URL",
+            StateError::Denied { .. } => {
+                "the database's user must own it (CREATE DATABASE stockade OWNER stockade), or \
+                 be granted what the schema needs"
+            }
             StateError::NewerSchema { .. } => {
                 "a newer Stockade wrote it: run that version, or restore a backup made for this one"
             }
@@ -305,6 +311,16 @@ pub trait Storage: Send + std::marker::Sync {
     async fn add_rotation(&self, host: &str, text: &str) -> Result<(), StateError>;
     async fn set_trust_list(&self, host: &str, serial: u64, digest: &str)
         -> Result<(), StateError>;
+}
+
+/// Runs `f` to its end on a runtime of its own, on this thread, gone when it returns (the
+/// CLI's commands: no thread of it outlives the call).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime builds")
+        .block_on(f)
 }
 
 pub fn now_ms() -> i64 {

@@ -118,6 +118,9 @@ impl Postgres {
             {
                 StateError::Auth { location, why }
             }
+            Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => {
+                StateError::Denied { location, why }
+            }
             Some(c) if *c == SqlState::DISK_FULL || *c == SqlState::OUT_OF_MEMORY => {
                 StateError::Full { location, why }
             }

@@ -24,7 +24,20 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 pub struct Sqlite {
     path: PathBuf,
-    jobs: mpsc::Sender<Job>,
+    /// `None` once dropped: the thread's loop ends, and the drop waits for it.
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Sqlite {
+    fn drop(&mut self) {
+        // The connection closes on its own thread before this returns: a caller that goes on
+        // to fork (the CLI's `run`) is single-threaded again.
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Sqlite {
@@ -83,7 +96,7 @@ impl Sqlite {
         }
         let (tx, rx) = mpsc::channel::<Job>();
         let mut conn = conn;
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("stockade-sqlite".into())
             .spawn(move || {
                 while let Ok(job) = rx.recv() {
@@ -93,7 +106,8 @@ impl Sqlite {
             .map_err(|e| fail(format!("cannot start its thread: {e}")))?;
         let db = Sqlite {
             path: path.to_path_buf(),
-            jobs: tx,
+            jobs: Some(tx),
+            thread: Some(thread),
         };
         let location = db.location();
         let read_only = options.read_only;
@@ -110,7 +124,11 @@ impl Sqlite {
         let job: Job = Box::new(move |c| {
             let _ = tx.send(job(c));
         });
-        self.jobs.send(job).map_err(|_| self.gone())?;
+        self.jobs
+            .as_ref()
+            .ok_or_else(|| self.gone())?
+            .send(job)
+            .map_err(|_| self.gone())?;
         rx.await.map_err(|_| self.gone())?
     }
 

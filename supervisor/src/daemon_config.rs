@@ -7,6 +7,13 @@
 //! state_dir = "/var/lib/stockade"
 //! plugins = ["/etc/stockade/plugins"]
 //! allow_uids = [1000]
+//! database = "sqlite:/var/lib/stockade/stockade.db"   # or postgres://USER:PASSWORD@HOST/DB
+//! host_id = "web-1"                               # names this host in a shared database
+//!
+//! [audit]
+//! queue = 10000                                   # records waiting for the database, at most
+//! sync = "full"                                   # SQLite: "full" (power loss) or "normal"
+//! wait = 30                                       # seconds an answer waits for its record
 //!
 //! [trust]
 //! keys = ["/etc/stockade/keys/acme.pub"]          # publishers whose plugins run `trusted`
@@ -30,7 +37,8 @@ use toml_edit::{ImDocument, Item, Table, Value};
 pub const DEFAULT_CONFIG: &str = "/etc/stockade/daemon.toml";
 /// The largest configuration file read.
 const MAX_BYTES: u64 = 1 << 20;
-const KEYS: &str = "socket, state_dir, plugins, allow_uids and the table [trust]";
+const KEYS: &str =
+    "socket, state_dir, plugins, allow_uids, database, host_id and the tables [trust], [audit]";
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Config {
@@ -38,7 +46,48 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     pub plugins: Vec<PathBuf>,
     pub allow_uids: Vec<u32>,
+    /// Where the registry and the audit log are: `sqlite:PATH`, `postgres://…`, `memory:`.
+    pub database: Option<String>,
+    /// This host's name in the database (its audit chain, its trust state, its installations).
+    pub host_id: Option<String>,
     pub trust: TrustConfig,
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: how the audit log is written.
+#[derive(Debug, Default, PartialEq)]
+pub struct AuditConfig {
+    /// Records that may wait for the database before new actions are refused.
+    pub queue: Option<usize>,
+    /// SQLite's sync: `full` or `normal`.
+    pub sync: Option<String>,
+    /// Seconds an answer waits for its record's commit.
+    pub wait: Option<u64>,
+}
+
+/// The database when none is configured: SQLite in the state directory.
+pub fn default_database(state_dir: &Path) -> String {
+    format!("sqlite:{}", state_dir.join("stockade.db").display())
+}
+
+/// This host's id: the configured one, else the host name.
+pub fn host_id(configured: Option<&str>) -> String {
+    if let Some(id) = configured {
+        return id.to_string();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| valid_host_id(h))
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Letters, digits, `.`, `_` and `-`; 1 to 64 of them.
+pub fn valid_host_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// `[trust]`: the keys this host accepts signatures from.
@@ -269,6 +318,28 @@ pub fn parse(text: &str) -> Result<Config, (usize, String)> {
         };
         match key {
             "socket" => config.socket = Some(string(item)?),
+            "database" => {
+                let text = string(item)?.to_string_lossy().into_owned();
+                stockade_state::Location::parse(&text)
+                    .map_err(|e| (value_at, format!("`database`: {e} ({})", e.hint())))?;
+                config.database = Some(text);
+            }
+            "host_id" => {
+                let id = string(item)?.to_string_lossy().into_owned();
+                if !valid_host_id(&id) {
+                    return Err((
+                        value_at,
+                        "`host_id` must be 1 to 64 letters, digits, `.`, `_` or `-`".into(),
+                    ));
+                }
+                config.host_id = Some(id);
+            }
+            "audit" => {
+                let Some(table) = item.as_table() else {
+                    return Err((value_at, "`audit` must be a table: [audit]".into()));
+                };
+                config.audit = parse_audit(table)?;
+            }
             "state_dir" => config.state_dir = Some(string(item)?),
             "plugins" => {
                 let Some(Value::Array(array)) = item.as_value() else {
@@ -313,6 +384,37 @@ pub fn parse(text: &str) -> Result<Config, (usize, String)> {
         }
     }
     Ok(config)
+}
+
+fn parse_audit(table: &Table) -> Result<AuditConfig, (usize, String)> {
+    let mut audit = AuditConfig::default();
+    for (key, item) in table.iter() {
+        let at = table.key(key).and_then(|k| k.span()).map_or(0, |s| s.start);
+        let value_at = item.span().map_or(at, |s| s.start);
+        let number = |low: i64, high: i64| {
+            item.as_integer()
+                .filter(|n| (low..=high).contains(n))
+                .ok_or((
+                    value_at,
+                    format!("`{key}` must be a number from {low} to {high}"),
+                ))
+        };
+        match key {
+            "queue" => audit.queue = Some(number(1, 10_000_000)? as usize),
+            "wait" => audit.wait = Some(number(1, 3600)? as u64),
+            "sync" => match item.as_str() {
+                Some(v @ ("full" | "normal")) => audit.sync = Some(v.to_string()),
+                _ => return Err((value_at, "`sync` must be \"full\" or \"normal\"".into())),
+            },
+            other => {
+                return Err((
+                    at,
+                    format!("unknown key `{other}` in [audit] (the keys are queue, sync, wait)"),
+                ))
+            }
+        }
+    }
+    Ok(audit)
 }
 
 fn parse_trust(table: &Table) -> Result<TrustConfig, (usize, String)> {
@@ -393,6 +495,32 @@ mod tests {
         assert_eq!(c.plugins, [PathBuf::from("/a"), PathBuf::from("/b")]);
         assert_eq!(c.allow_uids, [1000]);
         assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_database_and_audit() {
+        let c = parse(
+            "database = \"postgres://u:p@db/stockade\"\nhost_id = \"web-1\"\n[audit]\nqueue = 500\nsync = \"normal\"\nwait = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.database.as_deref(), Some("postgres://u:p@db/stockade"));
+        assert_eq!(c.host_id.as_deref(), Some("web-1"));
+        assert_eq!(
+            c.audit,
+            AuditConfig {
+                queue: Some(500),
+                sync: Some("normal".into()),
+                wait: Some(5)
+            }
+        );
+        let (_, message) = parse("database = \"mysql://x\"\n").unwrap_err();
+        assert!(message.contains("not a database location"), "{message}");
+        let (_, message) = parse("host_id = \"a b\"\n").unwrap_err();
+        assert!(message.contains("letters, digits"), "{message}");
+        let (_, message) = parse("[audit]\nsync = \"off\"\n").unwrap_err();
+        assert!(message.contains("\"full\" or \"normal\""), "{message}");
+        let (_, message) = parse("[audit]\nqueue = 0\n").unwrap_err();
+        assert!(message.contains("from 1"), "{message}");
     }
 
     #[test]

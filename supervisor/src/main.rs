@@ -113,11 +113,73 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The audit log: the records that match, oldest first (or `verify`). Reads the daemon's
+    /// database directly, running or not.
+    #[command(args_conflicts_with_subcommands = true)]
+    Audit {
+        #[command(subcommand)]
+        command: Option<AuditCommand>,
+        /// Only this plugin's records.
+        #[arg(long, value_name = "ID")]
+        plugin: Option<String>,
+        /// Only records of this kind (call, lifecycle, load, unload, reload, upgrade, violation,
+        /// limit, trust, daemon, audit).
+        #[arg(long, value_name = "KIND")]
+        kind: Option<String>,
+        /// Only this host's records (its host id).
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
+        /// Only records since then: a duration back from now (2h, 7d) or an RFC 3339 time.
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// At most this many records.
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        limit: u32,
+        /// One JSON object per record.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// The registry: which host runs which version of which plugin; with an id, that plugin's
+    /// versions and their capabilities.
+    Registry {
+        #[arg(value_name = "ID")]
+        id: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
     /// Probe what each isolation layer can do on this kernel.
     Doctor {
         /// Print the probe as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// Which database `audit` and `registry` read.
+#[derive(clap::Args)]
+struct DatabaseArgs {
+    /// The database: sqlite:PATH or postgres://USER:PASSWORD@HOST/DB [default: the daemon
+    /// configuration's, else sqlite:/var/lib/stockade/stockade.db].
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+    /// The daemon's configuration [default: /etc/stockade/daemon.toml, when it exists].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Prove every audit chain: each record's hash, its link to the one before, no gap, the
+    /// chain's head; names the first broken record. Exits 0 only when every chain holds.
+    Verify {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DatabaseArgs,
     },
 }
 
@@ -555,6 +617,37 @@ fn main() -> ExitCode {
             json,
         } => cli::trust::verify(&dir, &pubkey, config.as_deref(), json),
         Command::Doctor { json } => doctor(json),
+        Command::Audit {
+            command: Some(AuditCommand::Verify { json, db }),
+            ..
+        } => cli::audit::database(db.config.as_deref(), db.database.as_deref())
+            .and_then(|db| cli::audit::verify(&db.location, json)),
+        Command::Audit {
+            command: None,
+            plugin,
+            kind,
+            host,
+            since,
+            limit,
+            json,
+            db,
+        } => cli::audit::database(db.config.as_deref(), db.database.as_deref()).and_then(|db| {
+            cli::audit::list(
+                &db.location,
+                &cli::audit::Query {
+                    plugin,
+                    kind,
+                    host,
+                    since,
+                    limit,
+                    json,
+                },
+            )
+        }),
+        Command::Registry { id, json, db } => {
+            cli::audit::database(db.config.as_deref(), db.database.as_deref())
+                .and_then(|db| cli::audit::registry(&db.location, id.as_deref(), json))
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

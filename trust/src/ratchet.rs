@@ -51,7 +51,8 @@ const FORMAT: u32 = 1;
 
 #[derive(Debug)]
 pub struct Ratchet {
-    path: PathBuf,
+    /// Where it is kept; `None`: its owner keeps it (the daemon, in its database).
+    path: Option<PathBuf>,
     plugins: BTreeMap<String, Mark>,
     rotations: Vec<String>,
     list_serial: u64,
@@ -142,12 +143,39 @@ impl Ratchet {
             }
         };
         Ok(Ratchet {
-            path: path.to_path_buf(),
+            path: Some(path.to_path_buf()),
             plugins: file.plugins,
             rotations: file.rotations,
             list_serial: file.list_serial,
             list_digest: file.list_digest,
         })
+    }
+
+    /// A ratchet its owner keeps: the changes stay in memory, and the owner stores each one
+    /// (the daemon: in its database, before it acts on it).
+    pub fn detached(
+        plugins: BTreeMap<String, Mark>,
+        rotations: Vec<String>,
+        list_serial: u64,
+        list_digest: Option<String>,
+    ) -> Ratchet {
+        Ratchet {
+            path: None,
+            plugins,
+            rotations,
+            list_serial,
+            list_digest,
+        }
+    }
+
+    /// What it holds: the marks, the rotations, the trust list's serial and digest.
+    pub fn parts(&self) -> (&BTreeMap<String, Mark>, &[String], u64, Option<&str>) {
+        (
+            &self.plugins,
+            &self.rotations,
+            self.list_serial,
+            self.list_digest.as_deref(),
+        )
     }
 
     /// Whether `version`/`sequence`/`digest`, signed by `key`, may be accepted for `plugin`.
@@ -272,13 +300,16 @@ impl Ratchet {
     }
 
     fn store(&self) -> Result<(), RatchetError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
         let io = |source| RatchetError::Io {
-            path: self.path.clone(),
+            path: path.clone(),
             source,
         };
-        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(io)?;
-        let tmp = self.path.with_extension("tmp");
+        let tmp = path.with_extension("tmp");
         let body = serde_json::to_vec_pretty(&File {
             format: FORMAT,
             plugins: self.plugins.clone(),
@@ -296,7 +327,7 @@ impl Ratchet {
             .map_err(io)?;
         f.write_all(&body).map_err(io)?;
         f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)?;
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io)?;

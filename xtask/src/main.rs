@@ -125,7 +125,7 @@ fn test(extra: &[&str]) -> Result<()> {
     cmd.args(["test", "--workspace", "--no-fail-fast"])
         .args(&args)
         .env("RUST_BACKTRACE", "1")
-        .env("STOCKADE_XTASK", std::env::current_exe()?)
+        .env("STOCKADE_XTASK", this_executable()?)
         .stdout(Stdio::piped());
     match &cluster {
         Ok(c) => {
@@ -228,6 +228,18 @@ fn unsafe_geteuid() -> u32 {
 }
 
 /// Installs Debian packages, once: a package already installed is not fetched again.
+/// This program's path, for the tests to run it (`xtask postgres`). A build during the run may
+/// replace the file: the kernel then names the old one "PATH (deleted)", and the new one is at
+/// PATH.
+fn this_executable() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let text = exe.to_string_lossy();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    })
+}
+
 /// A PostgreSQL URL without its password.
 fn postgres_shown(url: &str) -> String {
     match url

@@ -13,14 +13,15 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-pub const USAGE: &str = "cargo xtask postgres start DIR | stop DIR | restart DIR";
+pub const USAGE: &str =
+    "cargo xtask postgres start DIR | stop DIR | pause DIR | resume DIR | restart DIR";
 
 /// `nobody:nogroup` on Debian.
 const NOBODY: u32 = 65534;
 
 pub struct Cluster {
     pub dir: PathBuf,
-    /// `postgres://stockade:PASSWORD@127.0.0.1:PORT/postgres`.
+    /// `postgres://stockade:PASSWORD@127.0.0.1:PORT/stockade` (a database the role owns).
     pub url: String,
 }
 
@@ -141,10 +142,11 @@ pub fn start(dir: &Path) -> Result<Cluster> {
             ])
             .arg(format!(
                 "CREATE ROLE stockade LOGIN CREATEDB PASSWORD '{password}'"
-            )),
-        "creating the role stockade",
+            ))
+            .args(["-c", "CREATE DATABASE stockade OWNER stockade"]),
+        "creating the role and database stockade",
     )?;
-    let url = format!("postgres://stockade:{password}@127.0.0.1:{port}/postgres");
+    let url = format!("postgres://stockade:{password}@127.0.0.1:{port}/stockade");
     std::fs::write(dir.join("url"), &url)?;
     Ok(Cluster {
         dir: dir.to_path_buf(),
@@ -173,8 +175,8 @@ fn pg_ctl_start(bin: &Path, dir: &Path, port: u16) -> Result<()> {
     )
 }
 
-/// Stops the cluster in `dir` and removes the directory.
-pub fn stop(dir: &Path) -> Result<()> {
+/// Stops the server in `dir`, if it runs; its data stays.
+pub fn pause(dir: &Path) -> Result<()> {
     let bin = bin_dir()?;
     let data = dir.join("data");
     if data.join("postmaster.pid").exists() {
@@ -190,26 +192,21 @@ pub fn stop(dir: &Path) -> Result<()> {
             "pg_ctl stop",
         )?;
     }
-    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     Ok(())
 }
 
-/// Restarts the server in `dir` (a test of a database that goes away and comes back).
-pub fn restart(dir: &Path) -> Result<()> {
+/// Starts the server in `dir` again, on its port.
+pub fn resume(dir: &Path) -> Result<()> {
     let bin = bin_dir()?;
     let port: u16 = std::fs::read_to_string(dir.join("port"))?.trim().parse()?;
-    run(
-        as_nobody(&bin.join("pg_ctl")).args([
-            "stop",
-            "--wait",
-            "--mode",
-            "fast",
-            "--pgdata",
-            &dir.join("data").to_string_lossy(),
-        ]),
-        "pg_ctl stop",
-    )?;
     pg_ctl_start(&bin, dir, port)
+}
+
+/// Stops the server in `dir` and removes the directory.
+pub fn stop(dir: &Path) -> Result<()> {
+    pause(dir)?;
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    Ok(())
 }
 
 pub fn command(args: &[&str]) -> Result<()> {
@@ -220,7 +217,9 @@ pub fn command(args: &[&str]) -> Result<()> {
             Ok(())
         }
         ["stop", dir] => stop(Path::new(dir)),
-        ["restart", dir] => restart(Path::new(dir)),
+        ["pause", dir] => pause(Path::new(dir)),
+        ["resume", dir] => resume(Path::new(dir)),
+        ["restart", dir] => pause(Path::new(dir)).and_then(|()| resume(Path::new(dir))),
         _ => bail!("usage: {USAGE}"),
     }
 }

@@ -35,7 +35,14 @@ const ADDITION_LISTS: &[(&str, &[&str])] = &[
     ("ipc", &["connect"]),
     ("syscalls", &["allow", "deny"]),
 ];
-pub(crate) const METHOD_KEYS: &[&str] = &["params", "result", "timeout", "max_in_flight"];
+pub(crate) const METHOD_KEYS: &[&str] = &[
+    "params",
+    "result",
+    "timeout",
+    "max_in_flight",
+    "audit_params",
+    "redact",
+];
 pub(crate) const LIFECYCLE_KEYS: &[&str] = &[
     "restart",
     "start_limit",
@@ -450,6 +457,8 @@ impl Checker<'_> {
         let mut result = None;
         let mut timeout = DEFAULT_CALL_TIMEOUT;
         let mut max_in_flight = DEFAULT_MAX_IN_FLIGHT;
+        let mut audit_params = false;
+        let mut redact = Vec::new();
         for e in self.entries(table, METHOD_KEYS, Place::Method) {
             match e.key {
                 "params" => params = self.schema(&e),
@@ -463,6 +472,22 @@ impl Checker<'_> {
                     if let Some(n) = self.integer_in(&e, 1, MAX_IN_FLIGHT, None) {
                         max_in_flight = n as u32;
                     }
+                }
+                "audit_params" => match e.item.as_bool() {
+                    Some(b) => audit_params = b,
+                    None => self.type_error(&e, "true or false"),
+                },
+                "redact" => {
+                    redact = self
+                        .bounded_string_array(
+                            &e,
+                            MAX_REDACT,
+                            "names",
+                            "name the fields that hold secrets, not every field",
+                        )
+                        .into_iter()
+                        .map(|(s, _)| s.to_string())
+                        .collect()
                 }
                 _ => {}
             }
@@ -482,6 +507,8 @@ impl Checker<'_> {
             result,
             timeout,
             max_in_flight,
+            audit_params,
+            redact,
         })
     }
 

@@ -187,19 +187,19 @@ async fn dispatch(
     uid: u32,
 ) -> Result<Value, RpcError> {
     // `allow_downgrade` is the operator's explicit override of the rollback ratchet, recorded
-    // with the uid that asked.
-    let downgrade =
-        (params.get("allow_downgrade").and_then(Value::as_bool) == Some(true)).then_some(uid);
+    // with the uid that asked (as every request is).
+    let downgrade = params.get("allow_downgrade").and_then(Value::as_bool) == Some(true);
     match method {
         "plugin.load" => {
             let dir = PathBuf::from(text(&params, "dir")?);
-            host.load(&dir, downgrade).await
+            host.load(&dir, Some(uid), downgrade).await
         }
-        "plugin.unload" => host.unload(text(&params, "id")?).await,
-        "plugin.reload" => host.reload(text(&params, "id")?).await,
+        "plugin.unload" => host.unload(text(&params, "id")?, Some(uid)).await,
+        "plugin.reload" => host.reload(text(&params, "id")?, Some(uid)).await,
         "plugin.upgrade" => {
             let dir = PathBuf::from(text(&params, "dir")?);
-            host.upgrade(text(&params, "id")?, &dir, downgrade).await
+            host.upgrade(text(&params, "id")?, &dir, Some(uid), downgrade)
+                .await
         }
         "plugin.list" => Ok(host.list()),
         "plugin.status" => host.status_of(text(&params, "id")?),
@@ -222,7 +222,7 @@ async fn dispatch(
             let plugin = text(&params, "plugin")?.to_string();
             let method = text(&params, "method")?.to_string();
             let args = params.get("params").cloned().unwrap_or(Value::Null);
-            host.call(&plugin, &method, args).await
+            host.call(&plugin, &method, args, Some(uid)).await
         }
         "events.subscribe" => {
             let (recent, events) = host.subscribe();

@@ -17,9 +17,12 @@ use stockade::monitor::event::Object;
 use stockade::package::{Package, PackageError};
 use stockade::rpc::{code, Methods, RpcError};
 use stockade::sandbox::{EndReason, Request};
+use stockade_state::audit::AuditLog;
+use stockade_state::chain::Record;
+use stockade_state::{Installation, PluginRow, Storage, VersionRow};
 use stockade_trust::keyring::Keyring;
 use stockade_trust::ratchet::{Mark, Ratchet};
-use tokio::sync::{broadcast, Notify, Semaphore};
+use tokio::sync::{broadcast, mpsc, Notify, Semaphore};
 
 use crate::conn::{Conn, Sink};
 use crate::logs::{self, now_ms, Logs};
@@ -37,6 +40,17 @@ pub struct Config {
     pub store: PathBuf,
     /// The host's monitors, loaded (or joined) once at start; `None` when they did not load.
     pub monitor: Option<Arc<Mutex<stockade::monitor::Monitor>>>,
+    /// The registry (and the trust state), shared with the hosts of a fleet.
+    pub storage: Arc<dyn Storage>,
+    /// This host's audit log.
+    pub audit: Arc<AuditLog>,
+    /// This host's name in the database.
+    pub host_id: String,
+    /// How long an answer waits for its audit record's commit.
+    pub audit_wait: Duration,
+    /// What this host offers: the registry keeps each version's capabilities in the words of
+    /// `stockade policy explain` on it.
+    pub probe: stockade::probe::Probe,
 }
 
 /// Events kept for `stockade events` without `--follow`.
@@ -46,17 +60,21 @@ const RECENT_EVENTS: usize = 1000;
 pub struct Events {
     tx: broadcast::Sender<Value>,
     recent: Mutex<std::collections::VecDeque<Value>>,
+    /// Where the events the audit log keeps go too.
+    audit: Arc<AuditLog>,
 }
 
 impl Events {
-    fn new() -> Events {
+    fn new(audit: Arc<AuditLog>) -> Events {
         Events {
             tx: broadcast::channel(4096).0,
             recent: Mutex::new(std::collections::VecDeque::new()),
+            audit,
         }
     }
 
     pub fn send(&self, event: Value) {
+        crate::audit::record_event(&self.audit, &event);
         // Under the lock, so that `subscribe` sees each event once: in its list or on its
         // receiver.
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
@@ -80,7 +98,9 @@ pub struct Host {
     keyring: Mutex<Arc<Keyring>>,
     ratchet: Mutex<Ratchet>,
     /// Held by each commit for its check and record together.
-    committing: Mutex<()>,
+    committing: tokio::sync::Mutex<()>,
+    /// Installation states for the registry, written in order by a task of their own.
+    registry: mpsc::UnboundedSender<Installation>,
     /// Names the next sealed copy below `<state_root>/store/`.
     next_seal: AtomicU64,
     plugins: Mutex<BTreeMap<String, Arc<Plugin>>>,
@@ -208,14 +228,17 @@ impl Host {
     /// to them); `ratchet`: the host's trust state, from `<state_root>/trust/state.json`.
     pub fn new(config: Config, keyring: Keyring, ratchet: Ratchet) -> Arc<Host> {
         let ids = IdRanges::at(&config.state_root.join("idmap.json"));
+        let (registry, updates) = mpsc::unbounded_channel();
+        tokio::spawn(write_installations(config.storage.clone(), updates));
         Arc::new(Host {
             keyring: Mutex::new(Arc::new(keyring)),
+            events: Arc::new(Events::new(config.audit.clone())),
             config,
             ratchet: Mutex::new(ratchet),
-            committing: Mutex::new(()),
+            committing: tokio::sync::Mutex::new(()),
+            registry,
             next_seal: AtomicU64::new(1),
             plugins: Mutex::new(BTreeMap::new()),
-            events: Arc::new(Events::new()),
             ids,
             stopping: AtomicBool::new(false),
             next_run: AtomicU64::new(1),
@@ -253,6 +276,17 @@ impl Host {
                     "to": t.to.name(),
                     "reason": t.reason,
                 }));
+                let _ = self.registry.send(Installation {
+                    host: self.config.host_id.clone(),
+                    plugin: plugin.id.clone(),
+                    version: st.package.manifest.version.to_string(),
+                    state: t.to.name().to_string(),
+                    reason: match &t.to {
+                        State::Failed(r) | State::Quarantined(r) => Some(r.clone()),
+                        _ => None,
+                    },
+                    updated_ms: t.at_ms as i64,
+                });
             }
             Err(e) => tracing::warn!(plugin = %plugin.id, "{e} ({reason})"),
         }
@@ -368,81 +402,218 @@ impl Host {
 
     /// Moves the rollback ratchet to `package`: the daemon now runs this version; and remembers
     /// the key rotation it carried, if its signature needed one (the new key is then trusted for
-    /// every plugin, as its old key was). Checked again first, under the ratchet's lock (another
+    /// every plugin, as its old key was). Checked again first, under the commit lock (another
     /// load or upgrade of the plugin may have moved it since this one was verified), unless the
-    /// operator allowed a downgrade. Stored before it returns; an error means the version must
-    /// not become the active one.
+    /// operator allowed a downgrade. The registry records the version (with its capabilities)
+    /// and this host's installation of it, and the ratchet is stored, before it returns; an
+    /// error means the version must not become the active one.
     async fn commit(
         self: &Arc<Self>,
         package: &Arc<Package>,
         allow_downgrade: bool,
     ) -> Result<(), RpcError> {
-        let host = self.clone();
-        let package_id = package.manifest.id.clone();
-        let package = package.clone();
-        tokio::task::spawn_blocking(move || {
-            let (sequence, digest) = package.ratchet_key();
-            let mark = Mark {
-                version: package.manifest.version.to_string(),
-                sequence,
-                digest,
-                key: package.signer.as_ref().map(|s| s.key.to_string()),
-                at: now_ms() / 1000,
-            };
-            // One commit at a time: the check and the record under the same lock.
-            let _one = host.committing.lock().unwrap_or_else(|e| e.into_inner());
-            if !allow_downgrade {
-                host.check_ratchet(&keyring_now(&host), &package)
-                    .map_err(|r| Committed::Refused(r.to_string(), r.kind(), r.hint()))?;
-            }
-            let mut ratchet = host.ratchet.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(r) = &package.rotation {
-                ratchet
-                    .remember_rotation(r.text())
-                    .map_err(|e| Committed::Store(e.to_string()))?;
-                let mut keyring = host.keyring.lock().unwrap_or_else(|e| e.into_inner());
-                let mut next = Keyring::clone(&keyring);
-                if let Ok(true) = next.introduce(r, true) {
-                    tracing::info!(
-                        from = %r.from,
-                        to = %r.to.id(),
-                        "key rotation accepted (carried by plugin `{}`)",
-                        package.manifest.id
-                    );
-                    host.events.send(json!({
-                        "type": "trust",
-                        "at_ms": now_ms(),
-                        "plugin": package.manifest.id,
-                        "decision": "key-rotated",
-                        "from": r.from.to_string(),
-                        "to": r.to.id().to_string(),
-                    }));
-                }
-                *keyring = Arc::new(next);
-            }
-            ratchet
-                .record(&package.manifest.id, mark)
-                .map_err(|e| Committed::Store(e.to_string()))
-        })
-        .await
-        .map_err(|e| refusal(code::INTERNAL_ERROR, e.to_string(), None))?
-        .map_err(|e| match e {
-            Committed::Refused(why, kind, hint) => RpcError {
-                code: ccode::UNTRUSTED,
-                message: format!("plugin `{}`: {why}", package_id),
-                data: Some(json!({ "hint": hint, "kind": kind })),
-            },
-            Committed::Store(e) => refusal(
-                code::INTERNAL_ERROR,
+        let id = package.manifest.id.clone();
+        let (sequence, digest) = package.ratchet_key();
+        let mark = Mark {
+            version: package.manifest.version.to_string(),
+            sequence,
+            digest: digest.clone(),
+            key: package.signer.as_ref().map(|s| s.key.to_string()),
+            at: now_ms() / 1000,
+        };
+        let stored = |e: stockade_state::StateError| {
+            refusal(
+                crate::audit::AUDIT_UNAVAILABLE,
                 format!("cannot record the accepted version: {e}"),
-                Some("the daemon's state directory must be writable"),
-            ),
-        })
+                Some(e.hint()),
+            )
+        };
+        let storage = &self.config.storage;
+        let host_id = &self.config.host_id;
+        // One commit at a time: the check and the record under the same lock.
+        let _one = self.committing.lock().await;
+        if !allow_downgrade {
+            self.check_ratchet(&keyring_now(self), package)
+                .map_err(|r| RpcError {
+                    code: ccode::UNTRUSTED,
+                    message: format!("plugin `{id}`: {r}"),
+                    data: Some(json!({ "hint": r.hint(), "kind": r.kind() })),
+                })?;
+        }
+        if let Some(r) = &package.rotation {
+            let text = r.text();
+            let known = self
+                .ratchet
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .rotations()
+                .contains(&text);
+            if !known {
+                storage.add_rotation(host_id, &text).await.map_err(stored)?;
+                let _ = self
+                    .ratchet
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remember_rotation(text);
+            }
+            let mut keyring = self.keyring.lock().unwrap_or_else(|e| e.into_inner());
+            let mut next = Keyring::clone(&keyring);
+            if let Ok(true) = next.introduce(r, true) {
+                tracing::info!(
+                    from = %r.from,
+                    to = %r.to.id(),
+                    "key rotation accepted (carried by plugin `{id}`)"
+                );
+                self.events.send(json!({
+                    "type": "trust",
+                    "at_ms": now_ms(),
+                    "plugin": id,
+                    "decision": "key-rotated",
+                    "from": r.from.to_string(),
+                    "to": r.to.id().to_string(),
+                }));
+            }
+            *keyring = Arc::new(next);
+        }
+        let now = now_ms() as i64;
+        let m = &package.manifest;
+        let plugin_row = PluginRow {
+            id: id.clone(),
+            name: m.name.clone(),
+            trust: package.trust.name().to_string(),
+            config: None,
+            first_seen_ms: now,
+            updated_ms: now,
+        };
+        let version_row = VersionRow {
+            plugin: id.clone(),
+            version: m.version.to_string(),
+            digest,
+            entry_sha3_512: package.entry_sha3_512.clone(),
+            signer: package.signer.as_ref().map(|s| s.key.to_string()),
+            sequence: sequence as i64,
+            published_s: package.signer.as_ref().and_then(|s| {
+                s.signed_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs() as i64)
+            }),
+            installed_ms: now,
+            capabilities: stockade::explain::explain(&package.policy, &self.config.probe),
+        };
+        storage
+            .commit_version(host_id, &plugin_row, &version_row)
+            .await
+            .map_err(stored)?;
+        storage
+            .set_mark(host_id, &id, &mark)
+            .await
+            .map_err(stored)?;
+        let _ = self
+            .ratchet
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(&id, mark);
+        Ok(())
     }
 
-    /// `plugin.load`: verifies the package, starts it and waits until it is active. A plugin that
-    /// cannot start is not kept.
+    /// Refuses a request when the audit log cannot take its record.
+    fn audit_ready(&self) -> Result<(), RpcError> {
+        self.config
+            .audit
+            .ready()
+            .map_err(|e| crate::audit::refusal(&e))
+    }
+
+    /// Records an operator's request (`by`: the uid that asked; none: the daemon itself) and its
+    /// outcome, and returns the outcome only once the record is committed.
+    async fn acknowledge(
+        &self,
+        kind: &str,
+        plugin: Option<&str>,
+        by: Option<u32>,
+        mut detail: Value,
+        result: Result<Value, RpcError>,
+    ) -> Result<Value, RpcError> {
+        if let (Value::Object(d), Value::Object(o)) = (&mut detail, crate::audit::outcome(&result))
+        {
+            d.extend(o);
+        }
+        let plugin = plugin.map(str::to_string).or_else(|| {
+            result
+                .as_ref()
+                .ok()
+                .and_then(|v| v["id"].as_str().map(str::to_string))
+        });
+        let record = Record::new(kind, plugin.as_deref(), &detail).by(by);
+        self.committed(record).await?;
+        result
+    }
+
+    /// Queues `record` and waits for its commit.
+    async fn committed(&self, record: Record) -> Result<(), RpcError> {
+        let audit = &self.config.audit;
+        let ticket = audit.append_always(record).ok_or_else(|| {
+            crate::audit::refusal(&stockade_state::audit::AuditError::Full {
+                queued: audit.stats().queued,
+                why: "its record could not be queued".into(),
+            })
+        })?;
+        audit
+            .durable(ticket, self.config.audit_wait)
+            .await
+            .map_err(|e| crate::audit::refusal(&e))
+    }
+
+    /// `plugin.load` asked by `by` (the daemon itself at start: none).
     pub async fn load(
+        self: &Arc<Self>,
+        dir: &Path,
+        by: Option<u32>,
+        allow_downgrade: bool,
+    ) -> Result<Value, RpcError> {
+        self.audit_ready()?;
+        let downgrade = allow_downgrade.then(|| by.unwrap_or(0));
+        let result = self.load_package(dir, downgrade).await;
+        let detail = json!({ "dir": dir, "allow_downgrade": allow_downgrade });
+        self.acknowledge("load", None, by, detail, result).await
+    }
+
+    /// `plugin.unload` asked by `by`.
+    pub async fn unload(self: &Arc<Self>, id: &str, by: Option<u32>) -> Result<Value, RpcError> {
+        self.audit_ready()?;
+        let result = self.unload_plugin(id).await;
+        self.acknowledge("unload", Some(id), by, json!({}), result)
+            .await
+    }
+
+    /// `plugin.reload` asked by `by`.
+    pub async fn reload(self: &Arc<Self>, id: &str, by: Option<u32>) -> Result<Value, RpcError> {
+        self.audit_ready()?;
+        let result = self.reload_plugin(id).await;
+        self.acknowledge("reload", Some(id), by, json!({}), result)
+            .await
+    }
+
+    /// `plugin.upgrade` asked by `by`.
+    pub async fn upgrade(
+        self: &Arc<Self>,
+        id: &str,
+        dir: &Path,
+        by: Option<u32>,
+        allow_downgrade: bool,
+    ) -> Result<Value, RpcError> {
+        self.audit_ready()?;
+        let downgrade = allow_downgrade.then(|| by.unwrap_or(0));
+        let result = self.upgrade_package(id, dir, downgrade).await;
+        let detail = json!({ "dir": dir, "allow_downgrade": allow_downgrade });
+        self.acknowledge("upgrade", Some(id), by, detail, result)
+            .await
+    }
+
+    /// Verifies the package, starts it and waits until it is active. A plugin that cannot start
+    /// is not kept.
+    async fn load_package(
         self: &Arc<Self>,
         dir: &Path,
         allow_downgrade: Option<u32>,
@@ -518,7 +689,7 @@ impl Host {
         if started.is_ok() {
             if let Err(e) = self.commit(&package, allow_downgrade.is_some()).await {
                 drop(op);
-                let _ = self.unload(&id).await;
+                let _ = self.unload_plugin(&id).await;
                 return Err(e);
             }
         }
@@ -771,7 +942,7 @@ impl Host {
     /// old one serves; then new calls go to the new one, the old one's calls in flight finish
     /// (until the longest call timeout of its methods), and the old one is stopped. When the new
     /// one cannot start or initialize, the old one keeps serving and the upgrade fails.
-    pub async fn upgrade(
+    async fn upgrade_package(
         self: &Arc<Self>,
         id: &str,
         dir: &Path,
@@ -1078,8 +1249,8 @@ impl Host {
         wait_end(run).await;
     }
 
-    /// `plugin.unload`: stops the plugin and forgets it.
-    pub async fn unload(self: &Arc<Self>, id: &str) -> Result<Value, RpcError> {
+    /// Stops the plugin and forgets it.
+    async fn unload_plugin(self: &Arc<Self>, id: &str) -> Result<Value, RpcError> {
         let plugin = self.plugin(id)?;
         // No start may follow: a restart waiting out its backoff sees this and gives up; a
         // start under way finishes first (the operation lock), then is stopped here.
@@ -1114,35 +1285,72 @@ impl Host {
         Ok(self.status(&plugin, false))
     }
 
-    /// `plugin.reload`: stops the plugin if it runs and starts it again from its package (a
-    /// quarantined or failed plugin too: this is the operator's explicit request).
-    pub async fn reload(self: &Arc<Self>, id: &str) -> Result<Value, RpcError> {
+    /// Stops the plugin if it runs and starts it again from its package (a quarantined or failed
+    /// plugin too: this is the operator's explicit request).
+    async fn reload_plugin(self: &Arc<Self>, id: &str) -> Result<Value, RpcError> {
         let plugin = self.plugin(id)?;
         let dir = {
             let st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
             st.package.source.clone()
         };
-        self.unload(id).await?;
+        self.unload_plugin(id).await?;
         // Verified again from its directory, as any load.
-        self.load(&dir, None).await
+        self.load_package(&dir, None).await
     }
 
-    /// `call`: checks the method and its params, then forwards the call to the active run.
+    /// `call` by `by`: refused before anything happens when the audit log cannot take its
+    /// record; answered once its record (method, duration, outcome; the parameters only when
+    /// the manifest says so) is committed.
     pub async fn call(
         self: &Arc<Self>,
         id: &str,
         method: &str,
         params: Value,
+        by: Option<u32>,
+    ) -> Result<Value, RpcError> {
+        self.audit_ready()?;
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let begin = Instant::now();
+        let mut logged = Value::Null;
+        let outcome = self
+            .call_plugin(id, method, params, &request_id, &mut logged)
+            .await;
+        let mut detail = json!({
+            "method": method,
+            "duration_ms": begin.elapsed().as_secs_f64() * 1000.0,
+            "params": logged,
+        });
+        if let (Value::Object(d), Value::Object(o)) = (&mut detail, crate::audit::outcome(&outcome))
+        {
+            d.extend(o);
+        }
+        let record = Record::new("call", Some(id), &detail)
+            .request(&request_id)
+            .by(by);
+        self.committed(record).await?;
+        outcome
+    }
+
+    /// Checks the method and its params, then forwards the call to the active run. `logged`:
+    /// the parameters as the audit log may keep them.
+    async fn call_plugin(
+        self: &Arc<Self>,
+        id: &str,
+        method: &str,
+        params: Value,
+        request_id: &str,
+        logged: &mut Value,
     ) -> Result<Value, RpcError> {
         let plugin = self.plugin(id)?;
         let (methods, run, timeout) = {
             let st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
-            let timeout = st.package.manifest.methods.get(method).map(|m| m.timeout);
+            let declared = st.package.manifest.methods.get(method);
+            *logged = crate::audit::loggable_params(declared, &params);
+            let timeout = declared.map(|m| m.timeout);
             // Counted while the run is chosen, so an upgrade that switches runs waits for it.
             let run = st.run.clone().map(CallCount::new);
             (st.methods.clone(), run, timeout)
         };
-        let request_id = uuid::Uuid::new_v4().to_string();
         let begin = Instant::now();
         let mark = plugin.logs.mark();
         let outcome: Result<Value, RpcError> = async {
@@ -1170,7 +1378,7 @@ impl Host {
                     )
                 })?;
             let timeout = timeout.unwrap_or(stockade_policy::manifest::DEFAULT_CALL_TIMEOUT);
-            let result = run.conn.call(&request_id, method, &params, timeout).await;
+            let result = run.conn.call(request_id, method, &params, timeout).await;
             drop(permit);
             match &result {
                 Err(e) if e.code == code::TIMEOUT => {
@@ -1280,7 +1488,7 @@ impl Host {
             let host = self.clone();
             let id = id.clone();
             async move {
-                let _ = host.unload(&id).await;
+                let _ = host.unload_plugin(&id).await;
             }
         });
         for stop in stops.collect::<Vec<_>>() {
@@ -1488,11 +1696,17 @@ fn describe_end_json(end: &Option<Ended>) -> Value {
     v
 }
 
-/// Why a commit did not happen.
-enum Committed {
-    /// The ratchet moved meanwhile: (reason, kind, hint).
-    Refused(String, &'static str, &'static str),
-    Store(String),
+/// Writes the installation states of this host's plugins to the registry, in order; a failure
+/// is logged (the audit log has the transitions; the next state written corrects the row).
+async fn write_installations(
+    storage: Arc<dyn Storage>,
+    mut updates: mpsc::UnboundedReceiver<Installation>,
+) {
+    while let Some(row) = updates.recv().await {
+        if let Err(e) = storage.set_installation(&row).await {
+            tracing::warn!(plugin = %row.plugin, "registry: {e}");
+        }
+    }
 }
 
 /// The keyring verifications use now.

@@ -1,16 +1,19 @@
 //! `stockade-daemon` (run as `stockade daemon`): hosts plugins as long-lived sandboxed services.
 //!
-//! Start-up: root check, the trust set up (keys, rotations, the trust list, the host's trust
+//! Start-up: root check, the database opened (the registry and the audit log; the daemon never
+//! runs unaudited), the trust set up (keys, rotations, the trust list, the host's trust
 //! state; any problem stops the daemon before anything exists), the cgroups of sandboxes a killed
 //! daemon left are swept, this daemon's store of sealed copies taken (stores of daemons that are
 //! gone removed), the eBPF monitors loaded once (or the host's set joined), the control socket
 //! bound, then every package in the `--plugins` directories loaded. SIGTERM or SIGINT stops every plugin and exits 0.
 
+mod audit;
 mod conn;
 mod control;
 mod host;
 mod logs;
 mod sandbox;
+mod state;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +52,14 @@ struct Args {
     /// load is logged.
     #[arg(long)]
     allow_unsigned: bool,
+    /// Where the registry and the audit log are: sqlite:PATH, postgres://USER:PASSWORD@HOST/DB,
+    /// or memory: (tests) [default: sqlite:<state dir>/stockade.db].
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+    /// This host's name in the database (its audit chain, trust state and installations)
+    /// [default: the host name].
+    #[arg(long, value_name = "ID")]
+    host_id: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -92,16 +103,65 @@ fn start(mut args: Args) -> anyhow::Result<()> {
     plugins.append(&mut args.plugins);
     let mut allow_uid = config.allow_uids;
     allow_uid.append(&mut args.allow_uid);
-    // The trust first: a configuration that names a bad key, rotation or list stops here, before
-    // anything exists (the trust state's directory is made only to store a rotation or a list).
-    let state_path = state_dir.join("trust").join("state.json");
-    let mut ratchet = stockade_trust::ratchet::Ratchet::open(&state_path).map_err(|e| {
+    let database = args
+        .database
+        .or(config.database)
+        .unwrap_or_else(|| stockade::daemon_config::default_database(&state_dir));
+    let location = stockade_state::Location::parse(&database)
+        .map_err(|e| anyhow::anyhow!("--database: {e}\n  hint: {}", e.hint()))?;
+    if let Some(id) = args.host_id.as_deref() {
+        if !stockade::daemon_config::valid_host_id(id) {
+            anyhow::bail!(
+                "--host-id `{id}`: not a host id\n  hint: 1 to 64 letters, digits, `.`, `_` or `-`"
+            );
+        }
+    }
+    let host_id =
+        stockade::daemon_config::host_id(args.host_id.as_deref().or(config.host_id.as_deref()));
+    let options = stockade_state::Options {
+        sync: match config.audit.sync.as_deref() {
+            Some("normal") => stockade_state::Sync::Normal,
+            _ => stockade_state::Sync::Full,
+        },
+        read_only: false,
+    };
+    let audit_wait = std::time::Duration::from_secs(config.audit.wait.unwrap_or(30));
+    // Half the cores for the daemon's async work (at least one): the plugins answering its calls
+    // need the rest. Measured on 2 cores, one worker serves 72,000 calls/s where two, contending
+    // with each other and the plugin, served 59,000 (docs/benchmarks.md).
+    let workers = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?;
+    // The state directory before the database in it: the sandboxes reach their sealed copies
+    // through it (a database directory made first would be 0700).
+    std::fs::create_dir_all(state_dir.join("plugins")).map_err(|e| {
         anyhow::anyhow!(
-            "{e}\n  hint: it records the versions, key rotations and trust list this host \
-             accepted; restore it from a backup (removing it forgets them: older packages would \
-             load again)"
+            "cannot create the state directory {}: {e}",
+            state_dir.display()
         )
     })?;
+    // The state first: a database that cannot be opened, or written, stops the daemon here.
+    let opened = runtime.block_on(state::open(
+        &location,
+        &options,
+        &host_id,
+        config.audit.queue.unwrap_or(state::DEFAULT_QUEUE),
+        &state_dir,
+    ))?;
+    let before = {
+        let (marks, rotations, serial, digest) = opened.ratchet.parts();
+        stockade_state::TrustState {
+            marks: marks.clone(),
+            rotations: rotations.to_vec(),
+            list_serial: serial,
+            list_digest: digest.map(str::to_string),
+        }
+    };
+    let mut ratchet = opened.ratchet;
+    // Then the trust: a configuration that names a bad key, rotation or list stops here, before
+    // anything exists.
     let keyring = stockade::daemon_config::daemon_keyring(
         &config.trust,
         &args.pubkey,
@@ -110,6 +170,12 @@ fn start(mut args: Args) -> anyhow::Result<()> {
         true,
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
+    runtime.block_on(state::store_trust(
+        opened.storage.as_ref(),
+        &host_id,
+        &before,
+        &ratchet,
+    ))?;
     if keyring.allow_unsigned {
         tracing::warn!(
             "unsigned packages are allowed (--allow-unsigned): a development mode; they run untrusted"
@@ -125,12 +191,6 @@ fn start(mut args: Args) -> anyhow::Result<()> {
         anyhow::anyhow!("cgroups: {e}\n  hint: `stockade doctor` shows what this host offers")
     })?;
     stockade::cgroup::sweep_orphans(&layout);
-    std::fs::create_dir_all(state_dir.join("plugins")).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot create the state directory {}: {e}",
-            state_dir.display()
-        )
-    })?;
     raise_open_files();
     // Sealed copies of packages: one store per daemon process, held by a lock; the stores of
     // daemons (and runs) that are gone are removed: nothing runs from them now.
@@ -149,14 +209,11 @@ fn start(mut args: Args) -> anyhow::Result<()> {
     };
     let socket = stockade::control::socket_path(args.socket.as_deref());
     let access = control::Access { uids: allow_uid };
-    // Half the cores for the daemon's async work (at least one): the plugins answering its calls
-    // need the rest. Measured on 2 cores, one worker serves 72,000 calls/s where two, contending
-    // with each other and the plugin, served 59,000 (docs/benchmarks.md).
-    let workers = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()?;
+    let (storage, audit) = (opened.storage, opened.audit);
+    let shown = location.display();
+    runtime.block_on(state::started(storage.as_ref(), &audit, &host_id, &shown))?;
+    tracing::info!(database = %shown, host = %host_id, "state opened");
+    let probe = stockade::probe::Probe::run();
     let result = runtime.block_on(async {
         // The signal handlers before the socket: whoever sees the socket may stop the daemon,
         // and a SIGTERM between the two would otherwise be missed (tokio delivers a signal only
@@ -169,6 +226,11 @@ fn start(mut args: Args) -> anyhow::Result<()> {
                 state_root: state_dir.clone(),
                 store: store.dir.clone(),
                 monitor: monitor.clone(),
+                storage: storage.clone(),
+                audit: audit.clone(),
+                host_id: host_id.clone(),
+                audit_wait,
+                probe,
             },
             keyring,
             ratchet,
@@ -190,6 +252,23 @@ fn start(mut args: Args) -> anyhow::Result<()> {
         server.abort();
         let _ = std::fs::remove_file(&socket);
         host.stop_all().await;
+        let stopped = stockade_state::chain::Record::new(
+            "daemon",
+            None,
+            &serde_json::json!({ "event": "stopped", "pid": std::process::id() }),
+        );
+        if let Err(e) = audit
+            .record(stopped, std::time::Duration::from_secs(10))
+            .await
+        {
+            tracing::error!("the audit log: {e}");
+        }
+        let left = audit.close(std::time::Duration::from_secs(10)).await;
+        if left > 0 {
+            tracing::error!(
+                "the audit log: {left} records could not be committed before the daemon stopped"
+            );
+        }
         anyhow::Ok(())
     });
     // The runtime (and any verification still in its blocking pool) is gone before the store.
@@ -233,7 +312,7 @@ async fn load_directory(host: &std::sync::Arc<host::Host>, dir: &std::path::Path
         .collect();
     packages.sort();
     for package in packages {
-        match host.load(&package, None).await {
+        match host.load(&package, None, false).await {
             Ok(status) => tracing::info!(
                 plugin = status["id"].as_str().unwrap_or("?"),
                 "loaded from {}",

@@ -504,17 +504,10 @@ fn host_trust(
     pubkeys: &[PathBuf],
     allow_unsigned: bool,
 ) -> Result<(Keyring, stockade_trust::ratchet::Ratchet), Failure> {
-    let config = stockade::daemon_config::read(config)
-        .map_err(|e| Failure::usage(format!("{e:#}"), "see docs/plugins.md"))?
-        .unwrap_or_default();
-    let state_dir = config
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/var/lib/stockade"));
-    let mut state = stockade_trust::ratchet::Ratchet::open(&state_dir.join("trust/state.json"))
-        .map_err(|e| Failure::internal(e.to_string(), None))?;
+    let db = crate::cli::audit::database(config, None)?;
+    let mut state = crate::cli::audit::trust_state(&db)?;
     let ring = stockade::daemon_config::daemon_keyring(
-        &config.trust,
+        &db.config.trust,
         pubkeys,
         allow_unsigned,
         &mut state,

@@ -48,8 +48,10 @@ pub fn sign(dir: &Path, key: &Path, args: &[&str]) -> Output {
 
 pub const ECHO_METHODS: &str = r#"
 [methods.echo]
-params = { type = "object", properties = { text = { type = "string" }, sleep_ms = { type = "integer" } }, additionalProperties = false }
+params = { type = "object", properties = { text = { type = "string" }, sleep_ms = { type = "integer" }, password = { type = "string" }, note = { type = "string" } }, additionalProperties = false }
 timeout = "5s"
+audit_params = true
+redact = ["note"]
 
 [methods.go]
 params = { type = "object" }
@@ -91,7 +93,8 @@ impl Daemon {
         cmd
     }
 
-    fn spawn(&mut self, extra: &[&str]) {
+    /// Starts the daemon (again) on this directory, with `extra`; returns once it listens.
+    pub fn spawn(&mut self, extra: &[&str]) {
         let log = std::fs::File::create(self.dir.join("daemon.log")).expect("daemon log");
         let child = self
             .command()
@@ -316,6 +319,43 @@ trust = "{trust}"
         names.sort();
         names.dedup();
         names
+    }
+
+    /// SIGKILL: the daemon dies at once (its sandboxes stay until the next daemon sweeps them).
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL the daemon");
+        child.wait().expect("reap the daemon");
+    }
+
+    /// The daemon's SQLite database (the default one, in its state directory).
+    pub fn database(&self) -> String {
+        format!("sqlite:{}", self.dir.join("state/stockade.db").display())
+    }
+
+    /// `stockade audit --json` on `database`, with `args`: the records.
+    pub fn audit(database: &str, args: &[&str]) -> Vec<Value> {
+        let out = Command::new(super::stockade())
+            .args(["audit", "--json", "--database", database])
+            .args(args)
+            .output()
+            .expect("stockade audit");
+        assert!(out.status.success(), "stockade audit: {out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON record"))
+            .collect()
+    }
+
+    /// `stockade audit verify --json` on `database`: (exit code, verdict).
+    pub fn audit_verify(database: &str) -> (i32, Value) {
+        let out = Command::new(super::stockade())
+            .args(["audit", "verify", "--json", "--database", database])
+            .output()
+            .expect("stockade audit verify");
+        let verdict = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("a JSON verdict: {out:?}"));
+        (out.status.code().unwrap_or(-1), verdict)
     }
 
     pub fn stop(&mut self) -> std::process::ExitStatus {

@@ -1,0 +1,671 @@
+//! The daemon's registry and audit log for real: a real daemon records every request and call
+//! with who asked (and nothing secret), a tampered database is found by `stockade audit verify`
+//! (SQLite edited with the sqlite3 shell, PostgreSQL with psql), a bad database stops the daemon
+//! before it starts, a daemon killed mid-burst or mid-load has lost no acknowledged record, two
+//! daemons share one PostgreSQL registry, and a PostgreSQL restart is survived while a full queue
+//! refuses new work.
+
+mod harness;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use harness::daemon::Daemon;
+use harness::postgres;
+use serde_json::{json, Value};
+
+fn echo_package(d: &Daemon, name: &str, id: &str) -> std::path::PathBuf {
+    d.package(name, id, "1.0.0", "serve", "")
+}
+
+/// The records of `kind` among `records`.
+fn of_kind<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["kind"] == kind).collect()
+}
+
+fn sqlite3(db: &Path, sql: &str) {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("run sqlite3 (`cargo xtask setup` installs it)");
+    assert!(out.status.success(), "sqlite3 {sql}: {out:?}");
+}
+
+/// The broken record `audit verify` names: (exit code, seq, kind).
+fn broken(database: &str) -> (i32, i64, String) {
+    let (code, verdict) = Daemon::audit_verify(database);
+    let b = verdict["chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|c| c["broken"].as_object().cloned())
+        .unwrap_or_default();
+    (
+        code,
+        b.get("seq").and_then(Value::as_i64).unwrap_or(0),
+        b.get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+    )
+}
+
+fn one_line_refusal(out: &Output, cause: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{cause}: {out:?}");
+    let last: Vec<&str> = err.lines().rev().take(2).collect();
+    assert!(
+        last.len() == 2 && last[0].trim_start().starts_with("hint: "),
+        "{err}"
+    );
+    assert!(
+        last[1].starts_with("stockade daemon: ") && last[1].contains(cause),
+        "expected {cause:?} in:\n{err}"
+    );
+}
+
+#[test]
+fn every_request_and_call_is_in_the_audit_log_and_the_chain_holds() {
+    if !harness::privileged("state::every_request_and_call_is_in_the_audit_log") {
+        return;
+    }
+    let mut d = Daemon::start("audit-log", &[]);
+    let dir = echo_package(&d, "echo", "echo");
+    d.load(&dir);
+    for n in 0..3 {
+        let params =
+            json!({ "text": format!("hello {n}"), "password": "hunter2", "note": "private" });
+        assert_eq!(
+            d.call("echo", "echo", params).unwrap()["text"],
+            format!("hello {n}")
+        );
+    }
+    // Refused before the plugin: an undeclared method, bad params, an unknown plugin.
+    assert!(d.call("echo", "rm", json!({})).is_err());
+    assert!(d.call("echo", "echo", json!({ "text": 5 })).is_err());
+    assert!(d.call("nobody", "echo", json!({})).is_err());
+    // A method whose manifest does not mark its params loggable.
+    d.call("echo", "go", json!({ "secret_plan": "x" })).unwrap();
+    d.request("plugin.unload", json!({ "id": "echo" })).unwrap();
+    let db = d.database();
+    let records = Daemon::audit(&db, &[]);
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds[0], "daemon", "{kinds:?}");
+    assert_eq!(records[0]["detail"]["event"], "started");
+    // Who asked: the test runs as root.
+    let load = of_kind(&records, "load");
+    assert_eq!(load.len(), 1);
+    assert_eq!(
+        (
+            &load[0]["plugin"],
+            &load[0]["actor"],
+            &load[0]["detail"]["outcome"]
+        ),
+        (&json!("echo"), &json!(0), &json!("ok"))
+    );
+    let trust = of_kind(&records, "trust");
+    assert_eq!(trust[0]["detail"]["decision"], "accepted");
+    let to: Vec<&str> = of_kind(&records, "lifecycle")
+        .iter()
+        .map(|r| r["detail"]["to"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        to,
+        [
+            "verified",
+            "loading",
+            "initializing",
+            "active",
+            "stopping",
+            "stopped"
+        ]
+    );
+    // Every call, refused ones too, each with its own request id; params only where the
+    // manifest allows, with secrets redacted.
+    let calls = of_kind(&records, "call");
+    assert_eq!(calls.len(), 7, "{calls:#?}");
+    let mut ids: Vec<&str> = calls
+        .iter()
+        .map(|c| c["request_id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 7, "a request id per call");
+    assert_eq!(
+        calls[0]["detail"]["params"],
+        json!({ "text": "hello 0", "password": "<redacted>", "note": "<redacted>" })
+    );
+    assert_eq!(calls[0]["detail"]["outcome"], "ok");
+    assert!(calls[0]["detail"]["duration_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        (&calls[3]["detail"]["method"], &calls[3]["detail"]["code"]),
+        (&json!("rm"), &json!(-32601))
+    );
+    assert_eq!(calls[5]["detail"]["code"], -32010, "the unknown plugin");
+    assert_eq!(
+        (&calls[6]["detail"]["method"], &calls[6]["detail"]["params"]),
+        (&json!("go"), &Value::Null),
+        "never logged unless the manifest says so"
+    );
+    let text = std::fs::read(d.dir.join("state/stockade.db")).unwrap();
+    let wal = std::fs::read(d.dir.join("state/stockade.db-wal")).unwrap_or_default();
+    for bytes in [&text, &wal] {
+        assert!(
+            !bytes.windows(7).any(|w| w == b"hunter2"),
+            "a password reached the database"
+        );
+    }
+    assert_eq!(of_kind(&records, "unload")[0]["actor"], 0);
+    // Filters.
+    assert_eq!(
+        Daemon::audit(&db, &["--kind", "call", "--plugin", "nobody"]).len(),
+        1
+    );
+    assert_eq!(
+        Daemon::audit(&db, &["--since", "1h", "--kind", "load"]).len(),
+        1
+    );
+    assert!(Daemon::audit(&db, &["--since", "2099-01-01T00:00:00Z"]).is_empty());
+    // The registry: the version, its capabilities, this host's installation.
+    let out = Command::new(harness::stockade())
+        .args(["registry", "--json", "--database", &db])
+        .output()
+        .unwrap();
+    let registry: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(registry["installations"][0]["plugin"], "echo");
+    assert_eq!(registry["installations"][0]["state"], "stopped");
+    assert_eq!(registry["plugins"][0]["trust"], "untrusted");
+    let out = Command::new(harness::stockade())
+        .args(["registry", "echo", "--json", "--database", &db])
+        .output()
+        .unwrap();
+    let versions: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let caps = versions["versions"][0]["capabilities"].as_str().unwrap();
+    assert!(caps.contains("filesystem"), "{caps}");
+    assert!(versions["versions"][0]["signer"].is_string());
+    // A clean stop is recorded; the chain holds.
+    assert!(d.stop().success());
+    let records = Daemon::audit(&db, &[]);
+    assert_eq!(records.last().unwrap()["detail"]["event"], "stopped");
+    let (code, verdict) = Daemon::audit_verify(&db);
+    assert_eq!((code, &verdict["ok"]), (0, &json!(true)), "{verdict}");
+    assert_eq!(
+        verdict["chains"][0]["records"].as_u64().unwrap() as usize,
+        records.len()
+    );
+}
+
+#[test]
+fn tampering_with_the_database_is_found_by_audit_verify() {
+    if !harness::privileged("state::tampering_with_the_database_is_found") {
+        return;
+    }
+    let mut d = Daemon::start("audit-tamper", &[]);
+    d.load(&echo_package(&d, "echo", "echo"));
+    for n in 0..5 {
+        d.call("echo", "echo", json!({ "text": n.to_string() }))
+            .unwrap();
+    }
+    assert!(d.stop().success());
+    let db = d.database();
+    let file = d.dir.join("state/stockade.db");
+    assert_eq!(broken(&db), (0, 0, String::new()));
+    // Edited: what a call returned.
+    sqlite3(
+        &file,
+        "UPDATE audit SET detail = replace(detail, '\"ok\"', '\"error\"') WHERE seq = 9",
+    );
+    assert_eq!(broken(&db), (1, 9, "edited".into()));
+    sqlite3(
+        &file,
+        "UPDATE audit SET detail = replace(detail, '\"error\"', '\"ok\"') WHERE seq = 9",
+    );
+    assert_eq!(broken(&db).0, 0, "restored");
+    // Deleted: a record in the middle.
+    sqlite3(
+        &file,
+        "CREATE TABLE saved AS SELECT * FROM audit WHERE seq = 4; DELETE FROM audit WHERE seq = 4",
+    );
+    assert_eq!(broken(&db), (1, 4, "missing".into()));
+    sqlite3(
+        &file,
+        "INSERT INTO audit SELECT * FROM saved; DROP TABLE saved",
+    );
+    // Reordered: two records swap places.
+    sqlite3(
+        &file,
+        "UPDATE audit SET seq = -1 WHERE seq = 6; UPDATE audit SET seq = 6 WHERE seq = 7; UPDATE audit SET seq = 7 WHERE seq = -1",
+    );
+    let (code, seq, _) = broken(&db);
+    assert_eq!((code, seq), (1, 6));
+    // The text output names the record.
+    let out = Command::new(harness::stockade())
+        .args(["audit", "verify", "--database", &db])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("BROKEN at record 6"), "{text}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("hint:"),
+        "{out:?}"
+    );
+
+    let Some(admin) = postgres::admin("state::tampering_with_the_database_is_found (PostgreSQL)")
+    else {
+        return;
+    };
+    let url = postgres::database(&admin, "tamper");
+    let mut d = Daemon::start("audit-tamper-pg", &["--database", &url]);
+    d.load(&echo_package(&d, "echo", "echo"));
+    for n in 0..5 {
+        d.call("echo", "echo", json!({ "text": n.to_string() }))
+            .unwrap();
+    }
+    assert!(d.stop().success());
+    assert_eq!(broken(&url), (0, 0, String::new()));
+    postgres::psql(&url, "UPDATE audit SET at_ms = at_ms + 1 WHERE seq = 9");
+    assert_eq!(broken(&url), (1, 9, "edited".into()));
+    postgres::psql(&url, "UPDATE audit SET at_ms = at_ms - 1 WHERE seq = 9");
+    postgres::psql(&url, "DELETE FROM audit WHERE seq = 3");
+    assert_eq!(broken(&url), (1, 3, "missing".into()));
+}
+
+#[test]
+fn a_bad_database_stops_the_daemon_before_it_starts() {
+    if !harness::privileged("state::a_bad_database_stops_the_daemon") {
+        return;
+    }
+    let d = Daemon::start("audit-bad", &[]);
+    let db = d.dir.join("state/stockade.db");
+    let mut d = d;
+    assert!(d.stop().success());
+    // Each must exit on its own, at once (a daemon that started anyway is killed after 30 s
+    // and the test fails).
+    let run = |args: &[&str]| -> Output {
+        let err = d.dir.join("refused.log");
+        let mut child = d
+            .command()
+            .args(args)
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .expect("run the daemon");
+        let until = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the daemon started with {args:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!d.socket.exists(), "a refused daemon left its socket");
+        Output {
+            status,
+            stdout: Vec::new(),
+            stderr: std::fs::read(&err).unwrap(),
+        }
+    };
+    // Not a location.
+    one_line_refusal(
+        &run(&["--database", "mysql://db/x"]),
+        "not a database location",
+    );
+    // A schema from a newer Stockade.
+    sqlite3(
+        &db,
+        "INSERT INTO stockade_schema (version, description, applied_ms) VALUES (99, 'future', 0)",
+    );
+    one_line_refusal(&run(&[]), "newer than this Stockade's 1");
+    // Not a database at all.
+    std::fs::write(
+        &db,
+        b"not a database, just bytes, long enough to have a header..........",
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(d.dir.join("state/stockade.db-wal"));
+    let _ = std::fs::remove_file(d.dir.join("state/stockade.db-shm"));
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("hint:"),
+        "{out:?}"
+    );
+    let Some(admin) = postgres::admin("state::a_bad_database_stops_the_daemon (PostgreSQL)") else {
+        return;
+    };
+    let missing = postgres::with_database(&admin, "no_such_database");
+    one_line_refusal(
+        &run(&["--database", &missing]),
+        "the database does not exist",
+    );
+    let wrong = admin.replacen("stockade:", "stockade:x", 1);
+    let out = run(&["--database", &wrong]);
+    one_line_refusal(&out, "the password was refused");
+    let password = admin
+        .split_once("stockade:")
+        .and_then(|(_, r)| r.split_once('@'))
+        .unwrap()
+        .0;
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains(password),
+        "the password was shown"
+    );
+    // Nobody answers there.
+    one_line_refusal(
+        &run(&["--database", "postgres://stockade:x@127.0.0.1:1/db"]),
+        "127.0.0.1:1",
+    );
+}
+
+#[test]
+fn a_killed_daemon_loses_no_acknowledged_record() {
+    if !harness::privileged("state::a_killed_daemon_loses_no_acknowledged_record") {
+        return;
+    }
+    let mut d = Daemon::start("audit-crash", &[]);
+    d.load(&echo_package(&d, "echo", "echo"));
+    // A burst of calls from four threads; SIGKILL in the middle of it.
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let socket = d.socket.clone();
+    let callers: Vec<_> = (0..4)
+        .map(|t| {
+            let acked = acked.clone();
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                for n in 0.. {
+                    let token = format!("t{t}-{n}");
+                    let Ok(mut s) = std::os::unix::net::UnixStream::connect(&socket) else {
+                        return;
+                    };
+                    use std::io::{BufRead, Write};
+                    let req = json!({"jsonrpc": "2.0", "id": 1, "method": "call",
+                        "params": {"plugin": "echo", "method": "echo", "params": {"text": token}}});
+                    if s.write_all(format!("{req}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                    let mut line = String::new();
+                    if std::io::BufReader::new(s).read_line(&mut line).is_err() {
+                        return;
+                    }
+                    match serde_json::from_str::<Value>(&line) {
+                        Ok(v) if v.get("result").is_some() => acked.lock().unwrap().push(token),
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    // Emulated (the VM runner), calls are about a hundred times slower.
+    let want = if harness::emulated_vm() { 30 } else { 200 };
+    let until = Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < want && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    d.kill();
+    for c in callers {
+        c.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= want, "only {} calls answered", acked.len());
+    let db = d.database();
+    let recorded: std::collections::HashSet<String> =
+        Daemon::audit(&db, &["--kind", "call", "--limit", "1000000"])
+            .iter()
+            .filter_map(|r| r["detail"]["params"]["text"].as_str().map(str::to_string))
+            .collect();
+    let missing: Vec<&String> = acked.iter().filter(|t| !recorded.contains(*t)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged calls have no record: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert_eq!(
+        Daemon::audit_verify(&db).0,
+        0,
+        "the chain holds after SIGKILL"
+    );
+    // The next daemon says what the dead one left running.
+    d.spawn(&[]);
+    let started = Daemon::audit(&db, &["--kind", "daemon"]);
+    let last = started.last().unwrap();
+    assert_eq!(last["detail"]["event"], "started");
+    assert_eq!(
+        last["detail"]["left_running_by_a_previous_daemon"],
+        json!(["echo"])
+    );
+    // SIGKILL during a load: the next daemon starts, the chain holds, nothing says active.
+    let load = d.request_in_background(
+        "plugin.load",
+        json!({ "dir": echo_package(&d, "echo2", "echo") }),
+    );
+    std::thread::sleep(Duration::from_millis(150));
+    d.kill();
+    let _ = load.join();
+    d.spawn(&[]);
+    assert_eq!(Daemon::audit_verify(&db).0, 0);
+    let out = d.cli(&["registry", "--json", "--database", &db]);
+    let registry: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for i in registry["installations"].as_array().unwrap() {
+        assert_eq!(i["state"], "stopped", "{registry}");
+    }
+    let dir = echo_package(&d, "echo3", "echo");
+    d.load(&dir);
+    assert_eq!(
+        d.call("echo", "echo", json!({ "text": "again" })).unwrap()["text"],
+        "again"
+    );
+    assert!(d.stop().success());
+    assert_eq!(Daemon::audit_verify(&db).0, 0);
+}
+
+#[test]
+fn two_daemons_share_one_postgresql_registry() {
+    if !harness::privileged("state::two_daemons_share_one_postgresql_registry") {
+        return;
+    }
+    let Some(admin) = postgres::admin("state::two_daemons_share_one_postgresql_registry") else {
+        return;
+    };
+    let url = postgres::database(&admin, "fleet");
+    let mut a = Daemon::start("fleet-a", &["--database", &url, "--host-id", "host-a"]);
+    let mut b = Daemon::start("fleet-b", &["--database", &url, "--host-id", "host-b"]);
+    a.load(&a.package("echo", "echo", "1.0.0", "serve", ""));
+    b.load(&b.package("echo", "echo", "1.1.0", "serve", ""));
+    // Both write at once.
+    let calls = |d: &Daemon, host: &str| {
+        for n in 0..100 {
+            d.call("echo", "echo", json!({ "text": format!("{host}-{n}") }))
+                .unwrap();
+        }
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| calls(&a, "a"));
+        s.spawn(|| calls(&b, "b"));
+    });
+    // Each sees the other's installation.
+    let out = a.cli(&["registry", "--json", "--database", &url]);
+    let registry: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen: Vec<(String, String, String)> = registry["installations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["host"].as_str().unwrap().to_string(),
+                i["version"].as_str().unwrap().to_string(),
+                i["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("host-a".into(), "1.0.0".into(), "active".into()),
+            ("host-b".into(), "1.1.0".into(), "active".into())
+        ]
+    );
+    assert_eq!(registry["hosts"].as_array().unwrap().len(), 2);
+    let versions: Value = serde_json::from_slice(
+        &a.cli(&["registry", "echo", "--json", "--database", &url])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(versions["versions"].as_array().unwrap().len(), 2);
+    // Each host's own chain; both hold; each has its own 100 calls.
+    assert!(a.stop().success());
+    assert!(b.stop().success());
+    let (code, verdict) = Daemon::audit_verify(&url);
+    assert_eq!(code, 0, "{verdict}");
+    assert_eq!(verdict["chains"].as_array().unwrap().len(), 2);
+    for host in ["host-a", "host-b"] {
+        assert_eq!(
+            Daemon::audit(&url, &["--host", host, "--kind", "call"]).len(),
+            100
+        );
+    }
+    // A second daemon claiming host-a's id while host-a runs: its records are refused, and it
+    // says so.
+    a.spawn(&["--database", &url, "--host-id", "host-a"]);
+    let intruder = Daemon::start("fleet-c", &["--database", &url, "--host-id", "host-a"]);
+    let err = a
+        .request(
+            "plugin.load",
+            json!({ "dir": a.package("echo", "echo", "1.0.0", "serve", "") }),
+        )
+        .unwrap_err();
+    assert_eq!(err["code"], -32017, "{err}");
+    drop(intruder);
+    drop(a);
+    drop(b);
+}
+
+#[test]
+fn a_postgresql_restart_is_survived_and_a_full_queue_refuses_new_work() {
+    if !harness::privileged("state::a_postgresql_restart_is_survived") {
+        return;
+    }
+    let Some(server) = postgres::Server::start("pg-restart") else {
+        return;
+    };
+    let config = harness::scratch_dir("pg-restart-config").join("daemon.toml");
+    std::fs::write(&config, "[audit]\nqueue = 20\nwait = 3\n").unwrap();
+    let config = config.to_string_lossy().into_owned();
+    let mut d = Daemon::start(
+        "pg-restart",
+        &["--database", &server.url, "--config", &config],
+    );
+    d.load(&echo_package(&d, "echo", "echo"));
+    // A restart while calls go on: they wait, none is lost, none fails.
+    let caller = {
+        let socket = d.socket.clone();
+        std::thread::spawn(move || {
+            let mut answered = 0;
+            for n in 0..40 {
+                let out = Command::new(harness::stockade())
+                    .args([
+                        "call",
+                        "echo",
+                        "echo",
+                        &json!({ "text": format!("r{n}") }).to_string(),
+                    ])
+                    .env("STOCKADE_SOCKET", &socket)
+                    .output()
+                    .unwrap();
+                if out.status.success() {
+                    answered += 1;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            answered
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    server.restart();
+    assert_eq!(
+        caller.join().unwrap(),
+        40,
+        "every call answered across the restart"
+    );
+    // Down for longer: an answer waits at most `wait`, then says why (its record is kept and
+    // committed later); once the queue is full, new calls and loads are refused before anything
+    // happens.
+    server.pause();
+    let waiting: Vec<_> = (0..25)
+        .map(|n| {
+            d.request_in_background(
+                "call",
+                json!({ "plugin": "echo", "method": "echo", "params": { "text": format!("down {n}") } }),
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    let err = d
+        .call("echo", "echo", json!({ "text": "refused" }))
+        .unwrap_err();
+    assert_eq!(err["code"], -32017, "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("is full"),
+        "a full queue refuses calls: {err}"
+    );
+    for w in waiting {
+        let answer: Value = serde_json::from_str(&w.join().unwrap()).unwrap();
+        let message = answer["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            message.contains("not committed") || message.contains("is full"),
+            "{answer}"
+        );
+    }
+    let err = d
+        .request(
+            "plugin.load",
+            json!({ "dir": echo_package(&d, "other", "other") }),
+        )
+        .unwrap_err();
+    assert_eq!(err["code"], -32017);
+    assert!(
+        d.status("echo")["state"] == "active",
+        "the plugin keeps running"
+    );
+    server.resume();
+    // The queued records are committed; work is accepted again.
+    let until = Instant::now() + Duration::from_secs(30);
+    while d.call("echo", "echo", json!({ "text": "after" })).is_err() {
+        assert!(
+            Instant::now() < until,
+            "calls are not accepted again: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(d.stop().success());
+    let texts: Vec<String> = Daemon::audit(&server.url, &["--kind", "call", "--limit", "100000"])
+        .iter()
+        .filter_map(|r| r["detail"]["params"]["text"].as_str().map(str::to_string))
+        .collect();
+    for n in 0..25 {
+        assert!(
+            texts.contains(&format!("down {n}")),
+            "down {n}: the records kept while the server was down were committed"
+        );
+    }
+    assert!(
+        !texts.contains(&"refused".to_string()),
+        "a refused call did not run"
+    );
+    for n in 0..40 {
+        assert!(texts.contains(&format!("r{n}")), "r{n} missing");
+    }
+    let (code, verdict) = Daemon::audit_verify(&server.url);
+    assert_eq!(code, 0, "{verdict}");
+}
