@@ -1,7 +1,8 @@
 //! `cargo xtask bench launch`: the cold start of a sandboxed /bin/true, stockade beside its peers.
 //! `cargo xtask bench monitors`: what the eBPF monitors cost and how fast they act
 //! (bench_monitors.rs). `cargo xtask bench daemon`: the daemon's calls and loads
-//! (bench_daemon.rs).
+//! (bench_daemon.rs). `cargo xtask bench trust`: verification (bench_trust.rs). `cargo xtask
+//! bench registry`: what the audit log costs the calls (bench_registry.rs).
 //!
 //! The commands run interleaved (A B C A B C ...) rather than one after another, so that the
 //! machine's noise falls on all of them alike; the result is quoted as medians and ratios, never
@@ -23,6 +24,9 @@ mod daemon;
 
 #[path = "bench_trust.rs"]
 mod trust;
+
+#[path = "bench_registry.rs"]
+mod registry;
 
 struct Contender {
     name: &'static str,
@@ -70,11 +74,13 @@ pub fn run(args: &[&str]) -> Result<()> {
         Some("monitors") => return monitors::run(&args[1..]),
         Some("daemon") => return daemon::run(&args[1..]),
         Some("trust") => return trust::run(&args[1..]),
+        Some("registry") => return registry::run(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask bench launch [--runs N] [--no-record]\n       {}\n       {}\n       {}",
+            "usage: cargo xtask bench launch [--runs N] [--no-record]\n       {}\n       {}\n       {}\n       {}",
             monitors::USAGE,
             daemon::USAGE,
-            trust::USAGE
+            trust::USAGE,
+            registry::USAGE
         ),
     }
     let runs: usize = flag_value(args, "--runs")

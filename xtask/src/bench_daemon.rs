@@ -80,6 +80,31 @@ impl Conn {
     }
 }
 
+/// Calls per second with `in_flight` requests outstanding on one connection (a new one sent for
+/// each answer), for `duration`.
+pub(super) fn throughput(
+    socket: &Path,
+    call: &Value,
+    in_flight: usize,
+    duration: Duration,
+) -> Result<f64> {
+    let mut pipe = Conn::open(socket)?;
+    for _ in 0..in_flight {
+        pipe.send("call", call)?;
+    }
+    let until = Instant::now() + duration;
+    let mut total = 0u64;
+    while Instant::now() < until {
+        pipe.receive()?;
+        total += 1;
+        pipe.send("call", call)?;
+    }
+    for _ in 0..in_flight {
+        pipe.receive()?;
+    }
+    Ok(total as f64 / duration.as_secs_f64())
+}
+
 /// A publisher key for the benchmark's packages: `dir/keys/bench.{key,pub}`.
 pub(super) fn generate_key(bin: &Path, dir: &Path) -> Result<PathBuf> {
     let keys = dir.join("keys");
@@ -324,22 +349,7 @@ pub fn run(args: &[&str]) -> Result<()> {
     // 3. Throughput with 64 calls in flight: one connection keeping 64 requests outstanding (a
     // new one sent for each answer), as an asynchronous client would.
     let in_flight = 64;
-    let duration = Duration::from_secs(3);
-    let mut pipe = Conn::open(&daemon.socket)?;
-    for _ in 0..in_flight {
-        pipe.send("call", &call)?;
-    }
-    let until = Instant::now() + duration;
-    let mut total = 0u64;
-    while Instant::now() < until {
-        pipe.receive()?;
-        total += 1;
-        pipe.send("call", &call)?;
-    }
-    for _ in 0..in_flight {
-        pipe.receive()?;
-    }
-    let per_sec = total as f64 / duration.as_secs_f64();
+    let per_sec = throughput(&daemon.socket, &call, in_flight, Duration::from_secs(3))?;
 
     // 4. Idle: N plugins loaded, the daemon's memory and wakeups.
     control.request("plugin.unload", json!({ "id": "bench-echo" }))?;

@@ -1,0 +1,189 @@
+//! `cargo xtask bench registry`: what the audit log costs the daemon's calls. Every call is
+//! answered only once its audit record is committed (group commit: one transaction per batch of
+//! waiting records), so the cost shows in the calls' throughput and round trip. Measured side by
+//! side, interleaved round by round, on four daemons that differ only in their database:
+//!
+//! - `memory:` — the records are kept in memory and "committed" at once: the floor, nothing durable;
+//! - SQLite with `synchronous = FULL` (the default: each group commit synced, a power loss keeps
+//!   what was acknowledged);
+//! - SQLite with `synchronous = NORMAL` (`[audit] sync = "normal"`: a daemon crash keeps it);
+//! - PostgreSQL 15 on loopback (a throwaway server, its defaults: fsync and synchronous commit on).
+//!
+//! For each: calls per second with 64 in flight on one connection (each call is one audit
+//! record, so it is also the rate of durable records), and the p50 round trip of one call at a
+//! time. The target: the audit cuts the call throughput by at most 10% (≥ 0.90 of the floor).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde_json::json;
+
+use super::daemon::{generate_key, package, sign, start_daemon, throughput, Conn, RemoveOnDrop};
+use super::{build_release, flag_number, machine, median, percentile, replace_section, today};
+use crate::workspace_root;
+
+pub const USAGE: &str = "cargo xtask bench registry [--rounds N] [--seconds N] [--no-record]";
+
+struct Setup {
+    name: &'static str,
+    database: String,
+    config: &'static str,
+    throughput: Vec<f64>,
+    p50_us: Vec<f64>,
+}
+
+struct PgServer(PathBuf);
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = crate::postgres::stop(&self.0);
+    }
+}
+
+pub fn run(args: &[&str]) -> Result<()> {
+    let rounds = flag_number(args, "--rounds", 5)?;
+    let seconds = flag_number(args, "--seconds", 3)?;
+    let record = !args.contains(&"--no-record");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the registry benchmark needs root (the daemon creates sandboxes)");
+    }
+    crate::setup::state()?;
+    build_release(&[
+        "stockade",
+        "stockade-daemon",
+        "stockade-shim",
+        "stockade-example-echo-rust",
+    ])?;
+    let bin = crate::target_dir()?.join("x86_64-unknown-linux-gnu/release");
+    // Below /tmp: each plugin's uid must traverse the path to its package.
+    let dir = PathBuf::from(format!(
+        "/tmp/stockade-bench-registry-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let _cleanup = RemoveOnDrop(dir.clone());
+    let chmod = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))
+    };
+    chmod(&dir)?;
+    let pg = crate::postgres::start(&dir.join("pg"))?;
+    let _pg = PgServer(dir.join("pg"));
+    let key = generate_key(&bin, &dir)?;
+    let mut setups = vec![
+        Setup {
+            name: "memory: (nothing durable: the floor)",
+            database: "memory:".into(),
+            config: "",
+            throughput: vec![],
+            p50_us: vec![],
+        },
+        Setup {
+            name: "SQLite, sync = full (the default)",
+            database: String::new(),
+            config: "",
+            throughput: vec![],
+            p50_us: vec![],
+        },
+        Setup {
+            name: "SQLite, sync = normal",
+            database: String::new(),
+            config: "[audit]\nsync = \"normal\"\n",
+            throughput: vec![],
+            p50_us: vec![],
+        },
+        Setup {
+            name: "PostgreSQL 15, loopback",
+            database: pg.url.clone(),
+            config: "",
+            throughput: vec![],
+            p50_us: vec![],
+        },
+    ];
+    let mut daemons = Vec::new();
+    let call = json!({ "plugin": "bench-echo", "method": "echo", "params": { "text": "hi" } });
+    for (i, s) in setups.iter().enumerate() {
+        let own = dir.join(format!("daemon-{i}"));
+        std::fs::create_dir_all(&own)?;
+        chmod(&own)?;
+        let config = own.join("daemon.toml");
+        std::fs::write(&config, s.config)?;
+        let mut extra = vec![
+            "--config".to_string(),
+            config.to_string_lossy().into_owned(),
+        ];
+        if !s.database.is_empty() {
+            extra.extend(["--database".to_string(), s.database.clone()]);
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let daemon = start_daemon(&bin, &own, &key, &extra)?;
+        let pkg = package(&bin, &own, "bench-echo")?;
+        sign(&bin, &pkg, &key)?;
+        chmod(&own.join("packages"))?;
+        chmod(&pkg)?;
+        let mut control = Conn::open(&daemon.socket)?;
+        control.request("plugin.load", json!({ "dir": pkg }))?;
+        for _ in 0..1000 {
+            control.request("call", call.clone())?;
+        }
+        daemons.push((daemon, control));
+    }
+    let duration = Duration::from_secs(seconds as u64);
+    for round in 0..rounds {
+        for (s, (daemon, control)) in setups.iter_mut().zip(daemons.iter_mut()) {
+            s.throughput
+                .push(throughput(&daemon.socket, &call, 64, duration)?);
+            let mut us = Vec::with_capacity(2000);
+            for _ in 0..2000 {
+                let t = Instant::now();
+                control.request("call", call.clone())?;
+                us.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            s.p50_us.push(percentile(&us, 50.0));
+        }
+        eprintln!("round {}/{rounds} done", round + 1);
+    }
+    drop(daemons);
+    let floor_tp = median(&setups[0].throughput);
+    let floor_p50 = median(&setups[0].p50_us);
+    let mut table = String::from(
+        "| database | calls/s, 64 in flight (= durable records/s) | ÷ memory | call p50 | cost of one audited call (p50 − memory's) |\n|---|---|---|---|---|\n",
+    );
+    for s in &setups {
+        let tp = median(&s.throughput);
+        let p50 = median(&s.p50_us);
+        table.push_str(&format!(
+            "| {} | {tp:.0} | {:.3} | {p50:.1} µs | {:+.1} µs |\n",
+            s.name,
+            tp / floor_tp,
+            p50 - floor_p50
+        ));
+    }
+    let verdict = |i: usize| {
+        let r = median(&setups[i].throughput) / floor_tp;
+        format!("**{r:.2}** ({})", if r >= 0.90 { "met" } else { "NOT met" })
+    };
+    let summary = format!(
+        "Throughput with the audit ÷ without (target ≥ 0.90): SQLite full {}, SQLite normal {}, PostgreSQL {}.",
+        verdict(1),
+        verdict(2),
+        verdict(3)
+    );
+    println!("{table}\n{summary}");
+    if record {
+        let section = format!(
+            "Measured {} on {}: {rounds} rounds of {seconds} s each, interleaved, medians.\n\n{table}\n{summary}",
+            today(),
+            machine(),
+        );
+        replace_section(
+            &workspace_root().join("docs/benchmarks.md"),
+            "<!-- bench:registry:begin -->",
+            "<!-- bench:registry:end -->",
+            &section,
+        )?;
+    }
+    Ok(())
+}
