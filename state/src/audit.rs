@@ -163,6 +163,11 @@ impl AuditLog {
         self.shared.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The chain this log writes (the host id).
+    pub fn chain(&self) -> &str {
+        &self.shared.chain
+    }
+
     /// Whether a new action may start: the log is writable and has room for its records.
     pub fn ready(&self) -> Result<(), AuditError> {
         let q = self.queue();
@@ -191,6 +196,9 @@ impl AuditLog {
         let seq = {
             let mut q = self.queue();
             self.room(&q)?;
+            if q.closing {
+                return Err(AuditError::Stopped("the daemon is stopping".into()));
+            }
             q.push_lost(&self.shared.chain);
             q.push(&self.shared.chain, record)
         };
@@ -204,7 +212,7 @@ impl AuditLog {
     pub fn append_always(&self, record: Record) -> Option<Ticket> {
         let seq = {
             let mut q = self.queue();
-            if q.fatal.is_some() || q.queued() >= 2 * self.shared.capacity {
+            if q.fatal.is_some() || q.closing || q.queued() >= 2 * self.shared.capacity {
                 q.lost += 1;
                 tracing::error!(
                     kind = %record.kind,
@@ -220,6 +228,22 @@ impl AuditLog {
         };
         self.shared.wake.notify_one();
         Some(Ticket(seq))
+    }
+
+    /// Why [`AuditLog::append_always`] could not queue a record.
+    pub fn refusal(&self) -> AuditError {
+        let q = self.queue();
+        match (&q.fatal, q.closing) {
+            (Some(why), _) => AuditError::Stopped(why.clone()),
+            (None, true) => AuditError::Stopped("the daemon is stopping".into()),
+            (None, false) => AuditError::Full {
+                queued: q.queued(),
+                why: q
+                    .failing
+                    .clone()
+                    .unwrap_or_else(|| "it commits slower than records arrive".into()),
+            },
+        }
     }
 
     /// Waits until the record `ticket` is committed, at most `within`.
@@ -290,21 +314,16 @@ impl AuditLog {
 }
 
 /// Whether the records after `head` in the database are `batch` (committed by us).
-async fn ours(shared: &Shared, head: i64, batch: &[Entry]) -> bool {
-    match shared
+async fn ours(shared: &Shared, head: i64, batch: &[Entry]) -> Result<bool, StateError> {
+    let found = shared
         .storage
         .entries(&shared.chain, head, batch.len() as u32)
-        .await
-    {
-        Ok(found) => {
-            found.len() == batch.len()
-                && found
-                    .iter()
-                    .zip(batch)
-                    .all(|(f, b)| f.seq == b.seq && f.hash == b.hash)
-        }
-        Err(_) => false,
-    }
+        .await?;
+    Ok(found.len() == batch.len()
+        && found
+            .iter()
+            .zip(batch)
+            .all(|(f, b)| f.seq == b.seq && f.hash == b.hash))
 }
 
 /// The writer: takes what is queued, commits it in one transaction, tells the waiters; on a
@@ -349,7 +368,9 @@ async fn write(shared: Arc<Shared>, mut head: i64) {
                 // A commit whose answer was lost (the connection broke after the server
                 // committed) looks like another writer: it is ours when the records there are
                 // this batch.
-                Err(StateError::ChainTaken { .. }) if ours(&shared, head, &batch).await => {
+                Err(StateError::ChainTaken { .. })
+                    if matches!(ours(&shared, head, &batch).await, Ok(true)) =>
+                {
                     head = batch.last().map_or(head, |e| e.seq);
                     let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
                     q.in_flight = 0;
@@ -359,7 +380,21 @@ async fn write(shared: Arc<Shared>, mut head: i64) {
                     backoff = Duration::from_millis(20);
                     break;
                 }
-                Err(e @ StateError::ChainTaken { .. }) => {
+                // Unsure whether it was ours (the check itself failed): try again.
+                Err(StateError::ChainTaken { .. })
+                    if ours(&shared, head, &batch).await.is_err() =>
+                {
+                    note_failure(&shared, "cannot tell whether a commit went through".into());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                // Another writer, a record the database refuses, or another daemon holding the
+                // host: retrying cannot help, and going on would fork or lose the chain.
+                Err(
+                    e @ (StateError::ChainTaken { .. }
+                    | StateError::Corrupt { .. }
+                    | StateError::HostTaken { .. }),
+                ) => {
                     tracing::error!("audit log: {e}: nothing more is written");
                     let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
                     q.fatal = Some(e.to_string());

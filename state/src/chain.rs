@@ -6,14 +6,14 @@
 //! records) pointing past the end. Each host writes a chain of its own (named by its host id),
 //! so the daemons of a fleet never wait for each other's appends.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha3::{Digest, Sha3_256};
 use stockade_trust::hex;
 
 use crate::{ChainHead, StateError, Storage};
 
 /// What is recorded: the contents of one audit record, before it is chained.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// Milliseconds since the epoch.
     pub at_ms: i64,
@@ -28,12 +28,22 @@ pub struct Record {
     pub detail: String,
 }
 
+/// A name as a record keeps it: no NUL (PostgreSQL's text refuses it), at most 256 characters
+/// (a caller's unknown plugin id is recorded as given).
+fn name(text: &str) -> String {
+    text.chars()
+        .take(256)
+        .map(|c| if c == '\0' { '\u{fffd}' } else { c })
+        .collect()
+}
+
 impl Record {
     pub fn new(kind: &str, plugin: Option<&str>, detail: &serde_json::Value) -> Record {
+        // The detail is JSON text: a NUL in it is written as the escape \u0000.
         Record {
             at_ms: crate::now_ms(),
-            kind: kind.to_string(),
-            plugin: plugin.map(str::to_string),
+            kind: name(kind),
+            plugin: plugin.map(name),
             actor: None,
             request_id: None,
             detail: detail.to_string(),
@@ -46,13 +56,13 @@ impl Record {
     }
 
     pub fn request(mut self, id: &str) -> Record {
-        self.request_id = Some(id.to_string());
+        self.request_id = Some(name(id));
         self
     }
 }
 
-/// A record in its chain, as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A record in its chain, as stored (and exported).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     pub chain: String,
     pub seq: i64,
@@ -135,8 +145,11 @@ pub struct Break {
 /// Records read per round trip while verifying.
 const PAGE: u32 = 2000;
 
-/// Walks `head`'s chain from its base and checks every record: its number, its link to the one
-/// before, its own hash; then that the last one is the head.
+/// Walks `head`'s chain from its base to its head and checks every record: its number, its link
+/// to the one before, its own hash; that the chain starts at its genesis, or at a base that a
+/// retention record in the chain accounts for; that the last one is the head. Records appended
+/// after `head` was read (a daemon writing meanwhile) are not an error when the chain's head
+/// has moved past them.
 pub async fn verify(storage: &dyn Storage, head: &ChainHead) -> Result<Verdict, StateError> {
     let mut verdict = Verdict {
         chain: head.chain.clone(),
@@ -145,11 +158,24 @@ pub async fn verify(storage: &dyn Storage, head: &ChainHead) -> Result<Verdict, 
         head_seq: head.head_seq,
         broken: None,
     };
-    let (mut seq, mut prev) = (head.base_seq, head.base_hash.clone());
     let broken = |seq: i64, kind, why: String| Some(Break { seq, kind, why });
-    'pages: loop {
-        let page = storage.entries(&head.chain, seq, PAGE).await?;
-        let last_page = (page.len() as u32) < PAGE;
+    if head.base_seq == 0 && head.base_hash != genesis(&head.chain) {
+        verdict.broken = broken(
+            1,
+            "rebased",
+            "the chain does not start from its genesis (its base was rewritten)".into(),
+        );
+        return Ok(verdict);
+    }
+    let (mut seq, mut prev) = (head.base_seq, head.base_hash.clone());
+    // A base past the genesis must be a retention cut's, recorded in the chain.
+    let mut cut_recorded = head.base_seq == 0;
+    'pages: while seq < head.head_seq {
+        let want = PAGE.min((head.head_seq - seq) as u32);
+        let page = storage.entries(&head.chain, seq, want).await?;
+        if page.is_empty() {
+            break;
+        }
         for e in page {
             if e.seq != seq + 1 {
                 verdict.broken = broken(
@@ -189,31 +215,61 @@ pub async fn verify(storage: &dyn Storage, head: &ChainHead) -> Result<Verdict, 
                 );
                 break 'pages;
             }
+            if !cut_recorded && e.record.kind == "audit" {
+                let d: serde_json::Value =
+                    serde_json::from_str(&e.record.detail).unwrap_or_default();
+                cut_recorded = d["event"] == "retention" && d["to"] == head.base_seq;
+            }
             verdict.records += 1;
             seq = e.seq;
             prev = e.hash;
         }
-        if last_page {
-            break;
-        }
     }
-    if verdict.broken.is_none() {
-        if seq < head.head_seq {
+    if verdict.broken.is_some() {
+        return Ok(verdict);
+    }
+    if seq < head.head_seq {
+        verdict.broken = broken(
+            seq + 1,
+            "truncated",
+            format!(
+                "the chain ends at record {seq} but its head says {} (records removed from the end)",
+                head.head_seq
+            ),
+        );
+    } else if prev != head.head_hash {
+        verdict.broken = broken(
+            seq,
+            "relinked",
+            format!("record {seq} is not the chain's head (the head was rewritten)"),
+        );
+    } else if !cut_recorded {
+        verdict.broken = broken(
+            head.base_seq + 1,
+            "rebased",
+            format!(
+                "the chain starts after record {} but no retention record says so (records removed from its start)",
+                head.base_seq
+            ),
+        );
+    } else if let Some(next) = storage
+        .entries(&head.chain, head.head_seq, 1)
+        .await?
+        .first()
+    {
+        // Records past the head: a daemon appending while this ran, or written around it.
+        let now = storage
+            .chains()
+            .await?
+            .into_iter()
+            .find(|h| h.chain == head.chain);
+        if now.is_none_or(|h| h.head_seq < next.seq) {
             verdict.broken = broken(
-                seq + 1,
-                "truncated",
-                format!(
-                    "the chain ends at record {seq} but its head says {} (records removed from the end)",
-                    head.head_seq
-                ),
-            );
-        } else if seq > head.head_seq || prev != head.head_hash {
-            verdict.broken = broken(
-                head.head_seq,
+                next.seq,
                 "extra",
                 format!(
-                    "the chain's head says record {} but the records go on to {seq} (written around the daemon)",
-                    head.head_seq
+                    "record {} lies past the chain's head (written around the daemon)",
+                    next.seq
                 ),
             );
         }

@@ -12,6 +12,7 @@ pub mod chain;
 mod memory;
 mod migrations;
 mod postgres;
+pub mod retention;
 mod sqlite;
 
 use std::path::PathBuf;
@@ -124,6 +125,8 @@ pub enum StateError {
     },
     #[error("{location}: {why}")]
     Corrupt { location: String, why: String },
+    #[error("{location}: another daemon runs as host `{host}`")]
+    HostTaken { location: String, host: String },
 }
 
 impl StateError {
@@ -160,6 +163,10 @@ impl StateError {
             }
             StateError::Corrupt { .. } => {
                 "the database holds something Stockade did not write: restore it from a backup"
+            }
+            StateError::HostTaken { .. } => {
+                "each daemon sharing a database needs a host id of its own (`host_id` in the \
+                 configuration, or --host-id); stop the other one first to take its place"
             }
         }
     }
@@ -203,6 +210,20 @@ pub struct VersionRow {
     pub installed_ms: i64,
     /// The compiled policy, as `stockade policy explain` shows it.
     pub capabilities: String,
+}
+
+/// What a host commits to when a version becomes its active one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Commit {
+    pub host: String,
+    pub plugin: PluginRow,
+    pub version: VersionRow,
+    /// The host's installation state now.
+    pub state: String,
+    /// The rollback ratchet's new mark for the plugin.
+    pub mark: Mark,
+    /// The key rotation the package carried, when its signature needed one.
+    pub rotation: Option<String>,
 }
 
 /// Which version a host runs, and in what state.
@@ -286,19 +307,20 @@ pub trait Storage: Send + std::marker::Sync {
     ) -> Result<Vec<Entry>, StateError>;
     /// Records matching `filter`, oldest first.
     async fn query(&self, filter: &Filter) -> Result<Vec<Entry>, StateError>;
+    /// The number of `chain`'s last record written before `before_ms`, if any.
+    async fn last_before(&self, chain: &str, before_ms: i64) -> Result<Option<i64>, StateError>;
+    /// Removes `chain`'s records up to `upto_seq` (not past its head) and moves the chain's base
+    /// to that record, in one transaction: the chain verifies from there on.
+    async fn cut(&self, chain: &str, upto_seq: i64) -> Result<(), StateError>;
 
     // The registry.
 
     async fn register_host(&self, host: &HostRow) -> Result<(), StateError>;
     async fn hosts(&self) -> Result<Vec<HostRow>, StateError>;
-    /// Records that `host` committed to a version: the plugin and version upserted, with its
-    /// capabilities, and the host's installation pointed at it.
-    async fn commit_version(
-        &self,
-        host: &str,
-        plugin: &PluginRow,
-        version: &VersionRow,
-    ) -> Result<(), StateError>;
+    /// Records, in one transaction, that a host committed to a version: the plugin and version
+    /// upserted (with its capabilities), the host's installation pointed at it, the ratchet's
+    /// mark moved, the key rotation it carried remembered.
+    async fn commit_version(&self, commit: &Commit) -> Result<(), StateError>;
     async fn plugins(&self) -> Result<Vec<PluginRow>, StateError>;
     async fn versions(&self, plugin: &str) -> Result<Vec<VersionRow>, StateError>;
     async fn set_installation(&self, row: &Installation) -> Result<(), StateError>;
@@ -308,7 +330,12 @@ pub trait Storage: Send + std::marker::Sync {
 
     async fn trust_state(&self, host: &str) -> Result<TrustState, StateError>;
     async fn set_mark(&self, host: &str, plugin: &str, mark: &Mark) -> Result<(), StateError>;
+    /// Remembers an accepted key rotation (once: adding it again changes nothing).
     async fn add_rotation(&self, host: &str, text: &str) -> Result<(), StateError>;
+    /// Claims `host` for this process while it uses the storage: refused with
+    /// [`StateError::HostTaken`] when another process holds it (two daemons with one host id
+    /// would fork its audit chain and trample its trust state).
+    async fn claim_host(&self, host: &str) -> Result<(), StateError>;
     async fn set_trust_list(&self, host: &str, serial: u64, digest: &str)
         -> Result<(), StateError>;
 }

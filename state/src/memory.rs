@@ -8,8 +8,8 @@ use async_trait::async_trait;
 
 use crate::chain::{genesis, Entry};
 use crate::{
-    ChainHead, Filter, HostRow, Installation, Mark, PluginRow, StateError, Storage, TrustState,
-    VersionRow,
+    ChainHead, Commit, Filter, HostRow, Installation, Mark, PluginRow, StateError, Storage,
+    TrustState, VersionRow,
 };
 
 #[derive(Default)]
@@ -140,6 +140,35 @@ impl Storage for Memory {
         }))
     }
 
+    async fn last_before(&self, chain: &str, before_ms: i64) -> Result<Option<i64>, StateError> {
+        Ok(self.with(|t| {
+            t.audit
+                .values()
+                .filter(|e| e.chain == chain && e.record.at_ms < before_ms)
+                .map(|e| e.seq)
+                .max()
+        }))
+    }
+
+    async fn cut(&self, chain: &str, upto_seq: i64) -> Result<(), StateError> {
+        self.with(|t| {
+            let hash = t
+                .audit
+                .get(&(chain.to_string(), upto_seq))
+                .map(|e| e.hash.clone())
+                .ok_or_else(|| StateError::Corrupt {
+                    location: "memory:".into(),
+                    why: format!("no record {upto_seq} in chain `{chain}` to cut at"),
+                })?;
+            t.audit.retain(|(c, seq), _| c != chain || *seq > upto_seq);
+            if let Some(h) = t.chains.get_mut(chain) {
+                h.base_seq = upto_seq;
+                h.base_hash = hash;
+            }
+            Ok(())
+        })
+    }
+
     async fn register_host(&self, host: &HostRow) -> Result<(), StateError> {
         self.with(|t| t.hosts.insert(host.host.clone(), host.clone()));
         Ok(())
@@ -149,12 +178,8 @@ impl Storage for Memory {
         Ok(self.with(|t| t.hosts.values().cloned().collect()))
     }
 
-    async fn commit_version(
-        &self,
-        host: &str,
-        plugin: &PluginRow,
-        version: &VersionRow,
-    ) -> Result<(), StateError> {
+    async fn commit_version(&self, k: &Commit) -> Result<(), StateError> {
+        let (plugin, version) = (&k.plugin, &k.version);
         self.with(|t| {
             let first_seen = t
                 .plugins
@@ -174,16 +199,23 @@ impl Storage for Memory {
                 t.versions.push(version.clone());
             }
             t.installations.insert(
-                (host.to_string(), version.plugin.clone()),
+                (k.host.clone(), version.plugin.clone()),
                 Installation {
-                    host: host.to_string(),
+                    host: k.host.clone(),
                     plugin: version.plugin.clone(),
                     version: version.version.clone(),
-                    state: "verified".into(),
+                    state: k.state.clone(),
                     reason: None,
                     updated_ms: version.installed_ms,
                 },
             );
+            let trust = t.trust.entry(k.host.clone()).or_default();
+            trust.marks.insert(version.plugin.clone(), k.mark.clone());
+            if let Some(r) = &k.rotation {
+                if !trust.rotations.contains(r) {
+                    trust.rotations.push(r.clone());
+                }
+            }
         });
         Ok(())
     }
@@ -236,12 +268,16 @@ impl Storage for Memory {
 
     async fn add_rotation(&self, host: &str, text: &str) -> Result<(), StateError> {
         self.with(|t| {
-            t.trust
-                .entry(host.to_string())
-                .or_default()
-                .rotations
-                .push(text.to_string())
+            let rotations = &mut t.trust.entry(host.to_string()).or_default().rotations;
+            if !rotations.iter().any(|r| r == text) {
+                rotations.push(text.to_string());
+            }
         });
+        Ok(())
+    }
+
+    async fn claim_host(&self, _host: &str) -> Result<(), StateError> {
+        // Nothing outside this process sees it.
         Ok(())
     }
 

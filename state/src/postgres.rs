@@ -8,41 +8,86 @@
 use async_trait::async_trait;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, GenericClient, NoTls, Row};
 
 use crate::chain::{genesis, Entry, Record};
 use crate::migrations::{latest, MIGRATIONS, SCHEMA_TABLE};
 use crate::{
-    ChainHead, Filter, HostRow, Installation, Mark, Options, PluginRow, StateError, Storage,
-    TrustState, VersionRow,
+    ChainHead, Commit, Filter, HostRow, Installation, Mark, Options, PluginRow, StateError,
+    Storage, TrustState, VersionRow,
 };
 
 pub struct Postgres {
-    url: String,
+    config: tokio_postgres::Config,
     shown: String,
     client: Mutex<Option<Client>>,
+    /// The host this process claimed: its advisory lock is taken again on every new connection.
+    host: std::sync::Mutex<Option<String>>,
 }
 
-/// `url` with its password replaced by `***`.
+/// `url` with its password replaced by `***`: in the authority (`user:PASSWORD@`) and in a
+/// `password=` parameter.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    match rest.split_once('@') {
+    let (main, query) = match rest.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (rest, None),
+    };
+    let main = match main.split_once('@') {
         Some((user, host)) if user.contains(':') => {
             let name = user.split(':').next().unwrap_or("");
-            format!("{scheme}://{name}:***@{host}")
+            format!("{name}:***@{host}")
         }
-        _ => url.to_string(),
+        _ => main.to_string(),
+    };
+    let query = query.map(|q| {
+        q.split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => p.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    match query {
+        Some(q) => format!("{scheme}://{main}?{q}"),
+        None => format!("{scheme}://{main}"),
     }
 }
 
+/// Bounds on one request, so that a hung server or a lost network cannot hold the daemon's
+/// writers for ever: a statement runs at most 30 s, waits for a lock at most 10 s, a transaction
+/// left open is ended after a minute; the connection is probed after 10 s of silence.
+const SESSION_OPTIONS: &str =
+    "-c statement_timeout=30000 -c lock_timeout=10000 -c idle_in_transaction_session_timeout=60000";
+
 impl Postgres {
     pub async fn open(url: &str, options: &Options) -> Result<Postgres, StateError> {
+        let shown = redact(url);
+        let mut config: tokio_postgres::Config =
+            url.parse()
+                .map_err(|e: tokio_postgres::Error| StateError::Open {
+                    location: shown.clone(),
+                    why: e.to_string(),
+                })?;
+        let mut session = config.get_options().unwrap_or("").to_string();
+        if !session.is_empty() {
+            session.push(' ');
+        }
+        session.push_str(SESSION_OPTIONS);
+        config
+            .options(&session)
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .keepalives(true)
+            .keepalives_idle(std::time::Duration::from_secs(10))
+            .tcp_user_timeout(std::time::Duration::from_secs(30));
         let db = Postgres {
-            url: url.to_string(),
-            shown: redact(url),
+            config,
+            shown,
             client: Mutex::new(None),
+            host: std::sync::Mutex::new(None),
         };
         {
             let mut guard = db.client().await?;
@@ -54,7 +99,7 @@ impl Postgres {
     }
 
     async fn connect(&self) -> Result<Client, StateError> {
-        let connecting = tokio_postgres::connect(&self.url, NoTls);
+        let connecting = self.config.connect(NoTls);
         let (client, connection) =
             match tokio::time::timeout(std::time::Duration::from_secs(10), connecting).await {
                 Ok(r) => r.map_err(|e| self.error(e))?,
@@ -71,7 +116,31 @@ impl Postgres {
                 tracing::warn!("{shown}: connection lost: {e}");
             }
         });
+        let host = self.host.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(host) = host {
+            self.lock_host(&client, &host).await?;
+        }
         Ok(client)
+    }
+
+    /// Takes the session's advisory lock of `host`; refused when another session holds it.
+    async fn lock_host(&self, client: &Client, host: &str) -> Result<(), StateError> {
+        let key = format!("stockade host {host}");
+        let taken: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock(('x' || substr(md5($1), 1, 16))::bit(64)::bigint)",
+                &[&key],
+            )
+            .await
+            .map_err(|e| self.error(e))?
+            .get(0);
+        if !taken {
+            return Err(StateError::HostTaken {
+                location: self.shown.clone(),
+                host: host.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// The connection, made again when the last one was lost.
@@ -120,6 +189,10 @@ impl Postgres {
             }
             Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => {
                 StateError::Denied { location, why }
+            }
+            // Data exceptions and integrity violations: the same request would fail again.
+            Some(c) if c.code().starts_with("22") || c.code().starts_with("23") => {
+                StateError::Corrupt { location, why }
             }
             Some(c) if *c == SqlState::DISK_FULL || *c == SqlState::OUT_OF_MEMORY => {
                 StateError::Full { location, why }
@@ -200,6 +273,48 @@ async fn migrate(c: &mut Client, location: &str, read_only: bool) -> Result<i64,
 
 const ENTRY_COLUMNS: &str =
     "chain, seq, at_ms, kind, plugin, actor, request_id, detail, prev, hash";
+
+async fn put_mark(
+    c: &impl GenericClient,
+    host: &str,
+    plugin: &str,
+    m: &Mark,
+) -> Result<(), tokio_postgres::Error> {
+    c.execute(
+        "INSERT INTO trust_marks (host, plugin, version, sequence, digest, signer, accepted_s)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (host, plugin) DO UPDATE SET version = excluded.version,
+         sequence = excluded.sequence, digest = excluded.digest, signer = excluded.signer,
+         accepted_s = excluded.accepted_s",
+        &[
+            &host,
+            &plugin,
+            &m.version,
+            &(m.sequence as i64),
+            &m.digest,
+            &m.key,
+            &(m.at as i64),
+        ],
+    )
+    .await
+    .map(drop)
+}
+
+/// Adds a rotation unless the host has it.
+async fn put_rotation(
+    c: &impl GenericClient,
+    host: &str,
+    text: &str,
+) -> Result<(), tokio_postgres::Error> {
+    c.execute(
+        "INSERT INTO trust_rotations (host, n, text)
+         SELECT $1, (SELECT COALESCE(MAX(n), 0) + 1 FROM trust_rotations WHERE host = $1), $2
+         WHERE NOT EXISTS (SELECT 1 FROM trust_rotations WHERE host = $1 AND text = $2)",
+        &[&host, &text],
+    )
+    .await
+    .map(drop)
+}
 
 fn entry_from(r: &Row) -> Entry {
     Entry {
@@ -408,6 +523,60 @@ impl Storage for Postgres {
         self.settle(&mut g, r)
     }
 
+    async fn last_before(&self, chain: &str, before_ms: i64) -> Result<Option<i64>, StateError> {
+        let mut g = self.client().await?;
+        let c = g.as_mut().expect("connected");
+        let r = async {
+            Ok(c.query_one(
+                "SELECT MAX(seq) FROM audit WHERE chain = $1 AND at_ms < $2",
+                &[&chain, &before_ms],
+            )
+            .await?
+            .get(0))
+        }
+        .await;
+        self.settle(&mut g, r)
+    }
+
+    async fn cut(&self, chain: &str, upto_seq: i64) -> Result<(), StateError> {
+        let shown = self.shown.clone();
+        let mut g = self.client().await?;
+        let c = g.as_mut().expect("connected");
+        let r = async {
+            let tx = c.transaction().await?;
+            // The chain's row locked first: an append waits, and the base cannot pass the head.
+            let hash: Option<String> = tx
+                .query_opt(
+                    "SELECT a.hash FROM audit_chains h JOIN audit a ON a.chain = h.chain
+                     WHERE h.chain = $1 AND a.seq = $2 AND a.seq > h.base_seq AND a.seq <= h.head_seq
+                     FOR UPDATE OF h",
+                    &[&chain, &upto_seq],
+                )
+                .await?
+                .map(|r| r.get(0));
+            let Some(hash) = hash else {
+                return Err(Fail::State(StateError::Corrupt {
+                    location: shown,
+                    why: format!("no record {upto_seq} in chain `{chain}` to cut at"),
+                }));
+            };
+            tx.execute(
+                "DELETE FROM audit WHERE chain = $1 AND seq <= $2",
+                &[&chain, &upto_seq],
+            )
+            .await?;
+            tx.execute(
+                "UPDATE audit_chains SET base_seq = $1, base_hash = $2 WHERE chain = $3",
+                &[&upto_seq, &hash, &chain],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        self.settle(&mut g, r)
+    }
+
     async fn register_host(&self, h: &HostRow) -> Result<(), StateError> {
         let mut g = self.client().await?;
         let c = g.as_mut().expect("connected");
@@ -449,16 +618,12 @@ impl Storage for Postgres {
         self.settle(&mut g, r)
     }
 
-    async fn commit_version(
-        &self,
-        host: &str,
-        p: &PluginRow,
-        v: &VersionRow,
-    ) -> Result<(), StateError> {
+    async fn commit_version(&self, k: &Commit) -> Result<(), StateError> {
         let mut g = self.client().await?;
         let c = g.as_mut().expect("connected");
         let r = async {
             let tx = c.transaction().await?;
+            let (p, v) = (&k.plugin, &k.version);
             tx.execute(
                 "INSERT INTO plugins (id, name, trust, config, first_seen_ms, updated_ms)
                  VALUES ($1, $2, $3, $4, $5, $6)
@@ -491,12 +656,16 @@ impl Storage for Postgres {
             .await?;
             tx.execute(
                 "INSERT INTO installations (host, plugin, version, state, reason, updated_ms)
-                 VALUES ($1, $2, $3, 'verified', NULL, $4)
+                 VALUES ($1, $2, $3, $4, NULL, $5)
                  ON CONFLICT (host, plugin) DO UPDATE SET version = excluded.version,
                  state = excluded.state, reason = NULL, updated_ms = excluded.updated_ms",
-                &[&host, &v.plugin, &v.version, &v.installed_ms],
+                &[&k.host, &v.plugin, &v.version, &k.state, &v.installed_ms],
             )
             .await?;
+            put_mark(&tx, &k.host, &v.plugin, &k.mark).await?;
+            if let Some(text) = &k.rotation {
+                put_rotation(&tx, &k.host, text).await?;
+            }
             tx.commit().await?;
             Ok(())
         }
@@ -665,44 +834,23 @@ impl Storage for Postgres {
     async fn set_mark(&self, host: &str, plugin: &str, m: &Mark) -> Result<(), StateError> {
         let mut g = self.client().await?;
         let c = g.as_mut().expect("connected");
-        let r = async {
-            c.execute(
-                "INSERT INTO trust_marks (host, plugin, version, sequence, digest, signer, accepted_s)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (host, plugin) DO UPDATE SET version = excluded.version,
-                 sequence = excluded.sequence, digest = excluded.digest, signer = excluded.signer,
-                 accepted_s = excluded.accepted_s",
-                &[
-                    &host,
-                    &plugin,
-                    &m.version,
-                    &(m.sequence as i64),
-                    &m.digest,
-                    &m.key,
-                    &(m.at as i64),
-                ],
-            )
-            .await?;
-            Ok(())
-        }
-        .await;
+        let r = put_mark(c, host, plugin, m).await.map_err(Fail::Pg);
         self.settle(&mut g, r)
     }
 
     async fn add_rotation(&self, host: &str, text: &str) -> Result<(), StateError> {
         let mut g = self.client().await?;
         let c = g.as_mut().expect("connected");
-        let r = async {
-            c.execute(
-                "INSERT INTO trust_rotations (host, n, text)
-                 SELECT $1, COALESCE(MAX(n), 0) + 1, $2 FROM trust_rotations WHERE host = $1",
-                &[&host, &text],
-            )
-            .await?;
-            Ok(())
-        }
-        .await;
+        let r = put_rotation(c, host, text).await.map_err(Fail::Pg);
         self.settle(&mut g, r)
+    }
+
+    async fn claim_host(&self, host: &str) -> Result<(), StateError> {
+        let mut g = self.client().await?;
+        let c = g.as_mut().expect("connected");
+        self.lock_host(c, host).await?;
+        *self.host.lock().unwrap_or_else(|e| e.into_inner()) = Some(host.to_string());
+        Ok(())
     }
 
     async fn set_trust_list(

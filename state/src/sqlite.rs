@@ -16,14 +16,16 @@ use tokio::sync::oneshot;
 use crate::chain::{genesis, Entry, Record};
 use crate::migrations::{latest, MIGRATIONS, SCHEMA_TABLE};
 use crate::{
-    ChainHead, Filter, HostRow, Installation, Mark, Options, PluginRow, StateError, Storage,
-    TrustState, VersionRow,
+    ChainHead, Commit, Filter, HostRow, Installation, Mark, Options, PluginRow, StateError,
+    Storage, TrustState, VersionRow,
 };
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 pub struct Sqlite {
     path: PathBuf,
+    /// The lock file of the host this process claimed (`<database>.host-<id>.lock`, flocked).
+    host_lock: std::sync::Mutex<Option<std::fs::File>>,
     /// `None` once dropped: the thread's loop ends, and the drop waits for it.
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -106,6 +108,7 @@ impl Sqlite {
             .map_err(|e| fail(format!("cannot start its thread: {e}")))?;
         let db = Sqlite {
             path: path.to_path_buf(),
+            host_lock: std::sync::Mutex::new(None),
             jobs: Some(tx),
             thread: Some(thread),
         };
@@ -150,9 +153,12 @@ fn error(location: &str, e: rusqlite::Error) -> StateError {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::SystemIoFailure) => {
             StateError::Unavailable { location, why }
         }
-        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
-            StateError::Corrupt { location, why }
-        }
+        Some(
+            ErrorCode::NotADatabase
+            | ErrorCode::DatabaseCorrupt
+            | ErrorCode::ConstraintViolation
+            | ErrorCode::TooBig,
+        ) => StateError::Corrupt { location, why },
         Some(ErrorCode::ReadOnly | ErrorCode::PermissionDenied | ErrorCode::CannotOpen) => {
             StateError::Open { location, why }
         }
@@ -229,6 +235,37 @@ pub(crate) fn check_version(location: &str, found: i64, reader: bool) -> Result<
         });
     }
     Ok(found)
+}
+
+fn put_mark(c: &Connection, host: &str, plugin: &str, m: &Mark) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO trust_marks (host, plugin, version, sequence, digest, signer, accepted_s)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (host, plugin) DO UPDATE SET version = excluded.version,
+         sequence = excluded.sequence, digest = excluded.digest, signer = excluded.signer,
+         accepted_s = excluded.accepted_s",
+        params![
+            host,
+            plugin,
+            m.version,
+            m.sequence as i64,
+            m.digest,
+            m.key,
+            m.at as i64
+        ],
+    )
+    .map(drop)
+}
+
+/// Adds a rotation unless the host has it.
+fn put_rotation(c: &Connection, host: &str, text: &str) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO trust_rotations (host, n, text)
+         SELECT ?1, (SELECT COALESCE(MAX(n), 0) + 1 FROM trust_rotations WHERE host = ?1), ?2
+         WHERE NOT EXISTS (SELECT 1 FROM trust_rotations WHERE host = ?1 AND text = ?2)",
+        params![host, text],
+    )
+    .map(drop)
 }
 
 fn entry_from(r: &rusqlite::Row) -> rusqlite::Result<Entry> {
@@ -450,6 +487,56 @@ impl Storage for Sqlite {
         .await
     }
 
+    async fn last_before(&self, chain: &str, before_ms: i64) -> Result<Option<i64>, StateError> {
+        let (l, chain) = (self.location(), chain.to_string());
+        self.run(move |c| {
+            c.query_row(
+                "SELECT MAX(seq) FROM audit WHERE chain = ?1 AND at_ms < ?2",
+                params![chain, before_ms],
+                |r| r.get(0),
+            )
+            .map_err(|e| error(&l, e))
+        })
+        .await
+    }
+
+    async fn cut(&self, chain: &str, upto_seq: i64) -> Result<(), StateError> {
+        let (l, chain) = (self.location(), chain.to_string());
+        self.run(move |c| {
+            let e = |err| error(&l, err);
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(e)?;
+            let hash: Option<String> = tx
+                .query_row(
+                    "SELECT a.hash FROM audit a JOIN audit_chains h ON h.chain = a.chain
+                     WHERE a.chain = ?1 AND a.seq = ?2 AND a.seq > h.base_seq AND a.seq <= h.head_seq",
+                    params![chain, upto_seq],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(e)?;
+            let Some(hash) = hash else {
+                return Err(StateError::Corrupt {
+                    location: l.clone(),
+                    why: format!("no record {upto_seq} in chain `{chain}` to cut at"),
+                });
+            };
+            tx.execute(
+                "DELETE FROM audit WHERE chain = ?1 AND seq <= ?2",
+                params![chain, upto_seq],
+            )
+            .map_err(e)?;
+            tx.execute(
+                "UPDATE audit_chains SET base_seq = ?1, base_hash = ?2 WHERE chain = ?3",
+                params![upto_seq, hash, chain],
+            )
+            .map_err(e)?;
+            tx.commit().map_err(e)
+        })
+        .await
+    }
+
     async fn register_host(&self, host: &HostRow) -> Result<(), StateError> {
         let (l, h) = (self.location(), host.clone());
         self.run(move |c| {
@@ -487,23 +574,14 @@ impl Storage for Sqlite {
         .await
     }
 
-    async fn commit_version(
-        &self,
-        host: &str,
-        plugin: &PluginRow,
-        version: &VersionRow,
-    ) -> Result<(), StateError> {
-        let (l, host, p, v) = (
-            self.location(),
-            host.to_string(),
-            plugin.clone(),
-            version.clone(),
-        );
+    async fn commit_version(&self, commit: &Commit) -> Result<(), StateError> {
+        let (l, k) = (self.location(), commit.clone());
         self.run(move |c| {
             let e = |err| error(&l, err);
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(e)?;
+            let (p, v) = (&k.plugin, &k.version);
             tx.execute(
                 "INSERT INTO plugins (id, name, trust, config, first_seen_ms, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -536,12 +614,16 @@ impl Storage for Sqlite {
             .map_err(e)?;
             tx.execute(
                 "INSERT INTO installations (host, plugin, version, state, reason, updated_ms)
-                 VALUES (?1, ?2, ?3, 'verified', NULL, ?4)
+                 VALUES (?1, ?2, ?3, ?4, NULL, ?5)
                  ON CONFLICT (host, plugin) DO UPDATE SET version = excluded.version,
                  state = excluded.state, reason = NULL, updated_ms = excluded.updated_ms",
-                params![host, v.plugin, v.version, v.installed_ms],
+                params![k.host, v.plugin, v.version, k.state, v.installed_ms],
             )
             .map_err(e)?;
+            put_mark(&tx, &k.host, &v.plugin, &k.mark).map_err(e)?;
+            if let Some(text) = &k.rotation {
+                put_rotation(&tx, &k.host, text).map_err(e)?;
+            }
             tx.commit().map_err(e)
         })
         .await
@@ -691,41 +773,38 @@ impl Storage for Sqlite {
             plugin.to_string(),
             mark.clone(),
         );
-        self.run(move |c| {
-            c.execute(
-                "INSERT INTO trust_marks (host, plugin, version, sequence, digest, signer, accepted_s)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (host, plugin) DO UPDATE SET version = excluded.version,
-                 sequence = excluded.sequence, digest = excluded.digest, signer = excluded.signer,
-                 accepted_s = excluded.accepted_s",
-                params![
-                    host,
-                    plugin,
-                    m.version,
-                    m.sequence as i64,
-                    m.digest,
-                    m.key,
-                    m.at as i64
-                ],
-            )
-            .map(drop)
-            .map_err(|e| error(&l, e))
-        })
-        .await
+        self.run(move |c| put_mark(c, &host, &plugin, &m).map_err(|e| error(&l, e)))
+            .await
     }
 
     async fn add_rotation(&self, host: &str, text: &str) -> Result<(), StateError> {
         let (l, host, text) = (self.location(), host.to_string(), text.to_string());
-        self.run(move |c| {
-            c.execute(
-                "INSERT INTO trust_rotations (host, n, text)
-                 SELECT ?1, COALESCE(MAX(n), 0) + 1, ?2 FROM trust_rotations WHERE host = ?1",
-                params![host, text],
-            )
-            .map(drop)
-            .map_err(|e| error(&l, e))
-        })
-        .await
+        self.run(move |c| put_rotation(c, &host, &text).map_err(|e| error(&l, e)))
+            .await
+    }
+
+    async fn claim_host(&self, host: &str) -> Result<(), StateError> {
+        use std::os::fd::AsRawFd;
+        let path = PathBuf::from(format!("{}.host-{host}.lock", self.path.display()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| StateError::Open {
+                location: self.location(),
+                why: format!("{}: {e}", path.display()),
+            })?;
+        // SAFETY: flock on a descriptor this function owns; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(StateError::HostTaken {
+                location: self.location(),
+                host: host.to_string(),
+            });
+        }
+        *self.host_lock.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+        Ok(())
     }
 
     async fn set_trust_list(

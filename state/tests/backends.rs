@@ -10,7 +10,7 @@ use std::time::Duration;
 use stockade_state::audit::AuditLog;
 use stockade_state::chain::{verify, Record};
 use stockade_state::{
-    open, HostRow, Installation, Location, Mark, Options, PluginRow, StateError, Storage,
+    open, Commit, HostRow, Installation, Location, Mark, Options, PluginRow, StateError, Storage,
     VersionRow,
 };
 
@@ -181,6 +181,28 @@ async fn the_audit_chain_holds_and_every_tampering_is_found() {
         )
         .await;
         assert_eq!(verdict(s.as_ref(), "host-a").await.broken, None);
+        // The oldest records removed and the base moved to hide it, without a retention cut.
+        b.tamper("CREATE TABLE saved AS SELECT * FROM audit WHERE seq <= 2; DELETE FROM audit WHERE seq <= 2")
+            .await;
+        assert_eq!(
+            s.entries("host-a", 0, 1).await.unwrap()[0].seq,
+            3,
+            "1 and 2 gone"
+        );
+        let two = s.entries("host-a", 2, 1).await.unwrap()[0].prev.clone();
+        b.tamper(&format!(
+            "UPDATE audit_chains SET base_seq = 2, base_hash = '{two}' WHERE chain = 'host-a'"
+        ))
+        .await;
+        let broken = verdict(s.as_ref(), "host-a").await.broken.unwrap();
+        assert_eq!((broken.seq, broken.kind), (3, "rebased"), "{broken:?}");
+        // Restored.
+        b.tamper(&format!(
+            "UPDATE audit_chains SET base_seq = 0, base_hash = '{}' WHERE chain = 'host-a'; INSERT INTO audit SELECT * FROM saved; DROP TABLE saved",
+            stockade_state::chain::genesis("host-a")
+        ))
+        .await;
+        assert_eq!(verdict(s.as_ref(), "host-a").await.broken, None);
         // Replaced: a record rewritten with a hash recomputed over the new contents (someone
         // who knows the format) still breaks the next record's link.
         let mut forged = s.entries("host-a", 9, 1).await.unwrap().remove(0);
@@ -273,17 +295,39 @@ async fn the_registry_and_trust_state_are_kept_per_host() {
             installed_ms: 200,
             capabilities: "filesystem: read /usr".into(),
         };
-        s.commit_version("host-a", &plugin, &version("1.0.0", "d1"))
+        let commit = |host: &str, v: &str, digest: &str, rotation: Option<&str>| Commit {
+            host: host.into(),
+            plugin: plugin.clone(),
+            version: version(v, digest),
+            state: "verified".into(),
+            mark: Mark {
+                version: v.into(),
+                sequence: 5,
+                digest: digest.into(),
+                key: Some("0011223344556677".into()),
+                at: 1,
+            },
+            rotation: rotation.map(str::to_string),
+        };
+        s.commit_version(&commit("host-a", "1.0.0", "d1", Some("rotation zero")))
             .await
             .unwrap();
         other
-            .commit_version("host-b", &plugin, &version("1.1.0", "d2"))
+            .commit_version(&commit("host-b", "1.1.0", "d2", None))
             .await
             .unwrap();
         // Again, as a restart does: nothing doubles.
-        s.commit_version("host-a", &plugin, &version("1.0.0", "d1"))
+        s.commit_version(&commit("host-a", "1.0.0", "d1", Some("rotation zero")))
             .await
             .unwrap();
+        // The commit moved each host's mark and kept the rotation once.
+        let before = other.trust_state("host-a").await.unwrap();
+        assert_eq!(before.marks["echo"].digest, "d1");
+        assert_eq!(before.rotations, ["rotation zero"]);
+        assert_eq!(
+            other.trust_state("host-b").await.unwrap().marks["echo"].version,
+            "1.1.0"
+        );
         let versions = s.versions("echo").await.unwrap();
         assert_eq!(versions.len(), 2, "{}", s.location());
         assert_eq!(versions[0].capabilities, "filesystem: read /usr");
@@ -338,11 +382,14 @@ async fn the_registry_and_trust_state_are_kept_per_host() {
         s.set_trust_list("host-a", 4, "l4").await.unwrap();
         let a = other.trust_state("host-a").await.unwrap();
         assert_eq!(a.marks.get("echo"), Some(&mark));
-        assert_eq!(a.rotations, ["rotation one", "rotation two"]);
+        assert_eq!(
+            a.rotations,
+            ["rotation zero", "rotation one", "rotation two"]
+        );
         assert_eq!((a.list_serial, a.list_digest.as_deref()), (4, Some("l4")));
         assert_eq!(
-            other.trust_state("host-b").await.unwrap(),
-            Default::default()
+            other.trust_state("host-b").await.unwrap().rotations.len(),
+            0
         );
     }
 }
@@ -424,5 +471,81 @@ async fn a_newer_schema_and_bad_locations_are_refused() {
         };
         assert!(matches!(e, StateError::Auth { .. }), "{e}");
         assert!(!e.to_string().contains("wrong"), "no password shown: {e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_exports_then_cuts_and_both_halves_verify() {
+    use stockade_state::retention::{apply, verify_export, Policy};
+    for b in backends("retention").await {
+        let s = opened(&b).await;
+        let log = AuditLog::open(s.clone(), "host-a", 1000).await.unwrap();
+        write(&log, 0, 30).await;
+        let dir = std::env::temp_dir().join(format!(
+            "stockade-export-{}-{}",
+            std::process::id(),
+            match b {
+                Backend::Memory => "memory",
+                Backend::Sqlite(_) => "sqlite",
+                Backend::Postgres(_) => "postgres",
+            }
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        // Nothing is older than an hour.
+        let by_age = Policy {
+            max_age: Some(Duration::from_secs(3600)),
+            max_records: None,
+        };
+        assert_eq!(apply(s.as_ref(), &log, &by_age, &dir).await.unwrap(), None);
+        let keep_10 = Policy {
+            max_age: None,
+            max_records: Some(10),
+        };
+        let cut = apply(s.as_ref(), &log, &keep_10, &dir)
+            .await
+            .unwrap()
+            .expect("a cut");
+        assert_eq!((cut.from, cut.to), (1, 20), "{}", s.location());
+        // Ten records kept, and the cut's own record.
+        let v = verdict(s.as_ref(), "host-a").await;
+        assert_eq!((v.records, v.base_seq, &v.broken), (11, 20, &None));
+        let export = verify_export(&cut.file).unwrap();
+        assert_eq!(
+            (export.records, export.from, export.to, &export.broken),
+            (20, 1, 20, &None)
+        );
+        let head = s.open_chain("host-a").await.unwrap();
+        assert_eq!(
+            export.last_hash, head.base_hash,
+            "the export joins the chain"
+        );
+        assert_eq!(
+            apply(s.as_ref(), &log, &keep_10, &dir).await.unwrap(),
+            None,
+            "within the bound's slack"
+        );
+        // The log goes on from its head; a second cut exports the next records.
+        write(&log, 30, 5).await;
+        let v = verdict(s.as_ref(), "host-a").await;
+        assert_eq!((v.records, &v.broken), (16, &None));
+        let second = apply(s.as_ref(), &log, &keep_10, &dir)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((second.from, second.to), (21, 26));
+        let next = verify_export(&second.file).unwrap();
+        assert_eq!(
+            next.joins_after, export.last_hash,
+            "the exports join each other"
+        );
+        // An export edited afterwards is found.
+        let text = std::fs::read_to_string(&cut.file).unwrap();
+        let edited = text.replacen("req-4", "req-X", 1);
+        assert_ne!(text, edited);
+        std::fs::write(&cut.file, edited).unwrap();
+        let broken = verify_export(&cut.file).unwrap().broken.unwrap();
+        assert_eq!((broken.seq, broken.kind), (5, "edited"));
+        log.close(Duration::from_secs(5)).await;
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

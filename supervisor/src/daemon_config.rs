@@ -14,6 +14,9 @@
 //! queue = 10000                                   # records waiting for the database, at most
 //! sync = "full"                                   # SQLite: "full" (power loss) or "normal"
 //! wait = 30                                       # seconds an answer waits for its record
+//! retain_days = 365                               # older records exported, then removed
+//! retain_records = 10000000                       # at most this many kept per host
+//! export_dir = "/var/lib/stockade/audit-export"   # where removed records go first
 //!
 //! [trust]
 //! keys = ["/etc/stockade/keys/acme.pub"]          # publishers whose plugins run `trusted`
@@ -63,6 +66,12 @@ pub struct AuditConfig {
     pub sync: Option<String>,
     /// Seconds an answer waits for its record's commit.
     pub wait: Option<u64>,
+    /// Records older than this many days are exported, then removed.
+    pub retain_days: Option<u64>,
+    /// At most this many records are kept per host; older ones are exported, then removed.
+    pub retain_records: Option<u64>,
+    /// Where removed records are exported [default: `<state dir>/audit-export`].
+    pub export_dir: Option<PathBuf>,
 }
 
 /// The database when none is configured: SQLite in the state directory.
@@ -402,6 +411,17 @@ fn parse_audit(table: &Table) -> Result<AuditConfig, (usize, String)> {
         match key {
             "queue" => audit.queue = Some(number(1, 10_000_000)? as usize),
             "wait" => audit.wait = Some(number(1, 3600)? as u64),
+            "retain_days" => audit.retain_days = Some(number(1, 36_500)? as u64),
+            "retain_records" => audit.retain_records = Some(number(1, 1_000_000_000_000)? as u64),
+            "export_dir" => match item.as_str().filter(|v| !v.is_empty()) {
+                Some(v) => audit.export_dir = Some(PathBuf::from(v)),
+                None => {
+                    return Err((
+                        value_at,
+                        "`export_dir` must be a non-empty string (a directory)".into(),
+                    ))
+                }
+            },
             "sync" => match item.as_str() {
                 Some(v @ ("full" | "normal")) => audit.sync = Some(v.to_string()),
                 _ => return Err((value_at, "`sync` must be \"full\" or \"normal\"".into())),
@@ -409,7 +429,10 @@ fn parse_audit(table: &Table) -> Result<AuditConfig, (usize, String)> {
             other => {
                 return Err((
                     at,
-                    format!("unknown key `{other}` in [audit] (the keys are queue, sync, wait)"),
+                    format!(
+                        "unknown key `{other}` in [audit] (the keys are queue, sync, wait, \
+                         retain_days, retain_records, export_dir)"
+                    ),
                 ))
             }
         }
@@ -510,7 +533,8 @@ mod tests {
             AuditConfig {
                 queue: Some(500),
                 sync: Some("normal".into()),
-                wait: Some(5)
+                wait: Some(5),
+                ..Default::default()
             }
         );
         let (_, message) = parse("database = \"mysql://x\"\n").unwrap_err();

@@ -176,6 +176,10 @@ enum AuditCommand {
     /// Prove every audit chain: each record's hash, its link to the one before, no gap, the
     /// chain's head; names the first broken record. Exits 0 only when every chain holds.
     Verify {
+        /// Check these exports of removed records instead (`[audit] export_dir`), each on its
+        /// own and where it joins the database's chain.
+        #[arg(long = "export", value_name = "FILE")]
+        exports: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -618,10 +622,15 @@ fn main() -> ExitCode {
         } => cli::trust::verify(&dir, &pubkey, config.as_deref(), json),
         Command::Doctor { json } => doctor(json),
         Command::Audit {
-            command: Some(AuditCommand::Verify { json, db }),
+            command: Some(AuditCommand::Verify { exports, json, db }),
             ..
-        } => cli::audit::database(db.config.as_deref(), db.database.as_deref())
-            .and_then(|db| cli::audit::verify(&db.location, json)),
+        } => cli::audit::database(db.config.as_deref(), db.database.as_deref()).and_then(|db| {
+            if exports.is_empty() {
+                cli::audit::verify(&db.location, json)
+            } else {
+                cli::audit::verify_exports(&db.location, &exports, json)
+            }
+        }),
         Command::Audit {
             command: None,
             plugin,

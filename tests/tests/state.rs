@@ -172,7 +172,18 @@ fn every_request_and_call_is_in_the_audit_log_and_the_chain_holds() {
         1
     );
     assert!(Daemon::audit(&db, &["--since", "2099-01-01T00:00:00Z"]).is_empty());
-    // The registry: the version, its capabilities, this host's installation.
+    // A clean stop is recorded; the chain holds.
+    assert!(d.stop().success());
+    let records = Daemon::audit(&db, &[]);
+    assert_eq!(records.last().unwrap()["detail"]["event"], "stopped");
+    let (code, verdict) = Daemon::audit_verify(&db);
+    assert_eq!((code, &verdict["ok"]), (0, &json!(true)), "{verdict}");
+    assert_eq!(
+        verdict["chains"][0]["records"].as_u64().unwrap() as usize,
+        records.len()
+    );
+    // The registry (written in order, flushed at the stop): the version, its capabilities,
+    // this host's installation.
     let out = Command::new(harness::stockade())
         .args(["registry", "--json", "--database", &db])
         .output()
@@ -189,16 +200,6 @@ fn every_request_and_call_is_in_the_audit_log_and_the_chain_holds() {
     let caps = versions["versions"][0]["capabilities"].as_str().unwrap();
     assert!(caps.contains("filesystem"), "{caps}");
     assert!(versions["versions"][0]["signer"].is_string());
-    // A clean stop is recorded; the chain holds.
-    assert!(d.stop().success());
-    let records = Daemon::audit(&db, &[]);
-    assert_eq!(records.last().unwrap()["detail"]["event"], "stopped");
-    let (code, verdict) = Daemon::audit_verify(&db);
-    assert_eq!((code, &verdict["ok"]), (0, &json!(true)), "{verdict}");
-    assert_eq!(
-        verdict["chains"][0]["records"].as_u64().unwrap() as usize,
-        records.len()
-    );
 }
 
 #[test]
@@ -339,6 +340,11 @@ fn a_bad_database_stops_the_daemon_before_it_starts() {
         String::from_utf8_lossy(&out.stderr).contains("hint:"),
         "{out:?}"
     );
+    // Nobody answers there.
+    one_line_refusal(
+        &run(&["--database", "postgres://stockade:x@127.0.0.1:1/db"]),
+        "127.0.0.1:1",
+    );
     let Some(admin) = postgres::admin("state::a_bad_database_stops_the_daemon (PostgreSQL)") else {
         return;
     };
@@ -358,11 +364,6 @@ fn a_bad_database_stops_the_daemon_before_it_starts() {
     assert!(
         !String::from_utf8_lossy(&out.stderr).contains(password),
         "the password was shown"
-    );
-    // Nobody answers there.
-    one_line_refusal(
-        &run(&["--database", "postgres://stockade:x@127.0.0.1:1/db"]),
-        "127.0.0.1:1",
     );
 }
 
@@ -534,20 +535,24 @@ fn two_daemons_share_one_postgresql_registry() {
             100
         );
     }
-    // A second daemon claiming host-a's id while host-a runs: its records are refused, and it
-    // says so.
+    // A second daemon claiming host-a's id while host-a runs is refused before it writes
+    // anything; host-a goes on.
     a.spawn(&["--database", &url, "--host-id", "host-a"]);
-    let intruder = Daemon::start("fleet-c", &["--database", &url, "--host-id", "host-a"]);
-    let err = a
-        .request(
-            "plugin.load",
-            json!({ "dir": a.package("echo", "echo", "1.0.0", "serve", "") }),
-        )
-        .unwrap_err();
-    assert_eq!(err["code"], -32017, "{err}");
-    drop(intruder);
-    drop(a);
-    drop(b);
+    let out = b
+        .command()
+        .args(["--database", &url, "--host-id", "host-a"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another daemon runs as host `host-a`"),
+        "{err}"
+    );
+    assert!(!b.socket.exists());
+    a.load(&a.package("echo2", "echo", "1.0.0", "serve", ""));
+    assert!(a.stop().success());
+    assert_eq!(Daemon::audit_verify(&url).0, 0);
 }
 
 #[test]
@@ -559,7 +564,7 @@ fn a_postgresql_restart_is_survived_and_a_full_queue_refuses_new_work() {
         return;
     };
     let config = harness::scratch_dir("pg-restart-config").join("daemon.toml");
-    std::fs::write(&config, "[audit]\nqueue = 20\nwait = 3\n").unwrap();
+    std::fs::write(&config, "[audit]\nqueue = 20\nwait = 10\n").unwrap();
     let config = config.to_string_lossy().into_owned();
     let mut d = Daemon::start(
         "pg-restart",
@@ -609,15 +614,22 @@ fn a_postgresql_restart_is_survived_and_a_full_queue_refuses_new_work() {
             )
         })
         .collect();
+    // Once their records fill the queue, a call is refused before it runs (a probe that came
+    // too early runs, and waits for its record like the others).
     std::thread::sleep(Duration::from_millis(1000));
-    let err = d
-        .call("echo", "echo", json!({ "text": "refused" }))
-        .unwrap_err();
-    assert_eq!(err["code"], -32017, "{err}");
-    assert!(
-        err["message"].as_str().unwrap().contains("is full"),
-        "a full queue refuses calls: {err}"
-    );
+    let mut n = 0;
+    let refused = loop {
+        let text = format!("probe {n}");
+        match d.call("echo", "echo", json!({ "text": text })) {
+            Err(e) if e["message"].as_str().unwrap_or("").contains("is full") => {
+                assert_eq!(e["code"], -32017, "{e}");
+                break text;
+            }
+            _ => {}
+        }
+        n += 1;
+        assert!(n < 4, "the queue never filled");
+    };
     for w in waiting {
         let answer: Value = serde_json::from_str(&w.join().unwrap()).unwrap();
         let message = answer["error"]["message"].as_str().unwrap_or("");
@@ -659,13 +671,96 @@ fn a_postgresql_restart_is_survived_and_a_full_queue_refuses_new_work() {
             "down {n}: the records kept while the server was down were committed"
         );
     }
-    assert!(
-        !texts.contains(&"refused".to_string()),
-        "a refused call did not run"
-    );
+    assert!(!texts.contains(&refused), "a refused call did not run");
     for n in 0..40 {
         assert!(texts.contains(&format!("r{n}")), "r{n} missing");
     }
     let (code, verdict) = Daemon::audit_verify(&server.url);
     assert_eq!(code, 0, "{verdict}");
+}
+
+#[test]
+fn retention_exports_before_it_removes_and_both_halves_verify() {
+    if !harness::privileged("state::retention_exports_before_it_removes") {
+        return;
+    }
+    let mut d = Daemon::start("audit-retention", &[]);
+    d.load(&echo_package(&d, "echo", "echo"));
+    for n in 0..15 {
+        d.call("echo", "echo", json!({ "text": n.to_string() }))
+            .unwrap();
+    }
+    assert!(d.stop().success());
+    let db = d.database();
+    let before = Daemon::audit(&db, &["--limit", "100000"]).len();
+    assert!(before > 20, "{before} records");
+    // Restarted with a bound of 8 records: the older ones are exported, then removed.
+    let export_dir = d.dir.join("exports");
+    let config = d.dir.join("retention.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[audit]\nretain_records = 8\nexport_dir = \"{}\"\n",
+            export_dir.display()
+        ),
+    )
+    .unwrap();
+    d.spawn(&["--config", &config.to_string_lossy()]);
+    let until = Instant::now() + Duration::from_secs(30);
+    let file = loop {
+        let found: Vec<_> = std::fs::read_dir(&export_dir)
+            .map(|r| r.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if let Some(f) = found
+            .into_iter()
+            .find(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        {
+            break f;
+        }
+        assert!(Instant::now() < until, "no export: {}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let cut = Daemon::audit(&db, &["--kind", "audit"]);
+    assert_eq!(cut.len(), 1, "the cut is recorded: {cut:?}");
+    assert_eq!(cut[0]["detail"]["event"], "retention");
+    let exported = std::fs::read_to_string(&file).unwrap().lines().count();
+    assert_eq!(exported as i64, cut[0]["detail"]["to"].as_i64().unwrap());
+    assert!(exported >= before - 8, "{exported} exported of {before}");
+    assert!(d.stop().success());
+    // Both halves verify, and the export joins the database's chain.
+    let (code, verdict) = Daemon::audit_verify(&db);
+    assert_eq!(code, 0, "{verdict}");
+    assert_eq!(
+        verdict["chains"][0]["base_seq"].as_i64().unwrap(),
+        exported as i64
+    );
+    let out = d.cli(&[
+        "audit",
+        "verify",
+        "--database",
+        &db,
+        "--export",
+        &file.to_string_lossy(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("join the database's chain"), "{text}");
+    // An export edited later is found.
+    let edited = std::fs::read_to_string(&file)
+        .unwrap()
+        .replacen("started", "restarted", 1);
+    std::fs::write(&file, edited).unwrap();
+    let out = d.cli(&[
+        "audit",
+        "verify",
+        "--database",
+        &db,
+        "--export",
+        &file.to_string_lossy(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("BROKEN at record 1"),
+        "{out:?}"
+    );
 }

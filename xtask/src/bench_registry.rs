@@ -20,7 +20,7 @@ use anyhow::{bail, Result};
 use serde_json::json;
 
 use super::daemon::{generate_key, package, sign, start_daemon, throughput, Conn, RemoveOnDrop};
-use super::{build_release, flag_number, machine, median, percentile, replace_section, today};
+use super::{build_release, flag_number, machine, median, replace_section, today};
 use crate::workspace_root;
 
 pub const USAGE: &str = "cargo xtask bench registry [--rounds N] [--seconds N] [--no-record]";
@@ -141,7 +141,7 @@ pub fn run(args: &[&str]) -> Result<()> {
                 control.request("call", call.clone())?;
                 us.push(t.elapsed().as_secs_f64() * 1e6);
             }
-            s.p50_us.push(percentile(&us, 50.0));
+            s.p50_us.push(median(&us));
         }
         eprintln!("round {}/{rounds} done", round + 1);
     }

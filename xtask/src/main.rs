@@ -53,6 +53,7 @@ fn dispatch() -> Result<()> {
         // Before vm-test's own steps: it builds the workspace on the host (vm.rs, test_binaries).
         Some("vm-test") => {
             setup::ebpf()?;
+            setup::state()?;
             vm::run(&rest)
         }
         Some("coverage") => coverage::run(&rest),

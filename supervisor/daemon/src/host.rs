@@ -19,7 +19,7 @@ use stockade::rpc::{code, Methods, RpcError};
 use stockade::sandbox::{EndReason, Request};
 use stockade_state::audit::AuditLog;
 use stockade_state::chain::Record;
-use stockade_state::{Installation, PluginRow, Storage, VersionRow};
+use stockade_state::{Commit, Installation, PluginRow, StateError, Storage, VersionRow};
 use stockade_trust::keyring::Keyring;
 use stockade_trust::ratchet::{Mark, Ratchet};
 use tokio::sync::{broadcast, mpsc, Notify, Semaphore};
@@ -99,8 +99,8 @@ pub struct Host {
     ratchet: Mutex<Ratchet>,
     /// Held by each commit for its check and record together.
     committing: tokio::sync::Mutex<()>,
-    /// Installation states for the registry, written in order by a task of their own.
-    registry: mpsc::UnboundedSender<Installation>,
+    /// The registry's writes (installation states, commits), in order, by a task of their own.
+    registry: mpsc::UnboundedSender<RegistryWrite>,
     /// Names the next sealed copy below `<state_root>/store/`.
     next_seal: AtomicU64,
     plugins: Mutex<BTreeMap<String, Arc<Plugin>>>,
@@ -229,7 +229,7 @@ impl Host {
     pub fn new(config: Config, keyring: Keyring, ratchet: Ratchet) -> Arc<Host> {
         let ids = IdRanges::at(&config.state_root.join("idmap.json"));
         let (registry, updates) = mpsc::unbounded_channel();
-        tokio::spawn(write_installations(config.storage.clone(), updates));
+        tokio::spawn(write_registry(config.storage.clone(), updates));
         Arc::new(Host {
             keyring: Mutex::new(Arc::new(keyring)),
             events: Arc::new(Events::new(config.audit.clone())),
@@ -276,17 +276,19 @@ impl Host {
                     "to": t.to.name(),
                     "reason": t.reason,
                 }));
-                let _ = self.registry.send(Installation {
-                    host: self.config.host_id.clone(),
-                    plugin: plugin.id.clone(),
-                    version: st.package.manifest.version.to_string(),
-                    state: t.to.name().to_string(),
-                    reason: match &t.to {
-                        State::Failed(r) | State::Quarantined(r) => Some(r.clone()),
-                        _ => None,
-                    },
-                    updated_ms: t.at_ms as i64,
-                });
+                let _ = self
+                    .registry
+                    .send(RegistryWrite::Installation(Installation {
+                        host: self.config.host_id.clone(),
+                        plugin: plugin.id.clone(),
+                        version: st.package.manifest.version.to_string(),
+                        state: t.to.name().to_string(),
+                        reason: match &t.to {
+                            State::Failed(r) | State::Quarantined(r) => Some(r.clone()),
+                            _ => None,
+                        },
+                        updated_ms: t.at_ms as i64,
+                    }));
             }
             Err(e) => tracing::warn!(plugin = %plugin.id, "{e} ({reason})"),
         }
@@ -421,15 +423,13 @@ impl Host {
             key: package.signer.as_ref().map(|s| s.key.to_string()),
             at: now_ms() / 1000,
         };
-        let stored = |e: stockade_state::StateError| {
+        let stored = |e: StateError| {
             refusal(
                 crate::audit::AUDIT_UNAVAILABLE,
                 format!("cannot record the accepted version: {e}"),
                 Some(e.hint()),
             )
         };
-        let storage = &self.config.storage;
-        let host_id = &self.config.host_id;
         // One commit at a time: the check and the record under the same lock.
         let _one = self.committing.lock().await;
         if !allow_downgrade {
@@ -440,22 +440,72 @@ impl Host {
                     data: Some(json!({ "hint": r.hint(), "kind": r.kind() })),
                 })?;
         }
-        if let Some(r) = &package.rotation {
-            let text = r.text();
-            let known = self
-                .ratchet
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .rotations()
-                .contains(&text);
-            if !known {
-                storage.add_rotation(host_id, &text).await.map_err(stored)?;
-                let _ = self
-                    .ratchet
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remember_rotation(text);
+        let now = now_ms() as i64;
+        let m = &package.manifest;
+        let commit = Commit {
+            host: self.config.host_id.clone(),
+            plugin: PluginRow {
+                id: id.clone(),
+                name: m.name.clone(),
+                trust: package.trust.name().to_string(),
+                config: None,
+                first_seen_ms: now,
+                updated_ms: now,
+            },
+            version: VersionRow {
+                plugin: id.clone(),
+                version: m.version.to_string(),
+                digest,
+                entry_sha3_512: package.entry_sha3_512.clone(),
+                signer: package.signer.as_ref().map(|s| s.key.to_string()),
+                sequence: sequence as i64,
+                published_s: package.signer.as_ref().and_then(|s| {
+                    s.signed_at
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .ok()
+                        .map(|d| d.as_secs() as i64)
+                }),
+                installed_ms: now,
+                capabilities: stockade::explain::explain(&package.policy, &self.config.probe),
+            },
+            state: State::Active.name().to_string(),
+            mark: mark.clone(),
+            rotation: package.rotation.as_ref().map(|r| r.text()),
+        };
+        // The version, its capabilities, this host's installation, the ratchet's mark and the
+        // rotation: one transaction, written in order with the installation states.
+        let (done, written) = tokio::sync::oneshot::channel();
+        let _ = self
+            .registry
+            .send(RegistryWrite::Commit(Box::new(commit), done));
+        let result = written.await.unwrap_or_else(|_| {
+            Err(StateError::Unavailable {
+                location: self.config.storage.location(),
+                why: "the registry's writer stopped".into(),
+            })
+        });
+        if let Err(e) = result {
+            // Unclear whether it went through (an answer lost with the connection): the
+            // ratchet in memory follows what the database holds.
+            if let Ok(state) = self.config.storage.trust_state(&self.config.host_id).await {
+                if let Some(held) = state.marks.get(&id) {
+                    let _ = self
+                        .ratchet
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .record(&id, held.clone());
+                }
             }
+            return Err(stored(e));
+        }
+        {
+            let mut ratchet = self.ratchet.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = ratchet.record(&id, mark);
+            if let Some(r) = &package.rotation {
+                let _ = ratchet.remember_rotation(r.text());
+            }
+        }
+        if let Some(r) = &package.rotation {
             let mut keyring = self.keyring.lock().unwrap_or_else(|e| e.into_inner());
             let mut next = Keyring::clone(&keyring);
             if let Ok(true) = next.introduce(r, true) {
@@ -475,46 +525,16 @@ impl Host {
             }
             *keyring = Arc::new(next);
         }
-        let now = now_ms() as i64;
-        let m = &package.manifest;
-        let plugin_row = PluginRow {
-            id: id.clone(),
-            name: m.name.clone(),
-            trust: package.trust.name().to_string(),
-            config: None,
-            first_seen_ms: now,
-            updated_ms: now,
-        };
-        let version_row = VersionRow {
-            plugin: id.clone(),
-            version: m.version.to_string(),
-            digest,
-            entry_sha3_512: package.entry_sha3_512.clone(),
-            signer: package.signer.as_ref().map(|s| s.key.to_string()),
-            sequence: sequence as i64,
-            published_s: package.signer.as_ref().and_then(|s| {
-                s.signed_at
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .ok()
-                    .map(|d| d.as_secs() as i64)
-            }),
-            installed_ms: now,
-            capabilities: stockade::explain::explain(&package.policy, &self.config.probe),
-        };
-        storage
-            .commit_version(host_id, &plugin_row, &version_row)
-            .await
-            .map_err(stored)?;
-        storage
-            .set_mark(host_id, &id, &mark)
-            .await
-            .map_err(stored)?;
-        let _ = self
-            .ratchet
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record(&id, mark);
         Ok(())
+    }
+
+    /// Waits until the registry's writes so far are done (at a clean stop, before the last
+    /// audit record).
+    pub async fn flush_registry(&self) {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        if self.registry.send(RegistryWrite::Flush(done)).is_ok() {
+            let _ = flushed.await;
+        }
     }
 
     /// Refuses a request when the audit log cannot take its record.
@@ -553,12 +573,9 @@ impl Host {
     /// Queues `record` and waits for its commit.
     async fn committed(&self, record: Record) -> Result<(), RpcError> {
         let audit = &self.config.audit;
-        let ticket = audit.append_always(record).ok_or_else(|| {
-            crate::audit::refusal(&stockade_state::audit::AuditError::Full {
-                queued: audit.stats().queued,
-                why: "its record could not be queued".into(),
-            })
-        })?;
+        let ticket = audit
+            .append_always(record)
+            .ok_or_else(|| crate::audit::refusal(&audit.refusal()))?;
         audit
             .durable(ticket, self.config.audit_wait)
             .await
@@ -1696,15 +1713,37 @@ fn describe_end_json(end: &Option<Ended>) -> Value {
     v
 }
 
-/// Writes the installation states of this host's plugins to the registry, in order; a failure
-/// is logged (the audit log has the transitions; the next state written corrects the row).
-async fn write_installations(
+/// A write to the registry, done in order by [`write_registry`].
+enum RegistryWrite {
+    /// A lifecycle transition of this host's plugin: failures are logged (the audit log has
+    /// the transition; the next state written corrects the row).
+    Installation(Installation),
+    /// A version committed to: its result goes back to the committer.
+    Commit(
+        Box<Commit>,
+        tokio::sync::oneshot::Sender<Result<(), StateError>>,
+    ),
+    /// Everything before it is written.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+async fn write_registry(
     storage: Arc<dyn Storage>,
-    mut updates: mpsc::UnboundedReceiver<Installation>,
+    mut writes: mpsc::UnboundedReceiver<RegistryWrite>,
 ) {
-    while let Some(row) = updates.recv().await {
-        if let Err(e) = storage.set_installation(&row).await {
-            tracing::warn!(plugin = %row.plugin, "registry: {e}");
+    while let Some(w) = writes.recv().await {
+        match w {
+            RegistryWrite::Installation(row) => {
+                if let Err(e) = storage.set_installation(&row).await {
+                    tracing::warn!(plugin = %row.plugin, "registry: {e}");
+                }
+            }
+            RegistryWrite::Commit(commit, done) => {
+                let _ = done.send(storage.commit_version(&commit).await);
+            }
+            RegistryWrite::Flush(done) => {
+                let _ = done.send(());
+            }
         }
     }
 }

@@ -235,6 +235,25 @@ fn start(mut args: Args) -> anyhow::Result<()> {
             keyring,
             ratchet,
         );
+        let policy = stockade_state::retention::Policy {
+            max_age: config
+                .audit
+                .retain_days
+                .map(|d| std::time::Duration::from_secs(d * 86_400)),
+            max_records: config.audit.retain_records,
+        };
+        if policy.is_set() {
+            tokio::spawn(state::retain(
+                storage.clone(),
+                audit.clone(),
+                policy,
+                config
+                    .audit
+                    .export_dir
+                    .clone()
+                    .unwrap_or_else(|| state_dir.join("audit-export")),
+            ));
+        }
         let server = tokio::spawn(control::serve(listener, host.clone(), access));
         tracing::info!(socket = %socket.display(), "listening");
         // A SIGTERM while the packages load stops the daemon cleanly too (the loads under way
@@ -252,6 +271,7 @@ fn start(mut args: Args) -> anyhow::Result<()> {
         server.abort();
         let _ = std::fs::remove_file(&socket);
         host.stop_all().await;
+        host.flush_registry().await;
         let stopped = stockade_state::chain::Record::new(
             "daemon",
             None,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::json;
 use stockade_state::audit::AuditLog;
 use stockade_state::chain::Record;
+use stockade_state::retention::{self, Policy};
 use stockade_state::{HostRow, Installation, Location, Options, StateError, Storage, TrustState};
 use stockade_trust::ratchet::Ratchet;
 
@@ -37,15 +38,16 @@ pub async fn open(
     let storage = stockade_state::open(location, options)
         .await
         .map_err(fail)?;
+    // This host's rows are this process's from here on: a second daemon with the same host id
+    // is refused before it writes anything.
+    storage.claim_host(host_id).await.map_err(fail)?;
     let audit = Arc::new(
         AuditLog::open(storage.clone(), host_id, queue)
             .await
             .map_err(fail)?,
     );
     let mut trust = storage.trust_state(host_id).await.map_err(fail)?;
-    if trust == TrustState::default() {
-        import_trust_file(storage.as_ref(), host_id, state_dir, &mut trust).await?;
-    }
+    import_trust_file(storage.as_ref(), host_id, state_dir, &mut trust).await?;
     let ratchet = Ratchet::detached(
         trust.marks,
         trust.rotations,
@@ -60,7 +62,10 @@ pub async fn open(
 }
 
 /// The trust state an earlier Stockade kept in `<state>/trust/state.json`, moved into the
-/// database once (the file is renamed `state.json.imported`).
+/// database (the file is renamed `state.json.imported` once all of it is there; an import cut
+/// short is done again at the next start). What the database holds already wins: a plugin's
+/// mark is imported only when the database has none, a rotation only once, the list's serial
+/// only when higher.
 async fn import_trust_file(
     storage: &dyn Storage,
     host_id: &str,
@@ -80,15 +85,17 @@ async fn import_trust_file(
     })?;
     let (marks, rotations, serial, digest) = file.parts();
     for (plugin, mark) in marks {
-        storage
-            .set_mark(host_id, plugin, mark)
-            .await
-            .map_err(fail)?;
+        if !trust.marks.contains_key(plugin) {
+            storage
+                .set_mark(host_id, plugin, mark)
+                .await
+                .map_err(fail)?;
+        }
     }
     for text in rotations {
         storage.add_rotation(host_id, text).await.map_err(fail)?;
     }
-    if let Some(d) = digest {
+    if let Some(d) = digest.filter(|_| serial > trust.list_serial) {
         storage
             .set_trust_list(host_id, serial, d)
             .await
@@ -176,4 +183,28 @@ pub async fn started(
         )
         .await
         .map_err(|e| anyhow::anyhow!("{e}\n  hint: {}", e.hint()))
+}
+
+/// Applies the retention policy now and then every hour: what is past it is exported to
+/// `export_dir`, the cut recorded, then removed. A failure is logged and tried again at the
+/// next round (nothing is removed that was not exported).
+pub async fn retain(
+    storage: Arc<dyn Storage>,
+    audit: Arc<AuditLog>,
+    policy: Policy,
+    export_dir: std::path::PathBuf,
+) {
+    loop {
+        match retention::apply(storage.as_ref(), &audit, &policy, &export_dir).await {
+            Ok(Some(cut)) => tracing::info!(
+                from = cut.from,
+                to = cut.to,
+                "audit retention: records exported to {} and removed",
+                cut.file.display()
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::error!("audit retention: {e} ({})", e.hint()),
+        }
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
 }

@@ -279,6 +279,82 @@ pub fn verify(location: &Location, json_out: bool) -> Result<u8, Failure> {
     Ok(0)
 }
 
+/// `stockade audit verify --export FILE...`: each export checked on its own, and whether it
+/// joins the database's chain (its last record is the base the database kept) when the database
+/// can be read.
+pub fn verify_exports(
+    location: &Location,
+    files: &[PathBuf],
+    json_out: bool,
+) -> Result<u8, Failure> {
+    let heads = stockade_state::block_on(async {
+        match open(location).await {
+            Ok(s) => s.chains().await.ok(),
+            Err(_) => None,
+        }
+    });
+    let mut verdicts = Vec::new();
+    let mut broken = 0;
+    for file in files {
+        let v = stockade_state::retention::verify_export(file).map_err(|e| {
+            Failure::usage(
+                format!("{}: {e}", file.display()),
+                "give an export file: --export FILE",
+            )
+        })?;
+        let base = heads
+            .as_ref()
+            .and_then(|h| h.iter().find(|h| h.chain == v.chain && h.base_seq == v.to));
+        let joins = base.map(|b| b.base_hash == v.last_hash);
+        if v.broken.is_some() || joins == Some(false) {
+            broken += 1;
+        }
+        if !json_out {
+            match (&v.broken, joins) {
+                (Some(b), _) => println!(
+                    "{}: BROKEN at record {} ({}): {}",
+                    file.display(),
+                    b.seq,
+                    b.kind,
+                    b.why
+                ),
+                (None, Some(false)) => println!(
+                    "{}: records {}..{} of chain {} hold, but do not join the database's chain (its base at record {} has another hash)",
+                    file.display(),
+                    v.from,
+                    v.to,
+                    v.chain,
+                    v.to
+                ),
+                (None, joined) => println!(
+                    "{}: records {}..{} of chain {} hold{}",
+                    file.display(),
+                    v.from,
+                    v.to,
+                    v.chain,
+                    if joined == Some(true) {
+                        " and join the database's chain"
+                    } else {
+                        ""
+                    }
+                ),
+            }
+        }
+        verdicts.push(json!({ "export": v, "joins_database": joins }));
+    }
+    if json_out {
+        println!("{}", json!({ "ok": broken == 0, "exports": verdicts }));
+    }
+    if broken > 0 {
+        eprintln!(
+            "stockade: {broken} of {} exports do not hold\n  hint: an export is the records as they were removed; compare it with a backup",
+            files.len()
+        );
+        return Ok(1);
+    }
+    Ok(0)
+}
+
 /// `stockade registry [ID]`: the hosts, the plugins and which host runs which version; with an
 /// id, that plugin's versions and their capabilities.
 pub fn registry(location: &Location, id: Option<&str>, json_out: bool) -> Result<u8, Failure> {
