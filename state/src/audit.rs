@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{watch, Notify};
+use std::collections::BTreeMap;
+
+use tokio::sync::{oneshot, Notify};
 
 use crate::chain::{Entry, Record};
 use crate::{StateError, Storage};
@@ -37,9 +39,6 @@ struct Shared {
     capacity: usize,
     queue: Mutex<Queue>,
     wake: Notify,
-    committed: watch::Sender<i64>,
-    /// Set with `Queue::fatal`, read by waiters without the lock.
-    stopped: std::sync::atomic::AtomicBool,
 }
 
 struct Queue {
@@ -56,6 +55,11 @@ struct Queue {
     /// Set when the chain cannot be written again (another writer took it): permanent.
     fatal: Option<String>,
     closing: bool,
+    /// The last record committed.
+    committed: i64,
+    /// Who waits for which record: each woken once, when its record is committed (or dropped,
+    /// when the log stops).
+    waiters: BTreeMap<i64, Vec<oneshot::Sender<()>>>,
 }
 
 impl Queue {
@@ -147,10 +151,10 @@ impl AuditLog {
                 failing: None,
                 fatal: None,
                 closing: false,
+                committed: head.head_seq,
+                waiters: BTreeMap::new(),
             }),
             wake: Notify::new(),
-            committed: watch::channel(head.head_seq).0,
-            stopped: std::sync::atomic::AtomicBool::new(false),
         });
         let writer = tokio::spawn(write(shared.clone(), head.head_seq));
         Ok(AuditLog {
@@ -248,31 +252,33 @@ impl AuditLog {
 
     /// Waits until the record `ticket` is committed, at most `within`.
     pub async fn durable(&self, ticket: Ticket, within: Duration) -> Result<(), AuditError> {
-        let mut committed = self.shared.committed.subscribe();
-        let reached = tokio::time::timeout(within, async {
-            let stopped = &self.shared.stopped;
-            committed
-                .wait_for(|&c| c >= ticket.0 || stopped.load(std::sync::atomic::Ordering::SeqCst))
-                .await
-                .is_ok_and(|c| *c >= ticket.0)
-        })
-        .await;
-        match reached {
-            Ok(true) => Ok(()),
-            Ok(false) | Err(_) => {
-                let q = self.queue();
-                if let Some(why) = &q.fatal {
-                    return Err(AuditError::Stopped(why.clone()));
-                }
-                Err(AuditError::Late {
-                    within,
-                    why: q
-                        .failing
-                        .clone()
-                        .unwrap_or_else(|| "the database is slow".into()),
-                })
+        let woken = {
+            let mut q = self.queue();
+            if q.committed >= ticket.0 {
+                return Ok(());
             }
+            if let Some(why) = &q.fatal {
+                return Err(AuditError::Stopped(why.clone()));
+            }
+            let (tx, rx) = oneshot::channel();
+            q.waiters.entry(ticket.0).or_default().push(tx);
+            rx
+        };
+        let reached = matches!(tokio::time::timeout(within, woken).await, Ok(Ok(())));
+        let q = self.queue();
+        if reached || q.committed >= ticket.0 {
+            return Ok(());
         }
+        if let Some(why) = &q.fatal {
+            return Err(AuditError::Stopped(why.clone()));
+        }
+        Err(AuditError::Late {
+            within,
+            why: q
+                .failing
+                .clone()
+                .unwrap_or_else(|| "the database is slow".into()),
+        })
     }
 
     /// Appends `record` and waits for its commit.
@@ -286,7 +292,7 @@ impl AuditLog {
         Stats {
             chain: self.shared.chain.clone(),
             location: self.shared.storage.location(),
-            committed: *self.shared.committed.borrow(),
+            committed: q.committed,
             queued: q.queued(),
             capacity: self.shared.capacity,
             failing: q.failing.clone(),
@@ -352,16 +358,12 @@ async fn write(shared: Arc<Shared>, mut head: i64) {
             match shared.storage.append(&shared.chain, head, &batch).await {
                 Ok(()) => {
                     head = batch.last().map_or(head, |e| e.seq);
-                    let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-                    q.in_flight = 0;
-                    if let Some(why) = q.failing.take() {
+                    if let Some(why) = committed(&shared, head) {
                         tracing::info!(
                             "audit log: committing again ({} after: {why})",
                             shared.storage.location()
                         );
                     }
-                    drop(q);
-                    shared.committed.send_replace(head);
                     backoff = Duration::from_millis(20);
                     break;
                 }
@@ -372,11 +374,7 @@ async fn write(shared: Arc<Shared>, mut head: i64) {
                     if matches!(ours(&shared, head, &batch).await, Ok(true)) =>
                 {
                     head = batch.last().map_or(head, |e| e.seq);
-                    let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-                    q.in_flight = 0;
-                    q.failing = None;
-                    drop(q);
-                    shared.committed.send_replace(head);
+                    committed(&shared, head);
                     backoff = Duration::from_millis(20);
                     break;
                 }
@@ -398,12 +396,8 @@ async fn write(shared: Arc<Shared>, mut head: i64) {
                     tracing::error!("audit log: {e}: nothing more is written");
                     let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
                     q.fatal = Some(e.to_string());
-                    drop(q);
-                    shared
-                        .stopped
-                        .store(true, std::sync::atomic::Ordering::SeqCst);
-                    // Wakes the waiters: they see the log stopped.
-                    shared.committed.send_modify(|_| ());
+                    // Dropping their senders wakes the waiters: they see the log stopped.
+                    q.waiters.clear();
                     return;
                 }
                 Err(e) => {
@@ -415,6 +409,22 @@ async fn write(shared: Arc<Shared>, mut head: i64) {
             }
         }
     }
+}
+
+/// Records `head` as committed and wakes the waiters of every record up to it, each once.
+/// Returns why commits had failed before, if they had.
+fn committed(shared: &Shared, head: i64) -> Option<String> {
+    let (done, recovered) = {
+        let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.in_flight = 0;
+        q.committed = head;
+        let later = q.waiters.split_off(&(head + 1));
+        (std::mem::replace(&mut q.waiters, later), q.failing.take())
+    };
+    for tx in done.into_values().flatten() {
+        let _ = tx.send(());
+    }
+    recovered
 }
 
 fn note_failure(shared: &Shared, why: String) {
