@@ -8,6 +8,7 @@
 use async_trait::async_trait;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, NoTls, Row};
 
 use crate::chain::{genesis, Entry, Record};
@@ -152,6 +153,31 @@ impl Postgres {
         Ok(guard)
     }
 
+    /// One statement's rows, each mapped by `f`.
+    async fn rows<T>(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        f: impl Fn(&Row) -> T + Send,
+    ) -> Result<Vec<T>, StateError> {
+        let mut g = self.client().await?;
+        let c = g.as_mut().expect("connected");
+        let r = c
+            .query(sql, params)
+            .await
+            .map(|rows| rows.iter().map(&f).collect())
+            .map_err(Fail::Pg);
+        self.settle(&mut g, r)
+    }
+
+    /// One statement, for what it does.
+    async fn exec(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<(), StateError> {
+        let mut g = self.client().await?;
+        let c = g.as_mut().expect("connected");
+        let r = c.execute(sql, params).await.map(drop).map_err(Fail::Pg);
+        self.settle(&mut g, r)
+    }
+
     /// `r` as a state error; a connection that broke is dropped (the next request connects).
     fn settle<T>(
         &self,
@@ -255,7 +281,7 @@ async fn migrate(c: &mut Client, location: &str, read_only: bool) -> Result<i64,
         .get(0);
     crate::sqlite::check_version(location, found, false).map_err(Fail::State)?;
     for m in MIGRATIONS.iter().filter(|m| m.version > found) {
-        tx.batch_execute(m.postgres).await?;
+        tx.batch_execute(m.sql).await?;
         tx.execute(
             "INSERT INTO stockade_schema (version, description, applied_ms) VALUES ($1, $2, $3)",
             &[&m.version, &m.description, &crate::now_ms()],
@@ -350,41 +376,35 @@ impl Storage for Postgres {
     }
 
     async fn schema_version(&self) -> Result<i64, StateError> {
-        let mut g = self.client().await?;
-        let c = g.as_mut().expect("connected");
-        let r = async {
-            Ok(c.query_one(
+        let found = self
+            .rows(
                 "SELECT COALESCE(MAX(version), 0)::BIGINT FROM stockade_schema",
                 &[],
+                |r| r.get(0),
             )
-            .await?
-            .get(0))
-        }
-        .await;
-        self.settle(&mut g, r)
+            .await?;
+        Ok(found.first().copied().unwrap_or(0))
     }
 
     async fn open_chain(&self, chain: &str) -> Result<ChainHead, StateError> {
-        let mut g = self.client().await?;
-        let c = g.as_mut().expect("connected");
-        let r = async {
-            let g = genesis(chain);
-            c.execute(
-                "INSERT INTO audit_chains (chain, base_seq, base_hash, head_seq, head_hash)
-                 VALUES ($1, 0, $2, 0, $2) ON CONFLICT (chain) DO NOTHING",
-                &[&chain, &g],
+        let g = genesis(chain);
+        self.exec(
+            "INSERT INTO audit_chains (chain, base_seq, base_hash, head_seq, head_hash)
+             VALUES ($1, 0, $2, 0, $2) ON CONFLICT (chain) DO NOTHING",
+            &[&chain, &g],
+        )
+        .await?;
+        let heads = self
+            .rows(
+                "SELECT chain, base_seq, base_hash, head_seq, head_hash FROM audit_chains WHERE chain = $1",
+                &[&chain],
+                head_from,
             )
             .await?;
-            let row = c
-                .query_one(
-                    "SELECT chain, base_seq, base_hash, head_seq, head_hash FROM audit_chains WHERE chain = $1",
-                    &[&chain],
-                )
-                .await?;
-            Ok(head_from(&row))
-        }
-        .await;
-        self.settle(&mut g, r)
+        heads.into_iter().next().ok_or_else(|| StateError::Corrupt {
+            location: self.shown.clone(),
+            why: format!("the audit chain `{chain}` vanished"),
+        })
     }
 
     async fn append(
@@ -464,19 +484,12 @@ impl Storage for Postgres {
     }
 
     async fn chains(&self) -> Result<Vec<ChainHead>, StateError> {
-        let mut g = self.client().await?;
-        let c = g.as_mut().expect("connected");
-        let r = async {
-            let rows = c
-                .query(
-                    "SELECT chain, base_seq, base_hash, head_seq, head_hash FROM audit_chains ORDER BY chain",
-                    &[],
-                )
-                .await?;
-            Ok(rows.iter().map(head_from).collect())
-        }
-        .await;
-        self.settle(&mut g, r)
+        self.rows(
+            "SELECT chain, base_seq, base_hash, head_seq, head_hash FROM audit_chains ORDER BY chain",
+            &[],
+            head_from,
+        )
+        .await
     }
 
     async fn entries(
@@ -485,57 +498,45 @@ impl Storage for Postgres {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<Entry>, StateError> {
-        let mut g = self.client().await?;
-        let c = g.as_mut().expect("connected");
-        let r = async {
-            let rows = c
-                .query(
-                    &format!(
-                        "SELECT {ENTRY_COLUMNS} FROM audit WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3"
-                    ),
-                    &[&chain, &after_seq, &i64::from(limit)],
-                )
-                .await?;
-            Ok(rows.iter().map(entry_from).collect())
-        }
-        .await;
-        self.settle(&mut g, r)
+        self.rows(
+            &format!(
+                "SELECT {ENTRY_COLUMNS} FROM audit WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+            ),
+            &[&chain, &after_seq, &i64::from(limit)],
+            entry_from,
+        )
+        .await
     }
 
     async fn query(&self, f: &Filter) -> Result<Vec<Entry>, StateError> {
-        let mut g = self.client().await?;
-        let c = g.as_mut().expect("connected");
-        let r = async {
-            let rows = c
-                .query(
-                    &format!(
-                        "SELECT {ENTRY_COLUMNS} FROM audit
-                         WHERE ($1::TEXT IS NULL OR plugin = $1) AND ($2::TEXT IS NULL OR kind = $2)
-                           AND ($3::TEXT IS NULL OR chain = $3) AND ($4::BIGINT IS NULL OR at_ms >= $4)
-                         ORDER BY at_ms, chain, seq LIMIT $5"
-                    ),
-                    &[&f.plugin, &f.kind, &f.chain, &f.since_ms, &i64::from(f.limit)],
-                )
-                .await?;
-            Ok(rows.iter().map(entry_from).collect())
-        }
-        .await;
-        self.settle(&mut g, r)
+        self.rows(
+            &format!(
+                "SELECT {ENTRY_COLUMNS} FROM audit
+                 WHERE ($1::TEXT IS NULL OR plugin = $1) AND ($2::TEXT IS NULL OR kind = $2)
+                   AND ($3::TEXT IS NULL OR chain = $3) AND ($4::BIGINT IS NULL OR at_ms >= $4)
+                 ORDER BY at_ms, chain, seq LIMIT $5"
+            ),
+            &[
+                &f.plugin,
+                &f.kind,
+                &f.chain,
+                &f.since_ms,
+                &i64::from(f.limit),
+            ],
+            entry_from,
+        )
+        .await
     }
 
     async fn last_before(&self, chain: &str, before_ms: i64) -> Result<Option<i64>, StateError> {
-        let mut g = self.client().await?;
-        let c = g.as_mut().expect("connected");
-        let r = async {
-            Ok(c.query_one(
+        let found = self
+            .rows(
                 "SELECT MAX(seq) FROM audit WHERE chain = $1 AND at_ms < $2",
                 &[&chain, &before_ms],
+                |r| r.get::<_, Option<i64>>(0),
             )
-            .await?
-            .get(0))
-        }
-        .await;
-        self.settle(&mut g, r)
+            .await?;
+        Ok(found.into_iter().next().flatten())
     }
 
     async fn cut(&self, chain: &str, upto_seq: i64) -> Result<(), StateError> {
@@ -578,44 +579,27 @@ impl Storage for Postgres {
     }
 
     async fn register_host(&self, h: &HostRow) -> Result<(), StateError> {
-        let mut g = self.client().await?;
-        let c = g.as_mut().expect("connected");
-        let r = async {
-            c.execute(
-                "INSERT INTO hosts (host, pid, started_ms, stockade_version) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (host) DO UPDATE SET pid = excluded.pid, started_ms = excluded.started_ms,
-                 stockade_version = excluded.stockade_version",
-                &[&h.host, &h.pid, &h.started_ms, &h.stockade_version],
-            )
-            .await?;
-            Ok(())
-        }
-        .await;
-        self.settle(&mut g, r)
+        self.exec(
+            "INSERT INTO hosts (host, pid, started_ms, stockade_version) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (host) DO UPDATE SET pid = excluded.pid, started_ms = excluded.started_ms,
+             stockade_version = excluded.stockade_version",
+            &[&h.host, &h.pid, &h.started_ms, &h.stockade_version],
+        )
+        .await
     }
 
     async fn hosts(&self) -> Result<Vec<HostRow>, StateError> {
-        let mut g = self.client().await?;
-        let c = g.as_mut().expect("connected");
-        let r = async {
-            let rows = c
-                .query(
-                    "SELECT host, pid, started_ms, stockade_version FROM hosts ORDER BY host",
-                    &[],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|r| HostRow {
-                    host: r.get(0),
-                    pid: r.get(1),
-                    started_ms: r.get(2),
-                    stockade_version: r.get(3),
-                })
-                .collect())
-        }
-        .await;
-        self.settle(&mut g, r)
+        self.rows(
+            "SELECT host, pid, started_ms, stockade_version FROM hosts ORDER BY host",
+            &[],
+            |r| HostRow {
+                host: r.get(0),
+                pid: r.get(1),
+                started_ms: r.get(2),
+                stockade_version: r.get(3),
+            },
+        )
+        .await
     }
 
     async fn commit_version(&self, k: &Commit) -> Result<(), StateError> {
@@ -674,112 +658,75 @@ impl Storage for Postgres {
     }
 
     async fn plugins(&self) -> Result<Vec<PluginRow>, StateError> {
-        let mut g = self.client().await?;
-        let c = g.as_mut().expect("connected");
-        let r = async {
-            let rows = c
-                .query(
-                    "SELECT id, name, trust, config, first_seen_ms, updated_ms FROM plugins ORDER BY id",
-                    &[],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|r| PluginRow {
-                    id: r.get(0),
-                    name: r.get(1),
-                    trust: r.get(2),
-                    config: r.get(3),
-                    first_seen_ms: r.get(4),
-                    updated_ms: r.get(5),
-                })
-                .collect())
-        }
-        .await;
-        self.settle(&mut g, r)
+        self.rows(
+            "SELECT id, name, trust, config, first_seen_ms, updated_ms FROM plugins ORDER BY id",
+            &[],
+            |r| PluginRow {
+                id: r.get(0),
+                name: r.get(1),
+                trust: r.get(2),
+                config: r.get(3),
+                first_seen_ms: r.get(4),
+                updated_ms: r.get(5),
+            },
+        )
+        .await
     }
 
     async fn versions(&self, plugin: &str) -> Result<Vec<VersionRow>, StateError> {
-        let mut g = self.client().await?;
-        let c = g.as_mut().expect("connected");
-        let r = async {
-            let rows = c
-                .query(
-                    "SELECT v.plugin, v.version, v.digest, v.entry_sha3_512, v.signer, v.sequence,
-                     v.published_s, v.installed_ms, COALESCE(c.explain, '')
-                     FROM plugin_versions v LEFT JOIN plugin_capabilities c
-                     ON c.plugin = v.plugin AND c.version = v.version AND c.digest = v.digest
-                     WHERE v.plugin = $1 ORDER BY v.installed_ms",
-                    &[&plugin],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|r| VersionRow {
-                    plugin: r.get(0),
-                    version: r.get(1),
-                    digest: r.get(2),
-                    entry_sha3_512: r.get(3),
-                    signer: r.get(4),
-                    sequence: r.get(5),
-                    published_s: r.get(6),
-                    installed_ms: r.get(7),
-                    capabilities: r.get(8),
-                })
-                .collect())
-        }
-        .await;
-        self.settle(&mut g, r)
+        self.rows(
+            "SELECT v.plugin, v.version, v.digest, v.entry_sha3_512, v.signer, v.sequence,
+             v.published_s, v.installed_ms, COALESCE(c.explain, '')
+             FROM plugin_versions v LEFT JOIN plugin_capabilities c
+             ON c.plugin = v.plugin AND c.version = v.version AND c.digest = v.digest
+             WHERE v.plugin = $1 ORDER BY v.installed_ms",
+            &[&plugin],
+            |r| VersionRow {
+                plugin: r.get(0),
+                version: r.get(1),
+                digest: r.get(2),
+                entry_sha3_512: r.get(3),
+                signer: r.get(4),
+                sequence: r.get(5),
+                published_s: r.get(6),
+                installed_ms: r.get(7),
+                capabilities: r.get(8),
+            },
+        )
+        .await
     }
 
     async fn set_installation(&self, i: &Installation) -> Result<(), StateError> {
-        let mut g = self.client().await?;
-        let c = g.as_mut().expect("connected");
-        let r = async {
-            c.execute(
-                "UPDATE installations SET state = $1, reason = $2, updated_ms = $3
-                 WHERE host = $4 AND plugin = $5 AND version = $6",
-                &[
-                    &i.state,
-                    &i.reason,
-                    &i.updated_ms,
-                    &i.host,
-                    &i.plugin,
-                    &i.version,
-                ],
-            )
-            .await?;
-            Ok(())
-        }
-        .await;
-        self.settle(&mut g, r)
+        self.exec(
+            "UPDATE installations SET state = $1, reason = $2, updated_ms = $3
+             WHERE host = $4 AND plugin = $5 AND version = $6",
+            &[
+                &i.state,
+                &i.reason,
+                &i.updated_ms,
+                &i.host,
+                &i.plugin,
+                &i.version,
+            ],
+        )
+        .await
     }
 
     async fn installations(&self) -> Result<Vec<Installation>, StateError> {
-        let mut g = self.client().await?;
-        let c = g.as_mut().expect("connected");
-        let r = async {
-            let rows = c
-                .query(
-                    "SELECT host, plugin, version, state, reason, updated_ms FROM installations
-                     ORDER BY host, plugin",
-                    &[],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|r| Installation {
-                    host: r.get(0),
-                    plugin: r.get(1),
-                    version: r.get(2),
-                    state: r.get(3),
-                    reason: r.get(4),
-                    updated_ms: r.get(5),
-                })
-                .collect())
-        }
-        .await;
-        self.settle(&mut g, r)
+        self.rows(
+            "SELECT host, plugin, version, state, reason, updated_ms FROM installations
+             ORDER BY host, plugin",
+            &[],
+            |r| Installation {
+                host: r.get(0),
+                plugin: r.get(1),
+                version: r.get(2),
+                state: r.get(3),
+                reason: r.get(4),
+                updated_ms: r.get(5),
+            },
+        )
+        .await
     }
 
     async fn trust_state(&self, host: &str) -> Result<TrustState, StateError> {
@@ -859,18 +806,11 @@ impl Storage for Postgres {
         serial: u64,
         digest: &str,
     ) -> Result<(), StateError> {
-        let mut g = self.client().await?;
-        let c = g.as_mut().expect("connected");
-        let r = async {
-            c.execute(
-                "INSERT INTO trust_lists (host, serial, digest) VALUES ($1, $2, $3)
-                 ON CONFLICT (host) DO UPDATE SET serial = excluded.serial, digest = excluded.digest",
-                &[&host, &(serial as i64), &digest],
-            )
-            .await?;
-            Ok(())
-        }
-        .await;
-        self.settle(&mut g, r)
+        self.exec(
+            "INSERT INTO trust_lists (host, serial, digest) VALUES ($1, $2, $3)
+             ON CONFLICT (host) DO UPDATE SET serial = excluded.serial, digest = excluded.digest",
+            &[&host, &(serial as i64), &digest],
+        )
+        .await
     }
 }

@@ -202,7 +202,7 @@ fn migrate(c: &mut Connection, location: &str, read_only: bool) -> Result<i64, S
         .map_err(e)?;
     check_version(location, found, false)?;
     for m in MIGRATIONS.iter().filter(|m| m.version > found) {
-        tx.execute_batch(m.sqlite).map_err(e)?;
+        tx.execute_batch(m.sql).map_err(e)?;
         tx.execute(
             "INSERT INTO stockade_schema (version, description, applied_ms) VALUES (?1, ?2, ?3)",
             params![m.version, m.description, crate::now_ms()],
@@ -266,6 +266,18 @@ fn put_rotation(c: &Connection, host: &str, text: &str) -> rusqlite::Result<()> 
         params![host, text],
     )
     .map(drop)
+}
+
+/// One statement's rows, each mapped by `f`.
+fn rows<T>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnMut(&rusqlite::Row) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let mut q = c.prepare_cached(sql)?;
+    let found = q.query_map(params, f)?.collect();
+    found
 }
 
 fn entry_from(r: &rusqlite::Row) -> rusqlite::Result<Entry> {
@@ -430,14 +442,13 @@ impl Storage for Sqlite {
     async fn chains(&self) -> Result<Vec<ChainHead>, StateError> {
         let l = self.location();
         self.run(move |c| {
-            let e = |err| error(&l, err);
-            let mut q = c
-                .prepare(
-                    "SELECT chain, base_seq, base_hash, head_seq, head_hash FROM audit_chains ORDER BY chain",
-                )
-                .map_err(e)?;
-            let rows = q.query_map([], head_from).map_err(e)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(e)
+            rows(
+                c,
+                "SELECT chain, base_seq, base_hash, head_seq, head_hash FROM audit_chains ORDER BY chain",
+                [],
+                head_from,
+            )
+            .map_err(|e| error(&l, e))
         })
         .await
     }
@@ -450,16 +461,15 @@ impl Storage for Sqlite {
     ) -> Result<Vec<Entry>, StateError> {
         let (l, chain) = (self.location(), chain.to_string());
         self.run(move |c| {
-            let e = |err| error(&l, err);
-            let mut q = c
-                .prepare_cached(&format!(
+            rows(
+                c,
+                &format!(
                     "SELECT {ENTRY_COLUMNS} FROM audit WHERE chain = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
-                ))
-                .map_err(e)?;
-            let rows = q
-                .query_map(params![chain, after_seq, limit], entry_from)
-                .map_err(e)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(e)
+                ),
+                params![chain, after_seq, limit],
+                entry_from,
+            )
+            .map_err(|e| error(&l, e))
         })
         .await
     }
@@ -467,22 +477,18 @@ impl Storage for Sqlite {
     async fn query(&self, filter: &Filter) -> Result<Vec<Entry>, StateError> {
         let (l, f) = (self.location(), filter.clone());
         self.run(move |c| {
-            let e = |err| error(&l, err);
-            let mut q = c
-                .prepare(&format!(
+            rows(
+                c,
+                &format!(
                     "SELECT {ENTRY_COLUMNS} FROM audit
                      WHERE (?1 IS NULL OR plugin = ?1) AND (?2 IS NULL OR kind = ?2)
                        AND (?3 IS NULL OR chain = ?3) AND (?4 IS NULL OR at_ms >= ?4)
                      ORDER BY at_ms, chain, seq LIMIT ?5"
-                ))
-                .map_err(e)?;
-            let rows = q
-                .query_map(
-                    params![f.plugin, f.kind, f.chain, f.since_ms, f.limit],
-                    entry_from,
-                )
-                .map_err(e)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(e)
+                ),
+                params![f.plugin, f.kind, f.chain, f.since_ms, f.limit],
+                entry_from,
+            )
+            .map_err(|e| error(&l, e))
         })
         .await
     }
@@ -555,21 +561,20 @@ impl Storage for Sqlite {
     async fn hosts(&self) -> Result<Vec<HostRow>, StateError> {
         let l = self.location();
         self.run(move |c| {
-            let e = |err| error(&l, err);
-            let mut q = c
-                .prepare("SELECT host, pid, started_ms, stockade_version FROM hosts ORDER BY host")
-                .map_err(e)?;
-            let rows = q
-                .query_map([], |r| {
+            rows(
+                c,
+                "SELECT host, pid, started_ms, stockade_version FROM hosts ORDER BY host",
+                [],
+                |r| {
                     Ok(HostRow {
                         host: r.get(0)?,
                         pid: r.get(1)?,
                         started_ms: r.get(2)?,
                         stockade_version: r.get(3)?,
                     })
-                })
-                .map_err(e)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(e)
+                },
+            )
+            .map_err(|e| error(&l, e))
         })
         .await
     }
@@ -632,14 +637,11 @@ impl Storage for Sqlite {
     async fn plugins(&self) -> Result<Vec<PluginRow>, StateError> {
         let l = self.location();
         self.run(move |c| {
-            let e = |err| error(&l, err);
-            let mut q = c
-                .prepare(
-                    "SELECT id, name, trust, config, first_seen_ms, updated_ms FROM plugins ORDER BY id",
-                )
-                .map_err(e)?;
-            let rows = q
-                .query_map([], |r| {
+            rows(
+                c,
+                "SELECT id, name, trust, config, first_seen_ms, updated_ms FROM plugins ORDER BY id",
+                [],
+                |r| {
                     Ok(PluginRow {
                         id: r.get(0)?,
                         name: r.get(1)?,
@@ -648,9 +650,9 @@ impl Storage for Sqlite {
                         first_seen_ms: r.get(4)?,
                         updated_ms: r.get(5)?,
                     })
-                })
-                .map_err(e)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(e)
+                },
+            )
+            .map_err(|e| error(&l, e))
         })
         .await
     }
@@ -658,18 +660,17 @@ impl Storage for Sqlite {
     async fn versions(&self, plugin: &str) -> Result<Vec<VersionRow>, StateError> {
         let (l, plugin) = (self.location(), plugin.to_string());
         self.run(move |c| {
-            let e = |err| error(&l, err);
-            let mut q = c
-                .prepare(
-                    "SELECT v.plugin, v.version, v.digest, v.entry_sha3_512, v.signer, v.sequence,
-                     v.published_s, v.installed_ms, COALESCE(c.explain, '')
-                     FROM plugin_versions v LEFT JOIN plugin_capabilities c
-                     ON c.plugin = v.plugin AND c.version = v.version AND c.digest = v.digest
-                     WHERE v.plugin = ?1 ORDER BY v.installed_ms",
-                )
-                .map_err(e)?;
-            let rows = q.query_map(params![plugin], version_from).map_err(e)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(e)
+            rows(
+                c,
+                "SELECT v.plugin, v.version, v.digest, v.entry_sha3_512, v.signer, v.sequence,
+                 v.published_s, v.installed_ms, COALESCE(c.explain, '')
+                 FROM plugin_versions v LEFT JOIN plugin_capabilities c
+                 ON c.plugin = v.plugin AND c.version = v.version AND c.digest = v.digest
+                 WHERE v.plugin = ?1 ORDER BY v.installed_ms",
+                params![plugin],
+                version_from,
+            )
+            .map_err(|e| error(&l, e))
         })
         .await
     }
@@ -691,15 +692,12 @@ impl Storage for Sqlite {
     async fn installations(&self) -> Result<Vec<Installation>, StateError> {
         let l = self.location();
         self.run(move |c| {
-            let e = |err| error(&l, err);
-            let mut q = c
-                .prepare(
-                    "SELECT host, plugin, version, state, reason, updated_ms FROM installations
-                     ORDER BY host, plugin",
-                )
-                .map_err(e)?;
-            let rows = q
-                .query_map([], |r| {
+            rows(
+                c,
+                "SELECT host, plugin, version, state, reason, updated_ms FROM installations
+                 ORDER BY host, plugin",
+                [],
+                |r| {
                     Ok(Installation {
                         host: r.get(0)?,
                         plugin: r.get(1)?,
@@ -708,9 +706,9 @@ impl Storage for Sqlite {
                         reason: r.get(4)?,
                         updated_ms: r.get(5)?,
                     })
-                })
-                .map_err(e)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(e)
+                },
+            )
+            .map_err(|e| error(&l, e))
         })
         .await
     }

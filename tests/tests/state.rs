@@ -20,6 +20,18 @@ fn echo_package(d: &Daemon, name: &str, id: &str) -> std::path::PathBuf {
     d.package(name, id, "1.0.0", "serve", "")
 }
 
+/// A daemon that loaded the echo plugin, answered `calls` calls and stopped cleanly.
+fn stopped_after_calls(name: &str, extra: &[&str], calls: usize) -> Daemon {
+    let mut d = Daemon::start(name, extra);
+    d.load(&echo_package(&d, "echo", "echo"));
+    for n in 0..calls {
+        d.call("echo", "echo", json!({ "text": n.to_string() }))
+            .unwrap();
+    }
+    assert!(d.stop().success());
+    d
+}
+
 /// The records of `kind` among `records`.
 fn of_kind<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
     records.iter().filter(|r| r["kind"] == kind).collect()
@@ -207,13 +219,7 @@ fn tampering_with_the_database_is_found_by_audit_verify() {
     if !harness::privileged("state::tampering_with_the_database_is_found") {
         return;
     }
-    let mut d = Daemon::start("audit-tamper", &[]);
-    d.load(&echo_package(&d, "echo", "echo"));
-    for n in 0..5 {
-        d.call("echo", "echo", json!({ "text": n.to_string() }))
-            .unwrap();
-    }
-    assert!(d.stop().success());
+    let d = stopped_after_calls("audit-tamper", &[], 5);
     let db = d.database();
     let file = d.dir.join("state/stockade.db");
     assert_eq!(broken(&db), (0, 0, String::new()));
@@ -262,13 +268,7 @@ fn tampering_with_the_database_is_found_by_audit_verify() {
         return;
     };
     let url = postgres::database(&admin, "tamper");
-    let mut d = Daemon::start("audit-tamper-pg", &["--database", &url]);
-    d.load(&echo_package(&d, "echo", "echo"));
-    for n in 0..5 {
-        d.call("echo", "echo", json!({ "text": n.to_string() }))
-            .unwrap();
-    }
-    assert!(d.stop().success());
+    let _d = stopped_after_calls("audit-tamper-pg", &["--database", &url], 5);
     assert_eq!(broken(&url), (0, 0, String::new()));
     postgres::psql(&url, "UPDATE audit SET at_ms = at_ms + 1 WHERE seq = 9");
     assert_eq!(broken(&url), (1, 9, "edited".into()));
@@ -684,13 +684,7 @@ fn retention_exports_before_it_removes_and_both_halves_verify() {
     if !harness::privileged("state::retention_exports_before_it_removes") {
         return;
     }
-    let mut d = Daemon::start("audit-retention", &[]);
-    d.load(&echo_package(&d, "echo", "echo"));
-    for n in 0..15 {
-        d.call("echo", "echo", json!({ "text": n.to_string() }))
-            .unwrap();
-    }
-    assert!(d.stop().success());
+    let mut d = stopped_after_calls("audit-retention", &[], 15);
     let db = d.database();
     let before = Daemon::audit(&db, &["--limit", "100000"]).len();
     assert!(before > 20, "{before} records");
