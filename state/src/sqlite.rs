@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use async_trait::async_trait;
+use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
@@ -133,6 +134,21 @@ impl Sqlite {
             .send(job)
             .map_err(|_| self.gone())?;
         rx.await.map_err(|_| self.gone())?
+    }
+
+    /// The rows of one statement (`params` owned: they cross to the connection's thread), each
+    /// mapped by `f`.
+    async fn select<T: Send + 'static>(
+        &self,
+        sql: String,
+        params: Vec<Value>,
+        f: fn(&rusqlite::Row) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StateError> {
+        let l = self.location();
+        self.run(move |c| {
+            rows(c, &sql, rusqlite::params_from_iter(params), f).map_err(|e| error(&l, e))
+        })
+        .await
     }
 
     fn gone(&self) -> StateError {
@@ -440,16 +456,11 @@ impl Storage for Sqlite {
     }
 
     async fn chains(&self) -> Result<Vec<ChainHead>, StateError> {
-        let l = self.location();
-        self.run(move |c| {
-            rows(
-                c,
-                "SELECT chain, base_seq, base_hash, head_seq, head_hash FROM audit_chains ORDER BY chain",
-                [],
-                head_from,
-            )
-            .map_err(|e| error(&l, e))
-        })
+        self.select(
+            "SELECT chain, base_seq, base_hash, head_seq, head_hash FROM audit_chains ORDER BY chain".into(),
+            vec![],
+            head_from,
+        )
         .await
     }
 
@@ -459,37 +470,33 @@ impl Storage for Sqlite {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<Entry>, StateError> {
-        let (l, chain) = (self.location(), chain.to_string());
-        self.run(move |c| {
-            rows(
-                c,
-                &format!(
-                    "SELECT {ENTRY_COLUMNS} FROM audit WHERE chain = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
-                ),
-                params![chain, after_seq, limit],
-                entry_from,
-            )
-            .map_err(|e| error(&l, e))
-        })
+        self.select(
+            format!(
+                "SELECT {ENTRY_COLUMNS} FROM audit WHERE chain = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            ),
+            vec![chain.to_string().into(), after_seq.into(), i64::from(limit).into()],
+            entry_from,
+        )
         .await
     }
 
-    async fn query(&self, filter: &Filter) -> Result<Vec<Entry>, StateError> {
-        let (l, f) = (self.location(), filter.clone());
-        self.run(move |c| {
-            rows(
-                c,
-                &format!(
-                    "SELECT {ENTRY_COLUMNS} FROM audit
-                     WHERE (?1 IS NULL OR plugin = ?1) AND (?2 IS NULL OR kind = ?2)
-                       AND (?3 IS NULL OR chain = ?3) AND (?4 IS NULL OR at_ms >= ?4)
-                     ORDER BY at_ms, chain, seq LIMIT ?5"
-                ),
-                params![f.plugin, f.kind, f.chain, f.since_ms, f.limit],
-                entry_from,
-            )
-            .map_err(|e| error(&l, e))
-        })
+    async fn query(&self, f: &Filter) -> Result<Vec<Entry>, StateError> {
+        self.select(
+            format!(
+                "SELECT {ENTRY_COLUMNS} FROM audit
+                 WHERE (?1 IS NULL OR plugin = ?1) AND (?2 IS NULL OR kind = ?2)
+                   AND (?3 IS NULL OR chain = ?3) AND (?4 IS NULL OR at_ms >= ?4)
+                 ORDER BY at_ms, chain, seq LIMIT ?5"
+            ),
+            vec![
+                f.plugin.clone().into(),
+                f.kind.clone().into(),
+                f.chain.clone().into(),
+                f.since_ms.into(),
+                i64::from(f.limit).into(),
+            ],
+            entry_from,
+        )
         .await
     }
 
@@ -559,23 +566,18 @@ impl Storage for Sqlite {
     }
 
     async fn hosts(&self) -> Result<Vec<HostRow>, StateError> {
-        let l = self.location();
-        self.run(move |c| {
-            rows(
-                c,
-                "SELECT host, pid, started_ms, stockade_version FROM hosts ORDER BY host",
-                [],
-                |r| {
-                    Ok(HostRow {
-                        host: r.get(0)?,
-                        pid: r.get(1)?,
-                        started_ms: r.get(2)?,
-                        stockade_version: r.get(3)?,
-                    })
-                },
-            )
-            .map_err(|e| error(&l, e))
-        })
+        self.select(
+            "SELECT host, pid, started_ms, stockade_version FROM hosts ORDER BY host".into(),
+            vec![],
+            |r| {
+                Ok(HostRow {
+                    host: r.get(0)?,
+                    pid: r.get(1)?,
+                    started_ms: r.get(2)?,
+                    stockade_version: r.get(3)?,
+                })
+            },
+        )
         .await
     }
 
@@ -635,43 +637,35 @@ impl Storage for Sqlite {
     }
 
     async fn plugins(&self) -> Result<Vec<PluginRow>, StateError> {
-        let l = self.location();
-        self.run(move |c| {
-            rows(
-                c,
-                "SELECT id, name, trust, config, first_seen_ms, updated_ms FROM plugins ORDER BY id",
-                [],
-                |r| {
-                    Ok(PluginRow {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        trust: r.get(2)?,
-                        config: r.get(3)?,
-                        first_seen_ms: r.get(4)?,
-                        updated_ms: r.get(5)?,
-                    })
-                },
-            )
-            .map_err(|e| error(&l, e))
-        })
+        self.select(
+            "SELECT id, name, trust, config, first_seen_ms, updated_ms FROM plugins ORDER BY id"
+                .into(),
+            vec![],
+            |r| {
+                Ok(PluginRow {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    trust: r.get(2)?,
+                    config: r.get(3)?,
+                    first_seen_ms: r.get(4)?,
+                    updated_ms: r.get(5)?,
+                })
+            },
+        )
         .await
     }
 
     async fn versions(&self, plugin: &str) -> Result<Vec<VersionRow>, StateError> {
-        let (l, plugin) = (self.location(), plugin.to_string());
-        self.run(move |c| {
-            rows(
-                c,
-                "SELECT v.plugin, v.version, v.digest, v.entry_sha3_512, v.signer, v.sequence,
-                 v.published_s, v.installed_ms, COALESCE(c.explain, '')
-                 FROM plugin_versions v LEFT JOIN plugin_capabilities c
-                 ON c.plugin = v.plugin AND c.version = v.version AND c.digest = v.digest
-                 WHERE v.plugin = ?1 ORDER BY v.installed_ms",
-                params![plugin],
-                version_from,
-            )
-            .map_err(|e| error(&l, e))
-        })
+        self.select(
+            "SELECT v.plugin, v.version, v.digest, v.entry_sha3_512, v.signer, v.sequence,
+             v.published_s, v.installed_ms, COALESCE(c.explain, '')
+             FROM plugin_versions v LEFT JOIN plugin_capabilities c
+             ON c.plugin = v.plugin AND c.version = v.version AND c.digest = v.digest
+             WHERE v.plugin = ?1 ORDER BY v.installed_ms"
+                .into(),
+            vec![plugin.to_string().into()],
+            version_from,
+        )
         .await
     }
 
@@ -690,26 +684,22 @@ impl Storage for Sqlite {
     }
 
     async fn installations(&self) -> Result<Vec<Installation>, StateError> {
-        let l = self.location();
-        self.run(move |c| {
-            rows(
-                c,
-                "SELECT host, plugin, version, state, reason, updated_ms FROM installations
-                 ORDER BY host, plugin",
-                [],
-                |r| {
-                    Ok(Installation {
-                        host: r.get(0)?,
-                        plugin: r.get(1)?,
-                        version: r.get(2)?,
-                        state: r.get(3)?,
-                        reason: r.get(4)?,
-                        updated_ms: r.get(5)?,
-                    })
-                },
-            )
-            .map_err(|e| error(&l, e))
-        })
+        self.select(
+            "SELECT host, plugin, version, state, reason, updated_ms FROM installations
+             ORDER BY host, plugin"
+                .into(),
+            vec![],
+            |r| {
+                Ok(Installation {
+                    host: r.get(0)?,
+                    plugin: r.get(1)?,
+                    version: r.get(2)?,
+                    state: r.get(3)?,
+                    reason: r.get(4)?,
+                    updated_ms: r.get(5)?,
+                })
+            },
+        )
         .await
     }
 

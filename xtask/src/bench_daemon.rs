@@ -80,6 +80,21 @@ impl Conn {
     }
 }
 
+/// For a benchmark that starts daemons: root, and the release binaries built; their directory.
+pub(super) fn release_daemon(benchmark: &str) -> Result<PathBuf> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the {benchmark} benchmark needs root (the daemon creates sandboxes)");
+    }
+    build_release(&[
+        "stockade",
+        "stockade-daemon",
+        "stockade-shim",
+        "stockade-example-echo-rust",
+    ])?;
+    Ok(crate::target_dir()?.join("x86_64-unknown-linux-gnu/release"))
+}
+
 /// Calls per second with `in_flight` requests outstanding on one connection (a new one sent for
 /// each answer), for `duration`.
 pub(super) fn throughput(
@@ -279,18 +294,8 @@ pub fn run(args: &[&str]) -> Result<()> {
     let loads = flag_number(args, "--loads", 30)?;
     let idle_plugins = flag_number(args, "--idle-plugins", 32)?;
     let record = !args.contains(&"--no-record");
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the daemon benchmark needs root (the daemon creates sandboxes)");
-    }
+    let bin = release_daemon("daemon")?;
     apt_install(&["bubblewrap"])?;
-    build_release(&[
-        "stockade",
-        "stockade-daemon",
-        "stockade-shim",
-        "stockade-example-echo-rust",
-    ])?;
-    let bin = crate::target_dir()?.join("x86_64-unknown-linux-gnu/release");
     // Below /tmp: each plugin's uid must traverse the path to its package.
     let dir = PathBuf::from(format!("/tmp/stockade-bench-daemon-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

@@ -16,11 +16,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde_json::json;
 
-use super::daemon::{generate_key, package, sign, start_daemon, throughput, Conn, RemoveOnDrop};
-use super::{build_release, flag_number, machine, median, replace_section, today};
+use super::daemon::{
+    generate_key, package, release_daemon, sign, start_daemon, throughput, Conn, RemoveOnDrop,
+};
+use super::{flag_number, machine, median, replace_section, today};
 use crate::workspace_root;
 
 pub const USAGE: &str = "cargo xtask bench registry [--rounds N] [--seconds N] [--no-record]";
@@ -45,18 +47,8 @@ pub fn run(args: &[&str]) -> Result<()> {
     let rounds = flag_number(args, "--rounds", 5)?;
     let seconds = flag_number(args, "--seconds", 3)?;
     let record = !args.contains(&"--no-record");
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the registry benchmark needs root (the daemon creates sandboxes)");
-    }
+    let bin = release_daemon("registry")?;
     crate::setup::state()?;
-    build_release(&[
-        "stockade",
-        "stockade-daemon",
-        "stockade-shim",
-        "stockade-example-echo-rust",
-    ])?;
-    let bin = crate::target_dir()?.join("x86_64-unknown-linux-gnu/release");
     // Below /tmp: each plugin's uid must traverse the path to its package.
     let dir = PathBuf::from(format!(
         "/tmp/stockade-bench-registry-{}",
