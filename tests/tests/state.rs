@@ -65,6 +65,37 @@ fn broken(database: &str) -> (i32, i64, String) {
     )
 }
 
+/// Runs the daemon of `d` with `args`, expecting it to refuse to start: it must exit on its own,
+/// at once (one that started anyway is killed after 30 s and the test fails), and leave no
+/// socket.
+fn refused(d: &Daemon, args: &[&str]) -> Output {
+    let err = d.dir.join("refused.log");
+    let mut child = d
+        .command()
+        .args(args)
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("run the daemon");
+    let until = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the daemon started with {args:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!d.socket.exists(), "a refused daemon left its socket");
+    Output {
+        status,
+        stdout: Vec::new(),
+        stderr: std::fs::read(&err).unwrap(),
+    }
+}
+
 fn one_line_refusal(out: &Output, cause: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{cause}: {out:?}");
@@ -286,35 +317,7 @@ fn a_bad_database_stops_the_daemon_before_it_starts() {
     let db = d.dir.join("state/stockade.db");
     let mut d = d;
     assert!(d.stop().success());
-    // Each must exit on its own, at once (a daemon that started anyway is killed after 30 s
-    // and the test fails).
-    let run = |args: &[&str]| -> Output {
-        let err = d.dir.join("refused.log");
-        let mut child = d
-            .command()
-            .args(args)
-            .stderr(std::fs::File::create(&err).unwrap())
-            .spawn()
-            .expect("run the daemon");
-        let until = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > until {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the daemon started with {args:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(!d.socket.exists(), "a refused daemon left its socket");
-        Output {
-            status,
-            stdout: Vec::new(),
-            stderr: std::fs::read(&err).unwrap(),
-        }
-    };
+    let run = |args: &[&str]| refused(&d, args);
     // Not a location.
     one_line_refusal(
         &run(&["--database", "mysql://db/x"]),
@@ -757,4 +760,113 @@ fn retention_exports_before_it_removes_and_both_halves_verify() {
         String::from_utf8_lossy(&out.stdout).contains("BROKEN at record 1"),
         "{out:?}"
     );
+}
+
+/// A small tmpfs of the test's own, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: std::path::PathBuf, size: &str) -> SmallDisk {
+        use std::ffi::CString;
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = CString::new(dir.to_str().unwrap()).unwrap();
+        let options = CString::new(format!("size={size},mode=0700")).unwrap();
+        // SAFETY: mount(2) with NUL-terminated strings that live across the call; the target is
+        // a directory this test created.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                options.as_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+        SmallDisk(dir)
+    }
+
+    /// Fills what is left of it with a file; returns the file.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("ballast");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 64 << 10];
+        loop {
+            match f.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling the disk: {e}"),
+            }
+        }
+        // Whatever a partial block left.
+        while f.write(&[0u8; 512]).is_ok_and(|n| n > 0) {}
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let target = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+        // SAFETY: unmounting the tmpfs this test mounted, by its path.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_full_disk_stops_the_daemon_from_starting_and_then_from_acting() {
+    if !harness::privileged("state::a_full_disk") {
+        return;
+    }
+    let mut d = Daemon::start("audit-full", &[]);
+    assert!(d.stop().success());
+    let disk = SmallDisk::mount(d.dir.join("small"), "4m");
+    let database = format!("sqlite:{}", disk.0.join("stockade.db").display());
+    let config = d.dir.join("full.toml");
+    std::fs::write(&config, "[audit]\nwait = 2\nqueue = 50\n").unwrap();
+    let config = config.to_string_lossy().into_owned();
+    let args = ["--database", database.as_str(), "--config", config.as_str()];
+    // Full before the start: refused in one line with a hint, nothing left listening.
+    let ballast = disk.fill();
+    let out = refused(&d, &args);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("full"), "{err}");
+    assert!(
+        err.lines()
+            .last()
+            .unwrap()
+            .trim_start()
+            .starts_with("hint: "),
+        "{err}"
+    );
+    // Room again: it starts and serves.
+    std::fs::remove_file(&ballast).unwrap();
+    d.spawn(&args);
+    d.load(&echo_package(&d, "echo", "echo"));
+    d.call("echo", "echo", json!({ "text": "before" })).unwrap();
+    // Full while running: a call's answer is withheld (its record waits), the plugin runs on.
+    let ballast = disk.fill();
+    let e = d
+        .call("echo", "echo", json!({ "text": "while full" }))
+        .unwrap_err();
+    assert_eq!(e["code"], -32017, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("full"), "{e}");
+    assert_eq!(d.status("echo")["state"], "active");
+    // Room again: the waiting record is committed, calls are answered.
+    std::fs::remove_file(&ballast).unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    while d.call("echo", "echo", json!({ "text": "after" })).is_err() {
+        assert!(Instant::now() < until, "not answering again: {}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(d.stop().success());
+    let texts: Vec<String> = Daemon::audit(&database, &["--kind", "call"])
+        .iter()
+        .filter_map(|r| r["detail"]["params"]["text"].as_str().map(str::to_string))
+        .collect();
+    assert!(texts.contains(&"while full".to_string()), "{texts:?}");
+    assert_eq!(Daemon::audit_verify(&database).0, 0);
 }
