@@ -589,7 +589,7 @@ fn a_flooding_plugin_costs_another_nothing() {
     d.load(&victim);
     // Within the call's 5 s timeout also under the VM runner's emulation.
     let count: u64 = if harness::emulated_vm() {
-        10_000
+        5_000
     } else {
         100_000
     };

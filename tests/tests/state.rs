@@ -563,7 +563,7 @@ fn a_postgresql_restart_is_survived_and_a_full_queue_refuses_new_work() {
     if !harness::privileged("state::a_postgresql_restart_is_survived") {
         return;
     }
-    let Some(server) = postgres::Server::start("pg-restart") else {
+    let Some(server) = postgres::Server::start("state::a_postgresql_restart_is_survived") else {
         return;
     };
     let config = harness::scratch_dir("pg-restart-config").join("daemon.toml");

@@ -272,17 +272,13 @@ fn start(mut args: Args) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&socket);
         host.stop_all().await;
         host.flush_registry().await;
+        // The stop recorded and everything queued committed: one deadline for both.
         let stopped = stockade_state::chain::Record::new(
             "daemon",
             None,
             &serde_json::json!({ "event": "stopped", "pid": std::process::id() }),
         );
-        if let Err(e) = audit
-            .record(stopped, std::time::Duration::from_secs(10))
-            .await
-        {
-            tracing::error!("the audit log: {e}");
-        }
+        audit.append_always(stopped);
         let left = audit.close(std::time::Duration::from_secs(10)).await;
         if left > 0 {
             tracing::error!(

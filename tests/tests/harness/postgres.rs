@@ -67,7 +67,8 @@ impl Server {
             println!("skipped: {test}: no PostgreSQL server of its own (run through `cargo xtask test`: STOCKADE_XTASK)");
             return None;
         };
-        let dir = PathBuf::from(super::SCRATCH).join(format!("pg-{test}-{}", std::process::id()));
+        let name = test.rsplit("::").next().unwrap_or(test);
+        let dir = PathBuf::from(super::SCRATCH).join(format!("pg-{name}-{}", std::process::id()));
         let _ = Command::new(&xtask)
             .args(["postgres", "stop"])
             .arg(&dir)
