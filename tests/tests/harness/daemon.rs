@@ -46,17 +46,24 @@ pub fn sign(dir: &Path, key: &Path, args: &[&str]) -> Output {
         .expect("stockade sign")
 }
 
-pub const ECHO_METHODS: &str = r#"
+/// The test plugin's methods: `echo`, and `go` (each mode's act). A call may take 5 s; `go`, 30 s
+/// in the emulated guest, where a mode's act (thousands of denials) takes seconds.
+pub fn echo_methods() -> String {
+    let go = if super::emulated_vm() { "30s" } else { "5s" };
+    format!(
+        r#"
 [methods.echo]
-params = { type = "object", properties = { text = { type = "string" }, sleep_ms = { type = "integer" }, password = { type = "string" }, note = { type = "string" } }, additionalProperties = false }
+params = {{ type = "object", properties = {{ text = {{ type = "string" }}, sleep_ms = {{ type = "integer" }}, password = {{ type = "string" }}, note = {{ type = "string" }} }}, additionalProperties = false }}
 timeout = "5s"
 audit_params = true
 redact = ["note"]
 
 [methods.go]
-params = { type = "object" }
-timeout = "5s"
-"#;
+params = {{ type = "object" }}
+timeout = "{go}"
+"#
+    )
+}
 
 impl Daemon {
     /// A daemon that pins a test publisher's key; the packages of `package_with` are signed with
@@ -103,7 +110,7 @@ impl Daemon {
             .spawn()
             .expect("start the daemon");
         self.child = Some(child);
-        let until = Instant::now() + Duration::from_secs(20);
+        let until = Instant::now() + super::patience(20);
         while UnixStream::connect(&self.socket).is_err() {
             assert!(
                 Instant::now() < until,
@@ -197,7 +204,8 @@ impl Daemon {
 
     /// Waits until an event matches `pred`; panics with the events seen after `secs`.
     pub fn wait_event(&self, secs: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let until = Instant::now() + Duration::from_secs(secs);
+        let patience = super::patience(secs);
+        let until = Instant::now() + patience;
         loop {
             let events = self.events();
             if let Some(e) = events.iter().find(|e| pred(e)) {
@@ -205,7 +213,8 @@ impl Daemon {
             }
             assert!(
                 Instant::now() < until,
-                "no event {what} within {secs} s; events: {events:#?}\nlog: {}",
+                "no event {what} within {} s; events: {events:#?}\nlog: {}",
+                patience.as_secs(),
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -276,6 +285,7 @@ impl Daemon {
             }
             None => "policy = { profile = \"untrusted-default\" }".to_string(),
         };
+        let methods = echo_methods();
         let manifest = format!(
             r#"id = "{id}"
 name = "test plugin {id}"
@@ -283,7 +293,7 @@ version = "{version}"
 entry = ["plugin.py", "{mode}", "{version}"]
 {policy_line}
 trust = "{trust}"
-{ECHO_METHODS}
+{methods}
 [lifecycle]
 {lifecycle}
 "#
@@ -362,7 +372,7 @@ trust = "{trust}"
         let mut child = self.child.take().expect("running");
         // SAFETY: signalling the daemon this test started, by its pid.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let until = Instant::now() + Duration::from_secs(20);
+        let until = Instant::now() + super::patience(20);
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
                 return status;

@@ -383,3 +383,10 @@ impl Drop for OwnDir {
 pub fn emulated_vm() -> bool {
     std::fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.contains("stockade.vm=tcg"))
 }
+
+/// How long a test waits for something that must happen (an event, a socket): `secs` on a real
+/// machine, three times that in the emulated guest, where everything runs 5–20 times slower and
+/// the suite's other tests share its two vCPUs. A bound on liveness, never a measured speed.
+pub fn patience(secs: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(if emulated_vm() { secs * 3 } else { secs })
+}
