@@ -58,7 +58,7 @@ async fn backends(test: &str) -> Vec<Backend> {
     match std::env::var("STOCKADE_TEST_POSTGRES") {
         Ok(admin) => all.push(Backend::Postgres(fresh_database(&admin, test).await)),
         Err(_) => println!(
-            "skipped: backends::{test} on PostgreSQL: STOCKADE_TEST_POSTGRES is not set (`cargo xtask test` starts a server)"
+            "skipped: backends {test} on PostgreSQL: STOCKADE_TEST_POSTGRES is not set (`cargo xtask test` starts a server)"
         ),
     }
     all

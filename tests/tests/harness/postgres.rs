@@ -67,8 +67,10 @@ impl Server {
             println!("skipped: {test}: no PostgreSQL server of its own (run through `cargo xtask test`: STOCKADE_XTASK)");
             return None;
         };
-        let name = test.rsplit("::").next().unwrap_or(test);
-        let dir = PathBuf::from(super::SCRATCH).join(format!("pg-{name}-{}", std::process::id()));
+        // A short directory: the server's socket is in it, and socket paths are short.
+        static SERVERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = PathBuf::from(super::SCRATCH).join(format!("pg-{}-{n}", std::process::id()));
         let _ = Command::new(&xtask)
             .args(["postgres", "stop"])
             .arg(&dir)
