@@ -1,7 +1,7 @@
-//! The audit log's writer. An append numbers and chains the record at once (under one lock, so
-//! the chain's order is the order of the appends) and queues it; one writer task commits what is
-//! queued in batches, one transaction each (group commit: while one batch commits, the next
-//! gathers). Whoever must not acknowledge an action before its record is durable waits for that
+//! The audit log's writer. An append numbers the record at once (under one lock, so the chain's
+//! order is the order of the appends) and queues it; one writer task chains what is queued (each
+//! record's hash over the one before it, in number order: off the callers' path) and commits it
+//! in batches, one transaction each (group commit: while one batch commits, the next gathers). Whoever must not acknowledge an action before its record is durable waits for that
 //! record's number to be committed ([`AuditLog::durable`]).
 //!
 //! The queue is bounded. When the database is unavailable (a PostgreSQL restart), records wait
@@ -42,10 +42,10 @@ struct Shared {
 }
 
 struct Queue {
-    /// The number the next record gets, and the hash it follows.
+    /// The number the next record gets.
     next_seq: i64,
-    last_hash: String,
-    pending: VecDeque<Entry>,
+    /// Numbered records, chained by the writer (in their order) when it takes them.
+    pending: VecDeque<(i64, Record)>,
     /// Records taken by the writer and not committed yet.
     in_flight: usize,
     /// Records that found no room, not yet recorded as lost.
@@ -67,24 +67,22 @@ impl Queue {
         self.pending.len() + self.in_flight
     }
 
-    fn push(&mut self, chain: &str, record: Record) -> i64 {
+    fn push(&mut self, record: Record) -> i64 {
         let seq = self.next_seq;
-        let entry = Entry::seal(chain, seq, &self.last_hash, record);
-        self.last_hash = entry.hash.clone();
         self.next_seq += 1;
-        self.pending.push_back(entry);
+        self.pending.push_back((seq, record));
         seq
     }
 
     /// Records the count of lost records first, when there are any.
-    fn push_lost(&mut self, chain: &str) {
+    fn push_lost(&mut self) {
         if self.lost > 0 {
             let detail = serde_json::json!({
                 "lost": self.lost,
                 "why": "the audit queue was full (the database was unavailable or too slow)",
             });
             self.lost = 0;
-            self.push(chain, Record::new("audit", None, &detail));
+            self.push(Record::new("audit", None, &detail));
         }
     }
 }
@@ -144,7 +142,6 @@ impl AuditLog {
             capacity: capacity.max(1),
             queue: Mutex::new(Queue {
                 next_seq: head.head_seq + 1,
-                last_hash: head.head_hash,
                 pending: VecDeque::new(),
                 in_flight: 0,
                 lost: 0,
@@ -156,7 +153,7 @@ impl AuditLog {
             }),
             wake: Notify::new(),
         });
-        let writer = tokio::spawn(write(shared.clone(), head.head_seq));
+        let writer = tokio::spawn(write(shared.clone(), head.head_seq, head.head_hash));
         Ok(AuditLog {
             shared,
             writer: Mutex::new(Some(writer)),
@@ -203,8 +200,8 @@ impl AuditLog {
             if q.closing {
                 return Err(AuditError::Stopped("the daemon is stopping".into()));
             }
-            q.push_lost(&self.shared.chain);
-            q.push(&self.shared.chain, record)
+            q.push_lost();
+            q.push(record)
         };
         self.shared.wake.notify_one();
         Ok(Ticket(seq))
@@ -227,8 +224,8 @@ impl AuditLog {
                 );
                 return None;
             }
-            q.push_lost(&self.shared.chain);
-            q.push(&self.shared.chain, record)
+            q.push_lost();
+            q.push(record)
         };
         self.shared.wake.notify_one();
         Some(Ticket(seq))
@@ -334,10 +331,10 @@ async fn ours(shared: &Shared, head: i64, batch: &[Entry]) -> Result<bool, State
 
 /// The writer: takes what is queued, commits it in one transaction, tells the waiters; on a
 /// failure keeps the batch and tries again, waiting longer each time (at most half a second).
-async fn write(shared: Arc<Shared>, mut head: i64) {
+async fn write(shared: Arc<Shared>, mut head: i64, mut last_hash: String) {
     let mut backoff = Duration::from_millis(20);
     loop {
-        let taken: Option<Vec<Entry>> = {
+        let taken: Option<Vec<(i64, Record)>> = {
             let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
             if q.pending.is_empty() {
                 if q.closing {
@@ -350,12 +347,25 @@ async fn write(shared: Arc<Shared>, mut head: i64) {
                 Some(q.pending.drain(..n).collect())
             }
         };
-        let Some(batch) = taken else {
+        let Some(taken) = taken else {
             shared.wake.notified().await;
             continue;
         };
+        // Chained here, off the callers' path, in the order their numbers were given.
+        let batch: Arc<[Entry]> = taken
+            .into_iter()
+            .map(|(seq, record)| {
+                let entry = Entry::seal(&shared.chain, seq, &last_hash, record);
+                last_hash.clone_from(&entry.hash);
+                entry
+            })
+            .collect();
         loop {
-            match shared.storage.append(&shared.chain, head, &batch).await {
+            match shared
+                .storage
+                .append(&shared.chain, head, batch.clone())
+                .await
+            {
                 Ok(()) => {
                     head = batch.last().map_or(head, |e| e.seq);
                     if let Some(why) = committed(&shared, head) {

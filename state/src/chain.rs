@@ -103,20 +103,31 @@ pub fn genesis(chain: &str) -> String {
 fn hash(chain: &str, seq: i64, r: &Record, prev: &str) -> String {
     let mut h = Sha3_256::new();
     h.update(b"stockade audit record v1\0");
-    let mut field = |bytes: &[u8]| {
-        h.update((bytes.len() as u64).to_be_bytes());
-        h.update(bytes);
+    // Each field length-prefixed; an optional one is empty when absent, `+` and its text when
+    // present.
+    let mut field = |parts: &[&[u8]]| {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        h.update((len as u64).to_be_bytes());
+        for p in parts {
+            h.update(p);
+        }
     };
-    let optional = |v: &Option<String>| v.as_ref().map(|s| format!("+{s}")).unwrap_or_default();
-    field(chain.as_bytes());
-    field(&seq.to_be_bytes());
-    field(&r.at_ms.to_be_bytes());
-    field(r.kind.as_bytes());
-    field(optional(&r.plugin).as_bytes());
-    field(optional(&r.actor.map(|a| a.to_string())).as_bytes());
-    field(optional(&r.request_id).as_bytes());
-    field(r.detail.as_bytes());
-    field(prev.as_bytes());
+    let actor = r.actor.map(|a| a.to_string());
+    fn optional(v: Option<&str>) -> [&[u8]; 2] {
+        match v {
+            Some(s) => [b"+", s.as_bytes()],
+            None => [b"", b""],
+        }
+    }
+    field(&[chain.as_bytes()]);
+    field(&[&seq.to_be_bytes()]);
+    field(&[&r.at_ms.to_be_bytes()]);
+    field(&[r.kind.as_bytes()]);
+    field(&optional(r.plugin.as_deref()));
+    field(&optional(actor.as_deref()));
+    field(&optional(r.request_id.as_deref()));
+    field(&[r.detail.as_bytes()]);
+    field(&[prev.as_bytes()]);
     hex::encode(&h.finalize())
 }
 
@@ -280,6 +291,40 @@ pub async fn verify(storage: &dyn Storage, head: &ChainHead) -> Result<Verdict, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The record hash's layout, spelled out once more: a record hashed by an earlier build
+    /// must hash the same now (or every chain written before would fail `audit verify`).
+    #[test]
+    fn the_record_hash_keeps_its_layout() {
+        let r = Record {
+            at_ms: 1_700_000_000_123,
+            kind: "call".into(),
+            plugin: Some("echo".into()),
+            actor: Some(1000),
+            request_id: None,
+            detail: r#"{"method":"echo"}"#.into(),
+        };
+        let mut h = Sha3_256::new();
+        h.update(b"stockade audit record v1\0");
+        for f in [
+            b"host-a".to_vec(),
+            7i64.to_be_bytes().to_vec(),
+            r.at_ms.to_be_bytes().to_vec(),
+            b"call".to_vec(),
+            b"+echo".to_vec(),
+            b"+1000".to_vec(),
+            vec![],
+            br#"{"method":"echo"}"#.to_vec(),
+            b"prev-hash".to_vec(),
+        ] {
+            h.update((f.len() as u64).to_be_bytes());
+            h.update(&f);
+        }
+        assert_eq!(
+            hash("host-a", 7, &r, "prev-hash"),
+            hex::encode(&h.finalize())
+        );
+    }
 
     fn record(n: i64) -> Record {
         Record {

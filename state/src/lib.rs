@@ -295,8 +295,12 @@ pub trait Storage: Send + std::marker::Sync {
     /// Appends `entries` (numbered from `head_seq + 1`, chained from `head_hash`) and moves the
     /// chain's head to the last of them, refused with [`StateError::ChainTaken`] when the head
     /// is no longer `head_seq` (another writer).
-    async fn append(&self, chain: &str, head_seq: i64, entries: &[Entry])
-        -> Result<(), StateError>;
+    async fn append(
+        &self,
+        chain: &str,
+        head_seq: i64,
+        entries: Arc<[Entry]>,
+    ) -> Result<(), StateError>;
     async fn chains(&self) -> Result<Vec<ChainHead>, StateError>;
     /// Records of `chain` after `after_seq` in order, at most `limit`: as stored, unchecked.
     async fn entries(

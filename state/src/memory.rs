@@ -2,7 +2,7 @@
 //! (unit tests, and `memory:` for a daemon under test).
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
@@ -71,7 +71,7 @@ impl Storage for Memory {
         &self,
         chain: &str,
         head_seq: i64,
-        entries: &[Entry],
+        entries: Arc<[Entry]>,
     ) -> Result<(), StateError> {
         let Some(last) = entries.last() else {
             return Ok(());
@@ -91,7 +91,7 @@ impl Storage for Memory {
             }
             head.head_seq = last.seq;
             head.head_hash = last.hash.clone();
-            for e in entries {
+            for e in entries.iter() {
                 t.audit.insert((chain.to_string(), e.seq), e.clone());
             }
             Ok(())

@@ -1,15 +1,17 @@
 //! The PostgreSQL backend (tokio-postgres), for fleets: the daemons of many hosts share one
 //! registry, each writing its own audit chain and its own trust state (keyed by host id), so
-//! none tramples another's. One connection per daemon, used by one request at a time; when the
-//! server goes away (a restart), the next request connects again, and the audit log's writer
-//! keeps its records until one succeeds. No TLS is built in yet: reach a remote server through a
-//! unix socket or an encrypted tunnel.
+//! none tramples another's. One connection per daemon, used by one request at a time (an audit
+//! batch is one statement: one round trip); when the server goes away (a restart), the next
+//! request connects again, and the audit log's writer keeps its records until one succeeds. No
+//! TLS is built in yet: reach a remote server through a unix socket or an encrypted tunnel.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, GenericClient, NoTls, Row};
+use tokio_postgres::{Client, GenericClient, NoTls, Row, Statement};
 
 use crate::chain::{genesis, Entry, Record};
 use crate::migrations::{latest, MIGRATIONS, SCHEMA_TABLE};
@@ -21,9 +23,29 @@ use crate::{
 pub struct Postgres {
     config: tokio_postgres::Config,
     shown: String,
-    client: Mutex<Option<Client>>,
+    client: Mutex<Option<Session>>,
     /// The host this process claimed: its advisory lock is taken again on every new connection.
     host: std::sync::Mutex<Option<String>>,
+}
+
+/// One connection and what is prepared on it.
+struct Session {
+    client: Client,
+    /// The audit append, prepared at its first use on this connection.
+    append: Option<Statement>,
+}
+
+impl std::ops::Deref for Session {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Session {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
 }
 
 /// `url` with its password replaced by `***`: in the authority (`user:PASSWORD@`) and in a
@@ -145,10 +167,13 @@ impl Postgres {
     }
 
     /// The connection, made again when the last one was lost.
-    async fn client(&self) -> Result<MutexGuard<'_, Option<Client>>, StateError> {
+    async fn client(&self) -> Result<MutexGuard<'_, Option<Session>>, StateError> {
         let mut guard = self.client.lock().await;
-        if guard.as_ref().is_none_or(Client::is_closed) {
-            *guard = Some(self.connect().await?);
+        if guard.as_ref().is_none_or(|s| s.is_closed()) {
+            *guard = Some(Session {
+                client: self.connect().await?,
+                append: None,
+            });
         }
         Ok(guard)
     }
@@ -181,10 +206,10 @@ impl Postgres {
     /// `r` as a state error; a connection that broke is dropped (the next request connects).
     fn settle<T>(
         &self,
-        guard: &mut MutexGuard<'_, Option<Client>>,
+        guard: &mut MutexGuard<'_, Option<Session>>,
         r: Result<T, Fail>,
     ) -> Result<T, StateError> {
-        if guard.as_ref().is_some_and(Client::is_closed) {
+        if guard.as_ref().is_some_and(|s| s.is_closed()) {
             **guard = None;
         }
         r.map_err(|f| match f {
@@ -296,6 +321,20 @@ async fn migrate(c: &mut Client, location: &str, read_only: bool) -> Result<i64,
     tx.commit().await?;
     Ok(latest())
 }
+
+/// An audit append: moves the chain's head ($11..$14) and inserts the batch ($1..$10, one array
+/// per column) in one statement.
+static APPEND: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH moved AS (
+             UPDATE audit_chains SET head_seq = $11, head_hash = $12
+             WHERE chain = $13 AND head_seq = $14 RETURNING chain)
+         INSERT INTO audit ({ENTRY_COLUMNS})
+         SELECT u.* FROM moved, UNNEST(
+             $1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[],
+             $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[]) AS u"
+    )
+});
 
 const ENTRY_COLUMNS: &str =
     "chain, seq, at_ms, kind, plugin, actor, request_id, detail, prev, hash";
@@ -411,7 +450,7 @@ impl Storage for Postgres {
         &self,
         chain: &str,
         head_seq: i64,
-        entries: &[Entry],
+        entries: Arc<[Entry]>,
     ) -> Result<(), StateError> {
         let Some(last) = entries.last() else {
             return Ok(());
@@ -420,26 +459,18 @@ impl Storage for Postgres {
         let mut g = self.client().await?;
         let c = g.as_mut().expect("connected");
         let r = async {
-            let tx = c.transaction().await?;
-            let moved = tx
-                .execute(
-                    "UPDATE audit_chains SET head_seq = $1, head_hash = $2 WHERE chain = $3 AND head_seq = $4",
-                    &[&last.seq, &last.hash, &chain, &head_seq],
-                )
-                .await?;
-            if moved != 1 {
-                let found = tx
-                    .query_opt("SELECT head_seq FROM audit_chains WHERE chain = $1", &[&chain])
-                    .await?
-                    .map_or(-1, |r| r.get::<_, i64>(0));
-                return Err(Fail::State(StateError::ChainTaken {
-                    location: shown,
-                    chain: chain.to_string(),
-                    expected: head_seq,
-                    found,
-                }));
-            }
-            // One statement per batch: the columns as arrays, unnested server-side.
+            // One statement, so one round trip and its own transaction: the chain's head moves
+            // from `head_seq` to the batch's last record, and the batch is inserted only when it
+            // did (another writer that moved it first leaves nothing inserted). The columns go as
+            // arrays, unnested server-side.
+            let statement = match &c.append {
+                Some(s) => s.clone(),
+                None => {
+                    let s = c.client.prepare(&APPEND).await?;
+                    c.append = Some(s.clone());
+                    s
+                }
+            };
             let mut cols: (
                 Vec<&str>,
                 Vec<i64>,
@@ -452,7 +483,7 @@ impl Storage for Postgres {
                 Vec<&str>,
                 Vec<&str>,
             ) = Default::default();
-            for e in entries {
+            for e in entries.iter() {
                 cols.0.push(&e.chain);
                 cols.1.push(e.seq);
                 cols.2.push(e.record.at_ms);
@@ -464,19 +495,32 @@ impl Storage for Postgres {
                 cols.8.push(&e.prev);
                 cols.9.push(&e.hash);
             }
-            tx.execute(
-                &format!(
-                    "INSERT INTO audit ({ENTRY_COLUMNS}) SELECT * FROM UNNEST(
-                     $1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[],
-                     $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[])"
-                ),
-                &[
-                    &cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &cols.6, &cols.7,
-                    &cols.8, &cols.9,
-                ],
-            )
-            .await?;
-            tx.commit().await?;
+            let inserted = c
+                .client
+                .execute(
+                    &statement,
+                    &[
+                        &cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &cols.6, &cols.7,
+                        &cols.8, &cols.9, &last.seq, &last.hash, &chain, &head_seq,
+                    ],
+                )
+                .await?;
+            if inserted as usize != entries.len() {
+                let found = c
+                    .client
+                    .query_opt(
+                        "SELECT head_seq FROM audit_chains WHERE chain = $1",
+                        &[&chain],
+                    )
+                    .await?
+                    .map_or(-1, |r| r.get::<_, i64>(0));
+                return Err(Fail::State(StateError::ChainTaken {
+                    location: shown,
+                    chain: chain.to_string(),
+                    expected: head_seq,
+                    found,
+                }));
+            }
             Ok(())
         }
         .await;
@@ -781,14 +825,14 @@ impl Storage for Postgres {
     async fn set_mark(&self, host: &str, plugin: &str, m: &Mark) -> Result<(), StateError> {
         let mut g = self.client().await?;
         let c = g.as_mut().expect("connected");
-        let r = put_mark(c, host, plugin, m).await.map_err(Fail::Pg);
+        let r = put_mark(&c.client, host, plugin, m).await.map_err(Fail::Pg);
         self.settle(&mut g, r)
     }
 
     async fn add_rotation(&self, host: &str, text: &str) -> Result<(), StateError> {
         let mut g = self.client().await?;
         let c = g.as_mut().expect("connected");
-        let r = put_rotation(c, host, text).await.map_err(Fail::Pg);
+        let r = put_rotation(&c.client, host, text).await.map_err(Fail::Pg);
         self.settle(&mut g, r)
     }
 

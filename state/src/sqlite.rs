@@ -7,7 +7,7 @@
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use async_trait::async_trait;
 use rusqlite::types::Value;
@@ -390,24 +390,23 @@ impl Storage for Sqlite {
         &self,
         chain: &str,
         head_seq: i64,
-        entries: &[Entry],
+        entries: Arc<[Entry]>,
     ) -> Result<(), StateError> {
         let Some(last) = entries.last() else {
             return Ok(());
         };
         let (l, chain) = (self.location(), chain.to_string());
         let (last_seq, last_hash) = (last.seq, last.hash.clone());
-        let entries = entries.to_vec();
         self.run(move |c| {
             let e = |err| error(&l, err);
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(e)?;
             let moved = tx
-                .execute(
+                .prepare_cached(
                     "UPDATE audit_chains SET head_seq = ?1, head_hash = ?2 WHERE chain = ?3 AND head_seq = ?4",
-                    params![last_seq, last_hash, chain, head_seq],
                 )
+                .and_then(|mut s| s.execute(params![last_seq, last_hash, chain, head_seq]))
                 .map_err(e)?;
             if moved != 1 {
                 let found: i64 = tx
@@ -432,7 +431,7 @@ impl Storage for Sqlite {
                         "INSERT INTO audit ({ENTRY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
                     ))
                     .map_err(e)?;
-                for en in &entries {
+                for en in entries.iter() {
                     let r = &en.record;
                     insert
                         .execute(params![
