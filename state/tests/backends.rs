@@ -49,6 +49,17 @@ impl Backend {
     }
 }
 
+/// A test's SQLite file lives in a directory of its own, removed with the backend.
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Backend::Sqlite(p) = self {
+            if let Some(dir) = p.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+}
+
 /// A fresh backend of each kind available here: memory, SQLite, and PostgreSQL when the suite's
 /// server is there.
 async fn backends(test: &str) -> Vec<Backend> {

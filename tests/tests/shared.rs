@@ -38,7 +38,7 @@ fn this_set() -> Option<Value> {
 fn start_clean() {
     let (code, _, stderr) = stockade_out(&["monitors", "down"]);
     assert_eq!(code, 0, "{stderr}");
-    let until = Instant::now() + Duration::from_secs(10);
+    let until = Instant::now() + patience(10);
     while this_set().is_some() {
         assert!(
             Instant::now() < until,
@@ -68,7 +68,7 @@ fn spawn_run(policy: &std::path::Path, args: &[&str]) -> Child {
 
 /// Waits until `pid` owns a slot of the set; returns that slot's status entry.
 fn slot_of(pid: u32) -> Value {
-    let until = Instant::now() + Duration::from_secs(20);
+    let until = Instant::now() + patience(20);
     loop {
         if let Some(set) = this_set() {
             if let Some(slot) = set["slots"]
@@ -391,7 +391,7 @@ fn untraced_policy(extra: &str) -> std::path::PathBuf {
 /// Waits until `pid` holds the syscall tracepoint for its sandbox (which arm takes after the
 /// slot, before the sandbox runs).
 fn wanting(pid: u32) {
-    let until = Instant::now() + Duration::from_secs(20);
+    let until = Instant::now() + patience(20);
     loop {
         let set = this_set();
         if set.as_ref().is_some_and(|s| {
