@@ -1,7 +1,8 @@
 //! The audit log's writer. An append numbers the record at once (under one lock, so the chain's
 //! order is the order of the appends) and queues it; one writer task chains what is queued (each
-//! record's hash over the one before it, in number order: off the callers' path) and commits it
-//! in batches, one transaction each (group commit: while one batch commits, the next gathers). Whoever must not acknowledge an action before its record is durable waits for that
+//! record's hash over the one before it, in number order: outside the lock the appends take) and
+//! commits it in batches, one transaction each (group commit: while one batch commits, the next
+//! gathers). Whoever must not acknowledge an action before its record is durable waits for that
 //! record's number to be committed ([`AuditLog::durable`]).
 //!
 //! The queue is bounded. When the database is unavailable (a PostgreSQL restart), records wait
@@ -351,7 +352,7 @@ async fn write(shared: Arc<Shared>, mut head: i64, mut last_hash: String) {
             shared.wake.notified().await;
             continue;
         };
-        // Chained here, off the callers' path, in the order their numbers were given.
+        // Chained here, outside the queue's lock, in the order their numbers were given.
         let batch: Arc<[Entry]> = taken
             .into_iter()
             .map(|(seq, record)| {
