@@ -31,6 +31,9 @@ pub struct Record {
 /// A name as a record keeps it: no NUL (PostgreSQL's text refuses it), at most 256 characters
 /// (a caller's unknown plugin id is recorded as given).
 fn name(text: &str) -> String {
+    if text.len() <= 256 && !text.contains('\0') {
+        return text.to_string();
+    }
     text.chars()
         .take(256)
         .map(|c| if c == '\0' { '\u{fffd}' } else { c })
@@ -38,15 +41,20 @@ fn name(text: &str) -> String {
 }
 
 impl Record {
-    pub fn new(kind: &str, plugin: Option<&str>, detail: &serde_json::Value) -> Record {
-        // The detail is JSON text: a NUL in it is written as the escape \u0000.
+    /// `detail`: a JSON object (a `serde_json::Value` or a struct serialized as one: a call's
+    /// record is built without an intermediate map).
+    pub fn new<D: Serialize + ?Sized>(kind: &str, plugin: Option<&str>, detail: &D) -> Record {
+        // The detail is JSON text: a NUL in it is written as the escape \u0000. Serializing a
+        // map with non-text keys is the one failure, and no caller passes one.
+        let detail = serde_json::to_string(detail)
+            .unwrap_or_else(|e| serde_json::json!({ "unrecorded": e.to_string() }).to_string());
         Record {
             at_ms: crate::now_ms(),
             kind: name(kind),
             plugin: plugin.map(name),
             actor: None,
             request_id: None,
-            detail: detail.to_string(),
+            detail,
         }
     }
 

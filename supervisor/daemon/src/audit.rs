@@ -105,6 +105,42 @@ pub fn outcome(result: &Result<Value, RpcError>) -> Value {
     }
 }
 
+/// A call's record: serialized straight to the record's text (one per call: no map built
+/// first). Its fields in the order a JSON map of them sorts, as the other records' details.
+#[derive(serde::Serialize)]
+pub struct CallDetail<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<i64>,
+    duration_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    method: &'a str,
+    outcome: &'static str,
+    params: &'a Value,
+}
+
+impl<'a> CallDetail<'a> {
+    pub fn new(
+        method: &'a str,
+        duration_ms: f64,
+        params: &'a Value,
+        result: &'a Result<Value, RpcError>,
+    ) -> CallDetail<'a> {
+        let (outcome, code, error) = match result {
+            Ok(_) => ("ok", None, None),
+            Err(e) => ("error", Some(e.code), Some(e.message.as_str())),
+        };
+        CallDetail {
+            code,
+            duration_ms,
+            error,
+            method,
+            outcome,
+            params,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +176,25 @@ mod tests {
                 "note": "<redacted>",
             })
         );
+    }
+
+    /// A call's record is the text a JSON map of its fields gives (what `stockade audit`
+    /// readers and the records written before it was a struct have).
+    #[test]
+    fn a_calls_detail_is_the_maps_text() {
+        let params = json!({ "text": "hi" });
+        let failed = Err(RpcError {
+            code: -32001,
+            message: "no \"echo\"".into(),
+            data: None,
+        });
+        for (result, logged) in [(Ok(json!("hi")), &params), (failed, &Value::Null)] {
+            let mut map = json!({ "method": "echo", "duration_ms": 1.25, "params": logged });
+            if let (Value::Object(m), Value::Object(o)) = (&mut map, outcome(&result)) {
+                m.extend(o);
+            }
+            let text = serde_json::to_string(&CallDetail::new("echo", 1.25, logged, &result));
+            assert_eq!(text.unwrap(), map.to_string());
+        }
     }
 }

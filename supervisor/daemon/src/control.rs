@@ -148,12 +148,14 @@ async fn stream<T: serde::Serialize + Clone>(
             item = rx.recv() => item,
             _ = gone.changed() => return Ok(json!({})),
         };
-        let message = match item {
-            Ok(item) => json!(item),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => lagged(n),
+        let line = match item {
+            Ok(item) => notification(method, &item),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                notification(method, &lagged(n))
+            }
             Err(_) => return Ok(json!({})),
         };
-        if tx.send(notification(method, message)).await.is_err() {
+        if tx.send(line).await.is_err() {
             return Ok(json!({}));
         }
     }
@@ -170,10 +172,20 @@ fn text<'a>(params: &'a Value, name: &str) -> Result<&'a str, RpcError> {
         })
 }
 
-fn notification(method: &str, params: Value) -> Vec<u8> {
-    let mut line =
-        serde_json::to_vec(&json!({ "jsonrpc": "2.0", "method": method, "params": params }))
-            .unwrap_or_default();
+/// One notification's line, serialized straight from `params` (an event is shared, not copied).
+fn notification<P: serde::Serialize + ?Sized>(method: &str, params: &P) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Notification<'a, P: ?Sized> {
+        jsonrpc: &'static str,
+        method: &'a str,
+        params: &'a P,
+    }
+    let mut line = serde_json::to_vec(&Notification {
+        jsonrpc: "2.0",
+        method,
+        params,
+    })
+    .unwrap_or_default();
     line.push(b'\n');
     line
 }
@@ -209,7 +221,7 @@ async fn dispatch(
                 return Ok(json!({ "lines": lines }));
             }
             for line in lines {
-                if tx.send(notification("log", json!(line))).await.is_err() {
+                if tx.send(notification("log", &line)).await.is_err() {
                     return Ok(json!({}));
                 }
             }
@@ -230,7 +242,7 @@ async fn dispatch(
                 return Ok(json!({ "events": recent }));
             }
             for event in recent {
-                if tx.send(notification("event", event)).await.is_err() {
+                if tx.send(notification("event", &event)).await.is_err() {
                     return Ok(json!({}));
                 }
             }

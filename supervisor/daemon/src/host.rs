@@ -58,8 +58,9 @@ const RECENT_EVENTS: usize = 1000;
 
 /// The daemon's event stream: lifecycle transitions, violations, call records, published events.
 pub struct Events {
-    tx: broadcast::Sender<Value>,
-    recent: Mutex<std::collections::VecDeque<Value>>,
+    /// Shared, not copied, by the kept list, the ring and each subscriber.
+    tx: broadcast::Sender<Arc<Value>>,
+    recent: Mutex<std::collections::VecDeque<Arc<Value>>>,
     /// Where the events the audit log keeps go too.
     audit: Arc<AuditLog>,
 }
@@ -75,6 +76,7 @@ impl Events {
 
     pub fn send(&self, event: Value) {
         crate::audit::record_event(&self.audit, &event);
+        let event = Arc::new(event);
         // Under the lock, so that `subscribe` sees each event once: in its list or on its
         // receiver.
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
@@ -86,7 +88,7 @@ impl Events {
     }
 
     /// The kept events and a receiver of every later one (taken together: none lost between).
-    pub fn subscribe(&self) -> (Vec<Value>, broadcast::Receiver<Value>) {
+    pub fn subscribe(&self) -> (Vec<Arc<Value>>, broadcast::Receiver<Arc<Value>>) {
         let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         (recent.iter().cloned().collect(), self.tx.subscribe())
     }
@@ -245,7 +247,7 @@ impl Host {
         })
     }
 
-    pub fn subscribe(&self) -> (Vec<Value>, broadcast::Receiver<Value>) {
+    pub fn subscribe(&self) -> (Vec<Arc<Value>>, broadcast::Receiver<Arc<Value>>) {
         self.events.subscribe()
     }
 
@@ -1332,15 +1334,12 @@ impl Host {
         let outcome = self
             .call_plugin(id, method, params, &request_id, &mut logged)
             .await;
-        let mut detail = json!({
-            "method": method,
-            "duration_ms": begin.elapsed().as_secs_f64() * 1000.0,
-            "params": logged,
-        });
-        if let (Value::Object(d), Value::Object(o)) = (&mut detail, crate::audit::outcome(&outcome))
-        {
-            d.extend(o);
-        }
+        let detail = crate::audit::CallDetail::new(
+            method,
+            begin.elapsed().as_secs_f64() * 1000.0,
+            &logged,
+            &outcome,
+        );
         let record = Record::new("call", Some(id), &detail)
             .request(&request_id)
             .by(by);
