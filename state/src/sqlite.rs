@@ -480,20 +480,33 @@ impl Storage for Sqlite {
     }
 
     async fn query(&self, f: &Filter) -> Result<Vec<Entry>, StateError> {
+        // Only the conditions given: SQLite plans `?1 IS NULL OR plugin = ?1` as a scan of the
+        // time index, where `plugin = ?1` alone reads `audit_by_plugin` (already in time order).
+        let mut conditions = Vec::new();
+        let mut params: Vec<Value> = Vec::new();
+        for (column, op, value) in [
+            ("plugin", "=", f.plugin.clone().map(Value::from)),
+            ("kind", "=", f.kind.clone().map(Value::from)),
+            ("chain", "=", f.chain.clone().map(Value::from)),
+            ("at_ms", ">=", f.since_ms.map(Value::from)),
+        ] {
+            if let Some(value) = value {
+                params.push(value);
+                conditions.push(format!("{column} {op} ?{}", params.len()));
+            }
+        }
+        params.push(i64::from(f.limit).into());
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
         self.select(
             format!(
-                "SELECT {ENTRY_COLUMNS} FROM audit
-                 WHERE (?1 IS NULL OR plugin = ?1) AND (?2 IS NULL OR kind = ?2)
-                   AND (?3 IS NULL OR chain = ?3) AND (?4 IS NULL OR at_ms >= ?4)
-                 ORDER BY at_ms, chain, seq LIMIT ?5"
+                "SELECT {ENTRY_COLUMNS} FROM audit {filter} ORDER BY at_ms, chain, seq LIMIT ?{}",
+                params.len()
             ),
-            vec![
-                f.plugin.clone().into(),
-                f.kind.clone().into(),
-                f.chain.clone().into(),
-                f.since_ms.into(),
-                i64::from(f.limit).into(),
-            ],
+            params,
             entry_from,
         )
         .await
