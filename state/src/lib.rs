@@ -11,6 +11,7 @@ pub mod audit;
 pub mod chain;
 mod memory;
 mod migrations;
+mod pg_tls;
 mod postgres;
 pub mod retention;
 mod sqlite;
@@ -125,6 +126,8 @@ pub enum StateError {
     },
     #[error("{location}: {why}")]
     Corrupt { location: String, why: String },
+    #[error("{location}: TLS: {why}")]
+    Tls { location: String, why: String },
     #[error("{location}: another daemon runs as host `{host}`")]
     HostTaken { location: String, host: String },
 }
@@ -163,6 +166,10 @@ impl StateError {
             }
             StateError::Corrupt { .. } => {
                 "the database holds something Stockade did not write: restore it from a backup"
+            }
+            StateError::Tls { .. } => {
+                "sslrootcert must name the CA (PEM) that signed the server's certificate, and the \
+                 URL's host must be a name the certificate holds (verify-ca skips the name)"
             }
             StateError::HostTaken { .. } => {
                 "each daemon sharing a database needs a host id of its own (`host_id` in the \
@@ -284,6 +291,12 @@ pub struct Filter {
 pub trait Storage: Send + std::marker::Sync {
     /// The location, shown without secrets.
     fn location(&self) -> String;
+
+    /// How the records travel to the database: `local` for a file or memory; for a server,
+    /// whether the connection is encrypted and whether the server was authenticated.
+    async fn transport(&self) -> Result<String, StateError> {
+        Ok("local".into())
+    }
 
     /// The schema version found (after migrating, when the storage may migrate).
     async fn schema_version(&self) -> Result<i64, StateError>;

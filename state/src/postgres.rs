@@ -2,8 +2,8 @@
 //! registry, each writing its own audit chain and its own trust state (keyed by host id), so
 //! none tramples another's. One connection per daemon, used by one request at a time (an audit
 //! batch is one statement: one round trip); when the server goes away (a restart), the next
-//! request connects again, and the audit log's writer keeps its records until one succeeds. No
-//! TLS is built in yet: reach a remote server through a unix socket or an encrypted tunnel.
+//! request connects again, and the audit log's writer keeps its records until one succeeds. TLS
+//! as libpq's `sslmode` and `sslrootcert` say (pg_tls.rs).
 
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, GenericClient, NoTls, Row, Statement};
+use tokio_postgres::{Client, GenericClient, Row, Statement};
 
 use crate::chain::{genesis, Entry, Record};
 use crate::migrations::{latest, MIGRATIONS, SCHEMA_TABLE};
@@ -22,6 +22,8 @@ use crate::{
 
 pub struct Postgres {
     config: tokio_postgres::Config,
+    tls: crate::pg_tls::Settings,
+    connector: tokio_postgres_rustls::MakeRustlsConnect,
     shown: String,
     client: Mutex<Option<Session>>,
     /// The host this process claimed: its advisory lock is taken again on every new connection.
@@ -89,6 +91,11 @@ const SESSION_OPTIONS: &str =
 impl Postgres {
     pub async fn open(url: &str, options: &Options) -> Result<Postgres, StateError> {
         let shown = redact(url);
+        let tls_error = |why| StateError::Tls {
+            location: shown.clone(),
+            why,
+        };
+        let (url, tls) = crate::pg_tls::split(url).map_err(tls_error)?;
         let mut config: tokio_postgres::Config =
             url.parse()
                 .map_err(|e: tokio_postgres::Error| StateError::Open {
@@ -106,8 +113,23 @@ impl Postgres {
             .keepalives(true)
             .keepalives_idle(std::time::Duration::from_secs(10))
             .tcp_user_timeout(std::time::Duration::from_secs(30));
+        let connector = crate::pg_tls::connector(&tls, &mut config).map_err(tls_error)?;
+        let remote = config.get_hosts().iter().any(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => !loopback(name),
+            tokio_postgres::config::Host::Unix(_) => false,
+        });
+        if remote && !tls.mode.verifies() {
+            tracing::warn!(
+                "{shown}: the server is not authenticated (sslmode={}): a host on the path \
+                 could read and change what the daemon records; use sslmode=verify-full with \
+                 sslrootcert",
+                tls.mode.name()
+            );
+        }
         let db = Postgres {
             config,
+            tls,
+            connector,
             shown,
             client: Mutex::new(None),
             host: std::sync::Mutex::new(None),
@@ -122,7 +144,7 @@ impl Postgres {
     }
 
     async fn connect(&self) -> Result<Client, StateError> {
-        let connecting = self.config.connect(NoTls);
+        let connecting = self.config.connect(self.connector.clone());
         let (client, connection) =
             match tokio::time::timeout(std::time::Duration::from_secs(10), connecting).await {
                 Ok(r) => r.map_err(|e| self.error(e))?,
@@ -230,6 +252,9 @@ impl Postgres {
                 why
             }
         };
+        if tls_failure(&e) {
+            return StateError::Tls { location, why };
+        }
         match e.code() {
             Some(c) if *c == SqlState::INVALID_CATALOG_NAME => StateError::Missing { location },
             Some(c)
@@ -258,6 +283,33 @@ impl Postgres {
             _ => StateError::Unavailable { location, why },
         }
     }
+}
+
+/// Whether a name is this host (no one on a network path to see the connection).
+fn loopback(name: &str) -> bool {
+    name == "localhost"
+        || name
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether `e` is the TLS handshake failing (a certificate refused, a server without TLS).
+fn tls_failure(e: &tokio_postgres::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.get_ref().is_some_and(|i| i.is::<rustls::Error>()) {
+                return true;
+            }
+        }
+        source = s.source();
+    }
+    // tokio-postgres's words for its TLS step (a server that has no TLS, with `require`).
+    e.to_string().starts_with("error performing TLS handshake")
 }
 
 /// An error inside a request: the server's, or one of ours.
@@ -412,6 +464,29 @@ fn head_from(r: &Row) -> ChainHead {
 impl Storage for Postgres {
     fn location(&self) -> String {
         self.shown.clone()
+    }
+
+    async fn transport(&self) -> Result<String, StateError> {
+        let found = self
+            .rows(
+                "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
+                &[],
+                |r| r.get::<_, String>(0),
+            )
+            .await?;
+        Ok(match found.first() {
+            None => "unencrypted".into(),
+            Some(version) => {
+                let checked = match self.tls.mode {
+                    crate::pg_tls::Mode::VerifyFull => "the server's certificate and name verified",
+                    crate::pg_tls::Mode::VerifyCa => {
+                        "the server's certificate verified, not its name"
+                    }
+                    _ => "the server not authenticated",
+                };
+                format!("{version}, {checked} (sslmode={})", self.tls.mode.name())
+            }
+        })
     }
 
     async fn schema_version(&self) -> Result<i64, StateError> {

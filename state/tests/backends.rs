@@ -560,3 +560,90 @@ async fn retention_exports_then_cuts_and_both_halves_verify() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// TLS as libpq's `sslmode` says, against the suite's server (TLS on, a certificate for
+/// `localhost` from the cluster's CA): each mode's connection is what it claims, and a
+/// certificate that a mode must refuse is refused with a TLS error and its hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_over_tls_checks_what_sslmode_says() {
+    let (Ok(admin), Ok(tls)) = (
+        std::env::var("STOCKADE_TEST_POSTGRES"),
+        std::env::var("STOCKADE_TEST_POSTGRES_TLS"),
+    ) else {
+        println!(
+            "skipped: PostgreSQL over TLS: STOCKADE_TEST_POSTGRES(_TLS) is not set (`cargo xtask test` starts a server)"
+        );
+        return;
+    };
+    let url = fresh_database(&admin, "tls").await;
+    let by_name = url.replacen("@127.0.0.1:", "@localhost:", 1);
+    let ca = format!("{tls}/ca.crt");
+    let stranger = format!("{tls}/stranger.crt");
+    let at = |base: &str, query: String| Location::Postgres(format!("{base}?{query}"));
+    let transport = |location: Location| async move {
+        let s = open(&location, &Options::default()).await.unwrap();
+        // The connection carries the registry and the log: a chain opens over it.
+        s.open_chain("host-tls").await.unwrap();
+        s.transport().await.unwrap()
+    };
+    let refused = |location: Location| async move {
+        match open(&location, &Options::default()).await {
+            Err(e) => e,
+            Ok(_) => panic!("connected where the certificate should be refused"),
+        }
+    };
+
+    // Authenticated: the certificate chains to the CA and names the host connected to.
+    let t = transport(at(
+        &by_name,
+        format!("sslmode=verify-full&sslrootcert={ca}"),
+    ))
+    .await;
+    assert!(
+        t.starts_with("TLSv1.3, the server's certificate and name verified (sslmode=verify-full)"),
+        "{t}"
+    );
+    // By address, the name is not the certificate's: verify-full refuses, verify-ca accepts.
+    let e = refused(at(&url, format!("sslmode=verify-full&sslrootcert={ca}"))).await;
+    assert!(matches!(e, StateError::Tls { .. }), "{e}");
+    assert!(e.to_string().contains("not valid for name"), "{e}");
+    assert!(e.hint().contains("sslrootcert"), "{}", e.hint());
+    let t = transport(at(&url, format!("sslmode=verify-ca&sslrootcert={ca}"))).await;
+    assert!(t.contains("certificate verified, not its name"), "{t}");
+    // A CA that did not sign it: refused by both verifying modes.
+    for mode in ["verify-ca", "verify-full"] {
+        let e = refused(at(
+            &by_name,
+            format!("sslmode={mode}&sslrootcert={stranger}"),
+        ))
+        .await;
+        assert!(matches!(e, StateError::Tls { .. }), "{mode}: {e}");
+        assert!(e.to_string().contains("UnknownIssuer"), "{mode}: {e}");
+    }
+    // Encrypted without authentication; and no TLS at all.
+    let t = transport(at(&url, "sslmode=require".into())).await;
+    assert!(t.contains("not authenticated (sslmode=require)"), "{t}");
+    let t = transport(Location::Postgres(url.clone())).await;
+    assert!(t.contains("not authenticated (sslmode=prefer)"), "{t}");
+    assert_eq!(
+        transport(at(&url, "sslmode=disable".into())).await,
+        "unencrypted"
+    );
+    // Settings that cannot work are refused before connecting, in one line.
+    for (query, cause) in [
+        ("sslmode=verify-full".to_string(), "needs sslrootcert"),
+        (
+            format!("sslmode=verify-full&sslrootcert={tls}/none.crt"),
+            "No such file",
+        ),
+        (
+            format!("sslmode=verify-ca&sslrootcert={tls}/server.ext"),
+            "no PEM certificate",
+        ),
+    ] {
+        let e = refused(at(&url, query)).await;
+        assert!(matches!(e, StateError::Tls { .. }), "{e}");
+        assert!(e.to_string().contains(cause), "{e}");
+        assert!(!e.to_string().contains('\n'), "{e}");
+    }
+}

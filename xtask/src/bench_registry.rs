@@ -7,7 +7,8 @@
 //! - SQLite with `synchronous = FULL` (the default: each group commit synced, a power loss keeps
 //!   what was acknowledged);
 //! - SQLite with `synchronous = NORMAL` (`[audit] sync = "normal"`: a daemon crash keeps it);
-//! - PostgreSQL 15 on loopback (a throwaway server, its defaults: fsync and synchronous commit on).
+//! - PostgreSQL 15 on loopback (a throwaway server, its defaults: fsync and synchronous commit on;
+//!   the URL's default `sslmode=prefer`, so TLS, as a URL without `sslmode` gets).
 //!
 //! For each: calls per second with 64 in flight on one connection (each call is one audit
 //! record, so it is also the rate of durable records) — the daemon benchmark's measure — and with
@@ -95,7 +96,7 @@ pub fn run(args: &[&str]) -> Result<()> {
             p50_us: vec![],
         },
         Setup {
-            name: "PostgreSQL 15, loopback",
+            name: "PostgreSQL 15, loopback, TLS",
             database: pg.url.clone(),
             config: "",
             throughput: vec![],

@@ -135,7 +135,8 @@ fn test(extra: &[&str]) -> Result<()> {
                 postgres_shown(&c.url),
                 c.dir.display()
             );
-            cmd.env("STOCKADE_TEST_POSTGRES", &c.url);
+            cmd.env("STOCKADE_TEST_POSTGRES", &c.url)
+                .env("STOCKADE_TEST_POSTGRES_TLS", c.dir.join("tls"));
         }
         Err(e) => println!("no PostgreSQL for the tests: {e:#}"),
     }

@@ -1,6 +1,8 @@
 //! A throwaway PostgreSQL cluster for the tests: `initdb` in a directory of its own, owned by
 //! `nobody` (the server refuses to run as root), listening on a free loopback port (password
-//! login, SCRAM) and on a unix socket in that directory; stopped and removed afterwards.
+//! login, SCRAM; TLS offered, with a certificate for `localhost` from a CA made for the cluster:
+//! `tls/ca.crt`, beside `tls/stranger.crt`, a CA that signed nothing) and on a unix socket in
+//! that directory; stopped and removed afterwards.
 //! `cargo xtask test` starts one for the whole suite and hands its address to the tests
 //! (`STOCKADE_TEST_POSTGRES`: a role that may create databases; each test makes its own);
 //! `cargo xtask postgres start DIR | stop DIR` serves a test that needs a server of its own (one
@@ -122,6 +124,7 @@ pub fn start(dir: &Path) -> Result<Cluster> {
     )?;
     let port = free_port()?;
     std::fs::write(dir.join("port"), port.to_string())?;
+    certificates(&dir.join("tls"))?;
     pg_ctl_start(&bin, dir, port)?;
     run(
         Command::new(bin.join("psql"))
@@ -154,12 +157,83 @@ pub fn start(dir: &Path) -> Result<Cluster> {
     })
 }
 
+/// The cluster's CA and its server certificate (for `localhost` only: a client that checks the
+/// name must connect by that name), and a second CA that signed nothing, with openssl(1).
+fn certificates(tls: &Path) -> Result<()> {
+    std::fs::create_dir_all(tls)?;
+    let openssl =
+        |args: &[&str], what: &str| run(Command::new("openssl").current_dir(tls).args(args), what);
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    for (name, subject) in [
+        ("ca", "/CN=stockade test CA"),
+        ("stranger", "/CN=another CA"),
+    ] {
+        let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
+        let mut args = vec!["req", "-x509", "-days", "3", "-subj", subject];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &crt]);
+        openssl(&args, "openssl: a test CA")?;
+    }
+    let mut args = vec!["req", "-subj", "/CN=localhost"];
+    args.extend(ec);
+    args.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    openssl(&args, "openssl: the server's key")?;
+    std::fs::write(
+        tls.join("server.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )?;
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-days",
+            "3",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
+        ],
+        "openssl: the server's certificate",
+    )?;
+    // The server reads its key as nobody and refuses one that others may read.
+    let key = tls.join("server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        chown(&key, Some(NOBODY), Some(NOBODY))?;
+        chown(tls.join("server.crt"), Some(NOBODY), Some(NOBODY))?;
+    }
+    Ok(())
+}
+
 fn pg_ctl_start(bin: &Path, dir: &Path, port: u16) -> Result<()> {
-    let options = format!(
+    let mut options = format!(
         "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} \
          -c max_connections=200 -c shared_buffers=32MB",
         dir.display()
     );
+    let tls = dir.join("tls");
+    if tls.join("server.crt").exists() {
+        options.push_str(&format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            tls.join("server.crt").display(),
+            tls.join("server.key").display()
+        ));
+    }
     run(
         as_nobody(&bin.join("pg_ctl")).args([
             "start",

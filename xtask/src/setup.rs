@@ -42,13 +42,14 @@ pub fn run(args: &[&str]) -> Result<()> {
 }
 
 /// What the state tests need: a PostgreSQL server (the suite starts a throwaway cluster of its
-/// own; Debian's package also starts one of its own, which nothing here uses) and the `sqlite3`
-/// shell (the tamper tests edit the daemon's database with it).
+/// own; Debian's package also starts one of its own, which nothing here uses), the `sqlite3`
+/// shell (the tamper tests edit the daemon's database with it) and `openssl` (the throwaway
+/// server's certificates).
 pub fn state() -> Result<()> {
     let server = std::fs::read_dir("/usr/lib/postgresql")
         .map(|d| d.flatten().any(|e| e.path().join("bin/postgres").exists()))
         .unwrap_or(false);
-    let mut missing = vec!["sqlite3"];
+    let mut missing = vec!["sqlite3", "openssl"];
     if !server {
         missing.push("postgresql");
     }

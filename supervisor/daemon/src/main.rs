@@ -212,7 +212,11 @@ fn start(mut args: Args) -> anyhow::Result<()> {
     let (storage, audit) = (opened.storage, opened.audit);
     let shown = location.display();
     runtime.block_on(state::started(storage.as_ref(), &audit, &host_id, &shown))?;
-    tracing::info!(database = %shown, host = %host_id, "state opened");
+    // How the records reach the database (for a server: TLS, and whether it was authenticated).
+    let transport = runtime
+        .block_on(storage.transport())
+        .unwrap_or_else(|e| e.to_string());
+    tracing::info!(database = %shown, %transport, host = %host_id, "state opened");
     let probe = stockade::probe::Probe::run();
     let result = runtime.block_on(async {
         // The signal handlers before the socket: whoever sees the socket may stop the daemon,
