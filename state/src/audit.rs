@@ -40,6 +40,14 @@ struct Shared {
     capacity: usize,
     queue: Mutex<Queue>,
     wake: Notify,
+    /// Signed checkpoints of the committed head, when the daemon keeps them (checkpoint.rs).
+    checkpoints: Mutex<Option<Checkpoints>>,
+}
+
+struct Checkpoints {
+    writer: crate::checkpoint::Writer,
+    every: Duration,
+    last: Option<(std::time::Instant, i64)>,
 }
 
 struct Queue {
@@ -153,12 +161,27 @@ impl AuditLog {
                 waiters: BTreeMap::new(),
             }),
             wake: Notify::new(),
+            checkpoints: Mutex::new(None),
         });
         let writer = tokio::spawn(write(shared.clone(), head.head_seq, head.head_hash));
         Ok(AuditLog {
             shared,
             writer: Mutex::new(Some(writer)),
         })
+    }
+
+    /// Signs the committed head into `writer`'s file at most every `every` while records are
+    /// committed, and when the log closes.
+    pub fn checkpoint_to(&self, writer: crate::checkpoint::Writer, every: Duration) {
+        *self
+            .shared
+            .checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Checkpoints {
+            writer,
+            every,
+            last: None,
+        });
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -339,6 +362,8 @@ async fn write(shared: Arc<Shared>, mut head: i64, mut last_hash: String) {
             let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
             if q.pending.is_empty() {
                 if q.closing {
+                    drop(q);
+                    checkpoint(&shared, head, &last_hash, true);
                     return;
                 }
                 None
@@ -369,6 +394,7 @@ async fn write(shared: Arc<Shared>, mut head: i64, mut last_hash: String) {
             {
                 Ok(()) => {
                     head = batch.last().map_or(head, |e| e.seq);
+                    checkpoint(&shared, head, &last_hash, false);
                     if let Some(why) = committed(&shared, head) {
                         tracing::info!(
                             "audit log: committing again ({} after: {why})",
@@ -419,6 +445,30 @@ async fn write(shared: Arc<Shared>, mut head: i64, mut last_hash: String) {
                 }
             }
         }
+    }
+}
+
+/// Signs `(head, hash)` when checkpoints are kept and the last is older than their interval
+/// (or `now`). A failure is logged and tried again at the next commit: the records themselves
+/// are committed; the checkpoint only vouches for them.
+fn checkpoint(shared: &Shared, head: i64, hash: &str, now: bool) {
+    let mut guard = shared.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(c) = guard.as_mut() else {
+        return;
+    };
+    let due = match c.last {
+        None => true,
+        Some((at, seq)) => seq != head && (now || at.elapsed() >= c.every),
+    };
+    if !due || head == 0 {
+        return;
+    }
+    match c.writer.write(&shared.chain, head, hash) {
+        Ok(_) => c.last = Some((std::time::Instant::now(), head)),
+        Err(e) => tracing::error!(
+            "audit log: cannot write a checkpoint to {}: {e}",
+            c.writer.path().display()
+        ),
     }
 }
 

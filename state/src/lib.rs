@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod chain;
+pub mod checkpoint;
 mod memory;
 mod migrations;
 mod pg_tls;

@@ -647,3 +647,94 @@ async fn postgresql_over_tls_checks_what_sslmode_says() {
         assert!(!e.to_string().contains('\n'), "{e}");
     }
 }
+
+/// Signed checkpoints of the head, kept outside the database, catch what the chain alone
+/// cannot: a tail rewritten with every hash recomputed and the head moved to match, and a
+/// tail cut with the head moved back. An edited checkpoint, or another key, is `forged`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrite_the_chain_cannot_see_breaks_its_signed_checkpoint() {
+    use stockade_state::checkpoint::{self, Checkpoint, Writer};
+    for b in backends("checkpoints").await {
+        if matches!(b, Backend::Memory) {
+            continue;
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "stockade-checkpoints-{}-{}",
+            std::process::id(),
+            matches!(b, Backend::Sqlite(_))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = opened(&b).await;
+        let log = AuditLog::open(s.clone(), "host-a", 1000).await.unwrap();
+        log.checkpoint_to(Writer::open(&dir).unwrap(), Duration::from_secs(3600));
+        write(&log, 0, 20).await;
+        log.close(Duration::from_secs(5)).await;
+        let file = dir.join(checkpoint::FILE);
+        let key = stockade_trust::key::PublicKey::read(&dir.join(checkpoint::PUBLIC)).unwrap();
+        let signed = checkpoint::read_last(&file).unwrap();
+        assert_eq!(signed.len(), 1);
+        assert_eq!(signed[0].seq, 20, "the head at close is signed");
+        let check = |list: Vec<Checkpoint>| {
+            let s = s.clone();
+            let key = key.clone();
+            async move {
+                let heads = s.chains().await.unwrap();
+                let found = checkpoint::check(s.as_ref(), &list, &key, &heads)
+                    .await
+                    .unwrap();
+                assert_eq!(found.len(), 1);
+                found[0].verdict
+            }
+        };
+        assert_eq!(check(signed.clone()).await, "holds", "{}", s.location());
+
+        // Rewritten from record 15 on, each record sealed again over the one before, the head
+        // moved: the chain holds, the checkpoint does not.
+        let kept = s.entries("host-a", 0, 20).await.unwrap();
+        let mut prev = kept[13].hash.clone();
+        for e in &kept[14..] {
+            let mut r = e.record.clone();
+            r.detail = r#"{"method":"nothing to see"}"#.into();
+            let forged = stockade_state::Entry::seal("host-a", e.seq, &prev, r);
+            b.tamper(&format!(
+                "UPDATE audit SET detail = '{}', prev = '{}', hash = '{}' WHERE seq = {}",
+                forged.record.detail, forged.prev, forged.hash, e.seq
+            ))
+            .await;
+            prev = forged.hash;
+        }
+        b.tamper(&format!(
+            "UPDATE audit_chains SET head_hash = '{prev}' WHERE chain = 'host-a'"
+        ))
+        .await;
+        assert_eq!(
+            verdict(s.as_ref(), "host-a").await.broken,
+            None,
+            "unseen by the chain"
+        );
+        assert_eq!(check(signed.clone()).await, "rewritten");
+
+        // Cut after record 17, the head moved back to it.
+        b.tamper(&format!(
+            "DELETE FROM audit WHERE seq > 17; UPDATE audit_chains SET head_seq = 17, head_hash = '{}' WHERE chain = 'host-a'",
+            s.entries("host-a", 16, 1).await.unwrap()[0].hash
+        ))
+        .await;
+        assert_eq!(
+            verdict(s.as_ref(), "host-a").await.broken,
+            None,
+            "unseen by the chain"
+        );
+        assert_eq!(check(signed.clone()).await, "truncated");
+
+        // The checkpoint itself edited to match, or signed by another key: forged.
+        let mut edited = signed[0].clone();
+        edited.seq = 17;
+        assert_eq!(check(vec![edited]).await, "forged");
+        let other = stockade_trust::key::SecretKey::generate().unwrap();
+        let c = &signed[0];
+        let resigned = Checkpoint::sign(&other, &c.chain, 17, &c.hash, c.at_ms);
+        assert_eq!(check(vec![resigned]).await, "forged");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -180,6 +180,14 @@ enum AuditCommand {
         /// own and where it joins the database's chain.
         #[arg(long = "export", value_name = "FILE")]
         exports: Vec<PathBuf>,
+        /// The daemon's signed checkpoints of each chain's head, checked against the database
+        /// [default: <state_dir>/audit/checkpoints.jsonl, when it exists].
+        #[arg(long, value_name = "FILE")]
+        checkpoints: Option<PathBuf>,
+        /// The key that signed them [default: checkpoint.pub beside the file]; keep a copy
+        /// away from the host to pin it.
+        #[arg(long, value_name = "PUB")]
+        checkpoint_key: Option<PathBuf>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -622,11 +630,22 @@ fn main() -> ExitCode {
         } => cli::trust::verify(&dir, &pubkey, config.as_deref(), json),
         Command::Doctor { json } => doctor(json),
         Command::Audit {
-            command: Some(AuditCommand::Verify { exports, json, db }),
+            command:
+                Some(AuditCommand::Verify {
+                    exports,
+                    checkpoints,
+                    checkpoint_key,
+                    json,
+                    db,
+                }),
             ..
         } => cli::audit::database(db.config.as_deref(), db.database.as_deref()).and_then(|db| {
             if exports.is_empty() {
-                cli::audit::verify(&db.location, json)
+                let signed = cli::audit::CheckpointArgs {
+                    file: checkpoints,
+                    key: checkpoint_key,
+                };
+                cli::audit::verify(&db, json, &signed)
             } else {
                 cli::audit::verify_exports(&db.location, &exports, json)
             }

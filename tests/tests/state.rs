@@ -309,6 +309,63 @@ fn tampering_with_the_database_is_found_by_audit_verify() {
     assert_eq!(broken(&url), (1, 3, "missing".into()));
 }
 
+/// What the chain alone cannot see — its tail cut and its head moved back to match — the
+/// daemon's signed checkpoint of the head (kept in its state directory, outside the database)
+/// does; with the checkpoints the daemon wrote, `audit verify` says which record was signed.
+#[test]
+fn a_consistent_truncation_is_found_by_the_signed_checkpoint() {
+    if !harness::privileged("a_consistent_truncation_is_found_by_the_signed_checkpoint") {
+        return;
+    }
+    let d = stopped_after_calls("audit-checkpoint", &[], 5);
+    let db = d.database();
+    let file = d.dir.join("state/stockade.db");
+    let signed = d.dir.join("state/audit/checkpoints.jsonl");
+    assert!(
+        signed.exists(),
+        "the daemon keeps its checkpoints in its state directory"
+    );
+    let (code, verdict) = Daemon::audit_verify(&db);
+    let head = verdict["chains"][0]["head_seq"].as_i64().unwrap();
+    assert_eq!(code, 0, "{verdict}");
+    assert_eq!(verdict["checked"][0]["verdict"], "holds", "{verdict}");
+    assert_eq!(
+        verdict["checked"][0]["seq"], head,
+        "the head at stop is signed"
+    );
+    // Control: the chain's own check passes after the cut, so only the checkpoint can tell.
+    sqlite3(
+        &file,
+        "DELETE FROM audit WHERE seq > 5; UPDATE audit_chains SET head_seq = 5, head_hash = (SELECT hash FROM audit WHERE seq = 5)",
+    );
+    let (code, verdict) = Daemon::audit_verify(&db);
+    assert_eq!(code, 1, "{verdict}");
+    assert!(verdict["chains"][0]["broken"].is_null(), "{verdict}");
+    assert_eq!(verdict["checked"][0]["verdict"], "truncated", "{verdict}");
+    let out = Command::new(harness::stockade())
+        .args(["audit", "verify", "--database", &db])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("BROKEN against its checkpoint"), "{text}");
+    assert!(
+        text.contains(&format!("record {head} was signed")),
+        "{text}"
+    );
+    // A checkpoint file that is not there is a usage error in one line.
+    let out = Command::new(harness::stockade())
+        .args(["audit", "verify", "--database", &db, "--checkpoints"])
+        .arg(d.dir.join("none.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no such file") && err.contains("hint:"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_bad_database_stops_the_daemon_before_it_starts() {
     if !harness::privileged("a_bad_database_stops_the_daemon_before_it_starts") {

@@ -18,6 +18,10 @@ use stockade_trust::ratchet::Ratchet;
 /// Records that may wait for the database before new requests are refused, by default.
 pub const DEFAULT_QUEUE: usize = 10_000;
 
+/// How often the chain's head is signed while records are committed (and once at stop): a
+/// rewrite of the records after the last checkpoint is what `audit verify` cannot see.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+
 pub struct Opened {
     pub storage: Arc<dyn Storage>,
     pub audit: Arc<AuditLog>,
@@ -46,6 +50,13 @@ pub async fn open(
             .await
             .map_err(fail)?,
     );
+    // Signed checkpoints of the chain's head, outside the database (not for `memory:`, which
+    // ends with the process).
+    if *location != Location::Memory {
+        let dir = stockade_state::checkpoint::dir(state_dir);
+        let writer = stockade_state::checkpoint::Writer::open(&dir).map_err(fail)?;
+        audit.checkpoint_to(writer, CHECKPOINT_EVERY);
+    }
     let mut trust = storage.trust_state(host_id).await.map_err(fail)?;
     import_trust_file(storage.as_ref(), host_id, state_dir, &mut trust).await?;
     let ratchet = Ratchet::detached(

@@ -229,25 +229,100 @@ fn summary(e: &Entry) -> String {
     }
 }
 
-/// `stockade audit verify`: every chain walked from its base; exit 0 only when all hold.
-pub fn verify(location: &Location, json_out: bool) -> Result<u8, Failure> {
-    let verdicts = stockade_state::block_on(async {
+/// The signed checkpoints `audit verify` checks: `--checkpoints FILE` (its key `--checkpoint-key`,
+/// else the `checkpoint.pub` beside it), else the state directory's when the daemon kept them
+/// (the SQLite database's directory; for PostgreSQL the configuration's `state_dir`).
+pub struct CheckpointArgs {
+    pub file: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+fn checkpoint_source(
+    db: &Database,
+    args: &CheckpointArgs,
+) -> Result<Option<(PathBuf, PathBuf)>, Failure> {
+    use stockade_state::checkpoint;
+    let file = match &args.file {
+        Some(f) if !f.exists() => {
+            return Err(Failure::usage(
+                format!("--checkpoints {}: no such file", f.display()),
+                "the daemon keeps them in <state_dir>/audit/checkpoints.jsonl",
+            ))
+        }
+        Some(f) => f.clone(),
+        None => {
+            // The daemon keeps them in its state directory, where its SQLite database lies too.
+            let state_dir = match &db.location {
+                Location::Sqlite(path) => path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                _ => db.state_dir.clone(),
+            };
+            let f = checkpoint::dir(&state_dir).join(checkpoint::FILE);
+            if !f.exists() {
+                return Ok(None);
+            }
+            f
+        }
+    };
+    let key = args.key.clone().unwrap_or_else(|| {
+        file.parent()
+            .unwrap_or(Path::new("."))
+            .join(checkpoint::PUBLIC)
+    });
+    Ok(Some((file, key)))
+}
+
+/// `stockade audit verify`: every chain walked from its base, and the last signed checkpoint of
+/// each checked against it; exit 0 only when all hold.
+pub fn verify(db: &Database, json_out: bool, checkpoints: &CheckpointArgs) -> Result<u8, Failure> {
+    use stockade_state::checkpoint;
+    let location = &db.location;
+    let source = checkpoint_source(db, checkpoints)?;
+    let signed = match &source {
+        None => None,
+        Some((file, key)) => {
+            let list = checkpoint::read_last(file).map_err(|e| {
+                Failure::usage(e, "name the file the daemon writes (--checkpoints FILE)")
+            })?;
+            let public = stockade_trust::key::PublicKey::read(key).map_err(|e| {
+                Failure::usage(
+                    format!("--checkpoint-key {}: {e}", key.display()),
+                    "the daemon writes it beside its checkpoints (checkpoint.pub)",
+                )
+            })?;
+            Some((list, public))
+        }
+    };
+    let (verdicts, findings) = stockade_state::block_on(async {
         let storage = open(location).await?;
+        let heads = storage.chains().await.map_err(state_failure)?;
         let mut verdicts = Vec::new();
-        for head in storage.chains().await.map_err(state_failure)? {
+        for head in &heads {
             verdicts.push(
-                chain::verify(storage.as_ref(), &head)
+                chain::verify(storage.as_ref(), head)
                     .await
                     .map_err(state_failure)?,
             );
         }
-        Ok::<_, Failure>(verdicts)
+        let findings = match &signed {
+            None => Vec::new(),
+            Some((list, key)) => checkpoint::check(storage.as_ref(), list, key, &heads)
+                .await
+                .map_err(state_failure)?,
+        };
+        Ok::<_, Failure>((verdicts, findings))
     })?;
-    let broken = verdicts.iter().filter(|v| v.broken.is_some()).count();
+    let broken = verdicts.iter().filter(|v| v.broken.is_some()).count()
+        + findings.iter().filter(|f| f.broken()).count();
     if json_out {
         println!(
             "{}",
-            json!({ "ok": broken == 0, "database": location.display(), "chains": verdicts })
+            json!({
+                "ok": broken == 0,
+                "database": location.display(),
+                "chains": verdicts,
+                "checkpoints": source.as_ref().map(|(f, _)| f),
+                "checked": findings,
+            })
         );
     } else {
         for v in &verdicts {
@@ -268,11 +343,27 @@ pub fn verify(location: &Location, json_out: bool) -> Result<u8, Failure> {
         if verdicts.is_empty() {
             println!("no audit chains in {}", location.display());
         }
+        if let Some((file, _)) = &source {
+            for f in &findings {
+                let at = time(f.at_ms);
+                if f.broken() {
+                    println!(
+                        "chain {}: BROKEN against its checkpoint of {at} ({}): {}",
+                        f.chain, f.verdict, f.why
+                    );
+                } else {
+                    println!("chain {}: checkpoint of {at}: {}", f.chain, f.why);
+                }
+            }
+            if findings.is_empty() {
+                println!("no checkpoints in {}", file.display());
+            }
+        }
     }
     if broken > 0 {
         eprintln!(
-            "stockade: {broken} of {} audit chains broken\n  hint: the records before the first break hold; compare with an export or a backup to see what was changed",
-            verdicts.len()
+            "stockade: {broken} of {} audit chains and checkpoints broken\n  hint: the records before the first break hold; compare with an export or a backup to see what was changed",
+            verdicts.len() + findings.len()
         );
         return Ok(1);
     }
