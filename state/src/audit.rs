@@ -3,7 +3,10 @@
 //! record's hash over the one before it, in number order: outside the lock the appends take) and
 //! commits it in batches, one transaction each (group commit: while one batch commits, the next
 //! gathers). Whoever must not acknowledge an action before its record is durable waits for that
-//! record's number to be committed ([`AuditLog::durable`]).
+//! record's number to be committed ([`AuditLog::durable`]). When the daemon keeps signed
+//! checkpoints ([`AuditLog::checkpoint_to`], checkpoint.rs), the writer signs the committed head
+//! after a commit once the interval has passed, and at close; the file write and its sync run on
+//! the writer's task, once per interval.
 //!
 //! The queue is bounded. When the database is unavailable (a PostgreSQL restart), records wait
 //! in it and the writer retries; when it is full, new actions are refused ([`AuditLog::ready`],
