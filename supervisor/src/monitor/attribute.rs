@@ -35,6 +35,7 @@ use stockade_policy::{syscalls, Access, LaunchSpec};
 
 use super::event::{c_bytes, c_path, net_address, sockaddr, unix_path, Object, RawEvent};
 use super::hostpath::{HostPaths, Presence};
+use super::rules::names_a_path;
 use super::sandboxpath::SandboxRoot;
 use super::PidView;
 
@@ -452,6 +453,18 @@ impl Attributor {
             };
         }
         let Some(path) = path else {
+            if errno == libc::ENOENT && e.object_kind == 0 && name.is_some_and(names_a_path) {
+                // A call that takes a path, whose path the program could not read from the
+                // plugin's memory (`bpf_probe_read_user` does not fault a page in: a page being
+                // migrated or compacted, or one another thread of the plugin unmapped after the
+                // kernel's own copy). No benefit of the doubt: it may have named a hidden path.
+                ev.layer = Some(Layer::Namespace);
+                ev.action = Some(access_word(requested_access(name.unwrap_or(""), &e.args)));
+                ev.object = Some(Object::from(
+                    "(a path the monitor could not read)".to_string(),
+                ));
+                return Some(ev);
+            }
             if errno == libc::ENOENT {
                 return None;
             }
@@ -461,11 +474,7 @@ impl Attributor {
             return Some(ev);
         };
         let want = requested_access(name.unwrap_or(""), &e.args);
-        ev.action = Some(match want {
-            Access::Read => "read",
-            Access::Write => "write",
-            Access::Exec => "exec",
-        });
+        ev.action = Some(access_word(want));
         if !path.is_absolute() {
             // Relative to a directory the event does not name: no judgement on what it reached.
             if errno == libc::ENOENT {
@@ -778,6 +787,14 @@ fn requested_access(syscall: &str, args: &[u64; 6]) -> Access {
 
 /// `path` without `.` and `..` components (lexically; the sandbox has no symlinks of its own
 /// outside the granted trees).
+fn access_word(want: Access) -> &'static str {
+    match want {
+        Access::Read => "read",
+        Access::Write => "write",
+        Access::Exec => "exec",
+    }
+}
+
 fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::from("/");
     for c in path.components() {
@@ -855,6 +872,64 @@ fn sigsys_call(nr: i32, arch: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn attributor() -> Attributor {
+        Attributor {
+            seccomp: Vec::new(),
+            grants: vec![(PathBuf::from("/usr"), Access::Read)],
+            absent: Vec::new(),
+            isolated: true,
+            unix_hook: false,
+            root: SandboxRoot::default(),
+            first_of_two_violated: None,
+            start_ns: 0,
+            host: HostPaths::new(),
+            pids: None,
+        }
+    }
+
+    fn failed(name: &str, ret: i32, path: Option<&str>) -> RawEvent {
+        // SAFETY: a plain C struct of integers and byte arrays: all zeroes is valid.
+        let mut e: k::SyscallEvent = unsafe { std::mem::zeroed() };
+        e.header.kind = k::EVENT_SYSCALL;
+        e.header.pid = 4242;
+        e.header.tid = 4242;
+        e.nr = syscalls::lookup(name).unwrap();
+        e.ret = ret;
+        if let Some(p) = path {
+            e.object_kind = k::ARG_PATH;
+            e.object[..p.len()].copy_from_slice(p.as_bytes());
+            e.object_len = p.len() as u32 + 1;
+        }
+        RawEvent::Syscall(Box::new(e))
+    }
+
+    /// A miss whose path the program could not read is counted (it may have named a hidden
+    /// path), where a miss of a path that exists nowhere, or of no path at all, is not.
+    #[test]
+    fn a_miss_of_an_unreadable_path_counts() {
+        let mut a = attributor();
+        let enoent = -libc::ENOENT;
+        let ev = a.attribute(&failed("openat", enoent, None)).unwrap();
+        assert_eq!(ev.kind, EventType::Violation);
+        assert_eq!(ev.layer, Some(Layer::Namespace));
+        assert_eq!(ev.action, Some("read"));
+        // The controls: a miss named and absent everywhere, inside a grant, and a call without
+        // a path (an fd's fchdir) are not violations.
+        let nowhere = "/stockade-no-such-path-anywhere";
+        assert!(a
+            .attribute(&failed("openat", enoent, Some(nowhere)))
+            .is_none());
+        assert!(a
+            .attribute(&failed("openat", enoent, Some("/usr/none")))
+            .is_none());
+        assert!(a.attribute(&failed("fchdir", enoent, None)).is_none());
+        // A hidden path that the host has, named: counted, with its name.
+        let ev = a
+            .attribute(&failed("openat", enoent, Some("/etc/passwd")))
+            .unwrap();
+        assert_eq!(ev.layer, Some(Layer::Namespace));
+    }
 
     #[test]
     fn reopens_by_name_are_recognized() {

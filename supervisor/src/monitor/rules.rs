@@ -209,6 +209,14 @@ pub fn miss_key(cgroup_id: u64, dir: &str) -> Option<k::MissKey> {
     })
 }
 
+/// Whether the syscall of this name takes a path (`ARG_PATH`): its event carries the path,
+/// unless the program could not read it from the plugin's memory.
+pub fn names_a_path(name: &str) -> bool {
+    PATH_ARG_TABLE
+        .iter()
+        .any(|(n, what)| *n == name && what & k::ARG_PATH != 0)
+}
+
 pub fn path_args() -> Vec<(u32, u8)> {
     PATH_ARG_TABLE
         .iter()
