@@ -835,3 +835,68 @@ fn unload_and_shutdown_leave_nothing_behind() {
         "the control socket is removed at the stop"
     );
 }
+
+/// systemd's notify protocol, spoken to a datagram socket the test binds as systemd would:
+/// `READY=1` with a status once the control socket listens, the status again as plugins come
+/// (with `WATCHDOG=1` pings at half of `WATCHDOG_USEC`), `STOPPING=1` when SIGTERM stops it.
+#[test]
+fn the_daemon_speaks_systemds_notify_protocol() {
+    if !harness::privileged("the_daemon_speaks_systemds_notify_protocol") {
+        return;
+    }
+    let mut d = Daemon::prepared("notify");
+    let path = d.dir.join("notify.sock");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    systemd
+        .set_read_timeout(Some(harness::patience(20)))
+        .unwrap();
+    let mut messages = Vec::new();
+    let next = |messages: &mut Vec<String>| {
+        let mut buf = [0u8; 4096];
+        let n = systemd.recv(&mut buf).expect("a notification in time");
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        messages.push(m.clone());
+        m
+    };
+    // 0.4 s: pings every 0.2 s.
+    d.spawn_with(
+        &[],
+        &[
+            ("NOTIFY_SOCKET", path.as_os_str()),
+            ("WATCHDOG_USEC", std::ffi::OsStr::new("400000")),
+        ],
+    );
+    let first = next(&mut messages);
+    assert!(first.lines().any(|l| l == "READY=1"), "{first}");
+    assert!(
+        first.contains("STATUS=0 of 0 plugins active; audit log at record "),
+        "{first}"
+    );
+    d.load(&d.package("echo", "echo", "1.0.0", "echo", ""));
+    let until = Instant::now() + harness::patience(20);
+    while !next(&mut messages).contains("STATUS=1 of 1 plugins active") {
+        assert!(Instant::now() < until, "{messages:?}");
+    }
+    let pings = messages.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    assert!(pings >= 1, "{messages:?}");
+    // A manager that stops reading: its queue (net.unix.max_dgram_qlen, 10 by default) fills
+    // within 2 s of pings. The daemon drops what does not fit and goes on serving; it once
+    // waited on the full socket on its runtime's thread and answered nothing more.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(d.status("echo")["state"], "active");
+    systemd.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    let mut queued = 0;
+    while systemd.recv(&mut buf).is_ok() {
+        queued += 1;
+    }
+    assert!(queued >= 5, "{queued} notifications were waiting");
+    systemd.set_nonblocking(false).unwrap();
+    // And once read again, it is told again.
+    assert!(next(&mut messages).contains("WATCHDOG=1"), "{messages:?}");
+    assert!(d.stop().success());
+    let until = Instant::now() + harness::patience(20);
+    while !next(&mut messages).lines().any(|l| l == "STOPPING=1") {
+        assert!(Instant::now() < until, "{messages:?}");
+    }
+}

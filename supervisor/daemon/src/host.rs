@@ -1431,15 +1431,36 @@ impl Host {
         outcome
     }
 
-    pub fn list(&self) -> Value {
-        let plugins: Vec<Arc<Plugin>> = self
-            .plugins
+    /// Every plugin, taken out of the map's lock.
+    fn all_plugins(&self) -> Vec<Arc<Plugin>> {
+        self.plugins
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    pub fn list(&self) -> Value {
+        let plugins = self.all_plugins();
         Value::Array(plugins.iter().map(|p| self.status(p, false)).collect())
+    }
+
+    /// (active plugins, plugins known).
+    pub fn counts(&self) -> (usize, usize) {
+        let plugins = self.all_plugins();
+        let active = plugins
+            .iter()
+            .filter(|p| {
+                let st = p.state.lock().unwrap_or_else(|e| e.into_inner());
+                *st.tracker.state() == State::Active
+            })
+            .count();
+        (active, plugins.len())
+    }
+
+    pub fn audit_stats(&self) -> stockade_state::audit::Stats {
+        self.config.audit.stats()
     }
 
     pub fn status_of(&self, id: &str) -> Result<Value, RpcError> {

@@ -12,6 +12,7 @@ mod conn;
 mod control;
 mod host;
 mod logs;
+mod notify;
 mod sandbox;
 mod state;
 
@@ -260,6 +261,7 @@ fn start(mut args: Args) -> anyhow::Result<()> {
         }
         let server = tokio::spawn(control::serve(listener, host.clone(), access));
         tracing::info!(socket = %socket.display(), "listening");
+        notify::ready(host.clone());
         // A SIGTERM while the packages load stops the daemon cleanly too (the loads under way
         // finish, then everything is stopped; later ones are refused).
         let loader = host.clone();
@@ -272,6 +274,7 @@ fn start(mut args: Args) -> anyhow::Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM: stopping every plugin"),
             _ = int.recv() => tracing::info!("SIGINT: stopping every plugin"),
         }
+        notify::stopping();
         server.abort();
         let _ = std::fs::remove_file(&socket);
         host.stop_all().await;

@@ -69,19 +69,24 @@ impl Daemon {
     /// A daemon that pins a test publisher's key; the packages of `package_with` are signed with
     /// it.
     pub fn start(name: &str, extra: &[&str]) -> Daemon {
+        let mut daemon = Daemon::prepared(name);
+        daemon.spawn(extra);
+        daemon
+    }
+
+    /// The same, not started yet ([`Daemon::spawn_with`] starts it).
+    pub fn prepared(name: &str) -> Daemon {
         let dir = super::scratch_dir(&format!("daemon-{name}"));
         let keys = dir.join("keys");
         std::fs::create_dir_all(&keys).expect("keys dir");
         let (key, _) = generate_key(&keys, "publisher");
-        let mut daemon = Daemon {
+        Daemon {
             child: None,
             socket: dir.join("control.sock"),
             dir,
             key,
             sequence: std::sync::atomic::AtomicU64::new(1),
-        };
-        daemon.spawn(extra);
-        daemon
+        }
     }
 
     /// The daemon's command line: its socket, state directory and the publisher's key.
@@ -102,10 +107,16 @@ impl Daemon {
 
     /// Starts the daemon (again) on this directory, with `extra`; returns once it listens.
     pub fn spawn(&mut self, extra: &[&str]) {
+        self.spawn_with(extra, &[]);
+    }
+
+    /// The same, with `env` added to the daemon's environment.
+    pub fn spawn_with(&mut self, extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) {
         let log = std::fs::File::create(self.dir.join("daemon.log")).expect("daemon log");
         let child = self
             .command()
             .args(extra)
+            .envs(env.iter().copied())
             .stderr(log)
             .spawn()
             .expect("start the daemon");
