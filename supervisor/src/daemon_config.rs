@@ -18,6 +18,10 @@
 //! retain_records = 10000000                       # at most this many kept per host
 //! export_dir = "/var/lib/stockade/audit-export"   # where removed records go first
 //!
+//! [metrics]
+//! listen = "127.0.0.1:9464"                       # Prometheus at /metrics; off when absent
+//! bpf_stats = false                               # the kernel counts each program's run time
+//!
 //! [trust]
 //! keys = ["/etc/stockade/keys/acme.pub"]          # publishers whose plugins run `trusted`
 //! third_party_keys = ["ed25519:..."]              # opted in: their plugins run `untrusted`
@@ -41,7 +45,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/stockade/daemon.toml";
 /// The largest configuration file read.
 const MAX_BYTES: u64 = 1 << 20;
 const KEYS: &str =
-    "socket, state_dir, plugins, allow_uids, database, host_id and the tables [trust], [audit]";
+    "socket, state_dir, plugins, allow_uids, database, host_id and the tables [trust], [audit], [metrics]";
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Config {
@@ -55,6 +59,17 @@ pub struct Config {
     pub host_id: Option<String>,
     pub trust: TrustConfig,
     pub audit: AuditConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Default, PartialEq)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served (off when absent).
+    pub listen: Option<std::net::SocketAddr>,
+    /// Asks the kernel to count each BPF program's runs and run time while the daemon runs
+    /// (`BPF_ENABLE_STATS`; every program on the host pays a clock read per run).
+    pub bpf_stats: bool,
 }
 
 /// `[audit]`: how the audit log is written.
@@ -389,10 +404,46 @@ pub fn parse(text: &str) -> Result<Config, (usize, String)> {
                 };
                 config.trust = parse_trust(table)?;
             }
+            "metrics" => {
+                let Some(table) = item.as_table() else {
+                    return Err((value_at, "`metrics` must be a table: [metrics]".into()));
+                };
+                config.metrics = parse_metrics(table)?;
+            }
             other => return Err((at, format!("unknown key `{other}`"))),
         }
     }
     Ok(config)
+}
+
+fn parse_metrics(table: &Table) -> Result<MetricsConfig, (usize, String)> {
+    let mut metrics = MetricsConfig::default();
+    for (key, item) in table.iter() {
+        let at = table.key(key).and_then(|k| k.span()).map_or(0, |s| s.start);
+        let value_at = item.span().map_or(at, |s| s.start);
+        match key {
+            "listen" => {
+                let addr = item.as_str().and_then(|v| v.parse().ok()).ok_or((
+                    value_at,
+                    "`listen` must be an address and port: \"127.0.0.1:9464\", \"[::1]:9464\""
+                        .to_string(),
+                ))?;
+                metrics.listen = Some(addr);
+            }
+            "bpf_stats" => {
+                metrics.bpf_stats = item
+                    .as_bool()
+                    .ok_or((value_at, "`bpf_stats` must be true or false".to_string()))?
+            }
+            other => {
+                return Err((
+                    at,
+                    format!("unknown key `{other}` in [metrics] (listen, bpf_stats)"),
+                ))
+            }
+        }
+    }
+    Ok(metrics)
 }
 
 fn parse_audit(table: &Table) -> Result<AuditConfig, (usize, String)> {
@@ -572,6 +623,22 @@ mod tests {
         assert!(
             e.to_string().starts_with("[trust] third_party_keys:"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn the_metrics_table() {
+        let c = parse("[metrics]\nlisten = \"127.0.0.1:9464\"\nbpf_stats = true\n").unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(c.metrics.bpf_stats);
+        let text = "[metrics]\nlisten = \"localhost\"\n";
+        let (at, message) = parse(text).unwrap_err();
+        assert_eq!(line_column(text, at), (2, 10));
+        assert!(message.contains("an address and port"), "{message}");
+        let (_, message) = parse("[metrics]\nport = 1\n").unwrap_err();
+        assert!(
+            message.contains("unknown key `port` in [metrics]"),
+            "{message}"
         );
     }
 

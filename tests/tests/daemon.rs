@@ -900,3 +900,230 @@ fn the_daemon_speaks_systemds_notify_protocol() {
         assert!(Instant::now() < until, "{messages:?}");
     }
 }
+
+/// GET (or POST) `path` of the metrics endpoint at `port`: (status line, headers, body).
+fn http(port: u16, method: &str, path: &str) -> Option<(String, String, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(harness::patience(20))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    Some((status.to_string(), headers.to_lowercase(), body.to_string()))
+}
+
+/// One scrape: each sample line's `name{labels}` and value.
+fn scrape(port: u16) -> std::collections::BTreeMap<String, f64> {
+    let (status, headers, body) = http(port, "GET", "/metrics").expect("the metrics endpoint");
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(
+        headers.contains("content-type: application/openmetrics-text"),
+        "{headers}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').expect("a sample line");
+            (name.to_string(), value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The metrics endpoint, scraped while the daemon loads plugins, calls them, sees one violate
+/// and be unloaded for it, sees one crash and restarts it, and fails to start another: every
+/// counter moves by exactly what happened, and the labels a caller chooses (an unknown plugin,
+/// an undeclared method) do not become series of their own.
+#[test]
+fn the_metrics_count_what_happened() {
+    if !harness::privileged("the_metrics_count_what_happened") {
+        return;
+    }
+    let port = free_port();
+    let d = Daemon::start("metrics", &["--metrics", &format!("127.0.0.1:{port}")]);
+    let until = Instant::now() + harness::patience(10);
+    while http(port, "GET", "/metrics").is_none() {
+        assert!(Instant::now() < until, "no metrics endpoint\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = scrape(port);
+    assert_eq!(
+        before.get("stockade_plugins_active{trust_level=\"untrusted\"}"),
+        Some(&0.0)
+    );
+    assert_eq!(before.get("stockade_audit_failing"), Some(&0.0));
+
+    d.load(&d.package("echo", "echo", "1.0.0", "echo", ""));
+    for i in 0..3 {
+        d.call("echo", "echo", json!({ "text": format!("hi {i}") }))
+            .unwrap();
+    }
+    assert!(d.call("echo", "nope", json!({})).is_err());
+    assert!(d.call("ghost", "echo", json!({})).is_err());
+    assert!(d.call("ghost", "x-made-up-method", json!({})).is_err());
+
+    let victim = d.package("victim", "victim", "1.0.0", "forbidden", "restart = \"no\"");
+    d.load(&victim);
+    let _ = d.call("victim", "go", json!({}));
+    d.wait_event(20, "the victim's report", |e| {
+        e["type"] == "report" && e["plugin"] == "victim"
+    });
+    d.wait_event(20, "the victim quarantined", |e| {
+        lifecycle_event(e, "victim", "quarantined").is_some()
+    });
+
+    let crashy = d.package(
+        "crashy",
+        "crashy",
+        "1.0.0",
+        "echo",
+        "restart = \"always\"\nbackoff_min = \"50ms\"\nbackoff_max = \"100ms\"",
+    );
+    d.load(&crashy);
+    let pid = d.status("crashy")["pid"].as_i64().unwrap();
+    // SAFETY: kill with a pid the daemon reported for its plugin's first process.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let until = Instant::now() + harness::patience(20);
+    while !(d.status("crashy")["state"] == "active" && d.status("crashy")["pid"] != pid) {
+        assert!(Instant::now() < until, "{}", d.status("crashy"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let crasher = d.package("crasher", "crasher", "1.0.0", "crash", "restart = \"no\"");
+    assert!(d.request("plugin.load", json!({ "dir": crasher })).is_err());
+
+    let after = scrape(port);
+    let delta = |name: &str| {
+        after.get(name).copied().unwrap_or(0.0) - before.get(name).copied().unwrap_or(0.0)
+    };
+    let expected: &[(&str, f64)] = &[
+        ("stockade_plugin_loads_total{outcome=\"ok\"}", 3.0),
+        ("stockade_plugin_loads_total{outcome=\"error\"}", 1.0),
+        (
+            "stockade_plugin_load_duration_seconds_count{trust_level=\"untrusted\"}",
+            3.0,
+        ),
+        (
+            "stockade_calls_total{plugin_id=\"echo\",method=\"echo\",outcome=\"ok\"}",
+            3.0,
+        ),
+        (
+            "stockade_calls_total{plugin_id=\"echo\",method=\"(undeclared)\",outcome=\"method_not_found\"}",
+            1.0,
+        ),
+        (
+            "stockade_calls_total{plugin_id=\"(unknown)\",method=\"(undeclared)\",outcome=\"unknown_plugin\"}",
+            2.0,
+        ),
+        (
+            "stockade_call_duration_seconds_count{plugin_id=\"echo\",method=\"echo\"}",
+            3.0,
+        ),
+        (
+            "stockade_violations_total{plugin_id=\"victim\",trust_level=\"untrusted\",layer=\"namespace\"}",
+            1.0,
+        ),
+        (
+            "stockade_auto_unloads_total{plugin_id=\"victim\",trust_level=\"untrusted\"}",
+            1.0,
+        ),
+        (
+            "stockade_sandbox_process_restarts_total{plugin_id=\"crashy\"}",
+            1.0,
+        ),
+        ("stockade_plugin_failures_total{plugin_id=\"crashy\"}", 1.0),
+        ("stockade_plugin_failures_total{plugin_id=\"crasher\"}", 1.0),
+        ("stockade_plugins_active{trust_level=\"untrusted\"}", 2.0),
+        (
+            "stockade_plugins{state=\"active\",trust_level=\"untrusted\"}",
+            2.0,
+        ),
+        (
+            "stockade_plugins{state=\"quarantined\",trust_level=\"untrusted\"}",
+            1.0,
+        ),
+    ];
+    for (name, want) in expected {
+        assert_eq!(delta(name), *want, "{name}\n{after:#?}");
+    }
+    // Nothing else: no violation of another plugin or layer, no failure of the others.
+    let moved = |prefix: &str| {
+        after
+            .keys()
+            .filter(|k| k.starts_with(prefix) && delta(k) != 0.0)
+            .count()
+    };
+    assert_eq!(moved("stockade_violations_total"), 1, "{after:#?}");
+    assert_eq!(moved("stockade_plugin_failures_total"), 2, "{after:#?}");
+    assert_eq!(moved("stockade_auto_unloads_total"), 1, "{after:#?}");
+    let victim_calls: f64 = after
+        .iter()
+        .filter(|(k, _)| k.starts_with("stockade_calls_total{plugin_id=\"victim\",method=\"go\""))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(victim_calls, 1.0, "{after:#?}");
+    assert!(delta("stockade_audit_records_committed") > 0.0);
+    if after
+        .keys()
+        .any(|k| k.starts_with("stockade_bpf_program_runs_total{program=\"sys_exit\"}"))
+    {
+        assert!(
+            after.contains_key("stockade_bpf_program_recursion_misses_total{program=\"sys_exit\"}"),
+            "{after:#?}"
+        );
+    } else {
+        assert!(
+            after.keys().all(|k| !k.starts_with("stockade_bpf_program")),
+            "programs without sys_exit: {after:#?}"
+        );
+    }
+    // The endpoint answers only what it serves.
+    let (status, headers, _) = http(port, "POST", "/metrics").unwrap();
+    assert!(status.contains(" 405 "), "{status}");
+    assert!(headers.contains("allow: get, head"), "{headers}");
+    let (status, _, _) = http(port, "GET", "/admin").unwrap();
+    assert!(status.contains(" 404 "), "{status}");
+}
+
+/// A metrics address already taken: the daemon says so in one line and serves plugins anyway
+/// (metrics are never a reason to stop enforcing).
+#[test]
+fn a_metrics_address_in_use_costs_only_the_metrics() {
+    if !harness::privileged("a_metrics_address_in_use_costs_only_the_metrics") {
+        return;
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let d = Daemon::start(
+        "metrics-taken",
+        &["--metrics", &format!("127.0.0.1:{port}")],
+    );
+    d.load(&d.package("echo", "echo", "1.0.0", "echo", ""));
+    assert_eq!(
+        d.call("echo", "echo", json!({ "text": "still here" }))
+            .unwrap()["text"],
+        "still here"
+    );
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("metrics: cannot listen on"))
+        .unwrap_or_else(|| panic!("no line about the metrics address:\n{log}"));
+    assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
+    assert!(line.contains("Address already in use"), "{line}");
+    assert!(line.contains("hint:"), "{line}");
+}

@@ -26,6 +26,7 @@ use tokio::sync::{broadcast, mpsc, Notify, Semaphore};
 
 use crate::conn::{Conn, Sink};
 use crate::logs::{self, now_ms, Logs};
+use crate::metrics::Metrics;
 use crate::sandbox::{self as sb, Control, Ended};
 
 /// Consecutive call timeouts after which a plugin counts as hung and is restarted.
@@ -63,19 +64,24 @@ pub struct Events {
     recent: Mutex<std::collections::VecDeque<Arc<Value>>>,
     /// Where the events the audit log keeps go too.
     audit: Arc<AuditLog>,
+    metrics: Arc<Metrics>,
 }
 
 impl Events {
-    fn new(audit: Arc<AuditLog>) -> Events {
+    fn new(audit: Arc<AuditLog>, metrics: Arc<Metrics>) -> Events {
         Events {
             tx: broadcast::channel(4096).0,
             recent: Mutex::new(std::collections::VecDeque::new()),
             audit,
+            metrics,
         }
     }
 
     pub fn send(&self, event: Value) {
         crate::audit::record_event(&self.audit, &event);
+        if let Some(kind) = event["type"].as_str() {
+            self.metrics.event(kind);
+        }
         let event = Arc::new(event);
         // Under the lock, so that `subscribe` sees each event once: in its list or on its
         // receiver.
@@ -110,6 +116,7 @@ pub struct Host {
     ids: IdRanges,
     stopping: AtomicBool,
     next_run: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 /// A host-side refusal: a JSON-RPC error with a hint.
@@ -232,9 +239,11 @@ impl Host {
         let ids = IdRanges::at(&config.state_root.join("idmap.json"));
         let (registry, updates) = mpsc::unbounded_channel();
         tokio::spawn(write_registry(config.storage.clone(), updates));
+        let metrics = Arc::new(Metrics::new());
         Arc::new(Host {
             keyring: Mutex::new(Arc::new(keyring)),
-            events: Arc::new(Events::new(config.audit.clone())),
+            events: Arc::new(Events::new(config.audit.clone(), metrics.clone())),
+            metrics,
             config,
             ratchet: Mutex::new(ratchet),
             committing: tokio::sync::Mutex::new(()),
@@ -593,7 +602,10 @@ impl Host {
     ) -> Result<Value, RpcError> {
         self.audit_ready()?;
         let downgrade = allow_downgrade.then(|| by.unwrap_or(0));
+        let begin = Instant::now();
         let result = self.load_package(dir, downgrade).await;
+        let trust = result.as_ref().ok().and_then(|s| s["trust"].as_str());
+        self.metrics.load(result.is_ok(), trust, begin.elapsed());
         let detail = json!({ "dir": dir, "allow_downgrade": allow_downgrade });
         self.acknowledge("load", None, by, detail, result).await
     }
@@ -716,6 +728,7 @@ impl Host {
         match started {
             Ok(()) => Ok(self.status(&plugin, false)),
             Err((why, _)) => {
+                self.metrics.failure(&plugin.id);
                 {
                     let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
                     st.wanted = false;
@@ -858,7 +871,9 @@ impl Host {
             monitor: self.config.monitor.clone(),
             observer: Some(violation_observer(
                 self.events.clone(),
+                self.metrics.clone(),
                 plugin.id.clone(),
+                package.trust.name(),
                 number,
             )),
         };
@@ -1130,8 +1145,20 @@ impl Host {
             _ => Exit::Failure,
         };
         let reason = kill_reason.unwrap_or(reason);
+        if exit == Exit::AutoUnloaded {
+            let trust = plugin
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .package
+                .trust
+                .name();
+            self.metrics.auto_unload(&plugin.id, trust);
+        }
         if let Some(Ended::Ran(s)) = &end {
             if let Some(report) = &s.monitor {
+                self.metrics
+                    .run_losses(&plugin.id, report.lost_denials, report.dropped_events);
                 if report.violations > 0 {
                     self.events.send(json!({
                         "type": "report",
@@ -1206,9 +1233,13 @@ impl Host {
         exit: Exit,
         reason: &str,
     ) -> Option<Duration> {
+        if exit == Exit::Failure {
+            self.metrics.failure(&plugin.id);
+        }
         match st.tracker.after_exit(exit, now_ms(), jitter()) {
             Decision::RestartAfter(d) => {
                 st.restarts += 1;
+                self.metrics.restart(&plugin.id);
                 let why = format!("{reason}; restarting in {} ms", d.as_millis());
                 self.transition(plugin, st, State::Restarting, &why);
                 Some(d)
@@ -1334,6 +1365,13 @@ impl Host {
         let outcome = self
             .call_plugin(id, method, params, &request_id, &mut logged)
             .await;
+        let (metric_plugin, metric_method) = self.call_labels(id, method);
+        self.metrics.call(
+            &metric_plugin,
+            &metric_method,
+            outcome.as_ref().err().map(|e| e.code),
+            begin.elapsed(),
+        );
         let detail = crate::audit::CallDetail::new(
             method,
             begin.elapsed().as_secs_f64() * 1000.0,
@@ -1461,6 +1499,47 @@ impl Host {
 
     pub fn audit_stats(&self) -> stockade_state::audit::Stats {
         self.config.audit.stats()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Each loaded plugin's lifecycle state and trust level.
+    pub fn plugin_states(&self) -> Vec<(String, String)> {
+        self.all_plugins()
+            .iter()
+            .map(|p| {
+                let st = p.state.lock().unwrap_or_else(|e| e.into_inner());
+                (
+                    st.tracker.state().name().to_string(),
+                    st.package.trust.name().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// What the kernel counts of the monitors' programs (none without the monitors).
+    pub fn program_stats(&self) -> Vec<stockade::monitor::ProgramStats> {
+        self.config
+            .monitor
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).program_stats())
+            .unwrap_or_default()
+    }
+
+    /// A call's labels, bounded: a loaded plugin's id (else `(unknown)`), a method it declares
+    /// (else `(undeclared)`).
+    fn call_labels(&self, id: &str, method: &str) -> (String, String) {
+        let Ok(plugin) = self.plugin(id) else {
+            return ("(unknown)".into(), "(undeclared)".into());
+        };
+        let st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+        let declared = st.methods.names().any(|m| m == method);
+        (
+            id.to_string(),
+            if declared { method } else { "(undeclared)" }.to_string(),
+        )
     }
 
     pub fn status_of(&self, id: &str) -> Result<Value, RpcError> {
@@ -1634,13 +1713,23 @@ const LIVE_EVENTS_PER_SEC: u32 = 100;
 
 fn violation_observer(
     events: Arc<Events>,
+    metrics: Arc<Metrics>,
     plugin: String,
+    trust: &'static str,
     run: u64,
 ) -> stockade::monitor::report::Observer {
     let mut window = Instant::now();
     let mut sent = 0u32;
     let mut suppressed = 0u64;
     Box::new(move |event: &Event| {
+        // Counted before the stream's rate limit: every one.
+        let limit = event.kind == EventType::Limit;
+        let what = if limit {
+            event.action.unwrap_or("other")
+        } else {
+            event.layer.map_or("unknown", |l| l.name())
+        };
+        metrics.violation(&plugin, trust, limit, what);
         if window.elapsed() >= Duration::from_secs(1) {
             window = Instant::now();
             sent = 0;

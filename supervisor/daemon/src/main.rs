@@ -12,6 +12,7 @@ mod conn;
 mod control;
 mod host;
 mod logs;
+mod metrics;
 mod notify;
 mod sandbox;
 mod state;
@@ -61,6 +62,10 @@ struct Args {
     /// [default: the host name].
     #[arg(long, value_name = "ID")]
     host_id: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (ADDR: an address and port, such as
+    /// 127.0.0.1:9464) [default: `[metrics] listen` of the configuration; else off].
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -219,6 +224,19 @@ fn start(mut args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|e| e.to_string());
     tracing::info!(database = %shown, %transport, host = %host_id, "state opened");
     let probe = stockade::probe::Probe::run();
+    let metrics_at = args.metrics.or(config.metrics.listen);
+    // Held until the daemon exits: the kernel counts the programs' run time meanwhile.
+    let _bpf_stats = if config.metrics.bpf_stats {
+        match stockade::monitor::enable_run_time_stats() {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::warn!("[metrics] bpf_stats: the kernel refused BPF_ENABLE_STATS: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let result = runtime.block_on(async {
         // The signal handlers before the socket: whoever sees the socket may stop the daemon,
         // and a SIGTERM between the two would otherwise be missed (tokio delivers a signal only
@@ -261,6 +279,19 @@ fn start(mut args: Args) -> anyhow::Result<()> {
         }
         let server = tokio::spawn(control::serve(listener, host.clone(), access));
         tracing::info!(socket = %socket.display(), "listening");
+        if let Some(addr) = metrics_at {
+            // Metrics are for the operator; the plugins' enforcement never waits on them. An
+            // address that cannot be had is reported, and the daemon serves without metrics.
+            match metrics::bind(addr).await {
+                Ok(l) => {
+                    tracing::info!("metrics at http://{}/metrics", l.local_addr().unwrap_or(addr));
+                    tokio::spawn(metrics::serve(l, host.clone()));
+                }
+                Err(e) => tracing::error!(
+                    "metrics: cannot listen on {addr}: {e}; serving plugins without metrics (hint: choose a free port with --metrics or [metrics] listen)"
+                ),
+            }
+        }
         notify::ready(host.clone());
         // A SIGTERM while the packages load stops the daemon cleanly too (the loads under way
         // finish, then everything is stopped; later ones are refused).

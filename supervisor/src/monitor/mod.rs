@@ -1386,34 +1386,57 @@ impl Monitor {
     /// (`recursion_misses` of the program: a run preempted on a kernel whose syscall
     /// tracepoints may fault, and another thread's syscall exit on the same CPU meanwhile).
     pub fn sys_exit_misses(&self) -> Option<u64> {
-        // Opened here, not with the set: aya probes the kernel's features when it first opens a
-        // program, and this is asked only with debug logging on.
-        let program = RawTracePoint::from_pin(self.dirs.pin("prog-sys_exit")).ok()?;
-        let fd = program.fd().ok()?;
-        // SAFETY: a plain C struct of integers (pointers carried as u64): all zeroes is valid.
-        let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
-        #[repr(C)]
-        struct InfoAttr {
-            bpf_fd: u32,
-            info_len: u32,
-            info: u64,
+        let fd = host::obj_get(&self.dirs.pin("prog-sys_exit")).ok()?;
+        prog_info(fd.as_fd()).map(|i| i.recursion_misses)
+    }
+
+    /// What the kernel counts of each of the set's programs: those attached to each sandbox
+    /// (`prog-*` pins) and those on the host's hooks (reached through their `link-*` pins).
+    /// Runs and run time move only while the kernel's statistics are on
+    /// (`kernel.bpf_stats_enabled`, or a `BPF_ENABLE_STATS` descriptor held).
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        let Ok(entries) = std::fs::read_dir(&self.dirs.pins) else {
+            return Vec::new();
+        };
+        let mut stats: Vec<ProgramStats> = Vec::new();
+        for entry in entries.flatten() {
+            let file = entry.file_name();
+            let Some(file) = file.to_str() else {
+                continue;
+            };
+            let (prog, name) = if let Some(name) = file.strip_prefix("prog-") {
+                let Ok(fd) = host::obj_get(&entry.path()) else {
+                    continue;
+                };
+                (fd, name)
+            } else if let Some(name) = file.strip_prefix("link-") {
+                let Some(fd) = host::obj_get(&entry.path())
+                    .ok()
+                    .and_then(|link| link_prog_id(link.as_fd()))
+                    .and_then(|id| prog_by_id(id).ok())
+                else {
+                    continue;
+                };
+                (fd, name)
+            } else {
+                continue;
+            };
+            let Some(info) = prog_info(prog.as_fd()) else {
+                continue;
+            };
+            if stats.iter().any(|s| s.id == info.id) {
+                continue;
+            }
+            stats.push(ProgramStats {
+                name: name.to_string(),
+                id: info.id,
+                run_count: info.run_cnt,
+                run_time_ns: info.run_time_ns,
+                recursion_misses: info.recursion_misses,
+            });
         }
-        let attr = InfoAttr {
-            bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd.as_fd()) as u32,
-            info_len: std::mem::size_of::<aya_obj::generated::bpf_prog_info>() as u32,
-            info: &mut info as *mut _ as u64,
-        };
-        // SAFETY: BPF_OBJ_GET_INFO_BY_FD (15) writes at most `info_len` bytes into `info`, a
-        // local that outlives the call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                15,
-                &attr as *const InfoAttr,
-                std::mem::size_of::<InfoAttr>(),
-            )
-        };
-        (r == 0).then_some(info.recursion_misses)
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
     }
 
     /// Per-syscall counts of a sandbox (numbers with a count only), readable while it runs.
@@ -1577,6 +1600,97 @@ fn kernel_dev(st_dev: u64) -> u32 {
 /// Loads the LSM programs where the kernel accepts BPF LSM programs at all (probed first with a
 /// two-instruction program: parsing the kernel's BTF for aya costs about 10 ms, which hosts that
 /// refuse LSM programs need not pay).
+/// Turns the kernel's count of every BPF program's runs and run time on until the descriptor is
+/// closed (`BPF_ENABLE_STATS`): what `kernel.bpf_stats_enabled = 1` does, without changing the
+/// host's setting for longer than this process lives.
+pub fn enable_run_time_stats() -> std::io::Result<std::os::fd::OwnedFd> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| e.io_error)
+}
+
+/// One of the monitors' BPF programs as the kernel counts it (see [`Monitor::program_stats`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramStats {
+    /// The pin's name without its `prog-` or `link-`: `sys_exit`, `file_open`, `connect4`…
+    pub name: String,
+    pub id: u32,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+    /// Runs the kernel skipped because the program was running on that CPU already.
+    pub recursion_misses: u64,
+}
+
+/// BPF_OBJ_GET_INFO_BY_FD (15) into a `T`.
+///
+/// # Safety
+/// `T` must be one of the kernel's info structs of plain integers (`bpf_prog_info`,
+/// `bpf_link_info`), for which all zeroes is a valid value.
+unsafe fn obj_info<T>(fd: BorrowedFd<'_>) -> Option<T> {
+    // SAFETY: the caller's promise: all zeroes is a valid `T`.
+    let mut info: T = unsafe { std::mem::zeroed() };
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<T>() as u32,
+        info: &mut info as *mut T as u64,
+    };
+    // SAFETY: the kernel writes at most `info_len` bytes into `info`, a local that outlives
+    // the call, and reads `attr`, which lives for the call too.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            15,
+            &attr as *const InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    (r == 0).then_some(info)
+}
+
+fn prog_info(fd: BorrowedFd<'_>) -> Option<aya_obj::generated::bpf_prog_info> {
+    // SAFETY: `bpf_prog_info` is a plain C struct of integers (pointers carried as u64).
+    unsafe { obj_info(fd) }
+}
+
+fn link_prog_id(fd: BorrowedFd<'_>) -> Option<u32> {
+    // SAFETY: `bpf_link_info` is a plain C struct of integers and a union of such structs.
+    unsafe { obj_info::<aya_obj::generated::bpf_link_info>(fd) }.map(|i| i.prog_id)
+}
+
+/// BPF_PROG_GET_FD_BY_ID (13).
+fn prog_by_id(id: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    #[repr(C)]
+    struct Attr {
+        prog_id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    let attr = Attr {
+        prog_id: id,
+        next_id: 0,
+        open_flags: 0,
+    };
+    // SAFETY: the kernel reads `attr`, alive for the call, and answers a new descriptor.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            13,
+            &attr as *const Attr,
+            std::mem::size_of::<Attr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
 fn load_lsm(ebpf: &mut Ebpf, raw_btf: &[u8]) -> Result<(), String> {
     crate::bpf_probe::lsm_file_open_with(raw_btf)
         .map_err(|e| format!("BPF LSM programs do not load on this kernel: {e}"))?;
