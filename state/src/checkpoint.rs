@@ -116,7 +116,15 @@ impl Writer {
             .map_err(|e| fail(dir, e.to_string()))?;
         let secret = dir.join(SECRET);
         let key = if secret.exists() {
-            SecretKey::read(&secret, || None).map_err(|e| fail(&secret, e.to_string()))?
+            let key =
+                SecretKey::read(&secret, || None).map_err(|e| fail(&secret, e.to_string()))?;
+            // The public half is what `audit verify` checks with: made again when removed.
+            let public = dir.join(PUBLIC);
+            if !public.exists() {
+                std::fs::write(&public, key.public().file_text("audit checkpoints"))
+                    .map_err(|e| fail(&public, e.to_string()))?;
+            }
+            key
         } else {
             let key = SecretKey::generate().map_err(|e| fail(&secret, e.to_string()))?;
             let text = key
@@ -190,8 +198,9 @@ pub struct Finding {
     pub seq: i64,
     pub at_ms: i64,
     /// `holds`, `before-cut` (retention removed the signed record: nothing to compare),
-    /// `forged` (the signature does not hold), `rewritten`, `truncated`, `missing` (no such
-    /// chain in the database).
+    /// `forged` (the signature does not hold), `rewritten`, `deleted` (the signed record is gone
+    /// from the middle of the chain), `truncated` (from its end), `missing` (no such chain in
+    /// the database).
     pub verdict: &'static str,
     pub why: String,
 }
@@ -262,7 +271,14 @@ pub async fn check(
                     c.seq
                 ),
             )),
-            _ => found.push(finding(
+            Some(e) => found.push(finding(
+                "deleted",
+                format!(
+                    "record {} was signed at its checkpoint but is gone from the chain (the next one is {}): records were removed",
+                    c.seq, e.seq
+                ),
+            )),
+            None => found.push(finding(
                 "truncated",
                 format!(
                     "record {} was signed at its checkpoint but the chain ends at {}: records were removed from its end",
