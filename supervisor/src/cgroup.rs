@@ -8,7 +8,11 @@
 //! is a few file writes per hierarchy, done here (see docs/architecture.md).
 //!
 //! Rules this module keeps: it never writes into, moves processes out of, or removes a cgroup at or
-//! above its own; everything it creates it removes, also on error paths.
+//! above its own; everything it creates it removes, also on error paths. One exception, asked for:
+//! a cgroup the service manager delegated (systemd's `Delegate=yes` marks it with the xattr
+//! `trusted.delegate`) is ours to arrange — the supervisor moves its own processes into a leaf,
+//! `supervisor/`, and enables the controllers its sandboxes need in the delegated cgroup, whose
+//! children they become (cgroup v2 gives controllers only to cgroups without processes).
 
 use std::fs;
 use std::io;
@@ -78,13 +82,28 @@ const V1_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
 /// The v2 controllers a sandbox needs on unified hosts.
 const V2_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
 
+/// The leaf of a delegated cgroup that holds the supervisor's own processes (the name systemd's
+/// `DelegateSubgroup=` uses too).
+pub const SUPERVISOR_LEAF: &str = "supervisor";
+
 impl Layout {
+    /// The host's cgroups and our place in them. "Our" cgroup is the delegated one when we sit in
+    /// its `supervisor/` leaf (after [`enter_delegated_leaf`], or placed there by systemd's
+    /// `DelegateSubgroup=supervisor`): the sandboxes go beside the leaf, not inside it.
     pub fn detect() -> Result<Layout, CgroupError> {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| CgroupError::Layout(format!("/proc/self/mountinfo: {e}")))?;
         let own = fs::read_to_string("/proc/self/cgroup")
             .map_err(|e| CgroupError::Layout(format!("/proc/self/cgroup: {e}")))?;
-        Layout::from_tables(&mountinfo, &own)
+        let mut layout = Layout::from_tables(&mountinfo, &own)?;
+        if let Layout::Unified { own, .. } = &mut layout {
+            if own.file_name() == Some(std::ffi::OsStr::new(SUPERVISOR_LEAF)) {
+                if let Some(parent) = own.parent().filter(|p| delegated(p)) {
+                    *own = parent.to_path_buf();
+                }
+            }
+        }
+        Ok(layout)
     }
 
     /// Parses /proc/self/mountinfo and /proc/self/cgroup.
@@ -401,6 +420,46 @@ impl Drop for SandboxCgroup {
     }
 }
 
+/// What a running sandbox uses now, read from its cgroups (`name` below our own).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    /// Memory charged to it (v2 `memory.current`, v1 `memory.usage_in_bytes`).
+    pub memory_bytes: Option<u64>,
+    /// CPU time so far, in microseconds (the v2 `cpu.stat`, which exists without a controller).
+    pub cpu_us: Option<u64>,
+    /// Its processes and threads now.
+    pub tasks: Option<u64>,
+}
+
+/// [`Usage`] of the sandbox cgroup `name` (absent cgroups answer nothing).
+pub fn usage(layout: &Layout, name: &str) -> Usage {
+    match layout {
+        Layout::Unified { own, .. } => {
+            let dir = own.join(name);
+            Usage {
+                memory_bytes: read_u64(&dir.join("memory.current")),
+                cpu_us: read_keyed(&dir.join("cpu.stat"), "usage_usec"),
+                tasks: read_u64(&dir.join("pids.current")),
+            }
+        }
+        Layout::Hybrid {
+            own_unified, v1, ..
+        } => {
+            let v1_dir = |controller: &str| {
+                v1.iter()
+                    .find(|h| h.controller == controller)
+                    .map(|h| h.own.join(name))
+            };
+            Usage {
+                memory_bytes: v1_dir("memory")
+                    .and_then(|d| read_u64(&d.join("memory.usage_in_bytes"))),
+                cpu_us: read_keyed(&own_unified.join(name).join("cpu.stat"), "usage_usec"),
+                tasks: v1_dir("pids").and_then(|d| read_u64(&d.join("pids.current"))),
+            }
+        }
+    }
+}
+
 /// Removes the cgroups of sandboxes whose supervisor died without cleaning up (SIGKILL, a crash):
 /// `stockade-<pid>[.<plugin>.<run>]` directories below our own cgroups whose process is gone or
 /// is not a stockade supervisor (`stockade` or `stockade-daemon`). Their processes died with the supervisor (parent-death signal); anything left is
@@ -452,6 +511,76 @@ pub fn sweep_orphans(layout: &Layout) -> usize {
         );
     }
     swept.len()
+}
+
+/// Whether the service manager delegated `dir` (the xattr `trusted.delegate` or `user.delegate`
+/// is "1": systemd's mark on the cgroup of a `Delegate=yes` unit or scope).
+pub fn delegated(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    [c"trusted.delegate", c"user.delegate"].iter().any(|name| {
+        let mut value = [0u8; 8];
+        // SAFETY: getxattr writes at most `value.len()` bytes into `value`, and reads the two
+        // NUL-terminated strings, all alive for the call.
+        let n = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        n > 0 && &value[..n as usize] == b"1"
+    })
+}
+
+/// On a unified host whose service manager delegated our cgroup to us: moves the cgroup's
+/// processes (ours, and any other of the unit's) into its leaf `supervisor/` and enables the
+/// memory, pids and cpu controllers in the delegated cgroup, so that sandboxes can be its
+/// children. Returns the leaf; `None` when nothing was delegated (or on a hybrid host, whose
+/// unified hierarchy has no controllers to enable): then nothing is touched. Idempotent: run in
+/// the leaf already, it only checks the controllers.
+pub fn enter_delegated_leaf(layout: &Layout) -> Result<Option<PathBuf>, CgroupError> {
+    let Layout::Unified { own, .. } = layout else {
+        return Ok(None);
+    };
+    if !delegated(own) {
+        return Ok(None);
+    }
+    let leaf = own.join(SUPERVISOR_LEAF);
+    match fs::create_dir(&leaf) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(CgroupError::io("create", &leaf, e)),
+    }
+    let procs = own.join("cgroup.procs");
+    // Processes can come (a unit's ExecStartPost) between the read and the write: a few rounds.
+    for _ in 0..10 {
+        let listed = fs::read_to_string(&procs).map_err(|e| CgroupError::io("read", &procs, e))?;
+        if listed.trim().is_empty() {
+            break;
+        }
+        let target = leaf.join("cgroup.procs");
+        for pid in listed.split_whitespace() {
+            match fs::write(&target, pid) {
+                Ok(()) => {}
+                // Gone meanwhile.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(e) => return Err(CgroupError::io("move a process into", &target, e)),
+            }
+        }
+    }
+    let available = fs::read_to_string(own.join("cgroup.controllers")).unwrap_or_default();
+    if let Some(missing) = V2_CONTROLLERS
+        .iter()
+        .find(|c| !available.split_whitespace().any(|have| have == **c))
+    {
+        return Err(CgroupError::MissingController(missing));
+    }
+    enable_controllers(own)?;
+    Ok(Some(leaf))
 }
 
 /// Enables the controllers we need for children of `own` (unified hosts). Fails with EBUSY when

@@ -22,6 +22,15 @@
 //! listen = "127.0.0.1:9464"                       # Prometheus at /metrics; off when absent
 //! bpf_stats = false                               # the kernel counts each program's run time
 //!
+//! [export]
+//! file = "/var/log/stockade/events.jsonl"         # events as JSON lines (docs/events.md)
+//! max_bytes = 104857600                           # rotated at this size
+//! keep = 5                                        # rotated files kept
+//! journald = true                                 # each event to the journal too
+//! types = ["violation", "lifecycle"]              # only these (default: every type)
+//! omit = ["output"]                               # fields left out
+//! rate = 1000                                     # events a second at most; the rest counted
+//!
 //! [trust]
 //! keys = ["/etc/stockade/keys/acme.pub"]          # publishers whose plugins run `trusted`
 //! third_party_keys = ["ed25519:..."]              # opted in: their plugins run `untrusted`
@@ -45,7 +54,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/stockade/daemon.toml";
 /// The largest configuration file read.
 const MAX_BYTES: u64 = 1 << 20;
 const KEYS: &str =
-    "socket, state_dir, plugins, allow_uids, database, host_id and the tables [trust], [audit], [metrics]";
+    "socket, state_dir, plugins, allow_uids, database, host_id and the tables [trust], [audit], [metrics], [export]";
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Config {
@@ -60,6 +69,41 @@ pub struct Config {
     pub trust: TrustConfig,
     pub audit: AuditConfig,
     pub metrics: MetricsConfig,
+    pub export: ExportConfig,
+}
+
+/// `[export]`: the event stream, for a SIEM, as JSON lines and to the journal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportConfig {
+    /// The file (rotated `FILE.1` … `FILE.<keep>`); off when absent.
+    pub file: Option<PathBuf>,
+    pub max_bytes: u64,
+    pub keep: u32,
+    /// The journal's socket to send each event to too (`journald = true`: systemd's).
+    pub journald: Option<PathBuf>,
+    /// The event types exported; empty: every type.
+    pub types: Vec<String>,
+    /// Fields never exported.
+    pub omit: Vec<String>,
+    /// Events a second at most; the rest are counted and the count exported.
+    pub rate: u32,
+}
+
+/// systemd-journald's native socket.
+pub const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
+
+impl Default for ExportConfig {
+    fn default() -> ExportConfig {
+        ExportConfig {
+            file: None,
+            max_bytes: 100 << 20,
+            keep: 5,
+            journald: None,
+            types: Vec::new(),
+            omit: Vec::new(),
+            rate: 1000,
+        }
+    }
 }
 
 /// `[metrics]`: the Prometheus endpoint.
@@ -404,6 +448,12 @@ pub fn parse(text: &str) -> Result<Config, (usize, String)> {
                 };
                 config.trust = parse_trust(table)?;
             }
+            "export" => {
+                let Some(table) = item.as_table() else {
+                    return Err((value_at, "`export` must be a table: [export]".into()));
+                };
+                config.export = parse_export(table)?;
+            }
             "metrics" => {
                 let Some(table) = item.as_table() else {
                     return Err((value_at, "`metrics` must be a table: [metrics]".into()));
@@ -414,6 +464,70 @@ pub fn parse(text: &str) -> Result<Config, (usize, String)> {
         }
     }
     Ok(config)
+}
+
+fn parse_export(table: &Table) -> Result<ExportConfig, (usize, String)> {
+    let mut export = ExportConfig::default();
+    for (key, item) in table.iter() {
+        let at = table.key(key).and_then(|k| k.span()).map_or(0, |s| s.start);
+        let value_at = item.span().map_or(at, |s| s.start);
+        let number = |low: i64, high: i64| {
+            item.as_integer()
+                .filter(|n| (low..=high).contains(n))
+                .ok_or((
+                    value_at,
+                    format!("`{key}` must be a number from {low} to {high}"),
+                ))
+        };
+        let words = |item: &Item| -> Result<Vec<String>, (usize, String)> {
+            let Some(Value::Array(array)) = item.as_value() else {
+                return Err((value_at, format!("`{key}` must be an array of names")));
+            };
+            array
+                .iter()
+                .map(|v| match v.as_str().filter(|s| !s.is_empty()) {
+                    Some(s) => Ok(s.to_string()),
+                    None => Err((
+                        v.span().map_or(value_at, |s| s.start),
+                        format!("each of `{key}` must be a name"),
+                    )),
+                })
+                .collect()
+        };
+        match key {
+            "file" => match item.as_str().filter(|v| v.starts_with('/')) {
+                Some(v) => export.file = Some(PathBuf::from(v)),
+                None => {
+                    return Err((value_at, "`file` must be an absolute path".into()));
+                }
+            },
+            "max_bytes" => export.max_bytes = number(4096, 1 << 40)? as u64,
+            "keep" => export.keep = number(1, 1000)? as u32,
+            "rate" => export.rate = number(1, 1_000_000)? as u32,
+            "journald" => match (item.as_bool(), item.as_str()) {
+                (Some(true), _) => export.journald = Some(PathBuf::from(JOURNALD_SOCKET)),
+                (Some(false), _) => export.journald = None,
+                (_, Some(p)) if p.starts_with('/') => export.journald = Some(PathBuf::from(p)),
+                _ => {
+                    return Err((
+                        value_at,
+                        "`journald` must be true, false or the journal's socket (a path)".into(),
+                    ))
+                }
+            },
+            "types" => export.types = words(item)?,
+            "omit" => export.omit = words(item)?,
+            other => {
+                return Err((
+                    at,
+                    format!(
+                        "unknown key `{other}` in [export] (file, max_bytes, keep, journald, types, omit, rate)"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(export)
 }
 
 fn parse_metrics(table: &Table) -> Result<MetricsConfig, (usize, String)> {
@@ -624,6 +738,42 @@ mod tests {
             e.to_string().starts_with("[trust] third_party_keys:"),
             "{e}"
         );
+    }
+
+    /// The configuration the package installs parses, and says what its comments say.
+    #[test]
+    fn the_packaged_configuration() {
+        let c = parse(include_str!("../../packaging/daemon.toml")).unwrap();
+        assert_eq!(c.plugins, [PathBuf::from("/etc/stockade/plugins")]);
+        assert_eq!(c.audit.sync.as_deref(), Some("full"));
+        assert_eq!(c.metrics, MetricsConfig::default());
+        assert_eq!(c.export, ExportConfig::default());
+    }
+
+    #[test]
+    fn the_export_table() {
+        let c = parse(
+            "[export]\nfile = \"/var/log/s/e.jsonl\"\nmax_bytes = 8192\nkeep = 2\njournald = true\ntypes = [\"violation\"]\nomit = [\"output\"]\nrate = 10\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.export,
+            ExportConfig {
+                file: Some(PathBuf::from("/var/log/s/e.jsonl")),
+                max_bytes: 8192,
+                keep: 2,
+                journald: Some(PathBuf::from(JOURNALD_SOCKET)),
+                types: vec!["violation".into()],
+                omit: vec!["output".into()],
+                rate: 10,
+            }
+        );
+        let (_, message) = parse("[export]\nfile = \"relative.jsonl\"\n").unwrap_err();
+        assert!(message.contains("absolute path"), "{message}");
+        let (_, message) = parse("[export]\nmax_bytes = 10\n").unwrap_err();
+        assert!(message.contains("from 4096"), "{message}");
+        let (_, message) = parse("[export]\ntypes = \"violation\"\n").unwrap_err();
+        assert!(message.contains("array of names"), "{message}");
     }
 
     #[test]

@@ -141,6 +141,24 @@ enum Command {
         #[command(flatten)]
         db: DatabaseArgs,
     },
+    /// What each plugin tried and what stopped it: violations by plugin and layer, the objects
+    /// they reached for, auto-unloads and their kill latency. Reads the audit log.
+    Report {
+        /// Only this plugin.
+        #[arg(long, value_name = "ID")]
+        plugin: Option<String>,
+        /// Only this host's records (its host id).
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
+        /// Only since then: a duration back from now (2h, 7d) or an RFC 3339 time.
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// The report as one JSON document.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
     /// The registry: which host runs which version of which plugin; with an id, that plugin's
     /// versions and their capabilities.
     Registry {
@@ -240,6 +258,10 @@ struct RunArgs {
     /// fork, exec and exit.
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
+    /// The most --events writes (bytes; K, M, G suffixes): the lines past it are counted, not
+    /// written, and a last line says how many.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
+    events_max: u64,
     /// The command and its arguments, as seen inside the sandbox (with --package: arguments
     /// after the entry's).
     #[arg(last = true, required_unless_present = "package", value_name = "CMD")]
@@ -518,6 +540,26 @@ fn phase(what: &str) {
     }
 }
 
+/// `4096`, `64K`, `100M`, `1G` (powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}`: a size is a number of bytes, with K, M or G after it"))?;
+    let shift = match unit {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        _ => return Err(format!("`{text}`: the units are K, M and G")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{text}`: too large"))
+}
+
 fn main() -> ExitCode {
     START.get_or_init(std::time::Instant::now);
     tracing_subscriber::fmt()
@@ -668,6 +710,23 @@ fn main() -> ExitCode {
                     host,
                     since,
                     limit,
+                    json,
+                },
+            )
+        }),
+        Command::Report {
+            plugin,
+            host,
+            since,
+            json,
+            db,
+        } => cli::audit::database(db.config.as_deref(), db.database.as_deref()).and_then(|db| {
+            cli::report::run(
+                &db.location,
+                &cli::report::Args {
+                    plugin,
+                    host,
+                    since,
                     json,
                 },
             )
@@ -1280,6 +1339,14 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         )
     })?;
     phase("shim and cgroup layout found");
+    // Run in a delegated scope (`systemd-run --scope -p Delegate=yes stockade run ...`): this
+    // process moves into the scope's leaf, the sandbox goes beside it.
+    stockade::cgroup::enter_delegated_leaf(&layout).map_err(|e| {
+        Failure::internal(
+            format!("cgroups: the delegated cgroup cannot hold a sandbox: {e}"),
+            Some("`stockade doctor` shows what this host offers".into()),
+        )
+    })?;
     stockade::cgroup::sweep_orphans(&layout);
     let mut stop = StopSignals::block()
         .map_err(|e| Failure::internal(format!("cannot set up signal handling: {e}"), None))?;
@@ -1302,6 +1369,7 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     };
     print_warnings(&mut warnings);
     checked?;
+    let mut events_not_written = None;
     let events_out = match monitor
         .is_some()
         .then_some(args.events.as_deref())
@@ -1315,7 +1383,12 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
                     "give a writable file path",
                 )
             })?;
-            Some(Box::new(std::io::BufWriter::new(file)) as Box<dyn std::io::Write>)
+            let capped = stockade::monitor::report::CappedLines::new(
+                std::io::BufWriter::new(file),
+                args.events_max,
+            );
+            events_not_written = Some(capped.not_written());
+            Some(Box::new(capped) as Box<dyn std::io::Write>)
         }
     };
     let monitoring = monitor.as_mut().map(|loaded| {
@@ -1381,6 +1454,15 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     if memfd_fallback {
         tracing::warn!(
             "vm.memfd_noexec is missing on this kernel: memfd_create was denied instead"
+        );
+    }
+    if let Some(n) = events_not_written
+        .map(|n| n.load(std::sync::atomic::Ordering::Relaxed))
+        .filter(|n| *n > 0)
+    {
+        eprintln!(
+            "stockade: warning: --events reached --events-max ({} bytes): {n} later events were not written (the summary counts them all)",
+            args.events_max
         );
     }
     if summary.landlock_abi == Some(0) {

@@ -1091,6 +1091,48 @@ fn the_metrics_count_what_happened() {
             "programs without sys_exit: {after:#?}"
         );
     }
+    // `plugin list` tells the same story per plugin, with what each uses now.
+    let echo = d.status("echo");
+    assert!(
+        echo["usage"]["memory_bytes"].as_u64().unwrap() > 0,
+        "{echo}"
+    );
+    assert!(echo["usage"]["tasks"].as_u64().unwrap() >= 1, "{echo}");
+    assert!(echo["usage"]["cpu_us"].as_u64().is_some(), "{echo}");
+    assert_eq!(d.status("victim")["violations"], 1);
+    assert!(d.status("victim")["usage"].is_null());
+    let out = d.cli(&["plugin", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["ID", "VERSION", "TRUST", "STATE", "UPTIME", "RESTARTS", "VIOL", "MEMORY", "CPU", "PID"]
+    );
+    let row = |id: &str| -> Vec<String> {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("no {id} in:\n{text}"))
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    let victim = row("victim");
+    assert_eq!(
+        (victim[3].as_str(), victim[6].as_str(), victim[7].as_str()),
+        ("quarantined", "1", "-"),
+        "{text}"
+    );
+    let crashy = row("crashy");
+    assert_eq!(
+        (crashy[3].as_str(), crashy[5].as_str()),
+        ("active", "1"),
+        "{text}"
+    );
+    assert!(
+        crashy[7].ends_with('K') || crashy[7].ends_with('M'),
+        "{text}"
+    );
+
     // The endpoint answers only what it serves.
     let (status, headers, _) = http(port, "POST", "/metrics").unwrap();
     assert!(status.contains(" 405 "), "{status}");
@@ -1126,4 +1168,366 @@ fn a_metrics_address_in_use_costs_only_the_metrics() {
     assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
     assert!(line.contains("Address already in use"), "{line}");
     assert!(line.contains("hint:"), "{line}");
+}
+
+/// The cgroup v2 directory of this test process (`None` on a hybrid host, whose v2 hierarchy
+/// has no controllers to delegate).
+fn own_unified_cgroup() -> Option<std::path::PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    if own.lines().any(|l| !l.starts_with("0::")) {
+        return None;
+    }
+    let path = own.lines().next()?.strip_prefix("0::")?;
+    Some(std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/')))
+}
+
+fn set_delegate_mark(dir: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    // SAFETY: setxattr reads the two NUL-terminated strings and one byte, alive for the call.
+    let r = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            c"trusted.delegate".as_ptr(),
+            b"1".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr: {}", std::io::Error::last_os_error());
+}
+
+/// A cgroup delegated as systemd's `Delegate=yes` does it (the xattr `trusted.delegate`): the
+/// daemon moves into its `supervisor/` leaf, enables the controllers, and its sandboxes become
+/// the leaf's siblings. The control: the same cgroup unmarked leaves the daemon where it is, and
+/// a plugin cannot start there (cgroup v2 gives no controllers to a cgroup with processes).
+#[test]
+fn a_delegated_cgroup_holds_the_daemon_in_a_leaf() {
+    if !harness::privileged("a_delegated_cgroup_holds_the_daemon_in_a_leaf") {
+        return;
+    }
+    let Some(own) = own_unified_cgroup() else {
+        println!("skipped: a_delegated_cgroup_holds_the_daemon_in_a_leaf: hybrid cgroups here, whose cgroup v2 has no controllers to delegate (the VM guests run it)");
+        return;
+    };
+    let available = std::fs::read_to_string(own.join("cgroup.subtree_control")).unwrap_or_default();
+    if !["memory", "pids", "cpu"]
+        .iter()
+        .all(|c| available.split_whitespace().any(|h| h == *c))
+    {
+        println!("skipped: a_delegated_cgroup_holds_the_daemon_in_a_leaf: this test's cgroup does not give its children memory, pids and cpu ({available:?})");
+        return;
+    }
+    let unit = own.join(format!("stockade-test-delegated-{}", std::process::id()));
+    std::fs::create_dir(&unit).unwrap();
+    let leaf = unit.join("supervisor");
+
+    // The control: not marked.
+    let mut d = Daemon::prepared("delegated");
+    d.cgroup = Some(unit.clone());
+    d.spawn(&[]);
+    let placed = std::fs::read_to_string(format!("/proc/{}/cgroup", d.pid())).unwrap();
+    assert!(
+        placed
+            .trim_end()
+            .ends_with(&format!("/stockade-test-delegated-{}", std::process::id())),
+        "{placed}"
+    );
+    let e = d
+        .request(
+            "plugin.load",
+            json!({ "dir": d.package("echo", "echo", "1.0.0", "echo", "") }),
+        )
+        .unwrap_err();
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("cgroup v2 gives controllers only to cgroups without them"),
+        "{e}"
+    );
+    assert!(d.stop().success());
+    assert!(!leaf.exists());
+
+    // Marked: the daemon moves into the leaf and its plugin runs beside it.
+    set_delegate_mark(&unit);
+    d.spawn(&[]);
+    let placed = std::fs::read_to_string(format!("/proc/{}/cgroup", d.pid())).unwrap();
+    assert!(
+        placed.trim_end().ends_with(&format!(
+            "/stockade-test-delegated-{}/supervisor",
+            std::process::id()
+        )),
+        "{placed}"
+    );
+    assert!(
+        d.log()
+            .contains("the service manager delegated this cgroup"),
+        "{}",
+        d.log()
+    );
+    let control = std::fs::read_to_string(unit.join("cgroup.subtree_control")).unwrap();
+    for c in ["memory", "pids", "cpu"] {
+        assert!(control.split_whitespace().any(|h| h == c), "{control}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(unit.join("cgroup.procs")).unwrap(),
+        ""
+    );
+    d.load(&d.dir.join("packages/echo"));
+    assert_eq!(
+        d.call("echo", "echo", json!({ "text": "beside" })).unwrap()["text"],
+        "beside"
+    );
+    let sandboxes: Vec<String> = std::fs::read_dir(&unit)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("stockade-{}.echo.", d.pid())))
+        .collect();
+    assert_eq!(sandboxes.len(), 1, "{sandboxes:?}");
+    let memory_max = std::fs::read_to_string(unit.join(&sandboxes[0]).join("memory.max")).unwrap();
+    assert_ne!(
+        memory_max.trim(),
+        "max",
+        "the sandbox's memory limit is set"
+    );
+    assert!(d.stop().success());
+    // Nothing of the daemon's is left but its own leaf, which its service manager removes with
+    // the unit (here: the test).
+    let left: Vec<String> = std::fs::read_dir(&unit)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["supervisor"]);
+    std::fs::remove_dir(&leaf).unwrap();
+    std::fs::remove_dir(&unit).unwrap();
+}
+
+/// The fields of one journal datagram in the native protocol (`NAME=value`, or `NAME`, a 64-bit
+/// length and the value when it holds a newline).
+fn journal_fields(mut d: &[u8]) -> std::collections::BTreeMap<String, String> {
+    let mut fields = std::collections::BTreeMap::new();
+    while !d.is_empty() {
+        let end = d.iter().position(|b| *b == b'\n').expect("a field ends");
+        let head = &d[..end];
+        if let Some(eq) = head.iter().position(|b| *b == b'=') {
+            fields.insert(
+                String::from_utf8_lossy(&head[..eq]).into_owned(),
+                String::from_utf8_lossy(&head[eq + 1..]).into_owned(),
+            );
+            d = &d[end + 1..];
+        } else {
+            let len = u64::from_le_bytes(d[end + 1..end + 9].try_into().unwrap()) as usize;
+            let value = &d[end + 9..end + 9 + len];
+            fields.insert(
+                String::from_utf8_lossy(head).into_owned(),
+                String::from_utf8_lossy(value).into_owned(),
+            );
+            d = &d[end + 9 + len + 1..];
+        }
+    }
+    fields
+}
+
+/// `[export]`: the event stream as JSON lines in schema 1 (numbered, with the host, filtered by
+/// type, a field left out) and to the journal's socket (bound here as journald binds it), while
+/// a plugin violates; an export path that cannot be written is one error line and the plugins
+/// are served all the same.
+#[test]
+fn events_are_exported_for_a_siem() {
+    if !harness::privileged("events_are_exported_for_a_siem") {
+        return;
+    }
+    let mut d = Daemon::prepared("export");
+    let file = d.dir.join("log/events.jsonl");
+    let journal_path = d.dir.join("journal.sock");
+    let journal = std::os::unix::net::UnixDatagram::bind(&journal_path).unwrap();
+    journal
+        .set_read_timeout(Some(harness::patience(10)))
+        .unwrap();
+    let config = d.dir.join("daemon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "host_id = \"export-host\"\n[export]\nfile = \"{}\"\njournald = \"{}\"\ntypes = [\"lifecycle\", \"violation\", \"report\"]\nomit = [\"first\"]\n",
+            file.display(),
+            journal_path.display()
+        ),
+    )
+    .unwrap();
+    d.spawn(&["--config", config.to_str().unwrap()]);
+    let victim = d.package("victim", "victim", "1.0.0", "forbidden", "restart = \"no\"");
+    d.load(&victim);
+    let _ = d.call("victim", "go", json!({}));
+    d.wait_event(20, "the victim quarantined", |e| {
+        lifecycle_event(e, "victim", "quarantined").is_some()
+    });
+    assert!(d.stop().success());
+    let records: Vec<Value> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["schema"], 1, "{r}");
+        assert_eq!(r["host"], "export-host", "{r}");
+        assert_eq!(r["seq"], i as u64 + 1, "{r}");
+        assert!(
+            ["lifecycle", "violation", "report"].contains(&r["type"].as_str().unwrap()),
+            "{r}"
+        );
+    }
+    let violation = records
+        .iter()
+        .find(|r| r["type"] == "violation")
+        .expect("the violation exported");
+    assert_eq!(violation["plugin"], "victim");
+    assert_eq!(violation["layer"], "namespace");
+    assert_eq!(violation["object"], "/etc/shadow");
+    let report = records.iter().find(|r| r["type"] == "report").unwrap();
+    assert_eq!(report["violations"], 1);
+    assert!(report.get("first").is_none(), "{report}");
+    assert!(records
+        .iter()
+        .any(|r| r["type"] == "lifecycle" && r["to"] == "quarantined"));
+    // The journal got the same records, one datagram each.
+    let mut buf = vec![0u8; 1 << 17];
+    let mut entries = Vec::new();
+    while entries.len() < records.len() {
+        let n = journal.recv(&mut buf).expect("a journal entry");
+        entries.push(journal_fields(&buf[..n]));
+    }
+    let v = entries
+        .iter()
+        .find(|e| e["STOCKADE_TYPE"] == "violation")
+        .unwrap();
+    assert_eq!(v["SYSLOG_IDENTIFIER"], "stockade");
+    assert_eq!(v["PRIORITY"], "4");
+    assert_eq!(v["STOCKADE_PLUGIN"], "victim");
+    assert_eq!(v["STOCKADE_LAYER"], "namespace");
+    assert!(v["MESSAGE"].contains("/etc/shadow"), "{v:?}");
+    let inner: Value = serde_json::from_str(&v["STOCKADE_EVENT"]).unwrap();
+    assert_eq!(&inner, violation);
+
+    // An export file that cannot be written (its directory is a file): one line, and the
+    // plugins are served.
+    let blocker = d.dir.join("not-a-dir");
+    std::fs::write(&blocker, "").unwrap();
+    std::fs::write(
+        &config,
+        format!("[export]\nfile = \"{}/events.jsonl\"\n", blocker.display()),
+    )
+    .unwrap();
+    d.spawn(&["--config", config.to_str().unwrap()]);
+    d.load(&d.package("echo", "echo", "1.0.0", "echo", ""));
+    assert_eq!(
+        d.call("echo", "echo", json!({ "text": "served" })).unwrap()["text"],
+        "served"
+    );
+    let log = d.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("export: ")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("not-a-dir/events.jsonl"), "{}", lines[0]);
+    assert!(lines[0].contains("hint:"), "{}", lines[0]);
+    assert!(d.stop().success());
+}
+
+/// `stockade report` from the audit log: a plugin that violated (counted from its run's report,
+/// with the auto-unload and its kill latency), one restarted after a crash, and — the control —
+/// one that only answered, with nothing against it.
+#[test]
+fn the_report_says_what_each_plugin_tried() {
+    if !harness::privileged("the_report_says_what_each_plugin_tried") {
+        return;
+    }
+    let mut d = Daemon::start("report", &[]);
+    d.load(&d.package("calm", "calm", "1.0.0", "echo", ""));
+    d.call("calm", "echo", json!({ "text": "hi" })).unwrap();
+    d.load(&d.package("victim", "victim", "1.0.0", "forbidden", "restart = \"no\""));
+    let _ = d.call("victim", "go", json!({}));
+    d.wait_event(20, "the victim quarantined", |e| {
+        lifecycle_event(e, "victim", "quarantined").is_some()
+    });
+    d.load(&d.package(
+        "crashy",
+        "crashy",
+        "1.0.0",
+        "echo",
+        "restart = \"always\"\nbackoff_min = \"50ms\"\nbackoff_max = \"100ms\"",
+    ));
+    let pid = d.status("crashy")["pid"].as_i64().unwrap();
+    // SAFETY: kill with a pid the daemon reported for its plugin's first process.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let until = Instant::now() + harness::patience(20);
+    while !(d.status("crashy")["state"] == "active" && d.status("crashy")["pid"] != pid) {
+        assert!(Instant::now() < until, "{}", d.status("crashy"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d.stop().success());
+    let database = d.database();
+    let out = Command::new(harness::stockade())
+        .args(["report", "--json", "--database", &database])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plugin = |id: &str| -> Value {
+        report["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["plugin"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {id} in {report:#}"))
+    };
+    let victim = plugin("victim");
+    assert_eq!(victim["violations"], 1, "{victim}");
+    assert_eq!(victim["by_layer"]["namespace"], 1, "{victim}");
+    assert_eq!(victim["auto_unloads"], 1, "{victim}");
+    assert!(
+        ["quarantined", "stopped"].contains(&victim["state"].as_str().unwrap()),
+        "{victim}"
+    );
+    let crashy = plugin("crashy");
+    assert_eq!(crashy["violations"], 0, "{crashy}");
+    assert_eq!(crashy["restarts"], 1, "{crashy}");
+    let calm = plugin("calm");
+    assert_eq!(
+        (calm["violations"].as_u64(), calm["auto_unloads"].as_u64()),
+        (Some(0), Some(0))
+    );
+    // Most violations first.
+    assert_eq!(report["plugins"][0]["plugin"], "victim");
+    let object = &report["objects"][0];
+    assert_eq!(
+        (
+            object["plugin"].as_str(),
+            object["layer"].as_str(),
+            object["object"].as_str()
+        ),
+        (Some("victim"), Some("namespace"), Some("/etc/shadow"))
+    );
+    let unload = &report["auto_unloads"][0];
+    assert_eq!(unload["plugin"], "victim");
+    assert!(
+        unload["kill_latency_ms"].as_f64().is_some() || unload["killed_in_kernel"] == true,
+        "{unload}"
+    );
+    // The terminal's table says the same.
+    let out = Command::new(harness::stockade())
+        .args(["report", "--plugin", "victim", "--database", &database])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("1 plugin(s)"), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("victim ") && l.contains("namespace: 1"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(row.split_whitespace().nth(1) == Some("1"), "{row}");
+    assert!(text.contains("/etc/shadow"), "{text}");
+    assert!(text.contains("Auto-unloads:"), "{text}");
 }

@@ -120,3 +120,81 @@ fn plugin_chosen_paths_are_escaped_in_the_report_and_exact_in_the_events() {
     );
     let _ = std::fs::remove_file(&events);
 }
+
+/// `--events-max`: the events file stops at its cap without splitting a line, and its last line
+/// (and a warning) says how many events were left out; the summary still counts them all. The
+/// control: the same run without a small cap writes every event.
+#[test]
+fn the_events_file_stops_at_its_cap() {
+    if !privileged("the_events_file_stops_at_its_cap") {
+        return;
+    }
+    let file = policy_file("events-cap", &policy(""));
+    let dir = scratch_dir("events-cap");
+    let run = |events: &std::path::Path, cap: Option<&str>| {
+        let mut cmd = Command::new(stockade());
+        cmd.args(["run", "--json", "--policy"])
+            .arg(&file)
+            .arg("--events")
+            .arg(events);
+        if let Some(cap) = cap {
+            cmd.args(["--events-max", cap]);
+        }
+        // 200 opens of a granted file: an event each.
+        cmd.args([
+            "--",
+            "/bin/sh",
+            "-c",
+            "for i in $(seq 200); do : < /etc/ld.so.cache; done",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run stockade")
+    };
+    let full = dir.join("full.jsonl");
+    let out = run(&full, None);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let all: Vec<serde_json::Value> = std::fs::read_to_string(&full)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(all.len() >= 200, "{} events", all.len());
+    assert!(all.iter().all(|e| e["type"] != "events_not_written"));
+
+    let capped = dir.join("capped.jsonl");
+    let out = run(&capped, Some("4K"));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = std::fs::read_to_string(&capped).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let (last, written) = lines.split_last().unwrap();
+    assert_eq!(last["type"], "events_not_written", "{last}");
+    assert_eq!(last["cap_bytes"], 4096);
+    let body: usize = text.lines().take(written.len()).map(|l| l.len() + 1).sum();
+    assert!(body <= 4096, "{body} bytes before the last line");
+    // Every event is either written or counted.
+    assert_eq!(
+        written.len() as u64 + last["count"].as_u64().unwrap(),
+        all.len() as u64,
+        "the two runs made the same events"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--events reached --events-max (4096 bytes)"),
+        "{stderr}"
+    );
+    let bad = Command::new(stockade())
+        .args(["run", "--events-max", "12Q", "--policy"])
+        .arg(&file)
+        .args(["--", "/bin/true"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("the units are K, M and G"),
+        "{bad:?}"
+    );
+}

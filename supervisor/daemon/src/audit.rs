@@ -16,7 +16,16 @@ use stockade_state::chain::Record;
 pub const AUDIT_UNAVAILABLE: i64 = -32017;
 
 /// Event types recorded as they happen.
-const RECORDED: &[&str] = &["lifecycle", "violation", "limit", "trust", "upgrade"];
+/// (`report`: a run's end with every violation counted, by layer, and its auto-unload: what
+/// `stockade report` counts from.)
+const RECORDED: &[&str] = &[
+    "lifecycle",
+    "violation",
+    "limit",
+    "trust",
+    "upgrade",
+    "report",
+];
 
 pub fn refusal(e: &AuditError) -> RpcError {
     RpcError {

@@ -25,6 +25,7 @@ use stockade_trust::ratchet::{Mark, Ratchet};
 use tokio::sync::{broadcast, mpsc, Notify, Semaphore};
 
 use crate::conn::{Conn, Sink};
+use crate::export::Exporter;
 use crate::logs::{self, now_ms, Logs};
 use crate::metrics::Metrics;
 use crate::sandbox::{self as sb, Control, Ended};
@@ -52,6 +53,8 @@ pub struct Config {
     /// What this host offers: the registry keeps each version's capabilities in the words of
     /// `stockade policy explain` on it.
     pub probe: stockade::probe::Probe,
+    /// The event export (`[export]`).
+    pub export: stockade::daemon_config::ExportConfig,
 }
 
 /// Events kept for `stockade events` without `--follow`.
@@ -65,15 +68,18 @@ pub struct Events {
     /// Where the events the audit log keeps go too.
     audit: Arc<AuditLog>,
     metrics: Arc<Metrics>,
+    /// The export for SIEMs, when configured.
+    export: Option<Exporter>,
 }
 
 impl Events {
-    fn new(audit: Arc<AuditLog>, metrics: Arc<Metrics>) -> Events {
+    fn new(audit: Arc<AuditLog>, metrics: Arc<Metrics>, export: Option<Exporter>) -> Events {
         Events {
             tx: broadcast::channel(4096).0,
             recent: Mutex::new(std::collections::VecDeque::new()),
             audit,
             metrics,
+            export,
         }
     }
 
@@ -83,6 +89,9 @@ impl Events {
             self.metrics.event(kind);
         }
         let event = Arc::new(event);
+        if let Some(export) = &self.export {
+            export.send(&event);
+        }
         // Under the lock, so that `subscribe` sees each event once: in its list or on its
         // receiver.
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
@@ -117,6 +126,8 @@ pub struct Host {
     stopping: AtomicBool,
     next_run: AtomicU64,
     metrics: Arc<Metrics>,
+    /// The host's cgroups, as the sandboxes are placed in them (for what each uses now).
+    layout: Option<stockade::cgroup::Layout>,
 }
 
 /// A host-side refusal: a JSON-RPC error with a hint.
@@ -137,6 +148,9 @@ pub struct Plugin {
     state: Mutex<PluginState>,
     /// Violations of the `rpc` layer so far.
     rpc_violations: AtomicU64,
+    /// Violations of every layer so far, over all runs (as the sandboxes' trackers record
+    /// them; the `rpc` layer's included).
+    violations: Arc<AtomicU64>,
 }
 
 struct PluginState {
@@ -159,6 +173,8 @@ struct Run {
     control: Arc<Control>,
     pid: i32,
     cgroup_id: u64,
+    /// Its cgroup's directory name (below the daemon's own), for what it uses now.
+    cgroup_name: String,
     started: Instant,
     /// Why the daemon killed it, if it did (heartbeat, hung calls).
     kill_reason: Mutex<Option<String>>,
@@ -179,6 +195,8 @@ struct PluginSink {
     /// `LIVE_EVENTS_PER_SEC`, the rest counted only.
     sent: Mutex<(Instant, u32)>,
     control: Arc<Control>,
+    /// The run's number, in its events.
+    run: u64,
 }
 
 impl Sink for PluginSink {
@@ -214,6 +232,7 @@ impl Sink for PluginSink {
             "layer": "rpc",
             "action": action,
             "object": what,
+            "run": self.run,
             }));
         }
         self.control.send(Request::Violation(Event {
@@ -240,9 +259,10 @@ impl Host {
         let (registry, updates) = mpsc::unbounded_channel();
         tokio::spawn(write_registry(config.storage.clone(), updates));
         let metrics = Arc::new(Metrics::new());
+        let export = Exporter::start(&config.export, &config.host_id, metrics.clone());
         Arc::new(Host {
             keyring: Mutex::new(Arc::new(keyring)),
-            events: Arc::new(Events::new(config.audit.clone(), metrics.clone())),
+            events: Arc::new(Events::new(config.audit.clone(), metrics.clone(), export)),
             metrics,
             config,
             ratchet: Mutex::new(ratchet),
@@ -253,6 +273,7 @@ impl Host {
             ids,
             stopping: AtomicBool::new(false),
             next_run: AtomicU64::new(1),
+            layout: stockade::cgroup::Layout::detect().ok(),
         })
     }
 
@@ -685,6 +706,7 @@ impl Host {
                     last_exit: None,
                 }),
                 rpc_violations: AtomicU64::new(0),
+                violations: Arc::new(AtomicU64::new(0)),
                 op: tokio::sync::Mutex::new(()),
             });
             plugins.insert(id.clone(), plugin.clone());
@@ -863,15 +885,17 @@ impl Host {
         std::fs::create_dir_all(&state_dir)
             .map_err(|e| failed(format!("cannot create {}: {e}", state_dir.display())))?;
         let number = self.next_run.fetch_add(1, Ordering::Relaxed);
+        let cgroup_name = format!("stockade-{}.{}.{number}", std::process::id(), plugin.id);
         let launch = sb::Launch {
             package: package.clone(),
             state_dir: state_dir.clone(),
             id_base: base,
-            cgroup_name: format!("stockade-{}.{}.{number}", std::process::id(), plugin.id),
+            cgroup_name: cgroup_name.clone(),
             monitor: self.config.monitor.clone(),
             observer: Some(violation_observer(
                 self.events.clone(),
                 self.metrics.clone(),
+                plugin.violations.clone(),
                 plugin.id.clone(),
                 package.trust.name(),
                 number,
@@ -884,6 +908,7 @@ impl Host {
             events: self.events.clone(),
             control: spawned.control.clone(),
             sent: Mutex::new((Instant::now(), 0)),
+            run: number,
         });
         let conn = Conn::start(spawned.ends.rpc, sink);
         tokio::spawn(logs::capture(
@@ -928,6 +953,7 @@ impl Host {
             control: spawned.control.clone(),
             pid,
             cgroup_id,
+            cgroup_name,
             started: Instant::now(),
             kill_reason: Mutex::new(None),
             stopping: AtomicBool::new(false),
@@ -1159,6 +1185,9 @@ impl Host {
             if let Some(report) = &s.monitor {
                 self.metrics
                     .run_losses(&plugin.id, report.lost_denials, report.dropped_events);
+                plugin
+                    .violations
+                    .fetch_add(report.lost_denials, Ordering::Relaxed);
                 if report.violations > 0 {
                     self.events.send(json!({
                         "type": "report",
@@ -1501,6 +1530,13 @@ impl Host {
         self.config.audit.stats()
     }
 
+    /// Writes what the event export holds (at most `within`) and stops it.
+    pub fn close_export(&self, within: Duration) {
+        if let Some(export) = &self.events.export {
+            export.close(within);
+        }
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
@@ -1577,6 +1613,10 @@ impl Host {
             "reason": reason,
             "restarts": st.restarts,
             "rpc_violations": plugin.rpc_violations.load(Ordering::Relaxed),
+            "violations": plugin.violations.load(Ordering::Relaxed),
+            "usage": st.run.as_ref().zip(self.layout.as_ref()).map(|(r, layout)| {
+                stockade::cgroup::usage(layout, &r.cgroup_name)
+            }),
             "methods": st.methods.names().collect::<Vec<_>>(),
             "pid": st.run.as_ref().map(|r| r.pid),
             "run": st.run.as_ref().map(|r| json!({ "number": r.number, "version": r.version })),
@@ -1714,6 +1754,7 @@ const LIVE_EVENTS_PER_SEC: u32 = 100;
 fn violation_observer(
     events: Arc<Events>,
     metrics: Arc<Metrics>,
+    violations: Arc<AtomicU64>,
     plugin: String,
     trust: &'static str,
     run: u64,
@@ -1730,6 +1771,9 @@ fn violation_observer(
             event.layer.map_or("unknown", |l| l.name())
         };
         metrics.violation(&plugin, trust, limit, what);
+        if !limit {
+            violations.fetch_add(1, Ordering::Relaxed);
+        }
         if window.elapsed() >= Duration::from_secs(1) {
             window = Instant::now();
             sent = 0;

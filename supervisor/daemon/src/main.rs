@@ -10,6 +10,7 @@
 mod audit;
 mod conn;
 mod control;
+mod export;
 mod host;
 mod logs;
 mod metrics;
@@ -196,6 +197,19 @@ fn start(mut args: Args) -> anyhow::Result<()> {
     let layout = stockade::cgroup::Layout::detect().map_err(|e| {
         anyhow::anyhow!("cgroups: {e}\n  hint: `stockade doctor` shows what this host offers")
     })?;
+    // A unit with Delegate=yes hands the daemon its cgroup: the daemon moves into a leaf of it
+    // (every thread: cgroup.procs moves the process) before any sandbox exists; its sandboxes go
+    // beside the leaf.
+    match stockade::cgroup::enter_delegated_leaf(&layout) {
+        Ok(Some(leaf)) => tracing::info!(
+            "the service manager delegated this cgroup: the daemon runs in {} and its sandboxes beside it",
+            leaf.display()
+        ),
+        Ok(None) => {}
+        Err(e) => anyhow::bail!(
+            "cgroups: the delegated cgroup cannot hold sandboxes: {e}\n  hint: the unit needs Delegate=yes (or Delegate=memory pids cpu); `stockade doctor` shows what this host offers"
+        ),
+    }
     stockade::cgroup::sweep_orphans(&layout);
     raise_open_files();
     // Sealed copies of packages: one store per daemon process, held by a lock; the stores of
@@ -254,6 +268,7 @@ fn start(mut args: Args) -> anyhow::Result<()> {
                 host_id: host_id.clone(),
                 audit_wait,
                 probe,
+                export: config.export.clone(),
             },
             keyring,
             ratchet,
@@ -310,6 +325,7 @@ fn start(mut args: Args) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&socket);
         host.stop_all().await;
         host.flush_registry().await;
+        host.close_export(std::time::Duration::from_secs(2));
         // The stop recorded and everything queued committed: one deadline for both.
         let stopped = stockade_state::chain::Record::new(
             "daemon",

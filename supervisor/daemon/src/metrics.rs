@@ -87,6 +87,16 @@ struct PluginState {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Sink {
+    sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Program {
     program: String,
 }
@@ -127,6 +137,9 @@ pub struct Metrics {
     lost_denials: Family<PluginId, Counter>,
     dropped_events: Family<PluginId, Counter>,
     events: Family<EventType, Counter>,
+    exported: Family<Sink, Counter>,
+    export_failures: Family<Sink, Counter>,
+    export_held_back: Family<Reason, Counter>,
     // Read when scraped.
     plugins: Family<PluginState, Gauge>,
     active: Family<Trust, Gauge>,
@@ -156,6 +169,9 @@ impl Metrics {
             lost_denials: Family::default(),
             dropped_events: Family::default(),
             events: Family::default(),
+            exported: Family::default(),
+            export_failures: Family::default(),
+            export_held_back: Family::default(),
             plugins: Family::default(),
             active: Family::default(),
             audit_committed: Gauge::default(),
@@ -229,6 +245,21 @@ impl Metrics {
             "events",
             "Events on the daemon's event stream, by type",
             m.events.clone(),
+        );
+        r.register(
+            "export_records",
+            "Records the event export wrote, by sink (file, journald)",
+            m.exported.clone(),
+        );
+        r.register(
+            "export_failures",
+            "Records the event export could not write, by sink (each is also told in the export)",
+            m.export_failures.clone(),
+        );
+        r.register(
+            "export_held_back",
+            "Events the export held back (rate_limited, queue_full), each counted in the export",
+            m.export_held_back.clone(),
         );
         r.register(
             "plugins",
@@ -357,6 +388,26 @@ impl Metrics {
                 method: method.into(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    pub fn exported(&self, sink: &str) {
+        self.exported
+            .get_or_create(&Sink { sink: sink.into() })
+            .inc();
+    }
+
+    pub fn export_failed(&self, sink: &str) {
+        self.export_failures
+            .get_or_create(&Sink { sink: sink.into() })
+            .inc();
+    }
+
+    pub fn export_held_back(&self, reason: &str) {
+        self.export_held_back
+            .get_or_create(&Reason {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     pub fn event(&self, kind: &str) {

@@ -45,11 +45,11 @@ pub fn database(config: Option<&Path>, flag: Option<&str>) -> Result<Database, F
     })
 }
 
-fn state_failure(e: StateError) -> Failure {
+pub(super) fn state_failure(e: StateError) -> Failure {
     Failure::internal(e.to_string(), Some(e.hint().into()))
 }
 
-async fn open(location: &Location) -> Result<std::sync::Arc<dyn Storage>, Failure> {
+pub(super) async fn open(location: &Location) -> Result<std::sync::Arc<dyn Storage>, Failure> {
     if *location == Location::Memory {
         return Err(Failure::usage(
             "memory: is a daemon's own, inside its process",
@@ -107,7 +107,7 @@ pub struct Query {
 
 /// `--since`: a duration back from now ("2h", "7d") or an RFC 3339 time; milliseconds since the
 /// epoch.
-fn since_ms(text: &str) -> Result<i64, Failure> {
+pub(super) fn since_ms(text: &str) -> Result<i64, Failure> {
     let now = std::time::SystemTime::now();
     let at = match humantime::parse_duration(text) {
         Ok(d) => now.checked_sub(d),

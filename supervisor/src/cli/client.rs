@@ -157,25 +157,47 @@ pub fn list(socket: Option<&Path>, json: bool) -> Result<u8, Failure> {
         return Ok(0);
     }
     println!(
-        "{:<24} {:<10} {:<10} {:<12} {:>8} {:>8} {:>10} {:>8}",
-        "ID", "VERSION", "TRUST", "STATE", "UPTIME", "RESTARTS", "RPC-VIOL", "PID"
+        "{:<24} {:<10} {:<10} {:<12} {:>8} {:>8} {:>6} {:>9} {:>8} {:>8}",
+        "ID", "VERSION", "TRUST", "STATE", "UPTIME", "RESTARTS", "VIOL", "MEMORY", "CPU", "PID"
     );
     for p in rows {
+        let usage = &p["usage"];
         println!(
-            "{:<24} {:<10} {:<10} {:<12} {:>8} {:>8} {:>10} {:>8}",
+            "{:<24} {:<10} {:<10} {:<12} {:>8} {:>8} {:>6} {:>9} {:>8} {:>8}",
             p["id"].as_str().unwrap_or("?"),
             p["version"].as_str().unwrap_or("?"),
             p["trust"].as_str().unwrap_or("?"),
             p["state"].as_str().unwrap_or("?"),
-            p["uptime_s"]
-                .as_f64()
-                .map_or("-".into(), |s| format!("{s:.0}s")),
+            p["uptime_s"].as_f64().map_or("-".into(), duration),
             p["restarts"].as_u64().unwrap_or(0),
-            p["rpc_violations"].as_u64().unwrap_or(0),
+            p["violations"].as_u64().unwrap_or(0),
+            usage["memory_bytes"].as_u64().map_or("-".into(), bytes),
+            usage["cpu_us"]
+                .as_u64()
+                .map_or("-".into(), |us| format!("{:.1}s", us as f64 / 1e6)),
             p["pid"].as_i64().map_or("-".into(), |p| p.to_string()),
         );
     }
     Ok(0)
+}
+
+/// 42s, 17m, 3h, 2d.
+fn duration(s: f64) -> String {
+    match s as u64 {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// 812K, 38.2M, 1.4G.
+fn bytes(b: u64) -> String {
+    match b {
+        b if b < 1 << 20 => format!("{}K", b >> 10),
+        b if b < 1 << 30 => format!("{:.1}M", b as f64 / f64::from(1 << 20)),
+        b => format!("{:.1}G", b as f64 / f64::from(1 << 30)),
+    }
 }
 
 pub fn status(socket: Option<&Path>, id: &str, json: bool) -> Result<u8, Failure> {

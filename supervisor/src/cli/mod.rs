@@ -3,4 +3,5 @@
 
 pub mod audit;
 pub mod client;
+pub mod report;
 pub mod trust;

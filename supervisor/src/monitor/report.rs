@@ -77,6 +77,74 @@ pub struct Report {
 
 /// Counts a sandbox's events as they arrive and decides when its threshold is crossed.
 /// Sees each violation and limit event as it is recorded (the daemon's live event stream).
+/// A writer of JSON lines that stops at `cap` bytes without splitting a line: the lines that
+/// do not fit are counted (`not_written`), and one last line says how many when it is dropped.
+pub struct CappedLines<W: Write> {
+    inner: W,
+    cap: u64,
+    written: u64,
+    full: bool,
+    line: Vec<u8>,
+    not_written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<W: Write> CappedLines<W> {
+    pub fn new(inner: W, cap: u64) -> CappedLines<W> {
+        CappedLines {
+            inner,
+            cap,
+            written: 0,
+            full: false,
+            line: Vec::new(),
+            not_written: Default::default(),
+        }
+    }
+
+    /// The count of lines left out, readable after the writer is gone.
+    pub fn not_written(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.not_written.clone()
+    }
+}
+
+impl<W: Write> Write for CappedLines<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for chunk in buf.split_inclusive(|b| *b == b'\n') {
+            self.line.extend_from_slice(chunk);
+            if chunk.ends_with(b"\n") {
+                let line = std::mem::take(&mut self.line);
+                // A prefix of the stream: once one line does not fit, no later one is written.
+                if self.written + line.len() as u64 <= self.cap && !self.full {
+                    self.inner.write_all(&line)?;
+                    self.written += line.len() as u64;
+                } else {
+                    self.full = true;
+                    self.not_written
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W: Write> Drop for CappedLines<W> {
+    fn drop(&mut self) {
+        let n = self.not_written.load(std::sync::atomic::Ordering::Relaxed);
+        if n > 0 {
+            let _ = writeln!(
+                self.inner,
+                "{{\"type\":\"events_not_written\",\"count\":{n},\"cap_bytes\":{}}}",
+                self.cap
+            );
+        }
+        let _ = self.inner.flush();
+    }
+}
+
 pub type Observer = Box<dyn FnMut(&Event) + Send>;
 
 pub struct Tracker {
@@ -337,6 +405,30 @@ mod tests {
         assert!(!t.record(violation(0.0)));
         assert!(!t.record(violation(1.0)));
         assert_eq!(t.finish(Counters::default(), BTreeMap::new()).violations, 2);
+    }
+
+    #[test]
+    fn capped_lines_stop_at_the_cap_and_say_how_many() {
+        let mut out = Vec::new();
+        let count;
+        {
+            let mut w = CappedLines::new(&mut out, 20);
+            count = w.not_written();
+            // Written in pieces, as `writeln!` does.
+            for line in ["{\"a\":1}", "{\"b\":22}", "{\"c\":333}", "{\"d\":4}"] {
+                write!(w, "{line}").unwrap();
+                writeln!(w).unwrap();
+            }
+        }
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "{\"a\":1}\n{\"b\":22}\n{\"events_not_written\":0}\n".replace(
+                "{\"events_not_written\":0}",
+                "{\"type\":\"events_not_written\",\"count\":2,\"cap_bytes\":20}"
+            )
+        );
+        assert_eq!(count.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 
     #[test]

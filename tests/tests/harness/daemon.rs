@@ -18,6 +18,8 @@ pub struct Daemon {
     pub key: PathBuf,
     /// The next signature's sequence: every package this daemon sees grows it.
     pub sequence: std::sync::atomic::AtomicU64,
+    /// A cgroup (v2 directory) the daemon is started in, instead of the test's own.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// A fresh key pair NAME.key and NAME.pub in `dir`.
@@ -86,6 +88,7 @@ impl Daemon {
             dir,
             key,
             sequence: std::sync::atomic::AtomicU64::new(1),
+            cgroup: None,
         }
     }
 
@@ -113,8 +116,26 @@ impl Daemon {
     /// The same, with `env` added to the daemon's environment.
     pub fn spawn_with(&mut self, extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) {
         let log = std::fs::File::create(self.dir.join("daemon.log")).expect("daemon log");
-        let child = self
-            .command()
+        let mut command = self.command();
+        if let Some(cgroup) = &self.cgroup {
+            // A shell that moves itself into the cgroup, then becomes the daemon.
+            let mut inside = Command::new("/bin/sh");
+            inside
+                .arg("-c")
+                .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
+                .arg(cgroup)
+                .arg(command.get_program())
+                .args(command.get_args())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null());
+            for (k, v) in command.get_envs() {
+                if let Some(v) = v {
+                    inside.env(k, v);
+                }
+            }
+            command = inside;
+        }
+        let child = command
             .args(extra)
             .envs(env.iter().copied())
             .stderr(log)
