@@ -466,19 +466,33 @@ pub fn parse(text: &str) -> Result<Config, (usize, String)> {
     Ok(config)
 }
 
+/// Where a table's key and its value start (byte offsets), for the error's line and column.
+fn spans(table: &Table, key: &str, item: &Item) -> (usize, usize) {
+    let at = table.key(key).and_then(|k| k.span()).map_or(0, |s| s.start);
+    (at, item.span().map_or(at, |s| s.start))
+}
+
+/// An integer from `low` to `high`.
+fn bounded(
+    item: &Item,
+    key: &str,
+    value_at: usize,
+    low: i64,
+    high: i64,
+) -> Result<i64, (usize, String)> {
+    item.as_integer()
+        .filter(|n| (low..=high).contains(n))
+        .ok_or((
+            value_at,
+            format!("`{key}` must be a number from {low} to {high}"),
+        ))
+}
+
 fn parse_export(table: &Table) -> Result<ExportConfig, (usize, String)> {
     let mut export = ExportConfig::default();
     for (key, item) in table.iter() {
-        let at = table.key(key).and_then(|k| k.span()).map_or(0, |s| s.start);
-        let value_at = item.span().map_or(at, |s| s.start);
-        let number = |low: i64, high: i64| {
-            item.as_integer()
-                .filter(|n| (low..=high).contains(n))
-                .ok_or((
-                    value_at,
-                    format!("`{key}` must be a number from {low} to {high}"),
-                ))
-        };
+        let (at, value_at) = spans(table, key, item);
+        let number = |low: i64, high: i64| bounded(item, key, value_at, low, high);
         let words = |item: &Item| -> Result<Vec<String>, (usize, String)> {
             let Some(Value::Array(array)) = item.as_value() else {
                 return Err((value_at, format!("`{key}` must be an array of names")));
@@ -533,8 +547,7 @@ fn parse_export(table: &Table) -> Result<ExportConfig, (usize, String)> {
 fn parse_metrics(table: &Table) -> Result<MetricsConfig, (usize, String)> {
     let mut metrics = MetricsConfig::default();
     for (key, item) in table.iter() {
-        let at = table.key(key).and_then(|k| k.span()).map_or(0, |s| s.start);
-        let value_at = item.span().map_or(at, |s| s.start);
+        let (at, value_at) = spans(table, key, item);
         match key {
             "listen" => {
                 let addr = item.as_str().and_then(|v| v.parse().ok()).ok_or((
@@ -563,16 +576,8 @@ fn parse_metrics(table: &Table) -> Result<MetricsConfig, (usize, String)> {
 fn parse_audit(table: &Table) -> Result<AuditConfig, (usize, String)> {
     let mut audit = AuditConfig::default();
     for (key, item) in table.iter() {
-        let at = table.key(key).and_then(|k| k.span()).map_or(0, |s| s.start);
-        let value_at = item.span().map_or(at, |s| s.start);
-        let number = |low: i64, high: i64| {
-            item.as_integer()
-                .filter(|n| (low..=high).contains(n))
-                .ok_or((
-                    value_at,
-                    format!("`{key}` must be a number from {low} to {high}"),
-                ))
-        };
+        let (at, value_at) = spans(table, key, item);
+        let number = |low: i64, high: i64| bounded(item, key, value_at, low, high);
         match key {
             "queue" => audit.queue = Some(number(1, 10_000_000)? as usize),
             "wait" => audit.wait = Some(number(1, 3600)? as u64),
@@ -608,8 +613,7 @@ fn parse_audit(table: &Table) -> Result<AuditConfig, (usize, String)> {
 fn parse_trust(table: &Table) -> Result<TrustConfig, (usize, String)> {
     let mut trust = TrustConfig::default();
     for (key, item) in table.iter() {
-        let at = table.key(key).and_then(|k| k.span()).map_or(0, |s| s.start);
-        let value_at = item.span().map_or(at, |s| s.start);
+        let (at, value_at) = spans(table, key, item);
         let strings = |what: &str| -> Result<Vec<String>, (usize, String)> {
             let Some(Value::Array(array)) = item.as_value() else {
                 return Err((value_at, format!("`{key}` must be an array of {what}")));
