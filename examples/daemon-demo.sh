@@ -42,6 +42,17 @@ done
 rm -rf "$work/plugins/echo-rust/src" "$work/plugins/echo-rust/Cargo.toml"
 cp "$bin/echo-rust" "$work/plugins/echo-rust/echo-rust"
 chmod -R go+rX "$work/plugins"
+# STOCKADE_DEMO_INIT_TIMEOUT (the tests, under the VM runner's emulation, where a Python start can
+# take longer than the default 10 s): each plugin's initialize may take that long.
+if [ -n "${STOCKADE_DEMO_INIT_TIMEOUT:-}" ]; then
+    for m in "$work"/plugins/*/plugin.toml; do
+        if grep -q '^\[lifecycle\]' "$m"; then
+            sed -i "/^\[lifecycle\]/a init_timeout = \"$STOCKADE_DEMO_INIT_TIMEOUT\"" "$m"
+        else
+            printf '\n[lifecycle]\ninit_timeout = "%s"\n' "$STOCKADE_DEMO_INIT_TIMEOUT" >>"$m"
+        fi
+    done
+fi
 
 export STOCKADE_SOCKET="$work/control.sock"
 stockade() { "$bin/stockade" "$@"; }
@@ -73,9 +84,11 @@ until stockade plugin list >/dev/null 2>&1; do
 done
 # The packages load at start; wait until all three are active.
 tries=0
+limit=200
+[ -z "${STOCKADE_DEMO_INIT_TIMEOUT:-}" ] || limit=1200
 until [ "$(stockade plugin list --json | grep -o '"state":"active"' | wc -l)" -ge 3 ]; do
     tries=$((tries + 1))
-    if [ "$tries" -gt 200 ]; then
+    if [ "$tries" -gt "$limit" ]; then
         echo "daemon-demo: the plugins did not become active:" >&2
         stockade plugin list >&2
         cat "$work/daemon.log" >&2

@@ -156,6 +156,9 @@ enum Command {
         /// The report as one JSON document.
         #[arg(long)]
         json: bool,
+        /// Also write it as one self-contained HTML page, with a timeline of violations.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
         #[command(flatten)]
         db: DatabaseArgs,
     },
@@ -719,6 +722,7 @@ fn main() -> ExitCode {
             host,
             since,
             json,
+            html,
             db,
         } => cli::audit::database(db.config.as_deref(), db.database.as_deref()).and_then(|db| {
             cli::report::run(
@@ -728,6 +732,7 @@ fn main() -> ExitCode {
                     host,
                     since,
                     json,
+                    html,
                 },
             )
         }),

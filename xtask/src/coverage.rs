@@ -8,7 +8,10 @@
 //! nothing anywhere.
 //!
 //! Record format: `# key: value` header lines (environment, description, complete), then one
-//! `skipped: <test>: <reason>` line per skip, as the test printed it.
+//! `skipped: <test>: <reason>` line per skip, as the test printed it. An environment that runs only
+//! a few tests (`vm-test --systemd`: the unit under systemd as PID 1) also lists the tests that
+//! passed there (`ran: <test>`, with `# scope: ran-only`): in the table a test it did not run is
+//! `-` there, not "ran".
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -32,6 +35,7 @@ pub fn record(
     description: &str,
     complete: bool,
     skipped: &[String],
+    ran_only: Option<&[String]>,
 ) -> Result<()> {
     let path = record_path(target, env);
     fs::create_dir_all(path.parent().expect("in target/coverage"))?;
@@ -39,6 +43,12 @@ pub fn record(
         "# environment: {env}\n# description: {description}\n# complete: {}\n",
         if complete { "yes" } else { "no" }
     );
+    if let Some(ran) = ran_only {
+        text.push_str("# scope: ran-only\n");
+        for name in ran {
+            text.push_str(&format!("ran: {name}\n"));
+        }
+    }
     for s in skipped {
         text.push_str(&format!("skipped: {s}\n"));
     }
@@ -54,6 +64,9 @@ struct Record {
     complete: bool,
     /// test name → reason
     skipped: BTreeMap<String, String>,
+    /// `# scope: ran-only`: only the tests in `ran` ran here.
+    ran_only: bool,
+    ran: std::collections::BTreeSet<String>,
 }
 
 fn parse(env: &str, text: &str) -> Record {
@@ -62,12 +75,18 @@ fn parse(env: &str, text: &str) -> Record {
         description: String::new(),
         complete: false,
         skipped: BTreeMap::new(),
+        ran_only: false,
+        ran: Default::default(),
     };
     for line in text.lines() {
         if let Some(d) = line.strip_prefix("# description: ") {
             r.description = d.to_string();
         } else if let Some(c) = line.strip_prefix("# complete: ") {
             r.complete = c.trim() == "yes";
+        } else if line == "# scope: ran-only" {
+            r.ran_only = true;
+        } else if let Some(name) = line.strip_prefix("ran: ") {
+            r.ran.insert(name.trim().to_string());
         } else if let Some(s) = line.strip_prefix("skipped: ") {
             let (name, reason) = split_skip(s);
             r.skipped.insert(name, reason);
@@ -142,6 +161,7 @@ fn table(records: &[Record]) -> (String, Vec<String>) {
     }
     let cell = |r: &Record, name: &str| match r.skipped.get(name) {
         Some(reason) => format!("skipped: {reason}"),
+        None if r.ran_only && !r.ran.contains(name) => "-".to_string(),
         None => "ran".to_string(),
     };
     let name_width = names.iter().map(|n| n.len()).max().unwrap_or(4).max(4);
@@ -168,10 +188,11 @@ fn table(records: &[Record]) -> (String, Vec<String>) {
         for (r, w) in records.iter().zip(&widths) {
             out.push_str(&format!("  {:w$}", cell(r, name)));
         }
-        if records
-            .iter()
-            .all(|r| r.skipped.contains_key(name.as_str()))
-        {
+        // Tested somewhere: a record where it ran (not skipped, and within the record's scope).
+        let ran_somewhere = records.iter().any(|r| {
+            !r.skipped.contains_key(name.as_str()) && (!r.ran_only || r.ran.contains(name.as_str()))
+        });
+        if !ran_somewhere {
             out.push_str("  <- skipped everywhere");
             everywhere.push(name.clone());
         }
@@ -216,6 +237,29 @@ mod tests {
             .find(|l| l.starts_with("lsm_denies_mkdir"))
             .unwrap();
         assert!(lsm_row.contains("skipped: the BPF LSM") && lsm_row.trim_end().ends_with("ran"));
+    }
+
+    /// A record of a few tests counts only for them: a test it did not run is `-` there and
+    /// not "tested" by it.
+    #[test]
+    fn a_ran_only_record_counts_for_its_tests_alone() {
+        let host = parse(
+            "host",
+            "# complete: yes\nskipped: under_systemd: PID 1 is not systemd\nskipped: ipv6_test: no IPv6\n",
+        );
+        let systemd = parse(
+            "vm-systemd",
+            "# complete: yes\n# scope: ran-only\nran: under_systemd\nran: offline_check\n",
+        );
+        let (table, everywhere) = table(&[host, systemd]);
+        assert_eq!(everywhere, vec!["ipv6_test"], "{table}");
+        let row = table.lines().find(|l| l.starts_with("ipv6_test")).unwrap();
+        assert!(row.contains("  -"), "{row}");
+        let row = table
+            .lines()
+            .find(|l| l.starts_with("under_systemd"))
+            .unwrap();
+        assert!(row.trim_end().ends_with("ran"), "{row}");
     }
 
     #[test]

@@ -201,6 +201,7 @@ fn test(extra: &[&str]) -> Result<()> {
         &format!("kernel {}, {cgroups}", kernel.trim()),
         extra.is_empty(),
         &skipped,
+        None,
     )?;
     if !status.success() {
         bail!("some tests failed");

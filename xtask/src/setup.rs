@@ -43,13 +43,14 @@ pub fn run(args: &[&str]) -> Result<()> {
 
 /// What the state tests need: a PostgreSQL server (the suite starts a throwaway cluster of its
 /// own; Debian's package also starts one of its own, which nothing here uses), the `sqlite3`
-/// shell (the tamper tests edit the daemon's database with it) and `openssl` (the throwaway
-/// server's certificates).
+/// shell (the tamper tests edit the daemon's database with it), `openssl` (the throwaway
+/// server's certificates) and a headless chromium (the HTML report's test renders it).
 pub fn state() -> Result<()> {
     let server = std::fs::read_dir("/usr/lib/postgresql")
         .map(|d| d.flatten().any(|e| e.path().join("bin/postgres").exists()))
         .unwrap_or(false);
-    let mut missing = vec!["sqlite3", "openssl"];
+    // chromium-headless-shell: the HTML report is checked in a real browser (tests/daemon.rs).
+    let mut missing = vec!["sqlite3", "openssl", "chromium-headless-shell"];
     if !server {
         missing.push("postgresql");
     }

@@ -31,7 +31,7 @@ use crate::{apt_install, cargo, count, coverage, target_dir};
 
 pub const USAGE: &str =
     "cargo xtask vm-test [--kernel 6.12|6.1|6.12,6.1|all]... [--test NAME]... [--accel auto|kvm|tcg] \
-[--timeout SECS] [--cold] [--refresh] [--mirror URL] [--exec SHELL-COMMAND] [--append KERNEL-ARGS] [-- TEST-ARGS...]";
+[--timeout SECS] [--cold] [--systemd] [--refresh] [--mirror URL] [--exec SHELL-COMMAND] [--append KERNEL-ARGS] [-- TEST-ARGS...]";
 
 /// What the guest's init reports when it cannot set the guest up (see vm/initramfs.rs).
 const INIT_FAILED: i32 = 100;
@@ -59,6 +59,10 @@ struct Options {
     /// `--cold`: no set of monitors held for the suite; each sandbox loads its own, as a lone
     /// `stockade run` on an idle host does (see [`runner_script`]).
     cold: bool,
+    /// `--systemd`: the guest boots the host's systemd as PID 1 (its own target, `vmtest.target`,
+    /// whose one service runs the test runner), for the tests of the unit under systemd itself;
+    /// recorded as the coverage environment `vm-systemd`.
+    systemd: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +85,7 @@ impl Options {
             exec: None,
             append: Vec::new(),
             cold: false,
+            systemd: false,
         };
         let mut it = args.iter();
         while let Some(&arg) = it.next() {
@@ -122,6 +127,7 @@ impl Options {
                 "--exec" => o.exec = Some(value()?),
                 "--append" => o.append.push(value()?),
                 "--cold" => o.cold = true,
+                "--systemd" => o.systemd = true,
                 "--" => {
                     o.test_args = it.by_ref().map(|a| a.to_string()).collect();
                 }
@@ -137,7 +143,8 @@ impl Options {
         Ok(o)
     }
 
-    /// A run that leaves tests out cannot say which tests ran in the VM.
+    /// A run that leaves tests out cannot say which tests ran in the VM. (A `--systemd` run's
+    /// record says which tests ran rather than which were skipped: see coverage.rs.)
     fn complete(&self) -> bool {
         self.tests.is_empty() && self.test_args.is_empty() && self.exec.is_none()
     }
@@ -281,6 +288,24 @@ struct Guest<'a> {
 }
 
 impl Guest<'_> {
+    /// The kernel command line's additions: `--append`, and with `--systemd` what makes the
+    /// guest's init hand over to systemd and systemd start only `vmtest.target`.
+    fn append(&self) -> Vec<String> {
+        let mut a = self.opts.append.clone();
+        if self.opts.systemd {
+            a.extend(
+                [
+                    "vmtest.systemd",
+                    "systemd.unit=vmtest.target",
+                    "systemd.show_status=false",
+                    "fstab=no",
+                ]
+                .map(String::from),
+            );
+        }
+        a
+    }
+
     /// This guest's files in target/vm-test: serial-6.12.log, dmesg-6.1.log, kvm-probe-6.1.
     fn file(&self, stem: &str) -> PathBuf {
         let name = match stem.split_once('.') {
@@ -294,7 +319,8 @@ impl Guest<'_> {
         let (opts, target, binaries) = (self.opts, self.target, self.binaries);
         let prepare = Instant::now();
         let initrd = self.file("initrd.cpio");
-        let hold = opts.exec.is_none() && !opts.cold;
+        // Under systemd the tests start the daemon as a service, which loads its own set.
+        let hold = opts.exec.is_none() && !opts.cold && !opts.systemd;
         let runner = runner_script(binaries, &self.file("dmesg.log"), hold);
         initramfs::build(
             &busybox()?,
@@ -324,7 +350,7 @@ impl Guest<'_> {
 
         let mut progress = Progress::new(binaries);
         let boot = boot(
-            &qemu_command(accel, self.kernel, &initrd, target, &opts.append),
+            &qemu_command(accel, self.kernel, &initrd, target, &self.append()),
             opts.timeout,
             &serial,
             |line| {
@@ -355,6 +381,7 @@ impl Guest<'_> {
         print!("{report}");
 
         let env_name = match self.series {
+            _ if opts.systemd => "vm-systemd".to_string(),
             kernel::Series::V6_12 => "vm".to_string(),
             other => format!("vm-{}", other.name()),
         };
@@ -381,6 +408,7 @@ impl Guest<'_> {
                 &description,
                 opts.complete(),
                 &progress.skipped,
+                opts.systemd.then_some(progress.ran.as_slice()),
             )?;
         }
         let show_tail = || show_tail(&boot.tail, &serial, &self.prefix);
@@ -535,6 +563,8 @@ fn test_binaries(opts: &Options) -> Result<Vec<TestBinary>> {
     found.sort_by_key(|b| (b.integration, b.label.clone()));
     if !opts.tests.is_empty() {
         found.retain(|b| opts.tests.iter().any(|t| *t == b.target || *t == b.package));
+    } else if opts.systemd {
+        found.retain(|b| b.integration && SYSTEMD_TESTS.contains(&b.target.as_str()));
     }
     Ok(found)
 }
@@ -633,6 +663,9 @@ hold
     ));
     s
 }
+
+/// The integration tests a `--systemd` boot runs: those of the unit under systemd as PID 1.
+const SYSTEMD_TESTS: &[&str] = &["service"];
 
 /// The integration tests that load, share and remove the host's set of monitors themselves: in
 /// the guest they run with no set held (see [`runner_script`]).
@@ -901,6 +934,8 @@ struct Progress {
     init_failed: Option<String>,
     done: Option<i32>,
     skipped: Vec<String>,
+    /// Tests that passed (`test NAME ... ok`), skipped ones included.
+    ran: Vec<String>,
 }
 
 #[derive(Default, Clone)]
@@ -922,6 +957,7 @@ impl Progress {
             init_failed: None,
             done: None,
             skipped: Vec::new(),
+            ran: Vec::new(),
         }
     }
 
@@ -964,6 +1000,12 @@ impl Progress {
         }
         if let Some(why) = line.trim().strip_prefix("skipped: ") {
             self.skipped.push(why.to_string());
+        }
+        if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|l| l.strip_suffix(" ... ok"))
+        {
+            self.ran.push(name.to_string());
         }
         if let Some(counts) = line.strip_prefix("test result: ") {
             if let Some(r) = self.current.and_then(|i| self.results.get_mut(i)) {

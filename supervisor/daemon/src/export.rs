@@ -8,11 +8,11 @@
 //! reported in the export itself (`export_gap`) once writing works again.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::{Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,11 +25,15 @@ use crate::metrics::Metrics;
 
 /// The version of the exported records' shape (docs/events.md).
 pub const SCHEMA: u64 = 1;
-/// Events that may wait for the writer; past that they are counted (`queue_full`).
+/// Events that may wait for the writer, and their bytes (as JSON); past either they are counted
+/// (`queue_full`): a plugin publishing large events cannot grow the daemon's memory through a
+/// slow export.
 const QUEUE: usize = 10_000;
+const QUEUE_BYTES: usize = 64 << 20;
 
 enum Msg {
-    Event(Arc<Value>),
+    /// An event and its size as JSON.
+    Event(Arc<Value>, usize),
     /// Write what waits, then answer.
     Close(std::sync::mpsc::Sender<()>),
 }
@@ -39,6 +43,7 @@ pub struct Exporter {
     tx: Mutex<Option<SyncSender<Msg>>>,
     types: Vec<String>,
     queue_full: Arc<AtomicU64>,
+    queued_bytes: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 }
 
@@ -50,6 +55,7 @@ impl Exporter {
         }
         let (tx, rx) = sync_channel(QUEUE);
         let queue_full = Arc::new(AtomicU64::new(0));
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let writer = Writer {
             file: config
                 .file
@@ -61,6 +67,7 @@ impl Exporter {
             host: host.to_string(),
             seq: 0,
             queue_full: queue_full.clone(),
+            queued_bytes: queued_bytes.clone(),
             metrics: metrics.clone(),
         };
         let spawned = std::thread::Builder::new()
@@ -74,6 +81,7 @@ impl Exporter {
             tx: Mutex::new(Some(tx)),
             types: config.types.clone(),
             queue_full,
+            queued_bytes,
             metrics,
         })
     }
@@ -84,28 +92,50 @@ impl Exporter {
         if !self.types.is_empty() && !self.types.iter().any(|t| t == kind) {
             return;
         }
+        let full = || {
+            self.queue_full.fetch_add(1, Ordering::Relaxed);
+            self.metrics.export_held_back("queue_full");
+        };
+        let size = json_size(event);
+        if self.queued_bytes.fetch_add(size, Ordering::Relaxed) + size > QUEUE_BYTES {
+            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            return full();
+        }
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         let Some(tx) = tx.as_ref() else {
             return;
         };
-        match tx.try_send(Msg::Event(event.clone())) {
+        match tx.try_send(Msg::Event(event.clone(), size)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                self.queue_full.fetch_add(1, Ordering::Relaxed);
-                self.metrics.export_held_back("queue_full");
+                self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+                full();
             }
             Err(TrySendError::Disconnected(_)) => {}
         }
     }
 
-    /// Writes what waits (at most `within`), then stops the writer.
+    /// Writes what waits (within `within`: a writer stuck on a hung file system is left
+    /// behind), then stops the writer.
     pub fn close(&self, within: Duration) {
         let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
+        let until = Instant::now() + within;
         let (done, wait) = std::sync::mpsc::channel();
-        if tx.send(Msg::Close(done)).is_ok() {
-            let _ = wait.recv_timeout(within);
+        let mut msg = Msg::Close(done);
+        loop {
+            match tx.try_send(msg) {
+                Ok(()) => {
+                    let _ = wait.recv_timeout(until.saturating_duration_since(Instant::now()));
+                    return;
+                }
+                Err(TrySendError::Full(m)) if Instant::now() < until => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => return,
+            }
         }
     }
 }
@@ -120,7 +150,25 @@ struct Writer {
     /// Numbers every exported record, so that a reader sees a gap.
     seq: u64,
     queue_full: Arc<AtomicU64>,
+    queued_bytes: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+}
+
+/// An event's size as JSON, counted without keeping the text.
+fn json_size(event: &Value) -> usize {
+    struct Count(usize);
+    impl Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, event);
+    c.0
 }
 
 impl Writer {
@@ -143,9 +191,11 @@ impl Writer {
                 window = Instant::now();
                 in_window = 0;
             }
-            // What was held back is told first, once the limit lets a record through again.
+            // What was held back is told first, once the limit lets a record through again (and
+            // at the end, whatever the limit).
+            let closing = matches!(msg, Some(Msg::Close(_)));
             let full = self.queue_full.load(Ordering::Relaxed);
-            if (suppressed > 0 || full > 0) && in_window < self.rate {
+            if (suppressed > 0 || full > 0) && (in_window < self.rate || closing) {
                 self.queue_full.fetch_sub(full, Ordering::Relaxed);
                 in_window += 1;
                 self.emit(&json!({
@@ -160,11 +210,11 @@ impl Writer {
             match msg {
                 None => {}
                 Some(Msg::Close(done)) => {
-                    self.flush();
                     let _ = done.send(());
                     return;
                 }
-                Some(Msg::Event(event)) => {
+                Some(Msg::Event(event, size)) => {
+                    self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
                     if in_window >= self.rate {
                         if suppressed == 0 {
                             suppressed_since = now_ms();
@@ -177,13 +227,10 @@ impl Writer {
                     }
                 }
             }
-            // Buffered only while more waits: a reader sees each record when the burst ends.
-            match rx.try_recv() {
-                Ok(m) => next = Some(m),
-                Err(_) => self.flush(),
+            if let Ok(m) = rx.try_recv() {
+                next = Some(m);
             }
         }
-        self.flush();
     }
 
     /// One record to every sink.
@@ -222,23 +269,16 @@ impl Writer {
             }
         }
     }
-
-    fn flush(&mut self) {
-        if let Some(file) = self.file.as_mut() {
-            if let Err(e) = file.flush() {
-                self.metrics.export_failed("file");
-                file.failed(&e);
-            }
-        }
-    }
 }
 
-/// A file rotated by size: `path`, then `path.1` (the newest full one) … `path.<keep>`.
+/// A file rotated by size: `path`, then `path.1` (the newest full one) … `path.<keep>`. Each
+/// record is one `write` of the whole line (no buffer a failure could leave half-written and
+/// uncounted); a line cut short by a full disk is ended before the next record.
 struct Rotating {
     path: PathBuf,
     max_bytes: u64,
     keep: u32,
-    out: Option<BufWriter<File>>,
+    out: Option<File>,
     size: u64,
     /// Records lost since the last successful write (told in an `export_gap` record).
     lost: u64,
@@ -246,6 +286,9 @@ struct Rotating {
     retry_at: Option<Instant>,
     logged_at: Option<Instant>,
 }
+
+/// What `write_line` answers while a failed file waits to be opened again.
+const WAITING: std::io::ErrorKind = std::io::ErrorKind::WouldBlock;
 
 impl Rotating {
     fn new(path: &Path, max_bytes: u64, keep: u32) -> Rotating {
@@ -265,13 +308,24 @@ impl Rotating {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .mode(0o640)
             .open(&self.path)?;
         self.size = file.metadata()?.len();
-        self.out = Some(BufWriter::with_capacity(64 << 10, file));
+        if self.size > 0 {
+            // A record cut short (a full disk) is ended, so that the next one is a line.
+            let mut last = [0u8; 1];
+            file.seek(std::io::SeekFrom::End(-1))?;
+            file.read_exact(&mut last)?;
+            if last[0] != b'\n' {
+                file.write_all(b"\n")?;
+                self.size += 1;
+            }
+        }
+        self.out = Some(file);
         Ok(())
     }
 
@@ -280,25 +334,30 @@ impl Rotating {
     fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
         if self.out.is_none() {
             if self.retry_at.is_some_and(|t| Instant::now() < t) {
-                return Err(std::io::Error::other(
-                    "waiting to open the export file again",
+                return Err(std::io::Error::new(
+                    WAITING,
+                    "waiting to open the file again",
                 ));
             }
             self.open()?;
         }
-        if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
-            self.rotate()?;
-        }
+        let mut gap = Vec::new();
         if self.lost > 0 {
-            let gap = json!({
+            gap = serde_json::to_vec(&json!({
                 "schema": SCHEMA,
                 "type": "export_gap",
                 "at_ms": now_ms(),
                 "lost": self.lost,
-            });
-            let mut text = serde_json::to_vec(&gap).unwrap_or_default();
-            text.push(b'\n');
-            self.put(&text)?;
+            }))
+            .unwrap_or_default();
+            gap.push(b'\n');
+        }
+        let len = (gap.len() + line.len()) as u64;
+        if self.size > 0 && self.size + len > self.max_bytes {
+            self.rotate()?;
+        }
+        if !gap.is_empty() {
+            self.put(&gap)?;
             self.lost = 0;
         }
         self.put(line)
@@ -315,9 +374,7 @@ impl Rotating {
     }
 
     fn rotate(&mut self) -> std::io::Result<()> {
-        if let Some(mut out) = self.out.take() {
-            out.flush()?;
-        }
+        self.out = None;
         let numbered = |n: u32| {
             let mut p = self.path.clone().into_os_string();
             p.push(format!(".{n}"));
@@ -335,17 +392,13 @@ impl Rotating {
         self.open()
     }
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self.out.as_mut() {
-            Some(out) => out.flush(),
-            None => Ok(()),
-        }
-    }
-
-    /// A write failed: the record is lost (and counted); the file is opened again, at most
-    /// once a second.
+    /// A write failed: the record is lost (and counted). After a real failure the file is
+    /// opened again, at most once a second; while it waits, records are only counted.
     fn failed(&mut self, e: &std::io::Error) {
         self.lost += 1;
+        if e.kind() == WAITING {
+            return;
+        }
         self.out = None;
         self.retry_at = Some(Instant::now() + Duration::from_secs(1));
         if self

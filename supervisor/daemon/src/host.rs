@@ -128,6 +128,9 @@ pub struct Host {
     metrics: Arc<Metrics>,
     /// The host's cgroups, as the sandboxes are placed in them (for what each uses now).
     layout: Option<stockade::cgroup::Layout>,
+    /// When this daemon started (ms since the epoch): with a run's number, in the events of its
+    /// runs (run numbers start again at each start).
+    started_ms: u64,
 }
 
 /// A host-side refusal: a JSON-RPC error with a hint.
@@ -191,12 +194,16 @@ struct Run {
 struct PluginSink {
     plugin: Arc<Plugin>,
     events: Arc<Events>,
-    /// The `rpc` violations sent as events this second, and when the second began: at most
-    /// `LIVE_EVENTS_PER_SEC`, the rest counted only.
-    sent: Mutex<(Instant, u32)>,
+    /// The `rpc` violations sent as events this second, when the second began, and those held
+    /// back since the last one sent: at most `LIVE_EVENTS_PER_SEC`, the rest counted (and the
+    /// count sent with the next, `suppressed_before`).
+    sent: Mutex<(Instant, u32, u64)>,
     control: Arc<Control>,
-    /// The run's number, in its events.
+    /// The run's number and the daemon's start, in its events.
     run: u64,
+    daemon: u64,
+    metrics: Arc<Metrics>,
+    trust: &'static str,
 }
 
 impl Sink for PluginSink {
@@ -214,26 +221,42 @@ impl Sink for PluginSink {
         }));
     }
 
+    /// Counted and sent here, once: the sandbox's tracker counts it too (its threshold, its
+    /// report), but its observer leaves the `rpc` layer to this sink — a sandbox without
+    /// monitors has no tracker to see it.
     fn violation(&self, action: &'static str, what: String) {
         self.plugin.rpc_violations.fetch_add(1, Ordering::Relaxed);
-        let send = {
+        self.plugin.violations.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .violation(&self.plugin.id, self.trust, false, "rpc");
+        let held_back = {
             let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
             if sent.0.elapsed() >= Duration::from_secs(1) {
-                *sent = (Instant::now(), 0);
+                (sent.0, sent.1) = (Instant::now(), 0);
             }
             sent.1 += 1;
-            sent.1 <= LIVE_EVENTS_PER_SEC
+            if sent.1 <= LIVE_EVENTS_PER_SEC {
+                Some(std::mem::take(&mut sent.2))
+            } else {
+                sent.2 += 1;
+                None
+            }
         };
-        if send {
-            self.events.send(json!({
-            "type": "violation",
-            "at_ms": now_ms(),
-            "plugin": self.plugin.id,
-            "layer": "rpc",
-            "action": action,
-            "object": what,
-            "run": self.run,
-            }));
+        if let Some(held_back) = held_back {
+            let mut event = json!({
+                "type": "violation",
+                "at_ms": now_ms(),
+                "plugin": self.plugin.id,
+                "layer": "rpc",
+                "action": action,
+                "object": what,
+                "run": self.run,
+                "daemon": self.daemon,
+            });
+            if held_back > 0 {
+                event["suppressed_before"] = json!(held_back);
+            }
+            self.events.send(event);
         }
         self.control.send(Request::Violation(Event {
             t_ms: 0.0,
@@ -274,6 +297,7 @@ impl Host {
             stopping: AtomicBool::new(false),
             next_run: AtomicU64::new(1),
             layout: stockade::cgroup::Layout::detect().ok(),
+            started_ms: now_ms(),
         })
     }
 
@@ -898,7 +922,7 @@ impl Host {
                 plugin.violations.clone(),
                 plugin.id.clone(),
                 package.trust.name(),
-                number,
+                (self.started_ms, number),
             )),
         };
         let spawned =
@@ -907,8 +931,11 @@ impl Host {
             plugin: plugin.clone(),
             events: self.events.clone(),
             control: spawned.control.clone(),
-            sent: Mutex::new((Instant::now(), 0)),
+            sent: Mutex::new((Instant::now(), 0, 0)),
             run: number,
+            daemon: self.started_ms,
+            metrics: self.metrics.clone(),
+            trust: package.trust.name(),
         });
         let conn = Conn::start(spawned.ends.rpc, sink);
         tokio::spawn(logs::capture(
@@ -1194,6 +1221,7 @@ impl Host {
                         "at_ms": now_ms(),
                         "plugin": plugin.id,
                         "run": run.number,
+                        "daemon": self.started_ms,
                         "violations": report.violations,
                         "lost_denials": report.lost_denials,
                         "dropped_events": report.dropped_events,
@@ -1387,20 +1415,34 @@ impl Host {
         params: Value,
         by: Option<u32>,
     ) -> Result<Value, RpcError> {
-        self.audit_ready()?;
-        let request_id = uuid::Uuid::new_v4().to_string();
         let begin = Instant::now();
-        let mut logged = Value::Null;
-        let outcome = self
-            .call_plugin(id, method, params, &request_id, &mut logged)
-            .await;
+        let answer = self.call_audited(id, method, params, by, begin).await;
+        // Counted as answered: refused before it began, or withheld because its record could
+        // not be committed, it is `audit_unavailable`.
         let (metric_plugin, metric_method) = self.call_labels(id, method);
         self.metrics.call(
             &metric_plugin,
             &metric_method,
-            outcome.as_ref().err().map(|e| e.code),
+            answer.as_ref().err().map(|e| e.code),
             begin.elapsed(),
         );
+        answer
+    }
+
+    async fn call_audited(
+        self: &Arc<Self>,
+        id: &str,
+        method: &str,
+        params: Value,
+        by: Option<u32>,
+        begin: Instant,
+    ) -> Result<Value, RpcError> {
+        self.audit_ready()?;
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let mut logged = Value::Null;
+        let outcome = self
+            .call_plugin(id, method, params, &request_id, &mut logged)
+            .await;
         let detail = crate::audit::CallDetail::new(
             method,
             begin.elapsed().as_secs_f64() * 1000.0,
@@ -1630,7 +1672,7 @@ impl Host {
         v
     }
 
-    /// Daemon shutdown: every plugin stopped, the last loaded first.
+    /// Daemon shutdown: every plugin stopped, all at once.
     pub async fn stop_all(self: &Arc<Self>) {
         self.stopping.store(true, Ordering::SeqCst);
         let ids: Vec<String> = self
@@ -1640,15 +1682,19 @@ impl Host {
             .keys()
             .cloned()
             .collect();
-        let stops = ids.iter().map(|id| {
-            let host = self.clone();
-            let id = id.clone();
-            async move {
-                let _ = host.unload_plugin(&id).await;
-            }
-        });
-        for stop in stops.collect::<Vec<_>>() {
-            stop.await;
+        // All at once: each may take its `stop_timeout`, and the service manager's stop timeout
+        // is for the whole daemon.
+        let stops: Vec<_> = ids
+            .into_iter()
+            .map(|id| {
+                let host = self.clone();
+                tokio::spawn(async move {
+                    let _ = host.unload_plugin(&id).await;
+                })
+            })
+            .collect();
+        for stop in stops {
+            let _ = stop.await;
         }
     }
 }
@@ -1757,12 +1803,17 @@ fn violation_observer(
     violations: Arc<AtomicU64>,
     plugin: String,
     trust: &'static str,
-    run: u64,
+    (daemon, run): (u64, u64),
 ) -> stockade::monitor::report::Observer {
     let mut window = Instant::now();
     let mut sent = 0u32;
-    let mut suppressed = 0u64;
+    // Held back since the last event of the same type sent: violations and limits apart.
+    let (mut held_violations, mut held_limits) = (0u64, 0u64);
     Box::new(move |event: &Event| {
+        // The `rpc` layer's are counted and sent by the plugin's sink (`PluginSink`).
+        if event.layer == Some(Layer::Rpc) {
+            return;
+        }
         // Counted before the stream's rate limit: every one.
         let limit = event.kind == EventType::Limit;
         let what = if limit {
@@ -1778,8 +1829,13 @@ fn violation_observer(
             window = Instant::now();
             sent = 0;
         }
+        let held = if limit {
+            &mut held_limits
+        } else {
+            &mut held_violations
+        };
         if sent >= LIVE_EVENTS_PER_SEC {
-            suppressed += 1;
+            *held += 1;
             return;
         }
         sent += 1;
@@ -1787,18 +1843,14 @@ fn violation_observer(
         if let Value::Object(m) = &mut e {
             m.insert(
                 "type".into(),
-                json!(if event.kind == EventType::Limit {
-                    "limit"
-                } else {
-                    "violation"
-                }),
+                json!(if limit { "limit" } else { "violation" }),
             );
             m.insert("at_ms".into(), json!(now_ms()));
             m.insert("plugin".into(), json!(plugin));
             m.insert("run".into(), json!(run));
-            if suppressed > 0 {
-                m.insert("suppressed_before".into(), json!(suppressed));
-                suppressed = 0;
+            m.insert("daemon".into(), json!(daemon));
+            if *held > 0 {
+                m.insert("suppressed_before".into(), json!(std::mem::take(held)));
             }
         }
         events.send(e);

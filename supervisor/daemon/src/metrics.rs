@@ -4,9 +4,10 @@
 //! Counters move where the thing happens (a load, a run's end, a restart, a call, each
 //! violation the sandbox's tracker records — before the event stream's rate limit, so the
 //! count is exact); gauges (plugins by state, the audit log, the BPF programs' own counts) are
-//! read when scraped. Label values are bounded: a plugin id is a loaded plugin's (a call to an
-//! unknown one counts as `(unknown)`), a method a declared one (else `(undeclared)`), an outcome
-//! one of a fixed set — a caller cannot mint series.
+//! read when scraped. Label values are bounded: a plugin id is one a package signed by a key the
+//! host accepts declared (a call to a plugin not loaded counts as `(unknown)`), a method a
+//! declared one (else `(undeclared)`), an outcome one of a fixed set — a caller cannot mint
+//! series with made-up names.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

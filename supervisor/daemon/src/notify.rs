@@ -60,7 +60,8 @@ fn status(host: &Host) -> String {
         (None, Some(why)) => format!("audit log failing ({} queued): {why}", audit.queued),
         (None, None) => format!("audit log at record {}", audit.committed),
     };
-    format!("{active} of {total} plugins active; {log}")
+    // One line: the protocol's fields end at a newline (an error's text may hold one).
+    format!("{active} of {total} plugins active; {log}").replace('\n', " ")
 }
 
 /// The daemon serves: ready, with its status; then the status (and the watchdog's pings, when

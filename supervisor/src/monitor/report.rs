@@ -75,8 +75,6 @@ pub struct Report {
     pub kernel: Counters,
 }
 
-/// Counts a sandbox's events as they arrive and decides when its threshold is crossed.
-/// Sees each violation and limit event as it is recorded (the daemon's live event stream).
 /// A writer of JSON lines that stops at `cap` bytes without splitting a line: the lines that
 /// do not fit are counted (`not_written`), and one last line says how many when it is dropped.
 pub struct CappedLines<W: Write> {
@@ -145,8 +143,10 @@ impl<W: Write> Drop for CappedLines<W> {
     }
 }
 
+/// Sees each violation and limit event as it is recorded (the daemon's live event stream).
 pub type Observer = Box<dyn FnMut(&Event) + Send>;
 
+/// Counts a sandbox's events as they arrive and decides when its threshold is crossed.
 pub struct Tracker {
     threshold: Threshold,
     recent: VecDeque<f64>,

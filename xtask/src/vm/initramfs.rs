@@ -35,6 +35,9 @@ $B mount -t devtmpfs devtmpfs /dev || fail "mount devtmpfs"
 $B mount -t proc proc /proc || fail "mount proc"
 # The accelerator probe (KVM or not) only needs to reach this point.
 case " $($B cat /proc/cmdline) " in *" vmtest.probe "*) report 0 ;; esac
+# `vm-test --systemd`: the host's systemd becomes PID 1 (below).
+SYSTEMD=no
+case " $($B cat /proc/cmdline) " in *" vmtest.systemd "*) SYSTEMD=yes ;; esac
 
 # In dependency order (modules.dep is not shipped in the package; vm-test resolved it).
 for m in $MODULES; do
@@ -53,6 +56,7 @@ $B mkdir -p $R/dev/pts $R/dev/shm
 $B mount -t devpts -o mode=620,ptmxmode=666 devpts $R/dev/pts || fail "mount devpts"
 $B mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs $R/dev/shm || fail "mount /dev/shm"
 $B mount -t sysfs sysfs $R/sys || fail "mount sysfs"
+if [ $SYSTEMD = no ]; then
 # As systemd mounts it on a unified host: cgroup2 alone, with the controllers enabled for the
 # root's children.
 $B mount -t cgroup2 -o nsdelegate,memory_recursiveprot cgroup2 $R/sys/fs/cgroup || fail "mount cgroup2"
@@ -64,6 +68,7 @@ done
 $B mount -t securityfs securityfs $R/sys/kernel/security || fail "mount securityfs"
 $B mount -t bpf -o mode=700 bpf $R/sys/fs/bpf || fail "mount bpffs"
 $B mount -t tracefs tracefs $R/sys/kernel/tracing || fail "mount tracefs"
+fi
 $B mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs $R/tmp || fail "mount /tmp"
 $B mount -t tmpfs -o mode=755,nosuid,nodev tmpfs $R/run || fail "mount /run"
 # The checkout (read-only) and its target directory (read-write: the tests write there, e.g.
@@ -79,6 +84,25 @@ $B hostname vm-test
 
 $B mkdir -p $R/run/vm-test
 $B cp $B /vm-test/run $R/run/vm-test/ || fail "copy the runner"
+if [ $SYSTEMD = yes ]; then
+    # systemd mounts cgroup2, securityfs, bpffs and tracefs itself. The host's root is read-only
+    # here: /var gets a tmpfs (a unit's StateDirectory= and LogsDirectory= live there), and the
+    # units of this boot go in /run/systemd/system, ahead of the host's: a target of their own,
+    # whose one service runs the runner, so that none of the host's services start.
+    $B mount -t tmpfs -o mode=755,nosuid,nodev tmpfs $R/var || fail "mount /var"
+    $B mkdir -p $R/var/tmp $R/var/lib $R/var/log $R/var/cache $R/run/systemd/system
+    $B chmod 1777 $R/var/tmp
+    printf '%s\n' '[Unit]' 'Description=vm-test' 'Requires=vmtest.service' \
+        'After=vmtest.service' 'AllowIsolate=yes' > $R/run/systemd/system/vmtest.target
+    printf '%s\n' '[Unit]' 'Description=vm-test runner' '[Service]' 'Type=oneshot' \
+        'ExecStart=/run/vm-test/busybox sh /run/vm-test/run' 'StandardOutput=tty' \
+        'StandardError=tty' 'TTYPath=/dev/ttyS0' 'TTYReset=no' 'TTYVHangup=no' \
+        'TimeoutStartSec=infinity' > $R/run/systemd/system/vmtest.service
+    # An empty `container` tells systemd it is not in one: the host's root has /.dockerenv, and a
+    # systemd that believes it is in a container ignores the kernel's command line.
+    export container=
+    exec $B switch_root $R /lib/systemd/systemd
+fi
 # switch_root, not chroot: unshare(CLONE_NEWUSER) fails for a chrooted process.
 exec $B switch_root $R /run/vm-test/busybox sh /run/vm-test/run
 "#;
