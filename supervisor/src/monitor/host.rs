@@ -351,20 +351,43 @@ fn obj_call(cmd: libc::c_long, path: &Path, fd: u32) -> std::io::Result<libc::c_
         bpf_fd: fd,
         ..ObjAttr::default()
     };
-    // SAFETY: BPF_OBJ_PIN (6) and BPF_OBJ_GET (7) read `attr` and the path it points to, both
-    // alive for the call.
+    // SAFETY: BPF_OBJ_PIN (6) and BPF_OBJ_GET (7) take this layout and read the path it points
+    // to, alive for the call.
+    unsafe { bpf_cmd(cmd, &attr) }
+}
+
+/// One bpf(2) command `cmd` with its attribute `attr`: what the kernel answers (0, or a new
+/// descriptor), or its error. Every raw bpf(2) call of the supervisor goes through here.
+///
+/// # Safety
+/// `A` is the attribute layout `cmd` reads (the kernel zero-extends the newer fields), and
+/// every pointer in it is valid, for the call's length, for what `cmd` reads or writes there.
+pub unsafe fn bpf_cmd<A>(cmd: libc::c_long, attr: &A) -> std::io::Result<libc::c_long> {
+    // SAFETY: the caller's promise; `attr` itself lives across the call.
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
-            &attr as *const ObjAttr,
-            std::mem::size_of::<ObjAttr>(),
+            attr as *const A,
+            std::mem::size_of::<A>(),
         )
     };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(r)
+}
+
+/// [`bpf_cmd`] for a command that answers a new descriptor, owned from here on.
+///
+/// # Safety
+/// As for [`bpf_cmd`]; `cmd` answers a descriptor.
+pub unsafe fn bpf_fd<A>(cmd: libc::c_long, attr: &A) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the caller's promise.
+    let fd = unsafe { bpf_cmd(cmd, attr) }?;
+    // SAFETY: a fresh descriptor owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// BPF_OBJ_PIN: `fd`'s object at `path` on a bpffs.
@@ -386,7 +409,6 @@ pub fn raw_tracepoint_open(
     prog: std::os::fd::BorrowedFd<'_>,
     name: &std::ffi::CStr,
 ) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
     #[repr(C)]
     struct Attr {
         name: u64,
@@ -398,21 +420,9 @@ pub fn raw_tracepoint_open(
         prog_fd: prog.as_raw_fd() as u32,
         _pad: 0,
     };
-    // SAFETY: BPF_RAW_TRACEPOINT_OPEN (17) reads `attr` and the name it points to, both alive
-    // for the call; the kernel zero-extends the attribute's newer fields.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            17 as libc::c_long,
-            &attr as *const Attr,
-            std::mem::size_of::<Attr>(),
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor owned by nobody else.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) })
+    // SAFETY: BPF_RAW_TRACEPOINT_OPEN (17) takes this layout and reads the name it points to,
+    // alive for the call.
+    unsafe { bpf_fd(17, &attr) }
 }
 
 /// A supervisor's want of the syscall tracepoint: the link held open (so that it stays attached

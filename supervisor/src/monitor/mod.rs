@@ -1638,17 +1638,10 @@ unsafe fn obj_info<T>(fd: BorrowedFd<'_>) -> Option<T> {
         info_len: std::mem::size_of::<T>() as u32,
         info: &mut info as *mut T as u64,
     };
-    // SAFETY: the kernel writes at most `info_len` bytes into `info`, a local that outlives
-    // the call, and reads `attr`, which lives for the call too.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            15,
-            &attr as *const InfoAttr,
-            std::mem::size_of::<InfoAttr>(),
-        )
-    };
-    (r == 0).then_some(info)
+    // SAFETY: BPF_OBJ_GET_INFO_BY_FD (15) takes this layout; the kernel writes at most
+    // `info_len` bytes into `info`, a local that outlives the call.
+    let r = unsafe { host::bpf_cmd(15, &attr) };
+    r.ok().map(|_| info)
 }
 
 fn prog_info(fd: BorrowedFd<'_>) -> Option<aya_obj::generated::bpf_prog_info> {
@@ -1663,7 +1656,6 @@ fn link_prog_id(fd: BorrowedFd<'_>) -> Option<u32> {
 
 /// BPF_PROG_GET_FD_BY_ID (13).
 fn prog_by_id(id: u32) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
     #[repr(C)]
     struct Attr {
         prog_id: u32,
@@ -1675,20 +1667,8 @@ fn prog_by_id(id: u32) -> std::io::Result<std::os::fd::OwnedFd> {
         next_id: 0,
         open_flags: 0,
     };
-    // SAFETY: the kernel reads `attr`, alive for the call, and answers a new descriptor.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            13,
-            &attr as *const Attr,
-            std::mem::size_of::<Attr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor owned by nobody else.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+    // SAFETY: BPF_PROG_GET_FD_BY_ID (13) takes this layout and answers a new descriptor.
+    unsafe { host::bpf_fd(13, &attr) }
 }
 
 fn load_lsm(ebpf: &mut Ebpf, raw_btf: &[u8]) -> Result<(), String> {

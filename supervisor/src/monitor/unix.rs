@@ -18,7 +18,7 @@
 //! `socket_scan.rs` stands in.
 
 use std::collections::HashSet;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use aya::maps::Map;
 use aya::Ebpf;
@@ -27,8 +27,8 @@ use crate::bpf_probe::ProgLoadAttr;
 use crate::probe::Probe;
 
 /// `union bpf_attr` commands and constants (include/uapi/linux/bpf.h).
-const BPF_PROG_LOAD: libc::c_int = 5;
-const BPF_LINK_CREATE: libc::c_int = 28;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
 pub use crate::bpf_probe::{BPF_CGROUP_UNIX_CONNECT, BPF_CGROUP_UNIX_SENDMSG};
 
@@ -142,23 +142,11 @@ impl UnixHooks {
                 attach_type: *attach_type,
                 ..LinkCreateAttr::default()
             };
-            // SAFETY: `attr` lives across the call, which only reads it; the descriptors in it
-            // are open.
-            let fd = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_LINK_CREATE,
-                    &attr as *const LinkCreateAttr,
-                    std::mem::size_of::<LinkCreateAttr>(),
-                )
-            };
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // SAFETY: a fresh link descriptor owned by nobody else; closing it detaches the link.
+            // SAFETY: BPF_LINK_CREATE takes this layout and only reads it; the descriptors in
+            // it are open. Closing the link's descriptor detaches it.
             links
                 .links
-                .push(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+                .push(unsafe { super::host::bpf_fd(BPF_LINK_CREATE, &attr) }?);
         }
         tracing::debug!(
             us = t0.elapsed().as_micros() as u64,
@@ -212,22 +200,10 @@ fn prog_load(
             attr.log_size = buf.len() as u32;
             attr.log_buf = buf.as_mut_ptr() as u64;
         }
-        // SAFETY: `attr` and the buffers it points to (instructions, license, log) live across
-        // the call; the kernel copies the instructions and writes at most `log_size` bytes.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_LOAD,
-                &attr as *const ProgLoadAttr,
-                std::mem::size_of::<ProgLoadAttr>(),
-            )
-        };
-        if fd < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            // SAFETY: a fresh program descriptor owned by nobody else.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-        }
+        // SAFETY: BPF_PROG_LOAD takes this layout; the buffers it points to (instructions,
+        // license, log) live across the call; the kernel copies the instructions and writes at
+        // most `log_size` bytes.
+        unsafe { super::host::bpf_fd(BPF_PROG_LOAD, &attr) }
     };
     match load(None) {
         Ok(fd) => Ok(fd),
