@@ -298,10 +298,11 @@ struct SocketArg {
 
 #[derive(Subcommand)]
 enum PluginCommand {
-    /// Load a package into the running daemon and wait until it is active.
+    /// Load packages into the running daemon, each in turn, and wait until each is active (on
+    /// a terminal, what the daemon is doing is shown as it happens).
     Load {
-        #[arg(value_name = "DIR")]
-        dir: PathBuf,
+        #[arg(value_name = "DIR", required = true, num_args = 1..)]
+        dirs: Vec<PathBuf>,
         /// Accept a package older than the one this host accepted before (recorded, with your
         /// uid).
         #[arg(long)]
@@ -588,11 +589,11 @@ fn main() -> ExitCode {
         Command::Monitors(command) => monitors(command),
         Command::Plugin(PluginCommand::Check { dir, json }) => plugin_check(&dir, json),
         Command::Plugin(PluginCommand::Load {
-            dir,
+            dirs,
             allow_downgrade,
             json,
             socket,
-        }) => client::load(socket.socket.as_deref(), &dir, allow_downgrade, json),
+        }) => client::load(socket.socket.as_deref(), &dirs, allow_downgrade, json),
         Command::Plugin(PluginCommand::Unload { id, json, socket }) => {
             client::simple(socket.socket.as_deref(), "plugin.unload", &id, json)
         }

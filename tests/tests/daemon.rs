@@ -143,6 +143,68 @@ fn bad_input_is_one_line_and_leaves_the_daemon_serving() {
     );
 }
 
+/// `stockade plugin load A BAD B`: each in turn, the bad one reported and the next one loaded,
+/// exit 1 with the list; on a terminal (a pty from `script`) a progress line per package,
+/// `[i/n] ID: step`, rewritten in place — and none off a terminal.
+#[test]
+fn several_packages_load_in_turn_with_progress_on_a_terminal() {
+    if !harness::privileged("several_packages_load_in_turn_with_progress_on_a_terminal") {
+        return;
+    }
+    let d = Daemon::start("many", &[]);
+    let a = d.package("a", "first", "1.0.0", "echo", "");
+    let b = d.package("b", "second", "1.0.0", "echo", "");
+    let bad = d.dir.join("packages/bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("plugin.toml"), "id = \"Bad Id\"\n").unwrap();
+    let (a, b, bad) = (
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        bad.to_str().unwrap(),
+    );
+
+    let out = d.cli(&["plugin", "load", a, bad, b]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let loaded: Vec<&str> = stdout.lines().collect();
+    assert_eq!(loaded.len(), 2, "{stdout}");
+    assert!(loaded[0].starts_with("loaded first 1.0.0"), "{stdout}");
+    assert!(loaded[1].starts_with("loaded second 1.0.0"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("1 of 3 packages were not loaded: {bad}")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\x1b'),
+        "no progress off a terminal: {stderr:?}"
+    );
+    assert_eq!(d.status("first")["state"], "active");
+    assert_eq!(d.status("second")["state"], "active");
+
+    for id in ["first", "second"] {
+        assert!(d.cli(&["plugin", "unload", id]).status.success());
+    }
+    let out = Command::new("script")
+        .args(["--quiet", "--return", "--command"])
+        .arg(format!(
+            "{} plugin load {a} {b}",
+            harness::stockade().display()
+        ))
+        .arg("/dev/null")
+        .env("STOCKADE_SOCKET", &d.socket)
+        .output()
+        .expect("script (util-linux)");
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(tty.contains("\r\x1b[K[1/2] first: verifying"), "{tty:?}");
+    assert!(tty.contains("\r\x1b[K[2/2] second: verifying"), "{tty:?}");
+    let first = tty.find("loaded first").expect("first's result");
+    let second = tty.find("loaded second").expect("second's result");
+    assert!(first < second, "{tty:?}");
+    assert_eq!(d.status("second")["state"], "active");
+}
+
 #[test]
 fn a_crashing_plugin_restarts_with_backoff_and_fails_at_the_start_limit() {
     if !harness::privileged("a_crashing_plugin_restarts_with_backoff_and_fails_at_the_start_limit")
@@ -841,7 +903,8 @@ fn unload_and_shutdown_leave_nothing_behind() {
 
 /// systemd's notify protocol, spoken to a datagram socket the test binds as systemd would:
 /// `READY=1` with a status once the control socket listens, the status again as plugins come
-/// (with `WATCHDOG=1` pings at half of `WATCHDOG_USEC`), `STOPPING=1` when SIGTERM stops it.
+/// (with `WATCHDOG=1` pings at half of `WATCHDOG_USEC`), `STOPPING=1` when SIGTERM stops it,
+/// with `EXTEND_TIMEOUT_USEC=` for the plugins' longest stop.
 #[test]
 fn the_daemon_speaks_systemds_notify_protocol() {
     if !harness::privileged("the_daemon_speaks_systemds_notify_protocol") {
@@ -899,9 +962,20 @@ fn the_daemon_speaks_systemds_notify_protocol() {
     assert!(next(&mut messages).contains("WATCHDOG=1"), "{messages:?}");
     assert!(d.stop().success());
     let until = Instant::now() + harness::patience(20);
-    while !next(&mut messages).lines().any(|l| l == "STOPPING=1") {
+    let stopping = loop {
+        let m = next(&mut messages);
+        if m.lines().any(|l| l == "STOPPING=1") {
+            break m;
+        }
         assert!(Instant::now() < until, "{messages:?}");
-    }
+    };
+    // The stop's time asked for: the plugin's stop_timeout (the default 5 s) and 20 s more.
+    assert!(
+        stopping
+            .lines()
+            .any(|l| l == "EXTEND_TIMEOUT_USEC=25000000"),
+        "{stopping}"
+    );
 }
 
 /// GET (or POST) `path` of the metrics endpoint at `port`: (status line, headers, body).
@@ -1424,6 +1498,7 @@ fn events_are_exported_for_a_siem() {
         format!("[export]\nfile = \"{}/events.jsonl\"\n", blocker.display()),
     )
     .unwrap();
+    let phase = std::time::Instant::now();
     d.spawn(&["--config", config.to_str().unwrap()]);
     d.load(&d.package("echo", "echo", "1.0.0", "echo", ""));
     assert_eq!(
@@ -1432,7 +1507,13 @@ fn events_are_exported_for_a_siem() {
     );
     let log = d.log();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("export: ")).collect();
-    assert_eq!(lines.len(), 1, "{log}");
+    // Logged once a minute at most (a slow emulated phase may see a second one).
+    let minutes = phase.elapsed().as_secs() / 60;
+    assert!(
+        !lines.is_empty() && lines.len() as u64 <= 1 + minutes,
+        "{} lines in {minutes} min: {log}",
+        lines.len()
+    );
     assert!(lines[0].contains("not-a-dir/events.jsonl"), "{}", lines[0]);
     assert!(lines[0].contains("hint:"), "{}", lines[0]);
     assert!(d.stop().success());

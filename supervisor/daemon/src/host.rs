@@ -323,7 +323,17 @@ impl Host {
     fn transition(&self, plugin: &Plugin, st: &mut PluginState, to: State, reason: &str) {
         match st.tracker.go(to, reason, now_ms()) {
             Ok(t) => {
-                tracing::info!(plugin = %plugin.id, from = t.from, to = t.to.name(), "{reason}");
+                tracing::info!(
+                    plugin = %plugin.id,
+                    trust = st.package.trust.name(),
+                    version = %st.package.manifest.version,
+                    from = t.from,
+                    state = t.to.name(),
+                    "{}: {} -> {}: {reason}",
+                    plugin.id,
+                    t.from,
+                    t.to.name()
+                );
                 self.events.send(json!({
                     "type": "lifecycle",
                     "at_ms": t.at_ms,
@@ -346,7 +356,7 @@ impl Host {
                         updated_ms: t.at_ms as i64,
                     }));
             }
-            Err(e) => tracing::warn!(plugin = %plugin.id, "{e} ({reason})"),
+            Err(e) => tracing::warn!(plugin = %plugin.id, "{}: {e} ({reason})", plugin.id),
         }
     }
 
@@ -425,11 +435,11 @@ impl Host {
                     data: Some(json!({ "hint": rollback.hint(), "kind": rollback.kind() })),
                 });
             };
-            tracing::warn!(plugin = %id, uid, "downgrade allowed by the operator: {rollback}");
+            tracing::warn!(plugin = %id, uid, "{id}: downgrade allowed by the operator: {rollback}");
             downgrade = Some(json!({ "allowed_by_uid": uid, "was": rollback.to_string() }));
         }
         if package.signer.is_none() {
-            tracing::warn!(plugin = %id, "unsigned package loaded (--allow-unsigned): it runs untrusted");
+            tracing::warn!(plugin = %id, "{id}: unsigned package loaded (--allow-unsigned): it runs untrusted");
         }
         self.events.send(json!({
             "type": "trust",
@@ -1527,14 +1537,29 @@ impl Host {
             .into_iter()
             .map(|l| json!({ "stream": l.stream, "text": l.text }))
             .collect();
+        let shown = match &outcome {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("error {}", e.code),
+        };
+        let duration_ms = begin.elapsed().as_secs_f64() * 1000.0;
+        // The journal's fields (STOCKADE_PLUGIN, STOCKADE_REQUEST_ID, …; main.rs): a timeout is
+        // the operator's business, every call only at debug.
+        match &outcome {
+            Err(e) if e.code == code::TIMEOUT => {
+                tracing::warn!(plugin = %id, request_id, method, outcome = %shown, "{id}: `{method}` timed out")
+            }
+            _ => {
+                tracing::debug!(plugin = %id, request_id, method, outcome = %shown, duration_ms, "{id}: `{method}` {shown}")
+            }
+        }
         self.events.send(json!({
             "type": "call",
             "at_ms": now_ms(),
             "plugin": id,
             "request_id": request_id,
             "method": method,
-            "duration_ms": begin.elapsed().as_secs_f64() * 1000.0,
-            "outcome": match &outcome { Ok(_) => "ok".to_string(), Err(e) => format!("error {}", e.code) },
+            "duration_ms": duration_ms,
+            "outcome": shown,
             "output": output,
         }));
         outcome
@@ -1673,6 +1698,18 @@ impl Host {
     }
 
     /// Daemon shutdown: every plugin stopped, all at once.
+    /// The longest `stop_timeout` of the loaded plugins: what stopping them all may take.
+    pub fn longest_stop(&self) -> Duration {
+        self.all_plugins()
+            .iter()
+            .map(|p| {
+                let st = p.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.package.manifest.lifecycle.stop_timeout
+            })
+            .max()
+            .unwrap_or_default()
+    }
+
     pub async fn stop_all(self: &Arc<Self>) {
         self.stopping.store(true, Ordering::SeqCst);
         let ids: Vec<String> = self
@@ -1940,7 +1977,7 @@ async fn write_registry(
         match w {
             RegistryWrite::Installation(row) => {
                 if let Err(e) = storage.set_installation(&row).await {
-                    tracing::warn!(plugin = %row.plugin, "registry: {e}");
+                    tracing::warn!(plugin = %row.plugin, "{}: registry: {e}", row.plugin);
                 }
             }
             RegistryWrite::Commit(commit, done) => {

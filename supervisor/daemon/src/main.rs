@@ -74,14 +74,7 @@ fn main() -> ExitCode {
     // of its own, which keeps what the launch (the `[ipc]` walk) freed, megabytes per plugin.
     // SAFETY: mallopt before any other thread exists; it only sets an allocator parameter.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STOCKADE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging();
     let args = Args::parse();
     match start(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -320,7 +313,9 @@ fn start(mut args: Args) -> anyhow::Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM: stopping every plugin"),
             _ = int.recv() => tracing::info!("SIGINT: stopping every plugin"),
         }
-        notify::stopping();
+        // The plugins' longest stop, then the export's 2 s and the audit log's 10 s below, and
+        // a margin.
+        notify::stopping(host.longest_stop() + std::time::Duration::from_secs(20));
         server.abort();
         let _ = std::fs::remove_file(&socket);
         host.stop_all().await;
@@ -346,6 +341,60 @@ fn start(mut args: Args) -> anyhow::Result<()> {
     drop(monitor);
     drop(store);
     result
+}
+
+/// The daemon's own log: to the journal, with its fields, when stderr is the journal's stream
+/// (a systemd service's default: `JOURNAL_STREAM` names stderr's device and inode); else lines
+/// on stderr. In the journal a field `plugin` is `STOCKADE_PLUGIN`, and so on: `STOCKADE_TRUST`,
+/// `STOCKADE_STATE`, `STOCKADE_VERSION`, `STOCKADE_REQUEST_ID`, `STOCKADE_METHOD` (the names the
+/// event export's journal entries use, docs/events.md), with the priority of its level.
+fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("STOCKADE_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    if stderr_is_the_journal() {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                tracing_subscriber::registry()
+                    .with(filter())
+                    .with(layer.with_field_prefix(Some("STOCKADE".into())))
+                    .init();
+                return;
+            }
+            Err(e) => eprintln!(
+                "stockade daemon: the journal's socket: {e}; logging to stderr without fields"
+            ),
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// `JOURNAL_STREAM` is `DEVICE:INODE` of the stream systemd connected stdout and stderr to; a
+/// stderr redirected since (or inherited by a child started by hand) is not the journal.
+fn stderr_is_the_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    // SAFETY: fstat of descriptor 2 into a zeroed stat struct the call fills.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; a closed descriptor 2 makes it fail, which is answered with false.
+    if unsafe { libc::fstat(2, &mut st) } != 0 {
+        return false;
+    }
+    st.st_dev == dev && st.st_ino == ino
 }
 
 /// Each plugin's run holds a few dozen descriptors (its socket and pipes, its sandbox's pidfd and

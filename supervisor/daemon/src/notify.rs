@@ -1,6 +1,7 @@
 //! systemd's service protocol (`Type=notify`; the states in the `sd-notify` crate's words, sent without waiting; nothing happens
 //! without `NOTIFY_SOCKET`): `READY=1` once the control socket listens, `STATUS=` with the
-//! number of active plugins and the audit log's state, `STOPPING=1` when a stop begins, and —
+//! number of active plugins and the audit log's state, `STOPPING=1` when a stop begins (with
+//! `EXTEND_TIMEOUT_USEC=` for the plugins' longest `stop_timeout` and the audit's drain), and —
 //! when the unit sets `WatchdogSec=` — `WATCHDOG=1` at half that interval from a task on the
 //! daemon's runtime, so a runtime that stops making progress stops the pings and systemd restarts
 //! the service. The sandboxes never see the socket: the shim is executed with an empty
@@ -85,10 +86,15 @@ pub fn ready(host: Arc<Host>) {
     });
 }
 
-/// A stop has begun (every plugin is stopped next).
-pub fn stopping() {
+/// A stop has begun (every plugin is stopped next, at once, each within its `stop_timeout`;
+/// then the audit log drains). `within`: how long that may take. The service manager's stop
+/// timeout (`TimeoutStopSec=`) is extended to it, so that a plugin's declared grace is not cut
+/// short by a SIGKILL of the whole unit.
+pub fn stopping(within: Duration) {
     send(&[
         NotifyState::Stopping,
         NotifyState::Status("stopping every plugin"),
+        // The protocol field is 32 bits here: at most 71 minutes, above any stop_timeout + 20 s.
+        NotifyState::ExtendTimeoutUsec(u32::try_from(within.as_micros()).unwrap_or(u32::MAX)),
     ]);
 }

@@ -249,7 +249,7 @@ fn run(
         return refused(e);
     }
     for w in &warnings {
-        tracing::warn!(plugin = %manifest.id, "{w}");
+        tracing::warn!(plugin = %manifest.id, "{}: {w}", manifest.id);
     }
     let observer = launch.observer.take();
     let monitor = match (&launch.monitor, own.as_mut()) {

@@ -1,7 +1,9 @@
 //! `stockade daemon`, `stockade plugin load|unload|reload|list|status|logs`, `stockade call` and
 //! `stockade events`: the CLI side of the daemon's control API (`stockade::control`).
 
-use std::path::Path;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 use stockade::control::{self, Client, ClientError};
@@ -58,12 +60,62 @@ fn one_line(status: &Value) -> String {
     line
 }
 
+/// `stockade plugin load DIR...`: each package in turn; on a terminal, the one being loaded
+/// and its lifecycle so far on a line of its own ([`Progress`]). With several, a package that
+/// fails is reported and the next one loaded; the exit status says whether all were.
 pub fn load(
+    socket: Option<&Path>,
+    dirs: &[PathBuf],
+    allow_downgrade: bool,
+    json: bool,
+) -> Result<u8, Failure> {
+    let progress = (!json).then(|| Progress::start(socket)).flatten();
+    let mut failed = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        if let Some(p) = &progress {
+            let count = if dirs.len() > 1 {
+                format!("[{}/{}] ", i + 1, dirs.len())
+            } else {
+                String::new()
+            };
+            p.begin(&count, dir);
+        }
+        let result = load_one(socket, dir, allow_downgrade, json);
+        if let Some(p) = &progress {
+            p.end();
+        }
+        match result {
+            Ok(()) => {}
+            Err(f) if dirs.len() == 1 => return Err(f),
+            Err(f) => {
+                eprintln!("stockade: {}", f.cause);
+                if let Some(hint) = &f.hint {
+                    eprintln!("  hint: {hint}");
+                }
+                failed.push(dir.display().to_string());
+            }
+        }
+    }
+    if failed.is_empty() {
+        return Ok(0);
+    }
+    Err(Failure::internal(
+        format!(
+            "{} of {} packages were not loaded: {}",
+            failed.len(),
+            dirs.len(),
+            failed.join(", ")
+        ),
+        Some("each one's cause is above; `stockade plugin list` shows what runs".into()),
+    ))
+}
+
+fn load_one(
     socket: Option<&Path>,
     dir: &Path,
     allow_downgrade: bool,
     json: bool,
-) -> Result<u8, Failure> {
+) -> Result<(), Failure> {
     let dir = dir.canonicalize().map_err(|e| {
         Failure::usage(
             format!("{}: {e}", dir.display()),
@@ -81,7 +133,7 @@ pub fn load(
             } else {
                 println!("loaded {}", one_line(&status));
             }
-            Ok(0)
+            Ok(())
         }
         Err(ClientError::Rpc(e)) => {
             if let Some(output) = e
@@ -100,6 +152,82 @@ pub fn load(
     }
 }
 
+/// What a long operation (a load, an upgrade) shows on a terminal while the daemon works: the
+/// package's plugin and the steps the daemon's event stream reports for it (its signature
+/// decision, each lifecycle state, an upgrade's stages), on one line rewritten in place and
+/// cleared before the result is printed. Nothing when stderr is not a terminal: logs and pipes
+/// get the result lines only.
+struct Progress {
+    /// The line's prefix and the plugin id being worked on; `None` between operations.
+    current: Arc<Mutex<Option<(String, String)>>>,
+}
+
+impl Progress {
+    fn start(socket: Option<&Path>) -> Option<Progress> {
+        if !std::io::stderr().is_terminal() {
+            return None;
+        }
+        // A connection of its own: the operation's call holds the other until it is done.
+        let mut client = connect(socket).ok()?;
+        let current: Arc<Mutex<Option<(String, String)>>> = Arc::new(Mutex::new(None));
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let shared = current.clone();
+        // Left to run until the process exits: it only ever prints while an operation is on.
+        std::thread::spawn(move || {
+            let _ = client.call_streaming(
+                "events.subscribe",
+                json!({ "follow": true }),
+                |method, event| {
+                    if method != "event" || event["at_ms"].as_u64().unwrap_or(0) < since {
+                        return;
+                    }
+                    let current = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    let Some((prefix, id)) = current.as_ref() else {
+                        return;
+                    };
+                    if event["plugin"].as_str() != Some(id.as_str()) {
+                        return;
+                    }
+                    if let Some(step) = step(event) {
+                        eprint!("\r\x1b[K{prefix}{id}: {step}");
+                    }
+                },
+            );
+        });
+        Some(Progress { current })
+    }
+
+    /// An operation on the package in `dir` begins.
+    fn begin(&self, prefix: &str, dir: &Path) {
+        // The plugin's id as its manifest says (the daemon reads the package itself, from a
+        // sealed copy; this is only the line's label).
+        let id = stockade::package::load(dir)
+            .map(|p| p.manifest.id.clone())
+            .unwrap_or_else(|_| dir.display().to_string());
+        eprint!("\r\x1b[K{prefix}{id}: verifying");
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((prefix.to_string(), id));
+    }
+
+    /// The operation is done: the line is cleared (under the lock, so nothing is printed after).
+    fn end(&self) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        *current = None;
+        eprint!("\r\x1b[K");
+    }
+}
+
+/// An event's step as the progress line shows it.
+fn step(event: &Value) -> Option<String> {
+    match event["type"].as_str()? {
+        "lifecycle" => event["to"].as_str().map(str::to_string),
+        "upgrade" => event["stage"].as_str().map(|s| format!("upgrade {s}")),
+        "trust" => event["decision"].as_str().map(|d| format!("signature {d}")),
+        _ => None,
+    }
+}
+
 pub fn upgrade(
     socket: Option<&Path>,
     id: &str,
@@ -113,13 +241,19 @@ pub fn upgrade(
             "give the directory of the new version's package",
         )
     })?;
+    let progress = (!json).then(|| Progress::start(socket)).flatten();
+    if let Some(p) = &progress {
+        p.begin("", &dir);
+    }
     let mut client = connect(socket)?;
-    let status = client
-        .call(
-            "plugin.upgrade",
-            json!({ "id": id, "dir": dir, "allow_downgrade": allow_downgrade }),
-        )
-        .map_err(failure)?;
+    let result = client.call(
+        "plugin.upgrade",
+        json!({ "id": id, "dir": dir, "allow_downgrade": allow_downgrade }),
+    );
+    if let Some(p) = &progress {
+        p.end();
+    }
+    let status = result.map_err(failure)?;
     if json {
         print_json(&status);
     } else {
