@@ -5,6 +5,7 @@
 //!   target/coverage/host.txt.
 //! - `cargo xtask vm-test`: the suite again, inside a qemu guest running Debian's 6.12 kernel
 //!   (pure cgroup v2, BPF LSM): see vm.rs and docs/testing.md.
+//! - `cargo xtask deb`: the Debian package, from a release build (deb.rs).
 //! - `cargo xtask coverage`: which feature-gated tests ran on the host and in the VM; fails when
 //!   one was skipped in both.
 //! - `cargo xtask bench launch [--runs N]`: cold-start time of `stockade run` beside bubblewrap
@@ -20,6 +21,7 @@
 
 mod bench;
 mod coverage;
+mod deb;
 mod fuzz;
 mod postgres;
 mod setup;
@@ -57,11 +59,13 @@ fn dispatch() -> Result<()> {
             vm::run(&rest)
         }
         Some("coverage") => coverage::run(&rest),
+        Some("deb") => deb::command(&rest),
         Some("fuzz") => fuzz::run(&rest),
         _ => {
             eprintln!("usage: cargo xtask test [-- CARGO-TEST-ARGS...]");
             eprintln!("       {}", vm::USAGE);
             eprintln!("       cargo xtask coverage [ENVIRONMENT...]");
+            eprintln!("       {}", deb::USAGE);
             eprintln!("       cargo xtask bench launch [--runs N]");
             eprintln!("       cargo xtask bench monitors [--rounds N]");
             eprintln!("       {}", fuzz::USAGE);
@@ -119,6 +123,8 @@ fn test(extra: &[&str]) -> Result<()> {
     if !status.success() {
         bail!("the build failed");
     }
+    // The Debian package of this build's binaries, for the tests of the package itself.
+    test_package()?;
     // One PostgreSQL server for the suite's database tests (each makes a database of its own).
     let pg_dir = std::env::temp_dir().join(format!("stockade-pg-{}", std::process::id()));
     let cluster = postgres::start(&pg_dir);
@@ -207,6 +213,13 @@ fn test(extra: &[&str]) -> Result<()> {
         bail!("some tests failed");
     }
     Ok(())
+}
+
+/// Packages the test build's binaries into target/<triple>/debug/debian (where
+/// tests/tests/service.rs looks for it).
+pub fn test_package() -> Result<PathBuf> {
+    let bins = target_dir()?.join("x86_64-unknown-linux-gnu/debug");
+    deb::package(&bins, &bins.join("debian"), deb::Compression::Fast)
 }
 
 pub fn count(result: &str, label: &str) -> u64 {

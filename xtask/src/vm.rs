@@ -496,6 +496,7 @@ fn test_binaries(opts: &Options) -> Result<Vec<TestBinary>> {
     if !status.success() {
         bail!("cargo build --workspace --bins failed");
     }
+    crate::test_package()?;
     // xtask's own tests are about this machine's tooling, not the sandbox.
     let out = cargo()
         .args([

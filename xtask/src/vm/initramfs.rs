@@ -86,12 +86,26 @@ $B mkdir -p $R/run/vm-test
 $B cp $B /vm-test/run $R/run/vm-test/ || fail "copy the runner"
 if [ $SYSTEMD = yes ]; then
     # systemd mounts cgroup2, securityfs, bpffs and tracefs itself. The host's root is read-only
-    # here: /var gets a tmpfs (a unit's StateDirectory= and LogsDirectory= live there), and the
-    # units of this boot go in /run/systemd/system, ahead of the host's: a target of their own,
-    # whose one service runs the runner, so that none of the host's services start.
-    $B mount -t tmpfs -o mode=755,nosuid,nodev tmpfs $R/var || fail "mount /var"
-    $B mkdir -p $R/var/tmp $R/var/lib $R/var/log $R/var/cache $R/run/systemd/system
-    $B chmod 1777 $R/var/tmp
+    # here: /etc and /usr get an overlay whose upper half is a tmpfs (/run's), and /var a tmpfs
+    # holding a copy of dpkg's database, so that a test can install the Debian package with dpkg
+    # and enable its unit without touching the host. /var is no overlay: the daemon's state (its
+    # sealed copies of packages) must not be, since the BPF LSM wall judges an overlay's
+    # backing-file opens by the lower layer's inode (README, "Not yet"). The units of this boot
+    # go in /run/systemd/system, ahead of the host's: a target of their own, whose one service
+    # runs the runner, so that none of the host's services start.
+    for d in etc usr; do
+        U=$R/run/vm-test/overlay/$d
+        $B mkdir -p $U/upper $U/work
+        $B mount -t overlay -o "lowerdir=$R/$d,upperdir=$U/upper,workdir=$U/work" \
+            "overlay-$d" $R/$d || fail "mount an overlay on /$d"
+    done
+    $B mkdir -p /var-new
+    $B mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /var-new || fail "mount /var"
+    $B mkdir -p /var-new/tmp /var-new/lib /var-new/log /var-new/cache
+    $B chmod 1777 /var-new/tmp
+    $B cp -a $R/var/lib/dpkg /var-new/lib/ || fail "copy dpkg's database"
+    $B mount --move /var-new $R/var || fail "move /var"
+    $B mkdir -p $R/run/systemd/system
     printf '%s\n' '[Unit]' 'Description=vm-test' 'Requires=vmtest.service' \
         'After=vmtest.service' 'AllowIsolate=yes' > $R/run/systemd/system/vmtest.target
     printf '%s\n' '[Unit]' 'Description=vm-test runner' '[Service]' 'Type=oneshot' \
@@ -116,8 +130,9 @@ const WANTED: [&str; 3] = ["virtio_pci", "9pnet_virtio", "9p"];
 
 /// Loaded too where the kernel has them as modules: autofs (systemd loads it on a real host), for
 /// the test that a hidden path on an automount point is judged without triggering the mount
-/// (tests/monitor.rs); hosts whose kernel lacks autofs skip it.
-const OPTIONAL: [&str; 1] = ["autofs4"];
+/// (tests/monitor.rs; hosts whose kernel lacks autofs skip it), and overlay, which the
+/// `--systemd` boot puts over /etc and /usr (the init fails without it).
+const OPTIONAL: [&str; 2] = ["autofs4", "overlay"];
 
 /// `dir` as a string that can go into a shell variable of the init script and into qemu's
 /// comma-separated -virtfs option.
