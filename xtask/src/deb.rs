@@ -129,7 +129,8 @@ pub enum Compression {
 pub fn package(bin_dir: &Path, out_dir: &Path, compression: Compression) -> Result<PathBuf> {
     let root = crate::workspace_root();
     let version = env!("CARGO_PKG_VERSION");
-    let arch = command_output(Command::new("dpkg").arg("--print-architecture"))?;
+    // The binaries are built for x86_64-unknown-linux-gnu (.cargo/config.toml): Debian's amd64.
+    let arch = "amd64".to_string();
     fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let stage = out_dir.join(format!("stockade_{version}_{arch}.staging"));
     if stage.exists() {
@@ -264,6 +265,8 @@ fn stage_and_build(
     files.sort();
     let sums = command_output(Command::new("md5sum").args(&files).current_dir(stage))?;
     text("DEBIAN/md5sums", &format!("{sums}\n"), 0o644)?;
+    // DEBIAN/ too (dpkg-deb refuses it other than 0755..0775, and the umask made it).
+    set_dir_modes(stage)?;
 
     let built = stage.with_extension("deb");
     let mut cmd = Command::new("dpkg-deb");

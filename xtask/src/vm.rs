@@ -496,7 +496,9 @@ fn test_binaries(opts: &Options) -> Result<Vec<TestBinary>> {
     if !status.success() {
         bail!("cargo build --workspace --bins failed");
     }
-    crate::test_package()?;
+    if let Err(e) = crate::test_package() {
+        eprintln!("vm-test: no Debian package of this build: {e:#}");
+    }
     // xtask's own tests are about this machine's tooling, not the sandbox.
     let out = cargo()
         .args([

@@ -346,8 +346,9 @@ fn start(mut args: Args) -> anyhow::Result<()> {
 /// The daemon's own log: to the journal, with its fields, when stderr is the journal's stream
 /// (a systemd service's default: `JOURNAL_STREAM` names stderr's device and inode); else lines
 /// on stderr. In the journal a field `plugin` is `STOCKADE_PLUGIN`, and so on: `STOCKADE_TRUST`,
-/// `STOCKADE_STATE`, `STOCKADE_VERSION`, `STOCKADE_REQUEST_ID`, `STOCKADE_METHOD` (the names the
-/// event export's journal entries use, docs/events.md), with the priority of its level.
+/// `STOCKADE_STATE`, `STOCKADE_VERSION`, `STOCKADE_REQUEST_ID`, `STOCKADE_METHOD` (the prefix and
+/// names of the event export's journal entries, docs/events.md, which has `STOCKADE_PLUGIN` and
+/// `STOCKADE_REQUEST_ID` too), with syslog's priority of its level (error 3, warn 4, info 6).
 fn init_logging() {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -360,7 +361,17 @@ fn init_logging() {
             Ok(layer) => {
                 tracing_subscriber::registry()
                     .with(filter())
-                    .with(layer.with_field_prefix(Some("STOCKADE".into())))
+                    .with(
+                        layer
+                            .with_field_prefix(Some("STOCKADE".into()))
+                            // syslog's meaning of the levels (the crate's default makes every
+                            // info line a notice).
+                            .with_priority_mappings(tracing_journald::PriorityMappings {
+                                info: tracing_journald::Priority::Informational,
+                                debug: tracing_journald::Priority::Debug,
+                                ..tracing_journald::PriorityMappings::new()
+                            }),
+                    )
                     .init();
                 return;
             }

@@ -80,11 +80,7 @@ pub fn load(
             };
             p.begin(&count, dir);
         }
-        let result = load_one(socket, dir, allow_downgrade, json);
-        if let Some(p) = &progress {
-            p.end();
-        }
-        match result {
+        match load_one(socket, dir, allow_downgrade, json, progress.as_ref()) {
             Ok(()) => {}
             Err(f) if dirs.len() == 1 => return Err(f),
             Err(f) => {
@@ -115,6 +111,7 @@ fn load_one(
     dir: &Path,
     allow_downgrade: bool,
     json: bool,
+    progress: Option<&Progress>,
 ) -> Result<(), Failure> {
     let dir = dir.canonicalize().map_err(|e| {
         Failure::usage(
@@ -123,10 +120,15 @@ fn load_one(
         )
     })?;
     let mut client = connect(socket)?;
-    match client.call(
+    let result = client.call(
         "plugin.load",
         json!({ "dir": dir, "allow_downgrade": allow_downgrade }),
-    ) {
+    );
+    // The progress line cleared before anything of the result is printed.
+    if let Some(p) = progress {
+        p.end();
+    }
+    match result {
         Ok(status) => {
             if json {
                 print_json(&status);
@@ -201,11 +203,13 @@ impl Progress {
 
     /// An operation on the package in `dir` begins.
     fn begin(&self, prefix: &str, dir: &Path) {
-        // The plugin's id as its manifest says (the daemon reads the package itself, from a
-        // sealed copy; this is only the line's label).
-        let id = stockade::package::load(dir)
-            .map(|p| p.manifest.id.clone())
-            .unwrap_or_else(|_| dir.display().to_string());
+        // The plugin's id as its manifest says, read from plugin.toml alone (the daemon reads
+        // the package itself, from a sealed copy; this is only the line's label).
+        let id = std::fs::read_to_string(dir.join(stockade_policy::manifest::MANIFEST_FILE))
+            .ok()
+            .and_then(|text| text.parse::<toml_edit::DocumentMut>().ok())
+            .and_then(|doc| doc.get("id").and_then(|v| v.as_str()).map(str::to_string))
+            .unwrap_or_else(|| dir.display().to_string());
         eprint!("\r\x1b[K{prefix}{id}: verifying");
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((prefix.to_string(), id));
     }

@@ -346,32 +346,27 @@ fn obj_call(cmd: libc::c_long, path: &Path, fd: u32) -> std::io::Result<libc::c_
     use std::os::unix::ffi::OsStrExt;
     let name = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let attr = ObjAttr {
+    let mut attr = ObjAttr {
         pathname: name.as_ptr() as u64,
         bpf_fd: fd,
         ..ObjAttr::default()
     };
     // SAFETY: BPF_OBJ_PIN (6) and BPF_OBJ_GET (7) take this layout and read the path it points
     // to, alive for the call.
-    unsafe { bpf_cmd(cmd, &attr) }
+    unsafe { bpf_cmd(cmd, &mut attr) }
 }
 
 /// One bpf(2) command `cmd` with its attribute `attr`: what the kernel answers (0, or a new
-/// descriptor), or its error. Every raw bpf(2) call of the supervisor goes through here.
+/// descriptor), or its error. Every raw bpf(2) call of the supervisor goes through here. The
+/// attribute is the kernel's to write too (BPF_OBJ_GET_INFO_BY_FD writes `info_len` back).
 ///
 /// # Safety
-/// `A` is the attribute layout `cmd` reads (the kernel zero-extends the newer fields), and
+/// `A` is the attribute layout `cmd` takes (the kernel zero-extends the newer fields), and
 /// every pointer in it is valid, for the call's length, for what `cmd` reads or writes there.
-pub unsafe fn bpf_cmd<A>(cmd: libc::c_long, attr: &A) -> std::io::Result<libc::c_long> {
-    // SAFETY: the caller's promise; `attr` itself lives across the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *const A,
-            std::mem::size_of::<A>(),
-        )
-    };
+pub unsafe fn bpf_cmd<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<libc::c_long> {
+    // SAFETY: the caller's promise; `attr` itself lives across the call and is exclusively
+    // borrowed for it.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, std::mem::size_of::<A>()) };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -382,7 +377,7 @@ pub unsafe fn bpf_cmd<A>(cmd: libc::c_long, attr: &A) -> std::io::Result<libc::c
 ///
 /// # Safety
 /// As for [`bpf_cmd`]; `cmd` answers a descriptor.
-pub unsafe fn bpf_fd<A>(cmd: libc::c_long, attr: &A) -> std::io::Result<std::os::fd::OwnedFd> {
+pub unsafe fn bpf_fd<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: the caller's promise.
     let fd = unsafe { bpf_cmd(cmd, attr) }?;
@@ -415,14 +410,14 @@ pub fn raw_tracepoint_open(
         prog_fd: u32,
         _pad: u32,
     }
-    let attr = Attr {
+    let mut attr = Attr {
         name: name.as_ptr() as u64,
         prog_fd: prog.as_raw_fd() as u32,
         _pad: 0,
     };
     // SAFETY: BPF_RAW_TRACEPOINT_OPEN (17) takes this layout and reads the name it points to,
     // alive for the call.
-    unsafe { bpf_fd(17, &attr) }
+    unsafe { bpf_fd(17, &mut attr) }
 }
 
 /// A supervisor's want of the syscall tracepoint: the link held open (so that it stays attached

@@ -1633,14 +1633,14 @@ unsafe fn obj_info<T>(fd: BorrowedFd<'_>) -> Option<T> {
         info_len: u32,
         info: u64,
     }
-    let attr = InfoAttr {
+    let mut attr = InfoAttr {
         bpf_fd: fd.as_raw_fd() as u32,
         info_len: std::mem::size_of::<T>() as u32,
         info: &mut info as *mut T as u64,
     };
     // SAFETY: BPF_OBJ_GET_INFO_BY_FD (15) takes this layout; the kernel writes at most
     // `info_len` bytes into `info`, a local that outlives the call.
-    let r = unsafe { host::bpf_cmd(15, &attr) };
+    let r = unsafe { host::bpf_cmd(15, &mut attr) };
     r.ok().map(|_| info)
 }
 
@@ -1662,13 +1662,13 @@ fn prog_by_id(id: u32) -> std::io::Result<std::os::fd::OwnedFd> {
         next_id: u32,
         open_flags: u32,
     }
-    let attr = Attr {
+    let mut attr = Attr {
         prog_id: id,
         next_id: 0,
         open_flags: 0,
     };
     // SAFETY: BPF_PROG_GET_FD_BY_ID (13) takes this layout and answers a new descriptor.
-    unsafe { host::bpf_fd(13, &attr) }
+    unsafe { host::bpf_fd(13, &mut attr) }
 }
 
 fn load_lsm(ebpf: &mut Ebpf, raw_btf: &[u8]) -> Result<(), String> {

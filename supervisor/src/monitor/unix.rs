@@ -136,17 +136,17 @@ impl UnixHooks {
         let t0 = std::time::Instant::now();
         let mut links = UnixLinks::default();
         for (attach_type, prog) in &self.programs {
-            let attr = LinkCreateAttr {
+            let mut attr = LinkCreateAttr {
                 prog_fd: prog.as_raw_fd() as u32,
                 target_fd: cgroup.as_raw_fd() as u32,
                 attach_type: *attach_type,
                 ..LinkCreateAttr::default()
             };
-            // SAFETY: BPF_LINK_CREATE takes this layout and only reads it; the descriptors in
-            // it are open. Closing the link's descriptor detaches it.
+            // SAFETY: BPF_LINK_CREATE takes this layout and reads it; the descriptors in it are
+            // open. Closing the link's descriptor detaches it.
             links
                 .links
-                .push(unsafe { super::host::bpf_fd(BPF_LINK_CREATE, &attr) }?);
+                .push(unsafe { super::host::bpf_fd(BPF_LINK_CREATE, &mut attr) }?);
         }
         tracing::debug!(
             us = t0.elapsed().as_micros() as u64,
@@ -203,7 +203,7 @@ fn prog_load(
         // SAFETY: BPF_PROG_LOAD takes this layout; the buffers it points to (instructions,
         // license, log) live across the call; the kernel copies the instructions and writes at
         // most `log_size` bytes.
-        unsafe { super::host::bpf_fd(BPF_PROG_LOAD, &attr) }
+        unsafe { super::host::bpf_fd(BPF_PROG_LOAD, &mut attr) }
     };
     match load(None) {
         Ok(fd) => Ok(fd),

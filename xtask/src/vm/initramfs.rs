@@ -71,6 +71,26 @@ $B mount -t tracefs tracefs $R/sys/kernel/tracing || fail "mount tracefs"
 fi
 $B mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs $R/tmp || fail "mount /tmp"
 $B mount -t tmpfs -o mode=755,nosuid,nodev tmpfs $R/run || fail "mount /run"
+if [ $SYSTEMD = yes ]; then
+    # The host's root is read-only here: /etc and /usr get an overlay whose upper half is a tmpfs
+    # (/run's), and /var a tmpfs holding a copy of dpkg's database, so that a test can install
+    # the Debian package with dpkg and enable its unit without touching the host. /var is no
+    # overlay: the daemon's state (its sealed copies of packages) must not be, since the BPF LSM
+    # wall misjudges an overlay's backing-file opens (README, "Not yet"). Before the checkout's
+    # mounts, which may lie below them.
+    for d in etc usr; do
+        U=$R/run/vm-test/overlay/$d
+        $B mkdir -p $U/upper $U/work
+        $B mount -t overlay -o "lowerdir=$R/$d,upperdir=$U/upper,workdir=$U/work" \
+            "overlay-$d" $R/$d || fail "mount an overlay on /$d"
+    done
+    $B mkdir -p /var-new
+    $B mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /var-new || fail "mount /var"
+    $B mkdir -p /var-new/tmp /var-new/lib /var-new/log /var-new/cache
+    $B chmod 1777 /var-new/tmp
+    $B cp -a $R/var/lib/dpkg /var-new/lib/ || fail "copy dpkg's database"
+    $B mount --move /var-new $R/var || fail "move /var"
+fi
 # The checkout (read-only) and its target directory (read-write: the tests write there, e.g.
 # CARGO_TARGET_TMPDIR) at their own paths, after /tmp and /run: a checkout below the host's /tmp
 # would otherwise be hidden by the guest's own /tmp.
@@ -85,26 +105,9 @@ $B hostname vm-test
 $B mkdir -p $R/run/vm-test
 $B cp $B /vm-test/run $R/run/vm-test/ || fail "copy the runner"
 if [ $SYSTEMD = yes ]; then
-    # systemd mounts cgroup2, securityfs, bpffs and tracefs itself. The host's root is read-only
-    # here: /etc and /usr get an overlay whose upper half is a tmpfs (/run's), and /var a tmpfs
-    # holding a copy of dpkg's database, so that a test can install the Debian package with dpkg
-    # and enable its unit without touching the host. /var is no overlay: the daemon's state (its
-    # sealed copies of packages) must not be, since the BPF LSM wall judges an overlay's
-    # backing-file opens by the lower layer's inode (README, "Not yet"). The units of this boot
-    # go in /run/systemd/system, ahead of the host's: a target of their own, whose one service
-    # runs the runner, so that none of the host's services start.
-    for d in etc usr; do
-        U=$R/run/vm-test/overlay/$d
-        $B mkdir -p $U/upper $U/work
-        $B mount -t overlay -o "lowerdir=$R/$d,upperdir=$U/upper,workdir=$U/work" \
-            "overlay-$d" $R/$d || fail "mount an overlay on /$d"
-    done
-    $B mkdir -p /var-new
-    $B mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /var-new || fail "mount /var"
-    $B mkdir -p /var-new/tmp /var-new/lib /var-new/log /var-new/cache
-    $B chmod 1777 /var-new/tmp
-    $B cp -a $R/var/lib/dpkg /var-new/lib/ || fail "copy dpkg's database"
-    $B mount --move /var-new $R/var || fail "move /var"
+    # systemd mounts cgroup2, securityfs, bpffs and tracefs itself (/etc, /usr and /var: above).
+    # The units of this boot go in /run/systemd/system, ahead of the host's: a target of their
+    # own, whose one service runs the runner, so that none of the host's services start.
     $B mkdir -p $R/run/systemd/system
     printf '%s\n' '[Unit]' 'Description=vm-test' 'Requires=vmtest.service' \
         'After=vmtest.service' 'AllowIsolate=yes' > $R/run/systemd/system/vmtest.target
