@@ -27,6 +27,10 @@ pub struct Manifest {
     /// The methods the host forwards to the plugin, by name; nothing else is forwarded.
     pub methods: BTreeMap<String, Method>,
     pub lifecycle: Lifecycle,
+    /// `counters`: the names of the counters the plugin may add to (`metrics.add`), exported by
+    /// the daemon as `stockade_plugin_counter_total{plugin_id, name}`. Declared, so that what a
+    /// plugin sends can never grow the host's series: an undeclared name is a violation.
+    pub counters: Vec<String>,
 }
 
 /// Where the plugin's policy comes from: the manifest's capabilities *are* a policy of the
@@ -134,6 +138,22 @@ pub const MAX_ID_BYTES: usize = 64;
 pub const MAX_METHODS: usize = 256;
 /// Arguments of `entry`.
 pub const MAX_ENTRY_ARGS: usize = 256;
+/// Counters per manifest, and the longest counter name.
+pub const MAX_COUNTERS: usize = 64;
+pub const MAX_COUNTER_BYTES: usize = 64;
+
+/// A counter's name: a Prometheus name's characters, lowercase (`install_success_total`).
+pub fn valid_counter(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_COUNTER_BYTES
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
 
 /// `[lifecycle]`: how the daemon starts, watches, restarts and stops the plugin.
 #[derive(Debug, Clone, PartialEq)]

@@ -335,3 +335,37 @@ memory = "1G"
         "{d:#?}"
     );
 }
+
+#[test]
+fn counters_are_declared_names() {
+    let m = manifest(&format!(
+        "{MINIMAL}counters = [\"install_success_total\", \"_private\", \"retries2\"]\n"
+    ));
+    assert_eq!(
+        m.counters,
+        ["install_success_total", "_private", "retries2"]
+    );
+    assert!(manifest(MINIMAL).counters.is_empty());
+    let d = manifest_diagnostics(&format!(
+        "{MINIMAL}counters = [3, \"ok_total\", \"Bad\", \"2fast\", \"a-b\", \"ok_total\"]\n"
+    ));
+    let got: Vec<&str> = d.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(
+        got,
+        [
+            "entries of `counters` must be strings, found an integer",
+            "invalid counter name \"Bad\"",
+            "invalid counter name \"2fast\"",
+            "invalid counter name \"a-b\"",
+            "the counter `ok_total` is declared twice",
+        ],
+        "{d:#?}"
+    );
+    let many: Vec<String> = (0..65).map(|i| format!("\"c{i}\"")).collect();
+    let d = manifest_diagnostics(&format!("{MINIMAL}counters = [{}]\n", many.join(", ")));
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert!(
+        d[0].message.starts_with("65 counters in `counters`"),
+        "{d:#?}"
+    );
+}

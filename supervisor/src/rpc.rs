@@ -36,7 +36,7 @@ pub mod code {
 }
 
 /// The methods a plugin may call on the host; anything else is a protocol violation.
-pub const PLUGIN_TO_HOST: [&str; 2] = ["log", "event.publish"];
+pub const PLUGIN_TO_HOST: [&str; 3] = ["log", "event.publish", "metrics.add"];
 
 /// One line, or what stood in its place.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,7 +145,7 @@ pub enum Violation {
     NotJsonRpc(&'static str),
     #[error("a response to no call in flight (id {0})")]
     UnknownId(String),
-    #[error("`{0}` is not a method the plugin may call (log, event.publish)")]
+    #[error("`{0}` is not a method the plugin may call (log, event.publish, metrics.add)")]
     UndeclaredMethod(String),
 }
 

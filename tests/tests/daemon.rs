@@ -151,7 +151,7 @@ fn several_packages_load_in_turn_with_progress_on_a_terminal() {
     if !harness::privileged("several_packages_load_in_turn_with_progress_on_a_terminal") {
         return;
     }
-    let d = Daemon::start("many", &[]);
+    let d = Daemon::start("several", &[]);
     let a = d.package("a", "first", "1.0.0", "echo", "");
     let b = d.package("b", "second", "1.0.0", "echo", "");
     let bad = d.dir.join("packages/bad");
@@ -199,8 +199,9 @@ fn several_packages_load_in_turn_with_progress_on_a_terminal() {
     assert!(out.status.success(), "{out:?}");
     assert!(tty.contains("\r\x1b[K[1/2] first: verifying"), "{tty:?}");
     assert!(tty.contains("\r\x1b[K[2/2] second: verifying"), "{tty:?}");
-    let first = tty.find("loaded first").expect("first's result");
-    let second = tty.find("loaded second").expect("second's result");
+    // Each result on a line of its own: the progress line is cleared before it is printed.
+    let first = tty.find("\r\x1b[Kloaded first").expect("first's result");
+    let second = tty.find("\r\x1b[Kloaded second").expect("second's result");
     assert!(first < second, "{tty:?}");
     assert_eq!(d.status("second")["state"], "active");
 }
@@ -1019,6 +1020,64 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A plugin's own counters (`counters` in its manifest, `metrics.add` on the socket) in the
+/// daemon's metrics, added exactly; an undeclared name is a violation of the `rpc` layer and
+/// never a series.
+#[test]
+fn a_plugins_own_counters_reach_prometheus() {
+    if !harness::privileged("a_plugins_own_counters_reach_prometheus") {
+        return;
+    }
+    let port = free_port();
+    let d = Daemon::start("counters", &["--metrics", &format!("127.0.0.1:{port}")]);
+    let until = Instant::now() + harness::patience(10);
+    while http(port, "GET", "/metrics").is_none() {
+        assert!(Instant::now() < until, "no metrics endpoint\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pkg = d.package("counting", "counting", "1.0.0", "count", "restart = \"no\"");
+    let manifest = std::fs::read_to_string(pkg.join("plugin.toml")).unwrap();
+    std::fs::write(
+        pkg.join("plugin.toml"),
+        manifest.replace(
+            "trust = \"untrusted\"\n",
+            "trust = \"untrusted\"\ncounters = [\"install_success_total\", \"install_failure_total\"]\n",
+        ),
+    )
+    .unwrap();
+    d.sign(&pkg);
+    d.load(&pkg);
+    let series =
+        "stockade_plugin_counter_total{plugin_id=\"counting\",name=\"install_success_total\"}";
+    assert_eq!(
+        scrape(port).get(series),
+        None,
+        "no series before the first add"
+    );
+    for value in [1, 41] {
+        d.call(
+            "counting",
+            "go",
+            json!({ "names": ["install_success_total"], "value": value }),
+        )
+        .unwrap();
+    }
+    // The notifications come before the answer on the same socket: counted by now.
+    assert_eq!(scrape(port).get(series), Some(&42.0));
+
+    let _ = d.call("counting", "go", json!({ "names": ["made_up_total"] }));
+    let v = d.wait_event(20, "the undeclared counter's violation", |e| {
+        e["type"] == "violation" && e["plugin"] == "counting" && e["layer"] == "rpc"
+    });
+    assert_eq!(v["action"], "undeclared-counter", "{v}");
+    let after = scrape(port);
+    assert!(
+        !after.keys().any(|k| k.contains("made_up_total")),
+        "{after:#?}"
+    );
+    assert_eq!(after.get(series), Some(&42.0));
 }
 
 /// The metrics endpoint, scraped while the daemon loads plugins, calls them, sees one violate

@@ -25,6 +25,7 @@ pub(crate) const MANIFEST_KEYS: &[&str] = &[
     "trust",
     "methods",
     "lifecycle",
+    "counters",
 ];
 pub(crate) const POLICY_TABLE_KEYS: &[&str] =
     &["profile", "filesystem", "network", "ipc", "syscalls"];
@@ -135,6 +136,7 @@ impl Checker<'_> {
         let mut trust = Trust::default();
         let mut methods = BTreeMap::new();
         let mut lifecycle = Lifecycle::default();
+        let mut counters = Vec::new();
         for e in self.entries(root, MANIFEST_KEYS, Place::ManifestTable("plugin.toml")) {
             match e.key {
                 "id" => {
@@ -187,6 +189,7 @@ impl Checker<'_> {
                         lifecycle = self.lifecycle(table);
                     }
                 }
+                "counters" => counters = self.counters(&e),
                 _ => {}
             }
         }
@@ -231,7 +234,40 @@ impl Checker<'_> {
             trust,
             methods,
             lifecycle,
+            counters,
         })
+    }
+
+    /// `counters = ["install_success_total", ...]`: names a plugin may count, each once.
+    fn counters(&mut self, e: &Entry<'_>) -> Vec<String> {
+        let names = self.bounded_string_array(
+            e,
+            MAX_COUNTERS,
+            "counters",
+            "count the rest under fewer names, or in the plugin's own results",
+        );
+        let mut counters: Vec<String> = Vec::new();
+        for (name, span) in names {
+            if !valid_counter(name) {
+                self.error(
+                    span,
+                    format!("invalid counter name \"{}\"", name.escape_debug()),
+                    Some(format!(
+                        "a counter is lowercase letters, digits and `_`, not starting with a \
+                         digit, at most {MAX_COUNTER_BYTES} bytes, like \"install_success_total\""
+                    )),
+                );
+            } else if counters.iter().any(|c| c == name) {
+                self.error(
+                    span,
+                    format!("the counter `{name}` is declared twice"),
+                    Some("declare each counter once".into()),
+                );
+            } else {
+                counters.push(name.to_string());
+            }
+        }
+        counters
     }
 
     fn nonempty(&mut self, e: &Entry<'_>) -> Option<String> {

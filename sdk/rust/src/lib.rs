@@ -88,6 +88,12 @@ impl Context<'_> {
         self.notify("event.publish", json!({ "topic": topic, "data": data }));
     }
 
+    /// Adds `value` to the counter `name`, which the manifest's `counters` must declare (an
+    /// undeclared one is a protocol violation); the host exports it to Prometheus.
+    pub fn count(&mut self, name: &str, value: u64) {
+        self.notify("metrics.add", json!({ "name": name, "value": value }));
+    }
+
     fn notify(&mut self, method: &str, params: Value) {
         let _ = send(
             self.out,

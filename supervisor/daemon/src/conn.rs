@@ -1,7 +1,8 @@
 //! The daemon's end of one plugin run's JSON-RPC socket (docs/plugins.md, "The protocol").
 //!
 //! A reader task splits the plugin's bytes into lines (`rpc::LineDecoder`, 1 MiB each), routes
-//! answers to the calls waiting for them, serves the narrow host API (`log`, `event.publish`) and
+//! answers to the calls waiting for them, serves the narrow host API (`log`, `event.publish`,
+//! `metrics.add`) and
 //! turns everything else into violations of the `rpc` layer. A writer task sends the host's
 //! requests in order. Calls carry a UUID as their id and a deadline; an answer that arrives after
 //! its call was abandoned is dropped quietly (it is late, not forged).
@@ -29,8 +30,13 @@ const HOST_CALLS_BURST: f64 = 2000.0;
 pub trait Sink: Send + Sync + 'static {
     fn log(&self, level: &str, message: &str);
     fn publish(&self, topic: &str, data: Value);
+    /// Adds `value` to the plugin's counter `name`; false when its manifest does not declare it.
+    fn count(&self, name: &str, value: u64) -> bool;
     fn violation(&self, action: &'static str, what: String);
 }
+
+/// The largest value one `metrics.add` may add.
+const MAX_COUNTER_ADD: u64 = 1 << 32;
 
 type Waiter = oneshot::Sender<Result<Value, RpcError>>;
 
@@ -197,6 +203,38 @@ impl Conn {
                     None => String::new(),
                 };
                 sink.log(level, &message);
+            }
+            "metrics.add" => {
+                let name = params.get("name").and_then(Value::as_str).unwrap_or("");
+                let value = match params.get("value") {
+                    None => Some(1),
+                    Some(v) => v.as_u64().filter(|n| *n <= MAX_COUNTER_ADD),
+                };
+                let refused = match value {
+                    None => Some((
+                        "invalid-counter",
+                        format!(
+                            "metrics.add of `{}` with a value that is not an integer from 0 to 2^32",
+                            shorten(name)
+                        ),
+                    )),
+                    Some(n) if !sink.count(name, n) => Some((
+                        "undeclared-counter",
+                        format!(
+                            "metrics.add of `{}`, a counter the manifest does not declare",
+                            shorten(name)
+                        ),
+                    )),
+                    Some(_) => None,
+                };
+                if let Some((action, what)) = refused {
+                    sink.violation(action, what.clone());
+                    return Err(RpcError {
+                        code: code::INVALID_PARAMS,
+                        message: what,
+                        data: None,
+                    });
+                }
             }
             _ => {
                 let topic = params.get("topic").and_then(Value::as_str).unwrap_or("");

@@ -204,9 +204,19 @@ struct PluginSink {
     daemon: u64,
     metrics: Arc<Metrics>,
     trust: &'static str,
+    /// The counters the manifest declares (`counters`).
+    counters: Arc<[String]>,
 }
 
 impl Sink for PluginSink {
+    fn count(&self, name: &str, value: u64) -> bool {
+        if !self.counters.iter().any(|c| c == name) {
+            return false;
+        }
+        self.metrics.plugin_counter(&self.plugin.id, name, value);
+        true
+    }
+
     fn log(&self, level: &str, message: &str) {
         self.plugin.logs.push(level, message);
     }
@@ -946,6 +956,7 @@ impl Host {
             daemon: self.started_ms,
             metrics: self.metrics.clone(),
             trust: package.trust.name(),
+            counters: package.manifest.counters.clone().into(),
         });
         let conn = Conn::start(spawned.ends.rpc, sink);
         tokio::spawn(logs::capture(
@@ -1697,7 +1708,6 @@ impl Host {
         v
     }
 
-    /// Daemon shutdown: every plugin stopped, all at once.
     /// The longest `stop_timeout` of the loaded plugins: what stopping them all may take.
     pub fn longest_stop(&self) -> Duration {
         self.all_plugins()
@@ -1710,6 +1720,7 @@ impl Host {
             .unwrap_or_default()
     }
 
+    /// Daemon shutdown: every plugin stopped, all at once.
     pub async fn stop_all(self: &Arc<Self>) {
         self.stopping.store(true, Ordering::SeqCst);
         let ids: Vec<String> = self

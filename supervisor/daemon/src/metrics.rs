@@ -39,6 +39,13 @@ struct PluginId {
     plugin_id: String,
 }
 
+/// A plugin's own counter (`counters` of its manifest: bounded by what its signer declared).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginCounter {
+    plugin_id: String,
+    name: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Trust {
     trust_level: String,
@@ -141,6 +148,7 @@ pub struct Metrics {
     exported: Family<Sink, Counter>,
     export_failures: Family<Sink, Counter>,
     export_held_back: Family<Reason, Counter>,
+    plugin_counters: Family<PluginCounter, Counter>,
     // Read when scraped.
     plugins: Family<PluginState, Gauge>,
     active: Family<Trust, Gauge>,
@@ -173,6 +181,7 @@ impl Metrics {
             exported: Family::default(),
             export_failures: Family::default(),
             export_held_back: Family::default(),
+            plugin_counters: Family::default(),
             plugins: Family::default(),
             active: Family::default(),
             audit_committed: Gauge::default(),
@@ -231,6 +240,11 @@ impl Metrics {
             "A call's time in the daemon, from the request to the answer",
             Unit::Seconds,
             m.call_seconds.clone(),
+        );
+        r.register(
+            "plugin_counter",
+            "The plugins' own counters (metrics.add of a name their manifest's `counters` declares)",
+            m.plugin_counters.clone(),
         );
         r.register(
             "monitor_lost_denials",
@@ -375,6 +389,16 @@ impl Metrics {
     }
 
     /// A call: `plugin` and `method` already bounded (see the module's comment).
+    /// `value` added to a plugin's declared counter `name`.
+    pub fn plugin_counter(&self, plugin: &str, name: &str, value: u64) {
+        self.plugin_counters
+            .get_or_create(&PluginCounter {
+                plugin_id: plugin.into(),
+                name: name.into(),
+            })
+            .inc_by(value);
+    }
+
     pub fn call(&self, plugin: &str, method: &str, code: Option<i64>, took: Duration) {
         self.calls
             .get_or_create(&Call {
