@@ -18,16 +18,55 @@ that loop, on asyncio: declare the methods of your plugin.toml and call run().
 Methods are coroutines, and calls run concurrently: a slow call does not hold up the next (the
 manifest's max_in_flight bounds how many the host lets in). The host checks parameters against
 the manifest's schema before a call arrives.
+
+Or as a class whose public methods are the plugin's methods (async or not: a plain method runs in
+a worker thread, so a blocking one — a subprocess, a download — never holds up the heartbeat):
+
+    from stockade_plugin import PluginBase, PluginOperationError, serve
+
+    class Pip(PluginBase):
+        async def init(self, config):           # `initialize`; raising fails the start
+            self.index = config["index"]
+
+        def install(self, package, version=None):   # {"package": ..., "version": ...}
+            self.logger.info("installing %s", package)  # to the host, never to stdout
+            if not ok:
+                raise PluginOperationError("pip failed", details={"exit": 1})
+            self.publish_event("installed", {"package": package})
+            return {"installed": package}
+
+    serve(Pip())
+
+A call's params are passed by name (an object) or by position (an array). An exception is
+answered as a JSON-RPC error with its type and traceback in `data`: PluginOperationError as 1000,
+PluginPolicyViolation as 1001, RpcError as its own code, anything else as -32603.
 """
 
+from __future__ import annotations
+
 import asyncio
+import inspect
 import json
+import logging
 import os
 import socket
+import traceback
+from typing import Any, Awaitable, Callable, Dict, Optional
 
 MAX_MESSAGE_BYTES = 1 << 20
 
-__all__ = ["Plugin", "RpcError", "Context", "MAX_MESSAGE_BYTES"]
+__all__ = [
+    "Plugin",
+    "PluginBase",
+    "serve",
+    "RpcError",
+    "PluginError",
+    "PluginOperationError",
+    "PluginPolicyViolation",
+    "Context",
+    "HostLogHandler",
+    "MAX_MESSAGE_BYTES",
+]
 
 
 class RpcError(Exception):
@@ -46,6 +85,67 @@ class RpcError(Exception):
         return e
 
 
+class PluginError(Exception):
+    """An error of the plugin's own domain, answered with `code`, the message, and `data`
+    holding its type, its `details` and the traceback."""
+
+    code = 1099
+
+    def __init__(self, message: str, details: Any = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class PluginOperationError(PluginError):
+    """The operation failed (a tool exited non-zero, a package was not found): code 1000."""
+
+    code = 1000
+
+
+class PluginPolicyViolation(PluginError):
+    """The plugin refuses what it was asked as against its own rules: code 1001."""
+
+    code = 1001
+
+
+def _error_of(e: BaseException) -> Dict[str, Any]:
+    """The JSON-RPC error an exception of a method is answered with."""
+    if isinstance(e, RpcError):
+        return e.json()
+    data: Dict[str, Any] = {
+        "type": type(e).__name__,
+        "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__)),
+    }
+    if isinstance(e, PluginError):
+        if e.details is not None:
+            data["details"] = e.details
+        return {"code": e.code, "message": e.message, "data": data}
+    return {"code": -32603, "message": f"{type(e).__name__}: {e}", "data": data}
+
+
+class HostLogHandler(logging.Handler):
+    """A logging handler whose records go to the host as `log` notifications (`stockade plugin
+    logs ID`), from any thread; never to stdout."""
+
+    LEVELS = {"CRITICAL": "error", "ERROR": "error", "WARNING": "warn", "INFO": "info",
+              "DEBUG": "debug"}
+
+    def __init__(self, plugin: "Plugin"):
+        super().__init__()
+        self._plugin = plugin
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+        except Exception:  # a record that cannot be formatted is dropped, as logging does
+            self.handleError(record)
+            return
+        level = self.LEVELS.get(record.levelname, "info")
+        self._plugin._send_from_any_thread({"jsonrpc": "2.0", "method": "log",
+                                            "params": {"level": level, "message": message}})
+
+
 class Context:
     """What a method can do besides answering: log, and publish events."""
 
@@ -54,19 +154,27 @@ class Context:
         self.config = plugin.config
 
     def log(self, level, message):
-        self._plugin._send({"jsonrpc": "2.0", "method": "log",
-                            "params": {"level": level, "message": message}})
+        self._plugin._send_from_any_thread({"jsonrpc": "2.0", "method": "log",
+                                            "params": {"level": level, "message": message}})
 
     def publish(self, topic, data):
-        self._plugin._send({"jsonrpc": "2.0", "method": "event.publish",
-                            "params": {"topic": topic, "data": data}})
+        self._plugin._send_from_any_thread({"jsonrpc": "2.0", "method": "event.publish",
+                                            "params": {"topic": topic, "data": data}})
+
+    def count(self, name: str, value: int = 1) -> None:
+        """Adds `value` to the counter `name`, which the manifest's `counters` must declare (the
+        host counts an undeclared one as a violation); exported to Prometheus by the host."""
+        self._plugin._send_from_any_thread({"jsonrpc": "2.0", "method": "metrics.add",
+                                            "params": {"name": name, "value": value}})
 
 
 class Plugin:
     def __init__(self):
         self._methods = {}
         self._on_initialize = None
+        self._on_shutdown = None
         self._writer = None
+        self._loop = None
         self.config = None
 
     def method(self, name):
@@ -91,6 +199,7 @@ class Plugin:
         asyncio.run(self.serve(sock))
 
     async def serve(self, sock):
+        self._loop = asyncio.get_running_loop()
         reader, self._writer = await asyncio.open_unix_connection(
             sock=sock, limit=MAX_MESSAGE_BYTES + 1)
         tasks = set()
@@ -113,6 +222,11 @@ class Plugin:
                     continue
                 if method == "shutdown":
                     await asyncio.gather(*tasks, return_exceptions=True)
+                    if self._on_shutdown is not None:
+                        try:
+                            await self._on_shutdown()
+                        except Exception:  # the plugin ends anyway; say why on stderr
+                            traceback.print_exc()
                     self._reply(request.get("id"), {})
                     await self._writer.drain()
                     return
@@ -141,11 +255,12 @@ class Plugin:
             reply = _encode({"jsonrpc": "2.0", "id": request.get("id"), "result": result})
             if len(reply) > MAX_MESSAGE_BYTES:
                 raise RpcError(-32603, "the result is larger than a message may be")
-        except RpcError as e:
-            reply = _encode({"jsonrpc": "2.0", "id": request.get("id"), "error": e.json()})
-        except Exception as e:  # a bug in the method: an error answer, not a dead plugin
-            reply = _encode({"jsonrpc": "2.0", "id": request.get("id"),
-                             "error": {"code": -32603, "message": f"{type(e).__name__}: {e}"}})
+        except Exception as e:  # an error answer (a bug in the method too), not a dead plugin
+            reply = _encode({"jsonrpc": "2.0", "id": request.get("id"), "error": _error_of(e)})
+            if len(reply) > MAX_MESSAGE_BYTES:  # a traceback too long for a message: without it
+                error = _error_of(e)
+                error.get("data", {}).pop("traceback", None)
+                reply = _encode({"jsonrpc": "2.0", "id": request.get("id"), "error": error})
         if "id" in request:
             self._writer.write(reply + b"\n")
             await self._writer.drain()
@@ -156,6 +271,128 @@ class Plugin:
 
     def _send(self, message):
         self._writer.write(_encode(message) + b"\n")
+
+    def _send_from_any_thread(self, message):
+        """`_send` from the loop's thread or a worker's (a plain method runs in one)."""
+        if self._loop is None or self._writer is None:
+            return  # not serving: nobody to tell
+        line = _encode(message) + b"\n"
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._writer.write(line)
+        else:
+            self._loop.call_soon_threadsafe(self._writer.write, line)
+
+
+class PluginBase:
+    """A plugin as a class: each public method (a name without a leading `_`) defined by the
+    subclass is a method of the plugin, called with the call's params by name (an object) or by
+    position (an array). `init(config)` runs at `initialize` and `shutdown()` at `shutdown`
+    (either may be async). Serve an instance with `serve(instance)`."""
+
+    name: str = ""
+    version: str = ""
+
+    def __init__(self) -> None:
+        self._plugin: Optional[Plugin] = None
+        self.config: Any = None
+        self.logger = logging.getLogger(f"stockade.plugin.{type(self).__name__}")
+
+    def init(self, config: Any) -> Any:
+        """Runs at `initialize` with the plugin's configuration; raising fails the start."""
+        return None
+
+    def shutdown(self) -> Any:
+        """Runs at `shutdown`, after every call has been answered."""
+        return None
+
+    def publish_event(self, topic: str, data: Any) -> None:
+        """Publishes an event to the host's stream (`stockade events`), from any thread."""
+        if self._plugin is not None:
+            Context(self._plugin).publish(topic, data)
+
+    def count(self, name: str, value: int = 1) -> None:
+        """Adds to a counter the manifest's `counters` declares (`install_success_total`), from
+        any thread; the host exports it as stockade_plugin_counter_total{plugin_id, name}."""
+        if self._plugin is not None:
+            Context(self._plugin).count(name, value)
+
+    def rpc_methods(self) -> Dict[str, Callable[..., Any]]:
+        """The plugin's methods by name: the subclass's public functions."""
+        own = set(dir(PluginBase))
+        methods = {}
+        for cls in type(self).__mro__:
+            if cls is PluginBase or cls is object:
+                continue
+            for name, value in vars(cls).items():
+                if name.startswith("_") or name in own or name in methods:
+                    continue
+                if inspect.isfunction(value):
+                    methods[name] = getattr(self, name)
+        return methods
+
+
+async def _call(f: Callable[..., Any], params: Any) -> Any:
+    """`f` with the call's params: by name, by position, or none; a plain function in a worker
+    thread. Params `f` cannot take answer -32602 (the host's schema let them by)."""
+    if isinstance(params, dict):
+        args, kwargs = (), params
+    elif isinstance(params, list):
+        args, kwargs = tuple(params), {}
+    elif params is None:
+        args, kwargs = (), {}
+    else:
+        raise RpcError(-32602, "params must be an object or an array")
+    try:
+        inspect.signature(f).bind(*args, **kwargs)
+    except TypeError as e:
+        raise RpcError(-32602, f"invalid params: {e}") from None
+    if inspect.iscoroutinefunction(f):
+        return await f(*args, **kwargs)
+    result = await asyncio.to_thread(f, *args, **kwargs)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def _as_method(f: Callable[..., Any]) -> Callable[[Any, Context], Awaitable[Any]]:
+    async def method(params: Any, cx: Context) -> Any:
+        return await _call(f, params)
+    return method
+
+
+def plugin_of(instance: PluginBase) -> Plugin:
+    """The `Plugin` that serves `instance`: its methods, `init`, `shutdown`, and its logger
+    (and the root logger's records) sent to the host."""
+    plugin = Plugin()
+    instance._plugin = plugin
+    for name, f in instance.rpc_methods().items():
+        plugin._methods[name] = _as_method(f)
+
+    async def initialize(config: Any) -> None:
+        instance.config = config
+        await _call(instance.init, [config])
+
+    async def shutdown() -> None:
+        await _call(instance.shutdown, None)
+
+    plugin._on_initialize = initialize
+    plugin._on_shutdown = shutdown
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if isinstance(h, HostLogHandler)]:
+        root.removeHandler(h)  # an earlier plugin's, in this process
+    root.addHandler(HostLogHandler(plugin))
+    if root.level == logging.WARNING:  # the default: let the plugin's info through
+        root.setLevel(logging.INFO)
+    return plugin
+
+
+def serve(instance: PluginBase) -> None:
+    """Serves `instance` on the host's socket (STOCKADE_RPC_FD) until shutdown."""
+    plugin_of(instance).run()
 
 
 def _encode(message):

@@ -5,10 +5,12 @@ import json
 import os
 import socket
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from stockade_plugin import Plugin, RpcError  # noqa: E402
+from stockade_plugin import (  # noqa: E402
+    Plugin, PluginBase, PluginOperationError, PluginPolicyViolation, RpcError, plugin_of)
 
 
 def make_plugin():
@@ -72,13 +74,48 @@ class Host:
             self.pending.append(m)
 
 
+class Upm(PluginBase):
+    """A plugin in the UPM seeds' shape: async and blocking methods, their errors, logging."""
+
+    def __init__(self):
+        super().__init__()
+        self.installed = {}
+        self.stopped = False
+
+    async def init(self, config):
+        if config.get("fail"):
+            raise PluginOperationError("cannot start", details={"why": "told to"})
+
+    async def list_installed(self):
+        return sorted(self.installed)
+
+    def install(self, package, version=None):
+        time.sleep(0.3)  # a blocking tool: runs in a worker thread
+        if package == "forbidden":
+            raise PluginPolicyViolation("not on this plugin's list")
+        if package == "missing":
+            raise PluginOperationError("no such package", details={"exit": 1})
+        self.installed[package] = version
+        self.logger.info("installed %s", package)
+        self.publish_event("installed", {"package": package})
+        self.count("install_success_total")
+        return {"package": package, "version": version}
+
+    def shutdown(self):
+        self.stopped = True
+
+    def _helper(self):  # private: not a method of the plugin
+        return "hidden"
+
+
 class SdkTest(unittest.TestCase):
-    def serve(self):
+    def serve(self, plugin=None):
         host_end, plugin_end = socket.socketpair()
         loop = asyncio.new_event_loop()
         import threading
+        plugin = plugin or make_plugin()
         thread = threading.Thread(
-            target=lambda: loop.run_until_complete(make_plugin().serve(plugin_end)))
+            target=lambda: loop.run_until_complete(plugin.serve(plugin_end)))
         thread.start()
         return Host(host_end, loop), thread
 
@@ -128,6 +165,59 @@ class SdkTest(unittest.TestCase):
         host, thread = self.serve()
         host.send(1, "initialize", {"config": {"fail": True}})
         self.assertEqual(host.reply(1)["error"], {"code": 1, "message": "told to fail"})
+        host.sock.shutdown(socket.SHUT_RDWR)
+        self.end(host, thread)
+
+    def test_a_class_is_a_plugin(self):
+        upm = Upm()
+        host, thread = self.serve(plugin_of(upm))
+        host.send(1, "initialize", {"config": {"index": "http://127.0.0.1:1/simple"}})
+        self.assertEqual(host.reply(1)["result"], {})
+        self.assertEqual(upm.config, {"index": "http://127.0.0.1:1/simple"})
+        # By name and by position; a blocking method does not hold up a ping.
+        host.send(2, "install", {"package": "requests", "version": "2.0"})
+        host.send(3, "ping")
+        self.assertEqual(json.loads(host.file.readline())["id"], 3)
+        self.assertEqual(host.reply(2)["result"], {"package": "requests", "version": "2.0"})
+        host.send(4, "install", ["six"])
+        self.assertEqual(host.reply(4)["result"], {"package": "six", "version": None})
+        host.send(5, "list_installed", {})
+        self.assertEqual(host.reply(5)["result"], ["requests", "six"])
+        # Logging and events from the worker thread reach the host, in order.
+        notes = [m for m in host.pending if "id" not in m]
+        self.assertEqual([n["method"] for n in notes],
+                         ["log", "event.publish", "metrics.add"] * 2)
+        self.assertEqual(notes[0]["params"], {"level": "info", "message": "installed requests"})
+        self.assertEqual(notes[2]["params"], {"name": "install_success_total", "value": 1})
+        self.assertEqual(notes[4]["params"], {"topic": "installed", "data": {"package": "six"}})
+        # The seed's exceptions, with their type, details and traceback.
+        host.send(6, "install", {"package": "missing"})
+        e = host.reply(6)["error"]
+        self.assertEqual((e["code"], e["message"]), (1000, "no such package"))
+        self.assertEqual(e["data"]["type"], "PluginOperationError")
+        self.assertEqual(e["data"]["details"], {"exit": 1})
+        self.assertIn("raise PluginOperationError", e["data"]["traceback"])
+        host.send(7, "install", {"package": "forbidden"})
+        e = host.reply(7)["error"]
+        self.assertEqual((e["code"], e["data"]["type"]), (1001, "PluginPolicyViolation"))
+        # Params the method cannot take, a private name, a base-class name: refused.
+        host.send(8, "install", {"pkg": "x"})
+        self.assertEqual(host.reply(8)["error"]["code"], -32602)
+        host.send(9, "_helper", {})
+        self.assertEqual(host.reply(9)["error"]["code"], -32601)
+        host.send(10, "publish_event", {"topic": "t", "data": 1})
+        self.assertEqual(host.reply(10)["error"]["code"], -32601)
+        host.send(11, "shutdown")
+        self.assertEqual(host.reply(11)["result"], {})
+        self.end(host, thread)
+        self.assertTrue(upm.stopped)
+
+    def test_a_class_that_fails_to_start_says_why(self):
+        host, thread = self.serve(plugin_of(Upm()))
+        host.send(1, "initialize", {"config": {"fail": True}})
+        e = host.reply(1)["error"]
+        self.assertEqual((e["code"], e["message"]), (1000, "cannot start"))
+        self.assertEqual(e["data"]["details"], {"why": "told to"})
         host.sock.shutdown(socket.SHUT_RDWR)
         self.end(host, thread)
 
