@@ -26,7 +26,7 @@ a worker thread, so a blocking one — a subprocess, a download — never holds 
 
     class Pip(PluginBase):
         async def init(self, config):           # `initialize`; raising fails the start
-            self.index = config["index"]
+            self.index = config.get("index", "https://pypi.org/simple")
 
         def install(self, package, version=None):   # {"package": ..., "version": ...}
             self.logger.info("installing %s", package)  # to the host, never to stdout
@@ -50,10 +50,18 @@ import json
 import logging
 import os
 import socket
+import threading
+import time
 import traceback
 from typing import Any, Awaitable, Callable, Dict, Optional
 
 MAX_MESSAGE_BYTES = 1 << 20
+#: The most one `count` may add (the host refuses more).
+MAX_COUNTER_ADD = 1 << 20
+#: Log lines sent to the host per second at most (it takes 1000 host messages a second, logs,
+#: events and counters together, and counts more as a violation); the rest are dropped and
+#: their number sent once the second is over.
+LOG_LINES_PER_SEC = 800
 
 __all__ = [
     "Plugin",
@@ -66,6 +74,7 @@ __all__ = [
     "Context",
     "HostLogHandler",
     "MAX_MESSAGE_BYTES",
+    "MAX_COUNTER_ADD",
 ]
 
 
@@ -135,15 +144,25 @@ class HostLogHandler(logging.Handler):
         super().__init__()
         self._plugin = plugin
 
+    _busy = threading.local()
+
     def emit(self, record: logging.LogRecord) -> None:
+        # asyncio's own records (a lost socket's write errors among them) would come back here
+        # through the very writes they are about; and a record logged while one is sent would
+        # recurse.
+        if record.name == "asyncio" or record.name.startswith("asyncio."):
+            return
+        if getattr(self._busy, "on", False):
+            return
+        self._busy.on = True
         try:
             message = self.format(record)
-        except Exception:  # a record that cannot be formatted is dropped, as logging does
+            level = self.LEVELS.get(record.levelname, "info")
+            self._plugin._log(level, message)
+        except Exception:  # never into the code that logged
             self.handleError(record)
-            return
-        level = self.LEVELS.get(record.levelname, "info")
-        self._plugin._send_from_any_thread({"jsonrpc": "2.0", "method": "log",
-                                            "params": {"level": level, "message": message}})
+        finally:
+            self._busy.on = False
 
 
 class Context:
@@ -154,16 +173,18 @@ class Context:
         self.config = plugin.config
 
     def log(self, level, message):
-        self._plugin._send_from_any_thread({"jsonrpc": "2.0", "method": "log",
-                                            "params": {"level": level, "message": message}})
+        self._plugin._log(level, message)
 
     def publish(self, topic, data):
         self._plugin._send_from_any_thread({"jsonrpc": "2.0", "method": "event.publish",
                                             "params": {"topic": topic, "data": data}})
 
     def count(self, name: str, value: int = 1) -> None:
-        """Adds `value` to the counter `name`, which the manifest's `counters` must declare (the
-        host counts an undeclared one as a violation); exported to Prometheus by the host."""
+        """Adds `value` (an int from 0 to 2**20) to the counter `name`, which the manifest's
+        `counters` must declare (the host counts an undeclared one as a violation); exported to
+        Prometheus by the host. A value out of range is refused here (ValueError)."""
+        if type(value) is not int or not 0 <= value <= MAX_COUNTER_ADD:
+            raise ValueError(f"a counter adds an int from 0 to {MAX_COUNTER_ADD}, not {value!r}")
         self._plugin._send_from_any_thread({"jsonrpc": "2.0", "method": "metrics.add",
                                             "params": {"name": name, "value": value}})
 
@@ -176,6 +197,13 @@ class Plugin:
         self._writer = None
         self._loop = None
         self.config = None
+        #: Whether an error's `data` carries the exception's traceback (it may hold what the
+        #: exception's messages held; set False to send only the type and details).
+        self.send_tracebacks = True
+        self._log_lock = threading.Lock()
+        self._log_window = 0.0
+        self._log_sent = 0
+        self._log_dropped = 0
 
     def method(self, name):
         """Decorator: `async def f(params, cx)` answers calls of `name`."""
@@ -237,6 +265,8 @@ class Plugin:
             for task in tasks:
                 task.cancel()
             self._writer.close()
+            # Logs of threads still running go nowhere from here (not to a closed loop).
+            self._loop = None
 
     async def _handle(self, request, method):
         params = request.get("params")
@@ -256,14 +286,52 @@ class Plugin:
             if len(reply) > MAX_MESSAGE_BYTES:
                 raise RpcError(-32603, "the result is larger than a message may be")
         except Exception as e:  # an error answer (a bug in the method too), not a dead plugin
-            reply = _encode({"jsonrpc": "2.0", "id": request.get("id"), "error": _error_of(e)})
-            if len(reply) > MAX_MESSAGE_BYTES:  # a traceback too long for a message: without it
-                error = _error_of(e)
-                error.get("data", {}).pop("traceback", None)
-                reply = _encode({"jsonrpc": "2.0", "id": request.get("id"), "error": error})
+            reply = self._error_reply(request.get("id"), e)
         if "id" in request:
             self._writer.write(reply + b"\n")
             await self._writer.drain()
+
+    def _error_reply(self, id_, e: BaseException) -> bytes:
+        """The error answer's line: whole when it can be, else without the traceback, else its
+        code, its message cut short and its type — always something the host can read."""
+        error = _error_of(e)
+        if not self.send_tracebacks:
+            error.get("data", {}).pop("traceback", None)
+        try:
+            reply = _encode({"jsonrpc": "2.0", "id": id_, "error": error})
+            if len(reply) <= MAX_MESSAGE_BYTES:
+                return reply
+            error.get("data", {}).pop("traceback", None)
+            reply = _encode({"jsonrpc": "2.0", "id": id_, "error": error})
+            if len(reply) <= MAX_MESSAGE_BYTES:
+                return reply
+        except (TypeError, ValueError):  # details or data that are not JSON
+            pass
+        short = {"code": error["code"] if isinstance(error.get("code"), int) else -32603,
+                 "message": str(error.get("message", ""))[:4096],
+                 "data": {"type": type(e).__name__, "truncated": True}}
+        return _encode({"jsonrpc": "2.0", "id": id_, "error": short})
+
+    def _log(self, level: str, message: str) -> None:
+        """A `log` notification, at most LOG_LINES_PER_SEC a second (the rest counted and told)."""
+        with self._log_lock:
+            now = time.monotonic()
+            if now - self._log_window >= 1.0:
+                dropped, self._log_dropped = self._log_dropped, 0
+                self._log_window, self._log_sent = now, 0
+                if dropped:
+                    self._log_sent += 1
+                    self._send_from_any_thread({
+                        "jsonrpc": "2.0", "method": "log",
+                        "params": {"level": "warn",
+                                   "message": f"{dropped} log lines dropped (over "
+                                              f"{LOG_LINES_PER_SEC} a second)"}})
+            if self._log_sent >= LOG_LINES_PER_SEC:
+                self._log_dropped += 1
+                return
+            self._log_sent += 1
+        self._send_from_any_thread({"jsonrpc": "2.0", "method": "log",
+                                    "params": {"level": level, "message": message}})
 
     def _reply(self, id_, result):
         if id_ is not None:
@@ -274,17 +342,21 @@ class Plugin:
 
     def _send_from_any_thread(self, message):
         """`_send` from the loop's thread or a worker's (a plain method runs in one)."""
-        if self._loop is None or self._writer is None:
-            return  # not serving: nobody to tell
+        loop, writer = self._loop, self._writer
+        if loop is None or writer is None or writer.is_closing():
+            return  # not serving (any more): nobody to tell
         line = _encode(message) + b"\n"
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is self._loop:
-            self._writer.write(line)
-        else:
-            self._loop.call_soon_threadsafe(self._writer.write, line)
+        try:
+            if running is loop:
+                writer.write(line)
+            else:
+                loop.call_soon_threadsafe(writer.write, line)
+        except RuntimeError:  # the loop closed meanwhile
+            pass
 
 
 class PluginBase:
@@ -295,6 +367,8 @@ class PluginBase:
 
     name: str = ""
     version: str = ""
+    #: Whether an error's `data` carries the exception's traceback.
+    send_tracebacks: bool = True
 
     def __init__(self) -> None:
         self._plugin: Optional[Plugin] = None
@@ -368,6 +442,7 @@ def plugin_of(instance: PluginBase) -> Plugin:
     """The `Plugin` that serves `instance`: its methods, `init`, `shutdown`, and its logger
     (and the root logger's records) sent to the host."""
     plugin = Plugin()
+    plugin.send_tracebacks = instance.send_tracebacks
     instance._plugin = plugin
     for name, f in instance.rpc_methods().items():
         plugin._methods[name] = _as_method(f)
@@ -397,5 +472,7 @@ def serve(instance: PluginBase) -> None:
 
 def _encode(message):
     """One JSON line's bytes; NaN and infinities are not JSON (ValueError), nor are objects
-    json cannot serialize (TypeError)."""
-    return json.dumps(message, allow_nan=False).encode()
+    json cannot serialize (TypeError). UTF-8 as it is, a lone surrogate (a file name decoded
+    with surrogateescape) replaced: the host reads strict JSON, where an escaped lone surrogate
+    is an error."""
+    return json.dumps(message, allow_nan=False, ensure_ascii=False).encode("utf-8", "replace")

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import sys
@@ -100,6 +101,25 @@ class Upm(PluginBase):
         self.publish_event("installed", {"package": package})
         self.count("install_success_total")
         return {"package": package, "version": version}
+
+    def chatty(self, lines):
+        for i in range(lines):
+            self.logger.info("line %d", i)
+        return lines
+
+    def bad_details(self):
+        raise PluginOperationError("details that are not JSON", details={"path": object()})
+
+    def huge_details(self):
+        raise PluginOperationError("x" * 10000, details="y" * (2 << 20))
+
+    def odd_name(self):
+        name = b"caf\xe9".decode("utf-8", "surrogateescape")  # a file name that is not UTF-8
+        self.logger.warning("skipping %s", name)
+        return {"name": name}
+
+    def count_badly(self):
+        self.count("install_success_total", True)
 
     def shutdown(self):
         self.stopped = True
@@ -211,6 +231,66 @@ class SdkTest(unittest.TestCase):
         self.assertEqual(host.reply(11)["result"], {})
         self.end(host, thread)
         self.assertTrue(upm.stopped)
+
+    def test_what_a_plugin_sends_stays_within_the_protocol(self):
+        upm = Upm()
+        plugin = plugin_of(upm)
+        host, thread = self.serve(plugin)
+        host.send(1, "initialize", {"config": {}})
+        host.reply(1)
+        # A flood of logs: at most LOG_LINES_PER_SEC a second reach the host, then the count.
+        host.send(2, "chatty", {"lines": 1000})
+        self.assertEqual(host.reply(2)["result"], 1000)
+        logs = [m for m in host.pending if m.get("method") == "log"]
+        self.assertEqual(len(logs), 800)
+        host.pending.clear()
+        time.sleep(1.05)
+        host.send(3, "chatty", {"lines": 1})
+        host.reply(3)
+        logs = [m["params"] for m in host.pending if m.get("method") == "log"]
+        self.assertEqual(logs, [{"level": "warn", "message": "200 log lines dropped (over 800 a second)"},
+                                {"level": "info", "message": "line 0"}])
+        host.pending.clear()
+        # Errors whose details are not JSON, or too large: still answered, short.
+        host.send(4, "bad_details", {})
+        e = host.reply(4)["error"]
+        self.assertEqual((e["code"], e["message"]), (1000, "details that are not JSON"))
+        self.assertEqual(e["data"], {"type": "PluginOperationError", "truncated": True})
+        host.send(5, "huge_details", {})
+        e = host.reply(5)["error"]
+        self.assertEqual((e["code"], len(e["message"])), (1000, 4096))
+        # A lone surrogate never reaches the host as an escape strict JSON refuses.
+        host.sock.settimeout(5)
+        host.send(6, "odd_name", {})
+        raw = []
+        while True:
+            line = host.file.readline()
+            raw.append(line)
+            if json.loads(line).get("id") == 6:
+                break
+        for line in raw:
+            line.decode("utf-8")  # strict
+            self.assertNotIn(b"\\ud", line)
+        # A counter's value is checked before it is sent.
+        host.send(7, "count_badly", {})
+        e = host.reply(7)["error"]
+        self.assertEqual((e["code"], e["data"]["type"]), (-32603, "ValueError"))
+        host.send(8, "shutdown")
+        host.reply(8)
+        self.end(host, thread)
+        # After the end, logging goes nowhere and raises nothing.
+        logging.getLogger("after").warning("the plugin has stopped")
+        upm.publish_event("late", {})
+
+    def test_tracebacks_can_be_left_out(self):
+        upm = Upm()
+        upm.send_tracebacks = False
+        host, thread = self.serve(plugin_of(upm))
+        host.send(1, "install", {"package": "missing"})
+        e = host.reply(1)["error"]
+        self.assertEqual(e["data"], {"type": "PluginOperationError", "details": {"exit": 1}})
+        host.sock.shutdown(socket.SHUT_RDWR)
+        self.end(host, thread)
 
     def test_a_class_that_fails_to_start_says_why(self):
         host, thread = self.serve(plugin_of(Upm()))

@@ -22,7 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 const ABANDONED: usize = 1024;
 /// The most data one published event carries.
 const MAX_EVENT_BYTES: usize = 64 << 10;
-/// Host-API messages (`log`, `event.publish`) a plugin may send per second, and as a burst.
+/// Host-API messages (`log`, `event.publish`, `metrics.add`) a plugin may send per second, and
+/// as a burst.
 const HOST_CALLS_PER_SEC: f64 = 1000.0;
 const HOST_CALLS_BURST: f64 = 2000.0;
 
@@ -35,8 +36,9 @@ pub trait Sink: Send + Sync + 'static {
     fn violation(&self, action: &'static str, what: String);
 }
 
-/// The largest value one `metrics.add` may add.
-const MAX_COUNTER_ADD: u64 = 1 << 32;
+/// The largest value one `metrics.add` may add: at the host-API rate limit, a counter takes
+/// centuries to wrap.
+const MAX_COUNTER_ADD: u64 = 1 << 20;
 
 type Waiter = oneshot::Sender<Result<Value, RpcError>>;
 
@@ -182,12 +184,14 @@ impl Conn {
             if bucket.report_flood() {
                 sink.violation(
                     "flood",
-                    format!("more than {HOST_CALLS_PER_SEC} log and event messages per second"),
+                    format!(
+                        "more than {HOST_CALLS_PER_SEC} log, event and counter messages per second"
+                    ),
                 );
             }
             return Err(RpcError {
                 code: code::UNAVAILABLE,
-                message: "too many log and event messages".into(),
+                message: "too many log, event and counter messages".into(),
                 data: None,
             });
         }
@@ -214,7 +218,7 @@ impl Conn {
                     None => Some((
                         "invalid-counter",
                         format!(
-                            "metrics.add of `{}` with a value that is not an integer from 0 to 2^32",
+                            "metrics.add of `{}` with a value that is not an integer from 0 to 2^20",
                             shorten(name)
                         ),
                     )),

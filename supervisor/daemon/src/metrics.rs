@@ -388,7 +388,6 @@ impl Metrics {
         }
     }
 
-    /// A call: `plugin` and `method` already bounded (see the module's comment).
     /// `value` added to a plugin's declared counter `name`.
     pub fn plugin_counter(&self, plugin: &str, name: &str, value: u64) {
         self.plugin_counters
@@ -399,6 +398,7 @@ impl Metrics {
             .inc_by(value);
     }
 
+    /// A call: `plugin` and `method` already bounded (see the module's comment).
     pub fn call(&self, plugin: &str, method: &str, code: Option<i64>, took: Duration) {
         self.calls
             .get_or_create(&Call {
