@@ -1014,6 +1014,18 @@ fn scrape(port: u16) -> std::collections::BTreeMap<String, f64> {
         .collect()
 }
 
+/// A daemon serving metrics on a free port, once the endpoint answers.
+fn metrics_daemon(name: &str) -> (Daemon, u16) {
+    let port = free_port();
+    let d = Daemon::start(name, &["--metrics", &format!("127.0.0.1:{port}")]);
+    let until = Instant::now() + harness::patience(10);
+    while http(port, "GET", "/metrics").is_none() {
+        assert!(Instant::now() < until, "no metrics endpoint\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (d, port)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -1030,13 +1042,7 @@ fn a_plugins_own_counters_reach_prometheus() {
     if !harness::privileged("a_plugins_own_counters_reach_prometheus") {
         return;
     }
-    let port = free_port();
-    let d = Daemon::start("counters", &["--metrics", &format!("127.0.0.1:{port}")]);
-    let until = Instant::now() + harness::patience(10);
-    while http(port, "GET", "/metrics").is_none() {
-        assert!(Instant::now() < until, "no metrics endpoint\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (d, port) = metrics_daemon("counters");
     let pkg = d.package("counting", "counting", "1.0.0", "count", "restart = \"no\"");
     let manifest = std::fs::read_to_string(pkg.join("plugin.toml")).unwrap();
     std::fs::write(
@@ -1089,13 +1095,7 @@ fn the_metrics_count_what_happened() {
     if !harness::privileged("the_metrics_count_what_happened") {
         return;
     }
-    let port = free_port();
-    let d = Daemon::start("metrics", &["--metrics", &format!("127.0.0.1:{port}")]);
-    let until = Instant::now() + harness::patience(10);
-    while http(port, "GET", "/metrics").is_none() {
-        assert!(Instant::now() < until, "no metrics endpoint\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (d, port) = metrics_daemon("metrics");
     let before = scrape(port);
     assert_eq!(
         before.get("stockade_plugins_active{trust_level=\"untrusted\"}"),
