@@ -200,6 +200,7 @@ class Plugin:
         #: Whether an error's `data` carries the exception's traceback (it may hold what the
         #: exception's messages held; set False to send only the type and details).
         self.send_tracebacks = True
+        self._clock = time.monotonic  # the log rate's clock (a test's own in the tests)
         self._log_lock = threading.Lock()
         self._log_window = 0.0
         self._log_sent = 0
@@ -315,7 +316,7 @@ class Plugin:
     def _log(self, level: str, message: str) -> None:
         """A `log` notification, at most LOG_LINES_PER_SEC a second (the rest counted and told)."""
         with self._log_lock:
-            now = time.monotonic()
+            now = self._clock()
             if now - self._log_window >= 1.0:
                 dropped, self._log_dropped = self._log_dropped, 0
                 self._log_window, self._log_sent = now, 0
