@@ -204,6 +204,34 @@ fn several_packages_load_in_turn_with_progress_on_a_terminal() {
     let second = tty.find("\r\x1b[Kloaded second").expect("second's result");
     assert!(first < second, "{tty:?}");
     assert_eq!(d.status("second")["state"], "active");
+
+    // A hostile manifest's id with a terminal escape (it would retitle the operator's window)
+    // is never the progress line's label: the directory is.
+    let evil = d.dir.join("packages/evil");
+    std::fs::create_dir_all(&evil).unwrap();
+    std::fs::write(
+        evil.join("plugin.toml"),
+        "id = \"x\\u001b]0;pwned\\u0007\"\n",
+    )
+    .unwrap();
+    let out = Command::new("script")
+        .args(["--quiet", "--return", "--command"])
+        .arg(format!(
+            "{} plugin load {}",
+            harness::stockade().display(),
+            evil.display()
+        ))
+        .arg("/dev/null")
+        .env("STOCKADE_SOCKET", &d.socket)
+        .output()
+        .expect("script (util-linux)");
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        tty.contains(&format!("\r\x1b[K{}: verifying", evil.display())),
+        "{tty:?}"
+    );
+    assert!(!tty.contains("pwned\x07"), "{tty:?}");
 }
 
 #[test]

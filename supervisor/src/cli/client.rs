@@ -113,21 +113,26 @@ fn load_one(
     json: bool,
     progress: Option<&Progress>,
 ) -> Result<(), Failure> {
-    let dir = dir.canonicalize().map_err(|e| {
-        Failure::usage(
-            format!("{}: {e}", dir.display()),
-            "give the directory of a plugin package (it holds plugin.toml)",
-        )
-    })?;
-    let mut client = connect(socket)?;
-    let result = client.call(
-        "plugin.load",
-        json!({ "dir": dir, "allow_downgrade": allow_downgrade }),
-    );
-    // The progress line cleared before anything of the result is printed.
+    let result = dir
+        .canonicalize()
+        .map_err(|e| {
+            Failure::usage(
+                format!("{}: {e}", dir.display()),
+                "give the directory of a plugin package (it holds plugin.toml)",
+            )
+        })
+        .and_then(|dir| {
+            let mut client = connect(socket)?;
+            Ok(client.call(
+                "plugin.load",
+                json!({ "dir": dir, "allow_downgrade": allow_downgrade }),
+            ))
+        });
+    // The progress line cleared before anything of the result is printed, on every path.
     if let Some(p) = progress {
         p.end();
     }
+    let result = result?;
     match result {
         Ok(status) => {
             if json {
@@ -209,6 +214,9 @@ impl Progress {
             .ok()
             .and_then(|text| text.parse::<toml_edit::DocumentMut>().ok())
             .and_then(|doc| doc.get("id").and_then(|v| v.as_str()).map(str::to_string))
+            // Printed to the operator's terminal before the daemon has read anything: only an id
+            // the manifest rules allow (no control characters, so no escape sequences).
+            .filter(|id| stockade_policy::valid_id(id))
             .unwrap_or_else(|| dir.display().to_string());
         eprint!("\r\x1b[K{prefix}{id}: verifying");
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((prefix.to_string(), id));
