@@ -16,8 +16,10 @@
 //! 4. Landlock (on the paths of the new root);
 //! 5. drop every capability and set no_new_privs; arm the parent-death signal (every uid change
 //!    clears it) and check the supervisor is still there; default signal dispositions;
-//! 6. seccomp, last, because every step above makes calls it denies;
-//! 7. execve.
+//! 6. an armed sandbox (`LaunchSpec::armed`, the daemon's per-call plugins) waits here on its spec
+//!    pipe for the rest of its argv, with every layer but seccomp in place;
+//! 7. seccomp, last, because every step above makes calls it denies;
+//! 8. execve.
 
 mod capabilities;
 pub mod error;
@@ -29,6 +31,8 @@ mod resource_limits;
 mod seccomp;
 
 use std::ffi::CString;
+use std::fs::File;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -39,20 +43,45 @@ use error::{Context, SetupError};
 pub use landlock::kernel_abi as landlock_abi;
 pub use mounts::DEVICES;
 pub use report::Reporter;
-use stockade_policy::{LaunchSpec, ShimReport, SHIM_EXEC_FAILED, SHIM_SETUP_FAILED};
+use stockade_policy::{
+    ExecRequest, LaunchSpec, ShimReport, MAX_ARG_BYTES, SHIM_EXEC_FAILED, SHIM_SETUP_FAILED,
+    SHIM_SPEC_FD,
+};
 
 /// Applies every layer of `spec` to this process and executes the plugin. Reports a failure on
 /// the report channel (descriptor `SHIM_REPORT_FD`) and exits; never returns.
 ///
 /// The process must be single-threaded, in the sandbox's namespaces and cgroups, with uid 0 of
-/// its user namespace and that namespace's full capabilities.
-pub fn become_plugin(spec: &LaunchSpec) -> ! {
+/// its user namespace and that namespace's full capabilities. `channel`: the spec pipe, still
+/// open on `SHIM_SPEC_FD`, for an armed spec (which waits on it for its [`ExecRequest`]).
+pub fn become_plugin(spec: &LaunchSpec, channel: Option<File>) -> ! {
     let mut reporter = Reporter::from_inherited();
-    let exec = match prepare_exec(spec) {
+    let mut exec = match prepare_exec(spec, &[]) {
         Ok(exec) => exec,
         Err(e) => fail(&mut reporter, e),
     };
     if let Err(e) = apply_layers(spec, &mut reporter) {
+        fail(&mut reporter, e);
+    }
+    if spec.armed {
+        let Some(channel) = channel else {
+            fail(
+                &mut reporter,
+                SetupError::new("exec", "an armed spec without its channel", Errno::EBADF),
+            );
+        };
+        reporter.send(&ShimReport::Armed);
+        match wait_for_exec(channel) {
+            // Retired before any call came: nothing was executed.
+            Ok(None) => exit(0),
+            Ok(Some(args)) => match prepare_exec(spec, &args) {
+                Ok(e) => exec = e,
+                Err(e) => fail(&mut reporter, e),
+            },
+            Err(e) => fail(&mut reporter, e),
+        }
+    }
+    if let Err(e) = seccomp::install(&spec.seccomp) {
         fail(&mut reporter, e);
     }
     let errno = exec.run();
@@ -88,7 +117,12 @@ fn apply_layers(spec: &LaunchSpec, reporter: &mut Reporter) -> Result<(), SetupE
     sethostname(&spec.hostname).during("uts", || format!("set hostname {}", spec.hostname))?;
     resource_limits::apply(&spec.rlimits)?;
     setsid().during("session", || "start a new session".into())?;
-    inherited_fds::close_all_except(&spec.keep_fds)?;
+    // An armed shim still reads its exec request from the spec pipe (closed after that).
+    let mut keep = spec.keep_fds.clone();
+    if spec.armed {
+        keep.push(SHIM_SPEC_FD);
+    }
+    inherited_fds::close_all_except(&keep)?;
 
     let host_network = spec.network == stockade_policy::NetworkSpec::Host;
     let applied = landlock::apply(&spec.landlock, spec.enforce, host_network)?;
@@ -101,7 +135,47 @@ fn apply_layers(spec: &LaunchSpec, reporter: &mut Reporter) -> Result<(), SetupE
     die_with_supervisor(reporter)?;
     chdir(&spec.cwd).during("cwd", || format!("chdir {}", spec.cwd.display()))?;
     default_signal_dispositions();
-    seccomp::install(&spec.seccomp)
+    Ok(())
+}
+
+/// An armed sandbox's wait: the arguments of its one exec, or None when the pipe ends first (the
+/// daemon retired it). The pipe is closed here, so the plugin never holds it.
+fn wait_for_exec(mut channel: File) -> Result<Option<Vec<String>>, SetupError> {
+    let mut len = [0u8; 8];
+    match channel.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e).during("exec", || "read the call's arguments".into()),
+    }
+    let len = u64::from_le_bytes(len);
+    // Every argument is at most MAX_ARG_BYTES, and the argv as a whole is bounded by the stack
+    // limit: 16 MiB is far past anything execve would take.
+    if len > 16 << 20 {
+        return Err(SetupError::new(
+            "exec",
+            format!("arguments of {len} bytes"),
+            Errno::E2BIG,
+        ));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    channel
+        .read_exact(&mut bytes)
+        .during("exec", || "read the call's arguments".into())?;
+    let request: ExecRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        SetupError::new(
+            "exec",
+            format!("decode the call's arguments: {e}"),
+            Errno::EINVAL,
+        )
+    })?;
+    if request.args.iter().any(|a| a.len() > MAX_ARG_BYTES) {
+        return Err(SetupError::new(
+            "exec",
+            format!("an argument longer than {MAX_ARG_BYTES} bytes"),
+            Errno::E2BIG,
+        ));
+    }
+    Ok(Some(request.args))
 }
 
 /// Arms SIGKILL on the supervisor's death, after the last uid change (each one clears it; a plain
@@ -187,7 +261,8 @@ impl Exec {
     }
 }
 
-fn prepare_exec(spec: &LaunchSpec) -> Result<Exec, SetupError> {
+/// The exec of `spec`'s argv followed by `more`.
+fn prepare_exec(spec: &LaunchSpec, more: &[String]) -> Result<Exec, SetupError> {
     let cstr = |s: &[u8]| {
         CString::new(s).map_err(|_| SetupError::new("exec", "argument contains NUL", Errno::EINVAL))
     };
@@ -214,6 +289,7 @@ fn prepare_exec(spec: &LaunchSpec) -> Result<Exec, SetupError> {
         argv: spec
             .argv
             .iter()
+            .chain(more)
             .map(|a| cstr(a.as_bytes()))
             .collect::<Result<_, _>>()?,
         env: spec

@@ -19,14 +19,18 @@ fn main() {
         std::process::exit(2);
     }
     match read_spec() {
-        Ok(spec) => become_plugin(&spec),
+        // An armed spec keeps the pipe: its exec request comes on it later.
+        Ok((spec, control)) => {
+            let channel = spec.armed.then_some(control);
+            become_plugin(&spec, channel)
+        }
         Err(e) => fail(&mut Reporter::from_inherited(), e),
     }
 }
 
-fn read_spec() -> Result<LaunchSpec, SetupError> {
+fn read_spec() -> Result<(LaunchSpec, std::fs::File), SetupError> {
     // SAFETY: the supervisor passes the read end of the spec pipe on this descriptor; it is taken
-    // once and closed when `control` drops.
+    // once and closed when `control` drops (after the exec request, for an armed spec).
     let mut control = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(SHIM_SPEC_FD) });
     let mut len = [0u8; 8];
     control
@@ -44,11 +48,12 @@ fn read_spec() -> Result<LaunchSpec, SetupError> {
     control
         .read_exact(&mut bytes)
         .during("spec", || "read the launch spec".into())?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    let spec = serde_json::from_slice(&bytes).map_err(|e| {
         SetupError::new(
             "spec",
             format!("decode the launch spec: {e}"),
             Errno::EINVAL,
         )
-    })
+    })?;
+    Ok((spec, control))
 }

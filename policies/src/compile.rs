@@ -266,6 +266,7 @@ impl Policy {
             enforce: self.enforcement.mode == EnforcementMode::Enforce,
             keep_fds: Vec::new(),
             ipc,
+            armed: false,
         })
     }
 

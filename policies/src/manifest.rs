@@ -31,6 +31,65 @@ pub struct Manifest {
     /// the daemon as `stockade_plugin_counter_total{plugin_id, name}`. Declared, so that what a
     /// plugin sends can never grow the host's series: an undeclared name is a violation.
     pub counters: Vec<String>,
+    /// `mode`: one long-lived sandbox answering calls (the default), or a fresh sandbox for each
+    /// call that runs the entry once with the call as its last argument (the UPM one-shot
+    /// contract).
+    pub mode: Mode,
+}
+
+/// How the plugin's process serves calls.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Mode {
+    /// `mode = "service"`: started once, initialized, called over its JSON-RPC socket.
+    #[default]
+    Service,
+    /// `mode = "per-call"`: each call starts a sandbox whose entry gets the call's payload as its
+    /// last argument, prints its result and exits.
+    PerCall(PerCall),
+}
+
+/// The per-call mode's settings: `class`, `init_args` and `[per_call]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerCall {
+    /// The class the payload names (`class_name`): a Python identifier.
+    pub class: String,
+    /// `init_args`: the class's constructor arguments, passed in every payload (a JSON object).
+    pub init_args: serde_json::Value,
+    /// Sandboxes kept armed, waiting for a call (everything but the plugin's exec done).
+    pub warm: u32,
+    /// Calls running at once, over all methods; more are refused.
+    pub max_running: u32,
+    /// The most of each of stdout and stderr kept from one call; the rest is dropped (and said).
+    pub output_bytes: u64,
+}
+
+pub const DEFAULT_WARM: u32 = 1;
+pub const MAX_WARM: i64 = 32;
+pub const DEFAULT_MAX_RUNNING: u32 = 8;
+pub const MAX_RUNNING: i64 = 256;
+pub const DEFAULT_OUTPUT_BYTES: u64 = 1 << 20;
+pub const MAX_OUTPUT_BYTES: i64 = 64 << 20;
+/// Longest `class`.
+pub const MAX_CLASS_BYTES: usize = 128;
+
+/// A Python identifier of ASCII letters, digits and `_`.
+pub fn valid_class(name: &str) -> bool {
+    name.len() <= MAX_CLASS_BYTES
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+impl Manifest {
+    /// The per-call settings, when the plugin runs per call.
+    pub fn per_call(&self) -> Option<&PerCall> {
+        match &self.mode {
+            Mode::PerCall(p) => Some(p),
+            Mode::Service => None,
+        }
+    }
 }
 
 /// Where the plugin's policy comes from: the manifest's capabilities *are* a policy of the

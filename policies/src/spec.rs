@@ -40,7 +40,24 @@ pub struct LaunchSpec {
     /// kernel programs and the launch check of sockets in the granted trees).
     #[serde(default)]
     pub ipc: IpcSpec,
+    /// Armed: the shim applies every layer but seccomp, then waits on its spec pipe for an
+    /// [`ExecRequest`] (the rest of the argv), and only then installs seccomp and executes. End
+    /// of file instead retires the sandbox (the shim exits 0, nothing executed). The daemon keeps
+    /// such sandboxes ready for per-call plugins.
+    #[serde(default)]
+    pub armed: bool,
 }
+
+/// What an armed shim waits for on [`SHIM_SPEC_FD`], framed like the spec (a little-endian u64
+/// length, then JSON): arguments appended to the spec's argv.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExecRequest {
+    pub args: Vec<String>,
+}
+
+/// The longest single argument execve takes (the kernel's MAX_ARG_STRLEN, 32 pages): a per-call
+/// payload is one argument.
+pub const MAX_ARG_BYTES: usize = 32 * 4096 - 1;
 
 /// `[ipc]` resolved for one launch. Paths are as the plugin names them inside the sandbox, which
 /// for a bind is the host path too (every bind lands at its source's path; `$TMP` is `/tmp`).
@@ -164,4 +181,6 @@ pub enum ShimReport {
     },
     /// The command could not be executed.
     ExecFailed { path: String, errno: i32 },
+    /// An armed spec's layers are all up but seccomp: the shim waits for its exec request.
+    Armed,
 }

@@ -369,3 +369,68 @@ fn counters_are_declared_names() {
         "{d:#?}"
     );
 }
+
+#[test]
+fn per_call_plugins_name_their_class() {
+    use stockade_policy::manifest::Mode;
+    let m = manifest(&format!(
+        "{MINIMAL}mode = \"per-call\"\nclass = \"PipPlugin\"\n\
+         init_args = {{ project_root = \"/work\", policy = {{ blocked = [\"evil\"] }} }}\n\
+         [per_call]\nwarm = 3\nmax_running = 2\noutput_bytes = 4096\n"
+    ));
+    let Mode::PerCall(p) = &m.mode else {
+        panic!("{:?}", m.mode)
+    };
+    assert_eq!(p.class, "PipPlugin");
+    assert_eq!(
+        p.init_args,
+        serde_json::json!({ "project_root": "/work", "policy": { "blocked": ["evil"] } })
+    );
+    assert_eq!((p.warm, p.max_running, p.output_bytes), (3, 2, 4096));
+    // The defaults, and the default mode.
+    let m = manifest(&format!("{MINIMAL}mode = \"per-call\"\nclass = \"_P2\"\n"));
+    let p = m.per_call().expect("per-call");
+    assert_eq!((p.warm, p.max_running, p.output_bytes), (1, 8, 1 << 20));
+    assert_eq!(p.init_args, serde_json::json!({}));
+    assert_eq!(manifest(MINIMAL).mode, Mode::Service);
+    assert_eq!(
+        manifest(&format!("{MINIMAL}mode = \"service\"\n")).mode,
+        Mode::Service
+    );
+
+    let messages = |text: &str| -> Vec<String> {
+        manifest_diagnostics(&format!("{MINIMAL}{text}"))
+            .iter()
+            .map(|d| d.message.clone())
+            .collect()
+    };
+    assert_eq!(
+        messages("mode = \"per-call\"\n"),
+        ["a per-call plugin's manifest has no `class`"]
+    );
+    assert_eq!(
+        messages("mode = \"percall\"\n"),
+        ["`mode` must be \"service\" or \"per-call\", found \"percall\""]
+    );
+    assert_eq!(
+        messages("class = \"P\"\ninit_args = {}\n"),
+        [
+            "`class` is for plugins with mode \"per-call\"",
+            "`init_args` is for plugins with mode \"per-call\"",
+        ]
+    );
+    assert_eq!(
+        messages(
+            "mode = \"per-call\"\nclass = \"os.system\"\ncounters = [\"a\"]\n\
+             init_args = 3\n[lifecycle]\nrestart = \"no\"\n[per_call]\nwarm = 33\noutput_bytes = 1\n"
+        ),
+        [
+            "invalid class name \"os.system\"",
+            "`counters` is for plugins with mode \"service\"",
+            "`init_args` must be a table, found an integer",
+            "`lifecycle` is for plugins with mode \"service\"",
+            "`warm` must be at most 32, found 33",
+            "`output_bytes` must be at least 1024, found 1",
+        ]
+    );
+}

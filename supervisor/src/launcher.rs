@@ -51,6 +51,8 @@ pub enum LaunchError {
     Cgroup(#[from] CgroupError),
     #[error("the shim can run in-process only from a single-threaded supervisor")]
     NotSingleThreaded,
+    #[error("an armed sandbox needs the shim binary (it waits on its spec pipe)")]
+    ArmedInProcess,
     #[error("cannot encode the launch spec: {0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -134,6 +136,19 @@ pub struct Started {
     pub reports: File,
     /// `/proc/PID/ns/mnt`, opened before the sandbox's first process was released.
     pub mount_ns: Option<OwnedFd>,
+    /// For an armed spec: the spec pipe's write end, on which the one [`ExecRequest`] goes
+    /// (`stockade_policy::ExecRequest`, see [`send_exec`]); closing it retires the sandbox.
+    pub exec: Option<File>,
+}
+
+/// Sends an armed sandbox its exec request: the arguments appended to its argv. An error means
+/// the shim is gone (it failed, or the sandbox was stopped).
+pub fn send_exec(channel: &mut File, args: Vec<String>) -> io::Result<()> {
+    let bytes = serde_json::to_vec(&stockade_policy::ExecRequest { args })?;
+    let mut framed = Vec::with_capacity(8 + bytes.len());
+    framed.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    framed.extend_from_slice(&bytes);
+    channel.write_all(&framed)
 }
 
 /// The sandbox's first process's descriptor table and identity, beyond the shim's own pipes:
@@ -221,6 +236,9 @@ pub fn start(
 ) -> Result<Started, LaunchError> {
     if matches!(mode, ShimMode::InProcess) && !single_threaded() {
         return Err(LaunchError::NotSingleThreaded);
+    }
+    if matches!(mode, ShimMode::InProcess) && spec.armed {
+        return Err(LaunchError::ArmedInProcess);
     }
     let spec_bytes = serde_json::to_vec(spec)?;
     let (spec_r, spec_w) = pipe()?;
@@ -326,6 +344,7 @@ pub fn start(
         id_base: setup.id_base,
     };
     let mut mount_ns = None;
+    let mut exec = None;
     let result = (|| {
         parent.write_id_maps()?;
         // The sandbox's mount namespace, held before its first process may run anything: the
@@ -339,6 +358,9 @@ pub fn start(
             // A shim that died early closes its end: EPIPE here, and its report says why.
             let _ = control.write_all(&(spec_bytes.len() as u64).to_le_bytes());
             let _ = control.write_all(&spec_bytes);
+            if spec.armed {
+                exec = Some(control);
+            }
         }
         Ok(())
     })();
@@ -351,6 +373,7 @@ pub fn start(
         pidfd,
         reports: File::from(report_r),
         mount_ns,
+        exec,
     })
 }
 
@@ -420,7 +443,7 @@ impl ChildChannel<'_> {
             }
             let Some(shim) = self.shim else {
                 // Single-threaded supervisor: the same steps as the shim binary, without its exec.
-                stockade_shim::become_plugin(self.spec_in_memory)
+                stockade_shim::become_plugin(self.spec_in_memory, None)
             };
             libc::syscall(
                 libc::SYS_execveat,

@@ -33,6 +33,8 @@ pub mod code {
     pub const UNAVAILABLE: i64 = -32001;
     /// The result did not match the method's `result` schema.
     pub const INVALID_RESULT: i64 = -32002;
+    /// A per-call plugin exited non-zero: its error, with the seed's output structure as `data`.
+    pub const PLUGIN_FAILED: i64 = -32003;
 }
 
 /// The methods a plugin may call on the host; anything else is a protocol violation.

@@ -253,6 +253,9 @@ pub trait StopSource {
     /// The sandbox's first process runs (before the shim's set-up): its pid in this process's
     /// namespace and the sandbox's cgroup id.
     fn started(&mut self, _pid: i32, _cgroup_id: u64) {}
+    /// An armed sandbox's exec channel (`launcher::send_exec`), given once the shim reports every
+    /// layer but seccomp in place. Dropping it retires the sandbox.
+    fn armed(&mut self, _exec: std::fs::File) {}
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -324,7 +327,7 @@ pub fn run(
         }
     };
     phase("monitors armed");
-    let started = match launcher::start(shim, spec, &cgroup, setup) {
+    let mut started = match launcher::start(shim, spec, &cgroup, setup) {
         Ok(s) => s,
         Err(e) => {
             if let Some(w) = watch {
@@ -334,6 +337,7 @@ pub fn run(
         }
     };
     phase("shim started, cgroups complete");
+    let exec = started.exec.take();
     stop.started(started.pid, cgroup_id);
     if let Some(w) = watch.as_mut() {
         w.attributor.set_main_pid(started.pid as u32);
@@ -341,14 +345,23 @@ pub fn run(
             w.attributor.set_mount_ns(ns);
         }
     }
-    let deadline = spec
-        .resources
-        .timeout_ms
-        .map(|ms| begin + Duration::from_millis(ms));
+    // An armed sandbox may wait long for its call: its time starts at the plugin's exec.
+    let timeout = spec.resources.timeout_ms.map(Duration::from_millis);
+    let (deadline, timeout_after_exec) = match spec.armed {
+        false => (timeout.map(|t| begin + t), None),
+        true => (None, timeout),
+    };
     // When the plugin (PID 1 of the sandbox's pid namespace) is gone, the kernel has killed every
     // other process of the sandbox; `destroy` kills anything left anyway before removing the
     // cgroups, also when supervision failed.
-    let outcome = supervise(&started, &cgroup, deadline, stop, watch.as_mut());
+    let outcome = supervise(
+        &started,
+        (exec, timeout_after_exec),
+        &cgroup,
+        deadline,
+        stop,
+        watch.as_mut(),
+    );
     if let Some(w) = watch.as_mut() {
         if w.tracker.auto_unloaded() {
             // The enforcement latency ends when the last process is gone, not only the first.
@@ -407,13 +420,17 @@ enum Stop {
     AutoUnload,
 }
 
+/// `armed`: an armed sandbox's exec channel, handed to `stop` once the shim reports it is armed,
+/// and its timeout, which starts when the plugin is executed.
 fn supervise(
     started: &Started,
+    armed: (Option<std::fs::File>, Option<Duration>),
     cgroup: &SandboxCgroup,
-    deadline: Option<Instant>,
+    mut deadline: Option<Instant>,
     stop: &mut dyn StopSource,
     mut watch: Option<&mut Watch<'_>>,
 ) -> Result<Outcome, SandboxError> {
+    let (mut exec, mut timeout_after_exec) = armed;
     let mut reports = Vec::new();
     let mut report_reader = Some(BufReader::new(&started.reports));
     let mut stopped_by = None;
@@ -470,18 +487,33 @@ fn supervise(
             continue;
         }
         if fds[2].revents != 0 {
-            if let Some(reader) = report_reader.as_mut() {
+            // Every whole line read, not one per wake-up: the reader may hold several (the shim
+            // writes each line at once, below PIPE_BUF), and poll does not see what it buffered.
+            while let Some(reader) = report_reader.as_mut() {
                 let mut line = String::new();
                 match reader.read_line(&mut line) {
                     Ok(0) | Err(_) => {
                         tracing::debug!("report channel closed: the plugin was executed");
-                        report_reader = None
-                    }
-                    Ok(_) => {
-                        if let Ok(r) = serde_json::from_str::<ShimReport>(&line) {
-                            reports.push(r);
+                        report_reader = None;
+                        if let Some(t) = timeout_after_exec.take() {
+                            deadline = Some(Instant::now() + t);
                         }
                     }
+                    Ok(_) => match serde_json::from_str::<ShimReport>(&line) {
+                        Ok(ShimReport::Armed) => {
+                            if let Some(exec) = exec.take() {
+                                stop.armed(exec);
+                            }
+                        }
+                        Ok(r) => reports.push(r),
+                        Err(_) => {}
+                    },
+                }
+                if !report_reader
+                    .as_ref()
+                    .is_some_and(|r| r.buffer().contains(&b'\n'))
+                {
+                    break;
                 }
             }
         }
@@ -597,6 +629,7 @@ impl Outcome {
                         errno,
                     ))
                 }
+                ShimReport::Armed => {}
             }
         }
         let (exit_status, signal) = match self.status {

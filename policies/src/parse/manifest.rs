@@ -26,7 +26,13 @@ pub(crate) const MANIFEST_KEYS: &[&str] = &[
     "methods",
     "lifecycle",
     "counters",
+    "mode",
+    "class",
+    "init_args",
+    "per_call",
 ];
+pub(crate) const PER_CALL_KEYS: &[&str] = &["warm", "max_running", "output_bytes"];
+pub(crate) const MODES: &[(&str, bool)] = &[("service", false), ("per-call", true)];
 pub(crate) const POLICY_TABLE_KEYS: &[&str] =
     &["profile", "filesystem", "network", "ipc", "syscalls"];
 /// The lists a manifest may add to a stock profile, by section.
@@ -137,7 +143,24 @@ impl Checker<'_> {
         let mut methods = BTreeMap::new();
         let mut lifecycle = Lifecycle::default();
         let mut counters = Vec::new();
+        let mut per_call_mode = false;
+        let (mut class, mut init_args) = (None, serde_json::Value::Object(Default::default()));
+        let mut per_call = PerCall {
+            class: String::new(),
+            init_args: serde_json::Value::Null,
+            warm: DEFAULT_WARM,
+            max_running: DEFAULT_MAX_RUNNING,
+            output_bytes: DEFAULT_OUTPUT_BYTES,
+        };
+        // Keys that only mean something in one mode, with where they were written.
+        let mut per_call_only: Vec<(&str, Span)> = Vec::new();
+        let mut service_only: Vec<(&str, Span)> = Vec::new();
         for e in self.entries(root, MANIFEST_KEYS, Place::ManifestTable("plugin.toml")) {
+            match e.key {
+                "class" | "init_args" | "per_call" => per_call_only.push((e.key, e.key_span())),
+                "lifecycle" | "counters" => service_only.push((e.key, e.key_span())),
+                _ => {}
+            }
             match e.key {
                 "id" => {
                     if let Some(raw) = self.string(&e) {
@@ -190,9 +213,77 @@ impl Checker<'_> {
                     }
                 }
                 "counters" => counters = self.counters(&e),
+                "mode" => per_call_mode = self.choice(&e, MODES).unwrap_or(false),
+                "class" => {
+                    if let Some(raw) = self.string(&e) {
+                        if valid_class(raw) {
+                            class = Some(raw.to_string());
+                        } else {
+                            self.error(
+                                e.value_span(),
+                                format!("invalid class name \"{}\"", raw.escape_debug()),
+                                Some(format!(
+                                    "the class the payload names (`class_name`): a Python \
+                                     identifier of ASCII letters, digits and `_`, at most \
+                                     {MAX_CLASS_BYTES} bytes, like \"PipPlugin\""
+                                )),
+                            );
+                        }
+                    }
+                }
+                "init_args" if self.table(&e).is_some() => match item_json(e.item, 0) {
+                    Ok(v) => init_args = v,
+                    Err(why) => self.error(e.value_span(), format!("`init_args`: {why}"), None),
+                },
+                "per_call" => {
+                    if let Some(table) = self.table(&e) {
+                        self.per_call(table, &mut per_call);
+                    }
+                }
                 _ => {}
             }
         }
+        if per_call_mode {
+            for (key, span) in &service_only {
+                let why = if *key == "lifecycle" {
+                    "a per-call plugin has no long-lived process to restart, ping or stop: each \
+                     call's sandbox ends with the call (its method's `timeout` bounds it)"
+                } else {
+                    "counters come over the JSON-RPC socket of a long-lived plugin; a per-call \
+                     plugin reports in its result"
+                };
+                self.error(
+                    span.clone(),
+                    format!("`{key}` is for plugins with mode \"service\""),
+                    Some(format!("remove it: {why}")),
+                );
+            }
+            if class.is_none() && !root.contains_key("class") {
+                self.error(
+                    Some(0..0),
+                    "a per-call plugin's manifest has no `class`".into(),
+                    Some(
+                        "add class = \"MyPlugin\": the class the payload's `class_name` names"
+                            .into(),
+                    ),
+                );
+            }
+        } else {
+            for (key, span) in &per_call_only {
+                self.error(
+                    span.clone(),
+                    format!("`{key}` is for plugins with mode \"per-call\""),
+                    Some("add mode = \"per-call\", or remove it".into()),
+                );
+            }
+        }
+        let mode = if per_call_mode {
+            per_call.class = class?;
+            per_call.init_args = init_args;
+            Mode::PerCall(per_call)
+        } else {
+            Mode::Service
+        };
         let mut missing = |key: &str, what: &str, present: bool| {
             if !present {
                 self.error(
@@ -235,7 +326,33 @@ impl Checker<'_> {
             methods,
             lifecycle,
             counters,
+            mode,
         })
+    }
+
+    /// `[per_call]`: the pool and the bounds of a per-call plugin's sandboxes.
+    fn per_call(&mut self, table: &dyn TableLike, into: &mut PerCall) {
+        for e in self.entries(table, PER_CALL_KEYS, Place::ManifestTable("per_call")) {
+            match e.key {
+                "warm" => {
+                    let why = "sandboxes kept armed for the next calls; 0 starts each on demand";
+                    if let Some(n) = self.integer_in(&e, 0, MAX_WARM, Some(why)) {
+                        into.warm = n as u32;
+                    }
+                }
+                "max_running" => {
+                    if let Some(n) = self.integer_in(&e, 1, MAX_RUNNING, None) {
+                        into.max_running = n as u32;
+                    }
+                }
+                _ => {
+                    let why = "bytes kept of each of a call's stdout and stderr";
+                    if let Some(n) = self.integer_in(&e, 1024, MAX_OUTPUT_BYTES, Some(why)) {
+                        into.output_bytes = n as u64;
+                    }
+                }
+            }
+        }
     }
 
     /// `counters = ["install_success_total", ...]`: names a plugin may count, each once.

@@ -30,6 +30,8 @@ use crate::logs::{self, now_ms, Logs};
 use crate::metrics::Metrics;
 use crate::sandbox::{self as sb, Control, Ended};
 
+mod per_call;
+
 /// Consecutive call timeouts after which a plugin counts as hung and is restarted.
 const TIMEOUTS_BEFORE_HUNG: u32 = 3;
 /// Heartbeats a plugin may miss in a row.
@@ -161,6 +163,8 @@ struct PluginState {
     methods: Arc<Methods>,
     tracker: Tracker,
     run: Option<Arc<Run>>,
+    /// A per-call plugin's armed sandboxes (it has no run).
+    pool: Option<Arc<per_call::Pool>>,
     /// False once the operator unloaded it: no restart.
     wanted: bool,
     restarts: u32,
@@ -745,6 +749,7 @@ impl Host {
                     package: package.clone(),
                     methods,
                     run: None,
+                    pool: None,
                     wanted: true,
                     restarts: 0,
                     last_exit: None,
@@ -857,6 +862,35 @@ impl Host {
             self.transition(plugin, &mut st, State::Loading, "starting the sandbox");
             st.package.clone()
         };
+        if let Some(pool) = per_call::Pool::new(&package) {
+            self.arm_first(plugin, &pool, &package)
+                .await
+                .map_err(|why| (why, Exit::Failure))?;
+            let wanted = plugin
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .wanted;
+            if !wanted {
+                per_call::retire(&pool, Duration::ZERO).await;
+                return Err(("unloaded while it started".into(), Exit::Failure));
+            }
+            let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.pool = Some(pool);
+            self.transition(
+                plugin,
+                &mut st,
+                State::Initializing,
+                "per-call: the first sandbox is armed",
+            );
+            self.transition(
+                plugin,
+                &mut st,
+                State::Active,
+                "per-call: each call runs in a sandbox of its own",
+            );
+            return Ok(());
+        }
         let (run, ended) = self
             .launch(plugin, &package, |host, run| {
                 let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -944,6 +978,7 @@ impl Host {
                 package.trust.name(),
                 (self.started_ms, number),
             )),
+            per_call: false,
         };
         let spawned =
             sb::spawn(launch).map_err(|e| failed(format!("cannot start the sandbox: {e}")))?;
@@ -1090,6 +1125,13 @@ impl Host {
                 .map(|m| m.timeout)
                 .max()
                 .unwrap_or_default();
+            if st.pool.is_some() != package.manifest.per_call().is_some() {
+                return Err(refusal(
+                    ccode::BAD_PACKAGE,
+                    format!("the new package of `{id}` changes its `mode`; an upgrade keeps it"),
+                    Some("unload the plugin and load the new package"),
+                ));
+            }
             (
                 st.run.clone(),
                 st.package.manifest.version.to_string(),
@@ -1112,6 +1154,19 @@ impl Host {
             e
         };
         self.events.send(stage("starting", json!({})));
+        if package.manifest.per_call().is_some() {
+            let stages = |name: &str, extra: Value| self.events.send(stage(name, extra));
+            return self
+                .upgrade_per_call(
+                    &plugin,
+                    package,
+                    methods,
+                    allow_downgrade,
+                    old_longest,
+                    stages,
+                )
+                .await;
+        }
         let (run, ended) = match self.launch(&plugin, &package, |_, _| {}).await {
             Ok(r) => r,
             Err((why, _)) => {
@@ -1388,16 +1443,24 @@ impl Host {
             .unwrap_or_else(|e| e.into_inner())
             .wanted = false;
         let _op = plugin.op.lock().await;
-        let (run, stop_timeout) = {
+        let (run, pool, stop_timeout) = {
             let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
             st.wanted = false;
-            if st.run.is_some() {
+            if st.run.is_some() || st.pool.is_some() {
                 self.transition(&plugin, &mut st, State::Stopping, "unload requested");
             }
-            (st.run.clone(), st.package.manifest.lifecycle.stop_timeout)
+            (
+                st.run.clone(),
+                st.pool.take(),
+                st.package.manifest.lifecycle.stop_timeout,
+            )
         };
         if let Some(run) = run {
             Host::stop_run(&run, stop_timeout).await;
+        }
+        if let Some(pool) = pool {
+            // Calls running get the same grace as a long-lived plugin's shutdown.
+            per_call::retire(&pool, stop_timeout).await;
         }
         {
             let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -1488,14 +1551,20 @@ impl Host {
         logged: &mut Value,
     ) -> Result<Value, RpcError> {
         let plugin = self.plugin(id)?;
-        let (methods, run, timeout) = {
+        let mut params = params;
+        let (methods, run, timeout, per_call) = {
             let st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+            // A per-call plugin's params are `{"args", "kwargs"}`, as its schema sees them.
+            let per_call = st.pool.clone().map(|pool| (pool, st.package.clone()));
+            if per_call.is_some() {
+                params = per_call::normalize_params(params);
+            }
             let declared = st.package.manifest.methods.get(method);
             *logged = crate::audit::loggable_params(declared, &params);
             let timeout = declared.map(|m| m.timeout);
             // Counted while the run is chosen, so an upgrade that switches runs waits for it.
             let run = st.run.clone().map(CallCount::new);
-            (st.methods.clone(), run, timeout)
+            (st.methods.clone(), run, timeout, per_call)
         };
         let begin = Instant::now();
         let mark = plugin.logs.mark();
@@ -1505,13 +1574,24 @@ impl Host {
                 let st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
                 *st.tracker.state() == State::Active
             };
-            let run = run.filter(|_| active).ok_or_else(|| {
+            let inactive = || {
                 refusal(
                     code::UNAVAILABLE,
                     format!("plugin `{id}` is not active"),
                     Some("`stockade plugin status ID` says why"),
                 )
-            })?;
+            };
+            if let Some((pool, package)) = per_call.filter(|_| active) {
+                let timeout = timeout.unwrap_or(stockade_policy::manifest::DEFAULT_CALL_TIMEOUT);
+                let value = self
+                    .call_per_call(
+                        &plugin, &pool, &package, method, &params, request_id, timeout,
+                    )
+                    .await?;
+                methods.check_result(method, &value["data"]["result"])?;
+                return Ok(value);
+            }
+            let run = run.filter(|_| active).ok_or_else(inactive)?;
             let permit = run
                 .in_flight
                 .get(method)
@@ -1702,6 +1782,14 @@ impl Host {
             "uptime_s": st.run.as_ref().map(|r| r.started.elapsed().as_secs_f64()),
             "last_exit": st.last_exit,
         });
+        v["mode"] = json!(if m.per_call().is_some() {
+            "per-call"
+        } else {
+            "service"
+        });
+        if let Some(pool) = &st.pool {
+            v["per_call"] = pool.status();
+        }
         if history {
             v["history"] = json!(st.tracker.history().collect::<Vec<_>>());
         }

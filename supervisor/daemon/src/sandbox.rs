@@ -54,6 +54,7 @@ struct Source {
     control: Arc<Control>,
     wake: OwnedFd,
     started: Option<oneshot::Sender<(i32, u64)>>,
+    armed: Option<oneshot::Sender<std::fs::File>>,
 }
 
 impl StopSource for Source {
@@ -75,6 +76,12 @@ impl StopSource for Source {
             let _ = tx.send((pid, cgroup_id));
         }
     }
+
+    fn armed(&mut self, exec: std::fs::File) {
+        if let Some(tx) = self.armed.take() {
+            let _ = tx.send(exec);
+        }
+    }
 }
 
 /// What one launch needs besides the package.
@@ -88,6 +95,9 @@ pub struct Launch {
     pub observer: Option<stockade::monitor::report::Observer>,
     /// The daemon's handle on the host's monitors, shared by every sandbox thread.
     pub monitor: Option<Arc<Mutex<Monitor>>>,
+    /// A per-call plugin's sandbox: armed (it waits for its call's arguments before seccomp and
+    /// exec), without a JSON-RPC socket.
+    pub per_call: bool,
 }
 
 /// The daemon's ends of a sandbox's descriptors.
@@ -101,6 +111,8 @@ pub struct HostEnds {
 pub struct Spawned {
     pub control: Arc<Control>,
     pub started: oneshot::Receiver<(i32, u64)>,
+    /// A per-call sandbox's exec channel, once its shim runs (`launcher::send_exec`).
+    pub armed: oneshot::Receiver<std::fs::File>,
     pub ended: oneshot::Receiver<Ended>,
     pub ends: HostEnds,
 }
@@ -133,6 +145,7 @@ pub fn spawn(launch: Launch) -> std::io::Result<Spawned> {
     });
     let (started_tx, started) = oneshot::channel();
     let (ended_tx, ended) = oneshot::channel();
+    let (armed_tx, armed) = oneshot::channel();
     let (host_rpc, plugin_rpc) = std::os::unix::net::UnixStream::pair()?;
     let (out_r, out_w) = output_pipe()?;
     let (err_r, err_w) = output_pipe()?;
@@ -140,6 +153,7 @@ pub fn spawn(launch: Launch) -> std::io::Result<Spawned> {
         control: control.clone(),
         wake: wake_r,
         started: Some(started_tx),
+        armed: Some(armed_tx),
     };
     let name = format!("sandbox {}", launch.package.manifest.id);
     std::thread::Builder::new()
@@ -151,6 +165,7 @@ pub fn spawn(launch: Launch) -> std::io::Result<Spawned> {
     Ok(Spawned {
         control,
         started,
+        armed,
         ended,
         ends: HostEnds {
             rpc: host_rpc,
@@ -181,14 +196,14 @@ fn run(
         return refused(e);
     }
     let state = launch.state_dir.to_string_lossy().into_owned();
-    let env = plan::plugin_env(
-        &policy,
-        &[
-            ("STOCKADE_RPC_FD".into(), PLUGIN_RPC_FD.to_string()),
-            ("STOCKADE_PLUGIN_ID".into(), manifest.id.clone()),
-            ("STOCKADE_STATE_DIR".into(), state),
-        ],
-    );
+    let mut vars = vec![
+        ("STOCKADE_PLUGIN_ID".into(), manifest.id.clone()),
+        ("STOCKADE_STATE_DIR".into(), state),
+    ];
+    if !launch.per_call {
+        vars.push(("STOCKADE_RPC_FD".into(), PLUGIN_RPC_FD.to_string()));
+    }
+    let env = plan::plugin_env(&policy, &vars);
     let mut argv = manifest.entry.clone();
     argv[0] = package.entry.to_string_lossy().into_owned();
     let ctx = LaunchContext {
@@ -203,7 +218,11 @@ fn run(
         Ok(s) => s,
         Err(e) => return refused(plan::compile_error(&e)),
     };
-    spec.keep_fds = vec![PLUGIN_RPC_FD];
+    if launch.per_call {
+        spec.armed = true;
+    } else {
+        spec.keep_fds = vec![PLUGIN_RPC_FD];
+    }
     if let Err(e) = plan::own_state_dir(&launch.state_dir, launch.id_base) {
         return refused(e);
     }
@@ -268,7 +287,7 @@ fn run(
     };
     let mut setup = ChildSetup {
         stdio: Some([devnull, stdout, stderr]),
-        rpc: Some(rpc),
+        rpc: (!launch.per_call).then_some(rpc),
         id_base: launch.id_base,
     };
     let result = sandbox::run(

@@ -1,0 +1,709 @@
+//! Per-call plugins (`mode = "per-call"`): the UPM one-shot contract. Each call runs the entry
+//! once in a sandbox of its own, with the call's payload as the last argument
+//! (`{"class_name", "init_args", "run_args": {"method_name", "args", "kwargs"}}`); the plugin
+//! prints its result on stdout and exits 0, or an error on stderr and exits non-zero. The host
+//! answers with the seed's output structure (`success`, `status`, `data.result`,
+//! `data.output.stdout/stderr`, `data.plugin_version`, `timestamp`, `hostname`, `pid`,
+//! `request_id`).
+//!
+//! A sandbox costs tens of milliseconds to build (cgroups, namespaces, mounts, the monitors,
+//! Landlock) and a call should not wait for that: the pool keeps `warm` sandboxes *armed*, their
+//! shim done with every layer but seccomp and waiting on its spec pipe (`LaunchSpec::armed`). A
+//! call takes one, sends it the argv's last argument, and the shim installs seccomp and executes.
+//! A sandbox serves one call and is never reused: nothing of one call reaches the next but the
+//! plugin's state directory, as with a long-lived plugin's restarts. The pool is filled again in
+//! the background as calls take from it.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use stockade::package::Package;
+use stockade::rpc::{code, RpcError};
+use stockade::sandbox::{EndReason, Request};
+use stockade_policy::manifest::PerCall;
+use stockade_policy::MAX_ARG_BYTES;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{oneshot, Notify, Semaphore};
+
+use super::{describe_end, refusal, violation_observer, Host, Plugin};
+use crate::logs::now_ms;
+use crate::sandbox::{self as sb, Control, Ended};
+
+/// A per-call plugin's armed sandboxes and its bounds.
+pub struct Pool {
+    settings: PerCall,
+    ready: Mutex<VecDeque<Armed>>,
+    /// Sandboxes being armed now.
+    arming: AtomicU32,
+    armed_changed: Notify,
+    /// Calls running, over all methods (`max_running`).
+    running: Arc<Semaphore>,
+    /// Per method (`max_in_flight`).
+    in_flight: HashMap<String, Arc<Semaphore>>,
+    /// The running calls' sandboxes, to stop them at an unload.
+    calls: Mutex<HashMap<u64, Arc<Control>>>,
+    retired: AtomicBool,
+}
+
+/// One sandbox, armed: everything but seccomp and the plugin's exec done.
+struct Armed {
+    number: u64,
+    pid: i32,
+    control: Arc<Control>,
+    exec: std::fs::File,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    ended: oneshot::Receiver<Ended>,
+}
+
+impl Pool {
+    pub fn new(package: &Package) -> Option<Arc<Pool>> {
+        let settings = package.manifest.per_call()?.clone();
+        let in_flight = package
+            .manifest
+            .methods
+            .iter()
+            .map(|(name, m)| {
+                (
+                    name.clone(),
+                    Arc::new(Semaphore::new(m.max_in_flight as usize)),
+                )
+            })
+            .collect();
+        Some(Arc::new(Pool {
+            running: Arc::new(Semaphore::new(settings.max_running as usize)),
+            settings,
+            ready: Mutex::new(VecDeque::new()),
+            arming: AtomicU32::new(0),
+            armed_changed: Notify::new(),
+            in_flight,
+            calls: Mutex::new(HashMap::new()),
+            retired: AtomicBool::new(false),
+        }))
+    }
+
+    /// An armed sandbox still waiting (one that ended meanwhile, its policy's limits say why,
+    /// is dropped).
+    fn take(&self) -> Option<Armed> {
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(mut armed) = ready.pop_front() {
+            if matches!(
+                armed.ended.try_recv(),
+                Err(oneshot::error::TryRecvError::Empty)
+            ) {
+                return Some(armed);
+            }
+        }
+        None
+    }
+
+    /// Armed sandboxes waiting for a call.
+    pub fn warm(&self) -> usize {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// For `plugin status`: the pool now and its bounds.
+    pub fn status(&self) -> Value {
+        json!({
+            "class": self.settings.class,
+            "warm": self.warm(),
+            "arming": self.arming.load(Ordering::SeqCst),
+            "running": self.calls.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            "warm_target": self.settings.warm,
+            "max_running": self.settings.max_running,
+        })
+    }
+}
+
+/// The params of a per-call method as the payload's `run_args` takes them: `{"args": [...],
+/// "kwargs": {...}}`. Also accepted: an array (the positional arguments), any other object (the
+/// keyword arguments) and nothing.
+pub fn normalize_params(params: Value) -> Value {
+    match params {
+        Value::Null => json!({ "args": [], "kwargs": {} }),
+        Value::Array(args) => json!({ "args": args, "kwargs": {} }),
+        Value::Object(mut map)
+            if !map.is_empty() && map.keys().all(|k| k == "args" || k == "kwargs") =>
+        {
+            map.entry("args").or_insert_with(|| json!([]));
+            map.entry("kwargs").or_insert_with(|| json!({}));
+            Value::Object(map)
+        }
+        Value::Object(map) => json!({ "args": [], "kwargs": map }),
+        other => json!({ "args": [other], "kwargs": {} }),
+    }
+}
+
+/// This machine's name (the seed reports the host's; inside the sandbox the name is the
+/// plugin's id).
+fn hostname() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut buf = [0u8; 256];
+        // SAFETY: gethostname writes at most `buf.len()` bytes into a valid local buffer.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        if rc != 0 {
+            return String::new();
+        }
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    })
+}
+
+/// What one call's output pipe gave: the bytes kept and how many were dropped past the bound.
+#[derive(Default)]
+struct Captured {
+    bytes: Vec<u8>,
+    dropped: u64,
+}
+
+/// Reads `fd` to its end, keeping at most `limit` bytes (the plugin never blocks on a full pipe:
+/// the rest is read and counted).
+async fn capture(fd: OwnedFd, limit: u64) -> Captured {
+    let mut out = Captured::default();
+    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return out;
+    };
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let room = (limit as usize).saturating_sub(out.bytes.len());
+        let kept = n.min(room);
+        out.bytes.extend_from_slice(&buf[..kept]);
+        out.dropped += (n - kept) as u64;
+    }
+    out
+}
+
+/// The last non-empty line of `text` when it is JSON, and the text before it.
+fn last_json_line(text: &str) -> Option<(Value, &str)> {
+    let trimmed = text.trim_end();
+    let start = trimmed.rfind('\n').map_or(0, |i| i + 1);
+    let value = serde_json::from_str(trimmed[start..].trim()).ok()?;
+    Some((value, &text[..start]))
+}
+
+impl Host {
+    /// Starts one sandbox of `plugin`'s per-call `package` and waits until its shim is armed.
+    async fn arm(
+        self: &Arc<Self>,
+        plugin: &Arc<Plugin>,
+        package: &Arc<Package>,
+    ) -> Result<Armed, String> {
+        let id = plugin.id.clone();
+        let ids = self.ids.clone();
+        let base = tokio::task::spawn_blocking(move || ids.base_for(&id))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("no host uid range for the plugin: {e}"))?;
+        let state_dir = self.config.state_root.join("plugins").join(&plugin.id);
+        std::fs::create_dir_all(&state_dir)
+            .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
+        let number = self.next_run.fetch_add(1, Ordering::Relaxed);
+        let launch = sb::Launch {
+            package: package.clone(),
+            state_dir,
+            id_base: base,
+            cgroup_name: format!("stockade-{}.{}.{number}", std::process::id(), plugin.id),
+            monitor: self.config.monitor.clone(),
+            observer: Some(violation_observer(
+                self.events.clone(),
+                self.metrics.clone(),
+                plugin.violations.clone(),
+                plugin.id.clone(),
+                package.trust.name(),
+                (self.started_ms, number),
+            )),
+            per_call: true,
+        };
+        let spawned = sb::spawn(launch).map_err(|e| format!("cannot start the sandbox: {e}"))?;
+        let mut ended = spawned.ended;
+        let (started, exec) = tokio::select! {
+            both = async { (spawned.started.await, spawned.armed.await) } => both,
+            end = &mut ended => return Err(describe_end(&end.ok())),
+        };
+        let (Ok((pid, _)), Ok(exec)) = (started, exec) else {
+            return Err(describe_end(&ended.await.ok()));
+        };
+        Ok(Armed {
+            number,
+            pid,
+            control: spawned.control,
+            exec,
+            stdout: spawned.ends.stdout,
+            stderr: spawned.ends.stderr,
+            ended,
+        })
+    }
+
+    /// Arms sandboxes in the background until the pool holds `warm` (counting those being armed).
+    pub(super) fn refill(
+        self: &Arc<Self>,
+        plugin: &Arc<Plugin>,
+        pool: &Arc<Pool>,
+        package: &Arc<Package>,
+    ) {
+        loop {
+            if pool.retired.load(Ordering::SeqCst) || self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let have = pool.warm() + pool.arming.load(Ordering::SeqCst) as usize;
+            if have >= pool.settings.warm as usize {
+                return;
+            }
+            pool.arming.fetch_add(1, Ordering::SeqCst);
+            let (host, plugin, pool, package) =
+                (self.clone(), plugin.clone(), pool.clone(), package.clone());
+            tokio::spawn(async move {
+                let armed = host.arm(&plugin, &package).await;
+                match armed {
+                    Ok(armed) if !pool.retired.load(Ordering::SeqCst) => {
+                        pool.ready
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push_back(armed);
+                    }
+                    // Retired meanwhile: this one goes too, before the retirement is over.
+                    Ok(armed) => retire_one(armed).await,
+                    Err(why) => {
+                        tracing::warn!(plugin = %plugin.id, "{}: a per-call sandbox did not arm: {why}", plugin.id)
+                    }
+                }
+                pool.arming.fetch_sub(1, Ordering::SeqCst);
+                pool.armed_changed.notify_waiters();
+            });
+        }
+    }
+
+    /// The first sandbox of a per-call plugin, armed while it loads: it proves the sandbox can
+    /// be built (the plan, the monitors, the shim's layers) before the plugin is called active.
+    pub(super) async fn arm_first(
+        self: &Arc<Self>,
+        plugin: &Arc<Plugin>,
+        pool: &Arc<Pool>,
+        package: &Arc<Package>,
+    ) -> Result<(), String> {
+        let armed = self.arm(plugin, package).await?;
+        if pool.settings.warm == 0 {
+            retire_one(armed).await;
+        } else {
+            pool.ready
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back(armed);
+            self.refill(plugin, pool, package);
+        }
+        Ok(())
+    }
+
+    /// One call of a per-call plugin. `params` were normalized (`normalize_params`) and checked
+    /// against the method's schema.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn call_per_call(
+        self: &Arc<Self>,
+        plugin: &Arc<Plugin>,
+        pool: &Arc<Pool>,
+        package: &Arc<Package>,
+        method: &str,
+        params: &Value,
+        request_id: &str,
+        timeout: Duration,
+    ) -> Result<Value, RpcError> {
+        let settings = &pool.settings;
+        let payload = json!({
+            "class_name": settings.class,
+            "init_args": settings.init_args,
+            "run_args": {
+                "method_name": method,
+                "args": params["args"],
+                "kwargs": params["kwargs"],
+            },
+        })
+        .to_string();
+        if payload.len() > MAX_ARG_BYTES {
+            return Err(refusal(
+                code::INVALID_PARAMS,
+                format!(
+                    "the call's payload is {} bytes; a per-call plugin's payload is one argument \
+                     of at most {MAX_ARG_BYTES} bytes",
+                    payload.len()
+                ),
+                Some("pass large data through a file in the plugin's state directory"),
+            ));
+        }
+        let busy = |what: &str| {
+            refusal(
+                code::UNAVAILABLE,
+                format!("`{}` has {what} calls running already", plugin.id),
+                Some("retry later, or raise it in the manifest"),
+            )
+        };
+        let _running = pool
+            .running
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy("[per_call] max_running"))?;
+        let _method = pool
+            .in_flight
+            .get(method)
+            .and_then(|s| s.clone().try_acquire_owned().ok())
+            .ok_or_else(|| busy(&format!("`{method}`'s max_in_flight")))?;
+        let unavailable = |why: String| {
+            refusal(
+                code::UNAVAILABLE,
+                format!("`{}`: no sandbox for the call: {why}", plugin.id),
+                Some("`stockade plugin status ID` and the daemon's log say more"),
+            )
+        };
+        if pool.retired.load(Ordering::SeqCst) {
+            return Err(unavailable(
+                "the plugin is being unloaded or upgraded".into(),
+            ));
+        }
+        let armed = match pool.take() {
+            Some(a) => a,
+            None => self.arm(plugin, package).await.map_err(unavailable)?,
+        };
+        self.refill(plugin, pool, package);
+        let Armed {
+            number,
+            pid,
+            control,
+            mut exec,
+            stdout,
+            stderr,
+            ended,
+        } = armed;
+        pool.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(number, control.clone());
+        let began = Instant::now();
+        let sent = tokio::task::spawn_blocking(move || {
+            stockade::launcher::send_exec(&mut exec, vec![payload])
+            // `exec` closes here: the shim has what it needs.
+        })
+        .await;
+        let limit = settings.output_bytes;
+        let mut outcome = Box::pin(async move {
+            let (out, err) = tokio::join!(capture(stdout, limit), capture(stderr, limit));
+            (out, err, ended.await.ok())
+        });
+        let mut timed_out = false;
+        if !matches!(sent, Ok(Ok(()))) {
+            // The shim is gone: its end says why.
+            control.send(Request::Kill(libc::SIGKILL));
+        }
+        let (out, err, end) = tokio::select! {
+            done = &mut outcome => done,
+            _ = tokio::time::sleep(timeout) => {
+                timed_out = true;
+                control.send(Request::Kill(libc::SIGKILL));
+                outcome.await
+            }
+        };
+        pool.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&number);
+        let duration = began.elapsed();
+        self.per_call_ended(plugin, pool, number, &end).await;
+
+        let text = |c: &Captured| String::from_utf8_lossy(&c.bytes).into_owned();
+        let (stdout, stderr) = (text(&out), text(&err));
+        for line in stdout.lines() {
+            plugin.logs.push("stdout", line);
+        }
+        for line in stderr.lines() {
+            plugin.logs.push("stderr", line);
+        }
+        if timed_out {
+            return Err(refusal(
+                code::TIMEOUT,
+                format!(
+                    "`{method}` did not finish within {} ms; its sandbox was killed",
+                    timeout.as_millis()
+                ),
+                Some("raise the method's `timeout` in the manifest"),
+            ));
+        }
+        let exit_status = match &end {
+            Some(Ended::Ran(s)) if s.ended_by == EndReason::Exited => s.exit_status,
+            _ => None,
+        };
+        let Some(status) = exit_status else {
+            return Err(unavailable(describe_end(&end)));
+        };
+        let mut output = json!({ "stdout": stdout, "stderr": stderr });
+        if out.dropped > 0 || err.dropped > 0 {
+            output["dropped_bytes"] = json!({ "stdout": out.dropped, "stderr": err.dropped });
+        }
+        let version = package.manifest.version.to_string();
+        let envelope = |success: bool, data: Value| {
+            json!({
+                "success": success,
+                "status": if success { "success" } else { "error" },
+                "data": data,
+                "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+                "hostname": hostname(),
+                "pid": pid,
+                "request_id": request_id,
+                "duration_ms": duration.as_secs_f64() * 1000.0,
+            })
+        };
+        if status == 0 {
+            // The result is stdout's last line; what the plugin printed before it stays output.
+            let result = match last_json_line(&stdout) {
+                Some((value, before)) => {
+                    output["stdout"] = json!(before);
+                    unwrap_seed_envelope(value)
+                }
+                None => Value::Null,
+            };
+            return Ok(envelope(
+                true,
+                json!({ "result": result, "output": output, "plugin_version": version }),
+            ));
+        }
+        // The seed's plugins print their error as JSON on stderr's last line.
+        let (error, details) = match last_json_line(&stderr) {
+            Some((value, before)) => {
+                output["stderr"] = json!(before);
+                let message = value
+                    .get("error")
+                    .or_else(|| value.pointer("/data/error"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("exited with status {status}"));
+                (message, value)
+            }
+            None => (
+                stderr
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map_or_else(|| format!("exited with status {status}"), str::to_string),
+                Value::Null,
+            ),
+        };
+        Err(RpcError {
+            code: code::PLUGIN_FAILED,
+            message: format!("`{method}` failed: {error}"),
+            data: Some(envelope(
+                false,
+                json!({
+                    "error": error,
+                    "details": details,
+                    "exit_status": status,
+                    "output": output,
+                    "plugin_version": version,
+                }),
+            )),
+        })
+    }
+
+    /// `plugin.upgrade` of a per-call plugin: the new version's first sandbox is armed while the
+    /// old pool serves; then new calls take the new pool, and the old one is retired once its
+    /// running calls finished (for at most `drain_for`). `stage` sends the upgrade's events.
+    pub(super) async fn upgrade_per_call(
+        self: &Arc<Self>,
+        plugin: &Arc<Plugin>,
+        package: Arc<Package>,
+        methods: Arc<stockade::rpc::Methods>,
+        allow_downgrade: Option<u32>,
+        drain_for: Duration,
+        stage: impl Fn(&str, Value),
+    ) -> Result<Value, RpcError> {
+        let id = &plugin.id;
+        let (old_version, new_version) = {
+            let st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                st.package.manifest.version.to_string(),
+                package.manifest.version.to_string(),
+            )
+        };
+        let pool = Pool::new(&package).expect("a per-call package");
+        if let Err(why) = self.arm_first(plugin, &pool, &package).await {
+            stage("failed", json!({ "reason": why }));
+            retire(&pool, Duration::ZERO).await;
+            return Err(refusal(
+                stockade::control::code::START_FAILED,
+                format!("the upgrade of `{id}` to {new_version} failed: {why}; {old_version} keeps serving"),
+                Some("`stockade plugin logs ID` shows what the new version wrote"),
+            ));
+        }
+        let abandon = |why: String| {
+            refusal(
+                code::UNAVAILABLE,
+                format!("the upgrade of `{id}` was abandoned: {why}"),
+                Some("`stockade plugin status ID` says why; upgrade again once it is active"),
+            )
+        };
+        let eligible = |st: &super::PluginState| {
+            st.wanted && *st.tracker.state() == stockade::lifecycle::State::Active
+        };
+        if !eligible(&plugin.state.lock().unwrap_or_else(|e| e.into_inner())) {
+            retire(&pool, Duration::ZERO).await;
+            stage(
+                "failed",
+                json!({ "reason": "the plugin stopped meanwhile" }),
+            );
+            return Err(abandon("the plugin stopped meanwhile".into()));
+        }
+        if let Err(e) = self.commit(&package, allow_downgrade.is_some()).await {
+            retire(&pool, Duration::ZERO).await;
+            stage("failed", json!({ "reason": e.message }));
+            return Err(e);
+        }
+        let old = {
+            let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+            if !eligible(&st) {
+                None
+            } else {
+                st.package = package;
+                st.methods = methods;
+                Some(st.pool.replace(pool.clone()))
+            }
+        };
+        let Some(old) = old else {
+            retire(&pool, Duration::ZERO).await;
+            stage(
+                "failed",
+                json!({ "reason": "the plugin stopped meanwhile" }),
+            );
+            return Err(abandon("the plugin stopped meanwhile".into()));
+        };
+        stage("switched", json!({}));
+        if let Some(old) = old {
+            retire(&old, drain_for.max(Duration::from_secs(1))).await;
+        }
+        stage("done", json!({}));
+        Ok(self.status(plugin, false))
+    }
+
+    /// A per-call sandbox ended: its report, and a quarantine when it was auto-unloaded (as a
+    /// long-lived plugin's run would be).
+    async fn per_call_ended(
+        self: &Arc<Self>,
+        plugin: &Arc<Plugin>,
+        pool: &Arc<Pool>,
+        number: u64,
+        end: &Option<Ended>,
+    ) {
+        let Some(Ended::Ran(s)) = end else {
+            return;
+        };
+        let Some(report) = &s.monitor else {
+            return;
+        };
+        self.metrics
+            .run_losses(&plugin.id, report.lost_denials, report.dropped_events);
+        plugin
+            .violations
+            .fetch_add(report.lost_denials, Ordering::Relaxed);
+        if report.violations > 0 {
+            self.events.send(json!({
+                "type": "report",
+                "at_ms": now_ms(),
+                "plugin": plugin.id,
+                "run": number,
+                "daemon": self.started_ms,
+                "violations": report.violations,
+                "lost_denials": report.lost_denials,
+                "dropped_events": report.dropped_events,
+                "by_layer": report.by_layer,
+                "first": report.first,
+                "auto_unload": report.auto_unload,
+            }));
+        }
+        if s.ended_by != EndReason::AutoUnloaded {
+            return;
+        }
+        let reason = describe_end(end);
+        {
+            let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+            self.metrics
+                .auto_unload(&plugin.id, st.package.trust.name());
+            st.last_exit = Some(super::describe_end_json(end));
+            if st.pool.as_ref().is_some_and(|p| Arc::ptr_eq(p, pool))
+                && *st.tracker.state() == stockade::lifecycle::State::Active
+            {
+                self.decide(
+                    plugin,
+                    &mut st,
+                    stockade::lifecycle::Exit::AutoUnloaded,
+                    &reason,
+                );
+            }
+        }
+        // No sandbox of a quarantined plugin waits for calls.
+        let pool = pool.clone();
+        tokio::spawn(async move { retire(&pool, Duration::ZERO).await });
+    }
+}
+
+/// A seed plugin that prints the seed's whole structure (`{"success", "data": {"result"}}`) gives
+/// its `data.result`; anything else is the result itself.
+fn unwrap_seed_envelope(value: Value) -> Value {
+    match value {
+        Value::Object(mut map)
+            if map.contains_key("success")
+                && map.get("data").is_some_and(|d| d.get("result").is_some()) =>
+        {
+            map.remove("data")
+                .and_then(|mut d| d.get_mut("result").map(Value::take))
+                .unwrap_or(Value::Null)
+        }
+        other => other,
+    }
+}
+
+/// Retires one armed sandbox: its exec channel closes, the shim exits without executing
+/// anything, and the sandbox is gone (cgroup removed) when this returns.
+async fn retire_one(armed: Armed) {
+    drop(armed.exec);
+    let _ = armed.ended.await;
+}
+
+/// Retires the pool: no more sandboxes are armed, those waiting go, and calls still running get
+/// `grace` to finish before their sandboxes are killed. Returns when every sandbox is gone.
+pub async fn retire(pool: &Pool, grace: Duration) {
+    pool.retired.store(true, Ordering::SeqCst);
+    loop {
+        // Registered before the check, so an arming that ends in between is not missed.
+        let changed = pool.armed_changed.notified();
+        let waiting: Vec<Armed> = pool
+            .ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for armed in waiting {
+            retire_one(armed).await;
+        }
+        if pool.arming.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        changed.await;
+    }
+    let all = pool.settings.max_running;
+    let done = tokio::time::timeout(grace, pool.running.acquire_many(all)).await;
+    if done.is_err() {
+        for control in pool
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            control.send(Request::Kill(libc::SIGKILL));
+        }
+        let _ = pool.running.acquire_many(all).await;
+    }
+}

@@ -1,0 +1,419 @@
+//! Per-call plugins (`mode = "per-call"`, the UPM seeds' one-shot contract) through a real
+//! daemon: tests/fixtures/upm_plugin.py is a plugin written for the seeds' entrypoint, unchanged;
+//! each call runs it once in a fresh sandbox taken from the daemon's pool of armed ones.
+
+mod harness;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use harness::daemon::{process_alive, Daemon};
+use serde_json::{json, Value};
+
+/// The methods of the fixture's PipPlugin the manifest lets through, with their schemas (of the
+/// normalized `{"args", "kwargs"}`) and timeouts.
+const METHODS: &str = r#"
+[methods.install]
+params = { type = "object", properties = { args = { type = "array", maxItems = 1, items = { type = "string", pattern = "^[a-z][a-z0-9-]*$" } }, kwargs = { type = "object", properties = { version = { type = "string" } }, additionalProperties = false } } }
+timeout = "20s"
+audit_params = true
+
+[methods.uninstall]
+params = { type = "object" }
+timeout = "20s"
+
+[methods.list_installed]
+params = { type = "object" }
+result = { type = "array", items = { type = "string" } }
+timeout = "20s"
+
+[methods.doctor]
+params = { type = "object" }
+timeout = "20s"
+
+[methods.whoami]
+params = { type = "object" }
+timeout = "20s"
+
+[methods.probe]
+params = { type = "object" }
+timeout = "20s"
+
+[methods.chatter]
+params = { type = "object" }
+timeout = "20s"
+
+[methods.sleep]
+params = { type = "object" }
+timeout = "1s"
+
+[methods.fail]
+params = { type = "object" }
+timeout = "20s"
+"#;
+
+/// A signed per-call package of the fixture; `extra` is added to its manifest.
+fn package(d: &Daemon, id: &str, version: &str, extra: &str) -> PathBuf {
+    let dir = d.dir.join("packages").join(format!("{id}-{version}"));
+    std::fs::create_dir_all(&dir).expect("package dir");
+    harness::set_mode(&d.dir.join("packages"), 0o755);
+    harness::set_mode(&dir, 0o755);
+    let script = dir.join("plugin.py");
+    std::fs::copy(
+        harness::repo_root().join("tests/fixtures/upm_plugin.py"),
+        &script,
+    )
+    .expect("copy the plugin");
+    harness::set_mode(&script, 0o755);
+    let manifest = format!(
+        r#"id = "{id}"
+name = "UPM pip plugin"
+version = "{version}"
+entry = ["plugin.py"]
+policy = {{ profile = "untrusted-default", filesystem = {{ write = ["$STATE_DIR"] }} }}
+mode = "per-call"
+class = "PipPlugin"
+init_args = {{ project_root = "/work", cache_dir = "/tmp/cache", policy = {{ blocked_packages = ["evil"] }} }}
+{extra}
+{METHODS}"#
+    );
+    std::fs::write(dir.join("plugin.toml"), manifest).expect("write plugin.toml");
+    d.sign(&dir);
+    dir
+}
+
+/// A background request's answer line, as `Daemon::request` gives it.
+fn parse_answer(line: String) -> Result<Value, Value> {
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    match v.get("result") {
+        Some(r) => Ok(r.clone()),
+        None => Err(v["error"].clone()),
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("hostname")
+        .trim()
+        .to_string()
+}
+
+/// Waits until the plugin's pool holds `n` armed sandboxes.
+fn wait_warm(d: &Daemon, id: &str, n: u64) {
+    let until = Instant::now() + harness::patience(10);
+    loop {
+        let status = d.status(id);
+        if status["per_call"]["warm"] == n && status["per_call"]["arming"] == 0 {
+            return;
+        }
+        assert!(Instant::now() < until, "pool never reached {n}: {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_per_call_plugin_answers_the_upm_contract() {
+    let test = "a_per_call_plugin_answers_the_upm_contract";
+    if !harness::privileged(test) {
+        return;
+    }
+    let mut d = Daemon::start("per-call-contract", &[]);
+    let pkg = package(&d, "upm-pip", "1.2.0", "");
+    let out = d.cli(&["plugin", "load", pkg.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}\n{}", d.log());
+    let status = d.status("upm-pip");
+    assert_eq!(status["state"], "active", "{status}");
+    assert_eq!(status["mode"], "per-call");
+    assert_eq!(status["per_call"]["class"], "PipPlugin");
+    assert_eq!(
+        status["pid"],
+        Value::Null,
+        "a per-call plugin has no process"
+    );
+    // One sandbox armed and waiting: its cgroup exists before any call.
+    wait_warm(&d, "upm-pip", 1);
+    assert_eq!(d.cgroups().len(), 1, "{:?}", d.cgroups());
+
+    // The seed's call, through the CLI: positional and keyword arguments, the seed's output.
+    let out = d.cli(&[
+        "call",
+        "upm-pip",
+        "install",
+        r#"{"args": ["requests"], "kwargs": {"version": ">=2"}}"#,
+    ]);
+    assert!(out.status.success(), "{out:?}\n{}", d.log());
+    let answer: Value = serde_json::from_slice(&out.stdout).expect("answer JSON");
+    assert_eq!(answer["success"], true, "{answer}");
+    assert_eq!(answer["status"], "success");
+    assert_eq!(
+        answer["data"]["result"],
+        json!({ "installed": "requests", "version": ">=2" })
+    );
+    assert_eq!(answer["data"]["output"]["stdout"], "installing requests\n");
+    assert_eq!(answer["data"]["output"]["stderr"], "resolving >=2\n");
+    assert_eq!(answer["data"]["plugin_version"], "1.2.0");
+    assert_eq!(answer["hostname"], host_name());
+    let timestamp = answer["timestamp"].as_str().expect("timestamp");
+    assert!(
+        timestamp.len() == 27 && timestamp.ends_with('Z') && timestamp.as_bytes()[10] == b'T',
+        "{timestamp}"
+    );
+    let request_id = answer["request_id"].as_str().expect("request_id");
+    assert_eq!(request_id.len(), 36);
+    assert_eq!(request_id.matches('-').count(), 4);
+    let first_pid = answer["pid"].as_i64().expect("pid");
+    assert!(!process_alive(first_pid), "the call's sandbox outlived it");
+    // The call's record carries the same request id.
+    let record = d.wait_event(5, "call record", |e| {
+        e["type"] == "call" && e["request_id"] == request_id
+    });
+    assert_eq!(record["outcome"], "ok");
+
+    // A fresh sandbox for each call; the state directory is what they share.
+    let answer = d
+        .call("upm-pip", "list_installed", json!({}))
+        .expect("list_installed");
+    assert_eq!(answer["data"]["result"], json!(["requests"]));
+    assert_ne!(answer["pid"], first_pid);
+    // Params other than {args, kwargs}: an array is the positional arguments, an object the
+    // keyword ones.
+    let answer = d
+        .call("upm-pip", "uninstall", json!(["requests"]))
+        .expect("uninstall");
+    assert_eq!(
+        answer["data"]["result"],
+        json!({ "uninstalled": "requests" })
+    );
+    let answer = d.call("upm-pip", "doctor", json!({})).expect("doctor");
+    assert_eq!(
+        answer["data"]["result"],
+        json!({ "ok": true, "project_root": "/work", "cache_dir": "/tmp/cache" })
+    );
+    // Inside: the plugin's uid, its own pid namespace (it is pid 1) and hostname, the payload as
+    // its one argument.
+    let who = d.call("upm-pip", "whoami", json!({})).expect("whoami");
+    assert_eq!(
+        who["data"]["result"],
+        json!({ "pid": 1, "uid": 1000, "argc": 2, "hostname": "upm-pip" })
+    );
+
+    // The plugin's failure: exit 1 with its error JSON, the seed's structure with success false.
+    let out = d.cli(&["call", "upm-pip", "install", r#"{"args": ["evil"]}"#]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let error: Value = serde_json::from_slice(&out.stderr).expect("error JSON");
+    assert_eq!(error["code"], -32003, "{error}");
+    assert_eq!(
+        error["message"],
+        "`install` failed: evil is blocked by policy"
+    );
+    let seed = &error["data"];
+    assert_eq!(seed["success"], false);
+    assert_eq!(seed["status"], "error");
+    assert_eq!(seed["data"]["error"], "evil is blocked by policy");
+    assert_eq!(seed["data"]["details"]["type"], "PluginOperationError");
+    assert!(
+        seed["data"]["details"]["traceback"]
+            .as_str()
+            .is_some_and(|t| t.contains("raise PluginOperationError")),
+        "{seed}"
+    );
+    assert_eq!(seed["data"]["exit_status"], 1);
+    assert_eq!(seed["data"]["plugin_version"], "1.2.0");
+    assert_eq!(seed["request_id"].as_str().map(str::len), Some(36));
+
+    // Refused by the host before any sandbox is used: an undeclared method, params against the
+    // schema (a package name with a shell metacharacter), and the warm sandbox is still there.
+    wait_warm(&d, "upm-pip", 1);
+    let before = d.status("upm-pip")["per_call"].clone();
+    let error = d
+        .call("upm-pip", "setup", json!({}))
+        .expect_err("undeclared");
+    assert_eq!(error["code"], -32601);
+    let error = d
+        .call("upm-pip", "install", json!({ "args": ["x; rm -rf /"] }))
+        .expect_err("schema");
+    assert_eq!(error["code"], -32602, "{error}");
+    assert_eq!(error["data"]["path"], "/args/0");
+    let error = d
+        .call(
+            "upm-pip",
+            "install",
+            json!({ "args": ["ok"], "kwargs": { "index": "x" } }),
+        )
+        .expect_err("schema");
+    assert_eq!(error["code"], -32602, "{error}");
+    assert_eq!(d.status("upm-pip")["per_call"], before);
+    // The result schema: list_installed must answer an array of strings (it does, above).
+
+    // Concurrent calls, each in its own sandbox.
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            d.request_in_background(
+                "call",
+                json!({ "plugin": "upm-pip", "method": "install", "params": [format!("pkg{i}")] }),
+            )
+        })
+        .collect();
+    let mut pids = Vec::new();
+    for c in calls {
+        let answer = parse_answer(c.join().expect("thread")).expect("concurrent call");
+        pids.push(answer["pid"].as_i64().unwrap());
+    }
+    pids.sort();
+    pids.dedup();
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    let answer = d
+        .call("upm-pip", "list_installed", json!({}))
+        .expect("list");
+    assert_eq!(answer["data"]["result"], json!(["pkg0", "pkg1", "pkg2"]));
+
+    // Unloaded: the armed sandbox goes with it; nothing is left.
+    let out = d.cli(&["plugin", "unload", "upm-pip"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(d.cgroups().is_empty(), "{:?}", d.cgroups());
+    assert!(d.stop().success());
+}
+
+#[test]
+fn per_call_sandboxes_are_confined_and_bounded() {
+    let test = "per_call_sandboxes_are_confined_and_bounded";
+    if !harness::privileged(test) {
+        return;
+    }
+    let mut d = Daemon::start("per-call-bounds", &[]);
+    let pkg = package(
+        &d,
+        "upm-bounded",
+        "1.0.0",
+        "[per_call]\nwarm = 2\noutput_bytes = 65536\n",
+    );
+    d.load(&pkg);
+    wait_warm(&d, "upm-bounded", 2);
+    assert_eq!(d.cgroups().len(), 2, "{:?}", d.cgroups());
+    let probe = |action: &str, path: &str| -> Value {
+        d.call(
+            "upm-bounded",
+            "probe",
+            json!({ "action": action, "path": path }),
+        )
+        .unwrap_or_else(|e| panic!("probe {action} {path}: {e}"))["data"]["result"]
+            .clone()
+    };
+    // The control: the plugin's own state directory is writable.
+    let state = d.dir.join("state/plugins/upm-bounded/probe.txt");
+    assert_eq!(probe("write", state.to_str().unwrap()), "ok");
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), "x");
+
+    // Output past `output_bytes` is dropped and counted; the result still comes (stdout).
+    let answer = d
+        .call("upm-bounded", "chatter", json!({ "nbytes": 1 << 20 }))
+        .expect("chatter");
+    assert_eq!(answer["data"]["result"], json!({ "wrote": 1 << 20 }));
+    assert_eq!(
+        answer["data"]["output"]["stderr"].as_str().map(str::len),
+        Some(65536)
+    );
+    assert_eq!(
+        answer["data"]["output"]["dropped_bytes"]["stderr"],
+        (1 << 20) - 65536
+    );
+
+    // A call past its method's timeout: killed, its sandbox gone, the pool filled again.
+    let error = d
+        .call("upm-bounded", "sleep", json!({ "seconds": 30 }))
+        .expect_err("timeout");
+    assert_eq!(error["code"], -32000, "{error}");
+    wait_warm(&d, "upm-bounded", 2);
+    assert_eq!(d.cgroups().len(), 2, "{:?}", d.cgroups());
+
+    // A payload past execve's bound for one argument: refused with a hint, nothing started.
+    let big = "a".repeat(200 * 1024);
+    let error = d
+        .call("upm-bounded", "doctor", json!({ "kwargs": { "x": big } }))
+        .expect_err("too large");
+    assert_eq!(error["code"], -32602, "{error}");
+    assert!(error["data"]["hint"].as_str().is_some(), "{error}");
+    assert_eq!(d.status("upm-bounded")["violations"], 0);
+
+    // The host's credentials are not there to read (no /root in the sandbox).
+    assert_eq!(probe("read", "/root/.pypirc"), "FileNotFoundError");
+    // A file of the host the sandbox hides in a directory it shows: a violation; with the
+    // profile's threshold of one the sandbox is killed, the call fails, and the plugin is
+    // quarantined with its pool retired.
+    let error = d
+        .call(
+            "upm-bounded",
+            "probe",
+            json!({ "action": "read", "path": "/etc/shadow" }),
+        )
+        .expect_err("killed");
+    assert_eq!(error["code"], -32001, "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("auto-unloaded for violations")),
+        "{error}"
+    );
+    let violation = d.wait_event(5, "the violation", |e| {
+        e["type"] == "violation" && e["plugin"] == "upm-bounded"
+    });
+    assert_eq!(violation["layer"], "namespace", "{violation}");
+    assert_eq!(violation["object"], "/etc/shadow", "{violation}");
+    let until = Instant::now() + harness::patience(10);
+    while d.status("upm-bounded")["state"] != "quarantined" || !d.cgroups().is_empty() {
+        assert!(
+            Instant::now() < until,
+            "{} {:?}",
+            d.status("upm-bounded"),
+            d.cgroups()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let error = d
+        .call("upm-bounded", "doctor", json!({}))
+        .expect_err("quarantined");
+    assert_eq!(error["code"], -32001, "{error}");
+
+    let out = d.cli(&["plugin", "unload", "upm-bounded"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(d.cgroups().is_empty(), "{:?}", d.cgroups());
+    assert!(d.stop().success());
+}
+
+#[test]
+fn a_per_call_plugin_upgrades_without_losing_calls() {
+    let test = "a_per_call_plugin_upgrades_without_losing_calls";
+    if !harness::privileged(test) {
+        return;
+    }
+    let mut d = Daemon::start("per-call-upgrade", &[]);
+    let v1 = package(&d, "upm-up", "1.0.0", "");
+    d.load(&v1);
+    // A call under way during the upgrade finishes on the old version.
+    let slow = d.request_in_background(
+        "call",
+        json!({ "plugin": "upm-up", "method": "sleep", "params": { "seconds": 0.6 } }),
+    );
+    let v2 = package(&d, "upm-up", "2.0.0", "");
+    let out = d.cli(&["plugin", "upgrade", "upm-up", v2.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}\n{}", d.log());
+    let answer = parse_answer(slow.join().expect("thread")).expect("the call under way");
+    assert_eq!(answer["success"], true);
+    let answer = d.call("upm-up", "doctor", json!({})).expect("doctor");
+    assert_eq!(answer["data"]["plugin_version"], "2.0.0");
+    wait_warm(&d, "upm-up", 1);
+    assert_eq!(d.cgroups().len(), 1, "{:?}", d.cgroups());
+    // A package that changes the mode is refused; the plugin keeps serving.
+    let service = d.package("svc", "upm-up", "3.0.0", "echo", "");
+    let out = d.cli(&["plugin", "upgrade", "upm-up", service.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("changes its `mode`"),
+        "{out:?}"
+    );
+    assert_eq!(d.status("upm-up")["version"], "2.0.0");
+    let out = d.cli(&["plugin", "unload", "upm-up"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(d.cgroups().is_empty(), "{:?}", d.cgroups());
+    assert!(d.stop().success());
+}
