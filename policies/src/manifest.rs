@@ -35,6 +35,9 @@ pub struct Manifest {
     /// call that runs the entry once with the call as its last argument (the UPM one-shot
     /// contract).
     pub mode: Mode,
+    /// `subscribe`: the topics of other plugins' published events (`event.publish`) this plugin
+    /// receives, as `event` notifications. A topic, or a prefix ending in `*`.
+    pub subscribe: Vec<String>,
 }
 
 /// How the plugin's process serves calls.
@@ -71,6 +74,29 @@ pub const DEFAULT_OUTPUT_BYTES: u64 = 1 << 20;
 pub const MAX_OUTPUT_BYTES: i64 = 64 << 20;
 /// Longest `class`.
 pub const MAX_CLASS_BYTES: usize = 128;
+
+/// Topics per manifest, and the longest topic.
+pub const MAX_SUBSCRIPTIONS: usize = 64;
+pub const MAX_TOPIC_BYTES: usize = 128;
+
+/// An event topic a plugin may subscribe to: letters, digits, `.`, `_`, `-`, `/`, optionally
+/// ending in `*` (every topic with that prefix; `*` alone is every topic).
+pub fn valid_topic_pattern(pattern: &str) -> bool {
+    let body = pattern.strip_suffix('*').unwrap_or(pattern);
+    pattern.len() <= MAX_TOPIC_BYTES
+        && !pattern.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
+}
+
+/// Whether `topic` matches the subscription `pattern`.
+pub fn topic_matches(pattern: &str, topic: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => topic.starts_with(prefix),
+        None => pattern == topic,
+    }
+}
 
 /// A Python identifier of ASCII letters, digits and `_`.
 pub fn valid_class(name: &str) -> bool {

@@ -434,3 +434,35 @@ fn per_call_plugins_name_their_class() {
         ]
     );
 }
+
+#[test]
+fn subscriptions_are_topics_or_prefixes() {
+    let m = manifest(&format!(
+        "{MINIMAL}subscribe = [\"pip.installed\", \"greetings.*\", \"*\", \"pip.installed\"]\n"
+    ));
+    assert_eq!(m.subscribe, ["pip.installed", "greetings.*", "*"]);
+    use stockade_policy::manifest::topic_matches;
+    assert!(topic_matches("greetings.*", "greetings.hello"));
+    assert!(!topic_matches("greetings.*", "greeting"));
+    assert!(topic_matches("*", "anything"));
+    assert!(!topic_matches("pip.installed", "pip.installed.x"));
+    let d = manifest_diagnostics(&format!("{MINIMAL}subscribe = [\"a b\", \"x*y\", \"\"]\n"));
+    let got: Vec<&str> = d.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(
+        got,
+        [
+            "invalid topic \"a b\"",
+            "invalid topic \"x*y\"",
+            "invalid topic \"\""
+        ],
+        "{d:#?}"
+    );
+    let d = manifest_diagnostics(&format!(
+        "{MINIMAL}mode = \"per-call\"\nclass = \"P\"\nsubscribe = [\"a\"]\n"
+    ));
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!(
+        d[0].message,
+        "`subscribe` is for plugins with mode \"service\""
+    );
+}

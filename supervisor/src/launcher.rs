@@ -416,8 +416,15 @@ impl ChildChannel<'_> {
             let empty_set: libc::sigset_t = std::mem::zeroed();
             libc::sigprocmask(libc::SIG_SETMASK, &empty_set, std::ptr::null_mut());
             // uid/gid 0 of the new namespace: without it exec would drop the namespace capabilities
-            // the shim needs for its mounts.
-            if libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
+            // the shim needs for its mounts. The raw system calls, not glibc's wrappers: those
+            // change the ids of every thread glibc knows of, taking its thread-list lock and
+            // waiting on the others — threads of the parent that do not exist here, and a lock
+            // another parent thread may have held at the clone (a thread starting or ending):
+            // the child would wait forever. The raw calls change this thread only, which is the
+            // whole process here.
+            if libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
+                || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0
+            {
                 libc::_exit(121);
             }
             // Die with the supervisor: a sandbox must not outlive whoever accounts for it. Armed

@@ -248,6 +248,11 @@ pub fn request(id: &Id, method: &str, params: &Value) -> Vec<u8> {
     line(request)
 }
 
+/// A notification line for the plugin (no id: nothing is answered), such as `event`.
+pub fn notification(method: &str, params: &Value) -> Vec<u8> {
+    line(json!({ "jsonrpc": "2.0", "method": method, "params": params }))
+}
+
 /// A response line for the plugin (to its `log` or `event.publish` request).
 pub fn response(id: &Id, outcome: &Result<Value, RpcError>) -> Vec<u8> {
     line(match outcome {

@@ -601,6 +601,86 @@ fn the_readme_demo_runs() {
     assert!(!stdout.contains("did not"), "{stdout}");
 }
 
+/// A signed package of the Rust example (examples/plugins/echo-rust) with id `id`.
+fn rust_echo(d: &Daemon, id: &str) -> PathBuf {
+    let manifest = std::fs::read_to_string(
+        harness::repo_root().join("examples/plugins/echo-rust/plugin.toml"),
+    )
+    .unwrap();
+    let dir = d.dir.join("packages").join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    harness::set_mode(&d.dir.join("packages"), 0o755);
+    harness::set_mode(&dir, 0o755);
+    std::fs::write(
+        dir.join("plugin.toml"),
+        manifest.replace("id = \"echo-rust\"", &format!("id = \"{id}\"")),
+    )
+    .unwrap();
+    // A hard link: 80 copies of the binary would fill the VM's /tmp (each load makes a sealed
+    // copy of its own besides).
+    std::fs::hard_link(harness::bin_dir().join("echo-rust"), dir.join("echo-rust"))
+        .or_else(|_| {
+            std::fs::copy(harness::bin_dir().join("echo-rust"), dir.join("echo-rust")).map(|_| ())
+        })
+        .unwrap();
+    d.sign(&dir);
+    dir
+}
+
+/// Events between plugins: what a plugin publishes reaches the other plugins whose manifest
+/// subscribes to the topic (the Rust example, declared with `make_plugin!`, subscribes to
+/// `greetings.*` and counts what its hook hears), never the publisher itself, and no topic
+/// nobody subscribed to. A plugin without the subscription (the Python example) hears nothing.
+#[test]
+fn published_events_reach_their_subscribers() {
+    if !harness::privileged("published_events_reach_their_subscribers") {
+        return;
+    }
+    let d = Daemon::start("subscribers", &[]);
+    d.load(&rust_echo(&d, "greeter"));
+    d.load(&rust_echo(&d, "listener"));
+    let heard = |id: &str| d.call(id, "count", json!({})).unwrap()["heard"].clone();
+    assert_eq!(heard("listener"), 0);
+    d.call(
+        "greeter",
+        "announce",
+        json!({ "topic": "greetings.hello", "data": { "n": 1 } }),
+    )
+    .unwrap();
+    d.call(
+        "greeter",
+        "announce",
+        json!({ "topic": "farewells", "data": {} }),
+    )
+    .unwrap();
+    d.call(
+        "greeter",
+        "announce",
+        json!({ "topic": "greetings.again", "data": "twice" }),
+    )
+    .unwrap();
+    let until = Instant::now() + harness::patience(5);
+    while heard("listener") != 2 {
+        assert!(Instant::now() < until, "{:#?}", d.logs("listener"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The stream had all three; nothing more arrives, and the publisher heard none of its own.
+    d.wait_event(5, "the unsubscribed topic", |e| {
+        e["type"] == "published" && e["topic"] == "farewells"
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(heard("listener"), 2);
+    assert_eq!(heard("greeter"), 0);
+    let logs = d.logs("listener");
+    for line in [
+        r#"info: heard greetings.hello from greeter: {"n":1}"#,
+        r#"info: heard greetings.again from greeter: "twice""#,
+    ] {
+        assert!(logs.iter().any(|l| l == line), "{line} not in {logs:#?}");
+    }
+    assert!(!logs.iter().any(|l| l.contains("farewells")), "{logs:#?}");
+}
+
 /// More sandboxes at once than the monitors' first 64 slots (full ring buffers, per-syscall
 /// counts): 80 Rust plugins loaded, each answering, each in its own cgroup.
 #[test]
@@ -609,32 +689,9 @@ fn more_than_64_plugins_at_once() {
         return;
     }
     let d = Daemon::start("many", &[]);
-    let manifest = std::fs::read_to_string(
-        harness::repo_root().join("examples/plugins/echo-rust/plugin.toml"),
-    )
-    .unwrap();
     let count = 80;
     for i in 0..count {
-        let id = format!("many-{i}");
-        let dir = d.dir.join("packages").join(&id);
-        std::fs::create_dir_all(&dir).unwrap();
-        harness::set_mode(&d.dir.join("packages"), 0o755);
-        harness::set_mode(&dir, 0o755);
-        std::fs::write(
-            dir.join("plugin.toml"),
-            manifest.replace("id = \"echo-rust\"", &format!("id = \"{id}\"")),
-        )
-        .unwrap();
-        // A hard link: 80 copies of the binary would fill the VM's /tmp (each load makes a
-        // sealed copy of its own besides).
-        std::fs::hard_link(harness::bin_dir().join("echo-rust"), dir.join("echo-rust"))
-            .or_else(|_| {
-                std::fs::copy(harness::bin_dir().join("echo-rust"), dir.join("echo-rust"))
-                    .map(|_| ())
-            })
-            .unwrap();
-        d.sign(&dir);
-        d.load(&dir);
+        d.load(&rust_echo(&d, &format!("many-{i}")));
     }
     assert_eq!(d.cgroups().len(), count);
     for i in 0..count {

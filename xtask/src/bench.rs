@@ -2,7 +2,9 @@
 //! `cargo xtask bench monitors`: what the eBPF monitors cost and how fast they act
 //! (bench_monitors.rs). `cargo xtask bench daemon`: the daemon's calls and loads
 //! (bench_daemon.rs). `cargo xtask bench trust`: verification (bench_trust.rs). `cargo xtask
-//! bench registry`: what the audit log costs the calls (bench_registry.rs).
+//! bench registry`: what the audit log costs the calls (bench_registry.rs). `cargo xtask bench
+//! per-call`: per-call plugins beside a plain subprocess, and a Python plugin's calls
+//! (bench_per_call.rs; `bench daemon` runs it too).
 //!
 //! The commands run interleaved (A B C A B C ...) rather than one after another, so that the
 //! machine's noise falls on all of them alike; the result is quoted as medians and ratios, never
@@ -27,6 +29,9 @@ mod trust;
 
 #[path = "bench_registry.rs"]
 mod registry;
+
+#[path = "bench_per_call.rs"]
+mod per_call;
 
 struct Contender {
     name: &'static str,
@@ -75,12 +80,14 @@ pub fn run(args: &[&str]) -> Result<()> {
         Some("daemon") => return daemon::run(&args[1..]),
         Some("trust") => return trust::run(&args[1..]),
         Some("registry") => return registry::run(&args[1..]),
+        Some("per-call") => return per_call::run(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask bench launch [--runs N] [--no-record]\n       {}\n       {}\n       {}\n       {}",
+            "usage: cargo xtask bench launch [--runs N] [--no-record]\n       {}\n       {}\n       {}\n       {}\n       {}",
             monitors::USAGE,
             daemon::USAGE,
             trust::USAGE,
-            registry::USAGE
+            registry::USAGE,
+            per_call::USAGE
         ),
     }
     let runs: usize = flag_value(args, "--runs")

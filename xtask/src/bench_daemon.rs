@@ -438,7 +438,9 @@ pub fn run(args: &[&str]) -> Result<()> {
             &section,
         )?;
     }
-    Ok(())
+    // Per-call plugins and the Python plugin's calls, in a daemon of their own.
+    let per_call_args: &[&str] = if record { &[] } else { &["--no-record"] };
+    super::per_call::run(per_call_args)
 }
 
 pub(super) struct RemoveOnDrop(pub(super) PathBuf);

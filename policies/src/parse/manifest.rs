@@ -30,6 +30,7 @@ pub(crate) const MANIFEST_KEYS: &[&str] = &[
     "class",
     "init_args",
     "per_call",
+    "subscribe",
 ];
 pub(crate) const PER_CALL_KEYS: &[&str] = &["warm", "max_running", "output_bytes"];
 pub(crate) const MODES: &[(&str, bool)] = &[("service", false), ("per-call", true)];
@@ -144,6 +145,7 @@ impl Checker<'_> {
         let mut lifecycle = Lifecycle::default();
         let mut counters = Vec::new();
         let mut per_call_mode = false;
+        let mut subscribe = Vec::new();
         let (mut class, mut init_args) = (None, serde_json::Value::Object(Default::default()));
         let mut per_call = PerCall {
             class: String::new(),
@@ -158,7 +160,7 @@ impl Checker<'_> {
         for e in self.entries(root, MANIFEST_KEYS, Place::ManifestTable("plugin.toml")) {
             match e.key {
                 "class" | "init_args" | "per_call" => per_call_only.push((e.key, e.key_span())),
-                "lifecycle" | "counters" => service_only.push((e.key, e.key_span())),
+                "lifecycle" | "counters" | "subscribe" => service_only.push((e.key, e.key_span())),
                 _ => {}
             }
             match e.key {
@@ -213,6 +215,7 @@ impl Checker<'_> {
                     }
                 }
                 "counters" => counters = self.counters(&e),
+                "subscribe" => subscribe = self.subscriptions(&e),
                 "mode" => per_call_mode = self.choice(&e, MODES).unwrap_or(false),
                 "class" => {
                     if let Some(raw) = self.string(&e) {
@@ -245,12 +248,16 @@ impl Checker<'_> {
         }
         if per_call_mode {
             for (key, span) in &service_only {
-                let why = if *key == "lifecycle" {
-                    "a per-call plugin has no long-lived process to restart, ping or stop: each \
-                     call's sandbox ends with the call (its method's `timeout` bounds it)"
-                } else {
-                    "counters come over the JSON-RPC socket of a long-lived plugin; a per-call \
-                     plugin reports in its result"
+                let why = match *key {
+                    "lifecycle" => {
+                        "a per-call plugin has no long-lived process to restart, ping or stop: \
+                         each call's sandbox ends with the call (its method's `timeout` bounds it)"
+                    }
+                    "counters" => {
+                        "counters come over the JSON-RPC socket of a long-lived plugin; a \
+                         per-call plugin reports in its result"
+                    }
+                    _ => "events are delivered over the JSON-RPC socket of a long-lived plugin",
                 };
                 self.error(
                     span.clone(),
@@ -327,7 +334,34 @@ impl Checker<'_> {
             lifecycle,
             counters,
             mode,
+            subscribe,
         })
+    }
+
+    /// `subscribe = ["installed", "pip.*"]`: topics of other plugins' events, each once.
+    fn subscriptions(&mut self, e: &Entry<'_>) -> Vec<String> {
+        let topics = self.bounded_string_array(
+            e,
+            MAX_SUBSCRIPTIONS,
+            "topics",
+            "subscribe to a prefix (`pip.*`) instead of each topic",
+        );
+        let mut out: Vec<String> = Vec::new();
+        for (topic, span) in topics {
+            if !valid_topic_pattern(topic) {
+                self.error(
+                    span,
+                    format!("invalid topic \"{}\"", topic.escape_debug()),
+                    Some(format!(
+                        "a topic is letters, digits, `.`, `_`, `-` and `/`, at most \
+                         {MAX_TOPIC_BYTES} bytes, optionally ending in `*` (a prefix)"
+                    )),
+                );
+            } else if !out.iter().any(|t| t == topic) {
+                out.push(topic.to_string());
+            }
+        }
+        out
     }
 
     /// `[per_call]`: the pool and the bounds of a per-call plugin's sandboxes.

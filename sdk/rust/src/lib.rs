@@ -104,12 +104,137 @@ impl Context<'_> {
 
 type Handler = Box<dyn FnMut(Value, &mut Context<'_>) -> Result<Value, Error>>;
 type InitHook = Box<dyn FnMut(&Value) -> Result<(), Error>>;
+type EventHook = Box<dyn FnMut(&Event, &mut Context<'_>)>;
+
+/// An event another plugin published, delivered because the manifest's `subscribe` names its
+/// topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The plugin that published it.
+    pub plugin: String,
+    pub topic: String,
+    pub data: Value,
+}
+
+/// What the plugin says it is ([`Plugin::describe`], the `make_plugin!` macro's `name`,
+/// `version`, `author`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Info {
+    pub name: String,
+    pub version: String,
+    pub author: String,
+}
 
 /// A plugin's methods, and the loop that serves them.
 #[derive(Default)]
 pub struct Plugin {
     methods: HashMap<String, Handler>,
     on_initialize: Option<InitHook>,
+    on_shutdown: Option<Box<dyn FnMut()>>,
+    hooks: Vec<(String, EventHook)>,
+    info: Option<Info>,
+}
+
+/// Whether `topic` matches a hook's pattern: the topic itself, or a prefix ending in `*`.
+fn topic_matches(pattern: &str, topic: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => topic.starts_with(prefix),
+        None => pattern == topic,
+    }
+}
+
+/// Declares a plugin in one place, in the manner of the UPM seeds' `make_plugin!`: its name,
+/// version and author, `init` and `shutdown`, its methods, and its hooks (event subscriptions:
+/// each topic must also be in the manifest's `subscribe`). Expands to a `main` that serves the
+/// plugin's socket.
+///
+/// ```no_run
+/// use serde::{Deserialize, Serialize};
+/// use stockade_plugin::{make_plugin, Context, Error, Event};
+///
+/// #[derive(Deserialize)]
+/// struct Echo { text: String }
+/// #[derive(Serialize)]
+/// struct Echoed { text: String }
+///
+/// fn echo(p: Echo, cx: &mut Context) -> Result<Echoed, Error> {
+///     cx.publish("echoed", serde_json::json!({ "len": p.text.len() }));
+///     Ok(Echoed { text: p.text })
+/// }
+///
+/// fn installed(event: &Event, cx: &mut Context) {
+///     cx.log("info", &format!("{} installed {}", event.plugin, event.data));
+/// }
+///
+/// make_plugin! {
+///     name: "echo",
+///     version: "0.1.0",
+///     author: "Stockade",
+///     init: |_config| Ok(()),
+///     shutdown: || {},
+///     methods: { "echo" => echo },
+///     hooks: { "pip.installed" => installed },
+/// }
+/// ```
+#[macro_export]
+macro_rules! make_plugin {
+    (
+        name: $name:expr,
+        version: $version:expr,
+        author: $author:expr
+        $(, init: $init:expr)?
+        $(, shutdown: $shutdown:expr)?
+        $(, methods: { $($method:expr => $handler:expr),* $(,)? })?
+        $(, hooks: { $($topic:expr => $hook:expr),* $(,)? })?
+        $(,)?
+    ) => {
+        fn main() -> ::std::io::Result<()> {
+            $crate::make_plugin!(@build $name, $version, $author
+                $(, init: $init)?
+                $(, shutdown: $shutdown)?
+                $(, methods: { $($method => $handler),* })?
+                $(, hooks: { $($topic => $hook),* })?
+            )
+            .serve()
+        }
+    };
+    (@build $name:expr, $version:expr, $author:expr
+        $(, init: $init:expr)?
+        $(, shutdown: $shutdown:expr)?
+        $(, methods: { $($method:expr => $handler:expr),* })?
+        $(, hooks: { $($topic:expr => $hook:expr),* })?
+    ) => {{
+        #[allow(unused_mut)]
+        let mut plugin = $crate::Plugin::new().describe($name, $version, $author);
+        $( plugin = plugin.on_initialize($init); )?
+        $( plugin = plugin.on_shutdown($shutdown); )?
+        $( $( plugin = plugin.method($method, $handler); )* )?
+        $( $( plugin = plugin.on_event($topic, $hook); )* )?
+        plugin
+    }};
+}
+
+/// The plugin [`make_plugin!`] declares, without its `main`: for tests, or to serve another
+/// socket.
+#[macro_export]
+macro_rules! plugin {
+    (
+        name: $name:expr,
+        version: $version:expr,
+        author: $author:expr
+        $(, init: $init:expr)?
+        $(, shutdown: $shutdown:expr)?
+        $(, methods: { $($method:expr => $handler:expr),* $(,)? })?
+        $(, hooks: { $($topic:expr => $hook:expr),* $(,)? })?
+        $(,)?
+    ) => {
+        $crate::make_plugin!(@build $name, $version, $author
+            $(, init: $init)?
+            $(, shutdown: $shutdown)?
+            $(, methods: { $($method => $handler),* })?
+            $(, hooks: { $($topic => $hook),* })?
+        )
+    };
 }
 
 impl Plugin {
@@ -140,6 +265,39 @@ impl Plugin {
     pub fn on_initialize(mut self, f: impl FnMut(&Value) -> Result<(), Error> + 'static) -> Plugin {
         self.on_initialize = Some(Box::new(f));
         self
+    }
+
+    /// Runs once, at `shutdown`, before the answer.
+    pub fn on_shutdown(mut self, f: impl FnMut() + 'static) -> Plugin {
+        self.on_shutdown = Some(Box::new(f));
+        self
+    }
+
+    /// Runs for each event whose topic matches `topic` (a topic, or a prefix ending in `*`). The
+    /// host delivers only the topics the manifest's `subscribe` names.
+    pub fn on_event(
+        mut self,
+        topic: &str,
+        f: impl FnMut(&Event, &mut Context<'_>) + 'static,
+    ) -> Plugin {
+        self.hooks.push((topic.to_string(), Box::new(f)));
+        self
+    }
+
+    /// The plugin's name, version and author. At `initialize`, a version that differs from the
+    /// manifest's (which the host sends) is logged as a warning: the binary and its package
+    /// disagree.
+    pub fn describe(mut self, name: &str, version: &str, author: &str) -> Plugin {
+        self.info = Some(Info {
+            name: name.to_string(),
+            version: version.to_string(),
+            author: author.to_string(),
+        });
+        self
+    }
+
+    pub fn info(&self) -> Option<&Info> {
+        self.info.as_ref()
     }
 
     /// Serves the socket the host handed over (`STOCKADE_RPC_FD`) until `shutdown` or until the
@@ -199,12 +357,52 @@ impl Plugin {
             let outcome = match method {
                 "initialize" => {
                     config = params.get("config").cloned().unwrap_or(Value::Null);
+                    let manifest_version =
+                        params.pointer("/plugin/version").and_then(Value::as_str);
+                    if let (Some(info), Some(v)) = (&self.info, manifest_version) {
+                        if info.version != v {
+                            let mut cx = Context {
+                                out: &mut out,
+                                config: &config,
+                            };
+                            cx.log(
+                                "warning",
+                                &format!(
+                                    "{} says it is version {}, its manifest {v}",
+                                    info.name, info.version
+                                ),
+                            );
+                        }
+                    }
                     match self.on_initialize.as_mut() {
                         Some(f) => f(&config).map(|()| json!({})),
                         None => Ok(json!({})),
                     }
                 }
-                "ping" | "shutdown" => Ok(json!({})),
+                "event" => {
+                    let event = Event {
+                        plugin: params["plugin"].as_str().unwrap_or_default().to_string(),
+                        topic: params["topic"].as_str().unwrap_or_default().to_string(),
+                        data: params.get("data").cloned().unwrap_or(Value::Null),
+                    };
+                    let mut cx = Context {
+                        out: &mut out,
+                        config: &config,
+                    };
+                    for (pattern, hook) in &mut self.hooks {
+                        if topic_matches(pattern, &event.topic) {
+                            hook(&event, &mut cx);
+                        }
+                    }
+                    Ok(json!({}))
+                }
+                "shutdown" => {
+                    if let Some(f) = self.on_shutdown.as_mut() {
+                        f();
+                    }
+                    Ok(json!({}))
+                }
+                "ping" => Ok(json!({})),
                 other => match self.methods.get_mut(other) {
                     Some(handler) => {
                         let mut cx = Context {
@@ -364,6 +562,88 @@ mod tests {
         assert_eq!(r["error"], json!({ "code": 7, "message": "no config" }));
         drop(host);
         server.join().unwrap().unwrap();
+    }
+
+    fn shout(p: Echo, cx: &mut Context<'_>) -> Result<Value, Error> {
+        cx.publish("shouted", json!({ "len": p.text.len() }));
+        Ok(json!({ "text": p.text.to_uppercase() }))
+    }
+
+    #[test]
+    fn the_macro_declares_info_init_shutdown_methods_and_hooks() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use std::sync::Arc;
+        let shutdowns = Arc::new(AtomicU32::new(0));
+        let seen = shutdowns.clone();
+        let (host_end, plugin_end) = UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || {
+            let plugin = crate::plugin! {
+                name: "shouter",
+                version: "1.0.0",
+                author: "Stockade",
+                init: |config: &Value| if config["ok"] == false { Err(Error::new(9, "no")) } else { Ok(()) },
+                shutdown: move || { seen.fetch_add(1, Ordering::SeqCst); },
+                methods: { "shout" => shout },
+                hooks: {
+                    "pip.installed" => |e: &Event, cx: &mut Context<'_>| cx.log("info", &format!("{} installed {}", e.plugin, e.data["package"])),
+                    "pip.*" => |e: &Event, cx: &mut Context<'_>| cx.log("debug", &format!("pip event {}", e.topic)),
+                },
+            };
+            assert_eq!(
+                plugin.info(),
+                Some(&Info {
+                    name: "shouter".into(),
+                    version: "1.0.0".into(),
+                    author: "Stockade".into()
+                })
+            );
+            plugin.serve_on(plugin_end)
+        });
+        let mut host = Host {
+            out: host_end.try_clone().unwrap(),
+            input: BufReader::new(host_end),
+        };
+        // The manifest says another version: a warning, not a failure.
+        let (notes, r) = host.call(
+            1,
+            "initialize",
+            json!({ "config": {}, "plugin": { "id": "shouter", "version": "1.0.1" } }),
+        );
+        assert_eq!(r["result"], json!({}));
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert_eq!(notes[0]["params"]["level"], "warning");
+        assert_eq!(
+            notes[0]["params"]["message"],
+            "shouter says it is version 1.0.0, its manifest 1.0.1"
+        );
+        let (notes, r) = host.call(2, "shout", json!({ "text": "hi" }));
+        assert_eq!(r["result"], json!({ "text": "HI" }));
+        assert_eq!(notes[0]["params"]["topic"], "shouted");
+        // An event notification: no answer; each matching hook runs, in order.
+        send(
+            &mut host.out,
+            &json!({ "jsonrpc": "2.0", "method": "event", "params": { "plugin": "pip", "topic": "pip.installed", "data": { "package": "requests" } } }),
+        )
+        .unwrap();
+        send(
+            &mut host.out,
+            &json!({ "jsonrpc": "2.0", "method": "event", "params": { "plugin": "npm", "topic": "npm.installed", "data": {} } }),
+        )
+        .unwrap();
+        let (notes, r) = host.call(3, "ping", Value::Null);
+        assert_eq!(r["result"], json!({}));
+        let messages: Vec<&str> = notes
+            .iter()
+            .map(|n| n["params"]["message"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            messages,
+            ["pip installed \"requests\"", "pip event pip.installed"]
+        );
+        let (_, r) = host.call(4, "shutdown", Value::Null);
+        assert_eq!(r["result"], json!({}));
+        server.join().unwrap().unwrap();
+        assert_eq!(shutdowns.load(Ordering::SeqCst), 1);
     }
 
     #[test]

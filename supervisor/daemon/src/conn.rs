@@ -261,6 +261,13 @@ impl Conn {
         Ok(json!({}))
     }
 
+    /// Sends the notification `method` (no answer); false when the plugin's queue is full or
+    /// its connection gone (the notification is dropped: a slow plugin never holds up another).
+    pub fn notify(&self, method: &str, params: &Value) -> bool {
+        let line = rpc::notification(method, params);
+        line.len() <= rpc::MAX_MESSAGE_BYTES && !self.is_closed() && self.tx.try_send(line).is_ok()
+    }
+
     /// Sends `method` to the plugin and waits for its answer until `timeout`.
     pub async fn call(
         &self,

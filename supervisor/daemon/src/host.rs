@@ -297,7 +297,7 @@ impl Host {
         tokio::spawn(write_registry(config.storage.clone(), updates));
         let metrics = Arc::new(Metrics::new());
         let export = Exporter::start(&config.export, &config.host_id, metrics.clone());
-        Arc::new(Host {
+        let host = Arc::new(Host {
             keyring: Mutex::new(Arc::new(keyring)),
             events: Arc::new(Events::new(config.audit.clone(), metrics.clone(), export)),
             metrics,
@@ -312,7 +312,42 @@ impl Host {
             next_run: AtomicU64::new(1),
             layout: stockade::cgroup::Layout::detect().ok(),
             started_ms: now_ms(),
-        })
+        });
+        tokio::spawn(deliver_events(
+            Arc::downgrade(&host),
+            host.events.subscribe().1,
+        ));
+        host
+    }
+
+    /// Hands a published event to every other active plugin whose manifest subscribes to its
+    /// topic, as an `event` notification.
+    fn deliver(&self, event: &Value) {
+        let (Some(source), Some(topic)) = (event["plugin"].as_str(), event["topic"].as_str())
+        else {
+            return;
+        };
+        let params = json!({ "plugin": source, "topic": topic, "data": event["data"] });
+        for plugin in self.all_plugins() {
+            if plugin.id == source {
+                continue;
+            }
+            let run = {
+                let st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+                let wants = st
+                    .package
+                    .manifest
+                    .subscribe
+                    .iter()
+                    .any(|p| stockade_policy::manifest::topic_matches(p, topic));
+                st.run.clone().filter(|_| wants)
+            };
+            if let Some(run) = run {
+                if !run.conn.notify("event", &params) {
+                    self.metrics.event_dropped(&plugin.id);
+                }
+            }
+        }
     }
 
     pub fn subscribe(&self) -> (Vec<Arc<Value>>, broadcast::Receiver<Arc<Value>>) {
@@ -1831,6 +1866,24 @@ impl Host {
             .collect();
         for stop in stops {
             let _ = stop.await;
+        }
+    }
+}
+
+/// Delivers the published events of the daemon's stream to their subscribers, until the host
+/// is gone. A subscriber that lags behind the stream loses the oldest (counted).
+async fn deliver_events(host: std::sync::Weak<Host>, mut rx: broadcast::Receiver<Arc<Value>>) {
+    loop {
+        match rx.recv().await {
+            Ok(event) if event["type"] == "published" => {
+                let Some(host) = host.upgrade() else { return };
+                host.deliver(&event);
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!("{n} events were not delivered to subscribers: the stream ran ahead")
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
         }
     }
 }

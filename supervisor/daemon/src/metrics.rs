@@ -136,6 +136,7 @@ pub struct Metrics {
     loads: Family<Outcome, Counter>,
     load_seconds: Family<Trust, Histogram, Buckets>,
     failures: Family<PluginId, Counter>,
+    events_dropped: Family<PluginId, Counter>,
     restarts: Family<PluginId, Counter>,
     violations: Family<ByLayer, Counter>,
     limits: Family<ByLimit, Counter>,
@@ -169,6 +170,7 @@ impl Metrics {
             loads: Family::default(),
             load_seconds: Family::new_with_constructor(Buckets(load_buckets())),
             failures: Family::default(),
+            events_dropped: Family::default(),
             restarts: Family::default(),
             violations: Family::default(),
             limits: Family::default(),
@@ -240,6 +242,11 @@ impl Metrics {
             "A call's time in the daemon, from the request to the answer",
             Unit::Seconds,
             m.call_seconds.clone(),
+        );
+        r.register(
+            "plugin_events_dropped",
+            "Published events not delivered to a subscribing plugin (its queue was full)",
+            m.events_dropped.clone(),
         );
         r.register(
             "plugin_counter",
@@ -338,6 +345,10 @@ impl Metrics {
 
     pub fn failure(&self, plugin: &str) {
         self.failures.get_or_create(&id(plugin)).inc();
+    }
+
+    pub fn event_dropped(&self, plugin: &str) {
+        self.events_dropped.get_or_create(&id(plugin)).inc();
     }
 
     pub fn restart(&self, plugin: &str) {
