@@ -45,7 +45,7 @@ timeout = "20s"
 
 [methods.sleep]
 params = { type = "object" }
-timeout = "1s"
+timeout = "SLEEP_TIMEOUT"
 
 [methods.fail]
 params = { type = "object" }
@@ -75,7 +75,12 @@ mode = "per-call"
 class = "PipPlugin"
 init_args = {{ project_root = "/work", cache_dir = "/tmp/cache", policy = {{ blocked_packages = ["evil"] }} }}
 {extra}
-{METHODS}"#
+{}"#,
+        // Under the VM runner's emulation a Python start alone takes about a second.
+        METHODS.replace(
+            "SLEEP_TIMEOUT",
+            if harness::emulated_vm() { "10s" } else { "1s" }
+        )
     );
     std::fs::write(dir.join("plugin.toml"), manifest).expect("write plugin.toml");
     d.sign(&dir);
