@@ -38,6 +38,9 @@ pub struct Manifest {
     /// `subscribe`: the topics of other plugins' published events (`event.publish`) this plugin
     /// receives, as `event` notifications. A topic, or a prefix ending in `*`.
     pub subscribe: Vec<String>,
+    /// `publish`: the topics of its own events the plugin shares with other plugins' `subscribe`
+    /// (topics or prefixes, as there). Its other events go to the operator's stream only.
+    pub publish: Vec<String>,
 }
 
 /// How the plugin's process serves calls.
@@ -71,7 +74,8 @@ pub const MAX_WARM: i64 = 32;
 pub const DEFAULT_MAX_RUNNING: u32 = 8;
 pub const MAX_RUNNING: i64 = 256;
 pub const DEFAULT_OUTPUT_BYTES: u64 = 1 << 20;
-pub const MAX_OUTPUT_BYTES: i64 = 64 << 20;
+/// Both streams of a call, JSON-escaped (up to 6 bytes each), fit a control message (16 MiB).
+pub const MAX_OUTPUT_BYTES: i64 = 1 << 20;
 /// Longest `class`.
 pub const MAX_CLASS_BYTES: usize = 128;
 

@@ -466,3 +466,15 @@ fn subscriptions_are_topics_or_prefixes() {
         "`subscribe` is for plugins with mode \"service\""
     );
 }
+
+#[test]
+fn shared_topics_are_declared_like_subscriptions() {
+    let m = manifest(&format!(
+        "{MINIMAL}publish = [\"greetings.*\"]\nsubscribe = [\"greetings.*\"]\n"
+    ));
+    assert_eq!(m.publish, ["greetings.*"]);
+    assert!(manifest(MINIMAL).publish.is_empty());
+    let d = manifest_diagnostics(&format!("{MINIMAL}publish = [\"a b\"]\n"));
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!(d[0].message, "invalid topic \"a b\"");
+}

@@ -350,9 +350,12 @@ pub fn policy_grants_tmp(policy: &Policy) -> bool {
     })
 }
 
-/// The plugin's base environment: PATH, HOME and LANG, then `extra` (which replaces a base
-/// variable of the same name). Nothing of the supervisor's own environment (tokens, proxies,
-/// sockets) leaks in unless the caller puts it in `extra`.
+/// The plugin's base environment: PATH, HOME, LANG and PYTHONDONTWRITEBYTECODE, then `extra`
+/// (which replaces a base variable of the same name). Nothing of the supervisor's own
+/// environment (tokens, proxies, sockets) leaks in unless the caller puts it in `extra`.
+/// PYTHONDONTWRITEBYTECODE=1: a plugin's own files are read-only, and Python would otherwise try
+/// to write the bytecode cache of each module it imports beside it (`__pycache__`), a violation
+/// that kills an untrusted plugin at its first import of a module of its own.
 pub fn plugin_env(policy: &Policy, extra: &[(String, String)]) -> Vec<(String, String)> {
     let home = if policy_grants_tmp(policy) {
         "/tmp"
@@ -363,6 +366,7 @@ pub fn plugin_env(policy: &Policy, extra: &[(String, String)]) -> Vec<(String, S
         ("PATH".into(), plugin_path(policy)),
         ("HOME".into(), home.into()),
         ("LANG".into(), "C.UTF-8".into()),
+        ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
     ];
     for (k, v) in extra {
         env.retain(|(name, _)| name != k);

@@ -629,8 +629,8 @@ fn rust_echo(d: &Daemon, id: &str) -> PathBuf {
 
 /// Events between plugins: what a plugin publishes reaches the other plugins whose manifest
 /// subscribes to the topic (the Rust example, declared with `make_plugin!`, subscribes to
-/// `greetings.*` and counts what its hook hears), never the publisher itself, and no topic
-/// nobody subscribed to. A plugin without the subscription (the Python example) hears nothing.
+/// `greetings.*` and counts what its hook hears), never the publisher itself, and no topic its
+/// publisher does not share (`publish`) or nobody subscribed to.
 #[test]
 fn published_events_reach_their_subscribers() {
     if !harness::privileged("published_events_reach_their_subscribers") {

@@ -422,3 +422,63 @@ fn a_per_call_plugin_upgrades_without_losing_calls() {
     assert!(d.cgroups().is_empty(), "{:?}", d.cgroups());
     assert!(d.stop().success());
 }
+
+/// The policy's threshold counts over the plugin's calls, not per sandbox: with a threshold of
+/// two, one violation in each of two calls quarantines the plugin (each sandbox alone saw one).
+#[test]
+fn a_per_call_plugins_violations_count_across_its_calls() {
+    let test = "a_per_call_plugins_violations_count_across_its_calls";
+    if !harness::privileged(test) {
+        return;
+    }
+    let d = Daemon::start("per-call-threshold", &[]);
+    let pkg = package(&d, "upm-twice", "1.0.0", "");
+    let profile = std::fs::read_to_string(
+        harness::repo_root().join("policies/profiles/untrusted-default.toml"),
+    )
+    .unwrap();
+    assert!(profile.contains("threshold = 1 "), "{profile}");
+    std::fs::write(
+        pkg.join("policy.toml"),
+        profile.replace("threshold = 1 ", "threshold = 2 "),
+    )
+    .unwrap();
+    let manifest = std::fs::read_to_string(pkg.join("plugin.toml")).unwrap();
+    std::fs::write(
+        pkg.join("plugin.toml"),
+        manifest.replace(
+            "policy = { profile = \"untrusted-default\", filesystem = { write = [\"$STATE_DIR\"] } }",
+            "policy = \"policy.toml\"",
+        ),
+    )
+    .unwrap();
+    d.sign(&pkg);
+    d.load(&pkg);
+    let shadow = json!({ "action": "read", "path": "/etc/shadow" });
+    // One violation: denied, the call answers, the plugin stays.
+    let answer = d.call("upm-twice", "probe", shadow.clone()).expect("first");
+    assert!(
+        answer["data"]["result"]
+            .as_str()
+            .is_some_and(|r| r.ends_with("Error")),
+        "{answer}"
+    );
+    assert_eq!(d.status("upm-twice")["state"], "active");
+    assert_eq!(d.status("upm-twice")["per_call"]["recent_violations"], 1);
+    // The second, in a fresh sandbox: the plugin's second within the window.
+    let _ = d.call("upm-twice", "probe", shadow);
+    let until = Instant::now() + harness::patience(10);
+    while d.status("upm-twice")["state"] != "quarantined" || !d.cgroups().is_empty() {
+        assert!(
+            Instant::now() < until,
+            "{} {:?}",
+            d.status("upm-twice"),
+            d.cgroups()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let error = d
+        .call("upm-twice", "doctor", json!({}))
+        .expect_err("quarantined");
+    assert_eq!(error["code"], -32001, "{error}");
+}

@@ -2,8 +2,13 @@
 //! (`sdk/rust`); the Python one's are run here, with the system's Python 3 (the one the example
 //! plugins' `#!/usr/bin/python3` names).
 
+mod harness;
+
 use std::path::Path;
 use std::process::Command;
+
+use harness::daemon::Daemon;
+use serde_json::json;
 
 #[test]
 fn the_python_sdk_speaks_the_protocol() {
@@ -132,4 +137,104 @@ fn the_python_sdk_installs_with_pip() {
         "importable without the install: {out:?}"
     );
     let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// A plugin written with the Python SDK, run by the daemon as docs/plugins.md's first-plugin guide
+/// builds it: the SDK copied into the package (the sandbox sees no site-packages but the
+/// system's), a class whose methods are the plugin's, imported from a module of its own (Python
+/// would write its bytecode cache beside it: the daemon's environment says not to, or the first
+/// import would be a violation). Called through the daemon: a result, a log line, an event, a
+/// counter, and the seed's exception as error 1000 with its type; refused params never reach it.
+#[test]
+fn a_python_sdk_plugin_runs_under_the_daemon() {
+    let test = "a_python_sdk_plugin_runs_under_the_daemon";
+    if !harness::privileged(test) {
+        return;
+    }
+    let d = Daemon::start("python-sdk", &[]);
+    let pkg = d.dir.join("packages").join("hello");
+    std::fs::create_dir_all(pkg.join("hello")).unwrap();
+    for dir in [d.dir.join("packages"), pkg.clone(), pkg.join("hello")] {
+        harness::set_mode(&dir, 0o755);
+    }
+    copy_tree(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/python/stockade_plugin"),
+        &pkg.join("stockade_plugin"),
+    );
+    std::fs::write(
+        pkg.join("hello/__init__.py"),
+        "from stockade_plugin import PluginBase, PluginOperationError\n\n\n\
+         class Hello(PluginBase):\n\
+         \x20   def greet(self, name):\n\
+         \x20       self.logger.info(\"greeting %s\", name)\n\
+         \x20       self.publish_event(\"greeted\", {\"name\": name})\n\
+         \x20       self.count(\"greetings_total\")\n\
+         \x20       return {\"text\": f\"hello, {name}\"}\n\n\
+         \x20   async def refuse(self, name):\n\
+         \x20       raise PluginOperationError(f\"will not greet {name}\", {\"name\": name})\n",
+    )
+    .unwrap();
+    std::fs::write(
+        pkg.join("main.py"),
+        "#!/usr/bin/python3\nfrom stockade_plugin import serve\nfrom hello import Hello\n\nserve(Hello())\n",
+    )
+    .unwrap();
+    harness::set_mode(&pkg.join("main.py"), 0o755);
+    std::fs::write(
+        pkg.join("plugin.toml"),
+        r#"id = "hello"
+name = "Hello"
+version = "0.1.0"
+entry = ["main.py"]
+policy = { profile = "untrusted-default" }
+counters = ["greetings_total"]
+
+[methods.greet]
+params = { type = "object", properties = { name = { type = "string", maxLength = 100 } }, required = ["name"], additionalProperties = false }
+timeout = "20s"
+
+[methods.refuse]
+params = { type = "object" }
+timeout = "20s"
+"#,
+    )
+    .unwrap();
+    // Every file and directory readable by the plugin's uid.
+    let out = Command::new("chmod")
+        .args(["-R", "go+rX"])
+        .arg(&pkg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    d.sign(&pkg);
+    let out = d.cli(&["plugin", "load", pkg.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}\n{}", d.log());
+    let answer = d
+        .call("hello", "greet", json!({ "name": "world" }))
+        .unwrap();
+    assert_eq!(answer, json!({ "text": "hello, world" }));
+    let published = d.wait_event(5, "the event", |e| {
+        e["type"] == "published" && e["plugin"] == "hello"
+    });
+    assert_eq!(published["topic"], "greeted");
+    assert_eq!(published["data"], json!({ "name": "world" }));
+    let error = d
+        .call("hello", "refuse", json!({ "name": "you" }))
+        .expect_err("the plugin's exception");
+    assert_eq!(error["code"], 1000, "{error}");
+    assert_eq!(error["message"], "will not greet you");
+    assert_eq!(error["data"]["type"], "PluginOperationError");
+    assert_eq!(error["data"]["details"], json!({ "name": "you" }));
+    let error = d
+        .call("hello", "greet", json!({ "name": 7 }))
+        .expect_err("refused by the host");
+    assert_eq!(error["code"], -32602);
+    let logs = d.logs("hello");
+    assert!(
+        logs.iter().any(|l| l == "info: greeting world"),
+        "{logs:#?}"
+    );
+    let status = d.status("hello");
+    assert_eq!(status["state"], "active", "{status}");
+    assert_eq!(status["violations"], 0, "{status}");
 }

@@ -31,6 +31,7 @@ pub(crate) const MANIFEST_KEYS: &[&str] = &[
     "init_args",
     "per_call",
     "subscribe",
+    "publish",
 ];
 pub(crate) const PER_CALL_KEYS: &[&str] = &["warm", "max_running", "output_bytes"];
 pub(crate) const MODES: &[(&str, bool)] = &[("service", false), ("per-call", true)];
@@ -146,6 +147,7 @@ impl Checker<'_> {
         let mut counters = Vec::new();
         let mut per_call_mode = false;
         let mut subscribe = Vec::new();
+        let mut publish = Vec::new();
         let (mut class, mut init_args) = (None, serde_json::Value::Object(Default::default()));
         let mut per_call = PerCall {
             class: String::new(),
@@ -215,7 +217,14 @@ impl Checker<'_> {
                     }
                 }
                 "counters" => counters = self.counters(&e),
-                "subscribe" => subscribe = self.subscriptions(&e),
+                "subscribe" | "publish" => {
+                    let topics = self.subscriptions(&e);
+                    if e.key == "publish" {
+                        publish = topics;
+                    } else {
+                        subscribe = topics;
+                    }
+                }
                 "mode" => per_call_mode = self.choice(&e, MODES).unwrap_or(false),
                 "class" => {
                     if let Some(raw) = self.string(&e) {
@@ -257,7 +266,7 @@ impl Checker<'_> {
                         "counters come over the JSON-RPC socket of a long-lived plugin; a \
                          per-call plugin reports in its result"
                     }
-                    _ => "events are delivered over the JSON-RPC socket of a long-lived plugin",
+                    _ => "events are exchanged over the JSON-RPC socket of a long-lived plugin",
                 };
                 self.error(
                     span.clone(),
@@ -335,16 +344,18 @@ impl Checker<'_> {
             counters,
             mode,
             subscribe,
+            publish,
         })
     }
 
-    /// `subscribe = ["installed", "pip.*"]`: topics of other plugins' events, each once.
+    /// `subscribe = ["installed", "pip.*"]` (topics of other plugins' events) or `publish` (its
+    /// own shared with them): each once.
     fn subscriptions(&mut self, e: &Entry<'_>) -> Vec<String> {
         let topics = self.bounded_string_array(
             e,
             MAX_SUBSCRIPTIONS,
             "topics",
-            "subscribe to a prefix (`pip.*`) instead of each topic",
+            "name a prefix (`pip.*`) instead of each topic",
         );
         let mut out: Vec<String> = Vec::new();
         for (topic, span) in topics {

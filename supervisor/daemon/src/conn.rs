@@ -57,13 +57,16 @@ fn unavailable(message: &str) -> RpcError {
     }
 }
 
+/// Messages queued for the plugin's socket at most.
+const QUEUE: usize = 1024;
+
 impl Conn {
     /// Starts the reader and writer tasks on `stream`.
     pub fn start(stream: std::os::unix::net::UnixStream, sink: Arc<dyn Sink>) -> Arc<Conn> {
         let stream = stream
             .set_nonblocking(true)
             .and_then(|()| UnixStream::from_std(stream));
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(QUEUE);
         let conn = Arc::new(Conn {
             tx,
             pending: Mutex::new(HashMap::new()),
@@ -261,10 +264,15 @@ impl Conn {
         Ok(json!({}))
     }
 
-    /// Sends the notification `method` (no answer); false when the plugin's queue is full or
-    /// its connection gone (the notification is dropped: a slow plugin never holds up another).
+    /// Sends the notification `method` (no answer); false when its connection is gone or the
+    /// plugin's queue is half full (the notification is dropped: a plugin slow to read holds up
+    /// no other, and its own calls and pings keep their room).
     pub fn notify(&self, method: &str, params: &Value) -> bool {
         let line = rpc::notification(method, params);
+        // Half the queue stays for the host's calls and pings.
+        if self.tx.capacity() <= QUEUE / 2 {
+            return false;
+        }
         line.len() <= rpc::MAX_MESSAGE_BYTES && !self.is_closed() && self.tx.try_send(line).is_ok()
     }
 

@@ -156,7 +156,14 @@ pub struct Plugin {
     /// Violations of every layer so far, over all runs (as the sandboxes' trackers record
     /// them; the `rpc` layer's included).
     violations: Arc<AtomicU64>,
+    /// Events delivered to it this second, and when the second began (`EVENTS_IN_PER_SEC`).
+    delivered: Mutex<(Instant, u32)>,
 }
+
+/// Events delivered to one subscriber per second at most; the rest are dropped and counted. Far
+/// below the plugin's own budget of calls to the host (1000 a second), so that a hook that logs
+/// for each event cannot spend it.
+const EVENTS_IN_PER_SEC: u32 = 100;
 
 struct PluginState {
     package: Arc<Package>,
@@ -321,12 +328,25 @@ impl Host {
     }
 
     /// Hands a published event to every other active plugin whose manifest subscribes to its
-    /// topic, as an `event` notification.
+    /// topic, as an `event` notification, when the publisher's manifest shares the topic
+    /// (`publish`): a plugin's events reach other plugins only by its own declaration.
     fn deliver(&self, event: &Value) {
+        use stockade_policy::manifest::topic_matches;
         let (Some(source), Some(topic)) = (event["plugin"].as_str(), event["topic"].as_str())
         else {
             return;
         };
+        let shared = self.plugin(source).is_ok_and(|p| {
+            let st = p.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.package
+                .manifest
+                .publish
+                .iter()
+                .any(|p| topic_matches(p, topic))
+        });
+        if !shared {
+            return;
+        }
         let params = json!({ "plugin": source, "topic": topic, "data": event["data"] });
         for plugin in self.all_plugins() {
             if plugin.id == source {
@@ -334,18 +354,26 @@ impl Host {
             }
             let run = {
                 let st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
-                let wants = st
-                    .package
-                    .manifest
-                    .subscribe
-                    .iter()
-                    .any(|p| stockade_policy::manifest::topic_matches(p, topic));
+                let wants = *st.tracker.state() == State::Active
+                    && st
+                        .package
+                        .manifest
+                        .subscribe
+                        .iter()
+                        .any(|p| topic_matches(p, topic));
                 st.run.clone().filter(|_| wants)
             };
-            if let Some(run) = run {
-                if !run.conn.notify("event", &params) {
-                    self.metrics.event_dropped(&plugin.id);
+            let Some(run) = run else { continue };
+            let within_rate = {
+                let mut d = plugin.delivered.lock().unwrap_or_else(|e| e.into_inner());
+                if d.0.elapsed() >= Duration::from_secs(1) {
+                    *d = (Instant::now(), 0);
                 }
+                d.1 += 1;
+                d.1 <= EVENTS_IN_PER_SEC
+            };
+            if !within_rate || !run.conn.notify("event", &params) {
+                self.metrics.event_dropped(&plugin.id);
             }
         }
     }
@@ -791,6 +819,7 @@ impl Host {
                 }),
                 rpc_violations: AtomicU64::new(0),
                 violations: Arc::new(AtomicU64::new(0)),
+                delivered: Mutex::new((Instant::now(), 0)),
                 op: tokio::sync::Mutex::new(()),
             });
             plugins.insert(id.clone(), plugin.clone());
@@ -1092,6 +1121,19 @@ impl Host {
         let failed = tokio::select! {
             init = conn.call(&init_id, "initialize", &params, lifecycle.init_timeout) => match init {
                 Ok(_) => None,
+                Err(e) if e.code == code::UNAVAILABLE => {
+                    // The plugin closed its socket: how its run ended is the reason (an
+                    // auto-unload names the violation), not the closed connection.
+                    let end = match tokio::time::timeout(Duration::from_secs(1), &mut ended).await {
+                        Ok(end) => end.ok(),
+                        Err(_) => {
+                            run.stopping.store(true, Ordering::SeqCst);
+                            run.control.send(Request::Kill(libc::SIGKILL));
+                            (&mut ended).await.ok()
+                        }
+                    };
+                    Some((format!("it ended before answering initialize: {}", describe_end(&end)), end))
+                }
                 Err(e) => {
                     run.stopping.store(true, Ordering::SeqCst);
                     run.control.send(Request::Kill(libc::SIGKILL));
@@ -1481,7 +1523,8 @@ impl Host {
         let (run, pool, stop_timeout) = {
             let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
             st.wanted = false;
-            if st.run.is_some() || st.pool.is_some() {
+            // A per-call plugin that is quarantined or failed has retired its pool already.
+            if st.run.is_some() || (st.pool.is_some() && *st.tracker.state() == State::Active) {
                 self.transition(&plugin, &mut st, State::Stopping, "unload requested");
             }
             (

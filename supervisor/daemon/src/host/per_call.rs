@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -44,9 +44,18 @@ pub struct Pool {
     running: Arc<Semaphore>,
     /// Per method (`max_in_flight`).
     in_flight: HashMap<String, Arc<Semaphore>>,
-    /// The running calls' sandboxes, to stop them at an unload.
-    calls: Mutex<HashMap<u64, Arc<Control>>>,
+    /// The running calls' sandboxes, to stop them at an unload: `None` while the call is still
+    /// getting its sandbox. `retired` is set before, and read by a call about to execute under,
+    /// this lock, so no call executes after the kill of `retire` went by.
+    calls: Mutex<HashMap<u64, Option<Arc<Control>>>>,
+    next_call: AtomicU64,
     retired: AtomicBool,
+    /// The policy's threshold across calls (violations within the window, when crossing it
+    /// kills): each call's sandbox counts its own, and a hostile plugin must not get a fresh
+    /// count with every call.
+    threshold: Option<(u64, Duration)>,
+    /// Each ended call's violations, when its sandbox ended.
+    violations: Mutex<VecDeque<(Instant, u64)>>,
 }
 
 /// One sandbox, armed: everything but seccomp and the plugin's exec done.
@@ -74,6 +83,12 @@ impl Pool {
                 )
             })
             .collect();
+        // As the sandbox thread applies it: untrusted code is enforced whatever its policy says.
+        let e = &package.policy.enforcement;
+        let enforced = package.trust == stockade_trust::keyring::Level::Untrusted
+            || e.mode == stockade_policy::EnforcementMode::Enforce;
+        let threshold = (enforced && e.action == stockade_policy::ThresholdAction::Kill)
+            .then_some((e.threshold as u64, e.window));
         Some(Arc::new(Pool {
             running: Arc::new(Semaphore::new(settings.max_running as usize)),
             settings,
@@ -82,7 +97,10 @@ impl Pool {
             armed_changed: Notify::new(),
             in_flight,
             calls: Mutex::new(HashMap::new()),
+            next_call: AtomicU64::new(0),
             retired: AtomicBool::new(false),
+            threshold,
+            violations: Mutex::new(VecDeque::new()),
         }))
     }
 
@@ -106,6 +124,32 @@ impl Pool {
         self.ready.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// Violations of the calls that ended within the policy's window.
+    fn recent_violations(&self) -> u64 {
+        let Some((_, window)) = self.threshold else {
+            return 0;
+        };
+        let mut v = self.violations.lock().unwrap_or_else(|e| e.into_inner());
+        while v.front().is_some_and(|(at, _)| at.elapsed() > window) {
+            v.pop_front();
+        }
+        v.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Counts an ended call's violations; true when the plugin's calls crossed the threshold.
+    fn count_violations(&self, n: u64) -> bool {
+        let Some((threshold, _)) = self.threshold else {
+            return false;
+        };
+        if n > 0 {
+            self.violations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back((Instant::now(), n));
+        }
+        n > 0 && self.recent_violations() >= threshold
+    }
+
     /// For `plugin status`: the pool now and its bounds.
     pub fn status(&self) -> Value {
         json!({
@@ -113,6 +157,7 @@ impl Pool {
             "warm": self.warm(),
             "arming": self.arming.load(Ordering::SeqCst),
             "running": self.calls.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            "recent_violations": self.recent_violations(),
             "warm_target": self.settings.warm,
             "max_running": self.settings.max_running,
         })
@@ -153,6 +198,20 @@ fn hostname() -> &'static str {
         String::from_utf8_lossy(&buf[..end]).into_owned()
     })
 }
+
+/// One sandbox being armed, counted in `Pool::arming` until this drops (also when the arming
+/// task ends early), and a retirement waiting for it told.
+struct Arming(Arc<Pool>);
+
+impl Drop for Arming {
+    fn drop(&mut self) {
+        self.0.arming.fetch_sub(1, Ordering::SeqCst);
+        self.0.armed_changed.notify_waiters();
+    }
+}
+
+/// The longest error text an answer (and its audit record) carries.
+const ERROR_CHARS: usize = 1024;
 
 /// What one call's output pipe gave: the bytes kept and how many were dropped past the bound.
 #[derive(Default)]
@@ -251,17 +310,20 @@ impl Host {
         package: &Arc<Package>,
     ) {
         loop {
-            if pool.retired.load(Ordering::SeqCst) || self.stopping.load(Ordering::SeqCst) {
-                return;
+            // Counted before `retired` is looked at: a retirement that begins meanwhile either
+            // waits for this arming or is seen here.
+            let before = pool.arming.fetch_add(1, Ordering::SeqCst) as usize;
+            let guard = Arming(pool.clone());
+            if pool.retired.load(Ordering::SeqCst)
+                || self.stopping.load(Ordering::SeqCst)
+                || pool.warm() + before >= pool.settings.warm as usize
+            {
+                return; // the guard uncounts it
             }
-            let have = pool.warm() + pool.arming.load(Ordering::SeqCst) as usize;
-            if have >= pool.settings.warm as usize {
-                return;
-            }
-            pool.arming.fetch_add(1, Ordering::SeqCst);
             let (host, plugin, pool, package) =
                 (self.clone(), plugin.clone(), pool.clone(), package.clone());
             tokio::spawn(async move {
+                let _guard = guard;
                 let armed = host.arm(&plugin, &package).await;
                 match armed {
                     Ok(armed) if !pool.retired.load(Ordering::SeqCst) => {
@@ -276,8 +338,6 @@ impl Host {
                         tracing::warn!(plugin = %plugin.id, "{}: a per-call sandbox did not arm: {why}", plugin.id)
                     }
                 }
-                pool.arming.fetch_sub(1, Ordering::SeqCst);
-                pool.armed_changed.notify_waiters();
             });
         }
     }
@@ -362,14 +422,46 @@ impl Host {
                 Some("`stockade plugin status ID` and the daemon's log say more"),
             )
         };
-        if pool.retired.load(Ordering::SeqCst) {
-            return Err(unavailable(
-                "the plugin is being unloaded or upgraded".into(),
-            ));
+        let gone = || unavailable("the plugin is being unloaded, upgraded or quarantined".into());
+        // Registered before it takes a sandbox, so that a retirement waits for it (its permits)
+        // and, past its grace, finds it (`calls`).
+        let key = pool.next_call.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut calls = pool.calls.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.retired.load(Ordering::SeqCst) {
+                return Err(gone());
+            }
+            calls.insert(key, None);
         }
+        let unregister = || {
+            pool.calls
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+        };
+        let began = Instant::now();
         let armed = match pool.take() {
             Some(a) => a,
-            None => self.arm(plugin, package).await.map_err(unavailable)?,
+            // Bounded by the call's timeout; an arming given up retires itself (its exec channel
+            // closes with the dropped receivers).
+            None => match tokio::time::timeout(timeout, self.arm(plugin, package)).await {
+                Ok(Ok(a)) => a,
+                Ok(Err(why)) => {
+                    unregister();
+                    return Err(unavailable(why));
+                }
+                Err(_) => {
+                    unregister();
+                    return Err(refusal(
+                        code::TIMEOUT,
+                        format!(
+                            "no sandbox was ready for `{method}` within {} ms",
+                            timeout.as_millis()
+                        ),
+                        Some("raise the method's `timeout`, or `[per_call] warm`"),
+                    ));
+                }
+            },
         };
         self.refill(plugin, pool, package);
         let Armed {
@@ -381,11 +473,22 @@ impl Host {
             stderr,
             ended,
         } = armed;
-        pool.calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(number, control.clone());
-        let began = Instant::now();
+        let retired = {
+            let mut calls = pool.calls.lock().unwrap_or_else(|e| e.into_inner());
+            let retired = pool.retired.load(Ordering::SeqCst);
+            if retired {
+                calls.remove(&key);
+            } else {
+                calls.insert(key, Some(control.clone()));
+            }
+            retired
+        };
+        if retired {
+            drop(exec); // retired meanwhile: nothing is executed
+            let _ = ended.await;
+            return Err(gone());
+        }
+        let timeout = timeout.saturating_sub(began.elapsed());
         let sent = tokio::task::spawn_blocking(move || {
             stockade::launcher::send_exec(&mut exec, vec![payload])
             // `exec` closes here: the shim has what it needs.
@@ -409,10 +512,7 @@ impl Host {
                 outcome.await
             }
         };
-        pool.calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&number);
+        unregister();
         let duration = began.elapsed();
         self.per_call_ended(plugin, pool, number, &end).await;
 
@@ -434,12 +534,13 @@ impl Host {
                 Some("raise the method's `timeout` in the manifest"),
             ));
         }
-        let exit_status = match &end {
-            Some(Ended::Ran(s)) if s.ended_by == EndReason::Exited => s.exit_status,
-            _ => None,
-        };
-        let Some(status) = exit_status else {
-            return Err(unavailable(describe_end(&end)));
+        // How it ended: its exit status, or (killed: violations, memory, a signal) why.
+        let (status, ended_why) = match &end {
+            Some(Ended::Ran(s)) if s.ended_by == EndReason::Exited => {
+                (s.exit_status.unwrap_or(0), None)
+            }
+            Some(Ended::Ran(_)) => (-1, Some(describe_end(&end))),
+            _ => return Err(unavailable(describe_end(&end))),
         };
         let mut output = json!({ "stdout": stdout, "stderr": stderr });
         if out.dropped > 0 || err.dropped > 0 {
@@ -458,7 +559,7 @@ impl Host {
                 "duration_ms": duration.as_secs_f64() * 1000.0,
             })
         };
-        if status == 0 {
+        if status == 0 && ended_why.is_none() {
             // The result is stdout's last line; what the plugin printed before it stays output.
             let result = match last_json_line(&stdout) {
                 Some((value, before)) => {
@@ -473,25 +574,33 @@ impl Host {
             ));
         }
         // The seed's plugins print their error as JSON on stderr's last line.
-        let (error, details) = match last_json_line(&stderr) {
-            Some((value, before)) => {
-                output["stderr"] = json!(before);
-                let message = value
-                    .get("error")
-                    .or_else(|| value.pointer("/data/error"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("exited with status {status}"));
-                (message, value)
-            }
-            None => (
-                stderr
-                    .lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .map_or_else(|| format!("exited with status {status}"), str::to_string),
-                Value::Null,
-            ),
+        let (error, details) = match ended_why.map(|why| (why, Value::Null)) {
+            Some(killed) => killed,
+            None => match last_json_line(&stderr) {
+                Some((value, before)) => {
+                    output["stderr"] = json!(before);
+                    let message = value
+                        .get("error")
+                        .or_else(|| value.pointer("/data/error"))
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                        .unwrap_or_else(|| format!("exited with status {status}"));
+                    (message, value)
+                }
+                None => (
+                    stderr
+                        .lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .map_or_else(|| format!("exited with status {status}"), str::to_string),
+                    Value::Null,
+                ),
+            },
+        };
+        // The plugin's own text, into the answer and the call's audit record: bounded.
+        let error: String = match error.char_indices().nth(ERROR_CHARS) {
+            Some((cut, _)) => format!("{}…", &error[..cut]),
+            None => error,
         };
         Err(RpcError {
             code: code::PLUGIN_FAILED,
@@ -501,7 +610,7 @@ impl Host {
                 json!({
                     "error": error,
                     "details": details,
-                    "exit_status": status,
+                    "exit_status": (status >= 0).then_some(status),
                     "output": output,
                     "plugin_version": version,
                 }),
@@ -623,10 +732,21 @@ impl Host {
                 "auto_unload": report.auto_unload,
             }));
         }
-        if s.ended_by != EndReason::AutoUnloaded {
+        // The threshold across calls: this call's violations with those of the calls before it
+        // within the window; crossing it quarantines, as the sandbox's own crossing does.
+        let crossed = pool.count_violations(report.violations);
+        if s.ended_by != EndReason::AutoUnloaded && !crossed {
             return;
         }
-        let reason = describe_end(end);
+        let reason = if s.ended_by == EndReason::AutoUnloaded {
+            describe_end(end)
+        } else {
+            format!(
+                "auto-unloaded for violations: {} within {} s over its calls",
+                pool.recent_violations(),
+                pool.threshold.map_or(0, |(_, w)| w.as_secs())
+            )
+        };
         {
             let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
             self.metrics
@@ -701,6 +821,7 @@ pub async fn retire(pool: &Pool, grace: Duration) {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
+            .flatten()
         {
             control.send(Request::Kill(libc::SIGKILL));
         }
