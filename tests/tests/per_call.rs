@@ -352,13 +352,14 @@ fn per_call_sandboxes_are_confined_and_bounded() {
             json!({ "action": "read", "path": "/etc/shadow" }),
         )
         .expect_err("killed");
-    assert_eq!(error["code"], -32001, "{error}");
-    assert!(
-        error["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("auto-unloaded for violations")),
-        "{error}"
+    // The seeds' structure still: the plugin's failure, why it ended, no exit status.
+    assert_eq!(error["code"], -32003, "{error}");
+    assert_eq!(
+        error["message"],
+        "`probe` failed: auto-unloaded for violations (namespace /etc/shadow)"
     );
+    assert_eq!(error["data"]["success"], false);
+    assert_eq!(error["data"]["data"]["exit_status"], Value::Null);
     let violation = d.wait_event(5, "the violation", |e| {
         e["type"] == "violation" && e["plugin"] == "upm-bounded"
     });

@@ -178,40 +178,11 @@ fn topic_matches(pattern: &str, topic: &str) -> bool {
 /// ```
 #[macro_export]
 macro_rules! make_plugin {
-    (
-        name: $name:expr,
-        version: $version:expr,
-        author: $author:expr
-        $(, init: $init:expr)?
-        $(, shutdown: $shutdown:expr)?
-        $(, methods: { $($method:expr => $handler:expr),* $(,)? })?
-        $(, hooks: { $($topic:expr => $hook:expr),* $(,)? })?
-        $(,)?
-    ) => {
+    ($($declaration:tt)*) => {
         fn main() -> ::std::io::Result<()> {
-            $crate::make_plugin!(@build $name, $version, $author
-                $(, init: $init)?
-                $(, shutdown: $shutdown)?
-                $(, methods: { $($method => $handler),* })?
-                $(, hooks: { $($topic => $hook),* })?
-            )
-            .serve()
+            $crate::plugin!($($declaration)*).serve()
         }
     };
-    (@build $name:expr, $version:expr, $author:expr
-        $(, init: $init:expr)?
-        $(, shutdown: $shutdown:expr)?
-        $(, methods: { $($method:expr => $handler:expr),* })?
-        $(, hooks: { $($topic:expr => $hook:expr),* })?
-    ) => {{
-        #[allow(unused_mut)]
-        let mut plugin = $crate::Plugin::new().describe($name, $version, $author);
-        $( plugin = plugin.on_initialize($init); )?
-        $( plugin = plugin.on_shutdown($shutdown); )?
-        $( $( plugin = plugin.method($method, $handler); )* )?
-        $( $( plugin = plugin.on_event($topic, $hook); )* )?
-        plugin
-    }};
 }
 
 /// The plugin [`make_plugin!`] declares, without its `main`: for tests, or to serve another
@@ -227,14 +198,15 @@ macro_rules! plugin {
         $(, methods: { $($method:expr => $handler:expr),* $(,)? })?
         $(, hooks: { $($topic:expr => $hook:expr),* $(,)? })?
         $(,)?
-    ) => {
-        $crate::make_plugin!(@build $name, $version, $author
-            $(, init: $init)?
-            $(, shutdown: $shutdown)?
-            $(, methods: { $($method => $handler),* })?
-            $(, hooks: { $($topic => $hook),* })?
-        )
-    };
+    ) => {{
+        #[allow(unused_mut)]
+        let mut plugin = $crate::Plugin::new().describe($name, $version, $author);
+        $( plugin = plugin.on_initialize($init); )?
+        $( plugin = plugin.on_shutdown($shutdown); )?
+        $( $( plugin = plugin.method($method, $handler); )* )?
+        $( $( plugin = plugin.on_event($topic, $hook); )* )?
+        plugin
+    }};
 }
 
 impl Plugin {

@@ -1007,6 +1007,43 @@ impl Host {
         tokio::spawn(heartbeat(run, heartbeat_every));
     }
 
+    /// What one sandbox of `plugin` needs (its uid range, state directory, cgroup name, the
+    /// monitors and the observer of its violations), and its run number.
+    async fn sandbox_launch(
+        self: &Arc<Self>,
+        plugin: &Arc<Plugin>,
+        package: &Arc<Package>,
+        per_call: bool,
+    ) -> Result<(sb::Launch, u64), String> {
+        let id = plugin.id.clone();
+        let ids = self.ids.clone();
+        let base = tokio::task::spawn_blocking(move || ids.base_for(&id))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("no host uid range for the plugin: {e}"))?;
+        let state_dir = self.config.state_root.join("plugins").join(&plugin.id);
+        std::fs::create_dir_all(&state_dir)
+            .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
+        let number = self.next_run.fetch_add(1, Ordering::Relaxed);
+        let launch = sb::Launch {
+            package: package.clone(),
+            state_dir,
+            id_base: base,
+            cgroup_name: format!("stockade-{}.{}.{number}", std::process::id(), plugin.id),
+            monitor: self.config.monitor.clone(),
+            observer: Some(violation_observer(
+                self.events.clone(),
+                self.metrics.clone(),
+                plugin.violations.clone(),
+                plugin.id.clone(),
+                package.trust.name(),
+                (self.started_ms, number),
+            )),
+            per_call,
+        };
+        Ok((launch, number))
+    }
+
     /// Starts one run of `package` and initializes it: the sandbox thread, the connection, the
     /// output capture. `up` is called once the sandbox's first process runs. On failure the run
     /// is gone (killed and waited for) and its last exit recorded.
@@ -1017,33 +1054,11 @@ impl Host {
         up: impl FnOnce(&Arc<Self>, &Arc<Run>),
     ) -> Result<(Arc<Run>, tokio::sync::oneshot::Receiver<Ended>), StartFailure> {
         let failed = |why: String| (why, Exit::Failure);
-        let id = plugin.id.clone();
-        let ids = self.ids.clone();
-        let base = tokio::task::spawn_blocking(move || ids.base_for(&id))
+        let (launch, number) = self
+            .sandbox_launch(plugin, package, false)
             .await
-            .map_err(|e| failed(e.to_string()))?
-            .map_err(|e| failed(format!("no host uid range for the plugin: {e}")))?;
-        let state_dir = self.config.state_root.join("plugins").join(&plugin.id);
-        std::fs::create_dir_all(&state_dir)
-            .map_err(|e| failed(format!("cannot create {}: {e}", state_dir.display())))?;
-        let number = self.next_run.fetch_add(1, Ordering::Relaxed);
-        let cgroup_name = format!("stockade-{}.{}.{number}", std::process::id(), plugin.id);
-        let launch = sb::Launch {
-            package: package.clone(),
-            state_dir: state_dir.clone(),
-            id_base: base,
-            cgroup_name: cgroup_name.clone(),
-            monitor: self.config.monitor.clone(),
-            observer: Some(violation_observer(
-                self.events.clone(),
-                self.metrics.clone(),
-                plugin.violations.clone(),
-                plugin.id.clone(),
-                package.trust.name(),
-                (self.started_ms, number),
-            )),
-            per_call: false,
-        };
+            .map_err(failed)?;
+        let (state_dir, cgroup_name) = (launch.state_dir.clone(), launch.cgroup_name.clone());
         let spawned =
             sb::spawn(launch).map_err(|e| failed(format!("cannot start the sandbox: {e}")))?;
         let sink = Arc::new(PluginSink {
@@ -1082,17 +1097,7 @@ impl Host {
                 return Err((describe_end(&end), exit_kind(&end)));
             }
         };
-        let in_flight = package
-            .manifest
-            .methods
-            .iter()
-            .map(|(name, m)| {
-                (
-                    name.clone(),
-                    Arc::new(Semaphore::new(m.max_in_flight as usize)),
-                )
-            })
-            .collect();
+        let in_flight = in_flight_limits(package);
         let run = Arc::new(Run {
             number,
             version: package.manifest.version.to_string(),
@@ -1911,6 +1916,21 @@ impl Host {
             let _ = stop.await;
         }
     }
+}
+
+/// A semaphore per declared method, of its `max_in_flight` permits.
+fn in_flight_limits(package: &Package) -> HashMap<String, Arc<Semaphore>> {
+    package
+        .manifest
+        .methods
+        .iter()
+        .map(|(name, m)| {
+            (
+                name.clone(),
+                Arc::new(Semaphore::new(m.max_in_flight as usize)),
+            )
+        })
+        .collect()
 }
 
 /// Delivers the published events of the daemon's stream to their subscribers, until the host

@@ -29,7 +29,7 @@ use stockade_policy::MAX_ARG_BYTES;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{oneshot, Notify, Semaphore};
 
-use super::{describe_end, refusal, violation_observer, Host, Plugin};
+use super::{describe_end, refusal, Host, Plugin};
 use crate::logs::now_ms;
 use crate::sandbox::{self as sb, Control, Ended};
 
@@ -72,17 +72,7 @@ struct Armed {
 impl Pool {
     pub fn new(package: &Package) -> Option<Arc<Pool>> {
         let settings = package.manifest.per_call()?.clone();
-        let in_flight = package
-            .manifest
-            .methods
-            .iter()
-            .map(|(name, m)| {
-                (
-                    name.clone(),
-                    Arc::new(Semaphore::new(m.max_in_flight as usize)),
-                )
-            })
-            .collect();
+        let in_flight = super::in_flight_limits(package);
         // As the sandbox thread applies it: untrusted code is enforced whatever its policy says.
         let e = &package.policy.enforcement;
         let enforced = package.trust == stockade_trust::keyring::Level::Untrusted
@@ -256,32 +246,7 @@ impl Host {
         plugin: &Arc<Plugin>,
         package: &Arc<Package>,
     ) -> Result<Armed, String> {
-        let id = plugin.id.clone();
-        let ids = self.ids.clone();
-        let base = tokio::task::spawn_blocking(move || ids.base_for(&id))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("no host uid range for the plugin: {e}"))?;
-        let state_dir = self.config.state_root.join("plugins").join(&plugin.id);
-        std::fs::create_dir_all(&state_dir)
-            .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
-        let number = self.next_run.fetch_add(1, Ordering::Relaxed);
-        let launch = sb::Launch {
-            package: package.clone(),
-            state_dir,
-            id_base: base,
-            cgroup_name: format!("stockade-{}.{}.{number}", std::process::id(), plugin.id),
-            monitor: self.config.monitor.clone(),
-            observer: Some(violation_observer(
-                self.events.clone(),
-                self.metrics.clone(),
-                plugin.violations.clone(),
-                plugin.id.clone(),
-                package.trust.name(),
-                (self.started_ms, number),
-            )),
-            per_call: true,
-        };
+        let (launch, number) = self.sandbox_launch(plugin, package, true).await?;
         let spawned = sb::spawn(launch).map_err(|e| format!("cannot start the sandbox: {e}"))?;
         let mut ended = spawned.ended;
         let (started, exec) = tokio::select! {
