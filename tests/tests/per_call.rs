@@ -483,3 +483,160 @@ fn a_per_call_plugins_violations_count_across_its_calls() {
         .expect_err("quarantined");
     assert_eq!(error["code"], -32001, "{error}");
 }
+
+/// A child process killed when the test ends (the local index's HTTP server).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The seeds' pip plugin (examples/plugins/upm-pip) driving the real pip in its sandbox, against
+/// a local index on loopback built by the test from packages it makes (tests/fixtures/
+/// make_index.py; no outside network): install, list and uninstall work, into the plugin's state
+/// directory; the policy's one network destination is that index. Then a package whose setup.py
+/// gathers credentials and sends them to another local port: pip runs it, the connection is
+/// refused and reported as a violation of the plugin, which is quarantined, and nothing reaches
+/// the listener.
+#[test]
+fn the_upm_pip_plugin_installs_from_its_index_and_nothing_else() {
+    let test = "the_upm_pip_plugin_installs_from_its_index_and_nothing_else";
+    if !harness::privileged(test) {
+        return;
+    }
+    let python = "/usr/bin/python3";
+    let has_pip = std::process::Command::new(python)
+        .args(["-m", "pip", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_pip {
+        println!("skipped: {test}: no /usr/bin/python3 with pip here");
+        return;
+    }
+    let d = Daemon::start("upm-pip", &[]);
+    // The exfiltration's target: a listener that must never see a connection.
+    let loot = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    loot.set_nonblocking(true).unwrap();
+    let loot_port = loot.local_addr().unwrap().port();
+    let index = d.dir.join("index");
+    let out = std::process::Command::new(python)
+        .arg(harness::repo_root().join("tests/fixtures/make_index.py"))
+        .arg(&index)
+        .arg(loot_port.to_string())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let _server = Child(
+        std::process::Command::new(python)
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(&index)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let until = Instant::now() + harness::patience(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "the index never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The example as it is, pointed at this index's port (it names 3141).
+    let pkg = d.dir.join("packages").join("upm-pip");
+    std::fs::create_dir_all(&pkg).unwrap();
+    harness::set_mode(&d.dir.join("packages"), 0o755);
+    harness::set_mode(&pkg, 0o755);
+    let example = harness::repo_root().join("examples/plugins/upm-pip");
+    for file in ["plugin.py", "plugin.toml", "policy.toml"] {
+        let text = std::fs::read_to_string(example.join(file)).unwrap();
+        let text = if file == "plugin.py" {
+            text
+        } else {
+            assert!(text.contains("3141"), "{file}");
+            text.replace("3141", &port.to_string())
+        };
+        std::fs::write(pkg.join(file), text).unwrap();
+        harness::set_mode(
+            &pkg.join(file),
+            if file == "plugin.py" { 0o755 } else { 0o644 },
+        );
+    }
+    d.sign(&pkg);
+    d.load(&pkg);
+
+    let install = d
+        .call("upm-pip", "install", json!({ "args": ["hello-upm"] }))
+        .unwrap_or_else(|e| panic!("install: {e}\n{}", d.log()));
+    assert_eq!(
+        install["data"]["result"],
+        json!({ "installed": "hello-upm", "version": "1.0.0" })
+    );
+    let stdout = install["data"]["output"]["stdout"].as_str().unwrap();
+    assert!(
+        stdout.contains("Successfully installed hello-upm-1.0.0"),
+        "{stdout}"
+    );
+    let site = d.dir.join("state/plugins/upm-pip/site");
+    assert!(site.join("hello_upm/__init__.py").is_file());
+    let list = d.call("upm-pip", "list_installed", json!({})).unwrap();
+    assert_eq!(
+        list["data"]["result"],
+        json!([{ "name": "hello-upm", "version": "1.0.0" }])
+    );
+    let gone = d
+        .call("upm-pip", "uninstall", json!(["hello-upm"]))
+        .unwrap();
+    assert_eq!(
+        gone["data"]["result"],
+        json!({ "uninstalled": "hello-upm" })
+    );
+    assert!(!site.join("hello_upm/__init__.py").exists());
+    let list = d.call("upm-pip", "list_installed", json!({})).unwrap();
+    assert_eq!(list["data"]["result"], json!([]));
+
+    // The malicious package: its setup.py runs inside the sandbox and tries to send what it
+    // found to another port.
+    let error = d
+        .call("upm-pip", "install", json!({ "args": ["evil-upm"] }))
+        .expect_err("the exfiltration");
+    assert_eq!(error["code"], -32003, "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("auto-unloaded for violations")),
+        "{error}"
+    );
+    let violation = d.wait_event(10, "the exfiltration's violation", |e| {
+        e["type"] == "violation" && e["plugin"] == "upm-pip"
+    });
+    assert!(
+        violation["object"]
+            .as_str()
+            .is_some_and(|o| o.contains(&format!("127.0.0.1:{loot_port}"))),
+        "{violation}"
+    );
+    let until = Instant::now() + harness::patience(10);
+    while d.status("upm-pip")["state"] != "quarantined" || !d.cgroups().is_empty() {
+        assert!(Instant::now() < until, "{}", d.status("upm-pip"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    match loot.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the listener was reached: {other:?}"),
+    }
+}

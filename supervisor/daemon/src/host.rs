@@ -1666,11 +1666,32 @@ impl Host {
             };
             if let Some((pool, package)) = per_call.filter(|_| active) {
                 let timeout = timeout.unwrap_or(stockade_policy::manifest::DEFAULT_CALL_TIMEOUT);
-                let value = self
+                let mut answer = self
                     .call_per_call(
                         &plugin, &pool, &package, method, &params, request_id, timeout,
                     )
-                    .await?;
+                    .await;
+                // An upgrade switched pools between this call's look and its start: once more,
+                // on the pool that serves now (a retirement for any other reason stays refused).
+                if answer.as_ref().is_err_and(per_call::refused_as_retired) {
+                    let now = {
+                        let st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
+                        st.pool
+                            .clone()
+                            .filter(|p| {
+                                !Arc::ptr_eq(p, &pool) && *st.tracker.state() == State::Active
+                            })
+                            .map(|p| (p, st.package.clone()))
+                    };
+                    if let Some((pool, package)) = now {
+                        answer = self
+                            .call_per_call(
+                                &plugin, &pool, &package, method, &params, request_id, timeout,
+                            )
+                            .await;
+                    }
+                }
+                let value = answer?;
                 methods.check_result(method, &value["data"]["result"])?;
                 return Ok(value);
             }

@@ -200,6 +200,13 @@ impl Drop for Arming {
     }
 }
 
+const GONE: &str = "the plugin is being unloaded, upgraded or quarantined";
+
+/// Whether `e` is a call refused because its pool was retired before anything was executed.
+pub fn refused_as_retired(e: &RpcError) -> bool {
+    e.code == code::UNAVAILABLE && e.data.as_ref().is_some_and(|d| d["retired"] == true)
+}
+
 /// The longest error text an answer (and its audit record) carries.
 const ERROR_CHARS: usize = 1024;
 
@@ -387,7 +394,14 @@ impl Host {
                 Some("`stockade plugin status ID` and the daemon's log say more"),
             )
         };
-        let gone = || unavailable("the plugin is being unloaded, upgraded or quarantined".into());
+        // Nothing was executed: the one refusal a caller may retry on another pool.
+        let gone = || {
+            let mut e = unavailable(GONE.into());
+            if let Some(Value::Object(d)) = e.data.as_mut() {
+                d.insert("retired".into(), json!(true));
+            }
+            e
+        };
         // Registered before it takes a sandbox, so that a retirement waits for it (its permits)
         // and, past its grace, finds it (`calls`).
         let key = pool.next_call.fetch_add(1, Ordering::Relaxed);
