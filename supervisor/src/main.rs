@@ -574,6 +574,16 @@ fn main() -> ExitCode {
     phase("logging ready");
     let cli = Cli::parse();
     phase("arguments parsed");
+    // A command that only reports ends quietly when its reader goes away (`stockade plugin
+    // status ID | head -1`), as other Unix tools do, instead of a panic about a broken pipe. Not
+    // the supervisor (`run`), which must clean up after its sandbox, nor the daemon.
+    if !matches!(
+        cli.command,
+        Command::Run(_) | Command::Daemon { .. } | Command::Monitors(_)
+    ) {
+        // SAFETY: restoring a signal's default disposition; no handler is installed.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Policy(PolicyCommand::Check { files }) => policy_check(&files),

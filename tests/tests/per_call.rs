@@ -494,48 +494,39 @@ impl Drop for Child {
     }
 }
 
-/// The seeds' pip plugin (examples/plugins/upm-pip) driving the real pip in its sandbox, against
-/// a local index on loopback built by the test from packages it makes (tests/fixtures/
-/// make_index.py; no outside network): install, list and uninstall work, into the plugin's state
-/// directory; the policy's one network destination is that index. Then a package whose setup.py
-/// gathers credentials and sends them to another local port: pip runs it, the connection is
-/// refused and reported as a violation of the plugin, which is quarantined, and nothing reaches
-/// the listener.
-#[test]
-fn the_upm_pip_plugin_installs_from_its_index_and_nothing_else() {
-    let test = "the_upm_pip_plugin_installs_from_its_index_and_nothing_else";
-    if !harness::privileged(test) {
-        return;
-    }
-    let python = "/usr/bin/python3";
-    let has_pip = std::process::Command::new(python)
-        .args(["-m", "pip", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_pip {
-        println!("skipped: {test}: no /usr/bin/python3 with pip here");
-        return;
-    }
-    let d = Daemon::start("upm-pip", &[]);
-    // The exfiltration's target: a listener that must never see a connection.
+/// A local package index for the upm examples (tests/fixtures/make_index.py: pip's simple index
+/// and an npm registry), served on loopback by `python3 -m http.server`, a listener the malicious
+/// packages send their loot to, and the example's package pointed at the index's port.
+struct Upm {
+    pkg: PathBuf,
+    /// The exfiltration's target: it must never see a connection.
+    loot: std::net::TcpListener,
+    loot_port: u16,
+    _server: Child,
+}
+
+const PYTHON: &str = "/usr/bin/python3";
+
+fn upm(d: &Daemon, example: &str, shipped_port: &str) -> Upm {
     let loot = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     loot.set_nonblocking(true).unwrap();
     let loot_port = loot.local_addr().unwrap().port();
-    let index = d.dir.join("index");
-    let out = std::process::Command::new(python)
-        .arg(harness::repo_root().join("tests/fixtures/make_index.py"))
-        .arg(&index)
-        .arg(loot_port.to_string())
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
     let port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().port()
     };
-    let _server = Child(
-        std::process::Command::new(python)
+    let index = d.dir.join("index");
+    let out = std::process::Command::new(PYTHON)
+        .arg(harness::repo_root().join("tests/fixtures/make_index.py"))
+        .arg(&index)
+        .arg(loot_port.to_string())
+        .arg(port.to_string())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let server = Child(
+        std::process::Command::new(PYTHON)
             .args([
                 "-m",
                 "http.server",
@@ -555,20 +546,19 @@ fn the_upm_pip_plugin_installs_from_its_index_and_nothing_else() {
         assert!(Instant::now() < until, "the index never listened");
         std::thread::sleep(Duration::from_millis(20));
     }
-
-    // The example as it is, pointed at this index's port (it names 3141).
-    let pkg = d.dir.join("packages").join("upm-pip");
+    // The example as it is, pointed at this index's port instead of the one it ships with.
+    let pkg = d.dir.join("packages").join(example);
     std::fs::create_dir_all(&pkg).unwrap();
     harness::set_mode(&d.dir.join("packages"), 0o755);
     harness::set_mode(&pkg, 0o755);
-    let example = harness::repo_root().join("examples/plugins/upm-pip");
+    let source = harness::repo_root().join("examples/plugins").join(example);
     for file in ["plugin.py", "plugin.toml", "policy.toml"] {
-        let text = std::fs::read_to_string(example.join(file)).unwrap();
+        let text = std::fs::read_to_string(source.join(file)).unwrap();
         let text = if file == "plugin.py" {
             text
         } else {
-            assert!(text.contains("3141"), "{file}");
-            text.replace("3141", &port.to_string())
+            assert!(text.contains(shipped_port), "{file}");
+            text.replace(shipped_port, &port.to_string())
         };
         std::fs::write(pkg.join(file), text).unwrap();
         harness::set_mode(
@@ -578,7 +568,74 @@ fn the_upm_pip_plugin_installs_from_its_index_and_nothing_else() {
     }
     d.sign(&pkg);
     d.load(&pkg);
+    Upm {
+        pkg,
+        loot,
+        loot_port,
+        _server: server,
+    }
+}
 
+impl Upm {
+    /// The malicious package's install: refused where it sends its loot, reported as the
+    /// plugin's violation, the plugin quarantined; nothing reached the listener.
+    fn exfiltration_is_stopped(&self, d: &Daemon, id: &str) {
+        let error = d
+            .call(id, "install", json!({ "args": ["evil-upm"] }))
+            .expect_err("the exfiltration");
+        assert_eq!(error["code"], -32003, "{error}");
+        assert!(
+            error["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("auto-unloaded for violations")),
+            "{error}"
+        );
+        let violation = d.wait_event(10, "the exfiltration's violation", |e| {
+            e["type"] == "violation" && e["plugin"] == id
+        });
+        assert!(
+            violation["object"]
+                .as_str()
+                .is_some_and(|o| o.contains(&format!("127.0.0.1:{}", self.loot_port))),
+            "{violation}"
+        );
+        let until = Instant::now() + harness::patience(10);
+        while d.status(id)["state"] != "quarantined" || !d.cgroups().is_empty() {
+            assert!(Instant::now() < until, "{}", d.status(id));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        match self.loot.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("the listener was reached: {other:?}"),
+        }
+    }
+}
+
+fn has(program: &str, args: &[&str]) -> bool {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The seeds' pip plugin (examples/plugins/upm-pip) driving the real pip in its sandbox, against
+/// a local index on loopback built by the test from packages it makes (no outside network):
+/// install, list and uninstall work, into the plugin's state directory; the policy's one network
+/// destination is that index. Then a package whose setup.py gathers credentials and sends them to
+/// another local port: pip runs it, the connection is refused and reported as a violation of the
+/// plugin, which is quarantined, and nothing reaches the listener.
+#[test]
+fn the_upm_pip_plugin_installs_from_its_index_and_nothing_else() {
+    let test = "the_upm_pip_plugin_installs_from_its_index_and_nothing_else";
+    if !harness::privileged(test) {
+        return;
+    }
+    if !has(PYTHON, &["-m", "pip", "--version"]) {
+        println!("skipped: {test}: no /usr/bin/python3 with pip here");
+        return;
+    }
+    let d = Daemon::start("upm-pip", &[]);
+    let upm = upm(&d, "upm-pip", "3141");
     let install = d
         .call("upm-pip", "install", json!({ "args": ["hello-upm"] }))
         .unwrap_or_else(|e| panic!("install: {e}\n{}", d.log()));
@@ -608,35 +665,47 @@ fn the_upm_pip_plugin_installs_from_its_index_and_nothing_else() {
     assert!(!site.join("hello_upm/__init__.py").exists());
     let list = d.call("upm-pip", "list_installed", json!({})).unwrap();
     assert_eq!(list["data"]["result"], json!([]));
+    upm.exfiltration_is_stopped(&d, "upm-pip");
+    assert!(upm.pkg.exists());
+}
 
-    // The malicious package: its setup.py runs inside the sandbox and tries to send what it
-    // found to another port.
-    let error = d
-        .call("upm-pip", "install", json!({ "args": ["evil-upm"] }))
-        .expect_err("the exfiltration");
-    assert_eq!(error["code"], -32003, "{error}");
-    assert!(
-        error["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("auto-unloaded for violations")),
-        "{error}"
-    );
-    let violation = d.wait_event(10, "the exfiltration's violation", |e| {
-        e["type"] == "violation" && e["plugin"] == "upm-pip"
-    });
-    assert!(
-        violation["object"]
-            .as_str()
-            .is_some_and(|o| o.contains(&format!("127.0.0.1:{loot_port}"))),
-        "{violation}"
-    );
-    let until = Instant::now() + harness::patience(10);
-    while d.status("upm-pip")["state"] != "quarantined" || !d.cgroups().is_empty() {
-        assert!(Instant::now() < until, "{}", d.status("upm-pip"));
-        std::thread::sleep(Duration::from_millis(20));
+/// The seeds' npm plugin (examples/plugins/upm-npm) driving the real npm (and node) in its
+/// sandbox against a local registry: install, list and uninstall into its state directory; then a
+/// package whose `postinstall` script gathers credentials and sends them to another local port,
+/// refused and reported, the plugin quarantined, nothing arriving.
+#[test]
+fn the_upm_npm_plugin_installs_from_its_registry_and_nothing_else() {
+    let test = "the_upm_npm_plugin_installs_from_its_registry_and_nothing_else";
+    if !harness::privileged(test) {
+        return;
     }
-    match loot.accept() {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-        other => panic!("the listener was reached: {other:?}"),
+    if !has(PYTHON, &["--version"]) || !has("/usr/bin/npm", &["--version"]) {
+        println!("skipped: {test}: no /usr/bin/python3 and /usr/bin/npm here");
+        return;
     }
+    let d = Daemon::start("upm-npm", &[]);
+    let upm = upm(&d, "upm-npm", "4873");
+    let install = d
+        .call("upm-npm", "install", json!({ "args": ["hello-upm"] }))
+        .unwrap_or_else(|e| panic!("install: {e}\n{}", d.log()));
+    assert_eq!(
+        install["data"]["result"],
+        json!({ "installed": "hello-upm", "version": "1.0.0" })
+    );
+    let modules = d.dir.join("state/plugins/upm-npm/npm/node_modules");
+    assert!(modules.join("hello-upm/index.js").is_file());
+    let list = d.call("upm-npm", "list_installed", json!({})).unwrap();
+    assert_eq!(
+        list["data"]["result"],
+        json!([{ "name": "hello-upm", "version": "1.0.0" }])
+    );
+    let gone = d
+        .call("upm-npm", "uninstall", json!(["hello-upm"]))
+        .unwrap();
+    assert_eq!(
+        gone["data"]["result"],
+        json!({ "uninstalled": "hello-upm" })
+    );
+    assert!(!modules.join("hello-upm").exists());
+    upm.exfiltration_is_stopped(&d, "upm-npm");
 }
