@@ -16,7 +16,7 @@
 //!
 //! A refusal carries `data.hint` (one line: what to do about it).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -103,6 +103,33 @@ impl ClientError {
     }
 }
 
+/// Writes all of `bytes` to the socket without SIGPIPE (MSG_NOSIGNAL): a CLI whose reporting
+/// commands take SIGPIPE's default (so that `| head` ends them quietly) must still read a
+/// daemon's refusal after the daemon closed the connection unread.
+fn send_all(stream: &UnixStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    while !bytes.is_empty() {
+        // SAFETY: send reads at most `bytes.len()` bytes from a valid slice on our own socket.
+        let n = unsafe {
+            libc::send(
+                stream.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        bytes = &bytes[n as usize..];
+    }
+    Ok(())
+}
+
 /// One connection to the daemon.
 pub struct Client {
     reader: BufReader<UnixStream>,
@@ -142,7 +169,7 @@ impl Client {
         self.next_id += 1;
         // A daemon that refuses the caller answers and closes without reading: the answer is
         // read even when the request could not be written.
-        let written = self.writer.write_all(&rpc::request(&id, method, &params));
+        let written = send_all(&self.writer, &rpc::request(&id, method, &params));
         loop {
             let message = match (self.next_message(), &written) {
                 (Ok(m), _) => m,

@@ -603,10 +603,17 @@ fn the_readme_demo_runs() {
 
 /// A signed package of the Rust example (examples/plugins/echo-rust) with id `id`.
 fn rust_echo(d: &Daemon, id: &str) -> PathBuf {
-    let manifest = std::fs::read_to_string(
-        harness::repo_root().join("examples/plugins/echo-rust/plugin.toml"),
-    )
-    .unwrap();
+    rust_echo_with(d, id, |m| m)
+}
+
+/// The same, its manifest changed by `edit`.
+fn rust_echo_with(d: &Daemon, id: &str, edit: impl Fn(String) -> String) -> PathBuf {
+    let manifest = edit(
+        std::fs::read_to_string(
+            harness::repo_root().join("examples/plugins/echo-rust/plugin.toml"),
+        )
+        .unwrap(),
+    );
     let dir = d.dir.join("packages").join(id);
     std::fs::create_dir_all(&dir).unwrap();
     harness::set_mode(&d.dir.join("packages"), 0o755);
@@ -638,7 +645,14 @@ fn published_events_reach_their_subscribers() {
     }
     let d = Daemon::start("subscribers", &[]);
     d.load(&rust_echo(&d, "greeter"));
-    d.load(&rust_echo(&d, "listener"));
+    // The listener also subscribes to a topic the greeter publishes but does not share.
+    d.load(&rust_echo_with(&d, "listener", |m| {
+        assert!(m.contains("subscribe = [\"greetings.*\"]"), "{m}");
+        m.replace(
+            "subscribe = [\"greetings.*\"]",
+            "subscribe = [\"greetings.*\", \"secrets.*\"]",
+        )
+    }));
     let heard = |id: &str| d.call(id, "count", json!({})).unwrap()["heard"].clone();
     assert_eq!(heard("listener"), 0);
     d.call(
@@ -656,6 +670,12 @@ fn published_events_reach_their_subscribers() {
     d.call(
         "greeter",
         "announce",
+        json!({ "topic": "secrets.key", "data": "not shared" }),
+    )
+    .unwrap();
+    d.call(
+        "greeter",
+        "announce",
         json!({ "topic": "greetings.again", "data": "twice" }),
     )
     .unwrap();
@@ -664,9 +684,9 @@ fn published_events_reach_their_subscribers() {
         assert!(Instant::now() < until, "{:#?}", d.logs("listener"));
         std::thread::sleep(Duration::from_millis(20));
     }
-    // The stream had all three; nothing more arrives, and the publisher heard none of its own.
-    d.wait_event(5, "the unsubscribed topic", |e| {
-        e["type"] == "published" && e["topic"] == "farewells"
+    // The stream had all four; nothing more arrives, and the publisher heard none of its own.
+    d.wait_event(5, "the last topic", |e| {
+        e["type"] == "published" && e["topic"] == "secrets.key"
     });
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(heard("listener"), 2);
@@ -679,6 +699,7 @@ fn published_events_reach_their_subscribers() {
         assert!(logs.iter().any(|l| l == line), "{line} not in {logs:#?}");
     }
     assert!(!logs.iter().any(|l| l.contains("farewells")), "{logs:#?}");
+    assert!(!logs.iter().any(|l| l.contains("secrets")), "{logs:#?}");
 }
 
 /// More sandboxes at once than the monitors' first 64 slots (full ring buffers, per-syscall

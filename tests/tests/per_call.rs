@@ -511,11 +511,39 @@ fn upm(d: &Daemon, example: &str, shipped_port: &str) -> Upm {
     let loot = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     loot.set_nonblocking(true).unwrap();
     let loot_port = loot.local_addr().unwrap().port();
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    // The server first, on a port of its choosing (no port picked and released for it to take),
+    // then the index it serves: it reads the files at each request.
     let index = d.dir.join("index");
+    std::fs::create_dir_all(&index).unwrap();
+    let mut server = std::process::Command::new(PYTHON)
+        .args([
+            "-u",
+            "-m",
+            "http.server",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(&index)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let server = Child(server);
+    // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+    let port: u16 = line
+        .split_whitespace()
+        .skip_while(|w| *w != "port")
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the index's server said {line:?}"));
     let out = std::process::Command::new(PYTHON)
         .arg(harness::repo_root().join("tests/fixtures/make_index.py"))
         .arg(&index)
@@ -525,27 +553,6 @@ fn upm(d: &Daemon, example: &str, shipped_port: &str) -> Upm {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let server = Child(
-        std::process::Command::new(PYTHON)
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-            ])
-            .arg(&index)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let until = Instant::now() + harness::patience(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "the index never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     // The example as it is, pointed at this index's port instead of the one it ships with.
     let pkg = d.dir.join("packages").join(example);
     std::fs::create_dir_all(&pkg).unwrap();
@@ -630,8 +637,13 @@ fn the_upm_pip_plugin_installs_from_its_index_and_nothing_else() {
     if !harness::privileged(test) {
         return;
     }
-    if !has(PYTHON, &["-m", "pip", "--version"]) {
-        println!("skipped: {test}: no /usr/bin/python3 with pip here");
+    // Where the sandbox sees them: the system's pip and setuptools (the malicious setup.py
+    // imports it), below /usr/lib, not /usr/local or a user's site.
+    let system_pip = "import setuptools, pip, sys; \
+                      sys.exit(0 if pip.__file__.startswith('/usr/lib/') \
+                      and setuptools.__file__.startswith('/usr/lib/') else 1)";
+    if !has(PYTHON, &["-I", "-c", system_pip]) {
+        println!("skipped: {test}: no pip and setuptools of /usr/bin/python3 below /usr/lib here");
         return;
     }
     let d = Daemon::start("upm-pip", &[]);
@@ -679,8 +691,14 @@ fn the_upm_npm_plugin_installs_from_its_registry_and_nothing_else() {
     if !harness::privileged(test) {
         return;
     }
-    if !has(PYTHON, &["--version"]) || !has("/usr/bin/npm", &["--version"]) {
-        println!("skipped: {test}: no /usr/bin/python3 and /usr/bin/npm here");
+    // npm where the example's policy grants it (NodeSource's and npm's own installs put it in
+    // /usr/lib/node_modules; Debian's npm package in /usr/share/nodejs, which it does not grant).
+    let npm = std::fs::canonicalize("/usr/bin/npm").ok();
+    if !has(PYTHON, &["--version"])
+        || !npm.is_some_and(|p| p.starts_with("/usr/lib/node_modules"))
+        || !has("/usr/bin/node", &["--version"])
+    {
+        println!("skipped: {test}: no /usr/bin/python3, or no node with npm in /usr/lib/node_modules here");
         return;
     }
     let d = Daemon::start("upm-npm", &[]);

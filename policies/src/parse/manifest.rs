@@ -162,7 +162,9 @@ impl Checker<'_> {
         for e in self.entries(root, MANIFEST_KEYS, Place::ManifestTable("plugin.toml")) {
             match e.key {
                 "class" | "init_args" | "per_call" => per_call_only.push((e.key, e.key_span())),
-                "lifecycle" | "counters" | "subscribe" => service_only.push((e.key, e.key_span())),
+                "lifecycle" | "counters" | "subscribe" | "publish" => {
+                    service_only.push((e.key, e.key_span()))
+                }
                 _ => {}
             }
             match e.key {

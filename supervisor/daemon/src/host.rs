@@ -1673,6 +1673,8 @@ impl Host {
                     .await;
                 // An upgrade switched pools between this call's look and its start: once more,
                 // on the pool that serves now (a retirement for any other reason stays refused).
+                // The new version's checks and what is left of the call's time.
+                let mut methods = methods;
                 if answer.as_ref().is_err_and(per_call::refused_as_retired) {
                     let now = {
                         let st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -1681,12 +1683,15 @@ impl Host {
                             .filter(|p| {
                                 !Arc::ptr_eq(p, &pool) && *st.tracker.state() == State::Active
                             })
-                            .map(|p| (p, st.package.clone()))
+                            .map(|p| (p, st.package.clone(), st.methods.clone()))
                     };
-                    if let Some((pool, package)) = now {
+                    if let Some((pool, package, now_methods)) = now {
+                        methods = now_methods;
+                        methods.check_call(method, &params)?;
+                        let left = timeout.saturating_sub(begin.elapsed());
                         answer = self
                             .call_per_call(
-                                &plugin, &pool, &package, method, &params, request_id, timeout,
+                                &plugin, &pool, &package, method, &params, request_id, left,
                             )
                             .await;
                     }

@@ -377,16 +377,6 @@ impl Host {
                 Some("retry later, or raise it in the manifest"),
             )
         };
-        let _running = pool
-            .running
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| busy("[per_call] max_running"))?;
-        let _method = pool
-            .in_flight
-            .get(method)
-            .and_then(|s| s.clone().try_acquire_owned().ok())
-            .ok_or_else(|| busy(&format!("`{method}`'s max_in_flight")))?;
         let unavailable = |why: String| {
             refusal(
                 code::UNAVAILABLE,
@@ -402,6 +392,28 @@ impl Host {
             }
             e
         };
+        // A retiring pool holds its permits back (its retirement waits for them): a call that
+        // comes then is told so, not that the pool is busy, and may be retried elsewhere.
+        if pool.retired.load(Ordering::SeqCst) {
+            return Err(gone());
+        }
+        let busy_or_gone = |what: &str| {
+            if pool.retired.load(Ordering::SeqCst) {
+                gone()
+            } else {
+                busy(what)
+            }
+        };
+        let _running = pool
+            .running
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy_or_gone("[per_call] max_running"))?;
+        let _method = pool
+            .in_flight
+            .get(method)
+            .and_then(|s| s.clone().try_acquire_owned().ok())
+            .ok_or_else(|| busy_or_gone(&format!("`{method}`'s max_in_flight")))?;
         // Registered before it takes a sandbox, so that a retirement waits for it (its permits)
         // and, past its grace, finds it (`calls`).
         let key = pool.next_call.fetch_add(1, Ordering::Relaxed);
@@ -467,7 +479,7 @@ impl Host {
             let _ = ended.await;
             return Err(gone());
         }
-        let timeout = timeout.saturating_sub(began.elapsed());
+        let left = timeout.saturating_sub(began.elapsed());
         let sent = tokio::task::spawn_blocking(move || {
             stockade::launcher::send_exec(&mut exec, vec![payload])
             // `exec` closes here: the shim has what it needs.
@@ -485,7 +497,7 @@ impl Host {
         }
         let (out, err, end) = tokio::select! {
             done = &mut outcome => done,
-            _ = tokio::time::sleep(timeout) => {
+            _ = tokio::time::sleep(left) => {
                 timed_out = true;
                 control.send(Request::Kill(libc::SIGKILL));
                 outcome.await
