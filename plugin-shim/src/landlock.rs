@@ -111,6 +111,9 @@ pub fn apply(
             PathAccess::Exec => exec,
             PathAccess::Write => write,
         };
+        if spec.also_exec.contains(path) {
+            rights |= AccessFs::Execute;
+        }
         if !std::fs::metadata(path).map(|m| m.is_dir()).unwrap_or(false) {
             rights &= file_rights;
         }

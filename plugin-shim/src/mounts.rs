@@ -75,10 +75,9 @@ pub fn build_root(spec: &LaunchSpec) -> Result<RootReport, SetupError> {
         let target = format!("{NEWROOT}/tmp");
         mkdir_all(Path::new(&target))?;
         tmpfs(&target, &format!("mode=1777,size={}", tmp.size_bytes))?;
-        set_attrs(
-            &target,
-            MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
-        )?;
+        // `tmp_exec`: the one writable tree the plugin may also execute from (docs/policy.md).
+        let noexec = if tmp.exec { 0 } else { MOUNT_ATTR_NOEXEC };
+        set_attrs(&target, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | noexec)?;
     }
     for m in &spec.mounts {
         bind_declared(m)?;

@@ -167,6 +167,7 @@ impl Policy {
 
         let tmp = uses_tmp.then(|| TmpSpec {
             size_bytes: self.resources.tmp_size.unwrap_or(DEFAULT_TMP_SIZE_BYTES),
+            exec: self.filesystem.tmp_exec,
         });
 
         let mut landlock_paths: Vec<(PathBuf, Access)> = mounts
@@ -187,6 +188,10 @@ impl Policy {
             restrict_tcp: true,
             tcp_bind_ports: tcp_ports(&self.network.bind, allow_network),
             tcp_connect_ports: tcp_ports(&self.network.connect, allow_network),
+            also_exec: match &tmp {
+                Some(t) if t.exec => vec![PathBuf::from(TMP_DIR)],
+                _ => Vec::new(),
+            },
         };
 
         let ipc = self.compile_ipc(&mounts, uses_tmp, &plugin_dir, &state_dir)?;
@@ -519,7 +524,8 @@ mod tests {
         assert_eq!(
             spec.tmp,
             Some(TmpSpec {
-                size_bytes: DEFAULT_TMP_SIZE_BYTES
+                size_bytes: DEFAULT_TMP_SIZE_BYTES,
+                exec: false,
             })
         );
         let landlock: Vec<_> = spec
@@ -652,6 +658,22 @@ mod tests {
     }
 
     #[test]
+    fn tmp_exec_makes_only_the_private_tmp_executable() {
+        let plain = policy("[filesystem]\nwrite = [\"$TMP\", \"$STATE_DIR\"]\n");
+        let mut c = ctx();
+        c.state_dir = Some("/srv/p".into());
+        let spec = plain.compile(&c).unwrap();
+        assert!(!spec.tmp.as_ref().unwrap().exec);
+        assert!(spec.landlock.also_exec.is_empty());
+        let p = policy("[filesystem]\nwrite = [\"$TMP\", \"$STATE_DIR\"]\ntmp_exec = true\n");
+        let spec = p.compile(&c).unwrap();
+        assert!(spec.tmp.as_ref().unwrap().exec);
+        assert_eq!(spec.landlock.also_exec, vec![PathBuf::from("/tmp")]);
+        // The state directory stays W^X.
+        assert_eq!(mounts(&spec), vec![("/srv/p", Access::Write)]);
+    }
+
+    #[test]
     fn landlock_ports_are_tcp_only_expanded_and_unique() {
         let p = policy(
             r#"
@@ -758,7 +780,8 @@ mod tests {
         assert_eq!(
             spec.tmp,
             Some(TmpSpec {
-                size_bytes: 16 << 20
+                size_bytes: 16 << 20,
+                exec: false,
             })
         );
         assert!(!spec.enforce);

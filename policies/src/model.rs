@@ -33,6 +33,10 @@ pub struct Filesystem {
     /// configuration, local installs, kernel tunables): finding them missing is not a violation.
     /// Grants nothing; always absolute.
     pub absent: Vec<PolicyPath>,
+    /// `tmp_exec = true`: the private /tmp (`$TMP`) may also hold what the plugin executes — the
+    /// one exception to W^X, for build tools that run what they compile (cargo's build scripts,
+    /// proc macros). The tmpfs is the sandbox's own and disappears with it.
+    pub tmp_exec: bool,
 }
 
 /// A path as written in a policy: absolute, or below one of the launch variables.

@@ -44,7 +44,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "enforcement",
     "monitor",
 ];
-pub(crate) const FILESYSTEM_KEYS: &[&str] = &["read", "write", "exec", "absent"];
+pub(crate) const FILESYSTEM_KEYS: &[&str] = &["read", "write", "exec", "absent", "tmp_exec"];
 pub(crate) const NETWORK_KEYS: &[&str] = &["mode", "connect", "bind"];
 /// Rules per `connect` or `bind` list: the eBPF programs match against a fixed-size array (32
 /// entries; `bind` also holds the two implicit UDP port-0 rules).
@@ -428,6 +428,8 @@ struct Checker<'s> {
 struct Seen {
     tmp_granted: bool,
     tmp_size_key: Span,
+    /// `tmp_exec = true`.
+    tmp_exec_key: Span,
     network_mode: Option<NetworkMode>,
     /// `connect`/`bind` keys with at least one rule.
     network_rule_keys: Vec<(&'static str, Span)>,
@@ -605,6 +607,13 @@ impl<'s> Checker<'s> {
                 Some("add \"$TMP\" to `write` in [filesystem], or remove `tmp_size`".into()),
             );
         }
+        if seen.tmp_exec_key.is_some() && !seen.tmp_granted {
+            self.error(
+                seen.tmp_exec_key.clone(),
+                "`tmp_exec = true` but the policy grants no private /tmp".into(),
+                Some("add \"$TMP\" to `write` in [filesystem], or remove `tmp_exec`".into()),
+            );
+        }
         if seen.network_mode == Some(NetworkMode::None) {
             for (key, span) in &seen.network_rule_keys {
                 self.error(
@@ -653,6 +662,18 @@ impl<'s> Checker<'s> {
         // Every accepted path with its list and position, for the checks across lists.
         let mut all: Vec<(&'static str, PolicyPath, Span)> = Vec::new();
         for entry in self.entries(table, FILESYSTEM_KEYS, Place::Table("filesystem")) {
+            if entry.key == "tmp_exec" {
+                match entry.item.as_bool() {
+                    Some(b) => {
+                        fs.tmp_exec = b;
+                        if b {
+                            seen.tmp_exec_key = entry.key_span();
+                        }
+                    }
+                    None => self.type_error(&entry, "a boolean (true or false)"),
+                }
+                continue;
+            }
             let (list, paths): (&'static str, &mut Vec<PolicyPath>) = match entry.key {
                 "read" => ("read", &mut fs.read),
                 "write" => ("write", &mut fs.write),

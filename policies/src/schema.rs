@@ -206,6 +206,14 @@ fn filesystem() -> Vec<(&'static str, Value)> {
                 "^/",
             ),
         ),
+        (
+            "tmp_exec",
+            json!({
+                "description": "The private /tmp may also hold what the plugin executes: the one exception to W^X, for build tools that run what they compile (cargo's build scripts). Requires \"$TMP\" in write.",
+                "type": "boolean",
+                "default": false
+            }),
+        ),
     ]
 }
 

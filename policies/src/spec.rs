@@ -96,6 +96,9 @@ pub struct MountSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TmpSpec {
     pub size_bytes: u64,
+    /// The policy's `tmp_exec`: mounted without `noexec`, and Landlock grants execute below it.
+    #[serde(default)]
+    pub exec: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -122,6 +125,9 @@ pub struct LandlockSpec {
     pub restrict_tcp: bool,
     pub tcp_bind_ports: Vec<u16>,
     pub tcp_connect_ports: Vec<u16>,
+    /// Paths of `paths` whose rule also grants execute (the private /tmp under `tmp_exec`).
+    #[serde(default)]
+    pub also_exec: Vec<PathBuf>,
 }
 
 /// A compiled classic-BPF seccomp program for x86_64 (architecture checked), as (code, jt, jf, k).

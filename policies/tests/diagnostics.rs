@@ -334,6 +334,28 @@ fn tmp_size_needs_tmp() {
     );
 }
 
+#[test]
+fn tmp_exec_needs_tmp_and_a_boolean() {
+    error(
+        "[filesystem]\ntmp_exec = true\n",
+        2,
+        1,
+        "`tmp_exec = true` but the policy grants no private /tmp",
+        Some("add \"$TMP\" to `write` in [filesystem], or remove `tmp_exec`"),
+    );
+    error(
+        "[filesystem]\nwrite = [\"$TMP\"]\ntmp_exec = \"yes\"\n",
+        3,
+        12,
+        "`tmp_exec` must be a boolean (true or false), found a string",
+        None,
+    );
+    // false without $TMP says nothing; true with it compiles to an executable /tmp.
+    assert!(parse_policy("[filesystem]\ntmp_exec = false\n", "p").is_ok());
+    let p = parse_policy("[filesystem]\nwrite = [\"$TMP\"]\ntmp_exec = true\n", "p").unwrap();
+    assert!(p.filesystem.tmp_exec);
+}
+
 // ---- [network] ----
 
 const ALLOW: &str = "[network]\nmode = \"allow\"\n";

@@ -71,6 +71,12 @@ pub fn explain(policy: &Policy, probe: &Probe) -> String {
     }
     if let Some(tmp) = spec.as_ref().and_then(|s| s.tmp.as_ref()) {
         let _ = writeln!(out, "  /tmp: private tmpfs of {} MiB", tmp.size_bytes >> 20);
+        if tmp.exec {
+            let _ = writeln!(
+                out,
+                "  /tmp is also executable (tmp_exec): the plugin may run what it writes there"
+            );
+        }
     }
     let _ = writeln!(
         out,

@@ -117,6 +117,14 @@ fn no_code_runs_outside_the_exec_list() {
     // A binary the plugin wrote itself: /tmp is noexec and Landlock grants no execute there.
     let r = hostile_run("fs", &default_policy(), &["copy-exec", "/tmp/payload"]);
     assert_line(&r, "err EACCES");
+    // Unless the policy takes the private /tmp out of W^X (`tmp_exec`, for build tools that run
+    // what they compile): then the same copy runs — inside every other layer still.
+    let r = hostile_run(
+        "fs",
+        &policy("tmp_exec = true\n"),
+        &["copy-exec", "/tmp/payload"],
+    );
+    assert_line(&r, "ok escaped");
     // Code written into a memfd: vm.memfd_noexec=2 in the sandbox's pid namespace (Linux 6.3+);
     // older kernels get memfd_create denied by seccomp instead.
     if std::path::Path::new("/proc/sys/vm/memfd_noexec").exists() {

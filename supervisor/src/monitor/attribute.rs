@@ -124,6 +124,8 @@ pub struct Attributor {
     seccomp: Vec<(u16, u8, u8, u32)>,
     /// Paths inside the sandbox and the right granted there (what Landlock enforces).
     grants: Vec<(PathBuf, Access)>,
+    /// Grants that also allow execute (the private /tmp under `tmp_exec`).
+    also_exec: Vec<PathBuf>,
     /// The policy's `absent` paths: hidden, but looking for them is not a violation.
     absent: Vec<PathBuf>,
     /// `network.mode = "none"`: an empty network namespace.
@@ -148,6 +150,7 @@ impl Attributor {
         Attributor {
             seccomp: spec.seccomp.program.clone(),
             grants: spec.landlock.paths.clone(),
+            also_exec: spec.landlock.also_exec.clone(),
             absent: spec.absent.clone(),
             isolated: spec.network == stockade_policy::NetworkSpec::Isolated,
             unix_hook: false,
@@ -548,7 +551,8 @@ impl Attributor {
                         }
                     }
                 }
-                let covers = granted.is_some_and(|g| covers(g, want));
+                let covers = granted.is_some_and(|g| covers(g, want))
+                    || (want == Access::Exec && self.also_executable(&clean));
                 if covers {
                     ev.kind = EventType::Refused;
                     ev.layer = Some(Layer::Permissions);
@@ -677,6 +681,15 @@ impl Attributor {
     }
 
     /// The right granted at `path` (by its nearest granted ancestor), if any.
+    /// Whether the grant that decides `path` (the deepest one above it) also allows execute.
+    fn also_executable(&self, path: &Path) -> bool {
+        self.grants
+            .iter()
+            .filter(|(p, _)| path.starts_with(p))
+            .max_by_key(|(p, _)| p.components().count())
+            .is_some_and(|(p, _)| self.also_exec.contains(p))
+    }
+
     fn granted(&self, path: &Path) -> Option<Access> {
         self.grants
             .iter()
@@ -877,6 +890,7 @@ mod tests {
         Attributor {
             seccomp: Vec::new(),
             grants: vec![(PathBuf::from("/usr"), Access::Read)],
+            also_exec: Vec::new(),
             absent: Vec::new(),
             isolated: true,
             unix_hook: false,
