@@ -64,6 +64,14 @@ enum Verdict {
         arg: u32,
         mask: u32,
     },
+    /// `open`/`openat`: allowed unless the call creates a file (`O_CREAT` or `O_TMPFILE` in the
+    /// flags at `flags`) with a set-id bit in its mode (at `mode`). Without those flags the
+    /// kernel ignores the mode argument, and callers leave what they like there: jemalloc opens
+    /// `/proc/sys/vm/overcommit_memory` by the raw system call with whatever the register held.
+    AllowUnlessCreatesSetId {
+        flags: u32,
+        mode: u32,
+    },
     /// Allowed only when the low 32 bits of argument `arg` equal one of `values`.
     AllowIfOneOf {
         arg: u32,
@@ -155,6 +163,9 @@ const SOCKET_FAMILIES: [u32; 4] = [
 /// S_ISUID | S_ISGID: a plugin must not leave a set-id file behind (in `$STATE_DIR` it would run
 /// with the plugin's host uid for any local user).
 const SET_ID_BITS: u32 = 0o6000;
+/// The open flags with which the kernel reads the mode argument: `O_CREAT` and `__O_TMPFILE`
+/// (`O_TMPFILE` without its `O_DIRECTORY` bit, which alone creates nothing).
+const OPEN_CREATES: u32 = libc::O_CREAT as u32 | 0o2000_0000;
 
 /// Builds the program for a validated `[syscalls]` table. Unknown names were rejected by the parser
 /// and are ignored here.
@@ -222,8 +233,9 @@ fn verdicts(s: &Syscalls) -> Vec<(u32, Verdict)> {
                     values: &SOCKET_FAMILIES,
                 },
                 "chmod" | "fchmod" | "creat" | "mknod" => unless_set_id(1),
-                "open" | "fchmodat" | "fchmodat2" | "mknodat" => unless_set_id(2),
-                "openat" => unless_set_id(3),
+                "fchmodat" | "fchmodat2" | "mknodat" => unless_set_id(2),
+                "open" => Verdict::AllowUnlessCreatesSetId { flags: 1, mode: 2 },
+                "openat" => Verdict::AllowUnlessCreatesSetId { flags: 2, mode: 3 },
                 _ => Verdict::Allow,
             };
             Some((nr, verdict))
@@ -288,6 +300,14 @@ fn emit_verdict(v: Verdict, deny_ret: u32, out: &mut Vec<Insn>) {
         Verdict::AllowUnlessBits { arg, mask } => out.extend([
             (BPF_LD_W_ABS, 0, 0, offset_arg_low(arg)),
             (BPF_JMP_JSET_K, 1, 0, mask),
+            allow,
+            deny,
+        ]),
+        Verdict::AllowUnlessCreatesSetId { flags, mode } => out.extend([
+            (BPF_LD_W_ABS, 0, 0, offset_arg_low(flags)),
+            (BPF_JMP_JSET_K, 0, 2, OPEN_CREATES),
+            (BPF_LD_W_ABS, 0, 0, offset_arg_low(mode)),
+            (BPF_JMP_JSET_K, 1, 0, SET_ID_BITS),
             allow,
             deny,
         ]),
@@ -780,6 +800,27 @@ mod tests {
             SECCOMP_RET_ALLOW
         );
         assert_eq!(answer(&p, "openat", [0, 0, 0o100, 0o6755, 0, 0]), eperm());
+        // O_TMPFILE (with O_DIRECTORY) creates too; O_DIRECTORY alone does not.
+        assert_eq!(
+            answer(&p, "openat", [0, 0, 0o2020_0002, 0o4755, 0, 0]),
+            eperm()
+        );
+        // Without O_CREAT or O_TMPFILE the mode is ignored by the kernel, whatever it holds:
+        // jemalloc's raw open(2) of /proc/sys/vm/overcommit_memory passes a stray register.
+        for (name, args) in [
+            (
+                "open",
+                [0, libc::O_RDONLY as u64 | 0o2000000, 0xffff_ffff, 0, 0, 0],
+            ),
+            ("openat", [0, 0, 0o200000, 0o7777, 0, 0]),
+        ] {
+            assert_eq!(answer(&p, name, args), SECCOMP_RET_ALLOW, "{name}");
+        }
+        assert_eq!(answer(&p, "open", [0, 0o101, 0o4755, 0, 0, 0]), eperm());
+        assert_eq!(
+            answer(&p, "open", [0, 0o101, 0o755, 0, 0, 0]),
+            SECCOMP_RET_ALLOW
+        );
         assert_eq!(
             answer(&p, "openat2", [0; 6]),
             SECCOMP_RET_ERRNO | libc::ENOSYS as u32
