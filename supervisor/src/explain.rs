@@ -61,7 +61,12 @@ pub fn explain(policy: &Policy, probe: &Probe) -> String {
     );
     let _ = writeln!(out, "  read-only, not executable: {}", list(&fs.read));
     let _ = writeln!(out, "  read-only, executable:     {}", list(&fs.exec));
-    let _ = writeln!(out, "  read-write, never executable: {}", list(&fs.write));
+    let writable = if fs.tmp_exec {
+        "  read-write, never executable but for $TMP (tmp_exec)"
+    } else {
+        "  read-write, never executable"
+    };
+    let _ = writeln!(out, "{writable}: {}", list(&fs.write));
     if !fs.absent.is_empty() {
         let _ = writeln!(
             out,
