@@ -494,20 +494,57 @@ impl Drop for Child {
     }
 }
 
-/// A local package index for the upm examples (tests/fixtures/make_index.py: pip's simple index
-/// and an npm registry), served on loopback by `python3 -m http.server`, a listener the malicious
-/// packages send their loot to, and the example's package pointed at the index's port.
+/// A local package index for the upm examples (tests/fixtures/make_index.py: pip's simple index,
+/// an npm registry and a cargo sparse registry), served on loopback by `python3 -m http.server`,
+/// a listener the malicious packages send their loot to, a "host user's" home with credentials
+/// in it for them to look for, and the example's package pointed at the index's port.
 struct Upm {
     pkg: PathBuf,
     /// The exfiltration's target: it must never see a connection.
     loot: std::net::TcpListener,
     loot_port: u16,
+    home: HostHome,
     _server: Child,
+}
+
+/// The credentials the malicious packages look for (tests/fixtures/make_index.py).
+const CREDENTIALS: [&str; 3] = [".pypirc", ".npmrc", ".cargo/credentials.toml"];
+
+/// A home on the host holding credentials (any user may read them: only the sandbox stands in
+/// the way), outside /tmp (the sandbox's /tmp is its own), removed when the test ends.
+struct HostHome(PathBuf);
+
+impl HostHome {
+    fn new(example: &str) -> HostHome {
+        let dir = PathBuf::from(format!(
+            "/run/stockade-tests-{}-{example}/home",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+        std::fs::create_dir_all(dir.join(".cargo")).unwrap();
+        let home = HostHome(dir);
+        for c in CREDENTIALS {
+            std::fs::write(home.0.join(c), format!("secret token of {c}\n")).unwrap();
+            harness::set_mode(&home.0.join(c), 0o644);
+        }
+        home
+    }
+}
+
+impl Drop for HostHome {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
+    }
 }
 
 const PYTHON: &str = "/usr/bin/python3";
 
 fn upm(d: &Daemon, example: &str, shipped_port: &str) -> Upm {
+    upm_with(d, example, shipped_port, &[])
+}
+
+/// `upm`, with more of the example's manifest and policy replaced (`(shipped, here)`).
+fn upm_with(d: &Daemon, example: &str, shipped_port: &str, more: &[(&str, &str)]) -> Upm {
     let loot = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     loot.set_nonblocking(true).unwrap();
     let loot_port = loot.local_addr().unwrap().port();
@@ -544,16 +581,20 @@ fn upm(d: &Daemon, example: &str, shipped_port: &str) -> Upm {
         .nth(1)
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("the index's server said {line:?}"));
+    let home = HostHome::new(example);
     let out = std::process::Command::new(PYTHON)
         .arg(harness::repo_root().join("tests/fixtures/make_index.py"))
         .arg(&index)
         .arg(loot_port.to_string())
         .arg(port.to_string())
+        .arg(&home.0)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    // The example as it is, pointed at this index's port instead of the one it ships with.
+    // The example as it is, pointed at this index's port instead of the one it ships with — and
+    // killed at its fifth violation, not its first, so that every attempt of a malicious package
+    // is seen refused: three credentials, a file outside, the connection out.
     let pkg = d.dir.join("packages").join(example);
     std::fs::create_dir_all(&pkg).unwrap();
     harness::set_mode(&d.dir.join("packages"), 0o755);
@@ -565,7 +606,16 @@ fn upm(d: &Daemon, example: &str, shipped_port: &str) -> Upm {
             text
         } else {
             assert!(text.contains(shipped_port), "{file}");
-            text.replace(shipped_port, &port.to_string())
+            let mut text = text.replace(shipped_port, &port.to_string());
+            if file == "policy.toml" {
+                assert!(text.contains("threshold = 1\n"));
+                text = text.replace("threshold = 1\n", "threshold = 5\n");
+            }
+            for (shipped, here) in more {
+                assert!(text.contains(shipped), "{file}: {shipped}");
+                text = text.replace(shipped, here);
+            }
+            text
         };
         std::fs::write(pkg.join(file), text).unwrap();
         harness::set_mode(
@@ -579,13 +629,15 @@ fn upm(d: &Daemon, example: &str, shipped_port: &str) -> Upm {
         pkg,
         loot,
         loot_port,
+        home,
         _server: server,
     }
 }
 
 impl Upm {
-    /// The malicious package's install: refused where it sends its loot, reported as the
-    /// plugin's violation, the plugin quarantined; nothing reached the listener.
+    /// The malicious package's install: its reads of the host's credentials, its write outside
+    /// the state directory and its connection out are each refused and reported as the plugin's
+    /// violation, the plugin quarantined at the fifth; nothing reached the listener or the host.
     fn exfiltration_is_stopped(&self, d: &Daemon, id: &str) {
         let error = d
             .call(id, "install", json!({ "args": ["evil-upm"] }))
@@ -597,15 +649,18 @@ impl Upm {
                 .is_some_and(|m| m.contains("auto-unloaded for violations")),
             "{error}"
         );
-        let violation = d.wait_event(10, "the exfiltration's violation", |e| {
-            e["type"] == "violation" && e["plugin"] == id
-        });
-        assert!(
-            violation["object"]
-                .as_str()
-                .is_some_and(|o| o.contains(&format!("127.0.0.1:{}", self.loot_port))),
-            "{violation}"
-        );
+        let home = self.home.0.to_str().unwrap().to_string();
+        let mut objects: Vec<String> = CREDENTIALS.iter().map(|c| format!("{home}/{c}")).collect();
+        objects.push(format!("{home}/owned"));
+        objects.push(format!("127.0.0.1:{}", self.loot_port));
+        for object in &objects {
+            d.wait_event(10, &format!("a violation on {object}"), |e| {
+                e["type"] == "violation"
+                    && e["plugin"] == id
+                    && e["object"].as_str().is_some_and(|o| o.contains(object))
+            });
+        }
+        assert!(!self.home.0.join("owned").exists());
         let until = Instant::now() + harness::patience(10);
         while d.status(id)["state"] != "quarantined" || !d.cgroups().is_empty() {
             assert!(Instant::now() < until, "{}", d.status(id));
@@ -730,4 +785,131 @@ fn the_upm_npm_plugin_installs_from_its_registry_and_nothing_else() {
     );
     assert!(!modules.join("hello-upm").exists());
     upm.exfiltration_is_stopped(&d, "upm-npm");
+}
+
+/// A Rust toolchain the sandbox's user can reach, for the cargo example: the test's own (`rustc
+/// --print sysroot`) where every directory above it lets others through, else a hard-linked copy
+/// of it outside /tmp (rustup keeps it in root's home, 0700: no sandbox user may enter), removed
+/// when the test ends. None where neither works (a read-only root).
+struct Toolchain {
+    path: PathBuf,
+    copy: bool,
+}
+
+impl Toolchain {
+    fn find() -> Result<Toolchain, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let out = std::process::Command::new("rustc")
+            .args(["--print", "sysroot"])
+            .output()
+            .map_err(|e| format!("no rustc: {e}"))?;
+        let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if !out.status.success() || !sysroot.join("bin/cargo").is_file() {
+            return Err(format!("no cargo beside rustc's sysroot {sysroot:?}"));
+        }
+        let passable = sysroot
+            .ancestors()
+            .all(|dir| std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
+        if passable {
+            return Ok(Toolchain {
+                path: sysroot,
+                copy: false,
+            });
+        }
+        let path = PathBuf::from(format!(
+            "/var/tmp/stockade-tests-rust-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).map_err(|e| format!("cannot create {path:?}: {e}"))?;
+        let toolchain = Toolchain { path, copy: true };
+        harness::set_mode(&toolchain.path, 0o755);
+        for dir in ["bin", "lib", "libexec"] {
+            if !sysroot.join(dir).exists() {
+                continue;
+            }
+            let done = std::process::Command::new("cp")
+                .arg("-al")
+                .arg(sysroot.join(dir))
+                .arg(&toolchain.path)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !done.status.success() {
+                return Err(format!(
+                    "{sysroot:?} is below a directory others cannot enter, and no hard-linked copy \
+                     of it could be made in /var/tmp: {}",
+                    String::from_utf8_lossy(&done.stderr).trim()
+                ));
+            }
+        }
+        Ok(toolchain)
+    }
+}
+
+impl Drop for Toolchain {
+    fn drop(&mut self) {
+        if self.copy {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// The seeds' cargo plugin (examples/plugins/upm-cargo) driving the real cargo (and rustc, and
+/// the system's linker) in its sandbox against a local sparse registry: install builds the crate
+/// in the sandbox's /tmp and puts its binary into the state directory (and that binary runs),
+/// list and uninstall work. Then a crate whose build script — run by cargo at install, from /tmp
+/// (`tmp_exec`) — gathers credentials and sends them to another local port: refused and reported
+/// as the plugin's violation, the plugin quarantined, nothing arriving.
+#[test]
+fn the_upm_cargo_plugin_builds_from_its_registry_and_nothing_else() {
+    let test = "the_upm_cargo_plugin_builds_from_its_registry_and_nothing_else";
+    // The example's policy names TCP ports: in enforce mode it does not start without Landlock's
+    // TCP rules (ABI 4, Linux 6.7), which is the fail-closed rule, not this test's subject.
+    if !harness::privileged(test) || !harness::tcp_rules_enforceable(test) {
+        return;
+    }
+    if !has(PYTHON, &["--version"]) || !has("/usr/bin/cc", &["--version"]) {
+        println!(
+            "skipped: {test}: no /usr/bin/python3 or no /usr/bin/cc (the linker rustc calls) here"
+        );
+        return;
+    }
+    let toolchain = match Toolchain::find() {
+        Ok(t) => t,
+        Err(why) => {
+            println!("skipped: {test}: no Rust toolchain the sandbox can use: {why}");
+            return;
+        }
+    };
+    let d = Daemon::start("upm-cargo", &[]);
+    let path = toolchain.path.to_str().unwrap();
+    let upm = upm_with(&d, "upm-cargo", "8081", &[("/opt/rust", path)]);
+    let install = d
+        .call("upm-cargo", "install", json!({ "args": ["hello-upm"] }))
+        .unwrap_or_else(|e| panic!("install: {e}\n{}", d.log()));
+    assert_eq!(
+        install["data"]["result"],
+        json!({ "installed": "hello-upm", "version": "1.0.0" })
+    );
+    let stdout = install["data"]["output"]["stdout"].as_str().unwrap();
+    assert!(stdout.contains("Compiling hello-upm v1.0.0"), "{stdout}");
+    let bin = d.dir.join("state/plugins/upm-cargo/cargo/bin/hello-upm");
+    let greeting = std::process::Command::new(&bin).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&greeting.stdout), "hello, upm\n");
+    let list = d.call("upm-cargo", "list_installed", json!({})).unwrap();
+    assert_eq!(
+        list["data"]["result"],
+        json!([{ "name": "hello-upm", "version": "1.0.0" }])
+    );
+    let gone = d
+        .call("upm-cargo", "uninstall", json!(["hello-upm"]))
+        .unwrap();
+    assert_eq!(
+        gone["data"]["result"],
+        json!({ "uninstalled": "hello-upm" })
+    );
+    assert!(!bin.exists());
+    let list = d.call("upm-cargo", "list_installed", json!({})).unwrap();
+    assert_eq!(list["data"]["result"], json!([]));
+    upm.exfiltration_is_stopped(&d, "upm-cargo");
 }
