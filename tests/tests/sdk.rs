@@ -36,7 +36,7 @@ fn the_python_sdk_speaks_the_protocol() {
         .expect("run python3");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("Ran 6 tests"), "{stderr}");
+    assert!(stderr.contains("Ran 7 tests"), "{stderr}");
     assert!(stderr.trim_end().ends_with("OK"), "{stderr}");
     assert!(!stderr.contains("ResourceWarning"), "{stderr}");
 }
@@ -163,8 +163,15 @@ fn a_python_sdk_plugin_runs_under_the_daemon() {
     );
     std::fs::write(
         pkg.join("hello/__init__.py"),
-        "from stockade_plugin import PluginBase, PluginOperationError\n\n\n\
+        "from stockade_plugin import PluginBase, PluginOperationError, on_event\n\n\n\
          class Hello(PluginBase):\n\
+         \x20   def init(self, config):\n\
+         \x20       self.heard = []\n\n\
+         \x20   @on_event(\"greeted\")\n\
+         \x20   def hear(self, event):\n\
+         \x20       self.heard.append({\"from\": event.plugin, \"data\": event.data})\n\n\
+         \x20   def seen(self):\n\
+         \x20       return self.heard\n\n\
          \x20   def greet(self, name):\n\
          \x20       self.logger.info(\"greeting %s\", name)\n\
          \x20       self.publish_event(\"greeted\", {\"name\": name})\n\
@@ -188,6 +195,12 @@ version = "0.1.0"
 entry = ["main.py"]
 policy = { profile = "untrusted-default" }
 counters = ["greetings_total"]
+publish = ["greeted"]
+subscribe = ["greeted"]
+
+[methods.seen]
+params = { type = "object" }
+timeout = "20s"
 
 [methods.greet]
 params = { type = "object", properties = { name = { type = "string", maxLength = 100 } }, required = ["name"], additionalProperties = false }
@@ -237,4 +250,38 @@ timeout = "20s"
     let status = d.status("hello");
     assert_eq!(status["state"], "active", "{status}");
     assert_eq!(status["violations"], 0, "{status}");
+    // A second instance, subscribed to what the first publishes: its hook (`@on_event`) hears
+    // the first's greeting; the first heard none of its own.
+    let second = d.dir.join("packages").join("hello-2");
+    copy_tree(&pkg, &second);
+    harness::set_mode(&second, 0o755);
+    let manifest = std::fs::read_to_string(second.join("plugin.toml")).unwrap();
+    std::fs::write(
+        second.join("plugin.toml"),
+        manifest.replace("id = \"hello\"", "id = \"hello-2\""),
+    )
+    .unwrap();
+    let out = Command::new("chmod")
+        .args(["-R", "go+rX"])
+        .arg(&second)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    d.sign(&second);
+    let out = d.cli(&["plugin", "load", second.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}\n{}", d.log());
+    d.call("hello", "greet", json!({ "name": "again" }))
+        .unwrap();
+    let until = std::time::Instant::now() + harness::patience(10);
+    loop {
+        let seen = d.call("hello-2", "seen", json!({})).unwrap();
+        if seen == json!([{ "from": "hello", "data": { "name": "again" } }]) {
+            break;
+        }
+        assert!(seen == json!([]), "{seen}");
+        assert!(std::time::Instant::now() < until, "no event heard");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(d.call("hello", "seen", json!({})).unwrap(), json!([]));
+    assert_eq!(d.status("hello-2")["violations"], 0);
 }

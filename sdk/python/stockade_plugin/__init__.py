@@ -40,6 +40,11 @@ a worker thread, so a blocking one — a subprocess, a download — never holds 
 A call's params are passed by name (an object) or by position (an array). An exception is
 answered as a JSON-RPC error with its type and traceback in `data`: PluginOperationError as 1000,
 PluginPolicyViolation as 1001, RpcError as its own code, anything else as -32603.
+
+Events other plugins publish reach the topics the manifest's `subscribe` names (and the
+publisher's `publish` shares): `@plugin.on_event("pip.*")` on a function `f(event, cx)`, or
+`@on_event("pip.*")` on a method `f(self, event)` of a PluginBase class. `event` has `plugin`
+(the publisher), `topic` and `data`. A hook that raises is logged to the host, not answered.
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ import socket
 import threading
 import time
 import traceback
-from typing import Any, Awaitable, Callable, Dict, Optional
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 MAX_MESSAGE_BYTES = 1 << 20
 #: The most one `count` may add (the host refuses more).
@@ -67,6 +73,8 @@ __all__ = [
     "Plugin",
     "PluginBase",
     "serve",
+    "on_event",
+    "Event",
     "RpcError",
     "PluginError",
     "PluginOperationError",
@@ -165,6 +173,33 @@ class HostLogHandler(logging.Handler):
             self._busy.on = False
 
 
+@dataclass(frozen=True)
+class Event:
+    """An event another plugin published, as the host delivered it."""
+
+    #: The plugin that published it.
+    plugin: str
+    topic: str
+    data: Any
+
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    """A topic, or a prefix ending in `*` (as the manifest's `subscribe` writes them)."""
+    if pattern.endswith("*"):
+        return topic.startswith(pattern[:-1])
+    return pattern == topic
+
+
+def on_event(topic: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator for a method of a PluginBase class: runs it with each event whose topic matches
+    `topic` (a topic, or a prefix ending in `*`); async or not, like the plugin's methods. It is
+    a hook, not a method the host may call."""
+    def mark(f: Callable[..., Any]) -> Callable[..., Any]:
+        f._stockade_topics = getattr(f, "_stockade_topics", ()) + (topic,)  # type: ignore
+        return f
+    return mark
+
+
 class Context:
     """What a method can do besides answering: log, and publish events."""
 
@@ -192,6 +227,7 @@ class Context:
 class Plugin:
     def __init__(self):
         self._methods = {}
+        self._hooks: List[Tuple[str, Callable[..., Awaitable[Any]]]] = []
         self._on_initialize = None
         self._on_shutdown = None
         self._writer = None
@@ -210,6 +246,14 @@ class Plugin:
         """Decorator: `async def f(params, cx)` answers calls of `name`."""
         def register(f):
             self._methods[name] = f
+            return f
+        return register
+
+    def on_event(self, topic):
+        """Decorator: `async def f(event, cx)` runs for each event whose topic matches `topic`
+        (a topic, or a prefix ending in `*`)."""
+        def register(f):
+            self._hooks.append((topic, f))
             return f
         return register
 
@@ -279,6 +323,9 @@ class Plugin:
                 result = {}
             elif method == "ping":
                 result = {}
+            elif method == "event" and "id" not in request:
+                await self._deliver(params)
+                return
             elif method in self._methods:
                 result = await self._methods[method](params, Context(self))
             else:
@@ -291,6 +338,21 @@ class Plugin:
         if "id" in request:
             self._writer.write(reply + b"\n")
             await self._writer.drain()
+
+    async def _deliver(self, params):
+        """An `event` notification to each hook whose topic matches; a hook's exception is the
+        plugin's bug, told to the host as a log line."""
+        if not isinstance(params, dict) or not isinstance(params.get("topic"), str):
+            return
+        event = Event(plugin=str(params.get("plugin", "")), topic=params["topic"],
+                      data=params.get("data"))
+        for pattern, hook in self._hooks:
+            if topic_matches(pattern, event.topic):
+                try:
+                    await hook(event, Context(self))
+                except Exception as e:
+                    self._log("error", f"the hook for {pattern} failed on {event.topic}: "
+                              f"{type(e).__name__}: {e}")
 
     def _error_reply(self, id_, e: BaseException) -> bytes:
         """The error answer's line: whole when it can be, else without the traceback, else its
@@ -405,7 +467,7 @@ class PluginBase:
             for name, value in vars(cls).items():
                 if name.startswith("_") or name in own or name in methods:
                     continue
-                if inspect.isfunction(value):
+                if inspect.isfunction(value) and not hasattr(value, "_stockade_topics"):
                     methods[name] = getattr(self, name)
         return methods
 
@@ -439,6 +501,12 @@ def _as_method(f: Callable[..., Any]) -> Callable[[Any, Context], Awaitable[Any]
     return method
 
 
+def _as_hook(f: Callable[..., Any]) -> Callable[[Event, Context], Awaitable[Any]]:
+    async def hook(event: Event, cx: Context) -> Any:
+        return await _call(f, [event])
+    return hook
+
+
 def plugin_of(instance: PluginBase) -> Plugin:
     """The `Plugin` that serves `instance`: its methods, `init`, `shutdown`, and its logger
     (and the root logger's records) sent to the host."""
@@ -447,6 +515,14 @@ def plugin_of(instance: PluginBase) -> Plugin:
     instance._plugin = plugin
     for name, f in instance.rpc_methods().items():
         plugin._methods[name] = _as_method(f)
+    seen = set()
+    for cls in type(instance).__mro__:
+        for name, value in vars(cls).items():
+            if name in seen:
+                continue  # overridden in a subclass: that one decides
+            seen.add(name)
+            for topic in getattr(value, "_stockade_topics", ()):
+                plugin._hooks.append((topic, _as_hook(getattr(instance, name))))
 
     async def initialize(config: Any) -> None:
         instance.config = config

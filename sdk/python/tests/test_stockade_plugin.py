@@ -11,7 +11,8 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from stockade_plugin import (  # noqa: E402
-    Plugin, PluginBase, PluginOperationError, PluginPolicyViolation, RpcError, plugin_of)
+    Event, Plugin, PluginBase, PluginOperationError, PluginPolicyViolation, RpcError, on_event,
+    plugin_of)
 
 
 def make_plugin():
@@ -82,6 +83,7 @@ class Upm(PluginBase):
         super().__init__()
         self.installed = {}
         self.stopped = False
+        self.seen = []
 
     async def init(self, config):
         if config.get("fail"):
@@ -126,6 +128,16 @@ class Upm(PluginBase):
 
     def _helper(self):  # private: not a method of the plugin
         return "hidden"
+
+    @on_event("npm.*")
+    def npm_changed(self, event):  # a hook, not a method; blocking ones run in a thread
+        self.seen.append(event)
+        if event.data == "boom":
+            raise ValueError("boom")
+
+    @on_event("pip.installed")
+    async def pip_installed(self, event):
+        self.seen.append(event)
 
 
 class SdkTest(unittest.TestCase):
@@ -284,6 +296,40 @@ class SdkTest(unittest.TestCase):
         # After the end, logging goes nowhere and raises nothing.
         logging.getLogger("after").warning("the plugin has stopped")
         upm.publish_event("late", {})
+
+    def test_events_reach_the_hooks_of_their_topics(self):
+        upm = Upm()
+        host, thread = self.serve(plugin_of(upm))
+        host.send(1, "initialize", {"config": {}})
+        self.assertEqual(host.reply(1)["result"], {})
+
+        def event(topic, data):
+            host.sock.sendall(json.dumps({"jsonrpc": "2.0", "method": "event", "params": {
+                "plugin": "other", "topic": topic, "data": data}}).encode() + b"\n")
+        event("npm.installed", {"package": "left-pad"})
+        event("pip.installed", {"package": "six"})
+        event("pip.removed", {"package": "six"})  # no hook: nothing
+        event("npm.removed", "boom")  # the hook raises: logged, the plugin goes on
+        host.send(2, "ping")
+        self.assertEqual(host.reply(2)["result"], {})
+        deadline = time.monotonic() + 5
+        while len(upm.seen) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual(sorted(upm.seen, key=lambda e: e.topic), [
+            Event("other", "npm.installed", {"package": "left-pad"}),
+            Event("other", "npm.removed", "boom"),
+            Event("other", "pip.installed", {"package": "six"}),
+        ])
+        # A hook is not a method the host may call; nothing answered the notifications.
+        host.send(3, "npm_changed", {"event": None})
+        self.assertEqual(host.reply(3)["error"]["code"], -32601)
+        host.send(4, "shutdown")
+        self.assertEqual(host.reply(4)["result"], {})
+        self.end(host, thread)
+        self.assertFalse([m for m in host.pending if "id" in m])
+        logs = [m["params"] for m in host.pending if m.get("method") == "log"]
+        self.assertEqual(logs, [{"level": "error", "message":
+                                 "the hook for npm.* failed on npm.removed: ValueError: boom"}])
 
     def test_tracebacks_can_be_left_out(self):
         upm = Upm()
