@@ -362,7 +362,7 @@ fn policy_files_must_be_regular_files() {
 /// A package directory of this test's own, from `files` (name, contents, executable).
 fn package(name: &str, files: &[(&str, &str, bool)]) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
-    let dir = std::path::PathBuf::from(SCRATCH).join(format!("pkg-{name}-{}", std::process::id()));
+    let dir = scratch().join(format!("pkg-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     for (file, text, exec) in files {

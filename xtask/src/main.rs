@@ -131,10 +131,13 @@ fn test(extra: &[&str]) -> Result<()> {
     // One PostgreSQL server for the suite's database tests (each makes a database of its own).
     let pg_dir = std::env::temp_dir().join(format!("stockade-pg-{}", std::process::id()));
     let cluster = postgres::start(&pg_dir);
+    // The integration tests' scratch directory (tests/tests/harness: `scratch`), this run's own.
+    let scratch = format!("/tmp/stockade-tests-{}", std::process::id());
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--no-fail-fast"])
         .args(&args)
         .env("RUST_BACKTRACE", "1")
+        .env("STOCKADE_TEST_SCRATCH", &scratch)
         .env("STOCKADE_XTASK", this_executable()?)
         .stdout(Stdio::piped());
     match &cluster {
@@ -171,8 +174,7 @@ fn test(extra: &[&str]) -> Result<()> {
             eprintln!("stopping the tests' PostgreSQL: {e:#}");
         }
     }
-    // The integration tests' scratch directory (tests/tests/harness: SCRATCH).
-    let _ = std::fs::remove_dir_all("/tmp/stockade-tests");
+    let _ = std::fs::remove_dir_all(&scratch);
     let (uid, kernel) = (
         unsafe_geteuid(),
         std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default(),

@@ -41,12 +41,18 @@ pub fn stockade() -> PathBuf {
 /// Where the tests put what a sandbox must reach (plugin and state directories, sockets). The
 /// sandbox's unprivileged uid must be able to traverse every directory above a bound path, and the
 /// checkout may live below a private directory (/root), so this is below the world-traversable
-/// /tmp rather than in target/. `cargo xtask test` removes it at the end.
-pub const SCRATCH: &str = "/tmp/stockade-tests";
+/// /tmp rather than in target/. `cargo xtask test` names one for its run (`STOCKADE_TEST_SCRATCH`,
+/// `/tmp/stockade-tests-<its pid>`: two runs on one machine do not share it) and removes it at the
+/// end; a test binary run alone uses `/tmp/stockade-tests`.
+pub fn scratch() -> PathBuf {
+    std::env::var_os("STOCKADE_TEST_SCRATCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/stockade-tests"))
+}
 
-/// A fresh directory `SCRATCH/<name>-<pid>`, mode 0755.
+/// A fresh directory `scratch()/<name>-<pid>`, mode 0755.
 pub fn scratch_dir(name: &str) -> PathBuf {
-    let base = PathBuf::from(SCRATCH);
+    let base = scratch();
     let dir = base.join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     set_mode(&base, 0o755);

@@ -70,7 +70,7 @@ impl Server {
         // A short directory: the server's socket is in it, and socket paths are short.
         static SERVERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = PathBuf::from(super::SCRATCH).join(format!("pg-{}-{n}", std::process::id()));
+        let dir = super::scratch().join(format!("pg-{}-{n}", std::process::id()));
         let _ = Command::new(&xtask)
             .args(["postgres", "stop"])
             .arg(&dir)
