@@ -1337,6 +1337,31 @@ impl Host {
     }
 
     /// A run ended: record how; then restart, quarantine, fail or stop, by the manifest.
+    /// A run's (or a per-call sandbox's) monitor report: its losses counted, and a `report`
+    /// event when it saw violations.
+    fn record_report(&self, plugin: &Plugin, run: u64, report: &stockade::monitor::report::Report) {
+        self.metrics
+            .run_losses(&plugin.id, report.lost_denials, report.dropped_events);
+        plugin
+            .violations
+            .fetch_add(report.lost_denials, Ordering::Relaxed);
+        if report.violations > 0 {
+            self.events.send(json!({
+                "type": "report",
+                "at_ms": now_ms(),
+                "plugin": plugin.id,
+                "run": run,
+                "daemon": self.started_ms,
+                "violations": report.violations,
+                "lost_denials": report.lost_denials,
+                "dropped_events": report.dropped_events,
+                "by_layer": report.by_layer,
+                "first": report.first,
+                "auto_unload": report.auto_unload,
+            }));
+        }
+    }
+
     async fn run_ended(self: &Arc<Self>, plugin: &Arc<Plugin>, run: &Arc<Run>, end: Option<Ended>) {
         let summary = describe_end_json(&end);
         let reason = describe_end(&end);
@@ -1368,26 +1393,7 @@ impl Host {
         }
         if let Some(Ended::Ran(s)) = &end {
             if let Some(report) = &s.monitor {
-                self.metrics
-                    .run_losses(&plugin.id, report.lost_denials, report.dropped_events);
-                plugin
-                    .violations
-                    .fetch_add(report.lost_denials, Ordering::Relaxed);
-                if report.violations > 0 {
-                    self.events.send(json!({
-                        "type": "report",
-                        "at_ms": now_ms(),
-                        "plugin": plugin.id,
-                        "run": run.number,
-                        "daemon": self.started_ms,
-                        "violations": report.violations,
-                        "lost_denials": report.lost_denials,
-                        "dropped_events": report.dropped_events,
-                        "by_layer": report.by_layer,
-                        "first": report.first,
-                        "auto_unload": report.auto_unload,
-                    }));
-                }
+                self.record_report(plugin, run.number, report);
             }
         }
         let restart = {

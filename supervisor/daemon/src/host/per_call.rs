@@ -703,26 +703,7 @@ impl Host {
         let Some(report) = &s.monitor else {
             return;
         };
-        self.metrics
-            .run_losses(&plugin.id, report.lost_denials, report.dropped_events);
-        plugin
-            .violations
-            .fetch_add(report.lost_denials, Ordering::Relaxed);
-        if report.violations > 0 {
-            self.events.send(json!({
-                "type": "report",
-                "at_ms": now_ms(),
-                "plugin": plugin.id,
-                "run": number,
-                "daemon": self.started_ms,
-                "violations": report.violations,
-                "lost_denials": report.lost_denials,
-                "dropped_events": report.dropped_events,
-                "by_layer": report.by_layer,
-                "first": report.first,
-                "auto_unload": report.auto_unload,
-            }));
-        }
+        self.record_report(plugin, number, report);
         // The threshold across calls: this call's violations with those of the calls before it
         // within the window; crossing it quarantines, as the sandbox's own crossing does.
         let crossed = pool.count_violations(report.violations);
