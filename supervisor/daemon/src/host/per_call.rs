@@ -30,7 +30,6 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{oneshot, Notify, Semaphore};
 
 use super::{describe_end, refusal, Host, Plugin};
-use crate::logs::now_ms;
 use crate::sandbox::{self as sb, Control, Ended};
 
 /// A per-call plugin's armed sandboxes and its bounds.
