@@ -1,5 +1,6 @@
 //! Parse, then compile for a fixed launch (the context the unit tests use): neither may panic,
-//! and a compiled spec must keep W^X (no writable mount inside or around an executable one).
+//! and a compiled spec must keep W^X (no writable mount inside or around an executable one; the
+//! only writable tree Landlock may also let execute is the private /tmp, with no bind below it).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -33,5 +34,13 @@ fuzz_target!(|data: &[u8]| {
                 x.target.display()
             );
         }
+    }
+    for path in &spec.landlock.also_exec {
+        assert_eq!(path, std::path::Path::new("/tmp"), "also executable: {path:?}");
+        assert!(spec.tmp.as_ref().is_some_and(|t| t.exec));
+        assert!(
+            !spec.mounts.iter().any(|m| m.target.starts_with("/tmp")),
+            "a bind below the executable /tmp"
+        );
     }
 });

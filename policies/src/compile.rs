@@ -100,6 +100,13 @@ pub enum CompileError {
     )]
     BelowWritable { path: PathBuf, writable: PathBuf },
     #[error(
+        "`{}` lies below /tmp, which `tmp_exec` makes executable: Landlock's execute right there \
+         reaches every path below it, so only the bind's noexec would keep the plugin's writes \
+         there from running\n  hint: keep the plugin's directories outside /tmp, or drop `tmp_exec`",
+        path.display()
+    )]
+    BelowExecutableTmp { path: PathBuf },
+    #[error(
         "the [ipc] socket `{written}` is `{}` for this launch: {} bytes, and a unix socket \
          address holds at most 107\n  hint: choose a shorter directory for the variable",
         path.display(),
@@ -169,6 +176,15 @@ impl Policy {
             size_bytes: self.resources.tmp_size.unwrap_or(DEFAULT_TMP_SIZE_BYTES),
             exec: self.filesystem.tmp_exec,
         });
+        // Landlock's rule for an executable /tmp covers the binds below it too (a plugin or state
+        // directory under the host's /tmp): W^X would rest on their mount flags alone.
+        if tmp.as_ref().is_some_and(|t| t.exec) {
+            if let Some(m) = mounts.iter().find(|m| m.target.starts_with(TMP_DIR)) {
+                return Err(CompileError::BelowExecutableTmp {
+                    path: m.target.clone(),
+                });
+            }
+        }
 
         let mut landlock_paths: Vec<(PathBuf, Access)> = mounts
             .iter()
@@ -401,8 +417,8 @@ fn merge(a: Access, b: Access, target: &Path) -> Result<Access, CompileError> {
 ///
 /// The private /tmp takes part in neither: the shim mounts it before the binds, so a bind below
 /// /tmp (a plugin directory under the host's /tmp) lands on top of it as its own mount; and the
-/// tmpfs is always noexec, so whatever Landlock grants below an exec path, nothing written to /tmp
-/// runs.
+/// tmpfs is noexec, so whatever Landlock grants below an exec path, nothing written to /tmp runs —
+/// unless the policy sets `tmp_exec`, which `compile` then allows only with no bind below /tmp.
 fn check_overlaps(targets: &BTreeMap<PathBuf, Access>) -> Result<(), CompileError> {
     for r in RESERVED_DIRS {
         if let Some(path) = targets.keys().find(|p| p.starts_with(r)) {
@@ -671,6 +687,14 @@ mod tests {
         assert_eq!(spec.landlock.also_exec, vec![PathBuf::from("/tmp")]);
         // The state directory stays W^X.
         assert_eq!(mounts(&spec), vec![("/srv/p", Access::Write)]);
+        // Not below the executable /tmp, where Landlock's execute right would reach it.
+        c.state_dir = Some("/tmp/p".into());
+        let err = p.compile(&c).unwrap_err();
+        assert!(
+            matches!(&err, CompileError::BelowExecutableTmp { path } if path == Path::new("/tmp/p")),
+            "{err}"
+        );
+        assert!(plain.compile(&c).is_ok());
     }
 
     #[test]

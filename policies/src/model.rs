@@ -25,7 +25,8 @@ pub struct Policy {
 pub struct Filesystem {
     /// Read-only, not executable.
     pub read: Vec<PolicyPath>,
-    /// Read-write, never executable (W^X: a path may not be both writable and executable).
+    /// Read-write, never executable (W^X: a path may not be both writable and executable; the one
+    /// exception is the private /tmp under `tmp_exec`).
     pub write: Vec<PolicyPath>,
     /// Read-only and executable (binaries and the shared libraries they map).
     pub exec: Vec<PolicyPath>,

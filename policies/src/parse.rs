@@ -728,8 +728,8 @@ impl<'s> Checker<'s> {
                         span,
                         format!("`$TMP` is only allowed in `write`, not in `{list}`"),
                         Some(
-                            "$TMP is the sandbox's private tmpfs at /tmp: always writable, never \
-                             executable"
+                            "$TMP is the sandbox's private tmpfs at /tmp: always writable, \
+                             executable only with `tmp_exec = true`"
                                 .into(),
                         ),
                     );

@@ -188,7 +188,7 @@ fn filesystem() -> Vec<(&'static str, Value)> {
         (
             "write",
             paths(
-                "Read-write, never executable (W^X). \"$TMP\" grants the private tmpfs at /tmp.",
+                "Read-write, never executable (W^X; the one exception: the private /tmp under tmp_exec). \"$TMP\" grants the private tmpfs at /tmp.",
                 WRITE_PATH_PATTERN,
             ),
         ),

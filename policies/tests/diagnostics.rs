@@ -259,7 +259,7 @@ fn tmp_only_in_write() {
         2,
         9,
         "`$TMP` is only allowed in `write`, not in `exec`",
-        Some("$TMP is the sandbox's private tmpfs at /tmp: always writable, never executable"),
+        Some("$TMP is the sandbox's private tmpfs at /tmp: always writable, executable only with `tmp_exec = true`"),
     );
 }
 

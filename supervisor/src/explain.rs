@@ -97,7 +97,16 @@ pub fn explain(policy: &Policy, probe: &Probe) -> String {
         let _ = writeln!(out, "\nlandlock — ABI {abi} on this kernel (enforced): the same paths with the same rights, a");
         let _ = writeln!(
             out,
-            "  second wall that the plugin cannot undo; exec only below the exec paths."
+            "  second wall that the plugin cannot undo; exec only below the exec paths{}.",
+            if spec
+                .as_ref()
+                .and_then(|s| s.tmp.as_ref())
+                .is_some_and(|t| t.exec)
+            {
+                " and in /tmp (tmp_exec)"
+            } else {
+                ""
+            }
         );
         if abi >= 6 {
             let _ = writeln!(

@@ -4,7 +4,7 @@
 
 mod harness;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use harness::daemon::{process_alive, Daemon};
@@ -295,6 +295,27 @@ fn per_call_sandboxes_are_confined_and_bounded() {
     d.load(&pkg);
     wait_warm(&d, "upm-bounded", 2);
     assert_eq!(d.cgroups().len(), 2, "{:?}", d.cgroups());
+    // A waiting sandbox killed from outside (its own limits start at its exec): the pool no
+    // longer counts it, its cgroup goes, and the next call refills the pool (below).
+    let prefix = format!("stockade-{}.", d.pid());
+    let victim = harness::leftover_cgroups()
+        .into_iter()
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        })
+        .expect("an armed sandbox's cgroup");
+    let procs = std::fs::read_to_string(victim.join("cgroup.procs")).unwrap();
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        // SAFETY: a process of the armed sandbox this test's daemon started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    wait_warm(&d, "upm-bounded", 1);
+    let until = Instant::now() + harness::patience(10);
+    while d.cgroups().len() != 1 {
+        assert!(Instant::now() < until, "{:?}", d.cgroups());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let probe = |action: &str, path: &str| -> Value {
         d.call(
             "upm-bounded",
@@ -683,9 +704,10 @@ fn has(program: &str, args: &[&str]) -> bool {
 /// The seeds' pip plugin (examples/plugins/upm-pip) driving the real pip in its sandbox, against
 /// a local index on loopback built by the test from packages it makes (no outside network):
 /// install, list and uninstall work, into the plugin's state directory; the policy's one network
-/// destination is that index. Then a package whose setup.py gathers credentials and sends them to
-/// another local port: pip runs it, the connection is refused and reported as a violation of the
-/// plugin, which is quarantined, and nothing reaches the listener.
+/// destination is that index. Then a package whose setup.py reads the host's credentials, writes
+/// outside the state directory and sends its loot to another local port: pip runs it, each is
+/// refused and reported as a violation of the plugin, which is quarantined, and nothing reaches
+/// the listener (`Upm::exfiltration_is_stopped`).
 #[test]
 fn the_upm_pip_plugin_installs_from_its_index_and_nothing_else() {
     let test = "the_upm_pip_plugin_installs_from_its_index_and_nothing_else";
@@ -739,9 +761,9 @@ fn the_upm_pip_plugin_installs_from_its_index_and_nothing_else() {
 }
 
 /// The seeds' npm plugin (examples/plugins/upm-npm) driving the real npm (and node) in its
-/// sandbox against a local registry: install, list and uninstall into its state directory; then a
-/// package whose `postinstall` script gathers credentials and sends them to another local port,
-/// refused and reported, the plugin quarantined, nothing arriving.
+/// sandbox against a local registry: install (a scoped package too), list and uninstall into its
+/// state directory; then a package whose `postinstall` script does what the pip test's setup.py
+/// does, each act refused and reported, the plugin quarantined, nothing arriving.
 #[test]
 fn the_upm_npm_plugin_installs_from_its_registry_and_nothing_else() {
     let test = "the_upm_npm_plugin_installs_from_its_registry_and_nothing_else";
@@ -771,11 +793,24 @@ fn the_upm_npm_plugin_installs_from_its_registry_and_nothing_else() {
     );
     let modules = d.dir.join("state/plugins/upm-npm/npm/node_modules");
     assert!(modules.join("hello-upm/index.js").is_file());
+    // A scoped package: installed below its scope, listed by its whole name.
+    let scoped = d
+        .call("upm-npm", "install", json!({ "args": ["@upm/scoped"] }))
+        .unwrap_or_else(|e| panic!("install: {e}\n{}", d.log()));
+    assert_eq!(
+        scoped["data"]["result"],
+        json!({ "installed": "@upm/scoped", "version": "2.0.0" })
+    );
     let list = d.call("upm-npm", "list_installed", json!({})).unwrap();
     assert_eq!(
         list["data"]["result"],
-        json!([{ "name": "hello-upm", "version": "1.0.0" }])
+        json!([
+            { "name": "@upm/scoped", "version": "2.0.0" },
+            { "name": "hello-upm", "version": "1.0.0" }
+        ])
     );
+    d.call("upm-npm", "uninstall", json!(["@upm/scoped"]))
+        .unwrap();
     let gone = d
         .call("upm-npm", "uninstall", json!(["hello-upm"]))
         .unwrap();
@@ -787,71 +822,88 @@ fn the_upm_npm_plugin_installs_from_its_registry_and_nothing_else() {
     upm.exfiltration_is_stopped(&d, "upm-npm");
 }
 
+/// A directory of this test process's own outside /tmp (`/var/tmp/stockade-tests-<pid>`, mode
+/// 0755), removed when the test ends; those of test processes that are gone (killed before they
+/// could remove theirs) are removed first.
+struct OutsideTmp(PathBuf);
+
+impl OutsideTmp {
+    fn new() -> Result<OutsideTmp, String> {
+        const PREFIX: &str = "stockade-tests-";
+        for e in std::fs::read_dir("/var/tmp")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix(PREFIX)
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let path = PathBuf::from(format!("/var/tmp/{PREFIX}{}", std::process::id()));
+        std::fs::create_dir_all(&path).map_err(|e| format!("cannot create {path:?}: {e}"))?;
+        harness::set_mode(&path, 0o755);
+        Ok(OutsideTmp(path))
+    }
+}
+
+impl Drop for OutsideTmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A Rust toolchain the sandbox's user can reach, for the cargo example: the test's own (`rustc
 /// --print sysroot`) where every directory above it lets others through, else a hard-linked copy
-/// of it outside /tmp (rustup keeps it in root's home, 0700: no sandbox user may enter), removed
-/// when the test ends. None where neither works (a read-only root).
-struct Toolchain {
-    path: PathBuf,
-    copy: bool,
-}
-
-impl Toolchain {
-    fn find() -> Result<Toolchain, String> {
-        use std::os::unix::fs::PermissionsExt;
-        let out = std::process::Command::new("rustc")
-            .args(["--print", "sysroot"])
-            .output()
-            .map_err(|e| format!("no rustc: {e}"))?;
-        let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if !out.status.success() || !sysroot.join("bin/cargo").is_file() {
-            return Err(format!("no cargo beside rustc's sysroot {sysroot:?}"));
-        }
-        let passable = sysroot
-            .ancestors()
-            .all(|dir| std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
-        if passable {
-            return Ok(Toolchain {
-                path: sysroot,
-                copy: false,
-            });
-        }
-        let path = PathBuf::from(format!(
-            "/var/tmp/stockade-tests-rust-{}",
-            std::process::id()
+/// of it in `base` (rustup keeps it in root's home, 0700: no sandbox user may enter). An error
+/// where neither works (a toolchain on another filesystem).
+fn toolchain_in(base: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let out = std::process::Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .map_err(|e| format!("no rustc: {e}"))?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if !out.status.success() || !sysroot.join("bin/cargo").is_file() {
+        return Err(format!("no cargo beside rustc's sysroot {sysroot:?}"));
+    }
+    if sysroot.starts_with("/tmp") {
+        return Err(format!(
+            "{sysroot:?} is below /tmp, which the sandbox has its own of"
         ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir(&path).map_err(|e| format!("cannot create {path:?}: {e}"))?;
-        let toolchain = Toolchain { path, copy: true };
-        harness::set_mode(&toolchain.path, 0o755);
-        for dir in ["bin", "lib", "libexec"] {
-            if !sysroot.join(dir).exists() {
-                continue;
-            }
-            let done = std::process::Command::new("cp")
-                .arg("-al")
-                .arg(sysroot.join(dir))
-                .arg(&toolchain.path)
-                .output()
-                .map_err(|e| e.to_string())?;
-            if !done.status.success() {
-                return Err(format!(
-                    "{sysroot:?} is below a directory others cannot enter, and no hard-linked copy \
-                     of it could be made in /var/tmp: {}",
-                    String::from_utf8_lossy(&done.stderr).trim()
-                ));
-            }
-        }
-        Ok(toolchain)
     }
-}
-
-impl Drop for Toolchain {
-    fn drop(&mut self) {
-        if self.copy {
-            let _ = std::fs::remove_dir_all(&self.path);
+    let passable = sysroot
+        .ancestors()
+        .all(|dir| std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
+    if passable {
+        return Ok(sysroot);
+    }
+    let path = base.join("rust");
+    std::fs::create_dir(&path).map_err(|e| format!("cannot create {path:?}: {e}"))?;
+    harness::set_mode(&path, 0o755);
+    for dir in ["bin", "lib", "libexec"] {
+        if !sysroot.join(dir).exists() {
+            continue;
+        }
+        let done = std::process::Command::new("cp")
+            .arg("-al")
+            .arg(sysroot.join(dir))
+            .arg(&path)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !done.status.success() {
+            return Err(format!(
+                "{sysroot:?} is below a directory others cannot enter, and no hard-linked copy of \
+                 it could be made in {}: {}",
+                base.display(),
+                String::from_utf8_lossy(&done.stderr).trim()
+            ));
         }
     }
+    Ok(path)
 }
 
 /// The seeds' cargo plugin (examples/plugins/upm-cargo) driving the real cargo (and rustc, and
@@ -874,16 +926,23 @@ fn the_upm_cargo_plugin_builds_from_its_registry_and_nothing_else() {
         );
         return;
     }
-    let toolchain = match Toolchain::find() {
-        Ok(t) => t,
+    // The daemon's directory (its plugins' state) outside /tmp: the policy's `tmp_exec` refuses
+    // a state directory below it (Landlock's execute right there would reach it).
+    let found = OutsideTmp::new().and_then(|base| Ok((toolchain_in(&base.0)?, base)));
+    let (toolchain, base) = match found {
+        Ok(found) => found,
         Err(why) => {
             println!("skipped: {test}: no Rust toolchain the sandbox can use: {why}");
             return;
         }
     };
-    let d = Daemon::start("upm-cargo", &[]);
-    let path = toolchain.path.to_str().unwrap();
-    let upm = upm_with(&d, "upm-cargo", "8081", &[("/opt/rust", path)]);
+    let d = Daemon::start_at(base.0.join("daemon"), &[]);
+    let upm = upm_with(
+        &d,
+        "upm-cargo",
+        "8081",
+        &[("/opt/rust", toolchain.to_str().unwrap())],
+    );
     let install = d
         .call("upm-cargo", "install", json!({ "args": ["hello-upm"] }))
         .unwrap_or_else(|e| panic!("install: {e}\n{}", d.log()));

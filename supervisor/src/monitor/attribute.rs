@@ -680,7 +680,6 @@ impl Attributor {
         granted && (!is_dev(file) || self.root.exists(file))
     }
 
-    /// The right granted at `path` (by its nearest granted ancestor), if any.
     /// Whether the grant that decides `path` (the deepest one above it) also allows execute.
     fn also_executable(&self, path: &Path) -> bool {
         self.grants
@@ -690,6 +689,7 @@ impl Attributor {
             .is_some_and(|(p, _)| self.also_exec.contains(p))
     }
 
+    /// The right granted at `path` (by its nearest granted ancestor), if any.
     fn granted(&self, path: &Path) -> Option<Access> {
         self.grants
             .iter()
@@ -943,6 +943,50 @@ mod tests {
             .attribute(&failed("openat", enoent, Some("/etc/passwd")))
             .unwrap();
         assert_eq!(ev.layer, Some(Layer::Namespace));
+    }
+
+    /// Under `tmp_exec` an exec refused in /tmp is the file's mode (the plugin's own doing), not
+    /// a Landlock refusal; below a bind on top of /tmp (not compiled so, but judged by its own
+    /// grant all the same) it is Landlock's.
+    #[test]
+    fn an_executable_tmp_excuses_execs_there_only() {
+        let mut a = attributor();
+        a.grants = vec![
+            (PathBuf::from("/tmp"), Access::Write),
+            (PathBuf::from("/tmp/state"), Access::Write),
+        ];
+        a.also_exec = vec![PathBuf::from("/tmp")];
+        assert!(a.also_executable(Path::new("/tmp/target/build-script-build")));
+        assert!(!a.also_executable(Path::new("/tmp/state/payload")));
+        assert!(!a.also_executable(Path::new("/usr/bin/true")));
+        let eacces = -libc::EACCES;
+        let ev = a
+            .attribute(&failed(
+                "execve",
+                eacces,
+                Some("/tmp/target/build-script-build"),
+            ))
+            .unwrap();
+        assert_eq!(
+            (ev.kind, ev.layer),
+            (EventType::Refused, Some(Layer::Permissions))
+        );
+        let ev = a
+            .attribute(&failed("execve", eacces, Some("/tmp/state/payload")))
+            .unwrap();
+        assert_eq!(
+            (ev.kind, ev.layer),
+            (EventType::Violation, Some(Layer::Landlock))
+        );
+        a.also_exec.clear();
+        let ev = a
+            .attribute(&failed(
+                "execve",
+                eacces,
+                Some("/tmp/target/build-script-build"),
+            ))
+            .unwrap();
+        assert_eq!(ev.layer, Some(Layer::Landlock));
     }
 
     #[test]

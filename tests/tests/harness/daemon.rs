@@ -76,9 +76,22 @@ impl Daemon {
         daemon
     }
 
+    /// A daemon whose directory is `dir` (made here, mode 0755; the sandbox's user must be able to
+    /// pass every directory above it) rather than one in the scratch directory below /tmp.
+    pub fn start_at(dir: PathBuf, extra: &[&str]) -> Daemon {
+        std::fs::create_dir_all(&dir).expect("the daemon's directory");
+        super::set_mode(&dir, 0o755);
+        let mut daemon = Daemon::prepared_at(dir);
+        daemon.spawn(extra);
+        daemon
+    }
+
     /// The same, not started yet ([`Daemon::spawn_with`] starts it).
     pub fn prepared(name: &str) -> Daemon {
-        let dir = super::scratch_dir(&format!("daemon-{name}"));
+        Daemon::prepared_at(super::scratch_dir(&format!("daemon-{name}")))
+    }
+
+    fn prepared_at(dir: PathBuf) -> Daemon {
         let keys = dir.join("keys");
         std::fs::create_dir_all(&keys).expect("keys dir");
         let (key, _) = generate_key(&keys, "publisher");
