@@ -36,7 +36,7 @@ fn the_python_sdk_speaks_the_protocol() {
         .expect("run python3");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("Ran 7 tests"), "{stderr}");
+    assert!(stderr.contains("Ran 9 tests"), "{stderr}");
     assert!(stderr.trim_end().ends_with("OK"), "{stderr}");
     assert!(!stderr.contains("ResourceWarning"), "{stderr}");
 }

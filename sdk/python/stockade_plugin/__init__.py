@@ -44,7 +44,10 @@ PluginPolicyViolation as 1001, RpcError as its own code, anything else as -32603
 Events other plugins publish reach the topics the manifest's `subscribe` names (and the
 publisher's `publish` shares): `@plugin.on_event("pip.*")` on a function `f(event, cx)`, or
 `@on_event("pip.*")` on a method `f(self, event)` of a PluginBase class. `event` has `plugin`
-(the publisher), `topic` and `data`. A hook that raises is logged to the host, not answered.
+(the publisher), `topic` and `data`. Hooks run one event at a time, in the order the events came,
+beside the calls: an async hook on the event loop, a plain one in a thread of the hooks' own (so
+a slow hook never takes the calls' threads). At most EVENT_QUEUE events wait; past that they are
+dropped and their number logged. A hook that raises is logged to the host, not answered.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ import socket
 import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
@@ -68,6 +72,8 @@ MAX_COUNTER_ADD = 1 << 20
 #: events and counters together, and counts more as a violation); the rest are dropped and
 #: their number sent once the second is over.
 LOG_LINES_PER_SEC = 800
+#: Events waiting for the hooks at most; the host sends at most 100 a second.
+EVENT_QUEUE = 256
 
 __all__ = [
     "Plugin",
@@ -75,6 +81,7 @@ __all__ = [
     "serve",
     "on_event",
     "Event",
+    "EVENT_QUEUE",
     "RpcError",
     "PluginError",
     "PluginOperationError",
@@ -227,7 +234,10 @@ class Context:
 class Plugin:
     def __init__(self):
         self._methods = {}
-        self._hooks: List[Tuple[str, Callable[..., Awaitable[Any]]]] = []
+        #: (topic pattern, f(event, cx)), async or not.
+        self._hooks: List[Tuple[str, Callable[..., Any]]] = []
+        self._events: Optional[asyncio.Queue] = None
+        self._events_dropped = 0
         self._on_initialize = None
         self._on_shutdown = None
         self._writer = None
@@ -250,8 +260,8 @@ class Plugin:
         return register
 
     def on_event(self, topic):
-        """Decorator: `async def f(event, cx)` runs for each event whose topic matches `topic`
-        (a topic, or a prefix ending in `*`)."""
+        """Decorator: `f(event, cx)` runs for each event whose topic matches `topic` (a topic,
+        or a prefix ending in `*`): on the event loop if async, else in the hooks' thread."""
         def register(f):
             self._hooks.append((topic, f))
             return f
@@ -276,6 +286,9 @@ class Plugin:
         reader, self._writer = await asyncio.open_unix_connection(
             sock=sock, limit=MAX_MESSAGE_BYTES + 1)
         tasks = set()
+        self._events = asyncio.Queue(EVENT_QUEUE)
+        hooks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stockade-hooks")
+        runner = asyncio.create_task(self._run_hooks(hooks))
         try:
             while True:
                 try:
@@ -293,8 +306,15 @@ class Plugin:
                 method = request.get("method")
                 if not isinstance(method, str):
                     continue
+                if method == "event" and "id" not in request:
+                    try:
+                        self._events.put_nowait(request.get("params"))
+                    except asyncio.QueueFull:
+                        self._events_dropped += 1
+                    continue
                 if method == "shutdown":
                     await asyncio.gather(*tasks, return_exceptions=True)
+                    await self._events.join()  # the events that came before it
                     if self._on_shutdown is not None:
                         try:
                             await self._on_shutdown()
@@ -309,6 +329,8 @@ class Plugin:
         finally:
             for task in tasks:
                 task.cancel()
+            runner.cancel()
+            hooks.shutdown(wait=False)
             self._writer.close()
             # Logs of threads still running go nowhere from here (not to a closed loop).
             self._loop = None
@@ -323,9 +345,6 @@ class Plugin:
                 result = {}
             elif method == "ping":
                 result = {}
-            elif method == "event" and "id" not in request:
-                await self._deliver(params)
-                return
             elif method in self._methods:
                 result = await self._methods[method](params, Context(self))
             else:
@@ -339,7 +358,20 @@ class Plugin:
             self._writer.write(reply + b"\n")
             await self._writer.drain()
 
-    async def _deliver(self, params):
+    async def _run_hooks(self, thread: ThreadPoolExecutor) -> None:
+        """The events, one at a time in their order, to the hooks of their topics."""
+        loop = asyncio.get_running_loop()
+        while True:
+            params = await self._events.get()
+            try:
+                await self._deliver(params, loop, thread)
+            finally:
+                self._events.task_done()
+            if self._events_dropped and self._events.empty():
+                n, self._events_dropped = self._events_dropped, 0
+                self._log("warning", f"{n} events dropped: the hooks fell {EVENT_QUEUE} behind")
+
+    async def _deliver(self, params, loop, thread) -> None:
         """An `event` notification to each hook whose topic matches; a hook's exception is the
         plugin's bug, told to the host as a log line."""
         if not isinstance(params, dict) or not isinstance(params.get("topic"), str):
@@ -347,12 +379,18 @@ class Plugin:
         event = Event(plugin=str(params.get("plugin", "")), topic=params["topic"],
                       data=params.get("data"))
         for pattern, hook in self._hooks:
-            if topic_matches(pattern, event.topic):
-                try:
+            if not topic_matches(pattern, event.topic):
+                continue
+            try:
+                if inspect.iscoroutinefunction(hook):
                     await hook(event, Context(self))
-                except Exception as e:
-                    self._log("error", f"the hook for {pattern} failed on {event.topic}: "
-                              f"{type(e).__name__}: {e}")
+                else:
+                    result = await loop.run_in_executor(thread, hook, event, Context(self))
+                    if inspect.isawaitable(result):
+                        await result
+            except Exception as e:
+                self._log("error", f"the hook for {pattern} failed on {event.topic}: "
+                          f"{type(e).__name__}: {e}")
 
     def _error_reply(self, id_, e: BaseException) -> bytes:
         """The error answer's line: whole when it can be, else without the traceback, else its
@@ -461,12 +499,16 @@ class PluginBase:
         """The plugin's methods by name: the subclass's public functions."""
         own = set(dir(PluginBase))
         methods = {}
+        seen = set()
         for cls in type(self).__mro__:
             if cls is PluginBase or cls is object:
                 continue
             for name, value in vars(cls).items():
-                if name.startswith("_") or name in own or name in methods:
+                # The class nearest in the order decides: a method a subclass made a hook (or
+                # anything else) is not a method of the plugin.
+                if name.startswith("_") or name in own or name in seen:
                     continue
+                seen.add(name)
                 if inspect.isfunction(value) and not hasattr(value, "_stockade_topics"):
                     methods[name] = getattr(self, name)
         return methods
@@ -501,9 +543,15 @@ def _as_method(f: Callable[..., Any]) -> Callable[[Any, Context], Awaitable[Any]
     return method
 
 
-def _as_hook(f: Callable[..., Any]) -> Callable[[Event, Context], Awaitable[Any]]:
-    async def hook(event: Event, cx: Context) -> Any:
-        return await _call(f, [event])
+def _as_hook(f: Callable[..., Any]) -> Callable[[Event, Context], Any]:
+    """A class's hook `f(event)` as the plugin's `hook(event, cx)`, async if `f` is."""
+    if inspect.iscoroutinefunction(f):
+        async def async_hook(event: Event, cx: Context) -> Any:
+            return await f(event)
+        return async_hook
+
+    def hook(event: Event, cx: Context) -> Any:
+        return f(event)
     return hook
 
 

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 import unittest
 
@@ -315,10 +316,11 @@ class SdkTest(unittest.TestCase):
         deadline = time.monotonic() + 5
         while len(upm.seen) < 3 and time.monotonic() < deadline:
             time.sleep(0.01)
-        self.assertEqual(sorted(upm.seen, key=lambda e: e.topic), [
+        # In the order they came, a plain hook and an async one alike.
+        self.assertEqual(upm.seen, [
             Event("other", "npm.installed", {"package": "left-pad"}),
-            Event("other", "npm.removed", "boom"),
             Event("other", "pip.installed", {"package": "six"}),
+            Event("other", "npm.removed", "boom"),
         ])
         # A hook is not a method the host may call; nothing answered the notifications.
         host.send(3, "npm_changed", {"event": None})
@@ -330,6 +332,56 @@ class SdkTest(unittest.TestCase):
         logs = [m["params"] for m in host.pending if m.get("method") == "log"]
         self.assertEqual(logs, [{"level": "error", "message":
                                  "the hook for npm.* failed on npm.removed: ValueError: boom"}])
+
+    def test_hooks_take_events_in_order_and_drop_past_the_queue(self):
+        import stockade_plugin
+        plugin = Plugin()
+        seen = []
+        gate, started = threading.Event(), threading.Event()
+
+        @plugin.on_event("*")
+        def slow(event, cx):  # a plain function: in the hooks' thread, not the loop
+            started.set()
+            gate.wait(5)
+            seen.append(event.data)
+
+        old, stockade_plugin.EVENT_QUEUE = stockade_plugin.EVENT_QUEUE, 4
+        try:
+            host, thread = self.serve(plugin)
+            def event(i):
+                host.sock.sendall(json.dumps({"jsonrpc": "2.0", "method": "event", "params": {
+                    "plugin": "p", "topic": "t", "data": i}}).encode() + b"\n")
+            event(0)
+            self.assertTrue(started.wait(5))
+            for i in range(1, 20):
+                event(i)
+            # The calls are not held up by the hook that waits.
+            host.send(1, "ping")
+            self.assertEqual(host.reply(1)["result"], {})
+            gate.set()
+            host.send(2, "shutdown")  # answered once the queued events were delivered
+            self.assertEqual(host.reply(2)["result"], {})
+            self.end(host, thread)
+        finally:
+            stockade_plugin.EVENT_QUEUE = old
+        # The first went to the hook at once, four waited, the rest were dropped and told.
+        self.assertEqual(seen, [0, 1, 2, 3, 4])
+        logs = [m["params"] for m in host.pending if m.get("method") == "log"]
+        self.assertEqual(logs, [{"level": "warning",
+                                 "message": "15 events dropped: the hooks fell 4 behind"}])
+
+    def test_a_method_a_subclass_made_a_hook_is_not_callable(self):
+        class Base(PluginBase):
+            def refresh(self):
+                return "refreshed"
+
+        class Child(Base):
+            @on_event("index.changed")
+            def refresh(self, event):
+                pass
+
+        self.assertEqual(set(Base().rpc_methods()), {"refresh"})
+        self.assertEqual(set(Child().rpc_methods()), set())
 
     def test_tracebacks_can_be_left_out(self):
         upm = Upm()
