@@ -8,7 +8,6 @@ that registry and nothing else on the network, and write only its state director
 import asyncio
 import json
 import os
-import re
 import subprocess
 import sys
 import traceback
@@ -55,13 +54,22 @@ class NpmPlugin:
     def _installed(self):
         root = os.path.join(self.prefix, "node_modules")
         found = {}
-        if os.path.isdir(root):
-            for name in os.listdir(root):
-                try:
-                    with open(os.path.join(root, name, "package.json")) as f:
-                        found[name] = json.load(f).get("version")
-                except OSError:
-                    pass
+        if not os.path.isdir(root):
+            return found
+        names = []
+        for name in os.listdir(root):
+            if name.startswith("@"):  # a scope: its packages are one level down
+                scope = os.path.join(root, name)
+                if os.path.isdir(scope):
+                    names += [f"{name}/{sub}" for sub in os.listdir(scope)]
+            elif not name.startswith("."):
+                names.append(name)
+        for name in names:
+            try:
+                with open(os.path.join(root, name, "package.json")) as f:
+                    found[name] = json.load(f).get("version")
+            except (OSError, ValueError):
+                pass
         return found
 
     async def install(self, package, version_constraint=None):

@@ -108,9 +108,18 @@ impl Pool {
         None
     }
 
-    /// Armed sandboxes waiting for a call.
+    /// Armed sandboxes waiting for a call; one that ended meanwhile (killed from outside: an
+    /// armed sandbox's own limits start at its exec) is dropped here, so that a refill replaces
+    /// it and the status does not count it.
     pub fn warm(&self) -> usize {
-        self.ready.lock().unwrap_or_else(|e| e.into_inner()).len()
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        ready.retain_mut(|armed| {
+            matches!(
+                armed.ended.try_recv(),
+                Err(oneshot::error::TryRecvError::Empty)
+            )
+        });
+        ready.len()
     }
 
     /// Violations of the calls that ended within the policy's window.
