@@ -2481,7 +2481,9 @@ mod tests {
         ];
         for (header, keys) in tables {
             for key in *keys {
-                let src = format!("{header}{key} = true\n");
+                // A value of the wrong type: a boolean, or a string where one is expected.
+                let value = if *key == "tmp_exec" { "\"yes\"" } else { "true" };
+                let src = format!("{header}{key} = {value}\n");
                 let errors = match parse_policy(&src, "t") {
                     Ok(_) => panic!("`{key} = true` accepted in:\n{src}"),
                     Err(d) => d.0,

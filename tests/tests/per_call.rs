@@ -505,6 +505,72 @@ fn a_per_call_plugins_violations_count_across_its_calls() {
     assert_eq!(error["code"], -32001, "{error}");
 }
 
+/// Calls running side by side count toward one threshold as their violations happen: with a
+/// threshold of three, three calls that each make one violation and then wait are all killed at
+/// the third, the plugin quarantined — not three answers once they finish (each sandbox alone
+/// stayed under the threshold).
+#[test]
+fn concurrent_per_call_violations_cross_the_threshold_as_they_happen() {
+    let test = "concurrent_per_call_violations_cross_the_threshold_as_they_happen";
+    if !harness::privileged(test) {
+        return;
+    }
+    let d = Daemon::start("per-call-live", &[]);
+    let pkg = package(&d, "upm-three", "1.0.0", "[per_call]\nwarm = 3\n");
+    let profile = std::fs::read_to_string(
+        harness::repo_root().join("policies/profiles/untrusted-default.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        pkg.join("policy.toml"),
+        profile.replace("threshold = 1 ", "threshold = 3 "),
+    )
+    .unwrap();
+    let manifest = std::fs::read_to_string(pkg.join("plugin.toml")).unwrap();
+    std::fs::write(
+        pkg.join("plugin.toml"),
+        manifest.replace(
+            "policy = { profile = \"untrusted-default\", filesystem = { write = [\"$STATE_DIR\"] } }",
+            "policy = \"policy.toml\"",
+        ),
+    )
+    .unwrap();
+    d.sign(&pkg);
+    d.load(&pkg);
+    wait_warm(&d, "upm-three", 3);
+    // Each waits 15 s after its violation: far longer than the three take to start.
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            d.request_in_background(
+                "call",
+                json!({ "plugin": "upm-three", "method": "probe",
+                        "params": { "kwargs": { "action": "read", "path": "/etc/shadow", "then_sleep": 15 } } }),
+            )
+        })
+        .collect();
+    for c in calls {
+        let error = parse_answer(c.join().expect("thread")).expect_err("killed");
+        assert_eq!(error["code"], -32003, "{error}");
+        assert_eq!(error["data"]["success"], false, "{error}");
+    }
+    let status = d.status("upm-three");
+    assert_eq!(status["state"], "quarantined", "{status}");
+    let quarantined = d.wait_event(10, "the quarantine", |e| {
+        e["type"] == "lifecycle" && e["plugin"] == "upm-three" && e["to"] == "quarantined"
+    });
+    assert!(
+        quarantined["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("3 within 60 s over its calls")),
+        "{quarantined}"
+    );
+    let until = Instant::now() + harness::patience(10);
+    while !d.cgroups().is_empty() {
+        assert!(Instant::now() < until, "{:?}", d.cgroups());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A child process killed when the test ends (the local index's HTTP server).
 struct Child(std::process::Child);
 

@@ -1008,12 +1008,13 @@ impl Host {
     }
 
     /// What one sandbox of `plugin` needs (its uid range, state directory, cgroup name, the
-    /// monitors and the observer of its violations), and its run number.
+    /// monitors and the observer of its violations), and its run number. A per-call sandbox's
+    /// violations also count toward its pool's threshold as they happen.
     async fn sandbox_launch(
         self: &Arc<Self>,
         plugin: &Arc<Plugin>,
         package: &Arc<Package>,
-        per_call: bool,
+        per_call: Option<&Arc<per_call::Pool>>,
     ) -> Result<(sb::Launch, u64), String> {
         let id = plugin.id.clone();
         let ids = self.ids.clone();
@@ -1025,21 +1026,25 @@ impl Host {
         std::fs::create_dir_all(&state_dir)
             .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
         let number = self.next_run.fetch_add(1, Ordering::Relaxed);
+        let mut observer = violation_observer(
+            self.events.clone(),
+            self.metrics.clone(),
+            plugin.violations.clone(),
+            plugin.id.clone(),
+            package.trust.name(),
+            (self.started_ms, number),
+        );
+        if let Some(pool) = per_call {
+            observer = self.per_call_observer(plugin, pool, observer);
+        }
         let launch = sb::Launch {
             package: package.clone(),
             state_dir,
             id_base: base,
             cgroup_name: format!("stockade-{}.{}.{number}", std::process::id(), plugin.id),
             monitor: self.config.monitor.clone(),
-            observer: Some(violation_observer(
-                self.events.clone(),
-                self.metrics.clone(),
-                plugin.violations.clone(),
-                plugin.id.clone(),
-                package.trust.name(),
-                (self.started_ms, number),
-            )),
-            per_call,
+            observer: Some(observer),
+            per_call: per_call.is_some(),
         };
         Ok((launch, number))
     }
@@ -1055,7 +1060,7 @@ impl Host {
     ) -> Result<(Arc<Run>, tokio::sync::oneshot::Receiver<Ended>), StartFailure> {
         let failed = |why: String| (why, Exit::Failure);
         let (launch, number) = self
-            .sandbox_launch(plugin, package, false)
+            .sandbox_launch(plugin, package, None)
             .await
             .map_err(failed)?;
         let (state_dir, cgroup_name) = (launch.state_dir.clone(), launch.cgroup_name.clone());

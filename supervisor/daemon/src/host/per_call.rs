@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use stockade::monitor::attribute::{Event, EventType, Layer};
 use stockade::package::Package;
 use stockade::rpc::{code, RpcError};
 use stockade::sandbox::{EndReason, Request};
@@ -49,11 +50,13 @@ pub struct Pool {
     calls: Mutex<HashMap<u64, Option<Arc<Control>>>>,
     next_call: AtomicU64,
     retired: AtomicBool,
+    /// The calls' violations crossed the threshold (seen live): the quarantine is under way.
+    crossed: AtomicBool,
     /// The policy's threshold across calls (violations within the window, when crossing it
     /// kills): each call's sandbox counts its own, and a hostile plugin must not get a fresh
     /// count with every call.
     threshold: Option<(u64, Duration)>,
-    /// Each ended call's violations, when its sandbox ended.
+    /// The sandboxes' violations, when they were seen.
     violations: Mutex<VecDeque<(Instant, u64)>>,
 }
 
@@ -88,6 +91,7 @@ impl Pool {
             calls: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(0),
             retired: AtomicBool::new(false),
+            crossed: AtomicBool::new(false),
             threshold,
             violations: Mutex::new(VecDeque::new()),
         }))
@@ -122,7 +126,7 @@ impl Pool {
         ready.len()
     }
 
-    /// Violations of the calls that ended within the policy's window.
+    /// Violations of the plugin's sandboxes within the policy's window.
     fn recent_violations(&self) -> u64 {
         let Some((_, window)) = self.threshold else {
             return 0;
@@ -134,7 +138,8 @@ impl Pool {
         v.iter().map(|(_, n)| n).sum()
     }
 
-    /// Counts an ended call's violations; true when the plugin's calls crossed the threshold.
+    /// Counts violations of the plugin's sandboxes (as the monitors see them, and those a
+    /// sandbox's report adds at its end); true when the plugin's calls crossed the threshold.
     fn count_violations(&self, n: u64) -> bool {
         let Some((threshold, _)) = self.threshold else {
             return false;
@@ -146,6 +151,14 @@ impl Pool {
                 .push_back((Instant::now(), n));
         }
         n > 0 && self.recent_violations() >= threshold
+    }
+
+    fn crossed_reason(&self) -> String {
+        format!(
+            "auto-unloaded for violations: {} within {} s over its calls",
+            self.recent_violations(),
+            self.threshold.map_or(0, |(_, w)| w.as_secs())
+        )
     }
 
     /// For `plugin status`: the pool now and its bounds.
@@ -259,9 +272,10 @@ impl Host {
     async fn arm(
         self: &Arc<Self>,
         plugin: &Arc<Plugin>,
+        pool: &Arc<Pool>,
         package: &Arc<Package>,
     ) -> Result<Armed, String> {
-        let (launch, number) = self.sandbox_launch(plugin, package, true).await?;
+        let (launch, number) = self.sandbox_launch(plugin, package, Some(pool)).await?;
         let spawned = sb::spawn(launch).map_err(|e| format!("cannot start the sandbox: {e}"))?;
         let mut ended = spawned.ended;
         let (started, exec) = tokio::select! {
@@ -304,7 +318,7 @@ impl Host {
                 (self.clone(), plugin.clone(), pool.clone(), package.clone());
             tokio::spawn(async move {
                 let _guard = guard;
-                let armed = host.arm(&plugin, &package).await;
+                let armed = host.arm(&plugin, &pool, &package).await;
                 match armed {
                     Ok(armed) if !pool.retired.load(Ordering::SeqCst) => {
                         pool.ready
@@ -330,7 +344,7 @@ impl Host {
         pool: &Arc<Pool>,
         package: &Arc<Package>,
     ) -> Result<(), String> {
-        let armed = self.arm(plugin, package).await?;
+        let armed = self.arm(plugin, pool, package).await?;
         if pool.settings.warm == 0 {
             retire_one(armed).await;
         } else {
@@ -443,7 +457,7 @@ impl Host {
             Some(a) => a,
             // Bounded by the call's timeout; an arming given up retires itself (its exec channel
             // closes with the dropped receivers).
-            None => match tokio::time::timeout(timeout, self.arm(plugin, package)).await {
+            None => match tokio::time::timeout(timeout, self.arm(plugin, pool, package)).await {
                 Ok(Ok(a)) => a,
                 Ok(Err(why)) => {
                     unregister();
@@ -712,38 +726,72 @@ impl Host {
             return;
         };
         self.record_report(plugin, number, report);
-        // The threshold across calls: this call's violations with those of the calls before it
-        // within the window; crossing it quarantines, as the sandbox's own crossing does.
-        let crossed = pool.count_violations(report.violations);
+        // The threshold across calls: the violations were counted as the monitors saw them
+        // (`per_call_observer`); those the kernel could not report are added now.
+        let crossed = pool.count_violations(report.lost_denials);
         if s.ended_by != EndReason::AutoUnloaded && !crossed {
             return;
         }
         let reason = if s.ended_by == EndReason::AutoUnloaded {
             describe_end(end)
         } else {
-            format!(
-                "auto-unloaded for violations: {} within {} s over its calls",
-                pool.recent_violations(),
-                pool.threshold.map_or(0, |(_, w)| w.as_secs())
-            )
+            pool.crossed_reason()
         };
+        self.per_call_crossed(plugin, pool, &reason, Some(end));
+    }
+
+    /// A per-call sandbox's observer: the daemon's (`violation_observer`), and each violation
+    /// counted toward the pool's threshold at once, so that calls running side by side cannot
+    /// each stay under it; the first crossing quarantines the plugin and kills its sandboxes.
+    pub(super) fn per_call_observer(
+        self: &Arc<Self>,
+        plugin: &Arc<Plugin>,
+        pool: &Arc<Pool>,
+        mut inner: stockade::monitor::report::Observer,
+    ) -> stockade::monitor::report::Observer {
+        let (host, plugin, pool) = (self.clone(), plugin.clone(), pool.clone());
+        let runtime = tokio::runtime::Handle::current();
+        Box::new(move |event: &Event| {
+            inner(event);
+            let violation = event.kind == EventType::Violation && event.layer != Some(Layer::Rpc);
+            if violation && pool.count_violations(1) && !pool.crossed.swap(true, Ordering::SeqCst) {
+                let (host, plugin, pool) = (host.clone(), plugin.clone(), pool.clone());
+                runtime.spawn(async move {
+                    let reason = pool.crossed_reason();
+                    host.per_call_crossed(&plugin, &pool, &reason, None);
+                });
+            }
+        })
+    }
+
+    /// The plugin's calls crossed its threshold (or one sandbox did alone): quarantined, as a
+    /// long-lived plugin's run is, and no sandbox of its pool left — the running ones killed.
+    fn per_call_crossed(
+        self: &Arc<Self>,
+        plugin: &Arc<Plugin>,
+        pool: &Arc<Pool>,
+        reason: &str,
+        end: Option<&Option<Ended>>,
+    ) {
         {
             let mut st = plugin.state.lock().unwrap_or_else(|e| e.into_inner());
-            self.metrics
-                .auto_unload(&plugin.id, st.package.trust.name());
-            st.last_exit = Some(super::describe_end_json(end));
+            if let Some(end) = end {
+                st.last_exit = Some(super::describe_end_json(end));
+            }
             if st.pool.as_ref().is_some_and(|p| Arc::ptr_eq(p, pool))
                 && *st.tracker.state() == stockade::lifecycle::State::Active
             {
+                self.metrics
+                    .auto_unload(&plugin.id, st.package.trust.name());
                 self.decide(
                     plugin,
                     &mut st,
                     stockade::lifecycle::Exit::AutoUnloaded,
-                    &reason,
+                    reason,
                 );
             }
         }
-        // No sandbox of a quarantined plugin waits for calls.
+        // No sandbox of a quarantined plugin waits for calls, or runs one.
         let pool = pool.clone();
         tokio::spawn(async move { retire(&pool, Duration::ZERO).await });
     }
