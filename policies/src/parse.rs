@@ -2482,7 +2482,11 @@ mod tests {
         for (header, keys) in tables {
             for key in *keys {
                 // A value of the wrong type: a boolean, or a string where one is expected.
-                let value = if *key == "tmp_exec" { "\"yes\"" } else { "true" };
+                let value = if *key == "tmp_exec" {
+                    "\"yes\""
+                } else {
+                    "true"
+                };
                 let src = format!("{header}{key} = {value}\n");
                 let errors = match parse_policy(&src, "t") {
                     Ok(_) => panic!("`{key} = true` accepted in:\n{src}"),

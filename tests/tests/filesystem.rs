@@ -118,12 +118,40 @@ fn no_code_runs_outside_the_exec_list() {
     let r = hostile_run("fs", &default_policy(), &["copy-exec", "/tmp/payload"]);
     assert_line(&r, "err EACCES");
     // Unless the policy takes the private /tmp out of W^X (`tmp_exec`, for build tools that run
-    // what they compile): then the same copy runs — inside every other layer still.
-    let r = hostile_run(
-        "fs",
-        &policy("tmp_exec = true\n"),
-        &["copy-exec", "/tmp/payload"],
+    // what they compile): then the same copy runs — inside every other layer still. Its plugin
+    // directory must not lie below /tmp, where Landlock's execute right would reach it: the
+    // tests' own is refused, one below /run runs.
+    let tmp_exec = policy("tmp_exec = true\n");
+    let r = hostile_run("fs", &tmp_exec, &["copy-exec", "/tmp/payload"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("lies below /tmp, which `tmp_exec` makes executable"),
+        "{}",
+        r.stderr
     );
+    let outside = std::path::PathBuf::from(format!(
+        "/run/stockade-tests-{}-tmp-exec",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&outside).unwrap();
+    set_mode(&outside, 0o755);
+    let fixture = outside.join("stockade-hostile");
+    std::fs::copy(hostile(), &fixture).unwrap();
+    set_mode(&fixture, 0o755);
+    let mut cmd = std::process::Command::new(stockade());
+    cmd.args(["run", "--json", "--policy"])
+        .arg(policy_file("tmp-exec", &tmp_exec))
+        .arg("--plugin-dir")
+        .arg(&outside)
+        .arg("--")
+        .arg(&fixture)
+        .args(["copy-exec", "/tmp/payload"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let r = tracked(&mut cmd);
+    let _ = std::fs::remove_dir_all(&outside);
     assert_line(&r, "ok escaped");
     // Code written into a memfd: vm.memfd_noexec=2 in the sandbox's pid namespace (Linux 6.3+);
     // older kernels get memfd_create denied by seccomp instead.

@@ -79,7 +79,9 @@ class NpmPlugin:
             raise PluginOperationError("no registry in init_args")
         os.makedirs(self.prefix, exist_ok=True)
         spec = f"{package}@{version_constraint}" if version_constraint else package
-        code = self._npm("install", "--no-save", spec)
+        # Saved to the prefix's package.json: npm prunes what it does not list, so a package
+        # installed without saving would go at the next install.
+        code = self._npm("install", spec)
         if code != 0:
             raise PluginOperationError(f"npm install {spec} failed (status {code})")
         return {"installed": package, "version": self._installed().get(package)}
@@ -87,7 +89,7 @@ class NpmPlugin:
     async def uninstall(self, package):
         if package not in self._installed():
             raise PluginOperationError(f"{package} is not installed")
-        code = self._npm("uninstall", "--no-save", package)
+        code = self._npm("uninstall", package)
         if code != 0:
             raise PluginOperationError(f"npm uninstall {package} failed (status {code})")
         return {"uninstalled": package}
