@@ -47,6 +47,7 @@ fn dispatch() -> Result<()> {
         Some("test") => {
             setup::ebpf()?;
             setup::state()?;
+            setup::pytest();
             test(&rest)
         }
         Some("postgres") => postgres::command(&rest),
@@ -56,6 +57,7 @@ fn dispatch() -> Result<()> {
         Some("vm-test") => {
             setup::ebpf()?;
             setup::state()?;
+            setup::pytest();
             vm::run(&rest)
         }
         Some("coverage") => coverage::run(&rest),

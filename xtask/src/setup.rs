@@ -7,6 +7,9 @@
 //!   before anything is installed, so on a machine that has both this takes a few hundredths of a
 //!   second; `cargo xtask test` and `cargo xtask vm-test` run it before they build.
 //! - `bench`: what the benchmarks compare against (Debian packages).
+//! - pytest, for the Python SDK's tests (`cargo xtask test` and `vm-test` install it): pinned,
+//!   from PyPI, into `target/python-tools/pytest-<version>` with the system's Python 3 (the one
+//!   the SDK's tests run with), once.
 //!
 //! One line per step (`setup: <what>: present | installing ... | installed`); a failure ends the
 //! run with a one-line cause and a hint.
@@ -19,7 +22,7 @@ use anyhow::{bail, Result};
 
 use crate::{apt_install, cargo};
 
-pub const USAGE: &str = "cargo xtask setup [ebpf|state|bench]";
+pub const USAGE: &str = "cargo xtask setup [ebpf|state|pytest|bench]";
 
 /// The bpf-linker the eBPF build is known to work with; another version is replaced.
 const BPF_LINKER_VERSION: &str = "0.10.3";
@@ -29,12 +32,17 @@ pub fn run(args: &[&str]) -> Result<()> {
         [] => {
             ebpf()?;
             state()?;
+            pytest();
             eprintln!(
                 "setup: the benchmarks' peers (bubblewrap, unshare): `cargo xtask setup bench`"
             );
             Ok(())
         }
         ["ebpf"] => ebpf(),
+        ["pytest"] => {
+            pytest();
+            Ok(())
+        }
         ["state"] => state(),
         ["bench"] => apt_install(&["bubblewrap", "util-linux"]),
         _ => bail!("usage: {USAGE}"),
@@ -55,6 +63,60 @@ pub fn state() -> Result<()> {
         missing.push("postgresql");
     }
     apt_install(&missing)
+}
+
+/// pytest and its dependencies, pinned: the Python SDK's tests run under it (tests/sdk.rs).
+pub const PYTEST: &[&str] = &[
+    "pytest==8.3.4",
+    "iniconfig==2.3.1",
+    "packaging==26.4",
+    "pluggy==1.7.0",
+];
+
+/// Where `pytest` installs them (a `PYTHONPATH` entry).
+pub fn pytest_dir() -> Result<PathBuf> {
+    let version = PYTEST[0].trim_start_matches("pytest==");
+    Ok(crate::target_dir()?
+        .join("python-tools")
+        .join(format!("pytest-{version}")))
+}
+
+/// Installs pytest when missing. A failure is told, not fatal: only the SDK's test needs it,
+/// and it says so itself.
+pub fn pytest() {
+    let step = "pytest for the Python SDK's tests";
+    let dir = match pytest_dir() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("setup: {step}: {e:#}");
+            return;
+        }
+    };
+    if dir.join("pytest").join("__init__.py").exists() {
+        eprintln!("setup: {step}: present");
+        return;
+    }
+    eprintln!("setup: {step}: installing into {}", dir.display());
+    let partial = dir.with_file_name("pytest.partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    let out = Command::new("/usr/bin/python3")
+        .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
+        .arg(&partial)
+        .args(PYTEST)
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        .env("PIP_ROOT_USER_ACTION", "ignore")
+        .output();
+    match out {
+        Ok(o) if o.status.success() => match std::fs::rename(&partial, &dir) {
+            Ok(()) => eprintln!("setup: {step}: installed"),
+            Err(e) => eprintln!("setup: {step}: {e}"),
+        },
+        Ok(o) => eprintln!(
+            "setup: {step}: pip failed: {}\nhint: the SDK's test needs it; PyPI must be reachable",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => eprintln!("setup: {step}: cannot run /usr/bin/python3 -m pip: {e}"),
+    }
 }
 
 /// The nightly rust-src and bpf-linker 0.10.3, each installed only when missing.
