@@ -445,6 +445,31 @@ fn a_per_call_plugin_upgrades_without_losing_calls() {
     assert!(d.stop().success());
 }
 
+/// Gives `package`'s plugin the untrusted-default profile with a threshold of `n` (its own
+/// policy.toml) and signs it again.
+fn with_threshold(d: &Daemon, pkg: &Path, n: u32) {
+    let profile = std::fs::read_to_string(
+        harness::repo_root().join("policies/profiles/untrusted-default.toml"),
+    )
+    .unwrap();
+    assert!(profile.contains("threshold = 1 "), "{profile}");
+    std::fs::write(
+        pkg.join("policy.toml"),
+        profile.replace("threshold = 1 ", &format!("threshold = {n} ")),
+    )
+    .unwrap();
+    let manifest = std::fs::read_to_string(pkg.join("plugin.toml")).unwrap();
+    let inline =
+        "policy = { profile = \"untrusted-default\", filesystem = { write = [\"$STATE_DIR\"] } }";
+    assert!(manifest.contains(inline));
+    std::fs::write(
+        pkg.join("plugin.toml"),
+        manifest.replace(inline, "policy = \"policy.toml\""),
+    )
+    .unwrap();
+    d.sign(pkg);
+}
+
 /// The policy's threshold counts over the plugin's calls, not per sandbox: with a threshold of
 /// two, one violation in each of two calls quarantines the plugin (each sandbox alone saw one).
 #[test]
@@ -455,26 +480,7 @@ fn a_per_call_plugins_violations_count_across_its_calls() {
     }
     let d = Daemon::start("per-call-threshold", &[]);
     let pkg = package(&d, "upm-twice", "1.0.0", "");
-    let profile = std::fs::read_to_string(
-        harness::repo_root().join("policies/profiles/untrusted-default.toml"),
-    )
-    .unwrap();
-    assert!(profile.contains("threshold = 1 "), "{profile}");
-    std::fs::write(
-        pkg.join("policy.toml"),
-        profile.replace("threshold = 1 ", "threshold = 2 "),
-    )
-    .unwrap();
-    let manifest = std::fs::read_to_string(pkg.join("plugin.toml")).unwrap();
-    std::fs::write(
-        pkg.join("plugin.toml"),
-        manifest.replace(
-            "policy = { profile = \"untrusted-default\", filesystem = { write = [\"$STATE_DIR\"] } }",
-            "policy = \"policy.toml\"",
-        ),
-    )
-    .unwrap();
-    d.sign(&pkg);
+    with_threshold(&d, &pkg, 2);
     d.load(&pkg);
     let shadow = json!({ "action": "read", "path": "/etc/shadow" });
     // One violation: denied, the call answers, the plugin stays.
@@ -517,25 +523,7 @@ fn concurrent_per_call_violations_cross_the_threshold_as_they_happen() {
     }
     let d = Daemon::start("per-call-live", &[]);
     let pkg = package(&d, "upm-three", "1.0.0", "[per_call]\nwarm = 3\n");
-    let profile = std::fs::read_to_string(
-        harness::repo_root().join("policies/profiles/untrusted-default.toml"),
-    )
-    .unwrap();
-    std::fs::write(
-        pkg.join("policy.toml"),
-        profile.replace("threshold = 1 ", "threshold = 3 "),
-    )
-    .unwrap();
-    let manifest = std::fs::read_to_string(pkg.join("plugin.toml")).unwrap();
-    std::fs::write(
-        pkg.join("plugin.toml"),
-        manifest.replace(
-            "policy = { profile = \"untrusted-default\", filesystem = { write = [\"$STATE_DIR\"] } }",
-            "policy = \"policy.toml\"",
-        ),
-    )
-    .unwrap();
-    d.sign(&pkg);
+    with_threshold(&d, &pkg, 3);
     d.load(&pkg);
     wait_warm(&d, "upm-three", 3);
     // Each waits 15 s after its violation: far longer than the three take to start.
