@@ -136,6 +136,18 @@ pub fn run(args: &[&str]) -> Result<()> {
     let rust = example_package(&dir, "echo-rust", &[(bin.join("echo-rust"), "echo-rust")])?;
     for pkg in [&warm, &cold, &py, &rust] {
         sign(&bin, pkg, &key)?;
+    }
+    // 0. Long-lived plugins alone first: the Python example's call round trip beside the Rust
+    // example's, before any per-call plugin (and its armed sandbox) is there.
+    for pkg in [&py, &rust] {
+        control.request("plugin.load", json!({ "dir": pkg }))?;
+    }
+    let text = json!({ "text": "hi" });
+    let py_call = json!({ "plugin": "echo-python", "method": "echo", "params": text });
+    let rust_call = json!({ "plugin": "echo-rust", "method": "echo", "params": text });
+    let py_alone = round_trips(&mut control, &py_call, calls)?;
+    let rust_alone = round_trips(&mut control, &rust_call, calls)?;
+    for pkg in [&warm, &cold] {
         control.request("plugin.load", json!({ "dir": pkg }))?;
     }
 
@@ -171,18 +183,9 @@ pub fn run(args: &[&str]) -> Result<()> {
         cold_ms.push(time_command(&mut stockade_call("upm-cold"))?);
     }
 
-    // 2. Long-lived plugins: the Python example's call round trip beside the Rust example's.
-    let text = json!({ "text": "hi" });
-    let py_us = round_trips(
-        &mut control,
-        &json!({ "plugin": "echo-python", "method": "echo", "params": text }),
-        calls,
-    )?;
-    let rust_us = round_trips(
-        &mut control,
-        &json!({ "plugin": "echo-rust", "method": "echo", "params": text }),
-        calls,
-    )?;
+    // 2. The same round trips again, the per-call plugins loaded (one armed sandbox waiting).
+    let py_us = round_trips(&mut control, &py_call, calls)?;
+    let rust_us = round_trips(&mut control, &rust_call, calls)?;
     drop(control);
     drop(daemon);
 
@@ -210,13 +213,20 @@ pub fn run(args: &[&str]) -> Result<()> {
         "the seeds' model: `python3 plugin.py PAYLOAD`, no sandbox, interleaved",
         &plain_ms,
     ));
-    let rust_p50 = median(&rust_us);
+    let trips = |py: &[f64], rust: &[f64]| {
+        format!(
+            "the Python example (examples/plugins/echo-python) p50 **{:.1} µs** (p99 {:.1} µs), the Rust example {:.1} µs (p99 {:.1} µs): {:.2}× the Rust plugin's",
+            median(py),
+            percentile(py, 0.99),
+            median(rust),
+            percentile(rust, 0.99),
+            median(py) / median(rust)
+        )
+    };
     let long_lived = format!(
-        "Long-lived plugins, one call at a time through the control socket, {calls} calls each: the Python example (examples/plugins/echo-python) p50 **{:.1} µs** (p99 {:.1} µs), the Rust example {rust_p50:.1} µs (p99 {:.1} µs): {:.2}× the Rust plugin's.",
-        median(&py_us),
-        percentile(&py_us, 0.99),
-        percentile(&rust_us, 0.99),
-        median(&py_us) / rust_p50
+        "Long-lived plugins, one call at a time through the control socket, {calls} calls each. Before the per-call plugins were loaded: {}. With them loaded (their armed sandbox waiting), after the per-call runs: {}.",
+        trips(&py_alone, &rust_alone),
+        trips(&py_us, &rust_us),
     );
     let ratio = median(&warm_ms) / p50;
     println!("{table}\n{long_lived}");
