@@ -1341,7 +1341,6 @@ impl Host {
         finish(&run, &end);
     }
 
-    /// A run ended: record how; then restart, quarantine, fail or stop, by the manifest.
     /// A run's (or a per-call sandbox's) monitor report: its losses counted, and a `report`
     /// event when it saw violations.
     fn record_report(&self, plugin: &Plugin, run: u64, report: &stockade::monitor::report::Report) {
@@ -1367,6 +1366,7 @@ impl Host {
         }
     }
 
+    /// A run ended: record how; then restart, quarantine, fail or stop, by the manifest.
     async fn run_ended(self: &Arc<Self>, plugin: &Arc<Plugin>, run: &Arc<Run>, end: Option<Ended>) {
         let summary = describe_end_json(&end);
         let reason = describe_end(&end);

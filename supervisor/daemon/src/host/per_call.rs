@@ -140,22 +140,42 @@ impl Pool {
 
     /// Counts violations of the plugin's sandboxes (as the monitors see them, and those a
     /// sandbox's report adds at its end); true when the plugin's calls crossed the threshold.
+    /// Once crossed, nothing more is counted (the quarantine is under way). At most `threshold`
+    /// entries are kept: each holds at least one violation, so more would have crossed.
     fn count_violations(&self, n: u64) -> bool {
         let Some((threshold, _)) = self.threshold else {
             return false;
         };
-        if n > 0 {
-            self.violations
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push_back((Instant::now(), n));
+        if n == 0 || self.crossed.load(Ordering::SeqCst) {
+            return false;
         }
-        n > 0 && self.recent_violations() >= threshold
+        {
+            let mut v = self.violations.lock().unwrap_or_else(|e| e.into_inner());
+            v.push_back((Instant::now(), n));
+            while v.len() as u64 > threshold {
+                v.pop_front();
+            }
+        }
+        self.recent_violations() >= threshold
     }
 
-    fn crossed_reason(&self) -> String {
+    /// Why the calls' violations quarantined the plugin; `last`: the crossing one.
+    fn crossed_reason(&self, last: Option<&Event>) -> String {
+        let last = last
+            .map(|e| {
+                format!(
+                    "; the last: {} {} {}",
+                    e.layer.map_or("?", |l| l.name()),
+                    e.action.unwrap_or("?"),
+                    e.object
+                        .as_ref()
+                        .map(|o| o.text().into_owned())
+                        .unwrap_or_default()
+                )
+            })
+            .unwrap_or_default();
         format!(
-            "auto-unloaded for violations: {} within {} s over its calls",
+            "auto-unloaded for violations: {} within {} s over its calls{last}",
             self.recent_violations(),
             self.threshold.map_or(0, |(_, w)| w.as_secs())
         )
@@ -735,8 +755,9 @@ impl Host {
         let reason = if s.ended_by == EndReason::AutoUnloaded {
             describe_end(end)
         } else {
-            pool.crossed_reason()
+            pool.crossed_reason(None)
         };
+        pool.crossed.store(true, Ordering::SeqCst);
         self.per_call_crossed(plugin, pool, &reason, Some(end));
     }
 
@@ -755,9 +776,9 @@ impl Host {
             inner(event);
             let violation = event.kind == EventType::Violation && event.layer != Some(Layer::Rpc);
             if violation && pool.count_violations(1) && !pool.crossed.swap(true, Ordering::SeqCst) {
+                let reason = pool.crossed_reason(Some(event));
                 let (host, plugin, pool) = (host.clone(), plugin.clone(), pool.clone());
                 runtime.spawn(async move {
-                    let reason = pool.crossed_reason();
                     host.per_call_crossed(&plugin, &pool, &reason, None);
                 });
             }
