@@ -18,27 +18,32 @@ fn the_python_sdk_speaks_the_protocol() {
         println!("skipped: {test}: no /usr/bin/python3 on this machine");
         return;
     }
-    // pytest, as `cargo xtask test` installed it (xtask/src/setup.rs: target/python-tools).
-    let tools = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("the target directory")
-        .join("python-tools");
+    // pytest, as `cargo xtask test` installed it (xtask/src/setup.rs): in the target directory's
+    // python-tools, the newest install. (CARGO_TARGET_TMPDIR is below the target triple's
+    // directory, inside the target directory.)
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let tools = tmp
+        .ancestors()
+        .map(|a| a.join("python-tools"))
+        .find(|t| t.is_dir())
+        .unwrap_or_else(|| {
+            panic!(
+                "no python-tools above {}\nhint: `cargo xtask setup pytest` (cargo xtask test runs it)",
+                tmp.display()
+            )
+        });
     let pytest = std::fs::read_dir(&tools)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.path())
-        .find(|p| {
+        .filter(|p| {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("pytest-"))
                 && p.join("pytest/__init__.py").exists()
         })
-        .unwrap_or_else(|| {
-            panic!(
-                "no pytest in {}\nhint: `cargo xtask setup pytest` (cargo xtask test runs it)",
-                tools.display()
-            )
-        });
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .unwrap_or_else(|| panic!("no pytest in {}", tools.display()));
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/python");
     let out = Command::new(python)
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
@@ -52,9 +57,9 @@ fn the_python_sdk_speaks_the_protocol() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    // Every test ran and passed (9 of them), none skipped, no warning.
+    // Every test ran and passed (10 of them), none skipped, no warning.
     let summary = stdout.lines().last().unwrap_or_default();
-    assert!(summary.starts_with("9 passed in "), "{stdout}");
+    assert!(summary.starts_with("10 passed in "), "{stdout}");
 }
 
 /// Copies the files of `from` into `to`, leaving out tests and caches.

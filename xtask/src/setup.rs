@@ -73,12 +73,11 @@ pub const PYTEST: &[&str] = &[
     "pluggy==1.7.0",
 ];
 
-/// Where `pytest` installs them (a `PYTHONPATH` entry).
+/// Where `pytest` installs them (a `PYTHONPATH` entry), named after every pin: another pin is
+/// another directory. tests/sdk.rs takes the newest `python-tools/pytest-*`.
 pub fn pytest_dir() -> Result<PathBuf> {
-    let version = PYTEST[0].trim_start_matches("pytest==");
-    Ok(crate::target_dir()?
-        .join("python-tools")
-        .join(format!("pytest-{version}")))
+    let name = PYTEST.join("+").replace("==", "-");
+    Ok(crate::target_dir()?.join("python-tools").join(name))
 }
 
 /// Installs pytest when missing. A failure is told, not fatal: only the SDK's test needs it,
@@ -96,11 +95,24 @@ pub fn pytest() {
         eprintln!("setup: {step}: present");
         return;
     }
+    let has_pip = Command::new("/usr/bin/python3")
+        .args(["-m", "pip", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_pip {
+        if let Err(e) = apt_install(&["python3-pip"]) {
+            eprintln!("setup: {step}: {e:#}");
+            return;
+        }
+    }
     eprintln!("setup: {step}: installing into {}", dir.display());
-    let partial = dir.with_file_name("pytest.partial");
+    // This run's own (two runs may install at once); renamed into place whole.
+    let partial = dir.with_file_name(format!("partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&partial);
+    let _ = std::fs::remove_dir_all(&dir); // an install that lost its pytest
+                                           // Their dependencies come too (exceptiongroup and tomli below Python 3.11).
     let out = Command::new("/usr/bin/python3")
-        .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
+        .args(["-m", "pip", "install", "--quiet", "--target"])
         .arg(&partial)
         .args(PYTEST)
         .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
@@ -109,12 +121,20 @@ pub fn pytest() {
     match out {
         Ok(o) if o.status.success() => match std::fs::rename(&partial, &dir) {
             Ok(()) => eprintln!("setup: {step}: installed"),
+            // Another run put its own there first: the same pins.
+            Err(_) if dir.join("pytest").join("__init__.py").exists() => {
+                let _ = std::fs::remove_dir_all(&partial);
+                eprintln!("setup: {step}: installed");
+            }
             Err(e) => eprintln!("setup: {step}: {e}"),
         },
-        Ok(o) => eprintln!(
-            "setup: {step}: pip failed: {}\nhint: the SDK's test needs it; PyPI must be reachable",
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
+        Ok(o) => {
+            let _ = std::fs::remove_dir_all(&partial);
+            eprintln!(
+                "setup: {step}: pip failed: {}\nhint: the SDK's test needs it; PyPI must be reachable",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )
+        }
         Err(e) => eprintln!("setup: {step}: cannot run /usr/bin/python3 -m pip: {e}"),
     }
 }

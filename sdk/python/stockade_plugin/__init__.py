@@ -201,6 +201,9 @@ def on_event(topic: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator for a method of a PluginBase class: runs it with each event whose topic matches
     `topic` (a topic, or a prefix ending in `*`); async or not, like the plugin's methods. It is
     a hook, not a method the host may call."""
+    if not isinstance(topic, str):
+        raise TypeError(f"a topic is a string, not {type(topic).__name__}")
+
     def mark(f: Callable[..., Any]) -> Callable[..., Any]:
         f._stockade_topics = getattr(f, "_stockade_topics", ()) + (topic,)  # type: ignore
         return f
@@ -238,6 +241,7 @@ class Plugin:
         self._hooks: List[Tuple[str, Callable[..., Any]]] = []
         self._events: Optional[asyncio.Queue] = None
         self._events_dropped = 0
+        self._hooks_stopping = False
         self._on_initialize = None
         self._on_shutdown = None
         self._writer = None
@@ -262,6 +266,9 @@ class Plugin:
     def on_event(self, topic):
         """Decorator: `f(event, cx)` runs for each event whose topic matches `topic` (a topic,
         or a prefix ending in `*`): on the event loop if async, else in the hooks' thread."""
+        if not isinstance(topic, str):
+            raise TypeError(f"a topic is a string, not {type(topic).__name__}")
+
         def register(f):
             self._hooks.append((topic, f))
             return f
@@ -287,6 +294,8 @@ class Plugin:
             sock=sock, limit=MAX_MESSAGE_BYTES + 1)
         tasks = set()
         self._events = asyncio.Queue(EVENT_QUEUE)
+        self._events_dropped = 0
+        self._hooks_stopping = False
         hooks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stockade-hooks")
         runner = asyncio.create_task(self._run_hooks(hooks))
         try:
@@ -314,7 +323,10 @@ class Plugin:
                     continue
                 if method == "shutdown":
                     await asyncio.gather(*tasks, return_exceptions=True)
-                    await self._events.join()  # the events that came before it
+                    # The events that came before it (unless the hooks' runner is gone).
+                    delivered = asyncio.ensure_future(self._events.join())
+                    await asyncio.wait({delivered, runner}, return_when=asyncio.FIRST_COMPLETED)
+                    delivered.cancel()
                     if self._on_shutdown is not None:
                         try:
                             await self._on_shutdown()
@@ -329,6 +341,7 @@ class Plugin:
         finally:
             for task in tasks:
                 task.cancel()
+            self._hooks_stopping = True
             runner.cancel()
             hooks.shutdown(wait=False)
             self._writer.close()
@@ -365,11 +378,16 @@ class Plugin:
             params = await self._events.get()
             try:
                 await self._deliver(params, loop, thread)
+            except BaseException as e:  # a hook's (one cancelled, or worse), not the runner's end
+                if self._hooks_stopping:
+                    raise
+                self._log("error", f"a hook ended with {type(e).__name__}")
             finally:
                 self._events.task_done()
             if self._events_dropped and self._events.empty():
                 n, self._events_dropped = self._events_dropped, 0
-                self._log("warning", f"{n} events dropped: the hooks fell {EVENT_QUEUE} behind")
+                self._log("warning",
+                          f"{n} events dropped: the hooks fell {self._events.maxsize} behind")
 
     async def _deliver(self, params, loop, thread) -> None:
         """An `event` notification to each hook whose topic matches; a hook's exception is the

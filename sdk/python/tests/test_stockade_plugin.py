@@ -370,6 +370,32 @@ class SdkTest(unittest.TestCase):
         self.assertEqual(logs, [{"level": "warning",
                                  "message": "15 events dropped: the hooks fell 4 behind"}])
 
+    def test_a_hook_that_ends_badly_does_not_end_the_hooks(self):
+        plugin = Plugin()
+        seen = []
+
+        @plugin.on_event("t")
+        async def odd(event, cx):
+            if event.data == "cancel":
+                raise asyncio.CancelledError()  # as an awaited task cancelled elsewhere would
+            if event.data == "exit":
+                raise SystemExit(3)
+            seen.append(event.data)
+
+        with self.assertRaises(TypeError):
+            plugin.on_event(["t"])
+        host, thread = self.serve(plugin)
+        for data in ["cancel", "exit", "after"]:
+            host.sock.sendall(json.dumps({"jsonrpc": "2.0", "method": "event", "params": {
+                "plugin": "p", "topic": "t", "data": data}}).encode() + b"\n")
+        host.send(1, "shutdown")  # answered: the runner lived on and delivered "after"
+        self.assertEqual(host.reply(1)["result"], {})
+        self.end(host, thread)
+        self.assertEqual(seen, ["after"])
+        logs = [m["params"]["message"] for m in host.pending if m.get("method") == "log"]
+        self.assertEqual(logs, ["a hook ended with CancelledError",
+                                "a hook ended with SystemExit"])
+
     def test_a_method_a_subclass_made_a_hook_is_not_callable(self):
         class Base(PluginBase):
             def refresh(self):
