@@ -37,7 +37,7 @@ timeout = "20s"
 
 [methods.probe]
 params = { type = "object" }
-timeout = "20s"
+timeout = "120s"
 
 [methods.chatter]
 params = { type = "object" }
@@ -526,13 +526,14 @@ fn concurrent_per_call_violations_cross_the_threshold_as_they_happen() {
     with_threshold(&d, &pkg, 3);
     d.load(&pkg);
     wait_warm(&d, "upm-three", 3);
-    // Each waits 15 s after its violation: far longer than the three take to start.
+    // Each waits 100 s after its violation (its method's timeout is 120 s): far longer than the
+    // three take to start, even emulated. Killed, they take no such time.
     let calls: Vec<_> = (0..3)
         .map(|_| {
             d.request_in_background(
                 "call",
                 json!({ "plugin": "upm-three", "method": "probe",
-                        "params": { "kwargs": { "action": "read", "path": "/etc/shadow", "then_sleep": 15 } } }),
+                        "params": { "kwargs": { "action": "read", "path": "/etc/shadow", "then_sleep": 100 } } }),
             )
         })
         .collect();
@@ -547,9 +548,8 @@ fn concurrent_per_call_violations_cross_the_threshold_as_they_happen() {
         e["type"] == "lifecycle" && e["plugin"] == "upm-three" && e["to"] == "quarantined"
     });
     assert!(
-        quarantined["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("3 within 60 s over its calls")),
+        quarantined["reason"].as_str().is_some_and(|r| r
+            .contains("3 within 60 s over its calls; the last: namespace read /etc/shadow")),
         "{quarantined}"
     );
     let until = Instant::now() + harness::patience(10);
