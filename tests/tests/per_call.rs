@@ -548,8 +548,10 @@ fn concurrent_per_call_violations_cross_the_threshold_as_they_happen() {
         e["type"] == "lifecycle" && e["plugin"] == "upm-three" && e["to"] == "quarantined"
     });
     assert!(
-        quarantined["reason"].as_str().is_some_and(|r| r
-            .contains("3 within 60 s over its calls; the last: namespace read /etc/shadow")),
+        quarantined["reason"]
+            .as_str()
+            .is_some_and(|r| r
+                .contains("3 within 60 s over its calls; the last: namespace read /etc/shadow")),
         "{quarantined}"
     );
     let until = Instant::now() + harness::patience(10);
