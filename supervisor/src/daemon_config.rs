@@ -18,6 +18,9 @@
 //! retain_records = 10000000                       # at most this many kept per host
 //! export_dir = "/var/lib/stockade/audit-export"   # where removed records go first
 //!
+//! [per_call]
+//! max_armed = 64                                  # armed sandboxes waiting, over every plugin
+//!
 //! [metrics]
 //! listen = "127.0.0.1:9464"                       # Prometheus at /metrics; off when absent
 //! bpf_stats = false                               # the kernel counts each program's run time
@@ -54,7 +57,10 @@ pub const DEFAULT_CONFIG: &str = "/etc/stockade/daemon.toml";
 /// The largest configuration file read.
 const MAX_BYTES: u64 = 1 << 20;
 const KEYS: &str =
-    "socket, state_dir, plugins, allow_uids, database, host_id and the tables [trust], [audit], [metrics], [export]";
+    "socket, state_dir, plugins, allow_uids, database, host_id and the tables [trust], [audit], [per_call], [metrics], [export]";
+/// `[per_call] max_armed` when the file does not say: the monitors' full-size slots (each armed
+/// sandbox holds one while it waits; docs/architecture.md).
+pub const DEFAULT_MAX_ARMED: u32 = 64;
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Config {
@@ -70,6 +76,16 @@ pub struct Config {
     pub audit: AuditConfig,
     pub metrics: MetricsConfig,
     pub export: ExportConfig,
+    pub per_call: PerCallConfig,
+}
+
+/// `[per_call]`: what the per-call plugins may hold across the daemon.
+#[derive(Debug, Default, PartialEq)]
+pub struct PerCallConfig {
+    /// Armed sandboxes waiting for a call, over every per-call plugin (each pool's `warm` is
+    /// its own bound): past it a pool stays below its `warm`, and a call that finds none arms
+    /// its own. 0 keeps no sandbox waiting.
+    pub max_armed: Option<u32>,
 }
 
 /// `[export]`: the event stream, for a SIEM, as JSON lines and to the journal.
@@ -460,6 +476,26 @@ pub fn parse(text: &str) -> Result<Config, (usize, String)> {
                 };
                 config.metrics = parse_metrics(table)?;
             }
+            "per_call" => {
+                let Some(table) = item.as_table() else {
+                    return Err((value_at, "`per_call` must be a table: [per_call]".into()));
+                };
+                for (key, item) in table.iter() {
+                    let (at, value_at) = spans(table, key, item);
+                    match key {
+                        "max_armed" => {
+                            config.per_call.max_armed =
+                                Some(bounded(item, key, value_at, 0, 1024)? as u32)
+                        }
+                        other => {
+                            return Err((
+                                at,
+                                format!("unknown key `{other}` in [per_call] (max_armed)"),
+                            ))
+                        }
+                    }
+                }
+            }
             other => return Err((at, format!("unknown key `{other}`"))),
         }
     }
@@ -714,6 +750,17 @@ mod tests {
         assert!(message.contains("\"full\" or \"normal\""), "{message}");
         let (_, message) = parse("[audit]\nqueue = 0\n").unwrap_err();
         assert!(message.contains("from 1"), "{message}");
+    }
+
+    #[test]
+    fn the_per_call_table() {
+        let c = parse("[per_call]\nmax_armed = 0\n").unwrap();
+        assert_eq!(c.per_call.max_armed, Some(0));
+        assert_eq!(parse("").unwrap().per_call.max_armed, None);
+        let (_, message) = parse("[per_call]\nmax_armed = 1025\n").unwrap_err();
+        assert_eq!(message, "`max_armed` must be a number from 0 to 1024");
+        let (_, message) = parse("[per_call]\nwarm = 1\n").unwrap_err();
+        assert_eq!(message, "unknown key `warm` in [per_call] (max_armed)");
     }
 
     #[test]

@@ -561,6 +561,43 @@ fn concurrent_per_call_violations_cross_the_threshold_as_they_happen() {
     }
 }
 
+/// The daemon's `[per_call] max_armed` bounds the sandboxes waiting over every per-call plugin
+/// (each holds a monitor slot and a cgroup): two plugins that each want two get two between
+/// them; the plugin left without one still answers (each call arms its own); the other's unload
+/// lets it refill.
+#[test]
+fn armed_sandboxes_are_bounded_across_plugins() {
+    let test = "armed_sandboxes_are_bounded_across_plugins";
+    if !harness::privileged(test) {
+        return;
+    }
+    let mut d = Daemon::prepared("per-call-budget");
+    let config = d.dir.join("daemon.toml");
+    std::fs::write(&config, "[per_call]\nmax_armed = 2\n").unwrap();
+    d.spawn(&["--config", config.to_str().unwrap()]);
+    let first = package(&d, "upm-first", "1.0.0", "[per_call]\nwarm = 2\n");
+    d.load(&first);
+    wait_warm(&d, "upm-first", 2);
+    // The second proves its sandbox at the load (one armed, then retired: no budget left).
+    let second = package(&d, "upm-second", "1.0.0", "[per_call]\nwarm = 2\n");
+    d.load(&second);
+    wait_warm(&d, "upm-second", 0);
+    assert_eq!(d.cgroups().len(), 2, "{:?}", d.cgroups());
+    let answer = d.call("upm-second", "doctor", json!({})).unwrap();
+    assert_eq!(answer["success"], true, "{answer}");
+    wait_warm(&d, "upm-second", 0);
+    // A call of the first gives its sandbox's share back, and its own refill takes it again.
+    let answer = d.call("upm-first", "doctor", json!({})).unwrap();
+    assert_eq!(answer["success"], true, "{answer}");
+    wait_warm(&d, "upm-first", 2);
+    wait_warm(&d, "upm-second", 0);
+    let out = d.cli(&["plugin", "unload", "upm-first"]);
+    assert!(out.status.success(), "{out:?}");
+    d.call("upm-second", "doctor", json!({})).unwrap();
+    wait_warm(&d, "upm-second", 2);
+    assert_eq!(d.cgroups().len(), 2, "{:?}", d.cgroups());
+}
+
 /// A child process killed when the test ends (the local index's HTTP server).
 struct Child(std::process::Child);
 

@@ -57,6 +57,8 @@ pub struct Config {
     pub probe: stockade::probe::Probe,
     /// The event export (`[export]`).
     pub export: stockade::daemon_config::ExportConfig,
+    /// Armed per-call sandboxes waiting, over every plugin (`[per_call] max_armed`).
+    pub max_armed: usize,
 }
 
 /// Events kept for `stockade events` without `--follow`.
@@ -113,6 +115,9 @@ impl Events {
 
 pub struct Host {
     config: Config,
+    /// Permits for armed per-call sandboxes waiting, over every plugin (`max_armed`): each
+    /// holds a monitor slot and a cgroup while it waits.
+    armed_budget: Arc<Semaphore>,
     /// The keyring each verification uses: replaced whole when a rotation adds a key.
     keyring: Mutex<Arc<Keyring>>,
     ratchet: Mutex<Ratchet>,
@@ -305,6 +310,7 @@ impl Host {
         let metrics = Arc::new(Metrics::new());
         let export = Exporter::start(&config.export, &config.host_id, metrics.clone());
         let host = Arc::new(Host {
+            armed_budget: Arc::new(Semaphore::new(config.max_armed)),
             keyring: Mutex::new(Arc::new(keyring)),
             events: Arc::new(Events::new(config.audit.clone(), metrics.clone(), export)),
             metrics,

@@ -262,6 +262,11 @@ fn start(mut args: Args) -> anyhow::Result<()> {
                 audit_wait,
                 probe,
                 export: config.export.clone(),
+                max_armed: config
+                    .per_call
+                    .max_armed
+                    .unwrap_or(stockade::daemon_config::DEFAULT_MAX_ARMED)
+                    as usize,
             },
             keyring,
             ratchet,

@@ -28,7 +28,7 @@ use stockade::sandbox::{EndReason, Request};
 use stockade_policy::manifest::PerCall;
 use stockade_policy::MAX_ARG_BYTES;
 use tokio::io::AsyncReadExt;
-use tokio::sync::{oneshot, Notify, Semaphore};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::{describe_end, refusal, Host, Plugin};
 use crate::sandbox::{self as sb, Control, Ended};
@@ -69,6 +69,9 @@ struct Armed {
     stdout: OwnedFd,
     stderr: OwnedFd,
     ended: oneshot::Receiver<Ended>,
+    /// Its share of the daemon's `max_armed` while it waits in a pool (none when a call armed
+    /// it for itself).
+    budget: Option<OwnedSemaphorePermit>,
 }
 
 impl Pool {
@@ -313,6 +316,7 @@ impl Host {
             stdout: spawned.ends.stdout,
             stderr: spawned.ends.stderr,
             ended,
+            budget: None,
         })
     }
 
@@ -334,13 +338,19 @@ impl Host {
             {
                 return; // the guard uncounts it
             }
+            // The daemon's `max_armed` spent: this pool waits below its `warm` (its calls arm
+            // their own) until a sandbox somewhere is taken or retired and its next call refills.
+            let Ok(budget) = self.armed_budget.clone().try_acquire_owned() else {
+                return;
+            };
             let (host, plugin, pool, package) =
                 (self.clone(), plugin.clone(), pool.clone(), package.clone());
             tokio::spawn(async move {
                 let _guard = guard;
                 let armed = host.arm(&plugin, &pool, &package).await;
                 match armed {
-                    Ok(armed) if !pool.retired.load(Ordering::SeqCst) => {
+                    Ok(mut armed) if !pool.retired.load(Ordering::SeqCst) => {
+                        armed.budget = Some(budget);
                         pool.ready
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -364,10 +374,12 @@ impl Host {
         pool: &Arc<Pool>,
         package: &Arc<Package>,
     ) -> Result<(), String> {
-        let armed = self.arm(plugin, pool, package).await?;
-        if pool.settings.warm == 0 {
+        let mut armed = self.arm(plugin, pool, package).await?;
+        let budget = self.armed_budget.clone().try_acquire_owned().ok();
+        if pool.settings.warm == 0 || budget.is_none() {
             retire_one(armed).await;
         } else {
+            armed.budget = budget;
             pool.ready
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -496,7 +508,6 @@ impl Host {
                 }
             },
         };
-        self.refill(plugin, pool, package);
         let Armed {
             number,
             pid,
@@ -505,7 +516,12 @@ impl Host {
             stdout,
             stderr,
             ended,
+            budget,
         } = armed;
+        // Taken: no longer waiting, its share of `max_armed` goes back (`max_running` bounds it
+        // from here) before the pool refills.
+        drop(budget);
+        self.refill(plugin, pool, package);
         let retired = {
             let mut calls = pool.calls.lock().unwrap_or_else(|e| e.into_inner());
             let retired = pool.retired.load(Ordering::SeqCst);
