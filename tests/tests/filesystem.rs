@@ -130,28 +130,20 @@ fn no_code_runs_outside_the_exec_list() {
         "{}",
         r.stderr
     );
-    let outside = std::path::PathBuf::from(format!(
+    let outside = OwnDir::create(std::path::PathBuf::from(format!(
         "/run/stockade-tests-{}-tmp-exec",
         std::process::id()
-    ));
-    std::fs::create_dir_all(&outside).unwrap();
+    )));
     set_mode(&outside, 0o755);
     let fixture = outside.join("stockade-hostile");
     std::fs::copy(hostile(), &fixture).unwrap();
     set_mode(&fixture, 0o755);
-    let mut cmd = std::process::Command::new(stockade());
-    cmd.args(["run", "--json", "--policy"])
-        .arg(policy_file("tmp-exec", &tmp_exec))
-        .arg("--plugin-dir")
-        .arg(&outside)
-        .arg("--")
-        .arg(&fixture)
-        .args(["copy-exec", "/tmp/payload"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let r = tracked(&mut cmd);
-    let _ = std::fs::remove_dir_all(&outside);
+    let r = run_from(
+        &outside,
+        &policy_file("tmp-exec", &tmp_exec),
+        &[fixture.to_str().unwrap(), "copy-exec", "/tmp/payload"],
+        |_| {},
+    );
     assert_line(&r, "ok escaped");
     // Code written into a memfd: vm.memfd_noexec=2 in the sandbox's pid namespace (Linux 6.3+);
     // older kernels get memfd_create denied by seccomp instead.

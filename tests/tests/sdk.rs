@@ -160,12 +160,13 @@ fn the_python_sdk_installs_with_pip() {
     let _ = std::fs::remove_dir_all(&scratch);
 }
 
-/// A plugin written with the Python SDK, run by the daemon as docs/plugins.md's first-plugin guide
-/// builds it: the SDK copied into the package (the sandbox sees no site-packages but the
-/// system's), a class whose methods are the plugin's, imported from a module of its own (Python
-/// would write its bytecode cache beside it: the daemon's environment says not to, or the first
-/// import would be a violation). Called through the daemon: a result, a log line, an event, a
-/// counter, and the seed's exception as error 1000 with its type; refused params never reach it.
+/// A plugin written with the Python SDK, packaged as docs/plugins.md's first-plugin guide does:
+/// the SDK copied into the package (the sandbox sees no site-packages but the system's), and a
+/// class whose methods are the plugin's — here imported from a module of its own (Python would
+/// write its bytecode cache beside it: the daemon's environment says not to, or the first import
+/// would be a violation). Called through the daemon: a result, a log line, an event, a declared
+/// counter added to without a violation, and the seed's exception as error 1000 with its type;
+/// refused params never reach it.
 #[test]
 fn a_python_sdk_plugin_runs_under_the_daemon() {
     let test = "a_python_sdk_plugin_runs_under_the_daemon";

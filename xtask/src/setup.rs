@@ -109,8 +109,9 @@ pub fn pytest() {
     // This run's own (two runs may install at once); renamed into place whole.
     let partial = dir.with_file_name(format!("partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&partial);
-    let _ = std::fs::remove_dir_all(&dir); // an install that lost its pytest
-                                           // Their dependencies come too (exceptiongroup and tomli below Python 3.11).
+    // An install that lost its pytest.
+    let _ = std::fs::remove_dir_all(&dir);
+    // Their dependencies come too (exceptiongroup and tomli below Python 3.11).
     let out = Command::new("/usr/bin/python3")
         .args(["-m", "pip", "install", "--quiet", "--target"])
         .arg(&partial)

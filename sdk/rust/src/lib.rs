@@ -612,6 +612,9 @@ mod tests {
             messages,
             ["pip installed \"requests\"", "pip event pip.installed"]
         );
+        // The macro's `init` answers `initialize`: its error is the host's.
+        let (_, r) = host.call(31, "initialize", json!({ "config": { "ok": false } }));
+        assert_eq!(r["error"], json!({ "code": 9, "message": "no" }), "{r}");
         let (_, r) = host.call(4, "shutdown", Value::Null);
         assert_eq!(r["result"], json!({}));
         server.join().unwrap().unwrap();

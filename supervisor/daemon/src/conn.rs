@@ -4,7 +4,8 @@
 //! answers to the calls waiting for them, serves the narrow host API (`log`, `event.publish`,
 //! `metrics.add`) and
 //! turns everything else into violations of the `rpc` layer. A writer task sends the host's
-//! requests in order. Calls carry a UUID as their id and a deadline; an answer that arrives after
+//! requests, and the `event` notifications of the plugin's subscriptions (`Conn::notify`), in
+//! order. Calls carry a UUID as their id and a deadline; an answer that arrives after
 //! its call was abandoned is dropped quietly (it is late, not forged).
 
 use std::collections::{HashMap, VecDeque};

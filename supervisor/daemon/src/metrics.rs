@@ -245,7 +245,7 @@ impl Metrics {
         );
         r.register(
             "plugin_events_dropped",
-            "Published events not delivered to a subscribing plugin (its queue was full)",
+            "Published events not delivered to a subscribing plugin (past its rate, or its queue half full)",
             m.events_dropped.clone(),
         );
         r.register(

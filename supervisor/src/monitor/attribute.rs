@@ -682,20 +682,21 @@ impl Attributor {
 
     /// Whether the grant that decides `path` (the deepest one above it) also allows execute.
     fn also_executable(&self, path: &Path) -> bool {
-        self.grants
-            .iter()
-            .filter(|(p, _)| path.starts_with(p))
-            .max_by_key(|(p, _)| p.components().count())
+        self.nearest_grant(path)
             .is_some_and(|(p, _)| self.also_exec.contains(p))
     }
 
     /// The right granted at `path` (by its nearest granted ancestor), if any.
     fn granted(&self, path: &Path) -> Option<Access> {
+        self.nearest_grant(path).map(|(_, a)| *a)
+    }
+
+    /// The grant that decides `path`: the deepest one above it.
+    fn nearest_grant(&self, path: &Path) -> Option<&(PathBuf, Access)> {
         self.grants
             .iter()
             .filter(|(p, _)| path.starts_with(p))
             .max_by_key(|(p, _)| p.components().count())
-            .map(|(_, a)| *a)
     }
 }
 

@@ -363,13 +363,24 @@ trust = "{trust}"
             .unwrap_or_else(|e| panic!("load {}: {e}\n{}", dir.display(), self.log()))
     }
 
+    /// The directories of this daemon's sandbox cgroups still present, in every hierarchy.
+    pub fn cgroup_paths(&self) -> Vec<PathBuf> {
+        let prefix = format!("stockade-{}.", self.pid());
+        super::leftover_cgroups()
+            .into_iter()
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            })
+            .collect()
+    }
+
     /// The names of this daemon's sandbox cgroups still present (each in every hierarchy).
     pub fn cgroups(&self) -> Vec<String> {
-        let prefix = format!("stockade-{}.", self.pid());
-        let mut names: Vec<String> = super::leftover_cgroups()
+        let mut names: Vec<String> = self
+            .cgroup_paths()
             .into_iter()
             .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
-            .filter(|n| n.starts_with(&prefix))
             .collect();
         names.sort();
         names.dedup();

@@ -170,13 +170,23 @@ pub fn run(policy: &Path, args: &[&str]) -> RunResult {
 }
 
 pub fn run_with(policy: &Path, args: &[&str], adjust: impl FnOnce(&mut Command)) -> RunResult {
+    run_from(plugin_dir(), policy, args, adjust)
+}
+
+/// `run_with`, with `dir` as the plugin directory instead of the tests' own (below /tmp).
+pub fn run_from(
+    dir: &Path,
+    policy: &Path,
+    args: &[&str],
+    adjust: impl FnOnce(&mut Command),
+) -> RunResult {
     let mut cmd = Command::new(stockade());
     cmd.arg("run")
         .arg("--json")
         .arg("--policy")
         .arg(policy)
         .arg("--plugin-dir")
-        .arg(plugin_dir());
+        .arg(dir);
     cmd.arg("--").args(args);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())

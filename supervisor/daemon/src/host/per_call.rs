@@ -12,7 +12,12 @@
 //! call takes one, sends it the argv's last argument, and the shim installs seccomp and executes.
 //! A sandbox serves one call and is never reused: nothing of one call reaches the next but the
 //! plugin's state directory, as with a long-lived plugin's restarts. The pool is filled again in
-//! the background as calls take from it.
+//! the background as calls take from it, within the daemon's `[per_call] max_armed` (the
+//! sandboxes waiting over every pool).
+//!
+//! The policy's violation threshold is the plugin's, over its calls: each sandbox's observer
+//! counts its violations into the pool's window as the monitors see them (`per_call_observer`),
+//! and the first crossing quarantines the plugin and kills the sandboxes still running.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
@@ -74,6 +79,16 @@ struct Armed {
     budget: Option<OwnedSemaphorePermit>,
 }
 
+impl Armed {
+    /// Still waiting for a call: its sandbox has not ended.
+    fn waiting(&mut self) -> bool {
+        matches!(
+            self.ended.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        )
+    }
+}
+
 impl Pool {
     pub fn new(package: &Package) -> Option<Arc<Pool>> {
         let settings = package.manifest.per_call()?.clone();
@@ -105,10 +120,7 @@ impl Pool {
     fn take(&self) -> Option<Armed> {
         let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(mut armed) = ready.pop_front() {
-            if matches!(
-                armed.ended.try_recv(),
-                Err(oneshot::error::TryRecvError::Empty)
-            ) {
+            if armed.waiting() {
                 return Some(armed);
             }
         }
@@ -120,12 +132,7 @@ impl Pool {
     /// it and the status does not count it.
     pub fn warm(&self) -> usize {
         let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-        ready.retain_mut(|armed| {
-            matches!(
-                armed.ended.try_recv(),
-                Err(oneshot::error::TryRecvError::Empty)
-            )
-        });
+        ready.retain_mut(Armed::waiting);
         ready.len()
     }
 
@@ -339,7 +346,8 @@ impl Host {
                 return; // the guard uncounts it
             }
             // The daemon's `max_armed` spent: this pool waits below its `warm` (its calls arm
-            // their own) until a sandbox somewhere is taken or retired and its next call refills.
+            // their own). A permit freed elsewhere goes to whichever pool refills next — often
+            // the one whose call freed it — so a pool may wait until another is retired.
             let Ok(budget) = self.armed_budget.clone().try_acquire_owned() else {
                 return;
             };
